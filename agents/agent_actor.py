@@ -1,0 +1,252 @@
+"""The device agent: registers its host with the controller and runs the worker processes asked of it.
+
+Commands from the controller are idempotent: a StartWorker for a worker that already runs
+with the same spec changes nothing, so the controller can re-send its desired state after a
+restart. A worker that exits without being asked to is restarted under an intensity limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import zmq.asyncio
+
+from agents.config import AgentConfig
+from agents.probe import probe_devices, usable_cores
+from agents.process import spawn_worker, stop_process
+from mesh.actor import Actor
+from mesh.clock import Clock, SystemClock
+from mesh.liveness import Liveness
+from mesh.supervisor import RestartIntensity
+from mesh.transport import Endpoint, EndpointClosed, Incoming
+from protocol.message import (
+    ErrorReply,
+    Heartbeat,
+    RegisterAgent,
+    RegisterAgentReply,
+    StartWorker,
+    StopWorker,
+    WorkerCrashed,
+    WorkerStarted,
+    WorkerStopped,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Local timer message."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    """Local event: a worker process ended."""
+
+    worker_id: str
+    generation: int
+    exit_code: int
+
+
+@dataclass(slots=True)
+class ManagedWorker:
+    cmd: StartWorker
+    intensity: RestartIntensity
+    proc: asyncio.subprocess.Process | None = None
+    generation: int = 0
+    stopping: bool = False
+    restarts: int = 0
+    waiter: asyncio.Task | None = field(default=None, repr=False)
+
+
+class AgentActor(Actor):
+    """One per host. All state is touched only from ``handle``; background tasks only ``tell``."""
+
+    def __init__(self, config: AgentConfig, *, ctx: zmq.asyncio.Context, clock: Clock | None = None) -> None:
+        super().__init__(name=f"agent:{config.agent_id}", mailbox_size=10_000)
+        self.config = config
+        self._ctx = ctx
+        self._clock = clock or SystemClock()
+        self._endpoint: Endpoint | None = None
+        self._workers: dict[str, ManagedWorker] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._registered = False
+        self._last_register = float("-inf")
+        self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
+        self._seq = 0
+        self._cores: list[int] = []
+        self.registered = asyncio.Event()
+
+    async def on_start(self) -> None:
+        self._cores = usable_cores(self.config.max_cores)
+        self._devices = probe_devices(self.config.max_cores)
+        self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"agent:{self.config.agent_id}")
+        self._tasks = [
+            asyncio.create_task(self._receive(), name="agent-recv"),
+            asyncio.create_task(self._tick(), name="agent-tick"),
+        ]
+        await self._register()
+
+    async def on_stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self._stop_worker(w, report=False) for w in list(self._workers.values())))
+        if self._endpoint is not None:
+            self._endpoint.close()
+
+    @property
+    def workers(self) -> dict[str, int]:
+        """worker id -> pid of the running process (0 when not running)."""
+        return {wid: (w.proc.pid if w.proc and w.proc.returncode is None else 0) for wid, w in self._workers.items()}
+
+    async def _receive(self) -> None:
+        assert self._endpoint is not None
+        while True:
+            try:
+                incoming = await self._endpoint.recv()
+            except EndpointClosed:
+                return
+            self.tell(incoming)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            self.tell(Tick())
+
+    async def handle(self, msg: object) -> object:
+        match msg:
+            case Tick():
+                await self._on_tick()
+            case WorkerExited():
+                await self._on_exit(msg)
+            case Incoming(msg=inner):
+                self._controller.beat("controller", self._clock.monotonic())
+                await self._on_controller(inner)
+        return None
+
+    async def _on_controller(self, msg: object) -> None:
+        match msg:
+            case RegisterAgentReply(controller_epoch=epoch):
+                self._registered = True
+                self.registered.set()
+                log.info("registered with controller", extra={"epoch": epoch})
+            case Heartbeat():
+                pass
+            case ErrorReply(code="unknown_peer"):
+                self._registered = False
+                await self._register()
+            case StartWorker():
+                await self._start_worker(msg)
+            case StopWorker(worker_id=worker_id):
+                worker = self._workers.get(worker_id)
+                if worker is not None:
+                    await self._stop_worker(worker, report=True)
+            case ErrorReply(code=code, message=text):
+                log.warning("controller error", extra={"code": code, "error": text})
+            case other:
+                log.warning("unexpected message from controller", extra={"type": type(other).__name__})
+
+    async def _register(self) -> None:
+        self._last_register = self._clock.monotonic()
+        await self._send(
+            RegisterAgent(
+                agent_id=self.config.agent_id,
+                hostname=socket.gethostname(),
+                devices=self._devices,
+                pid=os.getpid(),
+            )
+        )
+
+    async def _on_tick(self) -> None:
+        now = self._clock.monotonic()
+        if not self._registered and now - self._last_register >= self.config.register_retry_s:
+            await self._register()
+        for _ in self._controller.lost(now):
+            log.warning("controller lost; serving goes on, re-registering until it is back")
+            self._registered = False
+        self._seq += 1
+        await self._send(Heartbeat(sender=self.config.agent_id, role="agent", seq=self._seq))
+
+    async def _start_worker(self, cmd: StartWorker) -> None:
+        existing = self._workers.get(cmd.worker_id)
+        if existing is not None and existing.cmd == cmd and not existing.stopping:
+            if existing.proc is not None and existing.proc.returncode is None:
+                await self._send(WorkerStarted(worker_id=cmd.worker_id, agent_id=self.config.agent_id, pid=existing.proc.pid))
+            return
+        if existing is not None:
+            await self._stop_worker(existing, report=False)
+        worker = ManagedWorker(
+            cmd=cmd,
+            intensity=RestartIntensity(self.config.worker_max_restarts, self.config.worker_restart_window_s),
+        )
+        self._workers[cmd.worker_id] = worker
+        await self._launch(worker)
+
+    async def _launch(self, worker: ManagedWorker) -> None:
+        extra = {
+            "LETMESH_AGENT_ID": self.config.agent_id,
+            "LETMESH_STATE_DIR": os.path.abspath(self.config.state_dir),
+            "LETMESH_WORKER_HEARTBEAT_INTERVAL_S": str(self.config.worker_heartbeat_interval_s),
+        }
+        worker.generation += 1
+        worker.proc = await spawn_worker(worker.cmd, self._cores, extra)
+        generation = worker.generation
+        proc = worker.proc
+        log.info("worker started", extra={"worker": worker.cmd.worker_id, "pid": proc.pid})
+        await self._send(WorkerStarted(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, pid=proc.pid))
+
+        async def wait_exit() -> None:
+            code = await proc.wait()
+            try:
+                self.tell(WorkerExited(worker.cmd.worker_id, generation, code))
+            except Exception:
+                pass  # the agent is stopping
+
+        worker.waiter = asyncio.create_task(wait_exit(), name=f"wait-{worker.cmd.worker_id}")
+        self._tasks.append(worker.waiter)
+
+    async def _on_exit(self, event: WorkerExited) -> None:
+        worker = self._workers.get(event.worker_id)
+        if worker is None or worker.generation != event.generation or worker.stopping:
+            return
+        worker.restarts += 1
+        allowed = worker.intensity.record(self._clock.monotonic())
+        log.warning(
+            "worker exited unexpectedly",
+            extra={"worker": event.worker_id, "exit_code": event.exit_code, "restart": allowed},
+        )
+        await self._send(
+            WorkerCrashed(
+                worker_id=event.worker_id,
+                agent_id=self.config.agent_id,
+                exit_code=event.exit_code,
+                restarts=worker.restarts,
+                will_restart=allowed,
+            )
+        )
+        if allowed:
+            await asyncio.sleep(self.config.worker_restart_backoff_s)
+            await self._launch(worker)
+        else:
+            del self._workers[event.worker_id]
+
+    async def _stop_worker(self, worker: ManagedWorker, *, report: bool) -> None:
+        worker.stopping = True
+        code = 0
+        if worker.proc is not None:
+            code = await stop_process(worker.proc, self.config.worker_stop_timeout_s)
+        self._workers.pop(worker.cmd.worker_id, None)
+        if report:
+            await self._send(WorkerStopped(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, exit_code=code))
+
+    async def _send(self, msg: object) -> None:
+        assert self._endpoint is not None
+        try:
+            self._endpoint.send_nowait(msg)
+        except zmq.Again:
+            log.debug("controller link is backed up; dropped", extra={"type": type(msg).__name__})

@@ -1,0 +1,74 @@
+"""What this host offers: its usable CPU cores and memory, and CUDA devices when torch sees them.
+
+CPU core numbers in a Partition index ``usable_cores()``, so a partition stays valid when
+the agent runs inside a cgroup or under taskset with a sparse core set.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from protocol.types import DeviceInfo
+
+
+def usable_cores(max_cores: int = 0) -> list[int]:
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[:max_cores] if max_cores > 0 else cores
+
+
+def total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def probe_devices(max_cores: int = 0, *, with_cuda: bool = True) -> tuple[DeviceInfo, ...]:
+    devices = [
+        DeviceInfo(
+            device_id="cpu0",
+            kind="cpu",
+            name=cpu_name(),
+            cores=len(usable_cores(max_cores)),
+            memory_bytes=total_memory_bytes(),
+        )
+    ]
+    if with_cuda:
+        devices.extend(_cuda_devices())
+    return tuple(devices)
+
+
+def _cuda_devices() -> list[DeviceInfo]:
+    try:
+        import torch  # imported lazily: probing a CPU-only host should not pay for it twice
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        out.append(
+            DeviceInfo(
+                device_id=f"cuda{i}",
+                kind="cuda",
+                name=props.name,
+                cores=props.multi_processor_count,
+                memory_bytes=props.total_memory,
+                sm_count=props.multi_processor_count,
+                mps=os.path.exists(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")),
+            )
+        )
+    return out

@@ -1,0 +1,296 @@
+"""The gpu-let worker process: one per partition, started by its agent (``python -m agents.worker``).
+
+It pins itself to its partition before torch starts, fetches and checks its artifacts, loads
+and warms its variants, connects to every gateway, and serves: requests queue by deadline,
+batches form with the deadline-aware batcher, and a request that can no longer finish in time
+is answered "late" without being computed. Every request read gets exactly one reply.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Pin before torch (imported below) creates its thread pools, so every thread inherits the core set.
+_CORES = os.environ.get("LETMESH_WORKER_CORES")
+if _CORES:
+    os.sched_setaffinity(0, {int(c) for c in _CORES.split(",")})
+
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zmq.asyncio  # noqa: E402
+
+from agents.artifact import fetch_artifact  # noqa: E402
+from agents.error import WorkerSpecError  # noqa: E402
+from agents.model_runner import ModelRunner  # noqa: E402
+from mesh.batching import DeadlineBatcher, Queued  # noqa: E402
+from mesh.transport import Endpoint, EndpointClosed, Incoming  # noqa: E402
+from protocol.codec import decode, tensor_meta, tensors_from_frames  # noqa: E402
+from protocol.error import ProtocolError  # noqa: E402
+from protocol.message import (  # noqa: E402
+    ArtifactChunkReply,
+    ErrorReply,
+    GatewayListChanged,
+    Heartbeat,
+    InferReply,
+    InferRequest,
+    StartWorker,
+    WorkerHello,
+    WorkerReady,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_spec() -> StartWorker:
+    raw = os.environ.get("LETMESH_WORKER_SPEC")
+    if not raw:
+        raise WorkerSpecError("LETMESH_WORKER_SPEC is not set")
+    try:
+        msg, _ = decode([base64.b64decode(raw)])
+    except (ProtocolError, ValueError) as exc:
+        raise WorkerSpecError(f"bad worker spec: {exc}") from None
+    if not isinstance(msg, StartWorker):
+        raise WorkerSpecError(f"worker spec is a {type(msg).__name__}")
+    return msg
+
+
+class Worker:
+    """Serving loop of one gpu-let. Single-threaded: receive tasks fill the batchers, one loop runs them."""
+
+    def __init__(self, cmd: StartWorker, *, agent_id: str, state_dir: Path, heartbeat_interval_s: float) -> None:
+        self.cmd = cmd
+        self.agent_id = agent_id
+        self.cache_dir = state_dir / "artifacts"
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.identity = f"worker:{cmd.worker_id}"
+        self.runners: dict[str, ModelRunner] = {}
+        self.batchers: dict[str, DeadlineBatcher] = {}
+        self.profile_ms: dict[str, tuple[float, ...]] = {}
+        self._gateways: dict[str, Endpoint] = {}
+        self._recv_tasks: dict[str, asyncio.Task] = {}
+        self._arrived = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._ctx: zmq.asyncio.Context | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self._ctx = zmq.asyncio.Context()
+        control = Endpoint.dealer(self._ctx, self.cmd.controller, self.identity)
+        replies: asyncio.Queue = asyncio.Queue()
+        control_task = asyncio.create_task(self._control_loop(control, replies))
+        try:
+            await self._load(control, replies)
+            for address in self.cmd.gateways:
+                self._connect(address)
+            beat_task = asyncio.create_task(self._heartbeats(control))
+            serve_task = asyncio.create_task(self._serve())
+            await self._stopping.wait()
+            for task in self._recv_tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._recv_tasks.values(), return_exceptions=True)
+            self._arrived.set()
+            await serve_task  # drains what is queued: every request read gets its reply
+            beat_task.cancel()
+            await asyncio.gather(beat_task, return_exceptions=True)
+        finally:
+            control_task.cancel()
+            await asyncio.gather(control_task, return_exceptions=True)
+            for ep in self._gateways.values():
+                ep.close()
+            control.close()
+            self._ctx.term()
+
+    async def _load(self, control: Endpoint, replies: asyncio.Queue) -> None:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        for spec in self.cmd.variants:
+            path = await fetch_artifact(control, replies, self.cache_dir, spec.sha256)
+            runner = ModelRunner(spec, path)
+            measured = runner.warm_up()
+            self.runners[spec.name] = runner
+            self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
+            self.batchers[spec.name] = DeadlineBatcher(max_batch=spec.max_batch, latency_s=runner.latency_s)
+            log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured})
+
+    async def _control_loop(self, control: Endpoint, replies: asyncio.Queue) -> None:
+        while True:
+            try:
+                incoming = await control.recv()
+            except EndpointClosed:
+                return
+            match incoming.msg:
+                case ArtifactChunkReply() | ErrorReply():
+                    replies.put_nowait(incoming.msg)
+                case GatewayListChanged(gateways=gateways):
+                    for address in gateways:
+                        if address not in self._gateways and self.runners:
+                            self._connect(address)
+                case _:
+                    pass
+
+    def _connect(self, address: str) -> None:
+        assert self._ctx is not None
+        ep = Endpoint.dealer(self._ctx, address, self.identity)
+        self._gateways[address] = ep
+        ep.send_nowait(WorkerHello(worker_id=self.cmd.worker_id, variants=tuple(self.runners)))
+        self._recv_tasks[address] = asyncio.create_task(self._receive(ep))
+
+    async def _heartbeats(self, control: Endpoint) -> None:
+        seq = 0
+        ready_every = max(1, round(0.5 / self.heartbeat_interval_s))
+        while True:
+            if seq % ready_every == 0:
+                self._send(
+                    control,
+                    WorkerReady(
+                        worker_id=self.cmd.worker_id,
+                        agent_id=self.agent_id,
+                        variants=tuple(self.runners),
+                        pid=os.getpid(),
+                        batch_latency_ms=self.profile_ms,
+                    ),
+                )
+            seq += 1
+            beat = Heartbeat(sender=self.cmd.worker_id, role="worker", seq=seq)
+            for ep in self._gateways.values():
+                self._send(ep, beat)
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+    async def _receive(self, ep: Endpoint) -> None:
+        while True:
+            try:
+                incoming: Incoming = await ep.recv()
+            except EndpointClosed:
+                return
+            msg = incoming.msg
+            if not isinstance(msg, InferRequest):
+                continue  # heartbeats from the gateway need no answer
+            now = time.monotonic()
+            batcher = self.batchers.get(msg.variant)
+            if batcher is None:
+                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="error",
+                                          error=f"variant {msg.variant!r} is not served by this worker"))
+                continue
+            try:
+                arrays = self._inputs(msg, incoming.buffers)
+            except (ProtocolError, ValueError) as exc:
+                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="error", error=str(exc)))
+                continue
+            item = Queued(request_id=msg.request_id, deadline=now + msg.budget_us / 1e6, arrived=now,
+                          payload=(ep, arrays))
+            if not batcher.push(item):
+                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="overloaded",
+                                          error="worker queue is full"))
+                continue
+            self._arrived.set()
+
+    def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
+        arrays = dict(zip((m.name for m in msg.inputs), tensors_from_frames(msg.inputs, buffers)))
+        spec = self.runners[msg.variant].spec
+        try:
+            return [arrays[s.name] for s in spec.inputs]
+        except KeyError as exc:
+            raise ValueError(f"input {exc.args[0]!r} is missing") from None
+
+    async def _serve(self) -> None:
+        while True:
+            waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
+            if not waiting:
+                if self._stopping.is_set():
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            _, name = min(waiting)
+            batcher = self.batchers[name]
+            now = time.monotonic()
+            decision = batcher.poll(now)
+            for item in decision.late:
+                ep, _ = item.payload
+                self._send(ep, InferReply(request_id=item.request_id, variant=name, status="late",
+                                          queue_us=int((now - item.arrived) * 1e6)))
+            if decision.batch:
+                self._run_batch(name, decision.batch, now)
+                await asyncio.sleep(0)  # let receive tasks queue what arrived meanwhile
+            elif decision.wake_at is not None and not decision.late:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), max(0.0, decision.wake_at - now))
+                except TimeoutError:
+                    pass
+
+    def _run_batch(self, name: str, batch: tuple[Queued, ...], started: float) -> None:
+        runner = self.runners[name]
+        rows = [item.payload[1][0].shape[0] for item in batch]
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].payload[1]
+            else:
+                inputs = [np.concatenate([item.payload[1][i] for item in batch]) for i in range(len(runner.spec.inputs))]
+            t0 = time.perf_counter()
+            outputs = runner.run(inputs)
+            compute_us = int((time.perf_counter() - t0) * 1e6)
+        except Exception as exc:  # a failing model answers its batch with the error, it does not kill the worker
+            log.exception("batch failed", extra={"variant": name})
+            for item in batch:
+                self._send(item.payload[0], InferReply(request_id=item.request_id, variant=name, status="error",
+                                                       error=f"model failed: {exc}"))
+            return
+        offset = 0
+        for item, n in zip(batch, rows):
+            parts = [out[offset:offset + n] for out in outputs]
+            offset += n
+            metas = tuple(tensor_meta(spec.name, part) for spec, part in zip(runner.spec.outputs, parts))
+            reply = InferReply(
+                request_id=item.request_id,
+                variant=name,
+                status="ok",
+                queue_us=int((started - item.arrived) * 1e6),
+                compute_us=compute_us,
+                batch_size=sum(rows),
+                outputs=metas,
+            )
+            self._send(item.payload[0], reply, parts)
+
+    def _send(self, ep: Endpoint, msg: object, tensors: list[np.ndarray] | tuple = ()) -> None:
+        try:
+            ep.send_nowait(msg, tensors)
+        except zmq.Again:
+            log.warning("gateway link backed up; reply dropped", extra={"type": type(msg).__name__})
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LETMESH_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s worker %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cmd = read_spec()
+    except WorkerSpecError as exc:
+        print(f"letmesh worker: {exc}", file=sys.stderr)
+        sys.exit(2)
+    worker = Worker(
+        cmd,
+        agent_id=os.environ.get("LETMESH_AGENT_ID", "local"),
+        state_dir=Path(os.environ.get("LETMESH_STATE_DIR", ".letmesh")),
+        heartbeat_interval_s=float(os.environ.get("LETMESH_WORKER_HEARTBEAT_INTERVAL_S", "0.1")),
+    )
+    try:
+        import uvloop
+
+        uvloop.run(worker.run())
+    except ImportError:
+        asyncio.run(worker.run())
+
+
+if __name__ == "__main__":
+    main()

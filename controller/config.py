@@ -1,0 +1,17 @@
+"""The controller's one frozen config object (defaults < TOML [controller] < LETMESH_CONTROLLER_* < flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    state_dir: str = ".letmesh"
+    repository: str = ""
+    heartbeat_interval_s: float = 0.5
+    missed_heartbeats: int = 4
+    cpu_cores_per_partition: int = 1
+    max_partitions_per_device: int = 8
+    stop_drain_s: float = 1.0

@@ -1,0 +1,297 @@
+"""The controller actor: binds the control ROUTER and turns messages into registry changes.
+
+Decisions live in the registry and the placement function; this actor only receives, calls
+them, and sends what they return. A peer's identity is its ZeroMQ routing id
+(``agent:<id>``, ``gateway:<id>``, ``worker:<id>``), never a field of the message body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq.asyncio
+
+from controller.config import ControllerConfig
+from controller.error import UnknownArtifact
+from controller.placement import PlannedWorker, initial_placement
+from controller.registry import Registry
+from controller.repository import Variant, load_repository
+from controller.store import StateStore
+from mesh.actor import Actor
+from mesh.clock import Clock, SystemClock
+from mesh.transport import Endpoint, EndpointClosed, Incoming, PeerUnreachable
+from protocol.codec import ARTIFACT_CHUNK_BYTES
+from protocol.message import (
+    ArtifactChunkReply,
+    ErrorReply,
+    FetchArtifact,
+    GatewayListChanged,
+    GetStatus,
+    Heartbeat,
+    RegisterAgent,
+    RegisterAgentReply,
+    RegisterGateway,
+    RegisterGatewayReply,
+    StartWorker,
+    StatusReply,
+    WorkerCrashed,
+    WorkerReady,
+    WorkerStarted,
+    WorkerStopped,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Local timer message: expire peers, send heartbeats."""
+
+
+class ControllerActor(Actor):
+    """Owns the control socket, the registry and the state store.
+
+    Concurrency: one receive task and one timer task feed the mailbox; all state is touched
+    only from ``handle``, one message at a time.
+    """
+
+    def __init__(self, config: ControllerConfig, *, ctx: zmq.asyncio.Context, clock: Clock | None = None) -> None:
+        super().__init__(name="controller", mailbox_size=10_000)
+        self.config = config
+        self._ctx = ctx
+        self._clock = clock or SystemClock()
+        self._endpoint: Endpoint | None = None
+        self._store: StateStore | None = None
+        self._registry: Registry | None = None
+        self._by_sha: dict[str, Variant] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._epoch = 0
+        self._seq = 0
+        self.address = ""
+
+    async def on_start(self) -> None:
+        variants = load_repository(self.config.repository)
+        self._by_sha = {v.sha256: v for v in variants.values()}
+        self._store = StateStore(Path(self.config.state_dir) / "controller.sqlite3")
+        self._epoch = self._store.next_epoch()
+        self._registry = Registry(
+            variants,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            missed_heartbeats=self.config.missed_heartbeats,
+        )
+        for worker_id, agent_id, partition, names in self._store.placements():
+            kept = tuple(n for n in names if n in variants)
+            if kept:
+                self._registry.plan_worker(PlannedWorker(worker_id, agent_id, partition, kept))
+        self._endpoint = Endpoint.router(self._ctx, self.config.bind)
+        self.address = self._endpoint.address
+        self._tasks = [
+            asyncio.create_task(self._receive(), name="controller-recv"),
+            asyncio.create_task(self._tick(), name="controller-tick"),
+        ]
+        log.info("controller listening", extra={"address": self.address, "epoch": self._epoch})
+
+    async def on_stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._endpoint is not None:
+            self._endpoint.close()
+        if self._store is not None:
+            self._store.close()
+
+    async def _receive(self) -> None:
+        assert self._endpoint is not None
+        while True:
+            try:
+                incoming = await self._endpoint.recv()
+            except EndpointClosed:
+                return
+            try:
+                self.tell(incoming)
+            except Exception:  # mailbox full or closed: the peer will retry
+                log.warning("controller mailbox refused a message", exc_info=True)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            try:
+                self.tell(Tick())
+            except Exception:
+                return
+
+    async def handle(self, msg: object) -> object:
+        if isinstance(msg, Tick):
+            await self._on_tick()
+            return None
+        if isinstance(msg, GetStatus):  # in-process status asks (tests, embedding)
+            return self._status()
+        assert isinstance(msg, Incoming)
+        await self._dispatch(msg)
+        await self._publish_routing()
+        return None
+
+    async def _dispatch(self, incoming: Incoming) -> None:
+        reg = self._registry
+        assert reg is not None and incoming.peer is not None
+        peer = incoming.peer
+        kind, _, peer_id = peer.decode(errors="replace").partition(":")
+        now = self._clock.monotonic()
+        match incoming.msg:
+            case Heartbeat():
+                if not reg.beat(kind, peer_id, now):
+                    await self._send(peer, ErrorReply(code="unknown_peer", message="register again", retryable=True))
+            case RegisterAgent(hostname=hostname, devices=devices) if kind == "agent":
+                await self._on_register_agent(peer, peer_id, hostname, devices, now)
+            case RegisterGateway(data_endpoint=data_endpoint) if kind == "gateway":
+                changed = reg.gateway_registered(peer_id, data_endpoint, now)
+                await self._send(
+                    peer,
+                    RegisterGatewayReply(
+                        gateway_id=peer_id,
+                        heartbeat_interval_s=self.config.heartbeat_interval_s,
+                        controller_epoch=self._epoch,
+                    ),
+                )
+                await self._send(peer, reg.current_table())
+                if changed:
+                    await self._broadcast_gateways()
+            case WorkerStarted(worker_id=worker_id, pid=pid) if kind == "agent":
+                reg.worker_started(worker_id, pid)
+            case WorkerStopped(worker_id=worker_id) if kind == "agent":
+                reg.worker_down(worker_id, "stopped")
+            case WorkerCrashed(worker_id=worker_id, restarts=restarts, will_restart=again) if kind == "agent":
+                reg.worker_down(worker_id, "crashed" if not again else "restarting", restarts)
+                log.warning("worker crashed", extra={"worker": worker_id, "restarts": restarts})
+            case WorkerReady(pid=pid, batch_latency_ms=latency) if kind == "worker":
+                first = peer_id in reg.workers and reg.workers[peer_id].state != "ready"
+                if not reg.worker_ready(peer_id, pid, latency, now):
+                    log.info("ready worker is not in the plan", extra={"worker": peer_id})
+                elif first:
+                    # It may have started before a gateway joined: tell it every gateway.
+                    await self._send(peer, GatewayListChanged(gateways=reg.gateway_endpoints()))
+            case FetchArtifact(sha256=sha, offset=offset, length=length):
+                await self._send(peer, self._chunk(sha, offset, length))
+            case GetStatus():
+                await self._send(peer, self._status())
+            case other:
+                await self._send(
+                    peer, ErrorReply(code="unexpected", message=f"{type(other).__name__} is not for the controller from {kind}")
+                )
+
+    async def _on_register_agent(self, peer: bytes, agent_id: str, hostname: str, devices, now: float) -> None:
+        reg = self._registry
+        store = self._store
+        assert reg is not None and store is not None
+        reg.agent_registered(agent_id, hostname, devices, now)
+        store.save_agent(agent_id, hostname, self._clock.time())
+        await self._send(
+            peer,
+            RegisterAgentReply(
+                agent_id=agent_id, heartbeat_interval_s=self.config.heartbeat_interval_s, controller_epoch=self._epoch
+            ),
+        )
+        planned = [w.plan for w in reg.workers_of(agent_id)]
+        if not planned:
+            costs = {name: v.cost_ms for name, v in reg.variants.items()}
+            planned = initial_placement(
+                agent_id,
+                devices,
+                costs,
+                cores_per_partition=self.config.cpu_cores_per_partition,
+                max_partitions_per_device=self.config.max_partitions_per_device,
+            )
+            for plan in planned:
+                store.save_placement(plan.worker_id, plan.agent_id, plan.partition, plan.variants)
+                reg.plan_worker(plan)
+        for plan in planned:
+            await self._send(
+                peer,
+                StartWorker(
+                    worker_id=plan.worker_id,
+                    partition=plan.partition,
+                    variants=tuple(reg.variants[n].spec() for n in plan.variants),
+                    gateways=reg.gateway_endpoints(),
+                    controller=self.advertised_address,
+                ),
+            )
+
+    @property
+    def advertised_address(self) -> str:
+        """The address workers dial: the bound one, with a wildcard host made concrete."""
+        if "0.0.0.0" in self.address or "*" in self.address:
+            host = socket.gethostname()
+            return self.address.replace("0.0.0.0", host).replace("*", host)
+        return self.address
+
+    def _chunk(self, sha: str, offset: int, length: int) -> ArtifactChunkReply | ErrorReply:
+        variant = self._by_sha.get(sha)
+        if variant is None:
+            return ErrorReply(code="unknown_artifact", message=str(UnknownArtifact(sha)))
+        if offset < 0 or length <= 0:
+            return ErrorReply(code="bad_range", message=f"bad range {offset}+{length}")
+        with variant.artifact.open("rb") as f:
+            f.seek(offset)
+            data = f.read(min(length, ARTIFACT_CHUNK_BYTES))
+        return ArtifactChunkReply(sha256=sha, offset=offset, total_size=variant.size_bytes, data=data)
+
+    def _status(self) -> StatusReply:
+        reg = self._registry
+        assert reg is not None
+        agents, workers, models = reg.status(self._clock.monotonic())
+        return StatusReply(
+            controller_epoch=self._epoch,
+            routing_version=reg.routing_version,
+            agents=agents,
+            workers=workers,
+            models=models,
+            gateways=reg.gateway_endpoints(),
+        )
+
+    async def _on_tick(self) -> None:
+        reg = self._registry
+        assert reg is not None
+        now = self._clock.monotonic()
+        lost = reg.expire(now)
+        if lost:
+            log.warning("peers lost", extra={"peers": lost})
+            if any(k.startswith("gateway:") for k in lost):
+                await self._broadcast_gateways()
+        self._seq += 1
+        beat = Heartbeat(sender="controller", role="controller", seq=self._seq)
+        for agent_id in list(reg.agents):
+            await self._send(f"agent:{agent_id}".encode(), beat)
+        for gateway_id in list(reg.gateways):
+            await self._send(f"gateway:{gateway_id}".encode(), beat)
+        await self._publish_routing()
+
+    async def _publish_routing(self) -> None:
+        reg = self._registry
+        assert reg is not None
+        table = reg.routing_table()
+        if table is None:
+            return
+        log.info("routing table changed", extra={"version": table.version, "workers": len(table.workers)})
+        for gateway_id in list(reg.gateways):
+            await self._send(f"gateway:{gateway_id}".encode(), table)
+
+    async def _broadcast_gateways(self) -> None:
+        reg = self._registry
+        assert reg is not None
+        msg = GatewayListChanged(gateways=reg.gateway_endpoints())
+        for worker_id, record in reg.workers.items():
+            if record.state in ("ready", "starting"):
+                await self._send(f"worker:{worker_id}".encode(), msg)
+
+    async def _send(self, peer: bytes, msg: object) -> None:
+        assert self._endpoint is not None
+        try:
+            self._endpoint.send_nowait(msg, to=peer)
+        except PeerUnreachable:
+            log.debug("peer unreachable", extra={"peer": peer})
+        except zmq.Again:
+            log.warning("send queue full", extra={"peer": peer})

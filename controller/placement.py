@@ -1,0 +1,74 @@
+"""Initial placement: give every variant a worker on a fitting partition. Pure and deterministic.
+
+A device is split into equal partitions (a core set on a CPU, an MPS percentage on a GPU) and
+variants are spread over them by cost, longest first onto the least loaded partition, so a
+2-core machine still serves a whole family with each worker time-sharing a few variants.
+The interference-aware planner replaces this; the shape of its output stays the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from protocol.types import DeviceInfo, Partition
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWorker:
+    worker_id: str
+    agent_id: str
+    partition: Partition
+    variants: tuple[str, ...]
+
+
+def split_device(device: DeviceInfo, parts: int, cores_per_partition: int) -> list[Partition]:
+    """Equal partitions of ``device``. CPU core numbers index the agent's usable cores."""
+    if device.kind == "cuda":
+        share = 100 // parts
+        return [Partition(device_id=device.device_id, kind="cuda", mps_percent=share) for _ in range(parts)]
+    per = max(cores_per_partition, device.cores // parts)
+    out = []
+    for i in range(parts):
+        first = i * per
+        cores = tuple(range(first, min(first + per, device.cores)))
+        out.append(Partition(device_id=device.device_id, kind=device.kind, cores=cores))
+    return out
+
+
+def initial_placement(
+    agent_id: str,
+    devices: Sequence[DeviceInfo],
+    variant_costs: dict[str, float],
+    *,
+    cores_per_partition: int = 1,
+    max_partitions_per_device: int = 8,
+) -> list[PlannedWorker]:
+    """Workers for one agent: every variant placed once across the agent's devices."""
+    if not variant_costs or not devices:
+        return []
+    partitions: list[Partition] = []
+    per_device = max(1, -(-len(variant_costs) // len(devices)))
+    for device in devices:
+        if device.kind == "cuda":
+            parts = min(per_device, 4, max_partitions_per_device)
+        else:
+            parts = min(per_device, max(1, device.cores // cores_per_partition), max_partitions_per_device)
+        partitions.extend(split_device(device, parts, cores_per_partition))
+    load = [0.0] * len(partitions)
+    assigned: list[list[str]] = [[] for _ in partitions]
+    # Longest processing time first: costliest variant onto the least loaded partition.
+    for name in sorted(variant_costs, key=lambda n: (-variant_costs[n], n)):
+        i = min(range(len(partitions)), key=lambda j: (load[j], j))
+        assigned[i].append(name)
+        load[i] += variant_costs[name]
+    return [
+        PlannedWorker(
+            worker_id=f"{agent_id}.w{i}",
+            agent_id=agent_id,
+            partition=partitions[i],
+            variants=tuple(sorted(names)),
+        )
+        for i, names in enumerate(assigned)
+        if names
+    ]

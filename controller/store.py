@@ -1,0 +1,73 @@
+"""SQLite state of the controller: what it placed where, so a restart resumes the same mesh.
+
+One connection, used from the controller's event loop thread only. Writes are small and
+committed at once (WAL mode), so a crash loses at most the write in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from protocol.schema import from_plain, to_plain
+from protocol.types import Partition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS placement (
+    worker_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    variants TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent (
+    agent_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    last_registered REAL NOT NULL
+);
+"""
+
+
+class StateStore:
+    """Durable controller state. Not thread-safe; one owner."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self._path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def next_epoch(self) -> int:
+        """Bump and return the controller epoch: one per controller start."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        epoch = (int(row[0]) if row else 0) + 1
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(epoch),))
+        return epoch
+
+    def save_placement(self, worker_id: str, agent_id: str, partition: Partition, variants: tuple[str, ...]) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO placement VALUES (?, ?, ?, ?)",
+            (worker_id, agent_id, json.dumps(to_plain(partition)), json.dumps(list(variants))),
+        )
+
+    def delete_placement(self, worker_id: str) -> None:
+        self._db.execute("DELETE FROM placement WHERE worker_id=?", (worker_id,))
+
+    def placements(self) -> list[tuple[str, str, Partition, tuple[str, ...]]]:
+        rows = self._db.execute("SELECT worker_id, agent_id, partition, variants FROM placement ORDER BY worker_id")
+        return [
+            (w, a, from_plain(Partition, json.loads(p)), tuple(json.loads(v)))
+            for w, a, p, v in rows.fetchall()
+        ]
+
+    def save_agent(self, agent_id: str, hostname: str, now: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO agent VALUES (?, ?, ?)", (agent_id, hostname, now))
+
+    def agents(self) -> list[tuple[str, str]]:
+        return [(a, h) for a, h in self._db.execute("SELECT agent_id, hostname FROM agent ORDER BY agent_id")]

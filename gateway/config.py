@@ -1,0 +1,23 @@
+"""The gateway's one frozen config object (defaults < TOML [gateway] < LETMESH_GATEWAY_* < flags)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    controller: str = "tcp://127.0.0.1:5555"
+    gateway_id: str = socket.gethostname()
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    data_bind: str = "tcp://127.0.0.1:5556"
+    max_body_bytes: int = 16 * 1024 * 1024
+    heartbeat_interval_s: float = 0.5
+    missed_heartbeats: int = 4
+    worker_heartbeat_interval_s: float = 0.1
+    worker_missed_heartbeats: int = 5
+    max_outstanding_per_worker: int = 512
+    deadline_grace_ms: float = 50.0
+    shutdown_timeout_s: float = 5.0

@@ -1,0 +1,131 @@
+"""The gateway's link to the controller: register, heartbeat, receive routing tables.
+
+The data plane never waits on this link: when the controller is down the dispatcher keeps
+serving on the last routing table it received, and this actor re-registers until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from gateway.config import GatewayConfig
+from gateway.dispatcher import Dispatcher
+from mesh.actor import Actor
+from mesh.clock import Clock, SystemClock
+from mesh.liveness import Liveness
+from mesh.transport import Endpoint, EndpointClosed, Incoming
+from protocol.message import ErrorReply, Heartbeat, RegisterGateway, RegisterGatewayReply, RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Local timer message."""
+
+
+class ControlLinkActor(Actor):
+    """State touched only from ``handle``; the receive and timer tasks only ``tell``."""
+
+    def __init__(
+        self, config: GatewayConfig, dispatcher: Dispatcher, *, ctx: zmq.asyncio.Context, http_url: str,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name="gateway-control", mailbox_size=10_000)
+        self.config = config
+        self._dispatcher = dispatcher
+        self._ctx = ctx
+        self._http_url = http_url
+        self._clock = clock or SystemClock()
+        self._endpoint: Endpoint | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._registered = False
+        self._last_register = float("-inf")
+        self._seq = 0
+        self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
+        self.controller_connected = False
+        self.first_table = asyncio.Event()
+
+    async def on_start(self) -> None:
+        self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"gateway:{self.config.gateway_id}")
+        self._tasks = [
+            asyncio.create_task(self._receive(), name="gateway-control-recv"),
+            asyncio.create_task(self._tick(), name="gateway-control-tick"),
+        ]
+        self._register()
+
+    async def on_stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._endpoint is not None:
+            self._endpoint.close()
+
+    async def _receive(self) -> None:
+        assert self._endpoint is not None
+        while True:
+            try:
+                incoming = await self._endpoint.recv()
+            except EndpointClosed:
+                return
+            self.tell(incoming)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            self.tell(Tick())
+
+    async def handle(self, msg: object) -> object:
+        now = self._clock.monotonic()
+        match msg:
+            case Tick():
+                if not self._registered and now - self._last_register >= 1.0:
+                    self._register()
+                for _ in self._controller.lost(now):
+                    log.warning("controller lost; serving on routing table version %d", self._dispatcher.routing_version)
+                    self.controller_connected = False
+                    self._registered = False
+                self._seq += 1
+                self._send(Heartbeat(sender=self.config.gateway_id, role="gateway", seq=self._seq))
+            case Incoming(msg=inner):
+                self._controller.beat("controller", now)
+                self.controller_connected = True
+                self._on_controller(inner)
+        return None
+
+    def _on_controller(self, msg: object) -> None:
+        match msg:
+            case RoutingTable():
+                self._dispatcher.apply_routing(msg)
+                self.first_table.set()
+            case RegisterGatewayReply():
+                self._registered = True
+            case ErrorReply(code="unknown_peer"):
+                self._registered = False
+                self._register()
+            case Heartbeat():
+                pass
+            case other:
+                log.warning("unexpected message from controller: %s", type(other).__name__)
+
+    def _register(self) -> None:
+        self._last_register = self._clock.monotonic()
+        self._send(
+            RegisterGateway(
+                gateway_id=self.config.gateway_id,
+                data_endpoint=self._dispatcher.address,
+                http_url=self._http_url,
+            )
+        )
+
+    def _send(self, msg: object) -> None:
+        assert self._endpoint is not None
+        try:
+            self._endpoint.send_nowait(msg)
+        except zmq.Again:
+            log.debug("controller link backed up")

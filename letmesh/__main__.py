@@ -1,0 +1,5 @@
+import sys
+
+from letmesh.cli import main
+
+sys.exit(main())

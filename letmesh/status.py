@@ -1,0 +1,51 @@
+"""``letmesh status``: ask the controller for agents, workers and models, and print them."""
+
+from __future__ import annotations
+
+import uuid
+
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.message import GetStatus, StatusReply
+
+
+class StatusUnavailable(Exception):
+    """The controller did not answer in time."""
+
+
+def fetch_status(controller: str, timeout_s: float = 3.0) -> StatusReply:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, f"cli:{uuid.uuid4().hex[:12]}".encode())
+    try:
+        sock.connect(controller)
+        sock.send_multipart(encode(GetStatus()))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s")
+        msg, _ = decode(sock.recv_multipart())
+        if not isinstance(msg, StatusReply):
+            raise StatusUnavailable(f"controller answered {type(msg).__name__}")
+        return msg
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def format_status(status: StatusReply) -> str:
+    lines = [f"controller epoch {status.controller_epoch}, routing table v{status.routing_version}, "
+             f"gateways: {', '.join(status.gateways) or 'none'}", "", "AGENTS"]
+    for a in status.agents:
+        devices = ", ".join(f"{d.device_id} ({d.kind}, {d.cores} cores, {d.memory_bytes / 2**30:.1f} GiB)" for d in a.devices)
+        lines.append(f"  {a.agent_id:<16} {'alive' if a.alive else 'LOST':<6} {a.hostname}  {devices}")
+    lines += ["", "WORKERS"]
+    for w in status.workers:
+        part = w.partition
+        where = f"{part.device_id} cores {list(part.cores)}" if part.kind != "cuda" else f"{part.device_id} MPS {part.mps_percent}%"
+        lines.append(f"  {w.worker_id:<16} {w.state:<10} pid {w.pid:<8} {where:<22} restarts {w.restarts}  "
+                     f"{', '.join(w.variants)}")
+    lines += ["", "MODELS"]
+    for m in status.models:
+        lines.append(f"  {m.name:<16} {m.family:<10} accuracy {m.accuracy:.3f}  {m.state:<11} {', '.join(m.workers)}")
+    return "\n".join(lines)

@@ -1,0 +1,478 @@
+"""Builds the demo model repository: real TorchScript models with manifests, ready for the mesh.
+
+The "digits" family trades accuracy for compute on scikit-learn's handwritten digits; the
+"trivial" family (an identity) isolates data-path overhead in benchmarks. Each variant lives in
+``DIR/<variant>/`` as ``model.pt`` plus ``manifest.json``. May import torch, numpy and sklearn;
+never imports controller, agents or gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "model.pt"
+MANIFEST = "manifest.json"
+HELDOUT = "digits-heldout.npz"
+
+DIGITS_FAMILY = "digits"
+TRIVIAL_FAMILY = "trivial"
+SEED = 20240611
+TEST_FRACTION = 0.3
+MAX_BATCH = 32
+CPU_POWER_W = 15.0  # assumed CPU power budget behind the energy estimate
+PROFILE_WARMUP = 10  # TorchScript's profiling executor re-optimises over the first calls
+PROFILE_REPEATS = 25
+PREPROCESS = (
+    "8x8 grayscale digit flattened row-major to 64 values; each pixel (0..16) divided by 16.0, "
+    "so inputs lie in [0, 1]"
+)
+
+Progress = Callable[[str], None]
+
+
+# --- networks: each maps [N, 64] pixels to [N, 10] logits ---------------------------------
+
+
+class LinearNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class MlpNet(nn.Module):
+    def __init__(self, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 64
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 10))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ConvNet(nn.Module):
+    """Upsamples the 8x8 view to 32x32 so the convolutions do enough work to be the costliest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(64 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x.reshape(-1, 1, 8, 8)
+        image = F.interpolate(image, size=(32, 32), mode="bilinear", align_corners=False)
+        return self.fc(self.features(image))
+
+
+class Probabilities(nn.Module):
+    """The served form: logits turned into class probabilities."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(image), dim=1)
+
+
+class AddZero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recipe:
+    """How one digits variant is made."""
+
+    name: str
+    make: Callable[[], nn.Module]
+    epochs: int
+    lr: float
+    summary: str
+
+
+DIGITS_RECIPES: tuple[Recipe, ...] = (
+    Recipe(name="digits-linear", make=LinearNet, epochs=60, lr=1e-2,
+           summary="softmax regression 64->10"),
+    Recipe(name="digits-mlp", make=lambda: MlpNet((128,)), epochs=30, lr=3e-3,
+           summary="MLP 64->128->10"),
+    Recipe(name="digits-wide", make=lambda: MlpNet((1024, 1024)), epochs=15, lr=1e-3,
+           summary="MLP 64->1024->1024->10"),
+    Recipe(name="digits-cnn", make=ConvNet, epochs=8, lr=2e-3,
+           summary="CNN on the 8x8 image upsampled to 32x32, conv 32-64-64 channels"),
+)
+
+
+# --- public API ----------------------------------------------------------------------------
+
+
+def build_zoo(
+    dir: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    epochs_scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Build (or confirm) the digits and trivial families under ``dir``; return their manifests.
+
+    A variant whose manifest and artifact agree (sha256, size, held-out set) is left untouched,
+    so a second build of a complete repository writes nothing.
+    """
+    root = Path(dir)
+    root.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda line: log.info("%s", line))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    try:
+        manifests = _build_digits(root, say, epochs_scale)
+        manifests.append(build_trivial(root, progress=say))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return manifests
+
+
+def build_trivial(dir: str | os.PathLike[str], *, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the "identity" variant (y = x + 0 on FP32 [-1, 16]) unless it is already intact."""
+    root = Path(dir)
+    say = progress or (lambda line: log.info("%s", line))
+    name = "identity"
+    existing = _intact_manifest(root / name, name)
+    if existing is not None:
+        say(f"{name} up to date (sha256 {existing['sha256'][:12]})")
+        return existing
+    say(f"exporting {name} (1/1)")
+    blob = _script_bytes(AddZero())
+    module = _load(blob)
+    probe = torch.linspace(-1.0, 1.0, 3 * 16).reshape(3, 16)
+    with torch.no_grad():
+        if not torch.equal(module(probe), probe):
+            raise ZooBuildError(f"{name}: exported artifact does not reproduce its input")
+    profile = _profile(module, 16)
+    manifest = _manifest(
+        family=TRIVIAL_FAMILY,
+        variant=name,
+        blob=blob,
+        accuracy=1.0,
+        accuracy_metric="exact: output equals input",
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 16]}],
+        profile=profile,
+        default_slo_ms=100,
+        flops=0,
+        parameters=0,
+        description=(
+            "Identity (y = x + 0) on 16 float32 values, for measuring the serving data path "
+            "without model compute. " + _ENERGY_NOTE
+        ),
+        extra={"preprocess": "none"},
+    )
+    _publish(root / name, blob, manifest)
+    say(f"exported {name} ... batch-1 latency {profile['1']:.3f} ms")
+    return manifest
+
+
+class ZooBuildError(RuntimeError):
+    """A freshly built artifact failed its own check after export."""
+
+
+# --- digits family -------------------------------------------------------------------------
+
+_ENERGY_NOTE = (
+    f"energy_j is an estimate, not a measurement: an assumed {CPU_POWER_W:g} W CPU budget times "
+    "the median batch-1 latency measured on the build machine."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+def _digits_split() -> _Split:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    train_x, test_x, train_y, test_y = train_test_split(
+        x, y, test_size=TEST_FRACTION, stratify=y, random_state=SEED
+    )
+    return _Split(train_x, train_y, np.ascontiguousarray(test_x), np.ascontiguousarray(test_y))
+
+
+def _heldout_bytes(split: _Split) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, images=split.test_x, labels=split.test_y)
+    return buffer.getvalue()
+
+
+def _build_digits(root: Path, say: Progress, epochs_scale: float) -> list[dict[str, Any]]:
+    split = _digits_split()
+    heldout = _heldout_bytes(split)
+    heldout_sha = hashlib.sha256(heldout).hexdigest()
+    heldout_path = root / HELDOUT
+    if not heldout_path.is_file() or _sha256_file(heldout_path) != heldout_sha:
+        _write_atomic(heldout_path, heldout)
+        say(f"wrote {HELDOUT} ({len(split.test_y)} held-out digits)")
+    total = len(DIGITS_RECIPES)
+    manifests = []
+    for index, recipe in enumerate(DIGITS_RECIPES, start=1):
+        existing = _intact_manifest(root / recipe.name, recipe.name, heldout_sha=heldout_sha)
+        if existing is not None:
+            say(f"{recipe.name} ({index}/{total}) up to date, accuracy {existing['accuracy']:.3f}")
+            manifests.append(existing)
+            continue
+        say(f"training {recipe.name} ({index}/{total}) ...")
+        manifest = _build_digits_variant(root, recipe, index, split, heldout_sha, epochs_scale)
+        say(
+            f"trained {recipe.name} ({index}/{total}) ... accuracy {manifest['accuracy']:.3f}, "
+            f"batch-{MAX_BATCH} latency {manifest['profile_ms'][str(MAX_BATCH)]:.3f} ms"
+        )
+        manifests.append(manifest)
+    return manifests
+
+
+def _build_digits_variant(
+    root: Path, recipe: Recipe, index: int, split: _Split, heldout_sha: str, epochs_scale: float
+) -> dict[str, Any]:
+    epochs = max(1, round(recipe.epochs * epochs_scale))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED + index)
+        net = recipe.make()
+        _train(net, split, epochs=epochs, lr=recipe.lr, seed=SEED + index)
+    served = Probabilities(net).eval()
+    blob = _script_bytes(served)
+    module = _load(blob)
+    accuracy = _accuracy(module, split.test_x, split.test_y)
+    profile = _profile(module, 64)
+    n_test = len(split.test_y)
+    description = (
+        f"Handwritten digit classifier ({recipe.summary}) trained for {epochs} epochs with Adam "
+        f"on {len(split.train_y)} scikit-learn load_digits images; top-1 accuracy measured with "
+        f"this artifact on {n_test} stratified held-out digits ({HELDOUT}). Input 'image': "
+        f"{PREPROCESS}. Output 'probabilities': softmax over digits 0-9. " + _ENERGY_NOTE
+    )
+    manifest = _manifest(
+        family=DIGITS_FAMILY,
+        variant=recipe.name,
+        blob=blob,
+        accuracy=accuracy,
+        accuracy_metric=f"top1 on {n_test} held-out digits",
+        inputs=[{"name": "image", "datatype": "FP32", "shape": [-1, 64]}],
+        outputs=[{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+        profile=profile,
+        default_slo_ms=200,
+        flops=flops_per_row(module, 64),
+        parameters=sum(p.numel() for p in served.parameters()),
+        description=description,
+        extra={"preprocess": PREPROCESS, "heldout_sha256": heldout_sha, "epochs": epochs},
+    )
+    _publish(root / recipe.name, blob, manifest)
+    return manifest
+
+
+def _train(net: nn.Module, split: _Split, *, epochs: int, lr: float, seed: int) -> None:
+    x = torch.from_numpy(split.train_x)
+    y = torch.from_numpy(split.train_y)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), 64):
+            batch = order[start : start + 64]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+    net.eval()
+
+
+# --- measuring an exported artifact ---------------------------------------------------------
+
+
+def _accuracy(module: torch.jit.ScriptModule, images: np.ndarray, labels: np.ndarray) -> float:
+    with torch.no_grad():
+        probabilities = module(torch.from_numpy(images))
+    correct = int((probabilities.argmax(dim=1).numpy() == labels).sum())
+    return correct / len(labels)
+
+
+def flops_per_row(module: nn.Module, width: int) -> int:
+    """Floating-point operations one input row costs, counted by torch's FLOP counter."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(torch.zeros(1, width))
+    return int(counter.get_total_flops())
+
+
+def _profile(module: torch.jit.ScriptModule, width: int) -> dict[str, float]:
+    """Median latency in ms of batch 1 and batch MAX_BATCH, measured on this machine."""
+    profile = {}
+    for batch in (1, MAX_BATCH):
+        x = torch.rand(batch, width)
+        samples = []
+        with torch.no_grad():
+            for i in range(PROFILE_WARMUP + PROFILE_REPEATS):
+                start = time.perf_counter()
+                module(x)
+                if i >= PROFILE_WARMUP:
+                    samples.append(time.perf_counter() - start)
+        profile[str(batch)] = round(statistics.median(samples) * 1000.0, 4)
+    return profile
+
+
+# --- manifests and files --------------------------------------------------------------------
+
+
+def _manifest(
+    *,
+    family: str,
+    variant: str,
+    blob: bytes,
+    accuracy: float,
+    accuracy_metric: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    profile: dict[str, float],
+    default_slo_ms: int,
+    flops: int,
+    parameters: int,
+    description: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "family": family,
+        "variant": variant,
+        "version": "1",
+        "backend": "torchscript",
+        "accuracy": accuracy,
+        "accuracy_metric": accuracy_metric,
+        "inputs": inputs,
+        "outputs": outputs,
+        "max_batch": MAX_BATCH,
+        "default_slo_ms": default_slo_ms,
+        "energy_j": round(CPU_POWER_W * profile["1"] / 1000.0, 9),
+        "artifact": ARTIFACT,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size_bytes": len(blob),
+        "profile_ms": profile,
+        "flops_per_row": flops,
+        "parameters": parameters,
+        "description": description,
+        **extra,
+    }
+
+
+def _intact_manifest(
+    variant_dir: Path, variant: str, *, heldout_sha: str | None = None
+) -> dict[str, Any] | None:
+    """The variant's manifest if it and its artifact agree; None when it must be rebuilt."""
+    try:
+        manifest = json.loads((variant_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("variant") != variant:
+        return None
+    artifact = variant_dir / str(manifest.get("artifact", ARTIFACT))
+    try:
+        if artifact.stat().st_size != manifest.get("size_bytes"):
+            return None
+        if _sha256_file(artifact) != manifest.get("sha256"):
+            return None
+    except OSError:
+        return None
+    if heldout_sha is not None and manifest.get("heldout_sha256") != heldout_sha:
+        return None
+    return manifest
+
+
+def _publish(variant_dir: Path, blob: bytes, manifest: dict[str, Any]) -> None:
+    # The artifact goes first so a manifest never names bytes that are not on disk yet.
+    variant_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(variant_dir / ARTIFACT, blob)
+    _write_atomic(variant_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the repository from other users
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch's blanket deprecation notice for TorchScript, the chosen serving format."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        yield
+
+
+def _script_bytes(module: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    with quiet_jit():
+        torch.jit.save(torch.jit.script(module.eval()), buffer)
+    return buffer.getvalue()
+
+
+def _load(blob: bytes) -> torch.jit.ScriptModule:
+    with quiet_jit():
+        return torch.jit.load(io.BytesIO(blob)).eval()

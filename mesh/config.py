@@ -1,0 +1,242 @@
+"""Build a process's one frozen config object from defaults, a TOML file, env and flags.
+
+Precedence, lowest first: the dataclass defaults < the TOML file < ``LETMESH_*`` environment
+variables < command-line flags. Must not import ZeroMQ, protocol or role packages.
+
+Environment names: field ``http_port`` is read from ``LETMESH_HTTP_PORT``; when a
+``section`` is given (``"gateway"``) only ``LETMESH_GATEWAY_HTTP_PORT`` is read, so roles
+sharing one environment never pick up each other's settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ENV_PREFIX = "LETMESH_"
+
+_SCALARS: tuple[type, ...] = (str, int, float, bool, Path)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A configuration source holds an unknown key or a value that does not fit its field."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldType:
+    base: type
+    is_tuple: bool
+    optional: bool
+
+
+def env_var_name(field: str, section: str | None = None) -> str:
+    """The environment variable read for ``field`` (in ``section``, when given)."""
+    parts = [ENV_PREFIX.rstrip("_")]
+    if section:
+        parts.append(section)
+    parts.append(field)
+    return "_".join(parts).upper().replace("-", "_")
+
+
+def load_config(
+    cls: type[T],
+    *,
+    toml_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    section: str | None = None,
+) -> T:
+    """Return ``cls`` built from its defaults overlaid by TOML, environment and flags.
+
+    ``cls`` is a frozen dataclass whose init fields all have defaults and are of type
+    str, int, float, bool, Path, ``tuple[<one of those>, ...]`` or any of these ``| None``.
+    ``env`` defaults to ``os.environ``. Flags whose value is None are ignored (argparse
+    defaults), as are flag names that are not fields (``vars(args)`` carries subcommand
+    state); dashes in flag names count as underscores. String values from the environment
+    or flags are parsed: bools accept 1/0/true/false/yes/no/on/off, tuples are
+    comma-separated, and an empty string means None for an optional field.
+
+    Raises :class:`ConfigError` naming the key and source for an unknown TOML key, a bad
+    value, an unreadable file, or a value the dataclass itself rejects; ``TypeError`` when
+    ``cls`` is not a config dataclass as described.
+    """
+    fields = _config_fields(cls)
+    values: dict[str, Any] = {}
+
+    if toml_path is not None:
+        values.update(_from_toml(fields, Path(toml_path), section))
+
+    environ = os.environ if env is None else env
+    for name, ftype in fields.items():
+        var = env_var_name(name, section)
+        if var in environ:
+            source = f"environment variable {var}"
+            values[name] = _from_text(ftype, environ[var], name, source)
+
+    for key, value in (flags or {}).items():
+        name = key.replace("-", "_")
+        if value is None or name not in fields:
+            continue
+        source = f"flag --{name.replace('_', '-')}"
+        if isinstance(value, str):
+            values[name] = _from_text(fields[name], value, name, source)
+        else:
+            values[name] = _from_native(fields[name], value, name, source)
+
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def _config_fields(cls: type) -> dict[str, _FieldType]:
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__} must be a frozen dataclass")
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, _FieldType] = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name} has no default")
+        fields[field.name] = _field_type(cls.__name__, field.name, hints[field.name])
+    return fields
+
+
+def _field_type(owner: str, name: str, annotation: Any) -> _FieldType:
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1 or len(typing.get_args(annotation)) != 2:
+            raise TypeError(f"{owner}.{name}: unsupported union {annotation!r}")
+        optional = True
+        annotation = args[0]
+        origin = typing.get_origin(annotation)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS:
+            return _FieldType(args[0], True, optional)
+        raise TypeError(f"{owner}.{name}: only tuple[X, ...] of a simple type, got {annotation!r}")
+    if annotation in _SCALARS:
+        return _FieldType(annotation, False, optional)
+    raise TypeError(f"{owner}.{name}: unsupported config type {annotation!r}")
+
+
+def _from_toml(fields: Mapping[str, _FieldType], path: Path, section: str | None) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+    where = str(path)
+    table: Any = document
+    if section is not None:
+        where = f"{path} [{section}]"
+        table = document.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section!r} must be a table, got {type(table).__name__}")
+
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            also = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"unknown key {key!r} in {where}{also}")
+        values[key] = _from_native(fields[key], value, key, where)
+    return values
+
+
+def _bad(name: str, source: str, reason: str) -> ConfigError:
+    return ConfigError(f"bad value for {name} from {source}: {reason}")
+
+
+def _from_native(ftype: _FieldType, value: Any, name: str, source: str) -> Any:
+    """Check and convert an already-typed value (TOML, typed flags)."""
+    if value is None and ftype.optional:
+        return None
+    if ftype.is_tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _bad(name, source, f"expected a list, got {value!r}")
+        return tuple(_scalar_native(ftype.base, item, name, source) for item in value)
+    return _scalar_native(ftype.base, value, name, source)
+
+
+def _scalar_native(base: type, value: Any, name: str, source: str) -> Any:
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isnan(value):
+                raise _bad(name, source, "NaN is not a usable number")
+            return float(value)
+    elif base is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    raise _bad(name, source, f"expected {base.__name__}, got {value!r}")
+
+
+def _from_text(ftype: _FieldType, text: str, name: str, source: str) -> Any:
+    """Parse a string (environment, untyped flags) into the field's type."""
+    if ftype.optional and text.strip() == "":
+        return None
+    if ftype.is_tuple:
+        items = [item.strip() for item in text.split(",")]
+        return tuple(_scalar_text(ftype.base, item, name, source) for item in items if item)
+    return _scalar_text(ftype.base, text, name, source)
+
+
+def _scalar_text(base: type, text: str, name: str, source: str) -> Any:
+    if base is str:
+        return text
+    stripped = text.strip()
+    if base is bool:
+        lowered = stripped.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise _bad(name, source, f"expected one of 1/0/true/false/yes/no, got {text!r}")
+    if base is int:
+        try:
+            return int(stripped, 10)
+        except ValueError:
+            raise _bad(name, source, f"expected an integer, got {text!r}") from None
+    if base is float:
+        try:
+            number = float(stripped)
+        except ValueError:
+            raise _bad(name, source, f"expected a number, got {text!r}") from None
+        if math.isnan(number):
+            raise _bad(name, source, "NaN is not a usable number")
+        return number
+    if base is Path:
+        if not stripped:
+            raise _bad(name, source, "expected a path, got an empty string")
+        return Path(text)
+    raise _bad(name, source, f"unsupported type {base.__name__}")  # unreachable: checked up front

@@ -1,0 +1,78 @@
+"""Heartbeat liveness: which peers are alive, which were just lost, which came back.
+
+A pure, synchronous core: callers pass ``now`` from their clock and act on the answers
+(the registry marks agents lost, the gateway fails a dead worker's requests). Must not
+import asyncio, ZeroMQ, protocol or role packages.
+"""
+
+from __future__ import annotations
+
+
+class Liveness:
+    """Tracks the last heartbeat of each peer.
+
+    A peer is lost when it has not beaten for more than ``interval_s * missed_limit``
+    seconds. :meth:`lost` reports each lost peer once; a later :meth:`beat` from it
+    returns True (it came back) and arms it again. Heartbeats that arrive out of order
+    never move a peer's last-seen time backwards. Not thread-safe.
+    """
+
+    def __init__(self, *, interval_s: float, missed_limit: int = 3) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if missed_limit < 1:
+            raise ValueError(f"missed_limit must be >= 1, got {missed_limit}")
+        self.interval_s = interval_s
+        self.missed_limit = missed_limit
+        self._last: dict[str, float] = {}
+        self._reported: set[str] = set()
+
+    @property
+    def timeout_s(self) -> float:
+        """Silence longer than this makes a peer lost."""
+        return self.interval_s * self.missed_limit
+
+    def beat(self, peer: str, now: float) -> bool:
+        """Record a heartbeat; True when the peer is new or had been reported lost."""
+        previous = self._last.get(peer)
+        joined = previous is None or peer in self._reported
+        self._reported.discard(peer)
+        self._last[peer] = now if previous is None else max(previous, now)
+        return joined
+
+    def lost(self, now: float) -> list[str]:
+        """Peers that became lost since the last call, oldest heartbeat first."""
+        newly = [
+            peer
+            for peer, seen in self._last.items()
+            if peer not in self._reported and now - seen > self.timeout_s
+        ]
+        newly.sort(key=lambda peer: (self._last[peer], peer))
+        self._reported.update(newly)
+        return newly
+
+    def alive(self, peer: str, now: float) -> bool:
+        """True when ``peer`` is known, not reported lost, and beat within the timeout."""
+        seen = self._last.get(peer)
+        if seen is None or peer in self._reported:
+            return False
+        return now - seen <= self.timeout_s
+
+    def forget(self, peer: str) -> None:
+        """Drop a peer (it left cleanly); unknown peers are ignored."""
+        self._last.pop(peer, None)
+        self._reported.discard(peer)
+
+    def peers(self) -> list[str]:
+        """All known peers, alive or lost, sorted."""
+        return sorted(self._last)
+
+    def last_seen(self, peer: str) -> float | None:
+        return self._last.get(peer)
+
+    def next_deadline(self) -> float | None:
+        """Earliest time after which :meth:`lost` would report someone, or None."""
+        pending = [seen for peer, seen in self._last.items() if peer not in self._reported]
+        if not pending:
+            return None
+        return min(pending) + self.timeout_s

@@ -1,0 +1,224 @@
+"""Every letmesh wire message, each a frozen, slotted, keyword-only dataclass with a unique tag.
+
+Commands are imperative, events past tense, replies end in ``Reply``. Tags 1-99 are the
+control plane (agents, gateways, workers <-> controller), 100-199 the data plane
+(gateway <-> worker). Imports nothing of ours beyond ``protocol``.
+"""
+
+from __future__ import annotations
+
+from protocol.schema import message
+from protocol.types import (
+    AgentStatus,
+    DeviceInfo,
+    ModelInfo,
+    ModelStatus,
+    Partition,
+    TensorMeta,
+    VariantSpec,
+    WorkerRoute,
+    WorkerStatus,
+)
+
+
+@message(1)
+class ErrorReply:
+    """A failure carried as data. ``code`` is a stable machine-readable condition name."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    request_id: int = 0
+
+
+@message(2)
+class Heartbeat:
+    """Sent both ways on every control and data link; ``seq`` grows per sender."""
+
+    sender: str
+    role: str
+    seq: int = 0
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+@message(10)
+class RegisterAgent:
+    agent_id: str
+    hostname: str
+    devices: tuple[DeviceInfo, ...]
+    pid: int = 0
+
+
+@message(11)
+class RegisterAgentReply:
+    agent_id: str
+    heartbeat_interval_s: float
+    controller_epoch: int
+
+
+@message(12)
+class StartWorker:
+    worker_id: str
+    partition: Partition
+    variants: tuple[VariantSpec, ...]
+    gateways: tuple[str, ...]
+    controller: str
+
+
+@message(13)
+class StopWorker:
+    worker_id: str
+    drain_s: float = 1.0
+
+
+@message(14)
+class WorkerStarted:
+    """The agent spawned the worker's process (it is not serving yet)."""
+
+    worker_id: str
+    agent_id: str
+    pid: int
+
+
+@message(15)
+class WorkerStopped:
+    worker_id: str
+    agent_id: str
+    exit_code: int
+
+
+@message(16)
+class WorkerCrashed:
+    worker_id: str
+    agent_id: str
+    exit_code: int
+    restarts: int
+    will_restart: bool
+
+
+# --- workers <-> controller -----------------------------------------------------------------
+
+
+@message(20)
+class FetchArtifact:
+    sha256: str
+    offset: int
+    length: int
+
+
+@message(21)
+class ArtifactChunkReply:
+    sha256: str
+    offset: int
+    total_size: int
+    data: bytes
+
+
+@message(22)
+class WorkerReady:
+    """The worker loaded and warmed its variants and is connected to every gateway."""
+
+    worker_id: str
+    agent_id: str
+    variants: tuple[str, ...]
+    pid: int
+    batch_latency_ms: dict[str, tuple[float, ...]]
+
+
+# --- gateways <-> controller ----------------------------------------------------------------
+
+
+@message(30)
+class RegisterGateway:
+    gateway_id: str
+    data_endpoint: str
+    http_url: str
+
+
+@message(31)
+class RegisterGatewayReply:
+    gateway_id: str
+    heartbeat_interval_s: float
+    controller_epoch: int
+
+
+@message(32)
+class RoutingTable:
+    """Which ready worker serves which variant. Pushed whenever it changes; ``version`` grows."""
+
+    version: int
+    models: tuple[ModelInfo, ...]
+    workers: tuple[WorkerRoute, ...]
+
+
+@message(33)
+class GatewayListChanged:
+    """Controller -> running workers: the gateways to keep a data connection to."""
+
+    gateways: tuple[str, ...]
+
+
+# --- operators ------------------------------------------------------------------------------
+
+
+@message(40)
+class GetStatus:
+    pass
+
+
+@message(41)
+class StatusReply:
+    controller_epoch: int
+    routing_version: int
+    agents: tuple[AgentStatus, ...]
+    workers: tuple[WorkerStatus, ...]
+    models: tuple[ModelStatus, ...]
+    gateways: tuple[str, ...]
+
+
+# --- data plane -----------------------------------------------------------------------------
+
+
+@message(100)
+class WorkerHello:
+    """A worker announces itself on a gateway's data socket (and after every reconnect)."""
+
+    worker_id: str
+    variants: tuple[str, ...]
+
+
+@message(101)
+class InferRequest:
+    """Tensors travel as raw frames after the header, in the order of ``inputs``.
+
+    ``budget_us`` is the time left to the deadline when sent; the worker turns it into a
+    deadline on its own clock, so hosts need no synchronised clocks.
+    """
+
+    request_id: int
+    variant: str
+    budget_us: int
+    inputs: tuple[TensorMeta, ...]
+
+
+@message(102)
+class InferReply:
+    """``status`` is ok | late | error; on ok, ``outputs`` describes the raw frames after it."""
+
+    request_id: int
+    variant: str
+    status: str
+    queue_us: int = 0
+    compute_us: int = 0
+    batch_size: int = 0
+    outputs: tuple[TensorMeta, ...] = ()
+    error: str = ""
+
+
+@message(103)
+class GatewayGoingAway:
+    """A gateway tells its workers it is shutting down; they stop sending to it."""
+
+    gateway_id: str

@@ -1,0 +1,140 @@
+"""Nested wire structs shared by several messages: tensor and model specs, devices, partitions.
+
+Imports nothing of ours beyond ``protocol``.
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+
+from protocol.schema import struct
+
+AgentId = NewType("AgentId", str)
+WorkerId = NewType("WorkerId", str)
+GatewayId = NewType("GatewayId", str)
+VariantName = NewType("VariantName", str)
+
+# Open Inference Protocol datatypes that travel as fixed-size raw tensors, with numpy dtypes.
+DATATYPES: dict[str, str] = {
+    "BOOL": "|b1",
+    "UINT8": "|u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "|i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+@struct
+class TensorSpec:
+    """A model input or output: name, OIP datatype, shape with -1 for a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@struct
+class TensorMeta:
+    """A tensor travelling in the raw frame at the same position in the message's tensor list."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@struct
+class VariantSpec:
+    """What a worker needs to serve one model variant."""
+
+    name: str
+    family: str
+    sha256: str
+    size_bytes: int
+    backend: str = "torchscript"
+    max_batch: int = 1
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+
+@struct
+class ModelInfo:
+    """A variant as the gateway sees it in the routing table."""
+
+    name: str
+    family: str
+    accuracy: float
+    max_batch: int
+    default_slo_ms: float
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    version: str = "1"
+    platform: str = "pytorch_torchscript"
+    energy_j: float = 0.0
+
+
+@struct
+class DeviceInfo:
+    """One device an agent offers: a CPU (cores) or a CUDA GPU (MPS percentages)."""
+
+    device_id: str
+    kind: str  # "cpu" | "cuda"
+    name: str
+    cores: int
+    memory_bytes: int
+    sm_count: int = 0
+    mps: bool = False
+
+
+@struct
+class Partition:
+    """A gpu-let: a core set on a CPU, or an MPS active-thread percentage on a CUDA GPU."""
+
+    device_id: str
+    kind: str
+    cores: tuple[int, ...] = ()
+    mps_percent: int = 0
+
+
+@struct
+class WorkerRoute:
+    """A ready worker and the variants it serves, with the plan's routing weight."""
+
+    worker_id: str
+    variants: tuple[str, ...]
+    weight: float = 1.0
+
+
+@struct
+class WorkerStatus:
+    worker_id: str
+    agent_id: str
+    state: str  # starting | ready | crashed | stopped
+    partition: Partition
+    variants: tuple[str, ...]
+    pid: int = 0
+    restarts: int = 0
+
+
+@struct
+class AgentStatus:
+    agent_id: str
+    hostname: str
+    alive: bool
+    devices: tuple[DeviceInfo, ...]
+    last_seen_s: float
+
+
+@struct
+class ModelStatus:
+    name: str
+    family: str
+    accuracy: float
+    state: str  # READY | UNAVAILABLE
+    workers: tuple[str, ...]

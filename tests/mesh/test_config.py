@@ -1,0 +1,241 @@
+"""Config loading: precedence, conversions, and errors that name the field and source."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.config import ConfigError, env_var_name, load_config
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    max_wait_ms: float = 5.0
+    tls: bool = False
+    tokens: tuple[str, ...] = ()
+    ports: tuple[int, ...] = (1, 2)
+    state_dir: Path = Path(".letmesh")
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.http_port < 65536:
+            raise ValueError(f"http_port {self.http_port} is out of range")
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "letmesh.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_when_no_source_is_given() -> None:
+    assert load_config(GatewayConfig, env={}) == GatewayConfig()
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "flags", "expected_port"),
+    [
+        (None, {}, {}, 8000),
+        ("http_port = 8100", {}, {}, 8100),
+        ("http_port = 8100", {"LETMESH_HTTP_PORT": "8200"}, {}, 8200),
+        ("http_port = 8100", {"LETMESH_HTTP_PORT": "8200"}, {"http_port": 8300}, 8300),
+        (None, {"LETMESH_HTTP_PORT": "8200"}, {"http_port": 8300}, 8300),
+        (None, {}, {"http_port": 8300}, 8300),
+        ("http_port = 8100", {}, {"http_port": 8300}, 8300),
+        # argparse leaves unset options at None: they must not override lower sources
+        ("http_port = 8100", {"LETMESH_HTTP_PORT": "8200"}, {"http_port": None}, 8200),
+    ],
+)
+def test_precedence_defaults_toml_env_flags(
+    tmp_path: Path, toml: str | None, env: dict[str, str], flags: dict[str, Any], expected_port: int
+) -> None:
+    path = write_toml(tmp_path, toml) if toml is not None else None
+    config = load_config(GatewayConfig, toml_path=path, env=env, flags=flags)
+    assert config.http_port == expected_port
+
+
+def test_each_source_only_overrides_the_fields_it_sets(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'http_host = "0.0.0.0"\nmax_wait_ms = 7\ntokens = ["t1", "t2"]\nstate_dir = "/srv/lm"\n',
+    )
+    config = load_config(
+        GatewayConfig,
+        toml_path=path,
+        env={"LETMESH_TLS": "yes", "LETMESH_MAX_WAIT_MS": "2.5", "OTHER": "x"},
+        flags={"tokens": ["flag-token"], "command": "gateway", "key-file": "/k/key"},
+    )
+    assert config == GatewayConfig(
+        http_host="0.0.0.0",
+        http_port=8000,
+        max_wait_ms=2.5,
+        tls=True,
+        tokens=("flag-token",),
+        ports=(1, 2),
+        state_dir=Path("/srv/lm"),
+        key_file=Path("/k/key"),
+    )
+    assert isinstance(config.max_wait_ms, float)
+
+
+def test_section_reads_its_table_and_prefixed_env_only(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        "[gateway]\nhttp_port = 9000\nmax_wait_ms = 1.5\n\n[controller]\nanything = 1\n",
+    )
+    env = {"LETMESH_MAX_WAIT_MS": "99", "LETMESH_GATEWAY_TLS": "true"}
+    config = load_config(GatewayConfig, toml_path=path, env=env, section="gateway")
+    assert config.http_port == 9000
+    assert config.max_wait_ms == 1.5  # the unprefixed variable belongs to no section
+    assert config.tls is True
+    assert env_var_name("http_port", "gateway") == "LETMESH_GATEWAY_HTTP_PORT"
+    assert env_var_name("http_port") == "LETMESH_HTTP_PORT"
+
+
+def test_missing_section_means_defaults(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[controller]\nport = 1\n")
+    assert load_config(GatewayConfig, toml_path=path, env={}, section="gateway") == GatewayConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("FALSE", False),
+        ("no", False),
+        (" off ", False),
+    ],
+)
+def test_env_bool_words(text: str, expected: bool) -> None:
+    assert load_config(GatewayConfig, env={"LETMESH_TLS": text}).tls is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a,b,c", ("a", "b", "c")),
+        (" a , b ", ("a", "b")),
+        ("a,", ("a",)),
+        ("", ()),
+    ],
+)
+def test_env_tuples_are_comma_separated(text: str, expected: tuple[str, ...]) -> None:
+    assert load_config(GatewayConfig, env={"LETMESH_TOKENS": text}).tokens == expected
+
+
+def test_env_typed_tuples_optional_paths_and_strings() -> None:
+    config = load_config(
+        GatewayConfig,
+        env={"LETMESH_PORTS": "5,6", "LETMESH_KEY_FILE": "/etc/k", "LETMESH_HTTP_HOST": " h "},
+    )
+    assert config.ports == (5, 6)
+    assert config.key_file == Path("/etc/k")
+    assert config.http_host == " h "  # strings are taken as given
+    assert load_config(GatewayConfig, env={"LETMESH_KEY_FILE": ""}).key_file is None
+
+
+def test_env_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETMESH_HTTP_PORT", "8765")
+    assert load_config(GatewayConfig).http_port == 8765
+
+
+def test_string_flags_are_parsed_like_env() -> None:
+    config = load_config(GatewayConfig, env={}, flags={"http_port": "8080", "tls": "false"})
+    assert (config.http_port, config.tls) == (8080, False)
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "needle"),
+    [
+        ("env", {"LETMESH_HTTP_PORT": "x"}, "http_port from environment variable LETMESH_HTTP_"),
+        ("env", {"LETMESH_TLS": "maybe"}, "tls from environment variable LETMESH_TLS"),
+        ("env", {"LETMESH_MAX_WAIT_MS": "nan"}, "max_wait_ms"),
+        ("env", {"LETMESH_PORTS": "1,x"}, "ports from environment variable LETMESH_PORTS"),
+        ("toml", 'http_port = "8000"', "http_port from"),
+        ("toml", "tls = 1", "tls from"),
+        ("toml", "http_port = true", "http_port from"),
+        ("toml", 'tokens = "a,b"', "tokens from"),
+        ("toml", "tokens = [1, 2]", "tokens from"),
+        ("flags", {"http_port": 8.5}, "http_port from flag --http-port"),
+        ("flags", {"max_wait_ms": "fast"}, "max_wait_ms from flag --max-wait-ms"),
+    ],
+)
+def test_bad_values_name_field_and_source(
+    tmp_path: Path, source: str, value: Any, needle: str
+) -> None:
+    kwargs: dict[str, Any] = {"env": {}}
+    if source == "env":
+        kwargs["env"] = value
+    elif source == "toml":
+        kwargs["toml_path"] = write_toml(tmp_path, value)
+    else:
+        kwargs["flags"] = value
+    with pytest.raises(ConfigError) as info:
+        load_config(GatewayConfig, **kwargs)
+    assert needle in str(info.value)
+    if source == "toml":
+        assert str(tmp_path / "letmesh.toml") in str(info.value)
+
+
+def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "http_prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'http_prot'.*did you mean 'http_port'"):
+        load_config(GatewayConfig, toml_path=path, env={})
+
+
+def test_unknown_key_in_section_is_named(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[gateway]\nverbose = true\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'verbose' in .*\[gateway\]"):
+        load_config(GatewayConfig, toml_path=path, env={}, section="gateway")
+
+
+def test_section_that_is_not_a_table(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "gateway = 3\n")
+    with pytest.raises(ConfigError, match="gateway"):
+        load_config(GatewayConfig, toml_path=path, env={}, section="gateway")
+
+
+def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(GatewayConfig, toml_path=tmp_path / "absent.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(GatewayConfig, toml_path=write_toml(tmp_path, "http_port = = 1"), env={})
+
+
+def test_value_rejected_by_the_dataclass_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        load_config(GatewayConfig, env={"LETMESH_HTTP_PORT": "70000"})
+
+
+def test_result_is_frozen() -> None:
+    config = load_config(GatewayConfig, env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.http_port = 1  # type: ignore[misc]
+
+
+def test_config_classes_that_cannot_be_loaded_are_rejected() -> None:
+    @dataclass
+    class Mutable:
+        port: int = 1
+
+    @dataclass(frozen=True)
+    class NoDefault:
+        port: int
+
+    @dataclass(frozen=True)
+    class Nested:
+        inner: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    for cls in (Mutable, NoDefault, Nested, int):
+        with pytest.raises(TypeError):
+            load_config(cls, env={})
