@@ -174,7 +174,10 @@ class AgentActor(Actor):
 
     async def _start_worker(self, cmd: StartWorker) -> None:
         existing = self._workers.get(cmd.worker_id)
-        if existing is not None and existing.cmd == cmd and not existing.stopping:
+        # Gateways and the controller address may differ between re-sends; the worker learns
+        # gateway changes on its own link, so only partition and variants make it a new worker.
+        same = existing is not None and (existing.cmd.partition, existing.cmd.variants) == (cmd.partition, cmd.variants)
+        if existing is not None and same and not existing.stopping:
             if existing.proc is not None and existing.proc.returncode is None:
                 await self._send(WorkerStarted(worker_id=cmd.worker_id, agent_id=self.config.agent_id, pid=existing.proc.pid))
             return

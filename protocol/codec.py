@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+import protocol.message  # noqa: F401  (registers every message tag with the decoder)
 from protocol.error import FrameTooLarge, MalformedFrame, UnknownMessage, VersionMismatch
 from protocol.schema import from_plain, message_type, to_plain
 from protocol.types import DATATYPES, TensorMeta
@@ -147,6 +148,9 @@ def tensor_from_buffer(meta: TensorMeta, buf: memoryview, limits: Limits = DEFAU
     if len(meta.shape) > limits.max_rank or any(d < 0 for d in meta.shape):
         raise MalformedFrame(f"tensor {meta.name!r}: bad shape {list(meta.shape)}")
     dtype = np.dtype(code)
+    # A zero-size tensor may claim absurd other dimensions that numpy refuses to reshape to.
+    if math.prod(d for d in meta.shape if d) * dtype.itemsize > limits.max_tensor_bytes:
+        raise MalformedFrame(f"tensor {meta.name!r}: shape {list(meta.shape)} is over the size limit")
     count = math.prod(meta.shape)
     if count * dtype.itemsize != buf.nbytes:
         raise MalformedFrame(

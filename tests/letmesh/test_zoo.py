@@ -166,8 +166,11 @@ def test_corrupted_artifact_is_rebuilt_and_intact_variants_are_kept(zoo, tmp_pat
     images, labels = heldout(copy)
     with torch.no_grad():
         predicted = load(broken)(torch.from_numpy(images)).argmax(dim=1).numpy()
-    assert float((predicted == labels).mean()) == pytest.approx(rebuilt["digits-linear"]["accuracy"], abs=1e-6)
-    assert [line for line in lines if line.startswith("training")] == ["training digits-linear (1/4) ..."]
+    accuracy = float((predicted == labels).mean())
+    assert accuracy > 0.8
+    assert accuracy == pytest.approx(rebuilt["digits-linear"]["accuracy"], abs=1e-6)
+    trained = [line for line in lines if line.startswith("training")]
+    assert trained == ["training digits-linear (1/4) ..."]
 
 
 @pytest.mark.parametrize("damage", ["garbled manifest", "missing heldout"])
@@ -186,4 +189,6 @@ def test_damaged_repository_is_repaired(zoo, tmp_path, damage):
     for name in DIGITS:
         assert repaired[name] == by_variant(manifests)[name]
     identity = json.loads((copy / "identity" / "manifest.json").read_text())
-    assert identity["sha256"] == hashlib.sha256((copy / "identity" / "model.pt").read_bytes()).hexdigest()
+    blob = (copy / "identity" / "model.pt").read_bytes()
+    assert identity == repaired["identity"]
+    assert identity["sha256"] == hashlib.sha256(blob).hexdigest()

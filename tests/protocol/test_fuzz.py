@@ -244,11 +244,6 @@ def test_a_frame_sized_for_its_shape_gives_an_array_of_that_shape(
     tensors_or_refusal([TensorMeta(name="x", datatype=datatype, shape=shape)], [bytes([fill]) * (count * itemsize)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="protocol bug: zero-size tensors with huge dimensions reach numpy's reshape (ValueError)",
-)
 @FUZZ
 @given(shape=st.lists(WIRE_INTS, max_size=8).map(tuple))
 @example(shape=(0, 2**63))

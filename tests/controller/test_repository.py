@@ -1,0 +1,213 @@
+"""Loading the model repository: valid variants load with their manifest fields, bad ones fail by name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.error import RepositoryError
+from controller.repository import load_repository
+from letmesh.zoo import build_trivial
+from protocol.types import ModelInfo, TensorSpec, VariantSpec
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], bytes]:
+    """The identity variant's manifest and artifact bytes, built once by the zoo."""
+    root = tmp_path_factory.mktemp("template")
+    manifest = build_trivial(root)
+    return manifest, (root / "identity" / manifest["artifact"]).read_bytes()
+
+
+def write_variant(root: Path, folder: str, template: tuple[dict[str, Any], bytes], **changes: Any) -> Path:
+    """A variant folder holding the template's artifact and a manifest with ``changes``; returns the manifest path."""
+    manifest, blob = template
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "model.pt").write_bytes(blob)
+    body = {
+        **manifest,
+        "variant": folder,
+        "artifact": "model.pt",
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size_bytes": len(blob),
+        **changes,
+    }
+    (path / "manifest.json").write_text(json.dumps(body))
+    return path / "manifest.json"
+
+
+def test_trivial_repository_loads_with_manifest_fields(tmp_path: Path) -> None:
+    manifest = build_trivial(tmp_path)
+    variants = load_repository(tmp_path)
+
+    assert list(variants) == ["identity"]
+    v = variants["identity"]
+    artifact = tmp_path / "identity" / "model.pt"
+    assert v.artifact == artifact
+    assert v.sha256 == hashlib.sha256(artifact.read_bytes()).hexdigest() == manifest["sha256"]
+    assert v.size_bytes == artifact.stat().st_size
+    assert v.profile_ms == {int(k): float(x) for k, x in manifest["profile_ms"].items()}
+    assert v.cost_ms == v.profile_ms[max(v.profile_ms)]
+
+    spec = TensorSpec(name="x", datatype="FP32", shape=(-1, 16))
+    out = TensorSpec(name="y", datatype="FP32", shape=(-1, 16))
+    assert v.spec() == VariantSpec(
+        name="identity",
+        family="trivial",
+        sha256=manifest["sha256"],
+        size_bytes=manifest["size_bytes"],
+        backend="torchscript",
+        max_batch=manifest["max_batch"],
+        inputs=(spec,),
+        outputs=(out,),
+    )
+    assert v.info() == ModelInfo(
+        name="identity",
+        family="trivial",
+        accuracy=1.0,
+        max_batch=manifest["max_batch"],
+        default_slo_ms=float(manifest["default_slo_ms"]),
+        inputs=(spec,),
+        outputs=(out,),
+        version="1",
+        energy_j=manifest["energy_j"],
+    )
+
+
+def test_every_variant_folder_loads_by_variant_name(tmp_path: Path, template) -> None:
+    write_variant(tmp_path, "b-folder", template, variant="beta", family="fam", accuracy=0.5, max_batch=4)
+    write_variant(tmp_path, "a-folder", template, variant="alpha", family="fam", accuracy=0.9, version="7")
+
+    variants = load_repository(tmp_path)
+
+    assert sorted(variants) == ["alpha", "beta"]
+    assert variants["alpha"].info().version == "7"
+    assert variants["alpha"].info().accuracy == 0.9
+    assert variants["beta"].spec().max_batch == 4
+    assert variants["beta"].artifact == tmp_path / "b-folder" / "model.pt"
+
+
+def _sha_mismatch(root: Path, template) -> Path:
+    return write_variant(root, "bad", template, sha256="0" * 64)
+
+
+def _missing_artifact(root: Path, template) -> Path:
+    manifest = write_variant(root, "bad", template)
+    (manifest.parent / "model.pt").unlink()
+    return manifest
+
+
+def _escaping_artifact(root: Path, template) -> Path:
+    # The escaping file exists and its sha256 matches: only the path is wrong.
+    (root / "x").write_bytes(template[1])
+    return write_variant(root, "bad", template, artifact="../x")
+
+
+def _absolute_artifact(root: Path, template) -> Path:
+    (root / "x").write_bytes(template[1])
+    return write_variant(root, "bad", template, artifact=str((root / "x").resolve()))
+
+
+def _unsupported_datatype(root: Path, template) -> Path:
+    return write_variant(root, "bad", template, inputs=[{"name": "x", "datatype": "BYTES", "shape": [-1, 16]}])
+
+
+def _unsupported_backend(root: Path, template) -> Path:
+    return write_variant(root, "bad", template, backend="onnx")
+
+
+def _zero_max_batch(root: Path, template) -> Path:
+    return write_variant(root, "bad", template, max_batch=0)
+
+
+def _no_outputs(root: Path, template) -> Path:
+    return write_variant(root, "bad", template, outputs=[])
+
+
+def _missing_accuracy(root: Path, template) -> Path:
+    manifest = write_variant(root, "bad", template)
+    body = json.loads(manifest.read_text())
+    del body["accuracy"]
+    manifest.write_text(json.dumps(body))
+    return manifest
+
+
+def _not_json(root: Path, template) -> Path:
+    manifest = write_variant(root, "bad", template)
+    manifest.write_text("{not json")
+    return manifest
+
+
+def _json_list(root: Path, template) -> Path:
+    manifest = write_variant(root, "bad", template)
+    manifest.write_text("[1, 2]")
+    return manifest
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "says"),
+    [
+        (_sha_mismatch, "sha256"),
+        (_missing_artifact, "missing"),
+        (_escaping_artifact, "beside"),
+        (_absolute_artifact, "beside"),
+        (_unsupported_datatype, "BYTES"),
+        (_unsupported_backend, "onnx"),
+        (_zero_max_batch, "max_batch"),
+        (_no_outputs, "outputs"),
+        (_missing_accuracy, "accuracy"),
+        (_not_json, ""),
+        (_json_list, ""),
+    ],
+    ids=lambda p: getattr(p, "__name__", p).lstrip("_"),
+)
+def test_bad_variant_fails_the_load_naming_its_manifest(tmp_path: Path, template, make_bad, says: str) -> None:
+    write_variant(tmp_path, "good", template)  # a valid neighbour does not hide the bad one
+    manifest = make_bad(tmp_path, template)
+
+    with pytest.raises(RepositoryError) as raised:
+        load_repository(tmp_path)
+
+    assert str(manifest) in str(raised.value)
+    assert says in str(raised.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="controller/repository.py _str raises RepositoryError without the manifest path, "
+    "and _load_variant re-raises RepositoryError as is",
+)
+@pytest.mark.parametrize("field", ["family", "variant", "artifact", "sha256"])
+def test_empty_string_field_error_names_its_manifest(tmp_path: Path, template, field: str) -> None:
+    manifest = write_variant(tmp_path, "bad", template, **{field: ""})
+
+    with pytest.raises(RepositoryError) as raised:
+        load_repository(tmp_path)
+
+    assert str(manifest) in str(raised.value)
+
+
+def test_duplicate_variant_name_fails_naming_the_second_manifest(tmp_path: Path, template) -> None:
+    write_variant(tmp_path, "a", template, variant="same")
+    second = write_variant(tmp_path, "b", template, variant="same")
+
+    with pytest.raises(RepositoryError, match="twice") as raised:
+        load_repository(tmp_path)
+
+    assert str(second) in str(raised.value)
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "no-manifest-here").mkdir()
+    with pytest.raises(RepositoryError, match="holds no"):
+        load_repository(tmp_path)
+
+
+def test_missing_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="not a folder"):
+        load_repository(tmp_path / "absent")

@@ -1,0 +1,88 @@
+"""Fixtures that start a real mesh: controller, gateway and agent processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from letmesh.launcher import LocalMesh
+from letmesh.zoo import build_trivial
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Pids whose command line or environment contains ``marker`` (our children carry the state dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if marker.encode() in cmdline or marker.encode() in environ:
+            found.append(int(entry))
+    return found
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def trivial_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("trivial-repo")
+    build_trivial(repo)
+    return repo
+
+
+def _stop_and_check(meshes: list[LocalMesh]) -> None:
+    for m in meshes:
+        m.stop()
+    for m in meshes:
+        marker = str(m.state_dir.resolve())
+        wait_until(lambda: not processes_mentioning(marker), timeout_s=10)
+
+
+@pytest.fixture
+def mesh_factory(tmp_path: Path, trivial_repo: Path) -> Iterator:
+    """Start meshes for one test; each is stopped and checked for leftover processes at teardown."""
+    started: list[LocalMesh] = []
+
+    def start(**kwargs) -> LocalMesh:
+        state = tmp_path / f"state{len(started)}"
+        m = LocalMesh(repository=kwargs.pop("repository", trivial_repo), state_dir=state, **kwargs)
+        started.append(m)
+        m.start(timeout_s=120)
+        return m
+
+    yield start
+    _stop_and_check(started)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory, trivial_repo: Path) -> Iterator[LocalMesh]:
+    """One mesh shared by a module's tests that leave it as they found it."""
+    m = LocalMesh(repository=trivial_repo, state_dir=tmp_path_factory.mktemp("state"))
+    try:
+        m.start(timeout_s=120)
+        yield m
+    finally:
+        _stop_and_check([m])
