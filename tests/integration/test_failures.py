@@ -55,7 +55,6 @@ async def test_worker_killed_under_load_every_request_answered_once_and_worker_r
     outcomes = await asyncio.wait_for(load, 30)  # a request left hanging would time out here
 
     statuses = [s for s, _ in outcomes]
-    print({s: statuses.count(s) for s in set(statuses)})
     assert len(outcomes) > 50
     assert set(statuses) <= {200, 503, 504}, sorted(set(statuses))
     assert all(retry for s, retry in outcomes if s == 503), "every 503 carries Retry-After"
