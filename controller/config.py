@@ -8,6 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
     bind: str = "tcp://127.0.0.1:5555"
+    # The address workers dial for artifacts, when it differs from bind.
+    advertise: str = ""
     state_dir: str = ".letmesh"
     repository: str = ""
     heartbeat_interval_s: float = 0.5

@@ -222,7 +222,9 @@ class ControllerActor(Actor):
 
     @property
     def advertised_address(self) -> str:
-        """The address workers dial: the bound one, with a wildcard host made concrete."""
+        """The address workers dial: configured, or the bound one with a wildcard host made concrete."""
+        if self.config.advertise:
+            return self.config.advertise
         if "0.0.0.0" in self.address or "*" in self.address:
             host = socket.gethostname()
             return self.address.replace("0.0.0.0", host).replace("*", host)

@@ -13,6 +13,8 @@ class GatewayConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     data_bind: str = "tcp://127.0.0.1:5556"
+    # The address workers dial, when it differs from data_bind (a wildcard bind, NAT, containers).
+    data_advertise: str = ""
     max_body_bytes: int = 16 * 1024 * 1024
     heartbeat_interval_s: float = 0.5
     missed_heartbeats: int = 4

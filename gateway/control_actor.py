@@ -118,7 +118,7 @@ class ControlLinkActor(Actor):
         self._send(
             RegisterGateway(
                 gateway_id=self.config.gateway_id,
-                data_endpoint=self._dispatcher.address,
+                data_endpoint=self.config.data_advertise or self._dispatcher.address,
                 http_url=self._http_url,
             )
         )

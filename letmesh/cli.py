@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("controller", help="run the controller")
     c.add_argument("--config", help="TOML file with a [controller] table")
     c.add_argument("--bind", default=None, help="control socket, e.g. tcp://127.0.0.1:5555")
+    c.add_argument("--advertise", default=None, help="address workers dial, if not the bound one")
     c.add_argument("--repository", default=None, help="model repository folder")
     c.add_argument("--state-dir", default=None)
     c.set_defaults(func=cmd_controller)
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--http-host", default=None)
     g.add_argument("--http-port", type=int, default=None)
     g.add_argument("--data-bind", default=None, help="data socket workers dial, e.g. tcp://127.0.0.1:5556")
+    g.add_argument("--data-advertise", default=None, help="data address workers dial, if not the bound one")
     g.add_argument("--gateway-id", default=None)
     g.set_defaults(func=cmd_gateway)
 
