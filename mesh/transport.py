@@ -112,16 +112,25 @@ class Endpoint:
             raise
 
     def send_nowait(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
-        """Send without awaiting; fails with PeerUnreachable or zmq.Again if the queue is full."""
+        """Send without awaiting; raises PeerUnreachable, or zmq.Again if the queue is full."""
         frames: list[Any] = encode(msg, tensors)
         if self._kind == zmq.ROUTER:
+            if to is None:
+                raise ValueError("a ROUTER send needs the peer identity")
             frames.insert(0, to)
-        try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise PeerUnreachable(repr(to)) from None
-            raise
+        # On a zmq.asyncio socket a non-blocking send reports its failure through the future it returns.
+        future = self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        if not future.done():  # queued behind an awaited send: its outcome arrives later
+            future.add_done_callback(_swallow)
+            return
+        exc = future.exception()
+        if exc is None:
+            return
+        if isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH:
+            raise PeerUnreachable(repr(to)) from None
+        if isinstance(exc, zmq.ZMQError) and exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+            raise EndpointClosed(str(exc)) from None
+        raise exc
 
     async def recv(self) -> Incoming:
         """The next valid message; invalid ones are logged, counted and skipped."""
@@ -150,6 +159,11 @@ class Endpoint:
     @property
     def closed(self) -> bool:
         return self._sock.closed
+
+
+def _swallow(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("queued send failed: %s", future.exception())
 
 
 def _common_options(sock: zmq.Socket, limits: Limits) -> None:

@@ -1,0 +1,488 @@
+"""The controller actor over real ZeroMQ: fake peers are plain DEALER sockets speaking the codec."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import zmq
+import zmq.asyncio
+from torch import nn
+
+from controller.config import ControllerConfig
+from controller.controller_actor import ControllerActor
+from controller.repository import load_repository
+from letmesh.zoo import build_trivial, quiet_jit
+from mesh.clock import FakeClock
+from protocol.codec import ARTIFACT_CHUNK_BYTES, decode, encode
+from protocol.message import (
+    ArtifactChunkReply,
+    ErrorReply,
+    FetchArtifact,
+    GatewayListChanged,
+    GetStatus,
+    Heartbeat,
+    RegisterAgent,
+    RegisterAgentReply,
+    RegisterGateway,
+    RegisterGatewayReply,
+    RoutingTable,
+    StartWorker,
+    StatusReply,
+    WorkerReady,
+)
+from protocol.types import DeviceInfo
+
+BOUND_S = 5.0
+GATEWAY_1 = "tcp://127.0.0.1:17001"
+GATEWAY_2 = "tcp://127.0.0.1:17002"
+
+
+class Scale(nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.k
+
+
+def add_variant(root: Path, name: str, module: nn.Module, width: int) -> None:
+    """Script ``module`` into ``root/name`` with a manifest modelled on the zoo's identity variant."""
+    buffer = io.BytesIO()
+    with quiet_jit():
+        torch.jit.save(torch.jit.script(module.eval()), buffer)
+    blob = buffer.getvalue()
+    template = json.loads((root / "identity" / "manifest.json").read_text())
+    folder = root / name
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(blob)
+    tensor = {"datatype": "FP32", "shape": [-1, width]}
+    manifest = {
+        **template,
+        "variant": name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size_bytes": len(blob),
+        "inputs": [{"name": "x", **tensor}],
+        "outputs": [{"name": "y", **tensor}],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five variants; "wide" is larger than one artifact chunk."""
+    root = tmp_path_factory.mktemp("repo")
+    build_trivial(root)
+    torch.manual_seed(0)
+    for name, k in (("double", 2.0), ("triple", 3.0), ("negate", -1.0)):
+        add_variant(root, name, Scale(k), 16)
+    add_variant(root, "wide", nn.Linear(384, 384), 384)
+    assert (root / "wide" / "model.pt").stat().st_size > ARTIFACT_CHUNK_BYTES
+    return root
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
+    ctx = zmq.asyncio.Context()
+    yield ctx
+    # term() blocks while any socket is open, so a leaked socket fails the test here.
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ctx.term), BOUND_S)
+    except TimeoutError:
+        ctx.destroy(linger=0)
+        pytest.fail("a ZeroMQ socket was left open")
+
+
+class Peer:
+    """An agent, gateway, worker or operator at the edge: a DEALER with a routing identity.
+
+    Messages that arrive while a test waits for another kind are kept, in order, for later
+    ``expect`` calls; an unexpected ErrorReply fails the wait at once.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, address: str, identity: bytes) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, identity)
+        self.sock.connect(address)
+        self.pending: list[Any] = []
+
+    async def send(self, msg: Any) -> None:
+        await self.sock.send_multipart(encode(msg))
+
+    async def expect(self, kind: type, where: Callable[[Any], bool] = lambda m: True) -> Any:
+        for i, msg in enumerate(self.pending):
+            if isinstance(msg, kind) and where(msg):
+                return self.pending.pop(i)
+
+        async def wait() -> Any:
+            while True:
+                msg, _ = decode(await self.sock.recv_multipart())
+                if isinstance(msg, kind) and where(msg):
+                    return msg
+                if isinstance(msg, ErrorReply):
+                    raise AssertionError(f"controller answered {msg} while {kind.__name__} was expected")
+                self.pending.append(msg)
+
+        return await asyncio.wait_for(wait(), BOUND_S)
+
+    async def sync(self) -> StatusReply:
+        """Ask for status: every reply to what this peer sent before is then in ``pending``."""
+        await self.send(GetStatus())
+        return await self.expect(StatusReply)
+
+    def take(self, kind: type) -> list[Any]:
+        taken = [m for m in self.pending if isinstance(m, kind)]
+        self.pending = [m for m in self.pending if not isinstance(m, kind)]
+        return taken
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@pytest.fixture
+async def peer(ctx: zmq.asyncio.Context) -> AsyncIterator[Callable[[str, bytes], Peer]]:
+    made: list[Peer] = []
+
+    def connect(address: str, identity: bytes) -> Peer:
+        p = Peer(ctx, address, identity)
+        made.append(p)
+        return p
+
+    yield connect
+    for p in made:
+        p.close()
+
+
+StartController = Callable[..., Awaitable[ControllerActor]]
+
+
+@pytest.fixture
+async def start_controller(ctx: zmq.asyncio.Context, tmp_path: Path, repo: Path) -> AsyncIterator[StartController]:
+    started: list[ControllerActor] = []
+
+    async def start(*, state_dir: Path | None = None, repository: Path | None = None,
+                    clock: FakeClock | None = None, **config: Any) -> ControllerActor:
+        cfg = ControllerConfig(
+            bind="tcp://127.0.0.1:0",
+            repository=str(repository or repo),
+            state_dir=str(state_dir or tmp_path / "state"),
+            **{"heartbeat_interval_s": 1.0, **config},
+        )
+        actor = ControllerActor(cfg, ctx=ctx, clock=clock)
+        await asyncio.wait_for(actor.start(), BOUND_S)
+        started.append(actor)
+        return actor
+
+    yield start
+    for actor in started:
+        await asyncio.wait_for(actor.stop(), BOUND_S)
+    assert [a.failure for a in started] == [None] * len(started)
+
+
+def cpu(cores: int) -> DeviceInfo:
+    return DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=cores, memory_bytes=1 << 30)
+
+
+async def register_agent(agent: Peer, cores: int = 2) -> tuple[RegisterAgentReply, list[StartWorker]]:
+    """Register and return the reply plus every StartWorker the registration produced."""
+    await agent.send(RegisterAgent(agent_id="a1", hostname="host-1", devices=(cpu(cores),), pid=1))
+    reply = await agent.expect(RegisterAgentReply)
+    await agent.sync()
+    return reply, agent.take(StartWorker)
+
+
+async def register_gateway(gateway: Peer, endpoint: str = GATEWAY_1) -> RoutingTable:
+    """Register and return the first routing table that lists the models."""
+    await gateway.send(RegisterGateway(gateway_id="g", data_endpoint=endpoint, http_url="http://127.0.0.1:8000"))
+    await gateway.expect(RegisterGatewayReply)
+    return await gateway.expect(RoutingTable, lambda t: len(t.models) > 0)
+
+
+def worker_ready(start: StartWorker, pid: int = 4242) -> WorkerReady:
+    names = tuple(v.name for v in start.variants)
+    return WorkerReady(worker_id=start.worker_id, agent_id="a1", variants=names, pid=pid,
+                       batch_latency_ms={n: (1.0, 2.0) for n in names})
+
+
+def routed(table: RoutingTable) -> dict[str, tuple[str, ...]]:
+    return {w.worker_id: w.variants for w in table.workers}
+
+
+async def test_agent_registers_and_gets_workers_covering_every_variant(start_controller, peer, repo) -> None:
+    controller = await start_controller()
+    agent = peer(controller.address, b"agent:a1")
+    await agent.send(RegisterAgent(agent_id="body-is-ignored", hostname="host-1", devices=(cpu(2),)))
+
+    reply = await agent.expect(RegisterAgentReply)
+    starts = [await agent.expect(StartWorker) for _ in range(2)]
+
+    assert reply.agent_id == "a1"  # the routing identity names the agent
+    assert reply.controller_epoch == 1 and reply.heartbeat_interval_s == 1.0
+    variants = load_repository(repo)
+    served = [v for s in starts for v in s.variants]
+    assert sorted(v.name for v in served) == sorted(variants)
+    assert all(v == variants[v.name].spec() for v in served)
+    assert sorted(s.partition.cores for s in starts) == [(0,), (1,)]
+    assert all(s.controller == controller.address and s.gateways == () for s in starts)
+    status = await controller.ask(GetStatus(), BOUND_S)
+    assert {(w.worker_id, w.state) for w in status.workers} == {(s.worker_id, "starting") for s in starts}
+    assert [(a.agent_id, a.hostname, a.alive) for a in status.agents] == [("a1", "host-1", True)]
+
+
+async def test_gateway_registers_and_gets_the_routing_table(start_controller, peer, repo) -> None:
+    controller = await start_controller()
+    gateway = peer(controller.address, b"gateway:g1")
+    await gateway.send(RegisterGateway(gateway_id="x", data_endpoint=GATEWAY_1, http_url="http://127.0.0.1:8000"))
+
+    reply = await gateway.expect(RegisterGatewayReply)
+    table = await gateway.expect(RoutingTable, lambda t: len(t.models) > 0)
+
+    assert reply.gateway_id == "g1" and reply.controller_epoch == 1
+    assert [m.name for m in table.models] == sorted(load_repository(repo))
+    assert table.workers == ()
+    assert (await gateway.sync()).gateways == (GATEWAY_1,)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ControllerActor sends registry.current_table() on RegisterGateway; before the first "
+    "routing_table() call it is version 0 with no models",
+)
+async def test_first_routing_table_a_gateway_gets_lists_the_models(start_controller, peer) -> None:
+    controller = await start_controller()
+    gateway = peer(controller.address, b"gateway:g1")
+    await gateway.send(RegisterGateway(gateway_id="g1", data_endpoint=GATEWAY_1, http_url="http://127.0.0.1:8000"))
+    first = await gateway.expect(RoutingTable)
+    assert first.models and first.version >= 1
+
+
+async def test_ready_worker_is_pushed_to_the_gateway(start_controller, peer) -> None:
+    controller = await start_controller()
+    agent = peer(controller.address, b"agent:a1")
+    gateway = peer(controller.address, b"gateway:g1")
+    _, starts = await register_agent(agent)
+    before = await register_gateway(gateway)
+    chosen = starts[0]
+    worker = peer(controller.address, f"worker:{chosen.worker_id}".encode())
+
+    await worker.send(worker_ready(chosen))
+    table = await gateway.expect(RoutingTable, lambda t: len(t.workers) > 0)
+
+    assert table.version > before.version
+    assert routed(table) == {chosen.worker_id: tuple(v.name for v in chosen.variants)}
+    assert (await worker.expect(GatewayListChanged)).gateways == (GATEWAY_1,)
+    status = await worker.sync()
+    states = {w.worker_id: (w.state, w.pid) for w in status.workers}
+    assert states[chosen.worker_id] == ("ready", 4242)
+    ready_models = {m.name for m in status.models if m.state == "READY"}
+    assert ready_models == {v.name for v in chosen.variants}
+
+    # A second gateway is announced to the ready worker.
+    gateway2 = peer(controller.address, b"gateway:g2")
+    await register_gateway(gateway2, GATEWAY_2)
+    announced = await worker.expect(GatewayListChanged, lambda m: len(m.gateways) == 2)
+    assert announced.gateways == (GATEWAY_1, GATEWAY_2)
+
+
+async def test_worker_outside_the_plan_is_not_routed(start_controller, peer) -> None:
+    controller = await start_controller()
+    stranger = peer(controller.address, b"worker:nobody.w0")
+    await stranger.send(WorkerReady(worker_id="nobody.w0", agent_id="x", variants=("identity",), pid=1,
+                                    batch_latency_ms={}))
+    status = await stranger.sync()
+    assert status.workers == () and status.routing_version == 1
+    assert all(m.state == "UNAVAILABLE" for m in status.models)
+
+
+async def test_silent_worker_drops_out_of_the_gateway_table(start_controller, peer) -> None:
+    clock = FakeClock()
+    # Ticks every 50 ms of real time; peers are lost after 0.1 s of fake time without a beat.
+    controller = await start_controller(clock=clock, heartbeat_interval_s=0.05, missed_heartbeats=2)
+    agent = peer(controller.address, b"agent:a1")
+    gateway = peer(controller.address, b"gateway:g1")
+    _, starts = await register_agent(agent)
+    await register_gateway(gateway)
+    worker = peer(controller.address, f"worker:{starts[0].worker_id}".encode())
+    await worker.send(worker_ready(starts[0]))
+    listed = await gateway.expect(RoutingTable, lambda t: len(t.workers) == 1)
+
+    for _ in range(2):  # the agent and gateway keep beating; the worker falls silent
+        clock.advance(0.08)
+        for p, role in ((agent, "agent"), (gateway, "gateway")):
+            await p.send(Heartbeat(sender=role, role=role, seq=1))
+            await p.sync()
+
+    dropped = await gateway.expect(RoutingTable, lambda t: t.version > listed.version)
+    assert dropped.workers == ()
+    status = await gateway.sync()
+    assert {w.worker_id: w.state for w in status.workers}[starts[0].worker_id] == "lost"
+    assert all(a.alive for a in status.agents)
+
+
+async def test_artifact_chunks_hash_to_the_manifest_sha(start_controller, peer, repo) -> None:
+    controller = await start_controller()
+    fetcher = peer(controller.address, b"worker:fetcher")
+    wide = load_repository(repo)["wide"]
+
+    data = bytearray()
+    chunks = 0
+    while True:
+        await fetcher.send(FetchArtifact(sha256=wide.sha256, offset=len(data), length=ARTIFACT_CHUNK_BYTES))
+        chunk = await fetcher.expect(ArtifactChunkReply)
+        assert chunk.sha256 == wide.sha256 and chunk.offset == len(data)
+        assert chunk.total_size == wide.size_bytes
+        assert 0 < len(chunk.data) <= ARTIFACT_CHUNK_BYTES
+        data += chunk.data
+        chunks += 1
+        if len(data) >= chunk.total_size:
+            break
+
+    assert chunks >= 2
+    assert hashlib.sha256(data).hexdigest() == wide.sha256
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (FetchArtifact(sha256="0" * 64, offset=0, length=1024), "unknown_artifact"),
+        (FetchArtifact(sha256="SHA", offset=0, length=0), "bad_range"),
+        (FetchArtifact(sha256="SHA", offset=-1, length=1024), "bad_range"),
+    ],
+    ids=["unknown-sha", "empty-length", "negative-offset"],
+)
+async def test_bad_artifact_request_gets_an_error(start_controller, peer, repo, request_, code: str) -> None:
+    controller = await start_controller()
+    fetcher = peer(controller.address, b"worker:fetcher")
+    sha = load_repository(repo)["identity"].sha256
+    await fetcher.send(FetchArtifact(sha256=request_.sha256.replace("SHA", sha), offset=request_.offset,
+                                     length=request_.length))
+    error = await fetcher.expect(ErrorReply)
+    assert error.code == code
+
+
+@pytest.mark.parametrize("identity", [b"agent:ghost", b"gateway:ghost", b"worker:ghost.w0", b"cli:x"])
+async def test_heartbeat_from_unregistered_peer_asks_it_to_register(start_controller, peer, identity) -> None:
+    controller = await start_controller()
+    ghost = peer(controller.address, identity)
+    await ghost.send(Heartbeat(sender="ghost", role="agent", seq=1))
+    error = await ghost.expect(ErrorReply)
+    assert error.code == "unknown_peer" and error.retryable
+
+
+async def test_heartbeat_from_registered_agent_needs_no_answer(start_controller, peer) -> None:
+    controller = await start_controller()
+    agent = peer(controller.address, b"agent:a1")
+    await register_agent(agent)
+    await agent.send(Heartbeat(sender="a1", role="agent", seq=1))
+    await agent.sync()  # an ErrorReply would fail here
+    assert not agent.take(ErrorReply)
+
+
+@pytest.mark.parametrize(
+    ("identity", "msg"),
+    [
+        (b"gateway:g1", RegisterAgent(agent_id="a1", hostname="h", devices=())),
+        (b"agent:a1", RegisterGateway(gateway_id="g1", data_endpoint=GATEWAY_1, http_url="")),
+        (b"agent:a1", WorkerReady(worker_id="a1.w0", agent_id="a1", variants=(), pid=1, batch_latency_ms={})),
+        (b"worker:a1.w0", RegisterAgentReply(agent_id="a1", heartbeat_interval_s=1.0, controller_epoch=1)),
+    ],
+    ids=["agent-msg-from-gateway", "gateway-msg-from-agent", "worker-msg-from-agent", "reply-to-controller"],
+)
+async def test_message_from_the_wrong_role_is_refused(start_controller, peer, identity, msg) -> None:
+    controller = await start_controller()
+    sender = peer(controller.address, identity)
+    await sender.send(msg)
+    error = await sender.expect(ErrorReply)
+    assert error.code == "unexpected"
+    status = await sender.sync()
+    assert status.agents == () and status.gateways == ()
+
+
+async def test_operator_gets_status(start_controller, peer, repo) -> None:
+    controller = await start_controller()
+    cli = peer(controller.address, b"cli:x")
+    status = await cli.sync()
+    assert status.controller_epoch == 1
+    assert [(m.name, m.state) for m in status.models] == [(n, "UNAVAILABLE") for n in sorted(load_repository(repo))]
+    assert status.agents == () and status.workers == () and status.gateways == ()
+
+
+async def test_restart_bumps_epoch_and_keeps_the_placement(start_controller, peer, tmp_path) -> None:
+    state = tmp_path / "kept-state"
+    first = await start_controller(state_dir=state)
+    agent = peer(first.address, b"agent:a1")
+    reply1, starts1 = await register_agent(agent)
+    agent.close()
+    await asyncio.wait_for(first.stop(), BOUND_S)
+
+    second = await start_controller(state_dir=state)
+    status = await second.ask(GetStatus(), BOUND_S)
+    assert {w.worker_id for w in status.workers} == {s.worker_id for s in starts1}  # known before the agent is back
+    agent = peer(second.address, b"agent:a1")
+    reply2, starts2 = await register_agent(agent, cores=8)  # more cores now: the plan still stands
+
+    assert (reply1.controller_epoch, reply2.controller_epoch) == (1, 2)
+
+    def plans(starts: list[StartWorker]) -> set:
+        return {(s.worker_id, s.partition, s.variants) for s in starts}
+
+    assert plans(starts2) == plans(starts1)
+    assert all(s.controller == second.address for s in starts2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ControllerActor._on_register_agent reuses the persisted placement as is, so a variant "
+    "added to the repository before a restart is never placed on a known agent",
+)
+async def test_variant_added_before_a_restart_is_placed(start_controller, peer, repo, tmp_path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(repo, repository)
+    state = tmp_path / "state-added"
+    first = await start_controller(state_dir=state, repository=repository)
+    agent = peer(first.address, b"agent:a1")
+    await register_agent(agent)
+    agent.close()
+    await asyncio.wait_for(first.stop(), BOUND_S)
+
+    add_variant(repository, "added", Scale(5.0), 16)
+    second = await start_controller(state_dir=state, repository=repository)
+    agent = peer(second.address, b"agent:a1")
+    _, starts = await register_agent(agent)
+
+    assert "added" in {v.name for s in starts for v in s.variants}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Registry.routing_version starts again at 0 on every controller start, while gateways "
+    "(gateway/dispatcher.py apply_routing) ignore tables older than the last version they applied",
+)
+async def test_routing_versions_keep_growing_across_a_restart(start_controller, peer, tmp_path) -> None:
+    state = tmp_path / "state-versions"
+    first = await start_controller(state_dir=state)
+    agent, gateway = peer(first.address, b"agent:a1"), peer(first.address, b"gateway:g1")
+    _, starts = await register_agent(agent)
+    await register_gateway(gateway)
+    worker = peer(first.address, f"worker:{starts[0].worker_id}".encode())
+    await worker.send(worker_ready(starts[0]))
+    old = await gateway.expect(RoutingTable, lambda t: len(t.workers) == 1)
+    for p in (agent, gateway, worker):
+        p.close()
+    await asyncio.wait_for(first.stop(), BOUND_S)
+
+    second = await start_controller(state_dir=state)
+    gateway = peer(second.address, b"gateway:g1")
+    new = await register_gateway(gateway)
+
+    assert new.version > old.version
