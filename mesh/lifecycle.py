@@ -1,4 +1,9 @@
-"""Running a role's actor as a process's main task until a stop is asked or the actor fails."""
+"""Running a role's actor as a process's main task, under a supervisor, until a stop is asked.
+
+A role actor that crashes is restarted by its supervisor (at most ``max_restarts`` within
+``within_s``); past that the supervisor escalates and the process exits with the error, so the
+service manager above it (systemd, compose, ``letmesh up``) sees the failure.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,31 @@ from collections.abc import Callable
 import zmq.asyncio
 
 from mesh.actor import Actor
+from mesh.supervisor import Supervisor
 
 
-async def run_actor(make: Callable[[zmq.asyncio.Context], Actor], stop: asyncio.Event, banner: Callable[[Actor], str]) -> None:
-    """Start the actor ``make`` builds, print ``banner``, and stop it on ``stop``; re-raise its failure."""
+async def run_actor(
+    make: Callable[[zmq.asyncio.Context], Actor],
+    stop: asyncio.Event,
+    banner: Callable[[Actor], str],
+    *,
+    max_restarts: int = 3,
+    within_s: float = 60.0,
+) -> None:
+    """Start the actor ``make`` builds, print ``banner``, and stop it on ``stop``."""
     ctx = zmq.asyncio.Context()
-    actor = make(ctx)
+    supervisor = Supervisor(name="role", max_restarts=max_restarts, within_s=within_s)
+    supervisor.add("role", lambda: make(ctx))
     try:
-        await actor.start()
-        print(banner(actor), flush=True)
-        stopped = asyncio.create_task(actor.wait_stopped())
+        await supervisor.start()
+        print(banner(supervisor.child("role")), flush=True)
+        ended = asyncio.create_task(supervisor.wait())
         waiting = asyncio.create_task(stop.wait())
-        await asyncio.wait({stopped, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (stopped, waiting):
-            task.cancel()
+        done, _ = await asyncio.wait({ended, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if ended in done:
+            ended.result()  # raises SupervisorEscalated
+        ended.cancel()
     finally:
-        await actor.stop()
+        await supervisor.stop()
         ctx.term()
-    if actor.failure is not None:
-        raise actor.failure

@@ -215,10 +215,3 @@ class InferReply:
     batch_size: int = 0
     outputs: tuple[TensorMeta, ...] = ()
     error: str = ""
-
-
-@message(103)
-class GatewayGoingAway:
-    """A gateway tells its workers it is shutting down; they stop sending to it."""
-
-    gateway_id: str

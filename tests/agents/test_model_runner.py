@@ -1,0 +1,157 @@
+"""Loading real TorchScript artifacts, running batches, and the warm-up latency model."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents.model_runner import ModelRunner
+from letmesh.zoo import build_trivial, quiet_jit
+from protocol.types import TensorSpec, VariantSpec
+
+# ModelRunner loads with torch.jit.load, which warns that TorchScript is deprecated on every load.
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:DeprecationWarning")
+
+
+def spec_of(manifest: dict, **changes) -> VariantSpec:
+    def specs(items: list[dict]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(name=i["name"], datatype=i["datatype"], shape=tuple(i["shape"])) for i in items)
+
+    spec = VariantSpec(
+        name=manifest["variant"],
+        family=manifest["family"],
+        sha256=manifest["sha256"],
+        size_bytes=manifest["size_bytes"],
+        backend=manifest["backend"],
+        max_batch=manifest["max_batch"],
+        inputs=specs(manifest["inputs"]),
+        outputs=specs(manifest["outputs"]),
+    )
+    return dataclasses.replace(spec, **changes)
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[VariantSpec, Path]:
+    root = tmp_path_factory.mktemp("trivial")
+    manifest = build_trivial(root)
+    return spec_of(manifest), root / "identity" / manifest["artifact"]
+
+
+def scripted(module: nn.Module, path: Path) -> Path:
+    with quiet_jit():
+        torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return path
+
+
+class TwoOutputs(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2.0, x.sum(dim=1, keepdim=True)
+
+
+class NamedOutputs(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"total": x.sum(dim=1, keepdim=True), "doubled": x * 2.0}
+
+
+def with_outputs(spec: VariantSpec, *outputs: tuple[str, str, tuple[int, ...]]) -> VariantSpec:
+    return dataclasses.replace(spec, outputs=tuple(TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outputs))
+
+
+def test_identity_returns_its_input(identity) -> None:
+    spec, path = identity
+    runner = ModelRunner(spec, path)
+    x = np.random.default_rng(0).standard_normal((3, 16), dtype=np.float32)
+
+    (y,) = runner.run([x])
+
+    assert y.dtype == np.float32 and y.shape == (3, 16)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")
+def test_read_only_input_from_a_received_frame_runs(identity) -> None:
+    spec, path = identity
+    runner = ModelRunner(spec, path)
+    x = np.arange(32, dtype=np.float32)
+    frame = np.frombuffer(x.tobytes(), dtype=np.float32).reshape(2, 16)  # read-only, like a zmq frame
+    assert not frame.flags.writeable
+
+    (y,) = runner.run([frame])
+
+    np.testing.assert_array_equal(y, x.reshape(2, 16))
+
+
+def test_tuple_outputs_follow_the_spec_order_and_datatypes(identity, tmp_path: Path) -> None:
+    spec, _ = identity
+    spec = with_outputs(spec, ("doubled", "FP64", (-1, 16)), ("total", "FP32", (-1, 1)))
+    runner = ModelRunner(spec, scripted(TwoOutputs(), tmp_path / "two.pt"))
+    x = np.ones((4, 16), dtype=np.float32)
+
+    doubled, total = runner.run([x])
+
+    assert doubled.dtype == np.float64 and doubled.shape == (4, 16)
+    np.testing.assert_array_equal(doubled, np.full((4, 16), 2.0))
+    assert total.dtype == np.float32
+    np.testing.assert_array_equal(total, np.full((4, 1), 16.0, dtype=np.float32))
+
+
+def test_dict_outputs_are_picked_by_spec_name(identity, tmp_path: Path) -> None:
+    spec, _ = identity
+    spec = with_outputs(spec, ("doubled", "FP32", (-1, 16)), ("total", "FP32", (-1, 1)))
+    runner = ModelRunner(spec, scripted(NamedOutputs(), tmp_path / "named.pt"))
+    x = np.full((2, 16), 0.5, dtype=np.float32)
+
+    doubled, total = runner.run([x])
+
+    np.testing.assert_array_equal(doubled, np.ones((2, 16), dtype=np.float32))
+    np.testing.assert_array_equal(total, np.full((2, 1), 8.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "sizes"),
+    [(1, [1]), (5, [1, 2, 4, 5]), (8, [1, 2, 4, 8]), (32, [1, 2, 4, 8, 16, 32])],
+)
+def test_warm_up_measures_powers_of_two_up_to_max_batch(identity, max_batch: int, sizes: list[int]) -> None:
+    spec, path = identity
+    runner = ModelRunner(dataclasses.replace(spec, max_batch=max_batch), path)
+
+    measured = runner.warm_up(repeats=2)
+
+    assert sorted(measured) == sizes
+    assert all(ms > 0 for ms in measured.values())
+    for size, ms in measured.items():
+        assert runner.latency_s(size) == pytest.approx(ms / 1000.0)
+
+
+def test_example_inputs_fill_the_batch_dimension(identity) -> None:
+    spec, path = identity
+    (x,) = ModelRunner(spec, path).example_inputs(4)
+    assert x.shape == (4, 16) and x.dtype == np.float32
+
+
+def test_latency_before_warm_up_is_zero(identity) -> None:
+    spec, path = identity
+    assert ModelRunner(spec, path).latency_s(4) == 0.0
+
+
+def test_latency_interpolates_between_and_extrapolates_beyond_measured_sizes(identity) -> None:
+    spec, path = identity
+    runner = ModelRunner(dataclasses.replace(spec, max_batch=8), path)
+    ms = runner.warm_up(repeats=3)
+    s = {b: v / 1000.0 for b, v in ms.items()}
+
+    assert runner.latency_s(3) == pytest.approx((s[2] + s[4]) / 2)
+    assert runner.latency_s(6) == pytest.approx(s[4] + (s[8] - s[4]) / 2)
+    for lo, hi in ((2, 4), (4, 8)):
+        for b in range(lo + 1, hi):
+            assert min(s[lo], s[hi]) <= runner.latency_s(b) <= max(s[lo], s[hi])
+    assert runner.latency_s(0) == pytest.approx(s[1])  # below the smallest: the smallest
+    beyond = [runner.latency_s(b) for b in (8, 9, 12, 16, 64)]
+    assert beyond == sorted(beyond) and len(set(beyond)) == len(beyond)  # strictly increasing
+    assert runner.latency_s(16) == pytest.approx(2 * s[8])  # linear in the batch beyond

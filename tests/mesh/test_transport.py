@@ -1,0 +1,78 @@
+"""ZeroMQ transport over real sockets: routing, unreachable peers, invalid frames, clean close."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
+from protocol.codec import encode, tensor_meta
+from protocol.message import Heartbeat, InferRequest
+
+
+@pytest.fixture
+async def ctx():
+    context = zmq.asyncio.Context()
+    yield context
+    context.term()  # hangs (and the test times out) if any socket was left open
+
+
+async def test_dealer_and_router_exchange_messages_and_tensors(ctx) -> None:
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    dealer = Endpoint.dealer(ctx, router.address, "worker:w1")
+    try:
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        await dealer.send(InferRequest(request_id=7, variant="v", budget_us=1000, inputs=(tensor_meta("x", x),)), [x])
+        got = await asyncio.wait_for(router.recv(), 5)
+        assert got.peer == b"worker:w1"
+        assert got.msg.request_id == 7
+        np.testing.assert_array_equal(np.frombuffer(got.buffers[0], np.float32).reshape(3, 4), x)
+        router.send_nowait(Heartbeat(sender="gw", role="gateway", seq=1), to=got.peer)
+        back = await asyncio.wait_for(dealer.recv(), 5)
+        assert back.peer is None and back.msg == Heartbeat(sender="gw", role="gateway", seq=1)
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_sending_to_a_peer_that_is_not_connected_fails_at_once(ctx) -> None:
+    router = Endpoint.router(ctx, "inproc://unreachable")
+    try:
+        with pytest.raises(PeerUnreachable):
+            router.send_nowait(Heartbeat(sender="c", role="controller"), to=b"agent:gone")
+        with pytest.raises(PeerUnreachable):
+            await router.send(Heartbeat(sender="c", role="controller"), to=b"agent:gone")
+    finally:
+        router.close()
+
+
+async def test_invalid_frames_are_counted_and_skipped(ctx) -> None:
+    router = Endpoint.router(ctx, "inproc://invalid")
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.IDENTITY, b"agent:x")
+    raw.connect("inproc://invalid")
+    try:
+        await raw.send_multipart([b"\xc1garbage"])
+        await raw.send_multipart([b"\x93\x01\xcd\xff\xff\x80"])  # [1, 65535, {}]: unknown tag
+        await raw.send_multipart(encode(Heartbeat(sender="x", role="agent")))  # same pipe: arrives last
+        got = await asyncio.wait_for(router.recv(), 5)
+        assert got.peer == b"agent:x" and got.msg == Heartbeat(sender="x", role="agent")
+        assert router.protocol_errors == 2
+    finally:
+        raw.close()
+        router.close()
+
+
+async def test_recv_on_a_closed_endpoint_raises_endpoint_closed(ctx) -> None:
+    router = Endpoint.router(ctx, "inproc://closing")
+    pending = asyncio.create_task(router.recv())
+    await asyncio.sleep(0)
+    router.close()
+    with pytest.raises((EndpointClosed, asyncio.CancelledError, zmq.ZMQError)):
+        await asyncio.wait_for(pending, 5)
+    assert router.closed
