@@ -26,6 +26,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_s: float) -> ArtifactChunkReply:
+    """The reply for (sha256, offset); stale replies to earlier requests are skipped, not re-asked."""
+    while True:
+        try:
+            reply = await asyncio.wait_for(replies.get(), timeout_s)
+        except TimeoutError:
+            raise ArtifactError(f"controller did not answer for artifact {sha256[:12]} at {offset}") from None
+        if isinstance(reply, ErrorReply):
+            raise ArtifactError(f"artifact {sha256[:12]}: {reply.code}: {reply.message}")
+        if isinstance(reply, ArtifactChunkReply) and reply.sha256 == sha256 and reply.offset == offset:
+            return reply
+
+
+def _remove_abandoned_parts(cache_dir: Path) -> None:
+    """Partial downloads of processes that died (SIGKILL skips their cleanup)."""
+    for part in cache_dir.glob(".*.part"):
+        try:
+            pid = int(part.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 def cached(cache_dir: Path, sha256: str) -> Path | None:
     path = cache_dir / sha256
     if path.is_file() and sha256_file(path) == sha256:
@@ -41,6 +66,7 @@ async def fetch_artifact(
     if hit is not None:
         return hit
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_parts(cache_dir)
     tmp = cache_dir / f".{sha256}.{os.getpid()}.part"
     digest = hashlib.sha256()
     offset, total = 0, None
@@ -48,14 +74,7 @@ async def fetch_artifact(
         with tmp.open("wb") as f:
             while total is None or offset < total:
                 await endpoint.send(FetchArtifact(sha256=sha256, offset=offset, length=ARTIFACT_CHUNK_BYTES))
-                try:
-                    reply = await asyncio.wait_for(replies.get(), timeout_s)
-                except TimeoutError:
-                    raise ArtifactError(f"controller did not answer for artifact {sha256[:12]} at {offset}") from None
-                if isinstance(reply, ErrorReply):
-                    raise ArtifactError(f"artifact {sha256[:12]}: {reply.message}")
-                if not isinstance(reply, ArtifactChunkReply) or reply.sha256 != sha256 or reply.offset != offset:
-                    continue  # a stale reply to an earlier, timed-out request
+                reply = await _next_chunk(replies, sha256, offset, timeout_s)
                 total = reply.total_size
                 if not reply.data and offset < total:
                     raise ArtifactError(f"artifact {sha256[:12]}: empty chunk at {offset} of {total}")

@@ -11,6 +11,7 @@ import bisect
 import math
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,11 @@ class ModelRunner:
     def __init__(self, spec: VariantSpec, path: Path, device: str = "cpu") -> None:
         self.spec = spec
         self.device = torch.device(device)
-        self.module = torch.jit.load(str(path), map_location=self.device)
+        with warnings.catch_warnings():
+            # TorchScript loading is deprecated upstream but is what the repository format ships.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            self.module = torch.jit.load(str(path), map_location=self.device)
         self.module.eval()
         self._batches: list[int] = []
         self._latency_s: list[float] = []

@@ -89,7 +89,16 @@ class Worker:
         replies: asyncio.Queue = asyncio.Queue()
         control_task = asyncio.create_task(self._control_loop(control, replies))
         try:
-            await self._load(control, replies)
+            # A stop asked while fetching or warming up ends the load at once.
+            loading = asyncio.create_task(self._load(control, replies))
+            stop_wait = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({loading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if not loading.done():
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
+                return
+            loading.result()
             for address in self.cmd.gateways:
                 self._connect(address)
             beat_task = asyncio.create_task(self._heartbeats(control))

@@ -54,6 +54,7 @@ class Options:
     trials: int
     concurrency: tuple[int, ...]
     inprocess_calls: int
+    slo_ms: float | None
     out: Path
 
 
@@ -65,8 +66,20 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--duration-s", type=float, help="seconds per throughput trial (default 5, quick 2)")
     p.add_argument("--trials", type=int, help="throughput trials per concurrency level (default 3, quick 1)")
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated closed-loop client counts")
+    p.add_argument("--slo-ms", type=float, help="send parameter letmesh_slo_ms (default: none, so the "
+                   "model's default deadline applies)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     a = p.parse_args(argv)
+    try:
+        concurrency = tuple(int(c) for c in a.concurrency.split(",") if c.strip())
+    except ValueError:
+        p.error("--concurrency takes comma-separated integers")
+    if not concurrency or min(concurrency) < 1:
+        p.error("--concurrency needs at least one level, each 1 or more")
+    for name in ("runs", "requests", "trials", "duration_s", "slo_ms"):
+        value = getattr(a, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
     quick = a.quick
     requests = a.requests or (300 if quick else 2000)
     return Options(
@@ -77,8 +90,9 @@ def parse_options(argv: list[str] | None) -> Options:
         duration_s=a.duration_s or (2.0 if quick else 5.0),
         warmup_s=0.5,
         trials=a.trials or (1 if quick else 3),
-        concurrency=tuple(int(c) for c in a.concurrency.split(",") if c.strip()),
+        concurrency=concurrency,
         inprocess_calls=2000 if quick else 20000,
+        slo_ms=a.slo_ms,
         out=a.out,
     )
 
@@ -89,6 +103,9 @@ def parse_options(argv: list[str] | None) -> Options:
 def latency_stats(samples_ns: list[int]) -> dict[str, float]:
     """Percentiles, mean and spread of one run, in milliseconds."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if ms.size == 0:
+        return dict.fromkeys(("n", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "iqr_ms", "min_ms",
+                              "max_ms"), 0)
     p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
     return {
         "n": int(ms.size), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(ms.mean()),
@@ -114,14 +131,16 @@ class Payload:
     headers: dict[str, str]
 
 
-def payloads(x: np.ndarray) -> tuple[Payload, Payload]:
+def payloads(x: np.ndarray, slo_ms: float | None = None) -> tuple[Payload, Payload]:
     """The same tensor as an OIP JSON body and as a Triton binary-tensor body (binary reply too)."""
     shape = list(x.shape)
+    extra = {} if slo_ms is None else {"letmesh_slo_ms": slo_ms}
     as_json = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape,
-                                      "data": x.ravel().tolist()}]}).encode()
+                                      "data": x.ravel().tolist()}],
+                          **({"parameters": extra} if extra else {})}).encode()
     head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape,
                                    "parameters": {"binary_data_size": x.nbytes}}],
-                       "parameters": {"binary_data_output": True}}).encode()
+                       "parameters": {"binary_data_output": True, **extra}}).encode()
     return (
         Payload("json", as_json, {"Content-Type": "application/json"}),
         Payload("binary", head + x.tobytes(),
@@ -210,37 +229,52 @@ def sequential_run(port: int, payload: Payload, x: np.ndarray, n: int, warmup: i
             "breakdown": breakdown}
 
 
+BREAKDOWN_NOTES = {
+    "client_round_trip_us": "what the client measured",
+    "outside_handler_us": "client HTTP, loopback TCP, aiohttp parsing and routing, OIP reply encoding, write",
+    "gateway_handler_us": "letmesh_latency_us: infer handler entry until the reply is encoded",
+    "parse_dispatch_zmq_us": "handler minus worker queue and compute: body read, OIP parse, dispatcher, "
+                             "both ZeroMQ hops, worker decode and reply encode",
+    "worker_queue_us": "letmesh_queue_us: worker receive until its serving loop starts the batch",
+    "worker_compute_us": "letmesh_compute_us: ModelRunner.run around the TorchScript call",
+}
+
+
 def breakdown_medians(parts: dict[str, list[int]]) -> dict[str, float]:
-    """Median of each timestamp-derived share of a request's time, in microseconds."""
+    """Median of each share of a request's time (see BREAKDOWN_NOTES), in microseconds."""
     client = np.asarray(parts["client_us"], dtype=np.float64)
     if client.size == 0:
         return {}
-    queue, compute, gateway = (np.asarray(parts[k], dtype=np.float64) for k in BREAKDOWN_KEYS)
-    return {
-        "client_total_us": float(np.median(client)),
-        "http_and_oip_us": float(np.median(client - gateway)),  # client, kernel, aiohttp, OIP parse/encode
-        "gateway_handler_us": float(np.median(gateway)),  # infer handler: body read .. reply ready
-        "dispatch_and_zmq_us": float(np.median(gateway - queue - compute)),  # handler minus worker queue+compute
-        "worker_queue_us": float(np.median(queue)),
-        "worker_compute_us": float(np.median(compute)),
-    }
+    queue, compute, handler = (np.asarray(parts[k], dtype=np.float64) for k in BREAKDOWN_KEYS)
+    shares = (client, client - handler, handler, handler - queue - compute, queue, compute)
+    return {key: float(np.median(v)) for key, v in zip(BREAKDOWN_NOTES, shares)}
 
 
-def low_load(mesh: LocalMesh, payload: Payload, x: np.ndarray, opts: Options) -> dict[str, Any]:
-    runs, statuses, wrong = [], collections.Counter(), 0
-    parts: dict[str, list[int]] = collections.defaultdict(list)
-    before = cpu_snapshot(mesh)
+def low_load(mesh: LocalMesh, forms: tuple[Payload, ...], x: np.ndarray, opts: Options) -> list[dict[str, Any]]:
+    """Runs of every body form interleaved, so drift on a shared machine hits both alike."""
+    runs: dict[str, list] = {p.form: [] for p in forms}
+    statuses = {p.form: collections.Counter() for p in forms}
+    wrong = dict.fromkeys(runs, 0)
+    parts: dict[str, dict[str, list[int]]] = {p.form: collections.defaultdict(list) for p in forms}
+    cpu_by_role: dict[str, dict[str, float]] = {p.form: collections.defaultdict(float) for p in forms}
     for _ in range(opts.runs):
-        r = sequential_run(mesh.http_port, payload, x, opts.requests, opts.warmup_requests)
-        runs.append(r["stats"])
-        statuses.update(r["statuses"])
-        wrong += r["wrong_outputs"]
-        for k, v in r["breakdown"].items():
-            parts[k] += v
+        for payload in forms:
+            before = cpu_snapshot(mesh)
+            r = sequential_run(mesh.http_port, payload, x, opts.requests, opts.warmup_requests)
+            after = cpu_snapshot(mesh)
+            for role in after:
+                cpu_by_role[payload.form][role] += after[role] - before.get(role, 0.0)
+            runs[payload.form].append(r["stats"])
+            statuses[payload.form].update(r["statuses"])
+            wrong[payload.form] += r["wrong_outputs"]
+            for k, v in r["breakdown"].items():
+                parts[payload.form][k] += v
     total = opts.runs * (opts.requests + opts.warmup_requests)
-    return {"form": payload.form, "runs": runs, "summary": across(runs), "statuses": dict(statuses),
-            "wrong_outputs": wrong, "breakdown_us": breakdown_medians(parts),
-            "cpu_us_per_request": cpu_per_request_us(before, cpu_snapshot(mesh), total)}
+    return [{"form": p.form, "runs": runs[p.form], "summary": across(runs[p.form]),
+             "statuses": dict(statuses[p.form]), "wrong_outputs": wrong[p.form],
+             "breakdown_us": breakdown_medians(parts[p.form]),
+             "cpu_us_per_request": {role: round(s / total * 1e6, 1) for role, s in cpu_by_role[p.form].items()}}
+            for p in forms]
 
 
 # --- load: concurrent closed-loop clients ------------------------------------------------------
@@ -254,7 +288,10 @@ def raw_request(port: int, payload: Payload) -> bytes:
 
 async def _client(port: int, request: bytes, window: tuple[int, int], latencies: list[int],
                   statuses: collections.Counter) -> None:
-    """A minimal keep-alive HTTP/1.1 client: the server always answers with Content-Length."""
+    """A minimal keep-alive HTTP/1.1 client (the gateway always answers with Content-Length).
+
+    A lost connection counts once as status 0 and ends this client.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     measure_from, stop_at = window
     try:
@@ -270,6 +307,8 @@ async def _client(port: int, request: bytes, window: tuple[int, int], latencies:
             if measure_from <= start and end <= stop_at:
                 latencies.append(end - start)
                 statuses[int(head[9:12])] += 1
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        statuses[0] += 1
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -365,50 +404,64 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _f(summary: dict[str, dict[str, float]], key: str) -> str:
+def _spread(summary: dict[str, dict[str, float]], key: str) -> str:
     s = summary[key]
-    return f"{s['median']:8.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+    return f"{s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def _cpu(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{role} {us:.0f}" for role, us in cpu.items())
 
 
 def render(report: dict[str, Any]) -> str:
     env, o = report["environment"], report["options"]
+    low = report["low_load"]
     lines = [
-        f"letmesh data-path overhead, identity model FP32[1,16], {'quick' if o['quick'] else 'full'} run",
-        f"on {env['cpu_model']}, {env['usable_cores']} usable cores (shared by client, gateway, worker, agent, "
-        f"controller), python {env['python']}, torch {env['torch']}, aiohttp {env['aiohttp']}, "
-        f"libzmq {env['libzmq']}",
+        f"letmesh data-path overhead: HTTP -> gateway -> worker (ZeroMQ) -> gateway -> HTTP on loopback, "
+        f"identity model FP32[1,16] ({'quick' if o['quick'] else 'full'} run)",
+        f"machine: {env['cpu_model']}, {env['usable_cores']} usable cores shared by the client, gateway, worker, "
+        f"agent and controller; load average {env['loadavg_at_start'][0]:.2f} at start, "
+        f"{report['loadavg_at_end'][0]:.2f} at end",
+        f"software: python {env['python']}, torch {env['torch']}, aiohttp {env['aiohttp']}, "
+        f"pyzmq {env['pyzmq']} (libzmq {env['libzmq']}), numpy {env['numpy']}",
         "",
-        f"Low load: 1 sequential client, keep-alive http.client; {o['runs']} runs x {o['requests']} requests "
-        f"(+{o['warmup_requests']} warm-up); median of runs [min-max across runs], ms",
-        f"  {'path':<24}{'p50':>24}{'p90':>24}{'p99':>24}{'mean':>24}{'IQR':>24}",
+        f"Low load: 1 sequential client (http.client, keep-alive); {o['runs']} runs x {o['requests']} timed "
+        f"requests after {o['warmup_requests']} warm-up, forms interleaved; deadline: "
+        + ("the model's default" if o["slo_ms"] is None else f"letmesh_slo_ms={o['slo_ms']:g}"),
+        "  ms, median of runs [min-max across runs]",
+        f"  {'path':<22}" + "".join(f"{h:>22}" for h in ("p50", "p90", "p99", "mean", "IQR")),
     ]
-    rows = [(f"mesh HTTP {f['form']}", f["summary"]) for f in report["low_load"]]
+    rows = [(f"mesh, {f['form']} body", f["summary"]) for f in low]
     rows.append(("in-process module(x)", report["in_process"]["summary"]))
-    for label, s in rows:
-        lines.append(f"  {label:<24}" + "".join(f"{_f(s, k):>24}" for k in ("p50_ms", "p90_ms", "p99_ms",
-                                                                             "mean_ms", "iqr_ms")))
-    for f in report["low_load"]:
-        b = f["breakdown_us"]
-        lines.append(f"  where time goes ({f['form']}, medians, us): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in b.items()))
-        lines.append(f"  CPU per request ({f['form']}, us): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in f["cpu_us_per_request"].items()))
-    lines += ["", f"Load: N closed-loop asyncio keep-alive clients (JSON body); {o['trials']} trial(s) x "
-              f"{o['duration_s']:g} s after {o['warmup_s']:g} s warm-up per level",
-              f"  {'clients':>7}{'req/s median':>14}{'[min-max]':>18}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-              f"{'non-200':>9}  CPU us/request by process"]
+    for label, summary in rows:
+        keys = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "iqr_ms")
+        lines.append(f"  {label:<22}" + "".join(f"{_spread(summary, k):>22}" for k in keys))
+    lines += ["", "  Where a low-load request's time goes (us, medians over all timed requests; from the reply's "
+              "letmesh_* parameters):",
+              f"  {'share':<24}" + "".join(f"{f['form']:>9}" for f in low) + "  what it covers"]
+    for key, note in BREAKDOWN_NOTES.items():
+        lines.append(f"  {key[:-3]:<24}" + "".join(f"{f['breakdown_us'].get(key, 0.0):>9.0f}" for f in low)
+                     + f"  {note}")
+    for f in low:
+        lines.append(f"  CPU us per request, {f['form']} body: {_cpu(f['cpu_us_per_request'])}")
+    lines += ["", f"Load: N closed-loop clients (minimal asyncio HTTP/1.1, one keep-alive connection each, "
+              f"JSON body) in this process; {o['trials']} trial(s) x {o['duration_s']:g} s after "
+              f"{o['warmup_s']:g} s warm-up per level",
+              f"  {'clients':>7}{'req/s':>8}{'[min-max]':>16}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+              f"{'non-200':>9}  CPU us per request by process"]
     for lv in report["load"]["levels"]:
-        bad = sum(n for s, n in lv["statuses"].items() if int(s) != 200)
-        cpu = ", ".join(f"{k} {v:.0f}" for k, v in lv["cpu_us_per_request"].items())
+        bad = sum(n for status, n in lv["statuses"].items() if int(status) != 200)
         spread = f"[{lv['rps_min']:.0f}-{lv['rps_max']:.0f}]"
-        lines.append(f"  {lv['concurrency']:>7}{lv['rps_median']:>14.0f}{spread:>18}"
-                     f"{lv['latency']['p50_ms']:>9.2f}{lv['latency']['p90_ms']:>9.2f}{lv['latency']['p99_ms']:>9.2f}"
-                     f"{bad:>9}  {cpu}")
+        lat = lv["latency"]
+        lines.append(f"  {lv['concurrency']:>7}{lv['rps_median']:>8.0f}{spread:>16}{lat['p50_ms']:>9.2f}"
+                     f"{lat['p90_ms']:>9.2f}{lat['p99_ms']:>9.2f}{bad:>9}  {_cpu(lv['cpu_us_per_request'])}")
     r = report["result"]
     lines += ["", f"peak {r['peak_rps']:.0f} req/s at {report['load']['peak_concurrency']} clients; "
-              f"low-load p50 {r['p50_ms']:.3f} ms vs in-process {r['inprocess_p50_ms']:.4f} ms "
-              f"(product target: p50 under 1 ms end to end at low load)"]
+              f"low-load p50 {r['p50_ms']:.3f} ms (JSON), {r['binary_p50_ms']:.3f} ms (binary) against "
+              f"{r['inprocess_p50_ms'] * 1000:.1f} us in-process; product target: p50 under 1 ms at low load"]
     if report["non_200"] or report["wrong_outputs"]:
-        lines.append(f"WARNING: {report['non_200']} non-200 replies, {report['wrong_outputs']} wrong outputs")
+        lines.append(f"WARNING: {report['non_200']} non-200 replies (504: deadline passed, 503: no worker or "
+                     f"overloaded, 0: connection lost), {report['wrong_outputs']} wrong outputs")
     lines.append(f"JSON: {report['out']}")
     return "\n".join(lines)
 
@@ -427,9 +480,9 @@ def measure(opts: Options) -> dict[str, Any]:
         mesh = LocalMesh(repository=repo, state_dir=Path(tmp) / "state")
         try:
             mesh.start()
-            low = [low_load(mesh, p, x, opts) for p in payloads(x)]
-            json_payload = payloads(x)[0]
-            levels = [load_level(mesh, json_payload, c, opts) for c in opts.concurrency]
+            forms = payloads(x, opts.slo_ms)
+            low = low_load(mesh, forms, x, opts)
+            levels = [load_level(mesh, forms[0], c, opts) for c in opts.concurrency]
         finally:
             mesh.stop()
     peak = max(levels, key=lambda lv: lv["rps_median"])
@@ -443,7 +496,10 @@ def measure(opts: Options) -> dict[str, Any]:
         "load": {"payload": "json", "levels": levels, "peak_rps": peak["rps_median"],
                  "peak_concurrency": peak["concurrency"]},
         "in_process": inproc,
+        "mesh_over_inprocess_p50": js["p50_ms"]["median"] / inproc["summary"]["p50_ms"]["median"],
         "non_200": non_200,
+        "loadavg_at_end": list(os.getloadavg()),
+        "breakdown_notes": BREAKDOWN_NOTES,
         "wrong_outputs": sum(f["wrong_outputs"] for f in low),
         "out": str(opts.out),
         "result": {

@@ -16,8 +16,7 @@ from pathlib import Path
 import zmq.asyncio
 
 from controller.config import ControllerConfig
-from controller.error import UnknownArtifact
-from controller.placement import PlannedWorker, initial_placement
+from controller.placement import PlannedWorker, extend_placement, initial_placement
 from controller.registry import Registry
 from controller.repository import Variant, load_repository
 from controller.store import StateStore
@@ -82,11 +81,13 @@ class ControllerActor(Actor):
             variants,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             missed_heartbeats=self.config.missed_heartbeats,
+            epoch=self._epoch,
         )
         for worker_id, agent_id, partition, names in self._store.placements():
             kept = tuple(n for n in names if n in variants)
             if kept:
                 self._registry.plan_worker(PlannedWorker(worker_id, agent_id, partition, kept))
+        self._registry.routing_table()  # version 1 of this epoch: every model, no worker yet
         self._endpoint = Endpoint.router(self._ctx, self.config.bind)
         self.address = self._endpoint.address
         self._tasks = [
@@ -195,9 +196,16 @@ class ControllerActor(Actor):
                 agent_id=agent_id, heartbeat_interval_s=self.config.heartbeat_interval_s, controller_epoch=self._epoch
             ),
         )
+        costs = {name: v.cost_ms for name, v in reg.variants.items()}
         planned = [w.plan for w in reg.workers_of(agent_id)]
+        placed = {name for w in reg.workers.values() for name in w.plan.variants}
+        missing = [name for name in reg.variants if name not in placed]
+        if planned and missing:  # variants added to the repository since this placement was made
+            planned = extend_placement(planned, costs, missing)
+            for plan in planned:
+                store.save_placement(plan.worker_id, plan.agent_id, plan.partition, plan.variants)
+                reg.plan_worker(plan)
         if not planned:
-            costs = {name: v.cost_ms for name, v in reg.variants.items()}
             planned = initial_placement(
                 agent_id,
                 devices,
@@ -233,7 +241,7 @@ class ControllerActor(Actor):
     def _chunk(self, sha: str, offset: int, length: int) -> ArtifactChunkReply | ErrorReply:
         variant = self._by_sha.get(sha)
         if variant is None:
-            return ErrorReply(code="unknown_artifact", message=str(UnknownArtifact(sha)))
+            return ErrorReply(code="unknown_artifact", message=f"no variant in the repository has artifact {sha}")
         if offset < 0 or length <= 0:
             return ErrorReply(code="bad_range", message=f"bad range {offset}+{length}")
         with variant.artifact.open("rb") as f:

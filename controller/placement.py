@@ -72,3 +72,17 @@ def initial_placement(
         for i, names in enumerate(assigned)
         if names
     ]
+
+
+def extend_placement(planned: Sequence[PlannedWorker], costs: dict[str, float], missing: Sequence[str]) -> list[PlannedWorker]:
+    """Add variants new to the repository to an existing placement, least loaded worker first."""
+    workers = list(planned)
+    if not workers:
+        return workers
+    load = [sum(costs.get(v, 1.0) for v in w.variants) for w in workers]
+    for name in sorted(missing, key=lambda n: (-costs.get(n, 1.0), n)):
+        i = min(range(len(workers)), key=lambda j: (load[j], j))
+        w = workers[i]
+        workers[i] = PlannedWorker(w.worker_id, w.agent_id, w.partition, tuple(sorted((*w.variants, name))))
+        load[i] += costs.get(name, 1.0)
+    return workers

@@ -35,13 +35,17 @@ class WorkerRecord:
 class Registry:
     """Agents, workers and gateways with liveness. Not thread-safe; one owner."""
 
-    def __init__(self, variants: dict[str, Variant], *, heartbeat_interval_s: float, missed_heartbeats: int) -> None:
+    def __init__(
+        self, variants: dict[str, Variant], *, heartbeat_interval_s: float, missed_heartbeats: int, epoch: int = 0
+    ) -> None:
         self.variants = variants
         self.agents: dict[str, AgentRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.gateways: dict[str, str] = {}  # gateway id -> data endpoint
         self.liveness = Liveness(interval_s=heartbeat_interval_s, missed_limit=missed_heartbeats)
-        self.routing_version = 0
+        # The epoch sits in the high bits so versions keep growing across controller restarts,
+        # and gateways, which ignore tables older than the one they hold, accept the new ones.
+        self.routing_version = epoch << 32
         self._published: tuple = ()
 
     # --- agents -----------------------------------------------------------------------------
@@ -72,6 +76,9 @@ class Registry:
         record = self.workers.get(worker_id)
         if record is None:
             return False
+        if not self.agent_alive(record.plan.agent_id, now):
+            record.state = "lost"  # routed again once its agent heartbeats
+            return True
         record.state = "ready"
         record.pid = pid
         record.batch_latency_ms = latency

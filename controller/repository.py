@@ -132,8 +132,10 @@ def _load_variant(manifest: Path) -> Variant:
             size_bytes=artifact.stat().st_size,
             profile_ms=profile,
         )
-    except RepositoryError:
-        raise
+    except RepositoryError as exc:
+        if str(manifest) in str(exc):
+            raise
+        raise RepositoryError(f"{manifest}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RepositoryError(f"{manifest}: bad field ({exc})") from None
 

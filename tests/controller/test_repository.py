@@ -177,11 +177,6 @@ def test_bad_variant_fails_the_load_naming_its_manifest(tmp_path: Path, template
     assert says in str(raised.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/repository.py _str raises RepositoryError without the manifest path, "
-    "and _load_variant re-raises RepositoryError as is",
-)
 @pytest.mark.parametrize("field", ["family", "variant", "artifact", "sha256"])
 def test_empty_string_field_error_names_its_manifest(tmp_path: Path, template, field: str) -> None:
     manifest = write_variant(tmp_path, "bad", template, **{field: ""})
