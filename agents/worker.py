@@ -48,6 +48,8 @@ from protocol.message import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+_IDLE, _RAN, _LATE_ONLY = object(), object(), object()
+
 
 def read_spec() -> StartWorker:
     raw = os.environ.get("LETMESH_WORKER_SPEC")
@@ -77,6 +79,7 @@ class Worker:
         self._gateways: dict[str, Endpoint] = {}
         self._recv_tasks: dict[str, asyncio.Task] = {}
         self._arrived = asyncio.Event()
+        self._idle = False
         self._stopping = asyncio.Event()
         self._ctx: zmq.asyncio.Context | None = None
 
@@ -200,6 +203,9 @@ class Worker:
                 self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="overloaded",
                                           error="worker queue is full"))
                 continue
+            if self._idle:
+                # The serving loop is asleep with nothing queued: run now rather than pay its wake-up.
+                self._step()
             self._arrived.set()
 
     def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
@@ -212,30 +218,45 @@ class Worker:
 
     async def _serve(self) -> None:
         while True:
-            waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
-            if not waiting:
+            outcome = self._step()
+            if outcome is _IDLE:
                 if self._stopping.is_set():
                     return
+                self._idle = True
                 self._arrived.clear()
                 await self._arrived.wait()
-                continue
-            _, name = min(waiting)
-            batcher = self.batchers[name]
-            now = time.monotonic()
-            decision = batcher.poll(now)
-            for item in decision.late:
-                ep, _ = item.payload
-                self._send(ep, InferReply(request_id=item.request_id, variant=name, status="late",
-                                          queue_us=int((now - item.arrived) * 1e6)))
-            if decision.batch:
-                self._run_batch(name, decision.batch, now)
+                self._idle = False
+            elif outcome is _RAN:
                 await asyncio.sleep(0)  # let receive tasks queue what arrived meanwhile
-            elif decision.wake_at is not None and not decision.late:
+            elif outcome is not _LATE_ONLY:
+                wake_at = outcome
                 self._arrived.clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), max(0.0, decision.wake_at - now))
+                    await asyncio.wait_for(self._arrived.wait(), max(0.0, wake_at - time.monotonic()))
                 except TimeoutError:
                     pass
+
+    def _step(self) -> object:
+        """One scheduling step: answer hopeless requests, run the most urgent batch if it is due.
+
+        Returns _IDLE (nothing queued), _RAN (a batch ran), _LATE_ONLY, or the instant to poll again.
+        """
+        waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
+        if not waiting:
+            return _IDLE
+        _, name = min(waiting)
+        now = time.monotonic()
+        decision = self.batchers[name].poll(now)
+        for item in decision.late:
+            ep, _ = item.payload
+            self._send(ep, InferReply(request_id=item.request_id, variant=name, status="late",
+                                      queue_us=int((now - item.arrived) * 1e6)))
+        if decision.batch:
+            self._run_batch(name, decision.batch, now)
+            return _RAN
+        if decision.wake_at is not None and not decision.late:
+            return decision.wake_at
+        return _LATE_ONLY
 
     def _run_batch(self, name: str, batch: tuple[Queued, ...], started: float) -> None:
         runner = self.runners[name]

@@ -56,23 +56,28 @@ class Message:
 
 
 # --- conversion between structs and msgpack-able plain data ------------------------------
+#
+# Converters are compiled once per type and cached: decoding is on every request's path, so
+# type hints are read when a type is first seen, never per message.
 
-_HINTS: dict[type, dict[str, Any]] = {}
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_CONVERTERS: dict[Any, Any] = {}
+_PLAIN_SCALARS = (int, float, str, bytes, bool, type(None))
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-        hints = _HINTS[cls]
-    return hints
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def to_plain(obj: Any) -> Any:
     """Struct -> dict of plain values (tuples stay arrays, nested structs become dicts)."""
+    if type(obj) in _PLAIN_SCALARS:
+        return obj
     if dataclasses.is_dataclass(obj):
-        return {name: to_plain(getattr(obj, name)) for name in _hints(type(obj))}
+        return {name: to_plain(getattr(obj, name)) for name in _field_names(type(obj))}
     if isinstance(obj, (tuple, list)):
         return [to_plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -82,66 +87,147 @@ def to_plain(obj: Any) -> Any:
 
 def from_plain(cls: type[T], data: Any, path: str = "") -> T:
     """Plain data -> struct of type ``cls``, checking every field's type."""
-    if not isinstance(data, dict):
-        raise MalformedFrame(f"{path or cls.__name__}: expected a map, got {type(data).__name__}")
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, hint in hints.items():
-        if name in data:
-            kwargs[name] = _convert(hint, data[name], f"{path}.{name}" if path else name)
     try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        raise MalformedFrame(f"{path or cls.__name__}: {exc}") from None
+        return _converter(cls)(data)
+    except _Mismatch as exc:
+        where = ".".join(p for p in (path, exc.path) if p)
+        raise MalformedFrame(f"{where or cls.__name__}: {exc.reason}") from None
 
 
-_SCALARS = {int: (int,), float: (float, int), str: (str,), bool: (bool,), bytes: (bytes,)}
+class _Mismatch(Exception):
+    """Internal: a value does not fit its declared type; ``path`` grows as it unwinds."""
+
+    def __init__(self, reason: str, path: str = "") -> None:
+        self.reason = reason
+        self.path = path
 
 
-def _convert(hint: Any, value: Any, path: str) -> Any:
+def _converter(hint: Any):
+    conv = _CONVERTERS.get(hint)
+    if conv is None:
+        conv = _CONVERTERS[hint] = _compile(hint)
+    return conv
+
+
+def _compile(hint: Any):
     origin = typing.get_origin(hint)
     if hint is Any:
-        return value
+        return lambda value: value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path)
-            except MalformedFrame as exc:
-                errors.append(str(exc))
-        raise MalformedFrame(f"{path}: no variant of {hint} matches ({'; '.join(errors)})")
+        return _compile_union(hint)
     if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise MalformedFrame(f"{path}: expected an array")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise MalformedFrame(f"{path}: expected {len(args)} items")
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return _compile_tuple(hint)
     if origin is dict:
-        key_t, val_t = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise MalformedFrame(f"{path}: expected a map")
-        return {
-            _convert(key_t, k, f"{path}<key>"): _convert(val_t, v, f"{path}[{k!r}]")
-            for k, v in value.items()
-        }
+        return _compile_dict(hint)
     if dataclasses.is_dataclass(hint):
-        return from_plain(hint, value, path)
-    accepted = _SCALARS.get(hint)
-    if accepted is None:
-        raise MalformedFrame(f"{path}: unsupported field type {hint}")
-    # bool is an int subclass: keep the two apart both ways.
-    if hint is not bool and isinstance(value, bool):
-        raise MalformedFrame(f"{path}: expected {hint.__name__}, got bool")
-    if not isinstance(value, accepted):
-        raise MalformedFrame(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+        return _compile_struct(hint)
+    if hint in (int, str, bytes, bool):
+        return _compile_exact(hint)
     if hint is float:
-        return float(value)
-    return value
+        def to_float(value: Any) -> float:
+            kind = type(value)
+            if kind is float:
+                return value
+            if kind is int:
+                return float(value)
+            raise _Mismatch(f"expected float, got {kind.__name__}")
+
+        return to_float
+    raise TypeError(f"unsupported field type {hint}")
+
+
+def _compile_exact(kind: type):
+    # Exact type checks keep bool and int apart both ways.
+    def exact(value: Any) -> Any:
+        if type(value) is kind:
+            return value
+        raise _Mismatch(f"expected {kind.__name__}, got {type(value).__name__}")
+
+    return exact
+
+
+def _compile_union(hint: Any):
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    convs = [_converter(a) for a in args if a is not type(None)]
+
+    def union(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        reasons = []
+        for conv in convs:
+            try:
+                return conv(value)
+            except _Mismatch as exc:
+                reasons.append(exc.reason)
+        raise _Mismatch(f"no variant of {hint} matches ({'; '.join(reasons)})")
+
+    return union
+
+
+def _compile_tuple(hint: Any):
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        item = _converter(args[0])
+
+        def homogeneous(value: Any) -> tuple:
+            if type(value) is not list and type(value) is not tuple:
+                raise _Mismatch("expected an array")
+            try:
+                return tuple([item(v) for v in value])
+            except _Mismatch as exc:
+                raise _Mismatch(exc.reason, f"[]{'.' + exc.path if exc.path else ''}") from None
+
+        return homogeneous
+    convs = [_converter(a) for a in args]
+
+    def fixed(value: Any) -> tuple:
+        if type(value) is not list and type(value) is not tuple:
+            raise _Mismatch("expected an array")
+        if len(value) != len(convs):
+            raise _Mismatch(f"expected {len(convs)} items")
+        return tuple(conv(v) for conv, v in zip(convs, value))
+
+    return fixed
+
+
+def _compile_dict(hint: Any):
+    key_t, val_t = typing.get_args(hint)
+    key_conv, val_conv = _converter(key_t), _converter(val_t)
+
+    def mapping(value: Any) -> dict:
+        if type(value) is not dict:
+            raise _Mismatch("expected a map")
+        out = {}
+        for k, v in value.items():
+            try:
+                out[key_conv(k)] = val_conv(v)
+            except _Mismatch as exc:
+                raise _Mismatch(exc.reason, f"[{k!r}]{'.' + exc.path if exc.path else ''}") from None
+        return out
+
+    return mapping
+
+
+def _compile_struct(cls: type):
+    hints = typing.get_type_hints(cls)
+    fields = [(name, None) for name in _field_names(cls)]
+    _CONVERTERS[cls] = None  # placeholder so a self-referencing struct does not recurse forever
+    fields = [(name, _converter(hints[name])) for name, _ in fields]
+
+    def struct_of(value: Any) -> Any:
+        if type(value) is not dict:
+            raise _Mismatch(f"expected a map, got {type(value).__name__}")
+        kwargs = {}
+        for name, conv in fields:
+            if name in value:
+                try:
+                    kwargs[name] = conv(value[name])
+                except _Mismatch as exc:
+                    raise _Mismatch(exc.reason, f"{name}{'.' + exc.path if exc.path and not exc.path.startswith('[') else exc.path}") from None
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a required field is missing
+            raise _Mismatch(str(exc)) from None
+
+    return struct_of
