@@ -7,8 +7,6 @@ size, which the batcher uses to decide how large a batch still meets its deadlin
 
 from __future__ import annotations
 
-import bisect
-import math
 import statistics
 import time
 import warnings
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
 
 
@@ -32,8 +31,7 @@ class ModelRunner:
             warnings.filterwarnings("ignore", category=FutureWarning)
             self.module = torch.jit.load(str(path), map_location=self.device)
         self.module.eval()
-        self._batches: list[int] = []
-        self._latency_s: list[float] = []
+        self._curve = LatencyCurve([], [])
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """inputs in the spec's input order, batched on dim 0 -> outputs in the spec's output order."""
@@ -52,7 +50,7 @@ class ModelRunner:
 
     def warm_up(self, repeats: int = 5) -> dict[int, float]:
         """Measure the median latency of batch sizes 1, 2, 4, ... max_batch; returns ms by size."""
-        sizes = sorted({min(2**i, self.spec.max_batch) for i in range(int(math.log2(self.spec.max_batch)) + 2)})
+        sizes = warmup_batches(self.spec.max_batch)
         measured: dict[int, float] = {}
         for size in sizes:
             sample = self.example_inputs(size)
@@ -63,8 +61,7 @@ class ModelRunner:
                 self.run(sample)
                 times.append(time.perf_counter() - start)
             measured[size] = statistics.median(times)
-        self._batches = sorted(measured)
-        self._latency_s = [measured[b] for b in self._batches]
+        self._curve = LatencyCurve(list(measured), list(measured.values()))
         return {b: s * 1000.0 for b, s in measured.items()}
 
     def example_inputs(self, batch: int) -> list[np.ndarray]:
@@ -76,16 +73,4 @@ class ModelRunner:
 
     def latency_s(self, batch: int) -> float:
         """Predicted latency of ``batch``: linear between measured sizes, extrapolated beyond."""
-        if not self._batches:
-            return 0.0
-        i = bisect.bisect_left(self._batches, batch)
-        if i < len(self._batches) and self._batches[i] == batch:
-            return self._latency_s[i]
-        if i == 0:
-            return self._latency_s[0]
-        if i == len(self._batches):
-            per_item = self._latency_s[-1] / self._batches[-1]
-            return self._latency_s[-1] + per_item * (batch - self._batches[-1])
-        b0, b1 = self._batches[i - 1], self._batches[i]
-        l0, l1 = self._latency_s[i - 1], self._latency_s[i]
-        return l0 + (l1 - l0) * (batch - b0) / (b1 - b0)
+        return self._curve(batch)

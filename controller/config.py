@@ -17,3 +17,4 @@ class ControllerConfig:
     cpu_cores_per_partition: int = 1
     max_partitions_per_device: int = 8
     stop_drain_s: float = 1.0
+    policy_publish_interval_s: float = 1.0

@@ -13,10 +13,12 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import zmq.asyncio
 
 from controller.config import ControllerConfig
 from controller.placement import PlannedWorker, extend_placement, initial_placement
+from controller.learner import Learner
 from controller.registry import Registry
 from controller.repository import Variant, load_repository
 from controller.store import StateStore
@@ -26,11 +28,13 @@ from mesh.transport import Endpoint, EndpointClosed, Incoming, PeerUnreachable
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (
     ArtifactChunkReply,
+    DecisionRecords,
     ErrorReply,
     FetchArtifact,
     GatewayListChanged,
     GetStatus,
     Heartbeat,
+    PolicySnapshot,
     RegisterAgent,
     RegisterAgentReply,
     RegisterGateway,
@@ -68,6 +72,8 @@ class ControllerActor(Actor):
         self._registry: Registry | None = None
         self._by_sha: dict[str, Variant] = {}
         self._tasks: list[asyncio.Task] = []
+        self._learner: Learner | None = None
+        self._last_publish = float("-inf")
         self._epoch = 0
         self._seq = 0
         self.address = ""
@@ -88,6 +94,7 @@ class ControllerActor(Actor):
             if kept:
                 self._registry.plan_worker(PlannedWorker(worker_id, agent_id, partition, kept))
         self._registry.routing_table()  # version 1 of this epoch: every model, no worker yet
+        self._learner = Learner(self.config.state_dir)
         self._endpoint = Endpoint.router(self._ctx, self.config.bind)
         self.address = self._endpoint.address
         self._tasks = [
@@ -100,6 +107,9 @@ class ControllerActor(Actor):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._learner is not None:
+            self._learner.publish()  # save what was learned since the last publish
+            self._learner.close()
         if self._endpoint is not None:
             self._endpoint.close()
         if self._store is not None:
@@ -159,6 +169,10 @@ class ControllerActor(Actor):
                     ),
                 )
                 await self._send(peer, reg.current_table())
+                assert self._learner is not None
+                families = sorted({v.family for v in reg.variants.values()})
+                for family, version, model in self._learner.snapshots(families):
+                    await self._send_policy(peer, family, version, model)
                 if changed:
                     await self._broadcast_gateways()
             case WorkerStarted(worker_id=worker_id, pid=pid) if kind == "agent":
@@ -175,6 +189,10 @@ class ControllerActor(Actor):
                 elif first:
                     # It may have started before a gateway joined: tell it every gateway.
                     await self._send(peer, GatewayListChanged(gateways=reg.gateway_endpoints()))
+            case DecisionRecords(records=records) if kind == "gateway":
+                assert self._learner is not None and self._store is not None
+                fresh = self._store.log_decisions(records, self._clock.time())
+                self._learner.learn(r for r in fresh if r.family in {v.family for v in reg.variants.values()})
             case FetchArtifact(sha256=sha, offset=offset, length=length):
                 await self._send(peer, self._chunk(sha, offset, length))
             case GetStatus():
@@ -271,6 +289,12 @@ class ControllerActor(Actor):
             log.warning("peers lost", extra={"peers": lost})
             if any(k.startswith("gateway:") for k in lost):
                 await self._broadcast_gateways()
+        if now - self._last_publish >= self.config.policy_publish_interval_s:
+            self._last_publish = now
+            assert self._learner is not None
+            for family, version, model in self._learner.publish():
+                for gateway_id in list(reg.gateways):
+                    await self._send_policy(f"gateway:{gateway_id}".encode(), family, version, model)
         self._seq += 1
         beat = Heartbeat(sender="controller", role="controller", seq=self._seq)
         for agent_id in list(reg.agents):
@@ -297,10 +321,14 @@ class ControllerActor(Actor):
             if record.state in ("ready", "starting"):
                 await self._send(f"worker:{worker_id}".encode(), msg)
 
-    async def _send(self, peer: bytes, msg: object) -> None:
+    async def _send_policy(self, peer: bytes, family: str, version: int, model: bytes) -> None:
+        snapshot = PolicySnapshot(family=family, version=version, vw_args=self._learner.vw_args, model_bytes=len(model))
+        await self._send(peer, snapshot, [np.frombuffer(model, dtype=np.uint8)])
+
+    async def _send(self, peer: bytes, msg: object, tensors: list | tuple = ()) -> None:
         assert self._endpoint is not None
         try:
-            self._endpoint.send_nowait(msg, to=peer)
+            self._endpoint.send_nowait(msg, tensors, to=peer)
         except PeerUnreachable:
             log.debug("peer unreachable", extra={"peer": peer})
         except zmq.Again:

@@ -137,7 +137,7 @@ class Registry:
     def routing_table(self) -> RoutingTable | None:
         """The current table if it differs from the last one returned, else None."""
         routes = tuple(
-            WorkerRoute(worker_id=w.plan.worker_id, variants=w.plan.variants)
+            WorkerRoute(worker_id=w.plan.worker_id, variants=w.plan.variants, latency_ms=w.batch_latency_ms)
             for w in sorted(self.workers.values(), key=lambda w: w.plan.worker_id)
             if w.state == "ready"
         )

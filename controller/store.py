@@ -11,7 +11,9 @@ import sqlite3
 from pathlib import Path
 
 from protocol.schema import from_plain, to_plain
-from protocol.types import Partition
+from collections.abc import Sequence
+
+from protocol.types import DecisionRecord, Partition
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -21,6 +23,13 @@ CREATE TABLE IF NOT EXISTS placement (
     partition TEXT NOT NULL,
     variants TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS decision (
+    event_id TEXT PRIMARY KEY,
+    family TEXT NOT NULL,
+    logged_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decision_family ON decision (family, logged_at);
 CREATE TABLE IF NOT EXISTS agent (
     agent_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -65,6 +74,29 @@ class StateStore:
             (w, a, from_plain(Partition, json.loads(p)), tuple(json.loads(v)))
             for w, a, p, v in rows.fetchall()
         ]
+
+    def log_decisions(self, records: Sequence[DecisionRecord], now: float) -> list[DecisionRecord]:
+        """Append joined decisions; returns those not logged before (a repeated event is ignored)."""
+        fresh = []
+        with self._db:
+            for r in records:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO decision VALUES (?, ?, ?, ?)",
+                    (r.event_id, r.family, now, json.dumps(to_plain(r))),
+                )
+                if cur.rowcount:
+                    fresh.append(r)
+        return fresh
+
+    def decisions(self, family: str | None = None, limit: int = 100_000) -> list[DecisionRecord]:
+        """The newest ``limit`` logged decisions, oldest first."""
+        if family is None:
+            rows = self._db.execute("SELECT record FROM decision ORDER BY logged_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute(
+                "SELECT record FROM decision WHERE family=? ORDER BY logged_at DESC LIMIT ?", (family, limit)
+            )
+        return [from_plain(DecisionRecord, json.loads(r)) for (r,) in reversed(rows.fetchall())]
 
     def save_agent(self, agent_id: str, hostname: str, now: float) -> None:
         self._db.execute("INSERT OR REPLACE INTO agent VALUES (?, ?, ?)", (agent_id, hostname, now))

@@ -23,3 +23,8 @@ class GatewayConfig:
     max_outstanding_per_worker: int = 512
     deadline_grace_ms: float = 50.0
     shutdown_timeout_s: float = 5.0
+    # Bandit feedback: how long a decision waits for explicit feedback before it is closed with
+    # the implicit reward, and how long a closed one is remembered to answer repeats precisely.
+    feedback_wait_s: float = 30.0
+    feedback_retain_s: float = 300.0
+    decision_batch_max: int = 256

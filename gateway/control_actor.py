@@ -19,7 +19,17 @@ from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.transport import Endpoint, EndpointClosed, Incoming
-from protocol.message import ErrorReply, Heartbeat, RegisterGateway, RegisterGatewayReply, RoutingTable
+from gateway.event_log import EventLog
+from gateway.policy_store import PolicyReplicas
+from protocol.message import (
+    DecisionRecords,
+    ErrorReply,
+    Heartbeat,
+    PolicySnapshot,
+    RegisterGateway,
+    RegisterGatewayReply,
+    RoutingTable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +44,13 @@ class ControlLinkActor(Actor):
 
     def __init__(
         self, config: GatewayConfig, dispatcher: Dispatcher, *, ctx: zmq.asyncio.Context, http_url: str,
-        clock: Clock | None = None,
+        events: EventLog, policies: PolicyReplicas, clock: Clock | None = None,
     ) -> None:
         super().__init__(name="gateway-control", mailbox_size=10_000)
         self.config = config
         self._dispatcher = dispatcher
+        self._events = events
+        self._policies = policies
         self._ctx = ctx
         self._http_url = http_url
         self._clock = clock or SystemClock()
@@ -50,6 +62,7 @@ class ControlLinkActor(Actor):
         self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
         self.controller_connected = False
         self.first_table = asyncio.Event()
+        self._pending_records: list = []
 
     async def on_start(self) -> None:
         self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"gateway:{self.config.gateway_id}")
@@ -92,6 +105,11 @@ class ControlLinkActor(Actor):
                     self._registered = False
                 self._seq += 1
                 self._send(Heartbeat(sender=self.config.gateway_id, role="gateway", seq=self._seq))
+                self._ship_decisions(now)
+            case Incoming(msg=PolicySnapshot() as snap, buffers=buffers):
+                self._controller.beat("controller", now)
+                if len(buffers) == 1 and buffers[0].nbytes == snap.model_bytes:
+                    self._policies.apply_snapshot(snap.family, snap.version, snap.vw_args, bytes(buffers[0]))
             case Incoming(msg=inner):
                 self._controller.beat("controller", now)
                 self.controller_connected = True
@@ -112,6 +130,19 @@ class ControlLinkActor(Actor):
                 pass
             case other:
                 log.warning("unexpected message from controller: %s", type(other).__name__)
+
+    def _ship_decisions(self, now: float) -> None:
+        """Joined decisions go to the controller in batches; kept for the next tick if the link is full."""
+        records = self._pending_records + self._events.due(now)
+        self._pending_records = []
+        size = self.config.decision_batch_max
+        for i in range(0, len(records), size):
+            batch = tuple(records[i:i + size])
+            try:
+                self._endpoint.send_nowait(DecisionRecords(records=batch))
+            except zmq.Again:
+                self._pending_records = list(records[i:])[: 50 * size]  # bounded: oldest beyond that dropped
+                return
 
     def _register(self) -> None:
         self._last_register = self._clock.monotonic()

@@ -18,7 +18,9 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from mesh.latency import LatencyCurve, warmup_batches
 from mesh.liveness import Liveness
+from mesh.slowdown import SlowdownEstimate, SlowdownTracker
 from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
 from protocol.codec import tensor_meta, tensors_from_frames
 from protocol.error import ProtocolError
@@ -61,6 +63,16 @@ class Result:
     reply: InferReply
     outputs: dict[str, np.ndarray]
     latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VariantEstimate:
+    """What the gateway predicts for one more request of a variant on its least loaded worker."""
+
+    worker_id: str
+    profiled_ms: float  # the worker's measured latency of a batch of one
+    queue_ms: float  # the extra time the requests already in flight there add
+    slowdown: SlowdownEstimate
 
 
 @dataclass(slots=True)
@@ -111,6 +123,8 @@ class Dispatcher:
         self._max_outstanding = max_outstanding_per_worker
         self._grace_s = deadline_grace_s
         self._tasks: list[asyncio.Task] = []
+        self._curves: dict[tuple[str, str], LatencyCurve] = {}
+        self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0}
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -151,6 +165,15 @@ class Dispatcher:
                 self._workers[worker_id] = WorkerState(worker_id, route.variants, route.weight)
             else:
                 state.variants, state.weight = route.variants, route.weight
+        curves = {}
+        for route in table.workers:
+            for variant, latencies in route.latency_ms.items():
+                model = self.models.get(variant)
+                batches = warmup_batches(model.max_batch) if model else []
+                if model and len(batches) == len(latencies):
+                    curves[(route.worker_id, variant)] = LatencyCurve(batches, latencies)
+        self._curves = curves
+        self._slowdown = {k: v for k, v in self._slowdown.items() if k in curves}
         by_variant: dict[str, list[str]] = {}
         for state in self._workers.values():
             for v in state.variants:
@@ -163,6 +186,29 @@ class Dispatcher:
 
     def outstanding(self) -> int:
         return len(self._pending)
+
+    def load(self) -> float:
+        """Requests in flight per reachable worker: a coarse load signal for the bandit."""
+        now = time.monotonic()
+        alive = sum(1 for w in self._workers if self._liveness.alive(w, now))
+        return len(self._pending) / max(alive, 1)
+
+    def estimate(self, variant: str) -> VariantEstimate | None:
+        """Prediction for the worker a request of ``variant`` would go to; None if none is reachable."""
+        candidates = self.ready_workers(variant)
+        if not candidates:
+            return None
+        worker_id = min(candidates, key=lambda w: (len(self._workers[w].inflight), w))
+        key = (worker_id, variant)
+        tracker = self._slowdown.get(key)
+        slowdown = tracker.estimate() if tracker else SlowdownEstimate(mean=1.0, variance=0.0)
+        curve = self._curves.get(key)
+        if curve is None:
+            return VariantEstimate(worker_id, 0.0, 0.0, slowdown)
+        ahead = len(self._workers[worker_id].inflight)
+        single = curve(1)
+        # Requests ahead batch together with this one: it finishes when a batch of ahead+1 would.
+        return VariantEstimate(worker_id, single, max(0.0, slowdown.mean * (curve(ahead + 1) - single)), slowdown)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -293,6 +339,7 @@ class Dispatcher:
                     pending.future.set_exception(WorkerFailed(f"worker sent bad outputs: {exc}"))
                     continue
                 outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
+                self._observe(worker_id, msg)
                 pending.future.set_result(
                     Result(msg.variant, worker_id, msg, outputs, time.monotonic() - pending.sent)
                 )
@@ -304,6 +351,16 @@ class Dispatcher:
                 pending.future.set_exception(Overloaded(f"worker {worker_id}: {msg.error}"))
             else:
                 pending.future.set_exception(WorkerFailed(msg.error or "worker error"))
+
+    def _observe(self, worker_id: str, reply: InferReply) -> None:
+        curve = self._curves.get((worker_id, reply.variant))
+        if curve is None or reply.compute_us <= 0:
+            return
+        profiled_ms = curve(max(reply.batch_size, 1))
+        if profiled_ms <= 0:
+            return
+        tracker = self._slowdown.setdefault((worker_id, reply.variant), SlowdownTracker())
+        tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3)
 
     async def _watch(self) -> None:
         seq = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+import uuid
 
 from aiohttp import web
 
@@ -23,11 +23,17 @@ from gateway.dispatcher import (
     WorkerFailed,
     WorkerLost,
 )
-from protocol.types import ModelInfo
+from gateway.event_log import Event, EventLog
+from gateway.feedback import EVENTS, post_feedback
+from gateway.policy_store import PolicyReplicas
+from gateway.selection import RequestBounds, Selection, check_variant, parse_bounds, select
+from mesh.bandit import NoCandidate
+from protocol.types import CandidateInfo, ModelInfo
 
 log = logging.getLogger(__name__)
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+POLICIES = web.AppKey("policies", PolicyReplicas)
 EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "letmesh_bounds")
 
 
@@ -53,14 +59,20 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return _json_error(exc.status, message, headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
 
 
-def make_app(dispatcher: Dispatcher, *, max_body_bytes: int) -> web.Application:
+def make_app(
+    dispatcher: Dispatcher, *, max_body_bytes: int, events: EventLog | None = None,
+    policies: PolicyReplicas | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[DISPATCHER] = dispatcher
+    app[EVENTS] = events if events is not None else EventLog()
+    app[POLICIES] = policies if policies is not None else PolicyReplicas()
     r = app.router
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
     r.add_get("/v2", server_metadata)
     r.add_post("/v2/repository/index", repository_index)
+    r.add_post("/v1/feedback", post_feedback)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)
@@ -134,22 +146,6 @@ async def model_ready(request: web.Request) -> web.Response:
     return web.Response(status=200 if any(d.ready_workers(v.name) for v in variants) else 400)
 
 
-def _budget_s(parameters: dict[str, Any], default_ms: float) -> float:
-    if "timeout" in parameters:
-        value = parameters["timeout"]
-        scale = 1e-6  # Triton: microseconds
-        key = "timeout"
-    elif "letmesh_slo_ms" in parameters:
-        value = parameters["letmesh_slo_ms"]
-        scale = 1e-3
-        key = "letmesh_slo_ms"
-    else:
-        return default_ms / 1000.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise oip.InvalidParameter(f"parameter {key!r} must be a positive number")
-    return float(value) * scale
-
-
 async def infer(request: web.Request) -> web.Response:
     received = time.monotonic()
     d = request.app[DISPATCHER]
@@ -168,36 +164,52 @@ async def infer(request: web.Request) -> web.Response:
                 raise oip.MalformedBody(f"{oip.HEADER_LENGTH} must be a non-negative integer")
             length = int(header_length)
         parsed = oip.parse_infer_request(body, length, head.inputs, head.outputs, max_batch=head.max_batch)
-        budget_s = _budget_s(parsed.parameters, head.default_slo_ms)
+        bounds = parse_bounds(parsed.parameters, head.default_slo_ms)
     except oip.OipError as exc:
         return _json_error(exc.status, str(exc))
 
-    # A family lets the mesh choose: for now the most accurate variant with a reachable worker.
-    if is_family:
-        chosen = next((v for v in variants if d.ready_workers(v.name)), head)
-    else:
-        chosen = head
-    remaining = budget_s - (time.monotonic() - received)
+    event_id = ""
+    try:
+        if is_family:
+            chosen = select(name, variants, bounds, d, request.app[POLICIES])
+            if chosen is None:
+                return _dispatch_error(NoWorkerReady(f"no variant of {name} has a reachable worker"))
+            model = chosen.model
+            event_id = _log_decision(request.app[EVENTS], name, bounds, chosen, received)
+        else:
+            model = head
+            check_variant(model, bounds)
+    except NoCandidate as exc:
+        return _no_candidate(exc)
+
+    remaining = bounds.budget_s - (time.monotonic() - received)
+    events = request.app[EVENTS]
     try:
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed before the request could be sent")
-        result = await d.infer(chosen.name, parsed.inputs, remaining)
+        result = await d.infer(model.name, parsed.inputs, remaining)
     except DispatchError as exc:
+        if event_id:
+            events.outcome(event_id, met=False if isinstance(exc, DeadlineExceeded) else None)
         return _dispatch_error(exc)
 
     elapsed = time.monotonic() - received
+    met = elapsed <= bounds.budget_s
     parameters = {
         "letmesh_variant": result.variant,
-        "letmesh_slo_status": "met" if elapsed <= budget_s else "late",
+        "letmesh_slo_status": "met" if met else "late",
         "letmesh_queue_us": result.reply.queue_us,
         "letmesh_compute_us": result.reply.compute_us,
         "letmesh_batch_size": result.reply.batch_size,
         "letmesh_latency_us": int(elapsed * 1e6),
     }
+    if event_id:
+        events.outcome(event_id, met=met)
+        parameters["letmesh_event_id"] = event_id
     try:
         payload, headers = oip.encode_infer_response(
             model_name=name,
-            model_version=chosen.version,
+            model_version=model.version,
             request_id=parsed.id,
             outputs=list(result.outputs.items()),
             parsed=parsed,
@@ -207,6 +219,36 @@ async def infer(request: web.Request) -> web.Response:
         return _json_error(exc.status, str(exc))
     content_type = headers.pop("Content-Type")
     return web.Response(body=payload, headers=headers, content_type=content_type)
+
+
+def _log_decision(events: EventLog, family: str, bounds: RequestBounds, chosen: Selection, now: float) -> str:
+    event_id = uuid.uuid4().hex
+    events.record(
+        Event(
+            event_id=event_id,
+            family=family,
+            context=bounds.context,
+            budget_ms=bounds.budget_s * 1e3,
+            load=chosen.load,
+            candidates=tuple(
+                CandidateInfo(variant=c.variant, accuracy=c.accuracy, predicted_latency_ms=c.predicted_latency_ms,
+                              p_deadline=c.p_deadline, energy_j=c.energy_j)
+                for c in chosen.candidates
+            ),
+            chosen=chosen.decision.chosen,
+            probability=chosen.decision.probability,
+            created=now,
+        )
+    )
+    return event_id
+
+
+def _no_candidate(exc: NoCandidate) -> web.Response:
+    # Accuracy and energy bounds are the caller's ask against what is deployed: retrying will not
+    # help. A deadline no variant is likely to meet now is about load: come back shortly.
+    if exc.bound == "deadline":
+        return _json_error(503, f"bound cannot be met: {exc}", {"Retry-After": "1"})
+    return _json_error(400, f"bound cannot be met: {exc}")
 
 
 def _dispatch_error(exc: DispatchError) -> web.Response:

@@ -145,12 +145,20 @@ def _kind(value: Any) -> str:
     return _TYPE_WORDS.get(type(value), type(value).__name__)
 
 
+# Request parameters that may hold a flat object of scalars instead of a scalar.
+NESTED_PARAMETERS = frozenset({"letmesh_context"})
+
+
 def _check_parameters(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise MalformedBody(f"{where} parameters must be an object")
     for key, item in value.items():
+        if key in NESTED_PARAMETERS and isinstance(item, dict):
+            # A flat object of scalars (bandit context features), the one non-scalar we accept.
+            _check_parameters(item, f"{where} parameter {key!r}:")
+            continue
         if not isinstance(item, _PARAM_TYPES):
             raise InvalidParameter(
                 f"{where} parameter {key!r} must be a string, number or bool, got {_kind(item)}"

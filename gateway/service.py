@@ -16,6 +16,8 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.control_actor import ControlLinkActor
 from gateway.dispatcher import Dispatcher
+from gateway.event_log import EventLog
+from gateway.policy_store import PolicyReplicas
 from gateway.http_app import make_app
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class GatewayService:
         self.ctx: zmq.asyncio.Context | None = None
         self.dispatcher: Dispatcher | None = None
         self.control: ControlLinkActor | None = None
+        self.events: EventLog | None = None
+        self.policies: PolicyReplicas | None = None
         self._runner: web.AppRunner | None = None
         self.http_url = ""
 
@@ -45,7 +49,10 @@ class GatewayService:
             deadline_grace_s=cfg.deadline_grace_ms / 1000.0,
         )
         await self.dispatcher.start()
-        app = make_app(self.dispatcher, max_body_bytes=cfg.max_body_bytes)
+        self.events = EventLog(feedback_wait_s=cfg.feedback_wait_s, retain_s=cfg.feedback_retain_s)
+        self.policies = PolicyReplicas()
+        app = make_app(self.dispatcher, max_body_bytes=cfg.max_body_bytes, events=self.events,
+                       policies=self.policies)
         self._runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=cfg.shutdown_timeout_s, access_log=None
         )
@@ -54,7 +61,8 @@ class GatewayService:
         await site.start()
         port = self._runner.addresses[0][1]
         self.http_url = f"http://{cfg.http_host}:{port}"
-        self.control = ControlLinkActor(cfg, self.dispatcher, ctx=self.ctx, http_url=self.http_url)
+        self.control = ControlLinkActor(cfg, self.dispatcher, ctx=self.ctx, http_url=self.http_url,
+                                        events=self.events, policies=self.policies)
         await self.control.start()
         log.info("gateway serving", extra={"http": self.http_url, "data": self.dispatcher.address})
 
@@ -65,6 +73,8 @@ class GatewayService:
             await self.control.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        if self.policies is not None:
+            self.policies.close()
         if self.ctx is not None:
             self.ctx.term()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from protocol.schema import message
 from protocol.types import (
     AgentStatus,
+    DecisionRecord,
     DeviceInfo,
     ModelInfo,
     ModelStatus,
@@ -158,6 +159,26 @@ class GatewayListChanged:
     """Controller -> running workers: the gateways to keep a data connection to."""
 
     gateways: tuple[str, ...]
+
+
+# --- bandit ---------------------------------------------------------------------------------
+
+
+@message(34)
+class PolicySnapshot:
+    """Controller -> gateways: a family's learned policy. The model bytes travel in frame 1."""
+
+    family: str
+    version: int
+    vw_args: str
+    model_bytes: int
+
+
+@message(35)
+class DecisionRecords:
+    """Gateway -> controller: decisions joined with their rewards, in batches."""
+
+    records: tuple[DecisionRecord, ...]
 
 
 # --- operators ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Imports nothing of ours beyond ``protocol``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NewType
 
 from protocol.schema import struct
@@ -104,11 +105,43 @@ class Partition:
 
 @struct
 class WorkerRoute:
-    """A ready worker and the variants it serves, with the plan's routing weight."""
+    """A ready worker and the variants it serves, with the plan's routing weight.
+
+    ``latency_ms`` holds, per variant, the worker's measured latency of batches 1, 2, 4, ...
+    """
 
     worker_id: str
     variants: tuple[str, ...]
     weight: float = 1.0
+    latency_ms: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+
+
+@struct
+class CandidateInfo:
+    """One action the bandit could take for a request, with the features it was judged on."""
+
+    variant: str
+    accuracy: float
+    predicted_latency_ms: float
+    p_deadline: float
+    energy_j: float
+
+
+@struct
+class DecisionRecord:
+    """A logged variant choice joined with its reward (explicit feedback or the implicit one)."""
+
+    event_id: str
+    family: str
+    context: dict[str, str | int | float | bool]
+    budget_ms: float
+    load: float
+    candidates: tuple[CandidateInfo, ...]
+    chosen: int
+    probability: float
+    reward: float
+    source: str  # feedback | implicit
+    met: bool = True
 
 
 @struct

@@ -90,7 +90,7 @@ def test_only_ready_workers_are_routed(reg: Registry, clock: FakeClock) -> None:
     assert ready(reg, "a1.w0", clock)
     table = reg.routing_table()
     assert table is not None and table.version > first.version
-    assert table.workers == (WorkerRoute(worker_id="a1.w0", variants=("small",)),)
+    assert table.workers == (WorkerRoute(worker_id="a1.w0", variants=("small",), latency_ms={"small": (1.0, 2.0)}),)
 
 
 def test_ready_again_is_a_heartbeat_not_a_new_table(reg: Registry, clock: FakeClock) -> None:

@@ -39,10 +39,8 @@ FAMILY = Family(
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo-repo")
-    build_zoo(root, epochs_scale=0.5)  # shorter training; the demo measures accuracy itself
-    return root
+def repository(digits_repo: Path) -> Path:
+    return digits_repo
 
 
 def live_processes_mentioning(marker: str) -> list[str]:

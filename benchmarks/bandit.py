@@ -1,0 +1,436 @@
+"""Variant selection by QoE feedback: the VW contextual bandit against Exp3, the best fixed variant and an oracle.
+
+A simulated stream of requests to a digits-like family of four variants. Each request has a
+context (app, device class, an irrelevant user segment), a deadline budget and a load; the app's
+satisfaction (QoE) depends on the variant's accuracy, its latency against the budget and, for some
+apps and devices, its energy. Halfway through, a co-located job slows the two big variants on
+servers and the battery-saver app's users start to value accuracy over battery. Every policy sees
+the same requests, the same candidate sets (profiles plus Kalman slowdown trackers fed by the
+mesh's other traffic) and the same reward noise, so their differences are their choices alone.
+
+Prints a table and writes JSON plus a PNG of the curves; ends with one ``RESULT`` line (ratios of
+cumulative QoE after the run's decisions, 5,000 by default). Asserts nothing.
+
+Run: ``python benchmarks/bandit.py [--quick]``. An entry point: may import everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mesh.bandit import (  # noqa: E402
+    DEFAULT_VW_ARGS, VW_VERSION, BanditPolicy, Bounds, Candidate, NoCandidate, candidate_from_profile,
+    filter_candidates,
+)
+from mesh.slowdown import SlowdownTracker  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bandit.json"
+POLICIES = ("vw", "exp3", "best_fixed", "oracle")
+
+# --- the world --------------------------------------------------------------------------------
+
+# Shaped like the demo digits family: accuracy from the manifests, latency growing ~60x from the
+# linear model to the CNN, energy proportional to latency.
+VARIANTS = ("digits-linear", "digits-mlp", "digits-wide", "digits-cnn")
+ACCURACY = np.array([0.974, 0.976, 0.981, 0.987])
+SERVER_MS = np.array([0.4, 0.65, 6.0, 24.0])
+DEVICES = {  # latency factor vs a server, watts while computing, queueing ms at full load
+    "server": (1.0, 30.0, 2.0),
+    "edge": (8.0, 5.0, 10.0),
+}
+APPS = ("accurate-reader", "fast-reader", "battery-saver")
+BUDGETS_MS = (20.0, 80.0, 400.0)
+SEGMENTS = ("s1", "s2", "s3")  # carries no signal: a learner must not be hurt by it
+MIN_ACCURACY = {"accurate-reader": 0.975}  # the accurate reader also states a bound
+JITTER_SIGMA = 0.25  # log-normal per-request latency jitter
+NOISE_SD = 0.1  # users' reported QoE around its mean
+LATE_KEEP = 0.1  # a late answer keeps a tenth of its value
+BACKGROUND_RATE = 0.25  # chance per step that each (device, variant) tracker sees other traffic
+EXP3_ETA = 0.01  # Clipper's hard-coded learning rate
+
+
+def app_weights(app: str, device: str, phase: int) -> tuple[float, float, float]:
+    """(accuracy, speed, energy) weights of an app's QoE; they sum to 1."""
+    if app == "accurate-reader":
+        return (0.8, 0.2, 0.0)
+    if app == "fast-reader":
+        return (0.25, 0.75, 0.0)
+    if phase == 1:  # the battery-saver's users start to value accuracy over battery
+        return (0.7, 0.1, 0.2)
+    return (0.2, 0.1, 0.7) if device == "edge" else (0.5, 0.2, 0.3)
+
+
+def true_slowdown(device: str, phase: int) -> np.ndarray:
+    """The real ξ per variant: edge boards throttle a little; later a co-located job hits big models on servers."""
+    if device == "edge":
+        return np.full(len(VARIANTS), 1.3)
+    if phase == 1:
+        return np.array([1.0, 1.0, 4.0, 4.0])
+    return np.ones(len(VARIANTS))
+
+
+def profiled_ms(device: str) -> np.ndarray:
+    return SERVER_MS * DEVICES[device][0]
+
+
+def energy_j(device: str) -> np.ndarray:
+    return DEVICES[device][1] * profiled_ms(device) / 1e3
+
+
+def _clip_mean(q: np.ndarray, sd: float) -> np.ndarray:
+    """E[clip(q + N(0, sd²), 0, 1)] in closed form."""
+    from scipy.stats import norm
+
+    def above(c: float) -> np.ndarray:  # E[max(X - c, 0)]
+        z = (q - c) / sd
+        return (q - c) * norm.cdf(z) + sd * norm.pdf(z)
+
+    return above(0.0) - above(1.0)
+
+
+def qoe(app: str, device: str, phase: int, budget_ms: float, latency_ms: np.ndarray) -> np.ndarray:
+    """Mean QoE of each variant given its realised latency (before the users' noise)."""
+    w_acc, w_speed, w_energy = app_weights(app, device, phase)
+    acc = (ACCURACY - 0.97) / 0.02
+    e = energy_j(device)
+    energy = 1.0 - np.log10(e / e.min()) / np.log10(e.max() / e.min())
+    speed = np.clip(1.0 - latency_ms / budget_ms, 0.0, 1.0)
+    q = w_acc * acc + w_speed * speed + w_energy * energy
+    return np.where(latency_ms > budget_ms, LATE_KEEP * q, q)
+
+
+_QUANTILES = None
+
+
+def expected_qoe(app: str, device: str, phase: int, budget_ms: float, queue_ms: float) -> np.ndarray:
+    """True expected reward of each variant: over latency jitter (quantile grid) and reward noise (exact)."""
+    global _QUANTILES
+    if _QUANTILES is None:
+        from scipy.stats import norm
+
+        _QUANTILES = np.exp(JITTER_SIGMA * norm.ppf((np.arange(64) + 0.5) / 64))
+    base = true_slowdown(device, phase) * profiled_ms(device)
+    lat = queue_ms + base[:, None] * _QUANTILES[None, :]
+    q = np.stack([qoe(app, device, phase, budget_ms, lat[:, k]) for k in range(lat.shape[1])], axis=1)
+    return _clip_mean(q, NOISE_SD).mean(axis=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One request as every policy sees it, with the truth only the scorer and the oracle may read."""
+
+    context: dict[str, str]
+    budget_ms: float
+    load: float
+    candidates: tuple[Candidate, ...]
+    index: tuple[int, ...]  # candidate position -> variant index
+    expected: np.ndarray  # true expected reward per variant
+    reward: np.ndarray  # realised reward per variant (common random numbers)
+
+
+def world(seed: int, decisions: int) -> tuple[list[Step], int]:
+    """The request stream of one seed, with trackers fed by background traffic."""
+    rng = np.random.default_rng(seed)
+    trackers = {(d, v): SlowdownTracker() for d in DEVICES for v in range(len(VARIANTS))}
+    cache: dict[tuple[str, str, int, float, float], np.ndarray] = {}
+    steps: list[Step] = []
+    rejected = 0
+    while len(steps) < decisions:
+        phase = 0 if len(steps) < decisions // 2 else 1
+        for (d, v), tracker in trackers.items():
+            if rng.random() < BACKGROUND_RATE:
+                prof = profiled_ms(d)[v]
+                observed = prof * true_slowdown(d, phase)[v] * math.exp(JITTER_SIGMA * rng.standard_normal())
+                tracker.observe(observed / 1e3, prof / 1e3)
+        app, device = APPS[rng.integers(len(APPS))], tuple(DEVICES)[rng.integers(len(DEVICES))]
+        budget = BUDGETS_MS[rng.integers(len(BUDGETS_MS))]
+        segment = SEGMENTS[rng.integers(len(SEGMENTS))]
+        load = round(float(rng.random()), 2)
+        queue_ms = load * DEVICES[device][2]
+        options = [candidate_from_profile(variant=VARIANTS[v], accuracy=float(ACCURACY[v]),
+                                          energy_j=float(energy_j(device)[v]), profiled_ms=float(profiled_ms(device)[v]),
+                                          slowdown=trackers[(device, v)].estimate(), budget_ms=budget,
+                                          queue_ms=queue_ms) for v in range(len(VARIANTS))]
+        try:
+            cands = filter_candidates(options, Bounds(budget_ms=budget, min_accuracy=MIN_ACCURACY.get(app)))
+        except NoCandidate:  # the mesh answers this request with an error; no decision is made
+            rejected += 1
+            continue
+        key = (app, device, phase, budget, load)
+        if key not in cache:
+            cache[key] = expected_qoe(app, device, phase, budget, queue_ms)
+        jitter = np.exp(JITTER_SIGMA * rng.standard_normal(len(VARIANTS)))
+        latency = queue_ms + true_slowdown(device, phase) * profiled_ms(device) * jitter
+        reward = np.clip(qoe(app, device, phase, budget, latency) + NOISE_SD * rng.standard_normal(len(VARIANTS)),
+                         0.0, 1.0)
+        steps.append(Step(context={"app": app, "device": device, "segment": segment}, budget_ms=budget, load=load,
+                          candidates=tuple(cands), index=tuple(VARIANTS.index(c.variant) for c in cands),
+                          expected=cache[key], reward=reward))
+    return steps, rejected
+
+
+# --- the policies -----------------------------------------------------------------------------
+
+def run_vw(steps: list[Step], seed: int, vw_args: str) -> list[int]:
+    rng = random.Random(seed)
+    chosen = []
+    with BanditPolicy(vw_args) as policy:
+        for s in steps:
+            d = policy.decide(s.context, s.budget_ms, s.load, s.candidates, rng=rng)
+            policy.learn(s.context, s.budget_ms, s.load, s.candidates, d.chosen, float(s.reward[s.index[d.chosen]]),
+                         d.probability)
+            chosen.append(s.index[d.chosen])
+    return chosen
+
+
+def run_exp3(steps: list[Step], seed: int) -> list[int]:
+    """Clipper's Exp3: one weight per variant for all contexts, loss divided by its probability."""
+    rng = random.Random(seed)
+    log_w = np.zeros(len(VARIANTS))
+    chosen = []
+    for s in steps:
+        idx = np.array(s.index)
+        w = np.exp(log_w[idx] - log_w[idx].max())
+        p = w / w.sum()
+        k = int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right"))
+        k = min(k, len(idx) - 1)
+        v = int(idx[k])
+        log_w[v] -= EXP3_ETA * (1.0 - float(s.reward[v])) / p[k]
+        chosen.append(v)
+    return chosen
+
+
+def fallback(v: int, index: tuple[int, ...]) -> int:
+    """A fixed variant that is not a candidate yields to the candidate nearest it, the cheaper on a tie."""
+    return min(index, key=lambda c: (abs(c - v), c))
+
+
+def run_best_fixed(steps: list[Step]) -> tuple[list[int], str]:
+    totals = [sum(float(s.expected[fallback(v, s.index)]) for s in steps) for v in range(len(VARIANTS))]
+    best = int(np.argmax(totals))
+    return [fallback(best, s.index) for s in steps], VARIANTS[best]
+
+
+def run_oracle(steps: list[Step]) -> list[int]:
+    return [max(s.index, key=lambda v: float(s.expected[v])) for s in steps]
+
+
+# --- one seed, many seeds ----------------------------------------------------------------------
+
+def run_seed(seed: int, decisions: int, vw_args: str, every: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    steps, rejected = world(seed, decisions)
+    t_world = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    choices = {"vw": run_vw(steps, seed, vw_args)}
+    t_vw = time.perf_counter() - t1
+    choices["exp3"] = run_exp3(steps, seed)
+    choices["best_fixed"], best_variant = run_best_fixed(steps)
+    choices["oracle"] = run_oracle(steps)
+    realised = {p: np.array([s.reward[c] for s, c in zip(steps, cs)]) for p, cs in choices.items()}
+    expected = {p: np.array([s.expected[c] for s, c in zip(steps, cs)]) for p, cs in choices.items()}
+    cuts = list(range(every, decisions + 1, every))
+    if not cuts or cuts[-1] != decisions:
+        cuts.append(decisions)
+    half = decisions // 2
+    contexts: dict[str, dict[str, Any]] = {}
+    for i, s in enumerate(steps):
+        key = f"{s.context['app']}/{s.context['device']}/{s.budget_ms:g}ms"
+        entry = contexts.setdefault(key, {"n": 0, "qoe": {p: 0.0 for p in POLICIES},
+                                          "oracle_picks": {}, "vw_picks": {}})
+        entry["n"] += 1
+        for p in POLICIES:
+            entry["qoe"][p] += float(expected[p][i])
+        for name, p in (("oracle_picks", "oracle"), ("vw_picks", "vw")):
+            v = VARIANTS[choices[p][i]]
+            entry[name][v] = entry[name].get(v, 0) + 1
+    return {
+        "seed": seed,
+        "best_fixed_variant": best_variant,
+        "rejected": rejected,
+        "cumulative_qoe": {p: float(realised[p].sum()) for p in POLICIES},
+        "cumulative_expected_qoe": {p: float(expected[p].sum()) for p in POLICIES},
+        "phase_qoe": {p: [float(expected[p][:half].sum()), float(expected[p][half:].sum())] for p in POLICIES},
+        "curve_t": cuts,
+        "regret": {p: [float((expected["oracle"][:c] - expected[p][:c]).sum()) for c in cuts] for p in POLICIES},
+        "window_qoe": {p: [float(expected[p][max(0, c - every):c].mean()) for c in cuts] for p in POLICIES},
+        "contexts": contexts,
+        "seconds": {"world": t_world, "vw": t_vw, "total": time.perf_counter() - t0},
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(runs: list[dict[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
+    def ratio(a: str, b: str, field: str = "cumulative_qoe") -> dict[str, float]:
+        return spread([r[field][a] / r[field][b] for r in runs])
+
+    ratios = {"qoe_vs_oracle": ratio("vw", "oracle"), "qoe_vs_exp3": ratio("vw", "exp3"),
+              "qoe_vs_best_fixed": ratio("vw", "best_fixed")}
+    phases = {name: {p: spread([r["phase_qoe"][p][k] / r["phase_qoe"]["oracle"][k] for r in runs]) for p in POLICIES}
+              for k, name in enumerate(("before_change", "after_change"))}
+    contexts: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        for key, e in r["contexts"].items():
+            agg = contexts.setdefault(key, {"n": 0, "qoe": {p: 0.0 for p in POLICIES}, "oracle_picks": {},
+                                            "vw_picks": {}})
+            agg["n"] += e["n"]
+            for p in POLICIES:
+                agg["qoe"][p] += e["qoe"][p]
+            for name in ("oracle_picks", "vw_picks"):
+                for v, n in e[name].items():
+                    agg[name][v] = agg[name].get(v, 0) + n
+    per_context = []
+    for key in sorted(contexts):
+        agg = contexts[key]
+        per_context.append({
+            "context": key, "n": agg["n"],
+            "mean_expected_qoe": {p: agg["qoe"][p] / agg["n"] for p in POLICIES},
+            "oracle_favourite": max(agg["oracle_picks"], key=agg["oracle_picks"].get),
+            "vw_favourite": max(agg["vw_picks"], key=agg["vw_picks"].get),
+            "oracle_picks": agg["oracle_picks"], "vw_picks": agg["vw_picks"],
+        })
+    t = runs[0]["curve_t"]
+    curves: dict[str, Any] = {"t": t, "regret": {}, "window_qoe": {}}
+    for field in ("regret", "window_qoe"):
+        for p in POLICIES:
+            cols = np.array([r[field][p] for r in runs])
+            curves[field][p] = {"median": np.median(cols, axis=0).tolist(), "min": cols.min(axis=0).tolist(),
+                                "max": cols.max(axis=0).tolist()}
+    result = {k: v["median"] for k, v in ratios.items()}
+    return {
+        "benchmark": "bandit",
+        "config": {"decisions": options.decisions, "seeds": options.seeds, "vw_args": options.vw_args,
+                   "change_at": options.decisions // 2, "variants": list(VARIANTS), "apps": list(APPS),
+                   "devices": list(DEVICES), "budgets_ms": list(BUDGETS_MS), "noise_sd": NOISE_SD,
+                   "jitter_sigma": JITTER_SIGMA, "exp3_eta": EXP3_ETA, "quick": options.quick},
+        "environment": {"python": platform.python_version(), "vowpalwabbit": VW_VERSION,
+                        "machine": platform.machine(), "usable_cores": len(os.sched_getaffinity(0))},
+        "ratios": ratios,
+        "ratios_expected": {"qoe_vs_oracle": ratio("vw", "oracle", "cumulative_expected_qoe"),
+                            "qoe_vs_exp3": ratio("vw", "exp3", "cumulative_expected_qoe"),
+                            "qoe_vs_best_fixed": ratio("vw", "best_fixed", "cumulative_expected_qoe")},
+        "cumulative_qoe": {p: spread([r["cumulative_qoe"][p] for r in runs]) for p in POLICIES},
+        "regret_vs_oracle": {p: spread([r["regret"][p][-1] for r in runs]) for p in POLICIES},
+        "phases_vs_oracle": phases,
+        "best_fixed_variant": [r["best_fixed_variant"] for r in runs],
+        "rejected_requests": [r["rejected"] for r in runs],
+        "per_context": per_context,
+        "curves": curves,
+        "seconds_per_seed": spread([r["seconds"]["total"] for r in runs]),
+        "vw_seconds_per_decision": spread([r["seconds"]["vw"] / options.decisions for r in runs]),
+        "target_met": result["qoe_vs_oracle"] >= 0.95,
+        "result": result,
+    }
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = report["curves"]
+    t = curves["t"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for p in POLICIES:
+        for ax, field in ((ax1, "regret"), (ax2, "window_qoe")):
+            c = curves[field][p]
+            ax.plot(t, c["median"], label=p)
+            ax.fill_between(t, c["min"], c["max"], alpha=0.2)
+    for ax in (ax1, ax2):
+        ax.axvline(report["config"]["change_at"], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("decisions")
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("cumulative regret vs oracle (expected QoE)")
+    ax2.set_ylabel("mean expected QoE per window")
+    ax1.legend()
+    fig.suptitle(f"QoE bandit: {report['config']['seeds']} seeds, median and range; dotted: the change")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    lines = [f"bandit benchmark: {cfg['decisions']} decisions x {cfg['seeds']} seeds; vw {report['environment']['vowpalwabbit']} "
+             f"args: {cfg['vw_args']}",
+             "", f"{'policy':<11} {'cum QoE (median)':>17} {'range':>19} {'regret':>8} {'before/oracle':>14} "
+                 f"{'after/oracle':>13}"]
+    for p in POLICIES:
+        c, r = report["cumulative_qoe"][p], report["regret_vs_oracle"][p]
+        b, a = report["phases_vs_oracle"]["before_change"][p], report["phases_vs_oracle"]["after_change"][p]
+        lines.append(f"{p:<11} {c['median']:>17.1f} {c['min']:>9.1f}..{c['max']:<8.1f} {r['median']:>8.1f} "
+                     f"{b['median']:>14.3f} {a['median']:>13.3f}")
+    lines += ["", f"{'context (app/device/budget)':<34} {'oracle likes':<14} {'vw likes':<14} "
+                  + " ".join(f"{p:>10}" for p in POLICIES)]
+    for e in report["per_context"]:
+        q = e["mean_expected_qoe"]
+        lines.append(f"{e['context']:<34} {e['oracle_favourite']:<14} {e['vw_favourite']:<14} "
+                     + " ".join(f"{q[p]:>10.3f}" for p in POLICIES))
+    lines.append("")
+    for k, v in report["ratios"].items():
+        lines.append(f"{k:<18} median {v['median']:.4f}  range {v['min']:.4f}..{v['max']:.4f}")
+    lines.append(f"best fixed variant per seed: {', '.join(sorted(set(report['best_fixed_variant'])))}; "
+                 f"VW {report['vw_seconds_per_decision']['median'] * 1e6:.0f} us per decide+learn; "
+                 f"{report['seconds_per_seed']['median']:.1f} s per seed")
+    lines.append("target (>= 0.95 of the oracle): " + ("met" if report["target_met"] else "NOT met"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer seeds (about a minute), same code path")
+    p.add_argument("--decisions", type=int, default=5000, help="decisions per seed (default 5000)")
+    p.add_argument("--seeds", type=int, help="independent runs (default 10, quick 3)")
+    p.add_argument("--vw-args", default=DEFAULT_VW_ARGS, help="VW arguments of the selector under test")
+    p.add_argument("--every", type=int, default=100, help="decisions between curve points")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path (the PNG goes beside it)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    options = p.parse_args(argv)
+    if options.seeds is None:
+        options.seeds = 3 if options.quick else 10
+    if options.decisions < 2 or options.seeds < 1 or options.every < 1:
+        p.error("--decisions needs at least 2, --seeds and --every at least 1")
+    runs = [run_seed(1000 + k, options.decisions, options.vw_args, options.every) for k in range(options.seeds)]
+    report = summarise(runs, options)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    png = options.out.with_suffix(".png")
+    report["plot"] = None
+    if not options.no_plot:
+        try:
+            plot(report, png)
+            report["plot"] = str(png)
+        except ImportError:
+            print("matplotlib is not installed: no PNG (pip install matplotlib)", file=sys.stderr)
+    options.out.write_text(json.dumps(report, indent=1))
+    print(table(report))
+    print(f"wrote {options.out}" + (f" and {png}" if report["plot"] else ""))
+    r = report["result"]
+    print(f"RESULT qoe_vs_oracle={r['qoe_vs_oracle']:.4f} qoe_vs_exp3={r['qoe_vs_exp3']:.4f} "
+          f"qoe_vs_best_fixed={r['qoe_vs_best_fixed']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

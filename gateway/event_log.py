@@ -1,0 +1,120 @@
+"""The gateway's log of bandit decisions, joined with the reward that arrives for each.
+
+Pure and synchronous (``now`` is passed in). A decision waits for explicit feedback until
+``feedback_wait_s`` has passed; then it is closed with an implicit reward from its outcome
+(deadline met -> the variant's accuracy, missed -> 0). A closed event is remembered for
+``retain_s`` so that repeated or late feedback is answered precisely, then forgotten.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from protocol.types import CandidateInfo, DecisionRecord
+
+
+class FeedbackResult(enum.Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # feedback for this event was already taken; this one is ignored
+    EXPIRED = "expired"  # the wait passed and the event was closed with its implicit reward
+    UNKNOWN = "unknown"  # never logged here, or forgotten
+
+
+@dataclass(slots=True)
+class Event:
+    event_id: str
+    family: str
+    context: dict[str, str | int | float | bool]
+    budget_ms: float
+    load: float
+    candidates: tuple[CandidateInfo, ...]
+    chosen: int
+    probability: float
+    created: float
+    met: bool | None = None  # None until the request has its outcome
+    closed: str = ""  # "" while open; else "feedback" or "implicit"
+
+
+class EventLog:
+    """Open and recently closed decisions by event id. Not thread-safe; one owner."""
+
+    def __init__(self, *, feedback_wait_s: float = 30.0, retain_s: float = 300.0, max_open: int = 100_000) -> None:
+        self.feedback_wait_s = feedback_wait_s
+        self.retain_s = retain_s
+        self.max_open = max_open
+        self._open: OrderedDict[str, Event] = OrderedDict()
+        self._closed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> (how, closed at)
+        self._ready: list[DecisionRecord] = []
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def record(self, event: Event) -> None:
+        self._open[event.event_id] = event
+        while len(self._open) > self.max_open:  # bounded memory: close the oldest early
+            _, oldest = next(iter(self._open.items()))
+            self._close_implicit(oldest, event.created)
+
+    def outcome(self, event_id: str, *, met: bool | None) -> None:
+        """The request's result: met or missed its deadline; None drops the event (it failed
+        for a reason that says nothing about the variant, e.g. its worker died)."""
+        event = self._open.get(event_id)
+        if event is None:
+            return
+        if met is None:
+            del self._open[event_id]
+            return
+        event.met = met
+
+    def feedback(self, event_id: str, reward: float, now: float) -> FeedbackResult:
+        closed = self._closed.get(event_id)
+        if closed is not None:
+            return FeedbackResult.DUPLICATE if closed[0] == "feedback" else FeedbackResult.EXPIRED
+        event = self._open.get(event_id)
+        if event is None or event.met is None:
+            return FeedbackResult.UNKNOWN
+        self._close(event, reward, "feedback", now)
+        return FeedbackResult.ACCEPTED
+
+    def due(self, now: float) -> list[DecisionRecord]:
+        """Joined records ready to ship: explicit ones at once, implicit ones after the wait."""
+        while self._open:
+            _, oldest = next(iter(self._open.items()))
+            if now - oldest.created < self.feedback_wait_s:
+                break
+            self._close_implicit(oldest, now)
+        while self._closed:
+            event_id, (_, closed_at) = next(iter(self._closed.items()))
+            if now - closed_at < self.retain_s:
+                break
+            del self._closed[event_id]
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _close_implicit(self, event: Event, now: float) -> None:
+        if event.met is None:  # no outcome yet (still in flight, or never answered): no reward to give
+            del self._open[event.event_id]
+            return
+        accuracy = event.candidates[event.chosen].accuracy
+        self._close(event, accuracy if event.met else 0.0, "implicit", now)
+
+    def _close(self, event: Event, reward: float, source: str, now: float) -> None:
+        del self._open[event.event_id]
+        self._closed[event.event_id] = (source, now)
+        self._ready.append(
+            DecisionRecord(
+                event_id=event.event_id,
+                family=event.family,
+                context=event.context,
+                budget_ms=event.budget_ms,
+                load=event.load,
+                candidates=event.candidates,
+                chosen=event.chosen,
+                probability=event.probability,
+                reward=reward,
+                source=source,
+                met=bool(event.met),
+            )
+        )

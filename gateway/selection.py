@@ -1,0 +1,119 @@
+"""Per-request bounds and variant selection for requests that name a model family.
+
+Candidates are the family's variants with a reachable worker that satisfy the request's bounds
+(accuracy floor, energy ceiling, and a likely-met deadline from the worker's measured latency and
+live slowdown); the family's bandit policy picks among them and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import oip
+from gateway.dispatcher import Dispatcher
+from gateway.policy_store import PolicyReplicas
+from mesh.bandit import Bounds, Candidate, ContextValue, Decision, NoCandidate, candidate_from_profile, filter_candidates
+from protocol.types import ModelInfo
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBounds:
+    budget_s: float
+    min_accuracy: float | None
+    max_energy_j: float | None
+    context: dict[str, ContextValue]
+
+    def bounds(self) -> Bounds:
+        return Bounds(budget_ms=self.budget_s * 1e3, min_accuracy=self.min_accuracy, max_energy_j=self.max_energy_j)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    model: ModelInfo
+    candidates: tuple[Candidate, ...]
+    decision: Decision
+    load: float
+
+
+def _positive(parameters: Mapping[str, Any], key: str) -> float | None:
+    if key not in parameters:
+        return None
+    value = parameters[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise oip.InvalidParameter(f"parameter {key!r} must be a non-negative number")
+    return float(value)
+
+
+def parse_bounds(parameters: Mapping[str, Any], default_slo_ms: float) -> RequestBounds:
+    """Deadline (``timeout`` in µs, else ``letmesh_slo_ms``, else the default), bounds and context."""
+    if "timeout" in parameters:
+        key, scale = "timeout", 1e-6  # Triton: microseconds
+    elif "letmesh_slo_ms" in parameters:
+        key, scale = "letmesh_slo_ms", 1e-3
+    else:
+        key, scale = "", 1e-3
+    if key:
+        budget = _positive(parameters, key)
+        if not budget:
+            raise oip.InvalidParameter(f"parameter {key!r} must be a positive number")
+        budget_s = budget * scale
+    else:
+        budget_s = default_slo_ms * scale
+    context = parameters.get("letmesh_context", {})
+    if isinstance(context, str):  # "app=reader,device=phone" for clients that send only scalars
+        pairs = [item.partition("=") for item in context.split(",") if item.strip()]
+        if any(not sep or not k.strip() for k, sep, _ in pairs):
+            raise oip.InvalidParameter("parameter 'letmesh_context' must be an object or 'key=value,...'")
+        context = {k.strip(): v.strip() for k, _, v in pairs}
+    elif not isinstance(context, dict):
+        raise oip.InvalidParameter("parameter 'letmesh_context' must be an object or 'key=value,...'")
+    return RequestBounds(
+        budget_s=budget_s,
+        min_accuracy=_positive(parameters, "letmesh_min_accuracy"),
+        max_energy_j=_positive(parameters, "letmesh_max_energy_j"),
+        context=dict(context),
+    )
+
+
+def check_variant(model: ModelInfo, bounds: RequestBounds) -> None:
+    """A request naming a concrete variant is not redirected, but its bounds still hold."""
+    if bounds.min_accuracy is not None and model.accuracy < bounds.min_accuracy:
+        raise NoCandidate("accuracy", f"{model.name} has accuracy {model.accuracy:.4g} < {bounds.min_accuracy:g}")
+    if bounds.max_energy_j is not None and model.energy_j > bounds.max_energy_j:
+        raise NoCandidate("energy", f"{model.name} uses {model.energy_j:.4g} J > {bounds.max_energy_j:g} J")
+
+
+def select(
+    family: str, variants: Sequence[ModelInfo], bounds: RequestBounds, dispatcher: Dispatcher, replicas: PolicyReplicas
+) -> Selection | None:
+    """The policy's choice among the candidates; None when no variant has a reachable worker.
+
+    Raises NoCandidate naming the bound that no reachable variant can meet.
+    """
+    budget_ms = bounds.budget_s * 1e3
+    options, models = [], {}
+    for model in variants:
+        estimate = dispatcher.estimate(model.name)
+        if estimate is None:
+            continue
+        models[model.name] = model
+        options.append(
+            candidate_from_profile(
+                variant=model.name,
+                accuracy=model.accuracy,
+                energy_j=model.energy_j,
+                profiled_ms=estimate.profiled_ms,
+                slowdown=estimate.slowdown,
+                budget_ms=budget_ms,
+                queue_ms=estimate.queue_ms,
+            )
+        )
+    if not options:
+        return None
+    candidates = tuple(filter_candidates(options, bounds.bounds(), family=family))
+    load = dispatcher.load()
+    decision = replicas.decide(family, bounds.context, budget_ms, load, candidates)
+    return Selection(models[candidates[decision.chosen].variant], candidates, decision, load)

@@ -1,0 +1,91 @@
+"""A real mesh learns, from applications' feedback, which digits variant each application prefers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import numpy as np
+import pytest
+
+from letmesh.launcher import LocalMesh
+from tests.integration.conftest import _stop_and_check
+
+FAST, ACCURATE = "digits-linear", "digits-cnn"
+APPS = {"reader-fast": FAST, "reader-accurate": ACCURATE}
+
+
+@pytest.fixture(scope="module")
+def digits_mesh(tmp_path_factory, digits_repo):
+    mesh = LocalMesh(repository=digits_repo, state_dir=tmp_path_factory.mktemp("bandit-state"))
+    try:
+        mesh.start(timeout_s=120)
+        yield mesh
+    finally:
+        _stop_and_check([mesh])
+
+
+def image_body(image: np.ndarray, **parameters) -> dict:
+    return {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 64], "data": image.tolist()}],
+            "parameters": {"letmesh_slo_ms": 500, **parameters}}
+
+
+async def one(session, url, body) -> tuple[int, dict]:
+    async with session.post(url, json=body) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_each_application_comes_to_get_its_preferred_variant_within_bounds(digits_mesh, digits_repo) -> None:
+    images = np.load(digits_repo / "digits-heldout.npz")["images"]
+    infer = f"{digits_mesh.http_url}/v2/models/digits/infer"
+    feedback = f"{digits_mesh.http_url}/v1/feedback"
+    served: dict[str, list[str]] = {app: [] for app in APPS}
+    bounded: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def app_round(app: str, n: int, offset: int) -> None:
+            bodies = [image_body(images[(offset + i) % len(images)], letmesh_context={"app": app}) for i in range(n)]
+            answers = await asyncio.gather(*(one(session, infer, b) for b in bodies))
+            posts = []
+            for status, body in answers:
+                assert status == 200, body
+                params = body["parameters"]
+                served[app].append(params["letmesh_variant"])
+                reward = 1.0 if params["letmesh_variant"] == APPS[app] else 0.1
+                posts.append(one(session, feedback, {"event_id": params["letmesh_event_id"], "reward": reward}))
+            for status, body in await asyncio.gather(*posts):
+                assert status == 202, body
+
+        for rnd in range(60):
+            await asyncio.gather(*(app_round(app, 25, rnd * 25) for app in APPS))
+            # Requests with an accuracy floor only the three larger variants meet.
+            answers = await asyncio.gather(*(
+                one(session, infer, image_body(images[i], letmesh_min_accuracy=0.975, letmesh_context={"app": "reader-fast"}))
+                for i in range(5)
+            ))
+            for status, body in answers:
+                assert status == 200, body
+                bounded.append(body["parameters"]["letmesh_variant"])
+
+        # Feedback is idempotent per event; unknown events are 404; malformed bodies 400.
+        status, body = await one(session, infer, image_body(images[0], letmesh_context={"app": "reader-fast"}))
+        event_id = body["parameters"]["letmesh_event_id"]
+        assert (await one(session, feedback, {"event_id": event_id, "reward": 1.0}))[0] == 202
+        again = await one(session, feedback, {"event_id": event_id, "reward": 0.0})
+        assert again[0] == 202 and "duplicate" in again[1]["status"]
+        assert (await one(session, feedback, {"event_id": "f" * 32, "reward": 1.0}))[0] == 404
+        assert (await one(session, feedback, {"event_id": event_id, "reward": 3}))[0] == 400
+        assert (await one(session, feedback, {"reward": 1}))[0] == 400
+
+        # A floor nothing deployed meets is a clear error, not a silent downgrade.
+        status, body = await one(session, infer, image_body(images[0], letmesh_min_accuracy=0.9999))
+        assert status == 400 and "accuracy" in body["error"]
+
+    for app, preferred in APPS.items():
+        late = served[app][-300:]
+        share = late.count(preferred) / len(late)
+        assert share >= 0.7, f"{app}: preferred {preferred} in {share:.0%} of its last {len(late)} requests"
+    lowest = json.loads((digits_repo / "digits-linear" / "manifest.json").read_text())["accuracy"]
+    assert lowest < 0.975, "the bound must exclude a variant for this check to mean anything"
+    assert FAST not in bounded, "no request was routed to a variant outside its accuracy bound"
