@@ -1,0 +1,341 @@
+"""Mutable state of one planning call: devices, their gpu-lets, and the moves that place load on them.
+
+Every move is tried on copies of one device's gpu-lets and committed only when accepted, so the
+state is always a valid plan: each gpu-let's duty cycle fits its round, every variant in it meets
+its SLO under the predicted slowdown, no device is over-committed. Rate that a move takes away
+from neighbours (interference) is collected in ``lost`` for the caller to place again.
+Private to the planning package; created and discarded inside ``plan()``; single-threaded.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from controller.planning.cycle import fit_cycle, max_extra, max_single, round_time, scale_to_fit
+from controller.planning.error import UnknownProfile
+from controller.planning.interference import InterferenceModel
+from controller.planning.profile import LatencyModel
+
+if TYPE_CHECKING:
+    from controller.planning.planner import DeviceSlot
+
+TINY_RPS = 1e-6  # rates below this are rounding noise, not load
+MEMORY_FRACTION = 0.9  # gpu-let's admission: 90 % of device memory
+SETTLE_ROUNDS = 8
+MAX_ATTEMPTS = 6  # interference-checked candidates tried per placement before giving up
+
+
+def split_limit(kind: str, capacity: int) -> int:
+    """Gpu-lets a device may hold: two on a CUDA GPU (p and 100 - p), one per core on a CPU."""
+    return 2 if kind.startswith("cuda") else capacity
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What the fleet must know about a demanded variant."""
+
+    variant: str
+    slo_ms: float
+    memory_bytes: int
+
+
+@dataclass(slots=True)
+class Item:
+    variant: str
+    rate: float
+    batch: int = 1
+
+
+@dataclass(slots=True)
+class Let:
+    serial: int
+    size: int
+    items: list[Item]
+    alpha: float = 1.0
+    duty: float = 0.0
+
+    def copy(self) -> Let:
+        return Let(self.serial, self.size, [Item(i.variant, i.rate, i.batch) for i in self.items], self.alpha, self.duty)
+
+    def has(self, variant: str) -> bool:
+        return any(i.variant == variant for i in self.items)
+
+
+@dataclass(slots=True)
+class Device:
+    index: int
+    slot: DeviceSlot
+    limit: int
+    lets: list[Let] = field(default_factory=list)
+    memory_used: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.slot.capacity - sum(let.size for let in self.lets)
+
+
+class Fleet:
+    """Devices and gpu-lets under construction. See the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        devices: Sequence[DeviceSlot],
+        needs: Mapping[str, Need],
+        latency: LatencyModel,
+        interference: InterferenceModel,
+        *,
+        max_batch: int,
+        max_models: int,
+        worker_overhead_bytes: int,
+    ) -> None:
+        self.needs = needs
+        self.latency = latency
+        self.interference = interference
+        self.max_batch = max_batch
+        self.max_models = max_models
+        self.overhead = worker_overhead_bytes
+        self.devices = [
+            Device(i, slot, split_limit(slot.kind, slot.capacity)) for i, slot in enumerate(sorted(devices, key=lambda d: d.device_id))
+        ]
+        self.lost: dict[str, float] = {}
+        self._serial = 0
+        self._curves: dict[tuple[str, str, int], tuple[float, ...]] = {}
+        # Per kind: whole (untouched) devices as (capacity, index); partly used ones as (free, index).
+        self._whole: dict[str, list[tuple[int, int]]] = {}
+        self._partial: dict[str, list[tuple[int, int]]] = {}
+        for d in self.devices:
+            self._whole.setdefault(d.slot.kind, []).append((d.slot.capacity, d.index))
+            self._partial.setdefault(d.slot.kind, [])
+        for spots in self._whole.values():
+            spots.sort()
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(self._whole))
+
+    def capacity(self, kind: str) -> int:
+        return max(d.slot.capacity for d in self.devices if d.slot.kind == kind)
+
+    def curve(self, variant: str, kind: str, size: int) -> tuple[float, ...]:
+        key = (variant, kind, size)
+        found = self._curves.get(key)
+        if found is None:
+            found = self._curves[key] = tuple(self.latency.curve(variant, kind, size, self.max_batch))
+        return found
+
+    def solo_rate(self, variant: str, kind: str, size: int, alpha: float = 1.0) -> float:
+        """Saturated rate of the variant alone on ``size`` units of ``kind``; 0 when no profile."""
+        try:
+            return max_single(self.curve(variant, kind, size), self.needs[variant].slo_ms, alpha)
+        except UnknownProfile:
+            return 0.0
+
+    def whole_free(self, kind: str) -> list[tuple[int, int]]:
+        return self._whole.get(kind, [])
+
+    def partial_free(self, kind: str) -> list[tuple[int, int]]:
+        return self._partial.get(kind, [])
+
+    def lets(self, kind: str | None = None) -> Iterable[tuple[Device, Let]]:
+        for d in self.devices:
+            if kind is None or d.slot.kind == kind:
+                for let in d.lets:
+                    yield d, let
+
+    def take_lost(self) -> dict[str, float]:
+        lost, self.lost = self.lost, {}
+        return lost
+
+    # --- moves ------------------------------------------------------------------------------
+
+    def open(self, device: Device, size: int, variant: str, want: float, *, keep: float) -> float:
+        """A new gpu-let of ``size`` on ``device`` for ``variant``, carrying up to ``want`` rps.
+        Returns the rate carried (0.0 when rejected: no fit, memory, or interference costs more
+        than ``1 - keep`` of what the new gpu-let would carry alone)."""
+        kind = device.slot.kind
+        if size > device.free or len(device.lets) >= device.limit or want <= TINY_RPS:
+            return 0.0
+        if not self._memory_fits(device, self.overhead + self.needs[variant].memory_bytes):
+            return 0.0
+        try:
+            curve = self.curve(variant, kind, size)
+        except UnknownProfile:
+            return 0.0
+        slo = self.needs[variant].slo_ms
+        solo = max_single(curve, slo, 1.0, want)
+        if solo <= TINY_RPS:
+            return 0.0
+        new = Let(self._serial, size, [Item(variant, solo)])
+        if not self._refit(kind, new):
+            return 0.0
+        lets = [let.copy() for let in device.lets]
+        lets.append(new)
+        if not self._accept(device, lets, new, variant, solo, keep):
+            return 0.0
+        self._serial += 1
+        self._commit(device, lets, added_memory=self.overhead + self.needs[variant].memory_bytes)
+        return new.items[0].rate if new.items else 0.0
+
+    def share(self, device: Device, let_serial: int, variant: str, want: float, *, keep: float) -> float:
+        """Temporal sharing: add ``variant`` to an existing gpu-let, carrying up to ``want`` rps."""
+        kind = device.slot.kind
+        lets = [let.copy() for let in device.lets]
+        target = next(let for let in lets if let.serial == let_serial)
+        if len(target.items) >= self.max_models or target.has(variant) or want <= TINY_RPS:
+            return 0.0
+        if not self._memory_fits(device, self.needs[variant].memory_bytes):
+            return 0.0
+        try:
+            curve = self.curve(variant, kind, target.size)
+        except UnknownProfile:
+            return 0.0
+        slo = min(self.needs[variant].slo_ms, *(self.needs[i.variant].slo_ms for i in target.items))
+        existing = [(self.curve(i.variant, kind, target.size), i.rate) for i in target.items]
+        extra = max_extra(existing, slo, curve, target.alpha, want)
+        if extra <= TINY_RPS:
+            return 0.0
+        target.items.append(Item(variant, extra))
+        target.items.sort(key=lambda i: i.variant)
+        if not self._refit(kind, target):
+            return 0.0
+        if not self._accept(device, lets, target, variant, extra, keep):
+            return 0.0
+        self._commit(device, lets, added_memory=self.needs[variant].memory_bytes)
+        return next((i.rate for i in target.items if i.variant == variant), 0.0)
+
+    def grow_lone(self) -> None:
+        """Give a gpu-let alone on its device the rest of the device when that is no slower for any
+        variant it serves (more headroom; nothing else can use those units after planning)."""
+        for d in self.devices:
+            if len(d.lets) != 1 or d.free <= 0:
+                continue
+            let = d.lets[0]
+            kind = d.slot.kind
+            bigger = let.copy()
+            bigger.size = d.slot.capacity
+            bigger.alpha = 1.0  # alone: nothing interferes
+            try:
+                slower = any(self.curve(i.variant, kind, bigger.size)[i.batch - 1] > self.curve(i.variant, kind, let.size)[i.batch - 1] for i in let.items)
+            except UnknownProfile:
+                continue
+            if slower or not self._refit(kind, bigger, allow_loss=False):
+                continue
+            self._commit(d, [bigger], added_memory=0)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _memory_fits(self, device: Device, extra: int) -> bool:
+        total = device.slot.memory_bytes
+        return total <= 0 or device.memory_used + extra <= MEMORY_FRACTION * total
+
+    def _refit(self, kind: str, let: Let, *, allow_loss: bool = True) -> bool:
+        """Recompute the cycle of ``let`` at its alpha. If its rates no longer fit, shed rate
+        (into ``self._shed``) when allowed. False when nothing fits."""
+        items = [(self.curve(i.variant, kind, let.size), i.rate) for i in let.items]
+        slo = min(self.needs[i.variant].slo_ms for i in let.items)
+        fit = fit_cycle(items, slo, let.alpha)
+        if fit is None:
+            if not allow_loss:
+                return False
+            if len(items) == 1:
+                scale = max_single(items[0][0], slo, let.alpha, items[0][1]) / items[0][1]
+            else:
+                scale = scale_to_fit(items, slo, let.alpha)
+            if scale <= 0:
+                let.items = []
+                return False
+            for it in let.items:
+                it.rate *= scale
+            items = [(c, r * scale) for c, r in items]
+            fit = fit_cycle(items, slo, let.alpha)
+            if fit is None:
+                let.items = []
+                return False
+        let.duty, batches = fit
+        for it, b in zip(let.items, batches, strict=True):
+            it.batch = b
+        return True
+
+    def slowdown(self, kind: str, let: Let, lets: Sequence[Let]) -> float:
+        """Predicted alpha of ``let``: per victim variant, 1 + the sum over neighbouring gpu-lets of
+        the worst excess among the variants time-sharing that neighbour (only one runs at a time);
+        the worst victim decides. With one neighbour this is gpu-let's max-over-co-runners rule;
+        summing excesses keeps several CPU neighbours from hiding behind the worst one."""
+        if not self.interference.enabled or len(lets) < 2:
+            return 1.0
+        worst = 1.0
+        predict = self.interference.predict
+        for it in let.items:
+            me = (it.variant, let.size, it.batch)
+            excess = 0.0
+            for other in lets:
+                if other is let or not other.items:
+                    continue
+                excess += max(0.0, max(predict(kind, me, (o.variant, other.size, o.batch)) for o in other.items) - 1.0)
+            worst = max(worst, 1.0 + excess)
+        return worst
+
+    def _accept(self, device: Device, lets: list[Let], changed: Let, variant: str, offered: float, keep: float) -> bool:
+        """Raise alphas on ``device`` until they cover the predicted slowdowns (refitting, and
+        shedding rate where a cycle no longer fits), then accept if the moved variant's gain minus
+        what neighbours lost is at least ``keep`` × ``offered``."""
+        kind = device.slot.kind
+        before = {(let.serial, i.variant): i.rate for let in device.lets for i in let.items}
+        for _ in range(SETTLE_ROUNDS):
+            raised = False
+            for let in lets:
+                if not let.items:
+                    continue
+                alpha = self.slowdown(kind, let, lets)
+                if alpha > let.alpha * (1 + 1e-12):
+                    let.alpha = alpha
+                    raised = True
+                    self._refit(kind, let)
+            if not raised:
+                break
+        else:
+            return False
+        after = {(let.serial, i.variant): i.rate for let in lets for i in let.items}
+        mine = (changed.serial, variant)
+        gained = after.get(mine, 0.0) - before.get(mine, 0.0)
+        shed: dict[str, float] = {}
+        for key, old in before.items():
+            drop = old - after.get(key, 0.0)
+            if key != mine and drop > TINY_RPS:
+                shed[key[1]] = shed.get(key[1], 0.0) + drop
+        if gained <= TINY_RPS or gained - sum(shed.values()) < keep * offered:
+            return False
+        for v, rate in sorted(shed.items()):
+            self.lost[v] = self.lost.get(v, 0.0) + rate
+        return True
+
+    def _commit(self, device: Device, lets: list[Let], *, added_memory: int) -> None:
+        kind = device.slot.kind
+        was_whole = not device.lets
+        old_free = device.free
+        device.lets = [let for let in lets if let.items]
+        device.memory_used += added_memory
+        if was_whole:
+            spots = self._whole[kind]
+            del spots[bisect.bisect_left(spots, (device.slot.capacity, device.index))]
+        else:
+            spots = self._partial[kind]
+            at = bisect.bisect_left(spots, (old_free, device.index))
+            if at < len(spots) and spots[at] == (old_free, device.index):
+                del spots[at]
+        if not device.lets:
+            bisect.insort(self._whole[kind], (device.slot.capacity, device.index))
+        elif device.free > 0 and len(device.lets) < device.limit:
+            bisect.insort(self._partial[kind], (device.free, device.index))
+
+
+def occupancy(fleet: Fleet, kind: str, let: Let) -> float:
+    """Share of the duty cycle the round uses (1.0 = saturated)."""
+    items = [(fleet.curve(i.variant, kind, let.size), i.rate) for i in let.items]
+    if not items or let.duty <= 0:
+        return 1.0
+    return round_time(items, [i.batch for i in let.items], let.alpha) / let.duty

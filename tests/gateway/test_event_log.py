@@ -1,0 +1,74 @@
+"""The gateway's decision log: explicit feedback, implicit rewards after the wait, repeats, expiry."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.event_log import Event, EventLog, FeedbackResult
+from protocol.types import CandidateInfo
+
+ARMS = (CandidateInfo(variant="small", accuracy=0.9, predicted_latency_ms=1.0, p_deadline=1.0, energy_j=0.0),
+        CandidateInfo(variant="large", accuracy=0.99, predicted_latency_ms=5.0, p_deadline=0.9, energy_j=0.0))
+
+
+def event(event_id: str, created: float, chosen: int = 1) -> Event:
+    return Event(event_id=event_id, family="digits", context={"app": "a"}, budget_ms=50.0, load=0.5,
+                 candidates=ARMS, chosen=chosen, probability=0.8, created=created)
+
+
+@pytest.fixture
+def log() -> EventLog:
+    return EventLog(feedback_wait_s=10.0, retain_s=100.0)
+
+
+def test_explicit_feedback_ships_at_once_and_a_repeat_is_ignored(log: EventLog) -> None:
+    log.record(event("e1", 0.0))
+    log.outcome("e1", met=True)
+    assert log.feedback("e1", 0.7, now=1.0) is FeedbackResult.ACCEPTED
+    assert log.feedback("e1", 0.1, now=2.0) is FeedbackResult.DUPLICATE
+    (record,) = log.due(now=2.0)
+    assert (record.event_id, record.reward, record.source, record.chosen, record.probability) == (
+        "e1", 0.7, "feedback", 1, 0.8)
+    assert log.due(now=3.0) == []
+
+
+@pytest.mark.parametrize("met, reward", [(True, 0.99), (False, 0.0)])
+def test_no_feedback_within_the_wait_gives_the_implicit_reward(log: EventLog, met: bool, reward: float) -> None:
+    log.record(event("e1", 0.0))
+    log.outcome("e1", met=met)
+    assert log.due(now=9.9) == []
+    (record,) = log.due(now=10.0)
+    assert (record.reward, record.source, record.met) == (reward, "implicit", met)
+    assert log.feedback("e1", 1.0, now=11.0) is FeedbackResult.EXPIRED
+
+
+def test_closed_events_are_forgotten_after_the_retention(log: EventLog) -> None:
+    log.record(event("e1", 0.0))
+    log.outcome("e1", met=True)
+    log.feedback("e1", 1.0, now=1.0)
+    log.due(now=50.0)
+    assert log.feedback("e1", 1.0, now=50.0) is FeedbackResult.DUPLICATE
+    log.due(now=102.0)
+    assert log.feedback("e1", 1.0, now=102.0) is FeedbackResult.UNKNOWN
+
+
+def test_unknown_events_and_events_without_an_outcome(log: EventLog) -> None:
+    assert log.feedback("nope", 1.0, now=0.0) is FeedbackResult.UNKNOWN
+    log.record(event("in-flight", 0.0))
+    assert log.feedback("in-flight", 1.0, now=0.1) is FeedbackResult.UNKNOWN  # no answer yet to rate
+    log.record(event("failed", 0.0))
+    log.outcome("failed", met=None)  # failed for a reason that says nothing of the variant
+    assert log.feedback("failed", 1.0, now=0.2) is FeedbackResult.UNKNOWN
+    assert log.due(now=20.0) == []
+
+
+def test_memory_is_bounded_by_closing_the_oldest_early() -> None:
+    log = EventLog(feedback_wait_s=10.0, retain_s=100.0, max_open=2)
+    for i in range(3):
+        log.record(event(f"e{i}", float(i)))
+        log.outcome(f"e{i}", met=True)
+    assert len(log) == 2
+    assert [(r.event_id, r.source) for r in log.due(now=3.0)] == [("e0", "implicit")]
+    log.record(event("e3", 3.0))  # e3 has no outcome yet; e1 is closed to make room
+    assert [r.event_id for r in log.due(now=3.0)] == ["e1"]
+    assert len(log) == 2

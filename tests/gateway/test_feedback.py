@@ -1,0 +1,38 @@
+"""Feedback bodies map onto a reward in [0, 1], or a clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.feedback import BadFeedback, reward_of
+
+
+@pytest.mark.parametrize("body, reward", [
+    ({"event_id": "e", "reward": 0.25}, 0.25),
+    ({"event_id": "e", "reward": 1}, 1.0),
+    ({"event_id": "e", "rating": 4, "scale": 5}, 0.8),
+    ({"event_id": "e", "rating": 3}, 0.6),
+    ({"event_id": "e", "satisfied": True}, 1.0),
+    ({"event_id": "e", "satisfied": False}, 0.0),
+])
+def test_reward_forms(body, reward) -> None:
+    assert reward_of(body) == ("e", pytest.approx(reward))
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ([], "object"),
+    ({"reward": 1}, "event_id"),
+    ({"event_id": "", "reward": 1}, "event_id"),
+    ({"event_id": "e"}, "reward"),
+    ({"event_id": "e", "reward": 1.5}, "[0, 1]"),
+    ({"event_id": "e", "reward": -0.1}, "[0, 1]"),
+    ({"event_id": "e", "reward": True}, "number"),
+    ({"event_id": "e", "reward": "high"}, "number"),
+    ({"event_id": "e", "rating": 6, "scale": 5}, "rating"),
+    ({"event_id": "e", "rating": 1, "scale": 0}, "scale"),
+    ({"event_id": "e", "satisfied": "yes"}, "satisfied"),
+])
+def test_malformed_feedback_says_what_is_wrong(body, fragment) -> None:
+    with pytest.raises(BadFeedback) as err:
+        reward_of(body)
+    assert fragment in str(err.value)
