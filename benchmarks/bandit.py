@@ -7,6 +7,8 @@ apps and devices, its energy. Halfway through, a co-located job slows the two bi
 servers and the battery-saver app's users start to value accuracy over battery. Every policy sees
 the same requests, the same candidate sets (profiles plus Kalman slowdown trackers fed by the
 mesh's other traffic) and the same reward noise, so their differences are their choices alone.
+"vw" is the product's loop (a learner, and a deciding replica refreshed from its snapshots every
+--sync-every decisions); "vw_online" decides with the learner itself, to show what the lag costs.
 
 Prints a table and writes JSON plus a PNG of the curves; ends with one ``RESULT`` line (ratios of
 cumulative QoE after the run's decisions, 5,000 by default). Asserts nothing.
@@ -41,7 +43,7 @@ from mesh.bandit import (  # noqa: E402
 from mesh.slowdown import SlowdownTracker  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bandit.json"
-POLICIES = ("vw", "exp3", "best_fixed", "oracle")
+POLICIES = ("vw", "vw_online", "exp3", "best_fixed", "oracle")
 
 # --- the world --------------------------------------------------------------------------------
 
@@ -187,15 +189,25 @@ def world(seed: int, decisions: int) -> tuple[list[Step], int]:
 
 # --- the policies -----------------------------------------------------------------------------
 
-def run_vw(steps: list[Step], seed: int, vw_args: str) -> list[int]:
+def run_vw(steps: list[Step], seed: int, vw_args: str, sync_every: int) -> list[int]:
+    """The product's loop: a learner updates on every reward; a replica decides and is refreshed from
+    the learner's snapshot every ``sync_every`` decisions (0: decide with the learner itself)."""
     rng = random.Random(seed)
     chosen = []
-    with BanditPolicy(vw_args) as policy:
-        for s in steps:
-            d = policy.decide(s.context, s.budget_ms, s.load, s.candidates, rng=rng)
-            policy.learn(s.context, s.budget_ms, s.load, s.candidates, d.chosen, float(s.reward[s.index[d.chosen]]),
-                         d.probability)
-            chosen.append(s.index[d.chosen])
+    with BanditPolicy(vw_args) as learner:
+        replica = BanditPolicy(vw_args, model=learner.snapshot()) if sync_every else None
+        try:
+            for t, s in enumerate(steps):
+                if replica is not None and t and t % sync_every == 0:
+                    replica.close()
+                    replica = BanditPolicy(vw_args, model=learner.snapshot())
+                d = (replica or learner).decide(s.context, s.budget_ms, s.load, s.candidates, rng=rng)
+                learner.learn(s.context, s.budget_ms, s.load, s.candidates, d.chosen,
+                              float(s.reward[s.index[d.chosen]]), d.probability)
+                chosen.append(s.index[d.chosen])
+        finally:
+            if replica is not None:
+                replica.close()
     return chosen
 
 
@@ -233,13 +245,14 @@ def run_oracle(steps: list[Step]) -> list[int]:
 
 # --- one seed, many seeds ----------------------------------------------------------------------
 
-def run_seed(seed: int, decisions: int, vw_args: str, every: int) -> dict[str, Any]:
+def run_seed(seed: int, decisions: int, vw_args: str, every: int, sync_every: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     steps, rejected = world(seed, decisions)
     t_world = time.perf_counter() - t0
     t1 = time.perf_counter()
-    choices = {"vw": run_vw(steps, seed, vw_args)}
+    choices = {"vw": run_vw(steps, seed, vw_args, sync_every)}
     t_vw = time.perf_counter() - t1
+    choices["vw_online"] = run_vw(steps, seed, vw_args, 0)
     choices["exp3"] = run_exp3(steps, seed)
     choices["best_fixed"], best_variant = run_best_fixed(steps)
     choices["oracle"] = run_oracle(steps)
@@ -319,6 +332,7 @@ def summarise(runs: list[dict[str, Any]], options: argparse.Namespace) -> dict[s
     return {
         "benchmark": "bandit",
         "config": {"decisions": options.decisions, "seeds": options.seeds, "vw_args": options.vw_args,
+                   "sync_every": options.sync_every,
                    "change_at": options.decisions // 2, "variants": list(VARIANTS), "apps": list(APPS),
                    "devices": list(DEVICES), "budgets_ms": list(BUDGETS_MS), "noise_sd": NOISE_SD,
                    "jitter_sigma": JITTER_SIGMA, "exp3_eta": EXP3_ETA, "quick": options.quick},
@@ -392,7 +406,7 @@ def table(report: dict[str, Any]) -> str:
     for k, v in report["ratios"].items():
         lines.append(f"{k:<18} median {v['median']:.4f}  range {v['min']:.4f}..{v['max']:.4f}")
     lines.append(f"best fixed variant per seed: {', '.join(sorted(set(report['best_fixed_variant'])))}; "
-                 f"VW {report['vw_seconds_per_decision']['median'] * 1e6:.0f} us per decide+learn; "
+                 f"VW {report['vw_seconds_per_decision']['median'] * 1e6:.0f} us per decision (decide, learn, snapshots); "
                  f"{report['seconds_per_seed']['median']:.1f} s per seed")
     lines.append("target (>= 0.95 of the oracle): " + ("met" if report["target_met"] else "NOT met"))
     return "\n".join(lines)
@@ -404,15 +418,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decisions", type=int, default=5000, help="decisions per seed (default 5000)")
     p.add_argument("--seeds", type=int, help="independent runs (default 10, quick 3)")
     p.add_argument("--vw-args", default=DEFAULT_VW_ARGS, help="VW arguments of the selector under test")
+    p.add_argument("--sync-every", type=int, default=100,
+                   help="decisions between policy snapshots pushed to the deciding replica (default 100)")
     p.add_argument("--every", type=int, default=100, help="decisions between curve points")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path (the PNG goes beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     options = p.parse_args(argv)
     if options.seeds is None:
         options.seeds = 3 if options.quick else 10
-    if options.decisions < 2 or options.seeds < 1 or options.every < 1:
-        p.error("--decisions needs at least 2, --seeds and --every at least 1")
-    runs = [run_seed(1000 + k, options.decisions, options.vw_args, options.every) for k in range(options.seeds)]
+    if options.decisions < 2 or options.seeds < 1 or options.every < 1 or options.sync_every < 1:
+        p.error("--decisions needs at least 2; --seeds, --every and --sync-every at least 1")
+    runs = [run_seed(1000 + k, options.decisions, options.vw_args, options.every, options.sync_every)
+            for k in range(options.seeds)]
     report = summarise(runs, options)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     png = options.out.with_suffix(".png")

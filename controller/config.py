@@ -18,3 +18,7 @@ class ControllerConfig:
     max_partitions_per_device: int = 8
     stop_drain_s: float = 1.0
     policy_publish_interval_s: float = 1.0
+    # Measure (variant, partition, batch) latencies when a device or variant has no profile yet.
+    auto_profile: bool = True
+    profile_repeats: int = 20
+    profile_colocation: bool = True

@@ -18,7 +18,9 @@ import zmq.asyncio
 
 from controller.config import ControllerConfig
 from controller.placement import PlannedWorker, extend_placement, initial_placement
+from controller.demand import DemandTracker
 from controller.learner import Learner
+from controller.profiling import ProfilingRuns
 from controller.registry import Registry
 from controller.repository import Variant, load_repository
 from controller.store import StateStore
@@ -29,12 +31,16 @@ from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (
     ArtifactChunkReply,
     DecisionRecords,
+    DemandReport,
     ErrorReply,
     FetchArtifact,
     GatewayListChanged,
+    GetProfiles,
     GetStatus,
     Heartbeat,
     PolicySnapshot,
+    ProfileProgress,
+    ProfilesReply,
     RegisterAgent,
     RegisterAgentReply,
     RegisterGateway,
@@ -73,6 +79,8 @@ class ControllerActor(Actor):
         self._by_sha: dict[str, Variant] = {}
         self._tasks: list[asyncio.Task] = []
         self._learner: Learner | None = None
+        self._profiling = ProfilingRuns()
+        self._demand = DemandTracker()
         self._last_publish = float("-inf")
         self._epoch = 0
         self._seq = 0
@@ -189,6 +197,19 @@ class ControllerActor(Actor):
                 elif first:
                     # It may have started before a gateway joined: tell it every gateway.
                     await self._send(peer, GatewayListChanged(gateways=reg.gateway_endpoints()))
+            case ProfileProgress() as progress if kind == "agent":
+                self._on_profile_progress(peer_id, progress)
+            case GetProfiles(rerun=rerun):
+                if rerun:
+                    for agent_id in list(reg.agents):
+                        if reg.agent_alive(agent_id, now):
+                            await self._profile_agent(agent_id, everything=True)
+                assert self._store is not None
+                await self._send(peer, ProfilesReply(samples=tuple(self._store.profiles()),
+                                                     colocations=tuple(self._store.colocations()),
+                                                     running=self._profiling.describe()))
+            case DemandReport(window_s=window_s, counts=counts) if kind == "gateway":
+                self._demand.observe(counts, window_s, now)
             case DecisionRecords(records=records) if kind == "gateway":
                 assert self._learner is not None and self._store is not None
                 fresh = self._store.log_decisions(records, self._clock.time())
@@ -245,6 +266,29 @@ class ControllerActor(Actor):
                     controller=self.advertised_address,
                 ),
             )
+        if self.config.auto_profile:
+            await self._profile_agent(agent_id)
+
+    async def _profile_agent(self, agent_id: str, *, everything: bool = False) -> None:
+        reg, store = self._registry, self._store
+        assert reg is not None and store is not None
+        agent = reg.agents[agent_id]
+        for cmd in self._profiling.commands(
+            agent_id, agent.devices, list(reg.variants.values()), store.profiles(), everything=everything,
+            colocation=self.config.profile_colocation, repeats=self.config.profile_repeats,
+        ):
+            log.info("asking %s to profile %d variants on %s", agent_id, len(cmd.variants), cmd.device_id)
+            await self._send(f"agent:{agent_id}".encode(), cmd)
+
+    def _on_profile_progress(self, agent_id: str, progress: ProfileProgress) -> None:
+        assert self._store is not None
+        if progress.samples or progress.colocations:
+            self._store.save_profiles(progress.samples, progress.colocations, self._clock.time())
+        self._profiling.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done)
+        if progress.error:
+            log.warning("profiling on %s failed: %s", agent_id, progress.error)
+        elif progress.done:
+            log.info("profiling on %s finished (%d measurements)", agent_id, progress.total)
 
     @property
     def advertised_address(self) -> str:
@@ -285,6 +329,9 @@ class ControllerActor(Actor):
         assert reg is not None
         now = self._clock.monotonic()
         lost = reg.expire(now)
+        for key in lost:
+            if key.startswith("agent:"):
+                self._profiling.forget_agent(key.removeprefix("agent:"))
         if lost:
             log.warning("peers lost", extra={"peers": lost})
             if any(k.startswith("gateway:") for k in lost):

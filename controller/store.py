@@ -13,7 +13,7 @@ from pathlib import Path
 from protocol.schema import from_plain, to_plain
 from collections.abc import Sequence
 
-from protocol.types import DecisionRecord, Partition
+from protocol.types import ColocationSample, DecisionRecord, Partition, ProfileSample
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,6 +30,29 @@ CREATE TABLE IF NOT EXISTS decision (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decision_family ON decision (family, logged_at);
+CREATE TABLE IF NOT EXISTS profile (
+    variant TEXT NOT NULL,
+    device_kind TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    batch INTEGER NOT NULL,
+    p50_ms REAL NOT NULL,
+    p99_ms REAL NOT NULL,
+    runs INTEGER NOT NULL,
+    measured_at REAL NOT NULL,
+    PRIMARY KEY (variant, device_kind, partition, batch)
+);
+CREATE TABLE IF NOT EXISTS colocation (
+    device_kind TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    batch INTEGER NOT NULL,
+    other TEXT NOT NULL,
+    other_partition INTEGER NOT NULL,
+    other_batch INTEGER NOT NULL,
+    solo_p50_ms REAL NOT NULL,
+    shared_p50_ms REAL NOT NULL,
+    PRIMARY KEY (device_kind, variant, partition, batch, other, other_partition, other_batch)
+);
 CREATE TABLE IF NOT EXISTS agent (
     agent_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -97,6 +120,33 @@ class StateStore:
                 "SELECT record FROM decision WHERE family=? ORDER BY logged_at DESC LIMIT ?", (family, limit)
             )
         return [from_plain(DecisionRecord, json.loads(r)) for (r,) in reversed(rows.fetchall())]
+
+    def save_profiles(self, samples: Sequence[ProfileSample], colocations: Sequence[ColocationSample], now: float) -> None:
+        """Measured profiles replace earlier measurements of the same point."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO profile VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s.variant, s.device_kind, s.partition, s.batch, s.p50_ms, s.p99_ms, s.runs, now) for s in samples],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO colocation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c.device_kind, c.variant, c.partition, c.batch, c.other, c.other_partition, c.other_batch,
+                  c.solo_p50_ms, c.shared_p50_ms) for c in colocations],
+            )
+
+    def profiles(self) -> list[ProfileSample]:
+        rows = self._db.execute(
+            "SELECT variant, device_kind, partition, batch, p50_ms, p99_ms, runs FROM profile "
+            "ORDER BY variant, device_kind, partition, batch"
+        )
+        return [ProfileSample(variant=v, device_kind=k, partition=p, batch=b, p50_ms=p50, p99_ms=p99, runs=n)
+                for v, k, p, b, p50, p99, n in rows.fetchall()]
+
+    def colocations(self) -> list[ColocationSample]:
+        rows = self._db.execute("SELECT * FROM colocation ORDER BY device_kind, variant, partition, batch, other")
+        return [ColocationSample(device_kind=k, variant=v, partition=p, batch=b, other=o, other_partition=op,
+                                 other_batch=ob, solo_p50_ms=s, shared_p50_ms=sh)
+                for k, v, p, b, o, op, ob, s, sh in rows.fetchall()]
 
     def save_agent(self, agent_id: str, hostname: str, now: float) -> None:
         self._db.execute("INSERT OR REPLACE INTO agent VALUES (?, ?, ?)", (agent_id, hostname, now))

@@ -23,6 +23,7 @@ from gateway.event_log import EventLog
 from gateway.policy_store import PolicyReplicas
 from protocol.message import (
     DecisionRecords,
+    DemandReport,
     ErrorReply,
     Heartbeat,
     PolicySnapshot,
@@ -63,6 +64,7 @@ class ControlLinkActor(Actor):
         self.controller_connected = False
         self.first_table = asyncio.Event()
         self._pending_records: list = []
+        self._last_demand = self._clock.monotonic()
 
     async def on_start(self) -> None:
         self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"gateway:{self.config.gateway_id}")
@@ -106,6 +108,7 @@ class ControlLinkActor(Actor):
                 self._seq += 1
                 self._send(Heartbeat(sender=self.config.gateway_id, role="gateway", seq=self._seq))
                 self._ship_decisions(now)
+                self._report_demand(now)
             case Incoming(msg=PolicySnapshot() as snap, buffers=buffers):
                 self._controller.beat("controller", now)
                 if len(buffers) == 1 and buffers[0].nbytes == snap.model_bytes:
@@ -143,6 +146,13 @@ class ControlLinkActor(Actor):
             except zmq.Again:
                 self._pending_records = list(records[i:])[: 50 * size]  # bounded: oldest beyond that dropped
                 return
+
+    def _report_demand(self, now: float) -> None:
+        window = now - self._last_demand
+        self._last_demand = now
+        counts = self._dispatcher.take_demand()
+        if window > 0 and self._registered:
+            self._send(DemandReport(gateway_id=self.config.gateway_id, window_s=window, counts=counts))
 
     def _register(self) -> None:
         self._last_register = self._clock.monotonic()

@@ -124,6 +124,7 @@ class Dispatcher:
         self._grace_s = deadline_grace_s
         self._tasks: list[asyncio.Task] = []
         self._curves: dict[tuple[str, str], LatencyCurve] = {}
+        self._demand: dict[str, int] = {}
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0}
 
@@ -176,6 +177,8 @@ class Dispatcher:
         self._slowdown = {k: v for k, v in self._slowdown.items() if k in curves}
         by_variant: dict[str, list[str]] = {}
         for state in self._workers.values():
+            if routes[state.worker_id].draining:
+                continue  # finishes what it has; takes nothing new
             for v in state.variants:
                 by_variant.setdefault(v, []).append(state.worker_id)
         self._by_variant = by_variant
@@ -186,6 +189,11 @@ class Dispatcher:
 
     def outstanding(self) -> int:
         return len(self._pending)
+
+    def take_demand(self) -> dict[str, int]:
+        """Requests sent per variant since the last call (the controller's demand signal)."""
+        counts, self._demand = self._demand, {}
+        return counts
 
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
@@ -216,6 +224,7 @@ class Dispatcher:
         """Run ``inputs`` on a worker of ``variant`` within ``budget_s``; raises a DispatchError."""
         now = time.monotonic()
         deadline = now + budget_s
+        self._demand[variant] = self._demand.get(variant, 0) + 1
         worker_id = self._choose(variant, exclude=None)
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()

@@ -10,11 +10,13 @@ from __future__ import annotations
 from protocol.schema import message
 from protocol.types import (
     AgentStatus,
+    ColocationSample,
     DecisionRecord,
     DeviceInfo,
     ModelInfo,
     ModelStatus,
     Partition,
+    ProfileSample,
     TensorMeta,
     VariantSpec,
     WorkerRoute,
@@ -159,6 +161,60 @@ class GatewayListChanged:
     """Controller -> running workers: the gateways to keep a data connection to."""
 
     gateways: tuple[str, ...]
+
+
+# --- profiles and demand --------------------------------------------------------------------
+
+
+@message(50)
+class ProfileDevice:
+    """Controller -> agent: measure these variants over the device's partition menu."""
+
+    request_id: int
+    device_id: str
+    variants: tuple[VariantSpec, ...]
+    partitions: tuple[int, ...]
+    batches: tuple[int, ...]
+    colocation: bool = True
+    repeats: int = 20
+
+
+@message(51)
+class ProfileProgress:
+    """Agent -> controller: how far a profiling run is; the last one has ``done`` set."""
+
+    request_id: int
+    agent_id: str
+    device_kind: str
+    completed: int
+    total: int
+    samples: tuple[ProfileSample, ...] = ()
+    colocations: tuple[ColocationSample, ...] = ()
+    done: bool = False
+    error: str = ""
+
+
+@message(52)
+class DemandReport:
+    """Gateway -> controller: requests per variant since the last report."""
+
+    gateway_id: str
+    window_s: float
+    counts: dict[str, int]
+
+
+@message(53)
+class GetProfiles:
+    """Operator -> controller: the profile store's contents; ``rerun`` re-measures every device."""
+
+    rerun: bool = False
+
+
+@message(54)
+class ProfilesReply:
+    samples: tuple[ProfileSample, ...]
+    colocations: tuple[ColocationSample, ...]
+    running: tuple[str, ...]  # "agent: 12/40" for profiling runs in progress
 
 
 # --- bandit ---------------------------------------------------------------------------------

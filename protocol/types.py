@@ -114,6 +114,36 @@ class WorkerRoute:
     variants: tuple[str, ...]
     weight: float = 1.0
     latency_ms: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    # A draining worker takes no new requests but still answers those it has (make-before-break).
+    draining: bool = False
+
+
+@struct
+class ProfileSample:
+    """Measured latency of one (variant, partition size, batch) on a device kind."""
+
+    variant: str
+    device_kind: str
+    partition: int  # CPU: cores; CUDA: MPS percentage
+    batch: int
+    p50_ms: float
+    p99_ms: float
+    runs: int
+
+
+@struct
+class ColocationSample:
+    """Latency of ``variant`` on its partition while ``other`` ran on the rest of the device."""
+
+    device_kind: str
+    variant: str
+    partition: int
+    batch: int
+    other: str
+    other_partition: int
+    other_batch: int
+    solo_p50_ms: float
+    shared_p50_ms: float
 
 
 @struct

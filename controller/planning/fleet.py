@@ -207,6 +207,20 @@ class Fleet:
         self._commit(device, lets, added_memory=self.needs[variant].memory_bytes)
         return next((i.rate for i in target.items if i.variant == variant), 0.0)
 
+    def room(self, device: Device, let_serial: int, variant: str) -> float:
+        """The rate of ``variant`` that could join that gpu-let at its current slowdown (no change made)."""
+        let = next(g for g in device.lets if g.serial == let_serial)
+        kind = device.slot.kind
+        if len(let.items) >= self.max_models or let.has(variant):
+            return 0.0
+        try:
+            curve = self.curve(variant, kind, let.size)
+        except UnknownProfile:
+            return 0.0
+        slo = min(self.needs[variant].slo_ms, *(self.needs[i.variant].slo_ms for i in let.items))
+        existing = [(self.curve(i.variant, kind, let.size), i.rate) for i in let.items]
+        return max_extra(existing, slo, curve, let.alpha)
+
     def grow_lone(self) -> None:
         """Give a gpu-let alone on its device the rest of the device when that is no slower for any
         variant it serves (more headroom; nothing else can use those units after planning)."""

@@ -1,0 +1,277 @@
+"""The three planning policies as drivers over a Fleet: which pieces of load go where, in what order.
+
+"gpulet": per variant, saturated gpu-lets at its most efficient partition, then one residue
+gpu-let at the smallest partition that carries the rest; best-fit packing that prefers an exact
+free half, then splitting a whole device, then the tightest larger half; fallbacks are temporal
+sharing and any free partition. "temporal": whole devices, saturated ones per variant, residues
+packed by squishy bin packing. "whole": one variant per whole device. Private to the package.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, MutableMapping
+
+from controller.planning.fleet import MAX_ATTEMPTS, TINY_RPS, Device, Fleet, occupancy
+
+POLICIES = ("gpulet", "temporal", "whole")
+KNEE_GAIN = 1.05  # growing a partition must add at least 5 % throughput to count as efficient
+FALLBACK_ROUNDS = 3
+SHARE_ATTEMPTS = 16
+
+
+def run_policy(
+    policy: str,
+    fleet: Fleet,
+    remaining: MutableMapping[str, float],
+    menus: Mapping[str, tuple[int, ...]],
+    *,
+    min_residual_rps: float,
+    keep: float,
+) -> None:
+    """Place as much of ``remaining`` (variant -> rps) as the policy can; leaves the rest in it."""
+    if policy == "gpulet":
+        _gpulet(fleet, remaining, menus, min_residual_rps, keep)
+    elif policy == "temporal":
+        _temporal(fleet, remaining)
+    else:
+        _whole(fleet, remaining)
+
+
+# --- sizing -------------------------------------------------------------------------------------
+
+
+def knee(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...]) -> tuple[int, float]:
+    """gpu-let's max-efficient partition: over consecutive menu sizes, the larger of the pair with
+    the highest marginal throughput per unit, counting only pairs that add >= 5 %. Defaults to
+    the smallest size that meets the SLO. (size, saturated rate); (0, 0.0) if none meets it."""
+    rates = [(p, fleet.solo_rate(variant, kind, p)) for p in menu]
+    usable = [(p, t) for p, t in rates if t > TINY_RPS]
+    if not usable:
+        return 0, 0.0
+    best, best_gain = usable[0], 0.0
+    for (lo, tl), (hi, th) in zip(rates, rates[1:]):
+        if th <= TINY_RPS or (tl > TINY_RPS and th < KNEE_GAIN * tl):
+            continue
+        gain = (th - tl) / (hi - lo)
+        if gain > best_gain:
+            best_gain, best = gain, (hi, th)
+    return best
+
+
+def residue_size(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], rate: float, upto: int) -> int:
+    """Smallest menu size up to ``upto`` that carries ``rate`` alone; ``upto`` if none does."""
+    for p in menu:
+        if p > upto:
+            break
+        if fleet.solo_rate(variant, kind, p) >= rate:
+            return p
+    return upto
+
+
+def _ranked(fleet: Fleet, variant: str, rate: float, menus: Mapping[str, tuple[int, ...]], whole: bool) -> list[tuple[str, int, float]]:
+    """Device kinds for a variant, cheapest first (share of a device its demand needs):
+    (kind, piece size, saturated rate of a piece)."""
+    ranked = []
+    for kind in fleet.kinds():
+        cap = fleet.capacity(kind)
+        size, sat = (cap, fleet.solo_rate(variant, kind, cap)) if whole else knee(fleet, variant, kind, menus[kind])
+        if sat > TINY_RPS:
+            ranked.append((max(rate, 1.0) * size / (sat * cap), kind, size, sat))
+    ranked.sort()
+    return [(kind, size, sat) for _, kind, size, sat in ranked]
+
+
+def _absorb(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
+    for v, rate in fleet.take_lost().items():
+        remaining[v] = remaining.get(v, 0.0) + rate
+
+
+# --- gpulet -------------------------------------------------------------------------------------
+
+
+def place_piece(fleet: Fleet, variant: str, kind: str, size: int, want: float, keep: float) -> float:
+    """Best fit for a gpu-let of ``size``: a partly used device with exactly that much free, else a
+    whole device split to ``size``, else the partly used device with the least free room above
+    it (on a CUDA device the second gpu-let takes all that is left). Returns the rate carried."""
+    cuda = kind.startswith("cuda")
+    partial = fleet.partial_free(kind)
+    start = bisect.bisect_left(partial, (size, -1))
+    attempts = 0
+    for free, index in list(partial[start:start + MAX_ATTEMPTS]):
+        if free != size:
+            break
+        attempts += 1
+        carried = fleet.open(fleet.devices[index], size, variant, want, keep=keep)
+        if carried > TINY_RPS:
+            return carried
+    whole = fleet.whole_free(kind)
+    at = bisect.bisect_left(whole, (size, -1))
+    if at < len(whole):
+        carried = fleet.open(fleet.devices[whole[at][1]], size, variant, want, keep=keep)
+        if carried > TINY_RPS:
+            return carried
+    start = bisect.bisect_right(partial, (size, len(fleet.devices)))
+    for free, index in list(partial[start:start + MAX_ATTEMPTS - attempts]):
+        carried = fleet.open(fleet.devices[index], free if cuda else size, variant, want, keep=keep)
+        if carried > TINY_RPS:
+            return carried
+    return 0.0
+
+
+def place_anywhere(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], want: float, keep: float) -> float:
+    """Last resort for new gpu-lets: any partly used device, most free room first."""
+    partial = fleet.partial_free(kind)
+    for free, index in sorted(partial, key=lambda s: (-s[0], s[1]))[:MAX_ATTEMPTS]:
+        size = free if kind.startswith("cuda") else residue_size(fleet, variant, kind, tuple(p for p in menu if p <= free) or (free,), want, free)
+        carried = fleet.open(fleet.devices[index], size, variant, want, keep=keep)
+        if carried > TINY_RPS:
+            return carried
+    return 0.0
+
+
+def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float, *, whole_only: bool = False) -> float:
+    """Temporal sharing: fold ``variant`` into existing gpu-lets of ``kind``, busiest first."""
+    candidates = []
+    for device, let in fleet.lets(kind):
+        if len(let.items) < fleet.max_models and not let.has(variant) and (not whole_only or let.size == device.slot.capacity):
+            occ = occupancy(fleet, kind, let)
+            if occ < 1 - 1e-9:
+                candidates.append((-occ, device.index, let.serial))
+    candidates.sort()
+    carried_total = 0.0
+    for _, index, serial in candidates[:SHARE_ATTEMPTS]:
+        if want - carried_total <= TINY_RPS:
+            break
+        carried_total += fleet.share(fleet.devices[index], serial, variant, want - carried_total, keep=keep)
+    return carried_total
+
+
+def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_residual: float, keep: float) -> None:
+    ranked = {v: _ranked(fleet, v, r, menus, whole=False) for v, r in remaining.items() if r > TINY_RPS}
+    order = sorted(ranked, key=lambda v: (-_need(ranked[v], remaining[v]), v))
+    # 1. saturated gpu-lets at each variant's most efficient size
+    for v in order:
+        if not ranked[v]:
+            continue
+        kind, size, sat = ranked[v][0]
+        while remaining[v] >= sat * (1 - 1e-9):
+            carried = place_piece(fleet, v, kind, size, sat, keep)
+            if carried <= TINY_RPS:
+                break
+            remaining[v] -= carried
+            _absorb(fleet, remaining)
+    # 2. one residue gpu-let each, largest residue first
+    for v in sorted(order, key=lambda u: (-remaining[u], u)):
+        if not ranked[v] or remaining[v] <= max(min_residual, TINY_RPS):
+            continue
+        kind, size, _ = ranked[v][0]
+        for _ in range(3):
+            if remaining[v] <= TINY_RPS:
+                break
+            piece = residue_size(fleet, v, kind, menus[kind], remaining[v], size)
+            carried = place_piece(fleet, v, kind, piece, remaining[v], keep)
+            if carried <= TINY_RPS:
+                break
+            remaining[v] -= carried
+            _absorb(fleet, remaining)
+    # 3. whatever is left (no room at the preferred size, rate lost to interference, other kinds)
+    for _ in range(FALLBACK_ROUNDS):
+        pending = [v for v in order if remaining[v] > TINY_RPS and ranked[v]]
+        if not pending:
+            break
+        for v in pending:
+            for kind, size, sat in ranked[v]:
+                remaining[v] -= share_into(fleet, v, kind, remaining[v], keep)
+                _absorb(fleet, remaining)
+                while remaining[v] > max(min_residual, TINY_RPS):
+                    piece = size if remaining[v] >= sat else residue_size(fleet, v, kind, menus[kind], remaining[v], size)
+                    carried = place_piece(fleet, v, kind, piece, remaining[v], keep)
+                    if carried <= TINY_RPS:
+                        carried = place_anywhere(fleet, v, kind, menus[kind], remaining[v], keep=0.0)
+                    if carried <= TINY_RPS:
+                        break
+                    remaining[v] -= carried
+                    _absorb(fleet, remaining)
+                if remaining[v] <= TINY_RPS:
+                    break
+    fleet.grow_lone()
+
+
+def _need(ranked: list[tuple[str, int, float]], rate: float) -> float:
+    if not ranked:
+        return 0.0
+    _, size, sat = ranked[0]
+    return rate / sat * size
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+
+def _take_whole(fleet: Fleet, kind: str) -> Device | None:
+    """The lowest-numbered untouched device among the largest of ``kind``."""
+    spots = fleet.whole_free(kind)
+    if not spots:
+        return None
+    at = bisect.bisect_left(spots, (spots[-1][0], -1))
+    return fleet.devices[spots[at][1]]
+
+
+def _open_whole(fleet: Fleet, variant: str, ranked: list[tuple[str, int, float]], want: float) -> float:
+    for kind, _, _ in ranked:
+        device = _take_whole(fleet, kind)
+        if device is not None:
+            carried = fleet.open(device, device.slot.capacity, variant, want, keep=0.0)
+            if carried > TINY_RPS:
+                return carried
+    return 0.0
+
+
+def _temporal(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
+    ranked = {v: _ranked(fleet, v, r, {}, whole=True) for v, r in remaining.items() if r > TINY_RPS}
+    order = sorted(ranked, key=lambda v: (-_need(ranked[v], remaining[v]), v))
+    for v in order:  # saturated whole devices
+        if not ranked[v]:
+            continue
+        sat = ranked[v][0][2]
+        while remaining[v] >= sat * (1 - 1e-9):
+            carried = _open_whole(fleet, v, ranked[v], sat)
+            if carried <= TINY_RPS:
+                break
+            remaining[v] -= carried
+    # residues: largest occupancy first, into the busiest device where all of it fits, else a new
+    # device, else wherever a part of it fits
+    residues = [v for v in order if ranked[v] and remaining[v] > TINY_RPS]
+    residues.sort(key=lambda v: (-remaining[v] / ranked[v][0][2], v))
+    for v in residues:
+        for kind, _, _ in ranked[v]:
+            if remaining[v] <= TINY_RPS:
+                break
+            remaining[v] -= _share_whole_fit(fleet, v, kind, remaining[v])
+        if remaining[v] > TINY_RPS:
+            remaining[v] -= _open_whole(fleet, v, ranked[v], remaining[v])
+        for kind, _, _ in ranked[v]:
+            if remaining[v] > TINY_RPS:
+                remaining[v] -= share_into(fleet, v, kind, remaining[v], 0.0)
+
+
+def _share_whole_fit(fleet: Fleet, variant: str, kind: str, want: float) -> float:
+    """Squishy bin packing's best fit: the busiest shared device that takes all of ``want``."""
+    candidates = []
+    for device, let in fleet.lets(kind):
+        if len(let.items) < fleet.max_models and not let.has(variant):
+            candidates.append((-occupancy(fleet, kind, let), device.index, let.serial))
+    for _, index, serial in sorted(candidates):
+        if fleet.room(fleet.devices[index], serial, variant) >= want * (1 - 1e-9):
+            return fleet.share(fleet.devices[index], serial, variant, want, keep=0.0)
+    return 0.0
+
+
+def _whole(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
+    ranked = {v: _ranked(fleet, v, r, {}, whole=True) for v, r in remaining.items() if r > TINY_RPS}
+    for v in sorted(ranked, key=lambda u: (-_need(ranked[u], remaining[u]), u)):
+        while ranked[v] and remaining[v] > TINY_RPS:
+            carried = _open_whole(fleet, v, ranked[v], remaining[v])
+            if carried <= TINY_RPS:
+                break
+            remaining[v] -= carried
