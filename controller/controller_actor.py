@@ -8,6 +8,7 @@ them, and sends what they return. A peer's identity is its ZeroMQ routing id
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
@@ -97,10 +98,10 @@ class ControllerActor(Actor):
             missed_heartbeats=self.config.missed_heartbeats,
             epoch=self._epoch,
         )
-        for worker_id, agent_id, partition, names in self._store.placements():
-            kept = tuple(n for n in names if n in variants)
+        for plan in self._store.placements():
+            kept = tuple(n for n in plan.variants if n in variants)
             if kept:
-                self._registry.plan_worker(PlannedWorker(worker_id, agent_id, partition, kept))
+                self._registry.plan_worker(dataclasses.replace(plan, variants=kept))
         self._registry.routing_table()  # version 1 of this epoch: every model, no worker yet
         self._learner = Learner(self.config.state_dir)
         self._endpoint = Endpoint.router(self._ctx, self.config.bind)
@@ -242,7 +243,7 @@ class ControllerActor(Actor):
         if planned and missing:  # variants added to the repository since this placement was made
             planned = extend_placement(planned, costs, missing)
             for plan in planned:
-                store.save_placement(plan.worker_id, plan.agent_id, plan.partition, plan.variants)
+                store.save_placement(plan)
                 reg.plan_worker(plan)
         if not planned:
             planned = initial_placement(
@@ -253,7 +254,7 @@ class ControllerActor(Actor):
                 max_partitions_per_device=self.config.max_partitions_per_device,
             )
             for plan in planned:
-                store.save_placement(plan.worker_id, plan.agent_id, plan.partition, plan.variants)
+                store.save_placement(plan)
                 reg.plan_worker(plan)
         for plan in planned:
             await self._send(

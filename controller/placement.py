@@ -20,6 +20,7 @@ class PlannedWorker:
     agent_id: str
     partition: Partition
     variants: tuple[str, ...]
+    batches: tuple[tuple[str, int], ...] = ()  # a plan's batch size per variant (else the manifest's)
 
 
 def split_device(device: DeviceInfo, parts: int, cores_per_partition: int) -> list[Partition]:

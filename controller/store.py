@@ -10,6 +10,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from controller.placement import PlannedWorker
 from protocol.schema import from_plain, to_plain
 from collections.abc import Sequence
 
@@ -21,7 +22,8 @@ CREATE TABLE IF NOT EXISTS placement (
     worker_id TEXT PRIMARY KEY,
     agent_id TEXT NOT NULL,
     partition TEXT NOT NULL,
-    variants TEXT NOT NULL
+    variants TEXT NOT NULL,
+    batches TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS decision (
     event_id TEXT PRIMARY KEY,
@@ -82,20 +84,24 @@ class StateStore:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(epoch),))
         return epoch
 
-    def save_placement(self, worker_id: str, agent_id: str, partition: Partition, variants: tuple[str, ...]) -> None:
+    def save_placement(self, plan: PlannedWorker) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO placement VALUES (?, ?, ?, ?)",
-            (worker_id, agent_id, json.dumps(to_plain(partition)), json.dumps(list(variants))),
+            "INSERT OR REPLACE INTO placement VALUES (?, ?, ?, ?, ?)",
+            (plan.worker_id, plan.agent_id, json.dumps(to_plain(plan.partition)), json.dumps(list(plan.variants)),
+             json.dumps([list(b) for b in plan.batches])),
         )
 
     def delete_placement(self, worker_id: str) -> None:
         self._db.execute("DELETE FROM placement WHERE worker_id=?", (worker_id,))
 
-    def placements(self) -> list[tuple[str, str, Partition, tuple[str, ...]]]:
-        rows = self._db.execute("SELECT worker_id, agent_id, partition, variants FROM placement ORDER BY worker_id")
+    def placements(self) -> list[PlannedWorker]:
+        rows = self._db.execute(
+            "SELECT worker_id, agent_id, partition, variants, batches FROM placement ORDER BY worker_id"
+        )
         return [
-            (w, a, from_plain(Partition, json.loads(p)), tuple(json.loads(v)))
-            for w, a, p, v in rows.fetchall()
+            PlannedWorker(w, a, from_plain(Partition, json.loads(p)), tuple(json.loads(v)),
+                          tuple((n, int(b)) for n, b in json.loads(bs)))
+            for w, a, p, v, bs in rows.fetchall()
         ]
 
     def log_decisions(self, records: Sequence[DecisionRecord], now: float) -> list[DecisionRecord]:

@@ -39,27 +39,34 @@ def max_single(curve: Curve, slo_ms: float, alpha: float, upper: float = math.in
 
 
 def fit_cycle(items: Sequence[tuple[Curve, float]], slo_ms: float, alpha: float) -> tuple[float, tuple[int, ...]] | None:
-    """The shortest feasible duty cycle for ``items`` = (curve, rate > 0) and their batches, or None.
+    """The feasible duty cycle for ``items`` = (curve, rate > 0) with the lowest occupancy S / D,
+    and its batches; None when no cycle fits. ``slo_ms`` is the tightest SLO among the items.
 
     Batches change only at D = 1000 k / r_i. Between two consecutive breakpoints (lo, hi] they are
-    fixed (those at ``hi``), S is fixed, and the best D there is max(S, lo); scanning intervals in
-    order finds the shortest feasible cycle. ``slo_ms`` is the tightest SLO among the items.
+    fixed (those at ``hi``), so S is fixed and the feasible D there form [max(S, lo), min(hi, SLO - S)];
+    the longest one has the lowest occupancy. The lowest occupancy leaves the most room for
+    temporal sharing and for bursts (gpu-let's residue rule picks the largest batch the same way).
     """
     if not items:
         return None
     horizon = min(min(1000.0 * len(c) / r for c, r in items), slo_ms)
     points = _breakpoints(items, horizon)
     lo = 0.0
+    best: tuple[float, float] | None = None  # (occupancy, D)
     for hi in points:
         s = alpha * sum(c[batch_for(r, hi) - 1] for c, r in items)
         if s + lo > slo_ms * (1 + EPS):
-            return None  # S and lo only grow with hi
-        d = max(s, lo)
-        if d <= hi * (1 + EPS) and s + d <= slo_ms * (1 + EPS):
-            batches = tuple(batch_for(r, d) for _, r in items)
-            return d, batches
+            break  # S and lo only grow with hi
+        d_min, d_max = max(s, lo), min(hi, slo_ms - s)
+        if d_min <= d_max * (1 + EPS):
+            d = min(max(d_min, d_max), hi)
+            if best is None or s / d < best[0] * (1 - EPS):
+                best = (s / d, d)
         lo = hi
-    return None
+    if best is None:
+        return None
+    d = best[1]
+    return d, tuple(batch_for(r, d) for _, r in items)
 
 
 def _breakpoints(items: Sequence[tuple[Curve, float]], horizon: float) -> list[float]:

@@ -181,45 +181,48 @@ class Fleet:
         return new.items[0].rate if new.items else 0.0
 
     def share(self, device: Device, let_serial: int, variant: str, want: float, *, keep: float) -> float:
-        """Temporal sharing: add ``variant`` to an existing gpu-let, carrying up to ``want`` rps."""
-        kind = device.slot.kind
+        """Temporal sharing: add ``variant`` to an existing gpu-let (or raise its rate there when it
+        already serves it), carrying up to ``want`` more rps. Returns the extra rate carried."""
         lets = [let.copy() for let in device.lets]
         target = next(let for let in lets if let.serial == let_serial)
-        if len(target.items) >= self.max_models or target.has(variant) or want <= TINY_RPS:
-            return 0.0
-        if not self._memory_fits(device, self.needs[variant].memory_bytes):
-            return 0.0
-        try:
-            curve = self.curve(variant, kind, target.size)
-        except UnknownProfile:
-            return 0.0
-        slo = min(self.needs[variant].slo_ms, *(self.needs[i.variant].slo_ms for i in target.items))
-        existing = [(self.curve(i.variant, kind, target.size), i.rate) for i in target.items]
-        extra = max_extra(existing, slo, curve, target.alpha, want)
+        extra = self._room(device, target, variant, want)
         if extra <= TINY_RPS:
             return 0.0
-        target.items.append(Item(variant, extra))
-        target.items.sort(key=lambda i: i.variant)
-        if not self._refit(kind, target):
+        present = next((i for i in target.items if i.variant == variant), None)
+        old = present.rate if present is not None else 0.0
+        if present is None:
+            target.items.append(Item(variant, extra))
+            target.items.sort(key=lambda i: i.variant)
+        else:
+            present.rate += extra
+        if not self._refit(device.slot.kind, target):
             return 0.0
         if not self._accept(device, lets, target, variant, extra, keep):
             return 0.0
-        self._commit(device, lets, added_memory=self.needs[variant].memory_bytes)
-        return next((i.rate for i in target.items if i.variant == variant), 0.0)
+        self._commit(device, lets, added_memory=0 if present is not None else self.needs[variant].memory_bytes)
+        after = sum(i.rate for let in device.lets if let.serial == let_serial for i in let.items if i.variant == variant)
+        return after - old
 
     def room(self, device: Device, let_serial: int, variant: str) -> float:
-        """The rate of ``variant`` that could join that gpu-let at its current slowdown (no change made)."""
-        let = next(g for g in device.lets if g.serial == let_serial)
+        """The extra rate of ``variant`` that gpu-let could take at its current slowdown (no change made)."""
+        return self._room(device, next(g for g in device.lets if g.serial == let_serial), variant, float("inf"))
+
+    def _room(self, device: Device, let: Let, variant: str, want: float) -> float:
         kind = device.slot.kind
-        if len(let.items) >= self.max_models or let.has(variant):
+        current = next((i.rate for i in let.items if i.variant == variant), None)
+        if want <= TINY_RPS or (current is None and len(let.items) >= self.max_models):
+            return 0.0
+        if current is None and not self._memory_fits(device, self.needs[variant].memory_bytes):
             return 0.0
         try:
             curve = self.curve(variant, kind, let.size)
         except UnknownProfile:
             return 0.0
-        slo = min(self.needs[variant].slo_ms, *(self.needs[i.variant].slo_ms for i in let.items))
-        existing = [(self.curve(i.variant, kind, let.size), i.rate) for i in let.items]
-        return max_extra(existing, slo, curve, let.alpha)
+        others = [i for i in let.items if i.variant != variant]
+        slo = min([self.needs[variant].slo_ms, *(self.needs[i.variant].slo_ms for i in others)])
+        existing = [(self.curve(i.variant, kind, let.size), i.rate) for i in others]
+        base = current or 0.0
+        return max(0.0, max_extra(existing, slo, curve, let.alpha, base + want) - base)
 
     def grow_lone(self) -> None:
         """Give a gpu-let alone on its device the rest of the device when that is no slower for any

@@ -134,13 +134,14 @@ def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float, 
     """Temporal sharing: fold ``variant`` into existing gpu-lets of ``kind``, busiest first."""
     candidates = []
     for device, let in fleet.lets(kind):
-        if len(let.items) < fleet.max_models and not let.has(variant) and (not whole_only or let.size == device.slot.capacity):
+        mine = let.has(variant)
+        if (mine or len(let.items) < fleet.max_models) and (not whole_only or let.size == device.slot.capacity):
             occ = occupancy(fleet, kind, let)
             if occ < 1 - 1e-9:
-                candidates.append((-occ, device.index, let.serial))
+                candidates.append((not mine, -occ, device.index, let.serial))
     candidates.sort()
     carried_total = 0.0
-    for _, index, serial in candidates[:SHARE_ATTEMPTS]:
+    for _, _, index, serial in candidates[:SHARE_ATTEMPTS]:
         if want - carried_total <= TINY_RPS:
             break
         carried_total += fleet.share(fleet.devices[index], serial, variant, want - carried_total, keep=keep)
@@ -259,7 +260,7 @@ def _share_whole_fit(fleet: Fleet, variant: str, kind: str, want: float) -> floa
     """Squishy bin packing's best fit: the busiest shared device that takes all of ``want``."""
     candidates = []
     for device, let in fleet.lets(kind):
-        if len(let.items) < fleet.max_models and not let.has(variant):
+        if len(let.items) < fleet.max_models or let.has(variant):
             candidates.append((-occupancy(fleet, kind, let), device.index, let.serial))
     for _, index, serial in sorted(candidates):
         if fleet.room(fleet.devices[index], serial, variant) >= want * (1 - 1e-9):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.placement import PlannedWorker
 from controller.store import StateStore
 from protocol.types import Partition
 
@@ -14,15 +15,15 @@ GPU_PART = Partition(device_id="cuda0", kind="cuda", mps_percent=25)
 def test_placements_survive_closing_and_reopening(tmp_path: Path) -> None:
     path = tmp_path / "state" / "nested" / "controller.sqlite3"  # parent folders are created
     store = StateStore(path)
-    store.save_placement("a1.w1", "a1", GPU_PART, ("digits-cnn",))
-    store.save_placement("a1.w0", "a1", CPU_PART, ("identity", "digits-mlp"))
+    store.save_placement(PlannedWorker("a1.w1", "a1", GPU_PART, ("digits-cnn",)))
+    store.save_placement(PlannedWorker("a1.w0", "a1", CPU_PART, ("identity", "digits-mlp"), (("identity", 4),)))
     store.close()
 
     store = StateStore(path)  # reopened
     try:
         assert store.placements() == [
-            ("a1.w0", "a1", CPU_PART, ("identity", "digits-mlp")),
-            ("a1.w1", "a1", GPU_PART, ("digits-cnn",)),
+            PlannedWorker("a1.w0", "a1", CPU_PART, ("identity", "digits-mlp"), (("identity", 4),)),
+            PlannedWorker("a1.w1", "a1", GPU_PART, ("digits-cnn",)),
         ]
     finally:
         store.close()
@@ -31,10 +32,10 @@ def test_placements_survive_closing_and_reopening(tmp_path: Path) -> None:
 def test_saving_a_worker_again_replaces_its_placement(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "c.sqlite3")
     try:
-        store.save_placement("a1.w0", "a1", CPU_PART, ("identity",))
+        store.save_placement(PlannedWorker("a1.w0", "a1", CPU_PART, ("identity",)))
         moved = Partition(device_id="cpu0", kind="cpu", cores=(1,))
-        store.save_placement("a1.w0", "a2", moved, ("digits-linear",))
-        assert store.placements() == [("a1.w0", "a2", moved, ("digits-linear",))]
+        store.save_placement(PlannedWorker("a1.w0", "a2", moved, ("digits-linear",)))
+        assert store.placements() == [PlannedWorker("a1.w0", "a2", moved, ("digits-linear",))]
     finally:
         store.close()
 
@@ -42,15 +43,15 @@ def test_saving_a_worker_again_replaces_its_placement(tmp_path: Path) -> None:
 def test_deleted_placement_stays_deleted_after_reopening(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     store = StateStore(path)
-    store.save_placement("a1.w0", "a1", CPU_PART, ("identity",))
-    store.save_placement("a1.w1", "a1", CPU_PART, ("digits-mlp",))
+    store.save_placement(PlannedWorker("a1.w0", "a1", CPU_PART, ("identity",)))
+    store.save_placement(PlannedWorker("a1.w1", "a1", CPU_PART, ("digits-mlp",)))
     store.delete_placement("a1.w0")
     store.delete_placement("never-saved")
     store.close()
 
     store = StateStore(path)  # reopened
     try:
-        assert [w for w, *_ in store.placements()] == ["a1.w1"]
+        assert [w.worker_id for w in store.placements()] == ["a1.w1"]
     finally:
         store.close()
 

@@ -1,0 +1,158 @@
+"""Make-before-break moves from the running workers to a new layout. Pure and synchronous.
+
+A transition starts the workers the new layout adds and waits until every one is ready; only
+then does routing switch (the workers it retires are marked draining: they finish what they
+hold and take nothing new), and after a drain period they are stopped. Workers that the new
+layout keeps unchanged are never touched. If a new worker does not come up in time the
+transition is abandoned: the new workers are stopped and the old layout keeps serving, so a
+re-plan never drops a request.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from controller.placement import PlannedWorker
+from protocol.types import Partition
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredWorker:
+    """One gpu-let of a plan: a partition of ``size`` (cores, or MPS %) serving these variants."""
+
+    agent_id: str
+    device_id: str
+    kind: str
+    size: int
+    variants: tuple[str, ...]
+    batches: tuple[tuple[str, int], ...] = ()  # the plan's batch size per variant
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    DRAINING = "draining"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    start: tuple[PlannedWorker, ...] = ()
+    drain: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+
+
+def _shape(w: PlannedWorker) -> tuple:
+    size = len(w.partition.cores) if w.partition.kind != "cuda" else w.partition.mps_percent
+    return (w.agent_id, w.partition.device_id, w.partition.kind, size, tuple(sorted(w.variants)))
+
+
+def _desired_shape(d: DesiredWorker) -> tuple:
+    return (d.agent_id, d.device_id, d.kind, d.size, tuple(sorted(d.variants)))
+
+
+@dataclass(slots=True)
+class Transition:
+    keep: tuple[str, ...]
+    new: tuple[PlannedWorker, ...]
+    retire: tuple[str, ...]
+    started_at: float
+    start_timeout_s: float
+    drain_s: float
+    phase: Phase = Phase.STARTING
+    drain_started: float = 0.0
+    issued: set[str] = field(default_factory=set)
+
+    def step(self, ready: set[str], now: float) -> Actions:
+        """Advance with the set of ready worker ids; returns what to do now (each action once)."""
+        if self.phase is Phase.STARTING:
+            pending = [w for w in self.new if w.worker_id not in self.issued]
+            self.issued.update(w.worker_id for w in pending)
+            if all(w.worker_id in ready for w in self.new):
+                self.phase = Phase.DRAINING
+                self.drain_started = now
+                return Actions(start=tuple(pending), drain=self.retire)
+            if now - self.started_at > self.start_timeout_s:
+                self.phase = Phase.ABANDONED
+                return Actions(stop=tuple(w.worker_id for w in self.new))
+            return Actions(start=tuple(pending))
+        if self.phase is Phase.DRAINING and now - self.drain_started >= self.drain_s:
+            self.phase = Phase.DONE
+            return Actions(stop=self.retire)
+        return Actions()
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.ABANDONED)
+
+
+def begin(
+    current: Sequence[PlannedWorker],
+    desired: Sequence[DesiredWorker],
+    device_cores: Mapping[tuple[str, str], int],
+    *,
+    generation: int,
+    now: float,
+    start_timeout_s: float = 60.0,
+    drain_s: float = 2.0,
+) -> Transition | None:
+    """The transition from ``current`` to ``desired``; None when they are the same layout."""
+    remaining = list(current)
+    keep: list[PlannedWorker] = []
+    todo: list[DesiredWorker] = []
+    for d in sorted(desired, key=_desired_shape):
+        match = next((w for w in remaining if _shape(w) == _desired_shape(d)), None)
+        if match is None:
+            todo.append(d)
+        else:
+            remaining.remove(match)
+            keep.append(match)
+    if not todo and not remaining:
+        return None
+    new = _assign(todo, keep, remaining, device_cores, generation)
+    return Transition(
+        keep=tuple(w.worker_id for w in keep),
+        new=tuple(new),
+        retire=tuple(sorted(w.worker_id for w in remaining)),
+        started_at=now,
+        start_timeout_s=start_timeout_s,
+        drain_s=drain_s,
+    )
+
+
+def _assign(
+    todo: Sequence[DesiredWorker], keep: Sequence[PlannedWorker], retire: Sequence[PlannedWorker],
+    device_cores: Mapping[tuple[str, str], int], generation: int,
+) -> list[PlannedWorker]:
+    """Partitions for the new workers: free cores first, then cores of workers being retired
+    (shared only while the transition runs), never cores of workers that stay."""
+    out = []
+    taken: dict[tuple[str, str], set[int]] = {}
+    for w in keep:
+        taken.setdefault((w.agent_id, w.partition.device_id), set()).update(w.partition.cores)
+    leaving: dict[tuple[str, str], list[int]] = {}
+    for w in retire:
+        leaving.setdefault((w.agent_id, w.partition.device_id), []).extend(w.partition.cores)
+    for i, d in enumerate(todo):
+        key = (d.agent_id, d.device_id)
+        if d.kind == "cuda":
+            partition = Partition(device_id=d.device_id, kind="cuda", mps_percent=d.size)
+        else:
+            total = device_cores.get(key, d.size)
+            used = taken.setdefault(key, set())
+            free = [c for c in range(total) if c not in used and c not in leaving.get(key, [])]
+            free += [c for c in leaving.get(key, []) if c not in used and c not in free]
+            free += [c for c in range(total) if c not in free]  # oversubscribe rather than fail
+            cores = tuple(sorted(free[: d.size]))
+            used.update(cores)
+            partition = Partition(device_id=d.device_id, kind=d.kind, cores=cores)
+        out.append(PlannedWorker(
+            worker_id=f"{d.agent_id}.g{generation}.w{i}",
+            agent_id=d.agent_id,
+            partition=partition,
+            variants=tuple(sorted(d.variants)),
+            batches=tuple(sorted(d.batches)),
+        ))
+    return out

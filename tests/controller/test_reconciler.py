@@ -1,0 +1,62 @@
+"""Make-before-break transitions between layouts, driven by hand."""
+
+from __future__ import annotations
+
+from controller.placement import PlannedWorker
+from controller.reconciler import DesiredWorker, Phase, begin
+from protocol.types import Partition
+
+CORES = {("a1", "cpu0"): 2}
+
+
+def worker(worker_id: str, cores: tuple[int, ...], *variants: str) -> PlannedWorker:
+    return PlannedWorker(worker_id, "a1", Partition(device_id="cpu0", kind="cpu", cores=cores), variants)
+
+
+def want(size: int, *variants: str, batches=()) -> DesiredWorker:
+    return DesiredWorker("a1", "cpu0", "cpu", size, variants, batches)
+
+
+CURRENT = [worker("a1.w0", (0,), "cnn"), worker("a1.w1", (1,), "linear", "mlp")]
+
+
+def test_the_same_layout_needs_no_transition() -> None:
+    assert begin(CURRENT, [want(1, "cnn"), want(1, "mlp", "linear")], CORES, generation=2, now=0.0) is None
+
+
+def test_new_workers_start_first_then_old_ones_drain_then_stop() -> None:
+    t = begin(CURRENT, [want(1, "cnn"), want(1, "linear"), want(1, "mlp")], CORES, generation=2, now=0.0,
+              drain_s=2.0)
+    assert t.keep == ("a1.w0",) and t.retire == ("a1.w1",)
+    assert [w.worker_id for w in t.new] == ["a1.g2.w0", "a1.g2.w1"]
+    assert sorted(v for w in t.new for v in w.variants) == ["linear", "mlp"]
+
+    first = t.step(ready={"a1.w0", "a1.w1"}, now=0.1)
+    assert [w.worker_id for w in first.start] == ["a1.g2.w0", "a1.g2.w1"]
+    assert first.drain == () and first.stop == ()  # nothing leaves before its successors serve
+    assert t.step(ready={"a1.w0", "a1.w1", "a1.g2.w0"}, now=1.0).start == ()  # each command once
+    switch = t.step(ready={"a1.w0", "a1.w1", "a1.g2.w0", "a1.g2.w1"}, now=2.0)
+    assert switch.drain == ("a1.w1",) and switch.stop == ()
+    assert t.step(ready=set(), now=3.0).stop == ()  # still draining
+    done = t.step(ready=set(), now=4.0)
+    assert done.stop == ("a1.w1",) and t.phase is Phase.DONE and t.finished
+
+
+def test_a_new_worker_that_never_comes_up_abandons_the_move() -> None:
+    t = begin(CURRENT, [want(2, "cnn", "linear", "mlp")], CORES, generation=3, now=0.0, start_timeout_s=5.0)
+    t.step(ready=set(CURRENT_IDS := {"a1.w0", "a1.w1"}), now=0.0)
+    out = t.step(ready=CURRENT_IDS, now=6.0)
+    assert t.phase is Phase.ABANDONED
+    assert out.stop == ("a1.g3.w0",) and out.drain == ()  # the old layout keeps serving
+
+
+def test_new_partitions_avoid_cores_of_workers_that_stay() -> None:
+    t = begin(CURRENT, [want(1, "cnn"), want(1, "linear", "mlp", batches=(("mlp", 8),))], CORES,
+              generation=4, now=0.0)
+    assert t is None  # same shapes: kept as they are
+    t = begin(CURRENT, [want(1, "cnn"), want(1, "linear")], CORES, generation=4, now=0.0)
+    (new,) = t.new
+    assert new.partition.cores == (1,)  # core 0 stays with the cnn worker; core 1 is being freed
+    t = begin(CURRENT, [want(2, "cnn", "linear", "mlp")], CORES, generation=5, now=0.0)
+    (new,) = t.new
+    assert new.partition.cores == (0, 1) and sorted(t.retire) == ["a1.w0", "a1.w1"]
