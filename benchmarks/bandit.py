@@ -120,7 +120,7 @@ def qoe(app: str, device: str, phase: int, budget_ms: float, latency_ms: np.ndar
 _QUANTILES = None
 
 
-def expected_qoe(app: str, device: str, phase: int, budget_ms: float, queue_ms: float) -> np.ndarray:
+def expected_qoe(app: str, device: str, phase: int, budget_ms: float, queue_ms: float, binary: bool) -> np.ndarray:
     """True expected reward of each variant: over latency jitter (quantile grid) and reward noise (exact)."""
     global _QUANTILES
     if _QUANTILES is None:
@@ -130,7 +130,7 @@ def expected_qoe(app: str, device: str, phase: int, budget_ms: float, queue_ms: 
     base = true_slowdown(device, phase) * profiled_ms(device)
     lat = queue_ms + base[:, None] * _QUANTILES[None, :]
     q = np.stack([qoe(app, device, phase, budget_ms, lat[:, k]) for k in range(lat.shape[1])], axis=1)
-    return _clip_mean(q, NOISE_SD).mean(axis=1)
+    return (q if binary else _clip_mean(q, NOISE_SD)).mean(axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +146,13 @@ class Step:
     reward: np.ndarray  # realised reward per variant (common random numbers)
 
 
-def world(seed: int, decisions: int) -> tuple[list[Step], int]:
-    """The request stream of one seed, with trackers fed by background traffic."""
+def world(seed: int, decisions: int, feedback: str = "graded") -> tuple[list[Step], int]:
+    """The request stream of one seed, with trackers fed by background traffic.
+
+    ``graded`` feedback is the QoE plus normal noise, clipped to [0, 1]; ``binary`` is a thumbs up
+    with probability QoE (satisfied or not), far noisier.
+    """
+    binary = feedback == "binary"
     rng = np.random.default_rng(seed)
     trackers = {(d, v): SlowdownTracker() for d in DEVICES for v in range(len(VARIANTS))}
     cache: dict[tuple[str, str, int, float, float], np.ndarray] = {}
@@ -176,11 +181,12 @@ def world(seed: int, decisions: int) -> tuple[list[Step], int]:
             continue
         key = (app, device, phase, budget, load)
         if key not in cache:
-            cache[key] = expected_qoe(app, device, phase, budget, queue_ms)
+            cache[key] = expected_qoe(app, device, phase, budget, queue_ms, binary)
         jitter = np.exp(JITTER_SIGMA * rng.standard_normal(len(VARIANTS)))
         latency = queue_ms + true_slowdown(device, phase) * profiled_ms(device) * jitter
-        reward = np.clip(qoe(app, device, phase, budget, latency) + NOISE_SD * rng.standard_normal(len(VARIANTS)),
-                         0.0, 1.0)
+        q = qoe(app, device, phase, budget, latency)
+        noise = rng.random(len(VARIANTS)) if binary else rng.standard_normal(len(VARIANTS))
+        reward = (noise < q).astype(float) if binary else np.clip(q + NOISE_SD * noise, 0.0, 1.0)
         steps.append(Step(context={"app": app, "device": device, "segment": segment}, budget_ms=budget, load=load,
                           candidates=tuple(cands), index=tuple(VARIANTS.index(c.variant) for c in cands),
                           expected=cache[key], reward=reward))
@@ -245,9 +251,9 @@ def run_oracle(steps: list[Step]) -> list[int]:
 
 # --- one seed, many seeds ----------------------------------------------------------------------
 
-def run_seed(seed: int, decisions: int, vw_args: str, every: int, sync_every: int) -> dict[str, Any]:
+def run_seed(seed: int, decisions: int, vw_args: str, every: int, sync_every: int, feedback: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    steps, rejected = world(seed, decisions)
+    steps, rejected = world(seed, decisions, feedback)
     t_world = time.perf_counter() - t0
     t1 = time.perf_counter()
     choices = {"vw": run_vw(steps, seed, vw_args, sync_every)}
@@ -332,7 +338,7 @@ def summarise(runs: list[dict[str, Any]], options: argparse.Namespace) -> dict[s
     return {
         "benchmark": "bandit",
         "config": {"decisions": options.decisions, "seeds": options.seeds, "vw_args": options.vw_args,
-                   "sync_every": options.sync_every,
+                   "sync_every": options.sync_every, "feedback": options.feedback,
                    "change_at": options.decisions // 2, "variants": list(VARIANTS), "apps": list(APPS),
                    "devices": list(DEVICES), "budgets_ms": list(BUDGETS_MS), "noise_sd": NOISE_SD,
                    "jitter_sigma": JITTER_SIGMA, "exp3_eta": EXP3_ETA, "quick": options.quick},
@@ -420,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vw-args", default=DEFAULT_VW_ARGS, help="VW arguments of the selector under test")
     p.add_argument("--sync-every", type=int, default=100,
                    help="decisions between policy snapshots pushed to the deciding replica (default 100)")
+    p.add_argument("--feedback", choices=("graded", "binary"), default="graded",
+                   help="graded: QoE plus noise (default); binary: satisfied or not, with probability QoE")
     p.add_argument("--every", type=int, default=100, help="decisions between curve points")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path (the PNG goes beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -428,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         options.seeds = 3 if options.quick else 10
     if options.decisions < 2 or options.seeds < 1 or options.every < 1 or options.sync_every < 1:
         p.error("--decisions needs at least 2; --seeds, --every and --sync-every at least 1")
-    runs = [run_seed(1000 + k, options.decisions, options.vw_args, options.every, options.sync_every)
+    runs = [run_seed(1000 + k, options.decisions, options.vw_args, options.every, options.sync_every, options.feedback)
             for k in range(options.seeds)]
     report = summarise(runs, options)
     options.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,12 @@ class ControllerConfig:
     missed_heartbeats: int = 4
     cpu_cores_per_partition: int = 1
     max_partitions_per_device: int = 8
-    stop_drain_s: float = 1.0
+    stop_drain_s: float = 2.0
+    # Online re-planning: "gpulet" (elastic partitioning), "temporal", "whole", or "static" (keep
+    # the initial placement). A re-plan waits for profiles and runs at most once a period.
+    planner: str = "gpulet"
+    replan_period_s: float = 10.0
+    worker_start_timeout_s: float = 120.0
     policy_publish_interval_s: float = 1.0
     # Measure (variant, partition, batch) latencies when a device or variant has no profile yet.
     auto_profile: bool = True

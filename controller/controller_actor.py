@@ -20,9 +20,10 @@ import zmq.asyncio
 from controller.config import ControllerConfig
 from controller.placement import PlannedWorker, extend_placement, initial_placement
 from controller.demand import DemandTracker
+from controller.layout_manager import LayoutManager, LayoutPolicy
 from controller.learner import Learner
 from controller.profiling import ProfilingRuns
-from controller.registry import Registry
+from controller.registry import LEAVING, Registry
 from controller.repository import Variant, load_repository
 from controller.store import StateStore
 from mesh.actor import Actor
@@ -80,6 +81,7 @@ class ControllerActor(Actor):
         self._by_sha: dict[str, Variant] = {}
         self._tasks: list[asyncio.Task] = []
         self._learner: Learner | None = None
+        self._layout: LayoutManager | None = None
         self._profiling = ProfilingRuns()
         self._demand = DemandTracker()
         self._last_publish = float("-inf")
@@ -104,6 +106,11 @@ class ControllerActor(Actor):
                 self._registry.plan_worker(dataclasses.replace(plan, variants=kept))
         self._registry.routing_table()  # version 1 of this epoch: every model, no worker yet
         self._learner = Learner(self.config.state_dir)
+        self._layout = LayoutManager(
+            LayoutPolicy(policy=self.config.planner, replan_period_s=self.config.replan_period_s,
+                         drain_s=self.config.stop_drain_s, start_timeout_s=self.config.worker_start_timeout_s),
+            self._registry, self._store, self._demand, self._start_command, generation=self._epoch,
+        )
         self._endpoint = Endpoint.router(self._ctx, self.config.bind)
         self.address = self._endpoint.address
         self._tasks = [
@@ -187,6 +194,8 @@ class ControllerActor(Actor):
             case WorkerStarted(worker_id=worker_id, pid=pid) if kind == "agent":
                 reg.worker_started(worker_id, pid)
             case WorkerStopped(worker_id=worker_id) if kind == "agent":
+                assert self._layout is not None
+                self._layout.worker_stopped(worker_id)
                 reg.worker_down(worker_id, "stopped")
             case WorkerCrashed(worker_id=worker_id, restarts=restarts, will_restart=again) if kind == "agent":
                 reg.worker_down(worker_id, "crashed" if not again else "restarting", restarts)
@@ -257,18 +266,28 @@ class ControllerActor(Actor):
                 store.save_placement(plan)
                 reg.plan_worker(plan)
         for plan in planned:
-            await self._send(
-                peer,
-                StartWorker(
-                    worker_id=plan.worker_id,
-                    partition=plan.partition,
-                    variants=tuple(reg.variants[n].spec() for n in plan.variants),
-                    gateways=reg.gateway_endpoints(),
-                    controller=self.advertised_address,
-                ),
-            )
+            if reg.workers[plan.worker_id].state not in LEAVING:
+                await self._send(peer, self._start_command(plan))
         if self.config.auto_profile:
             await self._profile_agent(agent_id)
+
+    def _start_command(self, plan: PlannedWorker) -> StartWorker:
+        reg = self._registry
+        assert reg is not None
+        batches = dict(plan.batches)
+        specs = []
+        for name in plan.variants:
+            spec = reg.variants[name].spec()
+            if name in batches:  # the plan's batch size caps the manifest's
+                spec = dataclasses.replace(spec, max_batch=max(1, min(spec.max_batch, batches[name])))
+            specs.append(spec)
+        return StartWorker(
+            worker_id=plan.worker_id,
+            partition=plan.partition,
+            variants=tuple(specs),
+            gateways=reg.gateway_endpoints(),
+            controller=self.advertised_address,
+        )
 
     async def _profile_agent(self, agent_id: str, *, everything: bool = False) -> None:
         reg, store = self._registry, self._store
@@ -337,6 +356,9 @@ class ControllerActor(Actor):
             log.warning("peers lost", extra={"peers": lost})
             if any(k.startswith("gateway:") for k in lost):
                 await self._broadcast_gateways()
+        assert self._layout is not None
+        for agent_id, command in self._layout.tick(now):
+            await self._send(f"agent:{agent_id}".encode(), command)
         if now - self._last_publish >= self.config.policy_publish_interval_s:
             self._last_publish = now
             assert self._learner is not None

@@ -16,6 +16,10 @@ from protocol.message import RoutingTable
 from protocol.types import AgentStatus, DeviceInfo, ModelStatus, WorkerRoute, WorkerStatus
 
 
+# States of a worker that a new layout retires: it answers what it holds but takes nothing new.
+LEAVING = frozenset({"draining", "stopping"})
+
+
 @dataclass(slots=True)
 class AgentRecord:
     agent_id: str
@@ -79,7 +83,8 @@ class Registry:
         if not self.agent_alive(record.plan.agent_id, now):
             record.state = "lost"  # routed again once its agent heartbeats
             return True
-        record.state = "ready"
+        if record.state not in LEAVING:  # a retiring worker stays retiring while it finishes
+            record.state = "ready"
         record.pid = pid
         record.batch_latency_ms = latency
         self.liveness.beat(f"worker:{worker_id}", now)
@@ -91,6 +96,19 @@ class Registry:
             record.state = state
             record.restarts = restarts
             self.liveness.forget(f"worker:{worker_id}")
+
+    def retire(self, worker_id: str, state: str) -> None:
+        """Mark a worker draining (takes nothing new) or stopping (asked to exit)."""
+        record = self.workers.get(worker_id)
+        if record is not None:
+            record.state = state
+
+    def remove_worker(self, worker_id: str) -> None:
+        self.workers.pop(worker_id, None)
+        self.liveness.forget(f"worker:{worker_id}")
+
+    def ready_ids(self) -> set[str]:
+        return {w for w, r in self.workers.items() if r.state == "ready"}
 
     def workers_of(self, agent_id: str) -> list[WorkerRecord]:
         return [w for w in self.workers.values() if w.plan.agent_id == agent_id]
@@ -137,9 +155,10 @@ class Registry:
     def routing_table(self) -> RoutingTable | None:
         """The current table if it differs from the last one returned, else None."""
         routes = tuple(
-            WorkerRoute(worker_id=w.plan.worker_id, variants=w.plan.variants, latency_ms=w.batch_latency_ms)
+            WorkerRoute(worker_id=w.plan.worker_id, variants=w.plan.variants, latency_ms=w.batch_latency_ms,
+                        draining=w.state in LEAVING)
             for w in sorted(self.workers.values(), key=lambda w: w.plan.worker_id)
-            if w.state == "ready"
+            if w.state == "ready" or (w.state in LEAVING and w.batch_latency_ms)
         )
         models = tuple(v.info() for v in sorted(self.variants.values(), key=lambda v: v.name))
         key = (routes, models)

@@ -152,10 +152,11 @@ class Fleet:
 
     # --- moves ------------------------------------------------------------------------------
 
-    def open(self, device: Device, size: int, variant: str, want: float, *, keep: float) -> float:
+    def open(self, device: Device, size: int, variant: str, want: float, *, keep: float, commit: bool = True) -> float:
         """A new gpu-let of ``size`` on ``device`` for ``variant``, carrying up to ``want`` rps.
         Returns the rate carried (0.0 when rejected: no fit, memory, or interference costs more
-        than ``1 - keep`` of what the new gpu-let would carry alone)."""
+        than ``1 - keep`` of what the new gpu-let would carry alone). ``commit=False`` only
+        reports what the move would carry."""
         kind = device.slot.kind
         if size > device.free or len(device.lets) >= device.limit or want <= TINY_RPS:
             return 0.0
@@ -174,8 +175,10 @@ class Fleet:
             return 0.0
         lets = [let.copy() for let in device.lets]
         lets.append(new)
-        if not self._accept(device, lets, new, variant, solo, keep):
+        if not self._accept(device, lets, new, variant, solo, keep, commit=commit):
             return 0.0
+        if not commit:
+            return new.items[0].rate if new.items else 0.0
         self._serial += 1
         self._commit(device, lets, added_memory=self.overhead + self.needs[variant].memory_bytes)
         return new.items[0].rate if new.items else 0.0
@@ -296,7 +299,7 @@ class Fleet:
             worst = max(worst, 1.0 + excess)
         return worst
 
-    def _accept(self, device: Device, lets: list[Let], changed: Let, variant: str, offered: float, keep: float) -> bool:
+    def _accept(self, device: Device, lets: list[Let], changed: Let, variant: str, offered: float, keep: float, *, commit: bool = True) -> bool:
         """Raise alphas on ``device`` until they cover the predicted slowdowns (refitting, and
         shedding rate where a cycle no longer fits), then accept if the moved variant's gain minus
         what neighbours lost is at least ``keep`` × ``offered``."""
@@ -326,6 +329,8 @@ class Fleet:
                 shed[key[1]] = shed.get(key[1], 0.0) + drop
         if gained <= TINY_RPS or gained - sum(shed.values()) < keep * offered:
             return False
+        if not commit:
+            return True
         for v, rate in sorted(shed.items()):
             self.lost[v] = self.lost.get(v, 0.0) + rate
         return True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from controller.planning.error import DuplicateDemand, UnknownPolicy
 from controller.planning.fleet import TINY_RPS, Fleet, Need
 from controller.planning.interference import InterferenceModel
-from controller.planning.policy import POLICIES, run_policy
+from controller.planning.policy import POLICIES, STRATEGIES, run_strategy
 from controller.planning.profile import LatencyModel
 
 MAX_BATCH = 32
@@ -93,6 +93,7 @@ class Plan:
     gpulets: tuple[GpuLet, ...]
     unserved: Mapping[str, float] = field(default_factory=dict)  # variant -> rps the plan cannot carry
     policy: str = "gpulet"
+    strategy: str = ""  # which of the policy's candidate packings produced this plan
 
     def routing_weights(self) -> dict[str, dict[int, float]]:
         """variant -> {index into ``gpulets``: fraction of the variant's served rate}."""
@@ -151,19 +152,29 @@ def plan(
         seen.add(d.variant)
     ordered = sorted(demands, key=lambda d: d.variant)
     needs = {d.variant: Need(d.variant, d.slo_ms, d.memory_bytes) for d in ordered}
-    fleet = Fleet(
-        devices,
-        needs,
-        latency,
-        interference if policy == "gpulet" else InterferenceModel.none(),
-        max_batch=max_batch,
-        max_models=1 if policy == "whole" else max_models_per_gpulet,
-        worker_overhead_bytes=worker_overhead_bytes,
-    )
-    menus = {kind: _menu(kind, fleet.capacity(kind), partition_menu) for kind in fleet.kinds()}
-    remaining = {d.variant: float(d.rate_rps) for d in ordered}
-    run_policy(policy, fleet, remaining, menus, min_residual_rps=min_residual_rps, keep=keep)
-    return _to_plan(fleet, remaining, policy)
+    best: tuple[tuple, Plan] | None = None
+    for rank, strategy in enumerate(STRATEGIES[policy]):
+        spatial = strategy.startswith("gpulet")
+        fleet = Fleet(
+            devices,
+            needs,
+            latency,
+            interference if spatial else InterferenceModel.none(),  # whole devices have no neighbours
+            max_batch=max_batch,
+            max_models=1 if strategy == "whole" else max_models_per_gpulet,
+            worker_overhead_bytes=worker_overhead_bytes,
+        )
+        menus = {kind: _menu(kind, fleet.capacity(kind), partition_menu) for kind in fleet.kinds()}
+        remaining = {d.variant: float(d.rate_rps) for d in ordered}
+        run_strategy(strategy, fleet, remaining, menus, min_residual_rps=min_residual_rps, keep=keep)
+        candidate = _to_plan(fleet, remaining, policy, strategy)
+        key = (round(candidate.total_unserved(), 6), candidate.devices_used(), len(candidate.gpulets), rank)
+        if best is None or key < best[0]:
+            best = (key, candidate)
+        if key[0] == 0 and rank == 0:
+            break  # the first strategy carries everything: keep the plan the policy is named for
+    assert best is not None
+    return best[1]
 
 
 def _menu(kind: str, capacity: int, menu: Mapping[str, Sequence[int]] | None) -> tuple[int, ...]:
@@ -176,7 +187,7 @@ def _menu(kind: str, capacity: int, menu: Mapping[str, Sequence[int]] | None) ->
     return tuple(sorted({int(s) for s in sizes if 0 < int(s) <= capacity}))
 
 
-def _to_plan(fleet: Fleet, remaining: Mapping[str, float], policy: str) -> Plan:
+def _to_plan(fleet: Fleet, remaining: Mapping[str, float], policy: str, strategy: str) -> Plan:
     gpulets = []
     for device in fleet.devices:
         kind = device.slot.kind
@@ -187,7 +198,7 @@ def _to_plan(fleet: Fleet, remaining: Mapping[str, float], policy: str) -> Plan:
             )
             gpulets.append(GpuLet(device.slot.device_id, kind, let.size, assignments, let.duty, let.alpha))
     unserved = {v: r for v, r in sorted(remaining.items()) if r > TINY_RPS}
-    return Plan(tuple(gpulets), unserved, policy)
+    return Plan(tuple(gpulets), unserved, policy, strategy)
 
 
 def max_rate(

@@ -15,13 +15,18 @@ from collections.abc import Mapping, MutableMapping
 from controller.planning.fleet import MAX_ATTEMPTS, TINY_RPS, Device, Fleet, occupancy
 
 POLICIES = ("gpulet", "temporal", "whole")
+STRATEGIES = {  # what plan() tries per policy; it keeps the candidate that carries the most
+    "gpulet": ("gpulet", "gpulet-share", "temporal"),
+    "temporal": ("temporal",),
+    "whole": ("whole",),
+}
 KNEE_GAIN = 1.05  # growing a partition must add at least 5 % throughput to count as efficient
 FALLBACK_ROUNDS = 3
 SHARE_ATTEMPTS = 16
 
 
-def run_policy(
-    policy: str,
+def run_strategy(
+    strategy: str,
     fleet: Fleet,
     remaining: MutableMapping[str, float],
     menus: Mapping[str, tuple[int, ...]],
@@ -29,10 +34,12 @@ def run_policy(
     min_residual_rps: float,
     keep: float,
 ) -> None:
-    """Place as much of ``remaining`` (variant -> rps) as the policy can; leaves the rest in it."""
-    if policy == "gpulet":
-        _gpulet(fleet, remaining, menus, min_residual_rps, keep)
-    elif policy == "temporal":
+    """Place as much of ``remaining`` (variant -> rps) as the strategy can; leaves the rest in it."""
+    if strategy == "gpulet":
+        _gpulet(fleet, remaining, menus, min_residual_rps, keep, share_first=False)
+    elif strategy == "gpulet-share":
+        _gpulet(fleet, remaining, menus, min_residual_rps, keep, share_first=True)
+    elif strategy == "temporal":
         _temporal(fleet, remaining)
     else:
         _whole(fleet, remaining)
@@ -90,33 +97,57 @@ def _absorb(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
 # --- gpulet -------------------------------------------------------------------------------------
 
 
-def place_piece(fleet: Fleet, variant: str, kind: str, size: int, want: float, keep: float) -> float:
-    """Best fit for a gpu-let of ``size``: a partly used device with exactly that much free, else a
-    whole device split to ``size``, else the partly used device with the least free room above
-    it (on a CUDA device the second gpu-let takes all that is left). Returns the rate carried."""
+def _slots(fleet: Fleet, kind: str, size: int) -> list[tuple[int, int]]:
+    """Best-fit order for a new gpu-let of ``size``, as (device index, size it would get): partly
+    used devices with exactly that much free, a whole device split to ``size``, then partly used
+    devices with the least room above it (on a CUDA device the second gpu-let takes all that is
+    left). Bounded to a few interference-checked candidates."""
     cuda = kind.startswith("cuda")
     partial = fleet.partial_free(kind)
+    out: list[tuple[int, int]] = []
     start = bisect.bisect_left(partial, (size, -1))
-    attempts = 0
-    for free, index in list(partial[start:start + MAX_ATTEMPTS]):
+    for free, index in partial[start:start + MAX_ATTEMPTS]:
         if free != size:
             break
-        attempts += 1
-        carried = fleet.open(fleet.devices[index], size, variant, want, keep=keep)
-        if carried > TINY_RPS:
-            return carried
+        out.append((index, size))
     whole = fleet.whole_free(kind)
     at = bisect.bisect_left(whole, (size, -1))
     if at < len(whole):
-        carried = fleet.open(fleet.devices[whole[at][1]], size, variant, want, keep=keep)
-        if carried > TINY_RPS:
-            return carried
+        out.append((whole[at][1], size))
     start = bisect.bisect_right(partial, (size, len(fleet.devices)))
-    for free, index in list(partial[start:start + MAX_ATTEMPTS - attempts]):
-        carried = fleet.open(fleet.devices[index], free if cuda else size, variant, want, keep=keep)
+    for free, index in partial[start:start + max(1, MAX_ATTEMPTS - len(out))]:
+        out.append((index, free if cuda else size))
+    return out
+
+
+def place_piece(fleet: Fleet, variant: str, kind: str, size: int, want: float, keep: float) -> float:
+    """A gpu-let of ``size`` for ``variant`` in the first best-fit slot that accepts it."""
+    for index, let_size in _slots(fleet, kind, size):
+        carried = fleet.open(fleet.devices[index], let_size, variant, want, keep=keep)
         if carried > TINY_RPS:
             return carried
     return 0.0
+
+
+def place_residue(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], want: float, upto: int, keep: float) -> float:
+    """The smallest gpu-let that carries all of ``want`` where it would land, predicted slowdown
+    included (sizes from the interference-free minimum up to ``upto``); if none carries it all,
+    the one that carries the most."""
+    first = residue_size(fleet, variant, kind, menu, want, upto)
+    best: tuple[float, int, int] | None = None
+    for size in (p for p in menu if first <= p <= upto):
+        for index, let_size in _slots(fleet, kind, size):
+            carried = fleet.open(fleet.devices[index], let_size, variant, want, keep=keep, commit=False)
+            if carried <= TINY_RPS:
+                continue
+            if carried >= want * (1 - 1e-9):
+                return fleet.open(fleet.devices[index], let_size, variant, want, keep=keep)
+            if best is None or carried > best[0] * (1 + 1e-9):
+                best = (carried, index, let_size)
+            break
+    if best is None:
+        return 0.0
+    return fleet.open(fleet.devices[best[1]], best[2], variant, want, keep=keep)
 
 
 def place_anywhere(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], want: float, keep: float) -> float:
@@ -148,7 +179,7 @@ def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float, 
     return carried_total
 
 
-def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_residual: float, keep: float) -> None:
+def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_residual: float, keep: float, *, share_first: bool) -> None:
     ranked = {v: _ranked(fleet, v, r, menus, whole=False) for v, r in remaining.items() if r > TINY_RPS}
     order = sorted(ranked, key=lambda v: (-_need(ranked[v], remaining[v]), v))
     # 1. saturated gpu-lets at each variant's most efficient size
@@ -162,16 +193,18 @@ def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_resi
                 break
             remaining[v] -= carried
             _absorb(fleet, remaining)
-    # 2. one residue gpu-let each, largest residue first
+    # 2. residues, largest first: a gpu-let of their own (after temporal sharing when share_first)
     for v in sorted(order, key=lambda u: (-remaining[u], u)):
-        if not ranked[v] or remaining[v] <= max(min_residual, TINY_RPS):
+        if not ranked[v] or remaining[v] <= TINY_RPS:
             continue
         kind, size, _ = ranked[v][0]
+        if share_first or remaining[v] <= min_residual:
+            remaining[v] -= share_into(fleet, v, kind, remaining[v], keep)
+            _absorb(fleet, remaining)
         for _ in range(3):
-            if remaining[v] <= TINY_RPS:
+            if remaining[v] <= max(min_residual, TINY_RPS):
                 break
-            piece = residue_size(fleet, v, kind, menus[kind], remaining[v], size)
-            carried = place_piece(fleet, v, kind, piece, remaining[v], keep)
+            carried = place_residue(fleet, v, kind, menus[kind], remaining[v], size, keep)
             if carried <= TINY_RPS:
                 break
             remaining[v] -= carried
@@ -181,13 +214,15 @@ def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_resi
         pending = [v for v in order if remaining[v] > TINY_RPS and ranked[v]]
         if not pending:
             break
-        for v in pending:
+        for v in sorted(pending, key=lambda u: (-remaining[u], u)):
             for kind, size, sat in ranked[v]:
                 remaining[v] -= share_into(fleet, v, kind, remaining[v], keep)
                 _absorb(fleet, remaining)
                 while remaining[v] > max(min_residual, TINY_RPS):
-                    piece = size if remaining[v] >= sat else residue_size(fleet, v, kind, menus[kind], remaining[v], size)
-                    carried = place_piece(fleet, v, kind, piece, remaining[v], keep)
+                    if remaining[v] >= sat:
+                        carried = place_piece(fleet, v, kind, size, remaining[v], keep)
+                    else:
+                        carried = place_residue(fleet, v, kind, menus[kind], remaining[v], size, keep)
                     if carried <= TINY_RPS:
                         carried = place_anywhere(fleet, v, kind, menus[kind], remaining[v], keep=0.0)
                     if carried <= TINY_RPS:

@@ -1,0 +1,119 @@
+"""Online re-planning: when demand moves, plan a new layout and move the mesh to it make-before-break.
+
+Synchronous: ``tick`` takes ``now`` and returns the commands for the controller actor to send
+(to agents), so the policy — period, hysteresis, one transition at a time — is testable without
+sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controller.demand import DemandTracker, replan_due
+from controller.placement import PlannedWorker
+from controller.reconciler import Transition, begin
+from controller.registry import Registry
+from controller.replanner import Layout, layout
+from controller.store import StateStore
+from protocol.message import StartWorker, StopWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutPolicy:
+    policy: str = "gpulet"  # or "temporal", "whole"; "static" keeps the initial placement
+    replan_period_s: float = 10.0
+    drain_s: float = 2.0
+    start_timeout_s: float = 120.0
+    floor_rps: float = 1.0
+
+
+class LayoutManager:
+    """Owns the current plan and the transition in progress. Not thread-safe; the actor owns it."""
+
+    def __init__(self, settings: LayoutPolicy, registry: Registry, store: StateStore, demand: DemandTracker,
+                 start_command: Callable[[PlannedWorker], StartWorker], *, generation: int) -> None:
+        self.settings = settings
+        self._registry = registry
+        self._store = store
+        self._demand = demand
+        self._start_command = start_command
+        self.generation = generation * 1000
+        self.transition: Transition | None = None
+        self.current: Layout | None = None
+        self._planned_for: dict[str, float] = {}
+        self._last_plan = float("-inf")
+        self.replans = 0
+
+    def tick(self, now: float) -> list[tuple[str, object]]:
+        if self.settings.policy == "static":
+            return []
+        if self.transition is not None:
+            return self._advance(now)
+        if now - self._last_plan < self.settings.replan_period_s:
+            return []
+        target = self._demand.target()
+        if self.current is not None and not replan_due(self._planned_for, self._floor(target)):
+            return []
+        self._last_plan = now
+        return self._replan(target, now)
+
+    def _floor(self, target: dict[str, float]) -> dict[str, float]:
+        return {v: max(target.get(v, 0.0), self.settings.floor_rps) for v in self._registry.variants}
+
+    def _replan(self, target: dict[str, float], now: float) -> list[tuple[str, object]]:
+        reg = self._registry
+        agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
+        new = layout(agents, reg.variants, self._store.profiles(), self._store.colocations(), target,
+                     policy=self.settings.policy, floor_rps=self.settings.floor_rps)
+        if new is None:
+            return []  # profiles are not in yet: keep serving on the current placement
+        self.current = new
+        self._planned_for = new.planned_for
+        if new.plan.unserved:
+            log.warning("plan leaves demand unserved (req/s): %s", dict(new.plan.unserved))
+        current = [w.plan for w in reg.workers.values()
+                   if w.plan.agent_id in agents and w.state in ("ready", "starting", "restarting")]
+        cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
+        self.generation += 1
+        t = begin(current, new.desired, cores, generation=self.generation, now=now,
+                  start_timeout_s=self.settings.start_timeout_s, drain_s=self.settings.drain_s)
+        if t is None:
+            return []
+        self.replans += 1
+        log.info("re-planning: %d workers kept, %d started, %d retired", len(t.keep), len(t.new), len(t.retire))
+        self.transition = t
+        for plan in t.new:
+            reg.plan_worker(plan)
+            self._store.save_placement(plan)
+        return self._advance(now)
+
+    def _advance(self, now: float) -> list[tuple[str, object]]:
+        t = self.transition
+        assert t is not None
+        actions = t.step(self._registry.ready_ids(), now)
+        out: list[tuple[str, object]] = []
+        for plan in actions.start:
+            out.append((plan.agent_id, self._start_command(plan)))
+        for worker_id in actions.drain:
+            self._registry.retire(worker_id, "draining")
+        for worker_id in actions.stop:
+            record = self._registry.workers.get(worker_id)
+            if record is None:
+                continue
+            self._registry.retire(worker_id, "stopping")
+            self._store.delete_placement(worker_id)
+            out.append((record.plan.agent_id, StopWorker(worker_id=worker_id, drain_s=self.settings.drain_s)))
+        if t.finished:
+            log.info("re-plan %s", t.phase.value)
+            self.transition = None
+        return out
+
+    def worker_stopped(self, worker_id: str) -> None:
+        """A retired worker has exited: it leaves the registry (and the routing table) now."""
+        record = self._registry.workers.get(worker_id)
+        if record is not None and record.state == "stopping":
+            self._registry.remove_worker(worker_id)

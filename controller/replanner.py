@@ -1,0 +1,94 @@
+"""From what the controller knows to the layout the planner wants. Pure and synchronous.
+
+Inputs: the live agents' devices, the repository, stored profiles and co-location samples, and
+the demand target. Output: the planner's Plan and the DesiredWorkers the reconciler moves to.
+Every variant keeps a small floor of planned demand, so a model nobody asked for lately still
+has a worker to answer its next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from controller.planning import (
+    CoLocation,
+    Demand,
+    DeviceSlot,
+    InterferenceModel,
+    LatencyModel,
+    Plan,
+    ProfilePoint,
+    ProfileTable,
+    plan,
+)
+from controller.reconciler import DesiredWorker
+from controller.repository import Variant
+from protocol.types import ColocationSample, DeviceInfo, ProfileSample
+
+MIN_COLOCATIONS_TO_FIT = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    plan: Plan
+    desired: tuple[DesiredWorker, ...]
+    planned_for: dict[str, float]
+
+
+def profile_table(samples: Sequence[ProfileSample]) -> ProfileTable:
+    return ProfileTable(
+        ProfilePoint(variant=s.variant, device_kind=s.device_kind, partition=s.partition, batch=s.batch,
+                     p50_ms=max(s.p50_ms, 1e-6), p99_ms=max(s.p99_ms, s.p50_ms, 1e-6))
+        for s in samples
+    )
+
+
+def interference_model(colocations: Sequence[ColocationSample]) -> InterferenceModel:
+    usable = [c for c in colocations if c.solo_p50_ms > 0]
+    if len(usable) < MIN_COLOCATIONS_TO_FIT:
+        return InterferenceModel.none()
+    return InterferenceModel.fit([
+        CoLocation(device_kind=c.device_kind, a=(c.variant, c.partition, c.batch),
+                   b=(c.other, c.other_partition, c.other_batch), slowdown=max(1.0, c.shared_p50_ms / c.solo_p50_ms))
+        for c in usable
+    ])
+
+
+def layout(
+    agents: Mapping[str, Sequence[DeviceInfo]],
+    variants: Mapping[str, Variant],
+    samples: Sequence[ProfileSample],
+    colocations: Sequence[ColocationSample],
+    target: Mapping[str, float],
+    *,
+    policy: str = "gpulet",
+    floor_rps: float = 1.0,
+    slowdown: Mapping[tuple[str, str], float] | None = None,
+) -> Layout | None:
+    """The layout for ``target`` demand; None until every variant has a profile on some device kind."""
+    kinds = {d.kind for devices in agents.values() for d in devices}
+    profiled = {(s.variant, s.device_kind) for s in samples}
+    if not kinds or any(not any((name, k) in profiled for k in kinds) for name in variants):
+        return None
+    slots, where = [], {}
+    for agent_id in sorted(agents):
+        for d in agents[agent_id]:
+            slot_id = f"{agent_id}/{d.device_id}"
+            capacity = 100 if d.kind == "cuda" else d.cores
+            slots.append(DeviceSlot(device_id=slot_id, kind=d.kind, capacity=capacity))
+            where[slot_id] = (agent_id, d.device_id)
+    planned_for = {name: max(target.get(name, 0.0), floor_rps) for name in sorted(variants)}
+    demands = [Demand(variant=name, rate_rps=rate, slo_ms=variants[name].default_slo_ms)
+               for name, rate in planned_for.items()]
+    result = plan(
+        slots, demands, LatencyModel(profile_table(samples), slowdown=slowdown),
+        interference=interference_model(colocations), policy=policy,
+        max_batch=max(v.max_batch for v in variants.values()),
+    )
+    desired = []
+    for g in result.gpulets:
+        agent_id, device_id = where[g.device_id]
+        batches = tuple(sorted((a.variant, min(a.batch, variants[a.variant].max_batch)) for a in g.assignments))
+        desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches))
+    return Layout(result, tuple(desired), planned_for)
