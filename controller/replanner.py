@@ -44,15 +44,20 @@ def profile_table(samples: Sequence[ProfileSample]) -> ProfileTable:
     )
 
 
-def interference_model(colocations: Sequence[ColocationSample]) -> InterferenceModel:
-    usable = [c for c in colocations if c.solo_p50_ms > 0]
-    if len(usable) < MIN_COLOCATIONS_TO_FIT:
-        return InterferenceModel.none()
-    return InterferenceModel.fit([
+def colocation_samples(colocations: Sequence[ColocationSample]) -> list[CoLocation]:
+    return [
         CoLocation(device_kind=c.device_kind, a=(c.variant, c.partition, c.batch),
                    b=(c.other, c.other_partition, c.other_batch), slowdown=max(1.0, c.shared_p50_ms / c.solo_p50_ms))
-        for c in usable
-    ])
+        for c in colocations if c.solo_p50_ms > 0
+    ]
+
+
+def interference_model(colocations: Sequence[ColocationSample], table: ProfileTable | None = None) -> InterferenceModel:
+    """gpu-let's linear model fitted on the measured pairs (features from the profile table)."""
+    samples = colocation_samples(colocations)
+    if len(samples) < MIN_COLOCATIONS_TO_FIT:
+        return InterferenceModel.none()
+    return InterferenceModel.fit(samples, table=table)
 
 
 def layout(
@@ -81,9 +86,10 @@ def layout(
     planned_for = {name: max(target.get(name, 0.0), floor_rps) for name in sorted(variants)}
     demands = [Demand(variant=name, rate_rps=rate, slo_ms=variants[name].default_slo_ms)
                for name, rate in planned_for.items()]
+    table = profile_table(samples)
     result = plan(
-        slots, demands, LatencyModel(profile_table(samples), slowdown=slowdown),
-        interference=interference_model(colocations), policy=policy,
+        slots, demands, LatencyModel(table, slowdown=slowdown),
+        interference=interference_model(colocations, table), policy=policy,
         max_batch=max(v.max_batch for v in variants.values()),
     )
     desired = []

@@ -124,6 +124,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from letmesh.profiles import fetch_profiles, format_profiles, wait_for_profiles
+    from letmesh.status import StatusUnavailable
+
+    try:
+        reply = fetch_profiles(args.controller, rerun=args.rerun)
+        if args.rerun or args.wait:
+            reply = wait_for_profiles(args.controller, timeout_s=args.wait_timeout)
+    except StatusUnavailable as exc:
+        print(f"letmesh profile: {exc}", file=sys.stderr)
+        return 1
+    print(format_profiles(reply))
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from letmesh.zoo import build_zoo
 
@@ -182,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--controller", default="tcp://127.0.0.1:5555")
     s.add_argument("--timeout", type=float, default=3.0)
     s.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("profile", help="show measured profiles; --rerun measures every device again")
+    pr.add_argument("--controller", default="tcp://127.0.0.1:5555")
+    pr.add_argument("--rerun", action="store_true", help="re-measure every variant on every live device")
+    pr.add_argument("--wait", action="store_true", help="wait until profiling in progress has finished")
+    pr.add_argument("--wait-timeout", type=float, default=900.0)
+    pr.set_defaults(func=cmd_profile)
 
     z = sub.add_parser("zoo", help="demo model repository")
     zsub = z.add_subparsers(dest="zoo_command", required=True)

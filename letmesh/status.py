@@ -14,23 +14,28 @@ class StatusUnavailable(Exception):
     """The controller did not answer in time."""
 
 
-def fetch_status(controller: str, timeout_s: float = 3.0) -> StatusReply:
+def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: float = 3.0):
+    """One request/reply with the controller over a short-lived DEALER socket."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"cli:{uuid.uuid4().hex[:12]}".encode())
     try:
         sock.connect(controller)
-        sock.send_multipart(encode(GetStatus()))
+        sock.send_multipart(encode(msg))
         if not sock.poll(int(timeout_s * 1000)):
             raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s")
-        msg, _ = decode(sock.recv_multipart())
-        if not isinstance(msg, StatusReply):
-            raise StatusUnavailable(f"controller answered {type(msg).__name__}")
-        return msg
+        reply, _ = decode(sock.recv_multipart())
+        if not isinstance(reply, reply_type):
+            raise StatusUnavailable(f"controller answered {type(reply).__name__}")
+        return reply
     finally:
         sock.close(0)
         ctx.term()
+
+
+def fetch_status(controller: str, timeout_s: float = 3.0) -> StatusReply:
+    return ask_controller(controller, GetStatus(), StatusReply, timeout_s)
 
 
 def format_status(status: StatusReply) -> str:
