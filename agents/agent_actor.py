@@ -12,12 +12,14 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq.asyncio
 
 from agents.config import AgentConfig
 from agents.probe import probe_devices, usable_cores
 from agents.process import spawn_worker, stop_process
+from agents.profile_runner import ProfileRunner
 from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
@@ -26,6 +28,8 @@ from mesh.transport import Endpoint, EndpointClosed, Incoming
 from protocol.message import (
     ErrorReply,
     Heartbeat,
+    ProfileDevice,
+    ProfileProgress,
     RegisterAgent,
     RegisterAgentReply,
     StartWorker,
@@ -79,6 +83,7 @@ class AgentActor(Actor):
         self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
         self._seq = 0
         self._cores: list[int] = []
+        self._profiling: tuple[int, asyncio.Task] | None = None  # (request id, run) of the latest ProfileDevice
         self.registered = asyncio.Event()
 
     async def on_start(self) -> None:
@@ -92,6 +97,9 @@ class AgentActor(Actor):
         await self._register()
 
     async def on_stop(self) -> None:
+        if self._profiling is not None:  # its processes are gone once it returns
+            self._profiling[1].cancel()
+            await asyncio.gather(self._profiling[1], return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -127,6 +135,8 @@ class AgentActor(Actor):
             case Incoming(msg=inner):
                 self._controller.beat("controller", self._clock.monotonic())
                 await self._on_controller(inner)
+            case ProfileProgress():  # from the profiling task, on its way to the controller
+                await self._send(msg)
         return None
 
     async def _on_controller(self, msg: object) -> None:
@@ -146,10 +156,40 @@ class AgentActor(Actor):
                 worker = self._workers.get(worker_id)
                 if worker is not None:
                     await self._stop_worker(worker, report=True)
+            case ProfileDevice():
+                self._start_profiling(msg)
             case ErrorReply(code=code, message=text):
                 log.warning("controller error", extra={"code": code, "error": text})
             case other:
                 log.warning("unexpected message from controller", extra={"type": type(other).__name__})
+
+    def _start_profiling(self, cmd: ProfileDevice) -> None:
+        """Run it in the background; a re-sent request is ignored, a new one supersedes the running one."""
+        previous, previous_id = None, 0
+        if self._profiling is not None and not self._profiling[1].done():
+            previous_id, previous = self._profiling
+            if previous_id == cmd.request_id:
+                return
+            previous.cancel()
+        runner = ProfileRunner(
+            cmd,
+            agent_id=self.config.agent_id,
+            devices=self._devices,
+            cores=self._cores,
+            controller=self.config.controller,
+            state_dir=Path(self.config.state_dir),
+            emit=self.tell,
+        )
+
+        async def profile() -> None:
+            if previous is not None:  # one run at a time: they would measure each other
+                await asyncio.gather(previous, return_exceptions=True)
+                self.tell(ProfileProgress(request_id=previous_id, agent_id=self.config.agent_id, device_kind="",
+                                          completed=0, total=0, done=True,
+                                          error=f"superseded by request {cmd.request_id}"))
+            await runner.run()
+
+        self._profiling = (cmd.request_id, asyncio.create_task(profile(), name=f"profile-{cmd.request_id}"))
 
     async def _register(self) -> None:
         self._last_register = self._clock.monotonic()

@@ -27,7 +27,7 @@ CORES_ENV = "LETMESH_WORKER_CORES"
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -61,7 +61,7 @@ async def spawn_worker(cmd: StartWorker, usable_cores: list[int], extra_env: dic
         "agents.worker",
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 

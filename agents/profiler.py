@@ -32,7 +32,7 @@ import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import IO, Any  # noqa: E402
+from typing import IO, TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import zmq.asyncio  # noqa: E402
@@ -41,8 +41,12 @@ from agents.artifact import fetch_artifact  # noqa: E402
 from agents.error import AgentError  # noqa: E402
 from mesh.latency import warmup_batches  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
+from protocol.error import ProtocolError  # noqa: E402
 from protocol.schema import from_plain, to_plain  # noqa: E402
 from protocol.types import DeviceInfo, VariantSpec  # noqa: E402
+
+if TYPE_CHECKING:
+    from agents.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +209,7 @@ class ProfilerSpec:
                 variants=tuple(from_plain(VariantSpec, v) for v in data["variants"]),
                 fetch_timeout_s=float(data.get("fetch_timeout_s", 10.0)),
             )
-        except (ValueError, TypeError, KeyError) as exc:  # MalformedFrame is a ValueError
+        except (ValueError, TypeError, KeyError, ProtocolError) as exc:
             raise ProfilerSpecError(f"bad profiler spec: {exc!r}") from None
 
 
@@ -282,7 +286,7 @@ async def _fetch_all(spec: ProfilerSpec) -> dict[str, Path]:
         ctx.term()
 
 
-def _measure(runner: Any, batch: int, repeats: int, warmup: int) -> dict[str, Any]:
+def _measure(runner: ModelRunner, batch: int, repeats: int, warmup: int) -> dict[str, Any]:
     inputs = runner.example_inputs(batch)
     for _ in range(max(1, warmup)):  # the first run compiles and allocates
         runner.run(inputs)
@@ -295,7 +299,7 @@ def _measure(runner: Any, batch: int, repeats: int, warmup: int) -> dict[str, An
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(times)}
 
 
-def _serve(runners: dict[str, Any], commands: _Commands, results: IO[str]) -> None:
+def _serve(runners: dict[str, ModelRunner], commands: _Commands, results: IO[str]) -> None:
     command = commands.next()
     while command is not None:
         op, name = command.get("op"), command.get("variant")

@@ -36,11 +36,17 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mesh.bandit import (  # noqa: E402
-    DEFAULT_VW_ARGS, VW_VERSION, BanditPolicy, Bounds, Candidate, NoCandidate, candidate_from_profile,
+from mesh.bandit import (
+    DEFAULT_VW_ARGS,
+    VW_VERSION,
+    BanditPolicy,
+    Bounds,
+    Candidate,
+    NoCandidate,
+    candidate_from_profile,
     filter_candidates,
 )
-from mesh.slowdown import SlowdownTracker  # noqa: E402
+from mesh.slowdown import SlowdownTracker
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bandit.json"
 POLICIES = ("vw", "vw_online", "exp3", "best_fixed", "oracle")
@@ -171,7 +177,8 @@ def world(seed: int, decisions: int, feedback: str = "graded") -> tuple[list[Ste
         load = round(float(rng.random()), 2)
         queue_ms = load * DEVICES[device][2]
         options = [candidate_from_profile(variant=VARIANTS[v], accuracy=float(ACCURACY[v]),
-                                          energy_j=float(energy_j(device)[v]), profiled_ms=float(profiled_ms(device)[v]),
+                                          energy_j=float(energy_j(device)[v]),
+                                          profiled_ms=float(profiled_ms(device)[v]),
                                           slowdown=trackers[(device, v)].estimate(), budget_ms=budget,
                                           queue_ms=queue_ms) for v in range(len(VARIANTS))]
         try:
@@ -271,9 +278,10 @@ def run_seed(seed: int, decisions: int, vw_args: str, every: int, sync_every: in
     contexts: dict[str, dict[str, Any]] = {}
     for i, s in enumerate(steps):
         key = f"{s.context['app']}/{s.context['device']}/{s.budget_ms:g}ms"
-        entry = contexts.setdefault(key, {"n": 0, "qoe": {p: 0.0 for p in POLICIES},
+        entry = contexts.setdefault(key, {"n": 0, "agree": 0, "qoe": {p: 0.0 for p in POLICIES},
                                           "oracle_picks": {}, "vw_picks": {}})
         entry["n"] += 1
+        entry["agree"] += int(choices["vw"][i] == choices["oracle"][i])
         for p in POLICIES:
             entry["qoe"][p] += float(expected[p][i])
         for name, p in (("oracle_picks", "oracle"), ("vw_picks", "vw")):
@@ -309,9 +317,10 @@ def summarise(runs: list[dict[str, Any]], options: argparse.Namespace) -> dict[s
     contexts: dict[str, dict[str, Any]] = {}
     for r in runs:
         for key, e in r["contexts"].items():
-            agg = contexts.setdefault(key, {"n": 0, "qoe": {p: 0.0 for p in POLICIES}, "oracle_picks": {},
-                                            "vw_picks": {}})
+            agg = contexts.setdefault(key, {"n": 0, "agree": 0, "qoe": {p: 0.0 for p in POLICIES},
+                                            "oracle_picks": {}, "vw_picks": {}})
             agg["n"] += e["n"]
+            agg["agree"] += e["agree"]
             for p in POLICIES:
                 agg["qoe"][p] += e["qoe"][p]
             for name in ("oracle_picks", "vw_picks"):
@@ -321,7 +330,7 @@ def summarise(runs: list[dict[str, Any]], options: argparse.Namespace) -> dict[s
     for key in sorted(contexts):
         agg = contexts[key]
         per_context.append({
-            "context": key, "n": agg["n"],
+            "context": key, "n": agg["n"], "vw_agrees_with_oracle": agg["agree"] / agg["n"],
             "mean_expected_qoe": {p: agg["qoe"][p] / agg["n"] for p in POLICIES},
             "oracle_favourite": max(agg["oracle_picks"], key=agg["oracle_picks"].get),
             "vw_favourite": max(agg["vw_picks"], key=agg["vw_picks"].get),
@@ -393,26 +402,29 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def table(report: dict[str, Any]) -> str:
     cfg = report["config"]
-    lines = [f"bandit benchmark: {cfg['decisions']} decisions x {cfg['seeds']} seeds; vw {report['environment']['vowpalwabbit']} "
-             f"args: {cfg['vw_args']}",
-             "", f"{'policy':<11} {'cum QoE (median)':>17} {'range':>19} {'regret':>8} {'before/oracle':>14} "
-                 f"{'after/oracle':>13}"]
+    lines = [(f"bandit benchmark: {cfg['decisions']} decisions x {cfg['seeds']} seeds, {cfg['feedback']} feedback, "
+              f"replica synced every {cfg['sync_every']}; vw {report['environment']['vowpalwabbit']} {cfg['vw_args']}"),
+             "", (f"{'policy':<11} {'cum QoE (median)':>17} {'range':>19} {'regret':>8} {'before/oracle':>14} "
+                  f"{'after/oracle':>13}")]
     for p in POLICIES:
         c, r = report["cumulative_qoe"][p], report["regret_vs_oracle"][p]
         b, a = report["phases_vs_oracle"]["before_change"][p], report["phases_vs_oracle"]["after_change"][p]
         lines.append(f"{p:<11} {c['median']:>17.1f} {c['min']:>9.1f}..{c['max']:<8.1f} {r['median']:>8.1f} "
                      f"{b['median']:>14.3f} {a['median']:>13.3f}")
-    lines += ["", f"{'context (app/device/budget)':<34} {'oracle likes':<14} {'vw likes':<14} "
-                  + " ".join(f"{p:>10}" for p in POLICIES)]
+    lines += ["", ("mean expected QoE per decision, by context (favourite = most frequent choice; agree = share "
+                   "of VW's choices equal to the oracle's)"),
+              (f"{'app/device/budget':<29} {'oracle favourite':<16} {'vw favourite':<14} {'agree':>5} "
+               + " ".join(f"{p:>10}" for p in POLICIES))]
     for e in report["per_context"]:
         q = e["mean_expected_qoe"]
-        lines.append(f"{e['context']:<34} {e['oracle_favourite']:<14} {e['vw_favourite']:<14} "
-                     + " ".join(f"{q[p]:>10.3f}" for p in POLICIES))
+        lines.append(f"{e['context']:<29} {e['oracle_favourite']:<16} {e['vw_favourite']:<14} "
+                     f"{e['vw_agrees_with_oracle']:>5.0%} " + " ".join(f"{q[p]:>10.3f}" for p in POLICIES))
     lines.append("")
     for k, v in report["ratios"].items():
         lines.append(f"{k:<18} median {v['median']:.4f}  range {v['min']:.4f}..{v['max']:.4f}")
     lines.append(f"best fixed variant per seed: {', '.join(sorted(set(report['best_fixed_variant'])))}; "
-                 f"VW {report['vw_seconds_per_decision']['median'] * 1e6:.0f} us per decision (decide, learn, snapshots); "
+                 f"VW {report['vw_seconds_per_decision']['median'] * 1e6:.0f} us per decision "
+                 "(decide, learn, snapshots); "
                  f"{report['seconds_per_seed']['median']:.1f} s per seed")
     lines.append("target (>= 0.95 of the oracle): " + ("met" if report["target_met"] else "NOT met"))
     return "\n".join(lines)

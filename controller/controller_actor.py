@@ -82,6 +82,7 @@ class ControllerActor(Actor):
         self._tasks: list[asyncio.Task] = []
         self._learner: Learner | None = None
         self._layout: LayoutManager | None = None
+        self._agent_pids: dict[str, int] = {}
         self._profiling = ProfilingRuns()
         self._demand = DemandTracker()
         self._last_publish = float("-inf")
@@ -105,6 +106,8 @@ class ControllerActor(Actor):
             if kept:
                 self._registry.plan_worker(dataclasses.replace(plan, variants=kept))
         self._registry.routing_table()  # version 1 of this epoch: every model, no worker yet
+        # Request ids unique across controller restarts, so an agent never mistakes a new run for a re-send.
+        self._profiling = ProfilingRuns(next_id=self._epoch * 100_000 + 1)
         self._learner = Learner(self.config.state_dir)
         self._layout = LayoutManager(
             LayoutPolicy(policy=self.config.planner, replan_period_s=self.config.replan_period_s,
@@ -172,8 +175,8 @@ class ControllerActor(Actor):
             case Heartbeat():
                 if not reg.beat(kind, peer_id, now):
                     await self._send(peer, ErrorReply(code="unknown_peer", message="register again", retryable=True))
-            case RegisterAgent(hostname=hostname, devices=devices) if kind == "agent":
-                await self._on_register_agent(peer, peer_id, hostname, devices, now)
+            case RegisterAgent(hostname=hostname, devices=devices, pid=pid) if kind == "agent":
+                await self._on_register_agent(peer, peer_id, hostname, devices, pid, now)
             case RegisterGateway(data_endpoint=data_endpoint) if kind == "gateway":
                 changed = reg.gateway_registered(peer_id, data_endpoint, now)
                 await self._send(
@@ -233,12 +236,17 @@ class ControllerActor(Actor):
                     peer, ErrorReply(code="unexpected", message=f"{type(other).__name__} is not for the controller from {kind}")
                 )
 
-    async def _on_register_agent(self, peer: bytes, agent_id: str, hostname: str, devices, now: float) -> None:
+    async def _on_register_agent(
+        self, peer: bytes, agent_id: str, hostname: str, devices, pid: int, now: float
+    ) -> None:
         reg = self._registry
         store = self._store
         assert reg is not None and store is not None
         reg.agent_registered(agent_id, hostname, devices, now)
         store.save_agent(agent_id, hostname, self._clock.time())
+        if self._agent_pids.get(agent_id) != pid:  # a new agent process has no run of ours in progress
+            self._profiling.forget_agent(agent_id)
+        self._agent_pids[agent_id] = pid
         await self._send(
             peer,
             RegisterAgentReply(
@@ -349,9 +357,6 @@ class ControllerActor(Actor):
         assert reg is not None
         now = self._clock.monotonic()
         lost = reg.expire(now)
-        for key in lost:
-            if key.startswith("agent:"):
-                self._profiling.forget_agent(key.removeprefix("agent:"))
         if lost:
             log.warning("peers lost", extra={"peers": lost})
             if any(k.startswith("gateway:") for k in lost):

@@ -115,5 +115,5 @@ class LayoutManager:
     def worker_stopped(self, worker_id: str) -> None:
         """A retired worker has exited: it leaves the registry (and the routing table) now."""
         record = self._registry.workers.get(worker_id)
-        if record is not None and record.state == "stopping":
+        if record is not None and record.state in ("stopping", "draining"):
             self._registry.remove_worker(worker_id)

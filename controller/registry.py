@@ -144,7 +144,7 @@ class Registry:
                 for worker in self.workers_of(peer_id):
                     if worker.state == "ready":
                         worker.state = "lost"
-            elif kind == "worker" and peer_id in self.workers:
+            elif kind == "worker" and peer_id in self.workers and self.workers[peer_id].state not in LEAVING:
                 self.workers[peer_id].state = "lost"
             elif kind == "gateway":
                 self.gateways.pop(peer_id, None)

@@ -7,7 +7,6 @@ killed by the kernel if the launcher itself dies, so nothing outlives it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -19,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.process import die_with_parent
+
 
 class LaunchError(Exception):
     """The mesh did not come up: a role exited, or it was not ready in time."""
@@ -28,13 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -81,7 +75,7 @@ class LocalMesh:
         out = subprocess.DEVNULL if self.quiet else None
         proc = subprocess.Popen(
             self.command(role), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=None,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         self.procs[role] = proc
         return proc

@@ -16,30 +16,31 @@ import shlex
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from vowpalwabbit import Workspace
-from vowpalwabbit.version import __version__ as VW_VERSION
 
 from mesh.slowdown import SlowdownEstimate, p_deadline_met
 
-__all__ = [
-    "DEFAULT_VW_ARGS", "VW_VERSION", "BanditError", "BanditPolicy", "BadModel", "Bounds", "Candidate",
-    "ContextValue", "Decision", "NoCandidate", "PolicyClosed", "candidate_from_profile",
-    "filter_candidates", "save_atomic", "shared_features", "action_features", "vw_example",
-]
-
 ContextValue = str | int | float | bool
+
+# Store this beside saved models: VW reads older models but not newer ones.
+VW_VERSION = version("vowpalwabbit")
 
 # Namespaces (VW keys interactions on the first letter): C request context, B budget and load
 # (shared); V variant identity, F variant's numeric features (per action). Crossing the shared
 # namespaces with the variant's identity and features is what lets preferences differ per context
-# (without -q CF the benchmark's QoE falls from ~0.98 to ~0.96 of the oracle's). Epsilon-greedy at
-# 5 % matched --squarecb, --bag and other epsilons there and had the narrowest spread over seeds;
-# --cover and --softmax did clearly worse; costs of -reward instead of 1 - reward did slightly
-# worse (an untried variant then looks pessimistic instead of optimistic). See benchmarks/bandit.py.
-DEFAULT_VW_ARGS = "--cb_explore_adf --epsilon 0.05 -q CV -q CF -q BV -q BF --quiet"
+# (without -q CF the benchmark's QoE falls from ~0.98 to ~0.96 of the oracle's; cubic terms did
+# not help within 5,000 decisions). SquareCB explores by the predicted gap to the best, so it
+# spends little on clearly bad variants and keeps trying close ones. In benchmarks/bandit.py it
+# tied epsilon-greedy (0.05) and --bag 5 with graded QoE feedback and beat them with binary
+# (satisfied or not) feedback, where epsilon-greedy can lock onto an early lucky variant;
+# --cover 3, --softmax and --cb_type ips/dr did clearly worse. Costs are 1 - reward: an untried
+# variant then looks optimistic, not pessimistic (costs of -reward did slightly worse).
+DEFAULT_VW_ARGS = "--cb_explore_adf --squarecb -q CV -q CF -q BV -q BF --quiet"
 
 _BAD_CHARS = str.maketrans({c: "_" for c in " \t\r\n|:"})
 _ENERGY_FLOOR_J = 1e-9  # a variant profiled at 0 J would otherwise be log(0)
@@ -217,8 +218,10 @@ def vw_example(context: Mapping[str, ContextValue], budget_ms: float, load: floa
 class BanditPolicy:
     """One VW ``--cb_explore_adf`` workspace for one family: decide, learn, snapshot.
 
-    Not thread-safe: one owner calls it (the controller's learner, or a gateway's replica). Holds
-    native resources: use it as a context manager or call :meth:`close`.
+    Built from ``model`` bytes (a :meth:`snapshot`), it restores the whole learner, including the
+    options saved in the model; ``vw_args`` are applied on top (pass the learner's own, so that the
+    replica decides identically). Not thread-safe: one owner calls it (the controller's learner, or
+    a gateway's replica). Holds native resources: use it as a context manager or call :meth:`close`.
     """
 
     def __init__(self, vw_args: str = DEFAULT_VW_ARGS, model: bytes | None = None) -> None:
@@ -304,7 +307,7 @@ class BanditPolicy:
             vw, self._vw = self._vw, None
             vw.finish()
 
-    def __enter__(self) -> BanditPolicy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

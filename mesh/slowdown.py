@@ -43,7 +43,7 @@ class SlowdownTracker:
     owner calls :meth:`observe`.
     """
 
-    __slots__ = ("_m", "_p", "_q", "_q_floor", "_r", "_weight", "_observations")
+    __slots__ = ("_m", "_observations", "_p", "_q", "_q_floor", "_r", "_weight")
 
     def __init__(self, *, process_variance: float = 1e-3, measurement_variance: float = 0.05,
                  initial_mean: float = 1.0, initial_variance: float = 0.25, adapt_weight: float = 0.1) -> None:

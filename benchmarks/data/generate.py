@@ -108,7 +108,8 @@ def write_gpu() -> None:
 
 CPU_BATCHES = BATCHES
 CPU_WARMUP = 10
-CPU_REPEATS = 40
+CPU_ROUNDS = 5  # solo and shared (or 1- and 2-core) blocks alternate, so background load hits both alike
+CPU_BLOCK = 20
 CO_BATCHES = ((1, 1), (8, 8), (32, 32), (1, 32), (32, 1))
 
 
@@ -130,13 +131,13 @@ def _pin(cores: set[int]) -> None:
     torch.set_num_threads(len(cores))
 
 
-def _time_batches(model, batch: int, repeats: int) -> list[float]:
+def _time_batches(model, batch: int, repeats: int, warmup: int = CPU_WARMUP) -> list[float]:
     import torch
 
     x = torch.rand(batch, 64)
     out = []
     with torch.inference_mode():
-        for _ in range(CPU_WARMUP):
+        for _ in range(warmup):
             model(x)
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -145,16 +146,20 @@ def _time_batches(model, batch: int, repeats: int) -> list[float]:
     return out
 
 
-def _profile_child(cores: list[int], names: list[str], conn) -> None:
-    _pin(set(cores))
+def _profile(core_sets: list[set[int]], names: list[str]) -> list[tuple]:
+    """Latency per (variant, core count, batch), the core sets measured in alternating blocks."""
     rows = []
     for name in names:
         model = _digits_model(name)
         for b in CPU_BATCHES:
-            samples = _time_batches(model, b, CPU_REPEATS)
-            rows.append((name, CPU_KIND, len(cores), b, float(np.percentile(samples, 50)), float(np.percentile(samples, 99))))
-    conn.send(rows)
-    conn.close()
+            samples: dict[int, list[float]] = {len(c): [] for c in core_sets}
+            for _ in range(CPU_ROUNDS):
+                for cores in core_sets:
+                    _pin(cores)
+                    samples[len(cores)] += _time_batches(model, b, CPU_BLOCK, warmup=3)
+            for n, xs in samples.items():
+                rows.append((name, CPU_KIND, n, b, float(np.percentile(xs, 50)), float(np.percentile(xs, 99))))
+    return rows
 
 
 def _busy_child(core: int, conn) -> None:
@@ -179,26 +184,20 @@ def _busy_child(core: int, conn) -> None:
         conn.recv()  # the "stop" token
 
 
-def write_cpu() -> None:
+def write_cpu(out: Path = HERE) -> None:
     from letmesh.zoo import DIGITS_RECIPES
 
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("the CPU profile needs at least two usable cores")
     core_a, core_b = sorted(os.sched_getaffinity(0))[:2]
     names = [r.name for r in DIGITS_RECIPES]
-    ctx = mp.get_context("spawn")
-    rows = []
-    for cores in ([core_a], [core_a, core_b]):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_profile_child, args=(cores, names, child))
-        proc.start()
-        rows.extend(parent.recv())
-        proc.join()
+    rows = _profile([{core_a}, {core_a, core_b}], names)
     rows = [(v, k, p, b, round(p50, 4), round(p99, 4)) for v, k, p, b, p50, p99 in rows]
-    _write_csv(HERE / "cpu_profile.csv", PROFILE_FIELDS, rows)
-    solo = {(v, b): p50 for v, _, p, b, p50, _ in rows if p == 1}
-    # co-location: this process on core A measures, a child on core B keeps the other model busy
+    _write_csv(out / "cpu_profile.csv", PROFILE_FIELDS, rows)
+    # co-location: this process on core A measures, a child on core B keeps the other model busy;
+    # solo and shared blocks alternate and the slowdown is the ratio of their medians
     _pin({core_a})
+    ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     busy = ctx.Process(target=_busy_child, args=(core_b, child))
     busy.start()
@@ -208,15 +207,19 @@ def write_cpu() -> None:
         for a in names:
             for b in names:
                 for ba, bb in CO_BATCHES:
-                    parent.send((b, bb))
-                    parent.recv()
-                    shared = float(np.percentile(_time_batches(models[a], ba, CPU_REPEATS), 50))
-                    parent.send("stop")
-                    co_rows.append((CPU_KIND, a, 1, ba, b, 1, bb, round(shared / solo[(a, ba)], 4)))
+                    solo, shared = [], []
+                    for _ in range(CPU_ROUNDS):
+                        solo += _time_batches(models[a], ba, CPU_BLOCK, warmup=3)
+                        parent.send((b, bb))
+                        parent.recv()
+                        shared += _time_batches(models[a], ba, CPU_BLOCK, warmup=3)
+                        parent.send("stop")
+                    ratio = float(np.percentile(shared, 50)) / float(np.percentile(solo, 50))
+                    co_rows.append((CPU_KIND, a, 1, ba, b, 1, bb, round(ratio, 4)))
     finally:
         parent.send(None)
         busy.join(timeout=30)
-    _write_csv(HERE / "cpu_colocation.csv", COLOCATION_FIELDS, co_rows)
+    _write_csv(out / "cpu_colocation.csv", COLOCATION_FIELDS, co_rows)
 
 
 def _write_csv(path: Path, fields: tuple[str, ...], rows: list[tuple]) -> None:
@@ -224,20 +227,22 @@ def _write_csv(path: Path, fields: tuple[str, ...], rows: list[tuple]) -> None:
         w = csv.writer(f)
         w.writerow(fields)
         w.writerows(rows)
-    print(f"wrote {path.relative_to(HERE.parent.parent)} ({len(rows)} rows)")
+    print(f"wrote {path} ({len(rows)} rows)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true", help="write the synthetic GPU profile set")
     p.add_argument("--cpu", action="store_true", help="measure the CPU profile set on this machine")
+    p.add_argument("--out-dir", type=Path, default=HERE, help="where --cpu writes (default: this folder)")
     a = p.parse_args(argv)
     if not (a.gpu or a.cpu):
         p.error("say --gpu, --cpu or both")
     if a.gpu:
         write_gpu()
     if a.cpu:
-        write_cpu()
+        a.out_dir.mkdir(parents=True, exist_ok=True)
+        write_cpu(a.out_dir)
     return 0
 
 

@@ -49,6 +49,8 @@ def fit_cycle(items: Sequence[tuple[Curve, float]], slo_ms: float, alpha: float)
     """
     if not items:
         return None
+    if len(items) == 1:
+        return _fit_single(items[0][0], items[0][1], slo_ms, alpha)
     horizon = min(min(1000.0 * len(c) / r for c, r in items), slo_ms)
     points = _breakpoints(items, horizon)
     lo = 0.0
@@ -67,6 +69,26 @@ def fit_cycle(items: Sequence[tuple[Curve, float]], slo_ms: float, alpha: float)
         return None
     d = best[1]
     return d, tuple(batch_for(r, d) for _, r in items)
+
+
+def _fit_single(curve: Curve, rate: float, slo_ms: float, alpha: float) -> tuple[float, tuple[int, ...]] | None:
+    """fit_cycle for one variant: batch k owns the interval (1000 (k-1) / r, 1000 k / r]."""
+    step = 1000.0 / rate
+    limit = slo_ms * (1 + EPS)
+    best: tuple[float, float, int] | None = None
+    for k in range(1, len(curve) + 1):
+        lo, hi = step * (k - 1), step * k
+        s = alpha * curve[k - 1]
+        if s + lo > limit:
+            break
+        d_min, d_max = max(s, lo), min(hi, slo_ms - s)
+        if d_min <= d_max * (1 + EPS):
+            d = min(max(d_min, d_max), hi)
+            if best is None or s / d < best[0] * (1 - EPS):
+                best = (s / d, d, k)
+    if best is None:
+        return None
+    return best[1], (batch_for(rate, best[1]),)
 
 
 def _breakpoints(items: Sequence[tuple[Curve, float]], horizon: float) -> list[float]:

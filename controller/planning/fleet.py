@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from controller.planning.cycle import fit_cycle, max_extra, max_single, round_time, scale_to_fit
+from controller.planning.cycle import fit_cycle, max_extra, max_single, round_time, saturated, scale_to_fit
 from controller.planning.error import UnknownProfile
 from controller.planning.interference import InterferenceModel
 from controller.planning.profile import LatencyModel
@@ -56,9 +56,10 @@ class Let:
     items: list[Item]
     alpha: float = 1.0
     duty: float = 0.0
+    load: float = 1.0  # occupancy: round time / duty cycle
 
     def copy(self) -> Let:
-        return Let(self.serial, self.size, [Item(i.variant, i.rate, i.batch) for i in self.items], self.alpha, self.duty)
+        return Let(self.serial, self.size, [Item(i.variant, i.rate, i.batch) for i in self.items], self.alpha, self.duty, self.load)
 
     def has(self, variant: str) -> bool:
         return any(i.variant == variant for i in self.items)
@@ -101,8 +102,10 @@ class Fleet:
             Device(i, slot, split_limit(slot.kind, slot.capacity)) for i, slot in enumerate(sorted(devices, key=lambda d: d.device_id))
         ]
         self.lost: dict[str, float] = {}
+        self.reserve = False  # size new gpu-lets for the worst plausible neighbour up front
         self._serial = 0
         self._curves: dict[tuple[str, str, int], tuple[float, ...]] = {}
+        self._worst: dict[tuple[str, int], tuple[str, int, int] | None] = {}
         # Per kind: whole (untouched) devices as (capacity, index); partly used ones as (free, index).
         self._whole: dict[str, list[tuple[int, int]]] = {}
         self._partial: dict[str, list[tuple[int, int]]] = {}
@@ -133,6 +136,37 @@ class Fleet:
             return max_single(self.curve(variant, kind, size), self.needs[variant].slo_ms, alpha)
         except UnknownProfile:
             return 0.0
+
+    def solo_batch(self, variant: str, kind: str, size: int) -> int:
+        """Saturated batch of the variant alone on ``size`` units (0 when the SLO cannot be met)."""
+        try:
+            return saturated(self.curve(variant, kind, size), self.needs[variant].slo_ms, 1.0)[0]
+        except UnknownProfile:
+            return 0
+
+    def worst_neighbour(self, kind: str, size: int) -> tuple[str, int, int] | None:
+        """The demanded variant, running saturated on ``size`` units, that slows others the most."""
+        key = (kind, size)
+        if key not in self._worst:
+            pool = [(v, size, b) for v in self.needs if (b := self.solo_batch(v, kind, size))]
+            if not pool:
+                self._worst[key] = None
+            else:
+                probe = pool[0]
+                self._worst[key] = max(pool, key=lambda w: (self.interference.predict(kind, probe, w), w))
+        return self._worst[key]
+
+    def expected_alpha(self, variant: str, kind: str, size: int, rest: int) -> float:
+        """Predicted slowdown of ``variant`` saturating ``size`` units while the most aggressive
+        demanded variant saturates the ``rest`` of the device. The model is linear in the
+        neighbour's features, so no real neighbour is worse; 1.0 when nothing can share."""
+        if rest <= 0 or not self.interference.enabled:
+            return 1.0
+        b1 = self.solo_batch(variant, kind, size)
+        worst = self.worst_neighbour(kind, rest)
+        if not b1 or worst is None:
+            return 1.0
+        return self.interference.predict(kind, (variant, size, b1), worst)
 
     def whole_free(self, kind: str) -> list[tuple[int, int]]:
         return self._whole.get(kind, [])
@@ -167,10 +201,11 @@ class Fleet:
         except UnknownProfile:
             return 0.0
         slo = self.needs[variant].slo_ms
-        solo = max_single(curve, slo, 1.0, want)
+        floor = self.expected_alpha(variant, kind, size, device.slot.capacity - size) if self.reserve else 1.0
+        solo = max_single(curve, slo, floor, want)
         if solo <= TINY_RPS:
             return 0.0
-        new = Let(self._serial, size, [Item(variant, solo)])
+        new = Let(self._serial, size, [Item(variant, solo)], alpha=floor)
         if not self._refit(kind, new):
             return 0.0
         lets = [let.copy() for let in device.lets]
@@ -278,6 +313,7 @@ class Fleet:
         let.duty, batches = fit
         for it, b in zip(let.items, batches, strict=True):
             it.batch = b
+        let.load = round_time(items, batches, let.alpha) / let.duty
         return True
 
     def slowdown(self, kind: str, let: Let, lets: Sequence[Let]) -> float:
@@ -353,11 +389,3 @@ class Fleet:
             bisect.insort(self._whole[kind], (device.slot.capacity, device.index))
         elif device.free > 0 and len(device.lets) < device.limit:
             bisect.insort(self._partial[kind], (device.free, device.index))
-
-
-def occupancy(fleet: Fleet, kind: str, let: Let) -> float:
-    """Share of the duty cycle the round uses (1.0 = saturated)."""
-    items = [(fleet.curve(i.variant, kind, let.size), i.rate) for i in let.items]
-    if not items or let.duty <= 0:
-        return 1.0
-    return round_time(items, [i.batch for i in let.items], let.alpha) / let.duty

@@ -101,7 +101,9 @@ class InterferenceModel:
         table: ProfileTable | None = None,
     ) -> InterferenceModel:
         """Least-squares fit per device kind. Without ``features``, uses :func:`latency_features` of
-        ``table``, or raw (partition, log2 batch) when there is no table either."""
+        ``table``, or raw (partition, log2 batch) when there is no table either. When every sample
+        splits a device into complementary shares, share features are collinear with the
+        intercept; the minimum-norm solution is returned and predicts just as well."""
         fmap = features or (latency_features(table) if table is not None else _raw_features)
         by_kind: dict[str, list[CoLocation]] = {}
         for s in samples:

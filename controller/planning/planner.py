@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from controller.planning.error import DuplicateDemand, UnknownPolicy
 from controller.planning.fleet import TINY_RPS, Fleet, Need
 from controller.planning.interference import InterferenceModel
-from controller.planning.policy import POLICIES, STRATEGIES, run_strategy
+from controller.planning.policy import PACKINGS, POLICIES, STRATEGIES, run_strategy
 from controller.planning.profile import LatencyModel
 
 MAX_BATCH = 32
@@ -154,7 +154,7 @@ def plan(
     needs = {d.variant: Need(d.variant, d.slo_ms, d.memory_bytes) for d in ordered}
     best: tuple[tuple, Plan] | None = None
     for rank, strategy in enumerate(STRATEGIES[policy]):
-        spatial = strategy.startswith("gpulet")
+        spatial = PACKINGS[strategy].rules == "gpulet"
         fleet = Fleet(
             devices,
             needs,
@@ -171,8 +171,8 @@ def plan(
         key = (round(candidate.total_unserved(), 6), candidate.devices_used(), len(candidate.gpulets), rank)
         if best is None or key < best[0]:
             best = (key, candidate)
-        if key[0] == 0 and rank == 0:
-            break  # the first strategy carries everything: keep the plan the policy is named for
+        if key[0] == 0:
+            break  # carries everything: later candidates are fallbacks, not refinements
     assert best is not None
     return best[1]
 

@@ -1,22 +1,49 @@
-"""The three planning policies as drivers over a Fleet: which pieces of load go where, in what order.
+"""The planning policies as drivers over a Fleet: which pieces of load go where, in what order.
 
-"gpulet": per variant, saturated gpu-lets at its most efficient partition, then one residue
-gpu-let at the smallest partition that carries the rest; best-fit packing that prefers an exact
-free half, then splitting a whole device, then the tightest larger half; fallbacks are temporal
-sharing and any free partition. "temporal": whole devices, saturated ones per variant, residues
-packed by squishy bin packing. "whole": one variant per whole device. Private to the package.
+"gpulet": per variant, saturated gpu-lets at its most efficient partition, then a residue
+gpu-let at the smallest partition that carries the rest under its predicted slowdown; best-fit
+packing that prefers an exact free half, then splitting a whole device, then the tightest larger
+half; fallbacks are temporal sharing and any free partition. Greedy packing is order-sensitive,
+so the policy tries a few packings of the same rules (denser packing, residues shared first,
+room reserved for the worst neighbour, and 100 % gpu-lets only) and plan() keeps the one that
+carries the most. "temporal": whole devices, saturated ones per variant, residues packed by
+squishy bin packing. "whole": one variant per whole device. Private to the package.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 
-from controller.planning.fleet import MAX_ATTEMPTS, TINY_RPS, Device, Fleet, occupancy
+from controller.planning.fleet import MAX_ATTEMPTS, TINY_RPS, Device, Fleet
 
+
+@dataclass(frozen=True, slots=True)
+class Packing:
+    """One way to pack: the policy's rules plus the order knobs of the greedy gpu-let packer."""
+
+    name: str
+    rules: str  # "gpulet" | "temporal" | "whole"
+    whole_first: bool = True  # split an untouched device before filling a larger free half
+    share_first: bool = False  # try temporal sharing for a residue before a gpu-let of its own
+    reserve: bool = False  # size new gpu-lets for the worst neighbour they could get
+
+
+PACKINGS = {
+    p.name: p
+    for p in (
+        Packing("gpulet", "gpulet"),
+        Packing("gpulet-dense", "gpulet", whole_first=False),
+        Packing("gpulet-share", "gpulet", share_first=True),
+        Packing("gpulet-share-reserve", "gpulet", share_first=True, reserve=True),
+        Packing("temporal", "temporal"),
+        Packing("whole", "whole"),
+    )
+}
 POLICIES = ("gpulet", "temporal", "whole")
-STRATEGIES = {  # what plan() tries per policy; it keeps the candidate that carries the most
-    "gpulet": ("gpulet", "gpulet-share", "temporal"),
+STRATEGIES = {  # what plan() tries per policy, in order; it keeps the candidate that carries the most
+    "gpulet": ("gpulet", "gpulet-dense", "gpulet-share", "gpulet-share-reserve", "temporal"),
     "temporal": ("temporal",),
     "whole": ("whole",),
 }
@@ -34,15 +61,15 @@ def run_strategy(
     min_residual_rps: float,
     keep: float,
 ) -> None:
-    """Place as much of ``remaining`` (variant -> rps) as the strategy can; leaves the rest in it."""
-    if strategy == "gpulet":
-        _gpulet(fleet, remaining, menus, min_residual_rps, keep, share_first=False)
-    elif strategy == "gpulet-share":
-        _gpulet(fleet, remaining, menus, min_residual_rps, keep, share_first=True)
-    elif strategy == "temporal":
-        _temporal(fleet, remaining)
+    """Place as much of ``remaining`` (variant -> rps) as the packing can; leaves the rest in it."""
+    packing = PACKINGS[strategy]
+    if packing.rules == "gpulet":
+        fleet.reserve = packing.reserve
+        _gpulet(fleet, remaining, menus, min_residual_rps, keep, share_first=packing.share_first, whole_first=packing.whole_first)
+    elif packing.rules == "temporal":
+        _temporal(fleet, remaining, min_residual_rps)
     else:
-        _whole(fleet, remaining)
+        _whole(fleet, remaining, min_residual_rps)
 
 
 # --- sizing -------------------------------------------------------------------------------------
@@ -51,7 +78,10 @@ def run_strategy(
 def knee(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...]) -> tuple[int, float]:
     """gpu-let's max-efficient partition: over consecutive menu sizes, the larger of the pair with
     the highest marginal throughput per unit, counting only pairs that add >= 5 %. Defaults to
-    the smallest size that meets the SLO. (size, saturated rate); (0, 0.0) if none meets it."""
+    the smallest size that meets the SLO. Interference-aware: when two such partitions side by
+    side (this one and the rest of the device, each slowed by the other as predicted) carry less
+    than the whole device, the whole device is the efficient size. (size, saturated rate);
+    (0, 0.0) if no size meets the SLO."""
     rates = [(p, fleet.solo_rate(variant, kind, p)) for p in menu]
     usable = [(p, t) for p, t in rates if t > TINY_RPS]
     if not usable:
@@ -63,15 +93,31 @@ def knee(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...]) -> tuple[
         gain = (th - tl) / (hi - lo)
         if gain > best_gain:
             best_gain, best = gain, (hi, th)
+    cap = fleet.capacity(kind)
+    whole = dict(rates).get(cap, 0.0)
+    if best[0] < cap and whole > TINY_RPS and whole >= _paired_rate(fleet, variant, kind, best[0], cap - best[0]):
+        return cap, whole
     return best
 
 
+def _paired_rate(fleet: Fleet, variant: str, kind: str, size: int, rest: int) -> float:
+    """Saturated rate of ``variant`` on two partitions ``size`` and ``rest`` of one device under
+    their predicted mutual slowdown (the variant sharing a device with itself stands in for
+    whichever neighbour it will get)."""
+    a1 = fleet.expected_alpha(variant, kind, size, rest)
+    a2 = fleet.expected_alpha(variant, kind, rest, size)
+    return fleet.solo_rate(variant, kind, size, a1) + fleet.solo_rate(variant, kind, rest, a2)
+
+
 def residue_size(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], rate: float, upto: int) -> int:
-    """Smallest menu size up to ``upto`` that carries ``rate`` alone; ``upto`` if none does."""
+    """Smallest menu size up to ``upto`` that carries ``rate`` alone under the slowdown a
+    neighbour in the rest of the device would likely cause; ``upto`` if none does."""
+    cap = fleet.capacity(kind)
     for p in menu:
         if p > upto:
             break
-        if fleet.solo_rate(variant, kind, p) >= rate:
+        alpha = fleet.expected_alpha(variant, kind, p, cap - p)
+        if fleet.solo_rate(variant, kind, p, alpha) >= rate:
             return p
     return upto
 
@@ -97,46 +143,47 @@ def _absorb(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
 # --- gpulet -------------------------------------------------------------------------------------
 
 
-def _slots(fleet: Fleet, kind: str, size: int) -> list[tuple[int, int]]:
+def _slots(fleet: Fleet, kind: str, size: int, *, whole_first: bool = True) -> list[tuple[int, int]]:
     """Best-fit order for a new gpu-let of ``size``, as (device index, size it would get): partly
-    used devices with exactly that much free, a whole device split to ``size``, then partly used
-    devices with the least room above it (on a CUDA device the second gpu-let takes all that is
-    left). Bounded to a few interference-checked candidates."""
+    used devices with exactly that much free, then (``whole_first``, gpu-let's preference) a whole
+    device split to ``size`` before partly used devices with the least room above it, or the
+    other way round (denser packing). On a CUDA device the second gpu-let takes all that is left.
+    Bounded to a few interference-checked candidates."""
     cuda = kind.startswith("cuda")
     partial = fleet.partial_free(kind)
-    out: list[tuple[int, int]] = []
+    exact: list[tuple[int, int]] = []
     start = bisect.bisect_left(partial, (size, -1))
     for free, index in partial[start:start + MAX_ATTEMPTS]:
         if free != size:
             break
-        out.append((index, size))
+        exact.append((index, size))
     whole = fleet.whole_free(kind)
     at = bisect.bisect_left(whole, (size, -1))
-    if at < len(whole):
-        out.append((whole[at][1], size))
+    split = [(whole[at][1], size)] if at < len(whole) else []
     start = bisect.bisect_right(partial, (size, len(fleet.devices)))
-    for free, index in partial[start:start + max(1, MAX_ATTEMPTS - len(out))]:
-        out.append((index, free if cuda else size))
-    return out
+    larger = [(index, free if cuda else size) for free, index in partial[start:start + max(1, MAX_ATTEMPTS - len(exact))]]
+    return exact + split + larger if whole_first else exact + larger + split
 
 
-def place_piece(fleet: Fleet, variant: str, kind: str, size: int, want: float, keep: float) -> float:
+def place_piece(fleet: Fleet, variant: str, kind: str, size: int, want: float, keep: float, *, whole_first: bool = True) -> float:
     """A gpu-let of ``size`` for ``variant`` in the first best-fit slot that accepts it."""
-    for index, let_size in _slots(fleet, kind, size):
+    for index, let_size in _slots(fleet, kind, size, whole_first=whole_first):
         carried = fleet.open(fleet.devices[index], let_size, variant, want, keep=keep)
         if carried > TINY_RPS:
             return carried
     return 0.0
 
 
-def place_residue(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], want: float, upto: int, keep: float) -> float:
+def place_residue(
+    fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], want: float, upto: int, keep: float, *, whole_first: bool = True
+) -> float:
     """The smallest gpu-let that carries all of ``want`` where it would land, predicted slowdown
     included (sizes from the interference-free minimum up to ``upto``); if none carries it all,
     the one that carries the most."""
     first = residue_size(fleet, variant, kind, menu, want, upto)
     best: tuple[float, int, int] | None = None
     for size in (p for p in menu if first <= p <= upto):
-        for index, let_size in _slots(fleet, kind, size):
+        for index, let_size in _slots(fleet, kind, size, whole_first=whole_first):
             carried = fleet.open(fleet.devices[index], let_size, variant, want, keep=keep, commit=False)
             if carried <= TINY_RPS:
                 continue
@@ -161,15 +208,16 @@ def place_anywhere(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...],
     return 0.0
 
 
-def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float, *, whole_only: bool = False) -> float:
-    """Temporal sharing: fold ``variant`` into existing gpu-lets of ``kind``, busiest first."""
+def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float) -> float:
+    """Temporal sharing: fold ``variant`` into existing gpu-lets of ``kind`` with idle cycle time,
+    its own first, then the busiest."""
     candidates = []
+    limit = fleet.max_models
     for device, let in fleet.lets(kind):
-        mine = let.has(variant)
-        if (mine or len(let.items) < fleet.max_models) and (not whole_only or let.size == device.slot.capacity):
-            occ = occupancy(fleet, kind, let)
-            if occ < 1 - 1e-9:
-                candidates.append((not mine, -occ, device.index, let.serial))
+        if let.load < 1 - 1e-9:
+            mine = let.has(variant)
+            if mine or len(let.items) < limit:
+                candidates.append((not mine, -let.load, device.index, let.serial))
     candidates.sort()
     carried_total = 0.0
     for _, _, index, serial in candidates[:SHARE_ATTEMPTS]:
@@ -179,7 +227,9 @@ def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float, 
     return carried_total
 
 
-def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_residual: float, keep: float, *, share_first: bool) -> None:
+def _gpulet(
+    fleet: Fleet, remaining: MutableMapping[str, float], menus, min_residual: float, keep: float, *, share_first: bool, whole_first: bool
+) -> None:
     ranked = {v: _ranked(fleet, v, r, menus, whole=False) for v, r in remaining.items() if r > TINY_RPS}
     order = sorted(ranked, key=lambda v: (-_need(ranked[v], remaining[v]), v))
     # 1. saturated gpu-lets at each variant's most efficient size
@@ -188,7 +238,7 @@ def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_resi
             continue
         kind, size, sat = ranked[v][0]
         while remaining[v] >= sat * (1 - 1e-9):
-            carried = place_piece(fleet, v, kind, size, sat, keep)
+            carried = place_piece(fleet, v, kind, size, sat, keep, whole_first=whole_first)
             if carried <= TINY_RPS:
                 break
             remaining[v] -= carried
@@ -204,7 +254,7 @@ def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_resi
         for _ in range(3):
             if remaining[v] <= max(min_residual, TINY_RPS):
                 break
-            carried = place_residue(fleet, v, kind, menus[kind], remaining[v], size, keep)
+            carried = place_residue(fleet, v, kind, menus[kind], remaining[v], size, keep, whole_first=whole_first)
             if carried <= TINY_RPS:
                 break
             remaining[v] -= carried
@@ -220,9 +270,9 @@ def _gpulet(fleet: Fleet, remaining: MutableMapping[str, float], menus, min_resi
                 _absorb(fleet, remaining)
                 while remaining[v] > max(min_residual, TINY_RPS):
                     if remaining[v] >= sat:
-                        carried = place_piece(fleet, v, kind, size, remaining[v], keep)
+                        carried = place_piece(fleet, v, kind, size, remaining[v], keep, whole_first=whole_first)
                     else:
-                        carried = place_residue(fleet, v, kind, menus[kind], remaining[v], size, keep)
+                        carried = place_residue(fleet, v, kind, menus[kind], remaining[v], size, keep, whole_first=whole_first)
                     if carried <= TINY_RPS:
                         carried = place_anywhere(fleet, v, kind, menus[kind], remaining[v], keep=0.0)
                     if carried <= TINY_RPS:
@@ -263,7 +313,7 @@ def _open_whole(fleet: Fleet, variant: str, ranked: list[tuple[str, int, float]]
     return 0.0
 
 
-def _temporal(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
+def _temporal(fleet: Fleet, remaining: MutableMapping[str, float], min_residual: float) -> None:
     ranked = {v: _ranked(fleet, v, r, {}, whole=True) for v, r in remaining.items() if r > TINY_RPS}
     order = sorted(ranked, key=lambda v: (-_need(ranked[v], remaining[v]), v))
     for v in order:  # saturated whole devices
@@ -284,7 +334,7 @@ def _temporal(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
             if remaining[v] <= TINY_RPS:
                 break
             remaining[v] -= _share_whole_fit(fleet, v, kind, remaining[v])
-        if remaining[v] > TINY_RPS:
+        if remaining[v] > max(min_residual, TINY_RPS):
             remaining[v] -= _open_whole(fleet, v, ranked[v], remaining[v])
         for kind, _, _ in ranked[v]:
             if remaining[v] > TINY_RPS:
@@ -295,18 +345,18 @@ def _share_whole_fit(fleet: Fleet, variant: str, kind: str, want: float) -> floa
     """Squishy bin packing's best fit: the busiest shared device that takes all of ``want``."""
     candidates = []
     for device, let in fleet.lets(kind):
-        if len(let.items) < fleet.max_models or let.has(variant):
-            candidates.append((-occupancy(fleet, kind, let), device.index, let.serial))
-    for _, index, serial in sorted(candidates):
+        if (len(let.items) < fleet.max_models or let.has(variant)) and let.load < 1 - 1e-9:
+            candidates.append((-let.load, device.index, let.serial))
+    for _, index, serial in sorted(candidates)[:4 * SHARE_ATTEMPTS]:
         if fleet.room(fleet.devices[index], serial, variant) >= want * (1 - 1e-9):
             return fleet.share(fleet.devices[index], serial, variant, want, keep=0.0)
     return 0.0
 
 
-def _whole(fleet: Fleet, remaining: MutableMapping[str, float]) -> None:
+def _whole(fleet: Fleet, remaining: MutableMapping[str, float], min_residual: float) -> None:
     ranked = {v: _ranked(fleet, v, r, {}, whole=True) for v, r in remaining.items() if r > TINY_RPS}
     for v in sorted(ranked, key=lambda u: (-_need(ranked[u], remaining[u]), u)):
-        while ranked[v] and remaining[v] > TINY_RPS:
+        while ranked[v] and remaining[v] > max(min_residual, TINY_RPS):
             carried = _open_whole(fleet, v, ranked[v], remaining[v])
             if carried <= TINY_RPS:
                 break

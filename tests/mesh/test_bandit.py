@@ -5,12 +5,21 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.bandit import (
-    BadModel, BanditPolicy, Bounds, Candidate, NoCandidate, PolicyClosed, candidate_from_profile,
-    filter_candidates, save_atomic, shared_features, vw_example,
+    BadModel,
+    BanditPolicy,
+    Bounds,
+    Candidate,
+    NoCandidate,
+    PolicyClosed,
+    candidate_from_profile,
+    filter_candidates,
+    save_atomic,
+    shared_features,
+    vw_example,
 )
 from mesh.slowdown import SlowdownEstimate
 
@@ -46,8 +55,8 @@ def test_a_lower_deadline_confidence_admits_the_risky_variant():
     (Bounds(budget_ms=100, min_accuracy=0.985, max_energy_j=0.001), "energy",
      "no deployed variant of digits meeting the accuracy bound uses <= 0.001 J per request (least: 0.003 J)"),
     (Bounds(budget_ms=100, min_accuracy=0.985), "deadline",
-     "no deployed variant of digits is likely to meet the 100 ms deadline (best: digits-cnn, predicted 30 ms, "
-     "P(deadline met) 0.40 < 0.5)"),
+     ("no deployed variant of digits is likely to meet the 100 ms deadline (best: digits-cnn, predicted 30 ms, "
+      "P(deadline met) 0.40 < 0.5)")),
 ])
 def test_no_candidate_names_the_bound_that_cannot_be_met(bounds, bound, message):
     with pytest.raises(NoCandidate) as info:
@@ -85,8 +94,8 @@ def test_vw_example_format_is_stable():
     lines = vw_example({"device": "edge", "app": "fast reader|v2", "battery": 40, "charging": False},
                        budget_ms=50.0, load=0.25, candidates=(LINEAR, CNN), label=(1, 0.25, 0.8))
     assert lines == [
-        "shared |C app=fast_reader_v2 battery:3.71357 charging=false device=edge "
-        "|B budget=b6 log_budget:1.69897 load:0.25",
+        ("shared |C app=fast_reader_v2 battery:3.71357 charging=false device=edge "
+         "|B budget=b6 log_budget:1.69897 load:0.25"),
         "|V v=digits-linear |F err:2.6 gap:1.3 lat:0.01 miss:0.01 energy:0",
         "0:0.25:0.8 |V v=digits-cnn |F err:1.3 gap:0 lat:0.6 miss:0.6 energy:1.47712",
     ]
@@ -132,7 +141,7 @@ def test_an_untrained_policy_explores_every_candidate():
     assert len(pmf) == 4 and all(p > 0 for p in pmf) and sum(pmf) == pytest.approx(1.0)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None)
 @given(subset=st.lists(st.sampled_from(FAMILY), min_size=1, max_size=4, unique=True),
        seed=st.integers(0, 2**32 - 1), app=st.sampled_from(["a", "b"]))
 def test_decisions_never_leave_the_candidates(trained_policy, subset, seed, app):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -107,7 +108,7 @@ def test_p_deadline_met_is_a_probability_monotone_in_the_budget(mean, variance, 
     est = SlowdownEstimate(mean=mean, variance=variance)
     ps = [p_deadline_met(b, PROFILED_S, est, queue) for b in sorted(budgets)]
     assert all(0.0 <= p <= 1.0 for p in ps)
-    assert all(a <= b for a, b in zip(ps, ps[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(ps))
 
 
 def test_more_uncertainty_makes_a_comfortable_deadline_less_certain():

@@ -1,0 +1,410 @@
+"""Carrying out a ProfileDevice command on the agent: profiling processes on partitions, progress out.
+
+The plan (agents.profiler.measurement_plan) is taken in order, one partition size at a time: a
+profiling process pinned to that partition measures every (variant, batch) alone, then, for the
+co-locations, a second process on the rest of the device loops the co-runner while the first
+measures again. Nothing else of the run shares the device meanwhile. Results stream to the
+controller as ProfileProgress messages through ``emit``; the last one has ``done`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agents.error import AgentError
+from agents.process import CORES_ENV, die_with_parent, stop_process
+from agents.profiler import (
+    SPEC_ENV,
+    Measurement,
+    ProfilerSpec,
+    Shared,
+    Solo,
+    device_capacity,
+    measurement_plan,
+    partition_menu,
+)
+from protocol.message import ProfileDevice, ProfileProgress
+from protocol.types import ColocationSample, DeviceInfo, ProfileSample, VariantSpec
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[ProfileProgress], None]
+
+
+class ProfileFailed(AgentError):
+    """A profiling run could not finish; the message says which process and why."""
+
+
+class ProfilerExited(ProfileFailed):
+    """A profiling process ended before answering."""
+
+
+class ProfilerTimedOut(ProfileFailed):
+    """A profiling process did not answer within its time limit."""
+
+
+class ProfilerRefused(ProfileFailed):
+    """A profiling process answered with an error (artifact, model, or command)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLimits:
+    """Bounds on one profiling run. ``start_s`` covers a fresh interpreter importing torch,
+    fetching and loading the artifacts; ``step_s`` one measurement (warm-up and timed runs)."""
+
+    start_s: float = 180.0
+    step_s: float = 300.0
+    stop_s: float = 2.0  # SIGTERM, then SIGKILL after this
+    progress_every: int = 4  # measurements per ProfileProgress
+    warmup_runs: int = 3
+    max_pairs: int = 32
+    fetch_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    """Everything one run measured; ``error`` is empty when it measured the whole plan."""
+
+    samples: tuple[ProfileSample, ...]
+    colocations: tuple[ColocationSample, ...]
+    error: str = ""
+
+
+def profiler_environment(
+    spec: ProfilerSpec, *, kind: str, device_id: str, partition: int, cores: Sequence[int]
+) -> dict[str, str]:
+    """The environment of a profiling process: its spec, and the partition it enforces on itself.
+
+    CPU: pinned to ``cores`` with as many torch/OpenMP threads. CUDA: the device, and the MPS
+    active-thread percentage ``partition`` (honoured when an MPS control daemon runs).
+    """
+    env = dict(os.environ)
+    env[SPEC_ENV] = spec.to_json()
+    if kind == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = device_id.removeprefix("cuda")
+        env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(partition)
+        env.pop(CORES_ENV, None)
+        threads = 1
+    else:
+        env[CORES_ENV] = ",".join(str(c) for c in cores)
+        threads = len(cores)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def describe(kind: str, device_id: str, partition: int) -> str:
+    if kind == "cuda":
+        return f"{partition}% of {device_id}"
+    return f"{partition} core" + ("s" if partition != 1 else "")
+
+
+class _Profiler:
+    """One profiling process and its pipes. Used by one task at a time: a command, then its answer."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, label: str) -> None:
+        self.proc = proc
+        self.label = label
+        self.ready: dict[str, Any] = {}
+        self._tail: collections.deque[str] = collections.deque(maxlen=5)
+        self._stderr = asyncio.create_task(self._drain_stderr(), name=f"profiler-stderr-{proc.pid}")
+
+    @classmethod
+    async def spawn(cls, env: dict[str, str], label: str) -> _Profiler:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agents.profiler",
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )
+        return cls(proc, label)
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._tail.append(line)
+                log.debug("profiler on %s: %s", self.label, line)
+
+    async def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        self.ready = await self._answer("ready", timeout_s)
+        return self.ready
+
+    async def call(self, command: dict[str, Any], expect: str, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        try:
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it exited; reading its answer reports why
+        return await self._answer(expect, timeout_s)
+
+    async def _answer(self, expect: str, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.proc.stdout.readline(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ProfilerTimedOut(
+                    f"profiler on {self.label} did not answer {expect!r} within {timeout_s:g}s"
+                ) from None
+            if not raw:
+                try:
+                    code = await asyncio.wait_for(self.proc.wait(), 1.0)
+                except TimeoutError:
+                    code = None
+                raise ProfilerExited(f"profiler on {self.label} exited ({code}) before {expect!r}{self._why()}")
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                log.warning("profiler on %s wrote a line that is not JSON: %r", self.label, raw[:200])
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "error":
+                raise ProfilerRefused(f"profiler on {self.label}: {event.get('message', 'error')}")
+            if event.get("event") == expect:
+                return event
+
+    def _why(self) -> str:
+        return f": {self._tail[-1]}" if self._tail else ""
+
+    async def close(self, timeout_s: float) -> None:
+        """End of input asks it to exit; SIGTERM, then SIGKILL, when it does not."""
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        await stop_process(self.proc, timeout_s)
+        await self.reap()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    async def reap(self) -> None:
+        await self.proc.wait()
+        try:
+            await asyncio.wait_for(self._stderr, 1.0)
+        except TimeoutError:
+            pass  # wait_for cancelled it
+        await asyncio.gather(self._stderr, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Tally:
+    completed: int = 0
+    samples: list[ProfileSample] = field(default_factory=list)
+    colocations: list[ColocationSample] = field(default_factory=list)
+    unsent: int = 0  # the last `unsent` samples have not been emitted yet
+    unsent_colocations: int = 0  # likewise for colocations
+
+
+class ProfileRunner:
+    """One profiling run of one device, started by the agent for a ProfileDevice command.
+
+    :meth:`run` never raises but ``CancelledError``: a failure ends the run with a final
+    ProfileProgress carrying ``error``. Cancelling it terminates its processes (SIGTERM, then
+    SIGKILL) before the cancellation propagates; every process also dies with the agent.
+    ``emit`` is called from the run's task and must not block.
+    """
+
+    def __init__(
+        self,
+        cmd: ProfileDevice,
+        *,
+        agent_id: str,
+        devices: Sequence[DeviceInfo],
+        cores: Sequence[int],
+        controller: str,
+        state_dir: Path,
+        emit: Emit,
+        limits: ProfileLimits = ProfileLimits(),
+    ) -> None:
+        self.cmd = cmd
+        self.agent_id = agent_id
+        self.devices = tuple(devices)
+        self.cores = tuple(cores)
+        self.controller = controller
+        self.cache_dir = Path(state_dir).absolute() / "artifacts"
+        self.limits = limits
+        self._emit = emit
+        self._live: list[_Profiler] = []
+        self._spawned = 0
+        self._tally = _Tally()
+        self._total = 0
+        self._kind = ""
+
+    async def run(self) -> ProfileResult:
+        started = time.monotonic()
+        cmd = self.cmd
+        error = ""
+        try:
+            device = next((d for d in self.devices if d.device_id == cmd.device_id), None)
+            if device is None:
+                raise ProfileFailed(f"this agent has no device {cmd.device_id!r}")
+            if device.kind != "cuda":  # partitions are core counts out of the cores this agent may use
+                device = replace(device, cores=min(device.cores, len(self.cores)))
+            self._kind = device.kind
+            capacity = device_capacity(device)
+            menu = partition_menu(device, cmd.partitions)
+            plan = measurement_plan(cmd.variants, menu, cmd.batches, cmd.colocation, capacity,
+                                    max_pairs=self.limits.max_pairs)
+            self._total = len(plan)
+            log.info("profiling %s: %d measurements over partitions %s", cmd.device_id, len(plan), list(menu))
+            self._send(done=False)
+            for partition, steps in itertools.groupby(plan, key=lambda m: m.partition):
+                await self._profile_partition(device, partition, list(steps))
+        except ProfileFailed as exc:
+            error = str(exc)
+        except Exception as exc:  # a failing profile never takes the agent down
+            log.exception("profiling failed", extra={"device": cmd.device_id})
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await self._stop_all()
+        if error:
+            log.warning("profiling of %s failed after %d/%d: %s",
+                        cmd.device_id, self._tally.completed, self._total, error)
+        else:
+            log.info("profiling of %s done: %d measurements in %.1f s", cmd.device_id, self._total,
+                     time.monotonic() - started)
+        self._send(done=True, error=error)
+        return ProfileResult(tuple(self._tally.samples), tuple(self._tally.colocations), error)
+
+    async def _profile_partition(self, device: DeviceInfo, partition: int, steps: list[Measurement]) -> None:
+        by_name = {v.name: v for v in self.cmd.variants}
+        home = await self._start(device, partition, 0, [by_name[n] for n in _names(s.variant for s in steps)])
+        solo: dict[Solo, float] = {}
+        other: _Profiler | None = None
+        for step in steps:
+            if isinstance(step, Solo):
+                answer = await self._measure(home, step.variant, step.batch)
+                solo[step] = answer["p50_ms"]
+                self._record_solo(device, step, answer)
+                continue
+            if other is None:
+                corunners = [by_name[n] for n in _names(s.other for s in steps if isinstance(s, Shared))]
+                other = await self._start(device, step.other_partition, partition, corunners)
+            await other.call({"op": "load", "variant": step.other, "batch": step.other_batch}, "loading",
+                             self.limits.step_s)
+            answer = await self._measure(home, step.variant, step.batch)
+            self._record_shared(device, step, solo[step.solo], answer)
+        # On failure or cancellation they stay live and run() stops them all at once.
+        for proc in (other, home):
+            if proc is not None:
+                await proc.close(self.limits.stop_s)
+                self._live.remove(proc)
+
+    async def _start(self, device: DeviceInfo, partition: int, offset: int, variants: list[VariantSpec]) -> _Profiler:
+        cores = self.cores[offset:offset + partition] if device.kind != "cuda" else ()
+        spec = ProfilerSpec(
+            controller=self.controller,
+            identity=f"profiler:{self.agent_id}:{self.cmd.request_id}.{self._spawned}",
+            device="cuda" if device.kind == "cuda" else "cpu",
+            cache_dir=str(self.cache_dir),
+            variants=tuple(variants),
+            fetch_timeout_s=self.limits.fetch_timeout_s,
+        )
+        self._spawned += 1
+        env = profiler_environment(spec, kind=device.kind, device_id=device.device_id, partition=partition, cores=cores)
+        label = describe(device.kind, device.device_id, partition)
+        proc = await _Profiler.spawn(env, label)
+        self._live.append(proc)
+        ready = await proc.wait_ready(self.limits.start_s)
+        if cores and sorted(ready.get("cores", ())) != sorted(cores):
+            raise ProfileFailed(f"profiler on {label} runs on cores {ready.get('cores')}, not {list(cores)}")
+        return proc
+
+    async def _measure(self, proc: _Profiler, variant: str, batch: int) -> dict[str, Any]:
+        command = {"op": "measure", "variant": variant, "batch": batch, "repeats": max(1, self.cmd.repeats),
+                   "warmup": self.limits.warmup_runs}
+        answer = await proc.call(command, "measured", self.limits.step_s)
+        if not (0 < answer["p50_ms"] <= answer["p99_ms"]):
+            raise ProfileFailed(f"profiler on {proc.label} measured {variant} batch {batch} as {answer}")
+        return answer
+
+    def _record_solo(self, device: DeviceInfo, step: Solo, answer: dict[str, Any]) -> None:
+        self._tally.samples.append(ProfileSample(
+            variant=step.variant, device_kind=device.kind, partition=step.partition, batch=step.batch,
+            p50_ms=float(answer["p50_ms"]), p99_ms=float(answer["p99_ms"]), runs=int(answer["runs"]),
+        ))
+        self._tally.unsent += 1
+        size = describe(device.kind, device.device_id, step.partition)
+        self._advance(f"profiling {step.variant} batch {step.batch} on {size}")
+
+    def _record_shared(self, device: DeviceInfo, step: Shared, solo_p50: float, answer: dict[str, Any]) -> None:
+        self._tally.colocations.append(ColocationSample(
+            device_kind=device.kind, variant=step.variant, partition=step.partition, batch=step.batch,
+            other=step.other, other_partition=step.other_partition, other_batch=step.other_batch,
+            solo_p50_ms=solo_p50, shared_p50_ms=float(answer["p50_ms"]),
+        ))
+        self._tally.unsent_colocations += 1
+        mine = describe(device.kind, device.device_id, step.partition)
+        theirs = describe(device.kind, device.device_id, step.other_partition)
+        self._advance(f"profiling {step.variant} batch {step.batch} on {mine} next to {step.other} on {theirs}")
+
+    def _advance(self, what: str) -> None:
+        self._tally.completed += 1
+        log.info("%s: %d/%d", what, self._tally.completed, self._total)
+        if self._tally.unsent + self._tally.unsent_colocations >= max(1, self.limits.progress_every):
+            self._send(done=False)
+
+    def _send(self, *, done: bool, error: str = "") -> None:
+        tally = self._tally
+        samples = tuple(tally.samples[len(tally.samples) - tally.unsent:])
+        colocations = tuple(tally.colocations[len(tally.colocations) - tally.unsent_colocations:])
+        tally.unsent = tally.unsent_colocations = 0
+        progress = ProfileProgress(
+            request_id=self.cmd.request_id, agent_id=self.agent_id, device_kind=self._kind,
+            completed=tally.completed, total=self._total, samples=samples, colocations=colocations,
+            done=done, error=error,
+        )
+        try:
+            self._emit(progress)
+        except Exception:  # the agent may be stopping; the controller re-asks after a restart
+            log.warning("profiling progress could not be passed on", exc_info=True)
+
+    async def _stop_all(self) -> None:
+        """Terminate every live process; SIGKILL whatever outlives the grace, even when cancelled."""
+        live, self._live = self._live, []
+        for proc in live:
+            if proc.proc.returncode is None:
+                try:
+                    proc.proc.terminate()
+                except ProcessLookupError:
+                    pass
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.proc.wait() for p in live)), self.limits.stop_s)
+        except TimeoutError:
+            pass
+        finally:
+            for proc in live:
+                proc.kill()
+        await asyncio.gather(*(p.reap() for p in live))
+
+
+def _names(names: Iterable[str]) -> list[str]:
+    """Distinct names in first-seen order."""
+    return list(dict.fromkeys(names))
