@@ -139,6 +139,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bandit_report(args: argparse.Namespace) -> int:
+    from letmesh.bandit_report import report
+
+    try:
+        print(report(Path(args.state_dir), family=args.family, limit=args.limit))
+    except FileNotFoundError as exc:
+        print(f"letmesh bandit report: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from letmesh.zoo import build_zoo
 
@@ -204,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--wait", action="store_true", help="wait until profiling in progress has finished")
     pr.add_argument("--wait-timeout", type=float, default=900.0)
     pr.set_defaults(func=cmd_profile)
+
+    b = sub.add_parser("bandit", help="the contextual-bandit variant selector")
+    bsub = b.add_subparsers(dest="bandit_command", required=True)
+    br = bsub.add_parser("report", help="learned preferences and offline estimates from the decision log")
+    br.add_argument("--state-dir", default=".letmesh", help="the controller's state folder")
+    br.add_argument("--family", default=None)
+    br.add_argument("--limit", type=int, default=20_000, help="newest logged decisions to evaluate on")
+    br.set_defaults(func=cmd_bandit_report)
 
     z = sub.add_parser("zoo", help="demo model repository")
     zsub = z.add_subparsers(dest="zoo_command", required=True)

@@ -134,15 +134,23 @@ def plan(
     max_batch: int = MAX_BATCH,
     worker_overhead_bytes: int = DEFAULT_WORKER_OVERHEAD_BYTES,
     keep: float = 0.85,
+    strategies: Sequence[str] | None = None,
 ) -> Plan:
     """Plan ``demands`` onto ``devices``. Demand that cannot be carried within its SLO is reported
     in ``Plan.unserved``. ``partition_menu`` maps a device kind to the partition sizes allowed
     (default: 20/40/50/60/80/100 % on CUDA kinds, every core count on others).
     ``min_residual_rps``: a leftover below it gets no gpu-let of its own (only temporal sharing).
     ``keep``: a co-location is accepted only if it keeps this share of what the moved variant
-    would carry alone, after subtracting what its neighbours lose to interference."""
+    would carry alone, after subtracting what its neighbours lose to interference.
+    ``strategies``: the candidate packings to try, in order (default: the policy's own, see
+    ``STRATEGIES``); the plan that leaves the least demand unserved wins, ties going to fewer
+    devices, fewer gpu-lets, then the earlier candidate."""
     if policy not in POLICIES:
         raise UnknownPolicy(f"unknown planning policy {policy!r}; known: {', '.join(POLICIES)}")
+    candidates = tuple(strategies) if strategies is not None else STRATEGIES[policy]
+    unknown = [s for s in candidates if s not in PACKINGS]
+    if unknown or not candidates:
+        raise UnknownPolicy(f"unknown packing strategies {unknown}; known: {', '.join(PACKINGS)}")
     if max_models_per_gpulet < 1 or max_batch < 1:
         raise ValueError("max_models_per_gpulet and max_batch must be at least 1")
     seen: set[str] = set()
@@ -153,7 +161,7 @@ def plan(
     ordered = sorted(demands, key=lambda d: d.variant)
     needs = {d.variant: Need(d.variant, d.slo_ms, d.memory_bytes) for d in ordered}
     best: tuple[tuple, Plan] | None = None
-    for rank, strategy in enumerate(STRATEGIES[policy]):
+    for rank, strategy in enumerate(candidates):
         spatial = PACKINGS[strategy].rules == "gpulet"
         fleet = Fleet(
             devices,

@@ -9,6 +9,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from letmesh.bandit_report import report
 from letmesh.launcher import LocalMesh
 from tests.integration.conftest import _stop_and_check
 
@@ -89,3 +90,9 @@ async def test_each_application_comes_to_get_its_preferred_variant_within_bounds
     lowest = json.loads((digits_repo / "digits-linear" / "manifest.json").read_text())["accuracy"]
     assert lowest < 0.975, "the bound must exclude a variant for this check to mean anything"
     assert FAST not in bounded, "no request was routed to a variant outside its accuracy bound"
+
+    # The operator's view: learned preferences per context from the decision log and saved model.
+    text = await asyncio.to_thread(report, digits_mesh.state_dir, family="digits")
+    rows = {line.split("->")[0].strip(): line.split("->")[1].split()[0] for line in text.splitlines() if "->" in line}
+    assert rows.get("app=reader-fast") == FAST and rows.get("app=reader-accurate") == ACCURATE, text
+    assert "DR" in text and "IPS" in text
