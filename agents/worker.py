@@ -30,7 +30,7 @@ import zmq.asyncio  # noqa: E402
 from agents.artifact import fetch_artifact  # noqa: E402
 from agents.error import WorkerSpecError  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
-from mesh.batching import DeadlineBatcher, Queued  # noqa: E402
+from mesh.batching import Batcher, Queued, make_batcher  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed, Incoming  # noqa: E402
 from protocol.codec import decode, tensor_meta, tensors_from_frames  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
@@ -74,7 +74,7 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.identity = f"worker:{cmd.worker_id}"
         self.runners: dict[str, ModelRunner] = {}
-        self.batchers: dict[str, DeadlineBatcher] = {}
+        self.batchers: dict[str, Batcher] = {}
         self.profile_ms: dict[str, tuple[float, ...]] = {}
         self._gateways: dict[str, Endpoint] = {}
         self._recv_tasks: dict[str, asyncio.Task] = {}
@@ -130,7 +130,11 @@ class Worker:
             measured = runner.warm_up()
             self.runners[spec.name] = runner
             self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
-            self.batchers[spec.name] = DeadlineBatcher(max_batch=spec.max_batch, latency_s=runner.latency_s)
+            try:
+                self.batchers[spec.name] = make_batcher(spec.batching, max_batch=spec.max_batch,
+                                                        latency_s=runner.latency_s)
+            except ValueError as exc:
+                raise WorkerSpecError(f"variant {spec.name!r}: {exc}") from None
             log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured})
 
     async def _control_loop(self, control: Endpoint, replies: asyncio.Queue) -> None:
@@ -253,6 +257,8 @@ class Worker:
                                       queue_us=int((now - item.arrived) * 1e6)))
         if decision.batch:
             self._run_batch(name, decision.batch, now)
+            finished = time.monotonic()
+            self.batchers[name].feedback(len(decision.batch), any(q.deadline < finished for q in decision.batch))
             return _RAN
         if decision.wake_at is not None and not decision.late:
             return decision.wake_at

@@ -21,6 +21,8 @@ class ControllerConfig:
     # the initial placement). A re-plan waits for profiles and runs at most once a period.
     planner: str = "gpulet"
     replan_period_s: float = 10.0
+    demand_half_life_s: float = 5.0
+    demand_history_s: float = 60.0
     worker_start_timeout_s: float = 120.0
     policy_publish_interval_s: float = 1.0
     # Measure (variant, partition, batch) latencies when a device or variant has no profile yet.

@@ -84,7 +84,7 @@ class ControllerActor(Actor):
         self._layout: LayoutManager | None = None
         self._agent_pids: dict[str, int] = {}
         self._profiling = ProfilingRuns()
-        self._demand = DemandTracker()
+        self._demand = DemandTracker(half_life_s=config.demand_half_life_s, history_s=config.demand_history_s)
         self._last_publish = float("-inf")
         self._epoch = 0
         self._seq = 0

@@ -509,32 +509,42 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.1f}"
 
 
-def plan_summary(result: Plan, demands: Sequence[Demand], groups: Sequence[DeviceGroup], devices: Sequence[DeviceSlot]) -> str:
+def plan_summary(result: Plan, demands: Sequence[Demand], planned: Sequence[Demand], groups: Sequence[DeviceGroup],
+                 devices: Sequence[DeviceSlot]) -> str:
+    """Devices used, then per variant: the workload's rate, the planned target, what the plan
+    serves and what of the target it cannot carry."""
     served = result.served()
-    lets_of: dict[str, list] = {}
+    target = {d.variant: d.rate_rps for d in planned}
+    batches_of: dict[str, list[int]] = {}
     for g in result.gpulets:
         for a in g.assignments:
-            lets_of.setdefault(a.variant, []).append(a.batch)
+            batches_of.setdefault(a.variant, []).append(a.batch)
     used = {g.device_id for g in result.gpulets}
-    per_group = ", ".join(
-        f"{g.name} ({g.kind}) {sum(1 for s in g.slots() if s.device_id in used)} of {g.count}" for g in groups)
+    per_group = ", ".join(f"{g.name} ({g.kind}) {sum(1 for s in g.slots() if s.device_id in used)} of {g.count}" for g in groups)
     lines = [f"devices used: {len(used)} of {len(devices)}  [{per_group}]", "",
-             f"{'variant':<20} {'slo ms':>8} {'demand rps':>12} {'served rps':>12} {'unserved rps':>13} {'gpu-lets':>9}  batches"]
+             f"{'variant':<20} {'slo ms':>7} {'demand rps':>11} {'planned rps':>12} {'served rps':>11} {'unserved rps':>13} "
+             f"{'gpu-lets':>9}  batches"]
+    short = {}
     for d in sorted(demands, key=lambda d: d.variant):
         miss = result.unserved.get(d.variant, 0.0)
-        batches = sorted(lets_of.get(d.variant, []))
-        shown = ",".join(map(str, sorted(set(batches))))
-        lines.append(f"{d.variant:<20} {d.slo_ms:>8g} {_fmt_rate(d.rate_rps):>12} {_fmt_rate(served.get(d.variant, 0.0)):>12} "
-                     f"{(_fmt_rate(miss) if miss > 0 else '-'):>13} {len(batches):>9}  {shown or '-'}")
-    total = sum(d.rate_rps for d in demands)
+        got = served.get(d.variant, 0.0)
+        if got < d.rate_rps * (1 - CARRY_TOLERANCE):
+            short[d.variant] = d.rate_rps - got
+        batches = batches_of.get(d.variant, [])
+        lines.append(f"{d.variant:<20} {d.slo_ms:>7g} {_fmt_rate(d.rate_rps):>11} {_fmt_rate(target.get(d.variant, d.rate_rps)):>12} "
+                     f"{_fmt_rate(got):>11} {(_fmt_rate(miss) if miss > 0 else '-'):>13} {len(batches):>9}  "
+                     f"{','.join(map(str, sorted(set(batches)))) or '-'}")
+    lines.append("")
     if result.unserved:
-        lines.append("")
-        lines.append(f"UNSERVED: {_fmt_rate(result.total_unserved())} of {_fmt_rate(total)} rps cannot be carried within their SLOs "
-                     "on these devices: " + ", ".join(
-                         f"{v} {_fmt_rate(r)} rps" for v, r in sorted(result.unserved.items())))
+        lines.append(f"UNSERVED: {_fmt_rate(result.total_unserved())} of the planned {_fmt_rate(sum(target.values()))} rps cannot be "
+                     "carried within their SLOs on these devices: "
+                     + ", ".join(f"{v} {_fmt_rate(r)} rps" for v, r in sorted(result.unserved.items())))
+        if short:
+            lines.append("  the workload's own rates are short too: " + ", ".join(f"{v} {_fmt_rate(r)} rps" for v, r in sorted(short.items())))
+        else:
+            lines.append("  (the workload's own rates are carried; only the headroom above them is not)")
     else:
-        lines.append("")
-        lines.append(f"all demand carried: {_fmt_rate(total)} rps")
+        lines.append(f"all demand carried: {_fmt_rate(sum(d.rate_rps for d in demands))} rps, planned as {_fmt_rate(sum(target.values()))} rps")
     return "\n".join(lines)
 
 
@@ -554,7 +564,7 @@ def needed_summary(needed: DevicesNeeded, groups: Sequence[DeviceGroup], policy:
     return "\n".join(lines)
 
 
-def plan_json(result: Plan, demands: Sequence[Demand], devices: Sequence[DeviceSlot]) -> dict[str, Any]:
+def plan_json(result: Plan, demands: Sequence[Demand], planned: Sequence[Demand], devices: Sequence[DeviceSlot]) -> dict[str, Any]:
     return {
         "policy": result.policy,
         "strategy": result.strategy,
@@ -568,6 +578,7 @@ def plan_json(result: Plan, demands: Sequence[Demand], devices: Sequence[DeviceS
             for g in result.gpulets
         ],
         "demand": {d.variant: {"rate_rps": d.rate_rps, "slo_ms": d.slo_ms} for d in demands},
+        "planned": {d.variant: d.rate_rps for d in planned},
         "served": result.served(),
         "unserved": dict(result.unserved),
     }
@@ -576,23 +587,48 @@ def plan_json(result: Plan, demands: Sequence[Demand], devices: Sequence[DeviceS
 # --- the command ---------------------------------------------------------------------------------
 
 
+def planning_target(rate_rps: float, headroom: float | None) -> float:
+    """The rate a plan is made for. ``headroom`` None: the controller's rule for a steady demand
+    (``controller.demand.DemandTracker.target``: ×1.5 below 125 rps, ×1.2 above); else × headroom."""
+    if headroom is None:
+        return rate_rps * (1.5 if rate_rps < 125.0 else 1.2)
+    return rate_rps * headroom
+
+
+def parse_headroom(text: str) -> float | None:
+    if text == "controller":
+        return None
+    if text == "none":
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 1.0 and math.isfinite(value)):
+        raise CapacityError(f"--headroom is controller, none or a factor >= 1 (e.g. 1.3), not {text!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """Everything ``plan`` and ``simulate`` read from their files and flags."""
+    """Everything ``plan`` and ``simulate`` read from their files and flags. ``demands``: the
+    workload's rates (what the simulation replays); ``planned``: the targets plans are made for."""
 
     demands: tuple[Demand, ...]
+    planned: tuple[Demand, ...]
     groups: tuple[DeviceGroup, ...]
     profiles: Profiles
     policy: str
     max_batch: int
+    headroom: str = "controller"
 
     def plan(self, devices: list[DeviceSlot] | None = None, demands: Sequence[Demand] | None = None, policy: str | None = None) -> Plan:
-        return plan(fleet(self.groups) if devices is None else devices, list(self.demands if demands is None else demands),
+        return plan(fleet(self.groups) if devices is None else devices, list(self.planned if demands is None else demands),
                     self.profiles.latency, interference=self.profiles.interference, policy=policy or self.policy,
                     max_batch=self.max_batch)
 
     def devices_needed(self, policy: str | None = None) -> DevicesNeeded:
-        return devices_needed(self.groups, self.demands, lambda devs, dems: self.plan(devs, dems, policy), self.profiles.latency)
+        return devices_needed(self.groups, self.planned, lambda devs, dems: self.plan(devs, dems, policy), self.profiles.latency)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -606,6 +642,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="off, or fit from co-location samples (default: fit when there are enough samples)")
     parser.add_argument("--policy", choices=POLICIES, default="gpulet", help="planning policy (default gpulet)")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch the planner may choose (default 32)")
+    parser.add_argument("--headroom", default="controller",
+                        help="plan for more than the workload's rates: controller (default: x1.5 below 125 rps, x1.2 above, "
+                             "as the controller does), none, or a factor such as 1.3")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="safety factor on profiled p99 latency (default 1.1)")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON to FILE")
 
@@ -619,13 +658,21 @@ def load_setup(args: argparse.Namespace) -> Setup:
         raise CapacityError("--max-batch must be at least 1 and --margin positive")
     profiles = load_profiles(profiles_csv=args.profiles, colocations_csv=args.colocations, state_dir=args.state_dir,
                              interference=args.interference, margin=args.margin)
-    return Setup(workload.demands, tuple(groups), profiles, args.policy, args.max_batch)
+    factor = parse_headroom(args.headroom)
+    planned = tuple(replace(d, rate_rps=planning_target(d.rate_rps, factor)) for d in workload.demands)
+    return Setup(workload.demands, planned, tuple(groups), profiles, args.policy, args.max_batch, args.headroom)
 
 
 def coverage_warnings(setup: Setup) -> list[str]:
     kinds = sorted({g.kind for g in setup.groups})
     return [f"warning: no profile for {d.variant} on {', '.join(kinds)}; it cannot be served"
             for d in setup.demands if not any(setup.profiles.latency.has(d.variant, k) for k in kinds)]
+
+
+def headroom_note(headroom: str) -> str:
+    if headroom == "controller":
+        return "planned as the controller would (x1.5 below 125 rps, x1.2 above)"
+    return "none" if headroom == "none" else f"planned at x{float(headroom):g} the workload's rates"
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -653,16 +700,16 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"letmesh plan: {exc}", file=sys.stderr)
         return 2
     out = [f"profiles: {setup.profiles.description}", *coverage_warnings(setup),
-           f"policy: {result.policy} (packing {result.strategy or result.policy})", "",
+           f"policy: {result.policy} (packing {result.strategy or result.policy}); headroom: {headroom_note(setup.headroom)}", "",
            layout_picture(result, devices, width=max(10, args.width), group=not args.expand), "",
-           plan_summary(result, setup.demands, setup.groups, devices)]
+           plan_summary(result, setup.demands, setup.planned, setup.groups, devices)]
     if needed is not None:
         out += ["", needed_summary(needed, setup.groups, setup.policy)]
     for p, n in others.items():
         out.append(f"  {p:<9} {'> ' + str(SEARCH_LIMIT) if n.total is None else n.total} devices")
     print("\n".join(out))
     if args.json:
-        doc = plan_json(result, setup.demands, devices)
+        doc = plan_json(result, setup.demands, setup.planned, devices)
         doc["profiles"] = setup.profiles.description
         if needed is not None:
             doc["devices_needed"] = {"counts": needed.counts, "total": needed.total, "impossible": needed.impossible}

@@ -1,17 +1,22 @@
 """Deadline-aware batching: which waiting requests a worker runs together now, and which are late.
 
-A pure, synchronous core: time is always passed in as ``now`` (seconds on the caller's
-monotonic clock). Used by gpu-let workers and by the simulator. Imports only the standard
-library: no clock, no asyncio, no zmq, no torch.
+Four policies behind one interface (:class:`Batcher`), chosen per variant deployment by name
+with :func:`make_batcher`: "edf" (work-conserving, the default), "proteus" (adaptive batching
+that waits to fill a batch), and the baselines "aimd" (Clipper) and "nexus". A pure,
+synchronous core: time is always passed in as ``now`` (seconds on the caller's monotonic
+clock). Used by gpu-let workers and by the simulator. Imports only the standard library: no
+clock, no asyncio, no zmq, no torch.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+POLICIES = ("edf", "proteus", "aimd", "nexus")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +34,9 @@ class BatchDecision:
     """What to do after one poll.
 
     ``batch``: run these now, together (may be empty). ``late``: answer these "late" without
-    computing; they cannot finish in time even alone. ``wake_at``: set only when ``batch`` is
-    empty and requests are still waiting; poll again no later than this instant.
+    computing; the policy judged they cannot finish in time (for "edf" and "proteus": not even
+    alone). ``wake_at``: set only when ``batch`` is empty and requests are still waiting; poll
+    again no later than this instant.
     """
 
     batch: tuple[Queued, ...]
@@ -38,8 +44,95 @@ class BatchDecision:
     wake_at: float | None
 
 
-class DeadlineBatcher:
-    """Earliest-deadline-first batching under a predicted batch latency.
+class Batcher(Protocol):
+    """What a worker (or the simulator) drives, whatever the policy.
+
+    The caller pushes requests as they arrive, polls whenever it is idle (and at ``wake_at``),
+    runs each returned batch, and reports how the batch went with :meth:`feedback`.
+    """
+
+    def push(self, item: Queued) -> bool: ...
+
+    def poll(self, now: float) -> BatchDecision: ...
+
+    def head_deadline(self) -> float | None: ...
+
+    def __len__(self) -> int: ...
+
+    def feedback(self, batch_size: int, finished_late: bool) -> None: ...
+
+
+def power_of_two_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes 1, 2, 4, ... below ``max_batch``, then ``max_batch`` itself."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, max_batch)
+
+
+class _DeadlineQueue:
+    """The waiting requests in deadline order, ties in arrival order, at most ``max_queue``.
+
+    Every policy keeps its queue this way, so each batch is the earliest-deadline prefix and
+    the requests that can no longer make it sit at the front. With one SLO per variant this is
+    also arrival order.
+    """
+
+    def __init__(self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self._max_batch = max_batch
+        self._latency_s = latency_s
+        self._max_queue = max_queue
+        # (deadline, push order, item): ties on deadline go in arrival order; the item itself
+        # is never compared because push order is unique.
+        self._heap: list[tuple[float, int, Queued]] = []
+        self._seq = itertools.count()
+
+    def push(self, item: Queued) -> bool:
+        """Queue ``item``; False (and nothing queued) when the queue is full."""
+        if len(self._heap) >= self._max_queue:
+            return False
+        heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
+        return True
+
+    def head_deadline(self) -> float | None:
+        """The earliest deadline waiting, or None when the queue is empty."""
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def feedback(self, batch_size: int, finished_late: bool) -> None:
+        """How the last batch went; only a policy that adapts to it overrides this."""
+
+    def _drop_heads(self, now: float, latency: float) -> tuple[Queued, ...]:
+        """Remove, in deadline order, every request that cannot finish by its deadline if it
+        needs ``latency`` from ``now``. Written ``now > deadline - latency``, as every fit test
+        is, so that polling at a ``wake_at`` computed the same way never rounds into a drop."""
+        heap, dropped = self._heap, []
+        while heap and now > heap[0][0] - latency:
+            dropped.append(heapq.heappop(heap)[2])
+        return tuple(dropped)
+
+    def _take(self, size: int) -> tuple[Queued, ...]:
+        return tuple(heapq.heappop(self._heap)[2] for _ in range(size))
+
+
+def _check_sizes(sizes: Sequence[int] | None, max_batch: int) -> tuple[int, ...]:
+    if sizes is None:
+        return power_of_two_sizes(max_batch)
+    ordered = tuple(sorted(set(sizes)))
+    if not ordered or ordered[0] != 1 or ordered[-1] != max_batch:
+        raise ValueError(f"batch sizes must run from 1 to max_batch={max_batch}, got {tuple(sizes)}")
+    return ordered
+
+
+class DeadlineBatcher(_DeadlineQueue):
+    """Policy "edf": earliest-deadline-first, work-conserving, shrinking the batch to fit.
 
     Not thread-safe: one owner pushes and polls. Invariants of every decision returned by
     :meth:`poll` at ``now``:
@@ -62,38 +155,19 @@ class DeadlineBatcher:
         max_wait_s: float = 0.0,
         max_queue: int = 10_000,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must not be negative, got {max_wait_s}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
-        self._max_batch = max_batch
-        self._latency_s = latency_s
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
         self._max_wait_s = max_wait_s
-        self._max_queue = max_queue
-        # (deadline, push order, item): ties on deadline go in arrival order; the item itself
-        # is never compared because push order is unique.
-        self._heap: list[tuple[float, int, Queued]] = []
-        self._seq = itertools.count()
-
-    def push(self, item: Queued) -> bool:
-        """Queue ``item``; False (and nothing queued) when the queue is full."""
-        if len(self._heap) >= self._max_queue:
-            return False
-        heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
-        return True
 
     def poll(self, now: float) -> BatchDecision:
         """Decide at ``now``: the batch to run, the requests already late, when to look again."""
         heap = self._heap
         # Hopeless requests have the earliest deadlines, so they sit at the front of the heap.
         alone = self._latency_s(1)
-        late: list[Queued] = []
-        while heap and now > heap[0][0] - alone:
-            late.append(heapq.heappop(heap)[2])
+        late = self._drop_heads(now, alone)
         if not heap:
-            return BatchDecision(batch=(), late=tuple(late), wake_at=None)
+            return BatchDecision(batch=(), late=late, wake_at=None)
 
         # Every candidate's deadline is at least the head's, so fitting the head fits them all.
         # Search down from the cap rather than bisecting, so a latency model that is not
@@ -105,9 +179,8 @@ class DeadlineBatcher:
             size -= 1
 
         if self._dispatch_now(now, size, cap, alone, head_deadline):
-            batch = tuple(heapq.heappop(heap)[2] for _ in range(size))
-            return BatchDecision(batch=batch, late=tuple(late), wake_at=None)
-        return BatchDecision(batch=(), late=tuple(late), wake_at=self._wake_at(size, alone, head_deadline))
+            return BatchDecision(batch=self._take(size), late=late, wake_at=None)
+        return BatchDecision(batch=(), late=late, wake_at=self._wake_at(size, alone, head_deadline))
 
     def _dispatch_now(self, now: float, size: int, cap: int, alone: float, head_deadline: float) -> bool:
         if size == self._max_batch or self._max_wait_s == 0:
@@ -126,9 +199,150 @@ class DeadlineBatcher:
         last_start = head_deadline - max(alone, self._latency_s(size))
         return min(oldest + self._max_wait_s, last_start)
 
-    def head_deadline(self) -> float | None:
-        """The earliest deadline waiting, or None when the queue is empty."""
-        return self._heap[0][0] if self._heap else None
 
-    def __len__(self) -> int:
-        return len(self._heap)
+class ProteusBatcher(_DeadlineQueue):
+    """Policy "proteus": fill the largest allowed batch the queue can, waiting as long as the head allows.
+
+    Allowed sizes default to 1, 2, 4, ... and ``max_batch``. At each poll: requests that
+    cannot finish even alone are answered late; the candidate is the largest allowed size the
+    queue fills completely; while the queue holds less than ``max_batch`` the batcher waits
+    until the head's latest start (its deadline minus the candidate's latency) for more
+    requests, then runs the largest allowed batch that still fits the head. A full
+    ``max_batch`` runs at once. A request queued for twice its budget is past its deadline, so
+    the hopeless-head rule drops it too.
+
+    Not thread-safe. Invariants: batched requests fit (``now <= deadline - latency_s(len(batch))``)
+    and ``len(batch)`` is an allowed size; late requests could not have fitted alone; polling
+    at ``wake_at`` with no new arrival runs the batch it waited for; each pushed request leaves
+    exactly once.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        latency_s: Callable[[int], float],
+        sizes: Sequence[int] | None = None,
+        max_queue: int = 10_000,
+    ) -> None:
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+        self._sizes = _check_sizes(sizes, max_batch)
+
+    def poll(self, now: float) -> BatchDecision:
+        alone = self._latency_s(1)
+        late = self._drop_heads(now, alone)
+        if not self._heap:
+            return BatchDecision(batch=(), late=late, wake_at=None)
+        head = self._heap[0][0]
+        fill = max(s for s in self._sizes if s <= len(self._heap))
+        if fill < self._max_batch:
+            # Also never past the head's own last start alone, so waiting cannot make it late.
+            start_by = head - max(alone, self._latency_s(fill))
+            if now < start_by:
+                return BatchDecision(batch=(), late=late, wake_at=start_by)
+        # Due now: an arrival (or the timer) made the filled batch too slow for the head, so run
+        # the largest allowed size that still fits it. Size 1 always does, or the head was late.
+        size = next(s for s in reversed(self._sizes) if s <= fill and now <= head - self._latency_s(s))
+        return BatchDecision(batch=self._take(size), late=late, wake_at=None)
+
+
+class NexusBatcher(_DeadlineQueue):
+    """Policy "nexus" (baseline): run only full batches or when the batch it has is about to expire.
+
+    Early drop with a sliding window: the window is the batch the queue would run now,
+    ``min(len(queue), max_batch)``; while the head cannot finish within that batch's latency it
+    is answered late, rather than the batch being shrunk to fit it (so an arrival that grows a
+    waiting batch past what its head can afford costs the head). A full ``max_batch`` runs at
+    once; a partial batch runs when its timer fires at the head's deadline minus the batch's
+    latency.
+
+    Not thread-safe. Invariants: batched requests fit (``now <= deadline - latency_s(len(batch))``);
+    a late request did not fit the window it was judged in; each pushed request leaves exactly
+    once.
+    """
+
+    def __init__(self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int = 10_000) -> None:
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+
+    def poll(self, now: float) -> BatchDecision:
+        heap, alone = self._heap, self._latency_s(1)
+        late: list[Queued] = []
+        while heap:
+            window = min(len(heap), self._max_batch)
+            if now <= heap[0][0] - max(alone, self._latency_s(window)):
+                break
+            late.append(heapq.heappop(heap)[2])
+        if not heap:
+            return BatchDecision(batch=(), late=tuple(late), wake_at=None)
+        window = min(len(heap), self._max_batch)
+        expires = heap[0][0] - max(alone, self._latency_s(window))
+        if window == self._max_batch or now >= expires:
+            return BatchDecision(batch=self._take(window), late=tuple(late), wake_at=None)
+        return BatchDecision(batch=(), late=tuple(late), wake_at=expires)
+
+
+class AIMDBatcher(_DeadlineQueue):
+    """Policy "aimd" (Clipper baseline): a batch cap tuned by feedback, no waiting, lazy drop.
+
+    The cap climbs a ladder of allowed sizes (default 1, 2, 4, ... ``max_batch``) starting at
+    the bottom: one rung up after an on-time batch that filled the cap, one rung down after a
+    batch that finished late. A poll answers late only the requests already past their
+    deadline, then runs the earliest ``min(len(queue), cap)`` at once; it never waits, so a
+    batched request may still finish late.
+
+    Not thread-safe. Invariants: ``len(batch) <= cap <= max_batch``; ``wake_at`` is always
+    None; late requests are past their deadline (``now > deadline``); each pushed request
+    leaves exactly once.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        latency_s: Callable[[int], float],
+        sizes: Sequence[int] | None = None,
+        max_queue: int = 10_000,
+    ) -> None:
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+        self._sizes = _check_sizes(sizes, max_batch)
+        self._rung = 0
+
+    @property
+    def cap(self) -> int:
+        """The largest batch the next poll may run."""
+        return self._sizes[self._rung]
+
+    def poll(self, now: float) -> BatchDecision:
+        late = self._drop_heads(now, 0.0)  # lazy: only those already past their deadline
+        if not self._heap:
+            return BatchDecision(batch=(), late=late, wake_at=None)
+        return BatchDecision(batch=self._take(min(len(self._heap), self.cap)), late=late, wake_at=None)
+
+    def feedback(self, batch_size: int, finished_late: bool) -> None:
+        if finished_late:
+            self._rung = max(0, self._rung - 1)
+        elif batch_size >= self.cap:
+            # A smaller batch than the cap says nothing about whether the cap is too low.
+            self._rung = min(len(self._sizes) - 1, self._rung + 1)
+
+
+def make_batcher(
+    policy: str,
+    *,
+    max_batch: int,
+    latency_s: Callable[[int], float],
+    max_queue: int = 10_000,
+    max_wait_s: float = 0.0,
+) -> Batcher:
+    """The batcher for ``policy`` (one of :data:`POLICIES`); ``max_wait_s`` applies to "edf" only."""
+    if policy == "edf":
+        return DeadlineBatcher(max_batch=max_batch, latency_s=latency_s, max_wait_s=max_wait_s, max_queue=max_queue)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown batching policy {policy!r}; known: {', '.join(POLICIES)}")
+    if max_wait_s:
+        raise ValueError(f"max_wait_s applies only to the edf policy, not {policy!r}")
+    if policy == "proteus":
+        return ProteusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+    if policy == "aimd":
+        return AIMDBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+    return NexusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)

@@ -62,6 +62,7 @@ class VariantSpec:
     max_batch: int = 1
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    batching: str = "edf"  # the worker's batching policy: "edf" | "proteus" | "aimd" | "nexus"
 
 
 @struct

@@ -69,7 +69,7 @@ def utilisation(m: dict, batch: int) -> tuple[float, float]:
 
 def true_slowdown(ma: dict, pa: int, ba: int, mb: dict, pb: int, bb: int) -> float:
     """The hidden co-location law the samples are drawn from (the fitted model only sees features)."""
-    da, la = (u * pa / 100 for u in utilisation(ma, ba))
+    da, _la = (u * pa / 100 for u in utilisation(ma, ba))
     db, lb = (u * pb / 100 for u in utilisation(mb, bb))
     return 1.0 + 0.32 * db + 0.08 * lb + 0.10 * da + 0.30 * da * db
 

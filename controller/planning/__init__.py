@@ -4,8 +4,17 @@ Must not import sockets, processes, torch, the registry or any actor: callers ha
 (device slots, demands, profile points) and get a Plan back.
 """
 
-from controller.planning.error import DuplicateDemand, PlanningError, UnknownPolicy, UnknownProfile
-from controller.planning.interference import CoLocation, InterferenceModel, latency_features
+from controller.planning.error import (
+    DuplicateDemand,
+    PlanningError,
+    UnknownPolicy,
+    UnknownProfile,
+)
+from controller.planning.interference import (
+    CoLocation,
+    InterferenceModel,
+    latency_features,
+)
 from controller.planning.planner import (
     Assignment,
     Demand,

@@ -4,17 +4,26 @@ Every move is tried on copies of one device's gpu-lets and committed only when a
 state is always a valid plan: each gpu-let's duty cycle fits its round, every variant in it meets
 its SLO under the predicted slowdown, no device is over-committed. Rate that a move takes away
 from neighbours (interference) is collected in ``lost`` for the caller to place again.
-Private to the planning package; created and discarded inside ``plan()``; single-threaded.
+Memory taken by a gpu-let is not given back within one call if interference later empties it
+(conservative). Private to the planning package; created and discarded inside ``plan()``;
+single-threaded.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from controller.planning.cycle import fit_cycle, max_extra, max_single, round_time, saturated, scale_to_fit
+from controller.planning.cycle import (
+    fit_cycle,
+    max_extra,
+    max_single,
+    round_time,
+    saturated,
+    scale_to_fit,
+)
 from controller.planning.error import UnknownProfile
 from controller.planning.interference import InterferenceModel
 from controller.planning.profile import LatencyModel
@@ -72,10 +81,10 @@ class Device:
     limit: int
     lets: list[Let] = field(default_factory=list)
     memory_used: int = 0
+    free: int = -1  # capacity not held by a gpu-let; kept by Fleet._commit
 
-    @property
-    def free(self) -> int:
-        return self.slot.capacity - sum(let.size for let in self.lets)
+    def __post_init__(self) -> None:
+        self.free = self.slot.capacity - sum(let.size for let in self.lets)
 
 
 class Fleet:
@@ -114,6 +123,13 @@ class Fleet:
             self._partial.setdefault(d.slot.kind, [])
         for spots in self._whole.values():
             spots.sort()
+        # Per kind: gpu-lets with idle cycle time (temporal sharing candidates) as (device, serial);
+        # per variant: devices where a gpu-let serving it sits alone with room to widen.
+        self._open: dict[str, set[tuple[int, int]]] = {kind: set() for kind in self._whole}
+        self._lone: dict[str, set[int]] = {}
+        self._capacity: dict[str, int] = {}
+        for d in self.devices:
+            self._capacity[d.slot.kind] = max(self._capacity.get(d.slot.kind, 0), d.slot.capacity)
 
     # --- lookups ----------------------------------------------------------------------------
 
@@ -121,7 +137,8 @@ class Fleet:
         return tuple(sorted(self._whole))
 
     def capacity(self, kind: str) -> int:
-        return max(d.slot.capacity for d in self.devices if d.slot.kind == kind)
+        """The largest capacity among devices of ``kind``."""
+        return self._capacity[kind]
 
     def curve(self, variant: str, kind: str, size: int) -> tuple[float, ...]:
         key = (variant, kind, size)
@@ -174,11 +191,17 @@ class Fleet:
     def partial_free(self, kind: str) -> list[tuple[int, int]]:
         return self._partial.get(kind, [])
 
-    def lets(self, kind: str | None = None) -> Iterable[tuple[Device, Let]]:
-        for d in self.devices:
-            if kind is None or d.slot.kind == kind:
-                for let in d.lets:
-                    yield d, let
+    def open_lets(self, kind: str) -> list[tuple[Device, Let]]:
+        """Gpu-lets of ``kind`` whose round leaves part of the duty cycle idle."""
+        out = []
+        for index, serial in sorted(self._open.get(kind, ())):
+            device = self.devices[index]
+            out.append((device, next(let for let in device.lets if let.serial == serial)))
+        return out
+
+    def lone_with(self, variant: str) -> list[Device]:
+        """Devices where a gpu-let serving ``variant`` is alone and the device has room left."""
+        return [self.devices[i] for i in sorted(self._lone.get(variant, ()))]
 
     def take_lost(self) -> dict[str, float]:
         lost, self.lost = self.lost, {}
@@ -241,6 +264,27 @@ class Fleet:
         after = sum(i.rate for let in device.lets if let.serial == let_serial for i in let.items if i.variant == variant)
         return after - old
 
+    def widen(self, device: Device, variant: str, want: float) -> float:
+        """Merge a residue into the variant's own gpu-let when it is alone on its device: the
+        gpu-let takes the rest of the device (no neighbour, so no interference) and up to ``want``
+        more rps of ``variant``. Returns the extra rate carried."""
+        if len(device.lets) != 1 or device.free <= 0 or want <= TINY_RPS:
+            return 0.0
+        kind = device.slot.kind
+        wider = device.lets[0].copy()
+        present = next((i for i in wider.items if i.variant == variant), None)
+        if present is None:
+            return 0.0
+        wider.size, wider.alpha = device.slot.capacity, 1.0
+        extra = self._room(device, wider, variant, want)
+        if extra <= TINY_RPS:
+            return 0.0
+        present.rate += extra
+        if not self._refit(kind, wider, allow_loss=False):
+            return 0.0
+        self._commit(device, [wider], added_memory=0)
+        return extra
+
     def room(self, device: Device, let_serial: int, variant: str) -> float:
         """The extra rate of ``variant`` that gpu-let could take at its current slowdown (no change made)."""
         return self._room(device, next(g for g in device.lets if g.serial == let_serial), variant, float("inf"))
@@ -288,8 +332,8 @@ class Fleet:
         return total <= 0 or device.memory_used + extra <= MEMORY_FRACTION * total
 
     def _refit(self, kind: str, let: Let, *, allow_loss: bool = True) -> bool:
-        """Recompute the cycle of ``let`` at its alpha. If its rates no longer fit, shed rate
-        (into ``self._shed``) when allowed. False when nothing fits."""
+        """Recompute the cycle of ``let`` at its alpha. If its rates no longer fit, scale them down
+        when ``allow_loss`` (the caller accounts for the difference). False when nothing fits."""
         items = [(self.curve(i.variant, kind, let.size), i.rate) for i in let.items]
         slo = min(self.needs[i.variant].slo_ms for i in let.items)
         fit = fit_cycle(items, slo, let.alpha)
@@ -375,7 +419,9 @@ class Fleet:
         kind = device.slot.kind
         was_whole = not device.lets
         old_free = device.free
+        self._unindex(device)
         device.lets = [let for let in lets if let.items]
+        device.free = device.slot.capacity - sum(let.size for let in device.lets)
         device.memory_used += added_memory
         if was_whole:
             spots = self._whole[kind]
@@ -389,3 +435,18 @@ class Fleet:
             bisect.insort(self._whole[kind], (device.slot.capacity, device.index))
         elif device.free > 0 and len(device.lets) < device.limit:
             bisect.insort(self._partial[kind], (device.free, device.index))
+        self._index(device)
+
+    def _index(self, device: Device) -> None:
+        for let in device.lets:
+            if let.load < 1 - 1e-9:
+                self._open[device.slot.kind].add((device.index, let.serial))
+        if len(device.lets) == 1 and device.free > 0:
+            for i in device.lets[0].items:
+                self._lone.setdefault(i.variant, set()).add(device.index)
+
+    def _unindex(self, device: Device) -> None:
+        for let in device.lets:
+            self._open[device.slot.kind].discard((device.index, let.serial))
+            for i in let.items:
+                self._lone.get(i.variant, set()).discard(device.index)

@@ -13,6 +13,7 @@ squishy bin packing. "whole": one variant per whole device. Private to the packa
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ def knee(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...]) -> tuple[
     if not usable:
         return 0, 0.0
     best, best_gain = usable[0], 0.0
-    for (lo, tl), (hi, th) in zip(rates, rates[1:]):
+    for (lo, tl), (hi, th) in itertools.pairwise(rates):
         if th <= TINY_RPS or (tl > TINY_RPS and th < KNEE_GAIN * tl):
             continue
         gain = (th - tl) / (hi - lo)
@@ -208,16 +209,27 @@ def place_anywhere(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...],
     return 0.0
 
 
+def widen_own(fleet: Fleet, variant: str, kind: str, want: float) -> float:
+    """Grow the variant's own gpu-lets that sit alone on a device into the rest of it."""
+    carried = 0.0
+    for device in fleet.lone_with(variant):
+        if device.slot.kind != kind:
+            continue
+        if want - carried <= TINY_RPS:
+            break
+        carried += fleet.widen(device, variant, want - carried)
+    return carried
+
+
 def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float) -> float:
     """Temporal sharing: fold ``variant`` into existing gpu-lets of ``kind`` with idle cycle time,
     its own first, then the busiest."""
     candidates = []
     limit = fleet.max_models
-    for device, let in fleet.lets(kind):
-        if let.load < 1 - 1e-9:
-            mine = let.has(variant)
-            if mine or len(let.items) < limit:
-                candidates.append((not mine, -let.load, device.index, let.serial))
+    for device, let in fleet.open_lets(kind):
+        mine = let.has(variant)
+        if mine or len(let.items) < limit:
+            candidates.append((not mine, -let.load, device.index, let.serial))
     candidates.sort()
     carried_total = 0.0
     for _, _, index, serial in candidates[:SHARE_ATTEMPTS]:
@@ -279,6 +291,8 @@ def _gpulet(
                         break
                     remaining[v] -= carried
                     _absorb(fleet, remaining)
+                if remaining[v] > TINY_RPS:  # last resort: the variant's own lone gpu-lets take their whole device
+                    remaining[v] -= widen_own(fleet, v, kind, remaining[v])
                 if remaining[v] <= TINY_RPS:
                     break
     fleet.grow_lone()
@@ -344,8 +358,8 @@ def _temporal(fleet: Fleet, remaining: MutableMapping[str, float], min_residual:
 def _share_whole_fit(fleet: Fleet, variant: str, kind: str, want: float) -> float:
     """Squishy bin packing's best fit: the busiest shared device that takes all of ``want``."""
     candidates = []
-    for device, let in fleet.lets(kind):
-        if (len(let.items) < fleet.max_models or let.has(variant)) and let.load < 1 - 1e-9:
+    for device, let in fleet.open_lets(kind):
+        if len(let.items) < fleet.max_models or let.has(variant):
             candidates.append((-let.load, device.index, let.serial))
     for _, index, serial in sorted(candidates)[:4 * SHARE_ATTEMPTS]:
         if fleet.room(fleet.devices[index], serial, variant) >= want * (1 - 1e-9):

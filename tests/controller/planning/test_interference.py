@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controller.planning import CoLocation, InterferenceModel, ProfilePoint, ProfileTable, latency_features
+from controller.planning import (
+    CoLocation,
+    InterferenceModel,
+    ProfilePoint,
+    ProfileTable,
+    latency_features,
+)
 
 VARIANTS = ("a", "b", "c", "d")
 INTENSITY = {"a": 0.2, "b": 0.5, "c": 0.8, "d": 0.35}

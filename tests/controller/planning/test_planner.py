@@ -234,7 +234,7 @@ def test_memory_admission_keeps_a_second_worker_off_a_full_device() -> None:
     # 0.9 * 2 GB = 1.8 GB; each worker costs 0.3 GB plus its model's 0.8 GB
     mem = int(0.8 * GB)
     demands = [Demand("small", 50.0, 40.0, mem), Demand("mid", 50.0, 60.0, mem)]
-    options = dict(interference=NONE, worker_overhead_bytes=int(0.3 * GB))
+    options = {"interference": NONE, "worker_overhead_bytes": int(0.3 * GB)}
     alone = plan(cuda(1, 2 * GB), demands, LATENCY, **options, policy="whole")
     assert alone.unserved and sum(alone.unserved.values()) == pytest.approx(50.0)
     # two models in one worker fit (0.3 + 0.8 + 0.8 = 1.9 GB > 1.8 GB? no) -> still one variant
@@ -337,7 +337,7 @@ def scenarios(draw):
 @given(scenarios())
 def test_every_plan_keeps_its_promises(case) -> None:
     devices, demands, policy, interference, min_residual = case
-    options = dict(interference=interference, policy=policy, min_residual_rps=min_residual, worker_overhead_bytes=GB // 2)
+    options = {"interference": interference, "policy": policy, "min_residual_rps": min_residual, "worker_overhead_bytes": GB // 2}
     result = plan(devices, demands, LATENCY, **options)
     check(result, devices, demands, interference)
     assert audit(result, devices, demands, LATENCY, interference) == []

@@ -8,7 +8,13 @@ import sqlite3
 
 import pytest
 
-from controller.planning import LatencyModel, PlanningError, ProfilePoint, ProfileTable, UnknownProfile
+from controller.planning import (
+    LatencyModel,
+    PlanningError,
+    ProfilePoint,
+    ProfileTable,
+    UnknownProfile,
+)
 from controller.planning.profile import ROW_FIELDS
 
 
@@ -100,9 +106,9 @@ def test_later_point_replaces_earlier_and_updated_returns_new_table(table: Profi
     assert len(newer) == len(table)
 
 
-@pytest.mark.parametrize("bad", [dict(partition=0), dict(batch=0), dict(p50_ms=0.0), dict(p99_ms=float("nan"))])
+@pytest.mark.parametrize("bad", [{"partition": 0}, {"batch": 0}, {"p50_ms": 0.0}, {"p99_ms": float("nan")}])
 def test_invalid_points_are_rejected(bad: dict) -> None:
-    fields = dict(variant="m", device_kind="cuda", partition=50, batch=1, p50_ms=1.0, p99_ms=2.0) | bad
+    fields = {"variant": "m", "device_kind": "cuda", "partition": 50, "batch": 1, "p50_ms": 1.0, "p99_ms": 2.0} | bad
     with pytest.raises(ValueError):
         ProfilePoint(**fields)
 
