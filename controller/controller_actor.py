@@ -22,6 +22,7 @@ from controller.placement import PlannedWorker, extend_placement, initial_placem
 from controller.demand import DemandTracker
 from controller.layout_manager import LayoutManager, LayoutPolicy
 from controller.learner import Learner
+from controller.planning import POLICIES
 from controller.profiling import ProfilingRuns
 from controller.registry import LEAVING, Registry
 from controller.repository import Variant, load_repository
@@ -43,6 +44,8 @@ from protocol.message import (
     PolicySnapshot,
     ProfileProgress,
     ProfilesReply,
+    Replan,
+    ReplanReply,
     RegisterAgent,
     RegisterAgentReply,
     RegisterGateway,
@@ -221,6 +224,15 @@ class ControllerActor(Actor):
                 await self._send(peer, ProfilesReply(samples=tuple(self._store.profiles()),
                                                      colocations=tuple(self._store.colocations()),
                                                      running=self._profiling.describe()))
+            case Replan(policy=policy):
+                assert self._layout is not None
+                known = (*POLICIES, "static")
+                if policy and policy not in known:
+                    await self._send(peer, ReplanReply(policy=policy, accepted=False,
+                                                       message=f"unknown policy; known: {', '.join(known)}"))
+                else:
+                    self._layout.force(policy)
+                    await self._send(peer, ReplanReply(policy=self._layout.settings.policy, accepted=True))
             case DemandReport(window_s=window_s, counts=counts) if kind == "gateway":
                 self._demand.observe(counts, window_s, now)
             case DecisionRecords(records=records) if kind == "gateway":

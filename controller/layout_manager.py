@@ -7,6 +7,7 @@ sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,16 +48,24 @@ class LayoutManager:
         self._planned_for: dict[str, float] = {}
         self._last_plan = float("-inf")
         self.replans = 0
+        self._forced = False
+
+    def force(self, policy: str = "") -> None:
+        """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
+        if policy:
+            self.settings = dataclasses.replace(self.settings, policy=policy)
+        self._forced = True
 
     def tick(self, now: float) -> list[tuple[str, object]]:
         if self.settings.policy == "static":
             return []
         if self.transition is not None:
             return self._advance(now)
-        if now - self._last_plan < self.settings.replan_period_s:
+        forced, self._forced = self._forced, False
+        if not forced and now - self._last_plan < self.settings.replan_period_s:
             return []
         target = self._demand.target()
-        if self.current is not None and not replan_due(self._planned_for, self._floor(target)):
+        if not forced and self.current is not None and not replan_due(self._planned_for, self._floor(target)):
             return []
         self._last_plan = now
         return self._replan(target, now)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from controller.planning import POLICIES, Demand, DeviceSlot, InterferenceModel, LatencyModel, Plan, plan
+from controller.planning import POLICIES, Demand, DeviceSlot, GpuLet, InterferenceModel, LatencyModel, Plan, plan
 from controller.planning.profile import DEFAULT_MARGIN
 from controller.replanner import MIN_COLOCATIONS_TO_FIT, interference_model, profile_table
 from controller.store import StateStore
@@ -199,6 +199,9 @@ def parse_devices(doc: Any, source: str = "devices") -> tuple[DeviceGroup, ...]:
     for name in names:
         if names.count(name) > 1:
             raise WorkloadFileError(f"{source}: several device groups are named {name!r}; give each group a distinct `name`")
+        clash = next((o for o in names if o != name and o.startswith(name) and o[len(name)].isdigit()), None)
+        if clash is not None:
+            raise WorkloadFileError(f"{source}: device groups named {name!r} and {clash!r} would give clashing device ids; rename one")
     return tuple(groups)
 
 
@@ -362,11 +365,11 @@ def infeasible_variants(groups: Sequence[DeviceGroup], demands: Sequence[Demand]
                         plan_with: Callable[[list[DeviceSlot], list[Demand]], Plan]) -> dict[str, str]:
     """Variants that even one whole device of every kind cannot serve at a trickle of load."""
     one_each = fleet(groups, [1] * len(groups))
+    kinds = sorted({g.kind for g in groups})
     out = {}
     for d in demands:
         if d.rate_rps <= 0:
             continue
-        kinds = sorted({g.kind for g in groups})
         if not any(latency.has(d.variant, k) for k in kinds):
             out[d.variant] = f"no profile on {', '.join(kinds)}"
         elif plan_with(one_each, [replace(d, rate_rps=1e-3)]).total_unserved() > 0:
@@ -393,7 +396,7 @@ def devices_needed(groups: Sequence[DeviceGroup], demands: Sequence[Demand],
         nonlocal calls
         if counts not in memo:
             calls += 1
-            memo[counts] = any(counts) and carried(plan_with(fleet(groups, counts), wanted), wanted)
+            memo[counts] = any(counts) and carried(plan_with(fleet(groups, list(counts)), wanted), wanted)
         return memo[counts]
 
     top = max(g.count for g in groups)
@@ -444,14 +447,14 @@ def _size_label(kind: str, size: int) -> str:
     return f"{size}%" if kind.startswith("cuda") else f"{size}c"
 
 
-def gpulet_label(g) -> str:
+def gpulet_label(g: GpuLet) -> str:
     return f"{'+'.join(f'{a.variant} b{a.batch}' for a in g.assignments)} {_size_label(g.kind, g.size)}"
 
 
-def _bar(device: DeviceSlot, lets: Sequence, width: int) -> str:
+def _bar(device: DeviceSlot, lets: Sequence[GpuLet], width: int) -> str:
     used = sum(g.size for g in lets)
     shares = [g.size / device.capacity for g in lets] + [max(0, device.capacity - used) / device.capacity]
-    widths = _widths(shares, width)
+    widths = _widths(shares, max(width, len(shares)))  # every gpu-let gets at least one character
     parts = []
     for g, w in zip(lets, widths, strict=False):
         label = gpulet_label(g)
@@ -695,7 +698,8 @@ def run_plan(args: argparse.Namespace) -> int:
         devices = fleet(setup.groups)
         result = setup.plan(devices)
         needed = None if args.no_search else setup.devices_needed()
-        others = {p: setup.devices_needed(p) for p in POLICIES} if args.compare_policies and not args.no_search else {}
+        others = {p: needed if p == setup.policy else setup.devices_needed(p)
+                  for p in POLICIES} if args.compare_policies and needed is not None else {}
     except CapacityError as exc:
         print(f"letmesh plan: {exc}", file=sys.stderr)
         return 2

@@ -150,6 +150,22 @@ def cmd_bandit_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replan(args: argparse.Namespace) -> int:
+    from letmesh.status import StatusUnavailable, ask_controller
+    from protocol.message import Replan, ReplanReply
+
+    try:
+        reply = ask_controller(args.controller, Replan(policy=args.policy or ""), ReplanReply)
+    except StatusUnavailable as exc:
+        print(f"letmesh replan: {exc}", file=sys.stderr)
+        return 1
+    if not reply.accepted:
+        print(f"letmesh replan: {reply.message}", file=sys.stderr)
+        return 2
+    print(f"re-planning with policy {reply.policy}; watch it with: letmesh status --controller {args.controller}")
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from letmesh.zoo import build_zoo
 
@@ -215,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--wait", action="store_true", help="wait until profiling in progress has finished")
     pr.add_argument("--wait-timeout", type=float, default=900.0)
     pr.set_defaults(func=cmd_profile)
+
+    rp = sub.add_parser("replan", help="re-plan the mesh now (optionally with another planner policy)")
+    rp.add_argument("--controller", default="tcp://127.0.0.1:5555")
+    rp.add_argument("--policy", default=None, help="gpulet, temporal, whole or static")
+    rp.set_defaults(func=cmd_replan)
 
     b = sub.add_parser("bandit", help="the contextual-bandit variant selector")
     bsub = b.add_subparsers(dest="bandit_command", required=True)

@@ -210,6 +210,20 @@ class GetProfiles:
     rerun: bool = False
 
 
+@message(55)
+class Replan:
+    """Operator -> controller: re-plan now (with another policy, if named), hysteresis aside."""
+
+    policy: str = ""
+
+
+@message(56)
+class ReplanReply:
+    policy: str
+    accepted: bool
+    message: str = ""
+
+
 @message(54)
 class ProfilesReply:
     samples: tuple[ProfileSample, ...]

@@ -2,9 +2,10 @@
 
 Pure, synchronous and deterministic (same inputs give an identical Plan): no clock, no I/O, no
 randomness, every iteration over sorted keys. Policies: "gpulet" (interference-aware elastic
-partitioning with temporal sharing inside partitions), "temporal" (Nexus-style squishy bin
-packing on whole devices) and "whole" (one variant per whole device). Imports only the planning
-package; never sockets, processes, torch or the registry.
+partitioning with temporal sharing inside partitions; a few greedy packings of the same rules are
+tried and the one that carries the most kept, see ``policy.STRATEGIES``), "temporal" (Nexus-style
+squishy bin packing on whole devices) and "whole" (one variant per whole device). Imports only
+the planning package; never sockets, processes, torch or the registry.
 """
 
 from __future__ import annotations
@@ -162,14 +163,14 @@ def plan(
     needs = {d.variant: Need(d.variant, d.slo_ms, d.memory_bytes) for d in ordered}
     best: tuple[tuple, Plan] | None = None
     for rank, strategy in enumerate(candidates):
-        spatial = PACKINGS[strategy].rules == "gpulet"
+        rules = PACKINGS[strategy].rules
         fleet = Fleet(
             devices,
             needs,
             latency,
-            interference if spatial else InterferenceModel.none(),  # whole devices have no neighbours
+            interference if rules == "gpulet" else InterferenceModel.none(),  # whole devices have no neighbours
             max_batch=max_batch,
-            max_models=1 if strategy == "whole" else max_models_per_gpulet,
+            max_models=1 if rules == "whole" else max_models_per_gpulet,
             worker_overhead_bytes=worker_overhead_bytes,
         )
         menus = {kind: _menu(kind, fleet.capacity(kind), partition_menu) for kind in fleet.kinds()}

@@ -102,9 +102,8 @@ def knee(fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...]) -> tuple[
 
 
 def _paired_rate(fleet: Fleet, variant: str, kind: str, size: int, rest: int) -> float:
-    """Saturated rate of ``variant`` on two partitions ``size`` and ``rest`` of one device under
-    their predicted mutual slowdown (the variant sharing a device with itself stands in for
-    whichever neighbour it will get)."""
+    """Saturated rate of ``variant`` on two partitions ``size`` and ``rest`` of one device, each
+    slowed as if the most aggressive demanded variant ran next to it."""
     a1 = fleet.expected_alpha(variant, kind, size, rest)
     a2 = fleet.expected_alpha(variant, kind, rest, size)
     return fleet.solo_rate(variant, kind, size, a1) + fleet.solo_rate(variant, kind, rest, a2)
@@ -178,9 +177,9 @@ def place_piece(fleet: Fleet, variant: str, kind: str, size: int, want: float, k
 def place_residue(
     fleet: Fleet, variant: str, kind: str, menu: tuple[int, ...], want: float, upto: int, keep: float, *, whole_first: bool = True
 ) -> float:
-    """The smallest gpu-let that carries all of ``want`` where it would land, predicted slowdown
-    included (sizes from the interference-free minimum up to ``upto``); if none carries it all,
-    the one that carries the most."""
+    """The smallest gpu-let that carries all of ``want`` where it would actually land, predicted
+    slowdown included (trying sizes from :func:`residue_size` up to ``upto``); if none carries
+    it all, the one that carries the most."""
     first = residue_size(fleet, variant, kind, menu, want, upto)
     best: tuple[float, int, int] | None = None
     for size in (p for p in menu if first <= p <= upto):

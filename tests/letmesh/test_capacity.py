@@ -145,6 +145,8 @@ def test_json_files_and_devices_inside_the_workload(tmp_path: Path) -> None:
          "`count` must be an integer"),
         ('[[models]]\nvariant = "a"\nrate_rps = 5\nslo_ms = 5\n[[devices]]\nkind = "cuda"\n[[devices]]\nkind = "cuda"\n',
          "several device groups are named 'gpu'"),
+        ('[[models]]\nvariant = "a"\nrate_rps = 5\nslo_ms = 5\n[[devices]]\nkind = "cuda"\n[[devices]]\nkind = "cuda"\nname = "gpu1"\n',
+         "clashing device ids"),
         ("[[models]\n", "is not valid TOML"),
     ],
 )
