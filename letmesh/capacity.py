@@ -34,9 +34,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from controller.planning import POLICIES, Demand, DeviceSlot, GpuLet, InterferenceModel, LatencyModel, Plan, plan
+from controller.demand import with_headroom
+from controller.planning import (
+    POLICIES,
+    Demand,
+    DeviceSlot,
+    GpuLet,
+    InterferenceModel,
+    LatencyModel,
+    Plan,
+    plan,
+)
 from controller.planning.profile import DEFAULT_MARGIN
-from controller.replanner import MIN_COLOCATIONS_TO_FIT, interference_model, profile_table
+from controller.replanner import (
+    MIN_COLOCATIONS_TO_FIT,
+    interference_model,
+    profile_table,
+)
 from controller.store import StateStore
 from protocol.types import ColocationSample, ProfileSample
 
@@ -321,11 +335,12 @@ def load_profiles(
         samples = read_profile_csv(profiles_csv)
         colocations = read_colocation_csv(colocations_csv) if colocations_csv is not None else []
         source = f"{len(samples)} profile points from {profiles_csv}"
+    table = profile_table(samples)
     usable = [c for c in colocations if c.solo_p50_ms > 0]
     if interference == "off":
         model, note = InterferenceModel.none(), "interference off"
     elif len(usable) >= MIN_COLOCATIONS_TO_FIT:
-        model = interference_model(colocations)
+        model = interference_model(colocations, table)  # as the controller fits it: features from the profile table
         note = f"interference fitted from {len(usable)} co-location samples ({', '.join(model.coefficients)})"
     elif interference == "fit":
         raise ProfileSourceError(
@@ -333,7 +348,7 @@ def load_profiles(
             + ("; pass --colocations FILE" if state_dir is None else ""))
     else:
         model, note = InterferenceModel.none(), f"interference off ({len(usable)} co-location samples, {MIN_COLOCATIONS_TO_FIT} needed)"
-    return Profiles(LatencyModel(profile_table(samples), margin=margin), model, f"{source}; {note}")
+    return Profiles(LatencyModel(table, margin=margin), model, f"{source}; {note}")
 
 
 # --- planning and the devices-needed search ------------------------------------------------------
@@ -594,7 +609,7 @@ def planning_target(rate_rps: float, headroom: float | None) -> float:
     """The rate a plan is made for. ``headroom`` None: the controller's rule for a steady demand
     (``controller.demand.DemandTracker.target``: ×1.5 below 125 rps, ×1.2 above); else × headroom."""
     if headroom is None:
-        return rate_rps * (1.5 if rate_rps < 125.0 else 1.2)
+        return with_headroom(rate_rps)
     return rate_rps * headroom
 
 

@@ -245,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--limit", type=int, default=20_000, help="newest logged decisions to evaluate on")
     br.set_defaults(func=cmd_bandit_report)
 
+    from letmesh.capacity import add_plan_arguments, run_plan
+    from letmesh.simulator import add_simulate_arguments, run_simulate
+
+    pl = sub.add_parser("plan", help="the layout a workload would get, and how many devices it needs")
+    add_plan_arguments(pl)
+    pl.set_defaults(func=run_plan)
+    sm = sub.add_parser("simulate", help="replay arrivals through the planned layout (discrete-event simulation)")
+    add_simulate_arguments(sm)
+    sm.set_defaults(func=run_simulate)
+
     z = sub.add_parser("zoo", help="demo model repository")
     zsub = z.add_subparsers(dest="zoo_command", required=True)
     zb = zsub.add_parser("build", help="train the demo models into DIR")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from controller.planning.cycle import (
@@ -27,64 +26,17 @@ from controller.planning.cycle import (
 from controller.planning.error import UnknownProfile
 from controller.planning.interference import InterferenceModel
 from controller.planning.profile import LatencyModel
+from controller.planning.state import Device, Item, Let, Need, split_limit
 
 if TYPE_CHECKING:
     from controller.planning.planner import DeviceSlot
+
+__all__ = ["MAX_ATTEMPTS", "TINY_RPS", "Device", "Fleet", "Item", "Let", "Need", "split_limit"]
 
 TINY_RPS = 1e-6  # rates below this are rounding noise, not load
 MEMORY_FRACTION = 0.9  # gpu-let's admission: 90 % of device memory
 SETTLE_ROUNDS = 8
 MAX_ATTEMPTS = 6  # interference-checked candidates tried per placement before giving up
-
-
-def split_limit(kind: str, capacity: int) -> int:
-    """Gpu-lets a device may hold: two on a CUDA GPU (p and 100 - p), one per core on a CPU."""
-    return 2 if kind.startswith("cuda") else capacity
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """What the fleet must know about a demanded variant."""
-
-    variant: str
-    slo_ms: float
-    memory_bytes: int
-
-
-@dataclass(slots=True)
-class Item:
-    variant: str
-    rate: float
-    batch: int = 1
-
-
-@dataclass(slots=True)
-class Let:
-    serial: int
-    size: int
-    items: list[Item]
-    alpha: float = 1.0
-    duty: float = 0.0
-    load: float = 1.0  # occupancy: round time / duty cycle
-
-    def copy(self) -> Let:
-        return Let(self.serial, self.size, [Item(i.variant, i.rate, i.batch) for i in self.items], self.alpha, self.duty, self.load)
-
-    def has(self, variant: str) -> bool:
-        return any(i.variant == variant for i in self.items)
-
-
-@dataclass(slots=True)
-class Device:
-    index: int
-    slot: DeviceSlot
-    limit: int
-    lets: list[Let] = field(default_factory=list)
-    memory_used: int = 0
-    free: int = -1  # capacity not held by a gpu-let; kept by Fleet._commit
-
-    def __post_init__(self) -> None:
-        self.free = self.slot.capacity - sum(let.size for let in self.lets)
 
 
 class Fleet:
