@@ -50,6 +50,8 @@ class Registry:
         # The epoch sits in the high bits so versions keep growing across controller restarts,
         # and gateways, which ignore tables older than the one they hold, accept the new ones.
         self.routing_version = epoch << 32
+        self.family_fractions: dict[str, dict[str, float]] = {}
+        self.shed: dict[str, float] = {}
         self._published: tuple = ()
 
     # --- agents -----------------------------------------------------------------------------
@@ -161,7 +163,9 @@ class Registry:
             if w.state == "ready" or (w.state in LEAVING and w.batch_latency_ms)
         )
         models = tuple(v.info() for v in sorted(self.variants.values(), key=lambda v: v.name))
-        key = (routes, models)
+        fractions = {f: dict(sorted(v.items())) for f, v in sorted(self.family_fractions.items())}
+        shed = dict(sorted((f, s) for f, s in self.shed.items() if s > 0))
+        key = (routes, models, repr(fractions), repr(shed))
         if key == self._published:
             return None
         self._published = key
@@ -169,8 +173,10 @@ class Registry:
         return self.current_table()
 
     def current_table(self) -> RoutingTable:
-        routes, models = self._published or ((), ())
-        return RoutingTable(version=self.routing_version, models=models, workers=routes)
+        routes, models, _, _ = self._published or ((), (), "", "")
+        return RoutingTable(version=self.routing_version, models=models, workers=routes,
+                            family_fractions={f: dict(v) for f, v in self.family_fractions.items()},
+                            shed={f: s for f, s in self.shed.items() if s > 0})
 
     # --- status -----------------------------------------------------------------------------
 

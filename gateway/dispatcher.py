@@ -114,6 +114,8 @@ class Dispatcher:
         self.models: dict[str, ModelInfo] = {}
         self.families: dict[str, list[ModelInfo]] = {}
         self.routing_version = 0
+        self.family_fractions: dict[str, dict[str, float]] = {}
+        self.shed: dict[str, float] = {}
         self._workers: dict[str, WorkerState] = {}
         self._by_variant: dict[str, list[str]] = {}
         self._pending: dict[int, Pending] = {}
@@ -151,6 +153,8 @@ class Dispatcher:
             return
         self.routing_version = table.version
         self.models = {m.name: m for m in table.models}
+        self.family_fractions = {f: dict(v) for f, v in table.family_fractions.items()}
+        self.shed = dict(table.shed)
         families: dict[str, list[ModelInfo]] = {}
         for m in table.models:
             families.setdefault(m.family, []).append(m)

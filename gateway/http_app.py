@@ -26,7 +26,15 @@ from gateway.dispatcher import (
 from gateway.event_log import Event, EventLog
 from gateway.feedback import EVENTS, post_feedback
 from gateway.policy_store import PolicyReplicas
-from gateway.selection import RequestBounds, Selection, check_variant, parse_bounds, select
+from gateway.selection import (
+    RequestBounds,
+    Selection,
+    ShareTracker,
+    Shed,
+    check_variant,
+    parse_bounds,
+    select,
+)
 from mesh.bandit import NoCandidate
 from protocol.types import CandidateInfo, ModelInfo
 
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 POLICIES = web.AppKey("policies", PolicyReplicas)
+SHARES = web.AppKey("shares", ShareTracker)
 EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "letmesh_bounds")
 
 
@@ -67,6 +76,7 @@ def make_app(
     app[DISPATCHER] = dispatcher
     app[EVENTS] = events if events is not None else EventLog()
     app[POLICIES] = policies if policies is not None else PolicyReplicas()
+    app[SHARES] = ShareTracker()
     r = app.router
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
@@ -171,7 +181,7 @@ async def infer(request: web.Request) -> web.Response:
     event_id = ""
     try:
         if is_family:
-            chosen = select(name, variants, bounds, d, request.app[POLICIES])
+            chosen = select(name, variants, bounds, d, request.app[POLICIES], request.app[SHARES], received)
             if chosen is None:
                 return _dispatch_error(NoWorkerReady(f"no variant of {name} has a reachable worker"))
             model = chosen.model
@@ -181,6 +191,8 @@ async def infer(request: web.Request) -> web.Response:
             check_variant(model, bounds)
     except NoCandidate as exc:
         return _no_candidate(exc)
+    except Shed as exc:
+        return _json_error(503, str(exc), {"Retry-After": "1"})
 
     remaining = bounds.budget_s - (time.monotonic() - received)
     events = request.app[EVENTS]

@@ -7,7 +7,9 @@ live slowdown); the family's bandit policy picks among them and nothing else.
 
 from __future__ import annotations
 
+import collections
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,8 +88,58 @@ def check_variant(model: ModelInfo, bounds: RequestBounds) -> None:
         raise NoCandidate("energy", f"{model.name} uses {model.energy_j:.4g} J > {bounds.max_energy_j:g} J")
 
 
+class Shed(Exception):
+    """The plan knowingly turns this share of the family's requests away: the fleet cannot carry them."""
+
+
+class ShareTracker:
+    """Recent share of each family's requests per variant, to hold variants to the plan's fractions.
+
+    The capacity plan says what share of a family each variant may take; the bandit chooses
+    freely among the variants still under their share (plus a small tolerance). Pure: ``now``
+    is passed in. Not thread-safe.
+    """
+
+    def __init__(self, *, window_s: float = 2.0, tolerance: float = 0.05, seed: int | None = None) -> None:
+        self.window_s = window_s
+        self.tolerance = tolerance
+        self._events: dict[str, collections.deque[tuple[float, str]]] = {}
+        self._rng = random.Random(seed)
+
+    def record(self, family: str, variant: str, now: float) -> None:
+        self._events.setdefault(family, collections.deque()).append((now, variant))
+
+    def shares(self, family: str, now: float) -> dict[str, float]:
+        events = self._events.get(family)
+        if not events:
+            return {}
+        while events and events[0][0] < now - self.window_s:
+            events.popleft()
+        counts = collections.Counter(v for _, v in events)
+        total = sum(counts.values())
+        return {v: c / total for v, c in counts.items()} if total else {}
+
+    def allowed(self, family: str, fractions: Mapping[str, float], candidates: Sequence[Candidate],
+                now: float) -> list[Candidate]:
+        """Candidates under their share; if every one is over, the one furthest below its share."""
+        if not fractions:
+            return list(candidates)
+        shares = self.shares(family, now)
+        capped = [c for c in candidates if fractions.get(c.variant, 0.0) > 0]
+        ok = [c for c in capped if shares.get(c.variant, 0.0) < fractions[c.variant] + self.tolerance]
+        if ok:
+            return ok
+        if capped:
+            return [min(capped, key=lambda c: shares.get(c.variant, 0.0) - fractions[c.variant])]
+        return list(candidates)
+
+    def shed(self, share: float) -> bool:
+        return share > 0 and self._rng.random() < share
+
+
 def select(
-    family: str, variants: Sequence[ModelInfo], bounds: RequestBounds, dispatcher: Dispatcher, replicas: PolicyReplicas
+    family: str, variants: Sequence[ModelInfo], bounds: RequestBounds, dispatcher: Dispatcher, replicas: PolicyReplicas,
+    shares: ShareTracker | None = None, now: float = 0.0,
 ) -> Selection | None:
     """The policy's choice among the candidates; None when no variant has a reachable worker.
 
@@ -113,7 +165,16 @@ def select(
         )
     if not options:
         return None
-    candidates = tuple(filter_candidates(options, bounds.bounds(), family=family))
+    if shares is not None and shares.shed(dispatcher.shed.get(family, 0.0)):
+        raise Shed(f"{family} is over the fleet's capacity; {dispatcher.shed[family]:.0%} of its requests are "
+                   "turned away until demand falls")
+    candidates = filter_candidates(options, bounds.bounds(), family=family)
+    if shares is not None:
+        candidates = shares.allowed(family, dispatcher.family_fractions.get(family, {}), candidates, now)
+    candidates = tuple(candidates)
     load = dispatcher.load()
     decision = replicas.decide(family, bounds.context, budget_ms, load, candidates)
-    return Selection(models[candidates[decision.chosen].variant], candidates, decision, load)
+    chosen = candidates[decision.chosen].variant
+    if shares is not None:
+        shares.record(family, chosen, now)
+    return Selection(models[chosen], candidates, decision, load)

@@ -7,6 +7,8 @@ control plane (agents, gateways, workers <-> controller), 100-199 the data plane
 
 from __future__ import annotations
 
+import dataclasses
+
 from protocol.schema import message
 from protocol.types import (
     AgentStatus,
@@ -154,6 +156,10 @@ class RoutingTable:
     version: int
     models: tuple[ModelInfo, ...]
     workers: tuple[WorkerRoute, ...]
+    # Accuracy scaling: the share of a family's requests each variant may take (absent: no cap),
+    # and the share of a family's requests to turn away because the fleet cannot carry them.
+    family_fractions: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    shed: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @message(33)

@@ -304,3 +304,12 @@ def test_without_max_wait_an_idle_worker_never_sits_on_feasible_work(
 
     for _, decision in decisions:
         assert decision.wake_at is None
+
+
+def test_feedback_leaves_edf_decisions_unchanged() -> None:
+    batcher = DeadlineBatcher(max_batch=4, latency_s=linear)
+    for i in range(6):
+        batcher.push(item(i, deadline=1.0))
+    for _ in range(3):
+        batcher.feedback(4, finished_late=True)
+    assert ids(batcher.poll(0.0).batch) == [0, 1, 2, 3]
