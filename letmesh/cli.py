@@ -170,6 +170,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from letmesh.zoo import build_zoo
 
     manifests = build_zoo(Path(args.dir), progress=lambda line: print(line, flush=True))
+    if args.synthetic:
+        from letmesh.costly import build_costly
+
+        manifests += build_costly(Path(args.dir), progress=lambda line: print(line, flush=True))
     for m in manifests:
         print(f"{m['variant']:<16} {m['family']:<8} accuracy {m['accuracy']:.3f}  max batch {m['max_batch']}")
     return 0
@@ -259,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = z.add_subparsers(dest="zoo_command", required=True)
     zb = zsub.add_parser("build", help="train the demo models into DIR")
     zb.add_argument("dir")
+    zb.add_argument("--synthetic", action="store_true",
+                    help="also build the 'synth' family, costly enough per request to overload a small machine")
     zb.set_defaults(func=cmd_zoo)
     return p
 

@@ -191,7 +191,7 @@ def build_trivial(
     root = Path(dir)
     say = progress or _log_line
     name = "identity"
-    existing = _intact_manifest(root / name, name)
+    existing = intact_manifest(root / name, name)
     if existing is not None:
         say(f"{name} up to date (sha256 {existing['sha256'][:12]})")
         return existing
@@ -202,14 +202,14 @@ def build_trivial(
 
 
 def _export_identity(root: Path, name: str, say: Progress) -> dict[str, Any]:
-    blob = _script_bytes(AddZero())
+    blob = script_bytes(AddZero())
     module = _load(blob)
     probe = torch.linspace(-1.0, 1.0, 3 * 16).reshape(3, 16)
     with torch.no_grad():
         if not torch.equal(module(probe), probe):
             raise ZooBuildError(f"{name}: exported artifact does not reproduce its input")
-    profile = _profile(module, 16)
-    manifest = _manifest(
+    profile = profile_module(module, 16)
+    manifest = manifest_for(
         family=TRIVIAL_FAMILY,
         variant=name,
         blob=blob,
@@ -227,7 +227,7 @@ def _export_identity(root: Path, name: str, say: Progress) -> dict[str, Any]:
         ),
         preprocess="none",
     )
-    _publish(root / name, blob, manifest)
+    publish(root / name, blob, manifest)
     say(f"exported {name} ... batch-1 latency {profile['1']:.3f} ms")
     return manifest
 
@@ -273,7 +273,7 @@ def _build_digits(root: Path, say: Progress, epochs_scale: float) -> list[dict[s
     total = len(DIGITS_RECIPES)
     manifests = []
     for index, recipe in enumerate(DIGITS_RECIPES, start=1):
-        existing = _intact_manifest(root / recipe.name, recipe.name, heldout_sha=heldout_sha)
+        existing = intact_manifest(root / recipe.name, recipe.name, heldout_sha=heldout_sha)
         if existing is not None:
             say(f"{recipe.name} ({index}/{total}) up to date, accuracy {existing['accuracy']:.3f}")
             manifests.append(existing)
@@ -297,10 +297,10 @@ def _build_digits_variant(
         net = recipe.make()
         _train(net, split, epochs=epochs, lr=recipe.lr, seed=SEED + index)
     served = Probabilities(net).eval()
-    blob = _script_bytes(served)
+    blob = script_bytes(served)
     module = _load(blob)
     accuracy = _accuracy(module, split.test_x, split.test_y)
-    profile = _profile(module, 64)
+    profile = profile_module(module, 64)
     n_test = len(split.test_y)
     description = (
         f"Handwritten digit classifier ({recipe.summary}) trained for {epochs} epochs with Adam "
@@ -308,7 +308,7 @@ def _build_digits_variant(
         f"this artifact on {n_test} stratified held-out digits ({HELDOUT}). Input 'image': "
         f"{PREPROCESS}. Output 'probabilities': softmax over digits 0-9. " + _ENERGY_NOTE
     )
-    manifest = _manifest(
+    manifest = manifest_for(
         family=DIGITS_FAMILY,
         variant=recipe.name,
         blob=blob,
@@ -325,7 +325,7 @@ def _build_digits_variant(
         heldout_sha256=heldout_sha,
         epochs=epochs,
     )
-    _publish(root / recipe.name, blob, manifest)
+    publish(root / recipe.name, blob, manifest)
     return manifest
 
 
@@ -363,7 +363,7 @@ def flops_per_row(module: nn.Module, width: int) -> int:
     return int(counter.get_total_flops())
 
 
-def _profile(module: torch.jit.ScriptModule, width: int) -> dict[str, float]:
+def profile_module(module: torch.jit.ScriptModule, width: int) -> dict[str, float]:
     """Median latency in ms of batch 1 and batch MAX_BATCH, measured here with BUILD_THREADS."""
     profile = {}
     for batch in (1, MAX_BATCH):
@@ -382,7 +382,7 @@ def _profile(module: torch.jit.ScriptModule, width: int) -> dict[str, float]:
 # --- manifests and files --------------------------------------------------------------------
 
 
-def _manifest(
+def manifest_for(
     *, family: str, variant: str, blob: bytes, profile: dict[str, float], **fields: Any
 ) -> dict[str, Any]:
     """The fields every manifest shares, in the documented order, then the variant's own."""
@@ -406,7 +406,7 @@ def _manifest(
     }
 
 
-def _intact_manifest(
+def intact_manifest(
     variant_dir: Path, variant: str, *, heldout_sha: str | None = None
 ) -> dict[str, Any] | None:
     """The variant's manifest if it and its artifact agree; None when it must be rebuilt."""
@@ -429,7 +429,7 @@ def _intact_manifest(
     return manifest
 
 
-def _publish(variant_dir: Path, blob: bytes, manifest: dict[str, Any]) -> None:
+def publish(variant_dir: Path, blob: bytes, manifest: dict[str, Any]) -> None:
     # The artifact goes first so a manifest never names bytes that are not on disk yet.
     variant_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(variant_dir / ARTIFACT, blob)
@@ -481,7 +481,7 @@ def quiet_jit() -> Iterator[None]:
         yield
 
 
-def _script_bytes(module: nn.Module) -> bytes:
+def script_bytes(module: nn.Module) -> bytes:
     buffer = io.BytesIO()
     with quiet_jit():
         torch.jit.save(torch.jit.script(module.eval()), buffer)

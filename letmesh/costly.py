@@ -1,0 +1,87 @@
+"""A synthetic model family with a controllable, per-request compute cost.
+
+The demo digits models are so cheap that a 2-core machine's HTTP path saturates before they do;
+to show accuracy scaling under overload, this family's accurate variant costs milliseconds per
+request (a stack of dense layers whose depth sets the cost) and its cheaper variants less. The
+"accuracy" of each variant is a declared figure, not a measurement: the family exists to load
+the mesh, and its manifests say so.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from letmesh.zoo import Progress, intact_manifest, manifest_for, profile_module, publish, script_bytes
+
+WIDTH = 256
+DEFAULT_VARIANTS = (("synth-large", 0.95, 1200), ("synth-medium", 0.90, 240), ("synth-small", 0.80, 8))
+
+
+class Stack(nn.Module):
+    """``depth`` tanh(dense) layers per row on a WIDTH-wide view of its 16 inputs: cost = depth x rows."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        torch.manual_seed(depth)
+        self.weight = nn.Parameter(torch.randn(WIDTH, WIDTH) / WIDTH**0.5, requires_grad=False)
+        self.depth = depth
+        self.copies = WIDTH // 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Row by row on purpose: the cost of a batch is the sum of its rows, so batching cannot
+        # hide an overload the way it does for the dense digits models.
+        rows = []
+        for i in range(x.size(0)):
+            h = x[i:i + 1].repeat(1, self.copies)
+            for _ in range(self.depth):
+                h = torch.tanh(h @ self.weight)
+            rows.append(h[:, :16])
+        return torch.cat(rows, 0)
+
+
+def build_costly(
+    dir: str | os.PathLike[str],
+    *,
+    family: str = "synth",
+    variants: Sequence[tuple[str, float, int]] = DEFAULT_VARIANTS,
+    slo_ms: float = 200.0,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Write one variant per (name, declared accuracy, depth); intact ones are left alone."""
+    root = Path(dir)
+    say = progress or (lambda line: None)
+    out = []
+    for name, accuracy, depth in variants:
+        existing = intact_manifest(root / name, name)
+        if existing is not None:
+            out.append(existing)
+            continue
+        blob = script_bytes(Stack(depth).eval())
+        module = torch.jit.load(io.BytesIO(blob))
+        profile = profile_module(module, 16)
+        manifest = manifest_for(
+            family=family,
+            variant=name,
+            blob=blob,
+            accuracy=accuracy,
+            accuracy_metric="declared (synthetic family for load tests; not measured)",
+            inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
+            outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 16]}],
+            profile=profile,
+            default_slo_ms=slo_ms,
+            depth=depth,
+            description=f"{depth} dense {WIDTH}x{WIDTH} layers per request: a synthetic cost of "
+                        f"about {profile['1']:.2f} ms per row here.",
+            preprocess="none",
+        )
+        publish(root / name, blob, manifest)
+        say(f"built {name}: batch-1 latency {profile['1']:.3f} ms")
+        out.append(manifest)
+    return out
