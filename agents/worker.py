@@ -49,6 +49,9 @@ from protocol.message import (  # noqa: E402
 log = logging.getLogger(__name__)
 
 _IDLE, _RAN, _LATE_ONLY = object(), object(), object()
+# A batcher that waits to fill a batch asks to be woken this long before its last feasible start:
+# the event loop's timers fire up to a few milliseconds late on a busy machine.
+_WAKE_SLACK_S = 0.002
 
 
 def read_spec() -> StartWorker:
@@ -132,7 +135,7 @@ class Worker:
             self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
             try:
                 self.batchers[spec.name] = make_batcher(spec.batching, max_batch=spec.max_batch,
-                                                        latency_s=runner.latency_s)
+                                                        latency_s=runner.latency_s, wake_slack_s=_WAKE_SLACK_S)
             except ValueError as exc:
                 raise WorkerSpecError(f"variant {spec.name!r}: {exc}") from None
             log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured})

@@ -1,22 +1,247 @@
-"""Accuracy scaling under overload: profiles -> gpu-let capacities -> the MILP -> desired workers.
+"""Accuracy scaling under overload: which variant of each family runs on which gpu-let, and how
+requests split among them, so that a fixed fleet keeps its deadlines losing as little accuracy
+as possible (Proteus' joint optimisation, made gpu-let aware).
 
-The optimisation itself lives in ``controller.accuracy_milp``; this module turns stored profiles
-and the interference model into per-(slot, variant) capacities, says when to re-solve, and maps
-a plan onto the reconciler's DesiredWorkers. Pure and synchronous; imports the planning core and
-the reconciler's data type only, never sockets, actors or the registry.
+Pure and synchronous; the only outside state read is an injectable timer that bounds the solve.
+The optimisation itself is in ``controller.accuracy_milp``. Imports the planning core (profiles,
+interference) and the reconciler's DesiredWorker only; never sockets, actors or the registry.
+
+"Warm start": scipy's ``milp`` takes no initial solution, so the current plan is used as
+(a) an incumbent routed for the new demand in closed form before any solve: the search for the
+highest beta rung starts from the rung it meets, and a solver answer that is not better keeps it;
+(b) the fallback when the time budget runs out; (c) a tie-break: when the solver's class counts
+are mapped back to slots, and on slots the optimum leaves idle, a slot keeps its current variant.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from controller.accuracy_milp import STATUSES, ScalingPlan, ScalingProblem, Slot, VariantChoice, beta_ladder, solve
+from controller.accuracy_milp import TINY, Index, Routed, Rung
 from controller.planning import InterferenceModel, LatencyModel
 from controller.reconciler import DesiredWorker
 
 BATCHES = (1, 2, 4, 8, 16, 32)
+SHED_PENALTY = 10.0  # one shed request costs this many best-accuracy units: shed only when forced
+SEARCH_SHARE = 0.5  # of the time budget, at most, for finding the highest rung
+STATUSES = ("optimal", "time_limit", "kept_current", "infeasible")
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A gpu-let the solver can fill with one variant: ``size`` cores or MPS % of a device."""
+
+    slot_id: str
+    device_id: str
+    kind: str
+    size: int
+    agent_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"slot {self.slot_id!r} needs a positive size")
+
+    @property
+    def device_key(self) -> tuple[str, str]:
+        return (self.agent_id, self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class VariantChoice:
+    """A variant of a family, with its accuracy (any unit, higher is better) and latency SLO."""
+
+    variant: str
+    family: str
+    accuracy: float
+    slo_ms: float
+
+    def __post_init__(self) -> None:
+        if not (self.accuracy >= 0 and math.isfinite(self.accuracy)) or not self.slo_ms > 0:
+            raise ValueError(f"variant {self.variant!r} needs a finite accuracy >= 0 and a positive SLO")
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingProblem:
+    """Slots, variants, demand (family -> req/s) and capacity ((slot_id, variant) -> peak req/s
+    within the SLO; 0 or missing: cannot host). ``device_capacity`` ((agent_id, device_id) ->
+    cores, or 100 on a GPU) makes the slots of that device alternatives whose filled sizes must
+    fit; without it the slots of a device are disjoint partitions."""
+
+    slots: tuple[Slot, ...]
+    variants: tuple[VariantChoice, ...]
+    demand: Mapping[str, float]
+    capacity: Mapping[tuple[str, str], float]
+    device_capacity: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        slot_ids = [s.slot_id for s in self.slots]
+        names = [v.variant for v in self.variants]
+        if len(set(slot_ids)) != len(slot_ids) or len(set(names)) != len(names):
+            raise ValueError("slot ids and variant names must be unique")
+        for family, rate in self.demand.items():
+            if not (rate >= 0 and math.isfinite(rate)):
+                raise ValueError(f"demand of {family!r} must be finite and >= 0")
+        known_slots, known_variants = set(slot_ids), set(names)
+        for (slot_id, variant), rate in self.capacity.items():
+            if slot_id not in known_slots or variant not in known_variants:
+                raise ValueError(f"capacity given for an unknown slot or variant: {(slot_id, variant)!r}")
+            if not (rate >= 0 and math.isfinite(rate)):
+                raise ValueError(f"capacity of {(slot_id, variant)!r} must be finite and >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingPlan:
+    """What to deploy and how to route. ``routing`` (family -> slot -> share) and
+    ``variant_fractions`` (family -> variant -> share) split each family's *served* requests and
+    sum to 1; ``shed`` is the req/s knowingly not carried, per family; ``load`` the req/s routed
+    to each slot. ``beta`` >= 1 is the capacity headroom kept; below 1, every family still gets
+    at least that share of its demand served.
+
+    ``status``: "optimal" (within the MIP gap at the highest rung), "time_limit" (the best found
+    in time; with no hosts nothing was found and the caller should keep what runs),
+    "kept_current" (the current hosts re-routed for this demand: nothing better was found),
+    "infeasible" (not even ``min_beta`` can be met: a best-effort plan shedding what it must)."""
+
+    hosts: Mapping[str, str]
+    routing: Mapping[str, Mapping[str, float]]
+    variant_fractions: Mapping[str, Mapping[str, float]]
+    effective_accuracy: float
+    beta: float
+    shed: Mapping[str, float]
+    solve_s: float
+    status: str
+    load: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def total_shed(self) -> float:
+        return sum(self.shed.values())
+
+
+def beta_ladder(beta: float, min_beta: float) -> tuple[float, ...]:
+    """Proteus' step-down: -0.1 while above 1.5, -0.05 below, down to ``min_beta``."""
+    out, b = [], float(beta)
+    while b >= min_beta - TINY:
+        out.append(b)
+        b = round(b - (0.1 if b > 1.5 else 0.05), 10)
+    return tuple(out)
+
+
+def solve(
+    problem: ScalingProblem,
+    *,
+    beta: float = 1.05,
+    min_beta: float = 0.2,
+    time_limit_s: float = 2.0,
+    current: ScalingPlan | None = None,
+    mip_gap: float = 0.01,
+    shed_penalty: float = SHED_PENALTY,
+    timer: Callable[[], float] = time.perf_counter,
+) -> ScalingPlan:
+    """The highest rung of the beta ladder the fleet can meet, and the most accurate plan there.
+
+    Steps, all within ``time_limit_s``: route the current plan (if any) in closed form; unless
+    it already meets the top rung, one HiGHS call finds the highest rung (at most half of what is
+    left); at that rung the LP relaxation gives a bound, and the accuracy MILP runs only if no
+    plan in hand is within ``mip_gap`` of it. The best plan found is returned; the current one
+    unless another beats it by more than the gap. A family no slot can host is shed whole and does not pull beta down for the others.
+    Deterministic for the same inputs whenever no call hits the time limit."""
+    if not (0 < min_beta <= beta) or time_limit_s <= 0 or not 0 <= mip_gap < 1:
+        raise ValueError("need 0 < min_beta <= beta, time_limit_s > 0 and 0 <= mip_gap < 1")
+    start = timer()
+
+    def left() -> float:
+        return time_limit_s - (timer() - start)
+
+    index = Index(problem, current.hosts if current is not None else {}, shed_penalty)
+    ladder = beta_ladder(beta, min_beta)
+    rungs = [Rung.of(b) for b in ladder] + [Rung.of(min_beta, best_effort=True)]
+    has_pairs = len(index.p_var) > 0
+    incumbent = None
+    if current is not None:
+        incumbent = next((at, r) for at, r in ((at, index.route(index.current, g)) for at, g in enumerate(rungs))
+                         if index.meets(r, rungs[at]))
+    # 1. the highest rung
+    at = incumbent[0] if incumbent is not None else len(ladder) if has_pairs else 0
+    proven, searched = True, None
+    if at > 0:
+        met, possible, searched = index.solve_service(ladder, left() * SEARCH_SHARE)
+        met = max(met, len(ladder) - at)
+        at, proven = len(ladder) - met, possible <= met
+    rung = rungs[at]
+    # 2. the most accurate plan there; candidates in order of preference when values tie
+    candidates: list[tuple[Routed, bool]] = []  # (plan, is the current one)
+    if incumbent is not None and incumbent[0] == at:
+        candidates.append((incumbent[1], True))
+    if searched is not None:
+        candidates.append((index.fill_spare(index.route(searched, rung), rung), False))
+    closed = not has_pairs
+    if has_pairs and left() > 0:
+        # the LP bound spares the MILP when a plan in hand (typically the current one) is close enough
+        closed = _within(candidates, index, rung, index.relaxation_bound(rung, left()), mip_gap)
+        if not closed and left() > 0:
+            state, hosts = index.solve_accuracy(rung, left(), mip_gap)
+            if hosts is not None:
+                candidates.insert(1 if candidates and candidates[0][1] else 0,
+                                  (index.fill_spare(index.route(hosts, rung), rung), False))
+            closed = state == "optimal"
+    elif not has_pairs:
+        candidates.append((index.fill_spare(index.route({}, rung), rung), False))
+    best = None
+    for routed, is_current in candidates:  # a new plan must beat the current one by the MIP gap
+        margin = max(TINY, mip_gap * abs(best[0].value)) if best is not None and best[1] else TINY
+        if index.meets(routed, rung) and (best is None or routed.value > best[0].value + margin):
+            best = (routed, is_current)
+    if best is None:
+        return _plan(index, index.route({}, rung), 0.0, "time_limit", timer() - start)
+    routed, is_current = best
+    status = "kept_current" if is_current else "optimal" if closed and proven else "time_limit"
+    reported = rung.beta
+    if at == len(ladder):  # best effort: report the share every family still gets
+        reported = min((1 - routed.shed[k] / index.demand[k] for k in range(len(index.families)) if index.servable[k]),
+                       default=min_beta)
+        if status == "optimal":
+            status = "infeasible"
+    return _plan(index, routed, reported, status, timer() - start)
+
+
+def _within(candidates: Sequence[tuple[Routed, bool]], index: Index, rung: Rung, bound: float, gap: float) -> bool:
+    values = [r.value for r, _ in candidates if index.meets(r, rung)]
+    return bool(values) and math.isfinite(bound) and bound - max(values) <= gap * max(abs(max(values)), 1e-6)
+
+
+def _plan(index: Index, routed: Routed, beta: float, status: str, solve_s: float) -> ScalingPlan:
+    routing: dict[str, dict[str, float]] = {}
+    fractions: dict[str, dict[str, float]] = {}
+    shed: dict[str, float] = {}
+    for k, family in enumerate(index.families):
+        if routed.shed[k] > 0:
+            shed[family] = routed.shed[k]
+        carried = index.demand[k] - routed.shed[k]
+        if carried <= 0:
+            continue
+        routing[family] = {index.slots[i].slot_id: routed.load[i] / carried for i in sorted(routed.hosts)
+                           if index.family_of[routed.hosts[i]] == k and routed.load[i] > 0}
+        fractions[family] = {index.variants[j].variant: rate / carried for j, rate in sorted(routed.served.items())
+                             if index.family_of[j] == k}
+    served = sum(routed.served.values())
+    accuracy = sum(rate * index.variants[j].accuracy for j, rate in routed.served.items()) / served if served > 0 else 0.0
+    return ScalingPlan(
+        hosts={index.slots[i].slot_id: index.variants[j].variant for i, j in sorted(routed.hosts.items())},
+        routing=routing,
+        variant_fractions=fractions,
+        effective_accuracy=accuracy,
+        beta=beta,
+        shed=shed,
+        solve_s=solve_s,
+        status=status,
+        load={index.slots[i].slot_id: rate for i, rate in sorted(routed.load.items()) if rate > 0},
+    )
+
+
+# --- from profiles to capacities, and from a plan to workers ----------------------------------
 
 
 def capacities(
@@ -28,82 +253,76 @@ def capacities(
     batches: Sequence[int] = BATCHES,
     device_capacity: Mapping[tuple[str, str], int] | None = None,
 ) -> dict[tuple[str, str], tuple[float, int]]:
-    """(slot_id, variant) -> (peak req/s within the SLO, batch) for every pair that can host.
+    """(slot_id, variant) -> (peak req/s within the SLO, batch), for every pair that can host.
 
-    Proteus' rule on a gpu-let: the largest batch B whose latency, slowed by the predicted
-    interference, stays within SLO/2 (one batch waiting, one running), and throughput
-    B * 1000 / latency(B). The slowdown is the worst the model predicts over every neighbour
-    slot of the same device (those that fit beside it when ``device_capacity`` is given) running
-    any variant it could host at that variant's own solo batch: what the neighbour will run is
-    decided by the same solve, so the capacity is a safe bound. Pairs are missing when no batch
-    fits the SLO or the variant has no profile on the slot's device kind."""
+    Proteus' rule on a gpu-let: the largest batch B whose latency, times the predicted
+    interference slowdown, is within SLO/2 (one batch waiting, one running); throughput
+    B * 1000 / that latency. The slowdown is the worst the model predicts over the neighbour
+    slots of the device (those that fit beside it, when ``device_capacity`` is given) running any
+    variant they could host at its own solo batch: the same solve decides what the neighbour
+    runs, so this is a safe bound. Pairwise, as the model is: several neighbours take the max."""
     sizes = sorted({int(b) for b in batches if int(b) > 0})
     if not sizes:
         raise ValueError("need at least one positive batch size")
-    solo_memo: dict[tuple[str, str, int], tuple[float, int] | None] = {}
+    solo: dict[tuple[str, str, int], tuple[float, int] | None] = {}
 
-    def best(variant: VariantChoice, kind: str, size: int, slowdown) -> tuple[float, int] | None:
-        if not latency.has(variant.variant, kind):
+    def fastest(v: VariantChoice, kind: str, size: int, slowdown: Callable[[int], float]) -> tuple[float, int] | None:
+        if not latency.has(v.variant, kind):
             return None
-        curve = latency.curve(variant.variant, kind, size, sizes[-1])
+        curve = latency.curve(v.variant, kind, size, sizes[-1])
         for b in reversed(sizes):
             alpha = slowdown(b)
-            if curve[b - 1] * alpha <= variant.slo_ms / 2:
+            if curve[b - 1] * alpha <= v.slo_ms / 2:
                 return 1000.0 * b / (curve[b - 1] * alpha), b
         return None
 
-    def solo(variant: VariantChoice, kind: str, size: int) -> tuple[float, int] | None:
-        key = (variant.variant, kind, size)
-        if key not in solo_memo:
-            solo_memo[key] = best(variant, kind, size, lambda b: 1.0)
-        return solo_memo[key]
+    def alone(v: VariantChoice, kind: str, size: int) -> tuple[float, int] | None:
+        key = (v.variant, kind, size)
+        if key not in solo:
+            solo[key] = fastest(v, kind, size, lambda b: 1.0)
+        return solo[key]
 
+    worst: dict[tuple, float] = {}
+
+    def slowdown(slot: Slot, v: VariantChoice, batch: int, neighbours: Sequence[Slot]) -> float:
+        out = 1.0
+        for other in neighbours:
+            key = (slot.kind, slot.size, other.size, v.variant, batch)
+            if key not in worst:
+                theirs = [(o.variant, other.size, found[1]) for o in variants
+                          if (found := alone(o, other.kind, other.size)) is not None]
+                worst[key] = max((interference.predict(slot.kind, (v.variant, slot.size, batch), t) for t in theirs), default=1.0)
+            out = max(out, worst[key])
+        return out
+
+    active = interference is not None and interference.enabled
     by_device: dict[tuple[str, str], list[Slot]] = {}
     for s in slots:
         by_device.setdefault(s.device_key, []).append(s)
-    alpha_memo: dict[tuple, float] = {}
-
-    def worst(slot: Slot, variant: VariantChoice, batch: int, neighbours: Sequence[Slot]) -> float:
-        if interference is None or not interference.enabled:
-            return 1.0
-        out = 1.0
-        for other in neighbours:
-            key = (slot.kind, slot.size, other.size, variant.variant, batch)
-            if key not in alpha_memo:
-                found = 1.0
-                for v in variants:
-                    theirs = solo(v, other.kind, other.size)
-                    if theirs is not None:
-                        found = max(found, interference.predict(
-                            slot.kind, (variant.variant, slot.size, batch), (v.variant, other.size, theirs[1])))
-                alpha_memo[key] = found
-            out = max(out, alpha_memo[key])
-        return out
-
     out: dict[tuple[str, str], tuple[float, int]] = {}
     for s in sorted(slots, key=lambda s: s.slot_id):
         room = None if device_capacity is None else device_capacity.get(s.device_key)
         neighbours = [o for o in by_device[s.device_key]
-                      if o.slot_id != s.slot_id and (room is None or o.size + s.size <= room)]
+                      if active and o.slot_id != s.slot_id and (room is None or o.size + s.size <= room)]
         for v in sorted(variants, key=lambda v: v.variant):
-            if solo(v, s.kind, s.size) is None:
-                continue  # interference only slows: nothing fits with a neighbour either
-            found = best(v, s.kind, s.size, lambda b, s=s, v=v: worst(s, v, b, neighbours))
-            if found is not None and found[0] > 0 and math.isfinite(found[0]):
+            if alone(v, s.kind, s.size) is None:
+                continue  # a neighbour only slows it further
+            found = fastest(v, s.kind, s.size, lambda b, s=s, v=v, n=neighbours: slowdown(s, v, b, n))
+            if found is not None:
                 out[(s.slot_id, v.variant)] = found
     return out
 
 
 def split_capacities(caps: Mapping[tuple[str, str], tuple[float, int]]) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int]]:
-    """``capacities()`` output as (rates for ScalingProblem.capacity, batches for ``to_desired``)."""
+    """``capacities()`` as (rates for ScalingProblem.capacity, batches for ``to_desired``)."""
     return {k: r for k, (r, _) in caps.items()}, {k: b for k, (_, b) in caps.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class ResolvePolicy:
-    """When to re-solve: every ``period_s``, or after ``fast_period_s`` when any family's demand
-    moved by more than ``jump`` relative to what the last solve used (and by ``min_change_rps``
-    at least, so near-zero rates do not churn)."""
+    """When to re-solve: every ``period_s``, or once ``fast_period_s`` has passed when some
+    family's demand moved by more than ``jump`` of what the last solve used (and by at least
+    ``min_change_rps``, so that near-zero rates do not churn the mesh)."""
 
     period_s: float = 10.0
     fast_period_s: float = 2.0
@@ -115,9 +334,7 @@ class ResolvePolicy:
         if last_solve is None or last_demand is None:
             return True
         elapsed = now - last_solve
-        if elapsed >= self.period_s:
-            return True
-        return elapsed >= self.fast_period_s and self.jumped(demand, last_demand)
+        return elapsed >= self.period_s or (elapsed >= self.fast_period_s and self.jumped(demand, last_demand))
 
     def jumped(self, demand: Mapping[str, float], last_demand: Mapping[str, float]) -> bool:
         for family in set(demand) | set(last_demand):
@@ -134,10 +351,9 @@ def to_desired(plan: ScalingPlan, slots: Sequence[Slot], batches: Mapping[tuple[
     out = []
     for s in sorted(slots, key=lambda s: s.slot_id):
         variant = plan.hosts.get(s.slot_id)
-        if variant is None:
-            continue
-        batch = int(batches.get((s.slot_id, variant), 1))
-        out.append(DesiredWorker(s.agent_id, s.device_id, s.kind, s.size, (variant,), ((variant, batch),)))
+        if variant is not None:
+            batch = int(batches.get((s.slot_id, variant), 1))
+            out.append(DesiredWorker(s.agent_id, s.device_id, s.kind, s.size, (variant,), ((variant, batch),)))
     return out
 
 

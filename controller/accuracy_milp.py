@@ -1,171 +1,69 @@
-"""Accuracy scaling: one MILP over variant choice x gpu-let placement x routing fractions (Proteus).
+"""The accuracy-scaling optimisation proper: Proteus' MILP linearised exactly for HiGHS, the MILP
+that finds the highest beta rung, and the closed-form routing for fixed hosts.
 
-Maximises demand-weighted accuracy subject to throughput, with a headroom beta that steps down
-(then sheds an explicit, per-family fraction) when even the cheapest variants cannot carry the
-demand. Solved with HiGHS through ``scipy.optimize.milp``. Pure and synchronous: the only
-outside state read is the injected timer that bounds the solve. Imports numpy and scipy only.
-
-Formulation (the exact linearisation of Proteus' bilinear z.x terms). For every pair p = (slot s,
-variant j of family k) whose capacity is positive: binary x_p (s hosts j) and continuous v_p
-(share of k's demand that s serves with j); per demanded family a shed share u_k.
+Private to ``controller.accuracy`` (which owns the data types and the solve loop); works on
+plain arrays. Imports numpy and scipy only. Formulation, per pair p = (slot class c, variant j of
+a demanded family k) whose capacity is positive: integer x_p (slots of c hosting j), continuous
+v_p (share of k's demand c serves with j), per family a shed share u_k:
     max  sum_p (d_k/D)(A_j/A_max) v_p - lambda sum_k (d_k/D) u_k
-    s.t. sum_j x_sj <= 1                   per slot (a slot may stay empty)
-         sum_s size_s sum_j x_sj <= C_dev  per device with a known capacity (alternative partitionings)
-         v_p <= min(1, cap_p / (f d_k)) x_p   per pair: v <= x and the capacity with headroom f in one row
+    s.t. sum_j x_cj <= |c|                 per class (a slot may stay empty)
+         sum size_s x_p <= C_dev           per device with a known capacity (then classes are single slots)
+         v_p <= min(1, cap_p / (f d_k)) x_p   per pair: v <= x and capacity with headroom f, in one row
          sum_p v_p + u_k = 1               per family
-         0 <= u_k <= 0 (beta >= 1), 1 - beta (beta < 1), 1 (best effort)
-where f = max(beta, 1). Since a slot hosts one variant, the per-pair rows are exactly Proteus'
-per-device capacity rows. Routing for the chosen hosts is then recomputed in closed form (most
-accurate first, spread over the slots hosting a variant in proportion to their capacity): for
-fixed hosts that is optimal, so it only ever improves on the solver's continuous part.
-
-"Warm start": scipy's ``milp`` takes no initial solution. The current plan is used instead as
-(a) an incumbent evaluated in closed form before any solve; the beta ladder never goes below the
-rung the incumbent already reaches, and at that rung a solver answer that is not better keeps
-it; (b) the fallback when the time budget runs out; and (c) a tie-break: a tiny objective bonus
-for keeping current hosts, and slots the optimum leaves idle keep their current variant.
+         0 <= u_k <= 0 (beta >= 1), 1 - beta (beta < 1), 1 (best effort);  f = max(beta, 1)
+A slot hosts one variant, so the pair rows are exactly Proteus' per-device capacity rows with
+v = z.x. Slots with identical capacities form one class, which removes the symmetry identical
+gpu-lets would give the branch and bound.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-SHED_PENALTY = 10.0  # cost of one shed request, in units of the best accuracy: shed only when forced
-KEEP_BONUS = 1e-4  # total objective bonus for keeping every current host: a tie-break, not a preference
 TINY = 1e-9
-STATUSES = ("optimal", "time_limit", "kept_current", "infeasible")
 
 
 @dataclass(frozen=True, slots=True)
-class Slot:
-    """A gpu-let the MILP can fill with one variant: ``size`` cores or MPS % of a device."""
+class Rung:
+    """One step of the beta ladder: capacity is divided by ``factor``; a family may shed up to
+    ``shed_cap`` of its demand."""
 
-    slot_id: str
-    device_id: str
-    kind: str
-    size: int
-    agent_id: str = ""
-
-    def __post_init__(self) -> None:
-        if self.size <= 0:
-            raise ValueError(f"slot {self.slot_id!r} needs a positive size")
-
-    @property
-    def device_key(self) -> tuple[str, str]:
-        return (self.agent_id, self.device_id)
-
-
-@dataclass(frozen=True, slots=True)
-class VariantChoice:
-    """A variant of a family with its accuracy (any unit, higher is better) and latency SLO."""
-
-    variant: str
-    family: str
-    accuracy: float
-    slo_ms: float
-
-    def __post_init__(self) -> None:
-        if not (self.accuracy >= 0 and math.isfinite(self.accuracy)) or not self.slo_ms > 0:
-            raise ValueError(f"variant {self.variant!r} needs a finite accuracy >= 0 and a positive SLO")
-
-
-@dataclass(frozen=True, slots=True)
-class ScalingProblem:
-    """Slots, variants, demand (family -> req/s) and capacity ((slot_id, variant) -> peak req/s
-    within the SLO; 0 or missing: cannot host). ``device_capacity`` ((agent_id, device_id) ->
-    cores or 100) makes slots of one device alternatives: the sizes of the filled ones must fit.
-    Without it the slots of a device are taken to be disjoint."""
-
-    slots: tuple[Slot, ...]
-    variants: tuple[VariantChoice, ...]
-    demand: Mapping[str, float]
-    capacity: Mapping[tuple[str, str], float]
-    device_capacity: Mapping[tuple[str, str], int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        slot_ids = [s.slot_id for s in self.slots]
-        names = [v.variant for v in self.variants]
-        if len(set(slot_ids)) != len(slot_ids) or len(set(names)) != len(names):
-            raise ValueError("slot ids and variant names must be unique")
-        for family, rate in self.demand.items():
-            if not (rate >= 0 and math.isfinite(rate)):
-                raise ValueError(f"demand of {family!r} must be finite and >= 0")
-        known_slots, known_variants = set(slot_ids), set(names)
-        for (slot_id, variant), rate in self.capacity.items():
-            if slot_id not in known_slots or variant not in known_variants:
-                raise ValueError(f"capacity given for unknown slot or variant {(slot_id, variant)!r}")
-            if not (rate >= 0 and math.isfinite(rate)):
-                raise ValueError(f"capacity of {(slot_id, variant)!r} must be finite and >= 0")
-
-
-@dataclass(frozen=True, slots=True)
-class ScalingPlan:
-    """What to deploy and how to route. ``routing`` and ``variant_fractions`` are shares of each
-    family's *served* requests (each sums to 1); ``shed`` (req/s) is what is knowingly not
-    carried; ``load`` is the req/s routed to each filled slot. ``beta`` >= 1 is the capacity
-    headroom kept; below 1, every family still gets at least that share of its demand served.
-    ``status``: "optimal" (solved to the gap), "time_limit" (best solution found in time; with no
-    hosts, nothing was found and the caller should keep what runs), "kept_current" (the current
-    hosts, re-routed for this demand, because nothing better was found in time), "infeasible"
-    (even ``min_beta`` cannot be met; a best-effort plan shedding as little as it can)."""
-
-    hosts: Mapping[str, str]
-    routing: Mapping[str, Mapping[str, float]]
-    variant_fractions: Mapping[str, Mapping[str, float]]
-    effective_accuracy: float
     beta: float
-    shed: Mapping[str, float]
-    solve_s: float
-    status: str
-    load: Mapping[str, float] = field(default_factory=dict)
+    factor: float
+    shed_cap: float
 
-    @property
-    def total_shed(self) -> float:
-        return sum(self.shed.values())
-
-
-def beta_ladder(beta: float, min_beta: float) -> tuple[float, ...]:
-    """Proteus' step-down: -0.1 while above 1.5, -0.05 below, down to ``min_beta``."""
-    out, b = [], float(beta)
-    while b >= min_beta - TINY:
-        out.append(b)
-        b = round(b - (0.1 if b > 1.5 else 0.05), 10)
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _Rung:
-    beta: float
-    factor: float  # capacity is divided by this (headroom)
-    shed_cap: float  # each family may shed up to this share of its demand
-
-
-def _rung(beta: float, best_effort: bool = False) -> _Rung:
-    if best_effort:
-        return _Rung(beta, 1.0, 1.0)
-    return _Rung(beta, max(beta, 1.0), 0.0 if beta >= 1.0 else 1.0 - beta)
+    @classmethod
+    def of(cls, beta: float, *, best_effort: bool = False) -> Rung:
+        if best_effort:
+            return cls(beta, 1.0, 1.0)
+        return cls(beta, max(beta, 1.0), 0.0 if beta >= 1.0 else 1.0 - beta)
 
 
 @dataclass(slots=True)
-class _Routed:
-    hosts: dict[int, int]  # slot index -> variant index
-    load: dict[int, float]  # slot index -> req/s
-    served: dict[int, float]  # variant index -> req/s
-    shed: dict[int, float]  # family index -> req/s
-    value: float  # the MILP's objective, without the keep bonus
+class Routed:
+    """Fixed hosts routed: slot -> variant, slot -> req/s, variant -> req/s, family -> shed req/s."""
+
+    hosts: dict[int, int]
+    load: dict[int, float]
+    served: dict[int, float]
+    shed: dict[int, float]
+    value: float  # the MILP objective
 
 
-class _Instance:
-    """The data every rung shares, in one fixed order (sorted ids) so that solves are deterministic."""
+class Index:
+    """A problem in fixed, sorted order (so that solves are deterministic) and the solves on it.
 
-    def __init__(self, problem: ScalingProblem, current: ScalingPlan | None, shed_penalty: float) -> None:
+    Built once per ``solve`` call and discarded; not shared between threads. ``problem`` needs
+    ``slots``, ``variants``, ``demand``, ``capacity`` and ``device_capacity`` as in ScalingProblem.
+    """
+
+    def __init__(self, problem, current: Mapping[str, str], shed_penalty: float) -> None:
         self.slots = sorted(problem.slots, key=lambda s: s.slot_id)
         self.variants = sorted(problem.variants, key=lambda v: (v.family, v.variant))
         self.families = sorted(f for f, d in problem.demand.items() if d > 0)
@@ -180,91 +78,100 @@ class _Instance:
         for (slot_id, variant), rate in problem.capacity.items():
             self.cap[slot_at[slot_id], var_at[variant]] = rate
         self.family_of = [fam_at.get(v.family, -1) for v in self.variants]
-        pairs = [(i, j) for i in range(len(self.slots)) for j in range(len(self.variants))
-                 if self.cap[i, j] > 0 and self.family_of[j] >= 0]
-        self.p_slot = np.array([i for i, _ in pairs], dtype=int)
-        self.p_var = np.array([j for _, j in pairs], dtype=int)
-        self.p_fam = np.array([self.family_of[j] for j in self.p_var], dtype=int)
-        self.p_cap = self.cap[self.p_slot, self.p_var] if pairs else np.zeros(0)
-        acc = np.array([self.variants[j].accuracy for j in self.p_var])
-        self.p_weight = (self.demand[self.p_fam] / self.total) * (acc / self.acc_max) if pairs else np.zeros(0)
-        self.servable = np.zeros(len(self.families), dtype=bool)
-        self.servable[self.p_fam] = True
-        self.device_rows = []  # (capacity, slot indices) per device with a known capacity
+        self.device_rows: list[tuple[float, list[int]]] = []
         for key, capacity in sorted(problem.device_capacity.items()):
             members = [i for i, s in enumerate(self.slots) if s.device_key == key]
             if members:
                 self.device_rows.append((float(capacity), members))
-        self.current: dict[int, int] = {}
-        if current is not None:
-            for slot_id, variant in sorted(current.hosts.items()):
-                i, j = slot_at.get(slot_id), var_at.get(variant)
-                if i is not None and j is not None and self.cap[i, j] > 0:
-                    self.current[i] = j
+        self.device_of = {i: d for d, (_, members) in enumerate(self.device_rows) for i in members}
+        classes: dict[tuple, list[int]] = {}
+        for i in range(len(self.slots)):
+            key = ("slot", i) if i in self.device_of else ("cap", *self.cap[i].tolist())
+            classes.setdefault(key, []).append(i)
+        self.units = sorted(classes.values())
+        pairs = [(u, j) for u, members in enumerate(self.units) for j in self._useful(members[0])]
+        self.p_unit = np.array([u for u, _ in pairs], dtype=int)
+        self.p_var = np.array([j for _, j in pairs], dtype=int)
+        self.p_fam = np.array([self.family_of[j] for j in self.p_var], dtype=int)
+        self.p_cap = np.array([self.cap[self.units[u][0], j] for u, j in pairs])
+        self.p_count = np.array([len(self.units[u]) for u in self.p_unit], dtype=float)
+        acc = np.array([self.variants[j].accuracy for j in self.p_var])
+        self.p_weight = self.demand[self.p_fam] / self.total * acc / self.acc_max if pairs else np.zeros(0)
+        self.servable = np.zeros(len(self.families), dtype=bool)
+        self.servable[self.p_fam] = True
+        self.current = {slot_at[s]: var_at[v] for s, v in sorted(current.items())
+                        if s in slot_at and v in var_at and self.cap[slot_at[s], var_at[v]] > 0}
 
-    def share_bound(self, rung: _Rung) -> np.ndarray:
-        """Per pair: the largest share of its family's demand the pair can carry at this rung."""
-        return np.minimum(1.0, self.p_cap / (rung.factor * self.demand[self.p_fam]))
+    def _useful(self, i: int) -> list[int]:
+        """Variants slot ``i`` can host for a demanded family, less those a sibling beats there on
+        both accuracy and capacity (never worth choosing)."""
+        able = [j for j in range(len(self.variants)) if self.cap[i, j] > 0 and self.family_of[j] >= 0]
 
-    def could_carry(self, rung: _Rung) -> bool:
-        """A cheap necessary condition: every servable family fits if it had every slot to itself."""
-        if not len(self.p_var):
-            return True
-        best = np.zeros((len(self.families), len(self.slots)))
-        np.maximum.at(best, (self.p_fam, self.p_slot), self.share_bound(rung))
-        need = 1.0 - rung.shed_cap
-        return bool(np.all(best.sum(axis=1)[self.servable] >= need - 1e-9))
+        def rank(j: int) -> tuple:
+            return (self.variants[j].accuracy, self.cap[i, j], -j)
 
-    # --- closed-form routing for fixed hosts ---------------------------------------------------
+        def beaten(j: int) -> bool:
+            return any(self.family_of[o] == self.family_of[j] and self.variants[o].accuracy >= self.variants[j].accuracy
+                       and self.cap[i, o] >= self.cap[i, j] and rank(o) > rank(j) for o in able)
 
-    def route(self, hosts: Mapping[int, int], rung: _Rung) -> _Routed:
-        """Most accurate variant first, each variant's load spread over its slots in proportion
-        to their capacity; serving as much as the capacity allows (optimal for fixed hosts)."""
+        return [j for j in able if not beaten(j)]
+
+    # --- closed-form routing for fixed hosts -------------------------------------------------
+
+    def _serve(self, k: int, totals: Mapping[int, float]) -> tuple[float, dict[int, float], float]:
+        """Family ``k`` given capacity per variant: most accurate first, as much as fits.
+        Returns (objective contribution, req/s per variant, req/s shed)."""
+        left, served, value = float(self.demand[k]), {}, 0.0
+        for j in sorted(totals, key=lambda j: (-self.variants[j].accuracy, self.variants[j].variant)):
+            carried = min(left, totals[j])
+            if carried > TINY * self.demand[k]:
+                left -= carried
+                served[j] = carried
+                value += carried * self.variants[j].accuracy / self.acc_max / self.total
+        left = left if left > TINY * self.demand[k] else 0.0
+        return value - self.penalty * left / self.total, served, left
+
+    def route(self, hosts: Mapping[int, int], rung: Rung) -> Routed:
+        """The best routing for fixed hosts (optimal: families are independent once hosts are
+        fixed); each variant's load is spread over its slots in proportion to their capacity."""
         slots_of: dict[int, list[int]] = {}
         for i, j in sorted(hosts.items()):
             slots_of.setdefault(j, []).append(i)
-        load: dict[int, float] = {i: 0.0 for i in hosts}
+        totals = {j: sum(self.cap[i, j] for i in members) / rung.factor for j, members in slots_of.items()}
+        load = {i: 0.0 for i in hosts}
         served: dict[int, float] = {}
         shed: dict[int, float] = {}
         value = 0.0
-        for k, family in enumerate(self.families):
-            left = float(self.demand[k])
-            mine = sorted((j for j in slots_of if self.family_of[j] == k),
-                          key=lambda j: (-self.variants[j].accuracy, self.variants[j].variant))
-            for j in mine:
-                caps = [self.cap[i, j] / rung.factor for i in slots_of[j]]
-                carried = min(left, sum(caps))
-                if carried <= TINY * self.demand[k]:
-                    continue
-                left -= carried
-                served[j] = carried
-                for i, c in zip(slots_of[j], caps, strict=True):
-                    load[i] = carried * c / sum(caps)
-                value += carried * self.variants[j].accuracy / self.acc_max / self.total
-            left = left if left > TINY * self.demand[k] else 0.0
-            shed[k] = left
-            value -= self.penalty * left / self.total
-        return _Routed(dict(hosts), load, served, shed, value)
+        for k in range(len(self.families)):
+            v, s, shed[k] = self._serve(k, {j: t for j, t in totals.items() if self.family_of[j] == k})
+            value += v
+            served.update(s)
+        for j, rate in served.items():
+            for i in slots_of[j]:
+                load[i] = rate * self.cap[i, j] / rung.factor / totals[j]
+        return Routed(dict(hosts), load, served, shed, value)
 
-    def meets(self, routed: _Routed, rung: _Rung) -> bool:
+    def meets(self, routed: Routed, rung: Rung) -> bool:
         return all(routed.shed[k] <= (rung.shed_cap + 1e-9) * self.demand[k]
                    for k in range(len(self.families)) if self.servable[k])
 
-    def fill_spare(self, routed: _Routed, rung: _Rung) -> _Routed:
-        """Slots the optimum leaves idle keep their current variant, else take the most accurate
-        variant they can host of the most loaded family; the objective never gets worse."""
+    def _fits(self, i: int, hosts: Mapping[int, int]) -> bool:
+        d = self.device_of.get(i)
+        if d is None:
+            return True
+        capacity, members = self.device_rows[d]
+        return sum(self.slots[m].size for m in members if m in hosts) + self.slots[i].size <= capacity
+
+    def fill_spare(self, routed: Routed, rung: Rung) -> Routed:
+        """Slots left idle keep their current variant, else take the most accurate variant they
+        can host of the most loaded family (more room for it); the objective never gets worse."""
         hosts = {i: j for i, j in routed.hosts.items() if routed.load.get(i, 0.0) > 0}
-        used = {d: sum(self.slots[i].size for i in members if i in hosts) for d, (_, members) in enumerate(self.device_rows)}
-        device_of = {i: d for d, (_, members) in enumerate(self.device_rows) for i in members}
         hosted = np.zeros(len(self.families))
         for i, j in hosts.items():
             hosted[self.family_of[j]] += self.cap[i, j] / rung.factor
         served = self.demand - np.array([routed.shed[k] for k in range(len(self.families))])
         for i in range(len(self.slots)):
-            if i in hosts:
-                continue
-            d = device_of.get(i)
-            if d is not None and used[d] + self.slots[i].size > self.device_rows[d][0]:
+            if i in hosts or not self._fits(i, hosts):
                 continue
             choice = self.current.get(i)
             if choice is None:
@@ -278,75 +185,105 @@ class _Instance:
             hosts[i] = choice
             if self.family_of[choice] >= 0:
                 hosted[self.family_of[choice]] += self.cap[i, choice] / rung.factor
-            if d is not None:
-                used[d] += self.slots[i].size
         return self.route(hosts, rung)
 
-    # --- the MILP ----------------------------------------------------------------------------
+    # --- the MILPs ---------------------------------------------------------------------------
 
-    def solve_rung(self, rung: _Rung, time_left_s: float, mip_gap: float) -> tuple[str, dict[int, int] | None]:
-        """One HiGHS call: ("optimal" | "time_limit" | "infeasible" | "unknown", hosts or None)."""
-        n_p, n_k = len(self.p_var), len(self.families)
-        if n_p == 0:
-            return "optimal", {}
-        ix, iv, iu = np.arange(n_p), n_p + np.arange(n_p), 2 * n_p + np.arange(n_k)
-        rows = _Rows()
-        slot_row = {i: n for n, i in enumerate(sorted(set(self.p_slot.tolist())))}
-        rows.add(np.array([slot_row[i] for i in self.p_slot]), ix, np.ones(n_p), len(slot_row), -np.inf, 1.0)
+    def _placement(self, rows: _Rows, bound: np.ndarray) -> None:
+        """Rows both MILPs share over variables [x, v, ...]: class sizes, device capacities, and
+        v_p <= bound_p x_p (a bound <= the class-free one keeps the row valid for counts)."""
+        n_p = len(self.p_var)
+        ix, iv = np.arange(n_p), n_p + np.arange(n_p)
+        used = sorted(set(self.p_unit.tolist()))
+        unit_row = {u: n for n, u in enumerate(used)}
+        rows.add(np.array([unit_row[u] for u in self.p_unit]), ix, np.ones(n_p), len(used), -np.inf,
+                 np.array([len(self.units[u]) for u in used], dtype=float))
+        unit_of = {i: u for u, members in enumerate(self.units) for i in members}
         for capacity, members in self.device_rows:
-            inside = np.isin(self.p_slot, members)
-            sizes = np.array([self.slots[i].size for i in self.p_slot[inside]], dtype=float)
+            inside = np.isin(self.p_unit, [unit_of[i] for i in members])
+            sizes = np.array([self.slots[self.units[u][0]].size for u in self.p_unit[inside]], dtype=float)
             rows.add(np.zeros(len(sizes), dtype=int), ix[inside], sizes, 1, -np.inf, capacity)
-        pairs = np.arange(n_p)
-        rows.add(np.concatenate([pairs, pairs]), np.concatenate([iv, ix]),
-                 np.concatenate([np.ones(n_p), -self.share_bound(rung)]), n_p, -np.inf, 0.0)
-        rows.add(np.concatenate([self.p_fam, np.arange(n_k)]), np.concatenate([iv, iu]), np.ones(n_p + n_k), n_k, 1.0, 1.0)
+        rows.add(np.concatenate([ix, ix]), np.concatenate([iv, ix]), np.concatenate([np.ones(n_p), -bound]), n_p, -np.inf, 0.0)
+
+    @staticmethod
+    def _run(c, upper, integral, rows: _Rows, time_left_s: float, gap: float):
+        result = milp(c, integrality=integral.astype(int), bounds=Bounds(np.zeros(len(c)), upper),
+                      constraints=[rows.constraint(len(c))],
+                      options={"time_limit": max(time_left_s, 1e-3), "mip_rel_gap": gap})
+        return result, (result.x if result.status in (0, 1) else None)
+
+    def _decode(self, counts: np.ndarray) -> dict[int, int]:
+        """Class counts back to slots; a slot keeps its current variant where the count allows."""
+        hosts: dict[int, int] = {}
+        for u, members in enumerate(self.units):
+            mine = self.p_unit == u
+            want = {int(j): int(n) for j, n in zip(self.p_var[mine], counts[mine], strict=True) if n > 0}
+            free = []
+            for i in members:
+                j = self.current.get(i)
+                if want.get(j, 0) > 0:
+                    hosts[i], want[j] = j, want[j] - 1
+                else:
+                    free.append(i)
+            for j in sorted(want):
+                for _ in range(want[j]):
+                    hosts[free.pop(0)] = j
+        return hosts
+
+    def solve_service(self, ladder: Sequence[float], time_left_s: float) -> tuple[int, int, dict[int, int] | None]:
+        """How many rungs (from the bottom) the fleet can meet, ignoring accuracy: binaries g_r
+        (monotone), every servable family served at least sum_r (beta_r - beta_r+1) g_r of its
+        demand within capacity. An integer objective, so HiGHS proves it exactly when it has the
+        time. Returns (rungs surely met, rungs possibly met, hosts meeting them or None)."""
+        n_p, n_r = len(self.p_var), len(ladder)
+        steps = np.array([ladder[r] - (ladder[r + 1] if r + 1 < n_r else 0.0) for r in range(n_r)])
+        rows = _Rows()
+        self._placement(rows, np.minimum(ladder[0], self.p_cap / self.demand[self.p_fam]))
+        ig = 2 * n_p + np.arange(n_r)
+        fam = np.flatnonzero(self.servable)
+        fam_row = np.full(len(self.families), -1)
+        fam_row[fam] = np.arange(len(fam))
+        rows.add(np.concatenate([fam_row[self.p_fam], np.repeat(np.arange(len(fam)), n_r)]),
+                 np.concatenate([n_p + np.arange(n_p), np.tile(ig, len(fam))]),
+                 np.concatenate([np.ones(n_p), -np.tile(steps, len(fam))]), len(fam), 0.0, np.inf)
+        if n_r > 1:  # g_r <= g_r+1: meeting a rung means meeting every lower one
+            rows.add(np.repeat(np.arange(n_r - 1), 2), np.ravel(np.column_stack([ig[:-1], ig[1:]])),
+                     np.tile([1.0, -1.0], n_r - 1), n_r - 1, -np.inf, 0.0)
+        c = np.concatenate([np.zeros(2 * n_p), -np.ones(n_r)])
+        integral = np.concatenate([np.ones(n_p), np.zeros(n_p), np.ones(n_r)])
+        upper = np.concatenate([self.p_count, np.full(n_p, ladder[0]), np.ones(n_r)])
+        result, x = self._run(c, upper, integral, rows, time_left_s, 0.0)
+        bound = result.get("mip_dual_bound")
+        possible = n_r if bound is None or not math.isfinite(bound) else min(n_r, math.floor(-bound + 1e-6))
+        if x is None:
+            return 0, possible, None
+        met = round(float(x[2 * n_p:].sum()))
+        return met, max(met, possible), self._decode(np.rint(x[:n_p]).astype(int))
+
+    def _accuracy_model(self, rung: Rung):
+        n_p, n_k = len(self.p_var), len(self.families)
+        rows = _Rows()
+        self._placement(rows, np.minimum(1.0, self.p_cap / (rung.factor * self.demand[self.p_fam])))
+        rows.add(np.concatenate([self.p_fam, np.arange(n_k)]), np.concatenate([n_p + np.arange(n_p), 2 * n_p + np.arange(n_k)]),
+                 np.ones(n_p + n_k), n_k, 1.0, 1.0)
         c = np.concatenate([np.zeros(n_p), -self.p_weight, self.penalty * self.demand / self.total])
-        if self.current:
-            keep = np.array([self.current.get(int(i)) == int(j) for i, j in zip(self.p_slot, self.p_var, strict=True)])
-            c[ix[keep]] -= KEEP_BONUS / len(self.current)
-        upper_u = np.where(self.servable, rung.shed_cap, 1.0)
-        bounds = Bounds(np.zeros(2 * n_p + n_k), np.concatenate([np.ones(2 * n_p), upper_u]))
-        integrality = np.concatenate([np.ones(n_p), np.zeros(n_p + n_k)])
-        result = milp(c, integrality=integrality, bounds=bounds,
-                      constraints=[rows.constraint(2 * n_p + n_k)],
-                      options={"time_limit": max(time_left_s, 1e-3), "mip_rel_gap": mip_gap})
-        if result.status == 2:
-            return "infeasible", None
-        if result.x is None or result.status not in (0, 1):
+        upper = np.concatenate([self.p_count, np.ones(n_p), np.where(self.servable, rung.shed_cap, 1.0)])
+        return c, upper, rows
+
+    def solve_accuracy(self, rung: Rung, time_left_s: float, mip_gap: float) -> tuple[str, dict[int, int] | None]:
+        """The accuracy MILP at one rung: ("optimal" | "time_limit" | "unknown", hosts or None)."""
+        c, upper, rows = self._accuracy_model(rung)
+        n_p = len(self.p_var)
+        result, x = self._run(c, upper, np.concatenate([np.ones(n_p), np.zeros(len(c) - n_p)]), rows, time_left_s, mip_gap)
+        if x is None:
             return "unknown", None
-        chosen = result.x[ix] > 0.5
-        hosts = {int(i): int(j) for i, j in zip(self.p_slot[chosen], self.p_var[chosen], strict=True)}
-        return ("optimal" if result.status == 0 else "time_limit"), hosts
+        return ("optimal" if result.status == 0 else "time_limit"), self._decode(np.rint(x[:n_p]).astype(int))
 
-    # --- output ------------------------------------------------------------------------------
-
-    def plan(self, routed: _Routed, beta: float, status: str, solve_s: float, extra_shed: Mapping[str, float]) -> ScalingPlan:
-        routing: dict[str, dict[str, float]] = {}
-        fractions: dict[str, dict[str, float]] = {}
-        for k, family in enumerate(self.families):
-            carried = self.demand[k] - routed.shed[k]
-            if carried <= 0:
-                continue
-            routing[family] = {self.slots[i].slot_id: routed.load[i] / carried for i in sorted(routed.hosts)
-                               if self.family_of[routed.hosts[i]] == k and routed.load[i] > 0}
-            fractions[family] = {self.variants[j].variant: rate / carried for j, rate in sorted(routed.served.items())
-                                 if self.family_of[j] == k}
-        served = sum(routed.served.values())
-        accuracy = sum(rate * self.variants[j].accuracy for j, rate in routed.served.items()) / served if served > 0 else 0.0
-        shed = {self.families[k]: rate for k, rate in routed.shed.items() if rate > 0}
-        shed.update({f: r for f, r in extra_shed.items() if r > 0})
-        return ScalingPlan(
-            hosts={self.slots[i].slot_id: self.variants[j].variant for i, j in sorted(routed.hosts.items())},
-            routing=dict(sorted(routing.items())),
-            variant_fractions=dict(sorted(fractions.items())),
-            effective_accuracy=accuracy,
-            beta=beta,
-            shed=dict(sorted(shed.items())),
-            solve_s=solve_s,
-            status=status,
-            load={self.slots[i].slot_id: rate for i, rate in sorted(routed.load.items()) if rate > 0},
-        )
+    def relaxation_bound(self, rung: Rung, time_left_s: float) -> float:
+        """The LP relaxation's optimum: no plan at this rung has a higher objective."""
+        c, upper, rows = self._accuracy_model(rung)
+        result, x = self._run(c, upper, np.zeros(len(c)), rows, time_left_s, 0.0)
+        return -float(result.fun) if x is not None and result.status == 0 else math.inf
 
 
 class _Rows:
@@ -360,81 +297,16 @@ class _Rows:
         self.hi: list[np.ndarray] = []
         self.count = 0
 
-    def add(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, lo: float, hi: float) -> None:
+    def add(self, rows, cols, vals, n: int, lo: float, hi: float | np.ndarray) -> None:
         """A block of ``n`` rows, ``lo <= A x <= hi``; ``rows`` are numbered inside the block."""
-        self.rows.append(self.count + rows)
-        self.cols.append(cols)
-        self.vals.append(vals)
-        self.lo.append(np.full(n, lo))
-        self.hi.append(np.full(n, hi))
+        self.rows.append(self.count + np.asarray(rows, dtype=int))
+        self.cols.append(np.asarray(cols, dtype=int))
+        self.vals.append(np.asarray(vals, dtype=float))
+        self.lo.append(np.broadcast_to(np.asarray(lo, dtype=float), (n,)))
+        self.hi.append(np.broadcast_to(np.asarray(hi, dtype=float), (n,)))
         self.count += n
 
     def constraint(self, n_vars: int) -> LinearConstraint:
-        shape = (self.count, n_vars)
-        matrix = coo_array((np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))), shape=shape)
-        return LinearConstraint(matrix.tocsr(), np.concatenate(self.lo), np.concatenate(self.hi))
-
-
-def solve(
-    problem: ScalingProblem,
-    *,
-    beta: float = 1.05,
-    min_beta: float = 0.2,
-    time_limit_s: float = 2.0,
-    current: ScalingPlan | None = None,
-    mip_gap: float = 0.01,
-    shed_penalty: float = SHED_PENALTY,
-    timer: Callable[[], float] = time.perf_counter,
-) -> ScalingPlan:
-    """The plan with the highest feasible beta on the ladder, then the highest accuracy.
-
-    Every HiGHS call gets what is left of ``time_limit_s``. A family that no slot can host is
-    shed entirely and does not pull beta down for the others. Deterministic for the same inputs
-    whenever no call hits the time limit."""
-    if not (0 < min_beta <= beta) or time_limit_s <= 0 or not 0 <= mip_gap < 1:
-        raise ValueError("need 0 < min_beta <= beta, time_limit_s > 0 and 0 <= mip_gap < 1")
-    start = timer()
-    inst = _Instance(problem, current, shed_penalty)
-    unservable = {f: float(problem.demand[f]) for k, f in enumerate(inst.families) if not inst.servable[k]}
-    rungs = [_rung(b) for b in beta_ladder(beta, min_beta)] + [_rung(min_beta, best_effort=True)]
-
-    def finish(routed: _Routed, rung_at: int, status: str) -> ScalingPlan:
-        rung = rungs[rung_at]
-        reported = rung.beta
-        if rung_at == len(rungs) - 1:
-            status = "kept_current" if status == "kept_current" else "infeasible"
-            fractions = [1 - routed.shed[k] / inst.demand[k] for k in range(len(inst.families)) if inst.servable[k]]
-            reported = min(fractions, default=min_beta)
-        return inst.plan(routed, reported, status, timer() - start, unservable)
-
-    incumbent: tuple[int, _Routed] | None = None
-    if current is not None:
-        for at, rung in enumerate(rungs):
-            routed = inst.route(inst.current, rung)
-            if inst.meets(routed, rung):
-                incumbent = (at, routed)
-                break
-    for at, rung in enumerate(rungs):
-        if incumbent is not None and at > incumbent[0]:
-            break
-        if not inst.could_carry(rung):
-            continue
-        left = time_limit_s - (timer() - start)
-        if left <= 0:
-            break
-        state, hosts = inst.solve_rung(rung, left, mip_gap)
-        if state == "infeasible":
-            continue
-        if hosts is None:
-            break  # out of time with nothing found at this rung
-        found = inst.fill_spare(inst.route(hosts, rung), rung)
-        if incumbent is not None and at == incumbent[0] and incumbent[1].value >= found.value - TINY:
-            return finish(incumbent[1], at, "kept_current")
-        return finish(found, at, state)
-    if incumbent is not None:
-        return finish(incumbent[1], incumbent[0], "kept_current")
-    empty = inst.route({}, rungs[-1])
-    return inst.plan(empty, 0.0, "time_limit", timer() - start, unservable)
-
-
-__all__ = ["STATUSES", "ScalingPlan", "ScalingProblem", "Slot", "VariantChoice", "beta_ladder", "solve"]
+        data = (np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols)))
+        matrix = coo_array(data, shape=(self.count, n_vars)).tocsr()
+        return LinearConstraint(matrix, np.concatenate(self.lo), np.concatenate(self.hi))

@@ -19,6 +19,9 @@ class ControllerConfig:
     stop_drain_s: float = 2.0
     # Online re-planning: "gpulet" (elastic partitioning), "temporal", "whole", or "static" (keep
     # the initial placement). A re-plan waits for profiles and runs at most once a period.
+    # The workers' batching policy unless a manifest names one: edf (work-conserving, lowest
+    # latency at light load), proteus, aimd or nexus.
+    batching: str = "edf"
     planner: str = "gpulet"
     replan_period_s: float = 10.0
     demand_half_life_s: float = 5.0

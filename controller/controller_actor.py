@@ -298,6 +298,7 @@ class ControllerActor(Actor):
         specs = []
         for name in plan.variants:
             spec = reg.variants[name].spec()
+            spec = dataclasses.replace(spec, batching=reg.variants[name].batching or self.config.batching)
             if name in batches:  # the plan's batch size caps the manifest's
                 spec = dataclasses.replace(spec, max_batch=max(1, min(spec.max_batch, batches[name])))
             specs.append(spec)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.error import RepositoryError
+from mesh.batching import POLICIES as BATCHING_POLICIES
 from protocol.types import DATATYPES, ModelInfo, TensorSpec, VariantSpec
 
 MANIFEST = "manifest.json"
@@ -36,6 +37,7 @@ class Variant:
     sha256: str
     size_bytes: int
     profile_ms: dict[int, float]
+    batching: str = ""  # the worker's batching policy for this variant; "" = the controller's default
 
     def spec(self) -> VariantSpec:
         return VariantSpec(
@@ -131,6 +133,7 @@ def _load_variant(manifest: Path) -> Variant:
             sha256=sha,
             size_bytes=artifact.stat().st_size,
             profile_ms=profile,
+            batching=_batching(raw, manifest),
         )
     except RepositoryError as exc:
         if str(manifest) in str(exc):
@@ -138,6 +141,13 @@ def _load_variant(manifest: Path) -> Variant:
         raise RepositoryError(f"{manifest}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RepositoryError(f"{manifest}: bad field ({exc})") from None
+
+
+def _batching(raw: dict, manifest: Path) -> str:
+    policy = raw.get("batching", "")
+    if policy and policy not in BATCHING_POLICIES:
+        raise RepositoryError(f"{manifest}: batching {policy!r} is not one of {', '.join(BATCHING_POLICIES)}")
+    return policy
 
 
 def _str(raw: dict, key: str) -> str:

@@ -22,6 +22,8 @@ class GatewayConfig:
     worker_missed_heartbeats: int = 5
     max_outstanding_per_worker: int = 512
     deadline_grace_ms: float = 50.0
+    # Time kept back from a request's budget for the reply's way back through the gateway.
+    reply_margin_ms: float = 2.0
     shutdown_timeout_s: float = 5.0
     # Bandit feedback: how long a decision waits for explicit feedback before it is closed with
     # the implicit reward, and how long a closed one is remembered to answer repeats precisely.

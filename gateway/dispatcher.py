@@ -107,6 +107,7 @@ class Dispatcher:
         missed_heartbeats: int = 5,
         max_outstanding_per_worker: int = 512,
         deadline_grace_s: float = 0.05,
+        reply_margin_s: float = 0.002,
     ) -> None:
         self._endpoint = Endpoint.router(ctx, bind)
         self.address = self._endpoint.address
@@ -124,6 +125,7 @@ class Dispatcher:
         self._heartbeat_interval_s = heartbeat_interval_s
         self._max_outstanding = max_outstanding_per_worker
         self._grace_s = deadline_grace_s
+        self._reply_margin_s = reply_margin_s
         self._tasks: list[asyncio.Task] = []
         self._curves: dict[tuple[str, str], LatencyCurve] = {}
         self._demand: dict[str, int] = {}
@@ -256,7 +258,8 @@ class Dispatcher:
         return best
 
     def _send(self, rid: int, pending: Pending) -> None:
-        budget_us = int((pending.deadline - time.monotonic()) * 1e6)
+        # The reply still has to travel back and be encoded: the worker gets the budget minus that.
+        budget_us = int((pending.deadline - time.monotonic() - self._reply_margin_s) * 1e6)
         names = list(pending.inputs)
         arrays = [pending.inputs[n] for n in names]
         msg = InferRequest(

@@ -47,6 +47,7 @@ class GatewayService:
             missed_heartbeats=cfg.worker_missed_heartbeats,
             max_outstanding_per_worker=cfg.max_outstanding_per_worker,
             deadline_grace_s=cfg.deadline_grace_ms / 1000.0,
+            reply_margin_s=cfg.reply_margin_ms / 1000.0,
         )
         await self.dispatcher.start()
         self.events = EventLog(feedback_wait_s=cfg.feedback_wait_s, retain_s=cfg.feedback_retain_s)

@@ -2,7 +2,7 @@
 a plan lays out, with the workers' own batching code, and reports SLO attainment and utilisation.
 
 The core (:func:`simulate`) is pure: a heap of events on a simulated clock, seeded randomness, no
-asyncio and no sleeping. Each gpu-let is a server holding one ``DeadlineBatcher`` per assigned
+asyncio and no sleeping. Each gpu-let is a server holding one ``Batcher`` per assigned
 variant and serving them earliest-head-deadline first, exactly as ``agents.worker`` does. A CLI
 module: may import every package of ours.
 """
@@ -38,7 +38,8 @@ from letmesh.capacity import (
     plan_json,
     write_json,
 )
-from mesh.batching import DeadlineBatcher, Queued
+from mesh.batching import POLICIES as BATCHING_POLICIES
+from mesh.batching import Batcher, Queued, make_batcher
 
 DEADLINE_SLACK_S = 1e-9  # a batch the batcher scheduled to end on its deadline counts as on time
 LISTED_GPULETS = 24  # the report lists every gpu-let up to this many, else the busiest and idlest
@@ -240,7 +241,7 @@ class _Server:
 
     __slots__ = ("batchers", "busy", "busy_s", "batches", "served", "running", "service_s", "started", "token", "variant_of")
 
-    def __init__(self, batchers: list[tuple[int, DeadlineBatcher]], service_s: dict[int, list[float]]) -> None:
+    def __init__(self, batchers: list[tuple[int, Batcher]], service_s: dict[int, list[float]]) -> None:
         self.batchers = batchers
         self.variant_of = {vi: b for vi, b in batchers}
         self.service_s = service_s  # variant index -> actual seconds of a batch, indexed by size
@@ -271,6 +272,7 @@ def simulate(
     interference_actual: float = 1.0,
     max_wait_s: float = 0.0,
     max_queue: int = 10_000,
+    batching: str = "edf",
 ) -> SimulationResult:
     """Replay ``arrivals`` ((time_s, index into ``demands``), in time order) through ``result``.
 
@@ -300,8 +302,9 @@ def simulate(
             curve = latency.curve(a.variant, g.kind, g.size, a.batch)
             predicted = [0.0] + [ms * g.predicted_slowdown / 1000.0 for ms in curve]
             service[vi] = [s * factor for s in predicted]
-            batchers.append((vi, DeadlineBatcher(max_batch=a.batch, latency_s=predicted.__getitem__,
-                                                 max_wait_s=max_wait_s, max_queue=max_queue)))
+            options = {"max_wait_s": max_wait_s} if batching == "edf" else {}
+            batchers.append((vi, make_batcher(batching, max_batch=a.batch, latency_s=predicted.__getitem__,
+                                              max_queue=max_queue, **options)))
         servers.append(_Server(batchers, service))
     # routing: variant index -> (cumulative weights, server indices)
     routes: list[tuple[list[float], list[int]] | None] = [None] * len(names)
@@ -372,6 +375,7 @@ def simulate(
                 ok += 1
         within[vi] += ok
         late_served[vi] += len(batch) - ok
+        s.variant_of[vi].feedback(len(batch), ok < len(batch))
 
     rid = 0
     stream = iter(arrivals)
@@ -487,6 +491,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interference-actual", type=float, default=1.0, metavar="X",
                         help="co-located gpu-lets run X times slower than the plan predicts (default 1)")
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batcher's wait for a fuller batch (workers use 0)")
+    parser.add_argument("--batching", choices=BATCHING_POLICIES, default="edf",
+                        help="the worker's batching policy: edf (default), proteus, aimd or nexus")
     parser.add_argument("--minimal-fleet", action="store_true", help="plan on the devices-needed fleet instead of the given one")
     parser.add_argument("--all-gpulets", action="store_true", help="list every gpu-let in the report")
     parser.add_argument("--show-layout", action="store_true", help="print the layout picture before the results")
@@ -521,7 +527,8 @@ def run_simulate(args: argparse.Namespace) -> int:
             window = args.duration_s or 60.0
             arrivals = poisson_arrivals([d.rate_rps for d in demands], window, args.seed)
         sim = simulate(result, demands, setup.profiles.latency, arrivals, window_s=window, seed=args.seed,
-                       interference_actual=args.interference_actual, max_wait_s=args.max_wait_ms / 1000.0)
+                       interference_actual=args.interference_actual, max_wait_s=args.max_wait_ms / 1000.0,
+                       batching=args.batching)
     except CapacityError as exc:
         print(f"letmesh simulate: {exc}", file=sys.stderr)
         return 2

@@ -79,14 +79,21 @@ class _DeadlineQueue:
     also arrival order.
     """
 
-    def __init__(self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int) -> None:
+    def __init__(
+        self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int, wake_slack_s: float = 0.0
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if wake_slack_s < 0:
+            raise ValueError(f"wake_slack_s must not be negative, got {wake_slack_s}")
         self._max_batch = max_batch
         self._latency_s = latency_s
         self._max_queue = max_queue
+        # A waiting policy plans to wake this long before the last instant its batch still
+        # fits, so a timer that fires a little late does not turn the wait into a miss.
+        self._wake_slack_s = wake_slack_s
         # (deadline, push order, item): ties on deadline go in arrival order; the item itself
         # is never compared because push order is unique.
         self._heap: list[tuple[float, int, Queued]] = []
@@ -154,10 +161,11 @@ class DeadlineBatcher(_DeadlineQueue):
         latency_s: Callable[[int], float],
         max_wait_s: float = 0.0,
         max_queue: int = 10_000,
+        wake_slack_s: float = 0.0,
     ) -> None:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must not be negative, got {max_wait_s}")
-        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
         self._max_wait_s = max_wait_s
 
     def poll(self, now: float) -> BatchDecision:
@@ -197,7 +205,7 @@ class DeadlineBatcher(_DeadlineQueue):
         # Waking no later than the head's deadline minus the slower of running alone and
         # running the current batch keeps both the head and the batch feasible at wake-up.
         last_start = head_deadline - max(alone, self._latency_s(size))
-        return min(oldest + self._max_wait_s, last_start)
+        return min(oldest + self._max_wait_s, last_start - self._wake_slack_s)
 
 
 class ProteusBatcher(_DeadlineQueue):
@@ -213,8 +221,8 @@ class ProteusBatcher(_DeadlineQueue):
 
     Not thread-safe. Invariants: batched requests fit (``now <= deadline - latency_s(len(batch))``)
     and ``len(batch)`` is an allowed size; late requests could not have fitted alone; polling
-    at ``wake_at`` with no new arrival runs the batch it waited for; each pushed request leaves
-    exactly once.
+    at ``wake_at``, or up to ``wake_slack_s`` after it, with no new arrival runs the batch it
+    waited for; each pushed request leaves exactly once.
     """
 
     def __init__(
@@ -224,8 +232,9 @@ class ProteusBatcher(_DeadlineQueue):
         latency_s: Callable[[int], float],
         sizes: Sequence[int] | None = None,
         max_queue: int = 10_000,
+        wake_slack_s: float = 0.0,
     ) -> None:
-        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
         self._sizes = _check_sizes(sizes, max_batch)
 
     def poll(self, now: float) -> BatchDecision:
@@ -237,9 +246,9 @@ class ProteusBatcher(_DeadlineQueue):
         fill = max(s for s in self._sizes if s <= len(self._heap))
         if fill < self._max_batch:
             # Also never past the head's own last start alone, so waiting cannot make it late.
-            start_by = head - max(alone, self._latency_s(fill))
-            if now < start_by:
-                return BatchDecision(batch=(), late=late, wake_at=start_by)
+            wake = head - max(alone, self._latency_s(fill)) - self._wake_slack_s
+            if now < wake:
+                return BatchDecision(batch=(), late=late, wake_at=wake)
         # Due now: an arrival (or the timer) made the filled batch too slow for the head, so run
         # the largest allowed size that still fits it. Size 1 always does, or the head was late.
         size = next(s for s in reversed(self._sizes) if s <= fill and now <= head - self._latency_s(s))
@@ -261,8 +270,10 @@ class NexusBatcher(_DeadlineQueue):
     once.
     """
 
-    def __init__(self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int = 10_000) -> None:
-        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+    def __init__(
+        self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int = 10_000, wake_slack_s: float = 0.0
+    ) -> None:
+        super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
 
     def poll(self, now: float) -> BatchDecision:
         heap, alone = self._heap, self._latency_s(1)
@@ -275,10 +286,10 @@ class NexusBatcher(_DeadlineQueue):
         if not heap:
             return BatchDecision(batch=(), late=tuple(late), wake_at=None)
         window = min(len(heap), self._max_batch)
-        expires = heap[0][0] - max(alone, self._latency_s(window))
-        if window == self._max_batch or now >= expires:
+        wake = heap[0][0] - max(alone, self._latency_s(window)) - self._wake_slack_s
+        if window == self._max_batch or now >= wake:
             return BatchDecision(batch=self._take(window), late=tuple(late), wake_at=None)
-        return BatchDecision(batch=(), late=tuple(late), wake_at=expires)
+        return BatchDecision(batch=(), late=tuple(late), wake_at=wake)
 
 
 class AIMDBatcher(_DeadlineQueue):
@@ -333,16 +344,23 @@ def make_batcher(
     latency_s: Callable[[int], float],
     max_queue: int = 10_000,
     max_wait_s: float = 0.0,
+    wake_slack_s: float = 0.0,
 ) -> Batcher:
-    """The batcher for ``policy`` (one of :data:`POLICIES`); ``max_wait_s`` applies to "edf" only."""
+    """The batcher for ``policy`` (one of :data:`POLICIES`).
+
+    ``max_wait_s`` applies to "edf" only. ``wake_slack_s`` is how long before the last instant a
+    waiting batch still fits the batcher asks to be woken (a real timer fires late; the
+    simulator's does not); "aimd" never waits, so it has no use for it.
+    """
     if policy == "edf":
-        return DeadlineBatcher(max_batch=max_batch, latency_s=latency_s, max_wait_s=max_wait_s, max_queue=max_queue)
+        return DeadlineBatcher(max_batch=max_batch, latency_s=latency_s, max_wait_s=max_wait_s, max_queue=max_queue,
+                               wake_slack_s=wake_slack_s)
     if policy not in POLICIES:
         raise ValueError(f"unknown batching policy {policy!r}; known: {', '.join(POLICIES)}")
     if max_wait_s:
         raise ValueError(f"max_wait_s applies only to the edf policy, not {policy!r}")
     if policy == "proteus":
-        return ProteusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+        return ProteusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
     if policy == "aimd":
         return AIMDBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
-    return NexusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue)
+    return NexusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)

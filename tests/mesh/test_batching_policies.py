@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from mesh.batching import (
     POLICIES,
     AIMDBatcher,
-    Batcher,
     BatchDecision,
+    Batcher,
     DeadlineBatcher,
     NexusBatcher,
     ProteusBatcher,
@@ -157,6 +157,17 @@ def test_proteus_holds_a_lone_request_until_its_last_start() -> None:
     assert waiting.wake_at == pytest.approx(0.100 - linear(1))
     assert proteus.poll(waiting.wake_at - 1e-6).batch == ()
     assert ids(proteus.poll(waiting.wake_at).batch) == [1]
+
+
+@pytest.mark.parametrize("policy", ["proteus", "nexus", "edf"])
+def test_wake_slack_wakes_early_enough_for_a_late_timer(policy: str) -> None:
+    batcher = make_batcher(policy, max_batch=4, latency_s=linear, wake_slack_s=0.002,
+                           **({"max_wait_s": 1.0} if policy == "edf" else {}))
+    batcher.push(item(1, deadline=0.100, arrived=0.0))
+    decision = batcher.poll(0.0)
+    assert decision.wake_at == pytest.approx(0.100 - linear(1) - 0.002)
+    # The timer fires almost 2 ms late: just before the last instant the request fits alone.
+    assert ids(batcher.poll(decision.wake_at + 0.0019).batch) == [1]
 
 
 def test_proteus_waits_for_the_batch_the_queue_fills() -> None:
@@ -363,10 +374,11 @@ arrivals = st.lists(
 
 
 def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch: int,
-             stream: list[tuple[float, float, int]]) -> tuple[list[int], int]:
-    """A worker that polls whenever it is idle, sleeps until wake_at or the next arrival, is busy
-    for the predicted latency of every batch and reports each batch back. Checks every decision
-    against the invariants of ``policy``; returns the ids that left and how many were pushed."""
+             stream: list[tuple[float, float, int]], wake_late_s: float = 0.0) -> tuple[list[int], int]:
+    """A worker that polls whenever it is idle, sleeps until wake_at (waking ``wake_late_s``
+    late) or the next arrival, is busy for the predicted latency of every batch and reports
+    each batch back. Checks every decision against the invariants of ``policy``; returns the
+    ids that left and how many were pushed."""
     pending: list[Queued] = []
     t = 0.0
     for gap, budget, count in stream:
@@ -414,7 +426,7 @@ def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch
                 assert now > q.deadline - (slowest if policy == "nexus" else latency[1])
         if policy == "proteus" and decision.batch:
             assert len(decision.batch) in sizes
-        if policy in ("edf", "proteus") and wait_until is not None and now <= wait_until:
+        if policy in ("edf", "proteus") and wait_until is not None and now <= wait_until + wake_late_s:
             assert not waited_on & {q.request_id for q in decision.late}, "waiting made a request late"
         waited_on, wait_until = set(queued), decision.wake_at
 
@@ -422,7 +434,8 @@ def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch
             now += latency[len(decision.batch)]
             batcher.feedback(len(decision.batch), any(q.deadline < now for q in decision.batch))
         else:
-            candidates = [x for x in (decision.wake_at, pending[0].arrived if pending else None) if x is not None]
+            wake = None if decision.wake_at is None else decision.wake_at + wake_late_s
+            candidates = [x for x in (wake, pending[0].arrived if pending else None) if x is not None]
             if candidates:
                 now = max(now, min(candidates))
     return out, total
@@ -430,14 +443,21 @@ def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch
 
 @pytest.mark.parametrize("policy", POLICIES)
 @settings(max_examples=150, deadline=None)
-@given(model=latency_models(), stream=arrivals)
+@given(
+    model=latency_models(),
+    stream=arrivals,
+    slack_s=st.sampled_from([0.0, 0.001, 0.005]),
+    lateness=st.floats(min_value=0.0, max_value=0.99),  # the boundary itself is at rounding's mercy
+)
 def test_every_policy_serves_each_request_exactly_once_within_its_invariants(
-    policy: str, model: tuple[int, dict[int, float]], stream: list[tuple[float, float, int]]
+    policy: str, model: tuple[int, dict[int, float]], stream: list[tuple[float, float, int]],
+    slack_s: float, lateness: float,
 ) -> None:
     max_batch, latency = model
-    batcher = make_batcher(policy, max_batch=max_batch, latency_s=latency.__getitem__)
+    batcher = make_batcher(policy, max_batch=max_batch, latency_s=latency.__getitem__, wake_slack_s=slack_s)
 
-    out, total = simulate(policy, batcher, latency, max_batch, stream)
+    # Timers that fire late, but within the slack, never cost a request its deadline.
+    out, total = simulate(policy, batcher, latency, max_batch, stream, wake_late_s=lateness * slack_s)
 
     assert sorted(out) == list(range(total))
     assert len(batcher) == 0
