@@ -96,7 +96,8 @@ class ScalingProblem:
 class ScalingPlan:
     """What to deploy and how to route. ``routing`` (family -> slot -> share) and
     ``variant_fractions`` (family -> variant -> share) split each family's *served* requests and
-    sum to 1; ``shed`` is the req/s knowingly not carried, per family; ``load`` the req/s routed
+    sum to 1; ``effective_accuracy`` is the accuracy of the served requests, weighted by their
+    rates; ``shed`` is the req/s knowingly not carried, per family; ``load`` the req/s routed
     to each slot. ``beta`` >= 1 is the capacity headroom kept; below 1, every family still gets
     at least that share of its demand served.
 
@@ -142,12 +143,14 @@ def solve(
 ) -> ScalingPlan:
     """The highest rung of the beta ladder the fleet can meet, and the most accurate plan there.
 
-    Steps, all within ``time_limit_s``: route the current plan (if any) in closed form; unless
-    it already meets the top rung, one HiGHS call finds the highest rung (at most half of what is
-    left); at that rung the LP relaxation gives a bound, and the accuracy MILP runs only if no
-    plan in hand is within ``mip_gap`` of it. The best plan found is returned; the current one
-    unless another beats it by more than the gap. A family no slot can host is shed whole and does not pull beta down for the others.
-    Deterministic for the same inputs whenever no call hits the time limit."""
+    Steps, all within ``time_limit_s``: route the current plan (if any) and a quick plan that
+    spreads the slots over the families, in closed form; unless one of them already meets the
+    top rung, one HiGHS call finds the highest rung (with at most half of the time left); at
+    that rung the LP relaxation gives a bound, and the accuracy MILP runs only if no plan in
+    hand is within ``mip_gap`` of it. The best plan found is returned, the current one unless
+    another beats it by more than the gap. A family no slot can host is shed whole and does
+    not pull beta down for the others. Deterministic for the same inputs whenever no call hits
+    the time limit."""
     if not (0 < min_beta <= beta) or time_limit_s <= 0 or not 0 <= mip_gap < 1:
         raise ValueError("need 0 < min_beta <= beta, time_limit_s > 0 and 0 <= mip_gap < 1")
     start = timer()
@@ -159,15 +162,13 @@ def solve(
     ladder = beta_ladder(beta, min_beta)
     rungs = [Rung.of(b) for b in ladder] + [Rung.of(min_beta, best_effort=True)]
     has_pairs = len(index.p_var) > 0
-    incumbent = None
-    if current is not None:
-        incumbent = next((at, r) for at, r in ((at, index.route(index.current, g)) for at, g in enumerate(rungs))
-                         if index.meets(r, rungs[at]))
-    # 1. the highest rung
-    at = incumbent[0] if incumbent is not None else len(ladder) if has_pairs else 0
-    proven, searched = True, None
-    if at > 0:
-        met, possible, searched = index.solve_service(ladder, left() * SEARCH_SHARE)
+    incumbent = _first_met(index, index.current, rungs) if current is not None else None
+    quick_at, _ = quick = _first_met(index, index.spread_cheapest(), rungs)
+    # 1. the highest rung: no search when a plan in hand meets the top one
+    at = min(quick_at, incumbent[0] if incumbent is not None else quick_at)
+    proven, searched = at == 0, None
+    if at > 0 and (budget := left()) > 0:
+        met, possible, searched = index.solve_service(ladder, budget * SEARCH_SHARE)
         met = max(met, len(ladder) - at)
         at, proven = len(ladder) - met, possible <= met
     rung = rungs[at]
@@ -175,8 +176,9 @@ def solve(
     candidates: list[tuple[Routed, bool]] = []  # (plan, is the current one)
     if incumbent is not None and incumbent[0] == at:
         candidates.append((incumbent[1], True))
-    if searched is not None:
-        candidates.append((index.fill_spare(index.route(searched, rung), rung), False))
+    for hosts in (searched, quick[1].hosts if quick_at == at else None):
+        if hosts is not None:
+            candidates.append((index.fill_spare(index.route(hosts, rung), rung), False))
     closed = not has_pairs
     if has_pairs and left() > 0:
         # the LP bound spares the MILP when a plan in hand (typically the current one) is close enough
@@ -187,8 +189,6 @@ def solve(
                 candidates.insert(1 if candidates and candidates[0][1] else 0,
                                   (index.fill_spare(index.route(hosts, rung), rung), False))
             closed = state == "optimal"
-    elif not has_pairs:
-        candidates.append((index.fill_spare(index.route({}, rung), rung), False))
     best = None
     for routed, is_current in candidates:  # a new plan must beat the current one by the MIP gap
         margin = max(TINY, mip_gap * abs(best[0].value)) if best is not None and best[1] else TINY
@@ -197,14 +197,27 @@ def solve(
     if best is None:
         return _plan(index, index.route({}, rung), 0.0, "time_limit", timer() - start)
     routed, is_current = best
-    status = "kept_current" if is_current else "optimal" if closed and proven else "time_limit"
+    best_effort = at == len(ladder)
+    if is_current:
+        status = "kept_current"
+    elif proven and (closed or best_effort):
+        status = "infeasible" if best_effort else "optimal"
+    else:
+        status = "time_limit"
     reported = rung.beta
-    if at == len(ladder):  # best effort: report the share every family still gets
+    if best_effort:  # report the share every family still gets
         reported = min((1 - routed.shed[k] / index.demand[k] for k in range(len(index.families)) if index.servable[k]),
                        default=min_beta)
-        if status == "optimal":
-            status = "infeasible"
     return _plan(index, routed, reported, status, timer() - start)
+
+
+def _first_met(index: Index, hosts: Mapping[int, int], rungs: Sequence[Rung]) -> tuple[int, Routed]:
+    """The highest rung these hosts meet (the last, best effort, always is) and their routing there."""
+    for at, rung in enumerate(rungs):
+        routed = index.route(hosts, rung)
+        if index.meets(routed, rung):
+            return at, routed
+    raise AssertionError("the best-effort rung is met by any plan")
 
 
 def _within(candidates: Sequence[tuple[Routed, bool]], index: Index, rung: Rung, bound: float, gap: float) -> bool:
@@ -218,13 +231,13 @@ def _plan(index: Index, routed: Routed, beta: float, status: str, solve_s: float
     shed: dict[str, float] = {}
     for k, family in enumerate(index.families):
         if routed.shed[k] > 0:
-            shed[family] = routed.shed[k]
-        carried = index.demand[k] - routed.shed[k]
+            shed[family] = float(routed.shed[k])
+        carried = float(index.demand[k] - routed.shed[k])
         if carried <= 0:
             continue
-        routing[family] = {index.slots[i].slot_id: routed.load[i] / carried for i in sorted(routed.hosts)
+        routing[family] = {index.slots[i].slot_id: float(routed.load[i] / carried) for i in sorted(routed.hosts)
                            if index.family_of[routed.hosts[i]] == k and routed.load[i] > 0}
-        fractions[family] = {index.variants[j].variant: rate / carried for j, rate in sorted(routed.served.items())
+        fractions[family] = {index.variants[j].variant: float(rate / carried) for j, rate in sorted(routed.served.items())
                              if index.family_of[j] == k}
     served = sum(routed.served.values())
     accuracy = sum(rate * index.variants[j].accuracy for j, rate in routed.served.items()) / served if served > 0 else 0.0
@@ -232,12 +245,12 @@ def _plan(index: Index, routed: Routed, beta: float, status: str, solve_s: float
         hosts={index.slots[i].slot_id: index.variants[j].variant for i, j in sorted(routed.hosts.items())},
         routing=routing,
         variant_fractions=fractions,
-        effective_accuracy=accuracy,
-        beta=beta,
+        effective_accuracy=float(accuracy),
+        beta=float(beta),
         shed=shed,
         solve_s=solve_s,
         status=status,
-        load={index.slots[i].slot_id: rate for i, rate in sorted(routed.load.items()) if rate > 0},
+        load={index.slots[i].slot_id: float(rate) for i, rate in sorted(routed.load.items()) if rate > 0},
     )
 
 
@@ -313,7 +326,9 @@ def capacities(
     return out
 
 
-def split_capacities(caps: Mapping[tuple[str, str], tuple[float, int]]) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int]]:
+def split_capacities(
+    caps: Mapping[tuple[str, str], tuple[float, int]],
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int]]:
     """``capacities()`` as (rates for ScalingProblem.capacity, batches for ``to_desired``)."""
     return {k: r for k, (r, _) in caps.items()}, {k: b for k, (_, b) in caps.items()}
 

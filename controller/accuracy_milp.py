@@ -152,7 +152,7 @@ class Index:
         return Routed(dict(hosts), load, served, shed, value)
 
     def meets(self, routed: Routed, rung: Rung) -> bool:
-        return all(routed.shed[k] <= (rung.shed_cap + 1e-9) * self.demand[k]
+        return all(routed.shed[k] <= (rung.shed_cap + 1e-6) * self.demand[k]  # HiGHS' tolerances
                    for k in range(len(self.families)) if self.servable[k])
 
     def _fits(self, i: int, hosts: Mapping[int, int]) -> bool:
@@ -186,6 +186,35 @@ class Index:
             if self.family_of[choice] >= 0:
                 hosted[self.family_of[choice]] += self.cap[i, choice] / rung.factor
         return self.route(hosts, rung)
+
+    def spread_cheapest(self) -> dict[int, int]:
+        """A quick plan that keeps every family served: each slot in turn goes to the family
+        with the smallest share of its demand covered so far, running whichever of its variants
+        carries the most there. A floor for the rung search, and a fallback when time runs out."""
+        share = np.where(self.servable, 0.0, math.inf)
+        fam = np.array(self.family_of)
+        best_cap = np.zeros((len(self.families), len(self.slots)))
+        best_var = np.zeros((len(self.families), len(self.slots)), dtype=int)
+        for k in np.flatnonzero(self.servable):
+            mine = np.flatnonzero(fam == k)
+            best_var[k] = mine[np.argmax(self.cap[:, mine], axis=1)]
+            best_cap[k] = self.cap[np.arange(len(self.slots)), best_var[k]]
+        free = np.ones(len(self.slots), dtype=bool)
+        hosts: dict[int, int] = {}
+        while np.isfinite(share).any():
+            k = int(np.argmin(share))
+            room = np.where(free, best_cap[k], 0.0)
+            for i in np.argsort(-room, kind="stable"):
+                if room[i] <= 0:
+                    share[k] = math.inf  # nothing left that can host it
+                    break
+                if self._fits(int(i), hosts):
+                    hosts[int(i)] = int(best_var[k, i])
+                    share[k] += room[i] / self.demand[k]
+                    break
+                free[i] = False  # its device is full
+            free[list(hosts)] = False
+        return hosts
 
     # --- the MILPs ---------------------------------------------------------------------------
 
