@@ -21,6 +21,8 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -48,7 +50,17 @@ from protocol.message import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_IDLE, _RAN, _LATE_ONLY = object(), object(), object()
+_IDLE, _LATE_ONLY = object(), object()
+# Batches predicted to take longer than this compute off the event loop, so heartbeats and
+# receives go on during them; shorter ones run inline, where a thread hand-off would cost more.
+_OFFLOAD_S = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    name: str
+    batch: tuple[Queued, ...]
+    started: float
 # A batcher that waits to fill a batch asks to be woken this long before its last feasible start:
 # the event loop's timers fire up to a few milliseconds late on a busy machine.
 _WAKE_SLACK_S = 0.002
@@ -83,6 +95,7 @@ class Worker:
         self._recv_tasks: dict[str, asyncio.Task] = {}
         self._arrived = asyncio.Event()
         self._idle = False
+        self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stopping = asyncio.Event()
         self._ctx: zmq.asyncio.Context | None = None
 
@@ -124,6 +137,7 @@ class Worker:
                 ep.close()
             control.close()
             self._ctx.term()
+            self._compute_thread.shutdown(wait=True)
 
     async def _load(self, control: Endpoint, replies: asyncio.Queue) -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -212,7 +226,7 @@ class Worker:
                 continue
             if self._idle:
                 # The serving loop is asleep with nothing queued: run now rather than pay its wake-up.
-                self._step()
+                self._run_short()
             self._arrived.set()
 
     def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
@@ -224,17 +238,25 @@ class Worker:
             raise ValueError(f"input {exc.args[0]!r} is missing") from None
 
     async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             outcome = self._step()
-            if outcome is _IDLE:
+            if isinstance(outcome, _Due):
+                # A long batch computes on the compute thread (TorchScript releases the GIL), so
+                # this loop keeps receiving and heartbeating; a short one runs here, cheaper.
+                if self.runners[outcome.name].latency_s(len(outcome.batch)) > _OFFLOAD_S:
+                    result = await loop.run_in_executor(self._compute_thread, self._compute, outcome.name, outcome.batch)
+                else:
+                    result = self._compute(outcome.name, outcome.batch)
+                self._finish(outcome, result)
+                await asyncio.sleep(0)  # let receive tasks queue what arrived meanwhile
+            elif outcome is _IDLE:
                 if self._stopping.is_set():
                     return
                 self._idle = True
                 self._arrived.clear()
                 await self._arrived.wait()
                 self._idle = False
-            elif outcome is _RAN:
-                await asyncio.sleep(0)  # let receive tasks queue what arrived meanwhile
             elif outcome is not _LATE_ONLY:
                 wake_at = outcome
                 self._arrived.clear()
@@ -244,9 +266,9 @@ class Worker:
                     pass
 
     def _step(self) -> object:
-        """One scheduling step: answer hopeless requests, run the most urgent batch if it is due.
+        """One scheduling step: answer hopeless requests and say which batch is due.
 
-        Returns _IDLE (nothing queued), _RAN (a batch ran), _LATE_ONLY, or the instant to poll again.
+        Returns a _Due batch, _IDLE (nothing queued), _LATE_ONLY, or the instant to poll again.
         """
         waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
         if not waiting:
@@ -259,17 +281,26 @@ class Worker:
             self._send(ep, InferReply(request_id=item.request_id, variant=name, status="late",
                                       queue_us=int((now - item.arrived) * 1e6)))
         if decision.batch:
-            self._run_batch(name, decision.batch, now)
-            finished = time.monotonic()
-            self.batchers[name].feedback(len(decision.batch), any(q.deadline < finished for q in decision.batch))
-            return _RAN
+            return _Due(name, decision.batch, now)
         if decision.wake_at is not None and not decision.late:
             return decision.wake_at
         return _LATE_ONLY
 
-    def _run_batch(self, name: str, batch: tuple[Queued, ...], started: float) -> None:
+    def _run_short(self) -> None:
+        """From a receive task while the serving loop sleeps: run a due batch now if it is short."""
+        waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
+        if not waiting:
+            return
+        _, name = min(waiting)
+        if self.runners[name].latency_s(1) > _OFFLOAD_S:
+            return  # the serving loop will offload it
+        outcome = self._step()
+        if isinstance(outcome, _Due):
+            self._finish(outcome, self._compute(outcome.name, outcome.batch))
+
+    def _compute(self, name: str, batch: tuple[Queued, ...]) -> tuple[list[np.ndarray] | Exception, int]:
+        """The model call alone (safe on the compute thread: it sends nothing)."""
         runner = self.runners[name]
-        rows = [item.payload[1][0].shape[0] for item in batch]
         try:
             if len(batch) == 1:
                 inputs = batch[0].payload[1]
@@ -277,13 +308,24 @@ class Worker:
                 inputs = [np.concatenate([item.payload[1][i] for item in batch]) for i in range(len(runner.spec.inputs))]
             t0 = time.perf_counter()
             outputs = runner.run(inputs)
-            compute_us = int((time.perf_counter() - t0) * 1e6)
+            return outputs, int((time.perf_counter() - t0) * 1e6)
         except Exception as exc:  # a failing model answers its batch with the error, it does not kill the worker
-            log.exception("batch failed", extra={"variant": name})
+            return exc, 0
+
+    def _finish(self, due: _Due, result: tuple[list[np.ndarray] | Exception, int]) -> None:
+        """Replies for a computed batch (on the event loop: sockets are not shared across threads)."""
+        name, batch = due.name, due.batch
+        outputs, compute_us = result
+        finished = time.monotonic()
+        self.batchers[name].feedback(len(batch), any(q.deadline < finished for q in batch))
+        if isinstance(outputs, Exception):
+            log.error("batch failed: %s", outputs, extra={"variant": name})
             for item in batch:
                 self._send(item.payload[0], InferReply(request_id=item.request_id, variant=name, status="error",
-                                                       error=f"model failed: {exc}"))
+                                                       error=f"model failed: {outputs}"))
             return
+        runner = self.runners[name]
+        rows = [item.payload[1][0].shape[0] for item in batch]
         offset = 0
         for item, n in zip(batch, rows):
             parts = [out[offset:offset + n] for out in outputs]
@@ -293,7 +335,7 @@ class Worker:
                 request_id=item.request_id,
                 variant=name,
                 status="ok",
-                queue_us=int((started - item.arrived) * 1e6),
+                queue_us=int((due.started - item.arrived) * 1e6),
                 compute_us=compute_us,
                 batch_size=sum(rows),
                 outputs=metas,

@@ -24,6 +24,10 @@ class ControllerConfig:
     batching: str = "edf"
     planner: str = "gpulet"
     replan_period_s: float = 10.0
+    # Accuracy scaling (Proteus): cheaper variants when the fleet cannot carry demand at full accuracy.
+    accuracy_scaling: bool = True
+    scaling_time_limit_s: float = 2.0
+    fast_replan_s: float = 2.0
     demand_half_life_s: float = 5.0
     demand_history_s: float = 60.0
     worker_start_timeout_s: float = 120.0

@@ -114,6 +114,8 @@ class ControllerActor(Actor):
         self._learner = Learner(self.config.state_dir)
         self._layout = LayoutManager(
             LayoutPolicy(policy=self.config.planner, replan_period_s=self.config.replan_period_s,
+                         accuracy_scaling=self.config.accuracy_scaling,
+                         scaling_time_limit_s=self.config.scaling_time_limit_s, fast_replan_s=self.config.fast_replan_s,
                          drain_s=self.config.stop_drain_s, start_timeout_s=self.config.worker_start_timeout_s),
             self._registry, self._store, self._demand, self._start_command, generation=self._epoch,
         )

@@ -16,7 +16,8 @@ from controller.demand import DemandTracker, replan_due
 from controller.placement import PlannedWorker
 from controller.reconciler import Transition, begin
 from controller.registry import Registry
-from controller.replanner import Layout, layout
+from controller.accuracy import ResolvePolicy
+from controller.replanner import Layout, ScaledLayout, layout, scaled_layout
 from controller.store import StateStore
 from protocol.message import StartWorker, StopWorker
 
@@ -30,6 +31,10 @@ class LayoutPolicy:
     drain_s: float = 2.0
     start_timeout_s: float = 120.0
     floor_rps: float = 1.0
+    # Accuracy scaling: when the full-accuracy plan leaves demand unserved, solve the MILP.
+    accuracy_scaling: bool = True
+    scaling_time_limit_s: float = 2.0
+    fast_replan_s: float = 2.0  # a demand jump re-plans this soon, whatever the period
 
 
 class LayoutManager:
@@ -49,6 +54,10 @@ class LayoutManager:
         self._last_plan = float("-inf")
         self.replans = 0
         self._forced = False
+        self.scaled: ScaledLayout | None = None
+        self.solve_times: list[float] = []
+        self._last_family: dict[str, float] = {}
+        self._resolve = ResolvePolicy()
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -62,10 +71,14 @@ class LayoutManager:
         if self.transition is not None:
             return self._advance(now)
         forced, self._forced = self._forced, False
-        if not forced and now - self._last_plan < self.settings.replan_period_s:
+        family = self._family_rates()
+        since = now - self._last_plan
+        jumped = since >= self.settings.fast_replan_s and self._resolve.jumped(family, self._last_family)
+        if not forced and not jumped and since < self.settings.replan_period_s:
             return []
         target = self._demand.target()
-        if not forced and self.current is not None and not replan_due(self._planned_for, self._floor(target)):
+        if (not forced and not jumped and self.current is not None and self.scaled is None
+                and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(target)))):
             return []
         self._last_plan = now
         return self._replan(target, now)
@@ -73,7 +86,22 @@ class LayoutManager:
     def _floor(self, target: dict[str, float]) -> dict[str, float]:
         return {v: max(target.get(v, 0.0), self.settings.floor_rps) for v in self._registry.variants}
 
+    def _at_full_accuracy(self, target: dict[str, float]) -> dict[str, float]:
+        """The demand as if every family were served at full accuracy: its most accurate variant
+        carries the whole family's rate. How requests were split lately reflects past plans and
+        choices; sizing on it would let a scaled-down mix look like it fits and oscillate."""
+        out = dict(target)
+        families: dict[str, list] = {}
+        for v in self._registry.variants.values():
+            families.setdefault(v.family, []).append(v)
+        for variants in families.values():
+            best = max(variants, key=lambda v: (v.accuracy, v.name))
+            total = sum(target.get(v.name, 0.0) for v in variants)
+            out[best.name] = max(out.get(best.name, 0.0), total)
+        return out
+
     def _replan(self, target: dict[str, float], now: float) -> list[tuple[str, object]]:
+        target = self._at_full_accuracy(target)
         reg = self._registry
         agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
         new = layout(agents, reg.variants, self._store.profiles(), self._store.colocations(), target,
@@ -82,13 +110,29 @@ class LayoutManager:
             return []  # profiles are not in yet: keep serving on the current placement
         self.current = new
         self._planned_for = new.planned_for
-        if new.plan.unserved:
-            log.warning("plan leaves demand unserved (req/s): %s", dict(new.plan.unserved))
+        self._last_family = self._family_rates()
+        desired = new.desired
+        if new.plan.unserved and self.settings.accuracy_scaling:
+            scaled = scaled_layout(agents, reg.variants, self._store.profiles(), self._store.colocations(),
+                                   self._family_demand(), current=self.scaled.plan if self.scaled else None,
+                                   time_limit_s=self.settings.scaling_time_limit_s)
+            log.warning("over capacity at full accuracy (unserved req/s %s): accuracy scaling to %.3f, shed %s, "
+                        "solved in %.2f s (%s)", dict(new.plan.unserved), scaled.plan.effective_accuracy,
+                        dict(scaled.plan.shed), scaled.plan.solve_s, scaled.plan.status)
+            self.scaled = scaled
+            self.solve_times.append(scaled.plan.solve_s)
+            desired = scaled.desired
+            reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()
+        else:
+            if self.scaled is not None:
+                log.info("demand fits at full accuracy again")
+            self.scaled = None
+            reg.family_fractions, reg.shed = {}, {}
         current = [w.plan for w in reg.workers.values()
                    if w.plan.agent_id in agents and w.state in ("ready", "starting", "restarting")]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
-        t = begin(current, new.desired, cores, generation=self.generation, now=now,
+        t = begin(current, desired, cores, generation=self.generation, now=now,
                   start_timeout_s=self.settings.start_timeout_s, drain_s=self.settings.drain_s)
         if t is None:
             return []
@@ -120,6 +164,20 @@ class LayoutManager:
             log.info("re-plan %s", t.phase.value)
             self.transition = None
         return out
+
+    def _family_rates(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for variant, rate in self._demand.rates().items():
+            v = self._registry.variants.get(variant)
+            if v is not None:
+                out[v.family] = out.get(v.family, 0.0) + rate
+        return out
+
+    def _family_demand(self) -> dict[str, float]:
+        """Smoothed demand per family for the MILP, with every family's floor."""
+        rates = self._family_rates()
+        families = {v.family for v in self._registry.variants.values()}
+        return {f: max(rates.get(f, 0.0), self.settings.floor_rps) for f in sorted(families)}
 
     def worker_stopped(self, worker_id: str) -> None:
         """A retired worker has exited: it leaves the registry (and the routing table) now."""

@@ -11,6 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from controller.accuracy import (
+    ScalingPlan,
+    ScalingProblem,
+    Slot,
+    VariantChoice,
+    capacities,
+    solve,
+    split_capacities,
+    to_desired,
+)
 from controller.planning import (
     CoLocation,
     Demand,
@@ -98,3 +108,54 @@ def layout(
         batches = tuple(sorted((a.variant, min(a.batch, variants[a.variant].max_batch)) for a in g.assignments))
         desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches))
     return Layout(result, tuple(desired), planned_for)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledLayout:
+    plan: ScalingPlan
+    desired: tuple[DesiredWorker, ...]
+    demand: dict[str, float]
+
+    def fractions(self) -> dict[str, dict[str, float]]:
+        return {f: dict(v) for f, v in self.plan.variant_fractions.items()}
+
+    def shed_share(self) -> dict[str, float]:
+        return {f: min(1.0, rps / self.demand[f]) for f, rps in self.plan.shed.items() if self.demand.get(f, 0) > 0}
+
+
+def scaling_slots(agents: Mapping[str, Sequence[DeviceInfo]]) -> tuple[list[Slot], dict[tuple[str, str], int]]:
+    """Each device offered as alternatives: one-core (or half-GPU) gpu-lets, or the whole device."""
+    slots, capacity = [], {}
+    for agent_id in sorted(agents):
+        for d in agents[agent_id]:
+            total = 100 if d.kind == "cuda" else d.cores
+            capacity[(agent_id, d.device_id)] = total
+            small = 50 if d.kind == "cuda" else 1
+            sizes = [small] * (total // small) + ([total] if total != small else [])
+            for i, size in enumerate(sizes):
+                slots.append(Slot(slot_id=f"{agent_id}/{d.device_id}/{i}", device_id=d.device_id, kind=d.kind,
+                                  size=size, agent_id=agent_id))
+    return slots, capacity
+
+
+def scaled_layout(
+    agents: Mapping[str, Sequence[DeviceInfo]],
+    variants: Mapping[str, Variant],
+    samples: Sequence[ProfileSample],
+    colocations: Sequence[ColocationSample],
+    family_demand: Mapping[str, float],
+    *,
+    current: ScalingPlan | None = None,
+    time_limit_s: float = 2.0,
+) -> ScaledLayout:
+    """Accuracy scaling: the MILP's choice of variants, placement and split for ``family_demand``."""
+    slots, device_capacity = scaling_slots(agents)
+    table = profile_table(samples)
+    choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms)
+                    for v in sorted(variants.values(), key=lambda v: v.name))
+    caps = capacities(slots, choices, LatencyModel(table), interference_model(colocations, table),
+                      device_capacity=device_capacity)
+    rates, batches = split_capacities(caps)
+    problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity)
+    plan_ = solve(problem, current=current, time_limit_s=time_limit_s)
+    return ScaledLayout(plan_, tuple(to_desired(plan_, slots, batches)), dict(family_demand))

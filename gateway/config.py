@@ -27,6 +27,9 @@ class GatewayConfig:
     shutdown_timeout_s: float = 5.0
     # Bandit feedback: how long a decision waits for explicit feedback before it is closed with
     # the implicit reward, and how long a closed one is remembered to answer repeats precisely.
+    # How a family request picks its variant: "bandit" (learns from feedback per context) or
+    # "accurate" (the most accurate candidate; under accuracy scaling, the plan's shares).
+    selection: str = "bandit"
     feedback_wait_s: float = 30.0
     feedback_retain_s: float = 300.0
     decision_batch_max: int = 256

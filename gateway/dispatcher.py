@@ -162,10 +162,7 @@ class Dispatcher:
             families.setdefault(m.family, []).append(m)
         self.families = {f: sorted(ms, key=lambda m: -m.accuracy) for f, ms in families.items()}
         routes = {r.worker_id: r for r in table.workers}
-        for worker_id in list(self._workers):
-            if worker_id not in routes:
-                gone = self._workers.pop(worker_id)
-                self._worker_lost(gone, "worker left the routing table")
+        gone = [self._workers.pop(w) for w in list(self._workers) if w not in routes]
         for worker_id, route in routes.items():
             state = self._workers.get(worker_id)
             if state is None:
@@ -188,13 +185,19 @@ class Dispatcher:
             for v in state.variants:
                 by_variant.setdefault(v, []).append(state.worker_id)
         self._by_variant = by_variant
+        # Only now, with the new table in place, may requests of departed workers be retried.
+        for state in gone:
+            self._worker_lost(state, "worker left the routing table")
 
     def ready_workers(self, variant: str) -> list[str]:
         now = time.monotonic()
-        return [w for w in self._by_variant.get(variant, ()) if self._liveness.alive(w, now)]
+        return [w for w in self._by_variant.get(variant, ()) if w in self._workers and self._liveness.alive(w, now)]
 
     def outstanding(self) -> int:
         return len(self._pending)
+
+    def record_demand(self, variant: str) -> None:
+        self._demand[variant] = self._demand.get(variant, 0) + 1
 
     def take_demand(self) -> dict[str, int]:
         """Requests sent per variant since the last call (the controller's demand signal)."""
@@ -230,7 +233,7 @@ class Dispatcher:
         """Run ``inputs`` on a worker of ``variant`` within ``budget_s``; raises a DispatchError."""
         now = time.monotonic()
         deadline = now + budget_s
-        self._demand[variant] = self._demand.get(variant, 0) + 1
+        self.record_demand(variant)
         worker_id = self._choose(variant, exclude=None)
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()

@@ -27,6 +27,7 @@ from gateway.event_log import Event, EventLog
 from gateway.feedback import EVENTS, post_feedback
 from gateway.policy_store import PolicyReplicas
 from gateway.selection import (
+    SELECTION_MODES,
     RequestBounds,
     Selection,
     ShareTracker,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 POLICIES = web.AppKey("policies", PolicyReplicas)
 SHARES = web.AppKey("shares", ShareTracker)
+SELECTION = web.AppKey("selection", str)
 EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "letmesh_bounds")
 
 
@@ -70,13 +72,16 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 def make_app(
     dispatcher: Dispatcher, *, max_body_bytes: int, events: EventLog | None = None,
-    policies: PolicyReplicas | None = None,
+    policies: PolicyReplicas | None = None, selection: str = "bandit",
 ) -> web.Application:
+    if selection not in SELECTION_MODES:
+        raise ValueError(f"selection {selection!r} is not one of {', '.join(SELECTION_MODES)}")
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[DISPATCHER] = dispatcher
     app[EVENTS] = events if events is not None else EventLog()
     app[POLICIES] = policies if policies is not None else PolicyReplicas()
     app[SHARES] = ShareTracker()
+    app[SELECTION] = selection
     r = app.router
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
@@ -181,8 +186,10 @@ async def infer(request: web.Request) -> web.Response:
     event_id = ""
     try:
         if is_family:
-            chosen = select(name, variants, bounds, d, request.app[POLICIES], request.app[SHARES], received)
+            chosen = select(name, variants, bounds, d, request.app[POLICIES], request.app[SHARES], received,
+                            mode=request.app[SELECTION])
             if chosen is None:
+                d.record_demand(head.name)
                 return _dispatch_error(NoWorkerReady(f"no variant of {name} has a reachable worker"))
             model = chosen.model
             event_id = _log_decision(request.app[EVENTS], name, bounds, chosen, received)
@@ -190,8 +197,10 @@ async def infer(request: web.Request) -> web.Response:
             model = head
             check_variant(model, bounds)
     except NoCandidate as exc:
+        d.record_demand(head.name)  # turned away, but still demand the plan must see
         return _no_candidate(exc)
     except Shed as exc:
+        d.record_demand(head.name)
         return _json_error(503, str(exc), {"Retry-After": "1"})
 
     remaining = bounds.budget_s - (time.monotonic() - received)

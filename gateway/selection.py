@@ -17,7 +17,15 @@ from typing import Any
 from gateway import oip
 from gateway.dispatcher import Dispatcher
 from gateway.policy_store import PolicyReplicas
-from mesh.bandit import Bounds, Candidate, ContextValue, Decision, NoCandidate, candidate_from_profile, filter_candidates
+from mesh.bandit import (
+    Bounds,
+    Candidate,
+    ContextValue,
+    Decision,
+    NoCandidate,
+    candidate_from_profile,
+    filter_candidates,
+)
 from protocol.types import ModelInfo
 
 
@@ -104,7 +112,7 @@ class ShareTracker:
         self.window_s = window_s
         self.tolerance = tolerance
         self._events: dict[str, collections.deque[tuple[float, str]]] = {}
-        self._rng = random.Random(seed)
+        self.rng = random.Random(seed)
 
     def record(self, family: str, variant: str, now: float) -> None:
         self._events.setdefault(family, collections.deque()).append((now, variant))
@@ -134,12 +142,34 @@ class ShareTracker:
         return list(candidates)
 
     def shed(self, share: float) -> bool:
-        return share > 0 and self._rng.random() < share
+        return share > 0 and self.rng.random() < share
+
+
+SELECTION_MODES = ("bandit", "accurate")
+
+
+def accurate_choice(candidates: Sequence[Candidate], fractions: Mapping[str, float], rng: random.Random) -> Decision:
+    """Without a learned policy: the most accurate candidate, or, while the plan scales accuracy,
+    a draw weighted by the plan's share of each variant (Proteus' weighted routing)."""
+    weights = [fractions.get(c.variant, 0.0) for c in candidates]
+    total = sum(weights)
+    if total <= 0:
+        best = max(range(len(candidates)), key=lambda i: (candidates[i].accuracy, -i))
+        pmf = tuple(1.0 if i == best else 0.0 for i in range(len(candidates)))
+        return Decision(chosen=best, probability=1.0, pmf=pmf)
+    pmf = tuple(w / total for w in weights)
+    u, acc, chosen = rng.random(), 0.0, max(i for i, p in enumerate(pmf) if p > 0)
+    for i, p in enumerate(pmf):
+        acc += p
+        if p > 0 and u < acc:
+            chosen = i
+            break
+    return Decision(chosen=chosen, probability=pmf[chosen], pmf=pmf)
 
 
 def select(
     family: str, variants: Sequence[ModelInfo], bounds: RequestBounds, dispatcher: Dispatcher, replicas: PolicyReplicas,
-    shares: ShareTracker | None = None, now: float = 0.0,
+    shares: ShareTracker | None = None, now: float = 0.0, mode: str = "bandit",
 ) -> Selection | None:
     """The policy's choice among the candidates; None when no variant has a reachable worker.
 
@@ -173,7 +203,11 @@ def select(
         candidates = shares.allowed(family, dispatcher.family_fractions.get(family, {}), candidates, now)
     candidates = tuple(candidates)
     load = dispatcher.load()
-    decision = replicas.decide(family, bounds.context, budget_ms, load, candidates)
+    if mode == "accurate":
+        decision = accurate_choice(candidates, dispatcher.family_fractions.get(family, {}),
+                                   shares.rng if shares is not None else random.Random())
+    else:
+        decision = replicas.decide(family, bounds.context, budget_ms, load, candidates)
     chosen = candidates[decision.chosen].variant
     if shares is not None:
         shares.record(family, chosen, now)

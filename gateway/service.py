@@ -18,6 +18,7 @@ from gateway.control_actor import ControlLinkActor
 from gateway.dispatcher import Dispatcher
 from gateway.event_log import EventLog
 from gateway.policy_store import PolicyReplicas
+from mesh.supervisor import Supervisor
 from gateway.http_app import make_app
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class GatewayService:
         self.config = config
         self.ctx: zmq.asyncio.Context | None = None
         self.dispatcher: Dispatcher | None = None
-        self.control: ControlLinkActor | None = None
+        self._supervisor: Supervisor | None = None
         self.events: EventLog | None = None
         self.policies: PolicyReplicas | None = None
         self._runner: web.AppRunner | None = None
@@ -53,7 +54,7 @@ class GatewayService:
         self.events = EventLog(feedback_wait_s=cfg.feedback_wait_s, retain_s=cfg.feedback_retain_s)
         self.policies = PolicyReplicas()
         app = make_app(self.dispatcher, max_body_bytes=cfg.max_body_bytes, events=self.events,
-                       policies=self.policies)
+                       policies=self.policies, selection=cfg.selection)
         self._runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=cfg.shutdown_timeout_s, access_log=None
         )
@@ -62,16 +63,19 @@ class GatewayService:
         await site.start()
         port = self._runner.addresses[0][1]
         self.http_url = f"http://{cfg.http_host}:{port}"
-        self.control = ControlLinkActor(cfg, self.dispatcher, ctx=self.ctx, http_url=self.http_url,
-                                        events=self.events, policies=self.policies)
-        await self.control.start()
+        # The controller link runs under a supervisor: if it crashes it is restarted and registers
+        # again, while the data plane keeps serving on the last routing table.
+        self._supervisor = Supervisor(name="gateway", max_restarts=10, within_s=60.0)
+        self._supervisor.add("control", lambda: ControlLinkActor(
+            cfg, self.dispatcher, ctx=self.ctx, http_url=self.http_url, events=self.events, policies=self.policies))
+        await self._supervisor.start()
         log.info("gateway serving", extra={"http": self.http_url, "data": self.dispatcher.address})
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.control is not None:
-            await self.control.stop()
+        if self._supervisor is not None:
+            await self._supervisor.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self.policies is not None:

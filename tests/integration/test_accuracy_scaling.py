@@ -1,0 +1,80 @@
+"""Under overload a real mesh moves a family to cheaper variants and keeps its deadlines, then
+returns to full accuracy when the load falls."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import aiohttp
+import pytest
+
+from letmesh.costly import build_costly
+from letmesh.launcher import LocalMesh
+from letmesh.profiles import wait_for_profiles
+from letmesh.status import fetch_status
+from tests.integration.conftest import _stop_and_check, wait_until
+from tests.integration.test_replanning import attainment, paced
+
+ACCURACY = {"synth-large": 0.95, "synth-medium": 0.90, "synth-small": 0.80}
+SETTINGS = {
+    "LETMESH_CONTROLLER_REPLAN_PERIOD_S": "3",
+    "LETMESH_CONTROLLER_FAST_REPLAN_S": "1",
+    "LETMESH_CONTROLLER_DEMAND_HALF_LIFE_S": "1",
+    "LETMESH_CONTROLLER_DEMAND_HISTORY_S": "3",
+    "LETMESH_CONTROLLER_PROFILE_REPEATS": "3",
+    "LETMESH_CONTROLLER_PROFILE_COLOCATION": "0",
+    "LETMESH_CONTROLLER_STOP_DRAIN_S": "1",
+    # No feedback in this test: the most accurate candidate, or the plan's shares while it scales.
+    "LETMESH_GATEWAY_SELECTION": "accurate",
+}
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}],
+        "parameters": {"letmesh_slo_ms": 250}}
+
+
+@pytest.fixture
+def costly_mesh(tmp_path):
+    repo = tmp_path / "repo"
+    build_costly(repo, slo_ms=250)
+    mesh = LocalMesh(repository=repo, state_dir=tmp_path / "state", extra_env=SETTINGS)
+    try:
+        mesh.start(timeout_s=120)
+        yield mesh
+    finally:
+        _stop_and_check([mesh])
+
+
+def timeline(outcomes: list[tuple], step_s: float = 3.0) -> str:
+    """Statuses and variants per window, to read a failure."""
+    rows = []
+    for start in range(0, int(max(o[0] for o in outcomes)) + 1, int(step_s)):
+        w = [o for o in outcomes if start <= o[0] < start + step_s]
+        rows.append(f"{start}s {dict(collections.Counter(o[1] for o in w))} {dict(collections.Counter(o[3] for o in w))}")
+    return "; ".join(rows)
+
+
+def mean_accuracy(outcomes: list[tuple], after_s: float) -> float:
+    served = [ACCURACY[o[3]] for o in outcomes if o[0] >= after_s and o[1] == 200]
+    return sum(served) / len(served)
+
+
+@pytest.mark.timeout(300)
+async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_returns(costly_mesh) -> None:
+    mesh = costly_mesh
+    await asyncio.to_thread(wait_for_profiles, mesh.controller_address, timeout_s=240, say=lambda line: None)
+    await asyncio.to_thread(wait_until, lambda: any(".g" in w.worker_id and w.state == "ready"
+                                                    for w in fetch_status(mesh.controller_address).workers), 60, 0.2)
+    url = f"{mesh.http_url}/v2/models/synth/infer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        calm = await paced(session, url, BODY, rate=20, seconds=8)
+        burst = await paced(session, url, BODY, rate=300, seconds=25)
+        after = await paced(session, url, BODY, rate=20, seconds=20)
+
+    for name, outcomes in (("calm", calm), ("burst", burst), ("after", after)):
+        statuses = collections.Counter(o[1] for o in outcomes)
+        assert set(statuses) <= {200, 503, 504}, (name, statuses)
+    steady = attainment(burst, after_s=12.0)
+    assert mean_accuracy(calm, after_s=4.0) == pytest.approx(0.95), "light load is served at full accuracy"
+    assert steady >= 0.99, f"SLO attainment {steady:.2%} at steady state under overload: {timeline(burst)}"
+    assert mean_accuracy(burst, after_s=12.0) < 0.95, "overload is carried by cheaper variants"
+    assert mean_accuracy(after, after_s=12.0) == pytest.approx(0.95), "accuracy returns when the load falls"
