@@ -56,6 +56,15 @@ class WorkerExited:
     exit_code: int
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerGone:
+    """Local event: a worker asked to stop has exited."""
+
+    worker_id: str
+    generation: int
+    exit_code: int
+
+
 @dataclass(slots=True)
 class ManagedWorker:
     cmd: StartWorker
@@ -132,6 +141,11 @@ class AgentActor(Actor):
                 await self._on_tick()
             case WorkerExited():
                 await self._on_exit(msg)
+            case WorkerGone(worker_id=worker_id, generation=generation, exit_code=code):
+                worker = self._workers.get(worker_id)
+                if worker is not None and worker.generation == generation and worker.stopping:
+                    del self._workers[worker_id]
+                await self._send(WorkerStopped(worker_id=worker_id, agent_id=self.config.agent_id, exit_code=code))
             case Incoming(msg=inner):
                 self._controller.beat("controller", self._clock.monotonic())
                 await self._on_controller(inner)
@@ -154,8 +168,12 @@ class AgentActor(Actor):
                 await self._start_worker(msg)
             case StopWorker(worker_id=worker_id):
                 worker = self._workers.get(worker_id)
-                if worker is not None:
-                    await self._stop_worker(worker, report=True)
+                if worker is not None and not worker.stopping:
+                    # A worker drains before it exits: wait for that off the mailbox, so
+                    # heartbeats and other commands go on meanwhile.
+                    worker.stopping = True
+                    self._tasks.append(asyncio.create_task(self._stop_in_background(worker),
+                                                           name=f"stop-{worker_id}"))
             case ProfileDevice():
                 self._start_profiling(msg)
             case ErrorReply(code=code, message=text):
@@ -277,6 +295,15 @@ class AgentActor(Actor):
             await self._launch(worker)
         else:
             del self._workers[event.worker_id]
+
+    async def _stop_in_background(self, worker: ManagedWorker) -> None:
+        code = 0
+        if worker.proc is not None:
+            code = await stop_process(worker.proc, self.config.worker_stop_timeout_s)
+        try:
+            self.tell(WorkerGone(worker.cmd.worker_id, worker.generation, code))
+        except Exception:
+            pass  # the agent is stopping; on_stop reaps what is left
 
     async def _stop_worker(self, worker: ManagedWorker, *, report: bool) -> None:
         worker.stopping = True

@@ -107,7 +107,8 @@ class LayoutManager:
         new = layout(agents, reg.variants, self._store.profiles(), self._store.colocations(), target,
                      policy=self.settings.policy, floor_rps=self.settings.floor_rps)
         if new is None:
-            return []  # profiles are not in yet: keep serving on the current placement
+            self._last_plan = float("-inf")  # try again next tick: profiles are not in yet
+            return []  # keep serving on the current placement
         self.current = new
         self._planned_for = new.planned_for
         self._last_family = self._family_rates()
@@ -124,6 +125,10 @@ class LayoutManager:
             desired = scaled.desired
             reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()
         else:
+            if new.plan.unserved:
+                log.warning("plan leaves demand unserved (req/s): %s", dict(new.plan.unserved))
+                if self._drops_served_variant(new):
+                    return []
             if self.scaled is not None:
                 log.info("demand fits at full accuracy again")
             self.scaled = None
@@ -164,6 +169,16 @@ class LayoutManager:
             log.info("re-plan %s", t.phase.value)
             self.transition = None
         return out
+
+    def _drops_served_variant(self, new: Layout) -> bool:
+        """A plan that leaves a variant with demand and a worker today with no gpu-let is not applied."""
+        planned = {v for d in new.desired for v in d.variants}
+        serving = {v for w in self._registry.workers.values() if w.state == "ready" for v in w.plan.variants}
+        dropped = sorted(v for v in serving - planned if new.planned_for.get(v, 0.0) > 0)
+        if dropped:
+            log.warning("not applying a plan that would leave %s without a worker; keeping the current layout",
+                        ", ".join(dropped))
+        return bool(dropped)
 
     def _family_rates(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -82,11 +82,12 @@ class Registry:
         record = self.workers.get(worker_id)
         if record is None:
             return False
+        if record.state in LEAVING:  # a retiring worker stays retiring while it finishes
+            return True
         if not self.agent_alive(record.plan.agent_id, now):
             record.state = "lost"  # routed again once its agent heartbeats
             return True
-        if record.state not in LEAVING:  # a retiring worker stays retiring while it finishes
-            record.state = "ready"
+        record.state = "ready"
         record.pid = pid
         record.batch_latency_ms = latency
         self.liveness.beat(f"worker:{worker_id}", now)
