@@ -1008,7 +1008,9 @@ def summarise(rows: list[dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any
             statuses[k] = statuses.get(k, 0) + v
     q = np.percentile(solve_s, [50, 99]).tolist() if solve_s else [0.0, 0.0]
     solves = {"count": len(solve_s), "p50_s": q[0], "p99_s": q[1], "max_s": max(solve_s, default=0.0),
-              "statuses": statuses, "time_limit_hits": statuses.get("time_limit", 0)}
+              "statuses": statuses, "time_limit_hits": statuses.get("time_limit", 0),
+              "slots_changed_per_run": spread([by[("ours", seed)]["changed_slots"] for seed in seeds]),
+              "family_moves_per_run": spread([by[("ours", seed)]["family_moves"] for seed in seeds])}
     return {"schemes": schemes, "ratios": ratios, "solves": solves}
 
 
@@ -1186,7 +1188,10 @@ def print_report(report: dict[str, Any]) -> None:
               f"{x['throughput_rps']['median']:7.0f} {x['switches']['median']:8.0f}")
     sv = report["solves"]
     print(f"\nours, MILP solves: {sv['count']} over all seeds; p50 {sv['p50_s'] * 1000:.1f} ms, p99 {sv['p99_s'] * 1000:.1f} ms, "
-          f"max {sv['max_s'] * 1000:.1f} ms; statuses {sv['statuses']}; hit the time limit {sv['time_limit_hits']}")
+          f"max {sv['max_s'] * 1000:.1f} ms (time limit {o['time_limit_s']:g} s); statuses {sv['statuses']}; "
+          f"hit the time limit {sv['time_limit_hits']}")
+    print(f"  slot changes per run: median {sv['slots_changed_per_run']['median']:g}, of which moved to another family "
+          f"{sv['family_moves_per_run']['median']:g} ({f['devices']} slots)")
     print("\nratios (baseline / ours, per seed; median [min-max]):")
     for k, v in report["ratios"].items():
         print(f"  {k:26s} {_fmt(v['median']):>8s} [{_fmt(v['min'])}-{_fmt(v['max'])}]")
