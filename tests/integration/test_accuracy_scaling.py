@@ -38,7 +38,7 @@ def costly_mesh(tmp_path):
     build_costly(repo, slo_ms=250)
     mesh = LocalMesh(repository=repo, state_dir=tmp_path / "state", extra_env=SETTINGS)
     try:
-        mesh.start(timeout_s=120)
+        mesh.start(timeout_s=240)  # workers warm the costly variants while profiling shares the cores
         yield mesh
     finally:
         _stop_and_check([mesh])
@@ -58,7 +58,7 @@ def mean_accuracy(outcomes: list[tuple], after_s: float) -> float:
     return sum(served) / len(served)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_returns(costly_mesh) -> None:
     mesh = costly_mesh
     await asyncio.to_thread(wait_for_profiles, mesh.controller_address, timeout_s=240, say=lambda line: None)
