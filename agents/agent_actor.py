@@ -24,7 +24,8 @@ from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.supervisor import RestartIntensity
-from mesh.transport import Endpoint, EndpointClosed, Incoming
+from mesh.lifecycle import feed, tick
+from mesh.transport import Endpoint, Incoming
 from protocol.message import (
     ErrorReply,
     Heartbeat,
@@ -100,8 +101,8 @@ class AgentActor(Actor):
         self._devices = probe_devices(self.config.max_cores)
         self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"agent:{self.config.agent_id}")
         self._tasks = [
-            asyncio.create_task(self._receive(), name="agent-recv"),
-            asyncio.create_task(self._tick(), name="agent-tick"),
+            asyncio.create_task(feed(self._endpoint, self), name="agent-recv"),
+            asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="agent-tick"),
         ]
         await self._register()
 
@@ -120,20 +121,6 @@ class AgentActor(Actor):
     def workers(self) -> dict[str, int]:
         """worker id -> pid of the running process (0 when not running)."""
         return {wid: (w.proc.pid if w.proc and w.proc.returncode is None else 0) for wid, w in self._workers.items()}
-
-    async def _receive(self) -> None:
-        assert self._endpoint is not None
-        while True:
-            try:
-                incoming = await self._endpoint.recv()
-            except EndpointClosed:
-                return
-            self.tell(incoming)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
-            self.tell(Tick())
 
     async def handle(self, msg: object) -> object:
         match msg:

@@ -29,7 +29,8 @@ from controller.repository import Variant, load_repository
 from controller.store import StateStore
 from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
-from mesh.transport import Endpoint, EndpointClosed, Incoming, PeerUnreachable
+from mesh.lifecycle import feed, tick
+from mesh.transport import Endpoint, Incoming, PeerUnreachable
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (
     ArtifactChunkReply,
@@ -122,8 +123,8 @@ class ControllerActor(Actor):
         self._endpoint = Endpoint.router(self._ctx, self.config.bind)
         self.address = self._endpoint.address
         self._tasks = [
-            asyncio.create_task(self._receive(), name="controller-recv"),
-            asyncio.create_task(self._tick(), name="controller-tick"),
+            asyncio.create_task(feed(self._endpoint, self), name="controller-recv"),
+            asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="controller-tick"),
         ]
         log.info("controller listening", extra={"address": self.address, "epoch": self._epoch})
 
@@ -138,26 +139,6 @@ class ControllerActor(Actor):
             self._endpoint.close()
         if self._store is not None:
             self._store.close()
-
-    async def _receive(self) -> None:
-        assert self._endpoint is not None
-        while True:
-            try:
-                incoming = await self._endpoint.recv()
-            except EndpointClosed:
-                return
-            try:
-                self.tell(incoming)
-            except Exception:  # mailbox full or closed: the peer will retry
-                log.warning("controller mailbox refused a message", exc_info=True)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
-            try:
-                self.tell(Tick())
-            except Exception:
-                return
 
     async def handle(self, msg: object) -> object:
         if isinstance(msg, Tick):

@@ -18,7 +18,8 @@ from gateway.dispatcher import Dispatcher
 from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
-from mesh.transport import Endpoint, EndpointClosed, Incoming
+from mesh.lifecycle import feed, tick
+from mesh.transport import Endpoint, Incoming
 from gateway.event_log import EventLog
 from gateway.policy_store import PolicyReplicas
 from protocol.message import (
@@ -69,8 +70,8 @@ class ControlLinkActor(Actor):
     async def on_start(self) -> None:
         self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"gateway:{self.config.gateway_id}")
         self._tasks = [
-            asyncio.create_task(self._receive(), name="gateway-control-recv"),
-            asyncio.create_task(self._tick(), name="gateway-control-tick"),
+            asyncio.create_task(feed(self._endpoint, self), name="gateway-control-recv"),
+            asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="gateway-control-tick"),
         ]
         self._register()
 
@@ -80,20 +81,6 @@ class ControlLinkActor(Actor):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._endpoint is not None:
             self._endpoint.close()
-
-    async def _receive(self) -> None:
-        assert self._endpoint is not None
-        while True:
-            try:
-                incoming = await self._endpoint.recv()
-            except EndpointClosed:
-                return
-            self.tell(incoming)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
-            self.tell(Tick())
 
     async def handle(self, msg: object) -> object:
         now = self._clock.monotonic()

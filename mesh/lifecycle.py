@@ -8,12 +8,16 @@ service manager above it (systemd, compose, ``letmesh up``) sees the failure.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import zmq.asyncio
 
-from mesh.actor import Actor
+from mesh.actor import Actor, ActorError, MailboxClosed
 from mesh.supervisor import Supervisor
+from mesh.transport import Endpoint, EndpointClosed
+
+log = logging.getLogger(__name__)
 
 
 async def run_actor(
@@ -41,3 +45,32 @@ async def run_actor(
     finally:
         await supervisor.stop()
         ctx.term()
+
+
+async def feed(endpoint: Endpoint, actor: Actor) -> None:
+    """Tell ``actor`` every message ``endpoint`` receives, until the endpoint closes.
+
+    A message the mailbox refuses (full, or the actor stopping) is dropped: every sender of the
+    control plane retries or re-sends its state, so nothing depends on one message getting in.
+    """
+    while True:
+        try:
+            incoming = await endpoint.recv()
+        except EndpointClosed:
+            return
+        try:
+            actor.tell(incoming)
+        except ActorError:
+            log.warning("%s refused a message", actor.name)
+
+
+async def tick(actor: Actor, interval_s: float, message: object) -> None:
+    """Tell ``actor`` ``message`` every ``interval_s`` until its mailbox closes."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            actor.tell(message)
+        except MailboxClosed:
+            return
+        except ActorError:
+            continue  # full this time; the next tick will do
