@@ -13,17 +13,10 @@ import os
 from pathlib import Path
 
 from agents.error import ArtifactError
+from mesh.digest import sha256_file
 from mesh.transport import Endpoint
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_s: float) -> ArtifactChunkReply:

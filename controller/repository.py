@@ -7,13 +7,13 @@ an error naming the file, never a silently missing model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from controller.error import RepositoryError
 from mesh.batching import POLICIES as BATCHING_POLICIES
+from mesh.digest import sha256_file
 from protocol.types import DATATYPES, ModelInfo, TensorSpec, VariantSpec
 
 MANIFEST = "manifest.json"
@@ -88,14 +88,6 @@ def load_repository(root: Path | str) -> dict[str, Variant]:
     return variants
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_variant(manifest: Path) -> Variant:
     try:
         raw = json.loads(manifest.read_text())
@@ -108,7 +100,7 @@ def _load_variant(manifest: Path) -> Variant:
         if not artifact.is_file():
             raise RepositoryError(f"{manifest}: artifact {artifact.name} is missing")
         sha = _str(raw, "sha256").lower()
-        actual = sha256_of(artifact)
+        actual = sha256_file(artifact)
         if actual != sha:
             raise RepositoryError(f"{manifest}: sha256 of {artifact.name} is {actual}, manifest says {sha}")
         backend = raw.get("backend", "torchscript")

@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from mesh.digest import sha256_file
+
 log = logging.getLogger(__name__)
 
 ARTIFACT = "model.pt"
@@ -267,7 +269,7 @@ def _build_digits(root: Path, say: Progress, epochs_scale: float) -> list[dict[s
     heldout = _heldout_bytes(split)
     heldout_sha = hashlib.sha256(heldout).hexdigest()
     heldout_path = root / HELDOUT
-    if not heldout_path.is_file() or _sha256_file(heldout_path) != heldout_sha:
+    if not heldout_path.is_file() or sha256_file(heldout_path) != heldout_sha:
         _write_atomic(heldout_path, heldout)
         say(f"wrote {HELDOUT} ({len(split.test_y)} held-out digits)")
     total = len(DIGITS_RECIPES)
@@ -420,7 +422,7 @@ def intact_manifest(
     try:
         if artifact.stat().st_size != manifest.get("size_bytes"):
             return None
-        if _sha256_file(artifact) != manifest.get("sha256"):
+        if sha256_file(artifact) != manifest.get("sha256"):
             return None
     except OSError:
         return None
@@ -449,14 +451,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _log_line(line: str) -> None:
