@@ -18,8 +18,6 @@ from torch import nn
 
 from agents.artifact import fetch_artifact
 from agents.error import ArtifactError
-from controller.config import ControllerConfig
-from controller.controller_actor import ControllerActor
 from letmesh.zoo import build_trivial, quiet_jit
 from mesh.transport import Endpoint, EndpointClosed
 from protocol.codec import ARTIFACT_CHUNK_BYTES, decode, encode
@@ -49,29 +47,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def artifact(repo: Path, name: str) -> tuple[str, bytes]:
     data = (repo / name / "model.pt").read_bytes()
     return hashlib.sha256(data).hexdigest(), data
-
-
-@pytest.fixture
-async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    try:
-        await asyncio.wait_for(asyncio.to_thread(ctx.term), BOUND_S)
-    except TimeoutError:
-        ctx.destroy(linger=0)
-        pytest.fail("a ZeroMQ socket was left open")
-
-
-@pytest.fixture
-async def controller(ctx: zmq.asyncio.Context, repo: Path, tmp_path: Path) -> AsyncIterator[ControllerActor]:
-    actor = ControllerActor(
-        ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(repo), state_dir=str(tmp_path / "controller")),
-        ctx=ctx,
-    )
-    await asyncio.wait_for(actor.start(), BOUND_S)
-    yield actor
-    await asyncio.wait_for(actor.stop(), BOUND_S)
-    assert actor.failure is None
 
 
 class FakeController:

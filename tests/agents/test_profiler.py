@@ -10,7 +10,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,8 +35,6 @@ from agents.profiler import (
     measurement_plan,
     partition_menu,
 )
-from controller.config import ControllerConfig
-from controller.controller_actor import ControllerActor
 from controller.repository import load_repository
 from letmesh.zoo import build_trivial, quiet_jit
 from protocol.codec import decode, encode
@@ -253,29 +251,6 @@ async def eventually(condition: Callable[[], bool], timeout_s: float) -> None:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(poll(), timeout_s)
-
-
-@pytest.fixture
-async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    try:
-        await asyncio.wait_for(asyncio.to_thread(ctx.term), BOUND_S)
-    except TimeoutError:
-        ctx.destroy(linger=0)
-        pytest.fail("a ZeroMQ socket was left open")
-
-
-@pytest.fixture
-async def controller(ctx: zmq.asyncio.Context, repo: Path, tmp_path: Path) -> AsyncIterator[ControllerActor]:
-    actor = ControllerActor(
-        ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(repo), state_dir=str(tmp_path / "controller")),
-        ctx=ctx,
-    )
-    await asyncio.wait_for(actor.start(), BOUND_S)
-    yield actor
-    await asyncio.wait_for(actor.stop(), BOUND_S)
-    assert actor.failure is None
 
 
 @pytest.fixture

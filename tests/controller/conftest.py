@@ -70,18 +70,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    # term() blocks while any socket is open, so a leaked socket fails the test here.
-    try:
-        await asyncio.wait_for(asyncio.to_thread(ctx.term), BOUND_S)
-    except TimeoutError:
-        ctx.destroy(linger=0)
-        pytest.fail("a ZeroMQ socket was left open")
-
-
 class Peer:
     """An agent, gateway, worker or operator at the edge: a DEALER with a routing identity.
 

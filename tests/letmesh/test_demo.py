@@ -22,7 +22,6 @@ from letmesh.demo import (
     outcome_of_response,
     run_demo,
 )
-from letmesh.zoo import build_zoo
 from protocol.types import TensorSpec
 
 DIGITS = ("digits-linear", "digits-mlp", "digits-wide", "digits-cnn")

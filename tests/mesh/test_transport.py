@@ -14,13 +14,6 @@ from protocol.codec import encode, tensor_meta
 from protocol.message import Heartbeat, InferRequest
 
 
-@pytest.fixture
-async def ctx():
-    context = zmq.asyncio.Context()
-    yield context
-    context.term()  # hangs (and the test times out) if any socket was left open
-
-
 async def test_dealer_and_router_exchange_messages_and_tensors(ctx) -> None:
     router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
     dealer = Endpoint.dealer(ctx, router.address, "worker:w1")

@@ -10,7 +10,6 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
