@@ -30,13 +30,13 @@ from gateway.selection import (
     SELECTION_MODES,
     RequestBounds,
     Selection,
-    ShareTracker,
     Shed,
     check_variant,
     parse_bounds,
     select,
 )
 from mesh.bandit import NoCandidate
+from mesh.shares import ShareTracker
 from protocol.types import CandidateInfo, ModelInfo
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ live slowdown); the family's bandit policy picks among them and nothing else.
 
 from __future__ import annotations
 
-import collections
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from mesh.bandit import (
     candidate_from_profile,
     filter_candidates,
 )
+from mesh.shares import ShareTracker, weighted_choice
 from protocol.types import ModelInfo
 
 
@@ -100,70 +100,13 @@ class Shed(Exception):
     """The plan knowingly turns this share of the family's requests away: the fleet cannot carry them."""
 
 
-class ShareTracker:
-    """Recent share of each family's requests per variant, to hold variants to the plan's fractions.
-
-    The capacity plan says what share of a family each variant may take; the bandit chooses
-    freely among the variants still under their share (plus a small tolerance). Pure: ``now``
-    is passed in. Not thread-safe.
-    """
-
-    def __init__(self, *, window_s: float = 2.0, tolerance: float = 0.05, seed: int | None = None) -> None:
-        self.window_s = window_s
-        self.tolerance = tolerance
-        self._events: dict[str, collections.deque[tuple[float, str]]] = {}
-        self.rng = random.Random(seed)
-
-    def record(self, family: str, variant: str, now: float) -> None:
-        self._events.setdefault(family, collections.deque()).append((now, variant))
-
-    def shares(self, family: str, now: float) -> dict[str, float]:
-        events = self._events.get(family)
-        if not events:
-            return {}
-        while events and events[0][0] < now - self.window_s:
-            events.popleft()
-        counts = collections.Counter(v for _, v in events)
-        total = sum(counts.values())
-        return {v: c / total for v, c in counts.items()} if total else {}
-
-    def allowed(self, family: str, fractions: Mapping[str, float], candidates: Sequence[Candidate],
-                now: float) -> list[Candidate]:
-        """Candidates under their share; if every one is over, the one furthest below its share."""
-        if not fractions:
-            return list(candidates)
-        shares = self.shares(family, now)
-        capped = [c for c in candidates if fractions.get(c.variant, 0.0) > 0]
-        ok = [c for c in capped if shares.get(c.variant, 0.0) < fractions[c.variant] + self.tolerance]
-        if ok:
-            return ok
-        if capped:
-            return [min(capped, key=lambda c: shares.get(c.variant, 0.0) - fractions[c.variant])]
-        return list(candidates)
-
-    def shed(self, share: float) -> bool:
-        return share > 0 and self.rng.random() < share
-
-
 SELECTION_MODES = ("bandit", "accurate")
 
 
 def accurate_choice(candidates: Sequence[Candidate], fractions: Mapping[str, float], rng: random.Random) -> Decision:
     """Without a learned policy: the most accurate candidate, or, while the plan scales accuracy,
     a draw weighted by the plan's share of each variant (Proteus' weighted routing)."""
-    weights = [fractions.get(c.variant, 0.0) for c in candidates]
-    total = sum(weights)
-    if total <= 0:
-        best = max(range(len(candidates)), key=lambda i: (candidates[i].accuracy, -i))
-        pmf = tuple(1.0 if i == best else 0.0 for i in range(len(candidates)))
-        return Decision(chosen=best, probability=1.0, pmf=pmf)
-    pmf = tuple(w / total for w in weights)
-    u, acc, chosen = rng.random(), 0.0, max(i for i, p in enumerate(pmf) if p > 0)
-    for i, p in enumerate(pmf):
-        acc += p
-        if p > 0 and u < acc:
-            chosen = i
-            break
+    chosen, pmf = weighted_choice(candidates, fractions, rng.random())
     return Decision(chosen=chosen, probability=pmf[chosen], pmf=pmf)
 
 
