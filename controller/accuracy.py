@@ -336,13 +336,16 @@ def split_capacities(
 @dataclass(frozen=True, slots=True)
 class ResolvePolicy:
     """When to re-solve: every ``period_s``, or once ``fast_period_s`` has passed when some
-    family's demand moved by more than ``jump`` of what the last solve used (and by at least
-    ``min_change_rps``, so that near-zero rates do not churn the mesh)."""
+    family's demand rose by more than ``jump`` of what the last solve used (and by at least
+    ``min_change_rps``, so that near-zero rates do not churn the mesh). With ``rises_only``
+    (the default) a fall waits for the period: keeping cheaper variants a few seconds longer
+    costs some accuracy, re-planning on every dip costs switches; Proteus re-solves on both."""
 
     period_s: float = 10.0
-    fast_period_s: float = 2.0
+    fast_period_s: float = 1.0
     jump: float = 0.2
     min_change_rps: float = 1.0
+    rises_only: bool = True
 
     def due(self, now: float, demand: Mapping[str, float], last_demand: Mapping[str, float] | None,
             last_solve: float | None) -> bool:
@@ -354,7 +357,7 @@ class ResolvePolicy:
     def jumped(self, demand: Mapping[str, float], last_demand: Mapping[str, float]) -> bool:
         for family in set(demand) | set(last_demand):
             new, old = demand.get(family, 0.0), last_demand.get(family, 0.0)
-            change = abs(new - old)
+            change = new - old if self.rises_only else abs(new - old)
             if change >= self.min_change_rps and (old <= 0 or change > self.jump * old):
                 return True
         return False

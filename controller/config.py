@@ -27,7 +27,9 @@ class ControllerConfig:
     # Accuracy scaling (Proteus): cheaper variants when the fleet cannot carry demand at full accuracy.
     accuracy_scaling: bool = True
     scaling_time_limit_s: float = 2.0
-    fast_replan_s: float = 2.0
+    fast_replan_s: float = 1.0
+    scaling_beta: float = 1.2  # capacity headroom the MILP keeps (Proteus: 1.05)
+    scaling_horizon_s: float = 2.0  # plan for the demand forecast this far ahead
     demand_half_life_s: float = 5.0
     demand_history_s: float = 60.0
     worker_start_timeout_s: float = 120.0

@@ -117,6 +117,7 @@ class ControllerActor(Actor):
             LayoutPolicy(policy=self.config.planner, replan_period_s=self.config.replan_period_s,
                          accuracy_scaling=self.config.accuracy_scaling,
                          scaling_time_limit_s=self.config.scaling_time_limit_s, fast_replan_s=self.config.fast_replan_s,
+                         scaling_beta=self.config.scaling_beta, scaling_horizon_s=self.config.scaling_horizon_s,
                          drain_s=self.config.stop_drain_s, start_timeout_s=self.config.worker_start_timeout_s),
             self._registry, self._store, self._demand, self._start_command, generation=self._epoch,
         )
@@ -217,7 +218,7 @@ class ControllerActor(Actor):
                     self._layout.force(policy)
                     await self._send(peer, ReplanReply(policy=self._layout.settings.policy, accepted=True))
             case DemandReport(window_s=window_s, counts=counts) if kind == "gateway":
-                self._demand.observe(counts, window_s, now)
+                self._demand.observe(counts, window_s, now, source=peer_id)
             case DecisionRecords(records=records) if kind == "gateway":
                 assert self._learner is not None and self._store is not None
                 fresh = self._store.log_decisions(records, self._clock.time())

@@ -1,68 +1,124 @@
-"""Demand per variant from the gateways' reports: smoothed rates, a planning target, hysteresis.
+"""Demand per variant from the gateways' reports: smoothed rates, a forecast, planning targets,
+hysteresis.
 
-Pure and synchronous (``now`` passed in). Rates are exponentially smoothed per variant (summed
-over gateways); the target a plan is made for adds headroom to the recent maximum (gpu-let:
-x1.5 below 125 req/s, x1.2 above), and a re-plan is due only when a target rises by more than
-5 % or 10 req/s, or falls by more than 10 %, so noise does not churn the mesh.
+Pure and synchronous (``now`` passed in). Each gateway's reports are smoothed per variant on
+their own (a variant missing from a gateway's report counted zero) and the gateways add up, so
+reports that arrive at different instants do not stand in for each other. Three views:
+
+- ``rates()``: the smoothed rate per variant;
+- ``forecast(horizon_s)``: the rate expected ``horizon_s`` ahead — the larger of the smoothed rate
+  and the rate of the last ``recent_s``, plus the rise since ``trend_s`` before that, extrapolated
+  (a fall is not: capacity is cheap to keep a little longer, a missed deadline is not). Accuracy
+  scaling plans for this, the horizon being the time a new plan needs to take effect;
+- ``target()``: the recent maximum with gpu-let's headroom (x1.5 below 125 req/s, x1.2 above),
+  what the full-accuracy planner sizes for; a re-plan is due only when a target rises by more
+  than 5 % or 10 req/s, or falls by more than 10 %, so noise does not churn the mesh.
 """
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
-class _Rate:
-    rate: float = 0.0
+class _Stream:
+    """One gateway's reports of one variant."""
+
+    rate: float = 0.0  # smoothed
     updated: float = 0.0
-    peak: list[tuple[float, float]] = field(default_factory=list)  # (time, rate) over the history window
+    windows: collections.deque[tuple[float, float, float]] = field(default_factory=collections.deque)  # (end, count, length)
+
+    def rate_between(self, start: float, end: float) -> float | None:
+        """The rate over the windows that ended in (start, end]; None if none did."""
+        count = length = 0.0
+        for t, c, w in self.windows:
+            if start < t <= end:
+                count += c
+                length += w
+        return count / length if length > 0 else None
 
 
 class DemandTracker:
-    """Smoothed request rates per variant. Not thread-safe; the controller actor owns it."""
+    """Request rates per variant, summed over gateways. Not thread-safe; the controller actor owns it."""
 
-    def __init__(self, *, half_life_s: float = 5.0, history_s: float = 60.0, min_rate_rps: float = 0.0) -> None:
+    def __init__(self, *, half_life_s: float = 5.0, history_s: float = 60.0, min_rate_rps: float = 0.0,
+                 recent_s: float = 1.0, trend_s: float = 2.0, stale_s: float = 10.0) -> None:
+        if min(half_life_s, history_s, recent_s, trend_s, stale_s) <= 0:
+            raise ValueError("half_life_s, history_s, recent_s, trend_s and stale_s must be positive")
+        self.recent_s = recent_s
         self.half_life_s = half_life_s
         self.history_s = history_s
         self.min_rate_rps = min_rate_rps
-        self._rates: dict[str, _Rate] = {}
-        self._gateway_seen: dict[str, float] = {}
+        self.trend_s = trend_s
+        self.stale_s = stale_s
+        self._streams: dict[tuple[str, str], _Stream] = {}  # (source, variant)
+        self._heard: dict[str, float] = {}  # source -> last report
+        self._peaks: dict[str, collections.deque[tuple[float, float]]] = {}  # variant -> (time, summed rate)
+        self._now = 0.0
 
-    def observe(self, counts: Mapping[str, int], window_s: float, now: float) -> None:
-        """One gateway's counts over ``window_s``; reports from several gateways add up."""
-        if window_s <= 0:
+    def observe(self, counts: Mapping[str, int], window_s: float, now: float, source: str = "") -> None:
+        """One gateway's counts over the ``window_s`` that ended at ``now``."""
+        if not (window_s > 0 and math.isfinite(window_s)):
             return
-        for variant, count in counts.items():
-            self._fold(variant, count / window_s, window_s, now)
-
-    def _fold(self, variant: str, rate: float, window_s: float, now: float) -> None:
-        entry = self._rates.setdefault(variant, _Rate(updated=now))
-        # Several gateways report within one window: a report adds its rate to what is already
-        # there for this instant; a new window decays the old estimate towards the new sample.
+        self._now = max(self._now, now)
+        self._heard[source] = now
         weight = 1.0 - math.pow(0.5, window_s / self.half_life_s)
-        if now - entry.updated < 1e-9 and entry.peak:
-            entry.rate += weight * rate
-        else:
-            entry.rate = (1.0 - weight) * entry.rate + weight * rate
-        entry.updated = now
-        entry.peak.append((now, entry.rate))
-        cutoff = now - self.history_s
-        while entry.peak and entry.peak[0][0] < cutoff:
-            entry.peak.pop(0)
+        known = {v for (src, v) in self._streams if src == source}
+        for variant in known | set(counts):
+            count = counts.get(variant, 0)
+            rate = count / window_s
+            stream = self._streams.get((source, variant))
+            if stream is None:
+                stream = self._streams[(source, variant)] = _Stream(rate=rate)
+            else:
+                stream.rate = (1.0 - weight) * stream.rate + weight * rate
+            stream.updated = now
+            stream.windows.append((now, float(count), window_s))
+            while stream.windows and stream.windows[0][0] <= now - self.trend_s - self.recent_s:
+                stream.windows.popleft()
+        for variant in known | set(counts):
+            peaks = self._peaks.setdefault(variant, collections.deque())
+            peaks.append((now, self._sum(variant, lambda s: s.rate)))
+            while peaks and peaks[0][0] < now - self.history_s:
+                peaks.popleft()
+
+    def _live(self) -> Iterable[tuple[str, _Stream]]:
+        for (source, variant), stream in self._streams.items():
+            if self._now - self._heard.get(source, -math.inf) <= self.stale_s:
+                yield variant, stream
+
+    def _sum(self, variant: str, value) -> float:
+        return sum(value(s) for v, s in self._live() if v == variant)
 
     def rates(self) -> dict[str, float]:
-        return {v: e.rate for v, e in sorted(self._rates.items()) if e.rate > self.min_rate_rps}
+        out: dict[str, float] = {}
+        for variant, stream in self._live():
+            out[variant] = out.get(variant, 0.0) + stream.rate
+        return {v: r for v, r in sorted(out.items()) if r > self.min_rate_rps}
+
+    def forecast(self, horizon_s: float) -> dict[str, float]:
+        """The rate expected ``horizon_s`` ahead (see the module docstring)."""
+        out: dict[str, float] = {}
+        now = self._now
+        for variant, stream in self._live():
+            latest = stream.rate_between(now - self.recent_s, now)
+            earlier = stream.rate_between(now - self.trend_s - self.recent_s, now - self.trend_s)
+            rise = 0.0
+            if latest is not None and earlier is not None:
+                rise = max(0.0, (latest - earlier) / self.trend_s)
+            out[variant] = out.get(variant, 0.0) + max(stream.rate, latest or 0.0) + rise * horizon_s
+        return {v: r for v, r in sorted(out.items()) if r > self.min_rate_rps}
 
     def target(self) -> dict[str, float]:
-        """The rate to plan for: the recent maximum with gpu-let's headroom."""
+        """The rate to plan for at full accuracy: the recent maximum with gpu-let's headroom."""
         out = {}
-        for variant, entry in sorted(self._rates.items()):
-            peak = max((r for _, r in entry.peak), default=entry.rate)
-            if peak <= self.min_rate_rps:
-                continue
-            out[variant] = with_headroom(peak)
+        for variant, peaks in sorted(self._peaks.items()):
+            peak = max((r for _, r in peaks), default=0.0)
+            if peak > self.min_rate_rps:
+                out[variant] = with_headroom(peak)
         return out
 
 

@@ -34,7 +34,12 @@ class LayoutPolicy:
     # Accuracy scaling: when the full-accuracy plan leaves demand unserved, solve the MILP.
     accuracy_scaling: bool = True
     scaling_time_limit_s: float = 2.0
-    fast_replan_s: float = 2.0  # a demand jump re-plans this soon, whatever the period
+    fast_replan_s: float = 1.0  # a demand rise re-plans this soon, whatever the period
+    # The MILP's capacity headroom (the beta ladder starts here) and how far ahead it plans: a
+    # new plan needs a solve, worker starts and a drain before it carries anything, and the
+    # demand forecast over that time (its rise extrapolated) is what it must carry then.
+    scaling_beta: float = 1.2
+    scaling_horizon_s: float = 2.0
 
 
 class LayoutManager:
@@ -57,7 +62,7 @@ class LayoutManager:
         self.scaled: ScaledLayout | None = None
         self.solve_times: list[float] = []
         self._last_family: dict[str, float] = {}
-        self._resolve = ResolvePolicy()
+        self._resolve = ResolvePolicy(period_s=settings.replan_period_s, fast_period_s=settings.fast_replan_s)
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -71,12 +76,15 @@ class LayoutManager:
         if self.transition is not None:
             return self._advance(now)
         forced, self._forced = self._forced, False
-        family = self._family_rates()
+        family = self._family_forecast()
         since = now - self._last_plan
         jumped = since >= self.settings.fast_replan_s and self._resolve.jumped(family, self._last_family)
         if not forced and not jumped and since < self.settings.replan_period_s:
             return []
+        # the recent peak with headroom, or the forecast when demand rises faster than that
+        forecast = self._demand.forecast(self.settings.scaling_horizon_s)
         target = self._demand.target()
+        target = {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
         if (not forced and not jumped and self.current is not None and self.scaled is None
                 and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(target)))):
             return []
@@ -111,12 +119,12 @@ class LayoutManager:
             return []  # keep serving on the current placement
         self.current = new
         self._planned_for = new.planned_for
-        self._last_family = self._family_rates()
+        self._last_family = self._family_forecast()
         desired = new.desired
         if new.plan.unserved and self.settings.accuracy_scaling:
             scaled = scaled_layout(agents, reg.variants, self._store.profiles(), self._store.colocations(),
                                    self._family_demand(), current=self.scaled.plan if self.scaled else None,
-                                   time_limit_s=self.settings.scaling_time_limit_s)
+                                   time_limit_s=self.settings.scaling_time_limit_s, beta=self.settings.scaling_beta)
             log.warning("over capacity at full accuracy (unserved req/s %s): accuracy scaling to %.3f, shed %s, "
                         "solved in %.2f s (%s)", dict(new.plan.unserved), scaled.plan.effective_accuracy,
                         dict(scaled.plan.shed), scaled.plan.solve_s, scaled.plan.status)
@@ -180,17 +188,21 @@ class LayoutManager:
                         ", ".join(dropped))
         return bool(dropped)
 
-    def _family_rates(self) -> dict[str, float]:
+    def _family_rates(self, rates: dict[str, float] | None = None) -> dict[str, float]:
         out: dict[str, float] = {}
-        for variant, rate in self._demand.rates().items():
+        for variant, rate in (self._demand.rates() if rates is None else rates).items():
             v = self._registry.variants.get(variant)
             if v is not None:
                 out[v.family] = out.get(v.family, 0.0) + rate
         return out
 
+    def _family_forecast(self) -> dict[str, float]:
+        return self._family_rates(self._demand.forecast(self.settings.scaling_horizon_s))
+
     def _family_demand(self) -> dict[str, float]:
-        """Smoothed demand per family for the MILP, with every family's floor."""
-        rates = self._family_rates()
+        """Demand per family for the MILP: the forecast ``scaling_horizon_s`` ahead, with every
+        family's floor."""
+        rates = self._family_forecast()
         families = {v.family for v in self._registry.variants.values()}
         return {f: max(rates.get(f, 0.0), self.settings.floor_rps) for f in sorted(families)}
 

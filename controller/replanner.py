@@ -147,8 +147,10 @@ def scaled_layout(
     *,
     current: ScalingPlan | None = None,
     time_limit_s: float = 2.0,
+    beta: float = 1.05,
 ) -> ScaledLayout:
-    """Accuracy scaling: the MILP's choice of variants, placement and split for ``family_demand``."""
+    """Accuracy scaling: the MILP's choice of variants, placement and split for ``family_demand``,
+    with the beta ladder starting from ``beta``."""
     slots, device_capacity = scaling_slots(agents)
     table = profile_table(samples)
     choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms)
@@ -157,5 +159,5 @@ def scaled_layout(
                       device_capacity=device_capacity)
     rates, batches = split_capacities(caps)
     problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity)
-    plan_ = solve(problem, current=current, time_limit_s=time_limit_s)
+    plan_ = solve(problem, current=current, time_limit_s=time_limit_s, beta=beta)
     return ScaledLayout(plan_, tuple(to_desired(plan_, slots, batches)), dict(family_demand))

@@ -472,7 +472,7 @@ def test_beta_ladder_steps_like_proteus() -> None:
 
 
 def test_resolve_policy_runs_on_its_period_and_sooner_when_demand_jumps() -> None:
-    policy = ResolvePolicy(period_s=10.0, fast_period_s=2.0, jump=0.2)
+    policy = ResolvePolicy(period_s=10.0, fast_period_s=2.0, jump=0.2, rises_only=False)
     last = {"a": 100.0, "b": 50.0}
     assert policy.due(0.0, last, None, None)  # never solved
     assert not policy.due(105.0, {"a": 110.0, "b": 50.0}, last, 100.0)  # 10 %: wait for the period
@@ -482,3 +482,7 @@ def test_resolve_policy_runs_on_its_period_and_sooner_when_demand_jumps() -> Non
     assert policy.due(102.0, {"a": 100.0, "b": 30.0}, last, 100.0)  # falls count too
     assert policy.due(102.0, {**last, "c": 5.0}, last, 100.0)  # a new family
     assert not policy.due(102.0, {**last, "c": 0.5}, last, 100.0)  # below the noise floor
+    rises = ResolvePolicy(period_s=10.0, fast_period_s=2.0, jump=0.2)
+    assert rises.due(102.0, {"a": 150.0, "b": 50.0}, last, 100.0)
+    assert not rises.due(102.0, {"a": 100.0, "b": 30.0}, last, 100.0)  # a fall waits for the period
+    assert rises.due(110.0, {"a": 100.0, "b": 30.0}, last, 100.0)

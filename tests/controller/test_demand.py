@@ -21,14 +21,52 @@ def test_rate_converges_to_a_steady_demand() -> None:
     assert tracker.rates()["v"] == pytest.approx(100, rel=0.01)
 
 
-def test_reports_from_two_gateways_in_one_window_add_up() -> None:
+def test_reports_from_two_gateways_add_up_whenever_they_arrive() -> None:
     tracker = DemandTracker(half_life_s=2.0)
     now = 0.0
     for _ in range(30):
         now += 1.0
-        tracker.observe({"v": 40}, 1.0, now)
-        tracker.observe({"v": 60}, 1.0, now)
+        tracker.observe({"v": 40}, 1.0, now, source="gw-a")
+        tracker.observe({"v": 60}, 1.0, now + 0.4, source="gw-b")  # staggered: not the same instant
     assert tracker.rates()["v"] == pytest.approx(100, rel=0.02)
+    assert tracker.forecast(2.0)["v"] == pytest.approx(100, rel=0.02)
+    assert tracker.target()["v"] == pytest.approx(150, rel=0.03)
+
+
+def test_a_variant_a_gateway_stops_reporting_decays_to_nothing() -> None:
+    tracker = DemandTracker(half_life_s=1.0)
+    now = feed(tracker, 100, 10)
+    for _ in range(20):
+        now += 1.0
+        tracker.observe({"other": 5}, 1.0, now)  # "v" no longer in the reports: it had no requests
+    assert "v" not in tracker.rates() or tracker.rates()["v"] < 0.01
+
+
+def test_a_silent_gateway_stops_counting() -> None:
+    tracker = DemandTracker(half_life_s=1.0, stale_s=5.0)
+    tracker.observe({"v": 50}, 1.0, 1.0, source="gone")
+    now = 1.0
+    for _ in range(10):
+        now += 1.0
+        tracker.observe({"v": 20}, 1.0, now, source="alive")
+    assert tracker.rates()["v"] == pytest.approx(20, rel=0.01)
+
+
+def test_forecast_extrapolates_a_rise_but_not_a_fall() -> None:
+    tracker = DemandTracker(half_life_s=5.0, trend_s=2.0)
+    now = feed(tracker, 100, 20)
+    for rate in (150, 200, 250):  # +50 req/s every second
+        now += 1.0
+        tracker.observe({"v": rate}, 1.0, now)
+    assert tracker.rates()["v"] < 200  # the smoothed rate lags the rise
+    assert tracker.forecast(0.0)["v"] == pytest.approx(250)  # at least the latest window
+    assert tracker.forecast(2.0)["v"] == pytest.approx(350)  # + 50 req/s/s for 2 s
+    for rate in (200, 100, 50):
+        now += 1.0
+        tracker.observe({"v": rate}, 1.0, now)
+    smoothed = tracker.rates()["v"]
+    assert smoothed > 100
+    assert tracker.forecast(2.0)["v"] == pytest.approx(smoothed)  # a fall: the smoothed rate, no extrapolation
 
 
 def test_target_has_headroom_over_the_recent_peak() -> None:

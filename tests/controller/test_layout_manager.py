@@ -1,0 +1,109 @@
+"""The layout manager's accuracy scaling: it plans for the demand forecast with the configured
+headroom, re-plans within a second of a rise, and lets a fall wait for the period. Real
+registry, SQLite store, demand tracker and MILP; commands are returned, not sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.demand import DemandTracker
+from controller.layout_manager import LayoutManager, LayoutPolicy
+from controller.placement import PlannedWorker
+from controller.registry import Registry
+from controller.repository import Variant
+from controller.store import StateStore
+from protocol.types import DeviceInfo, ProfileSample
+
+ACCURACY = {"cls-large": 0.95, "cls-small": 0.80}
+SINGLE_MS = {"cls-large": 10.0, "cls-small": 2.0}  # one core, batch 1; SLO 100 ms
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def variant(name: str) -> Variant:
+    return Variant(name=name, family="cls", version="1", backend="torchscript", accuracy=ACCURACY[name], max_batch=32,
+                   default_slo_ms=100.0, energy_j=0.0, inputs=(), outputs=(), artifact=Path("/nonexistent"),
+                   sha256="0" * 64, size_bytes=1, profile_ms={})
+
+
+def samples() -> list[ProfileSample]:
+    out = []
+    for name, ms in SINGLE_MS.items():
+        for cores in (1, 2, 3, 4):
+            for b in BATCHES:
+                p50 = ms * b ** 0.8 / cores ** 0.9
+                out.append(ProfileSample(variant=name, device_kind="cpu", partition=cores, batch=b, p50_ms=p50,
+                                         p99_ms=p50 * 1.05, runs=5))
+    return out
+
+
+def start_command(plan: PlannedWorker) -> PlannedWorker:
+    return plan  # the command the actor would build; what was asked for is all these tests read
+
+
+@pytest.fixture
+def manager(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    store.save_profiles(samples(), [], now=0.0)
+    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=1000)
+    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4, memory_bytes=8 << 30),), now=0.0)
+    demand = DemandTracker(half_life_s=5.0, history_s=5.0)
+    settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
+                            start_timeout_s=1e9)
+    m = LayoutManager(settings, registry, store, demand, start_command, generation=1)
+    yield m, demand, registry
+    store.close()
+
+
+def report(demand: DemandTracker, rate: float, now: float) -> None:
+    demand.observe({"cls-large": round(rate)}, 1.0, now, source="gw")
+
+
+def test_overload_is_planned_for_the_forecast_with_the_configured_headroom(manager) -> None:
+    m, demand, registry = manager
+    now = 0.0
+    for _ in range(20):
+        now += 1.0
+        report(demand, 200, now)
+    m.tick(now)
+    capacity_large = 4 * 1000 / (SINGLE_MS["cls-large"] * 1.05 * 1.1)  # every core on cls-large at batch 1, roughly
+    assert m.scaled is None, "200 req/s fits at full accuracy"
+    m.transition = None  # as if the moves had finished
+    # demand rises by 600 req/s a second, far past what cls-large carries on the device
+    for rate in (800, 1400, 2000):
+        now += 1.0
+        report(demand, rate, now)
+    smoothed = demand.rates()["cls-large"]
+    forecast = demand.forecast(2.0)["cls-large"]
+    assert forecast > 2000 > smoothed  # the latest window plus the rise, not the lagging smoothed rate
+    assert forecast > capacity_large
+    m.tick(now)
+    assert m.scaled is not None, "a rise past full-accuracy capacity re-plans with accuracy scaling"
+    assert m.scaled.demand["cls"] == pytest.approx(forecast)
+    assert m.scaled.plan.beta <= 1.2 + 1e-9
+    fractions = registry.family_fractions["cls"]
+    assert fractions.get("cls-small", 0.0) > 0  # the cheap variant carries part of the family
+
+
+def test_a_rise_replans_within_a_second_and_a_fall_waits_for_the_period(manager) -> None:
+    m, demand, _ = manager
+    now = 0.0
+    for _ in range(20):
+        now += 1.0
+        report(demand, 2000, now)
+    m.tick(now)
+    assert m.scaled is not None
+    planned = m.scaled.demand["cls"]
+    m.transition = None  # as if the moves had finished
+    now += 1.0
+    report(demand, 3000, now)  # +50 %
+    m.tick(now)
+    assert m.scaled.demand["cls"] > planned, "a rise re-plans after one second"
+    raised = m.scaled.demand["cls"]
+    m.transition = None
+    for _ in range(5):  # falls for five seconds: no re-plan before the period
+        now += 1.0
+        report(demand, 1000, now)
+        m.tick(now)
+        assert m.scaled.demand["cls"] == raised
