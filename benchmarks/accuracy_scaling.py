@@ -143,10 +143,12 @@ def run_one(name: str, fleet: Fleet, trace: Trace, opts: Options, seed: int) -> 
     load = np.pad(trace.load, (0, seconds * per_s - len(trace.load)), constant_values=0.0).reshape(seconds, per_s).mean(axis=1)
     over = load > 1.0
     ok = np.asarray(sim.on_time_at)
+    acc_sum = np.asarray(sim.accuracy_at)
     phase = {}
     for key, mask in (("overload", over), ("normal", ~over)):
-        n = int(arrived[mask].sum())
-        phase[f"violation_rate_{key}"] = (n - int(ok[mask].sum())) / n if n else 0.0
+        n, served = int(arrived[mask].sum()), int(ok[mask].sum())
+        phase[f"violation_rate_{key}"] = (n - served) / n if n else 0.0
+        phase[f"accuracy_drop_{key}"] = 100.0 - float(acc_sum[mask].sum()) / served if served else 0.0
     row = {
         "scheme": name, "seed": seed, "requests": c.requests, "on_time": c.on_time,
         "effective_accuracy": acc, "accuracy_drop": 100.0 - acc,
@@ -168,7 +170,8 @@ def run_one(name: str, fleet: Fleet, trace: Trace, opts: Options, seed: int) -> 
 # --- summaries ------------------------------------------------------------------------------------
 
 METRICS = ("effective_accuracy", "accuracy_drop", "violation_rate", "late_rate", "dropped_rate", "shed_rate",
-           "unrouted_rate", "violation_rate_overload", "violation_rate_normal", "goodput_rps", "throughput_rps", "switches")
+           "unrouted_rate", "violation_rate_overload", "violation_rate_normal", "accuracy_drop_overload",
+           "accuracy_drop_normal", "goodput_rps", "throughput_rps", "switches")
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -374,9 +377,9 @@ def print_report(report: dict[str, Any]) -> None:
           f"(x{o['interference']:g} batch time while loading)")
     share = statistics.median(r["overload_request_share"] for r in report["runs"])
     print(f"\nper scheme: median [min-max] over {seeds} seed(s); violations split by arrival in seconds whose load exceeds "
-          f"full-accuracy capacity (overload, {share:.0%} of requests) or not (normal); goodput/throughput in rps")
+          f"full-accuracy capacity (overload, {share:.0%} of requests) or not (normal), and the accuracy drop of each phase (drop o/n); goodput/throughput in rps")
     head = (f"  {'scheme':19s} {'batching':8s} {'eff. acc':>22s} {'acc drop':>20s} {'violations %':>22s} "
-            f"{'late/drop/shed/unrouted %':>26s} {'overload/normal %':>18s} {'goodput':>8s} {'thrput':>7s} {'switches':>8s}")
+            f"{'late/drop/shed/unrouted %':>26s} {'overload/normal %':>18s} {'drop o/n':>12s} {'goodput':>8s} {'thrput':>7s} {'switches':>8s}")
     print(head)
     rows_by = {r["scheme"]: r for r in report["runs"]}
     for s in report["schemes"]:
@@ -392,8 +395,9 @@ def print_report(report: dict[str, Any]) -> None:
 
         parts = "/".join(f"{x[k]['median'] * 100:.2f}" for k in ("late_rate", "dropped_rate", "shed_rate", "unrouted_rate"))
         phases = "/".join(f"{x[k]['median'] * 100:.2f}" for k in ("violation_rate_overload", "violation_rate_normal"))
+        drops = "/".join(f"{x[k]['median']:.2f}" for k in ("accuracy_drop_overload", "accuracy_drop_normal"))
         print(f"  {s:19s} {rows_by[s]['batching']:8s} {cell('effective_accuracy'):>22s} {cell('accuracy_drop'):>20s} "
-              f"{cell('violation_rate', 100):>22s} {parts:>26s} {phases:>18s} {x['goodput_rps']['median']:8.0f} "
+              f"{cell('violation_rate', 100):>22s} {parts:>26s} {phases:>18s} {drops:>12s} {x['goodput_rps']['median']:8.0f} "
               f"{x['throughput_rps']['median']:7.0f} {x['switches']['median']:8.0f}")
     sv = report["solves"]
     print(f"\nours, MILP solves: {sv['count']} over all seeds; p50 {sv['p50_s'] * 1000:.1f} ms, p99 {sv['p99_s'] * 1000:.1f} ms, "

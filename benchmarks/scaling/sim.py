@@ -87,6 +87,7 @@ class Simulator:
         self.per_family = [Counts() for _ in fleet.families]
         self.served_by_variant: dict[str, int] = {}
         self.on_time_at: list[int] = []  # on-time requests by the second they arrived in
+        self.accuracy_at: list[float] = []  # and the sum of their accuracies
 
     # --- deployment ---
 
@@ -192,6 +193,7 @@ class Simulator:
             self.push(float(t), TICK)
         times, fams = trace.times, trace.families
         self.on_time_at = [0] * (int(math.ceil(duration_s)) + 1)
+        self.accuracy_at = [0.0] * len(self.on_time_at)
         n, a = len(times), 0
         rid = 0
         route = scheme.route
@@ -286,6 +288,7 @@ class Simulator:
                 fc.on_time += 1
                 fc.accuracy_sum += info.accuracy
                 self.on_time_at[int(item.arrived)] += 1
+                self.accuracy_at[int(item.arrived)] += info.accuracy
             else:
                 fc.late += 1
         self.served_by_variant[info.variant] = self.served_by_variant.get(info.variant, 0) + ok
