@@ -28,7 +28,6 @@ class _Stream:
     """One gateway's reports of one variant."""
 
     rate: float = 0.0  # smoothed
-    updated: float = 0.0
     windows: collections.deque[tuple[float, float, float]] = field(default_factory=collections.deque)  # (end, count, length)
 
     def rate_between(self, start: float, end: float) -> float | None:
@@ -48,10 +47,10 @@ class DemandTracker:
                  recent_s: float = 1.0, trend_s: float = 2.0, stale_s: float = 10.0) -> None:
         if min(half_life_s, history_s, recent_s, trend_s, stale_s) <= 0:
             raise ValueError("half_life_s, history_s, recent_s, trend_s and stale_s must be positive")
-        self.recent_s = recent_s
         self.half_life_s = half_life_s
         self.history_s = history_s
         self.min_rate_rps = min_rate_rps
+        self.recent_s = recent_s
         self.trend_s = trend_s
         self.stale_s = stale_s
         self._streams: dict[tuple[str, str], _Stream] = {}  # (source, variant)
@@ -75,13 +74,12 @@ class DemandTracker:
                 stream = self._streams[(source, variant)] = _Stream(rate=rate)
             else:
                 stream.rate = (1.0 - weight) * stream.rate + weight * rate
-            stream.updated = now
             stream.windows.append((now, float(count), window_s))
             while stream.windows and stream.windows[0][0] <= now - self.trend_s - self.recent_s:
                 stream.windows.popleft()
         for variant in known | set(counts):
             peaks = self._peaks.setdefault(variant, collections.deque())
-            peaks.append((now, self._sum(variant, lambda s: s.rate)))
+            peaks.append((now, sum(s.rate for v, s in self._live() if v == variant)))
             while peaks and peaks[0][0] < now - self.history_s:
                 peaks.popleft()
 
@@ -89,9 +87,6 @@ class DemandTracker:
         for (source, variant), stream in self._streams.items():
             if self._now - self._heard.get(source, -math.inf) <= self.stale_s:
                 yield variant, stream
-
-    def _sum(self, variant: str, value) -> float:
-        return sum(value(s) for v, s in self._live() if v == variant)
 
     def rates(self) -> dict[str, float]:
         out: dict[str, float] = {}

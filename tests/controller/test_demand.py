@@ -94,3 +94,12 @@ def test_target_has_headroom_over_the_recent_peak() -> None:
 ])
 def test_replan_hysteresis(planned, target, due) -> None:
     assert replan_due(planned, target) is due
+
+
+def test_forecast_reads_the_last_second_of_short_windows_not_the_last_window() -> None:
+    tracker = DemandTracker(half_life_s=5.0, recent_s=1.0, trend_s=2.0)
+    now = 0.0
+    for i in range(40):  # a gateway reporting every 0.25 s: 100 req/s, counts alternating 15 and 35
+        now += 0.25
+        tracker.observe({"v": 15 if i % 2 else 35}, 0.25, now)
+    assert tracker.forecast(2.0)["v"] == pytest.approx(100, rel=0.02)  # one window alone says 60 or 140
