@@ -99,7 +99,7 @@ def test_replan_hysteresis(planned, target, due) -> None:
 def test_forecast_reads_the_last_second_of_short_windows_not_the_last_window() -> None:
     tracker = DemandTracker(half_life_s=2.0, recent_s=1.0, trend_s=2.0)
     now = 0.0
-    for i in range(120):  # a gateway reporting every 0.25 s: 100 req/s, counts alternating 15 and 35
+    for i in range(119):  # a gateway reporting every 0.25 s, ending on a busy window: 100 req/s, counts alternating 15 and 35
         now += 0.25
         tracker.observe({"v": 15 if i % 2 else 35}, 0.25, now)
     assert tracker.forecast(2.0)["v"] == pytest.approx(100, rel=0.02)  # one window alone says 60 or 140
