@@ -56,24 +56,23 @@ def manager(tmp_path):
     store.close()
 
 
-def report(demand: DemandTracker, rate: float, now: float) -> None:
-    demand.observe({"cls-large": round(rate)}, 1.0, now, source="gw")
+def report(demand: DemandTracker, rates: list[float], now: float) -> float:
+    """One gateway's 1-s reports of these rates, one a second after ``now``; the last time."""
+    for rate in rates:
+        now += 1.0
+        demand.observe({"cls-large": round(rate)}, 1.0, now, source="gw")
+    return now
 
 
 def test_overload_is_planned_for_the_forecast_with_the_configured_headroom(manager) -> None:
     m, demand, registry = manager
-    now = 0.0
-    for _ in range(20):
-        now += 1.0
-        report(demand, 200, now)
+    now = report(demand, [200] * 20, 0.0)
     m.tick(now)
     capacity_large = 4 * 1000 / (SINGLE_MS["cls-large"] * 1.05 * 1.1)  # every core on cls-large at batch 1, roughly
     assert m.scaled is None, "200 req/s fits at full accuracy"
     m.transition = None  # as if the moves had finished
     # demand rises by 600 req/s a second, far past what cls-large carries on the device
-    for rate in (800, 1400, 2000):
-        now += 1.0
-        report(demand, rate, now)
+    now = report(demand, [800, 1400, 2000], now)
     smoothed = demand.rates()["cls-large"]
     forecast = demand.forecast(2.0)["cls-large"]
     assert forecast > 2000 > smoothed  # the latest window plus the rise, not the lagging smoothed rate
@@ -88,22 +87,17 @@ def test_overload_is_planned_for_the_forecast_with_the_configured_headroom(manag
 
 def test_a_rise_replans_within_a_second_and_a_fall_waits_for_the_period(manager) -> None:
     m, demand, _ = manager
-    now = 0.0
-    for _ in range(20):
-        now += 1.0
-        report(demand, 2000, now)
+    now = report(demand, [2000] * 20, 0.0)
     m.tick(now)
     assert m.scaled is not None
     planned = m.scaled.demand["cls"]
     m.transition = None  # as if the moves had finished
-    now += 1.0
-    report(demand, 3000, now)  # +50 %
+    now = report(demand, [3000], now)  # +50 %
     m.tick(now)
     assert m.scaled.demand["cls"] > planned, "a rise re-plans after one second"
     raised = m.scaled.demand["cls"]
     m.transition = None
     for _ in range(5):  # falls for five seconds: no re-plan before the period
-        now += 1.0
-        report(demand, 1000, now)
+        now = report(demand, [1000], now)
         m.tick(now)
         assert m.scaled.demand["cls"] == raised
