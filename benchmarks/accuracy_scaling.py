@@ -26,7 +26,6 @@ Run: ``python benchmarks/accuracy_scaling.py [--quick]``. An entry point: may im
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -44,6 +43,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import write_json
 from benchmarks.scaling.schemes import Greedy, Proteus, Scheme, Static
 from benchmarks.scaling.sim import SWITCH_MODES, Simulator
 from benchmarks.scaling.workload import (
@@ -334,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows, **summary, "result": result,
         "ratio_note": "each ratio is baseline / ours per seed (median over seeds reported); inf when ours is 0 and the baseline is not",
     }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True, allow_nan=False))
+    write_json(opts.out, report)
     print_report(report)
     print("RESULT " + " ".join(f"{k}={_fmt(v)}" for k, v in result.items()))
     return 0
@@ -343,17 +342,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:.4g}"
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON has no infinities or NaN: write them as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def print_report(report: dict[str, Any]) -> None:

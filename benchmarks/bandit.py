@@ -19,7 +19,6 @@ Run: ``python benchmarks/bandit.py [--quick]``. An entry point: may import every
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,6 +35,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import write_json
 from mesh.bandit import (
     DEFAULT_VW_ARGS,
     VW_VERSION,
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             report["plot"] = str(png)
         except ImportError:
             print("matplotlib is not installed: no PNG (pip install matplotlib)", file=sys.stderr)
-    options.out.write_text(json.dumps(report, indent=1))
+    write_json(options.out, report)
     print(table(report))
     print(f"wrote {options.out}" + (f" and {png}" if report["plot"] else ""))
     r = report["result"]

@@ -33,6 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import plain, write_json  # noqa: E402
 from letmesh.launcher import LocalMesh  # noqa: E402
 from letmesh.zoo import ARTIFACT, build_trivial, quiet_jit  # noqa: E402
 
@@ -509,21 +510,10 @@ def measure(opts: Options) -> dict[str, Any]:
     }
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
-    report = _plain(measure(opts))
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    report = plain(measure(opts))
+    write_json(opts.out, report)
     print(render(report))
     print(result_line(report["result"]), flush=True)
     return 0

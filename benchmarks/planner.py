@@ -18,7 +18,6 @@ import bisect
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import write_json
 from controller.planning import (
     CoLocation,
     Demand,
@@ -349,24 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         "plan_s_1000": next((t["median_s"] for t in timing if t["devices"] == 1000 and t["load"] == 0.6), float("nan")),
         "largest_fleet": largest["devices"],
     }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(_finite(report), indent=2, sort_keys=True, allow_nan=False))
+    write_json(opts.out, report)
     print_report(report)
     r = report["result"]
     print(f"RESULT gain_vs_temporal={r['gain_vs_temporal']:.3f} gain_vs_whole_device={r['gain_vs_whole_device']:.3f} "
           f"plan_s_1000={r['plan_s_1000']:.3f}")
     return 0
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: a figure that could not be computed (e.g. no 1,000-device run) is null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def print_report(report: dict[str, Any]) -> None:
