@@ -43,7 +43,6 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report import write_json
 from benchmarks.scaling.schemes import Greedy, Proteus, Scheme, Static
 from benchmarks.scaling.sim import SWITCH_MODES, Simulator
 from benchmarks.scaling.workload import (
@@ -62,6 +61,7 @@ from benchmarks.scaling.workload import (
     popularity,
     write_profile,
 )
+from benchmarks.support.report import write_json
 from controller.accuracy import ResolvePolicy
 from controller.config import ControllerConfig
 from controller.layout_manager import LayoutPolicy

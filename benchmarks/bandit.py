@@ -35,7 +35,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report import write_json
+from benchmarks.support.report import write_json
 from mesh.bandit import (
     DEFAULT_VW_ARGS,
     VW_VERSION,

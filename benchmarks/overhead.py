@@ -33,7 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report import plain, write_json  # noqa: E402
+from benchmarks.support.report import plain, write_json  # noqa: E402
 from letmesh.launcher import LocalMesh  # noqa: E402
 from letmesh.zoo import ARTIFACT, build_trivial, quiet_jit  # noqa: E402
 

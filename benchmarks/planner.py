@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report import write_json
+from benchmarks.support.report import write_json
 from controller.planning import (
     CoLocation,
     Demand,

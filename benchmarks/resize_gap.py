@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.overhead import environment, result_line  # noqa: E402
-from benchmarks.report import plain, write_json  # noqa: E402
+from benchmarks.support.report import plain, write_json  # noqa: E402
 from controller.registry import LEAVING  # noqa: E402
 from letmesh.launcher import LocalMesh  # noqa: E402
 from letmesh.profiles import wait_for_profiles  # noqa: E402

@@ -13,7 +13,13 @@ import pytest
 from benchmarks import accuracy_scaling
 from benchmarks.scaling.schemes import Scheme
 from benchmarks.scaling.sim import SWITCH_MODES, Simulator
-from benchmarks.scaling.workload import Shape, Trace, load_catalog, make_fleet, make_trace
+from benchmarks.scaling.workload import (
+    Shape,
+    Trace,
+    load_catalog,
+    make_fleet,
+    make_trace,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from benchmarks.report import plain, write_json
+from benchmarks.support.report import plain, write_json
 
 
 def test_reports_are_strict_json(tmp_path) -> None:
