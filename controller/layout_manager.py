@@ -76,20 +76,20 @@ class LayoutManager:
         if self.transition is not None:
             return self._advance(now)
         forced, self._forced = self._forced, False
-        family = self._family_forecast()
+        forecast = self._demand.forecast(self.settings.scaling_horizon_s)
+        family = self._by_family(forecast)
         since = now - self._last_plan
         jumped = since >= self.settings.fast_replan_s and self._resolve.jumped(family, self._last_family)
         if not forced and not jumped and since < self.settings.replan_period_s:
             return []
         # the recent peak with headroom, or the forecast when demand rises faster than that
-        forecast = self._demand.forecast(self.settings.scaling_horizon_s)
         target = self._demand.target()
         target = {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
         if (not forced and not jumped and self.current is not None and self.scaled is None
                 and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(target)))):
             return []
         self._last_plan = now
-        return self._replan(target, now)
+        return self._replan(target, family, now)
 
     def _floor(self, target: dict[str, float]) -> dict[str, float]:
         return {v: max(target.get(v, 0.0), self.settings.floor_rps) for v in self._registry.variants}
@@ -108,7 +108,7 @@ class LayoutManager:
             out[best.name] = max(out.get(best.name, 0.0), total)
         return out
 
-    def _replan(self, target: dict[str, float], now: float) -> list[tuple[str, object]]:
+    def _replan(self, target: dict[str, float], family: dict[str, float], now: float) -> list[tuple[str, object]]:
         target = self._at_full_accuracy(target)
         reg = self._registry
         agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
@@ -119,11 +119,11 @@ class LayoutManager:
             return []  # keep serving on the current placement
         self.current = new
         self._planned_for = new.planned_for
-        self._last_family = self._family_forecast()
+        self._last_family = family
         desired = new.desired
         if new.plan.unserved and self.settings.accuracy_scaling:
             scaled = scaled_layout(agents, reg.variants, self._store.profiles(), self._store.colocations(),
-                                   self._family_demand(), current=self.scaled.plan if self.scaled else None,
+                                   self._family_demand(family), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=self.settings.scaling_beta)
             log.warning("over capacity at full accuracy (unserved req/s %s): accuracy scaling to %.3f, shed %s, "
                         "solved in %.2f s (%s)", dict(new.plan.unserved), scaled.plan.effective_accuracy,
@@ -188,21 +188,17 @@ class LayoutManager:
                         ", ".join(dropped))
         return bool(dropped)
 
-    def _family_rates(self, rates: dict[str, float] | None = None) -> dict[str, float]:
+    def _by_family(self, rates: dict[str, float]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for variant, rate in (self._demand.rates() if rates is None else rates).items():
+        for variant, rate in rates.items():
             v = self._registry.variants.get(variant)
             if v is not None:
                 out[v.family] = out.get(v.family, 0.0) + rate
         return out
 
-    def _family_forecast(self) -> dict[str, float]:
-        return self._family_rates(self._demand.forecast(self.settings.scaling_horizon_s))
-
-    def _family_demand(self) -> dict[str, float]:
-        """Demand per family for the MILP: the forecast ``scaling_horizon_s`` ahead, with every
+    def _family_demand(self, rates: dict[str, float]) -> dict[str, float]:
+        """Demand per family for the MILP (the forecast ``scaling_horizon_s`` ahead), with every
         family's floor."""
-        rates = self._family_forecast()
         families = {v.family for v in self._registry.variants.values()}
         return {f: max(rates.get(f, 0.0), self.settings.floor_rps) for f in sorted(families)}
 

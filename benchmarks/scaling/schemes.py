@@ -223,8 +223,8 @@ class Proteus(Scheme):
         estimate = sim.finish_estimate
         candidates, best = [], []
         for o in options:
-            i = min(o.slots, key=lambda i: estimate(i, now)) if len(o.slots) > 1 else o.slots[0]
-            if estimate(i, now) <= deadline:
+            finish, i = min((estimate(i, now), i) for i in o.slots)
+            if finish <= deadline:
                 candidates.append(o)
                 best.append(i)
         if not candidates:
