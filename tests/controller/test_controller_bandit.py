@@ -45,7 +45,10 @@ async def register(gateway) -> PolicySnapshot:
 
 async def test_decisions_train_a_policy_that_reaches_gateways_and_survives_a_restart(start_controller, peer, tmp_path):
     state = tmp_path / "state"
-    first = await start_controller(state_dir=state, policy_publish_interval_s=0.05, heartbeat_interval_s=0.05)
+    # This peer sends no heartbeats: give it 5 s before the controller drops it, so that training
+    # on a busy machine cannot outlast the gateway (this test is about learning, not liveness).
+    first = await start_controller(state_dir=state, policy_publish_interval_s=0.05, heartbeat_interval_s=0.05,
+                                   missed_heartbeats=100)
     gateway = peer(first.address, b"gateway:g1")
     initial = await register(gateway)
     assert len(gateway.buffers[id(initial)][0]) == initial.model_bytes > 0
