@@ -9,7 +9,9 @@ handlers only ever see valid messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,10 @@ from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode, encode
 log = logging.getLogger(__name__)
 
 LINGER_MS = 0
+# A receive that finds a message waiting completes without giving the event loop a turn; a
+# loop reading a backlog would starve every other task (heartbeats, the worker's batching loop)
+# for as long as messages keep coming. recv() yields once this much time has passed since it last did.
+FAIR_SHARE_S = 0.002
 
 
 class TransportError(Exception):
@@ -58,6 +64,7 @@ class Endpoint:
         self._limits = limits
         self.protocol_errors = 0
         self.address = ""
+        self._yielded = time.monotonic()
 
     @classmethod
     def router(cls, ctx: zmq.asyncio.Context, bind: str, limits: Limits = DEFAULT_LIMITS) -> Endpoint:
@@ -134,6 +141,9 @@ class Endpoint:
 
     async def recv(self) -> Incoming:
         """The next valid message; invalid ones are logged, counted and skipped."""
+        if time.monotonic() - self._yielded >= FAIR_SHARE_S:
+            await asyncio.sleep(0)
+            self._yielded = time.monotonic()
         while True:
             try:
                 frames = await self._sock.recv_multipart(copy=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -69,3 +70,32 @@ async def test_recv_on_a_closed_endpoint_raises_endpoint_closed(ctx) -> None:
     with pytest.raises((EndpointClosed, asyncio.CancelledError, zmq.ZMQError)):
         await asyncio.wait_for(pending, 5)
     assert router.closed
+
+
+async def test_reading_a_backlog_leaves_other_tasks_their_turns(ctx) -> None:
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    dealer = Endpoint.dealer(ctx, router.address, "worker:w1")
+    try:
+        for seq in range(300):
+            dealer.send_nowait(Heartbeat(sender="w1", role="worker", seq=seq))
+        await asyncio.sleep(0.2)  # all of them waiting in the router's queue
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        started = turns
+        for _ in range(300):
+            await router.recv()
+            time.sleep(0.0005)  # a handler's work per message
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert turns - started >= 30, "a heartbeat or batching task would have waited for the whole backlog"
+    finally:
+        dealer.close()
+        router.close()
