@@ -33,6 +33,7 @@ from agents.artifact import fetch_artifact  # noqa: E402
 from agents.error import WorkerSpecError  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
 from mesh.batching import Batcher, Queued, make_batcher  # noqa: E402
+from mesh.slowdown import SlowdownTracker  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed, Incoming  # noqa: E402
 from protocol.codec import decode, tensor_meta, tensors_from_frames  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
@@ -64,6 +65,8 @@ class _Due:
 # A batcher that waits to fill a batch asks to be woken this long before its last feasible start:
 # the event loop's timers fire up to a few milliseconds late on a busy machine.
 _WAKE_SLACK_S = 0.002
+# The slowdown a variant reports to the controller, once this many of its batches were timed.
+_SLOWDOWN_MIN_BATCHES = 5
 
 
 def read_spec() -> StartWorker:
@@ -91,6 +94,9 @@ class Worker:
         self.runners: dict[str, ModelRunner] = {}
         self.batchers: dict[str, Batcher] = {}
         self.profile_ms: dict[str, tuple[float, ...]] = {}
+        # Compute time of served batches against the warm-up curve: what the planner's capacity
+        # model lacks when the host is busier than at profiling (a noisy neighbour, the gateway).
+        self.slowdown: dict[str, SlowdownTracker] = {}
         self._gateways: dict[str, Endpoint] = {}
         self._recv_tasks: dict[str, asyncio.Task] = {}
         self._arrived = asyncio.Event()
@@ -190,13 +196,18 @@ class Worker:
                         variants=tuple(self.runners),
                         pid=os.getpid(),
                         batch_latency_ms=self.profile_ms,
+                        slowdown={name: t.estimate().mean for name, t in self.slowdown.items()
+                                  if t.observations >= _SLOWDOWN_MIN_BATCHES},
                     ),
                 )
             seq += 1
             beat = Heartbeat(sender=self.cmd.worker_id, role="worker", seq=seq)
             for ep in self._gateways.values():
                 self._send(ep, beat)
+            before = time.monotonic()
             await asyncio.sleep(self.heartbeat_interval_s)
+            if (late := time.monotonic() - before - self.heartbeat_interval_s) > 0.5:
+                log.warning("heartbeat %.2f s late: the serving loop was blocked or the host starved", late)
 
     async def _receive(self, ep: Endpoint) -> None:
         while True:
@@ -225,7 +236,10 @@ class Worker:
                                           error="worker queue is full"))
                 continue
             if self._idle:
-                # The serving loop is asleep with nothing queued: run now rather than pay its wake-up.
+                # The serving loop is asleep with nothing queued: run now rather than pay its
+                # wake-up. Once per wake: a backlog behind this request goes to the serving loop,
+                # which batches it.
+                self._idle = False
                 self._run_short()
             self._arrived.set()
 
@@ -326,6 +340,9 @@ class Worker:
             return
         runner = self.runners[name]
         rows = [item.payload[1][0].shape[0] for item in batch]
+        expected_s = runner.latency_s(sum(rows))
+        if compute_us > 0 and expected_s > 0:
+            self.slowdown.setdefault(name, SlowdownTracker()).observe(compute_us / 1e6, expected_s)
         offset = 0
         for item, n in zip(batch, rows):
             parts = [out[offset:offset + n] for out in outputs]

@@ -92,6 +92,7 @@ class ControllerActor(Actor):
         self._last_publish = float("-inf")
         self._epoch = 0
         self._seq = 0
+        self._last_tick = float("inf")
         self.address = ""
 
     async def on_start(self) -> None:
@@ -118,6 +119,8 @@ class ControllerActor(Actor):
                          accuracy_scaling=self.config.accuracy_scaling,
                          scaling_time_limit_s=self.config.scaling_time_limit_s, fast_replan_s=self.config.fast_replan_s,
                          scaling_beta=self.config.scaling_beta, scaling_horizon_s=self.config.scaling_horizon_s,
+                         live_slowdown_hold_s=self.config.live_slowdown_hold_s,
+                         scaling_beta_max=self.config.scaling_beta_max,
                          drain_s=self.config.stop_drain_s, start_timeout_s=self.config.worker_start_timeout_s),
             self._registry, self._store, self._demand, self._start_command, generation=self._epoch,
         )
@@ -190,9 +193,9 @@ class ControllerActor(Actor):
             case WorkerCrashed(worker_id=worker_id, restarts=restarts, will_restart=again) if kind == "agent":
                 reg.worker_down(worker_id, "crashed" if not again else "restarting", restarts)
                 log.warning("worker crashed", extra={"worker": worker_id, "restarts": restarts})
-            case WorkerReady(pid=pid, batch_latency_ms=latency) if kind == "worker":
+            case WorkerReady(pid=pid, batch_latency_ms=latency, slowdown=slowdown) if kind == "worker":
                 first = peer_id in reg.workers and reg.workers[peer_id].state != "ready"
-                if not reg.worker_ready(peer_id, pid, latency, now):
+                if not reg.worker_ready(peer_id, pid, latency, now, slowdown):
                     log.info("ready worker is not in the plan", extra={"worker": peer_id})
                 elif first:
                     # It may have started before a gateway joined: tell it every gateway.
@@ -217,8 +220,8 @@ class ControllerActor(Actor):
                 else:
                     self._layout.force(policy)
                     await self._send(peer, ReplanReply(policy=self._layout.settings.policy, accepted=True))
-            case DemandReport(window_s=window_s, counts=counts) if kind == "gateway":
-                self._demand.observe(counts, window_s, now, source=peer_id)
+            case DemandReport(window_s=window_s, counts=counts, missed=missed) if kind == "gateway":
+                self._demand.observe(counts, window_s, now, source=peer_id, missed=missed)
             case DecisionRecords(records=records) if kind == "gateway":
                 assert self._learner is not None and self._store is not None
                 fresh = self._store.log_decisions(records, self._clock.time())
@@ -353,9 +356,14 @@ class ControllerActor(Actor):
         reg = self._registry
         assert reg is not None
         now = self._clock.monotonic()
+        # Ticks come every heartbeat interval; a longer gap means this loop was busy (a re-plan on
+        # a starved host) and heartbeats may sit unread in the socket: that silence is ours.
+        reg.liveness.excuse(now - self._last_tick - self.config.heartbeat_interval_s, now)
+        self._last_tick = now
         lost = reg.expire(now)
         if lost:
-            log.warning("peers lost", extra={"peers": lost})
+            log.warning("peers lost: %s", ", ".join(f"{k} (silent {now - (reg.liveness.last_seen(k) or now):.1f} s)"
+                                                     for k in lost))
             if any(k.startswith("gateway:") for k in lost):
                 await self._broadcast_gateways()
         assert self._layout is not None

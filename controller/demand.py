@@ -56,12 +56,17 @@ class DemandTracker:
         self._streams: dict[tuple[str, str], _Stream] = {}  # (source, variant)
         self._heard: dict[str, float] = {}  # source -> last report
         self._peaks: dict[str, collections.deque[tuple[float, float]]] = {}  # variant -> (time, summed rate)
+        self._outcomes: collections.deque[tuple[float, int, int]] = collections.deque()  # (time, requests, missed)
         self._now = 0.0
 
-    def observe(self, counts: Mapping[str, int], window_s: float, now: float, source: str = "") -> None:
-        """One gateway's counts over the ``window_s`` that ended at ``now``."""
+    def observe(self, counts: Mapping[str, int], window_s: float, now: float, source: str = "",
+                missed: Mapping[str, int] | None = None) -> None:
+        """One gateway's counts over the ``window_s`` that ended at ``now`` (and how many missed their deadline)."""
         if not (window_s > 0 and math.isfinite(window_s)):
             return
+        self._outcomes.append((now, sum(counts.values()), sum((missed or {}).values())))
+        while self._outcomes and self._outcomes[0][0] < now - self.history_s:
+            self._outcomes.popleft()
         self._now = max(self._now, now)
         self._heard[source] = now
         weight = 1.0 - math.pow(0.5, window_s / self.half_life_s)
@@ -106,6 +111,15 @@ class DemandTracker:
                 rise = max(0.0, (latest - earlier) / self.trend_s)
             out[variant] = out.get(variant, 0.0) + max(stream.rate, latest or 0.0) + rise * horizon_s
         return {v: r for v, r in sorted(out.items()) if r > self.min_rate_rps}
+
+    def outcomes_since(self, start: float) -> tuple[int, int]:
+        """(requests, deadline misses) reported after ``start``, over every gateway and variant."""
+        requests = missed = 0
+        for t, n, m in self._outcomes:
+            if t > start:
+                requests += n
+                missed += m
+        return requests, missed
 
     def target(self) -> dict[str, float]:
         """The rate to plan for at full accuracy: the recent maximum with gpu-let's headroom."""

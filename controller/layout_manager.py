@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller.demand import DemandTracker, replan_due
+from controller.headroom import AdaptiveHeadroom
+from controller.live_slowdown import LiveSlowdown, Observation
 from controller.placement import PlannedWorker
-from controller.reconciler import Transition, begin
+from controller.reconciler import Phase, Transition, begin
 from controller.registry import Registry
 from controller.accuracy import ResolvePolicy
-from controller.replanner import Layout, ScaledLayout, layout, scaled_layout
+from controller.replanner import Layout, ScaledLayout, layout, profile_table, scaled_layout
 from controller.store import StateStore
 from protocol.message import StartWorker, StopWorker
 
@@ -40,6 +42,14 @@ class LayoutPolicy:
     # demand forecast over that time (its rise extrapolated) is what it must carry then.
     scaling_beta: float = 1.2
     scaling_horizon_s: float = 2.0
+    # The headroom rises (up to this) while requests miss their deadlines, see controller.headroom;
+    # equal to scaling_beta keeps it fixed.
+    scaling_beta_max: float = 3.0
+    # Plan with the slowdown the workers measure now (observed vs profiled compute time), held
+    # this long after the last worker of a variant reported it; 0 plans with the profiles alone.
+    # Off by default: the figure moves with the operating point (a variant measured while it
+    # carried a small share looks faster than it will be carrying all), and plans chase it.
+    live_slowdown_hold_s: float = 0.0
 
 
 class LayoutManager:
@@ -63,6 +73,10 @@ class LayoutManager:
         self.solve_times: list[float] = []
         self._last_family: dict[str, float] = {}
         self._resolve = ResolvePolicy(period_s=settings.replan_period_s, fast_period_s=settings.fast_replan_s)
+        self.live = LiveSlowdown(hold_s=settings.live_slowdown_hold_s)
+        self.headroom = AdaptiveHeadroom(base=settings.scaling_beta,
+                                         ceiling=max(settings.scaling_beta, settings.scaling_beta_max))
+        self._outcomes_from = float("-inf")
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -73,23 +87,42 @@ class LayoutManager:
     def tick(self, now: float) -> list[tuple[str, object]]:
         if self.settings.policy == "static":
             return []
-        if self.transition is not None:
-            return self._advance(now)
-        forced, self._forced = self._forced, False
+        self._observe_slowdown(now)
         forecast = self._demand.forecast(self.settings.scaling_horizon_s)
         family = self._by_family(forecast)
         since = now - self._last_plan
         jumped = since >= self.settings.fast_replan_s and self._resolve.jumped(family, self._last_family)
+        if self.transition is not None:
+            if jumped and self.transition.phase is Phase.STARTING:
+                return self._supersede(forecast, family, now)
+            return self._advance(now)
+        forced, self._forced = self._forced, False
         if not forced and not jumped and since < self.settings.replan_period_s:
             return []
-        # the recent peak with headroom, or the forecast when demand rises faster than that
-        target = self._demand.target()
-        target = {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
         if (not forced and not jumped and self.current is not None and self.scaled is None
-                and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(target)))):
+                and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(self._target(forecast))))):
             return []
         self._last_plan = now
-        return self._replan(target, family, now)
+        return self._replan(self._target(forecast), family, now)
+
+    def _target(self, forecast: dict[str, float]) -> dict[str, float]:
+        """The recent peak with headroom, or the forecast when demand rises faster than that."""
+        target = self._demand.target()
+        return {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
+
+    def _supersede(self, forecast: dict[str, float], family: dict[str, float], now: float) -> list[tuple[str, object]]:
+        """Demand jumped while the last re-plan's workers were still starting: plan again from the
+        workers running and starting (those the new plan wants are kept and waited for), rather
+        than finish a move to a layout sized for the old demand first. Nothing that serves is
+        retired until the new plan's workers are all ready."""
+        old, self.transition = self.transition, None
+        self._last_plan = now
+        log.info("demand jumped while a re-plan was starting: planning again")
+        out = self._replan(self._target(forecast), family, now)
+        if self.transition is None:  # nothing to move to after all: carry on with the old move
+            self.transition = old
+            out += self._advance(now)
+        return out
 
     def _floor(self, target: dict[str, float]) -> dict[str, float]:
         return {v: max(target.get(v, 0.0), self.settings.floor_rps) for v in self._registry.variants}
@@ -112,8 +145,11 @@ class LayoutManager:
         target = self._at_full_accuracy(target)
         reg = self._registry
         agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
-        new = layout(agents, reg.variants, self._store.profiles(), self._store.colocations(), target,
-                     policy=self.settings.policy, floor_rps=self.settings.floor_rps)
+        samples = self._store.profiles()
+        slowdown = self.live.factors(profile_table(samples), reg.variants,
+                                     {d.kind for devices in agents.values() for d in devices})
+        new = layout(agents, reg.variants, samples, self._store.colocations(), target,
+                     policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown)
         if new is None:
             self._last_plan = float("-inf")  # try again next tick: profiles are not in yet
             return []  # keep serving on the current placement
@@ -121,13 +157,17 @@ class LayoutManager:
         self._planned_for = new.planned_for
         self._last_family = family
         desired = new.desired
+        beta = self.headroom.update(*self._demand.outcomes_since(self._outcomes_from))
+        self._outcomes_from = now
         if new.plan.unserved and self.settings.accuracy_scaling:
-            scaled = scaled_layout(agents, reg.variants, self._store.profiles(), self._store.colocations(),
+            scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
                                    self._family_demand(family), current=self.scaled.plan if self.scaled else None,
-                                   time_limit_s=self.settings.scaling_time_limit_s, beta=self.settings.scaling_beta)
-            log.warning("over capacity at full accuracy (unserved req/s %s): accuracy scaling to %.3f, shed %s, "
-                        "solved in %.2f s (%s)", dict(new.plan.unserved), scaled.plan.effective_accuracy,
-                        dict(scaled.plan.shed), scaled.plan.solve_s, scaled.plan.status)
+                                   time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
+                                   slowdown=slowdown)
+            log.warning("over capacity at full accuracy (unserved req/s %s): accuracy scaling to %.3f with headroom "
+                        "%.2f (from %.2f), shed %s, solved in %.2f s (%s); live slowdown %s", _rounded(new.plan.unserved),
+                        scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
+                        scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
             self.scaled = scaled
             self.solve_times.append(scaled.plan.solve_s)
             desired = scaled.desired
@@ -145,7 +185,10 @@ class LayoutManager:
                    if w.plan.agent_id in agents and w.state in ("ready", "starting", "restarting")]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
-        t = begin(current, desired, cores, generation=self.generation, now=now,
+        # Workers the last move was still starting are waited for (if kept) or stopped (if not);
+        # one its agent is restarting after a crash is left to the agent, as before a move.
+        settled = {w for w, r in reg.workers.items() if r.state in ("ready", "restarting")}
+        t = begin(current, desired, cores, generation=self.generation, now=now, ready=settled,
                   start_timeout_s=self.settings.start_timeout_s, drain_s=self.settings.drain_s)
         if t is None:
             return []
@@ -178,6 +221,23 @@ class LayoutManager:
             self.transition = None
         return out
 
+    def _observe_slowdown(self, now: float) -> None:
+        if self.settings.live_slowdown_hold_s <= 0:
+            return
+        reg = self._registry
+        kinds = {(a, d.device_id): d.kind for a, r in reg.agents.items() for d in r.devices}
+        observations = []
+        for w in reg.workers.values():
+            if w.state != "ready" or not w.slowdown:
+                continue
+            p = w.plan.partition
+            kind = kinds.get((w.plan.agent_id, p.device_id), p.kind)
+            size = p.mps_percent if p.kind == "cuda" else len(p.cores)
+            for variant, ratio in w.slowdown.items():
+                warmup = w.batch_latency_ms.get(variant, ())
+                observations.append(Observation(variant, kind, size, ratio, warmup[0] if warmup else 0.0))
+        self.live.update(observations, now)
+
     def _drops_served_variant(self, new: Layout) -> bool:
         """A plan that leaves a variant with demand and a worker today with no gpu-let is not applied."""
         planned = {v for d in new.desired for v in d.variants}
@@ -207,3 +267,7 @@ class LayoutManager:
         record = self._registry.workers.get(worker_id)
         if record is not None and record.state in ("stopping", "draining"):
             self._registry.remove_worker(worker_id)
+
+
+def _rounded(values) -> dict[str, float]:
+    return {(f"{k[0]}@{k[1]}" if isinstance(k, tuple) else k): round(x, 2) for k, x in sorted(values.items())}

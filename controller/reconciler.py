@@ -5,7 +5,8 @@ then does routing switch (the workers it retires are marked draining: they finis
 hold and take nothing new), and after a drain period they are stopped. Workers that the new
 layout keeps unchanged are never touched. If a new worker does not come up in time the
 transition is abandoned: the new workers are stopped and the old layout keeps serving, so a
-re-plan never drops a request.
+re-plan never drops a request. A transition may start from a mesh whose previous move had not
+finished: workers still starting that the new layout keeps are waited for like new ones.
 """
 
 from __future__ import annotations
@@ -64,20 +65,25 @@ class Transition:
     phase: Phase = Phase.STARTING
     drain_started: float = 0.0
     issued: set[str] = field(default_factory=set)
+    awaiting: tuple[str, ...] = ()  # kept workers that were still starting when it began
+    discard: tuple[str, ...] = ()  # workers still starting that the new layout does not want
 
     def step(self, ready: set[str], now: float) -> Actions:
         """Advance with the set of ready worker ids; returns what to do now (each action once)."""
         if self.phase is Phase.STARTING:
             pending = [w for w in self.new if w.worker_id not in self.issued]
+            discard = tuple(w for w in self.discard if w not in self.issued)  # they serve nothing yet
             self.issued.update(w.worker_id for w in pending)
-            if all(w.worker_id in ready for w in self.new):
+            self.issued.update(discard)
+            if all(w.worker_id in ready for w in self.new) and all(w in ready for w in self.awaiting):
                 self.phase = Phase.DRAINING
                 self.drain_started = now
-                return Actions(start=tuple(pending), drain=self.retire)
+                return Actions(start=tuple(pending), drain=self.retire, stop=discard)
             if now - self.started_at > self.start_timeout_s:
                 self.phase = Phase.ABANDONED
-                return Actions(stop=tuple(w.worker_id for w in self.new))
-            return Actions(start=tuple(pending))
+                stuck = tuple(w for w in self.awaiting if w not in ready)
+                return Actions(stop=tuple(w.worker_id for w in self.new) + stuck + discard)
+            return Actions(start=tuple(pending), stop=discard)
         if self.phase is Phase.DRAINING and now - self.drain_started >= self.drain_s:
             self.phase = Phase.DONE
             return Actions(stop=self.retire)
@@ -95,10 +101,13 @@ def begin(
     *,
     generation: int,
     now: float,
+    ready: set[str] | None = None,
     start_timeout_s: float = 60.0,
     drain_s: float = 2.0,
 ) -> Transition | None:
-    """The transition from ``current`` to ``desired``; None when they are the same layout."""
+    """The transition from ``current`` to ``desired``; None when they are the same layout.
+    ``ready``: the ids of ``current`` that serve now (all of them when None); a kept worker that
+    is not ready yet is waited for before anything is retired."""
     remaining = list(current)
     keep: list[PlannedWorker] = []
     todo: list[DesiredWorker] = []
@@ -115,10 +124,12 @@ def begin(
     return Transition(
         keep=tuple(w.worker_id for w in keep),
         new=tuple(new),
-        retire=tuple(sorted(w.worker_id for w in remaining)),
+        retire=tuple(sorted(w.worker_id for w in remaining if ready is None or w.worker_id in ready)),
         started_at=now,
         start_timeout_s=start_timeout_s,
         drain_s=drain_s,
+        awaiting=tuple(sorted(w.worker_id for w in keep if ready is not None and w.worker_id not in ready)),
+        discard=tuple(sorted(w.worker_id for w in remaining if ready is not None and w.worker_id not in ready)),
     )
 
 

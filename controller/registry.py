@@ -34,6 +34,7 @@ class WorkerRecord:
     pid: int = 0
     restarts: int = 0
     batch_latency_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    slowdown: dict[str, float] = field(default_factory=dict)  # observed / warm-up, per variant
 
 
 class Registry:
@@ -77,12 +78,14 @@ class Registry:
             if record.state != "ready":
                 record.state = "starting"
 
-    def worker_ready(self, worker_id: str, pid: int, latency: dict[str, tuple[float, ...]], now: float) -> bool:
+    def worker_ready(self, worker_id: str, pid: int, latency: dict[str, tuple[float, ...]], now: float,
+                     slowdown: dict[str, float] | None = None) -> bool:
         """A WorkerReady (also the worker's periodic heartbeat). True if the worker is known."""
         record = self.workers.get(worker_id)
         if record is None:
             return False
         if record.state in LEAVING:  # a retiring worker stays retiring while it finishes
+            self.liveness.beat(f"worker:{worker_id}", now)
             return True
         if not self.agent_alive(record.plan.agent_id, now):
             record.state = "lost"  # routed again once its agent heartbeats
@@ -90,6 +93,7 @@ class Registry:
         record.state = "ready"
         record.pid = pid
         record.batch_latency_ms = latency
+        record.slowdown = dict(slowdown or {})
         self.liveness.beat(f"worker:{worker_id}", now)
         return True
 
@@ -201,6 +205,7 @@ class Registry:
                 variants=w.plan.variants,
                 pid=w.pid,
                 restarts=w.restarts,
+                slowdown=dict(w.slowdown),
             )
             for w in sorted(self.workers.values(), key=lambda w: w.plan.worker_id)
         )

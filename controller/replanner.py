@@ -148,14 +148,15 @@ def scaled_layout(
     current: ScalingPlan | None = None,
     time_limit_s: float = 2.0,
     beta: float = 1.05,
+    slowdown: Mapping[tuple[str, str], float] | None = None,
 ) -> ScaledLayout:
     """Accuracy scaling: the MILP's choice of variants, placement and split for ``family_demand``,
-    with the beta ladder starting from ``beta``."""
+    with the beta ladder starting from ``beta`` and profiled latencies times ``slowdown``."""
     slots, device_capacity = scaling_slots(agents)
     table = profile_table(samples)
     choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms)
                     for v in sorted(variants.values(), key=lambda v: v.name))
-    caps = capacities(slots, choices, LatencyModel(table), interference_model(colocations, table),
+    caps = capacities(slots, choices, LatencyModel(table, slowdown=slowdown), interference_model(colocations, table),
                       device_capacity=device_capacity)
     rates, batches = split_capacities(caps)
     problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity)

@@ -139,7 +139,8 @@ class ControlLinkActor(Actor):
         self._last_demand = now
         counts = self._dispatcher.take_demand()
         if window > 0 and self._registered:
-            self._send(DemandReport(gateway_id=self.config.gateway_id, window_s=window, counts=counts))
+            self._send(DemandReport(gateway_id=self.config.gateway_id, window_s=window, counts=counts,
+                                    missed=self._dispatcher.take_misses()))
 
     def _register(self) -> None:
         self._last_register = self._clock.monotonic()

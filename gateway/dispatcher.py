@@ -129,6 +129,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task] = []
         self._curves: dict[tuple[str, str], LatencyCurve] = {}
         self._demand: dict[str, int] = {}
+        self._missed: dict[str, int] = {}
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0}
 
@@ -203,6 +204,14 @@ class Dispatcher:
         """Requests sent per variant since the last call (the controller's demand signal)."""
         counts, self._demand = self._demand, {}
         return counts
+
+    def record_miss(self, variant: str) -> None:
+        """A request of ``variant`` that did not get an answer within its deadline."""
+        self._missed[variant] = self._missed.get(variant, 0) + 1
+
+    def take_misses(self) -> dict[str, int]:
+        misses, self._missed = self._missed, {}
+        return misses
 
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
@@ -383,9 +392,13 @@ class Dispatcher:
 
     async def _watch(self) -> None:
         seq = 0
+        last = time.monotonic()
         while True:
             await asyncio.sleep(self._heartbeat_interval_s)
             now = time.monotonic()
+            # A late wake-up means this loop was busy: heartbeats may be queued unread, not missing.
+            self._liveness.excuse(now - last - self._heartbeat_interval_s, now)
+            last = now
             for worker_id in self._liveness.lost(now):
                 state = self._workers.get(worker_id)
                 if state is not None:

@@ -198,6 +198,8 @@ async def infer(request: web.Request) -> web.Response:
             check_variant(model, bounds)
     except NoCandidate as exc:
         d.record_demand(head.name)  # turned away, but still demand the plan must see
+        if exc.bound == "deadline":
+            d.record_miss(head.name)  # and a sign the plan carries less than it thinks
         return _no_candidate(exc)
     except Shed as exc:
         d.record_demand(head.name)
@@ -207,15 +209,20 @@ async def infer(request: web.Request) -> web.Response:
     events = request.app[EVENTS]
     try:
         if remaining <= 0:
+            d.record_demand(model.name)
             raise DeadlineExceeded("the deadline passed before the request could be sent")
         result = await d.infer(model.name, parsed.inputs, remaining)
     except DispatchError as exc:
+        if isinstance(exc, (DeadlineExceeded, Overloaded)):
+            d.record_miss(model.name)
         if event_id:
             events.outcome(event_id, met=False if isinstance(exc, DeadlineExceeded) else None)
         return _dispatch_error(exc)
 
     elapsed = time.monotonic() - received
     met = elapsed <= bounds.budget_s
+    if not met:
+        d.record_miss(model.name)
     parameters = {
         "letmesh_variant": result.variant,
         "letmesh_slo_status": "met" if met else "late",

@@ -58,6 +58,16 @@ class Liveness:
             return False
         return now - seen <= self.timeout_s
 
+    def excuse(self, seconds: float, now: float) -> None:
+        """Forgive ``seconds`` of silence: the observer itself was not listening (its event loop
+        stalled on a long job or a starved host), so heartbeats may be waiting unread. Each
+        peer's last-seen time moves forward by that much, never past ``now``."""
+        if seconds <= 0:
+            return
+        for peer, seen in self._last.items():
+            if peer not in self._reported:
+                self._last[peer] = max(seen, min(now, seen + seconds))
+
     def forget(self, peer: str) -> None:
         """Drop a peer (it left cleanly); unknown peers are ignored."""
         self._last.pop(peer, None)

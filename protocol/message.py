@@ -123,13 +123,16 @@ class ArtifactChunkReply:
 
 @message(22)
 class WorkerReady:
-    """The worker loaded and warmed its variants and is connected to every gateway."""
+    """The worker loaded and warmed its variants and is connected to every gateway (repeated as
+    its heartbeat). ``slowdown``: per variant, the filtered ratio of the compute time its recent
+    batches took to what its warm-up measured, once it has run enough batches to say."""
 
     worker_id: str
     agent_id: str
     variants: tuple[str, ...]
     pid: int
     batch_latency_ms: dict[str, tuple[float, ...]]
+    slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # --- gateways <-> controller ----------------------------------------------------------------
@@ -202,11 +205,13 @@ class ProfileProgress:
 
 @message(52)
 class DemandReport:
-    """Gateway -> controller: requests per variant since the last report."""
+    """Gateway -> controller: requests per variant since the last report, and of those the ones
+    that missed their deadline (answered late, 504, or turned away because no variant could meet it)."""
 
     gateway_id: str
     window_s: float
     counts: dict[str, int]
+    missed: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @message(53)

@@ -184,6 +184,8 @@ class WorkerStatus:
     variants: tuple[str, ...]
     pid: int = 0
     restarts: int = 0
+    # Per variant, compute time lately / the worker's warm-up latency (see WorkerReady).
+    slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @struct

@@ -103,3 +103,14 @@ def test_forecast_reads_the_last_second_of_short_windows_not_the_last_window() -
         now += 0.25
         tracker.observe({"v": 15 if i % 2 else 35}, 0.25, now)
     assert tracker.forecast(2.0)["v"] == pytest.approx(100, rel=0.02)  # one window alone says 60 or 140
+
+
+def test_deadline_misses_add_up_over_gateways_since_a_given_time() -> None:
+    demand = DemandTracker(half_life_s=1.0, history_s=10.0)
+    demand.observe({"a": 100, "b": 50}, 1.0, 1.0, source="gw1", missed={"a": 10})
+    demand.observe({"a": 100}, 1.0, 1.5, source="gw2", missed={"a": 5})
+    demand.observe({"a": 100}, 1.0, 2.0, source="gw1")
+    assert demand.outcomes_since(0.0) == (350, 15)
+    assert demand.outcomes_since(1.2) == (200, 5)
+    demand.observe({"a": 10}, 1.0, 20.0, source="gw1", missed={"a": 1})
+    assert demand.outcomes_since(0.0) == (10, 1)  # older than history_s is gone

@@ -60,3 +60,27 @@ def test_new_partitions_avoid_cores_of_workers_that_stay() -> None:
     t = begin(CURRENT, [want(2, "cnn", "linear", "mlp")], CORES, generation=5, now=0.0)
     (new,) = t.new
     assert new.partition.cores == (0, 1) and sorted(t.retire) == ["a1.w0", "a1.w1"]
+
+
+def test_a_move_begun_while_workers_still_start_waits_for_kept_ones_and_stops_unwanted_ones_at_once() -> None:
+    # a1.w0 serves; a1.g2.w0 (cnn) and a1.g2.w1 (mlp) were started by a move that demand overtook
+    running = [worker("a1.w0", (0,), "linear"), worker("a1.g2.w0", (1,), "cnn"), worker("a1.g2.w1", (1,), "mlp")]
+    t = begin(running, [want(1, "linear"), want(1, "cnn")], CORES, generation=3, now=0.0, ready={"a1.w0"})
+    assert t.new == () and t.keep == ("a1.g2.w0", "a1.w0")
+    assert t.awaiting == ("a1.g2.w0",) and t.discard == ("a1.g2.w1",) and t.retire == ()
+    first = t.step(ready={"a1.w0"}, now=0.1)
+    assert first.stop == ("a1.g2.w1",) and first.drain == ()  # it never served: no drain needed
+    assert t.phase is Phase.STARTING  # the kept cnn worker is not up yet
+    assert t.step(ready={"a1.w0"}, now=0.5).stop == ()  # each command once
+    t.step(ready={"a1.w0", "a1.g2.w0"}, now=1.0)
+    assert t.phase is Phase.DRAINING
+
+
+def test_a_kept_worker_that_never_comes_up_is_stopped_with_the_abandoned_move() -> None:
+    running = [worker("a1.w0", (0,), "linear"), worker("a1.g2.w0", (1,), "cnn")]
+    t = begin(running, [want(1, "linear"), want(1, "cnn"), want(1, "mlp")], {("a1", "cpu0"): 3}, generation=3,
+              now=0.0, ready={"a1.w0"}, start_timeout_s=5.0)
+    t.step(ready={"a1.w0"}, now=0.0)
+    out = t.step(ready={"a1.w0", "a1.g3.w0"}, now=6.0)
+    assert t.phase is Phase.ABANDONED
+    assert out.stop == ("a1.g3.w0", "a1.g2.w0")  # the serving linear worker stays

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from letmesh.status import fetch_status
+from letmesh.status import fetch_status, format_status
+from tests.integration.conftest import wait_until
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -136,3 +137,13 @@ def test_status_lists_agents_workers_and_models(mesh) -> None:
     assert [a.agent_id for a in status.agents] == ["local"] and status.agents[0].alive
     assert [w.state for w in status.workers] == ["ready"]
     assert {m.name: m.state for m in status.models} == {"identity": "READY"}
+
+
+def test_status_shows_how_a_worker_runs_against_its_warm_up(mesh) -> None:
+    for _ in range(8):  # the worker reports once it has timed five batches
+        status, _, raw = post(f"{mesh.http_url}/v2/models/identity/infer", identity_body([1.0] * 16))
+        assert status == 200, raw
+    wait_until(lambda: fetch_status(mesh.controller_address).workers[0].slowdown, 10, 0.1)
+    (worker,) = fetch_status(mesh.controller_address).workers
+    assert set(worker.slowdown) == {"identity"} and 0 < worker.slowdown["identity"] < float("inf")
+    assert "compute vs warm-up:  identity x" in format_status(fetch_status(mesh.controller_address))

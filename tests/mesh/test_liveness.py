@@ -155,3 +155,35 @@ def test_every_loss_is_reported_once_and_paired_with_a_return(
     for peer, reports in history.items():
         assert reports[0] == "joined"
         assert all(x != y for x, y in zip(reports, reports[1:])), (peer, reports)
+
+
+def test_silence_while_the_observer_stalled_is_excused_and_real_silence_is_not() -> None:
+    clock = FakeClock()
+    table = Liveness(interval_s=1.0, missed_limit=3)
+    table.beat("w", clock.monotonic())
+    table.beat("gone", clock.monotonic())
+    clock.advance(2.0)
+    table.beat("gone", clock.monotonic())  # then falls silent for good
+    clock.advance(4.0)  # the observer was busy for 4 s: "w"'s heartbeats wait unread
+    table.excuse(4.0, clock.monotonic())
+    assert table.lost(clock.monotonic()) == []
+    table.beat("w", clock.monotonic())  # read once the observer listens again
+    clock.advance(2.0)
+    table.beat("w", clock.monotonic())
+    clock.advance(1.5)
+    assert table.lost(clock.monotonic()) == ["gone"]  # silent while the observer listened too
+
+
+def test_excuse_never_moves_a_peer_past_now_or_revives_a_lost_one() -> None:
+    clock = FakeClock()
+    table = Liveness(interval_s=1.0, missed_limit=2)
+    table.beat("w", clock.monotonic())
+    table.beat("x", clock.monotonic())
+    clock.advance(3.0)
+    assert table.lost(clock.monotonic()) == ["w", "x"]
+    table.beat("w", clock.monotonic())
+    table.excuse(100.0, clock.monotonic())
+    assert table.last_seen("w") == clock.monotonic()
+    assert table.alive("x", clock.monotonic()) is False  # reported lost: only a heartbeat brings it back
+    table.excuse(-5.0, clock.monotonic())  # no stall: nothing changes
+    assert table.last_seen("w") == clock.monotonic()
