@@ -88,15 +88,23 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_mesh_resum
     mesh.procs.pop("controller")
     mesh.start_role("controller")
 
+    seen = []
+
     def resumed():
         try:
             s = fetch_status(mesh.controller_address, timeout_s=0.5)
         except StatusUnavailable:
             return None
+        seen[:] = [s]
         ready = {w.worker_id: w.pid for w in s.workers if w.state == "ready"}
         return s if ready == pids_before and s.gateways else None
 
-    after = await asyncio.to_thread(wait_until, resumed, 30, 0.2)
+    try:
+        after = await asyncio.to_thread(wait_until, resumed, 30, 0.2)
+    except AssertionError:
+        last = seen[0] if seen else None
+        detail = ([(w.worker_id, w.state, w.pid) for w in last.workers], last.gateways) if last else "no status"
+        raise AssertionError(f"mesh did not resume with workers {pids_before}; last status: {detail}") from None
     assert after.controller_epoch == before.controller_epoch + 1
     async with aiohttp.ClientSession() as session:
         async with session.post(url, json=BODY) as resp:
