@@ -30,7 +30,7 @@ class ControllerConfig:
     fast_replan_s: float = 1.0
     scaling_beta: float = 1.2  # capacity headroom the MILP keeps (Proteus: 1.05)
     scaling_horizon_s: float = 2.0  # plan for the demand forecast this far ahead
-    scaling_beta_max: float = 3.0  # the headroom rises to at most this while deadlines are missed
+    scaling_beta_max: float = 5.0  # the headroom rises to at most this while deadlines are missed
     # Plan with the compute slowdown the workers observe (vs the profiles), held this long after
     # a variant's last report; 0 (the default) plans with the profiles alone.
     live_slowdown_hold_s: float = 0.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class AdaptiveHeadroom:
     base: float = 1.2
-    ceiling: float = 3.0
+    ceiling: float = 5.0
     miss_target: float = 0.01
     min_step: float = 1.1
     ease: float = 0.98

@@ -44,7 +44,7 @@ class LayoutPolicy:
     scaling_horizon_s: float = 2.0
     # The headroom rises (up to this) while requests miss their deadlines, see controller.headroom;
     # equal to scaling_beta keeps it fixed.
-    scaling_beta_max: float = 3.0
+    scaling_beta_max: float = 5.0
     # Plan with the slowdown the workers measure now (observed vs profiled compute time), held
     # this long after the last worker of a variant reported it; 0 plans with the profiles alone.
     # Off by default: the figure moves with the operating point (a variant measured while it
