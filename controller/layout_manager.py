@@ -118,7 +118,9 @@ class LayoutManager:
         old, self.transition = self.transition, None
         self._last_plan = now
         log.info("demand jumped while a re-plan was starting: planning again")
-        out = self._replan(self._target(forecast), family, now)
+        ready = self._registry.ready_ids()
+        starting = {w for w in (*(n.worker_id for n in old.new), *old.awaiting) if w not in ready}
+        out = self._replan(self._target(forecast), family, now, starting=starting)
         if self.transition is None:  # nothing to move to after all: carry on with the old move
             self.transition = old
             out += self._advance(now)
@@ -141,7 +143,8 @@ class LayoutManager:
             out[best.name] = max(out.get(best.name, 0.0), total)
         return out
 
-    def _replan(self, target: dict[str, float], family: dict[str, float], now: float) -> list[tuple[str, object]]:
+    def _replan(self, target: dict[str, float], family: dict[str, float], now: float,
+                starting: set[str] | None = None) -> list[tuple[str, object]]:
         target = self._at_full_accuracy(target)
         reg = self._registry
         agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
@@ -185,9 +188,10 @@ class LayoutManager:
                    if w.plan.agent_id in agents and w.state in ("ready", "starting", "restarting")]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
-        # Workers the last move was still starting are waited for (if kept) or stopped (if not);
-        # one its agent is restarting after a crash is left to the agent, as before a move.
-        settled = {w for w, r in reg.workers.items() if r.state in ("ready", "restarting")}
+        # Workers a superseded move was still starting are waited for (if kept) or stopped at once
+        # (if not). Any other worker is treated as serving, reported ready or not: after a
+        # controller restart, workers it has not heard from yet may well be serving.
+        settled = {w.worker_id for w in current if w.worker_id not in (starting or set())}
         t = begin(current, desired, cores, generation=self.generation, now=now, ready=settled,
                   start_timeout_s=self.settings.start_timeout_s, drain_s=self.settings.drain_s)
         if t is None:

@@ -160,3 +160,16 @@ def test_missed_deadlines_raise_the_headroom_the_milp_plans_with(manager) -> Non
         m.transition = None
     assert m.headroom.beta > 1.2 * 1.25 ** 2
     assert registry.family_fractions["cls"].get("cls-small", 0.0) > quiet, "more of the family on the cheap variant"
+
+
+def test_a_worker_not_heard_from_yet_is_drained_like_a_serving_one_not_stopped_at_once(manager) -> None:
+    m, demand, registry = manager
+    # as after a controller restart: the placement is restored, the worker has not reported yet
+    restored = PlannedWorker("a0.w0", "a0", Partition(device_id="cpu0", kind="cpu", cores=(0, 1, 2, 3)),
+                             ("cls-large", "cls-small"))
+    registry.plan_worker(restored)
+    assert registry.workers["a0.w0"].state == "starting"
+    now = report(demand, [200] * 20, 0.0)
+    commands = m.tick(now)
+    assert m.transition is not None and "a0.w0" in m.transition.retire
+    assert not any(isinstance(c, StopWorker) for _, c in commands), "it may be serving: it goes only after its successors"
