@@ -99,11 +99,12 @@ class LayoutManager:
         forced, self._forced = self._forced, False
         if not forced and not jumped and since < self.settings.replan_period_s:
             return []
+        target = self._target(forecast)
         if (not forced and not jumped and self.current is not None and self.scaled is None
-                and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(self._target(forecast))))):
+                and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(target)))):
             return []
         self._last_plan = now
-        return self._replan(self._target(forecast), family, now)
+        return self._replan(target, family, now)
 
     def _target(self, forecast: dict[str, float]) -> dict[str, float]:
         """The recent peak with headroom, or the forecast when demand rises faster than that."""
@@ -149,8 +150,10 @@ class LayoutManager:
         reg = self._registry
         agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
         samples = self._store.profiles()
-        slowdown = self.live.factors(profile_table(samples), reg.variants,
-                                     {d.kind for devices in agents.values() for d in devices})
+        slowdown = {}
+        if self.live:  # only when workers reported and the feed is on: the table costs a pass over the profiles
+            slowdown = self.live.factors(profile_table(samples), reg.variants,
+                                         {d.kind for devices in agents.values() for d in devices})
         new = layout(agents, reg.variants, samples, self._store.colocations(), target,
                      policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown)
         if new is None:

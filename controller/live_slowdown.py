@@ -39,6 +39,10 @@ class LiveSlowdown:
     high: float = 4.0
     _seen: dict[tuple[str, str], tuple[tuple[Observation, ...], float]] = field(default_factory=dict)
 
+    def __bool__(self) -> bool:
+        """True when some report is held."""
+        return bool(self._seen)
+
     def update(self, observations: Iterable[Observation], now: float) -> None:
         """The reports of the workers serving now; a variant's earlier reports on that kind are replaced."""
         fresh: dict[tuple[str, str], list[Observation]] = {}
