@@ -10,7 +10,12 @@ COPY agents agents
 COPY gateway gateway
 COPY letmesh letmesh
 RUN pip install --no-cache-dir .
-RUN useradd --create-home letmesh
+# The mount points exist in the image, owned by the user the roles run as: a named volume mounted
+# there for the first time takes this ownership, so the roles can write to it. Without them Docker
+# creates the volume root-owned and `letmesh zoo build /data/repository` fails with EACCES.
+RUN useradd --create-home letmesh \
+ && mkdir -p /data /keys /home/letmesh/state \
+ && chown letmesh:letmesh /data /keys /home/letmesh/state
 USER letmesh
 WORKDIR /home/letmesh
 ENTRYPOINT ["letmesh"]

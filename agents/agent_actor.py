@@ -3,6 +3,13 @@
 Commands from the controller are idempotent: a StartWorker for a worker that already runs
 with the same spec changes nothing, so the controller can re-send its desired state after a
 restart. A worker that exits without being asked to is restarted under an intensity limit.
+
+Registration: each carries this process's random instance id and the workers it runs. While
+the controller does not answer, one registration is outstanding at a time: the next (with the
+state of then) goes after a bounded, growing wait, on a fresh connection when the last one went
+unanswered, which drops whatever the dead one had queued, so a healed link does not replay a
+backlog. On a clean stop the agent
+deregisters.
 """
 
 from __future__ import annotations
@@ -11,12 +18,14 @@ import asyncio
 import logging
 import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq.asyncio
 
 from agents.config import AgentConfig
+from agents.metrics import AgentMetrics
 from agents.probe import probe_devices, usable_cores
 from agents.process import spawn_worker, stop_process
 from agents.profile_runner import ProfileRunner
@@ -25,8 +34,12 @@ from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.supervisor import RestartIntensity
 from mesh.lifecycle import feed, tick
-from mesh.transport import Endpoint, Incoming
+from mesh.keys import ClientKeys, client_keys, drop_worker_credential, new_worker_credential
+from mesh.metrics_http import MetricsServer
+from mesh.transport import Endpoint, EndpointClosed, Incoming, link_options
+from protocol.types import RunningWorker
 from protocol.message import (
+    DeregisterAgent,
     ErrorReply,
     Heartbeat,
     ProfileDevice,
@@ -41,6 +54,8 @@ from protocol.message import (
 )
 
 log = logging.getLogger(__name__)
+
+DEREGISTER_LINGER_MS = 1000  # how long a stopping agent's goodbye may wait to be sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,12 @@ class ManagedWorker:
     stopping: bool = False
     restarts: int = 0
     waiter: asyncio.Task | None = field(default=None, repr=False)
+    # The process's own key pair on a mesh with keys, made fresh at each launch.
+    credential: ClientKeys | None = field(default=None, repr=False)
+
+    @property
+    def public_key(self) -> str:
+        return self.credential.public_key.decode() if self.credential is not None else ""
 
 
 class AgentActor(Actor):
@@ -90,32 +111,86 @@ class AgentActor(Actor):
         self._tasks: list[asyncio.Task] = []
         self._registered = False
         self._last_register = float("-inf")
+        self._register_wait = config.register_retry_s
+        self.instance = uuid.uuid4().hex[:12]  # this process: a restart is a new instance
+        self.registrations_sent = 0
+        self._unanswered = False  # a registration went out and no reply came yet
+        self._feed: asyncio.Task | None = None
         self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
         self._seq = 0
         self._cores: list[int] = []
         self._profiling: tuple[int, asyncio.Task] | None = None  # (request id, run) of the latest ProfileDevice
         self.registered = asyncio.Event()
+        self._keys: ClientKeys | None = None
+        self._devices: tuple = ()
+        self.worker_crashes = 0
+        self.worker_restarts = 0
+        self.metrics = AgentMetrics(self)
+        self._metrics_server: MetricsServer | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return self._metrics_server.url if self._metrics_server is not None else ""
+
+    @property
+    def devices(self) -> tuple:
+        return self._devices
+
+    @property
+    def is_registered(self) -> bool:
+        return self._registered
+
+    @property
+    def profiling(self) -> bool:
+        return self._profiling is not None and not self._profiling[1].done()
+
+    def managed(self) -> dict[str, ManagedWorker]:
+        """The workers this agent manages, by id (for metrics; not to be changed)."""
+        return self._workers
 
     async def on_start(self) -> None:
+        if self.config.metrics_port:  # first: a taken port fails the start before anything else is held
+            self._metrics_server = MetricsServer(self.metrics.registry, self.config.metrics_host,
+                                                 self.config.metrics_port)
+            await self._metrics_server.start()
         self._cores = usable_cores(self.config.max_cores)
         self._devices = probe_devices(self.config.max_cores)
-        self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"agent:{self.config.agent_id}")
-        self._tasks = [
-            asyncio.create_task(feed(self._endpoint, self), name="agent-recv"),
-            asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="agent-tick"),
-        ]
+        if self.config.keys_dir:  # profilers authenticate with the agent's key pair; workers get their own
+            self._keys = client_keys(self.config.keys_dir, "agent", self.config.agent_id)
+        self._dial()
+        self._tasks = [asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="agent-tick")]
         await self._register()
 
+    def _dial(self) -> None:
+        self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"agent:{self.config.agent_id}",
+                                         security=self._keys, link=link_options(self.config), control=True)
+        self._feed = asyncio.create_task(feed(self._endpoint, self), name="agent-recv")
+
+    async def _redial(self) -> None:
+        """A fresh connection to the controller; what the old one had queued is dropped."""
+        if self._feed is not None:
+            self._feed.cancel()
+            await asyncio.gather(self._feed, return_exceptions=True)
+        if self._endpoint is not None:
+            self._endpoint.close()
+        self._dial()
+
     async def on_stop(self) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         if self._profiling is not None:  # its processes are gone once it returns
             self._profiling[1].cancel()
             await asyncio.gather(self._profiling[1], return_exceptions=True)
-        for task in self._tasks:
+        for task in (*self._tasks, *([self._feed] if self._feed else [])):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *([self._feed] if self._feed else []), return_exceptions=True)
+        if self._endpoint is not None:
+            # Leave cleanly, first: the controller takes the workers out of routing while they
+            # drain, and forgets this agent now instead of declaring it lost later.
+            await self._send(DeregisterAgent(agent_id=self.config.agent_id, instance=self.instance))
         await asyncio.gather(*(self._stop_worker(w, report=False) for w in list(self._workers.values())))
         if self._endpoint is not None:
-            self._endpoint.close()
+            self._endpoint.close(linger_ms=DEREGISTER_LINGER_MS)
 
     @property
     def workers(self) -> dict[str, int]:
@@ -131,7 +206,7 @@ class AgentActor(Actor):
             case WorkerGone(worker_id=worker_id, generation=generation, exit_code=code):
                 worker = self._workers.get(worker_id)
                 if worker is not None and worker.generation == generation and worker.stopping:
-                    del self._workers[worker_id]
+                    self._forget(worker)
                 await self._send(WorkerStopped(worker_id=worker_id, agent_id=self.config.agent_id, exit_code=code))
             case Incoming(msg=inner):
                 self._controller.beat("controller", self._clock.monotonic())
@@ -143,14 +218,21 @@ class AgentActor(Actor):
     async def _on_controller(self, msg: object) -> None:
         match msg:
             case RegisterAgentReply(controller_epoch=epoch):
+                if not self._registered:
+                    log.info("registered with controller", extra={"epoch": epoch})
                 self._registered = True
+                self._unanswered = False
+                self._register_wait = self.config.register_retry_s
                 self.registered.set()
-                log.info("registered with controller", extra={"epoch": epoch})
             case Heartbeat():
-                pass
+                if not self._registered and self._may_register_now():
+                    await self._register()  # the controller is reachable again: say so at once
             case ErrorReply(code="unknown_peer"):
+                # The controller restarted or declared this agent lost; several may arrive for
+                # heartbeats sent before: one registration answers them all.
                 self._registered = False
-                await self._register()
+                if self._may_register_now():
+                    await self._register()
             case StartWorker():
                 await self._start_worker(msg)
             case StopWorker(worker_id=worker_id):
@@ -163,6 +245,18 @@ class AgentActor(Actor):
                                                            name=f"stop-{worker_id}"))
             case ProfileDevice():
                 self._start_profiling(msg)
+            case ErrorReply(code="revoked", message=text):
+                # This host's key was taken back: nothing it runs may serve any more (the
+                # gateways refuse its workers too). Stop them rather than leave them orphaned;
+                # registering again is tried, and refused, until someone stops this agent.
+                self._registered = False
+                running = [w for w in self._workers.values() if not w.stopping]
+                if running:
+                    log.error("the controller refuses this agent's key (%s): stopping its %d workers", text, len(running))
+                for worker in running:
+                    worker.stopping = True
+                    self._tasks.append(asyncio.create_task(self._stop_in_background(worker),
+                                                           name=f"stop-{worker.cmd.worker_id}"))
             case ErrorReply(code=code, message=text):
                 log.warning("controller error", extra={"code": code, "error": text})
             case other:
@@ -184,6 +278,7 @@ class AgentActor(Actor):
             controller=self.config.controller,
             state_dir=Path(self.config.state_dir),
             emit=self.tell,
+            extra_env=self._keys.child_env() if self._keys else {},
         )
 
         async def profile() -> None:
@@ -196,24 +291,53 @@ class AgentActor(Actor):
 
         self._profiling = (cmd.request_id, asyncio.create_task(profile(), name=f"profile-{cmd.request_id}"))
 
+    def _may_register_now(self) -> bool:
+        return self._clock.monotonic() - self._last_register >= self.config.heartbeat_interval_s
+
+    def running(self) -> tuple[RunningWorker, ...]:
+        """The workers this agent runs (not those it is stopping), as a registration reports them."""
+        return tuple(
+            RunningWorker(worker_id=wid, variants=tuple(v.name for v in w.cmd.variants),
+                          pid=w.proc.pid if w.proc is not None and w.proc.returncode is None else 0,
+                          public_key=w.public_key)
+            for wid, w in sorted(self._workers.items()) if not w.stopping
+        )
+
     async def _register(self) -> None:
         self._last_register = self._clock.monotonic()
-        await self._send(
-            RegisterAgent(
-                agent_id=self.config.agent_id,
-                hostname=socket.gethostname(),
-                devices=self._devices,
-                pid=os.getpid(),
-            )
+        self.registrations_sent += 1
+        self._unanswered = True
+        msg = RegisterAgent(
+            agent_id=self.config.agent_id,
+            hostname=socket.gethostname(),
+            devices=self._devices,
+            pid=os.getpid(),
+            instance=self.instance,
+            workers=self.running(),
         )
+        assert self._endpoint is not None
+        # The control link queues nothing while it is not connected (a fresh dial has not finished
+        # its handshake yet): wait, boundedly, for it to take the registration. Not sent in time is
+        # the same as unanswered: the next attempt dials afresh.
+        try:
+            await asyncio.wait_for(self._endpoint.send(msg), self.config.heartbeat_interval_s)
+        except (TimeoutError, zmq.ZMQError, EndpointClosed):
+            log.debug("registration not taken by the controller link in time")
 
     async def _on_tick(self) -> None:
         now = self._clock.monotonic()
-        if not self._registered and now - self._last_register >= self.config.register_retry_s:
-            await self._register()
         for _ in self._controller.lost(now):
             log.warning("controller lost; serving goes on, re-registering until it is back")
             self._registered = False
+            self._register_wait = 0.0  # at once, on a fresh connection
+        if not self._registered:
+            if now - self._last_register >= self._register_wait:
+                if self._unanswered:  # the link may be dead with a queue behind it: start afresh
+                    await self._redial()
+                await self._register()
+                self._register_wait = min(max(self._register_wait * 2, self.config.register_retry_s),
+                                          self.config.register_retry_max_s)
+            return  # no heartbeats until registered: they would only queue on a dead link
         self._seq += 1
         await self._send(Heartbeat(sender=self.config.agent_id, role="agent", seq=self._seq))
 
@@ -224,7 +348,8 @@ class AgentActor(Actor):
         same = existing is not None and (existing.cmd.partition, existing.cmd.variants) == (cmd.partition, cmd.variants)
         if existing is not None and same and not existing.stopping:
             if existing.proc is not None and existing.proc.returncode is None:
-                await self._send(WorkerStarted(worker_id=cmd.worker_id, agent_id=self.config.agent_id, pid=existing.proc.pid))
+                await self._send(WorkerStarted(worker_id=cmd.worker_id, agent_id=self.config.agent_id,
+                                               pid=existing.proc.pid, public_key=existing.public_key))
             return
         if existing is not None:
             await self._stop_worker(existing, report=False)
@@ -241,12 +366,19 @@ class AgentActor(Actor):
             "LETMESH_STATE_DIR": os.path.abspath(self.config.state_dir),
             "LETMESH_WORKER_HEARTBEAT_INTERVAL_S": str(self.config.worker_heartbeat_interval_s),
         }
+        drop_worker_credential(worker.credential)  # a restart gets a new one: the old process's key dies with it
+        worker.credential = None
+        if self._keys is not None and self._keys.server_file is not None:
+            _, worker.credential = new_worker_credential(Path(self.config.state_dir) / "credentials",
+                                                         worker.cmd.worker_id, self._keys.server_file)
+            extra.update(worker.credential.child_env())
         worker.generation += 1
         worker.proc = await spawn_worker(worker.cmd, self._cores, extra)
         generation = worker.generation
         proc = worker.proc
         log.info("worker started", extra={"worker": worker.cmd.worker_id, "pid": proc.pid})
-        await self._send(WorkerStarted(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, pid=proc.pid))
+        await self._send(WorkerStarted(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, pid=proc.pid,
+                                       public_key=worker.public_key))
 
         async def wait_exit() -> None:
             code = await proc.wait()
@@ -263,6 +395,7 @@ class AgentActor(Actor):
         if worker is None or worker.generation != event.generation or worker.stopping:
             return
         worker.restarts += 1
+        self.worker_crashes += 1
         allowed = worker.intensity.record(self._clock.monotonic())
         log.warning(
             "worker exited unexpectedly",
@@ -279,9 +412,17 @@ class AgentActor(Actor):
         )
         if allowed:
             await asyncio.sleep(self.config.worker_restart_backoff_s)
+            self.worker_restarts += 1
             await self._launch(worker)
         else:
-            del self._workers[event.worker_id]
+            self._forget(worker)
+
+    def _forget(self, worker: ManagedWorker) -> None:
+        """The worker's process is gone for good: so are its entry and its credential."""
+        if self._workers.get(worker.cmd.worker_id) is worker:
+            del self._workers[worker.cmd.worker_id]
+        drop_worker_credential(worker.credential)
+        worker.credential = None
 
     async def _stop_in_background(self, worker: ManagedWorker) -> None:
         code = 0
@@ -297,7 +438,7 @@ class AgentActor(Actor):
         code = 0
         if worker.proc is not None:
             code = await stop_process(worker.proc, self.config.worker_stop_timeout_s)
-        self._workers.pop(worker.cmd.worker_id, None)
+        self._forget(worker)
         if report:
             await self._send(WorkerStopped(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, exit_code=code))
 

@@ -16,7 +16,9 @@ from agents.error import ArtifactError
 from mesh.digest import sha256_file
 from mesh.transport import Endpoint
 from protocol.codec import ARTIFACT_CHUNK_BYTES
-from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact
+from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact, VariantLoadFailed
+
+MAX_REASON_LEN = 512
 
 
 async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_s: float) -> ArtifactChunkReply:
@@ -66,7 +68,11 @@ async def fetch_artifact(
     try:
         with tmp.open("wb") as f:
             while total is None or offset < total:
-                await endpoint.send(FetchArtifact(sha256=sha256, offset=offset, length=ARTIFACT_CHUNK_BYTES))
+                try:  # a control link queues nothing while down: a send waits for the link, boundedly
+                    await asyncio.wait_for(
+                        endpoint.send(FetchArtifact(sha256=sha256, offset=offset, length=ARTIFACT_CHUNK_BYTES)), timeout_s)
+                except TimeoutError:
+                    raise ArtifactError(f"artifact {sha256[:12]}: no link to the controller within {timeout_s:.0f} s") from None
                 reply = await _next_chunk(replies, sha256, offset, timeout_s)
                 total = reply.total_size
                 if not reply.data and offset < total:
@@ -83,3 +89,13 @@ async def fetch_artifact(
         return final
     finally:
         tmp.unlink(missing_ok=True)
+
+
+async def report_load_failure(control: Endpoint, worker_id: str, variant: str, exc: BaseException) -> None:
+    """Tell the controller that ``variant`` cannot be fetched or loaded here, and why.
+
+    The controller marks it unavailable and re-plans without it; the worker serves its other
+    variants meanwhile instead of exiting (which would take them down and crash-loop).
+    """
+    reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_LEN]
+    await control.send(VariantLoadFailed(worker_id=worker_id, variant=variant, reason=reason))

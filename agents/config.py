@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
+
+from mesh.config import NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt
 
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     controller: str = "tcp://127.0.0.1:5555"
-    agent_id: str = socket.gethostname()
+    # Empty: a random id kept in state_dir (see agents.identity), so restarts keep it.
+    agent_id: str = ""
     state_dir: str = ".letmesh"
-    heartbeat_interval_s: float = 0.5
-    missed_heartbeats: int = 4
-    register_retry_s: float = 1.0
-    worker_max_restarts: int = 5
-    worker_restart_window_s: float = 60.0
-    worker_restart_backoff_s: float = 0.2
-    worker_stop_timeout_s: float = 5.0
-    worker_heartbeat_interval_s: float = 0.1
+    heartbeat_interval_s: PositiveFloat = 0.5
+    missed_heartbeats: PositiveInt = 4
+    # While the controller does not answer, a registration (with what the agent runs then) is
+    # re-sent after register_retry_s, the wait doubling up to register_retry_max_s; each goes
+    # on a fresh connection, so none queue up behind a dead link to be replayed on heal.
+    register_retry_s: PositiveFloat = 1.0
+    register_retry_max_s: PositiveFloat = 4.0
+    worker_max_restarts: NonNegativeInt = 5
+    worker_restart_window_s: PositiveFloat = 60.0
+    worker_restart_backoff_s: NonNegativeFloat = 0.2
+    worker_stop_timeout_s: PositiveFloat = 5.0
+    # Given to the workers: their beats to the gateways (see the gateway's setting of the same name).
+    worker_heartbeat_interval_s: PositiveFloat = 0.25
     # Limit the CPU cores this agent offers (0: all it may use).
-    max_cores: int = 0
+    max_cores: NonNegativeInt = 0
+    # Prometheus /metrics on this HTTP port (0: off) and address.
+    metrics_port: Port = 0
+    metrics_host: str = "127.0.0.1"
+    # Keys (letmesh keys): a directory makes every link CURVE-encrypted and authenticated.
+    keys_dir: str = ""
+    # Allow plaintext on a non-loopback address when no keys are given.
+    insecure: bool = False
+    # Socket-level liveness of links: ZMTP heartbeat, the silence after which a link is closed,
+    # and the longest wait between redials.
+    link_heartbeat_s: PositiveFloat = 1.0
+    link_timeout_s: PositiveFloat = 3.0
+    link_reconnect_max_s: PositiveFloat = 2.0

@@ -11,3 +11,7 @@ class ArtifactError(AgentError):
 
 class WorkerSpecError(AgentError):
     """The worker process was started without a valid spec."""
+
+
+class ModelLoadError(AgentError):
+    """A model artifact could not be opened in its backend, or does not match its manifest."""

@@ -1,20 +1,23 @@
-"""Loading a TorchScript variant, warming it up, and running batches of numpy inputs through it.
+"""Loading a variant in its backend, warming it up, and running batches of numpy inputs through it.
 
-Only TorchScript archives whose sha256 the caller checked are loaded (``torch.jit.load``
-never unpickles arbitrary classes). Warm-up measures the latency of each power-of-two batch
-size, which the batcher uses to decide how large a batch still meets its deadlines.
+Only artifacts whose sha256 the caller checked are loaded: TorchScript (``torch.jit.load`` never
+unpickles arbitrary classes), ONNX through ONNX Runtime, or a ``torch.export`` program (see
+``agents.backend``). Warm-up measures the latency of each power-of-two batch size, which the
+batcher uses to decide how large a batch still meets its deadlines.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from agents.backend import open_backend, output_arrays
 from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
 
@@ -24,29 +27,13 @@ class ModelRunner:
 
     def __init__(self, spec: VariantSpec, path: Path, device: str = "cpu") -> None:
         self.spec = spec
-        self.device = torch.device(device)
-        with warnings.catch_warnings():
-            # TorchScript loading is deprecated upstream but is what the repository format ships.
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            self.module = torch.jit.load(str(path), map_location=self.device)
-        self.module.eval()
+        self.backend = spec.backend
+        self._run = open_backend(spec, path, device)  # ModelLoadError names what is wrong
         self._curve = LatencyCurve([], [])
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """inputs in the spec's input order, batched on dim 0 -> outputs in the spec's output order."""
-        with torch.inference_mode():
-            tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in inputs]
-            result = self.module(*tensors)
-        if isinstance(result, torch.Tensor):
-            result = (result,)
-        elif isinstance(result, dict):
-            result = tuple(result[o.name] for o in self.spec.outputs)
-        outs = []
-        for spec, tensor in zip(self.spec.outputs, result):
-            array = tensor.detach().to("cpu").numpy()
-            outs.append(array.astype(np.dtype(DATATYPES[spec.datatype]), copy=False))
-        return outs
+        return output_arrays(self.spec, self._run(inputs))
 
     def warm_up(self, repeats: int = 5) -> dict[int, float]:
         """Measure the median latency of batch sizes 1, 2, 4, ... max_batch; returns ms by size."""
@@ -65,12 +52,32 @@ class ModelRunner:
         return {b: s * 1000.0 for b, s in measured.items()}
 
     def example_inputs(self, batch: int) -> list[np.ndarray]:
-        arrays = []
-        for spec in self.spec.inputs:
-            shape = [batch if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
-            arrays.append(np.zeros(shape, dtype=np.dtype(DATATYPES[spec.datatype])))
-        return arrays
+        return example_inputs(self.spec, batch)
 
     def latency_s(self, batch: int) -> float:
         """Predicted latency of ``batch``: linear between measured sizes, extrapolated beyond."""
         return self._curve(batch)
+
+
+def trial_run(spec: VariantSpec, path: Path, batches: Sequence[int], device: str = "cpu") -> dict[int, list[np.ndarray]]:
+    """Open ``path`` as ``spec`` says and run zeros of the declared inputs through it at each batch size.
+
+    Returns every output the model gives, as numpy arrays in the model's own datatypes (the spec's
+    outputs may still be unknown: this is how a new model's are found). Raises ModelLoadError, or
+    the runtime's own error when the declared inputs do not fit the model.
+    """
+    run = open_backend(spec, path, device)
+    return {batch: [_array(v) for v in run(example_inputs(spec, batch))] for batch in batches}
+
+
+def example_inputs(spec: VariantSpec, batch: int) -> list[np.ndarray]:
+    """Zeros of every declared input at ``batch`` (other variable dimensions taken as 1)."""
+    arrays = []
+    for tensor in spec.inputs:
+        shape = [batch if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(tensor.shape)]
+        arrays.append(np.zeros(shape, dtype=np.dtype(DATATYPES[tensor.datatype])))
+    return arrays
+
+
+def _array(value: Any) -> np.ndarray:
+    return value.detach().to("cpu").numpy() if isinstance(value, torch.Tensor) else np.asarray(value)

@@ -1,5 +1,8 @@
 """What this host offers: its usable CPU cores and memory, and CUDA devices when torch sees them.
 
+torch is imported only on a host with an NVIDIA driver loaded: importing it costs seconds, and
+an agent on a CPU-only host should register at once.
+
 CPU core numbers in a Partition index ``usable_cores()``, so a partition stays valid when
 the agent runs inside a cgroup or under taskset with a sparse core set.
 """
@@ -50,9 +53,21 @@ def probe_devices(max_cores: int = 0, *, with_cuda: bool = True) -> tuple[Device
     return tuple(devices)
 
 
-def _cuda_devices() -> list[DeviceInfo]:
+def nvidia_driver_present() -> bool:
+    """An NVIDIA kernel driver is loaded (it publishes its version and device nodes)."""
+    if os.path.exists("/proc/driver/nvidia/version"):
+        return True
     try:
-        import torch  # imported lazily: probing a CPU-only host should not pay for it twice
+        return any(name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev"))
+    except OSError:
+        return False
+
+
+def _cuda_devices() -> list[DeviceInfo]:
+    if not nvidia_driver_present():
+        return []
+    try:
+        import torch  # imported lazily: probing a CPU-only host should not pay for it
     except ImportError:
         return []
     if not torch.cuda.is_available():

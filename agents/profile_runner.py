@@ -242,6 +242,7 @@ class ProfileRunner:
         state_dir: Path,
         emit: Emit,
         limits: ProfileLimits = ProfileLimits(),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.cmd = cmd
         self.agent_id = agent_id
@@ -250,6 +251,7 @@ class ProfileRunner:
         self.controller = controller
         self.cache_dir = Path(state_dir).absolute() / "artifacts"
         self.limits = limits
+        self._extra_env = dict(extra_env or {})
         self._emit = emit
         self._live: list[_Profiler] = []
         self._spawned = 0
@@ -329,6 +331,7 @@ class ProfileRunner:
         )
         self._spawned += 1
         env = profiler_environment(spec, kind=device.kind, device_id=device.device_id, partition=partition, cores=cores)
+        env.update(self._extra_env)
         label = describe(device.kind, device.device_id, partition)
         proc = await _Profiler.spawn(env, label)
         self._live.append(proc)

@@ -40,6 +40,7 @@ import zmq.asyncio  # noqa: E402
 from agents.artifact import fetch_artifact  # noqa: E402
 from agents.error import AgentError  # noqa: E402
 from mesh.latency import warmup_batches  # noqa: E402
+from mesh.keys import client_keys_from_env  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
 from protocol.schema import from_plain, to_plain  # noqa: E402
@@ -260,7 +261,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 async def _fetch_all(spec: ProfilerSpec) -> dict[str, Path]:
     ctx = zmq.asyncio.Context()
-    endpoint = Endpoint.dealer(ctx, spec.controller, spec.identity)
+    endpoint = Endpoint.dealer(ctx, spec.controller, spec.identity, security=client_keys_from_env(), control=True)
     replies: asyncio.Queue[Any] = asyncio.Queue()
 
     async def receive() -> None:

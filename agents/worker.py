@@ -29,14 +29,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
-from agents.artifact import fetch_artifact  # noqa: E402
+from agents.artifact import fetch_artifact, report_load_failure  # noqa: E402
 from agents.error import WorkerSpecError  # noqa: E402
+from agents.gateway_links import gateway_changes  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
-from mesh.batching import Batcher, Queued, make_batcher  # noqa: E402
+from mesh import heap  # noqa: E402
+from mesh.batching import Queued, make_batcher  # noqa: E402
+from mesh.keys import client_keys_from_env  # noqa: E402
+from mesh.log_format import FORMAT_ENV, configure as configure_logging  # noqa: E402
+from mesh.scheduler import GpuletScheduler  # noqa: E402
 from mesh.slowdown import SlowdownTracker  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed, Incoming  # noqa: E402
 from protocol.codec import decode, tensor_meta, tensors_from_frames  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
+from protocol.types import ReplyStatus  # noqa: E402
 from protocol.message import (  # noqa: E402
     ArtifactChunkReply,
     ErrorReply,
@@ -51,7 +57,7 @@ from protocol.message import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_IDLE, _LATE_ONLY = object(), object()
+_IDLE = object()
 # Batches predicted to take longer than this compute off the event loop, so heartbeats and
 # receives go on during them; shorter ones run inline, where a thread hand-off would cost more.
 _OFFLOAD_S = 0.005
@@ -92,25 +98,29 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.identity = f"worker:{cmd.worker_id}"
         self.runners: dict[str, ModelRunner] = {}
-        self.batchers: dict[str, Batcher] = {}
+        self.scheduler: GpuletScheduler[str] = GpuletScheduler()
         self.profile_ms: dict[str, tuple[float, ...]] = {}
         # Compute time of served batches against the warm-up curve: what the planner's capacity
         # model lacks when the host is busier than at profiling (a noisy neighbour, the gateway).
         self.slowdown: dict[str, SlowdownTracker] = {}
         self._gateways: dict[str, Endpoint] = {}
+        self._last_sent: dict[Endpoint, float] = {}
+        self.exit_code = 0
         self._recv_tasks: dict[str, asyncio.Task] = {}
         self._arrived = asyncio.Event()
         self._idle = False
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stopping = asyncio.Event()
         self._ctx: zmq.asyncio.Context | None = None
+        # With keys, a worker authenticates as the agent that runs it (the key pair its agent handed down).
+        self._keys = client_keys_from_env()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self._ctx = zmq.asyncio.Context()
-        control = Endpoint.dealer(self._ctx, self.cmd.controller, self.identity)
+        control = Endpoint.dealer(self._ctx, self.cmd.controller, self.identity, security=self._keys, control=True)
         replies: asyncio.Queue = asyncio.Queue()
         control_task = asyncio.create_task(self._control_loop(control, replies))
         try:
@@ -124,6 +134,11 @@ class Worker:
                 await asyncio.gather(loading, return_exceptions=True)
                 return
             loading.result()
+            if not self.runners:
+                log.error("no variant of worker %s could be loaded; exiting", self.cmd.worker_id)
+                self.exit_code = 3
+                return
+            heap.settle()  # the models and torch are loaded: collections walk only what serving allocates
             for address in self.cmd.gateways:
                 self._connect(address)
             beat_task = asyncio.create_task(self._heartbeats(control))
@@ -148,14 +163,23 @@ class Worker:
     async def _load(self, control: Endpoint, replies: asyncio.Queue) -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         for spec in self.cmd.variants:
-            path = await fetch_artifact(control, replies, self.cache_dir, spec.sha256)
-            runner = ModelRunner(spec, path)
-            measured = runner.warm_up()
+            try:
+                path = await fetch_artifact(control, replies, self.cache_dir, spec.sha256)
+                runner = ModelRunner(spec, path)
+                measured = runner.warm_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # One bad variant must not take the healthy ones sharing this gpu-let down with
+                # it: report it (the controller sets it aside and re-plans) and serve the rest.
+                log.error("variant %s cannot be loaded: %s", spec.name, exc)
+                await report_load_failure(control, self.cmd.worker_id, spec.name, exc)
+                continue
             self.runners[spec.name] = runner
             self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
             try:
-                self.batchers[spec.name] = make_batcher(spec.batching, max_batch=spec.max_batch,
-                                                        latency_s=runner.latency_s, wake_slack_s=_WAKE_SLACK_S)
+                self.scheduler.add(spec.name, make_batcher(spec.batching, max_batch=spec.max_batch,
+                                                           latency_s=runner.latency_s, wake_slack_s=_WAKE_SLACK_S))
             except ValueError as exc:
                 raise WorkerSpecError(f"variant {spec.name!r}: {exc}") from None
             log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured})
@@ -170,25 +194,38 @@ class Worker:
                 case ArtifactChunkReply() | ErrorReply():
                     replies.put_nowait(incoming.msg)
                 case GatewayListChanged(gateways=gateways):
-                    for address in gateways:
-                        if address not in self._gateways and self.runners:
-                            self._connect(address)
+                    if not self.runners:
+                        continue  # still loading: the links open once it serves
+                    connect, close = gateway_changes(self._gateways, gateways)
+                    for address in close:
+                        self._disconnect(address)
+                    for address in connect:
+                        self._connect(address)
                 case _:
                     pass
 
     def _connect(self, address: str) -> None:
         assert self._ctx is not None
-        ep = Endpoint.dealer(self._ctx, address, self.identity)
+        ep = Endpoint.dealer(self._ctx, address, self.identity, security=self._keys)
         self._gateways[address] = ep
         ep.send_nowait(WorkerHello(worker_id=self.cmd.worker_id, variants=tuple(self.runners)))
         self._recv_tasks[address] = asyncio.create_task(self._receive(ep))
+
+    def _disconnect(self, address: str) -> None:
+        task = self._recv_tasks.pop(address, None)
+        if task is not None:
+            task.cancel()
+        ep = self._gateways.pop(address, None)
+        if ep is not None:
+            self._last_sent.pop(ep, None)
+            ep.close()
 
     async def _heartbeats(self, control: Endpoint) -> None:
         seq = 0
         ready_every = max(1, round(0.5 / self.heartbeat_interval_s))
         while True:
             if seq % ready_every == 0:
-                self._send(
+                self._send_control(
                     control,
                     WorkerReady(
                         worker_id=self.cmd.worker_id,
@@ -202,8 +239,11 @@ class Worker:
                 )
             seq += 1
             beat = Heartbeat(sender=self.cmd.worker_id, role="worker", seq=seq)
+            now = time.monotonic()
             for ep in self._gateways.values():
-                self._send(ep, beat)
+                # A reply sent within the interval already told this gateway we are alive.
+                if now - self._last_sent.get(ep, 0.0) >= self.heartbeat_interval_s / 2:
+                    self._send(ep, beat)
             before = time.monotonic()
             await asyncio.sleep(self.heartbeat_interval_s)
             if (late := time.monotonic() - before - self.heartbeat_interval_s) > 0.5:
@@ -219,20 +259,19 @@ class Worker:
             if not isinstance(msg, InferRequest):
                 continue  # heartbeats from the gateway need no answer
             now = time.monotonic()
-            batcher = self.batchers.get(msg.variant)
-            if batcher is None:
-                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="error",
+            if msg.variant not in self.scheduler:
+                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR,
                                           error=f"variant {msg.variant!r} is not served by this worker"))
                 continue
             try:
                 arrays = self._inputs(msg, incoming.buffers)
             except (ProtocolError, ValueError) as exc:
-                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="error", error=str(exc)))
+                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR, error=str(exc)))
                 continue
             item = Queued(request_id=msg.request_id, deadline=now + msg.budget_us / 1e6, arrived=now,
                           payload=(ep, arrays))
-            if not batcher.push(item):
-                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status="overloaded",
+            if not self.scheduler.push(msg.variant, item):
+                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OVERLOADED,
                                           error="worker queue is full"))
                 continue
             if self._idle:
@@ -271,7 +310,7 @@ class Worker:
                 self._arrived.clear()
                 await self._arrived.wait()
                 self._idle = False
-            elif outcome is not _LATE_ONLY:
+            else:
                 wake_at = outcome
                 self._arrived.clear()
                 try:
@@ -282,30 +321,23 @@ class Worker:
     def _step(self) -> object:
         """One scheduling step: answer hopeless requests and say which batch is due.
 
-        Returns a _Due batch, _IDLE (nothing queued), _LATE_ONLY, or the instant to poll again.
+        Returns a _Due batch, _IDLE (nothing queued), or the instant to step again.
         """
-        waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
-        if not waiting:
-            return _IDLE
-        _, name = min(waiting)
         now = time.monotonic()
-        decision = self.batchers[name].poll(now)
-        for item in decision.late:
+        step = self.scheduler.step(now)
+        for name, item in step.late:
             ep, _ = item.payload
-            self._send(ep, InferReply(request_id=item.request_id, variant=name, status="late",
+            self._send(ep, InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.LATE,
                                       queue_us=int((now - item.arrived) * 1e6)))
-        if decision.batch:
-            return _Due(name, decision.batch, now)
-        if decision.wake_at is not None and not decision.late:
-            return decision.wake_at
-        return _LATE_ONLY
+        if step.batch:
+            return _Due(step.key, step.batch, now)
+        return _IDLE if step.wake_at is None else step.wake_at
 
     def _run_short(self) -> None:
         """From a receive task while the serving loop sleeps: run a due batch now if it is short."""
-        waiting = [(b.head_deadline(), name) for name, b in self.batchers.items() if len(b)]
-        if not waiting:
+        name = self.scheduler.next_key()
+        if name is None:
             return
-        _, name = min(waiting)
         if self.runners[name].latency_s(1) > _OFFLOAD_S:
             return  # the serving loop will offload it
         outcome = self._step()
@@ -331,11 +363,11 @@ class Worker:
         name, batch = due.name, due.batch
         outputs, compute_us = result
         finished = time.monotonic()
-        self.batchers[name].feedback(len(batch), any(q.deadline < finished for q in batch))
+        self.scheduler.finished(name, len(batch), any(q.deadline < finished for q in batch))
         if isinstance(outputs, Exception):
             log.error("batch failed: %s", outputs, extra={"variant": name})
             for item in batch:
-                self._send(item.payload[0], InferReply(request_id=item.request_id, variant=name, status="error",
+                self._send(item.payload[0], InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.ERROR,
                                                        error=f"model failed: {outputs}"))
             return
         runner = self.runners[name]
@@ -351,7 +383,7 @@ class Worker:
             reply = InferReply(
                 request_id=item.request_id,
                 variant=name,
-                status="ok",
+                status=ReplyStatus.OK,
                 queue_us=int((due.started - item.arrived) * 1e6),
                 compute_us=compute_us,
                 batch_size=sum(rows),
@@ -359,18 +391,29 @@ class Worker:
             )
             self._send(item.payload[0], reply, parts)
 
+    def _send_control(self, control: Endpoint, msg: object) -> None:
+        """To the controller: while its link is down nothing queues (and nothing is lost: the
+        periodic WorkerReady says it all again once the controller is back)."""
+        try:
+            control.send_nowait(msg)
+        except zmq.Again:
+            pass
+
     def _send(self, ep: Endpoint, msg: object, tensors: list[np.ndarray] | tuple = ()) -> None:
         try:
             ep.send_nowait(msg, tensors)
+            self._last_sent[ep] = time.monotonic()
         except zmq.Again:
             log.warning("gateway link backed up; reply dropped", extra={"type": type(msg).__name__})
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LETMESH_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s worker %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        configure_logging(os.environ.get("LETMESH_LOG_LEVEL", "WARNING"), os.environ.get(FORMAT_ENV, "text"),
+                          label="worker")
+    except ValueError as exc:
+        print(f"letmesh worker: {exc}", file=sys.stderr)
+        sys.exit(2)
     try:
         cmd = read_spec()
     except WorkerSpecError as exc:
@@ -380,7 +423,7 @@ def main() -> None:
         cmd,
         agent_id=os.environ.get("LETMESH_AGENT_ID", "local"),
         state_dir=Path(os.environ.get("LETMESH_STATE_DIR", ".letmesh")),
-        heartbeat_interval_s=float(os.environ.get("LETMESH_WORKER_HEARTBEAT_INTERVAL_S", "0.1")),
+        heartbeat_interval_s=float(os.environ.get("LETMESH_WORKER_HEARTBEAT_INTERVAL_S", "0.25")),
     )
     try:
         import uvloop
@@ -388,6 +431,7 @@ def main() -> None:
         uvloop.run(worker.run())
     except ImportError:
         asyncio.run(worker.run())
+    sys.exit(worker.exit_code)
 
 
 if __name__ == "__main__":

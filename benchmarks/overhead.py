@@ -33,7 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.support.report import plain, write_json  # noqa: E402
+from benchmarks.support.report import publish  # noqa: E402
 from letmesh.launcher import LocalMesh  # noqa: E402
 from letmesh.zoo import ARTIFACT, build_trivial, quiet_jit  # noqa: E402
 
@@ -512,11 +512,7 @@ def measure(opts: Options) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
-    report = plain(measure(opts))
-    write_json(opts.out, report)
-    print(render(report))
-    print(result_line(report["result"]), flush=True)
-    return 0
+    return publish(measure(opts), opts.out, render, result_line)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from controller.retention import DecisionRetention
+from mesh.config import NonNegativeFloat, Port, PositiveFloat, PositiveInt, Range
+
+# A capacity headroom factor: 1 keeps none.
+AtLeastOne = Annotated[float, Range(ge=1.0)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,33 +19,67 @@ class ControllerConfig:
     advertise: str = ""
     state_dir: str = ".letmesh"
     repository: str = ""
-    heartbeat_interval_s: float = 0.5
-    missed_heartbeats: int = 4
-    cpu_cores_per_partition: int = 1
-    max_partitions_per_device: int = 8
-    stop_drain_s: float = 2.0
+    heartbeat_interval_s: PositiveFloat = 0.5
+    missed_heartbeats: PositiveInt = 4
+    cpu_cores_per_partition: PositiveInt = 1
+    max_partitions_per_device: PositiveInt = 8
+    stop_drain_s: NonNegativeFloat = 2.0
     # Online re-planning: "gpulet" (elastic partitioning), "temporal", "whole", or "static" (keep
     # the initial placement). A re-plan waits for profiles and runs at most once a period.
     # The workers' batching policy unless a manifest names one: edf (work-conserving, lowest
     # latency at light load), proteus, aimd or nexus.
-    batching: str = "edf"
-    planner: str = "gpulet"
-    replan_period_s: float = 10.0
+    batching: Literal["edf", "proteus", "aimd", "nexus"] = "edf"
+    planner: Literal["gpulet", "temporal", "whole", "static"] = "gpulet"
+    replan_period_s: PositiveFloat = 10.0
     # Accuracy scaling (Proteus): cheaper variants when the fleet cannot carry demand at full accuracy.
     accuracy_scaling: bool = True
-    scaling_time_limit_s: float = 2.0
-    fast_replan_s: float = 1.0
-    scaling_beta: float = 1.2  # capacity headroom the MILP keeps (Proteus: 1.05)
-    scaling_horizon_s: float = 2.0  # plan for the demand forecast this far ahead
-    scaling_beta_max: float = 5.0  # the headroom rises to at most this while deadlines are missed
+    scaling_time_limit_s: PositiveFloat = 2.0
+    fast_replan_s: NonNegativeFloat = 1.0
+    scaling_beta: AtLeastOne = 1.2  # capacity headroom the MILP keeps (Proteus: 1.05)
+    scaling_horizon_s: NonNegativeFloat = 2.0  # plan for the demand forecast this far ahead
+    scaling_beta_max: AtLeastOne = 5.0  # the headroom rises to at most this while deadlines are missed
     # Plan with the compute slowdown the workers observe (vs the profiles), held this long after
     # a variant's last report; 0 (the default) plans with the profiles alone.
-    live_slowdown_hold_s: float = 0.0
-    demand_half_life_s: float = 5.0
-    demand_history_s: float = 60.0
-    worker_start_timeout_s: float = 120.0
-    policy_publish_interval_s: float = 1.0
+    live_slowdown_hold_s: NonNegativeFloat = 0.0
+    demand_half_life_s: PositiveFloat = 5.0
+    demand_history_s: PositiveFloat = 60.0
+    worker_start_timeout_s: PositiveFloat = 120.0
+    # A healing control plane: no layout change for a demand drift within min_layout_dwell_s of
+    # the last one (a loss, an operator's re-plan or a rise past capacity is not held back); a
+    # re-plan for agents still away waits rejoin_settle_s after another agent (re)joins, so a
+    # healed partition does not move everything onto the first agent back; a lost agent and its
+    # workers are shown as LOST and forgotten after lost_agent_forget_s.
+    min_layout_dwell_s: NonNegativeFloat = 30.0
+    rejoin_settle_s: NonNegativeFloat = 5.0
+    lost_agent_forget_s: NonNegativeFloat = 300.0
+    policy_publish_interval_s: PositiveFloat = 1.0
+    # Prometheus /metrics on this HTTP port (0: off) and address.
+    metrics_port: Port = 0
+    metrics_host: str = "127.0.0.1"
     # Measure (variant, partition, batch) latencies when a device or variant has no profile yet.
     auto_profile: bool = True
-    profile_repeats: int = 20
+    profile_repeats: PositiveInt = 20
     profile_colocation: bool = True
+    # Keys (letmesh keys): a directory makes every link CURVE-encrypted and authenticated.
+    keys_dir: str = ""
+    # Allow plaintext on a non-loopback address when no keys are given.
+    insecure: bool = False
+    # Socket-level liveness of links: ZMTP heartbeat, the silence after which a link is closed,
+    # and the longest wait between redials.
+    link_heartbeat_s: PositiveFloat = 1.0
+    link_timeout_s: PositiveFloat = 3.0
+    link_reconnect_max_s: PositiveFloat = 2.0
+    # Decision-log retention in the SQLite state (state_dir/controller.sqlite3): decisions older
+    # than decision_log_max_age_s are deleted, and the oldest go whenever the file's data would
+    # pass decision_log_max_bytes (one logged request to a family takes ~800 bytes). Checked every
+    # decision_log_check_s and after every few thousand new records.
+    decision_log_max_age_s: float = 7 * 86400.0
+    decision_log_max_bytes: int = 256 * 2**20
+    decision_log_check_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.decision_retention()  # a retention that keeps nothing is refused at load, by name
+
+    def decision_retention(self) -> DecisionRetention:
+        return DecisionRetention(max_age_s=self.decision_log_max_age_s, max_bytes=self.decision_log_max_bytes,
+                                 check_interval_s=self.decision_log_check_s)

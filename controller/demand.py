@@ -22,6 +22,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from protocol.bounds import MAX_NAME_LEN, MAX_WINDOW_S, counts_defect
+
 
 @dataclass(slots=True)
 class _Stream:
@@ -58,13 +60,31 @@ class DemandTracker:
         self._peaks: dict[str, collections.deque[tuple[float, float]]] = {}  # variant -> (time, summed rate)
         self._outcomes: collections.deque[tuple[float, int, int]] = collections.deque()  # (time, requests, missed)
         self._now = 0.0
+        # Variants the repository holds; counts of any other name are dropped (None: take every name).
+        self.known: frozenset[str] | None = None
+        self.rejected = 0  # reports (or unknown names in them) dropped
 
     def observe(self, counts: Mapping[str, int], window_s: float, now: float, source: str = "",
                 missed: Mapping[str, int] | None = None) -> None:
-        """One gateway's counts over the ``window_s`` that ended at ``now`` (and how many missed their deadline)."""
-        if not (window_s > 0 and math.isfinite(window_s)):
+        """One gateway's counts over the ``window_s`` that ended at ``now`` (and how many missed their deadline).
+
+        A report with a window or count out of range is dropped whole; names outside ``known`` are
+        dropped from it; both are counted in ``rejected``, never raised. A gateway silent for longer
+        than ``history_s`` is forgotten, streams and all.
+        """
+        missed = missed or {}
+        if (not (0 < window_s <= MAX_WINDOW_S) or isinstance(window_s, bool)
+                or counts_defect(counts) or counts_defect(missed) or len(source) > MAX_NAME_LEN):
+            self.rejected += 1
             return
-        self._outcomes.append((now, sum(counts.values()), sum((missed or {}).values())))
+        if self.known is not None:
+            unknown = sum(1 for v in counts if v not in self.known) + sum(1 for v in missed if v not in self.known)
+            if unknown:
+                self.rejected += unknown
+                counts = {v: n for v, n in counts.items() if v in self.known}
+                missed = {v: n for v, n in missed.items() if v in self.known}
+        self._forget_silent(now)
+        self._outcomes.append((now, sum(counts.values()), sum(missed.values())))
         while self._outcomes and self._outcomes[0][0] < now - self.history_s:
             self._outcomes.popleft()
         self._now = max(self._now, now)
@@ -87,6 +107,17 @@ class DemandTracker:
             peaks.append((now, sum(s.rate for v, s in self._live() if v == variant)))
             while peaks and peaks[0][0] < now - self.history_s:
                 peaks.popleft()
+
+    def _forget_silent(self, now: float) -> None:
+        silent = {src for src, heard in self._heard.items() if heard < now - self.history_s}
+        if not silent:
+            return
+        for src in silent:
+            del self._heard[src]
+        for key in [k for k in self._streams if k[0] in silent]:
+            del self._streams[key]
+        for variant in [v for v, peaks in self._peaks.items() if not peaks or peaks[-1][0] < now - self.history_s]:
+            del self._peaks[variant]
 
     def _live(self) -> Iterable[tuple[str, _Stream]]:
         for (source, variant), stream in self._streams.items():
@@ -146,3 +177,23 @@ def replan_due(planned: Mapping[str, float], target: Mapping[str, float], *, ris
         if new < old * (1 - fall):
             return True
     return False
+
+
+class PeakWindow:
+    """The highest rate per key over the last ``span_s`` of observations. Pure; the caller's clock."""
+
+    def __init__(self, span_s: float) -> None:
+        self.span_s = span_s
+        self._seen: collections.deque[tuple[float, dict[str, float]]] = collections.deque()
+
+    def observe(self, now: float, rates: Mapping[str, float]) -> None:
+        self._seen.append((now, dict(rates)))
+        while self._seen and self._seen[0][0] < now - self.span_s:
+            self._seen.popleft()
+
+    def peak(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for _, rates in self._seen:
+            for key, rate in rates.items():
+                out[key] = max(out.get(key, 0.0), rate)
+        return out

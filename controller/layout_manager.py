@@ -1,29 +1,64 @@
 """Online re-planning: when demand moves, plan a new layout and move the mesh to it make-before-break.
 
 Synchronous: ``tick`` takes ``now`` and returns the commands for the controller actor to send
-(to agents), so the policy — period, hysteresis, one transition at a time — is testable without
-sockets.
+(to agents), so the policy — when (controller.cadence), one transition at a time, never onto a
+lost or suspect agent — is testable without sockets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.demand import DemandTracker, replan_due
+from controller.cadence import Cadence, Reason, moved, rose
+from controller.demand import DemandTracker, PeakWindow
 from controller.headroom import AdaptiveHeadroom
 from controller.live_slowdown import LiveSlowdown, Observation
 from controller.placement import PlannedWorker
-from controller.reconciler import Phase, Transition, begin
+from controller.reconciler import Phase, Transition, begin, plan_rates
 from controller.registry import Registry
-from controller.accuracy import ResolvePolicy
 from controller.replanner import Layout, ScaledLayout, layout, profile_table, scaled_layout
 from controller.store import StateStore
+from protocol.types import WorkerState
 from protocol.message import StartWorker, StopWorker
 
 log = logging.getLogger(__name__)
+
+# How long after a request the gateways have reported its outcome (their demand-report period).
+OUTCOME_REPORT_S = 1.0
+
+# Under a scaled plan, a fall in a family's demand by this share of what the plan carries, held
+# for a re-plan period, re-plans without waiting out the dwell (accuracy given up should come
+# back promptly); a smaller or briefer fall waits for it: under a steady overload the forecast
+# wanders by 10-20 % and each move to a slightly more accurate plan that cannot carry the load
+# costs missed deadlines.
+SCALED_FALL = 0.3
+
+# Re-plans remembered for the status reply (and the gateways' dashboards).
+REPLAN_HISTORY = 20
+
+
+@dataclass(slots=True)
+class ReplanEntry:
+    """A re-plan this manager began (``at`` on its monotonic clock); ``finished`` once the move is done."""
+
+    at: float
+    reason: str
+    policy: str
+    kept: int
+    started: int
+    retired: int
+    scaled: bool
+    effective_accuracy: float
+    shed: dict[str, float]
+    finished: bool = False
+
+
+# States of a plan-of-record worker that a re-plan replaces when its agent is down.
+STRANDABLE = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.LOST})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +85,11 @@ class LayoutPolicy:
     # Off by default: the figure moves with the operating point (a variant measured while it
     # carried a small share looks faster than it will be carrying all), and plans chase it.
     live_slowdown_hold_s: float = 0.0
+    # No layout change for a demand drift (a fall, or a rise the plan still carries) within this
+    # long of the last one; a loss, an operator's re-plan and a rise past capacity are not held.
+    min_layout_dwell_s: float = 30.0
+    # After an agent (re)joins, a re-plan for workers of agents still away waits this long.
+    rejoin_settle_s: float = 5.0
 
 
 class LayoutManager:
@@ -66,17 +106,22 @@ class LayoutManager:
         self.transition: Transition | None = None
         self.current: Layout | None = None
         self._planned_for: dict[str, float] = {}
-        self._last_plan = float("-inf")
         self.replans = 0
+        self.history: deque[ReplanEntry] = deque(maxlen=REPLAN_HISTORY)
         self._forced = False
+        self._capacity_changed = False
+        self._applied = False
+        self._announced: frozenset[str] = frozenset()  # the lost agents last re-planned without
         self.scaled: ScaledLayout | None = None
+        self._held_for: frozenset[str] = frozenset()  # agents a loss re-plan waits on (logged once)
         self.solve_times: list[float] = []
-        self._last_family: dict[str, float] = {}
-        self._resolve = ResolvePolicy(period_s=settings.replan_period_s, fast_period_s=settings.fast_replan_s)
+        self.cadence = Cadence(period_s=settings.replan_period_s, fast_s=settings.fast_replan_s,
+                               dwell_s=settings.min_layout_dwell_s, settle_s=settings.rejoin_settle_s)
         self.live = LiveSlowdown(hold_s=settings.live_slowdown_hold_s)
         self.headroom = AdaptiveHeadroom(base=settings.scaling_beta,
                                          ceiling=max(settings.scaling_beta, settings.scaling_beta_max))
         self._outcomes_from = float("-inf")
+        self._recent = PeakWindow(settings.replan_period_s)  # family forecasts of the last period
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -84,47 +129,176 @@ class LayoutManager:
             self.settings = dataclasses.replace(self.settings, policy=policy)
         self._forced = True
 
+    def capacity_changed(self) -> None:
+        """An agent joined with nothing to run, or left: re-plan like after a loss (no period, no
+        dwell, but not while agents are still rejoining)."""
+        self._capacity_changed = True
+
+    def restored(self, now: float) -> None:
+        """A restart found a plan of record: it stands as if just made, and the first re-plan of
+        this process waits the period and the dwell unless an agent is lost, an operator asks, or
+        requests miss their deadlines. (Re-planning at once would move the workers that kept
+        serving through the restart.)"""
+        self.cadence.last_attempt = self.cadence.last_change = now
+
+    def joined(self, now: float) -> None:
+        """An agent joined or came back (or the controller started): a re-plan for workers of
+        agents still away waits ``settle_s`` from now, for the others to come back too."""
+        self.cadence.last_join = now
+
     def tick(self, now: float) -> list[tuple[str, object]]:
         if self.settings.policy == "static":
             return []
         self._observe_slowdown(now)
         forecast = self._demand.forecast(self.settings.scaling_horizon_s)
         family = self._by_family(forecast)
-        since = now - self._last_plan
-        jumped = since >= self.settings.fast_replan_s and self._resolve.jumped(family, self._last_family)
+        self._recent.observe(now, family)
+        rising = self.current is not None and rose(family, self._carried())
+        fast = now - self.cadence.last_attempt >= self.settings.fast_replan_s
         if self.transition is not None:
-            if jumped and self.transition.phase is Phase.STARTING:
-                return self._supersede(forecast, family, now)
+            if self.transition.phase is Phase.STARTING and (self._waits_on_lost(self.transition, now)
+                                                             or (rising and fast)):
+                return self._supersede(forecast, now, rising)
             return self._advance(now)
         forced, self._forced = self._forced, False
-        if not forced and not jumped and since < self.settings.replan_period_s:
+        # Missed deadlines, a rising target, or a fall in demand while accuracy is given up (it
+        # may give the accuracy back, and users should not wait out the dwell for it): a drift
+        # re-plan that is not held back by the dwell.
+        urgent = ("misses" if self._failing() else "fall while scaled" if self._fell_while_scaled()
+                  else "growth" if self.current is not None and self._grew(forecast) else "")
+        drifted = self.current is None or (self.cadence.drift_allowed(now, bool(urgent)) and self._drifted(forecast))
+        reason = self.cadence.decide(now, forced=forced, stranded=self._capacity_changed or bool(self._stranded(now)),
+                                     rising=rising, drifted=drifted, failing=bool(urgent))
+        if reason in (Reason.NONE, Reason.WAIT):
             return []
-        target = self._target(forecast)
-        if (not forced and not jumped and self.current is not None and self.scaled is None
-                and not replan_due(self._planned_for, self._floor(self._at_full_accuracy(target)))):
+        if reason is Reason.LOSS and (late := self._registry.overdue_agents(now)):
+            # Other agents are late too: this may be the controller's own partition rather than
+            # theirs. Judge the loss once each of them has either beaten again or been lost as
+            # well (at most one loss timeout); a re-plan now would move the whole plan of record
+            # onto the agents that happen to be declared lost last.
+            if frozenset(late) != self._held_for:
+                log.info("loss re-plan held: %s overdue as well", ", ".join(late))
+            self._held_for = frozenset(late)
             return []
-        self._last_plan = now
-        return self._replan(target, family, now)
+        self._held_for = frozenset()
+        self._capacity_changed = False
+        if reason is Reason.LOSS:
+            away = frozenset(w.plan.agent_id for w in self._stranded(now))
+            if not self._registry.placeable(now):
+                return []  # nowhere to place anything: wait for an agent
+            if away and away != self._announced:
+                log.warning("re-planning without %s: lost", ", ".join(sorted(away)))
+            self._announced = away
+        self.cadence.last_attempt = now
+        why = "initial" if self.current is None else reason.value
+        if reason is Reason.DRIFT and urgent:
+            why = f"{why}: {urgent}"
+        return self._replan(self._target(forecast, rising), now, reason=why)
 
-    def _target(self, forecast: dict[str, float]) -> dict[str, float]:
-        """The recent peak with headroom, or the forecast when demand rises faster than that."""
+    def _target(self, forecast: dict[str, float], rising: bool) -> dict[str, float]:
+        """The recent peak with headroom, or the forecast when demand rises faster than that (a
+        forecast that is not a rise past noise is not used: its one-second windows are noisy)."""
         target = self._demand.target()
+        if not rising:
+            return target
         return {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
 
-    def _supersede(self, forecast: dict[str, float], family: dict[str, float], now: float) -> list[tuple[str, object]]:
-        """Demand jumped while the last re-plan's workers were still starting: plan again from the
-        workers running and starting (those the new plan wants are kept and waited for), rather
-        than finish a move to a layout sized for the old demand first. Nothing that serves is
-        retired until the new plan's workers are all ready."""
+    def _carried(self) -> dict[str, float]:
+        """Per family, the demand the current plan was made to carry."""
+        if self.scaled is not None:
+            return dict(self.scaled.demand)
+        return self._by_family(self._planned_for)
+
+    def _grew(self, forecast: dict[str, float]) -> bool:
+        """Has a planning target risen past hysteresis and noise (not held back by the dwell)?
+        Not asked of a scaled plan: its per-variant targets are recent peaks of the split the plan
+        itself made and wander with it; a rise of the family demand it was solved for is
+        :func:`rose`'s to see."""
+        if self.scaled is not None:
+            return False
+        return moved(self._planned_for, self._floor(self._at_full_accuracy(self._target(forecast, False))), down=False)
+
+    def _fell_while_scaled(self) -> bool:
+        """Under a scaled plan, has a family's demand stayed clearly (``SCALED_FALL``, and past
+        noise) below what the plan was made for over the last period? The plan was sized on a
+        forecast; judged against the smoothed rate, which sits below the forecast after any rise,
+        or against one forecast, which wanders by 10-20 % under a steady overload, every steady
+        overload looked like a fall: the layout moved to a more accurate plan that could not carry
+        the load, then back on the next rise, missing deadlines at each move."""
+        if self.scaled is None:
+            return False
+        return moved(self.scaled.demand, self._recent_peak(), up=False, fall=SCALED_FALL)
+
+    def _recent_peak(self) -> dict[str, float]:
+        """Per family, the highest forecast of the last period (with every family's floor)."""
+        return self._family_demand(self._recent.peak())
+
+    def _drifted(self, forecast: dict[str, float]) -> bool:
+        """Has demand moved from what the current plan carries, past hysteresis and noise (or do
+        deadlines miss under a scaled plan, so that its headroom must grow)? A scaled plan is
+        judged on the family demand it was solved for (the per-variant targets at full accuracy,
+        recent peaks of a split the plan itself made, wander with it)."""
+        if self.scaled is not None:
+            return moved(self.scaled.demand, self._recent_peak()) or self._failing()
+        return moved(self._planned_for, self._floor(self._at_full_accuracy(self._target(forecast, False))))
+
+    def _failing(self) -> bool:
+        """Do requests miss their deadlines (more than the headroom's target share) since the last plan?"""
+        requests, missed = self._demand.outcomes_since(self._outcomes_from)
+        return requests >= self.headroom.min_requests and missed > requests * self.headroom.miss_target
+
+    def _stranded(self, now: float) -> list:
+        """Workers of the plan of record whose agent is lost or has not registered (again)."""
+        reg = self._registry
+        return [w for w in reg.workers.values() if w.in_plan and w.state in STRANDABLE
+                and not reg.agent_alive(w.plan.agent_id, now)]
+
+    def _waits_on_lost(self, t: Transition, now: float) -> bool:
+        """Does the move in progress start or keep a worker on an agent that is not alive?"""
+        reg = self._registry
+        agents = {w.agent_id for w in t.new}
+        agents |= {reg.workers[w].plan.agent_id for w in (*t.keep, *t.awaiting) if w in reg.workers}
+        return any(not reg.agent_alive(a, now) for a in agents)
+
+    def _supersede(self, forecast: dict[str, float], now: float, rising: bool) -> list[tuple[str, object]]:
+        """Demand jumped, or an agent the move waits on was lost, while the last re-plan's workers
+        were still starting: plan again from the workers running and starting (those the new
+        plan wants are kept and waited for), rather than finish a move to a layout sized for the
+        old demand (or one that cannot finish). Nothing that serves is retired until the new
+        plan's workers are all ready."""
         old, self.transition = self.transition, None
-        self._last_plan = now
-        log.info("demand jumped while a re-plan was starting: planning again")
+        lost = self._waits_on_lost(old, now)
+        self.cadence.last_attempt = now
+        log.info("%s while a re-plan was starting: planning again",
+                 "an agent it waits on was lost" if lost else "demand jumped")
         ready = self._registry.ready_ids()
         starting = {w for w in (*(n.worker_id for n in old.new), *old.awaiting) if w not in ready}
-        out = self._replan(self._target(forecast), family, now, starting=starting)
-        if self.transition is None:  # nothing to move to after all: carry on with the old move
+        self._applied = False
+        out = self._replan(self._target(forecast, rising), now, starting=starting, reason="superseded")
+        if self.transition is None and lost and not self._applied:
+            out += self._abandon(old, ready)  # no plan can be made now; this move cannot finish
+        elif self.transition is None and not lost:
+            # nothing to move to after all: carry on with the old move
             self.transition = old
             out += self._advance(now)
+        return out
+
+    def _abandon(self, t: Transition, ready: set[str]) -> list[tuple[str, object]]:
+        """Give up a move at once: what it started (and had not come up) is stopped; what serves stays."""
+        out: list[tuple[str, object]] = []
+        reg = self._registry
+        waited = {w.agent_id for w in t.new} | {reg.workers[w].plan.agent_id for w in t.awaiting if w in reg.workers}
+        if any(a in reg.agents for a in waited):  # lost, not gone: worth a warning
+            log.warning("abandoning a re-plan that waits on a lost agent")
+        else:  # the agents it waited on left cleanly (a shutdown)
+            log.info("abandoning a re-plan whose agents left")
+        for worker_id in sorted({*(w.worker_id for w in t.new), *t.awaiting} - ready):
+            record = self._registry.workers.get(worker_id)
+            if record is None:
+                continue
+            self._registry.retire(worker_id, WorkerState.STOPPING)
+            self._store.delete_placement(worker_id)
+            out.append((record.plan.agent_id, StopWorker(worker_id=worker_id, drain_s=self.settings.drain_s)))
         return out
 
     def _floor(self, target: dict[str, float]) -> dict[str, float]:
@@ -144,11 +318,11 @@ class LayoutManager:
             out[best.name] = max(out.get(best.name, 0.0), total)
         return out
 
-    def _replan(self, target: dict[str, float], family: dict[str, float], now: float,
-                starting: set[str] | None = None) -> list[tuple[str, object]]:
+    def _replan(self, target: dict[str, float], now: float,
+                starting: set[str] | None = None, reason: str = "drift") -> list[tuple[str, object]]:
         target = self._at_full_accuracy(target)
         reg = self._registry
-        agents = {a: r.devices for a, r in reg.agents.items() if reg.agent_alive(a, now)}
+        agents = reg.placeable(now)  # never a lost agent, nor one whose workers just fell silent
         samples = self._store.profiles()
         slowdown = {}
         if self.live:  # only when workers reported and the feed is on: the table costs a pass over the profiles
@@ -157,21 +331,22 @@ class LayoutManager:
         new = layout(agents, reg.variants, samples, self._store.colocations(), target,
                      policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown)
         if new is None:
-            self._last_plan = float("-inf")  # try again next tick: profiles are not in yet
+            self.cadence.last_attempt = float("-inf")  # try again next tick: profiles are not in yet
             return []  # keep serving on the current placement
         self.current = new
         self._planned_for = new.planned_for
-        self._last_family = family
         desired = new.desired
         beta = self.headroom.update(*self._demand.outcomes_since(self._outcomes_from))
         self._outcomes_from = now
         if new.plan.unserved and self.settings.accuracy_scaling:
             scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
-                                   self._family_demand(family), current=self.scaled.plan if self.scaled else None,
+                                   self._recent_peak(), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
                                    slowdown=slowdown)
-            log.warning("over capacity at full accuracy (unserved req/s %s): accuracy scaling to %.3f with headroom "
-                        "%.2f (from %.2f), shed %s, solved in %.2f s (%s); live slowdown %s", _rounded(new.plan.unserved),
+            # The designed answer to overload, taken on a routine re-plan: INFO, not a warning.
+            log.info("over capacity at full accuracy (demand req/s %s, unserved %s): accuracy scaling to %.3f with "
+                        "headroom %.2f (from %.2f), shed %s, solved in %.2f s (%s); live slowdown %s",
+                        _rounded(scaled.demand), _rounded(new.plan.unserved),
                         scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
                         scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
             self.scaled = scaled
@@ -188,7 +363,7 @@ class LayoutManager:
             self.scaled = None
             reg.family_fractions, reg.shed = {}, {}
         current = [w.plan for w in reg.workers.values()
-                   if w.plan.agent_id in agents and w.state in ("ready", "starting", "restarting")]
+                   if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
         # Workers a superseded move was still starting are waited for (if kept) or stopped at once
@@ -197,10 +372,24 @@ class LayoutManager:
         settled = {w.worker_id for w in current if w.worker_id not in (starting or set())}
         t = begin(current, desired, cores, generation=self.generation, now=now, ready=settled,
                   start_timeout_s=self.settings.start_timeout_s, drain_s=self.settings.drain_s)
+        reg.route_rates = plan_rates([w for w in current if t is None or w.worker_id in t.keep]
+                                     + list(t.new if t else ()), desired)
+        self._applied = True
+        for w in self._stranded(now):  # the new layout replaces them: they leave the plan of record
+            reg.drop_from_plan(w.plan.worker_id)
+            self._store.delete_placement(w.plan.worker_id)
         if t is None:
             return []
+        self.cadence.last_change = now
         self.replans += 1
-        log.info("re-planning: %d workers kept, %d started, %d retired", len(t.keep), len(t.new), len(t.retire))
+        log.info("re-planning (%s): %d workers kept, %d started, %d retired", reason, len(t.keep), len(t.new),
+                 len(t.retire))
+        scaled = self.scaled.plan if self.scaled is not None else None
+        self.history.appendleft(ReplanEntry(
+            at=now, reason=reason, policy=self.settings.policy, kept=len(t.keep), started=len(t.new),
+            retired=len(t.retire), scaled=scaled is not None,
+            effective_accuracy=scaled.effective_accuracy if scaled is not None else 0.0,
+            shed=dict(scaled.shed) if scaled is not None else {}))
         self.transition = t
         for plan in t.new:
             reg.plan_worker(plan)
@@ -215,16 +404,23 @@ class LayoutManager:
         for plan in actions.start:
             out.append((plan.agent_id, self._start_command(plan)))
         for worker_id in actions.drain:
-            self._registry.retire(worker_id, "draining")
+            self._registry.retire(worker_id, WorkerState.DRAINING)
         for worker_id in actions.stop:
             record = self._registry.workers.get(worker_id)
             if record is None:
                 continue
-            self._registry.retire(worker_id, "stopping")
+            self._registry.retire(worker_id, WorkerState.STOPPING)
             self._store.delete_placement(worker_id)
             out.append((record.plan.agent_id, StopWorker(worker_id=worker_id, drain_s=self.settings.drain_s)))
         if t.finished:
             log.info("re-plan %s", t.phase.value)
+            # A layout is judged on what it serves once in place: misses while workers were
+            # starting and draining are the move's, not a sign that the layout is short, and
+            # counting them would re-plan again (and raise the headroom) for a move that is over.
+            # Outcomes come in the gateways' one-second reports: the move's last arrive within one.
+            self._outcomes_from = max(self._outcomes_from, now + OUTCOME_REPORT_S)
+            if self.history:
+                self.history[0].finished = True
             self.transition = None
         return out
 
@@ -235,7 +431,7 @@ class LayoutManager:
         kinds = {(a, d.device_id): d.kind for a, r in reg.agents.items() for d in r.devices}
         observations = []
         for w in reg.workers.values():
-            if w.state != "ready" or not w.slowdown:
+            if w.state != WorkerState.READY or not w.slowdown:
                 continue
             p = w.plan.partition
             kind = kinds.get((w.plan.agent_id, p.device_id), p.kind)
@@ -248,7 +444,7 @@ class LayoutManager:
     def _drops_served_variant(self, new: Layout) -> bool:
         """A plan that leaves a variant with demand and a worker today with no gpu-let is not applied."""
         planned = {v for d in new.desired for v in d.variants}
-        serving = {v for w in self._registry.workers.values() if w.state == "ready" for v in w.plan.variants}
+        serving = {v for w in self._registry.workers.values() if w.state == WorkerState.READY for v in w.plan.variants}
         dropped = sorted(v for v in serving - planned if new.planned_for.get(v, 0.0) > 0)
         if dropped:
             log.warning("not applying a plan that would leave %s without a worker; keeping the current layout",
@@ -272,7 +468,7 @@ class LayoutManager:
     def worker_stopped(self, worker_id: str) -> None:
         """A retired worker has exited: it leaves the registry (and the routing table) now."""
         record = self._registry.workers.get(worker_id)
-        if record is not None and record.state in ("stopping", "draining"):
+        if record is not None and record.state in (WorkerState.STOPPING, WorkerState.DRAINING):
             self._registry.remove_worker(worker_id)
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from mesh.bandit import DEFAULT_VW_ARGS, BadModel, BanditPolicy, Candidate, save_atomic
+from protocol.bounds import record_defect
 from protocol.types import DecisionRecord
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Learner:
         self.versions: dict[str, int] = {}
         self.updates: dict[str, int] = {}
         self.dirty: set[str] = set()
+        self.rejected: dict[str, int] = {}  # defect -> records dropped for it
         self._restore()
 
     def _restore(self) -> None:
@@ -64,18 +66,41 @@ class Learner:
             self.updates.setdefault(family, 0)
         return policy
 
+    def admit(self, records: Iterable[DecisionRecord], families: Collection[str]) -> list[DecisionRecord]:
+        """The records fit to log and learn from: of a known family, every value finite and in range
+        (see :mod:`protocol.bounds`). The others are dropped and counted in ``rejected``, never raised."""
+        kept = []
+        for r in records:
+            defect = "unknown family" if r.family not in families else record_defect(r)
+            if defect:
+                self._reject(defect, r)
+            else:
+                kept.append(r)
+        return kept
+
     def learn(self, records: Iterable[DecisionRecord]) -> int:
         """Train on joined records; returns how many were usable."""
         used = 0
         for r in records:
-            if not r.candidates or not 0 <= r.chosen < len(r.candidates) or not 0 < r.probability <= 1:
+            defect = record_defect(r)
+            if defect:
+                self._reject(defect, r)
                 continue
-            reward = min(max(r.reward, 0.0), 1.0)
-            self.policy(r.family).learn(r.context, r.budget_ms, r.load, candidates_of(r), r.chosen, reward, r.probability)
+            try:
+                self.policy(r.family).learn(r.context, r.budget_ms, r.load, candidates_of(r), r.chosen, r.reward,
+                                            r.probability)
+            except (ValueError, OverflowError) as exc:  # one record VW cannot take must not stop the rest
+                self._reject(f"not learnable: {type(exc).__name__}", r)
+                continue
             self.updates[r.family] = self.updates.get(r.family, 0) + 1
             self.dirty.add(r.family)
             used += 1
         return used
+
+    def _reject(self, defect: str, record: DecisionRecord) -> None:
+        if self.rejected.get(defect, 0) == 0:
+            log.warning("dropped a decision record: %s", defect, extra={"event_id": record.event_id[:128]})
+        self.rejected[defect] = self.rejected.get(defect, 0) + 1
 
     def publish(self) -> list[tuple[str, int, bytes]]:
         """Snapshots of the families that changed, each with a new version; saved to disk first."""

@@ -29,6 +29,9 @@ class DesiredWorker:
     size: int
     variants: tuple[str, ...]
     batches: tuple[tuple[str, int], ...] = ()  # the plan's batch size per variant
+    # The request rate per variant the plan routes to this gpu-let; not part of its shape, so a
+    # plan that only moves load between replicas changes routing weights, not workers.
+    rates: tuple[tuple[str, float], ...] = ()
 
 
 class Phase(enum.Enum):
@@ -92,6 +95,23 @@ class Transition:
     @property
     def finished(self) -> bool:
         return self.phase in (Phase.DONE, Phase.ABANDONED)
+
+
+def plan_rates(workers: Sequence[PlannedWorker], desired: Sequence[DesiredWorker]) -> dict[str, dict[str, float]]:
+    """worker id -> {variant: the rate the plan routes to it}, matching each gpu-let of the plan to
+    a worker of the same shape (replicas of one shape in worker-id order). Workers with no
+    matching gpu-let, and gpu-lets the plan gave no rates, are left out."""
+    pool = sorted(workers, key=lambda w: w.worker_id)
+    out: dict[str, dict[str, float]] = {}
+    for d in sorted(desired, key=_desired_shape):
+        match = next((w for w in pool if _shape(w) == _desired_shape(d)), None)
+        if match is None:
+            continue
+        pool.remove(match)
+        rates = {v: r for v, r in d.rates if r > 0}
+        if rates:
+            out[match.worker_id] = rates
+    return out
 
 
 def begin(

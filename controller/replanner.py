@@ -106,7 +106,8 @@ def layout(
     for g in result.gpulets:
         agent_id, device_id = where[g.device_id]
         batches = tuple(sorted((a.variant, min(a.batch, variants[a.variant].max_batch)) for a in g.assignments))
-        desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches))
+        rates = tuple(sorted((a.variant, a.rate_rps) for a in g.assignments))
+        desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches, rates))
     return Layout(result, tuple(desired), planned_for)
 
 

@@ -1,20 +1,24 @@
 """The model repository: a folder of variants, each a manifest plus an artifact, grouped in families.
 
-Layout: ``<repo>/<variant>/manifest.json`` and the artifact it names beside it. Every manifest is
-validated and every artifact's sha256 checked when the repository is loaded; a bad variant is
-an error naming the file, never a silently missing model.
+Layout: ``<repo>/<variant>/manifest.json`` and the artifact it names beside it; a folder whose
+name starts with a dot is not a variant. Every manifest is validated and every artifact's sha256
+(and, for zip-archive formats, its integrity) checked when the repository is scanned. A bad
+variant is never a silently missing model: :func:`scan_repository` sets it aside as unavailable
+with its reason (the controller serves the rest and reports it), and :func:`load_repository`
+makes it an error naming the file.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.error import RepositoryError
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
-from protocol.types import DATATYPES, ModelInfo, TensorSpec, VariantSpec
+from protocol.types import BACKENDS, DATATYPES, ModelInfo, TensorSpec, VariantSpec
 
 MANIFEST = "manifest.json"
 
@@ -61,6 +65,7 @@ class Variant:
             inputs=self.inputs,
             outputs=self.outputs,
             version=self.version,
+            platform=BACKENDS[self.backend],
             energy_j=self.energy_j,
         )
 
@@ -72,20 +77,80 @@ class Variant:
         return self.profile_ms[max(self.profile_ms)]
 
 
-def load_repository(root: Path | str) -> dict[str, Variant]:
-    """Every variant under ``root`` by name; raises RepositoryError on the first bad one."""
+@dataclass(frozen=True, slots=True)
+class Repository:
+    """The variants that can be served, and those that cannot with the reason why (by name)."""
+
+    variants: dict[str, Variant]
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def scan_repository(root: Path | str) -> Repository:
+    """Every variant under ``root``; a bad one is set aside in ``unavailable``, not fatal.
+
+    Raises RepositoryError only when ``root`` is not a folder or no variant at all can be served.
+    """
     root = Path(root)
     if not root.is_dir():
         raise RepositoryError(f"model repository {root} is not a folder")
     variants: dict[str, Variant] = {}
+    unavailable: dict[str, str] = {}
     for manifest in sorted(root.glob(f"*/{MANIFEST}")):
-        variant = _load_variant(manifest)
-        if variant.name in variants:
-            raise RepositoryError(f"{manifest}: variant {variant.name!r} defined twice")
+        if manifest.parent.name.startswith("."):  # a variant being added (controller.model_import), not one yet
+            continue
+        try:
+            variant = _load_variant(manifest)
+            if variant.name in variants:
+                raise RepositoryError(f"{manifest}: variant {variant.name!r} defined twice")
+        except RepositoryError as exc:
+            name = _declared_name(manifest)
+            unavailable[name if name not in variants else manifest.parent.name] = str(exc)
+            continue
         variants[variant.name] = variant
     if not variants:
+        if unavailable:
+            raise RepositoryError(f"model repository {root} holds no usable variant: "
+                                  + "; ".join(unavailable.values()))
         raise RepositoryError(f"model repository {root} holds no */{MANIFEST}")
-    return variants
+    return Repository(variants, unavailable)
+
+
+MAX_REASON_LEN = 512
+
+
+def set_aside(variants: dict[str, Variant], unavailable: dict[str, str], name: str, reason: str) -> bool:
+    """Move the servable variant ``name`` into ``unavailable`` with ``reason`` (cut short).
+
+    True when it was servable; a name that is not (already set aside, or never in the repository:
+    names come from the wire) changes nothing, so ``unavailable`` grows only with real variants.
+    """
+    if name not in variants:
+        return False
+    del variants[name]
+    unavailable[name] = reason[:MAX_REASON_LEN]
+    return True
+
+
+def load_repository(root: Path | str) -> dict[str, Variant]:
+    """Every variant under ``root`` by name; raises RepositoryError on the first bad one."""
+    repo = scan_repository(root)
+    for reason in repo.unavailable.values():
+        raise RepositoryError(reason)
+    return repo.variants
+
+
+def check_variant(manifest: Path | str) -> Variant:
+    """One variant folder's manifest read and checked as a scan does; RepositoryError names what is wrong."""
+    return _load_variant(Path(manifest))
+
+
+def _declared_name(manifest: Path) -> str:
+    """The variant name a manifest declares, or its folder's name when it cannot be read."""
+    try:
+        name = json.loads(manifest.read_text()).get("variant")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name and len(name) <= 256 else manifest.parent.name
 
 
 def _load_variant(manifest: Path) -> Variant:
@@ -104,8 +169,10 @@ def _load_variant(manifest: Path) -> Variant:
         if actual != sha:
             raise RepositoryError(f"{manifest}: sha256 of {artifact.name} is {actual}, manifest says {sha}")
         backend = raw.get("backend", "torchscript")
-        if backend != "torchscript":
-            raise RepositoryError(f"{manifest}: backend {backend!r} is not supported (torchscript)")
+        if backend not in BACKENDS:
+            raise RepositoryError(f"{manifest}: backend {backend!r} is not supported ({', '.join(BACKENDS)})")
+        if backend in ZIP_BACKENDS:
+            _check_archive(artifact, manifest)
         max_batch = int(raw.get("max_batch", 1))
         if max_batch < 1:
             raise RepositoryError(f"{manifest}: max_batch must be at least 1")
@@ -133,6 +200,21 @@ def _load_variant(manifest: Path) -> Variant:
         raise RepositoryError(f"{manifest}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RepositoryError(f"{manifest}: bad field ({exc})") from None
+
+
+# Backends whose artifact is a zip archive: a truncated or damaged one is caught here, before a
+# worker crash-loops on it (a manifest written for the damaged bytes passes the sha256 check).
+ZIP_BACKENDS = frozenset({"torchscript", "torch_export"})
+
+
+def _check_archive(artifact: Path, manifest: Path) -> None:
+    try:
+        with zipfile.ZipFile(artifact) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # any failure to read it through (bad zip, zlib error, truncation) means damaged
+        raise RepositoryError(f"{manifest}: artifact {artifact.name} is not a complete archive ({exc})") from None
+    if bad is not None:
+        raise RepositoryError(f"{manifest}: artifact {artifact.name} is damaged (member {bad!r} fails its CRC)")
 
 
 def _batching(raw: dict, manifest: Path) -> str:

@@ -11,5 +11,6 @@ from mesh.lifecycle import run_actor
 
 async def run_controller(config: ControllerConfig, stop: asyncio.Event) -> None:
     await run_actor(
-        lambda ctx: ControllerActor(config, ctx=ctx), stop, lambda actor: f"letmesh controller: {actor.address}"
+        lambda ctx: ControllerActor(config, ctx=ctx), stop,
+        lambda actor: f"letmesh controller: {actor.address}" + (f"  metrics {actor.metrics_url}" if actor.metrics_url else ""),
     )

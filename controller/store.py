@@ -1,80 +1,60 @@
 """SQLite state of the controller: what it placed where, so a restart resumes the same mesh.
 
 One connection, used from the controller's event loop thread only. Writes are small and
-committed at once (WAL mode), so a crash loses at most the write in progress.
+committed at once (WAL mode), so a crash loses at most the write in progress. The decision log is
+the one table that grows with traffic (~800 bytes a request to a family); it is kept within a
+:class:`DecisionRetention` by age and by the file's size. Tables and their versions:
+``controller.store_schema``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from controller.placement import PlannedWorker
+from controller.retention import DecisionRetention
+from controller.store_schema import compact, migrate
 from protocol.schema import from_plain, to_plain
-from collections.abc import Sequence
-
 from protocol.types import ColocationSample, DecisionRecord, Partition, ProfileSample
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS placement (
-    worker_id TEXT PRIMARY KEY,
-    agent_id TEXT NOT NULL,
-    partition TEXT NOT NULL,
-    variants TEXT NOT NULL,
-    batches TEXT NOT NULL DEFAULT '[]'
-);
-CREATE TABLE IF NOT EXISTS decision (
-    event_id TEXT PRIMARY KEY,
-    family TEXT NOT NULL,
-    logged_at REAL NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decision_family ON decision (family, logged_at);
-CREATE TABLE IF NOT EXISTS profile (
-    variant TEXT NOT NULL,
-    device_kind TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    batch INTEGER NOT NULL,
-    p50_ms REAL NOT NULL,
-    p99_ms REAL NOT NULL,
-    runs INTEGER NOT NULL,
-    measured_at REAL NOT NULL,
-    PRIMARY KEY (variant, device_kind, partition, batch)
-);
-CREATE TABLE IF NOT EXISTS colocation (
-    device_kind TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    batch INTEGER NOT NULL,
-    other TEXT NOT NULL,
-    other_partition INTEGER NOT NULL,
-    other_batch INTEGER NOT NULL,
-    solo_p50_ms REAL NOT NULL,
-    shared_p50_ms REAL NOT NULL,
-    PRIMARY KEY (device_kind, variant, partition, batch, other, other_partition, other_batch)
-);
-CREATE TABLE IF NOT EXISTS agent (
-    agent_id TEXT PRIMARY KEY,
-    hostname TEXT NOT NULL,
-    last_registered REAL NOT NULL
-);
-"""
 
 
 class StateStore:
     """Durable controller state. Not thread-safe; one owner."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, max_decisions: int | None = None,
+                 retention: DecisionRetention | None = None) -> None:
+        if retention is None:
+            retention = DecisionRetention() if max_decisions is None else DecisionRetention(max_records=max_decisions)
+        self.retention = retention
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self._path, isolation_level=None)
+        self.found_version = migrate(self._db)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._decisions = self._db.execute("SELECT COUNT(*) FROM decision").fetchone()[0]
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._appended = 0
+        self._checked_at = float("-inf")
+        # A store from before retention is trimmed to the count and size caps (age needs a clock,
+        # which the first check brings), then rewritten once with auto-vacuum on.
+        if self._decisions > retention.max_records:
+            self._delete_oldest(self._decisions - retention.max_records)
+        self._trim_to_size()
+        if compact(self._db):
+            self._decisions = self._db.execute("SELECT COUNT(*) FROM decision").fetchone()[0]
+
+    @property
+    def max_decisions(self) -> int:
+        return self.retention.max_records
 
     def close(self) -> None:
+        """Trim the log to its size cap (records since the last check may have passed it) and close."""
+        self._trim_to_size()
         self._db.close()
 
     def next_epoch(self) -> int:
@@ -83,6 +63,14 @@ class StateStore:
         epoch = (int(row[0]) if row else 0) + 1
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(epoch),))
         return epoch
+
+    def known_variants(self) -> set[str] | None:
+        """The variants the plan of record was made for (None before the first start saved them)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='variants'").fetchone()
+        return set(json.loads(row[0])) if row else None
+
+    def save_known_variants(self, names: Sequence[str]) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('variants', ?)", (json.dumps(sorted(names)),))
 
     def save_placement(self, plan: PlannedWorker) -> None:
         self._db.execute(
@@ -93,6 +81,17 @@ class StateStore:
 
     def delete_placement(self, worker_id: str) -> None:
         self._db.execute("DELETE FROM placement WHERE worker_id=?", (worker_id,))
+
+    def save_credentials(self, keys: dict[str, str]) -> None:
+        """The workers' credentials let in now (worker id -> public key), replacing the last set:
+        a restarted controller lets the workers that kept running back in at their first handshake."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM credential")
+            self._db.executemany("INSERT INTO credential VALUES (?, ?)", sorted(keys.items()))
+
+    def credentials(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT worker_id, public_key FROM credential").fetchall())
 
     def placements(self) -> list[PlannedWorker]:
         rows = self._db.execute(
@@ -105,7 +104,11 @@ class StateStore:
         ]
 
     def log_decisions(self, records: Sequence[DecisionRecord], now: float) -> list[DecisionRecord]:
-        """Append joined decisions; returns those not logged before (a repeated event is ignored)."""
+        """Append joined decisions; returns those not logged before (a repeated event is ignored).
+
+        Past ``max_records`` (with a tenth of slack, so pruning is not paid on every append) the
+        oldest are deleted; age and size are checked per :class:`DecisionRetention`.
+        """
         fresh = []
         with self._db:
             for r in records:
@@ -115,7 +118,75 @@ class StateStore:
                 )
                 if cur.rowcount:
                     fresh.append(r)
+        self._decisions += len(fresh)
+        self._appended += len(fresh)
+        cap = self.retention.max_records
+        if self._decisions > cap + cap // 10:
+            self._delete_oldest(self._decisions - cap)
+        if self._appended >= self.retention.check_every_records:
+            self.retain(now, force=True)
         return fresh
+
+    def retain(self, now: float, *, force: bool = False) -> int:
+        """Enforce the retention when a check is due (or ``force``); returns the records deleted.
+
+        Cheap when nothing is due: two PRAGMA reads. Deletes run oldest first in batches, and the
+        freed pages are handed back to the file system.
+        """
+        if not force and now - self._checked_at < self.retention.check_interval_s:
+            return 0
+        self._checked_at = now
+        self._appended = 0
+        deleted = 0
+        cutoff = now - self.retention.max_age_s
+        while True:
+            with self._db:
+                n = self._db.execute(
+                    "DELETE FROM decision WHERE rowid IN (SELECT rowid FROM decision WHERE logged_at < ? "
+                    "ORDER BY logged_at LIMIT ?)", (cutoff, DecisionRetention.BATCH)).rowcount
+            deleted += n
+            self._decisions -= n
+            if n < DecisionRetention.BATCH:
+                break
+        if deleted:
+            self._release()
+        return deleted + self._trim_to_size()
+
+    def used_bytes(self) -> int:
+        """Bytes of the state file holding data (its size less the pages free for reuse)."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0] - self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * self._page_size
+
+    def _trim_to_size(self) -> int:
+        """Delete the oldest decisions until the file's data is under the low-water mark of ``max_bytes``."""
+        deleted = 0
+        for _ in range(8):  # each round estimates from the last; a few close any gap the estimate left
+            used = self.used_bytes()
+            if used <= self.retention.max_bytes or self._decisions == 0:
+                break
+            target = self.retention.max_bytes * DecisionRetention.LOW_WATER
+            per_record = used / self._decisions
+            deleted += self._delete_oldest(max(1, math.ceil((used - target) / per_record)))
+        if deleted:
+            self._release()
+        return deleted
+
+    def _release(self) -> None:
+        """Hand the pages freed by deletes back to the file system (the file shrinks at the next checkpoint)."""
+        self._db.executescript("PRAGMA incremental_vacuum;")  # executescript steps it to the end
+
+    def _delete_oldest(self, count: int) -> int:
+        deleted = 0
+        while deleted < count:
+            with self._db:
+                n = self._db.execute(
+                    "DELETE FROM decision WHERE rowid IN (SELECT rowid FROM decision ORDER BY rowid LIMIT ?)",
+                    (min(DecisionRetention.BATCH, count - deleted),)).rowcount
+            if n == 0:
+                break
+            deleted += n
+        self._decisions -= deleted
+        return deleted
 
     def decisions(self, family: str | None = None, limit: int = 100_000) -> list[DecisionRecord]:
         """The newest ``limit`` logged decisions, oldest first."""
@@ -156,6 +227,16 @@ class StateStore:
 
     def save_agent(self, agent_id: str, hostname: str, now: float) -> None:
         self._db.execute("INSERT OR REPLACE INTO agent VALUES (?, ?, ?)", (agent_id, hostname, now))
+
+    def save_gateway(self, gateway_id: str, data_endpoint: str, now: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO gateway VALUES (?, ?, ?)", (gateway_id, data_endpoint, now))
+
+    def delete_gateway(self, gateway_id: str) -> None:
+        self._db.execute("DELETE FROM gateway WHERE gateway_id = ?", (gateway_id,))
+
+    def gateways(self) -> dict[str, str]:
+        """Gateway id -> data endpoint, of every gateway registered and not gone since."""
+        return dict(self._db.execute("SELECT gateway_id, data_endpoint FROM gateway ORDER BY gateway_id"))
 
     def agents(self) -> list[tuple[str, str]]:
         return [(a, h) for a, h in self._db.execute("SELECT agent_id, hostname FROM agent ORDER BY agent_id")]

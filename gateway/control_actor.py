@@ -19,21 +19,38 @@ from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.lifecycle import feed, tick
-from mesh.transport import Endpoint, Incoming
+from mesh.keys import ClientKeys
+from mesh.transport import Endpoint, Incoming, link_options
+from protocol.codec import encode
 from gateway.event_log import EventLog
+from gateway.mesh_status import StatusFeed
 from gateway.policy_store import PolicyReplicas
+from protocol.types import DecisionRecord
 from protocol.message import (
+    AuthorizedAgents,
     DecisionRecords,
     DemandReport,
+    DeregisterGateway,
     ErrorReply,
+    GetStatus,
     Heartbeat,
     PolicySnapshot,
     RegisterGateway,
     RegisterGatewayReply,
     RoutingTable,
+    StatusReply,
 )
 
 log = logging.getLogger(__name__)
+DEREGISTER_LINGER_MS = 1000  # how long a stopping gateway's goodbye may wait to be sent
+
+
+def _encodable(record: DecisionRecord) -> bool:
+    try:
+        encode(DecisionRecords(records=(record,)))
+    except (OverflowError, TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +63,17 @@ class ControlLinkActor(Actor):
 
     def __init__(
         self, config: GatewayConfig, dispatcher: Dispatcher, *, ctx: zmq.asyncio.Context, http_url: str,
-        events: EventLog, policies: PolicyReplicas, clock: Clock | None = None,
+        events: EventLog, policies: PolicyReplicas, clock: Clock | None = None, keys: ClientKeys | None = None,
+        status: StatusFeed | None = None,
     ) -> None:
         super().__init__(name="gateway-control", mailbox_size=10_000)
         self.config = config
         self._dispatcher = dispatcher
         self._events = events
         self._policies = policies
+        self._status = status
         self._ctx = ctx
+        self._keys = keys
         self._http_url = http_url
         self._clock = clock or SystemClock()
         self._endpoint: Endpoint | None = None
@@ -65,10 +85,12 @@ class ControlLinkActor(Actor):
         self.controller_connected = False
         self.first_table = asyncio.Event()
         self._pending_records: list = []
+        self.unsendable_records = 0
         self._last_demand = self._clock.monotonic()
 
     async def on_start(self) -> None:
-        self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"gateway:{self.config.gateway_id}")
+        self._endpoint = Endpoint.dealer(self._ctx, self.config.controller, f"gateway:{self.config.gateway_id}",
+                                         security=self._keys, link=link_options(self.config), control=True)
         self._tasks = [
             asyncio.create_task(feed(self._endpoint, self), name="gateway-control-recv"),
             asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="gateway-control-tick"),
@@ -80,7 +102,13 @@ class ControlLinkActor(Actor):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._endpoint is not None:
-            self._endpoint.close()
+            if self.failure is None and self._registered:
+                # A clean stop says goodbye, so the controller forgets this gateway now instead of
+                # declaring it lost after its heartbeats stop; a crashed link re-registers instead.
+                self._send(DeregisterGateway(gateway_id=self.config.gateway_id))
+                self._endpoint.close(linger_ms=DEREGISTER_LINGER_MS)
+            else:
+                self._endpoint.close()
 
     async def handle(self, msg: object) -> object:
         now = self._clock.monotonic()
@@ -96,6 +124,8 @@ class ControlLinkActor(Actor):
                 self._send(Heartbeat(sender=self.config.gateway_id, role="gateway", seq=self._seq))
                 self._ship_decisions(now)
                 self._report_demand(now)
+                if self._status is not None and self._registered and self._status.due(now):
+                    self._send(GetStatus())  # only while the dashboard is watched (gateway/mesh_status.py)
             case Incoming(msg=PolicySnapshot() as snap, buffers=buffers):
                 self._controller.beat("controller", now)
                 if len(buffers) == 1 and buffers[0].nbytes == snap.model_bytes:
@@ -109,10 +139,16 @@ class ControlLinkActor(Actor):
     def _on_controller(self, msg: object) -> None:
         match msg:
             case RoutingTable():
+                self._dispatcher.peers.routes_changed(msg)
                 self._dispatcher.apply_routing(msg)
                 self.first_table.set()
             case RegisterGatewayReply():
                 self._registered = True
+            case StatusReply():
+                if self._status is not None:
+                    self._status.received(msg, self._clock.monotonic())
+            case AuthorizedAgents(keys=keys, workers=workers):
+                self._dispatcher.peers.agents_changed(keys, workers)
             case ErrorReply(code="unknown_peer"):
                 self._registered = False
                 self._register()
@@ -122,17 +158,31 @@ class ControlLinkActor(Actor):
                 log.warning("unexpected message from controller: %s", type(other).__name__)
 
     def _ship_decisions(self, now: float) -> None:
-        """Joined decisions go to the controller in batches; kept for the next tick if the link is full."""
+        """Joined decisions go to the controller in batches; kept for the next tick if the link is full.
+
+        A record the codec cannot carry is dropped and counted (``unsendable_records``), not
+        allowed to hold back the batch it came in.
+        """
         records = self._pending_records + self._events.due(now)
         self._pending_records = []
         size = self.config.decision_batch_max
-        for i in range(0, len(records), size):
+        i = 0
+        while i < len(records):
             batch = tuple(records[i:i + size])
             try:
                 self._endpoint.send_nowait(DecisionRecords(records=batch))
             except zmq.Again:
                 self._pending_records = list(records[i:])[: 50 * size]  # bounded: oldest beyond that dropped
                 return
+            except (OverflowError, TypeError, ValueError):
+                kept = [r for r in batch if _encodable(r)]
+                self.unsendable_records += len(batch) - len(kept)
+                log.warning("dropped %d decision records the codec cannot carry", len(batch) - len(kept))
+                records[i:i + size] = kept
+                if len(kept) == len(batch):  # not the records: give up on this batch rather than loop
+                    i += size
+                continue
+            i += size
 
     def _report_demand(self, now: float) -> None:
         window = now - self._last_demand

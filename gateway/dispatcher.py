@@ -1,33 +1,47 @@
 """The gateway's data plane: send requests to workers over ZeroMQ and match their replies.
 
-An in-flight table per worker guarantees exactly one outcome per request: the worker's reply,
-or a failure when the worker is lost (missed heartbeats, or gone from the routing table), or
-the deadline timer. A request whose worker is lost is retried once on another worker of the
-same variant when its deadline still allows; inference has no side effects, so a retry is safe.
+A thin shell over pure cores: :class:`~gateway.routing.RoutingView` (what the routing table
+says, worked out once per table), :class:`~gateway.routing.WorkerPicker` (which worker takes a
+request), :class:`~gateway.inflight.InflightTable` (exactly one outcome per request) and
+:func:`admit` (turn a request away at once when its worker cannot finish it in time). Every
+request ends once: the worker's reply, the loss of its worker, or the deadline timer. A request
+whose worker is lost is retried once on another worker of the same variant when its deadline
+still allows; inference has no side effects, so a retry is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
-from mesh.latency import LatencyCurve, warmup_batches
+from gateway.inflight import InFlight, InflightTable, TableFull
+from gateway.routing import RoutingView, WorkerPicker
+from mesh.deadline import Deadline
+from mesh.latency import LatencyCurve
 from mesh.liveness import Liveness
 from mesh.slowdown import SlowdownEstimate, SlowdownTracker
-from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
+from gateway.peers import WorkerPeers
+from mesh.keys import ServerKeys
+from mesh.transport import DEFAULT_LINK, Endpoint, EndpointClosed, LinkOptions, PeerUnreachable
 from protocol.codec import tensor_meta, tensors_from_frames
 from protocol.error import ProtocolError
 from protocol.message import Heartbeat, InferReply, InferRequest, RoutingTable, WorkerHello
-from protocol.types import ModelInfo
+from protocol.types import ModelInfo, ReplyStatus
 
 log = logging.getLogger(__name__)
+
+# Heartbeats from workers not (yet) in the routing table are remembered up to this many, so a
+# worker that just became ready is reachable the moment the table naming it arrives, while
+# names from the wire cannot grow the table without bound.
+MAX_UNROUTED_WORKERS = 1024
+ADMISSION_OPTIMISM = 0.5
 
 
 class DispatchError(Exception):
@@ -42,6 +56,10 @@ class NoWorkerReady(DispatchError):
 
 class Overloaded(DispatchError):
     retry_after_s = 1.0
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class WorkerLost(DispatchError):
@@ -75,23 +93,32 @@ class VariantEstimate:
     slowdown: SlowdownEstimate
 
 
-@dataclass(slots=True)
-class Pending:
-    future: asyncio.Future
-    variant: str
-    worker_id: str
-    deadline: float
-    sent: float
-    inputs: dict[str, np.ndarray]
-    retried: bool = False
+def predicted_finish_s(curve: LatencyCurve | None, ahead: int) -> float | None:
+    """Seconds until a new request finishes behind ``ahead`` others on a worker; None if unknown.
+
+    The requests ahead and this one are served in batches along the worker's measured curve
+    (per-item linear past its largest batch). Deliberately not scaled by the live slowdown: on a
+    busy host a sub-millisecond model's slowdown swings by tens of times, and multiplying a whole
+    queue by it turned away requests that then would have been served in time. Unscaled, the
+    prediction is optimistic, so a request turned away could not have made it.
+    """
+    if curve is None:
+        return None
+    return curve(ahead + 1) / 1e3
 
 
-@dataclass(slots=True)
-class WorkerState:
-    worker_id: str
-    variants: tuple[str, ...]
-    weight: float = 1.0
-    inflight: set[int] = field(default_factory=set)
+def admit(finish_s: float | None, remaining_s: float, ahead: int) -> float | None:
+    """None to send the request; else the seconds after which a retry could be served.
+
+    A request is turned away at once only when requests are already waiting on its worker and
+    the prediction says it cannot finish before its deadline: queueing it would only turn it
+    into a 504 later, and the work spent on it would delay the requests that can still make it.
+    """
+    # Warm-up curves measured beside serving workers run up to twice too slow: a request is turned
+    # away only when even half the predicted time would miss its deadline.
+    if finish_s is None or ahead == 0 or finish_s * ADMISSION_OPTIMISM <= remaining_s:
+        return None
+    return finish_s * ADMISSION_OPTIMISM - remaining_s
 
 
 class Dispatcher:
@@ -106,32 +133,55 @@ class Dispatcher:
         heartbeat_interval_s: float = 0.1,
         missed_heartbeats: int = 5,
         max_outstanding_per_worker: int = 512,
-        deadline_grace_s: float = 0.05,
+        max_inflight: int = 10_000,
+        deadline_grace_s: float = 0.01,
         reply_margin_s: float = 0.002,
+        admission: bool = True,
+        security: ServerKeys | None = None,
+        link: LinkOptions = DEFAULT_LINK,
     ) -> None:
-        self._endpoint = Endpoint.router(ctx, bind)
+        self._endpoint = Endpoint.router(ctx, bind, security=security, link=link)
+        self.peers = WorkerPeers(security.authorized if security else None)
         self.address = self._endpoint.address
         self.gateway_id = gateway_id
-        self.models: dict[str, ModelInfo] = {}
-        self.families: dict[str, list[ModelInfo]] = {}
-        self.routing_version = 0
-        self.family_fractions: dict[str, dict[str, float]] = {}
-        self.shed: dict[str, float] = {}
-        self._workers: dict[str, WorkerState] = {}
-        self._by_variant: dict[str, list[str]] = {}
-        self._pending: dict[int, Pending] = {}
-        self._ids = itertools.count(1)
+        self.view = RoutingView()
+        self._picker = WorkerPicker()
+        self._inflight = InflightTable(capacity=max_inflight)
+        self._unrouted: set[str] = set()
+        self._last_sent: dict[str, float] = {}
         self._liveness = Liveness(interval_s=heartbeat_interval_s, missed_limit=missed_heartbeats)
         self._heartbeat_interval_s = heartbeat_interval_s
         self._max_outstanding = max_outstanding_per_worker
         self._grace_s = deadline_grace_s
         self._reply_margin_s = reply_margin_s
+        self._admission = admission
         self._tasks: list[asyncio.Task] = []
-        self._curves: dict[tuple[str, str], LatencyCurve] = {}
         self._demand: dict[str, int] = {}
         self._missed: dict[str, int] = {}
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
-        self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0}
+        self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0, "shed": 0}
+
+    # --- the routing table, as the request path and the HTTP layer read it ----------------
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        return self.view.models
+
+    @property
+    def families(self) -> dict[str, list[ModelInfo]]:
+        return self.view.families
+
+    @property
+    def family_fractions(self) -> dict[str, dict[str, float]]:
+        return self.view.family_fractions
+
+    @property
+    def shed(self) -> dict[str, float]:
+        return self.view.shed
+
+    @property
+    def routing_version(self) -> int:
+        return self.view.version
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -145,57 +195,34 @@ class Dispatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for rid in list(self._pending):
-            self._fail(rid, WorkerLost("gateway is shutting down"))
+        for rid in list(self._inflight.ids()):
+            self._finish(rid, error=WorkerLost("gateway is shutting down"))
         self._endpoint.close()
 
     # --- routing --------------------------------------------------------------------------
 
     def apply_routing(self, table: RoutingTable) -> None:
-        if table.version < self.routing_version:
+        if table.version < self.view.version:
             return
-        self.routing_version = table.version
-        self.models = {m.name: m for m in table.models}
-        self.family_fractions = {f: dict(v) for f, v in table.family_fractions.items()}
-        self.shed = dict(table.shed)
-        families: dict[str, list[ModelInfo]] = {}
-        for m in table.models:
-            families.setdefault(m.family, []).append(m)
-        self.families = {f: sorted(ms, key=lambda m: -m.accuracy) for f, ms in families.items()}
-        routes = {r.worker_id: r for r in table.workers}
-        gone = [self._workers.pop(w) for w in list(self._workers) if w not in routes]
-        for worker_id, route in routes.items():
-            state = self._workers.get(worker_id)
-            if state is None:
-                self._workers[worker_id] = WorkerState(worker_id, route.variants, route.weight)
-            else:
-                state.variants, state.weight = route.variants, route.weight
-        curves = {}
-        for route in table.workers:
-            for variant, latencies in route.latency_ms.items():
-                model = self.models.get(variant)
-                batches = warmup_batches(model.max_batch) if model else []
-                if model and len(batches) == len(latencies):
-                    curves[(route.worker_id, variant)] = LatencyCurve(batches, latencies)
-        self._curves = curves
-        self._slowdown = {k: v for k, v in self._slowdown.items() if k in curves}
-        by_variant: dict[str, list[str]] = {}
-        for state in self._workers.values():
-            if routes[state.worker_id].draining:
-                continue  # finishes what it has; takes nothing new
-            for v in state.variants:
-                by_variant.setdefault(v, []).append(state.worker_id)
-        self._by_variant = by_variant
+        old = self.view
+        self.view = view = RoutingView(table)
+        self._picker.forget(view.workers)
+        self._last_sent = {w: t for w, t in self._last_sent.items() if w in view.workers}
+        self._slowdown = {k: v for k, v in self._slowdown.items() if k in view.curves}
+        for worker_id in old.workers.keys() - view.workers.keys():
+            if worker_id not in self._unrouted:
+                self._liveness.forget(worker_id)
+        self._unrouted -= view.workers.keys()
         # Only now, with the new table in place, may requests of departed workers be retried.
-        for state in gone:
-            self._worker_lost(state, "worker left the routing table")
+        for worker_id in old.workers.keys() - view.workers.keys():
+            self._worker_lost(worker_id, "worker left the routing table")
 
     def ready_workers(self, variant: str) -> list[str]:
         now = time.monotonic()
-        return [w for w in self._by_variant.get(variant, ()) if w in self._workers and self._liveness.alive(w, now)]
+        return [r.worker_id for r in self.view.routes(variant) if self._liveness.alive(r.worker_id, now)]
 
     def outstanding(self) -> int:
-        return len(self._pending)
+        return len(self._inflight)
 
     def record_demand(self, variant: str) -> None:
         self._demand[variant] = self._demand.get(variant, 0) + 1
@@ -216,129 +243,136 @@ class Dispatcher:
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
         now = time.monotonic()
-        alive = sum(1 for w in self._workers if self._liveness.alive(w, now))
-        return len(self._pending) / max(alive, 1)
+        alive = sum(1 for w in self.view.workers if self._liveness.alive(w, now))
+        return len(self._inflight) / max(alive, 1)
 
     def estimate(self, variant: str) -> VariantEstimate | None:
         """Prediction for the worker a request of ``variant`` would go to; None if none is reachable."""
         candidates = self.ready_workers(variant)
         if not candidates:
             return None
-        worker_id = min(candidates, key=lambda w: (len(self._workers[w].inflight), w))
-        key = (worker_id, variant)
-        tracker = self._slowdown.get(key)
-        slowdown = tracker.estimate() if tracker else SlowdownEstimate(mean=1.0, variance=0.0)
-        curve = self._curves.get(key)
+        worker_id = min(candidates, key=lambda w: (self._inflight.count(w), w))
+        slowdown = self._slowdown_of(worker_id, variant)
+        curve = self.view.curves.get((worker_id, variant))
         if curve is None:
             return VariantEstimate(worker_id, 0.0, 0.0, slowdown)
-        ahead = len(self._workers[worker_id].inflight)
+        ahead = self._inflight.count(worker_id)
         single = curve(1)
         # Requests ahead batch together with this one: it finishes when a batch of ahead+1 would.
         return VariantEstimate(worker_id, single, max(0.0, slowdown.mean * (curve(ahead + 1) - single)), slowdown)
 
     # --- requests -------------------------------------------------------------------------
 
-    async def infer(self, variant: str, inputs: dict[str, np.ndarray], budget_s: float) -> Result:
-        """Run ``inputs`` on a worker of ``variant`` within ``budget_s``; raises a DispatchError."""
+    async def infer(self, variant: str, inputs: dict[str, np.ndarray], deadline: Deadline) -> Result:
+        """Run ``inputs`` on a worker of ``variant`` by ``deadline``; raises a DispatchError."""
         now = time.monotonic()
-        deadline = now + budget_s
         self.record_demand(variant)
         worker_id = self._choose(variant, exclude=None)
-        rid = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        pending = Pending(future, variant, worker_id, deadline, now, inputs)
-        self._pending[rid] = pending
-        self._send(rid, pending)
-        timer = asyncio.get_running_loop().call_at(
-            _loop_time(deadline + self._grace_s), self._expire, rid
-        )
+        if self._admission:
+            ahead = self._inflight.count(worker_id)
+            finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), ahead)
+            wait_s = admit(finish_s, deadline.remaining(now), ahead)
+            if wait_s is not None:
+                self.counters["shed"] += 1
+                raise Overloaded(f"{variant} cannot finish within the deadline behind the {ahead} requests "
+                                 f"queued on its worker", retry_after_s=wait_s)
+        loop = asyncio.get_running_loop()
+        entry = InFlight(self._inflight.new_id(), variant, worker_id, deadline, now, inputs,
+                         waiter=loop.create_future())
         try:
-            return await future
+            self._inflight.add(entry)
+        except TableFull as exc:
+            raise Overloaded(str(exc)) from None
+        timer = loop.call_at(loop.time() + deadline.remaining(now) + self._grace_s, self._expire, entry.request_id)
+        self._send(entry)
+        try:
+            return await entry.waiter
         finally:
             timer.cancel()
-            self._untrack(rid)
+            self._inflight.take(entry.request_id)  # cancelled: forget it, a late reply is ignored
 
     def _choose(self, variant: str, exclude: str | None) -> str:
-        candidates = [w for w in self.ready_workers(variant) if w != exclude]
-        if not candidates:
-            if variant in self._by_variant:
+        now = time.monotonic()
+        routes = self.view.routes(variant)
+        worker_id = self._picker.pick(routes, lambda w: self._liveness.alive(w, now), self._inflight.count, exclude)
+        if worker_id is None:
+            if routes:
                 raise NoWorkerReady(f"no worker of {variant} is reachable right now")
             raise NoWorkerReady(f"no worker serves {variant} yet")
-        best = min(candidates, key=lambda w: (len(self._workers[w].inflight) / max(self._workers[w].weight, 1e-9), w))
-        if len(self._workers[best].inflight) >= self._max_outstanding:
+        if self._inflight.count(worker_id) >= self._max_outstanding:
             raise Overloaded(f"every worker of {variant} has {self._max_outstanding} requests outstanding")
-        return best
+        return worker_id
 
-    def _send(self, rid: int, pending: Pending) -> None:
+    def _send(self, entry: InFlight) -> None:
         # The reply still has to travel back and be encoded: the worker gets the budget minus that.
-        budget_us = int((pending.deadline - time.monotonic() - self._reply_margin_s) * 1e6)
-        names = list(pending.inputs)
-        arrays = [pending.inputs[n] for n in names]
+        names = list(entry.inputs)
+        arrays = [entry.inputs[n] for n in names]
         msg = InferRequest(
-            request_id=rid,
-            variant=pending.variant,
-            budget_us=max(budget_us, 0),
+            request_id=entry.request_id,
+            variant=entry.variant,
+            budget_us=entry.deadline.wire_budget_us(time.monotonic(), self._reply_margin_s),
             inputs=tuple(tensor_meta(n, a) for n, a in zip(names, arrays)),
         )
         try:
-            self._endpoint.send_nowait(msg, arrays, to=f"worker:{pending.worker_id}".encode())
+            self._endpoint.send_nowait(msg, arrays, to=f"worker:{entry.worker_id}".encode())
+            self._last_sent[entry.worker_id] = time.monotonic()
         except (PeerUnreachable, zmq.Again):
             # Not connected to us (any more) or backed up: treat as lost, maybe retry elsewhere.
-            self._liveness.forget(pending.worker_id)
-            self._workers_inflight_add(pending.worker_id, rid)
-            self._retry_or_fail(rid, WorkerLost(f"worker {pending.worker_id} is not connected"))
-            return
-        self._workers_inflight_add(pending.worker_id, rid)
+            self._liveness.forget(entry.worker_id)
+            self._retry_or_fail(entry.request_id, WorkerLost(f"worker {entry.worker_id} is not connected"))
 
-    def _workers_inflight_add(self, worker_id: str, rid: int) -> None:
-        state = self._workers.get(worker_id)
-        if state is not None:
-            state.inflight.add(rid)
-
-    def _untrack(self, rid: int) -> None:
-        pending = self._pending.pop(rid, None)
-        if pending is not None:
-            state = self._workers.get(pending.worker_id)
-            if state is not None:
-                state.inflight.discard(rid)
+    def _finish(self, rid: int, *, result: Result | None = None, error: DispatchError | None = None,
+                worker_id: str | None = None) -> bool:
+        """Give request ``rid`` its one outcome; False if it already had one (or is another worker's)."""
+        entry = self._inflight.take(rid, worker_id)
+        if entry is None or entry.waiter.done():
+            return False
+        if error is not None:
+            entry.waiter.set_exception(error)
+        else:
+            entry.waiter.set_result(result)
+        return True
 
     def _expire(self, rid: int) -> None:
-        self._fail(rid, DeadlineExceeded("no reply before the deadline"))
-
-    def _fail(self, rid: int, exc: DispatchError) -> None:
-        pending = self._pending.get(rid)
-        if pending is not None and not pending.future.done():
-            pending.future.set_exception(exc)
+        self._finish(rid, error=DeadlineExceeded("no reply before the deadline"))
 
     def _retry_or_fail(self, rid: int, exc: DispatchError) -> None:
-        pending = self._pending.get(rid)
-        if pending is None or pending.future.done():
+        entry = self._inflight.get(rid)
+        if entry is None:
             return
-        old = pending.worker_id
-        state = self._workers.get(old)
-        if state is not None:
-            state.inflight.discard(rid)
-        if not pending.retried and pending.deadline - time.monotonic() > 0.001:
+        if not entry.retried and entry.deadline.remaining(time.monotonic()) > 0.001:
             try:
-                pending.worker_id = self._choose(pending.variant, exclude=old)
+                worker_id = self._choose(entry.variant, exclude=entry.worker_id)
             except DispatchError:
                 pass
             else:
-                pending.retried = True
+                self._inflight.move(rid, worker_id)
                 self.counters["retries"] += 1
-                self._send(rid, pending)
+                self._send(entry)
                 return
-        pending.future.set_exception(exc)
+        self._finish(rid, error=exc)
 
-    def _worker_lost(self, state: WorkerState, why: str) -> None:
-        if state.inflight:
+    def _worker_lost(self, worker_id: str, why: str) -> None:
+        rids = self._inflight.on_worker(worker_id)
+        if rids:
             self.counters["lost"] += 1
-            log.warning("worker lost with requests in flight", extra={"worker": state.worker_id, "why": why,
-                                                                     "inflight": len(state.inflight)})
-        for rid in list(state.inflight):
-            self._retry_or_fail(rid, WorkerLost(f"worker {state.worker_id} was lost ({why})"))
+            log.warning("worker %s lost with %d requests in flight (%s)", worker_id, len(rids), why)
+        for rid in rids:
+            self._retry_or_fail(rid, WorkerLost(f"worker {worker_id} was lost ({why})"))
+
+    def _slowdown_of(self, worker_id: str, variant: str) -> SlowdownEstimate:
+        tracker = self._slowdown.get((worker_id, variant))
+        return tracker.estimate() if tracker else SlowdownEstimate(mean=1.0, variance=0.0)
 
     # --- background -----------------------------------------------------------------------
+
+    def _beat(self, worker_id: str, now: float) -> None:
+        if worker_id not in self.view.workers:
+            if worker_id not in self._unrouted:
+                if len(self._unrouted) >= MAX_UNROUTED_WORKERS:
+                    return
+                self._unrouted.add(worker_id)
+        self._liveness.beat(worker_id, now)
 
     async def _receive(self) -> None:
         while True:
@@ -348,40 +382,40 @@ class Dispatcher:
                 return
             peer = (incoming.peer or b"").decode(errors="replace")
             worker_id = peer.removeprefix("worker:")
+            if not self.peers.accepts(worker_id, incoming.peer_name):
+                continue
             msg = incoming.msg
+            now = time.monotonic()
             if isinstance(msg, (Heartbeat, WorkerHello)):
-                self._liveness.beat(worker_id, time.monotonic())
+                self._beat(worker_id, now)
                 continue
             if not isinstance(msg, InferReply):
                 continue
-            self._liveness.beat(worker_id, time.monotonic())
-            pending = self._pending.get(msg.request_id)
-            if pending is None or pending.future.done() or pending.worker_id != worker_id:
+            self._beat(worker_id, now)
+            entry = self._inflight.get(msg.request_id)
+            if entry is None or entry.worker_id != worker_id:
                 self.counters["late_replies_ignored"] += 1
                 continue
             self.counters["replies"] += 1
-            if msg.status == "ok":
-                try:
-                    arrays = tensors_from_frames(msg.outputs, incoming.buffers)
-                except ProtocolError as exc:
-                    pending.future.set_exception(WorkerFailed(f"worker sent bad outputs: {exc}"))
-                    continue
-                outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
-                self._observe(worker_id, msg)
-                pending.future.set_result(
-                    Result(msg.variant, worker_id, msg, outputs, time.monotonic() - pending.sent)
-                )
-            elif msg.status == "late":
-                pending.future.set_exception(
-                    DeadlineExceeded(f"{msg.variant} could not finish before the deadline; dropped unrun")
-                )
-            elif msg.status == "overloaded":
-                pending.future.set_exception(Overloaded(f"worker {worker_id}: {msg.error}"))
-            else:
-                pending.future.set_exception(WorkerFailed(msg.error or "worker error"))
+            self._finish(msg.request_id, worker_id=worker_id, **self._outcome(worker_id, entry, msg, incoming.buffers, now))
+
+    def _outcome(self, worker_id: str, entry: InFlight, msg: InferReply, buffers: list, now: float) -> dict:
+        if msg.status is ReplyStatus.OK:
+            try:
+                arrays = tensors_from_frames(msg.outputs, buffers)
+            except ProtocolError as exc:
+                return {"error": WorkerFailed(f"worker sent bad outputs: {exc}")}
+            self._observe(worker_id, msg)
+            outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
+            return {"result": Result(msg.variant, worker_id, msg, outputs, now - entry.sent)}
+        if msg.status is ReplyStatus.LATE:
+            return {"error": DeadlineExceeded(f"{msg.variant} could not finish before the deadline; dropped unrun")}
+        if msg.status is ReplyStatus.OVERLOADED:
+            return {"error": Overloaded(f"worker {worker_id}: {msg.error}")}
+        return {"error": WorkerFailed(msg.error or "worker error")}
 
     def _observe(self, worker_id: str, reply: InferReply) -> None:
-        curve = self._curves.get((worker_id, reply.variant))
+        curve = self.view.curves.get((worker_id, reply.variant))
         if curve is None or reply.compute_us <= 0:
             return
         profiled_ms = curve(max(reply.batch_size, 1))
@@ -400,19 +434,22 @@ class Dispatcher:
             self._liveness.excuse(now - last - self._heartbeat_interval_s, now)
             last = now
             for worker_id in self._liveness.lost(now):
-                state = self._workers.get(worker_id)
-                if state is not None:
-                    self._worker_lost(state, "missed heartbeats")
+                self._worker_lost(worker_id, "missed heartbeats")
+                if worker_id not in self.view.workers:
+                    self._liveness.forget(worker_id)
+                    self._unrouted.discard(worker_id)
             seq += 1
             beat = Heartbeat(sender=self.gateway_id, role="gateway", seq=seq)
-            for worker_id in list(self._workers):
+            for worker_id in list(self.view.workers):
+                # A request sent within the interval already told this worker we are here.
+                if now - self._last_sent.get(worker_id, 0.0) < self._heartbeat_interval_s / 2:
+                    continue
                 try:
                     self._endpoint.send_nowait(beat, to=f"worker:{worker_id}".encode())
                 except (PeerUnreachable, zmq.Again):
                     pass
 
 
-def _loop_time(monotonic_deadline: float) -> float:
-    """asyncio's loop clock is time.monotonic on every supported platform; convert explicitly anyway."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_deadline - time.monotonic())
+def retry_after_header(seconds: float | None) -> str:
+    """HTTP Retry-After: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds or 1.0)))

@@ -38,12 +38,21 @@ class Event:
 
 
 class EventLog:
-    """Open and recently closed decisions by event id. Not thread-safe; one owner."""
+    """Open and recently closed decisions by event id. Not thread-safe; one owner.
 
-    def __init__(self, *, feedback_wait_s: float = 30.0, retain_s: float = 300.0, max_open: int = 100_000) -> None:
+    Bounded whether or not anyone drains it: at most ``max_open`` open events (the oldest is closed
+    early), ``max_open`` remembered closed ids (the oldest forgotten early) and ``max_ready``
+    records waiting to ship (the oldest dropped and counted in ``dropped`` while the controller
+    link is down).
+    """
+
+    def __init__(self, *, feedback_wait_s: float = 30.0, retain_s: float = 300.0, max_open: int = 100_000,
+                 max_ready: int = 50_000) -> None:
         self.feedback_wait_s = feedback_wait_s
         self.retain_s = retain_s
         self.max_open = max_open
+        self.max_ready = max_ready
+        self.dropped = 0
         self._open: OrderedDict[str, Event] = OrderedDict()
         self._closed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> (how, closed at)
         self._ready: list[DecisionRecord] = []
@@ -103,6 +112,11 @@ class EventLog:
     def _close(self, event: Event, reward: float, source: str, now: float) -> None:
         del self._open[event.event_id]
         self._closed[event.event_id] = (source, now)
+        while len(self._closed) > self.max_open:
+            self._closed.popitem(last=False)
+        if len(self._ready) >= self.max_ready:
+            del self._ready[: len(self._ready) - self.max_ready + 1]
+            self.dropped += 1
         self._ready.append(
             DecisionRecord(
                 event_id=event.event_id,

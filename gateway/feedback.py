@@ -9,27 +9,28 @@ it: ``{"event_id": "...", "rating": 4, "scale": 5}`` (reward = rating / scale) o
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
 from aiohttp import web
 
+from gateway.edge import bounded_number
 from gateway.event_log import EventLog, FeedbackResult
 
 EVENTS = web.AppKey("events", EventLog)
 MAX_FEEDBACK_BYTES = 16 * 1024
+MAX_EVENT_ID_LEN = 128
 
 
 class BadFeedback(ValueError):
-    pass
+    """The feedback body is malformed or out of range; answered 400 naming the field."""
 
 
-def _number(body: dict[str, Any], key: str) -> float:
-    value = body[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadFeedback(f"{key!r} must be a finite number")
-    return float(value)
+_MAX_SCALE = 1e9
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float) -> float:
+    return bounded_number(body[key], key, low=low, high=high, error=BadFeedback)
 
 
 def reward_of(body: Any) -> tuple[str, float]:
@@ -39,13 +40,15 @@ def reward_of(body: Any) -> tuple[str, float]:
     event_id = body.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         raise BadFeedback("'event_id' must be a non-empty string")
+    if len(event_id) > MAX_EVENT_ID_LEN:
+        raise BadFeedback(f"'event_id' is longer than {MAX_EVENT_ID_LEN} characters")
     if "reward" in body:
-        reward = _number(body, "reward")
+        reward = _number(body, "reward", 0.0, 1.0)
     elif "rating" in body:
-        rating = _number(body, "rating")
-        scale = _number(body, "scale") if "scale" in body else 5.0
-        if scale <= 0 or not 0 <= rating <= scale:
-            raise BadFeedback("'rating' must lie in [0, scale] with a positive 'scale'")
+        scale = _number(body, "scale", 0.0, _MAX_SCALE) if "scale" in body else 5.0
+        if scale <= 0:
+            raise BadFeedback("'scale' must be a positive number")
+        rating = _number(body, "rating", 0.0, scale)
         reward = rating / scale
     elif "satisfied" in body:
         if not isinstance(body["satisfied"], bool):
@@ -53,8 +56,6 @@ def reward_of(body: Any) -> tuple[str, float]:
         reward = 1.0 if body["satisfied"] else 0.0
     else:
         raise BadFeedback("give 'reward' in [0, 1], or 'rating' (and 'scale'), or 'satisfied'")
-    if not 0.0 <= reward <= 1.0:
-        raise BadFeedback("'reward' must lie in [0, 1]")
     return event_id, reward
 
 

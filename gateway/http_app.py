@@ -1,19 +1,23 @@
 """The Open Inference Protocol (KServe V2) HTTP front end, with Triton's binary tensor extension.
 
-Handlers only translate: HTTP in, a dispatcher call, HTTP out. Every error leaves as a
+Handlers only translate: HTTP in, a call of the data plane (``gateway.serving``), HTTP out. Every error leaves as a
 deliberate status with ``{"error": ...}``; HTTP status codes live in this module and nowhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import time
-import uuid
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway import oip
+from gateway import metadata, oip
+from gateway.access import AccessPolicy, access_middleware
+from gateway.dashboard import build_view, page
+from gateway.edge import header_length
 from gateway.dispatcher import (
     DeadlineExceeded,
     DispatchError,
@@ -22,22 +26,20 @@ from gateway.dispatcher import (
     Overloaded,
     WorkerFailed,
     WorkerLost,
+    retry_after_header,
 )
-from gateway.event_log import Event, EventLog
+from gateway.event_log import EventLog
+from gateway.exposition import gateway_registry
 from gateway.feedback import EVENTS, post_feedback
+from gateway.health import UNSERVED_HEADER, unready_reason
+from gateway.mesh_status import StatusFeed
 from gateway.policy_store import PolicyReplicas
-from gateway.selection import (
-    SELECTION_MODES,
-    RequestBounds,
-    Selection,
-    Shed,
-    check_variant,
-    parse_bounds,
-    select,
-)
+from gateway.serving import DataPlane, ModelNotFound
+from gateway.selection import SELECTION_MODES, Shed, parse_bounds
+from gateway.telemetry import Outcome, Telemetry
 from mesh.bandit import NoCandidate
 from mesh.shares import ShareTracker
-from protocol.types import CandidateInfo, ModelInfo
+from protocol.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,19 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 POLICIES = web.AppKey("policies", PolicyReplicas)
 SHARES = web.AppKey("shares", ShareTracker)
 SELECTION = web.AppKey("selection", str)
-EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "letmesh_bounds")
-
-
-class ModelNotFound(Exception):
-    pass
+BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
+PLANE = web.AppKey("plane", DataPlane)
+STRICT_READINESS = web.AppKey("strict_readiness", bool)
+STATUS_FEED = web.AppKey("status_feed", StatusFeed)
+# Bodies above this size are parsed on a thread, so one large request cannot hold the event
+# loop (and every other request's replies) for the whole parse.
+PARSE_OFF_LOOP_BYTES = 256 * 1024
+# Only what works: Triton's binary tensors, model configuration and statistics, and our request
+# bounds (letmesh_slo_ms, letmesh_min_accuracy, letmesh_max_energy_j). Not Triton's
+# model_repository (no load/unload) nor schedule_policy (``timeout`` is honoured, ``priority`` is not).
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "letmesh_bounds")
+# The one version a family answers to; a variant answers to its manifest's version.
+FAMILY_VERSION = "1"
 
 
 def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -58,7 +68,8 @@ def _json_error(status: int, message: str, headers: dict[str, str] | None = None
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405, 413 body too large) get the OIP error body too."""
+    """aiohttp's own errors (404 route, 405, 413 body too large) get the OIP error body too,
+    and so does anything a handler did not expect: never a plain-text 500."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -68,20 +79,48 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         if exc.status == 413:
             message = f"request body is larger than {request.app._client_max_size} bytes"
         return _json_error(exc.status, message, headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return _json_error(500, "internal error; the gateway logged the cause")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, refused before reading when its declared length is over the limit, and
+    bounded in time so a client that declares more than it sends cannot hold a request open."""
+    limit = request.app._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    try:
+        return await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_S])
+    except TimeoutError:
+        raise BodyTimeout(f"request body not received within {request.app[BODY_TIMEOUT_S]:g} s") from None
+
+
+class BodyTimeout(Exception):
+    pass
 
 
 def make_app(
     dispatcher: Dispatcher, *, max_body_bytes: int, events: EventLog | None = None,
-    policies: PolicyReplicas | None = None, selection: str = "bandit",
+    policies: PolicyReplicas | None = None, selection: str = "bandit", body_timeout_s: float = 10.0,
+    access: AccessPolicy | None = None, status: StatusFeed | None = None,
+    telemetry: Telemetry | None = None, strict_readiness: bool = False,
 ) -> web.Application:
     if selection not in SELECTION_MODES:
         raise ValueError(f"selection {selection!r} is not one of {', '.join(SELECTION_MODES)}")
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
+    if access is not None:  # bearer tokens and per-client rates (gateway/access.py)
+        app.middlewares.append(count_refusals)
+        app.middlewares.append(access_middleware(access, oip.error_body))
     app[DISPATCHER] = dispatcher
     app[EVENTS] = events if events is not None else EventLog()
     app[POLICIES] = policies if policies is not None else PolicyReplicas()
     app[SHARES] = ShareTracker()
     app[SELECTION] = selection
+    app[BODY_TIMEOUT_S] = body_timeout_s
+    app[STRICT_READINESS] = strict_readiness
+    app[PLANE] = DataPlane(dispatcher, events=app[EVENTS], policies=app[POLICIES], shares=app[SHARES],
+                           selection=selection, telemetry=telemetry)
     r = app.router
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
@@ -91,17 +130,37 @@ def make_app(
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)
+        r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
+    # The live dashboard: the page and the JSON it polls (gateway/dashboard.py); ``status`` is
+    # filled by the controller link while the page is watched.
+    app[STATUS_FEED] = status if status is not None else StatusFeed()
+    r.add_get("/dashboard", dashboard_page)
+    r.add_get("/dashboard/data", dashboard_data)
+    # Metrics (Prometheus text) and Triton's statistics extension, from the same counters.
+    app[METRICS] = metrics_registry(app[PLANE])
+    r.add_get("/metrics", make_aiohttp_handler(app[METRICS]))
+    r.add_get("/v2/models/stats", model_stats)
+    r.add_get("/v2/models/{model}/stats", model_stats)
+    r.add_get("/v2/models/{model}/versions/{version}/stats", model_stats)
     return app
 
 
-def _resolve(dispatcher: Dispatcher, name: str) -> tuple[list[ModelInfo], bool]:
-    """(variants the name may run on, whether it names a family)."""
-    if name in dispatcher.models:
-        return [dispatcher.models[name]], False
-    if name in dispatcher.families:
-        return dispatcher.families[name], True
-    raise ModelNotFound(name)
+async def dashboard_page(request: web.Request) -> web.Response:
+    return web.Response(body=page(), content_type="text/html", charset="utf-8")
+
+
+async def dashboard_data(request: web.Request) -> web.Response:
+    d, feed, plane = request.app[DISPATCHER], request.app[STATUS_FEED], request.app[PLANE]
+    now = time.monotonic()
+    feed.watched(now)
+    view = build_view(
+        routing=d.view, reachable={w for v in d.view.by_variant for w in d.ready_workers(v)}, status=feed.latest,
+        status_age_s=feed.age_s(now),
+        recent=plane.telemetry.recent(),  # the traffic window of the same counters /metrics reads
+        preferences=plane.preferences.view(), policy_versions=request.app[POLICIES].versions, now_s=time.time(),
+    )
+    return web.json_response(view, headers={"Cache-Control": "no-store"})
 
 
 async def live(request: web.Request) -> web.Response:
@@ -110,12 +169,14 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     d = request.app[DISPATCHER]
-    ok = bool(d.models) and all(d.ready_workers(name) for name in d.models)
-    return web.Response(status=200 if ok else 503)
+    served = {name for name in (*d.models, *d.view.by_variant) if d.ready_workers(name)}
+    reason = unready_reason(d.view, served.__contains__, strict=request.app[STRICT_READINESS])
+    headers = {UNSERVED_HEADER: str(sum(name not in served for name in d.models))} if d.view.received else {}
+    return _json_error(503, reason, headers) if reason else web.Response(status=200, headers=headers)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response(oip.server_metadata(EXTENSIONS))
+    return web.json_response(metadata.server_metadata(EXTENSIONS))
 
 
 async def repository_index(request: web.Request) -> web.Response:
@@ -134,15 +195,41 @@ async def repository_index(request: web.Request) -> web.Response:
     return web.json_response(index)
 
 
-async def model_metadata(request: web.Request) -> web.Response:
-    d = request.app[DISPATCHER]
+def versions_of(variants: list[ModelInfo], is_family: bool) -> list[str]:
+    return [FAMILY_VERSION] if is_family else [variants[0].version]
+
+
+def _resolve(request: web.Request) -> tuple[list[ModelInfo], bool] | web.Response:
+    """The variants the path's model (and version, if given) names, or the error to answer:
+    404 for an unknown model or version, 503 before the first routing table."""
     name = request.match_info["model"]
     try:
-        variants, is_family = _resolve(d, name)
+        variants, is_family = request.app[PLANE].resolve(name)
     except ModelNotFound:
         return _json_error(404, f"unknown model {name!r}")
+    except NoWorkerReady as exc:
+        return _dispatch_error(exc)
+    return _unknown_version(request, variants, is_family) or (variants, is_family)
+
+
+def _unknown_version(request: web.Request, variants: list[ModelInfo], is_family: bool) -> web.Response | None:
+    """The 404 for a path naming a version the model does not have; None when it names none or a known one."""
+    version = request.match_info.get("version")
+    known = versions_of(variants, is_family)
+    if version is None or version in known:
+        return None
+    name = request.match_info["model"]
+    return _json_error(404, f"model {name!r} has no version {version!r}; versions: {', '.join(known)}")
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    resolved = _resolve(request)
+    if isinstance(resolved, web.Response):
+        return resolved
+    variants, is_family = resolved
     head = variants[0]
-    body = oip.model_metadata(name, [head.version] if not is_family else ["1"], head.platform, head.inputs, head.outputs)
+    body = metadata.model_metadata(name, versions_of(variants, is_family), head.platform, head.inputs, head.outputs)
     body["parameters"] = {
         "letmesh_family": head.family,
         "letmesh_variants": [{"name": v.name, "accuracy": v.accuracy, "max_batch": v.max_batch,
@@ -151,95 +238,88 @@ async def model_metadata(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def model_config(request: web.Request) -> web.Response:
+    resolved = _resolve(request)
+    if isinstance(resolved, web.Response):
+        return resolved
+    variants, is_family = resolved
+    name = request.match_info["model"]
+    return web.json_response(metadata.model_config(name, variants[0], variants if is_family else ()))
+
+
 async def model_ready(request: web.Request) -> web.Response:
     d = request.app[DISPATCHER]
-    name = request.match_info["model"]
-    try:
-        variants, _ = _resolve(d, name)
-    except ModelNotFound:
-        return _json_error(404, f"unknown model {name!r}")
+    resolved = _resolve(request)
+    if isinstance(resolved, web.Response):
+        return resolved
+    variants, _ = resolved
+    # 400 when known but not ready, as Triton answers (KServe: any 4xx).
     return web.Response(status=200 if any(d.ready_workers(v.name) for v in variants) else 400)
 
 
 async def infer(request: web.Request) -> web.Response:
     received = time.monotonic()
-    d = request.app[DISPATCHER]
+    plane = request.app[PLANE]
     name = request.match_info["model"]
     try:
-        variants, is_family = _resolve(d, name)
+        variants, is_family = plane.resolve(name)
     except ModelNotFound:
+        plane.refused(name, Outcome.ERROR, "not_found", received)
         return _json_error(404, f"unknown model {name!r}")
+    except NoWorkerReady as exc:
+        plane.refused(name, Outcome.SHED, "no_routing_table", received)
+        return _dispatch_error(exc)
+    unknown = _unknown_version(request, variants, is_family)
+    if unknown is not None:
+        plane.refused(name, Outcome.ERROR, "not_found", received)
+        return unknown
     head = variants[0]
-    body = await request.read()
-    header_length = request.headers.get(oip.HEADER_LENGTH)
     try:
-        length = None
-        if header_length is not None:
-            if not header_length.isdigit():
-                raise oip.MalformedBody(f"{oip.HEADER_LENGTH} must be a non-negative integer")
-            length = int(header_length)
-        parsed = oip.parse_infer_request(body, length, head.inputs, head.outputs, max_batch=head.max_batch)
+        body = await read_body(request)
+    except BodyTimeout as exc:
+        plane.refused(name, Outcome.ERROR, "invalid", received)
+        return _json_error(408, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        plane.refused(name, Outcome.ERROR, "invalid", received)
+        raise
+    try:
+        length = header_length(request.headers.get(oip.HEADER_LENGTH))
+        if len(body) > PARSE_OFF_LOOP_BYTES:
+            parsed = await asyncio.to_thread(oip.parse_infer_request, body, length, head.inputs, head.outputs,
+                                             max_batch=head.max_batch)
+        else:
+            parsed = oip.parse_infer_request(body, length, head.inputs, head.outputs, max_batch=head.max_batch)
         bounds = parse_bounds(parsed.parameters, head.default_slo_ms)
     except oip.OipError as exc:
+        plane.refused(name, Outcome.ERROR, "invalid", received)
         return _json_error(exc.status, str(exc))
 
-    event_id = ""
     try:
-        if is_family:
-            chosen = select(name, variants, bounds, d, request.app[POLICIES], request.app[SHARES], received,
-                            mode=request.app[SELECTION])
-            if chosen is None:
-                d.record_demand(head.name)
-                return _dispatch_error(NoWorkerReady(f"no variant of {name} has a reachable worker"))
-            model = chosen.model
-            event_id = _log_decision(request.app[EVENTS], name, bounds, chosen, received)
-        else:
-            model = head
-            check_variant(model, bounds)
+        served = await plane.infer(name, variants, is_family, parsed.inputs, bounds, received)
     except NoCandidate as exc:
-        d.record_demand(head.name)  # turned away, but still demand the plan must see
-        if exc.bound == "deadline":
-            d.record_miss(head.name)  # and a sign the plan carries less than it thinks
         return _no_candidate(exc)
     except Shed as exc:
-        d.record_demand(head.name)
         return _json_error(503, str(exc), {"Retry-After": "1"})
-
-    remaining = bounds.budget_s - (time.monotonic() - received)
-    events = request.app[EVENTS]
-    try:
-        if remaining <= 0:
-            d.record_demand(model.name)
-            raise DeadlineExceeded("the deadline passed before the request could be sent")
-        result = await d.infer(model.name, parsed.inputs, remaining)
     except DispatchError as exc:
-        if isinstance(exc, (DeadlineExceeded, Overloaded)):
-            d.record_miss(model.name)
-        if event_id:
-            events.outcome(event_id, met=False if isinstance(exc, DeadlineExceeded) else None)
         return _dispatch_error(exc)
 
-    elapsed = time.monotonic() - received
-    met = elapsed <= bounds.budget_s
-    if not met:
-        d.record_miss(model.name)
+    reply = served.result.reply
     parameters = {
-        "letmesh_variant": result.variant,
-        "letmesh_slo_status": "met" if met else "late",
-        "letmesh_queue_us": result.reply.queue_us,
-        "letmesh_compute_us": result.reply.compute_us,
-        "letmesh_batch_size": result.reply.batch_size,
-        "letmesh_latency_us": int(elapsed * 1e6),
+        "letmesh_variant": served.result.variant,
+        "letmesh_slo_status": "met" if served.met else "late",
+        "letmesh_queue_us": reply.queue_us,
+        "letmesh_compute_us": reply.compute_us,
+        "letmesh_batch_size": reply.batch_size,
+        "letmesh_latency_us": int(served.elapsed_s * 1e6),
     }
-    if event_id:
-        events.outcome(event_id, met=met)
-        parameters["letmesh_event_id"] = event_id
+    if served.event_id:
+        parameters["letmesh_event_id"] = served.event_id
     try:
         payload, headers = oip.encode_infer_response(
             model_name=name,
-            model_version=model.version,
+            model_version=served.model.version,
             request_id=parsed.id,
-            outputs=list(result.outputs.items()),
+            outputs=list(served.result.outputs.items()),
             parsed=parsed,
             parameters=parameters,
         )
@@ -249,26 +329,41 @@ async def infer(request: web.Request) -> web.Response:
     return web.Response(body=payload, headers=headers, content_type=content_type)
 
 
-def _log_decision(events: EventLog, family: str, bounds: RequestBounds, chosen: Selection, now: float) -> str:
-    event_id = uuid.uuid4().hex
-    events.record(
-        Event(
-            event_id=event_id,
-            family=family,
-            context=bounds.context,
-            budget_ms=bounds.budget_s * 1e3,
-            load=chosen.load,
-            candidates=tuple(
-                CandidateInfo(variant=c.variant, accuracy=c.accuracy, predicted_latency_ms=c.predicted_latency_ms,
-                              p_deadline=c.p_deadline, energy_j=c.energy_j)
-                for c in chosen.candidates
-            ),
-            chosen=chosen.decision.chosen,
-            probability=chosen.decision.probability,
-            created=now,
-        )
-    )
-    return event_id
+METRICS = web.AppKey("metrics", CollectorRegistry)
+
+
+def metrics_registry(plane: DataPlane) -> CollectorRegistry:
+    """This gateway's registry: the data plane's telemetry and the dispatcher's gauges."""
+    d = plane.dispatcher
+    return gateway_registry(plane.telemetry, lambda: {
+        "letmesh_gateway_inflight_requests": ("Requests sent to workers and not answered yet.", d.outstanding()),
+        "letmesh_gateway_routing_version": ("Version of the routing table in use.", d.routing_version),
+    })
+
+
+async def model_stats(request: web.Request) -> web.Response:
+    """Triton's statistics extension: ``GET /v2/models[/{model}[/versions/{version}]]/stats``."""
+    plane = request.app[PLANE]
+    name = request.match_info.get("model")
+    if name is None:
+        d = plane.dispatcher
+        names = [(n, m.version) for n, m in sorted(d.models.items())] + [(f, FAMILY_VERSION) for f in sorted(d.families)]
+        return web.json_response({"model_stats": [plane.telemetry.stats(n, v) for n, v in names]})
+    resolved = _resolve(request)
+    if isinstance(resolved, web.Response):
+        return resolved
+    variants, is_family = resolved
+    return web.json_response({"model_stats": [plane.telemetry.stats(name, versions_of(variants, is_family)[0])]})
+
+
+@web.middleware
+async def count_refusals(request: web.Request, handler) -> web.StreamResponse:
+    """Inference requests the access middleware (inside this one) turns away are counted too."""
+    response = await handler(request)
+    if response.status in (401, 403, 429) and request.path.endswith("/infer") and "model" in request.match_info:
+        outcome, reason = (Outcome.SHED, "rate_limited") if response.status == 429 else (Outcome.ERROR, "unauthorized")
+        request.app[PLANE].refused(request.match_info["model"], outcome, reason, time.monotonic())
+    return response
 
 
 def _no_candidate(exc: NoCandidate) -> web.Response:
@@ -282,7 +377,7 @@ def _no_candidate(exc: NoCandidate) -> web.Response:
 def _dispatch_error(exc: DispatchError) -> web.Response:
     headers = None
     if exc.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
     match exc:
         case DeadlineExceeded():
             return _json_error(504, f"deadline exceeded: {exc}")

@@ -7,14 +7,13 @@ live slowdown); the family's bandit policy picks among them and nothing else.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import oip
 from gateway.dispatcher import Dispatcher
+from gateway.edge import DEFAULT_LIMITS, EdgeLimits, bounded_context, bounded_number
 from gateway.policy_store import PolicyReplicas
 from mesh.bandit import (
     Bounds,
@@ -48,43 +47,33 @@ class Selection:
     load: float
 
 
-def _positive(parameters: Mapping[str, Any], key: str) -> float | None:
-    if key not in parameters:
-        return None
-    value = parameters[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise oip.InvalidParameter(f"parameter {key!r} must be a non-negative number")
-    return float(value)
+def parse_bounds(parameters: Mapping[str, Any], default_slo_ms: float,
+                 limits: EdgeLimits = DEFAULT_LIMITS) -> RequestBounds:
+    """Deadline (``timeout`` in µs, else ``letmesh_slo_ms``, else the default), bounds and context.
 
-
-def parse_bounds(parameters: Mapping[str, Any], default_slo_ms: float) -> RequestBounds:
-    """Deadline (``timeout`` in µs, else ``letmesh_slo_ms``, else the default), bounds and context."""
-    if "timeout" in parameters:
-        key, scale = "timeout", 1e-6  # Triton: microseconds
+    Every value is checked before use (see :mod:`gateway.edge`): a deadline between
+    ``limits.min_deadline_ms`` and ``limits.max_deadline_ms``, an accuracy floor in [0, 1], a
+    finite non-negative energy ceiling and a bounded flat context; anything else raises
+    ``InvalidParameter`` naming the parameter.
+    """
+    low, high = limits.min_deadline_ms, limits.max_deadline_ms
+    if "timeout" in parameters:  # Triton: microseconds
+        budget_s = bounded_number(parameters["timeout"], "timeout", low=low * 1e3, high=high * 1e3) * 1e-6
     elif "letmesh_slo_ms" in parameters:
-        key, scale = "letmesh_slo_ms", 1e-3
+        budget_s = bounded_number(parameters["letmesh_slo_ms"], "letmesh_slo_ms", low=low, high=high) * 1e-3
     else:
-        key, scale = "", 1e-3
-    if key:
-        budget = _positive(parameters, key)
-        if not budget:
-            raise oip.InvalidParameter(f"parameter {key!r} must be a positive number")
-        budget_s = budget * scale
-    else:
-        budget_s = default_slo_ms * scale
-    context = parameters.get("letmesh_context", {})
-    if isinstance(context, str):  # "app=reader,device=phone" for clients that send only scalars
-        pairs = [item.partition("=") for item in context.split(",") if item.strip()]
-        if any(not sep or not k.strip() for k, sep, _ in pairs):
-            raise oip.InvalidParameter("parameter 'letmesh_context' must be an object or 'key=value,...'")
-        context = {k.strip(): v.strip() for k, _, v in pairs}
-    elif not isinstance(context, dict):
-        raise oip.InvalidParameter("parameter 'letmesh_context' must be an object or 'key=value,...'")
+        budget_s = default_slo_ms * 1e-3
+    min_accuracy = max_energy_j = None
+    if "letmesh_min_accuracy" in parameters:
+        min_accuracy = bounded_number(parameters["letmesh_min_accuracy"], "letmesh_min_accuracy", low=0.0, high=1.0)
+    if "letmesh_max_energy_j" in parameters:
+        max_energy_j = bounded_number(parameters["letmesh_max_energy_j"], "letmesh_max_energy_j", low=0.0,
+                                      high=limits.context_max_abs)
     return RequestBounds(
         budget_s=budget_s,
-        min_accuracy=_positive(parameters, "letmesh_min_accuracy"),
-        max_energy_j=_positive(parameters, "letmesh_max_energy_j"),
-        context=dict(context),
+        min_accuracy=min_accuracy,
+        max_energy_j=max_energy_j,
+        context=bounded_context(parameters.get("letmesh_context", {}), limits),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from controller.learner import candidates_of
 from controller.offpolicy import LoggedDecision, evaluate, policy_target, preferences
@@ -26,7 +27,9 @@ def _logged(store: StateStore, family: str, limit: int) -> list[LoggedDecision]:
     ]
 
 
-def report(state_dir: Path, *, family: str | None = None, limit: int = 20_000) -> str:
+def report_data(state_dir: Path, *, family: str | None = None, limit: int = 20_000) -> dict[str, Any]:
+    """Per family: the saved model's version, learned preferences per context and the estimated
+    mean reward of the logged, deployed and greedy policies (NaN where there is nothing to estimate)."""
     db = state_dir / "controller.sqlite3"
     if not db.exists():
         raise FileNotFoundError(f"no controller state in {state_dir} (looked for {db.name})")
@@ -34,38 +37,66 @@ def report(state_dir: Path, *, family: str | None = None, limit: int = 20_000) -
     meta_path = bandit_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     families = [family] if family else sorted(p.stem for p in bandit_dir.glob("*.vw"))
+    out: list[dict[str, Any]] = []
     if not families:
-        return "no bandit model has been saved yet (no family has had decisions with feedback)"
+        return {"families": out}
     store = StateStore(db)
-    lines: list[str] = []
     try:
         for fam in families:
             model_path = bandit_dir / f"{fam}.vw"
             records = _logged(store, fam, limit)
             info = meta.get(fam, {})
-            lines.append(f"family {fam}: model v{info.get('version', '?')}, {info.get('updates', '?')} updates, "
-                         f"{len(records)} logged decisions used here")
+            entry: dict[str, Any] = {"family": fam, "model_version": info.get("version"), "updates": info.get("updates"),
+                                     "decisions": len(records), "preferences": [], "estimates": None}
+            out.append(entry)
             if not model_path.exists() or not records:
-                lines.append("  nothing to report yet\n")
                 continue
             with BanditPolicy(info.get("vw_args", DEFAULT_VW_ARGS), model=model_path.read_bytes()) as policy:
                 prefs = preferences(records, policy)
                 value = evaluate(records, policy_target(policy))
                 greedy = evaluate(records, policy_target(policy, greedy=True))
-            lines.append("  learned preference per context:")
-            for context, variant, probability in prefs:
-                ctx = ", ".join(f"{k}={v}" for k, v in sorted(context.items())) or "(no context)"
-                lines.append(f"    {ctx:<40} -> {variant:<16} p={probability:.2f}")
-            lines.append("  estimated mean reward per request (95% interval where known):")
-            lines.append(f"    logged policy (what ran)        {value.logged:.3f}")
-            lines.append(f"    learned policy, as deployed     IPS {_ci(value.ips, value.ips_stderr)}   "
-                         f"DR {_ci(value.dr, value.dr_stderr)}")
-            lines.append(f"    learned policy, greedy          IPS {_ci(greedy.ips, greedy.ips_stderr)}   "
-                         f"DR {_ci(greedy.dr, greedy.dr_stderr)}")
-            lines.append("")
+            entry["preferences"] = [{"context": context, "variant": variant, "probability": probability}
+                                    for context, variant, probability in prefs]
+            entry["estimates"] = {
+                "logged": value.logged,
+                "deployed": {"ips": value.ips, "ips_stderr": value.ips_stderr, "dr": value.dr, "dr_stderr": value.dr_stderr},
+                "greedy": {"ips": greedy.ips, "ips_stderr": greedy.ips_stderr, "dr": greedy.dr, "dr_stderr": greedy.dr_stderr},
+            }
     finally:
         store.close()
+    return {"families": out}
+
+
+def format_report(data: dict[str, Any]) -> str:
+    if not data["families"]:
+        return "no bandit model has been saved yet (no family has had decisions with feedback)"
+    lines: list[str] = []
+    for entry in data["families"]:
+        version = "?" if entry["model_version"] is None else entry["model_version"]
+        updates = "?" if entry["updates"] is None else entry["updates"]
+        lines.append(f"family {entry['family']}: model v{version}, {updates} updates, "
+                     f"{entry['decisions']} logged decisions used here")
+        est = entry["estimates"]
+        if est is None:
+            lines.append("  nothing to report yet\n")
+            continue
+        lines.append("  learned preference per context:")
+        for pref in entry["preferences"]:
+            ctx = ", ".join(f"{k}={v}" for k, v in sorted(pref["context"].items())) or "(no context)"
+            lines.append(f"    {ctx:<40} -> {pref['variant']:<16} p={pref['probability']:.2f}")
+        deployed, greedy = est["deployed"], est["greedy"]
+        lines.append("  estimated mean reward per request (95% interval where known):")
+        lines.append(f"    logged policy (what ran)        {est['logged']:.3f}")
+        lines.append(f"    learned policy, as deployed     IPS {_ci(deployed['ips'], deployed['ips_stderr'])}   "
+                     f"DR {_ci(deployed['dr'], deployed['dr_stderr'])}")
+        lines.append(f"    learned policy, greedy          IPS {_ci(greedy['ips'], greedy['ips_stderr'])}   "
+                     f"DR {_ci(greedy['dr'], greedy['dr_stderr'])}")
+        lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def report(state_dir: Path, *, family: str | None = None, limit: int = 20_000) -> str:
+    return format_report(report_data(state_dir, family=family, limit=limit))
 
 
 def _ci(value: float, stderr: float) -> str:

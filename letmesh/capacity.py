@@ -649,33 +649,16 @@ class Setup:
         return devices_needed(self.groups, self.planned, lambda devs, dems: self.plan(devs, dems, policy), self.profiles.latency)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True, metavar="FILE",
-                        help="TOML or JSON: [[models]] variant, rate_rps, slo_ms (optional memory_mb); may hold [[devices]]")
-    parser.add_argument("--devices", metavar="FILE", help="TOML or JSON: [[devices]] kind, count, capacity (overrides the workload's)")
-    parser.add_argument("--profiles", metavar="FILE", help="profile CSV: variant,device_kind,partition,batch,p50_ms,p99_ms")
-    parser.add_argument("--colocations", metavar="FILE", help="co-location CSV for the interference model (with --profiles)")
-    parser.add_argument("--state-dir", metavar="DIR", help="read measured profiles from the controller's store in DIR")
-    parser.add_argument("--interference", choices=("off", "fit"), default=None,
-                        help="off, or fit from co-location samples (default: fit when there are enough samples)")
-    parser.add_argument("--policy", choices=POLICIES, default="gpulet", help="planning policy (default gpulet)")
-    parser.add_argument("--max-batch", type=int, default=32, help="largest batch the planner may choose (default 32)")
-    parser.add_argument("--headroom", default="controller",
-                        help="plan for more than the workload's rates: controller (default: x1.5 below 125 rps, x1.2 above, "
-                             "as the controller does), none, or a factor such as 1.3")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="safety factor on profiled p99 latency (default 1.1)")
-    parser.add_argument("--json", metavar="FILE", help="also write every number as JSON to FILE")
-
-
 def load_setup(args: argparse.Namespace) -> Setup:
     workload = load_workload(args.workload)
     groups = load_devices(args.devices) if args.devices else workload.devices
     if not groups:
         raise WorkloadFileError(f"no devices: pass --devices FILE or add [[devices]] tables to {args.workload}")
-    if args.max_batch < 1 or not args.margin > 0:
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    if args.max_batch < 1 or not margin > 0:
         raise CapacityError("--max-batch must be at least 1 and --margin positive")
     profiles = load_profiles(profiles_csv=args.profiles, colocations_csv=args.colocations, state_dir=args.state_dir,
-                             interference=args.interference, margin=args.margin)
+                             interference=args.interference, margin=margin)
     factor = parse_headroom(args.headroom)
     planned = tuple(replace(d, rate_rps=planning_target(d.rate_rps, factor)) for d in workload.demands)
     return Setup(workload.demands, planned, tuple(groups), profiles, args.policy, args.max_batch, args.headroom)
@@ -691,15 +674,6 @@ def headroom_note(headroom: str) -> str:
     if headroom == "controller":
         return "planned as the controller would (x1.5 below 125 rps, x1.2 above)"
     return "none" if headroom == "none" else f"planned at x{float(headroom):g} the workload's rates"
-
-
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``letmesh plan``."""
-    add_common_arguments(parser)
-    parser.add_argument("--width", type=int, default=DEFAULT_BAR_WIDTH, help="width of a device bar in characters (default 60)")
-    parser.add_argument("--expand", action="store_true", help="one line per device (default: identical devices share a line)")
-    parser.add_argument("--no-search", action="store_true", help="skip the devices-needed search")
-    parser.add_argument("--compare-policies", action="store_true", help="also report devices needed under every policy")
 
 
 def write_json(path: str, doc: Mapping[str, Any]) -> None:
@@ -720,7 +694,7 @@ def run_plan(args: argparse.Namespace) -> int:
         return 2
     out = [f"profiles: {setup.profiles.description}", *coverage_warnings(setup),
            f"policy: {result.policy} (packing {result.strategy or result.policy}); headroom: {headroom_note(setup.headroom)}", "",
-           layout_picture(result, devices, width=max(10, args.width), group=not args.expand), "",
+           layout_picture(result, devices, width=max(10, DEFAULT_BAR_WIDTH if args.width is None else args.width), group=not args.expand), "",
            plan_summary(result, setup.demands, setup.planned, setup.groups, devices)]
     if needed is not None:
         out += ["", needed_summary(needed, setup.groups, setup.policy)]

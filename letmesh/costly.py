@@ -9,7 +9,6 @@ the mesh, and its manifests say so.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from letmesh.zoo import Progress, intact_manifest, manifest_for, profile_module, publish, script_bytes
+from letmesh.export import load_script, profile_module, script_bytes
+from letmesh.manifest import intact_manifest, manifest_for, publish
+from letmesh.zoo import Progress
 
 WIDTH = 256
 DEFAULT_VARIANTS = (("synth-large", 0.95, 1200), ("synth-medium", 0.90, 240), ("synth-small", 0.80, 8))
@@ -64,7 +65,7 @@ def build_costly(
             out.append(existing)
             continue
         blob = script_bytes(Stack(depth).eval())
-        module = torch.jit.load(io.BytesIO(blob))
+        module = load_script(blob)
         profile = profile_module(module, 16)
         manifest = manifest_for(
             family=family,

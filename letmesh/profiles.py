@@ -10,18 +10,19 @@ from controller.planning import InterferenceModel
 from controller.replanner import colocation_samples, profile_table
 from letmesh.status import ask_controller
 from protocol.message import GetProfiles, ProfilesReply
+from protocol.schema import to_plain
 
 
-def fetch_profiles(controller: str, *, rerun: bool = False, timeout_s: float = 3.0) -> ProfilesReply:
-    return ask_controller(controller, GetProfiles(rerun=rerun), ProfilesReply, timeout_s)
+def fetch_profiles(controller: str, *, rerun: bool = False, timeout_s: float = 3.0, keys_dir=None) -> ProfilesReply:
+    return ask_controller(controller, GetProfiles(rerun=rerun), ProfilesReply, timeout_s, keys_dir)
 
 
-def wait_for_profiles(controller: str, *, timeout_s: float, say=print) -> ProfilesReply:
+def wait_for_profiles(controller: str, *, timeout_s: float, say=print, keys_dir=None) -> ProfilesReply:
     """Poll until no profiling run is in progress, printing progress as it changes."""
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
-        reply = fetch_profiles(controller)
+        reply = fetch_profiles(controller, keys_dir=keys_dir)
         if reply.running != last:
             say("profiling: " + (", ".join(reply.running) if reply.running else "done"))
             last = reply.running
@@ -43,6 +44,12 @@ def interference_error(reply: ProfilesReply, *, holdout: float = 0.25, seed: int
     train = [samples[i] for i in order[cut:]]
     model = InterferenceModel.fit(train, table=profile_table(reply.samples))
     return {"train": len(train), "held_out": len(held), **model.error(held)}
+
+
+def profiles_json(reply: ProfilesReply) -> dict:
+    """The profile store as plain data for ``--json``, with the interference fit (null until enough pairs)."""
+    return {"samples": to_plain(reply.samples), "colocations": to_plain(reply.colocations),
+            "running": list(reply.running), "interference_fit": interference_error(reply)}
 
 
 def format_profiles(reply: ProfilesReply) -> str:

@@ -28,7 +28,6 @@ from controller.planning import Demand, LatencyModel, Plan
 from letmesh.capacity import (
     CapacityError,
     Setup,
-    add_common_arguments,
     coverage_warnings,
     fleet,
     headroom_note,
@@ -38,8 +37,8 @@ from letmesh.capacity import (
     plan_json,
     write_json,
 )
-from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.batching import Batcher, Queued, make_batcher
+from mesh.scheduler import GpuletScheduler
 
 DEADLINE_SLACK_S = 1e-9  # a batch the batcher scheduled to end on its deadline counts as on time
 LISTED_GPULETS = 24  # the report lists every gpu-let up to this many, else the busiest and idlest
@@ -237,13 +236,12 @@ class SimulationResult:
 
 
 class _Server:
-    """One gpu-let: its batchers (sorted by variant name, the worker's tie order) and its clock state."""
+    """One gpu-let: the worker's scheduler (variants added in name order) and its clock state."""
 
-    __slots__ = ("batchers", "busy", "busy_s", "batches", "served", "running", "service_s", "started", "token", "variant_of")
+    __slots__ = ("scheduler", "busy", "busy_s", "batches", "served", "running", "service_s", "started", "token")
 
     def __init__(self, batchers: list[tuple[int, Batcher]], service_s: dict[int, list[float]]) -> None:
-        self.batchers = batchers
-        self.variant_of = {vi: b for vi, b in batchers}
+        self.scheduler: GpuletScheduler[int] = GpuletScheduler(dict(batchers))
         self.service_s = service_s  # variant index -> actual seconds of a batch, indexed by size
         self.busy = False
         self.running: tuple[int, tuple[Queued, ...]] | None = None
@@ -330,36 +328,24 @@ def simulate(
     push, pop = heapq.heappush, heapq.heappop
 
     def step(si: int, s: _Server, now: float) -> None:
-        """The worker's ``_step``, repeated while it only answers hopeless requests."""
+        """The worker's scheduling step (mesh.scheduler), on the simulated clock."""
         nonlocal seq
-        while True:
-            best = None
-            for vi, b in s.batchers:
-                if len(b):
-                    head = b.head_deadline()
-                    if best is None or head < best[0]:
-                        best = (head, vi, b)
-            if best is None:
-                s.busy = False
-                return
-            _, vi, b = best
-            decision = b.poll(now)
-            if decision.late:
-                dropped[vi] += len(decision.late)
-            if decision.batch:
-                batch = decision.batch
-                s.busy = True
-                s.running = (vi, batch)
-                s.started = now
-                seq += 1
-                push(heap, (now + s.service_s[vi][len(batch)], seq, si, -1))
-                return
-            if decision.wake_at is not None and not decision.late:
-                s.busy = False
-                s.token += 1
-                seq += 1
-                push(heap, (decision.wake_at, seq, si, s.token))
-                return
+        decided = s.scheduler.step(now)
+        for vi, _ in decided.late:
+            dropped[vi] += 1
+        if decided.batch:
+            vi, batch = decided.key, decided.batch
+            s.busy = True
+            s.running = (vi, batch)
+            s.started = now
+            seq += 1
+            push(heap, (now + s.service_s[vi][len(batch)], seq, si, -1))
+            return
+        s.busy = False
+        if decided.wake_at is not None:
+            s.token += 1
+            seq += 1
+            push(heap, (decided.wake_at, seq, si, s.token))
 
     def finish(s: _Server, now: float) -> None:
         vi, batch = s.running
@@ -375,7 +361,7 @@ def simulate(
                 ok += 1
         within[vi] += ok
         late_served[vi] += len(batch) - ok
-        s.variant_of[vi].feedback(len(batch), ok < len(batch))
+        s.scheduler.finished(vi, len(batch), ok < len(batch))
 
     rid = 0
     stream = iter(arrivals)
@@ -398,7 +384,7 @@ def simulate(
             si = targets[0] if len(targets) == 1 else targets[bisect.bisect_right(cum, uniform())]
             s = servers[si]
             rid += 1
-            if not s.variant_of[vi].push(Queued(rid, now + slo_s[vi], now)):
+            if not s.scheduler.push(vi, Queued(rid, now + slo_s[vi], now)):
                 rejected[vi] += 1
                 continue
             if not s.busy:
@@ -477,25 +463,6 @@ def format_report(sim: SimulationResult, *, all_gpulets: bool = False) -> str:
 
 
 # --- the command ---------------------------------------------------------------------------------
-
-
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``letmesh simulate``."""
-    add_common_arguments(parser)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--poisson", action="store_true", help="Poisson arrivals at the workload's rates")
-    source.add_argument("--trace", metavar="FILE", help="CSV of arrivals with a header: time_s,variant")
-    parser.add_argument("--duration-s", type=float, default=None,
-                        help="arrival window: Poisson length (default 60), or where to cut a trace (default: its last arrival)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of arrivals and routing (default 0)")
-    parser.add_argument("--interference-actual", type=float, default=1.0, metavar="X",
-                        help="co-located gpu-lets run X times slower than the plan predicts (default 1)")
-    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batcher's wait for a fuller batch (workers use 0)")
-    parser.add_argument("--batching", choices=BATCHING_POLICIES, default="edf",
-                        help="the worker's batching policy: edf (default), proteus, aimd or nexus")
-    parser.add_argument("--minimal-fleet", action="store_true", help="plan on the devices-needed fleet instead of the given one")
-    parser.add_argument("--all-gpulets", action="store_true", help="list every gpu-let in the report")
-    parser.add_argument("--show-layout", action="store_true", help="print the layout picture before the results")
 
 
 def _plan_for(setup: Setup, minimal: bool) -> tuple[Plan, list, str]:

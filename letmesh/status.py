@@ -2,30 +2,59 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import zmq
 
+from mesh.keys import KeysError, operator_keys, split_server_key
 from protocol.codec import decode, encode
-from protocol.message import GetStatus, StatusReply
+from protocol.message import ErrorReply, GetStatus, StatusReply
+from protocol.schema import to_plain
+
+# The keyring of each mesh this process launched (controller address -> keys dir), so asking
+# a local mesh needs no flag; see ``operator_keys_dir``.
+KNOWN_KEYRINGS: dict[str, Path] = {}
 
 
 class StatusUnavailable(Exception):
     """The controller did not answer in time."""
 
 
-def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: float = 3.0):
-    """One request/reply with the controller over a short-lived DEALER socket."""
+def operator_keys_dir(controller: str, keys_dir: str | Path | None = None) -> Path | None:
+    """Where the operator key for ``controller`` is: the flag, a mesh this process launched,
+    ``$LETMESH_KEYS_DIR``, or ``.letmesh/keys`` when it exists (what ``letmesh up`` made); None: plaintext."""
+    for candidate in (keys_dir, KNOWN_KEYRINGS.get(controller), os.environ.get("LETMESH_KEYS_DIR")):
+        if candidate:
+            return Path(candidate)
+    default = Path(".letmesh") / "keys"
+    return default if default.is_dir() else None
+
+
+def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: float = 3.0,
+                   keys_dir: str | Path | None = None):
+    """One request/reply with the controller over a short-lived DEALER socket (as an operator, with keys)."""
+    folder = operator_keys_dir(controller, keys_dir)
+    try:
+        keys = operator_keys(folder) if folder is not None else None
+    except KeysError as exc:
+        raise StatusUnavailable(str(exc)) from None
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"cli:{uuid.uuid4().hex[:12]}".encode())
+    if keys is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public_key, keys.secret_key, keys.server_key
     try:
         sock.connect(controller)
         sock.send_multipart(encode(msg))
         if not sock.poll(int(timeout_s * 1000)):
-            raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s")
+            hint = "" if keys is not None else " (a mesh with keys answers only an operator key: --keys DIR)"
+            raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s{hint}")
         reply, _ = decode(sock.recv_multipart())
+        if isinstance(reply, ErrorReply):
+            raise StatusUnavailable(f"controller refused: {reply.message}")
         if not isinstance(reply, reply_type):
             raise StatusUnavailable(f"controller answered {type(reply).__name__}")
         return reply
@@ -34,16 +63,26 @@ def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: fl
         ctx.term()
 
 
-def fetch_status(controller: str, timeout_s: float = 3.0) -> StatusReply:
-    return ask_controller(controller, GetStatus(), StatusReply, timeout_s)
+def fetch_status(controller: str, timeout_s: float = 3.0, keys_dir: str | Path | None = None) -> StatusReply:
+    return ask_controller(controller, GetStatus(), StatusReply, timeout_s, keys_dir)
+
+
+def status_json(status: StatusReply) -> dict:
+    """The reply as plain data for ``--json`` (gateways by address, without their keys)."""
+    doc = to_plain(status)
+    doc["gateways"] = [split_server_key(g)[0] for g in status.gateways]
+    return doc
 
 
 def format_status(status: StatusReply) -> str:
     lines = [f"controller epoch {status.controller_epoch}, routing table v{status.routing_version}, "
-             f"gateways: {', '.join(status.gateways) or 'none'}", "", "AGENTS"]
+             f"gateways: {', '.join(split_server_key(g)[0] for g in status.gateways) or 'none'}", "", "AGENTS"]
     for a in status.agents:
         devices = ", ".join(f"{d.device_id} ({d.kind}, {d.cores} cores, {d.memory_bytes / 2**30:.1f} GiB)" for d in a.devices)
-        lines.append(f"  {a.agent_id:<16} {'alive' if a.alive else 'LOST':<6} {a.hostname}  {devices}")
+        state = "alive" if a.alive else "LOST"
+        if not a.alive and a.forget_in_s > 0:
+            state += f" (silent {a.last_seen_s:.0f} s, forgotten in {a.forget_in_s:.0f} s)"
+        lines.append(f"  {a.agent_id:<16} {state:<6} {a.hostname}  {devices}")
     lines += ["", "WORKERS"]
     for w in status.workers:
         part = w.partition
@@ -54,4 +93,6 @@ def format_status(status: StatusReply) -> str:
     lines += ["", "MODELS"]
     for m in status.models:
         lines.append(f"  {m.name:<16} {m.family:<10} accuracy {m.accuracy:.3f}  {m.state:<11} {', '.join(m.workers)}")
+    for name, reason in sorted(status.unavailable.items()):
+        lines.append(f"  {name:<16} UNAVAILABLE  {reason}")
     return "\n".join(lines)

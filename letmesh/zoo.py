@@ -1,9 +1,11 @@
-"""Builds the demo model repository: real TorchScript models with manifests, ready for the mesh.
+"""Builds the demo model repository: real TorchScript and ONNX models with manifests, ready for the mesh.
 
 The "digits" family trades accuracy for compute on scikit-learn's handwritten digits; the
 "trivial" family (an identity) isolates data-path overhead in benchmarks. Each variant lives in
-``DIR/<variant>/`` as ``model.pt`` plus ``manifest.json``. May import torch, numpy and sklearn;
-never imports controller, agents or gateway.
+``DIR/<variant>/`` as ``model.pt`` plus ``manifest.json``; a digits variant also holds
+``model.onnx``, the same network exported to ONNX, and its manifest lists both under
+``artifacts``; the top-level ``backend``/``artifact`` fields name the one the mesh serves.
+May import torch, numpy, sklearn, onnx and onnxruntime; never imports controller, agents or gateway.
 """
 
 from __future__ import annotations
@@ -11,13 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
-import statistics
-import tempfile
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,27 +24,44 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from letmesh.export import (  # noqa: F401  (re-exported: the zoo's public helpers)
+    BUILD_THREADS,
+    flops_per_row,
+    load_script,
+    onnx_bytes,
+    onnx_callable,
+    profile_module,
+    quiet_jit,
+    script_bytes,
+)
+from letmesh.manifest import (  # noqa: F401  (re-exported)
+    ARTIFACT,
+    ARTIFACT_FILES,
+    CPU_POWER_W,
+    MANIFEST,
+    MAX_BATCH,
+    ONNX_ARTIFACT,
+    artifact_entry,
+    intact_manifest,
+    manifest_bytes,
+    manifest_for,
+    publish,
+    serving,
+    write_atomic,
+)
 from mesh.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
-ARTIFACT = "model.pt"
-MANIFEST = "manifest.json"
+# The ONNX export must reproduce the TorchScript outputs this closely, or the build fails.
+ONNX_TOLERANCE = 1e-5
 HELDOUT = "digits-heldout.npz"
 
 DIGITS_FAMILY = "digits"
 TRIVIAL_FAMILY = "trivial"
 SEED = 20240611
 TEST_FRACTION = 0.3
-MAX_BATCH = 32
-CPU_POWER_W = 15.0  # assumed CPU power budget behind the energy estimate
-# One intra-op thread: these models are too small to gain from more, and on a shared 2-core
-# machine a second spinning thread made training several times slower under load.
-BUILD_THREADS = 1
-PROFILE_WARMUP = 10  # TorchScript's profiling executor re-optimises over the first calls
-PROFILE_REPEATS = 25
 PREPROCESS = (
     "8x8 grayscale digit flattened row-major to 64 values; each pixel (0..16) divided by 16.0, "
     "so inputs lie in [0, 1]"
@@ -171,17 +185,22 @@ def build_zoo(
     *,
     progress: Progress | None = None,
     epochs_scale: float = 1.0,
+    backend: str = "torchscript",
 ) -> list[dict[str, Any]]:
     """Build (or confirm) the digits and trivial families under ``dir``; return their manifests.
 
-    A variant whose manifest and artifact agree (sha256, size, held-out set) is left untouched,
-    so a second build of a complete repository writes nothing.
+    ``backend`` ("torchscript" or "onnx") is the artifact the digits variants are served from; the
+    identity stays TorchScript. A variant whose manifest and artifacts agree (sha256, size,
+    held-out set) is left untouched, so a second build of a complete repository writes nothing;
+    switching ``backend`` rewrites only the manifests.
     """
+    if backend not in ARTIFACT_FILES:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(ARTIFACT_FILES)}")
     root = Path(dir)
     root.mkdir(parents=True, exist_ok=True)
     say = progress or _log_line
     with _build_threads():
-        manifests = _build_digits(root, say, epochs_scale)
+        manifests = _build_digits(root, say, epochs_scale, backend)
         manifests.append(build_trivial(root, progress=say))
     return manifests
 
@@ -205,7 +224,7 @@ def build_trivial(
 
 def _export_identity(root: Path, name: str, say: Progress) -> dict[str, Any]:
     blob = script_bytes(AddZero())
-    module = _load(blob)
+    module = load_script(blob)
     probe = torch.linspace(-1.0, 1.0, 3 * 16).reshape(3, 16)
     with torch.no_grad():
         if not torch.equal(module(probe), probe):
@@ -264,24 +283,28 @@ def _heldout_bytes(split: _Split) -> bytes:
     return buffer.getvalue()
 
 
-def _build_digits(root: Path, say: Progress, epochs_scale: float) -> list[dict[str, Any]]:
+def _build_digits(root: Path, say: Progress, epochs_scale: float, backend: str) -> list[dict[str, Any]]:
     split = _digits_split()
     heldout = _heldout_bytes(split)
     heldout_sha = hashlib.sha256(heldout).hexdigest()
     heldout_path = root / HELDOUT
     if not heldout_path.is_file() or sha256_file(heldout_path) != heldout_sha:
-        _write_atomic(heldout_path, heldout)
+        write_atomic(heldout_path, heldout)
         say(f"wrote {HELDOUT} ({len(split.test_y)} held-out digits)")
     total = len(DIGITS_RECIPES)
     manifests = []
     for index, recipe in enumerate(DIGITS_RECIPES, start=1):
         existing = intact_manifest(root / recipe.name, recipe.name, heldout_sha=heldout_sha)
-        if existing is not None:
-            say(f"{recipe.name} ({index}/{total}) up to date, accuracy {existing['accuracy']:.3f}")
+        if existing is not None and backend in existing.get("artifacts", {}):
+            if existing["backend"] != backend:
+                existing = serving(existing, backend)
+                write_atomic(root / recipe.name / MANIFEST, manifest_bytes(existing))
+            say(f"{recipe.name} ({index}/{total}) up to date, accuracy {existing['accuracy']:.3f}, "
+                f"serving {backend}")
             manifests.append(existing)
             continue
         say(f"training {recipe.name} ({index}/{total}) ...")
-        manifest = _build_digits_variant(root, recipe, index, split, heldout_sha, epochs_scale)
+        manifest = _build_digits_variant(root, recipe, index, split, heldout_sha, epochs_scale, backend)
         say(
             f"trained {recipe.name} ({index}/{total}) ... accuracy {manifest['accuracy']:.3f}, "
             f"batch-{MAX_BATCH} latency {manifest['profile_ms'][str(MAX_BATCH)]:.3f} ms"
@@ -291,7 +314,7 @@ def _build_digits(root: Path, say: Progress, epochs_scale: float) -> list[dict[s
 
 
 def _build_digits_variant(
-    root: Path, recipe: Recipe, index: int, split: _Split, heldout_sha: str, epochs_scale: float
+    root: Path, recipe: Recipe, index: int, split: _Split, heldout_sha: str, epochs_scale: float, backend: str
 ) -> dict[str, Any]:
     epochs = max(1, round(recipe.epochs * epochs_scale))
     with torch.random.fork_rng(devices=[]):
@@ -300,9 +323,18 @@ def _build_digits_variant(
         _train(net, split, epochs=epochs, lr=recipe.lr, seed=SEED + index)
     served = Probabilities(net).eval()
     blob = script_bytes(served)
-    module = _load(blob)
+    module = load_script(blob)
     accuracy = _accuracy(module, split.test_x, split.test_y)
     profile = profile_module(module, 64)
+    onnx_blob = onnx_bytes(served, torch.from_numpy(split.test_x[:2]), ["image"], ["probabilities"])
+    session = onnx_callable(onnx_blob)
+    with torch.no_grad():
+        reference = module(torch.from_numpy(split.test_x)).numpy()
+    exported = session(torch.from_numpy(split.test_x))
+    max_diff = float(np.abs(exported - reference).max())
+    if max_diff > ONNX_TOLERANCE:
+        raise ZooBuildError(f"{recipe.name}: ONNX outputs differ from TorchScript by {max_diff:.3g}")
+    onnx_accuracy = float((exported.argmax(axis=1) == split.test_y).mean())
     n_test = len(split.test_y)
     description = (
         f"Handwritten digit classifier ({recipe.summary}) trained for {epochs} epochs with Adam "
@@ -327,7 +359,13 @@ def _build_digits_variant(
         heldout_sha256=heldout_sha,
         epochs=epochs,
     )
-    publish(root / recipe.name, blob, manifest)
+    manifest["artifacts"] = {
+        "torchscript": artifact_entry(ARTIFACT, blob, accuracy=accuracy, profile=profile),
+        "onnx": artifact_entry(ONNX_ARTIFACT, onnx_blob, accuracy=onnx_accuracy, profile=profile_module(session, 64),
+                               max_abs_diff=max_diff),
+    }
+    manifest = serving(manifest, backend)
+    publish(root / recipe.name, blob, manifest, extra={ONNX_ARTIFACT: onnx_blob})
     return manifest
 
 
@@ -358,101 +396,6 @@ def _accuracy(module: torch.jit.ScriptModule, images: np.ndarray, labels: np.nda
     return correct / len(labels)
 
 
-def flops_per_row(module: nn.Module, width: int) -> int:
-    """Floating-point operations one input row costs, counted by torch's FLOP counter."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module(torch.zeros(1, width))
-    return int(counter.get_total_flops())
-
-
-def profile_module(module: torch.jit.ScriptModule, width: int) -> dict[str, float]:
-    """Median latency in ms of batch 1 and batch MAX_BATCH, measured here with BUILD_THREADS."""
-    profile = {}
-    for batch in (1, MAX_BATCH):
-        x = torch.rand(batch, width)
-        samples = []
-        with torch.no_grad():
-            for i in range(PROFILE_WARMUP + PROFILE_REPEATS):
-                start = time.perf_counter()
-                module(x)
-                if i >= PROFILE_WARMUP:
-                    samples.append(time.perf_counter() - start)
-        profile[str(batch)] = round(statistics.median(samples) * 1000.0, 4)
-    return profile
-
-
-# --- manifests and files --------------------------------------------------------------------
-
-
-def manifest_for(
-    *, family: str, variant: str, blob: bytes, profile: dict[str, float], **fields: Any
-) -> dict[str, Any]:
-    """The fields every manifest shares, in the documented order, then the variant's own."""
-    return {
-        "family": family,
-        "variant": variant,
-        "version": "1",
-        "backend": "torchscript",
-        "accuracy": fields.pop("accuracy"),
-        "accuracy_metric": fields.pop("accuracy_metric"),
-        "inputs": fields.pop("inputs"),
-        "outputs": fields.pop("outputs"),
-        "max_batch": MAX_BATCH,
-        "default_slo_ms": fields.pop("default_slo_ms"),
-        "energy_j": round(CPU_POWER_W * profile["1"] / 1000.0, 9),
-        "artifact": ARTIFACT,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "size_bytes": len(blob),
-        "profile_ms": profile,
-        **fields,
-    }
-
-
-def intact_manifest(
-    variant_dir: Path, variant: str, *, heldout_sha: str | None = None
-) -> dict[str, Any] | None:
-    """The variant's manifest if it and its artifact agree; None when it must be rebuilt."""
-    try:
-        manifest = json.loads((variant_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("variant") != variant:
-        return None
-    artifact = variant_dir / str(manifest.get("artifact", ARTIFACT))
-    try:
-        if artifact.stat().st_size != manifest.get("size_bytes"):
-            return None
-        if sha256_file(artifact) != manifest.get("sha256"):
-            return None
-    except OSError:
-        return None
-    if heldout_sha is not None and manifest.get("heldout_sha256") != heldout_sha:
-        return None
-    return manifest
-
-
-def publish(variant_dir: Path, blob: bytes, manifest: dict[str, Any]) -> None:
-    # The artifact goes first so a manifest never names bytes that are not on disk yet.
-    variant_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(variant_dir / ARTIFACT, blob)
-    _write_atomic(variant_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the repository from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _log_line(line: str) -> None:
     log.info("%s", line)
 
@@ -465,23 +408,3 @@ def _build_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def quiet_jit() -> Iterator[None]:
-    """Silence torch's blanket deprecation notice for TorchScript, the chosen serving format."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
-        yield
-
-
-def script_bytes(module: nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    with quiet_jit():
-        torch.jit.save(torch.jit.script(module.eval()), buffer)
-    return buffer.getvalue()
-
-
-def _load(blob: bytes) -> torch.jit.ScriptModule:
-    with quiet_jit():
-        return torch.jit.load(io.BytesIO(blob)).eval()

@@ -32,12 +32,21 @@ class AskTimeout(ActorError, TimeoutError):
     """No answer to an ask arrived within its timeout."""
 
 
+class ActorCrashed(ActorError):
+    """Raised from ``handle`` to stop the actor as crashed (its supervisor restarts it).
+
+    For a handler that finds the actor's own state broken; an error about one message is
+    raised as any other exception and only that message is dropped.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class ActorStatistics:
     """A snapshot of one actor's mailbox and work done.
 
     ``dropped`` counts asks whose caller gave up (timeout, cancellation) before the actor
-    reached them; those are not handled.
+    reached them; those are not handled. ``failed`` counts told messages whose handler raised
+    (logged and dropped), ``failed_by_type`` the same per message type name.
     """
 
     name: str
@@ -46,6 +55,8 @@ class ActorStatistics:
     processed: int
     dropped: int
     stopped: bool
+    failed: int = 0
+    failed_by_type: tuple[tuple[str, int], ...] = ()
 
 
 FailureCallback = Callable[["Actor", BaseException], None]
@@ -74,9 +85,12 @@ class Actor:
     :meth:`start` wait in the mailbox and are handled once the actor runs.
 
     Failures: an exception raised by ``handle`` for an ask goes back to that asker and the
-    actor carries on. An exception raised by ``handle`` for a tell crashes the actor: it
-    stops, records the exception in :attr:`failure`, and then calls :attr:`on_failure`
-    (set by a supervisor) once it has fully stopped. If ``on_start`` raises, :meth:`start`
+    actor carries on. An exception raised by ``handle`` for a tell is contained: it is
+    logged with the message's type, counted in :meth:`statistics` and the message dropped;
+    the actor carries on with the next one, so one poisoned message from the wire cannot
+    take a role down. Only :class:`ActorCrashed` raised by ``handle`` (for a tell or an ask)
+    crashes the actor: it stops, records the exception in :attr:`failure`, and then calls
+    :attr:`on_failure` (set by a supervisor) once it has fully stopped. If ``on_start`` raises, :meth:`start`
     raises it, the actor is stopped and ``on_stop`` is not run — ``on_start`` undoes its
     own partial work. An exception from ``on_stop`` is logged and recorded in
     :attr:`failure` (when none was recorded) but does not make ``stop`` raise.
@@ -101,6 +115,7 @@ class Actor:
         self._started = False
         self._processed = 0
         self._dropped = 0
+        self._failed: dict[str, int] = {}
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -188,6 +203,8 @@ class Actor:
             processed=self._processed,
             dropped=self._dropped,
             stopped=self.stopped,
+            failed=sum(self._failed.values()),
+            failed_by_type=tuple(sorted(self._failed.items())),
         )
 
     # -- messaging --------------------------------------------------------------------------
@@ -254,9 +271,20 @@ class Actor:
         """Route an exception from ``handle``; True when it crashed the actor."""
         self._processed += 1
         reply = envelope.reply
-        if reply is not None:
-            if not reply.done():
-                reply.set_exception(exc)
+        crash = isinstance(exc, ActorCrashed)
+        if reply is not None and not reply.done():
+            reply.set_exception(exc)
+        if not crash:
+            if reply is None:
+                kind = _kind(envelope.msg)
+                self._failed[kind] = self._failed.get(kind, 0) + 1
+                log.error(
+                    "actor %s dropped a %s its handler failed on",
+                    self.name,
+                    kind,
+                    exc_info=exc,
+                    extra={"actor": self.name, "message_type": kind},
+                )
             return False
         log.error(
             "actor %s crashed handling %s",
@@ -320,3 +348,9 @@ class Actor:
                 break
             if envelope.reply is not None and not envelope.reply.done():
                 envelope.reply.set_exception(MailboxClosed(closed))
+
+
+def _kind(msg: Any) -> str:
+    """The type name to log and count: a wire message's own, not its transport wrapper's."""
+    inner = getattr(msg, "msg", None)
+    return type(inner if inner is not None else msg).__name__

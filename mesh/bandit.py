@@ -155,7 +155,10 @@ def _context_feature(key: str, value: ContextValue) -> str | None:
     if isinstance(value, bool):
         return f"{k}={'true' if value else 'false'}"
     if isinstance(value, (int, float)):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:  # an int past float's range
+            return None
         if not math.isfinite(x):
             return None
         # Squashed so that a large raw number cannot swamp the other weights; ids belong in strings.
@@ -163,10 +166,19 @@ def _context_feature(key: str, value: ContextValue) -> str | None:
     return f"{k}={_token(value)}"
 
 
+def _budget(budget_ms: float) -> float:
+    """The budget as a feature: within [1 µs, 1e7 ms]; NaN (which no comparison catches) as the floor."""
+    try:
+        budget = float(budget_ms)
+    except OverflowError:
+        return 1e7
+    return min(max(budget, 1e-3), 1e7) if budget == budget else 1e-3
+
+
 def shared_features(context: Mapping[str, ContextValue], budget_ms: float, load: float) -> str:
     """The shared line: the request context (namespace C) and the deadline budget and load (B)."""
     ctx = [f for k in sorted(context) if (f := _context_feature(k, context[k])) is not None]
-    budget = max(float(budget_ms), 1e-3)
+    budget = _budget(budget_ms)
     bucket = round(math.log2(budget))
     load_x = min(max(float(load), 0.0), 10.0) if math.isfinite(load) else 0.0
     parts = ["shared"]
@@ -182,7 +194,7 @@ def action_features(candidate: Candidate, candidates: Sequence[Candidate], budge
     Features are scaled to about unit size and partly relative to the other candidates, so that
     what is learned carries over between families and candidate sets.
     """
-    budget = max(float(budget_ms), 1e-3)
+    budget = _budget(budget_ms)
     best_acc = max(c.accuracy for c in candidates)
     least_e = max(min(c.energy_j for c in candidates), _ENERGY_FLOOR_J)
     err_pct = 100.0 * (1.0 - candidate.accuracy)

@@ -6,6 +6,10 @@ variables < command-line flags. Must not import ZeroMQ, protocol or role package
 Environment names: field ``http_port`` is read from ``LETMESH_HTTP_PORT``; when a
 ``section`` is given (``"gateway"``) only ``LETMESH_GATEWAY_HTTP_PORT`` is read, so roles
 sharing one environment never pick up each other's settings.
+
+Values are checked where they enter: a field typed ``Literal["a", "b"]`` takes only those values,
+one typed ``Annotated[float, Range(gt=0)]`` (or an alias below: ``PositiveFloat``, ``Port``, ...)
+only numbers within the range. Every error names the key (``gateway.selection``) and the source.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -32,7 +36,43 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class ConfigError(Exception):
-    """A configuration source holds an unknown key or a value that does not fit its field."""
+    """A configuration source holds an unknown key or a value that does not fit its field.
+
+    ``str()`` reads ``<key>: <problem> (from <source>)``; ``key`` is empty for a problem with a
+    whole file (unreadable, not TOML) and ``source`` empty when no one source is to blame.
+    """
+
+    def __init__(self, problem: str, *, key: str = "", source: str = "") -> None:
+        self.problem = problem
+        self.key = key
+        self.source = source
+        text = f"{key}: {problem}" if key else problem
+        super().__init__(f"{text} (from {source})" if source else text)
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Bounds of a number field, as in ``Annotated[float, Range(gt=0)]``; None: no bound on that side."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        if self.gt is not None and not value > self.gt:
+            return f"must be greater than {self.gt:g}, got {value!r}"
+        if self.ge is not None and not value >= self.ge:
+            return f"must be at least {self.ge:g}, got {value!r}"
+        if self.le is not None and not value <= self.le:
+            return f"must be at most {self.le:g}, got {value!r}"
+        return None
+
+
+PositiveInt = Annotated[int, Range(gt=0)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Port = Annotated[int, Range(ge=0, le=65535)]  # 0: any free port
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +80,18 @@ class _FieldType:
     base: type
     is_tuple: bool
     optional: bool
+    choices: tuple[Any, ...] = ()  # from Literal[...]: the only values allowed
+    bound: Range | None = None
+
+    def check(self, value: Any, key: str, source: str) -> Any:
+        """``value`` (already of the field's base type) when allowed, else ConfigError."""
+        items = value if self.is_tuple else (value,)
+        for item in items:
+            if self.choices and item not in self.choices:
+                raise _bad(key, source, f"{item!r} is not one of {', '.join(map(str, self.choices))}")
+            if self.bound is not None and (problem := self.bound.problem(item)) is not None:
+                raise _bad(key, source, problem)
+        return value
 
 
 def env_var_name(field: str, section: str | None = None) -> str:
@@ -69,9 +121,12 @@ def load_config(
     or flags are parsed: bools accept 1/0/true/false/yes/no/on/off, tuples are
     comma-separated, and an empty string means None for an optional field.
 
+    Fields may also be ``Literal[...]`` of str or int (the allowed values) and carry a
+    :class:`Range` through ``Annotated``.
+
     Raises :class:`ConfigError` naming the key and source for an unknown TOML key, a bad
-    value, an unreadable file, or a value the dataclass itself rejects; ``TypeError`` when
-    ``cls`` is not a config dataclass as described.
+    value (wrong type, not among the choices, out of range), an unreadable file, or a value the
+    dataclass itself rejects; ``TypeError`` when ``cls`` is not a config dataclass as described.
     """
     fields = _config_fields(cls)
     values: dict[str, Any] = {}
@@ -84,7 +139,7 @@ def load_config(
         var = env_var_name(name, section)
         if var in environ:
             source = f"environment variable {var}"
-            values[name] = _from_text(ftype, environ[var], name, source)
+            values[name] = _from_text(ftype, environ[var], _key(name, section), source)
 
     for key, value in (flags or {}).items():
         name = key.replace("-", "_")
@@ -92,14 +147,19 @@ def load_config(
             continue
         source = f"flag --{name.replace('_', '-')}"
         if isinstance(value, str):
-            values[name] = _from_text(fields[name], value, name, source)
+            values[name] = _from_text(fields[name], value, _key(name, section), source)
         else:
-            values[name] = _from_native(fields[name], value, name, source)
+            values[name] = _from_native(fields[name], value, _key(name, section), source)
 
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+        raise ConfigError(f"{exc} ({section or cls.__name__})") from exc
+
+
+def _key(name: str, section: str | None) -> str:
+    """How errors name a field: its TOML key, under its table when there is one."""
+    return f"{section}.{name}" if section else name
 
 
 def _config_fields(cls: type) -> dict[str, _FieldType]:
@@ -107,7 +167,7 @@ def _config_fields(cls: type) -> dict[str, _FieldType]:
         raise TypeError(f"{cls!r} is not a dataclass")
     if not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         raise TypeError(f"{cls.__name__} must be a frozen dataclass")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields: dict[str, _FieldType] = {}
     for field in dataclasses.fields(cls):
         if not field.init:
@@ -119,6 +179,7 @@ def _config_fields(cls: type) -> dict[str, _FieldType]:
 
 
 def _field_type(owner: str, name: str, annotation: Any) -> _FieldType:
+    bound, annotation = _range_of(annotation)
     optional = False
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -126,16 +187,33 @@ def _field_type(owner: str, name: str, annotation: Any) -> _FieldType:
         if len(args) != 1 or len(typing.get_args(annotation)) != 2:
             raise TypeError(f"{owner}.{name}: unsupported union {annotation!r}")
         optional = True
-        annotation = args[0]
+        inner_bound, annotation = _range_of(args[0])
+        bound = bound or inner_bound
         origin = typing.get_origin(annotation)
     if origin is tuple:
         args = typing.get_args(annotation)
         if len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS:
-            return _FieldType(args[0], True, optional)
+            return _FieldType(args[0], True, optional, bound=bound)
         raise TypeError(f"{owner}.{name}: only tuple[X, ...] of a simple type, got {annotation!r}")
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        kinds = {type(c) for c in choices}
+        if len(kinds) != 1 or not kinds <= {str, int}:
+            raise TypeError(f"{owner}.{name}: a Literal of str or of int values, got {annotation!r}")
+        return _FieldType(kinds.pop(), False, optional, choices=choices, bound=bound)
     if annotation in _SCALARS:
-        return _FieldType(annotation, False, optional)
+        if bound is not None and annotation not in (int, float):
+            raise TypeError(f"{owner}.{name}: a Range on a {annotation.__name__} field")
+        return _FieldType(annotation, False, optional, bound=bound)
     raise TypeError(f"{owner}.{name}: unsupported config type {annotation!r}")
+
+
+def _range_of(annotation: Any) -> tuple[Range | None, Any]:
+    """``Annotated[X, Range(...)]`` -> (the Range, X); anything else -> (None, itself)."""
+    if typing.get_origin(annotation) is not Annotated:
+        return None, annotation
+    inner, *extras = typing.get_args(annotation)
+    return next((e for e in extras if isinstance(e, Range)), None), inner
 
 
 def _from_toml(fields: Mapping[str, _FieldType], path: Path, section: str | None) -> dict[str, Any]:
@@ -153,20 +231,20 @@ def _from_toml(fields: Mapping[str, _FieldType], path: Path, section: str | None
         where = f"{path} [{section}]"
         table = document.get(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {section!r} must be a table, got {type(table).__name__}")
+            raise ConfigError(f"must be a table, got {type(table).__name__}", key=section, source=str(path))
 
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in fields:
             hint = difflib.get_close_matches(key, list(fields), n=1)
-            also = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"unknown key {key!r} in {where}{also}")
-        values[key] = _from_native(fields[key], value, key, where)
+            also = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown key{also}", key=_key(key, section), source=where)
+        values[key] = _from_native(fields[key], value, _key(key, section), where)
     return values
 
 
-def _bad(name: str, source: str, reason: str) -> ConfigError:
-    return ConfigError(f"bad value for {name} from {source}: {reason}")
+def _bad(key: str, source: str, reason: str) -> ConfigError:
+    return ConfigError(reason, key=key, source=source)
 
 
 def _from_native(ftype: _FieldType, value: Any, name: str, source: str) -> Any:
@@ -176,8 +254,8 @@ def _from_native(ftype: _FieldType, value: Any, name: str, source: str) -> Any:
     if ftype.is_tuple:
         if not isinstance(value, (list, tuple)):
             raise _bad(name, source, f"expected a list, got {value!r}")
-        return tuple(_scalar_native(ftype.base, item, name, source) for item in value)
-    return _scalar_native(ftype.base, value, name, source)
+        return ftype.check(tuple(_scalar_native(ftype.base, item, name, source) for item in value), name, source)
+    return ftype.check(_scalar_native(ftype.base, value, name, source), name, source)
 
 
 def _scalar_native(base: type, value: Any, name: str, source: str) -> Any:
@@ -207,8 +285,8 @@ def _from_text(ftype: _FieldType, text: str, name: str, source: str) -> Any:
         return None
     if ftype.is_tuple:
         items = [item.strip() for item in text.split(",")]
-        return tuple(_scalar_text(ftype.base, item, name, source) for item in items if item)
-    return _scalar_text(ftype.base, text, name, source)
+        return ftype.check(tuple(_scalar_text(ftype.base, item, name, source) for item in items if item), name, source)
+    return ftype.check(_scalar_text(ftype.base, text, name, source), name, source)
 
 
 def _scalar_text(base: type, text: str, name: str, source: str) -> Any:

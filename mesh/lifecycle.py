@@ -1,8 +1,10 @@
 """Running a role's actor as a process's main task, under a supervisor, until a stop is asked.
 
-A role actor that crashes is restarted by its supervisor (at most ``max_restarts`` within
-``within_s``); past that the supervisor escalates and the process exits with the error, so the
-service manager above it (systemd, compose, ``letmesh up``) sees the failure.
+A handler error about one message is contained by the actor itself (logged, counted, dropped).
+A role actor that crashes (``ActorCrashed``, a failed receive loop) is restarted by its supervisor
+(at most ``max_restarts`` within ``within_s``); past that the supervisor escalates and the process
+exits non-zero with the error, so the service manager above it (systemd, compose, ``letmesh up``)
+sees the failure and restarts it. A supervisor never gives up silently.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ async def feed(endpoint: Endpoint, actor: Actor) -> None:
             return
         try:
             actor.tell(incoming)
+        except MailboxClosed:
+            log.debug("%s is stopping; a %s arrived too late", actor.name, type(incoming.msg).__name__)
         except ActorError:
             log.warning("%s refused a message", actor.name)
 

@@ -15,15 +15,24 @@ class Liveness:
     seconds. :meth:`lost` reports each lost peer once; a later :meth:`beat` from it
     returns True (it came back) and arms it again. Heartbeats that arrive out of order
     never move a peer's last-seen time backwards. Not thread-safe.
+
+    Bounded: peer names come from the wire, so at most ``max_peers`` are tracked. A new peer
+    beyond that first makes room by forgetting the peers already reported lost, longest silent
+    first; when none is, it is refused (``beat`` returns False, ``refused`` counts it) rather
+    than pushing out a live peer.
     """
 
-    def __init__(self, *, interval_s: float, missed_limit: int = 3) -> None:
+    def __init__(self, *, interval_s: float, missed_limit: int = 3, max_peers: int = 4096) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         if missed_limit < 1:
             raise ValueError(f"missed_limit must be >= 1, got {missed_limit}")
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be >= 1, got {max_peers}")
         self.interval_s = interval_s
         self.missed_limit = missed_limit
+        self.max_peers = max_peers
+        self.refused = 0
         self._last: dict[str, float] = {}
         self._reported: set[str] = set()
 
@@ -33,12 +42,25 @@ class Liveness:
         return self.interval_s * self.missed_limit
 
     def beat(self, peer: str, now: float) -> bool:
-        """Record a heartbeat; True when the peer is new or had been reported lost."""
+        """Record a heartbeat; True when the peer is new or had been reported lost.
+
+        False also when ``peer`` is new and the table is full of peers not yet lost (it is not
+        recorded then; see the class docstring)."""
         previous = self._last.get(peer)
+        if previous is None and len(self._last) >= self.max_peers and not self._make_room():
+            self.refused += 1
+            return False
         joined = previous is None or peer in self._reported
         self._reported.discard(peer)
         self._last[peer] = now if previous is None else max(previous, now)
         return joined
+
+    def _make_room(self) -> bool:
+        if not self._reported:
+            return False
+        oldest = min(self._reported, key=lambda p: (self._last[p], p))
+        self.forget(oldest)
+        return True
 
     def lost(self, now: float) -> list[str]:
         """Peers that became lost since the last call, oldest heartbeat first."""

@@ -86,6 +86,10 @@ class Supervisor:
     intensity (a failing restart counts too), the supervisor stops every child, records
     :class:`SupervisorEscalated` in :attr:`escalated`, calls ``on_escalate`` and makes
     :meth:`wait` raise. Restart tasks are owned by the supervisor and awaited at stop.
+
+    Giving up is never silent: whoever starts a supervisor awaits :meth:`wait` (or sets
+    ``on_escalate``). A role process run by ``mesh.lifecycle.run_actor`` then exits non-zero; the
+    gateway's controller link turns the gateway's readiness and liveness to 503 (``gateway.health``).
     """
 
     def __init__(

@@ -2,9 +2,15 @@
 
 A ROUTER binds (controller, gateway data socket); a DEALER dials out (agents, workers,
 gateways towards the controller). ROUTER sockets set ROUTER_MANDATORY so a send to a peer
-that is gone fails at once instead of vanishing; every socket has an explicit linger and a
-maximum message size. Frames that do not decode are counted and dropped here, at the edge:
-handlers only ever see valid messages.
+that is gone fails at once instead of vanishing, and never hand a live peer's identity over
+to a second connection claiming it (the newcomer is refused). Every socket has an explicit
+linger, a maximum message size, ZMTP heartbeats, TCP keepalive and a bounded redial backoff,
+so a silently dropped link is torn down and redialled within a few seconds of a heal.
+
+With keys (``mesh.keys``) a socket speaks CURVE: a ROUTER authenticates each client through
+the context's ZAP handler and every message it receives carries the client's authenticated
+name (``Incoming.peer_name``). Frames that do not decode are counted and dropped here, at the
+edge: handlers only ever see valid messages.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +27,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
+from mesh.zap import ZAP_DOMAIN, ZapHandler
 from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -29,6 +38,40 @@ LINGER_MS = 0
 # loop reading a backlog would starve every other task (heartbeats, the worker's batching loop)
 # for as long as messages keep coming. recv() yields once this much time has passed since it last did.
 FAIR_SHARE_S = 0.002
+# A control DEALER queues at most this much while its link is slow; while it is down it queues
+# nothing (IMMEDIATE), so stale registrations and heartbeats are not replayed in bulk on a heal.
+CONTROL_SNDHWM = 1000
+# libzmq never redials a connection whose CURVE handshake the server refused; a dialler with keys
+# dials it again itself (the server may not know its key yet: a gateway just restarted, a worker's
+# credential on its way), after a delay that doubles up to this.
+REFUSED_REDIAL_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """Socket-level liveness of every link: a ZMTP PING every ``heartbeat_s``, the link closed
+    when nothing came back within ``timeout_s``; redials start at ``reconnect_s`` and back off
+    to at most ``reconnect_max_s``."""
+
+    heartbeat_s: float = 1.0
+    timeout_s: float = 3.0
+    reconnect_s: float = 0.1
+    reconnect_max_s: float = 2.0
+
+
+DEFAULT_LINK = LinkOptions()
+
+
+def link_options(config: Any) -> LinkOptions:
+    """The link options of a role's config (fields ``link_heartbeat_s``, ``link_timeout_s``, ``link_reconnect_max_s``)."""
+    return LinkOptions(
+        heartbeat_s=getattr(config, "link_heartbeat_s", DEFAULT_LINK.heartbeat_s),
+        timeout_s=getattr(config, "link_timeout_s", DEFAULT_LINK.timeout_s),
+        reconnect_max_s=getattr(config, "link_reconnect_max_s", DEFAULT_LINK.reconnect_max_s),
+    )
+# One ZAP handler per context (libzmq asks inproc://zeromq.zap.01 of the socket's context);
+# shared by the context's CURVE servers and closed with the last of them.
+_ZAP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class TransportError(Exception):
@@ -45,11 +88,13 @@ class EndpointClosed(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One decoded message: ``peer`` is the routing identity on a ROUTER, None on a DEALER."""
+    """One decoded message: ``peer`` is the routing identity on a ROUTER, None on a DEALER;
+    ``peer_name`` the sender's authenticated name (``role:name``) on a CURVE socket, else None."""
 
     peer: bytes | None
     msg: Any
     buffers: list[memoryview]
+    peer_name: str | None = None
 
 
 class Endpoint:
@@ -60,48 +105,153 @@ class Endpoint:
 
     def __init__(self, sock: zmq.asyncio.Socket, kind: int, limits: Limits) -> None:
         self._sock = sock
+        # The same libzmq socket without asyncio's bookkeeping: a send that cannot block, and a
+        # receive of a message already waiting, need no future, no callback and no loop turn.
+        self._now = zmq.Socket.shadow(sock.underlying)
         self._kind = kind
         self._limits = limits
         self.protocol_errors = 0
         self.address = ""
         self._yielded = time.monotonic()
+        self.secure = False
+        self._client: ClientKeys | None = None
+        self._zap_ctx: zmq.asyncio.Context | None = None
+        self._dialled: dict[str, str] = {}  # bare address -> as given (with the server key)
+        self._refusals: dict[str, int] = {}  # bare address -> handshakes refused in a row
+        self._watch: asyncio.Task | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._redial_base_s = DEFAULT_LINK.reconnect_max_s
+        self.refused_handshakes = 0
+        self.handshakes = 0  # completed (a DEALER with keys counts them)
 
     @classmethod
-    def router(cls, ctx: zmq.asyncio.Context, bind: str, limits: Limits = DEFAULT_LIMITS) -> Endpoint:
+    def router(
+        cls, ctx: zmq.asyncio.Context, bind: str, limits: Limits = DEFAULT_LIMITS, *,
+        security: ServerKeys | None = None, link: LinkOptions = DEFAULT_LINK, refresh: Callable[[], Any] | None = None,
+    ) -> Endpoint:
+        """Bind a ROUTER; with ``security`` only clients whose key ``security.authorized`` names get in.
+
+        ``refresh`` is called before each authentication decision (re-reading a keyring directory).
+        """
         sock = ctx.socket(zmq.ROUTER)
-        _common_options(sock, limits)
+        _common_options(sock, limits, link)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        try:
-            sock.bind(bind)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            raise
+        # Off (the default, set anyway so nobody turns it on): with handover, any connection
+        # claiming a live peer's identity would take its traffic.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         ep = cls(sock, zmq.ROUTER, limits)
+        try:
+            if security is not None:
+                ep._serve_curve(ctx, security, refresh)
+            sock.bind(bind)
+        except (zmq.ZMQError, KeysError):
+            ep.close()
+            raise
         ep.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return ep
 
     @classmethod
     def dealer(
-        cls, ctx: zmq.asyncio.Context, connect: str, identity: str, limits: Limits = DEFAULT_LIMITS
+        cls, ctx: zmq.asyncio.Context, connect: str, identity: str, limits: Limits = DEFAULT_LIMITS, *,
+        security: ClientKeys | None = None, link: LinkOptions = DEFAULT_LINK, control: bool = False,
     ) -> Endpoint:
+        """Dial ``connect``; with ``security`` the server must present the expected public key.
+
+        A ``control`` DEALER queues nothing while disconnected and little while connected: its
+        senders re-send state, so a stale message is worth less than a fresh one.
+        """
         sock = ctx.socket(zmq.DEALER)
-        _common_options(sock, limits)
+        _common_options(sock, limits, link, dialer=True)
         sock.setsockopt(zmq.IDENTITY, identity.encode())
-        sock.connect(connect)
+        if control:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)
         ep = cls(sock, zmq.DEALER, limits)
-        ep.address = connect
+        ep._client = security
+        ep.secure = security is not None
+        if security is not None:
+            sock.curve_publickey = security.public_key
+            sock.curve_secretkey = security.secret_key
+            ep._watch_refusals(link.reconnect_max_s)
+        ep.connect(connect)
+        ep.address = split_server_key(connect)[0]
         return ep
 
+    def _serve_curve(self, ctx: zmq.asyncio.Context, security: ServerKeys, refresh: Callable[[], Any] | None) -> None:
+        held = _ZAP.get(ctx)
+        if held is None:
+            held = [ZapHandler(ctx, security.authorized, refresh), 0]
+            _ZAP[ctx] = held
+        held[1] += 1
+        self._zap_ctx = ctx
+        self.secure = True
+        self._sock.zap_domain = ZAP_DOMAIN.encode()
+        self._sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP answer: refused, never let in
+        self._sock.curve_secretkey = security.secret_key
+        self._sock.curve_publickey = security.public_key
+        self._sock.curve_server = True
+
     def connect(self, address: str) -> None:
-        """A DEALER may dial several ROUTERs (a worker dials every gateway)."""
-        self._sock.connect(address)
+        """A DEALER may dial several ROUTERs (a worker dials every gateway).
+
+        ``address`` may carry the server's public key (``mesh.keys.with_server_key``); without
+        one a CURVE DEALER expects the controller's.
+        """
+        bare, server_key = split_server_key(address)
+        if self._client is not None:  # options are read at connect: each connection may expect its own server
+            self._sock.curve_serverkey = server_key or self._client.server_key
+        self._dialled[bare] = address
+        self._sock.connect(bare)
 
     def disconnect(self, address: str) -> None:
+        bare = split_server_key(address)[0]
+        self._dialled.pop(bare, None)
+        self._refusals.pop(bare, None)
         try:
-            self._sock.disconnect(address)
+            self._sock.disconnect(bare)
         except zmq.ZMQError:
             pass
+
+    def _watch_refusals(self, base_s: float) -> None:
+        """Dial again, later, a server that refused this socket's key (see REFUSED_REDIAL_MAX_S)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on an event loop: nothing to redial with
+        self._redial_base_s = max(base_s, 0.1)
+        events = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        self._monitor = self._sock.get_monitor_socket(events)
+        self._watch = loop.create_task(self._watch_loop(), name="refused-redial")
+
+    async def _watch_loop(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        assert self._monitor is not None
+        while True:
+            try:
+                event = parse_monitor_message(await self._monitor.recv_multipart())
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            bare = event["endpoint"].decode(errors="replace")
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshakes += 1
+                self._refusals.pop(bare, None)
+                continue
+            self.refused_handshakes += 1
+            n = self._refusals[bare] = self._refusals.get(bare, 0) + 1
+            delay = min(REFUSED_REDIAL_MAX_S, self._redial_base_s * 2 ** (n - 1))
+            log.warning("%s refused this key; dialling again in %.0f s", bare, delay)
+            asyncio.get_running_loop().call_later(delay, self._redial, bare)
+
+    def _redial(self, bare: str) -> None:
+        address = self._dialled.get(bare)
+        if address is None or self._sock.closed:
+            return  # disconnected on purpose meanwhile
+        try:
+            self._sock.disconnect(bare)
+        except zmq.ZMQError:
+            pass
+        self.connect(address)
 
     async def send(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
         frames: list[Any] = encode(msg, tensors)
@@ -125,19 +275,22 @@ class Endpoint:
             if to is None:
                 raise ValueError("a ROUTER send needs the peer identity")
             frames.insert(0, to)
-        # On a zmq.asyncio socket a non-blocking send reports its failure through the future it returns.
-        future = self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        if not future.done():  # queued behind an awaited send: its outcome arrives later
-            future.add_done_callback(_swallow)
-            return
-        exc = future.exception()
-        if exc is None:
-            return
-        if isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH:
-            raise PeerUnreachable(repr(to)) from None
-        if isinstance(exc, zmq.ZMQError) and exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-            raise EndpointClosed(str(exc)) from None
-        raise exc
+        try:
+            self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) < 3)
+        except zmq.Again:
+            raise
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise PeerUnreachable(repr(to)) from None
+            if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                raise EndpointClosed(str(exc)) from None
+            raise
+        finally:
+            # The socket's descriptor is edge-triggered: a send can consume the edge that would
+            # have woken a receive waiting on the event loop. Reading EVENTS through the asyncio
+            # socket re-checks and schedules that receive if a message is already waiting.
+            if not self._sock.closed:
+                self._sock.get(zmq.EVENTS)
 
     async def recv(self) -> Incoming:
         """The next valid message; invalid ones are logged, counted and skipped."""
@@ -146,7 +299,10 @@ class Endpoint:
             self._yielded = time.monotonic()
         while True:
             try:
-                frames = await self._sock.recv_multipart(copy=False)
+                try:
+                    frames = self._now.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    frames = await self._sock.recv_multipart(copy=False)
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     raise EndpointClosed(str(exc)) from None
@@ -155,31 +311,69 @@ class Endpoint:
             if self._kind == zmq.ROUTER:
                 peer = bytes(frames[0].buffer)
                 frames = frames[1:]
+            peer_name = None
+            if self.secure and frames:
+                try:
+                    peer_name = frames[0].get("User-Id")
+                except zmq.ZMQError:
+                    peer_name = None
             try:
                 msg, buffers = decode(frames, self._limits)
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 log.warning("dropped invalid message", extra={"peer": peer, "error": str(exc)})
                 continue
-            return Incoming(peer, msg, buffers)
+            return Incoming(peer, msg, buffers, peer_name)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
-        self._sock.close(linger=linger_ms)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._monitor is not None:
+            if not self._sock.closed:
+                self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        if not self._sock.closed:
+            self._sock.close(linger=linger_ms)
+        ctx, self._zap_ctx = self._zap_ctx, None
+        if ctx is not None:
+            held = _ZAP.get(ctx)
+            if held is not None:
+                held[1] -= 1
+                if held[1] <= 0:
+                    held[0].close()
+                    del _ZAP[ctx]
 
     @property
     def closed(self) -> bool:
         return self._sock.closed
 
 
-def _swallow(future: Any) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.debug("queued send failed: %s", future.exception())
-
-
-def _common_options(sock: zmq.Socket, limits: Limits) -> None:
+def _common_options(sock: zmq.Socket, limits: Limits, link: LinkOptions = DEFAULT_LINK, *, dialer: bool = False) -> None:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes + limits.max_header_bytes)
     sock.setsockopt(zmq.SNDHWM, 10_000)
     sock.setsockopt(zmq.RCVHWM, 10_000)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL, max(1, round(link.reconnect_s * 1000)))
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, max(1, round(link.reconnect_max_s * 1000)))
+    if link.heartbeat_s > 0:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(link.heartbeat_s * 1000)))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(link.timeout_s * 1000)))
+        # The ROUTER must drop a dead dialer's connection before the dialer redials: it refuses a
+        # second connection under a live identity (no handover), and that refused connection
+        # would stay open and deaf. So a dialer asks the ROUTER (its TTL) to give up on it in
+        # half the time it gives the ROUTER itself.
+        ttl_s = link.timeout_s / 2 if dialer else link.timeout_s
+        sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, round(ttl_s * 1000)))
+    # TCP keepalive catches a dead link even when the ZMTP heartbeat is off; the kernel's
+    # retransmission limit (TCP_USER_TIMEOUT via TCP_MAXRT) stops a cut link from waiting on
+    # backoff for tens of seconds.
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, round(link.timeout_s)))
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    sock.setsockopt(zmq.TCP_MAXRT, max(1000, round(link.timeout_s * 2000)))
+    # A connection made during a partition may stall in its handshake, where ZMTP heartbeats do
+    # not run yet: give up on it after a few timeouts (libzmq's default is 30 s) and redial.
+    sock.setsockopt(zmq.HANDSHAKE_IVL, max(5000, round(link.timeout_s * 3000)))

@@ -19,6 +19,9 @@ from protocol.types import (
     ModelStatus,
     Partition,
     ProfileSample,
+    ReplanRecord,
+    ReplyStatus,
+    RunningWorker,
     TensorMeta,
     VariantSpec,
     WorkerRoute,
@@ -50,10 +53,16 @@ class Heartbeat:
 
 @message(10)
 class RegisterAgent:
+    """``instance``: random per agent process start, so a repeat of one start's registration is
+    told from a restart; ``workers``: what the agent runs now (the controller stops the ones its
+    plan does not know)."""
+
     agent_id: str
     hostname: str
     devices: tuple[DeviceInfo, ...]
     pid: int = 0
+    instance: str = ""
+    workers: tuple[RunningWorker, ...] = ()
 
 
 @message(11)
@@ -80,11 +89,13 @@ class StopWorker:
 
 @message(14)
 class WorkerStarted:
-    """The agent spawned the worker's process (it is not serving yet)."""
+    """The agent spawned the worker's process (it is not serving yet). ``public_key``: the CURVE
+    key (z85) of the credential the agent issued to this process, on a mesh with keys."""
 
     worker_id: str
     agent_id: str
     pid: int
+    public_key: str = ""
 
 
 @message(15)
@@ -104,6 +115,14 @@ class WorkerCrashed:
 
 
 # --- workers <-> controller -----------------------------------------------------------------
+
+
+@message(17)
+class DeregisterAgent:
+    """Agent -> controller on a clean stop: its workers are gone; forget it now."""
+
+    agent_id: str
+    instance: str = ""
 
 
 @message(20)
@@ -135,6 +154,17 @@ class WorkerReady:
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+@message(28)
+class VariantLoadFailed:
+    """A worker (or its agent) could not fetch or load one of its variants: the controller marks
+    the variant unavailable with ``reason`` and re-plans without it, so the healthy variants it
+    was placed with are served again. ``reason`` is cut to 512 characters by the sender."""
+
+    worker_id: str
+    variant: str
+    reason: str
+
+
 # --- gateways <-> controller ----------------------------------------------------------------
 
 
@@ -163,6 +193,8 @@ class RoutingTable:
     # and the share of a family's requests to turn away because the fleet cannot carry them.
     family_fractions: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     shed: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Variants of the repository that cannot be served (bad artifact, failed to load): name -> reason.
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @message(33)
@@ -170,6 +202,26 @@ class GatewayListChanged:
     """Controller -> running workers: the gateways to keep a data connection to."""
 
     gateways: tuple[str, ...]
+
+
+@message(37)
+class DeregisterGateway:
+    """Gateway -> controller on a clean stop: forget it now, and tell workers to drop its link."""
+
+    gateway_id: str
+
+
+@message(36)
+class AuthorizedAgents:
+    """Controller -> gateways: the agents authorised now (name -> CURVE public key, z85 text).
+
+    Sent on registration and whenever the keyring or the workers' credentials change; a
+    gateway lets in, on its data socket, only workers with their own credential (``workers``:
+    worker id -> public key). Empty on a mesh without keys.
+    """
+
+    keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    workers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --- profiles and demand --------------------------------------------------------------------
@@ -278,6 +330,8 @@ class StatusReply:
     workers: tuple[WorkerStatus, ...]
     models: tuple[ModelStatus, ...]
     gateways: tuple[str, ...]
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why it cannot be served
+    replans: tuple[ReplanRecord, ...] = ()  # the most recent re-plans, newest first
 
 
 # --- data plane -----------------------------------------------------------------------------
@@ -307,11 +361,11 @@ class InferRequest:
 
 @message(102)
 class InferReply:
-    """``status`` is ok | late | error; on ok, ``outputs`` describes the raw frames after it."""
+    """On ``ReplyStatus.OK``, ``outputs`` describes the raw frames after it."""
 
     request_id: int
     variant: str
-    status: str
+    status: ReplyStatus
     queue_us: int = 0
     compute_us: int = 0
     batch_size: int = 0

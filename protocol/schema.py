@@ -11,6 +11,7 @@ is never reused; an unknown field from a newer peer is ignored on decode.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any, ClassVar, TypeVar
@@ -76,6 +77,8 @@ def to_plain(obj: Any) -> Any:
     """Struct -> dict of plain values (tuples stay arrays, nested structs become dicts)."""
     if type(obj) in _PLAIN_SCALARS:
         return obj
+    if isinstance(obj, enum.Enum):
+        return obj.value
     if dataclasses.is_dataclass(obj):
         return {name: to_plain(getattr(obj, name)) for name in _field_names(type(obj))}
     if isinstance(obj, (tuple, list)):
@@ -121,6 +124,8 @@ def _compile(hint: Any):
         return _compile_dict(hint)
     if dataclasses.is_dataclass(hint):
         return _compile_struct(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _compile_enum(hint)
     if hint in (int, str, bytes, bool):
         return _compile_exact(hint)
     if hint is float:
@@ -144,6 +149,19 @@ def _compile_exact(kind: type):
         raise _Mismatch(f"expected {kind.__name__}, got {type(value).__name__}")
 
     return exact
+
+
+def _compile_enum(kind: type[enum.Enum]):
+    # On the wire an enum is its value; a value outside the enum is a malformed frame.
+    members = {m.value: m for m in kind}
+
+    def member(value: Any) -> Any:
+        try:
+            return members[value]
+        except (KeyError, TypeError):
+            raise _Mismatch(f"expected one of {sorted(map(str, members))}, got {value!r}") from None
+
+    return member
 
 
 def _compile_union(hint: Any):

@@ -6,6 +6,7 @@ Imports nothing of ours beyond ``protocol``.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import NewType
 
 from protocol.schema import struct
@@ -14,6 +15,30 @@ AgentId = NewType("AgentId", str)
 WorkerId = NewType("WorkerId", str)
 GatewayId = NewType("GatewayId", str)
 VariantName = NewType("VariantName", str)
+
+
+
+class WorkerState(enum.StrEnum):
+    """Where a worker process is in its life, as the controller knows it."""
+
+    STARTING = "starting"  # asked to start; loading and warming up
+    READY = "ready"  # serving
+    RESTARTING = "restarting"  # exited; its agent starts it again
+    CRASHED = "crashed"  # exited past its restart limit
+    LOST = "lost"  # its agent fell silent
+    DRAINING = "draining"  # finishing what it has, taking nothing new (a re-plan retires it)
+    STOPPING = "stopping"  # asked to stop
+    STOPPED = "stopped"
+
+
+class ReplyStatus(enum.StrEnum):
+    """How a worker answered one inference request."""
+
+    OK = "ok"  # outputs follow
+    LATE = "late"  # dropped unrun: it could no longer finish before its deadline
+    ERROR = "error"  # the model raised, or the request named a variant or inputs the worker lacks
+    OVERLOADED = "overloaded"  # the variant's queue on this worker is full
+
 
 # Open Inference Protocol datatypes that travel as fixed-size raw tensors, with numpy dtypes.
 DATATYPES: dict[str, str] = {
@@ -29,6 +54,14 @@ DATATYPES: dict[str, str] = {
     "FP16": "<f2",
     "FP32": "<f4",
     "FP64": "<f8",
+}
+
+
+# Runtimes a manifest's ``backend`` may name, with the KServe V2 ``platform`` each reports.
+BACKENDS: dict[str, str] = {
+    "torchscript": "pytorch_torchscript",
+    "onnx": "onnxruntime_onnx",
+    "torch_export": "pytorch_torch_export",
 }
 
 
@@ -106,9 +139,12 @@ class Partition:
 
 @struct
 class WorkerRoute:
-    """A ready worker and the variants it serves, with the plan's routing weight.
+    """A ready worker and the variants it serves, with the plan's routing weights.
 
-    ``latency_ms`` holds, per variant, the worker's measured latency of batches 1, 2, 4, ...
+    ``latency_ms`` holds, per variant, the worker's measured latency of batches 1, 2, 4, ... up to
+    its max batch (``mesh.latency.warmup_batches``).
+    ``weights`` holds, per variant, the share of that variant's requests the plan sends to this
+    worker; a variant absent from it takes ``weight`` (equal shares when every worker has 1.0).
     """
 
     worker_id: str
@@ -117,6 +153,12 @@ class WorkerRoute:
     latency_ms: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     # A draining worker takes no new requests but still answers those it has (make-before-break).
     draining: bool = False
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The agent running it: on a mesh with keys, only that agent's key may speak as this worker.
+    agent_id: str = ""
+    # Per variant, the largest batch the worker runs when the plan chose one below the model's
+    # (``latency_ms`` then holds the warm-up sizes up to it); absent: the model's max_batch.
+    max_batch: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @struct
@@ -179,7 +221,7 @@ class DecisionRecord:
 class WorkerStatus:
     worker_id: str
     agent_id: str
-    state: str  # starting | ready | crashed | stopped
+    state: WorkerState
     partition: Partition
     variants: tuple[str, ...]
     pid: int = 0
@@ -189,12 +231,28 @@ class WorkerStatus:
 
 
 @struct
+class RunningWorker:
+    """A worker process an agent runs, as it reports it when it registers (with the public key
+    of the credential it issued to it, on a mesh with keys)."""
+
+    worker_id: str
+    variants: tuple[str, ...]
+    pid: int = 0
+    public_key: str = ""
+
+
+@struct
 class AgentStatus:
     agent_id: str
     hostname: str
     alive: bool
     devices: tuple[DeviceInfo, ...]
     last_seen_s: float
+    # A lost agent (and its workers) is forgotten this many seconds from now; 0 while alive.
+    forget_in_s: float = 0.0
+    # Registrations that changed something (the first, and one per return or restart): repeats
+    # of one registration do not count.
+    joins: int = 0
 
 
 @struct
@@ -204,3 +262,22 @@ class ModelStatus:
     accuracy: float
     state: str  # READY | UNAVAILABLE
     workers: tuple[str, ...]
+
+
+@struct
+class ReplanRecord:
+    """One re-plan the controller began: why, how the workers moved, and at what accuracy.
+
+    ``ago_s`` is counted back from the reply that carries it, so no two hosts need agreeing clocks.
+    """
+
+    ago_s: float
+    reason: str  # initial | forced | loss | rise | drift | superseded
+    policy: str
+    kept: int
+    started: int
+    retired: int
+    scaled: bool = False  # accuracy scaling: cheaper variants carry part of the demand
+    effective_accuracy: float = 0.0  # when scaled: the rate-weighted accuracy of the requests served
+    shed: dict[str, float] = dataclasses.field(default_factory=dict)  # when scaled: req/s turned away, per family
+    finished: bool = False  # the move to the new layout is complete

@@ -14,6 +14,7 @@ from benchmarks.scaling.workload import Fleet, Trace, VariantInfo
 if TYPE_CHECKING:
     from benchmarks.scaling.schemes import Scheme
 from mesh.batching import Queued, make_batcher
+from mesh.scheduler import GpuletScheduler
 
 DEADLINE_SLACK_S = 1e-9  # a batch scheduled to end on its deadline is on time
 
@@ -99,7 +100,8 @@ class Simulator:
     def _install(self, s: Server, variant: str) -> None:
         info = self.fleet.info[variant]
         s.info = info
-        s.batcher = make_batcher(self.policy, max_batch=info.batch, latency_s=info.latency_s.__getitem__)
+        s.batcher = GpuletScheduler({variant: make_batcher(self.policy, max_batch=info.batch,
+                                                           latency_s=info.latency_s.__getitem__)})
         s.accepting = True
         s.pending = None
         s.loaded = False
@@ -213,7 +215,7 @@ class Simulator:
                     continue
                 s = servers[i]
                 rid += 1
-                if not s.batcher.push(Queued(rid, now + slo_s[k], now, k)):
+                if not s.batcher.push(s.info.variant, Queued(rid, now + slo_s[k], now, k)):
                     fc.dropped += 1  # queue full
                     continue
                 if not s.busy:
@@ -247,35 +249,30 @@ class Simulator:
             total.accuracy_sum += fc.accuracy_sum
 
     def step(self, s: Server, now: float) -> None:
-        """The worker loop: poll the batcher until it runs a batch, waits, or is empty."""
-        while True:
-            b = s.batcher
-            if not len(b):
-                s.busy = False
-                if s.pending is not None:
-                    if not self.make_before_break:
-                        self._start_load(s, now)
-                    elif s.loaded:
-                        self._install(s, s.pending)
-                return
-            decision = b.poll(now)
-            for item in decision.late:
-                self.per_family[item.payload].dropped += 1
-            if decision.batch:
-                batch = decision.batch
-                s.busy = True
-                s.running = batch
-                took = s.info.latency_s[len(batch)]
-                if s.pending is not None and not s.loaded and self.make_before_break:
-                    took *= self.interference  # the next variant is loading beside it
-                s.busy_until = now + took
-                self.push(s.busy_until, FINISH, s.index)
-                return
-            if decision.wake_at is not None and not decision.late:
-                s.busy = False
-                s.token += 1
-                self.push(decision.wake_at, WAKE, s.index, s.token)
-                return
+        """The worker's scheduling step (mesh.scheduler): run a batch, wait, or switch when empty."""
+        decided = s.batcher.step(now)
+        for _, item in decided.late:
+            self.per_family[item.payload].dropped += 1
+        if decided.batch:
+            batch = decided.batch
+            s.busy = True
+            s.running = batch
+            took = s.info.latency_s[len(batch)]
+            if s.pending is not None and not s.loaded and self.make_before_break:
+                took *= self.interference  # the next variant is loading beside it
+            s.busy_until = now + took
+            self.push(s.busy_until, FINISH, s.index)
+            return
+        s.busy = False
+        if decided.wake_at is not None:
+            s.token += 1
+            self.push(decided.wake_at, WAKE, s.index, s.token)
+            return
+        if s.pending is not None:
+            if not self.make_before_break:
+                self._start_load(s, now)
+            elif s.loaded:
+                self._install(s, s.pending)
 
     def finish(self, s: Server, now: float) -> None:
         batch, s.running, s.busy = s.running, (), False
@@ -292,6 +289,6 @@ class Simulator:
             else:
                 fc.late += 1
         self.served_by_variant[info.variant] = self.served_by_variant.get(info.variant, 0) + ok
-        s.batcher.feedback(len(batch), ok < len(batch))
+        s.batcher.finished(info.variant, len(batch), ok < len(batch))
 
 

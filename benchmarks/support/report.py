@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,13 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
     """The report, made plain, to ``path`` (its folder created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plain(report), indent=2, allow_nan=False) + "\n")
+
+
+def publish(report: dict[str, Any], out: Path, render: Callable[[dict[str, Any]], str],
+            result_line: Callable[[dict[str, Any]], str]) -> int:
+    """A benchmark's ending: the report as JSON to ``out``, its table, then its RESULT line last."""
+    report = plain(report)
+    write_json(out, report)
+    print(render(report))
+    print(result_line(report["result"]), flush=True)
+    return 0

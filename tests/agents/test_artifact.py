@@ -16,12 +16,12 @@ import zmq
 import zmq.asyncio
 from torch import nn
 
-from agents.artifact import fetch_artifact
+from agents.artifact import fetch_artifact, report_load_failure
 from agents.error import ArtifactError
 from letmesh.zoo import build_trivial, quiet_jit
 from mesh.transport import Endpoint, EndpointClosed
 from protocol.codec import ARTIFACT_CHUNK_BYTES, decode, encode
-from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact, Heartbeat
+from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact, Heartbeat, VariantLoadFailed
 
 BOUND_S = 5.0
 
@@ -240,3 +240,15 @@ async def test_error_reply_fails_the_download(fake_controller, link, repo, tmp_p
     with pytest.raises(ArtifactError, match="try later"):
         await link(fake.address).fetch(cache, sha)
     assert list(cache.iterdir()) == []
+
+
+async def test_a_variant_that_cannot_load_is_reported_to_the_controller_with_its_reason(fake_controller,
+                                                                                       link) -> None:
+    fake = fake_controller(lambda msg: [])
+    worker = link(fake.address)
+    await report_load_failure(worker.endpoint, "test.w0", "digits-cnn",
+                              RuntimeError("PytorchStreamReader failed reading zip archive" + "!" * 1000))
+    msg = await asyncio.wait_for(fake.received.get(), BOUND_S)
+    assert isinstance(msg, VariantLoadFailed)
+    assert (msg.worker_id, msg.variant) == ("test.w0", "digits-cnn")
+    assert msg.reason.startswith("RuntimeError: PytorchStreamReader failed") and len(msg.reason) == 512

@@ -136,7 +136,9 @@ async def test_worker_blocked_fetching_is_stopped_and_leaves_no_process(silent_c
     proc = await start_blocked_worker(sock, address, tmp_path, spawned)
     assert os.sched_getaffinity(proc.pid) == {USABLE[-1]}
 
-    code = await asyncio.wait_for(stop_process(proc, timeout_s=1.0), BOUND_S)
+    # A worker pinned to a core that CI shares with other work may take seconds to unwind: the
+    # grace before the kill is generous, what matters is that SIGTERM alone ends it.
+    code = await asyncio.wait_for(stop_process(proc, timeout_s=BOUND_S), BOUND_S * 2)
 
     assert code == proc.returncode and code != -signal.SIGKILL  # SIGTERM ends the load; no kill needed
     assert gone(proc.pid)
@@ -146,7 +148,7 @@ async def test_sigterm_while_loading_ends_the_worker_without_a_kill(silent_contr
     sock, address = silent_controller
     proc = await start_blocked_worker(sock, address, tmp_path, spawned)
 
-    code = await asyncio.wait_for(stop_process(proc, timeout_s=3.0), BOUND_S)
+    code = await asyncio.wait_for(stop_process(proc, timeout_s=BOUND_S), BOUND_S * 2)
 
     assert code != -signal.SIGKILL
     assert list((tmp_path / "artifacts").glob("*.part")) == []  # the partial download is cleaned up

@@ -26,7 +26,7 @@ from protocol.message import (
     StartWorker,
     WorkerReady,
 )
-from protocol.types import DeviceInfo
+from protocol.types import DeviceInfo, RunningWorker
 
 from tests.controller.conftest import BOUND_S, Peer, Scale, add_variant
 GATEWAY_1 = "tcp://127.0.0.1:17001"
@@ -50,6 +50,15 @@ async def register_gateway(gateway: Peer, endpoint: str = GATEWAY_1) -> RoutingT
     await gateway.send(RegisterGateway(gateway_id="g", data_endpoint=endpoint, http_url="http://127.0.0.1:8000"))
     await gateway.expect(RegisterGatewayReply)
     return await gateway.expect(RoutingTable, lambda t: len(t.models) > 0)
+
+
+async def register_agent_running(agent: Peer, starts: list[StartWorker]) -> None:
+    """Register again (after a controller restart) still running the workers ``starts`` began."""
+    await agent.send(RegisterAgent(agent_id="a1", hostname="host-1", devices=(cpu(2),), pid=1,
+                                   workers=tuple(RunningWorker(worker_id=s.worker_id, pid=4242,
+                                                               variants=tuple(v.name for v in s.variants))
+                                                 for s in starts)))
+    await agent.expect(RegisterAgentReply)
 
 
 def worker_ready(start: StartWorker, pid: int = 4242) -> WorkerReady:
@@ -164,11 +173,16 @@ async def test_silent_worker_drops_out_of_the_gateway_table(start_controller, pe
     await worker.send(worker_ready(starts[0]))
     listed = await gateway.expect(RoutingTable, lambda t: len(t.workers) == 1)
 
-    for _ in range(2):  # the agent and gateway keep beating; the worker falls silent
-        clock.advance(0.08)
+    # The agent and gateway keep beating; the worker falls silent. Small steps, and as many as it
+    # takes: a step longer than a tick interval between two ticks reads as the controller's own
+    # stall, which it forgives.
+    for _ in range(100):
+        clock.advance(0.03)
         for p, role in ((agent, "agent"), (gateway, "gateway")):
             await p.send(Heartbeat(sender=role, role=role, seq=1))
             await p.sync()
+        if any(isinstance(m, RoutingTable) and m.version > listed.version for m in gateway.pending):
+            break
 
     dropped = await gateway.expect(RoutingTable, lambda t: t.version > listed.version)
     assert dropped.workers == ()
@@ -317,6 +331,46 @@ async def test_routing_versions_keep_growing_across_a_restart(start_controller, 
 
     second = await start_controller(state_dir=state)
     gateway = peer(second.address, b"gateway:g1")
-    new = await register_gateway(gateway)
+    await gateway.send(RegisterGateway(gateway_id="g", data_endpoint=GATEWAY_1, http_url="http://127.0.0.1:8000"))
+    await gateway.expect(RegisterGatewayReply)
+    await gateway.sync()
+    assert gateway.take(RoutingTable) == [], "held: the gateway keeps the table it has until the plan's workers report"
+    agent = peer(second.address, b"agent:a1")
+    await register_agent_running(agent, starts)
+    for start in starts:  # every worker of the restored plan reports: the hold ends before hold_s
+        worker = peer(second.address, f"worker:{start.worker_id}".encode())
+        await worker.send(worker_ready(start))
+    new = await gateway.expect(RoutingTable, lambda t: len(t.workers) == len(starts))
 
     assert new.version > old.version
+    assert set(routed(old)) <= set(routed(new)), "the restarted controller routes to the workers that kept serving"
+
+
+async def test_a_restarted_controller_lists_every_known_gateway_to_workers(start_controller, peer, tmp_path) -> None:
+    """Gateways come back one by one after a controller restart: a worker told the list of those
+    back so far would drop its links to the others, which are serving all along."""
+    state = tmp_path / "state-gateways"
+    first = await start_controller(state_dir=state)
+    agent = peer(first.address, b"agent:a1")
+    gateways = [peer(first.address, b"gateway:g1"), peer(first.address, b"gateway:g2")]
+    _, starts = await register_agent(agent)
+    await register_gateway(gateways[0], GATEWAY_1)
+    await register_gateway(gateways[1], GATEWAY_2)
+    for p in (agent, *gateways):
+        p.close()
+    await asyncio.wait_for(first.stop(), BOUND_S)
+
+    second = await start_controller(state_dir=state)
+    agent = peer(second.address, b"agent:a1")
+    await register_agent_running(agent, starts)
+    workers = [peer(second.address, f"worker:{s.worker_id}".encode()) for s in starts]
+    for worker, start in zip(workers, starts):
+        await worker.send(worker_ready(start))
+    await register_gateway(peer(second.address, b"gateway:g1"), GATEWAY_1)
+    await register_gateway(peer(second.address, b"gateway:g3"), "tcp://127.0.0.1:17003")  # a new one: announced
+
+    announced = await workers[0].expect(GatewayListChanged, lambda m: "tcp://127.0.0.1:17003" in m.gateways)
+    assert announced.gateways == (GATEWAY_1, GATEWAY_2, "tcp://127.0.0.1:17003")
+    await workers[0].sync()
+    assert all(GATEWAY_2 in m.gateways for m in workers[0].take(GatewayListChanged)), \
+        "no list without the gateway that has not registered again yet"

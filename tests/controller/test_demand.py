@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.demand import DemandTracker, replan_due
+from controller.demand import DemandTracker, PeakWindow, replan_due
 
 
 def feed(tracker: DemandTracker, rate: float, seconds: int, start: float = 0.0, variant: str = "v") -> float:
@@ -114,3 +114,35 @@ def test_deadline_misses_add_up_over_gateways_since_a_given_time() -> None:
     assert demand.outcomes_since(1.2) == (200, 5)
     demand.observe({"a": 10}, 1.0, 20.0, source="gw1", missed={"a": 1})
     assert demand.outcomes_since(0.0) == (10, 1)  # older than history_s is gone
+
+
+def test_names_outside_the_repository_and_absurd_reports_are_dropped_and_counted() -> None:
+    tracker = DemandTracker(half_life_s=1.0)
+    tracker.known = frozenset({"v"})
+    invented = {f"made-up-{i}": 1 for i in range(4096)}
+    for t in range(1, 6):
+        tracker.observe({"v": 10, **invented}, 1.0, float(t), source="gw")
+    assert set(tracker.rates()) == {"v"} and set(tracker.target()) == {"v"}
+    assert tracker.rejected == 5 * 4096
+    for window, counts in ((float("nan"), {"v": 1}), (float("inf"), {"v": 1}), (1e9, {"v": 1}),
+                           (1.0, {"v": -5}), (1.0, {"v": 1 << 50})):
+        tracker.observe(counts, window, 6.0, source="gw")
+    assert tracker.rejected == 5 * 4096 + 5
+    assert tracker.rates()["v"] == pytest.approx(10, rel=0.1)
+
+
+def test_a_gateway_silent_past_the_history_is_forgotten() -> None:
+    tracker = DemandTracker(half_life_s=1.0, history_s=10.0)
+    for i in range(100):
+        tracker.observe({"v": 1}, 1.0, 1.0, source=f"gw-{i}")
+    tracker.observe({"v": 1}, 1.0, 20.0, source="gw-live")
+    assert {src for src, _ in tracker._streams} == {"gw-live"}
+
+
+def test_a_peak_window_keeps_the_highest_rate_of_its_span() -> None:
+    w = PeakWindow(span_s=3.0)
+    w.observe(0.0, {"f": 100.0})
+    w.observe(1.0, {"f": 40.0, "g": 5.0})
+    assert w.peak() == {"f": 100.0, "g": 5.0}
+    w.observe(3.5, {"f": 60.0})  # the 100 at t=0 is older than the span
+    assert w.peak() == {"f": 60.0, "g": 5.0}

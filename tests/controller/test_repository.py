@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from controller.error import RepositoryError
-from controller.repository import load_repository
+from controller.repository import load_repository, scan_repository
 from letmesh.zoo import build_trivial
 from protocol.types import ModelInfo, TensorSpec, VariantSpec
 
@@ -79,6 +79,17 @@ def test_trivial_repository_loads_with_manifest_fields(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(("backend", "platform"), [("onnx", "onnxruntime_onnx"),
+                                                   ("torch_export", "pytorch_torch_export")])
+def test_other_runtimes_load_and_report_their_v2_platform(tmp_path: Path, template, backend, platform) -> None:
+    write_variant(tmp_path, "other", template, backend=backend)
+
+    variant = load_repository(tmp_path)["other"]
+
+    assert variant.spec().backend == backend
+    assert variant.info().platform == platform
+
+
 def test_every_variant_folder_loads_by_variant_name(tmp_path: Path, template) -> None:
     write_variant(tmp_path, "b-folder", template, variant="beta", family="fam", accuracy=0.5, max_batch=4)
     write_variant(tmp_path, "a-folder", template, variant="alpha", family="fam", accuracy=0.9, version="7")
@@ -118,7 +129,7 @@ def _unsupported_datatype(root: Path, template) -> Path:
 
 
 def _unsupported_backend(root: Path, template) -> Path:
-    return write_variant(root, "bad", template, backend="onnx")
+    return write_variant(root, "bad", template, backend="tensorflow_savedmodel")
 
 
 def _zero_max_batch(root: Path, template) -> Path:
@@ -157,7 +168,7 @@ def _json_list(root: Path, template) -> Path:
         (_escaping_artifact, "beside"),
         (_absolute_artifact, "beside"),
         (_unsupported_datatype, "BYTES"),
-        (_unsupported_backend, "onnx"),
+        (_unsupported_backend, "tensorflow_savedmodel"),
         (_zero_max_batch, "max_batch"),
         (_no_outputs, "outputs"),
         (_missing_accuracy, "accuracy"),
@@ -206,3 +217,44 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
 def test_missing_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="not a folder"):
         load_repository(tmp_path / "absent")
+
+
+def _truncated_with_matching_sha(root: Path, template) -> Path:
+    manifest = write_variant(root, "bad", template)
+    blob = (root / "bad" / "model.pt").read_bytes()[:-200]
+    (root / "bad" / "model.pt").write_bytes(blob)
+    body = json.loads(manifest.read_text())
+    body["sha256"] = hashlib.sha256(blob).hexdigest()
+    manifest.write_text(json.dumps(body))
+    return manifest
+
+
+def _flipped_byte(root: Path, template) -> Path:
+    manifest = write_variant(root, "bad", template)
+    blob = bytearray((root / "bad" / "model.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (root / "bad" / "model.pt").write_bytes(bytes(blob))
+    return manifest
+
+
+@pytest.mark.parametrize(("make_bad", "says"), [
+    (_flipped_byte, "sha256"), (_truncated_with_matching_sha, "archive"), (_missing_artifact, "missing"),
+    (_not_json, "Expecting"),
+], ids=lambda p: getattr(p, "__name__", p).lstrip("_"))
+def test_a_scan_sets_a_bad_variant_aside_with_its_reason_and_keeps_the_rest(tmp_path: Path, template, make_bad,
+                                                                           says: str) -> None:
+    write_variant(tmp_path, "good", template)
+    write_variant(tmp_path, "also-good", template)
+    manifest = make_bad(tmp_path, template)
+    repo = scan_repository(tmp_path)
+    assert sorted(repo.variants) == ["also-good", "good"]
+    assert list(repo.unavailable) == ["bad"]
+    assert str(manifest) in repo.unavailable["bad"] and says in repo.unavailable["bad"]
+    with pytest.raises(RepositoryError, match=says):
+        load_repository(tmp_path)  # the strict form still refuses it
+
+
+def test_a_scan_with_nothing_usable_is_an_error_naming_the_reasons(tmp_path: Path, template) -> None:
+    _flipped_byte(tmp_path, template)
+    with pytest.raises(RepositoryError, match="no usable variant.*sha256"):
+        scan_repository(tmp_path)

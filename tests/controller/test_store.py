@@ -6,7 +6,7 @@ from pathlib import Path
 
 from controller.placement import PlannedWorker
 from controller.store import StateStore
-from protocol.types import Partition
+from protocol.types import CandidateInfo, DecisionRecord, Partition
 
 CPU_PART = Partition(device_id="cpu0", kind="cpu", cores=(0, 1))
 GPU_PART = Partition(device_id="cuda0", kind="cuda", mps_percent=25)
@@ -92,3 +92,33 @@ def test_fresh_store_is_empty(tmp_path: Path) -> None:
         assert store.agents() == []
     finally:
         store.close()
+
+
+def test_the_decision_log_keeps_the_newest_records_up_to_its_cap(tmp_path: Path) -> None:
+    arm = CandidateInfo(variant="v", accuracy=0.9, predicted_latency_ms=1.0, p_deadline=1.0, energy_j=0.0)
+    store = StateStore(tmp_path / "c.sqlite3", max_decisions=100)
+    try:
+        for i in range(300):
+            store.log_decisions([DecisionRecord(event_id=f"e{i}", family="f", context={}, budget_ms=10.0, load=0.0,
+                                                candidates=(arm,), chosen=0, probability=1.0, reward=1.0,
+                                                source="implicit")], float(i))
+        kept = [r.event_id for r in store.decisions("f")]
+        assert 100 <= len(kept) <= 110
+        assert kept[-1] == "e299" and "e0" not in kept
+    finally:
+        store.close()
+
+
+def test_gateways_survive_reopening_until_they_leave_or_are_forgotten(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.save_gateway("g1", "tcp://10.0.0.1:5560", now=1.0)
+    store.save_gateway("g2", "tcp://10.0.0.2:5560", now=1.0)
+    store.save_gateway("g1", "tcp://10.0.0.9:5560", now=2.0)  # registered again elsewhere
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    assert store.gateways() == {"g1": "tcp://10.0.0.9:5560", "g2": "tcp://10.0.0.2:5560"}
+    store.delete_gateway("g2")
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    assert store.gateways() == {"g1": "tcp://10.0.0.9:5560"}
+    store.close()

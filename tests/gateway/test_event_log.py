@@ -72,3 +72,13 @@ def test_memory_is_bounded_by_closing_the_oldest_early() -> None:
     log.record(event("e3", 3.0))  # e3 has no outcome yet; e1 is closed to make room
     assert [r.event_id for r in log.due(now=3.0)] == ["e1"]
     assert len(log) == 2
+
+
+def test_the_log_stays_bounded_when_nothing_drains_it() -> None:
+    log = EventLog(feedback_wait_s=10.0, retain_s=100.0, max_open=5, max_ready=3)
+    for i in range(20):
+        log.record(event(f"e{i}", float(i)))
+        log.outcome(f"e{i}", met=True)
+        assert log.feedback(f"e{i}", 0.5, now=float(i)) is FeedbackResult.ACCEPTED
+    assert len(log) == 0 and len(log._closed) == 5 and log.dropped == 17
+    assert [r.event_id for r in log.due(now=20.0)] == ["e17", "e18", "e19"]  # the newest were kept

@@ -36,3 +36,17 @@ def test_malformed_feedback_says_what_is_wrong(body, fragment) -> None:
     with pytest.raises(BadFeedback) as err:
         reward_of(body)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"event_id": "e", "reward": 10**309}, "reward"),  # past float: must not reach float()
+    ({"event_id": "e", "rating": 10**309}, "rating"),
+    ({"event_id": "e", "rating": 1, "scale": 10**309}, "scale"),
+    ({"event_id": "e", "rating": float("nan")}, "rating"),
+    ({"event_id": "e", "rating": 1, "scale": float("inf")}, "scale"),
+    ({"event_id": "e" * 129, "reward": 1}, "event_id"),
+])
+def test_numbers_past_their_range_are_refused(body, fragment) -> None:
+    with pytest.raises(BadFeedback) as err:
+        reward_of(body)
+    assert fragment in str(err.value)

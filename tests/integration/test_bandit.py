@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import aiohttp
 import numpy as np
@@ -96,3 +98,13 @@ async def test_each_application_comes_to_get_its_preferred_variant_within_bounds
     rows = {line.split("->")[0].strip(): line.split("->")[1].split()[0] for line in text.splitlines() if "->" in line}
     assert rows.get("app=reader-fast") == FAST and rows.get("app=reader-accurate") == ACCURATE, text
     assert "DR" in text and "IPS" in text
+
+    # The same report as JSON, for scripts: the same preferences, estimates as numbers.
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "letmesh", "bandit", "report", "--state-dir",
+                                                    str(digits_mesh.state_dir), "--family", "digits", "--json"],
+                                   capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (family,) = json.loads(proc.stdout)["families"]
+    prefs = {tuple(sorted(p["context"].items())): p["variant"] for p in family["preferences"]}
+    assert prefs[(("app", "reader-fast"),)] == FAST and prefs[(("app", "reader-accurate"),)] == ACCURATE, family
+    assert family["decisions"] > 0 and 0.0 <= family["estimates"]["logged"] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import time
@@ -85,6 +86,19 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_mesh_resum
                 count += 1
     assert count > 20
 
+    # Requests keep flowing while the controller restarts: a restarted controller holds its
+    # first table until the plan's workers report, so the gateway never gets one without them.
+    during: list = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                async with session.post(url, json=BODY) as resp:
+                    during.append(resp.status if resp.status == 200 else (resp.status, (await resp.text())[:120]))
+                await asyncio.sleep(0.005)
+
+    loader = asyncio.create_task(load())
     mesh.procs.pop("controller")
     mesh.start_role("controller")
 
@@ -105,7 +119,11 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_mesh_resum
         last = seen[0] if seen else None
         detail = ([(w.worker_id, w.state, w.pid) for w in last.workers], last.gateways) if last else "no status"
         raise AssertionError(f"mesh did not resume with workers {pids_before}; last status: {detail}") from None
+    await asyncio.sleep(1.0)  # the first tables of the new controller have reached the gateway
+    stop.set()
+    await loader
     assert after.controller_epoch == before.controller_epoch + 1
+    assert len(during) > 20 and set(during) == {200}, collections.Counter(during)  # non-200s with their message
     async with aiohttp.ClientSession() as session:
         async with session.post(url, json=BODY) as resp:
             assert resp.status == 200

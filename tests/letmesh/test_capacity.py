@@ -16,7 +16,6 @@ from letmesh.capacity import (
     DeviceGroup,
     ProfileSourceError,
     WorkloadFileError,
-    add_plan_arguments,
     carried,
     devices_needed,
     fleet,
@@ -28,6 +27,7 @@ from letmesh.capacity import (
     read_profile_csv,
     run_plan,
 )
+from letmesh.commands.planning import add_plan_arguments
 from protocol.types import ColocationSample, ProfileSample
 
 PARTITIONS = (20, 40, 50, 60, 80, 100)

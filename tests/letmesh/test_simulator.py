@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from controller.planning import Assignment, Demand, GpuLet, LatencyModel, Plan, ProfilePoint, ProfileTable
+from letmesh.commands.planning import add_simulate_arguments
 from letmesh.simulator import (
     TraceError,
-    add_simulate_arguments,
     poisson_arrivals,
     read_trace,
     run_simulate,

@@ -192,3 +192,48 @@ def test_damaged_repository_is_repaired(zoo, tmp_path, damage):
     blob = (copy / "identity" / "model.pt").read_bytes()
     assert identity == repaired["identity"]
     assert identity["sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+def test_digits_variants_list_an_onnx_export_beside_the_torchscript_artifact(zoo):
+    root, manifests, _ = zoo
+    for name in DIGITS:
+        m = by_variant(manifests)[name]
+        assert set(m["artifacts"]) == {"torchscript", "onnx"}
+        served = m["artifacts"]["torchscript"]
+        assert (served["artifact"], served["sha256"], served["accuracy"]) == (m["artifact"], m["sha256"], m["accuracy"])
+        onnx = m["artifacts"]["onnx"]
+        blob = (root / name / onnx["artifact"]).read_bytes()
+        assert onnx["artifact"] == "model.onnx"
+        assert onnx["sha256"] == hashlib.sha256(blob).hexdigest() and onnx["size_bytes"] == len(blob)
+        assert onnx["max_abs_diff"] <= 1e-5
+        assert abs(onnx["accuracy"] - m["accuracy"]) <= 1 / 540  # at most one near-tie flips
+        assert all(v > 0 for v in onnx["profile_ms"].values())
+
+
+def test_building_for_onnx_rewrites_only_the_digits_manifests_and_serves_the_onnx_file(zoo, tmp_path):
+    from controller.repository import load_repository
+
+    root, manifests, _ = zoo
+    copy = tmp_path / "zoo"
+    shutil.copytree(root, copy)
+    before = file_times(copy)
+
+    onnx = by_variant(build_zoo(copy, epochs_scale=EPOCHS_SCALE, backend="onnx"))
+
+    after = file_times(copy)
+    assert {p for p in after if after[p] != before[p]} == {f"{name}/manifest.json" for name in DIGITS}
+    variants = load_repository(copy)
+    for name in DIGITS:
+        assert onnx[name]["backend"] == "onnx" and onnx[name]["artifact"] == "model.onnx"
+        assert onnx[name]["accuracy"] == onnx[name]["artifacts"]["onnx"]["accuracy"]
+        assert variants[name].spec().backend == "onnx"
+        assert variants[name].artifact == copy / name / "model.onnx"
+    assert variants["identity"].spec().backend == "torchscript"
+    back = by_variant(build_zoo(copy, epochs_scale=EPOCHS_SCALE))
+    assert all(back[name] == by_variant(manifests)[name] for name in DIGITS)
+
+
+def test_an_unknown_serving_backend_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="tensorrt"):
+        build_zoo(tmp_path / "zoo", backend="tensorrt")
+    assert not (tmp_path / "zoo").exists()

@@ -9,6 +9,7 @@ import pytest
 
 from mesh.actor import (
     Actor,
+    ActorCrashed,
     ActorError,
     ActorStatistics,
     AskTimeout,
@@ -180,6 +181,20 @@ async def test_bounded_mailbox_raises_mailbox_full_without_waiting() -> None:
     await actor.stop()
 
 
+async def test_a_told_message_whose_handler_fails_is_dropped_and_the_actor_carries_on() -> None:
+    actor = Recorder()
+    notified: list[BaseException] = []
+    actor.on_failure = lambda who, exc: notified.append(exc)
+    await started(actor)
+    actor.tell(("fail", ValueError("poison")))
+    actor.tell(("fail", OverflowError("more poison")))
+    assert await actor.ask(("echo", "after"), timeout_s=BOUND_S) == "after"
+    stats = actor.statistics()
+    assert (stats.failed, stats.failed_by_type, stats.stopped) == (2, (("tuple", 2),), False)
+    assert actor.failure is None and notified == []
+    await actor.stop()
+
+
 async def test_crash_in_tell_stops_actor_records_failure_and_notifies() -> None:
     actor = Recorder()
     notified: list[tuple[Actor, BaseException]] = []
@@ -192,7 +207,7 @@ async def test_crash_in_tell_stops_actor_records_failure_and_notifies() -> None:
 
     actor.on_failure = on_failure
     await started(actor)
-    boom = RuntimeError("boom")
+    boom = ActorCrashed("boom")
     actor.tell(("fail", boom))
     await asyncio.wait_for(done.wait(), BOUND_S)
     await asyncio.wait_for(actor.wait_stopped(), BOUND_S)
@@ -210,7 +225,7 @@ async def test_crash_fails_asks_queued_behind_it() -> None:
     release = asyncio.Event()
     actor.tell(("block", release))
     await asyncio.wait_for(actor.blocked.wait(), BOUND_S)
-    actor.tell(("fail", RuntimeError("boom")))
+    actor.tell(("fail", ActorCrashed("boom")))
     behind = asyncio.create_task(actor.ask(("echo", 1), timeout_s=BOUND_S))
     await asyncio.sleep(0)  # one loop turn: the ask enqueues behind the crash
     assert actor.statistics().queued == 2

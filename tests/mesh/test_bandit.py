@@ -227,3 +227,10 @@ def test_save_atomic_into_a_missing_folder_fails_without_litter(tmp_path):
     with pytest.raises(FileNotFoundError):
         save_atomic(tmp_path / "missing" / "digits.vw", b"x")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("budget_ms", [float("nan"), float("inf"), -1.0, 10**400])
+def test_a_budget_out_of_range_still_makes_a_valid_example(budget_ms) -> None:
+    line = shared_features({"n": 10**400, "x": float("nan"), "app": "a"}, budget_ms, 0.5)
+    assert "nan" not in line and "inf" not in line
+    assert "n:" not in line and "x:" not in line and "app=a" in line

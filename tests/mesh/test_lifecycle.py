@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mesh.actor import Actor
+from mesh.actor import Actor, ActorCrashed
 from mesh.lifecycle import run_actor
 from mesh.supervisor import SupervisorEscalated
 
@@ -24,7 +24,7 @@ class Fragile(Actor):
 
     async def handle(self, msg):
         if msg == "boom":
-            raise RuntimeError("boom")
+            raise ActorCrashed("boom")
         return msg
 
 

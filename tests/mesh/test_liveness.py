@@ -187,3 +187,17 @@ def test_excuse_never_moves_a_peer_past_now_or_revives_a_lost_one() -> None:
     assert table.alive("x", clock.monotonic()) is False  # reported lost: only a heartbeat brings it back
     table.excuse(-5.0, clock.monotonic())  # no stall: nothing changes
     assert table.last_seen("w") == clock.monotonic()
+
+
+def test_the_table_is_bounded_lost_peers_make_room_and_live_ones_are_kept() -> None:
+    live = Liveness(interval_s=1.0, missed_limit=1, max_peers=3)
+    for peer in ("a", "b", "c"):
+        assert live.beat(peer, 0.0)
+    assert not live.beat("intruder", 0.5)  # full of live peers: refused, none pushed out
+    assert (live.peers(), live.refused) == (["a", "b", "c"], 1)
+    live.beat("b", 1.5)
+    live.beat("c", 1.8)
+    assert live.lost(2.1) == ["a"]
+    assert live.beat("d", 2.2)  # "a" was lost: forgotten to make room
+    assert live.peers() == ["b", "c", "d"]
+    assert live.beat("a", 2.3) is False and live.refused == 2  # no lost peer left to forget

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.actor import Actor, ActorError, MailboxClosed
+from mesh.actor import Actor, ActorCrashed, ActorError, MailboxClosed
 from mesh.clock import FakeClock
 from mesh.supervisor import (
     RestartIntensity,
@@ -46,7 +46,7 @@ class Counter(Actor):
             case "get":
                 return self.count
             case "crash":
-                raise RuntimeError(f"{self.name} crashed")
+                raise ActorCrashed(f"{self.name} crashed")
             case _:
                 raise ValueError(msg)
 
@@ -95,7 +95,7 @@ async def test_crashed_child_is_restarted_and_serves_again() -> None:
     first = sup.child("counter")
     assert await first.ask("inc", timeout_s=BOUND_S) == 1
     second = await crash_and_wait_restart(sup, counter)
-    assert isinstance(first.failure, RuntimeError)
+    assert isinstance(first.failure, ActorCrashed)
     with pytest.raises(MailboxClosed):
         first.tell("inc")
     # A fresh instance: state starts over, and it answers.
@@ -157,7 +157,7 @@ async def test_crashes_beyond_intensity_escalate_and_stop_everyone() -> None:
 
     with pytest.raises(SupervisorEscalated) as info:
         await asyncio.wait_for(sup.wait(), BOUND_S)
-    assert isinstance(info.value.__cause__, RuntimeError)
+    assert isinstance(info.value.__cause__, ActorCrashed)
     assert sup.escalated is info.value
     assert escalations == [info.value]
     assert flaky.built == 3, "no restart after the limit"

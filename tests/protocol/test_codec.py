@@ -4,6 +4,7 @@ with the error named by their condition."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from protocol.codec import PROTOCOL_VERSION, Limits, datatype_of, decode, encode
 from protocol.error import FrameTooLarge, MalformedFrame, ProtocolError, UnknownMessage, VersionMismatch
 from protocol.message import ArtifactChunkReply, Heartbeat, InferReply, InferRequest, WorkerReady
 from protocol.schema import message, registered_tags
-from protocol.types import DATATYPES, TensorMeta
+from protocol.types import DATATYPES, ReplyStatus, TensorMeta
 
 # --- strategies built from the dataclasses' own type hints -----------------------------------
 
@@ -58,6 +59,8 @@ def values_for(hint: Any) -> st.SearchStrategy:
         return st.one_of(*(st.none() if a is type(None) else values_for(a) for a in args))
     if dataclasses.is_dataclass(hint):
         return struct_values(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return st.sampled_from(list(hint))
     return _SCALAR_VALUES[hint]
 
 
@@ -370,7 +373,7 @@ def metas(*shapes: tuple[int, ...], datatype: str = "FP32") -> tuple[TensorMeta,
 
 def test_a_tensor_frame_whose_size_does_not_match_its_shape_is_malformed() -> None:
     sent = np.zeros(5, np.float32)
-    lying = InferReply(request_id=1, variant="v", status="ok", outputs=metas((2, 3)))
+    lying = InferReply(request_id=1, variant="v", status=ReplyStatus.OK, outputs=metas((2, 3)))
     decoded, buffers = decode(wire(encode(lying, [sent])))
     with pytest.raises(MalformedFrame, match="needs 24 bytes"):
         tensors_from_frames(decoded.outputs, buffers)
@@ -426,3 +429,27 @@ def test_nested_structs_are_frozen_and_fields_are_keyword_only() -> None:
 def test_every_refusal_is_a_protocol_error() -> None:
     for error in (MalformedFrame, FrameTooLarge, UnknownMessage, VersionMismatch):
         assert issubclass(error, ProtocolError)
+
+
+def test_reply_status_travels_as_its_value_and_unknown_values_are_rejected():
+    from protocol.message import InferReply
+    from protocol.types import ReplyStatus
+
+    frames = encode(InferReply(request_id=7, variant="v", status=ReplyStatus.LATE))
+    msg, _ = decode(frames)
+    assert msg.status is ReplyStatus.LATE
+    plain = msgpack.unpackb(bytes(frames[0]))
+    assert "late" in str(plain)
+    bad = msgpack.packb(_replace_value(plain, "late", "exploded"))
+    with pytest.raises(MalformedFrame, match="status"):
+        decode([bad])
+
+
+def _replace_value(obj, old, new):
+    if obj == old:
+        return new
+    if isinstance(obj, list):
+        return [_replace_value(v, old, new) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _replace_value(v, old, new) for k, v in obj.items()}
+    return obj

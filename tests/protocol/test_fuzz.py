@@ -4,6 +4,7 @@ ProtocolError, never any other exception."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any
@@ -41,6 +42,8 @@ def conforms(hint: Any, value: Any) -> bool:
         )
     if origin in (typing.Union, types.UnionType):
         return any(value is None if a is type(None) else conforms(a, value) for a in args)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, hint)
     if dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
         return type(value) is hint and all(

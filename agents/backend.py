@@ -1,0 +1,160 @@
+"""Opening one model artifact in the runtime its manifest names: TorchScript, ONNX Runtime, torch.export.
+
+Each backend turns a list of numpy inputs (the spec's input order, batched on dim 0) into the
+model's outputs in the spec's output order, as numpy arrays or torch tensors. The caller checked
+the artifact's sha256 before handing over its path. onnxruntime is imported only when an ONNX
+artifact is opened, so a host serving TorchScript alone does not need it. Imports nothing of ours
+beyond ``protocol`` and ``agents.error``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.error import ModelLoadError
+from protocol.types import BACKENDS, DATATYPES, VariantSpec
+
+Run = Callable[[list[np.ndarray]], Sequence[Any]]
+
+# ONNX tensor element types by the OIP datatype a manifest declares.
+_ONNX_TYPES = {
+    "BOOL": "tensor(bool)", "UINT8": "tensor(uint8)", "UINT16": "tensor(uint16)", "UINT32": "tensor(uint32)",
+    "UINT64": "tensor(uint64)", "INT8": "tensor(int8)", "INT16": "tensor(int16)", "INT32": "tensor(int32)",
+    "INT64": "tensor(int64)", "FP16": "tensor(float16)", "FP32": "tensor(float)", "FP64": "tensor(double)",
+}
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for a CPU partition: one per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def open_backend(spec: VariantSpec, path: Path, device: str = "cpu") -> Run:
+    """The artifact at ``path`` loaded for ``spec.backend``; ModelLoadError names what is wrong."""
+    if spec.backend not in BACKENDS:
+        raise ModelLoadError(f"variant {spec.name!r}: backend {spec.backend!r} is not one of {', '.join(BACKENDS)}")
+    if not Path(path).is_file():
+        raise ModelLoadError(f"variant {spec.name!r}: artifact {path} is missing")
+    if spec.backend == "onnx":
+        return _open_onnx(spec, Path(path), device)
+    if spec.backend == "torch_export":
+        return _open_torch_export(spec, Path(path), device)
+    return _open_torchscript(spec, Path(path), device)
+
+
+def _open_torchscript(spec: VariantSpec, path: Path, device: str) -> Run:
+    target = torch.device(device)
+    with warnings.catch_warnings():
+        # TorchScript loading is deprecated upstream (torch 2.13 warns at every load); loading it
+        # here is deliberate, so the notice would only repeat in every worker's log.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            module = torch.jit.load(str(path), map_location=target)
+        except Exception as exc:  # torch raises RuntimeError or ValueError for a damaged archive
+            raise ModelLoadError(f"variant {spec.name!r}: not a loadable TorchScript archive: {_first_line(exc)}") from None
+    module.eval()
+
+    def run(inputs: list[np.ndarray]) -> Sequence[Any]:
+        with torch.inference_mode():
+            return _torch_outputs(spec, module(*_tensors(inputs, target)))
+
+    return run
+
+
+def _open_torch_export(spec: VariantSpec, path: Path, device: str) -> Run:
+    target = torch.device(device)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"variant {spec.name!r}: not a loadable torch.export program: {_first_line(exc)}") from None
+    module = program.module().to(target)
+
+    def run(inputs: list[np.ndarray]) -> Sequence[Any]:
+        with torch.inference_mode():
+            return _torch_outputs(spec, module(*_tensors(inputs, target)))
+
+    return run
+
+
+def _tensors(inputs: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    with warnings.catch_warnings():
+        # Frames received from ZeroMQ are read-only; the model never writes to its inputs.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in inputs]
+
+
+def _torch_outputs(spec: VariantSpec, result: Any) -> Sequence[Any]:
+    if isinstance(result, torch.Tensor):
+        return (result,)
+    if isinstance(result, dict):
+        return tuple(result[o.name] for o in spec.outputs)
+    return tuple(result)
+
+
+def _open_onnx(spec: VariantSpec, path: Path, device: str) -> Run:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelLoadError(f"variant {spec.name!r}: backend 'onnx' needs the onnxruntime package") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; a load failure is raised, not logged
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = cpu_threads()
+    # Idle pool threads would spin on cores the planner counts as free between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelLoadError(f"variant {spec.name!r}: device {device} needs onnxruntime with the CUDA provider")
+        index = int(device.partition(":")[2] or 0)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph, NoSuchFile ...
+        raise ModelLoadError(f"variant {spec.name!r}: not a loadable ONNX model: {_first_line(exc)}") from None
+    feeds = _bind(spec, "input", spec.inputs, session.get_inputs())
+    for spec_input, name in zip(spec.inputs, feeds):
+        declared = next(i.type for i in session.get_inputs() if i.name == name)
+        if declared != _ONNX_TYPES[spec_input.datatype]:
+            raise ModelLoadError(f"variant {spec.name!r}: input {spec_input.name!r} is {spec_input.datatype} in the "
+                                 f"manifest but {declared} in the ONNX model")
+    fetches = _bind(spec, "output", spec.outputs, session.get_outputs())
+
+    def run(inputs: list[np.ndarray]) -> Sequence[Any]:
+        return session.run(fetches, {name: np.ascontiguousarray(a) for name, a in zip(feeds, inputs)})
+
+    return run
+
+
+def _bind(spec: VariantSpec, kind: str, declared: Sequence[Any], graph: Sequence[Any]) -> list[str]:
+    """Graph tensor names for the manifest's tensors: by name, or by position when no name matches."""
+    names = [g.name for g in graph]
+    wanted = [d.name for d in declared]
+    if set(wanted) <= set(names):
+        return wanted
+    if len(wanted) == len(names) and not set(wanted) & set(names):
+        return names
+    raise ModelLoadError(f"variant {spec.name!r}: manifest {kind}s {wanted} do not match the ONNX model's {names}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def output_arrays(spec: VariantSpec, result: Sequence[Any]) -> list[np.ndarray]:
+    """Outputs as numpy arrays of the datatypes the spec declares."""
+    outs = []
+    for out_spec, value in zip(spec.outputs, result):
+        array = value.detach().to("cpu").numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        outs.append(array.astype(np.dtype(DATATYPES[out_spec.datatype]), copy=False))
+    return outs

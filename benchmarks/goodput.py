@@ -1,0 +1,376 @@
+"""Goodput on one core: the highest Poisson arrival rate letmesh serves with 99 % of requests within the SLO.
+
+For each model (a small CNN and a ResNet-18 layout, built here from a seed) the server under test
+— a whole letmesh mesh (controller, gateway, agent, workers) or a plain aiohttp + torch process
+with no batching — runs pinned to one core, the load generator to another. The rate is swept
+(x1.5 steps, then bisection); a step passes when >= 99 % of its requests are answered 200 within
+the SLO, measured from each request's scheduled send time (MLPerf's server scenario, shorter).
+The SLO is 20x the model's batch-1 TorchScript latency measured on the server core; the compute
+limit is the best per-sample throughput of a batch size whose latency fits half the SLO. Also
+measured: server CPU per request at a fixed low rate. Both servers serve the same artifact
+(``--backend``), so the ratio measures serving, not the runtime. Prints a table, writes JSON,
+ends with a RESULT line. Asserts nothing about speed.
+
+Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]``.
+An entry point: may import everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.support import goodput_models as gm  # noqa: E402
+from benchmarks.support import loadgen  # noqa: E402
+from benchmarks.support.report import publish  # noqa: E402
+from benchmarks.support.server_under_test import (  # noqa: E402
+    BaselineServer,
+    MeshServer,
+    Server,
+    pick_cores,
+    pinned,
+    settle,
+)
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "goodput.json"
+PASS_FRACTION = 0.99
+SERVERS = ("letmesh", "baseline")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    quick: bool
+    models: tuple[str, ...]
+    backend: str
+    sweeps: int
+    step_requests: int
+    bisect: int
+    low_requests: int
+    slo_factor: float
+    seed: int
+    out: Path
+
+
+def parse_options(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one sweep per server, shorter steps (a few minutes)")
+    p.add_argument("--models", default="small,medium", help="comma-separated: small, medium")
+    p.add_argument("--backend", choices=("torchscript", "onnx"), default="torchscript",
+                   help="the artifact letmesh (and the baseline) serve")
+    p.add_argument("--sweeps", type=int, help="rate sweeps per server (default 2, quick 1)")
+    p.add_argument("--step-requests", type=int, help="requests per rate step (default 400, quick 200)")
+    p.add_argument("--bisect", type=int, help="bisection steps after the first failing rate (default 4, quick 2)")
+    p.add_argument("--low-requests", type=int, help="requests of the low-rate CPU measurement (default 300, quick 100)")
+    p.add_argument("--slo-factor", type=float, default=20.0, help="SLO = this x batch-1 latency (default 20)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
+    a = p.parse_args(argv)
+    models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if not models or set(models) - set(gm.MODELS):
+        p.error(f"--models takes a comma-separated subset of {', '.join(gm.MODELS)}")
+    for name in ("sweeps", "step_requests", "low_requests"):
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.bisect is not None and a.bisect < 0:
+        p.error("--bisect must be 0 or more")
+    if a.slo_factor <= 0:
+        p.error("--slo-factor must be positive")
+    quick = a.quick
+    return Options(
+        quick=quick, models=models, backend=a.backend,
+        sweeps=a.sweeps or (1 if quick else 2),
+        step_requests=a.step_requests or (200 if quick else 400),
+        bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
+        low_requests=a.low_requests or (100 if quick else 300),
+        slo_factor=a.slo_factor, seed=a.seed, out=a.out,
+    )
+
+
+# --- one server: warm-up, CPU at a low rate, rate sweeps --------------------------------------------
+
+
+def _run(coro):
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    model: gm.ModelDef
+    body: bytes
+    expected: np.ndarray  # the served artifact's logits for the body's image, computed here
+    slo_ms: float
+
+    def request(self, port: int) -> bytes:
+        return loadgen.raw_request(port, f"/v2/models/{self.model.variant}/infer", self.body)
+
+
+def step(server: Server, work: Workload, rate: float, requests: int, seed: int) -> dict[str, Any]:
+    timeout_s = max(3 * work.slo_ms / 1000.0, 1.0)
+    run = _run(loadgen.open_loop(server.port, work.request(server.port), rate=rate, requests=requests, seed=seed,
+                                 timeout_s=timeout_s))
+    # A failed step leaves a backlog (the baseline computes requests whose client gave up): the next
+    # step starts once the server idles.
+    drained_s = settle(server, window_s=0.5, timeout_s=20.0)
+    return {**loadgen.summarise(run, rate=rate, slo_ms=work.slo_ms, pass_fraction=PASS_FRACTION),
+            "drain_s": drained_s}
+
+
+def output_error(server: Server, work: Workload) -> float:
+    """Largest difference between the server's logits for the benchmark image and this process's own."""
+    status, body = _run(loadgen.probe(server.port, work.request(server.port), timeout_s=30))
+    if status != 200:
+        raise RuntimeError(f"{server.name} answered {status}: {body[:300]!r}")
+    (out,) = orjson.loads(body)["outputs"]
+    got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    return float(np.abs(got - work.expected).max())
+
+
+def sweep(server: Server, work: Workload, start: float, ceiling: float, opts: Options, seed: int) -> dict[str, Any]:
+    """x1.5 steps up from ``start`` until a step fails (or down until one passes), then bisection."""
+    steps: list[dict[str, Any]] = []
+
+    def attempt(rate: float) -> bool:
+        steps.append(step(server, work, rate, opts.step_requests, seed + len(steps)))
+        return steps[-1]["passed"]
+
+    lo, hi, rate = 0.0, math.inf, start
+    if attempt(rate):
+        lo = rate
+        while rate * 1.5 <= ceiling:
+            rate *= 1.5
+            if not attempt(rate):
+                hi = rate
+                break
+            lo = rate
+    else:
+        hi = rate
+        for _ in range(4):
+            rate /= 1.5
+            if attempt(rate):
+                lo = rate
+                break
+            hi = rate
+    if lo > 0 and math.isfinite(hi):
+        for _ in range(opts.bisect):
+            mid = (lo + hi) / 2
+            if attempt(mid):
+                lo = mid
+            else:
+                hi = mid
+    best = max((s for s in steps if s["passed"]), key=lambda s: s["rate"], default=None)
+    return {"max_rate": lo, "first_failing_rate": hi if math.isfinite(hi) else None, "at_max": best, "steps": steps}
+
+
+def measure_server(server: Server, work: Workload, limit: float, opts: Options, seed: int) -> dict[str, Any]:
+    diff = output_error(server, work)
+    warm = step(server, work, max(1.0, work.model.low_rate / 2), max(20, opts.step_requests // 10), seed)
+    settled_s = settle(server)
+    before = server.cpu_s()
+    low = step(server, work, work.model.low_rate, opts.low_requests, seed + 1)
+    cpu_ms = (server.cpu_s() - before) / low["sent"] * 1000.0
+    sweeps = [sweep(server, work, max(1.0, 0.3 * limit), 3.0 * limit, opts, seed + 100 * (i + 1))
+              for i in range(opts.sweeps)]
+    rates = [s["max_rate"] for s in sweeps]
+    best = max(sweeps, key=lambda s: s["max_rate"])["at_max"] or {}
+    return {
+        "max_rate": statistics.median(rates), "max_rate_per_sweep": rates,
+        "p50_ms": best.get("p50_ms", float("nan")), "p99_ms": best.get("p99_ms", float("nan")),
+        "lag_p99_ms_at_max": best.get("lag_p99_ms", float("nan")),
+        "client_cpu_util_at_max": best.get("client_cpu_util", float("nan")),
+        "lag_max_ms": max(s["lag_max_ms"] for sw in sweeps for s in sw["steps"]),
+        "cpu_ms_per_req": cpu_ms, "low_rate": low, "warm_up": warm, "settled_s": settled_s,
+        "output_max_abs_diff": diff, "affinity": server.affinity(), "sweeps": sweeps,
+    }
+
+
+# --- one model ----------------------------------------------------------------------------------
+
+
+def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, core: int, opts: Options, tmp: Path) -> dict[str, Any]:
+    """Batch latencies of both artifacts on the server core, one thread; the SLO and compute limits from them."""
+    folder = tmp / f"calibrate-{model.key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / gm.ARTIFACT).write_bytes(artifacts.torchscript)
+    (folder / gm.ONNX_ARTIFACT).write_bytes(artifacts.onnx)
+    command = [sys.executable, "-m", "benchmarks.support.goodput_models", model.key, str(folder / gm.ARTIFACT),
+               str(folder / gm.ONNX_ARTIFACT), str(opts.slo_factor), str(5 if opts.quick else 10), str(opts.seed)]
+    with pinned(core):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
+                              cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"calibration failed: {done.stderr[-2000:]}")
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    latencies = {name: {int(b): ms for b, ms in table.items()} for name, table in raw["latency_ms"].items()}
+    slo_ms = raw["slo_ms"]
+    image = gm.sample_images(model, 1, seed=opts.seed)
+    expected = {name: np.asarray(v, dtype=np.float32) for name, v in raw["expected"].items()}
+    limits = {}
+    for backend, lat in latencies.items():
+        rps, batch = gm.compute_limit(lat, slo_ms)
+        limits[backend] = {"rps": rps, "batch": batch}
+    served = latencies[opts.backend]
+    max_batch = max((b for b, ms in served.items() if ms <= slo_ms / 2), default=1)
+    return {"slo_ms": slo_ms, "batch1_ms": {b: lat[1] for b, lat in latencies.items()}, "latency_ms": latencies,
+            "compute_limit": limits, "max_batch": max_batch, "image": image, "expected": expected}
+
+
+def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) -> dict[str, Any]:
+    model = gm.MODELS[key]
+    server_core, client_core = cores
+    artifacts = gm.export(model)
+    cal = calibrate(model, artifacts, server_core, opts, tmp)
+    repo = gm.write_repository(tmp / f"repo-{key}", model, artifacts, backend=opts.backend, slo_ms=cal["slo_ms"],
+                               max_batch=cal["max_batch"], profile_ms=cal["latency_ms"])
+    image = cal["image"]
+    body = orjson.dumps({"inputs": [{"name": gm.INPUT, "datatype": "FP32", "shape": list(image.shape),
+                                     "data": image.ravel().tolist()}],
+                         "parameters": {"letmesh_slo_ms": cal["slo_ms"]}})
+    work = Workload(model, body, cal["expected"][opts.backend], cal["slo_ms"])
+    limit = cal["compute_limit"][opts.backend]["rps"]
+    servers: dict[str, Any] = {}
+    for name in SERVERS:
+        os.sched_setaffinity(0, {client_core})
+        if name == "letmesh":
+            server: Server = MeshServer(repo, tmp / f"state-{key}", server_core)
+        else:
+            artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
+            server = BaselineServer(artifact, opts.backend, model.variant, server_core)
+        try:
+            servers[name] = measure_server(server, work, limit, opts, opts.seed * 1000)
+        finally:
+            server.stop()
+    mesh, base = servers["letmesh"], servers["baseline"]
+    return {
+        "model": model.summary, "variant": model.variant, "input_shape": list(model.shape),
+        "served_backend": opts.backend, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
+        "latency_ms": cal["latency_ms"], "compute_limit": cal["compute_limit"], "max_batch": cal["max_batch"],
+        "artifacts_max_abs_diff": artifacts.max_abs_diff, "low_rate": model.low_rate, "servers": servers,
+        "vs_naive": mesh["max_rate"] / base["max_rate"] if base["max_rate"] > 0 else float("nan"),
+        "of_limit": mesh["max_rate"] / limit if limit > 0 else float("nan"),
+        "baseline_of_limit": base["max_rate"] / limit if limit > 0 else float("nan"),
+    }
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def environment(cores: tuple[int, int]) -> dict[str, Any]:
+    import aiohttp
+    import onnxruntime
+    import torch
+    import zmq
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "server_core": cores[0], "client_core": cores[1], "shared_core": cores[0] == cores[1],
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__, "aiohttp": aiohttp.__version__, "pyzmq": zmq.__version__,
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def _n(value: Any) -> float:
+    """A figure from the plain report: NaN where it could not be computed (null in JSON)."""
+    return float("nan") if value is None else float(value)
+
+
+def render(report: dict[str, Any]) -> str:
+    env, o = report["environment"], report["options"]
+    lines = [
+        f"letmesh goodput on one core ({'quick' if o['quick'] else 'full'} run): Poisson arrivals, pass = "
+        f">= {PASS_FRACTION:.0%} answered 200 within the SLO from the scheduled send time; "
+        f"{o['step_requests']} requests per step, {o['sweeps']} sweep(s) per server",
+        f"machine: {env['cpu_model']}; server pinned to core {env['server_core']}, load generator to core "
+        f"{env['client_core']}{' (SHARED: only one usable core)' if env['shared_core'] else ''}; load average "
+        f"{env['loadavg_at_start'][0]:.2f} at start, {report['loadavg_at_end'][0]:.2f} at end",
+        f"software: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
+        f"aiohttp {env['aiohttp']}; served artifact: {o['backend']}",
+        "",
+    ]
+    for key, m in report["models"].items():
+        lim = m["compute_limit"]
+        lines += [
+            f"{key}: {m['model']}",
+            f"  SLO {m['slo_ms']:g} ms (= {o['slo_factor']:g} x batch-1 {m['batch1_ms']['torchscript']:.2f} ms "
+            f"TorchScript; ONNX {m['batch1_ms']['onnx']:.2f} ms); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
+            f"req/s (batch {lim['torchscript']['batch']}), ONNX {lim['onnx']['rps']:.0f} req/s (batch "
+            f"{lim['onnx']['batch']}); letmesh max batch {m['max_batch']}",
+            f"  {'server':<10}{'max req/s':>10}{'per sweep':>18}{'p50 ms':>9}{'p99 ms':>9}{'of limit':>10}"
+            f"{'CPU ms/req':>12}{'gen lag p99':>13}{'gen CPU':>9}  cores",
+        ]
+        for name, s in m["servers"].items():
+            per = "/".join(f"{r:.0f}" for r in s["max_rate_per_sweep"])
+            of = m["of_limit"] if name == "letmesh" else m["baseline_of_limit"]
+            lines.append(f"  {name:<10}{s['max_rate']:>10.1f}{per:>18}{_n(s['p50_ms']):>9.1f}{_n(s['p99_ms']):>9.1f}"
+                         f"{_n(of):>10.2f}{s['cpu_ms_per_req']:>12.2f}{_n(s['lag_p99_ms_at_max']):>11.2f}ms"
+                         f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
+        lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x; CPU per request measured at "
+                     f"{m['low_rate']:g} req/s")
+        lines.append("")
+    lines.append(f"JSON: {report['out']}")
+    return "\n".join(lines)
+
+
+def result_line(result: dict[str, Any]) -> str:
+    return "RESULT " + " ".join(f"{k}={_n(v):.4g}" for k, v in result.items())
+
+
+def measure(opts: Options) -> dict[str, Any]:
+    cores = pick_cores()
+    env = environment(cores)
+    previous = os.sched_getaffinity(0)
+    models: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="letmesh-goodput-") as tmp:
+            for key in opts.models:
+                models[key] = measure_model(key, opts, cores, Path(tmp))
+    finally:
+        os.sched_setaffinity(0, previous)
+    result: dict[str, float] = {}
+    for key, m in models.items():
+        result[f"{key}_vs_naive"] = m["vs_naive"]
+    for key, m in models.items():
+        result[f"{key}_of_limit"] = m["of_limit"]
+    for key, m in models.items():
+        result[f"cpu_ms_per_req_{key}"] = m["servers"]["letmesh"]["cpu_ms_per_req"]
+    return {
+        "benchmark": "goodput",
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "environment": env, "models": models, "loadavg_at_end": list(os.getloadavg()),
+        "out": str(opts.out), "result": result,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_options(argv)
+    return publish(measure(opts), opts.out, render, result_line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

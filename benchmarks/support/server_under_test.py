@@ -1,0 +1,131 @@
+"""Servers under test, pinned to one core: a whole letmesh mesh or the plain baseline, with their CPU use.
+
+Every process of a server (a mesh's controller, gateway, agent and the workers the agent spawns
+later) inherits the core it was started on: the starting thread pins itself while it launches.
+CPU time is read from /proc for the server's whole process tree. An entry point's helper: may
+import everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from letmesh.launcher import LocalMesh, free_port, http_status
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def pick_cores() -> tuple[int, int]:
+    """(server core, load-generator core): the first two usable cores, or one shared when only one is."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[0], cores[1] if len(cores) > 1 else cores[0]
+
+
+@contextlib.contextmanager
+def pinned(core: int):
+    """This thread (and every process it starts meanwhile) on ``core``; the previous set restored after."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and of its reaped children (so a child that exits mid-interval still counts)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) * _TICK_S
+
+
+class Server:
+    """A server under test pinned to one core: its root pids, its CPU, its affinity."""
+
+    name: str
+    port: int
+    roots: list[int]
+
+    def pids(self) -> list[int]:
+        return [p for root in self.roots for p in (root, *_descendants(root))]
+
+    def cpu_s(self) -> float:
+        return sum(_cpu_s(p) for p in self.pids())
+
+    def affinity(self) -> list[int]:
+        cores: set[int] = set()
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                cores |= os.sched_getaffinity(pid)
+        return sorted(cores)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class MeshServer(Server):
+    def __init__(self, repo: Path, state: Path, core: int) -> None:
+        self.name = "letmesh"
+        self.mesh = LocalMesh(repository=repo, state_dir=state, max_cores=1, log_level="ERROR")
+        with pinned(core):  # every role, and every worker an agent spawns, inherits the one core
+            self.mesh.start(timeout_s=300)
+        self.port = self.mesh.http_port
+        self.roots = [proc.pid for proc in self.mesh.procs.values()]
+
+    def stop(self) -> None:
+        self.mesh.stop()
+
+
+class BaselineServer(Server):
+    def __init__(self, artifact: Path, backend: str, variant: str, core: int) -> None:
+        self.name = "baseline"
+        self.port = free_port()
+        command = [sys.executable, "-m", "benchmarks.support.baseline_server", "--artifact", str(artifact),
+                   "--backend", backend, "--variant", variant, "--port", str(self.port)]
+        with pinned(core):
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         cwd=_ROOT)
+        self.roots = [self.proc.pid]
+        deadline = time.monotonic() + 120
+        while http_status(f"http://127.0.0.1:{self.port}/v2/health/ready") != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"baseline server did not start (exit code {self.proc.returncode})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def settle(server: Server, *, busy_below: float = 0.1, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
+    """Wait (at most ``timeout_s``) until the server idles: under ``busy_below`` of a core over ``window_s``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        before = server.cpu_s()
+        time.sleep(window_s)
+        if server.cpu_s() - before < busy_below * window_s:
+            break
+    return time.monotonic() - start

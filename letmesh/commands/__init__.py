@@ -1,0 +1,1 @@
+"""The ``letmesh`` subcommands, one module per concern; ``letmesh.cli`` parses and dispatches."""

@@ -1,0 +1,87 @@
+"""``letmesh controller``, ``gateway`` and ``agent``: one role per process, until SIGINT or SIGTERM.
+
+A command module: parses nothing (``letmesh.cli`` does), builds the role's config and runs it.
+Heavy role packages are imported inside the commands, so other commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from mesh.config import load_config
+
+
+def _run_role(coro_factory) -> int:
+    """Run a role's main coroutine on uvloop until SIGINT or SIGTERM."""
+    import asyncio  # here, not at the top: commands that run no role start without it
+
+    async def main() -> None:
+        from mesh import heap
+
+        heap.settle()  # the role's packages are imported: collections walk only what it allocates since
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await coro_factory(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    return 0
+
+
+def _refuse_plaintext(addresses: list[str], config, role: str, name: str = "") -> None:
+    """Stop before starting when the role would talk plaintext beyond this host, or its keys are not there."""
+    from mesh import keys
+
+    keys.refuse_plaintext(addresses, config.keys_dir, config.insecure, f"letmesh {role}")
+    if config.keys_dir and role == "controller":
+        keys.Keyring(config.keys_dir)
+    elif config.keys_dir:
+        keys.client_keys(config.keys_dir, role, name)
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.config import ControllerConfig
+    from controller.service import run_controller
+
+    config = load_config(ControllerConfig, toml_path=args.config, flags=vars(args), section="controller")
+    if not config.repository:
+        print("letmesh controller: --repository is required (or [controller] repository in the config)", file=sys.stderr)
+        return 2
+    _refuse_plaintext([config.bind], config, "controller")
+    return _run_role(lambda stop: run_controller(config, stop))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.config import GatewayConfig
+    from gateway.service import run_gateway
+
+    config = load_config(GatewayConfig, toml_path=args.config, flags=vars(args), section="gateway")
+    _refuse_plaintext([config.controller, config.data_bind], config, "gateway", config.gateway_id)
+    from gateway.access import AccessError, load_tokens
+    from gateway.service import tls_context
+
+    try:  # a bad tokens file or certificate stops the start, with the reason
+        if config.tokens_file:
+            load_tokens(config.tokens_file)
+        tls_context(config.tls_cert, config.tls_key)
+    except AccessError as exc:
+        print(f"letmesh gateway: {exc}", file=sys.stderr)
+        return 2
+    return _run_role(lambda stop: run_gateway(config, stop))
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.config import AgentConfig
+    from agents.service import run_agent
+
+    config = load_config(AgentConfig, toml_path=args.config, flags=vars(args), section="agent")
+    _refuse_plaintext([config.controller], config, "agent", config.agent_id)
+    return _run_role(lambda stop: run_agent(config, stop))

@@ -1,0 +1,115 @@
+"""``letmesh up`` and ``letmesh demo``: a whole mesh on this machine as child processes.
+
+``up`` checks its config file and every port before it starts anything, says each start-up
+milestone, and exits non-zero, stopping the rest, when a role dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mesh.config import load_config
+
+
+def _ensure_repository(args: argparse.Namespace) -> Path:
+    if args.repository:
+        return Path(args.repository)
+    from letmesh.zoo import build_zoo
+
+    repo = Path(args.state_dir) / "repository"
+    print(f"building the demo model repository in {repo} (first run trains the models) ...", flush=True)
+    build_zoo(repo, progress=lambda line: print(f"  {line}", flush=True))
+    return repo
+
+
+def _placement(args: argparse.Namespace) -> tuple[str, int, int]:
+    """(HTTP host, HTTP port, controller port) for ``up``, from its flags, else the config file
+    and environment, else the defaults. Checks every table of the config file on the way, so a bad
+    value stops ``up`` (ConfigError) before anything starts."""
+    from agents.config import AgentConfig
+    from controller.config import ControllerConfig
+    from gateway.config import GatewayConfig
+
+    load_config(AgentConfig, toml_path=args.config, section="agent")
+    controller = load_config(ControllerConfig, toml_path=args.config, section="controller")
+    gateway = load_config(GatewayConfig, toml_path=args.config, section="gateway",
+                          flags={"http_host": args.http_host, "http_port": args.http_port})
+    controller_port = args.controller_port
+    if controller_port is None:
+        tail = controller.bind.rsplit(":", 1)[-1]
+        controller_port = int(tail) if tail.isdigit() else 5555
+    return gateway.http_host, gateway.http_port, controller_port
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from letmesh.launcher import LaunchError, LocalMesh
+    from letmesh.port import PortTaken
+
+    http_host, http_port, controller_port = _placement(args)
+    repo = Path(args.repository) if args.repository else Path(args.state_dir) / "repository"
+    mesh = LocalMesh(repository=repo, state_dir=Path(args.state_dir), http_host=http_host, http_port=http_port,
+                     controller_port=controller_port, log_level=args.log_level, quiet=False,
+                     secure=not args.insecure, config_path=Path(args.config) if args.config else None,
+                     metrics=True)
+    try:  # before the demo models are trained, and again (inside start) just before the roles bind
+        mesh.check_ports()
+    except PortTaken as exc:
+        print(f"letmesh up: {exc}; nothing was started (--http-port and --controller-port choose others)",
+              file=sys.stderr)
+        return 1
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    _ensure_repository(args)
+    print("starting controller, gateway and agent ...", flush=True)
+    try:
+        mesh.start(timeout_s=args.ready_timeout, progress=lambda line: print(f"  {line}", flush=True),
+                   cancelled=lambda: stop["now"])
+    except PortTaken as exc:
+        print(f"letmesh up: {exc}; nothing was left running", file=sys.stderr)
+        return 1
+    except LaunchError as exc:
+        if stop["now"]:
+            print("stopped before the mesh was ready", flush=True)
+            return 0
+        print(f"letmesh up: {exc}\nletmesh up: stopped every role it had started", file=sys.stderr)
+        return 1
+    links = (f"  links are CURVE-encrypted; keys in {mesh.keys_dir} (letmesh keys list --keys {mesh.keys_dir})\n"
+             if mesh.keys_dir else "  links are plaintext (--insecure)\n")
+    keys = f" --keys {mesh.keys_dir}" if mesh.keys_dir else ""
+    print(f"\nletmesh is up.\n  inference (Open Inference Protocol): {mesh.http_url}/v2/models/<model>/infer\n"
+          f"  models: curl -X POST {mesh.http_url}/v2/repository/index\n"
+          f"  status: letmesh status --controller {mesh.controller_address}{keys}\n"
+          f"  metrics: {mesh.http_url}/metrics (gateway)  {mesh.metrics_url('controller')} (controller)  "
+          f"{mesh.metrics_url('agent')} (agent)\n"
+          f"  dashboard: {mesh.http_url}/dashboard\n"
+          f"{links}"
+          f"  Ctrl-C stops the mesh.\n", flush=True)
+    code = 0
+    try:
+        while not stop["now"]:
+            died = mesh.exited()
+            if died is not None:
+                print(f"letmesh up: {died}\nletmesh up: stopping the other roles", file=sys.stderr, flush=True)
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        print("stopping the mesh ...", flush=True)
+        mesh.stop()
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from letmesh.demo import run_demo
+
+    repo = _ensure_repository(args)
+    return run_demo(repo, Path(args.state_dir), requests=args.requests, concurrency=args.concurrency)

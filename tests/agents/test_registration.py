@@ -1,0 +1,94 @@
+"""An agent's registrations against a controller that goes away: one outstanding at a time, so
+the controller's return does not replay a backlog; and a clean stop says goodbye."""
+
+from __future__ import annotations
+
+import asyncio
+
+import zmq
+import zmq.asyncio
+
+from agents.agent_actor import AgentActor
+from agents.config import AgentConfig
+from protocol.codec import decode, encode
+from protocol.message import DeregisterAgent, Heartbeat, RegisterAgent, RegisterAgentReply
+
+BOUND_S = 10.0
+
+
+class EdgeController:
+    """A ROUTER at a fixed address that answers registrations and records what arrives."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, address: str = "tcp://127.0.0.1:0") -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(address)
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.received: list[object] = []
+        self.changed = asyncio.Event()
+        self._task = asyncio.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        while True:
+            peer, *frames = await self.sock.recv_multipart()
+            msg, _ = decode(frames)
+            self.received.append(msg)
+            self.changed.set()
+            if isinstance(msg, RegisterAgent):
+                reply = RegisterAgentReply(agent_id=msg.agent_id, heartbeat_interval_s=0.1, controller_epoch=1)
+                await self.sock.send_multipart([peer, *encode(reply)])
+
+    async def until(self, predicate) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(wait(), BOUND_S)
+
+    def count(self, kind: type) -> int:
+        return sum(isinstance(m, kind) for m in self.received)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self.sock.close(linger=0)
+
+
+async def eventually(predicate, timeout_s: float = BOUND_S) -> None:
+    async def wait() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(wait(), timeout_s)
+
+
+async def test_a_controller_back_after_a_while_gets_one_registration_not_a_backlog(ctx, tmp_path) -> None:
+    edges = [EdgeController(ctx)]
+    address = edges[0].address
+    agent = AgentActor(AgentConfig(controller=address, agent_id="a1", state_dir=str(tmp_path), heartbeat_interval_s=0.1,
+                                   missed_heartbeats=3, register_retry_s=0.1, register_retry_max_s=0.4), ctx=ctx)
+    try:
+        await asyncio.wait_for(agent.start(), BOUND_S)
+        edge = edges[0]
+        await edge.until(lambda: edge.count(Heartbeat) >= 3)
+        first = next(m for m in edge.received if isinstance(m, RegisterAgent))
+        assert first.instance == agent.instance and first.workers == ()
+        await edge.close()  # the controller goes away
+        sent = agent.registrations_sent
+        await eventually(lambda: agent.registrations_sent >= sent + 5)  # five tries while nobody listens
+
+        edge = EdgeController(ctx, address)  # back at the same address
+        edges.append(edge)
+        await edge.until(lambda: edge.count(Heartbeat) >= 1)  # registered again, heartbeating
+        registrations = [m for m in edge.received if isinstance(m, RegisterAgent)]
+        assert 1 <= len(registrations) <= 2, f"{len(registrations)} registrations replayed"
+        assert {r.instance for r in registrations} == {agent.instance}
+
+        await asyncio.wait_for(agent.stop(), BOUND_S)
+        assert agent.failure is None
+        await edge.until(lambda: edge.count(DeregisterAgent) == 1)  # a clean stop says goodbye
+    finally:
+        await asyncio.wait_for(agent.stop(), BOUND_S)
+        for e in edges:
+            await e.close()

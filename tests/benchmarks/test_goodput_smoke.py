@@ -1,0 +1,67 @@
+"""The goodput benchmark end to end in a tiny run: both servers pinned, every figure present, every request answered.
+
+Speed is never asserted here; the benchmark itself reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import goodput
+
+pytestmark = pytest.mark.timeout(420)
+
+STEP_REQUESTS = 30
+KEYS = ("small_vs_naive", "small_of_limit", "cpu_ms_per_req_small")
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_line(tmp_path, capsys):
+    before = _children()
+    out = tmp_path / "goodput.json"
+    argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0",
+            "--low-requests", "20", "--out", str(out)]
+
+    assert goodput.main(argv) == 0
+
+    report = json.loads(out.read_text())
+    server_core, _ = goodput.pick_cores()
+    small = report["models"]["small"]
+    assert small["slo_ms"] > 0 and small["max_batch"] >= 1
+    for backend in ("torchscript", "onnx"):
+        assert small["compute_limit"][backend]["rps"] > 0
+        assert small["batch1_ms"][backend] > 0
+    assert small["artifacts_max_abs_diff"] < 1e-4
+    assert set(small["servers"]) == {"letmesh", "baseline"}
+    for name, server in small["servers"].items():
+        assert server["affinity"] == [server_core], name  # every process of the server on the one core
+        assert server["output_max_abs_diff"] < 1e-4, name  # both serve the model this process computed
+        assert server["cpu_ms_per_req"] > 0, name
+        assert server["max_rate"] >= 0 and len(server["max_rate_per_sweep"]) == 1
+        steps = [server["low_rate"], server["warm_up"], *server["sweeps"][0]["steps"]]
+        for step in steps:
+            assert sum(step["statuses"].values()) == step["sent"]  # one answer (or timeout) per request
+        assert all(step["sent"] == STEP_REQUESTS for step in server["sweeps"][0]["steps"])
+        assert server["low_rate"]["sent"] == 20
+
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    fields = dict(item.split("=", 1) for item in last.removeprefix("RESULT ").split())
+    assert list(fields) == list(KEYS)
+    assert float(fields["cpu_ms_per_req_small"]) > 0
+    assert all(not math.isinf(float(fields[key])) for key in KEYS)
+
+    assert _children() <= before  # every server process was stopped and reaped

@@ -1,0 +1,111 @@
+"""Registrations against the plan of record: a repeat changes nothing, a registration never widens
+the plan, workers running as planned are left alone, workers the plan does not know are stopped.
+Real registry, SQLite store and layout manager; commands are returned, not sent."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from controller.demand import DemandTracker
+from controller.layout_manager import LayoutManager, LayoutPolicy
+from controller.membership import Membership
+from controller.placement import PlannedWorker
+from controller.registry import Joined, Registry
+from controller.store import StateStore
+from protocol.message import RegisterAgent, StopWorker
+from protocol.types import DeviceInfo, Partition, RunningWorker
+from tests.controller.test_layout_manager import ACCURACY, samples, variant
+
+CPU = (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=2, memory_bytes=8 << 30),)
+# As a scaled plan left it: cls-small dropped on purpose, cls-large on both cores of a0.
+SCALED = PlannedWorker("a0.g7.w0", "a0", Partition(device_id="cpu0", kind="cpu", cores=(0, 1)), ("cls-large",))
+
+
+class Controller:
+    """The registration path of a controller over one state directory (a restart is a new one)."""
+
+    def __init__(self, path, names=tuple(ACCURACY)) -> None:
+        self.store = StateStore(path)
+        self.store.save_profiles(samples(), [], now=0.0)
+        self.registry = Registry({n: variant(n) for n in names}, heartbeat_interval_s=1.0, missed_heartbeats=2)
+        for plan in self.store.placements():
+            self.registry.plan_worker(plan)
+        demand = DemandTracker()
+        self.layout = LayoutManager(LayoutPolicy(), self.registry, self.store, demand, lambda p: p, generation=1)
+        self.membership = Membership(self.registry, self.store, self.layout, lambda p: p)
+        self.membership.place_added_variants(self.registry.variants)
+
+    def register(self, agent: str, now: float = 0.0, instance: str = "i1", running=()):
+        msg = RegisterAgent(agent_id=agent, hostname=agent, devices=CPU, pid=1, instance=instance,
+                            workers=tuple(running))
+        return self.membership.register(agent, msg, now)
+
+    def planned_variants(self) -> set[str]:
+        return {v for w in self.registry.workers.values() if w.in_plan for v in w.plan.variants}
+
+
+@pytest.fixture
+def restarted(tmp_path):
+    """A controller restarted over a plan of record that accuracy scaling had narrowed."""
+    first = StateStore(tmp_path / "state.db")
+    first.save_known_variants(list(ACCURACY))
+    first.save_placement(SCALED)
+    first.close()
+    c = Controller(tmp_path / "state.db")
+    yield c
+    c.store.close()
+
+
+def running(plan: PlannedWorker, pid: int = 4242) -> RunningWorker:
+    return RunningWorker(worker_id=plan.worker_id, variants=plan.variants, pid=pid)
+
+
+def test_an_agent_back_with_its_planned_workers_gets_no_command(restarted: Controller) -> None:
+    registration = restarted.register("a0", running=[running(SCALED)])
+    assert registration.joined is Joined.NEW and registration.commands == ()
+    assert restarted.registry.workers[SCALED.worker_id].pid == 4242
+
+
+def test_registrations_never_widen_the_plan_of_record(restarted: Controller) -> None:
+    restarted.register("a0", running=[running(SCALED)])
+    second = restarted.register("a1")  # a new agent: put to work by a re-plan, not by its registration
+    assert second.commands == ()
+    for now in range(1, 80):  # and a backlog of repeats changes nothing
+        assert restarted.register("a0", now=now * 0.01, running=[running(SCALED)]).commands == ()
+    assert restarted.planned_variants() == {"cls-large"}, "cls-small stays dropped"
+
+
+def test_a_worker_the_plan_does_not_know_is_stopped(restarted: Controller) -> None:
+    orphan = dataclasses.replace(SCALED, worker_id="a0.g6.w3", variants=("cls-small",))
+    registration = restarted.register("a0", running=[running(SCALED), running(orphan, 4343)])
+    assert registration.commands == (StopWorker(worker_id="a0.g6.w3", drain_s=2.0),)
+
+
+def test_a_planned_worker_not_running_or_running_another_spec_is_started(restarted: Controller) -> None:
+    assert restarted.register("a0").commands == (SCALED,), "an agent that restarted runs nothing"
+    other = RunningWorker(worker_id=SCALED.worker_id, variants=("cls-large", "cls-small"), pid=1)
+    registration = restarted.register("a0", instance="i2", running=[other])
+    assert registration.joined is Joined.RESTARTED and registration.commands == (SCALED,)
+
+
+def test_only_an_empty_plan_of_record_gets_an_initial_placement(tmp_path) -> None:
+    c = Controller(tmp_path / "fresh.db")
+    first = c.register("a0")
+    assert {v for p in first.commands for v in p.variants} == set(ACCURACY)
+    assert c.register("a1").commands == ()
+    c.store.close()
+
+
+def test_a_variant_added_to_the_repository_joins_the_plan_once(tmp_path) -> None:
+    store = StateStore(tmp_path / "added.db")
+    store.save_known_variants(["cls-large"])
+    store.save_placement(dataclasses.replace(SCALED, worker_id="a0.w0"))
+    store.close()
+    c = Controller(tmp_path / "added.db")
+    assert c.planned_variants() == {"cls-large", "cls-small"}
+    c.store.close()
+    c = Controller(tmp_path / "added.db")  # known now: a later plan may drop it and it stays dropped
+    assert c.store.known_variants() == set(ACCURACY)
+    c.store.close()

@@ -1,0 +1,127 @@
+"""The gateway's data plane over real ZeroMQ, with workers played by DEALER sockets in the test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from gateway.dispatcher import DeadlineExceeded, Dispatcher, Overloaded
+from mesh.deadline import Deadline
+from protocol.message import RoutingTable
+from protocol.types import ModelInfo, TensorSpec, WorkerRoute
+from tests.gateway.fake_worker import FakeWorker
+
+SPEC = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
+MODEL = ModelInfo(name="v", family="f", version="1", platform="pytorch_torchscript", accuracy=0.9,
+                  inputs=SPEC, outputs=SPEC, max_batch=4, default_slo_ms=100.0)
+X = np.ones((1, 4), np.float32)
+
+
+def table(*routes: WorkerRoute, version: int = 1) -> RoutingTable:
+    return RoutingTable(version=version, models=(MODEL,), workers=routes)
+
+
+@pytest.fixture
+async def dispatcher(ctx):
+    d = Dispatcher(ctx, "tcp://127.0.0.1:*", gateway_id="test", heartbeat_interval_s=0.05, missed_heartbeats=20)
+    await d.start()
+    workers: list[FakeWorker] = []
+    d.spawn = lambda worker_id, **kw: workers.append(FakeWorker(ctx, d.address, worker_id, **kw)) or workers[-1]
+    yield d
+    for w in workers:
+        await w.close()
+    await d.stop()
+
+
+async def reachable(d: Dispatcher, *worker_ids: str) -> None:
+    until = time.monotonic() + 10
+    while set(d.ready_workers("v")) != set(worker_ids):
+        assert time.monotonic() < until, f"workers not reachable: {d.ready_workers('v')}"
+        await asyncio.sleep(0.01)
+
+
+def deadline(ms: float) -> Deadline:
+    return Deadline.after(ms / 1e3, time.monotonic())
+
+
+async def test_the_split_across_workers_follows_the_plans_weights(dispatcher):
+    a, b = dispatcher.spawn("a"), dispatcher.spawn("b")
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="a", variants=("v",), weights={"v": 0.75}),
+                                   WorkerRoute(worker_id="b", variants=("v",), weights={"v": 0.25})))
+    await reachable(dispatcher, "a", "b")
+    served = Counter()
+    for _ in range(200):
+        result = await dispatcher.infer("v", {"x": X}, deadline(5000))
+        served[result.worker_id] += 1
+        np.testing.assert_array_equal(result.outputs["x"], X)
+    assert served == {"a": 150, "b": 50}
+    assert len(a.received) == 150 and len(b.received) == 50
+
+
+async def test_requests_that_cannot_make_it_behind_a_queue_are_turned_away_at_once(dispatcher):
+    dispatcher.spawn("slow", answer=False)
+    # The worker measured 40 ms for a batch of one, 80 ms for 2 and 160 ms for 4.
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="slow", variants=("v",),
+                                               latency_ms={"v": (40.0, 80.0, 160.0)})))
+    await reachable(dispatcher, "slow")
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(2000))) for _ in range(3)]
+    while dispatcher.outstanding() < 3:
+        await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as exc_info:
+        await dispatcher.infer("v", {"x": X}, deadline(60))  # 4 queued: ~160 ms, even half of it > 60 ms left
+    assert not any(t.done() for t in held)  # answered at once, not after waiting in the queue
+    assert exc_info.value.retry_after_s > 0
+    assert dispatcher.counters["shed"] == 1
+    for t in held:  # the held ones still get their one outcome: the deadline
+        with pytest.raises(DeadlineExceeded):
+            await t
+    assert dispatcher.outstanding() == 0
+
+
+async def test_a_worker_the_plan_runs_at_a_smaller_batch_still_has_requests_turned_away(dispatcher):
+    """The plan capped this worker's batch at 2 (the model's is 4): it measured batches 1 and 2
+    only, and the admission check predicts from those."""
+    dispatcher.spawn("capped", answer=False)
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="capped", variants=("v",), max_batch={"v": 2},
+                                               latency_ms={"v": (40.0, 80.0)})))
+    await reachable(dispatcher, "capped")
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(2000))) for _ in range(3)]
+    while dispatcher.outstanding() < 3:
+        await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await dispatcher.infer("v", {"x": X}, deadline(60))  # 4 queued: ~160 ms at 40 ms each past batch 2
+    assert not any(t.done() for t in held)
+    for t in held:
+        with pytest.raises(DeadlineExceeded):
+            await t
+
+
+async def test_a_lost_worker_requests_go_once_to_another_worker(dispatcher):
+    dispatcher.spawn("mute", answer=False)
+    dispatcher.spawn("ok")
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="mute", variants=("v",), weights={"v": 0.99}),
+                                   WorkerRoute(worker_id="ok", variants=("v",), weights={"v": 0.01})))
+    await reachable(dispatcher, "mute", "ok")
+    pending = asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(5000)))
+    await asyncio.sleep(0.05)
+    # The plan moves on without the mute worker: its request is retried on the other one.
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="ok", variants=("v",)), version=2))
+    result = await asyncio.wait_for(pending, 5)
+    assert result.worker_id == "ok" and dispatcher.counters["retries"] == 1
+
+
+async def test_a_reply_after_the_deadline_is_ignored_and_the_request_answered_once(dispatcher):
+    dispatcher.spawn("late", delay_s=0.3)
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="late", variants=("v",))))
+    await reachable(dispatcher, "late")
+    with pytest.raises(DeadlineExceeded):
+        await dispatcher.infer("v", {"x": X}, deadline(50))
+    until = time.monotonic() + 5
+    while dispatcher.counters["late_replies_ignored"] < 1:
+        assert time.monotonic() < until
+        await asyncio.sleep(0.02)
+    assert dispatcher.outstanding() == 0

@@ -1,0 +1,118 @@
+"""The HTTP layer on a real aiohttp TestServer, a real Dispatcher and workers played over ZeroMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from protocol.types import ModelInfo, TensorSpec
+from tests.gateway.fake_worker import gateway_with_fake_workers
+
+SPEC = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
+MODEL = ModelInfo(name="echo", family="echoes", version="1", platform="pytorch_torchscript", accuracy=0.9,
+                  inputs=SPEC, outputs=SPEC, max_batch=4, default_slo_ms=500.0)
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture
+async def gateway(ctx):
+    async with gateway_with_fake_workers(ctx, MODEL, max_body_bytes=MAX_BODY, body_timeout_s=0.5) as client:
+        yield client
+
+
+async def ready(client: TestClient) -> None:
+    until = time.monotonic() + 10
+    while (await client.get("/v2/health/ready")).status != 200:
+        assert time.monotonic() < until, "gateway never became ready"
+        await asyncio.sleep(0.02)
+
+
+async def raw(client: TestClient, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send bytes as they are (a lying or slow client) and read the status line and body."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+    status = int(response.split(b" ", 2)[1])
+    return status, response.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_a_v2_json_request_is_answered_with_outputs_and_the_mesh_parameters(gateway):
+    gateway.serve()
+    await ready(gateway)
+    resp = await gateway.post("/v2/models/echo/infer", json=BODY)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
+    assert body["parameters"]["letmesh_variant"] == "echo"
+    assert body["parameters"]["letmesh_slo_status"] == "met"
+
+
+async def test_a_family_request_is_answered_by_one_of_its_variants(gateway):
+    gateway.serve()
+    await ready(gateway)
+    resp = await gateway.post("/v2/models/echoes/infer", json=BODY)
+    assert resp.status == 200
+    assert (await resp.json())["parameters"]["letmesh_variant"] == "echo"
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(gateway):
+    gateway.serve()
+    head = (f"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {17 * 1024 * 1024}\r\n\r\n").encode()
+    status, body = await raw(gateway, head)  # no body sent at all: the answer cannot wait for it
+    assert status == 413 and b"error" in body
+
+
+async def test_a_client_that_sends_less_than_it_declared_gets_408_not_silence(gateway):
+    gateway.serve()
+    head = (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")
+    status, body = await raw(gateway, head, b'{"inputs": [')
+    assert status == 408 and b"not received" in body
+
+
+@pytest.mark.parametrize("value", ["\u0663", "\u00b2", "-1", "99999999999999999999"])
+async def test_a_bad_binary_header_length_is_a_400_with_a_json_error(gateway, value):
+    gateway.serve()
+    await ready(gateway)
+    resp = await gateway.post("/v2/models/echo/infer", data=b'{"inputs": []}',
+                              headers={"Inference-Header-Content-Length": value})
+    assert resp.status == 400
+    assert "Inference-Header-Content-Length" in (await resp.json())["error"]
+
+
+async def test_an_unknown_model_is_a_404_with_a_json_error(gateway):
+    gateway.serve()  # a routing table has arrived, and it does not name the model
+    resp = await gateway.post("/v2/models/nope/infer", json=BODY)
+    assert resp.status == 404 and "nope" in (await resp.json())["error"]
+
+
+async def test_requests_a_busy_worker_cannot_finish_in_time_get_503_with_retry_after_at_once(gateway):
+    gateway.serve(answer=False)  # holds every request: its queue only grows
+    await ready(gateway)
+    patient = {**BODY, "parameters": {"letmesh_slo_ms": 3000}}
+    held = [asyncio.create_task(gateway.post("/v2/models/echo/infer", json=patient)) for _ in range(3)]
+    while gateway.dispatcher.outstanding() < 3:
+        await asyncio.sleep(0.01)
+    # Behind 3 queued requests the worker's curve says ~160 ms; even half of that misses 60 ms.
+    resp = await gateway.post("/v2/models/echo/infer", json={**BODY, "parameters": {"letmesh_slo_ms": 60}})
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    assert "cannot finish within the deadline" in (await resp.json())["error"]
+    assert not any(t.done() for t in held)  # answered at once, not after waiting in the queue
+    statuses = sorted([(await t).status for t in held])
+    assert statuses == [504, 504, 504]  # the held ones end at their deadline, each once
+
+
+async def test_before_the_first_routing_table_a_model_is_503_not_404(gateway):
+    resp = await gateway.post("/v2/models/echo/infer", json=BODY)
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    assert "routing table" in (await resp.json())["error"]
+    assert (await gateway.get("/v2/models/echo")).status == 503

@@ -1,0 +1,157 @@
+"""The gateway's lifecycle: a stop flips readiness before it drains; a dead controller link shows in health."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import zmq
+import zmq.asyncio
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.event_log import Event
+from gateway.health import Health, install, watch
+from gateway.service import GatewayService
+from mesh.actor import Actor, ActorCrashed
+from mesh.supervisor import Supervisor
+from protocol.codec import decode
+from protocol.message import DecisionRecords
+from protocol.types import CandidateInfo
+
+BOUND_S = 10.0
+
+
+async def wait_for(predicate, timeout_s: float = BOUND_S) -> None:
+    async def poll() -> None:
+        while not await predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+async def status_of(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as resp:
+        return resp.status
+
+
+async def test_a_stop_answers_503_on_readiness_first_and_lets_the_request_in_flight_finish() -> None:
+    config = GatewayConfig(controller="tcp://127.0.0.1:1", gateway_id="drain-test", http_port=0,
+                           data_bind="tcp://127.0.0.1:*", shutdown_timeout_s=BOUND_S)
+    service = GatewayService(config)
+    await service.start()
+    stopping = None
+    try:
+        host, port = service.http_url.removeprefix("http://").split(":")
+        # A feedback request whose body is still arriving is in flight until the rest comes.
+        body = b'{"event_id": "nobody", "reward": 0.5}'
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body[:5])
+        await writer.drain()
+
+        async def in_flight() -> bool:
+            return service.health.in_flight == 1
+
+        await wait_for(in_flight)
+        stopping = asyncio.create_task(service.stop())
+        async with aiohttp.ClientSession() as session:
+            async def not_ready() -> bool:
+                return await status_of(session, service.http_url + "/v2/health/ready") == 503
+
+            await wait_for(not_ready)
+            # Still live (only draining), and still taking requests until the drain is done.
+            assert await status_of(session, service.http_url + "/v2/health/live") == 200
+        assert not stopping.done()
+        writer.write(body[5:])
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), BOUND_S)
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 404"), reply[:80]  # answered: the event is unknown here
+        await asyncio.wait_for(stopping, BOUND_S)
+    finally:
+        if stopping is None:
+            await service.stop()
+
+
+class Doomed(Actor):
+    """A child that crashes on every "boom"."""
+
+    def __init__(self) -> None:
+        super().__init__(name="doomed")
+
+    async def handle(self, msg: Any) -> Any:
+        raise ActorCrashed("boom")
+
+
+async def test_a_supervisor_that_gives_up_turns_readiness_and_liveness_to_503() -> None:
+    health = Health()
+    app = web.Application()
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    app.router.add_get("/v2/health/live", ok)
+    app.router.add_get("/v2/health/ready", ok)
+    install(app, health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    supervisor = Supervisor(name="link", max_restarts=2, within_s=60.0)
+    supervisor.add("control", Doomed)
+    await supervisor.start()
+    watcher = asyncio.create_task(watch(supervisor, health))
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await status_of(session, url + "/v2/health/ready") == 200
+            while not watcher.done():
+                try:
+                    supervisor.child("control").tell("boom")
+                except Exception:
+                    pass  # between a crash and its restart
+                await asyncio.wait({watcher}, timeout=0.05)
+            assert "crashed more than 2 times" in health.control_link_failed
+            async with session.get(url + "/v2/health/ready") as resp:
+                assert resp.status == 503
+                assert "controller link failed" in (await resp.json())["error"]
+            assert await status_of(session, url + "/v2/health/live") == 503
+    finally:
+        await supervisor.stop()
+        await asyncio.wait_for(watcher, BOUND_S)
+        await runner.cleanup()
+
+
+async def test_a_decision_record_the_codec_cannot_carry_is_dropped_and_the_link_carries_on() -> None:
+    ctx = zmq.asyncio.Context()
+    controller = ctx.socket(zmq.ROUTER)
+    controller.setsockopt(zmq.LINGER, 0)
+    port = controller.bind_to_random_port("tcp://127.0.0.1")
+    config = GatewayConfig(controller=f"tcp://127.0.0.1:{port}", gateway_id="poison-test", http_port=0,
+                           data_bind="tcp://127.0.0.1:*", heartbeat_interval_s=0.05)
+    service = GatewayService(config)
+    await service.start()
+    try:
+        arm = CandidateInfo(variant="v", accuracy=0.9, predicted_latency_ms=1.0, p_deadline=1.0, energy_j=0.0)
+        # An event logged with a context past msgpack's integers (as a gateway without edge checks did).
+        for event_id, context in (("poisoned", {"u": 10**30}), ("sound", {"u": 1})):
+            service.events.record(Event(event_id=event_id, family="f", context=context, budget_ms=10.0, load=0.0,
+                                        candidates=(arm,), chosen=0, probability=1.0, created=0.0))
+            service.events.outcome(event_id, met=True)
+            service.events.feedback(event_id, 1.0, 0.0)
+
+        async def shipped() -> list[str]:
+            while True:
+                frames = await controller.recv_multipart()
+                msg, _ = decode(frames[1:])
+                if isinstance(msg, DecisionRecords):
+                    return [r.event_id for r in msg.records]
+
+        assert await asyncio.wait_for(shipped(), BOUND_S) == ["sound"]
+        link = service._supervisor.child("control")
+        assert link.unsendable_records == 1 and link.statistics().failed == 0 and link.running
+    finally:
+        await service.stop()
+        controller.close(0)
+        ctx.term()

@@ -1,0 +1,49 @@
+"""A variant whose manifest names the ONNX backend serves through a whole mesh, with its own platform."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from letmesh.zoo import HELDOUT, MANIFEST, quiet_jit, serving
+from tests.integration.test_serving import post
+
+VARIANT = "digits-mlp"
+
+
+@pytest.fixture
+def onnx_repo(digits_repo: Path, tmp_path: Path) -> Path:
+    """One digits variant, served from its ONNX export (the TorchScript file stays beside it, unused)."""
+    repo = tmp_path / "onnx-repo"
+    shutil.copytree(digits_repo / VARIANT, repo / VARIANT)
+    manifest = json.loads((repo / VARIANT / MANIFEST).read_text())
+    (repo / VARIANT / MANIFEST).write_text(json.dumps(serving(manifest, "onnx")))
+    return repo
+
+
+def test_an_onnx_variant_answers_with_the_probabilities_of_the_trained_model(mesh_factory, onnx_repo, digits_repo):
+    with np.load(digits_repo / HELDOUT) as data:
+        images = data["images"][:3]
+    with quiet_jit():
+        reference = torch.jit.load(str(digits_repo / VARIANT / "model.pt")).eval()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+
+    mesh = mesh_factory(repository=onnx_repo)
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [3, 64], "data": images.ravel().tolist()}]}
+    status, _, raw = post(f"{mesh.http_url}/v2/models/{VARIANT}/infer", json.dumps(body).encode())
+
+    assert status == 200, raw
+    reply = json.loads(raw)
+    (out,) = reply["outputs"]
+    assert out["name"] == "probabilities" and out["shape"] == [3, 10]
+    np.testing.assert_allclose(np.asarray(out["data"], dtype=np.float32).reshape(3, 10), expected, atol=1e-5, rtol=0)
+    assert reply["parameters"]["letmesh_variant"] == VARIANT
+    with urllib.request.urlopen(f"{mesh.http_url}/v2/models/{VARIANT}", timeout=5) as resp:
+        assert json.load(resp)["platform"] == "onnxruntime_onnx"

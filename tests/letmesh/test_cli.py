@@ -1,0 +1,129 @@
+"""The ``letmesh`` command line itself: what it imports to start, its global options and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import typing
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from agents.config import AgentConfig
+from controller.config import ControllerConfig
+from controller.planning import POLICIES
+from gateway.config import GatewayConfig
+from gateway.selection import SELECTION_MODES
+from letmesh.cli import build_parser, main
+from letmesh.commands.planning import PLANNER_POLICIES
+from mesh.batching import POLICIES as BATCHING_POLICIES
+from mesh.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("scipy", "torch", "sklearn", "vowpalwabbit")
+
+
+def loaded_after(code: str) -> set[str]:
+    """Which of HEAVY a fresh interpreter has loaded after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split())
+
+
+def test_importing_the_cli_loads_no_scipy_torch_or_vowpal_wabbit() -> None:
+    assert loaded_after("import letmesh.cli") == set()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["plan", "--help"], ["keys", "list", "--keys", "/nonexistent"]])
+def test_building_the_parser_and_light_commands_load_no_heavy_library(argv: list[str]) -> None:
+    code = f"import contextlib, io\nfrom letmesh.cli import main\nwith contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n    main({argv!r})"
+    assert loaded_after(code) == set()
+
+
+def test_the_probe_sees_a_heavy_import_when_there_is_one() -> None:
+    assert "scipy" in loaded_after("import letmesh.capacity")
+
+
+def test_the_parsers_planner_policies_are_the_planners() -> None:
+    assert PLANNER_POLICIES == POLICIES
+
+
+# --- global options ------------------------------------------------------------------------------
+
+
+def letmesh(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "letmesh", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("argv", "level", "config"),
+    [
+        (["status"], "WARNING", None),
+        (["status", "--log-level", "debug"], "DEBUG", None),
+        (["--log-level", "error", "bandit", "report"], "ERROR", None),
+        (["--log-level", "error", "keys", "list", "--log-level", "info"], "INFO", None),
+        (["gateway", "--config", "c.toml", "--http-port", "1"], "WARNING", "c.toml"),
+        (["--config", "c.toml", "up", "--log-level", "Info"], "INFO", "c.toml"),
+    ],
+)
+def test_global_options_are_taken_before_or_after_the_command(argv: list[str], level: str, config: str | None) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.log_level, args.config) == (level, config)
+
+
+@pytest.mark.parametrize("argv", [["gateway", "--log-level", "loud"], ["--log-level", "loud", "status"]])
+def test_a_bad_log_level_is_a_usage_error_not_a_traceback(argv: list[str]) -> None:
+    proc = letmesh(*argv)
+    assert proc.returncode == 2
+    assert "'loud' is not a log level: DEBUG, INFO, WARNING, ERROR" in proc.stderr and "usage:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_version_names_the_installed_package() -> None:
+    proc = letmesh("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"letmesh {version('letmesh')} (Python ")
+
+
+# --- config files --------------------------------------------------------------------------------
+
+
+def test_every_role_config_loads_its_defaults_and_offers_the_choices_the_code_knows() -> None:
+    for cls in (ControllerConfig, GatewayConfig, AgentConfig):
+        assert load_config(cls, env={}) == cls()
+
+    def choices(cls: type, field: str) -> tuple:
+        return typing.get_args(typing.get_type_hints(cls)[field])
+
+    assert choices(GatewayConfig, "selection") == SELECTION_MODES
+    assert choices(ControllerConfig, "planner") == (*POLICIES, "static")
+    assert choices(ControllerConfig, "batching") == BATCHING_POLICIES
+
+
+@pytest.mark.parametrize(
+    ("command", "toml", "message"),
+    [
+        (["gateway"], '[gateway]\nselection = "best"\n',
+         "letmesh gateway: config: gateway.selection: 'best' is not one of bandit, accurate"),
+        (["controller", "--repository", "/nonexistent"], "[controller]\nreplan_period_s = 0\n",
+         "letmesh controller: config: controller.replan_period_s: must be greater than 0, got 0.0"),
+        (["agent"], "[agent]\nmax_cores = -2\n", "letmesh agent: config: agent.max_cores: must be at least 0, got -2"),
+        (["up", "--repository", "/nonexistent"], "[gateway]\nhttp_port = 80000\n",
+         "letmesh up: config: gateway.http_port: must be at most 65535, got 80000"),
+        (["up", "--repository", "/nonexistent"], "[agent]\nheartbeat_interval = 1\n",
+         "letmesh up: config: agent.heartbeat_interval: unknown key; did you mean 'heartbeat_interval_s'?"),
+    ],
+)
+def test_a_bad_config_file_is_exit_2_naming_key_and_problem_before_anything_starts(
+    tmp_path: Path, capsys, command: list[str], toml: str, message: str
+) -> None:
+    path = tmp_path / "letmesh.toml"
+    path.write_text(toml)
+    state = tmp_path / "state"
+    extra = ["--state-dir", str(state)] if command[0] in ("up", "controller", "agent") else []
+    assert main([*command, *extra, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and str(path) in err, err
+    assert not state.exists()

@@ -1,0 +1,94 @@
+"""The keyring: issuing, finding, listing and revoking keys, and the plaintext guard."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from mesh import keys
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> Path:
+    root = tmp_path / "keys"
+    keys.init_keyring(root)
+    return root
+
+
+def test_a_host_finds_its_key_pair_in_the_keyring_and_in_the_copied_folder(ring: Path, tmp_path: Path) -> None:
+    host = keys.add_peer(ring, "agent", "e1")
+    copied = tmp_path / "on-e1"
+    shutil.copytree(host, copied)
+    from_ring = keys.client_keys(ring, "agent", "e1")
+    from_host = keys.client_keys(copied, "agent", "e1")
+    assert from_ring.public_key == from_host.public_key and from_ring.secret_key == from_host.secret_key
+    assert from_host.server_key == keys.Keyring(ring).server_keys().public_key
+    assert stat.S_IMODE(keys.own_secret_file(copied, "agent", "e1").stat().st_mode) == 0o600
+
+
+def test_the_controller_knows_each_authorised_key_by_its_role_and_name(ring: Path) -> None:
+    keys.add_peer(ring, "agent", "e1")
+    keys.add_peer(ring, "gateway", "g1")
+    ring_view = keys.Keyring(ring)
+    agent = keys.client_keys(ring, "agent", "e1")
+    assert ring_view.authorized.name_of(agent.public_key.decode()) == "agent:e1"
+    assert ring_view.authorized.of_role("gateway") == {"g1": keys.client_keys(ring, "gateway", "g1").public_key.decode()}
+    assert [(r, n) for r, n, _ in keys.list_peers(ring)] == [("agent", "e1"), ("gateway", "g1"), ("operator", "local")]
+    assert keys.operator_keys(ring).public_key == keys.client_keys(ring, "operator", "local").public_key
+
+
+def test_a_revoked_name_is_refused_after_the_next_refresh(ring: Path) -> None:
+    keys.add_peer(ring, "agent", "e1")
+    view = keys.Keyring(ring)
+    assert view.authorized.allowed("agent:e1")
+    version = view.version
+    assert keys.revoke_peer(ring, "e1") == "agent"
+    assert view.refresh() and view.version > version
+    assert not view.authorized.allowed("agent:e1")
+    assert not (ring / "hosts" / "agent-e1").exists()
+    with pytest.raises(keys.KeysError):
+        keys.revoke_peer(ring, "e1")
+
+
+def test_names_are_unique_within_a_role_and_well_formed(ring: Path) -> None:
+    keys.add_peer(ring, "agent", "e1")
+    with pytest.raises(keys.KeysError, match="already authorised"):
+        keys.add_peer(ring, "agent", "e1")
+    keys.add_peer(ring, "gateway", "e1")  # another role: another name (gateway:e1)
+    with pytest.raises(keys.KeysError, match="say which"):
+        keys.revoke_peer(ring, "e1")
+    assert keys.revoke_peer(ring, "gateway:e1") == "gateway"
+    for bad in ("", "../x", "a b", ".hidden"):
+        with pytest.raises(keys.KeysError):
+            keys.add_peer(ring, "agent", bad)
+    with pytest.raises(keys.KeysError):
+        keys.add_peer(ring, "root", "x")
+    with pytest.raises(keys.KeysError, match="already holds"):
+        keys.init_keyring(ring)
+
+
+def test_a_role_without_its_key_pair_is_told_how_to_get_one(ring: Path) -> None:
+    with pytest.raises(keys.KeysError, match="letmesh keys add agent e9"):
+        keys.client_keys(ring, "agent", "e9")
+    with pytest.raises(keys.KeysError, match="letmesh keys init"):
+        keys.Keyring(ring / "nothing")
+
+
+def test_plaintext_beyond_this_host_needs_keys_or_insecure() -> None:
+    keys.refuse_plaintext(["tcp://127.0.0.1:5555", "ipc:///tmp/x", "tcp://localhost:1"], "", False, "agent")
+    with pytest.raises(keys.KeysError, match="--insecure"):
+        keys.refuse_plaintext(["tcp://10.0.0.2:5555"], "", False, "agent")
+    with pytest.raises(keys.KeysError):
+        keys.refuse_plaintext(["tcp://0.0.0.0:5555"], "", False, "controller")
+    keys.refuse_plaintext(["tcp://10.0.0.2:5555"], "", True, "agent")
+    keys.refuse_plaintext(["tcp://10.0.0.2:5555"], "/some/keys", False, "agent")
+
+
+def test_an_address_carries_its_server_key_and_gives_it_back() -> None:
+    key = "z:>*fvbitN)APHe9/a]Ld%tY{ToCO$lZvcaE#Tau"
+    assert keys.split_server_key(keys.with_server_key("tcp://h:1", key)) == ("tcp://h:1", key.encode())
+    assert keys.split_server_key("tcp://h:1") == ("tcp://h:1", None)
+    assert keys.with_server_key("tcp://h:1", "") == "tcp://h:1"
