@@ -36,8 +36,28 @@ def flops_per_row(module: nn.Module, width: int) -> int:
     return int(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def build_threads() -> Iterator[None]:
+    """Run torch with BUILD_THREADS intra-op threads inside the block, then restore the count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def profile_module(module: Callable[[torch.Tensor], Any], width: int) -> dict[str, float]:
-    """Median latency in ms of batch 1 and batch MAX_BATCH, measured here with BUILD_THREADS."""
+    """Median latency in ms of batch 1 and batch MAX_BATCH, measured here with BUILD_THREADS.
+
+    With the process's default thread count, a multi-threaded matmul beside other work waits on
+    descheduled threads: on a busy 2-core host one profile took minutes instead of a second.
+    """
+    with build_threads():
+        return _profile(module, width)
+
+
+def _profile(module: Callable[[torch.Tensor], Any], width: int) -> dict[str, float]:
     profile = {}
     for batch in (1, MAX_BATCH):
         x = torch.rand(batch, width)

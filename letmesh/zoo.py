@@ -10,12 +10,11 @@ May import torch, numpy, sklearn, onnx and onnxruntime; never imports controller
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch.nn import functional as F
 
 from letmesh.export import (  # noqa: F401  (re-exported: the zoo's public helpers)
     BUILD_THREADS,
+    build_threads,
     flops_per_row,
     load_script,
     onnx_bytes,
@@ -199,7 +199,7 @@ def build_zoo(
     root = Path(dir)
     root.mkdir(parents=True, exist_ok=True)
     say = progress or _log_line
-    with _build_threads():
+    with build_threads():
         manifests = _build_digits(root, say, epochs_scale, backend)
         manifests.append(build_trivial(root, progress=say))
     return manifests
@@ -218,7 +218,7 @@ def build_trivial(
         return existing
     say(f"exporting {name} (1/1)")
     root.mkdir(parents=True, exist_ok=True)
-    with _build_threads():
+    with build_threads():
         return _export_identity(root, name, say)
 
 
@@ -398,13 +398,3 @@ def _accuracy(module: torch.jit.ScriptModule, images: np.ndarray, labels: np.nda
 
 def _log_line(line: str) -> None:
     log.info("%s", line)
-
-
-@contextlib.contextmanager
-def _build_threads() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(BUILD_THREADS, os.cpu_count() or 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
