@@ -505,7 +505,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         head.append(note)
     head.append(f"headroom: {headroom_note(setup.headroom)}; the simulation replays the workload's own rates")
     head.append(f"plan: {result.policy} (packing {result.strategy or result.policy}), {len(result.gpulets)} gpu-lets on {used} of "
-                f"{len(devices)} devices" + (f"; UNSERVED by the plan: " + ", ".join(
+                f"{len(devices)} devices" + ("; UNSERVED by the plan: " + ", ".join(
                     f"{v} {r:,.1f} rps" for v, r in sorted(result.unserved.items())) if result.unserved else "; all demand planned"))
     if args.show_layout:
         head += ["", layout_picture(result, devices)]

@@ -4,7 +4,6 @@ file written before schema versions opens, keeps its contents and is versioned f
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import uuid
 from pathlib import Path
