@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
 from collections.abc import Iterator
@@ -44,6 +46,23 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def steady_client() -> Iterator[None]:
+    """Keep the test process's own load generator on schedule while it runs.
+
+    By the time the whole-mesh tests run, the pytest process holds some 600,000 objects from the
+    tests before; one full collection over them stalled an open-loop client 0.4 s, which then sent
+    120 requests at once: a burst the schedule never asked for, and unread answers counted late.
+    Frozen, a collection walks only what the load itself allocates.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

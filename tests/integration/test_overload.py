@@ -16,7 +16,7 @@ import pytest
 from letmesh.costly import build_costly
 from letmesh.launcher import LocalMesh
 from letmesh.profiles import wait_for_profiles
-from tests.integration.conftest import _stop_and_check
+from tests.integration.conftest import _stop_and_check, steady_client
 
 DEADLINE_MS = 250.0
 # What a client may see beyond the deadline: the gateway's answer at the deadline, then the
@@ -78,13 +78,14 @@ async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, secon
             outcomes.append((sent, time.monotonic() - sent, resp.status, resp.headers.get("Retry-After")))
 
     tasks = []
-    start = time.monotonic()
-    for i in range(max(1, int(rate * seconds))):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
-    done, pending = await asyncio.wait(tasks, timeout=30)
+    with steady_client():
+        start = time.monotonic()
+        for i in range(max(1, int(rate * seconds))):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        done, pending = await asyncio.wait(tasks, timeout=30)
     for task in pending:
         task.cancel()
     assert not pending, f"{len(pending)} of {len(tasks)} requests had no answer 30 s after the last was sent"

@@ -12,7 +12,7 @@ import pytest
 from letmesh.launcher import LocalMesh
 from letmesh.profiles import wait_for_profiles
 from letmesh.status import fetch_status
-from tests.integration.conftest import _stop_and_check, wait_until
+from tests.integration.conftest import _stop_and_check, steady_client, wait_until
 
 FAST_REPLANNING = {
     "LETMESH_CONTROLLER_REPLAN_PERIOD_S": "2",
@@ -41,14 +41,15 @@ async def paced(session: aiohttp.ClientSession, url: str, body: dict, rate: floa
             outcomes.append((sent, resp.status, params.get("letmesh_slo_status"), params.get("letmesh_variant")))
 
     tasks = []
-    start = time.monotonic()
     n = int(rate * seconds)
-    for i in range(n):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(time.monotonic() - start)))
-    await asyncio.wait_for(asyncio.gather(*tasks), 30)  # a request left hanging fails the test here
+    with steady_client():
+        start = time.monotonic()
+        for i in range(n):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(time.monotonic() - start)))
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)  # a request left hanging fails the test here
     assert len(outcomes) == n
     return outcomes
 
