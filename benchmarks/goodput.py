@@ -18,7 +18,6 @@ An entry point: may import everything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.support import goodput_models as gm  # noqa: E402
-from benchmarks.support import loadgen  # noqa: E402
+from benchmarks.support import loadgen, procfs  # noqa: E402
 from benchmarks.support.report import publish  # noqa: E402
 from benchmarks.support.server_under_test import (  # noqa: E402
     BaselineServer,
@@ -280,14 +279,8 @@ def environment(cores: tuple[int, int]) -> dict[str, Any]:
     import torch
     import zmq
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": procfs.cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "server_core": cores[0], "client_core": cores[1], "shared_core": cores[0] == cores[1],
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "aiohttp": aiohttp.__version__, "pyzmq": zmq.__version__,

@@ -33,6 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.support import procfs  # noqa: E402
 from benchmarks.support.report import publish  # noqa: E402
 from letmesh.launcher import LocalMesh  # noqa: E402
 from letmesh.zoo import ARTIFACT, build_trivial, quiet_jit  # noqa: E402
@@ -173,20 +174,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime + stime
 
 
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += [int(child), *_descendants(int(child))]
-    return found
 
 
 def cpu_snapshot(mesh: LocalMesh) -> dict[str, float]:
     """CPU seconds used so far by each role (workers counted apart from their agent) and this client."""
     snap = {role: _cpu_s(proc.pid) for role, proc in mesh.procs.items()}
     if "agent" in mesh.procs:
-        snap["worker"] = sum(_cpu_s(p) for p in _descendants(mesh.procs["agent"].pid))
+        snap["worker"] = sum(_cpu_s(p) for p in procfs.descendants(mesh.procs["agent"].pid))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     snap["client"] = usage.ru_utime + usage.ru_stime
     return snap
@@ -390,14 +384,8 @@ def environment() -> dict[str, Any]:
     import torch
     import zmq
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": procfs.cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "aiohttp": aiohttp.__version__, "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(), "loadavg_at_start": list(os.getloadavg()),

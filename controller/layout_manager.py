@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from controller.cadence import Cadence, Reason, moved, rose
@@ -285,14 +285,18 @@ class LayoutManager:
 
     def _abandon(self, t: Transition, ready: set[str]) -> list[tuple[str, object]]:
         """Give up a move at once: what it started (and had not come up) is stopped; what serves stays."""
-        out: list[tuple[str, object]] = []
         reg = self._registry
         waited = {w.agent_id for w in t.new} | {reg.workers[w].plan.agent_id for w in t.awaiting if w in reg.workers}
         if any(a in reg.agents for a in waited):  # lost, not gone: worth a warning
             log.warning("abandoning a re-plan that waits on a lost agent")
         else:  # the agents it waited on left cleanly (a shutdown)
             log.info("abandoning a re-plan whose agents left")
-        for worker_id in sorted({*(w.worker_id for w in t.new), *t.awaiting} - ready):
+        return self._stop(sorted({*(w.worker_id for w in t.new), *t.awaiting} - ready))
+
+    def _stop(self, worker_ids: Iterable[str]) -> list[tuple[str, object]]:
+        """Retire each worker as stopping, forget its placement, and tell its agent to stop it."""
+        out: list[tuple[str, object]] = []
+        for worker_id in worker_ids:
             record = self._registry.workers.get(worker_id)
             if record is None:
                 continue
@@ -405,13 +409,7 @@ class LayoutManager:
             out.append((plan.agent_id, self._start_command(plan)))
         for worker_id in actions.drain:
             self._registry.retire(worker_id, WorkerState.DRAINING)
-        for worker_id in actions.stop:
-            record = self._registry.workers.get(worker_id)
-            if record is None:
-                continue
-            self._registry.retire(worker_id, WorkerState.STOPPING)
-            self._store.delete_placement(worker_id)
-            out.append((record.plan.agent_id, StopWorker(worker_id=worker_id, drain_s=self.settings.drain_s)))
+        out += self._stop(actions.stop)
         if t.finished:
             log.info("re-plan %s", t.phase.value)
             # A layout is judged on what it serves once in place: misses while workers were

@@ -38,6 +38,23 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Children of ``pid``, their children, and so on (a snapshot: processes come and go)."""
+    found: list[int] = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it, for a benchmark's report."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def processes_mentioning(marker: str) -> list[int]:
     """Live pids (not this one) whose command line or environment contains ``marker``."""
     found = []

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.support import procfs
 from letmesh.launcher import LocalMesh, free_port, http_status
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -38,13 +39,6 @@ def pinned(core: int):
         os.sched_setaffinity(0, previous)
 
 
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += [int(child), *_descendants(int(child))]
-    return found
 
 
 def _cpu_s(pid: int) -> float:
@@ -64,7 +58,7 @@ class Server:
     roots: list[int]
 
     def pids(self) -> list[int]:
-        return [p for root in self.roots for p in (root, *_descendants(root))]
+        return [p for root in self.roots for p in (root, *procfs.descendants(root))]
 
     def cpu_s(self) -> float:
         return sum(_cpu_s(p) for p in self.pids())

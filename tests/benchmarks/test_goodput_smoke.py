@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import os
 
 import pytest
 
 from benchmarks import goodput
+from benchmarks.support.procfs import children
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -19,18 +20,8 @@ STEP_REQUESTS = 30
 KEYS = ("small_vs_naive", "small_of_limit", "cpu_ms_per_req_small")
 
 
-def _children() -> set[int]:
-    found: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            found.update(int(pid) for pid in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
-
-
 def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_line(tmp_path, capsys):
-    before = _children()
+    before = set(children(os.getpid()))
     out = tmp_path / "goodput.json"
     argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0",
             "--low-requests", "20", "--out", str(out)]
@@ -64,4 +55,4 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     assert float(fields["cpu_ms_per_req_small"]) > 0
     assert all(not math.isinf(float(fields[key])) for key in KEYS)
 
-    assert _children() <= before  # every server process was stopped and reaped
+    assert set(children(os.getpid())) <= before  # every server process was stopped and reaped

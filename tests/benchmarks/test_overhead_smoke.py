@@ -6,11 +6,12 @@ Speed is never asserted here; the benchmark itself reports it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import pytest
 
 from benchmarks import overhead
+from benchmarks.support.procfs import children
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -19,22 +20,12 @@ LEVELS = (1, 4)
 REQUIRED = ("p50_ms", "p99_ms", "peak_rps", "inprocess_p50_ms")
 
 
-def _children() -> set[int]:
-    found: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            found.update(int(pid) for pid in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
-
-
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def test_tiny_run_reports_every_figure_with_only_200s_and_leaves_no_process(tmp_path, capsys):
-    before = _children()
+    before = set(children(os.getpid()))
     out = tmp_path / "overhead.json"
     # A generous deadline: a scheduling stall on a busy shared machine must not turn into a 504 here.
     argv = ["--quick", "--runs", "1", "--requests", str(REQUESTS), "--duration-s", "1", "--trials", "1",
@@ -75,4 +66,4 @@ def test_tiny_run_reports_every_figure_with_only_200s_and_leaves_no_process(tmp_
     assert last.startswith("RESULT ")
     assert all(float(fields[key]) > 0 for key in REQUIRED)
 
-    assert _children() <= before  # every mesh process was stopped and reaped
+    assert set(children(os.getpid())) <= before  # every mesh process was stopped and reaped

@@ -7,11 +7,12 @@ Speed is never asserted here; the benchmark itself reports it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import pytest
 
 from benchmarks import resize_gap
+from benchmarks.support.procfs import children
 
 # The demo repository is built once per session (shared with other tests); the run itself takes
 # about half a minute: mesh start, profiling two variants, the first plan, one resize.
@@ -20,18 +21,8 @@ pytestmark = pytest.mark.timeout(180)
 RESULT_KEYS = {"resize_gap_ms", "steady_gap_p99_ms", "failed_requests", "switch_s"}
 
 
-def _children() -> set[int]:
-    found: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            found.update(int(pid) for pid in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
-
-
 def test_one_resize_under_load_answers_every_request_and_reports_every_figure(tmp_path, capsys, digits_repo):
-    before = _children()
+    before = set(children(os.getpid()))
     out = tmp_path / "resize_gap.json"
     # A generous deadline: a scheduling stall on a busy shared machine must not turn into a 504 here.
     argv = ["--quick", "--resizes", "1", "--warmup-s", "0.5", "--steady-s", "1.5", "--tail-s", "0.5",
@@ -80,4 +71,4 @@ def test_one_resize_under_load_answers_every_request_and_reports_every_figure(tm
     assert set(fields) == RESULT_KEYS
     assert float(fields["resize_gap_ms"]) == pytest.approx(report["result"]["resize_gap_ms"], rel=1e-3)
 
-    assert _children() <= before  # every mesh process was stopped and reaped
+    assert set(children(os.getpid())) <= before  # every mesh process was stopped and reaped

@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.support.procfs import processes_mentioning
 from letmesh.launcher import LocalMesh
 from letmesh.zoo import build_trivial
-
-
-def processes_mentioning(marker: str) -> list[int]:
-    """Pids whose command line or environment contains ``marker`` (our children carry the state dir)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            continue
-        if marker.encode() in cmdline or marker.encode() in environ:
-            found.append(int(entry))
-    return found
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
