@@ -102,11 +102,27 @@ class Chromium:
                     raise ChromiumError(f"{method}: {reply['error']}")
                 return reply.get("result", {})
 
-    async def goto(self, url: str) -> None:
+    async def goto(self, url: str, timeout_s: float = 30.0) -> None:
+        """Load ``url`` and return once its document has loaded (its scripts have run once)."""
         await self.send("Page.enable")
         result = await self.send("Page.navigate", url=url)
         if result.get("errorText"):
             raise ChromiumError(f"cannot load {url}: {result['errorText']}")
+        # Navigate answers once the response is committed, while the new document may still be
+        # parsing: a script evaluated then can find no <body> yet. (The browser starts on
+        # about:blank, and a page may rewrite its own address, so any other address will do.)
+        deadline = time.monotonic() + timeout_s
+        state = None
+        while True:
+            try:
+                state = await self.evaluate("[location.href, document.readyState]")
+            except ChromiumError:  # the old document's context went away mid-call
+                state = None
+            if state and state[0] != "about:blank" and state[1] == "complete":
+                return
+            if time.monotonic() > deadline:
+                raise ChromiumError(f"{url} did not finish loading within {timeout_s:g} s (last seen: {state})")
+            await asyncio.sleep(0.05)
 
     async def evaluate(self, expression: str) -> Any:
         """The JSON value of ``expression`` evaluated in the page."""
