@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,17 +12,7 @@ import pytest
 from benchmarks.support.procfs import processes_mentioning
 from letmesh.launcher import LocalMesh
 from letmesh.zoo import build_trivial
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)
+from tests.polling import wait_until
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from letmesh.status import StatusUnavailable, fetch_status
 from mesh.keys import add_peer, init_keyring
 from protocol.message import StatusReply
 from tests.multihost.netns import NetnsLab
+from tests.polling import wait_until
 
 CONTROL_PORT = 5555
 HTTP_PORT = 8000
@@ -186,15 +186,8 @@ class NetMesh:
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(interval_s)
+    """:func:`tests.polling.wait_until`, polling less often: these conditions ask a controller."""
+    return wait_until(predicate, timeout_s, interval_s, what)
 
 
 def serving_workers(status: StatusReply, variant: str) -> list[tuple[str, str, int]]:
