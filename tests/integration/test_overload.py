@@ -32,7 +32,7 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [
 @pytest.fixture
 def costly_mesh(tmp_path):
     repo = tmp_path / "repo"
-    build_costly(repo, variants=(("synth-large", 0.95, 1200),), slo_ms=DEADLINE_MS)
+    build_costly(repo, variants=(("synth-large", 0.95, 3600),), slo_ms=DEADLINE_MS)
     # Its cost is per row, so batching gains nothing: a batch of 8 at most keeps warm-up and
     # profiling (which measure every batch size up to it) short on a busy host.
     manifest = repo / "synth-large" / "manifest.json"
