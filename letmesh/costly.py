@@ -57,9 +57,13 @@ def build_costly(
     family: str = "synth",
     variants: Sequence[tuple[str, float, int]] = DEFAULT_VARIANTS,
     slo_ms: float = 200.0,
+    max_batch: int | None = None,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Write one variant per (name, declared accuracy, depth); intact ones are left alone."""
+    """Write one variant per (name, declared accuracy, depth); intact ones are left alone.
+
+    ``max_batch`` caps the batch the manifests declare: the cost is per row, so batching gains
+    nothing, and a small cap keeps warm-up and profiling (every batch size up to it) short."""
     root = Path(dir)
     say = progress or (lambda line: None)
     out = []
@@ -85,6 +89,7 @@ def build_costly(
             description=f"{depth} dense {WIDTH}x{WIDTH} layers per request: a synthetic cost of "
                         f"about {profile['1']:.2f} ms per row here.",
             preprocess="none",
+            **({} if max_batch is None else {"max_batch": max_batch}),
         )
         publish(root / name, blob, manifest)
         say(f"built {name}: batch-1 latency {profile['1']:.3f} ms")
