@@ -9,7 +9,7 @@ has a worker to answer its next request.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.accuracy import (
     ScalingPlan,
@@ -37,6 +37,9 @@ from controller.repository import Variant
 from protocol.types import ColocationSample, DeviceInfo, ProfileSample
 
 MIN_COLOCATIONS_TO_FIT = 6
+# The most of a gpu-let's time a family the scaled plan hosts nowhere may take beside the variant
+# the gpu-let serves (see ``cohost``): a floor of demand, not a second tenant.
+GUEST_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +119,69 @@ class ScaledLayout:
     plan: ScalingPlan
     desired: tuple[DesiredWorker, ...]
     demand: dict[str, float]
+    # family -> the variant co-hosted for it on a worker the plan filled (see ``cohost``): the
+    # MILP gave the family no gpu-let of its own, yet its demand fits in that worker's spare time.
+    cohosted: dict[str, str] = field(default_factory=dict)
 
     def fractions(self) -> dict[str, dict[str, float]]:
-        return {f: dict(v) for f, v in self.plan.variant_fractions.items()}
+        out = {f: dict(v) for f, v in self.plan.variant_fractions.items()}
+        out.update({f: {v: 1.0} for f, v in self.cohosted.items()})
+        return out
 
     def shed_share(self) -> dict[str, float]:
-        return {f: min(1.0, rps / self.demand[f]) for f, rps in self.plan.shed.items() if self.demand.get(f, 0) > 0}
+        return {f: min(1.0, rps / self.demand[f]) for f, rps in self.plan.shed.items()
+                if self.demand.get(f, 0) > 0 and f not in self.cohosted}
+
+
+def cohost(
+    plan_: ScalingPlan,
+    desired: Sequence[DesiredWorker],
+    choices: Sequence[VariantChoice],
+    caps: Mapping[tuple[str, str], tuple[float, int]],
+    demand: Mapping[str, float],
+) -> tuple[tuple[DesiredWorker, ...], dict[str, str]]:
+    """Give each family the plan hosts nowhere a place beside a variant it does host.
+
+    One variant per gpu-let makes the MILP drop whole families when there are more families than
+    gpu-lets (two one-core slots on a two-core host): a family with a floor of demand then has no
+    worker at all, and is refused until the next plan (its readiness fails with it). Here such a
+    family's variant joins the filled gpu-let with the most time to spare (routed load / capacity
+    of the hosted variant, plus demand / capacity of the guest), when the guest needs at most
+    ``GUEST_SHARE`` of that gpu-let's time. Under overload the hosted variants run at their
+    capacity, so a guest costs them that share: some of their overflow is refused (503 with
+    Retry-After) instead of every request of the guest's family. Families are taken least demand
+    first. ``desired`` is ``to_desired(plan_, ...)``: one worker per filled slot, in slot order.
+    """
+    index = {slot_id: i for i, slot_id in enumerate(sorted(plan_.hosts))}
+    used: dict[str, float] = {}
+    for slot_id, variant in plan_.hosts.items():
+        cap = caps.get((slot_id, variant), (0.0, 1))[0]
+        used[slot_id] = plan_.load.get(slot_id, 0.0) / cap if cap > 0 else 1.0
+    hosted = set(plan_.hosts.values())
+    hosted_families = {c.family for c in choices if c.variant in hosted}
+    out = list(desired)
+    guests: dict[str, str] = {}
+    for family in sorted((f for f, rps in demand.items() if rps > 0 and f not in hosted_families),
+                         key=lambda f: (demand[f], f)):
+        best = None
+        for c in choices:
+            if c.family != family:
+                continue
+            for slot_id in sorted(plan_.hosts):
+                cap, batch = caps.get((slot_id, c.variant), (0.0, 1))
+                share = demand[family] / cap if cap > 0 else float("inf")
+                after = used[slot_id] + share
+                if share <= GUEST_SHARE and (best is None or after < best[0]):
+                    best = (after, slot_id, c.variant, batch)
+        if best is None:
+            continue
+        after, slot_id, variant, batch = best
+        used[slot_id] = after
+        d = out[index[slot_id]]
+        out[index[slot_id]] = DesiredWorker(d.agent_id, d.device_id, d.kind, d.size, tuple(sorted((*d.variants, variant))),
+                                            tuple(sorted((*d.batches, (variant, batch)))), d.rates)
+        guests[family] = variant
+    return tuple(out), guests
 
 
 def scaling_slots(agents: Mapping[str, Sequence[DeviceInfo]]) -> tuple[list[Slot], dict[tuple[str, str], int]]:
@@ -162,4 +222,5 @@ def scaled_layout(
     rates, batches = split_capacities(caps)
     problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity)
     plan_ = solve(problem, current=current, time_limit_s=time_limit_s, beta=beta)
-    return ScaledLayout(plan_, tuple(to_desired(plan_, slots, batches)), dict(family_demand))
+    desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand)
+    return ScaledLayout(plan_, desired, dict(family_demand), guests)
