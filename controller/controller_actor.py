@@ -101,6 +101,8 @@ class ControllerActor(Actor):
         self._unplanned_seen: set[str] = set()
         self._profiling = ProfilingRuns()
         self._demand = DemandTracker(half_life_s=config.demand_half_life_s, history_s=config.demand_history_s)
+        # The part of it that named a variant rather than its family (kept deployed while scaling).
+        self._named = DemandTracker(half_life_s=config.demand_half_life_s, history_s=config.demand_history_s)
         self._last_publish = float("-inf")
         self._epoch = 0
         self._seq = 0
@@ -123,7 +125,7 @@ class ControllerActor(Actor):
         for name, reason in repository.unavailable.items():
             log.error("variant %s is unavailable: %s", name, reason)
         self._by_sha = {v.sha256: v for v in variants.values()}
-        self._demand.known = frozenset(variants)
+        self._demand.known = self._named.known = frozenset(variants)
         self._store = StateStore(Path(self.config.state_dir) / "controller.sqlite3",
                                  retention=self.config.decision_retention())
         self._epoch = self._store.next_epoch()
@@ -156,6 +158,7 @@ class ControllerActor(Actor):
                          min_layout_dwell_s=self.config.min_layout_dwell_s,
                          rejoin_settle_s=self.config.rejoin_settle_s),
             self._registry, self._store, self._demand, self._start_command, generation=self._epoch,
+            named=self._named,
         )
         self._membership = Membership(
             self._registry, self._store, self._layout, self._start_command,
@@ -294,8 +297,9 @@ class ControllerActor(Actor):
                 else:
                     self._layout.force(policy)
                     await self._send(peer, ReplanReply(policy=self._layout.settings.policy, accepted=True))
-            case DemandReport(window_s=window_s, counts=counts, missed=missed) if kind == "gateway":
+            case DemandReport(window_s=window_s, counts=counts, missed=missed, named=named) if kind == "gateway":
                 self._demand.observe(counts, window_s, now, source=peer_id, missed=missed)
+                self._named.observe(named, window_s, now, source=peer_id)
             case DecisionRecords(records=records) if kind == "gateway":
                 assert self._learner is not None and self._store is not None
                 admitted = self._learner.admit(records, {v.family for v in reg.variants.values()})

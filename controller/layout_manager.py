@@ -96,11 +96,13 @@ class LayoutManager:
     """Owns the current plan and the transition in progress. Not thread-safe; the actor owns it."""
 
     def __init__(self, settings: LayoutPolicy, registry: Registry, store: StateStore, demand: DemandTracker,
-                 start_command: Callable[[PlannedWorker], StartWorker], *, generation: int) -> None:
+                 start_command: Callable[[PlannedWorker], StartWorker], *, generation: int,
+                 named: DemandTracker | None = None) -> None:
         self.settings = settings
         self._registry = registry
         self._store = store
         self._demand = demand
+        self._named = named  # requests that named a variant (part of ``demand``)
         self._start_command = start_command
         self.generation = generation * 1000
         self.transition: Transition | None = None
@@ -346,7 +348,7 @@ class LayoutManager:
             scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
                                    self._recent_peak(), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
-                                   slowdown=slowdown)
+                                   slowdown=slowdown, named=self._named.rates() if self._named else None)
             # The designed answer to overload, taken on a routine re-plan: INFO, not a warning.
             log.info("over capacity at full accuracy (demand req/s %s, unserved %s): accuracy scaling to %.3f with "
                         "headroom %.2f (from %.2f), shed %s, solved in %.2f s (%s); live slowdown %s",

@@ -139,18 +139,22 @@ def cohost(
     choices: Sequence[VariantChoice],
     caps: Mapping[tuple[str, str], tuple[float, int]],
     demand: Mapping[str, float],
+    named: Mapping[str, float] | None = None,
 ) -> tuple[tuple[DesiredWorker, ...], dict[str, str]]:
-    """Give each family the plan hosts nowhere a place beside a variant it does host.
+    """Give what the plan hosts nowhere a place beside a variant it does host: each family the
+    plan drops whole (its cheapest fitting variant), then each variant clients name that the plan
+    dropped (``named``: variant -> req/s of requests naming it, never served by another variant).
 
     One variant per gpu-let makes the MILP drop whole families when there are more families than
-    gpu-lets (two one-core slots on a two-core host): a family with a floor of demand then has no
-    worker at all, and is refused until the next plan (its readiness fails with it). Here such a
-    family's variant joins the filled gpu-let with the most time to spare (routed load / capacity
-    of the hosted variant, plus demand / capacity of the guest), when the guest needs at most
+    gpu-lets (two one-core slots on a two-core host), and variants that only its family's split
+    would use: such requests are refused until the next plan (a dropped family fails readiness
+    too). Here a guest joins the filled gpu-let with the most time to spare (routed load /
+    capacity of the hosted variant, plus demand / capacity of the guest) when it needs at most
     ``GUEST_SHARE`` of that gpu-let's time. Under overload the hosted variants run at their
     capacity, so a guest costs them that share: some of their overflow is refused (503 with
-    Retry-After) instead of every request of the guest's family. Families are taken least demand
-    first. ``desired`` is ``to_desired(plan_, ...)``: one worker per filled slot, in slot order.
+    Retry-After) instead of every request to the guest. Least demand first. ``desired`` is
+    ``to_desired(plan_, ...)``: one worker per filled slot, in slot order. Returns the workers and
+    family -> the variant co-hosted for it (named guests serve named requests only).
     """
     index = {slot_id: i for i, slot_id in enumerate(sorted(plan_.hosts))}
     used: dict[str, float] = {}
@@ -161,26 +165,35 @@ def cohost(
     hosted_families = {c.family for c in choices if c.variant in hosted}
     out = list(desired)
     guests: dict[str, str] = {}
-    for family in sorted((f for f, rps in demand.items() if rps > 0 and f not in hosted_families),
-                         key=lambda f: (demand[f], f)):
+
+    def place(options: Sequence[VariantChoice], rps: float) -> str | None:
         best = None
-        for c in choices:
-            if c.family != family:
-                continue
+        for c in options:
             for slot_id in sorted(plan_.hosts):
                 cap, batch = caps.get((slot_id, c.variant), (0.0, 1))
-                share = demand[family] / cap if cap > 0 else float("inf")
+                share = rps / cap if cap > 0 else float("inf")
                 after = used[slot_id] + share
                 if share <= GUEST_SHARE and (best is None or after < best[0]):
                     best = (after, slot_id, c.variant, batch)
         if best is None:
-            continue
+            return None
         after, slot_id, variant, batch = best
         used[slot_id] = after
         d = out[index[slot_id]]
         out[index[slot_id]] = DesiredWorker(d.agent_id, d.device_id, d.kind, d.size, tuple(sorted((*d.variants, variant))),
                                             tuple(sorted((*d.batches, (variant, batch)))), d.rates)
-        guests[family] = variant
+        hosted.add(variant)
+        return variant
+
+    for family in sorted((f for f, rps in demand.items() if rps > 0 and f not in hosted_families),
+                         key=lambda f: (demand[f], f)):
+        variant = place([c for c in choices if c.family == family], demand[family])
+        if variant is not None:
+            guests[family] = variant
+    by_name = {c.variant: c for c in choices}
+    for name, rps in sorted((named or {}).items(), key=lambda kv: (kv[1], kv[0])):
+        if rps > 0 and name in by_name and name not in hosted:
+            place([by_name[name]], rps)
     return tuple(out), guests
 
 
@@ -210,9 +223,11 @@ def scaled_layout(
     time_limit_s: float = 2.0,
     beta: float = 1.05,
     slowdown: Mapping[tuple[str, str], float] | None = None,
+    named: Mapping[str, float] | None = None,
 ) -> ScaledLayout:
     """Accuracy scaling: the MILP's choice of variants, placement and split for ``family_demand``,
-    with the beta ladder starting from ``beta`` and profiled latencies times ``slowdown``."""
+    with the beta ladder starting from ``beta`` and profiled latencies times ``slowdown``.
+    ``named``: variant -> req/s of requests that named it; co-hosted when the plan drops it."""
     slots, device_capacity = scaling_slots(agents)
     table = profile_table(samples)
     choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms)
@@ -222,5 +237,5 @@ def scaled_layout(
     rates, batches = split_capacities(caps)
     problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity)
     plan_ = solve(problem, current=current, time_limit_s=time_limit_s, beta=beta)
-    desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand)
+    desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand, named or {})
     return ScaledLayout(plan_, desired, dict(family_demand), guests)

@@ -190,7 +190,7 @@ class ControlLinkActor(Actor):
         counts = self._dispatcher.take_demand()
         if window > 0 and self._registered:
             self._send(DemandReport(gateway_id=self.config.gateway_id, window_s=window, counts=counts,
-                                    missed=self._dispatcher.take_misses()))
+                                    missed=self._dispatcher.take_misses(), named=self._dispatcher.take_named()))
 
     def _register(self) -> None:
         self._last_register = self._clock.monotonic()

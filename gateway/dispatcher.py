@@ -158,6 +158,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task] = []
         self._demand: dict[str, int] = {}
         self._missed: dict[str, int] = {}
+        self._named: dict[str, int] = {}
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0, "shed": 0}
 
@@ -231,6 +232,14 @@ class Dispatcher:
         """Requests sent per variant since the last call (the controller's demand signal)."""
         counts, self._demand = self._demand, {}
         return counts
+
+    def record_named(self, variant: str) -> None:
+        """A request that named ``variant`` itself (counted in the demand as well)."""
+        self._named[variant] = self._named.get(variant, 0) + 1
+
+    def take_named(self) -> dict[str, int]:
+        named, self._named = self._named, {}
+        return named
 
     def record_miss(self, variant: str) -> None:
         """A request of ``variant`` that did not get an answer within its deadline."""

@@ -90,6 +90,8 @@ class DataPlane:
         Whatever the outcome, it is recorded in ``telemetry`` exactly once before this returns."""
         d = self.dispatcher
         head = variants[0]
+        if not is_family:
+            d.record_named(head.name)
         event_id = ""
         explored: bool | None = None
         try:

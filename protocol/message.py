@@ -258,12 +258,15 @@ class ProfileProgress:
 @message(52)
 class DemandReport:
     """Gateway -> controller: requests per variant since the last report, and of those the ones
-    that missed their deadline (answered late, 504, or turned away because no variant could meet it)."""
+    that missed their deadline (answered late, 504, or turned away because no variant could meet it)
+    and the ones that named the variant itself rather than its family (``named``: such a request
+    is never served by another variant, so a plan that scales accuracy must keep it deployed)."""
 
     gateway_id: str
     window_s: float
     counts: dict[str, int]
     missed: dict[str, int] = dataclasses.field(default_factory=dict)
+    named: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @message(53)

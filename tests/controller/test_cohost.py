@@ -65,3 +65,15 @@ def test_a_family_whose_demand_would_take_a_large_share_of_a_gpulet_stays_shed()
     assert not guests and desired == workers, "1,000 req/s of echo would take a fifth of a core"
     desired, guests = cohost(full, workers, choices, caps, {"cls": 105.0, "det": 105.0, "trivial": 50.0})
     assert guests == {"trivial": "echo"} and desired[0].variants == ("cls-small", "echo"), "50 req/s takes 1 %"
+
+
+def test_a_variant_clients_name_stays_deployed_when_the_plan_drops_it() -> None:
+    # cls-large is asked for by name at 2 req/s; the overloaded family is carried by cls-small.
+    demand = {"cls": 120.0, "det": 120.0, "trivial": 1.0}
+    plain = scaled_layout(TWO_CORES, variants(), samples(), [], demand, time_limit_s=5.0, beta=1.0)
+    assert "cls-large" not in plain.plan.hosts.values() and all("cls-large" not in d.variants for d in plain.desired)
+    named = scaled_layout(TWO_CORES, variants(), samples(), [], demand, time_limit_s=5.0, beta=1.0,
+                          named={"cls-large": 2.0, "no-such-variant": 5.0})
+    hosting = [d for d in named.desired if "cls-large" in d.variants]
+    assert len(hosting) == 1 and len(hosting[0].variants) >= 2, named.desired
+    assert "cls-large" not in named.fractions().get("cls", {}), "family requests keep the plan's split"

@@ -92,7 +92,7 @@ records = st.builds(DecisionRecord, event_id=st.text(max_size=200), family=names
                     load=numbers, candidates=candidates, chosen=wire_ints, probability=numbers, reward=numbers,
                     source=st.sampled_from(["feedback", "implicit", "other"]), met=st.booleans())
 counts = st.dictionaries(names, wire_ints, max_size=300)
-reports = st.builds(DemandReport, gateway_id=names, window_s=numbers, counts=counts, missed=counts)
+reports = st.builds(DemandReport, gateway_id=names, window_s=numbers, counts=counts, missed=counts, named=counts)
 plain = st.recursive(st.one_of(st.none(), st.booleans(), wire_ints, st.floats(), st.text(max_size=50)),
                      lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner,
                                                                                           max_size=5)), max_leaves=30)

@@ -49,10 +49,12 @@ async def test_a_demand_report_of_4096_invented_names_changes_nothing(start_cont
     invented = {f"made-up-{i}": 1000 for i in range(4096)}
     for _ in range(3):
         await gateway.send(DemandReport(gateway_id="g1", window_s=1.0, counts={"identity": 5, **invented},
-                                        missed=invented))
+                                        missed=invented, named={"identity": 2, **invented}))
     await gateway.send(DemandReport(gateway_id="g1", window_s=float("nan"), counts={"identity": 5}))
     status = await gateway.sync()
     assert {m.name for m in status.models} <= set(controller._registry.variants)
     assert set(controller._demand.rates()) <= {"identity"}
+    assert set(controller._named.rates()) <= {"identity"}
     assert len(controller._demand._streams) <= len(controller._registry.variants)
+    assert len(controller._named._streams) <= len(controller._registry.variants)
     assert controller.running and controller.statistics().failed == 0

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.access import AccessPolicy, Client
 from gateway.dispatcher import Dispatcher
-from gateway.http_app import make_app
+from gateway.http_app import DISPATCHER, make_app
 from protocol.message import RoutingTable
 from protocol.types import ModelInfo, TensorSpec, WorkerRoute
 from tests.gateway.fake_worker import FakeWorker, gateway_with_fake_workers
@@ -174,3 +174,14 @@ async def test_a_client_over_its_rate_counts_as_shed_rate_limited(ctx):
         await client.close()
         await worker.close()
         await dispatcher.stop()
+
+
+async def test_requests_that_name_a_variant_are_reported_apart_from_those_to_its_family(gateway):
+    gateway.serve()
+    await ready(gateway)
+    dispatcher = gateway.server.app[DISPATCHER]
+    dispatcher.take_demand(), dispatcher.take_named()
+    for path in ("/v2/models/echo/infer", "/v2/models/echo/infer", "/v2/models/echoes/infer"):
+        assert (await gateway.post(path, json=BODY)).status == 200
+    assert dispatcher.take_demand() == {"echo": 3}
+    assert dispatcher.take_named() == {"echo": 2}, "the controller keeps a named variant deployed while it scales"
