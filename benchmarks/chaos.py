@@ -6,8 +6,9 @@ got: status, latency from its scheduled send time, whether it came after deadlin
 on 503/429, or no answer within the client timeout. Classes: kill -9 of a worker, the agent, the
 controller, the gateway (roles the launcher does not restart are restarted after a pause, and the
 recovery is measured); SIGSTOP of a worker; SIGTERM of the gateway; poisoned control messages and
-poisoned HTTP bodies; a 5x overload burst; a repository with a truncated or a corrupted artifact
-beside healthy variants. Then a fuzz phase (mutated HTTP bodies and control frames) with the RSS of
+poisoned HTTP bodies; a 5x overload burst (to ``synth-large``, a variant costly per request built
+beside the digits models, so that 5x is a rate the client can send); a repository with a
+truncated or a corrupted artifact beside healthy variants. Then a fuzz phase (mutated HTTP bodies and control frames) with the RSS of
 every role before and after. Reports what happened; asserts nothing. Every process it starts is
 stopped and checked for in /proc.
 
@@ -38,6 +39,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.support.chaos_faults import (  # noqa: E402
+    COSTLY,
+    COSTLY_DEPTH,
     GRACE_MS,
     Options,
     bad_artifact_phase,
@@ -49,6 +52,7 @@ from benchmarks.support.chaos_faults import (  # noqa: E402
 from benchmarks.support.chaos_mesh import MARKER_ENV as MESH_MARKER, MeshUnderTest, run_phase  # noqa: E402
 from benchmarks.support import procfs  # noqa: E402
 from benchmarks.support.report import write_json  # noqa: E402
+from letmesh.costly import build_costly  # noqa: E402
 from letmesh.zoo import build_trivial, build_zoo  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "chaos.json"
@@ -184,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building the {opts.repo} repository ...", flush=True)
             if opts.repo == "digits":
                 build_zoo(repo, epochs_scale=opts.epochs_scale, progress=lambda line: None)
+                build_costly(repo, variants=((COSTLY, 0.95, COSTLY_DEPTH),), slo_ms=opts.deadline_ms, max_batch=8)
             else:
                 build_trivial(repo, progress=lambda line: None)
         work = workload(repo, opts.repo, opts.deadline_ms)

@@ -29,6 +29,10 @@ from benchmarks.support.openloop import Stream
 from letmesh.zoo import ARTIFACT, HELDOUT, MANIFEST
 
 GRACE_MS = 50.0
+# The overload burst's target: a variant costly per request (letmesh.costly), so that 5x its
+# sustainable rate is a rate the load client can send; the digits models are too cheap for that.
+COSTLY = "synth-large"
+COSTLY_DEPTH = 14400
 BAD_VARIANT = "digits-wide"  # shares its worker with healthy variants in the demo layout
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +68,11 @@ class Workload:
     family: str
     named: str  # a variant requested by name
     bodies: dict[str, dict[str, Any]]  # a valid body per model name
+    costly: str = ""  # the variant the overload burst names (default: ``named``)
+
+    @property
+    def burst(self) -> str:
+        return self.costly or self.named
 
     def body(self, name: str) -> bytes:
         return json.dumps(self.bodies[name]).encode()
@@ -86,7 +95,13 @@ def workload(repo: Path, kind: str, deadline_ms: float) -> Workload:
     body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 64], "data": image}],
             "parameters": {**params, "letmesh_context": {"app": "chaos"}}}
     names = ("digits", "digits-cnn", "digits-linear", "digits-mlp", BAD_VARIANT)
-    return Workload(family="digits", named="digits-cnn", bodies=dict.fromkeys(names, body))
+    bodies = dict.fromkeys(names, body)
+    costly = ""
+    if (repo / COSTLY / MANIFEST).is_file():
+        costly = COSTLY
+        bodies[COSTLY] = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}],
+                          "parameters": params}
+    return Workload(family="digits", named="digits-cnn", bodies=bodies, costly=costly)
 
 
 # --- fault classes -----------------------------------------------------------------------------
@@ -210,21 +225,21 @@ async def _closed_loop(url: str, body: bytes, seconds: float, clients: int, limi
 
 
 def overload_phase(target: MeshUnderTest, opts: Options, work: Workload) -> dict[str, Any]:
-    """A burst at a multiple of the sustainable rate of the costliest variant requested by name, on top of
-    the steady streams. The sustainable rate is the goodput (200s within deadline + grace) of a short
-    closed loop of 8 clients on that variant."""
+    """A burst at a multiple of the sustainable rate of the costly variant (``work.burst``) requested by
+    name, on top of the steady streams. The sustainable rate is the goodput (200s within deadline +
+    grace) of a short closed loop of 8 clients on that variant."""
     probe_s = 2.0 if opts.quick else 5.0
-    good = asyncio.run(_closed_loop(f"{target.url}/v2/models/{work.named}/infer", work.body(work.named),
+    good = asyncio.run(_closed_loop(f"{target.url}/v2/models/{work.burst}/infer", work.body(work.burst),
                                     probe_s, 8, (opts.deadline_ms + GRACE_MS) / 1000.0))
     sustainable = good / probe_s
     burst = max(1.0, min(opts.max_rate_rps, opts.overload_factor * sustainable))
-    stream = Stream(label="burst", path=f"/v2/models/{work.named}/infer", body=work.body(work.named),
+    stream = Stream(label="burst", path=f"/v2/models/{work.burst}/infer", body=work.body(work.burst),
                     rate_rps=burst, start_s=opts.fault_at_s, duration_s=opts.overload_s)
     duration = opts.fault_at_s + opts.overload_s + max(opts.phase_s - opts.fault_at_s, 5.0)
     result = run_phase(target, work.streams(opts, stream), None, duration_s=duration, fault_at_s=opts.fault_at_s,
                        deadline_ms=opts.deadline_ms, client_timeout_s=opts.client_timeout_s,
                        recovery_from_s=opts.fault_at_s + opts.overload_s)
-    result.update(fault="overload", describe=f"{burst:.0f} req/s to {work.named} for {opts.overload_s:g} s "
+    result.update(fault="overload", describe=f"{burst:.0f} req/s to {work.burst} for {opts.overload_s:g} s "
                   f"({burst / max(sustainable, 1e-9):.1f}x its measured {sustainable:.0f} req/s; asked "
                   f"{opts.overload_factor:g}x, capped at {opts.max_rate_rps:g}) over the steady streams; "
                   "recovery counted from the end of the burst",
