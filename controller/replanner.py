@@ -120,7 +120,7 @@ class ScaledLayout:
     desired: tuple[DesiredWorker, ...]
     demand: dict[str, float]
     # family -> the variant co-hosted for it on a worker the plan filled (see ``cohost``): the
-    # MILP gave the family no gpu-let of its own, yet its demand fits in that worker's spare time.
+    # MILP gave the family no gpu-let of its own, and its demand needs little of that worker's time.
     cohosted: dict[str, str] = field(default_factory=dict)
 
     def fractions(self) -> dict[str, dict[str, float]]:
@@ -142,7 +142,7 @@ def cohost(
     named: Mapping[str, float] | None = None,
 ) -> tuple[tuple[DesiredWorker, ...], dict[str, str]]:
     """Give what the plan hosts nowhere a place beside a variant it does host: each family the
-    plan drops whole (its cheapest fitting variant), then each variant clients name that the plan
+    plan drops whole (the variant of it that leaves the most time), then each variant clients name that the plan
     dropped (``named``: variant -> req/s of requests naming it, never served by another variant).
 
     One variant per gpu-let makes the MILP drop whole families when there are more families than
