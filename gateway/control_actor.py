@@ -187,10 +187,10 @@ class ControlLinkActor(Actor):
     def _report_demand(self, now: float) -> None:
         window = now - self._last_demand
         self._last_demand = now
-        counts = self._dispatcher.take_demand()
+        counts, missed, named = self._dispatcher.demand.take()
         if window > 0 and self._registered:
             self._send(DemandReport(gateway_id=self.config.gateway_id, window_s=window, counts=counts,
-                                    missed=self._dispatcher.take_misses(), named=self._dispatcher.take_named()))
+                                    missed=missed, named=named))
 
     def _register(self) -> None:
         self._last_register = self._clock.monotonic()

@@ -21,6 +21,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from gateway.demand_counts import DemandCounts
 from gateway.inflight import InFlight, InflightTable, TableFull
 from gateway.routing import RoutingView, WorkerPicker
 from mesh.deadline import Deadline
@@ -156,9 +157,7 @@ class Dispatcher:
         self._reply_margin_s = reply_margin_s
         self._admission = admission
         self._tasks: list[asyncio.Task] = []
-        self._demand: dict[str, int] = {}
-        self._missed: dict[str, int] = {}
-        self._named: dict[str, int] = {}
+        self.demand = DemandCounts()  # reported to the controller by the control link
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0, "shed": 0}
 
@@ -225,30 +224,6 @@ class Dispatcher:
     def outstanding(self) -> int:
         return len(self._inflight)
 
-    def record_demand(self, variant: str) -> None:
-        self._demand[variant] = self._demand.get(variant, 0) + 1
-
-    def take_demand(self) -> dict[str, int]:
-        """Requests sent per variant since the last call (the controller's demand signal)."""
-        counts, self._demand = self._demand, {}
-        return counts
-
-    def record_named(self, variant: str) -> None:
-        """A request that named ``variant`` itself (counted in the demand as well)."""
-        self._named[variant] = self._named.get(variant, 0) + 1
-
-    def take_named(self) -> dict[str, int]:
-        named, self._named = self._named, {}
-        return named
-
-    def record_miss(self, variant: str) -> None:
-        """A request of ``variant`` that did not get an answer within its deadline."""
-        self._missed[variant] = self._missed.get(variant, 0) + 1
-
-    def take_misses(self) -> dict[str, int]:
-        misses, self._missed = self._missed, {}
-        return misses
-
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
         now = time.monotonic()
@@ -275,7 +250,7 @@ class Dispatcher:
     async def infer(self, variant: str, inputs: dict[str, np.ndarray], deadline: Deadline) -> Result:
         """Run ``inputs`` on a worker of ``variant`` by ``deadline``; raises a DispatchError."""
         now = time.monotonic()
-        self.record_demand(variant)
+        self.demand.request(variant)
         worker_id = self._choose(variant, exclude=None)
         if self._admission:
             ahead = self._inflight.count(worker_id)

@@ -91,7 +91,7 @@ class DataPlane:
         d = self.dispatcher
         head = variants[0]
         if not is_family:
-            d.record_named(head.name)
+            d.demand.naming(head.name)
         event_id = ""
         explored: bool | None = None
         try:
@@ -107,25 +107,25 @@ class DataPlane:
                 model = head
                 check_variant(model, bounds)
         except NoCandidate as exc:
-            d.record_demand(head.name)  # turned away, but still demand the plan must see
+            d.demand.request(head.name)  # turned away, but still demand the plan must see
             if exc.bound == "deadline":
-                d.record_miss(head.name)  # and a sign the plan carries less than it thinks
+                d.demand.miss(head.name)  # and a sign the plan carries less than it thinks
             self._failed(name, head, "" if is_family else head.name, exc, received)
             raise
         except Exception as exc:
-            d.record_demand(head.name)
+            d.demand.request(head.name)
             self._failed(name, head, "" if is_family else head.name, exc, received)
             raise
 
         deadline = Deadline.after(bounds.budget_s, received)
         try:
             if deadline.passed(time.monotonic()):
-                d.record_demand(model.name)
+                d.demand.request(model.name)
                 raise DeadlineExceeded("the deadline passed before the request could be sent")
             result = await d.infer(model.name, dict(inputs), deadline)
         except DispatchError as exc:
             if isinstance(exc, (DeadlineExceeded, Overloaded)):
-                d.record_miss(model.name)
+                d.demand.miss(model.name)
             if event_id:
                 self.events.outcome(event_id, met=False if isinstance(exc, DeadlineExceeded) else None)
             self._failed(name, model, model.name, exc, received, selected=is_family, explored=explored)
@@ -137,7 +137,7 @@ class DataPlane:
         finished = time.monotonic()
         met = not deadline.passed(finished)
         if not met:
-            d.record_miss(model.name)
+            d.demand.miss(model.name)
         if event_id:
             self.events.outcome(event_id, met=met)
         reply = result.reply

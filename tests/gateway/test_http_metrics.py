@@ -180,8 +180,9 @@ async def test_requests_that_name_a_variant_are_reported_apart_from_those_to_its
     gateway.serve()
     await ready(gateway)
     dispatcher = gateway.server.app[DISPATCHER]
-    dispatcher.take_demand(), dispatcher.take_named()
+    dispatcher.demand.take()
     for path in ("/v2/models/echo/infer", "/v2/models/echo/infer", "/v2/models/echoes/infer"):
         assert (await gateway.post(path, json=BODY)).status == 200
-    assert dispatcher.take_demand() == {"echo": 3}
-    assert dispatcher.take_named() == {"echo": 2}, "the controller keeps a named variant deployed while it scales"
+    counts, missed, named = dispatcher.demand.take()
+    assert counts == {"echo": 3} and missed == {}
+    assert named == {"echo": 2}, "the controller keeps a named variant deployed while it scales"
