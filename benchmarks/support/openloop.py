@@ -167,11 +167,15 @@ def summarise(outcomes: list[Outcome], *, fault_at: float | None, deadline_ms: f
         "client_errors": statuses.get(CLIENT_ERROR, 0),
         "late_200": sum(1 for lat in ok if lat > limit_s),
         "late_answers": sum(1 for o in answered if o.latency_s > limit_s),
+        # The same bound counted from when the client actually sent: a request the client itself sent
+        # late (its loop starved of CPU) is late above but may not be here.
+        "late_from_send": sum(1 for o in answered if o.latency_s - max(o.lag_s, 0.0) > limit_s),
         "max_answer_s": max((o.latency_s for o in answered), default=None),
         "shed_without_retry_after": sum(1 for o in shed if not o.retry_after),
         "p50_200_ms": float(np.percentile(ok, 50) * 1000.0) if ok else None,
         "p99_200_ms": float(np.percentile(ok, 99) * 1000.0) if ok else None,
         "client_lag_p99_ms": float(np.percentile(lags, 99)) if lags.size else None,
+        "client_lag_max_ms": float(lags.max()) if lags.size else None,
         "recovery_s": None if fault_at is None else recovery_s(outcomes, fault_at, streak),
         "settled_s": None if fault_at is None else settled_s(outcomes, fault_at, streak),
     }
