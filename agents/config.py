@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from mesh.config import NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt
 
+# Set to "1" in the environment of an agent's workers and profilers when [agent] onnx_upgrade is on.
+ONNX_UPGRADE_ENV = "LETMESH_ONNX_UPGRADE"
+
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -26,6 +29,9 @@ class AgentConfig:
     worker_stop_timeout_s: PositiveFloat = 5.0
     # Given to the workers: their beats to the gateways (see the gateway's setting of the same name).
     worker_heartbeat_interval_s: PositiveFloat = 0.25
+    # Serve a TorchScript variant through ONNX Runtime where its conversion answers the same and
+    # runs faster on this host (agents.onnx_upgrade); profiles then measure what is served.
+    onnx_upgrade: bool = False
     # Limit the CPU cores this agent offers (0: all it may use).
     max_cores: NonNegativeInt = 0
     # Prometheus /metrics on this HTTP port (0: off) and address.

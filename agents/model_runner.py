@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from agents.backend import open_backend, output_arrays
+from agents.onnx_upgrade import upgrade
 from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
 
@@ -25,8 +26,14 @@ from protocol.types import DATATYPES, VariantSpec
 class ModelRunner:
     """One loaded variant. Not thread-safe: the worker calls it from its single serving loop."""
 
-    def __init__(self, spec: VariantSpec, path: Path, device: str = "cpu") -> None:
+    def __init__(self, spec: VariantSpec, path: Path, device: str = "cpu", *, onnx_upgrade: bool = False) -> None:
         self.spec = spec
+        # What serves it, for status: the backend, or the ONNX upgrade's verdict (agents.onnx_upgrade).
+        self.runtime = spec.backend
+        if onnx_upgrade:
+            spec, path, verdict = upgrade(spec, path, device)
+            if verdict is not None:
+                self.runtime = verdict.describe()
         self.backend = spec.backend
         self._run = open_backend(spec, path, device)  # ModelLoadError names what is wrong
         self._curve = LatencyCurve([], [])

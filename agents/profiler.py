@@ -352,7 +352,10 @@ def main() -> int:
         cores = sorted(os.sched_getaffinity(0))
         if spec.device == "cpu":
             torch.set_num_threads(len(cores))
-        runners = {v.name: ModelRunner(v, paths[v.name], device=spec.device) for v in spec.variants}
+        from agents.onnx_upgrade import enabled_from_env
+
+        runners = {v.name: ModelRunner(v, paths[v.name], device=spec.device, onnx_upgrade=enabled_from_env())
+                   for v in spec.variants}
     except Exception as exc:
         _write(results, {"event": "error", "message": f"loading failed: {type(exc).__name__}: {exc}"})
         return 1

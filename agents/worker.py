@@ -33,6 +33,7 @@ from agents.artifact import fetch_artifact, report_load_failure  # noqa: E402
 from agents.error import WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
+from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
 from mesh import heap  # noqa: E402
 from mesh.batching import Queued, make_batcher  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
@@ -100,6 +101,7 @@ class Worker:
         self.runners: dict[str, ModelRunner] = {}
         self.scheduler: GpuletScheduler[str] = GpuletScheduler()
         self.profile_ms: dict[str, tuple[float, ...]] = {}
+        self.runtimes: dict[str, str] = {}  # only variants served other than by their manifest's backend
         # Compute time of served batches against the warm-up curve: what the planner's capacity
         # model lacks when the host is busier than at profiling (a noisy neighbour, the gateway).
         self.slowdown: dict[str, SlowdownTracker] = {}
@@ -165,7 +167,7 @@ class Worker:
         for spec in self.cmd.variants:
             try:
                 path = await fetch_artifact(control, replies, self.cache_dir, spec.sha256)
-                runner = ModelRunner(spec, path)
+                runner = ModelRunner(spec, path, onnx_upgrade=onnx_upgrade_enabled())
                 measured = runner.warm_up()
             except asyncio.CancelledError:
                 raise
@@ -177,12 +179,14 @@ class Worker:
                 continue
             self.runners[spec.name] = runner
             self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
+            if runner.runtime != spec.backend:
+                self.runtimes[spec.name] = runner.runtime
             try:
                 self.scheduler.add(spec.name, make_batcher(spec.batching, max_batch=spec.max_batch,
                                                            latency_s=runner.latency_s, wake_slack_s=_WAKE_SLACK_S))
             except ValueError as exc:
                 raise WorkerSpecError(f"variant {spec.name!r}: {exc}") from None
-            log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured})
+            log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured, "runtime": runner.runtime})
 
     async def _control_loop(self, control: Endpoint, replies: asyncio.Queue) -> None:
         while True:
@@ -233,6 +237,7 @@ class Worker:
                         variants=tuple(self.runners),
                         pid=os.getpid(),
                         batch_latency_ms=self.profile_ms,
+                        runtimes=self.runtimes,
                         slowdown={name: t.estimate().mean for name, t in self.slowdown.items()
                                   if t.observations >= _SLOWDOWN_MIN_BATCHES},
                     ),

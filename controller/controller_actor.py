@@ -264,9 +264,9 @@ class ControllerActor(Actor):
             case WorkerCrashed(worker_id=worker_id, restarts=restarts, will_restart=again) if kind == "agent":
                 reg.worker_down(worker_id, WorkerState.CRASHED if not again else WorkerState.RESTARTING, restarts)
                 log.warning("worker crashed", extra={"worker": worker_id, "restarts": restarts})
-            case WorkerReady(pid=pid, batch_latency_ms=latency, slowdown=slowdown) if kind == "worker":
+            case WorkerReady(pid=pid, batch_latency_ms=latency, slowdown=slowdown, runtimes=runtimes) if kind == "worker":
                 first = peer_id in reg.workers and reg.workers[peer_id].state != WorkerState.READY
-                if not reg.worker_ready(peer_id, pid, latency, now, slowdown):
+                if not reg.worker_ready(peer_id, pid, latency, now, slowdown, runtimes):
                     if peer_id not in self._unplanned_seen:  # it heartbeats; say so once
                         self._unplanned_seen.add(peer_id)
                         log.info("ready worker is not in the plan", extra={"worker": peer_id})

@@ -29,6 +29,7 @@ from protocol.types import AgentStatus, DeviceInfo, ModelStatus, WorkerRoute, Wo
 
 # States of a worker that a new layout retires: it answers what it holds but takes nothing new.
 LEAVING = frozenset({WorkerState.DRAINING, WorkerState.STOPPING})
+RUNTIME_CHARS = 300  # a worker's note on what runs a variant, as status shows it
 
 
 class Joined(enum.Enum):
@@ -62,6 +63,7 @@ class WorkerRecord:
     restarts: int = 0
     batch_latency_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     slowdown: dict[str, float] = field(default_factory=dict)  # observed / warm-up, per variant
+    runtimes: dict[str, str] = field(default_factory=dict)  # as the worker reports them
 
 
 class Registry:
@@ -203,7 +205,7 @@ class Registry:
             record.state = WorkerState.STARTING
 
     def worker_ready(self, worker_id: str, pid: int, latency: dict[str, tuple[float, ...]], now: float,
-                     slowdown: dict[str, float] | None = None) -> bool:
+                     slowdown: dict[str, float] | None = None, runtimes: dict[str, str] | None = None) -> bool:
         """A WorkerReady (also the worker's periodic heartbeat). True if the worker is known."""
         record = self.workers.get(worker_id)
         if record is None or not record.in_plan:
@@ -219,6 +221,7 @@ class Registry:
         record.pid = pid
         record.batch_latency_ms = latency
         record.slowdown = dict(slowdown or {})
+        record.runtimes = {v: r[:RUNTIME_CHARS] for v, r in (runtimes or {}).items() if v in record.plan.variants}
         self.liveness.beat(f"worker:{worker_id}", now)
         return True
 
@@ -424,6 +427,7 @@ class Registry:
                 pid=w.pid,
                 restarts=w.restarts,
                 slowdown=dict(w.slowdown),
+                runtimes=dict(w.runtimes),
             )
             for w in sorted(self.workers.values(), key=lambda w: w.plan.worker_id)
         )

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--agent-id", default=None)
     a.add_argument("--state-dir", default=None)
     a.add_argument("--max-cores", type=int, default=None)
+    a.add_argument("--onnx-upgrade", action="store_true", default=None,
+                   help="serve TorchScript variants through ONNX Runtime where that answers the same and is faster here")
     a.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)")
     _security_flags(a)
     a.set_defaults(func=role.cmd_agent)
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
             u.add_argument("--controller-port", type=int, default=None,
                            help="default: the port of [controller] bind, else 5555")
             u.add_argument("--ready-timeout", type=float, default=180.0)
+            u.add_argument("--onnx-upgrade", action="store_true",
+                           help="the agent serves TorchScript variants through ONNX Runtime where that answers the "
+                                "same and is faster here (default: [agent] onnx_upgrade, else off)")
             u.add_argument("--insecure", action="store_true",
                            help="plaintext links without keys (default: CURVE with a keyring in STATE_DIR/keys)")
         else:

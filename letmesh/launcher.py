@@ -62,6 +62,8 @@ class LocalMesh:
     controller_port: int = 0
     data_port: int = 0
     max_cores: int = 0
+    # The agent's --onnx-upgrade; off passes no flag, so a config file's [agent] onnx_upgrade still applies.
+    onnx_upgrade: bool = False
     log_level: str = "WARNING"
     http_host: str = "127.0.0.1"
     # A TOML file every role reads (its own table); the flags the launcher passes win over it.
@@ -135,8 +137,10 @@ class LocalMesh:
                            "--data-bind", f"tcp://127.0.0.1:{self.data_port}", "--gateway-id", "local"]
         if role == "agent":
             # max_cores 0 passes no flag, so a config file's [agent] max_cores still applies.
+            flags = (["--max-cores", str(self.max_cores)] if self.max_cores else []) + \
+                (["--onnx-upgrade"] if self.onnx_upgrade else [])
             return ["agent", "--controller", self.controller_address, "--agent-id", "local",
-                           "--state-dir", str(self.state_dir)] + (["--max-cores", str(self.max_cores)] if self.max_cores else [])
+                    "--state-dir", str(self.state_dir), *flags]
         raise ValueError(role)
 
     def ports(self) -> list[tuple[str, int, str]]:

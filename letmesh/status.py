@@ -90,6 +90,7 @@ def format_status(status: StatusReply) -> str:
         slow = "".join(f"  {v} x{x:.2f}" for v, x in sorted(w.slowdown.items()))
         lines.append(f"  {w.worker_id:<16} {w.state:<10} pid {w.pid:<8} {where:<22} restarts {w.restarts}  "
                      f"{', '.join(w.variants)}" + (f"  (compute vs warm-up:{slow})" if slow else ""))
+        lines += [f"  {'':<16} {variant} runs on {runtime}" for variant, runtime in sorted(w.runtimes.items())]
     lines += ["", "MODELS"]
     for m in status.models:
         lines.append(f"  {m.name:<16} {m.family:<10} accuracy {m.accuracy:.3f}  {m.state:<11} {', '.join(m.workers)}")

@@ -152,6 +152,9 @@ class WorkerReady:
     pid: int
     batch_latency_ms: dict[str, tuple[float, ...]]
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Per variant, what serves it when that is not simply its manifest's backend (the ONNX
+    # upgrade's verdict, see agents.onnx_upgrade).
+    runtimes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @message(28)

@@ -228,6 +228,7 @@ class WorkerStatus:
     restarts: int = 0
     # Per variant, compute time lately / the worker's warm-up latency (see WorkerReady).
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
+    runtimes: dict[str, str] = dataclasses.field(default_factory=dict)  # as WorkerReady says
 
 
 @struct

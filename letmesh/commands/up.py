@@ -54,7 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     mesh = LocalMesh(repository=repo, state_dir=Path(args.state_dir), http_host=http_host, http_port=http_port,
                      controller_port=controller_port, log_level=args.log_level, quiet=False,
                      secure=not args.insecure, config_path=Path(args.config) if args.config else None,
-                     metrics=True)
+                     metrics=True, onnx_upgrade=args.onnx_upgrade)
     try:  # before the demo models are trained, and again (inside start) just before the roles bind
         mesh.check_ports()
     except PortTaken as exc:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from letmesh.status import fetch_status, format_status
 from letmesh.zoo import HELDOUT, MANIFEST, quiet_jit, serving
+from protocol.types import WorkerState
 from tests.integration.test_serving import post
 
 VARIANT = "digits-mlp"
@@ -47,3 +49,34 @@ def test_an_onnx_variant_answers_with_the_probabilities_of_the_trained_model(mes
     assert reply["parameters"]["letmesh_variant"] == VARIANT
     with urllib.request.urlopen(f"{mesh.http_url}/v2/models/{VARIANT}", timeout=5) as resp:
         assert json.load(resp)["platform"] == "onnxruntime_onnx"
+
+
+def test_with_the_onnx_upgrade_a_torchscript_variant_answers_the_same_and_status_says_what_serves_it(
+        mesh_factory, digits_repo, tmp_path):
+    variant = "digits-cnn"
+    repo = tmp_path / "torchscript-repo"
+    shutil.copytree(digits_repo / variant, repo / variant)
+    assert json.loads((repo / variant / MANIFEST).read_text())["backend"] == "torchscript"
+    with np.load(digits_repo / HELDOUT) as data:
+        images = data["images"][:4]
+    with quiet_jit():
+        reference = torch.jit.load(str(digits_repo / variant / "model.pt")).eval()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+
+    mesh = mesh_factory(repository=repo, onnx_upgrade=True)
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [4, 64], "data": images.ravel().tolist()}]}
+    status, _, raw = post(f"{mesh.http_url}/v2/models/{variant}/infer", json.dumps(body).encode())
+
+    assert status == 200, raw
+    (out,) = json.loads(raw)["outputs"]
+    np.testing.assert_allclose(np.asarray(out["data"], dtype=np.float32).reshape(4, 10), expected, atol=1e-5, rtol=0)
+    # Whichever runtime won on this machine, the worker says which, and status shows it.
+    mesh_status = fetch_status(mesh.controller_address, keys_dir=mesh.keys_dir)
+    (worker,) = [w for w in mesh_status.workers if variant in w.variants and w.state == WorkerState.READY]
+    runtime = worker.runtimes[variant]
+    assert runtime.startswith("onnx (converted from TorchScript: ") or runtime.endswith("kept TorchScript)"), runtime
+    assert f"{variant} runs on {runtime}" in format_status(mesh_status)
+    # The agent's profiler and the worker read one verdict, kept beside the artifact.
+    (verdict,) = (mesh.state_dir / "artifacts").glob("*.onnx.json")
+    assert json.loads(verdict.read_text())["runtime"] == runtime.split()[0]

@@ -1,0 +1,206 @@
+"""Serving a TorchScript variant through ONNX Runtime when that is faster and answers the same.
+
+Opt-in per agent (``[agent] onnx_upgrade``). The first process on a host to open an artifact
+exports it to ONNX, checks ONNX Runtime's outputs against TorchScript's on seeded inputs at three
+batch sizes, and times the two runtimes in turns on the cores it runs on. The verdict, and the
+converted model when it wins, are kept beside the artifact in the agent's cache under a file lock:
+a host decides once per artifact (and per torch / onnxruntime version), and its profilers and
+workers then serve the same runtime, so profiles measure what is served. Imports torch; imports
+onnxruntime only through ``agents.backend``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.backend import open_backend, output_arrays
+from agents.config import ONNX_UPGRADE_ENV
+from mesh.digest import sha256_file
+from protocol.types import VariantSpec
+
+# Outputs must agree elementwise within atol + rtol * |TorchScript's|, as numpy.allclose.
+RTOL, ATOL = 1e-4, 1e-5
+MIN_SPEEDUP = 1.05  # ONNX must be at least this much faster at every batch size timed
+ROUNDS = 7  # timing turns per runtime and batch size (the median is compared)
+_VERDICT_VERSION = 1
+
+
+def enabled_from_env() -> bool:
+    return os.environ.get(ONNX_UPGRADE_ENV, "") == "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    runtime: str  # "onnx" when the converted model is served, else "torchscript"
+    reason: str  # one line for `letmesh status`
+    onnx_sha256: str = ""
+
+    def describe(self) -> str:
+        return f"{self.runtime} ({self.reason})"
+
+
+def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[VariantSpec, Path, Verdict | None]:
+    """The spec and artifact to open for ``spec``: its ONNX conversion when that won, else the
+    original. The verdict is None when no conversion applies (not TorchScript, or not on a CPU)."""
+    if spec.backend != "torchscript" or device != "cpu":
+        return spec, path, None
+    path = Path(path)
+    with _locked(path.with_name(path.name + ".onnx.lock")):
+        verdict = _cached(path)
+        if verdict is None:
+            verdict = _decide(spec, path)
+            _save(path, verdict)
+    if verdict.runtime != "onnx":
+        return spec, path, verdict
+    return replace(spec, backend="onnx"), _converted(path), verdict
+
+
+# --- the decision -----------------------------------------------------------------------------
+
+
+def _decide(spec: VariantSpec, path: Path) -> Verdict:
+    if any(t.datatype not in ("FP32", "FP64", "FP16") for t in spec.inputs):
+        return Verdict("torchscript", "not converted: ONNX is only tried for floating-point inputs")
+    onnx_path = _converted(path)
+    try:
+        _export(spec, path, onnx_path)
+        onnx_spec = replace(spec, backend="onnx")
+        ts_run, onnx_run = open_backend(spec, path), open_backend(onnx_spec, onnx_path)
+    except Exception as exc:  # the exporter raises many kinds for an op it cannot express
+        onnx_path.unlink(missing_ok=True)
+        return Verdict("torchscript", f"not converted: {_first_line(exc)}")
+    sizes = sorted({1, max(1, spec.max_batch // 2 + 1), spec.max_batch})
+    worst = 0.0
+    for batch in sizes:
+        inputs = _seeded_inputs(spec, batch)
+        want = output_arrays(spec, ts_run(inputs))
+        got = output_arrays(onnx_spec, onnx_run(inputs))
+        for name, a, b in zip((o.name for o in spec.outputs), want, got):
+            if a.shape != b.shape or not np.allclose(b, a, rtol=RTOL, atol=ATOL, equal_nan=True):
+                onnx_path.unlink(missing_ok=True)
+                diff = float(np.max(np.abs(b - a))) if a.shape == b.shape else float("nan")
+                return Verdict("torchscript", f"not converted: output {name!r} at batch {batch} differs "
+                                              f"(shapes {a.shape} / {b.shape}, max |diff| {diff:.3g})")
+            if a.size:
+                worst = max(worst, float(np.max(np.abs(b.astype(np.float64) - a.astype(np.float64)))))
+    speedups = {batch: _speedup(ts_run, onnx_run, _seeded_inputs(spec, batch)) for batch in (1, spec.max_batch)}
+    shown = ", ".join(f"{s:.2f}x at batch {b}" for b, s in speedups.items())
+    if min(speedups.values()) < MIN_SPEEDUP:
+        onnx_path.unlink(missing_ok=True)
+        return Verdict("torchscript", f"ONNX Runtime tried: {shown}; kept TorchScript")
+    return Verdict("onnx", f"converted from TorchScript: {shown}, outputs within {worst:.1g}", sha256_file(onnx_path))
+
+
+def _export(spec: VariantSpec, path: Path, onnx_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript and its exporter are deprecated upstream; used on purpose
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        example = tuple(torch.from_numpy(a) for a in _seeded_inputs(spec, 1))
+        names = [t.name for t in spec.inputs] + [o.name for o in spec.outputs]
+        partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.part")
+        try:
+            torch.onnx.export(module, example, str(partial), input_names=[t.name for t in spec.inputs],
+                              output_names=[o.name for o in spec.outputs], dynamic_axes={n: {0: "batch"} for n in names},
+                              dynamo=False)
+            os.replace(partial, onnx_path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _speedup(ts_run, onnx_run, inputs: list[np.ndarray]) -> float:
+    """TorchScript's median time over ONNX Runtime's, the two timed in turns so that whatever else
+    runs on these cores meanwhile slows both alike."""
+    times: dict[str, list[float]] = {"ts": [], "onnx": []}
+    for run in (ts_run, onnx_run):
+        run(inputs)  # first calls compile and allocate
+        run(inputs)
+    for _ in range(ROUNDS):
+        for key, run in (("ts", ts_run), ("onnx", onnx_run)):
+            start = time.perf_counter()
+            run(inputs)
+            times[key].append(time.perf_counter() - start)
+    return statistics.median(times["ts"]) / max(statistics.median(times["onnx"]), 1e-9)
+
+
+def _seeded_inputs(spec: VariantSpec, batch: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = []
+    for tensor in spec.inputs:
+        shape = [batch if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(tensor.shape)]
+        dtype = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}[tensor.datatype]
+        arrays.append(rng.standard_normal(shape).astype(dtype))
+    return arrays
+
+
+# --- the cache --------------------------------------------------------------------------------
+
+
+def _converted(path: Path) -> Path:
+    return path.with_name(path.name + ".onnx")
+
+
+def _verdict_path(path: Path) -> Path:
+    return path.with_name(path.name + ".onnx.json")
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _cached(path: Path) -> Verdict | None:
+    """The saved verdict, if it was made with these versions and its converted model is intact."""
+    try:
+        saved = json.loads(_verdict_path(path).read_text())
+        if saved.get("version") != _VERDICT_VERSION or saved.get("versions") != _versions():
+            return None
+        verdict = Verdict(str(saved["runtime"]), str(saved["reason"]), str(saved.get("onnx_sha256", "")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if verdict.runtime == "onnx" and _sha256_or_empty(_converted(path)) != verdict.onnx_sha256:
+        return None
+    return verdict
+
+
+def _save(path: Path, verdict: Verdict) -> None:
+    partial = _verdict_path(path).with_name(f".{_verdict_path(path).name}.{os.getpid()}.part")
+    partial.write_text(json.dumps({"version": _VERDICT_VERSION, "versions": _versions(), "runtime": verdict.runtime,
+                                   "reason": verdict.reason, "onnx_sha256": verdict.onnx_sha256}))
+    os.replace(partial, _verdict_path(path))
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """One process at a time decides for an artifact; the others wait and read its verdict."""
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sha256_or_empty(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+

@@ -1,0 +1,163 @@
+"""A TorchScript variant served through ONNX Runtime: only when its conversion answers the same and
+runs faster, decided once per artifact on a host, and never at the cost of serving it at all."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents import onnx_upgrade
+from agents.model_runner import ModelRunner
+from protocol.types import TensorSpec, VariantSpec
+
+SHAPE = (3, 16, 16)
+
+
+def conv_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, 10)).eval()
+
+
+def save_torchscript(module: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.freeze(torch.jit.trace(module, torch.zeros(1, *shape))).save(str(path))
+    return path
+
+
+def spec_for(path: Path, shape: tuple[int, ...] = SHAPE, outputs: int = 10, datatype: str = "FP32") -> VariantSpec:
+    return VariantSpec(name="conv", family="conv", sha256="0" * 64, size_bytes=path.stat().st_size,
+                       backend="torchscript", max_batch=8,
+                       inputs=(TensorSpec(name="image", datatype=datatype, shape=(-1, *shape)),),
+                       outputs=(TensorSpec(name="logits", datatype="FP32", shape=(-1, outputs)),))
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    cache = tmp_path / "artifacts"
+    cache.mkdir()
+    return save_torchscript(conv_net(0), cache / ("a" * 64), SHAPE)
+
+
+@pytest.fixture
+def speed_not_judged(monkeypatch):
+    """Whether ONNX Runtime is faster depends on the machine; these tests are about the rest."""
+    monkeypatch.setattr(onnx_upgrade, "MIN_SPEEDUP", 0.0)
+
+
+def images(batch: int) -> np.ndarray:
+    return np.random.default_rng(batch).standard_normal((batch, *SHAPE)).astype(np.float32)
+
+
+def test_a_conversion_that_answers_the_same_is_served_and_decided_once(artifact, speed_not_judged, monkeypatch):
+    spec = spec_for(artifact)
+    upgraded = ModelRunner(spec, artifact, onnx_upgrade=True)
+    plain = ModelRunner(spec, artifact)
+
+    assert upgraded.backend == "onnx" and plain.backend == "torchscript"
+    assert upgraded.runtime.startswith("onnx (converted from TorchScript: ") and "at batch 8" in upgraded.runtime
+    for batch in (1, 5, 8):
+        (got,), (want,) = upgraded.run([images(batch)]), plain.run([images(batch)])
+        assert got.shape == (batch, 10) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
+
+    def no_export(*args):
+        raise AssertionError("the verdict is kept: a second process must not convert again")
+
+    monkeypatch.setattr(onnx_upgrade, "_export", no_export)
+    assert ModelRunner(spec, artifact, onnx_upgrade=True).runtime == upgraded.runtime
+    saved = json.loads(artifact.with_name(artifact.name + ".onnx.json").read_text())
+    assert saved["runtime"] == "onnx" and saved["versions"]["torch"] == torch.__version__
+
+
+def test_a_conversion_that_is_not_faster_is_not_served(artifact, monkeypatch):
+    monkeypatch.setattr(onnx_upgrade, "MIN_SPEEDUP", math.inf)
+    runner = ModelRunner(spec_for(artifact), artifact, onnx_upgrade=True)
+
+    assert runner.backend == "torchscript"
+    assert runner.runtime.startswith("torchscript (ONNX Runtime tried: ") and runner.runtime.endswith("kept TorchScript)")
+    assert not artifact.with_name(artifact.name + ".onnx").exists(), "a conversion that lost is not kept"
+    assert runner.run([images(2)])[0].shape == (2, 10)
+
+
+def test_a_conversion_whose_answers_differ_is_refused(artifact, speed_not_judged, monkeypatch, tmp_path):
+    # The exporter is handed a model with other weights: a real ONNX model that answers differently.
+    other = save_torchscript(conv_net(1), tmp_path / "other.pt", SHAPE)
+    export = onnx_upgrade._export
+    monkeypatch.setattr(onnx_upgrade, "_export", lambda spec, path, onnx_path: export(spec, other, onnx_path))
+
+    runner = ModelRunner(spec_for(artifact), artifact, onnx_upgrade=True)
+
+    assert runner.backend == "torchscript"
+    assert "output 'logits' at batch 1 differs" in runner.runtime
+    np.testing.assert_array_equal(runner.run([images(3)])[0], ModelRunner(spec_for(artifact), artifact).run([images(3)])[0])
+
+
+class Svd(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.svdvals(x.reshape(x.shape[0], 4, 4))
+
+
+def test_a_model_the_exporter_cannot_express_is_served_by_torchscript(tmp_path):
+    path = save_torchscript(Svd().eval(), tmp_path / "svd.pt", (16,))
+    spec = spec_for(path, shape=(16,), outputs=4)
+
+    runner = ModelRunner(spec, path, onnx_upgrade=True)
+
+    assert runner.backend == "torchscript"
+    assert "not converted: UnsupportedOperatorError" in runner.runtime and "svdvals" in runner.runtime
+    assert runner.run([np.eye(4, dtype=np.float32).reshape(1, 16)])[0].tolist() == [[1.0, 1.0, 1.0, 1.0]]
+
+
+def test_only_torchscript_on_a_cpu_with_floating_point_inputs_is_tried(artifact):
+    spec = spec_for(artifact)
+    assert onnx_upgrade.upgrade(dataclasses.replace(spec, backend="onnx"), artifact)[2] is None
+    assert onnx_upgrade.upgrade(spec, artifact, device="cuda:0")[2] is None
+    _, path, verdict = onnx_upgrade.upgrade(spec_for(artifact, datatype="INT64"), artifact)
+    assert path == artifact and verdict.runtime == "torchscript" and "floating-point" in verdict.reason
+
+
+def test_a_damaged_conversion_is_converted_again(artifact, speed_not_judged):
+    spec = spec_for(artifact)
+    ModelRunner(spec, artifact, onnx_upgrade=True)
+    converted = artifact.with_name(artifact.name + ".onnx")
+    blob = bytearray(converted.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    converted.write_bytes(bytes(blob))
+
+    runner = ModelRunner(spec, artifact, onnx_upgrade=True)
+
+    assert runner.backend == "onnx"
+    np.testing.assert_allclose(runner.run([images(4)])[0], ModelRunner(spec, artifact).run([images(4)])[0],
+                               rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
+
+
+def test_processes_opening_one_artifact_at_once_convert_it_once(artifact, speed_not_judged, monkeypatch):
+    calls = []
+    export = onnx_upgrade._export
+
+    def counted(*args):
+        calls.append(threading.get_ident())
+        export(*args)
+
+    monkeypatch.setattr(onnx_upgrade, "_export", counted)
+    verdicts = []
+    threads = [threading.Thread(target=lambda: verdicts.append(onnx_upgrade.upgrade(spec_for(artifact), artifact)[2]))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert len(calls) == 1 and len(verdicts) == 3 and len(set(verdicts)) == 1
