@@ -222,6 +222,16 @@ def test_status_shows_models_ready_only_while_served(reg: Registry, clock: FakeC
     assert [(w.worker_id, w.state) for w in workers] == [("a1.w0", "starting"), ("a1.w1", "ready")]
 
 
+def test_status_shows_what_runs_a_workers_variants_bounded_to_its_plan(reg: Registry, clock: FakeClock) -> None:
+    note = "onnx (converted from TorchScript: 1.30x at batch 1, 1.50x at batch 8, outputs within 1e-07)"
+    assert reg.worker_ready("a1.w0", pid=100, latency={"small": (1.0,)}, now=clock.monotonic(),
+                            runtimes={"small": note, "invented": note, **{f"x{i}": "y" for i in range(1000)}})
+    assert reg.worker_ready("a1.w1", pid=101, latency={"large": (1.0,)}, now=clock.monotonic(),
+                            runtimes={"large": "z" * 100_000})
+    _, workers, _ = reg.status(clock.monotonic())
+    assert {w.worker_id: w.runtimes for w in workers} == {"a1.w0": {"small": note}, "a1.w1": {"large": "z" * 300}}
+
+
 def test_heartbeat_from_unregistered_peer_is_refused(reg: Registry, clock: FakeClock) -> None:
     now = clock.monotonic()
     assert reg.beat("agent", "a1", now)
