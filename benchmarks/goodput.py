@@ -8,10 +8,13 @@ the SLO, measured from each request's scheduled send time (MLPerf's server scena
 The SLO is 20x the model's batch-1 TorchScript latency measured on the server core; the compute
 limit is the best per-sample throughput of a batch size whose latency fits half the SLO. Also
 measured: server CPU per request at a fixed low rate. Both servers serve the same artifact
-(``--backend``), so the ratio measures serving, not the runtime. Prints a table, writes JSON,
-ends with a RESULT line. Asserts nothing about speed.
+(``--backend``), so the ratio measures serving, not the runtime; with ``--onnx-upgrade`` letmesh's
+agent may serve a TorchScript artifact through ONNX Runtime (``[agent] onnx_upgrade``), and the
+ratio then includes what that gains. Prints a table, writes JSON, ends with a RESULT line.
+Asserts nothing about speed.
 
-Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]``.
+Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]
+[--onnx-upgrade]``.
 An entry point: may import everything.
 """
 
@@ -58,6 +61,7 @@ class Options:
     quick: bool
     models: tuple[str, ...]
     backend: str
+    onnx_upgrade: bool
     sweeps: int
     step_requests: int
     bisect: int
@@ -73,6 +77,8 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--models", default="small,medium", help="comma-separated: small, medium")
     p.add_argument("--backend", choices=("torchscript", "onnx"), default="torchscript",
                    help="the artifact letmesh (and the baseline) serve")
+    p.add_argument("--onnx-upgrade", action="store_true",
+                   help="letmesh's agent may serve the TorchScript artifact through ONNX Runtime (the baseline does not)")
     p.add_argument("--sweeps", type=int, help="rate sweeps per server (default 2, quick 1)")
     p.add_argument("--step-requests", type=int, help="requests per rate step (default 400, quick 200)")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failing rate (default 4, quick 2)")
@@ -94,7 +100,7 @@ def parse_options(argv: list[str] | None) -> Options:
         p.error("--slo-factor must be positive")
     quick = a.quick
     return Options(
-        quick=quick, models=models, backend=a.backend,
+        quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade,
         sweeps=a.sweeps or (1 if quick else 2),
         step_requests=a.step_requests or (200 if quick else 400),
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
@@ -199,6 +205,7 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
         "lag_max_ms": max(s["lag_max_ms"] for sw in sweeps for s in sw["steps"]),
         "cpu_ms_per_req": cpu_ms, "low_rate": low, "warm_up": warm, "settled_s": settled_s,
         "output_max_abs_diff": diff, "affinity": server.affinity(), "sweeps": sweeps,
+        "runtimes": server.runtimes(),
     }
 
 
@@ -246,11 +253,12 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
                          "parameters": {"letmesh_slo_ms": cal["slo_ms"]}})
     work = Workload(model, body, cal["expected"][opts.backend], cal["slo_ms"])
     limit = cal["compute_limit"][opts.backend]["rps"]
+    onnx_limit = cal["compute_limit"]["onnx"]["rps"]
     servers: dict[str, Any] = {}
     for name in SERVERS:
         os.sched_setaffinity(0, {client_core})
         if name == "letmesh":
-            server: Server = MeshServer(repo, tmp / f"state-{key}", server_core)
+            server: Server = MeshServer(repo, tmp / f"state-{key}", server_core, onnx_upgrade=opts.onnx_upgrade)
         else:
             artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
             server = BaselineServer(artifact, opts.backend, model.variant, server_core)
@@ -266,6 +274,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
         "artifacts_max_abs_diff": artifacts.max_abs_diff, "low_rate": model.low_rate, "servers": servers,
         "vs_naive": mesh["max_rate"] / base["max_rate"] if base["max_rate"] > 0 else float("nan"),
         "of_limit": mesh["max_rate"] / limit if limit > 0 else float("nan"),
+        "of_onnx_limit": mesh["max_rate"] / onnx_limit if onnx_limit > 0 else float("nan"),
         "baseline_of_limit": base["max_rate"] / limit if limit > 0 else float("nan"),
     }
 
@@ -303,7 +312,8 @@ def render(report: dict[str, Any]) -> str:
         f"{env['client_core']}{' (SHARED: only one usable core)' if env['shared_core'] else ''}; load average "
         f"{env['loadavg_at_start'][0]:.2f} at start, {report['loadavg_at_end'][0]:.2f} at end",
         f"software: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-        f"aiohttp {env['aiohttp']}; served artifact: {o['backend']}",
+        f"aiohttp {env['aiohttp']}; served artifact: {o['backend']}"
+        + ("; letmesh's agent may upgrade it to ONNX Runtime" if o["onnx_upgrade"] else ""),
         "",
     ]
     for key, m in report["models"].items():
@@ -323,8 +333,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  {name:<10}{s['max_rate']:>10.1f}{per:>18}{_n(s['p50_ms']):>9.1f}{_n(s['p99_ms']):>9.1f}"
                          f"{_n(of):>10.2f}{s['cpu_ms_per_req']:>12.2f}{_n(s['lag_p99_ms_at_max']):>11.2f}ms"
                          f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
-        lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x; CPU per request measured at "
-                     f"{m['low_rate']:g} req/s")
+        lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x; letmesh of the ONNX limit "
+                     f"{_n(m['of_onnx_limit']):.2f}; CPU per request measured at {m['low_rate']:g} req/s")
+        for variant, runtime in m["servers"]["letmesh"].get("runtimes", {}).items():
+            lines.append(f"  letmesh serves {variant} on {runtime}")
         lines.append("")
     lines.append(f"JSON: {report['out']}")
     return "\n".join(lines)

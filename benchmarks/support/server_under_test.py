@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.support import procfs
 from letmesh.launcher import LocalMesh, free_port, http_status
+from letmesh.status import fetch_status
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,10 @@ class Server:
     def cpu_s(self) -> float:
         return sum(_cpu_s(p) for p in self.pids())
 
+    def runtimes(self) -> dict[str, str]:
+        """What serves each variant, where that is not the artifact's own runtime."""
+        return {}
+
     def affinity(self) -> list[int]:
         cores: set[int] = set()
         for pid in self.pids():
@@ -75,13 +80,18 @@ class Server:
 
 
 class MeshServer(Server):
-    def __init__(self, repo: Path, state: Path, core: int) -> None:
+    def __init__(self, repo: Path, state: Path, core: int, *, onnx_upgrade: bool = False) -> None:
         self.name = "letmesh"
-        self.mesh = LocalMesh(repository=repo, state_dir=state, max_cores=1, log_level="ERROR")
+        self.mesh = LocalMesh(repository=repo, state_dir=state, max_cores=1, log_level="ERROR", onnx_upgrade=onnx_upgrade)
         with pinned(core):  # every role, and every worker an agent spawns, inherits the one core
             self.mesh.start(timeout_s=300)
         self.port = self.mesh.http_port
         self.roots = [proc.pid for proc in self.mesh.procs.values()]
+        status = fetch_status(self.mesh.controller_address, keys_dir=self.mesh.keys_dir)
+        self._runtimes = {v: r for w in status.workers for v, r in w.runtimes.items()}
+
+    def runtimes(self) -> dict[str, str]:
+        return dict(self._runtimes)
 
     def stop(self) -> None:
         self.mesh.stop()

@@ -24,7 +24,7 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     before = set(children(os.getpid()))
     out = tmp_path / "goodput.json"
     argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0",
-            "--low-requests", "20", "--out", str(out)]
+            "--low-requests", "20", "--onnx-upgrade", "--out", str(out)]
 
     assert goodput.main(argv) == 0
 
@@ -47,6 +47,10 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
             assert sum(step["statuses"].values()) == step["sent"]  # one answer (or timeout) per request
         assert all(step["sent"] == STEP_REQUESTS for step in server["sweeps"][0]["steps"])
         assert server["low_rate"]["sent"] == 20
+    # letmesh's agent decided, on this machine, which runtime serves the TorchScript artifact, and says so.
+    (runtime,) = small["servers"]["letmesh"]["runtimes"].values()
+    assert runtime.startswith("onnx (converted from TorchScript: ") or runtime.endswith("kept TorchScript)"), runtime
+    assert small["servers"]["baseline"]["runtimes"] == {}
 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("RESULT ")
