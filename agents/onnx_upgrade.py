@@ -57,11 +57,14 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
     if spec.backend != "torchscript" or device != "cpu":
         return spec, path, None
     path = Path(path)
-    with _locked(path.with_name(path.name + ".onnx.lock")):
-        verdict = _cached(path)
-        if verdict is None:
-            verdict = _decide(spec, path)
-            _save(path, verdict)
+    try:
+        with _locked(path.with_name(path.name + ".onnx.lock")):
+            verdict = _cached(path)
+            if verdict is None:
+                verdict = _decide(spec, path)
+                _save(path, verdict)
+    except Exception as exc:  # the attempt must never cost the variant its TorchScript service
+        return spec, path, Verdict("torchscript", f"not converted: {_first_line(exc)}")
     if verdict.runtime != "onnx":
         return spec, path, verdict
     return replace(spec, backend="onnx"), _converted(path), verdict
@@ -74,22 +77,29 @@ def _decide(spec: VariantSpec, path: Path) -> Verdict:
     if any(t.datatype not in ("FP32", "FP64", "FP16") for t in spec.inputs):
         return Verdict("torchscript", "not converted: ONNX is only tried for floating-point inputs")
     onnx_path = _converted(path)
+    verdict = Verdict("torchscript", "not converted")
     try:
         _export(spec, path, onnx_path)
-        onnx_spec = replace(spec, backend="onnx")
-        ts_run, onnx_run = open_backend(spec, path), open_backend(onnx_spec, onnx_path)
+        verdict = _judge(spec, path, onnx_path)
     except Exception as exc:  # the exporter raises many kinds for an op it cannot express
-        onnx_path.unlink(missing_ok=True)
-        return Verdict("torchscript", f"not converted: {_first_line(exc)}")
-    sizes = sorted({1, max(1, spec.max_batch // 2 + 1), spec.max_batch})
+        verdict = Verdict("torchscript", f"not converted: {_first_line(exc)}")
+    finally:
+        if verdict.runtime != "onnx":
+            onnx_path.unlink(missing_ok=True)  # a conversion that lost is not kept
+    return verdict
+
+
+def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
+    """ONNX when every output agrees at three batch sizes and ONNX Runtime is faster at both ends."""
+    onnx_spec = replace(spec, backend="onnx")
+    ts_run, onnx_run = open_backend(spec, path), open_backend(onnx_spec, onnx_path)
     worst = 0.0
-    for batch in sizes:
+    for batch in sorted({1, max(1, spec.max_batch // 2 + 1), spec.max_batch}):
         inputs = _seeded_inputs(spec, batch)
         want = output_arrays(spec, ts_run(inputs))
         got = output_arrays(onnx_spec, onnx_run(inputs))
         for name, a, b in zip((o.name for o in spec.outputs), want, got):
             if a.shape != b.shape or not np.allclose(b, a, rtol=RTOL, atol=ATOL, equal_nan=True):
-                onnx_path.unlink(missing_ok=True)
                 diff = float(np.max(np.abs(b - a))) if a.shape == b.shape else float("nan")
                 return Verdict("torchscript", f"not converted: output {name!r} at batch {batch} differs "
                                               f"(shapes {a.shape} / {b.shape}, max |diff| {diff:.3g})")
@@ -98,7 +108,6 @@ def _decide(spec: VariantSpec, path: Path) -> Verdict:
     speedups = {batch: _speedup(ts_run, onnx_run, _seeded_inputs(spec, batch)) for batch in (1, spec.max_batch)}
     shown = ", ".join(f"{s:.2f}x at batch {b}" for b, s in speedups.items())
     if min(speedups.values()) < MIN_SPEEDUP:
-        onnx_path.unlink(missing_ok=True)
         return Verdict("torchscript", f"ONNX Runtime tried: {shown}; kept TorchScript")
     return Verdict("onnx", f"converted from TorchScript: {shown}, outputs within {worst:.1g}", sha256_file(onnx_path))
 

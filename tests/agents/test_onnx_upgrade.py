@@ -161,3 +161,15 @@ def test_processes_opening_one_artifact_at_once_convert_it_once(artifact, speed_
         t.join(timeout=120)
 
     assert len(calls) == 1 and len(verdicts) == 3 and len(set(verdicts)) == 1
+
+
+def test_an_attempt_that_fails_midway_leaves_the_variant_on_torchscript(artifact, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("onnxruntime: out of memory")
+
+    monkeypatch.setattr(onnx_upgrade, "_judge", broken)
+    runner = ModelRunner(spec_for(artifact), artifact, onnx_upgrade=True)
+
+    assert runner.backend == "torchscript" and "not converted: RuntimeError: onnxruntime: out of memory" in runner.runtime
+    assert not artifact.with_name(artifact.name + ".onnx").exists()
+    assert runner.run([images(2)])[0].shape == (2, 10)
