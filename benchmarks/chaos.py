@@ -85,6 +85,8 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--repository", type=Path, help="an already built repository of that kind, reused as is")
     p.add_argument("--epochs-scale", type=float, default=0.2, help="training length when building digits")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (repository, state, the roles' logs)")
+    p.add_argument("--log-level", default="WARNING", help="the roles' log level (their logs are kept with --keep)")
     a = p.parse_args(argv)
     classes = tuple(c for c in a.classes.split(",") if c.strip())
     unknown = set(classes) - set(CLASSES)
@@ -106,7 +108,8 @@ def parse_options(argv: list[str] | None) -> Options:
         start_timeout_s=90.0 if q else 180.0, bad_start_timeout_s=45.0 if q else 60.0,
         fuzz_bodies=a.fuzz_bodies if a.fuzz_bodies is not None else (3000 if q else 100_000),
         fuzz_frames=a.fuzz_frames if a.fuzz_frames is not None else (2000 if q else 20_000),
-        repo=a.repo, repository=a.repository, epochs_scale=a.epochs_scale, out=a.out,
+        repo=a.repo, repository=a.repository, epochs_scale=a.epochs_scale, out=a.out, keep=a.keep,
+        log_level=a.log_level,
     )
 
 
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 build_trivial(repo, progress=lambda line: None)
         work = workload(repo, opts.repo, opts.deadline_ms)
-        target = MeshUnderTest(repository=repo, state_dir=work_dir / "state")
+        target = MeshUnderTest(repository=repo, state_dir=work_dir / "state", log_level=opts.log_level)
         try:
             problem = target.start(opts.start_timeout_s) or target.wait_healthy(opts.heal_timeout_s)
             if problem:
@@ -239,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(work_dir, ignore_errors=True)
+        if opts.keep:
+            print(f"kept: {work_dir} (the roles' logs are under state/logs)", flush=True)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
 
     result = headline(classes, fuzz)
     report = {

@@ -58,6 +58,8 @@ class Options:
     repository: Path | None
     epochs_scale: float
     out: Path
+    keep: bool = False
+    log_level: str = "WARNING"
 
 
 # --- the workload ------------------------------------------------------------------------------

@@ -83,10 +83,11 @@ class MeshUnderTest:
 
     repository: Path
     state_dir: Path
+    log_level: str = "WARNING"
     mesh: LocalMesh = field(init=False)
 
     def __post_init__(self) -> None:
-        self.mesh = LoggedMesh(repository=self.repository, state_dir=self.state_dir,
+        self.mesh = LoggedMesh(repository=self.repository, state_dir=self.state_dir, log_level=self.log_level,
                                extra_env={MARKER_ENV: str(self.state_dir)})
         self.crash_log = CrashLog(self.state_dir / "logs")
 
