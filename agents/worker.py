@@ -101,7 +101,7 @@ class Worker:
         self.runners: dict[str, ModelRunner] = {}
         self.scheduler: GpuletScheduler[str] = GpuletScheduler()
         self.profile_ms: dict[str, tuple[float, ...]] = {}
-        self.runtimes: dict[str, str] = {}  # only variants served other than by their manifest's backend
+        self.runtimes: dict[str, str] = {}  # variants the ONNX upgrade decided for, and its verdict
         # Compute time of served batches against the warm-up curve: what the planner's capacity
         # model lacks when the host is busier than at profiling (a noisy neighbour, the gateway).
         self.slowdown: dict[str, SlowdownTracker] = {}

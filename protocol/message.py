@@ -152,8 +152,8 @@ class WorkerReady:
     pid: int
     batch_latency_ms: dict[str, tuple[float, ...]]
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
-    # Per variant, what serves it when that is not simply its manifest's backend (the ONNX
-    # upgrade's verdict, see agents.onnx_upgrade).
+    # Per variant the ONNX upgrade decided for: its verdict, naming the runtime that serves it
+    # (see agents.onnx_upgrade).
     runtimes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
