@@ -5,8 +5,8 @@ exports it to ONNX, checks ONNX Runtime's outputs against TorchScript's on seede
 batch sizes, and times the two runtimes in turns on the cores it runs on. The verdict, and the
 converted model when it wins, are kept beside the artifact in the agent's cache under a file lock:
 a host decides once per artifact (and per torch / onnxruntime version), and its profilers and
-workers then serve the same runtime, so profiles measure what is served. Imports torch; imports
-onnxruntime only through ``agents.backend``.
+workers then serve the same runtime, so profiles measure what is served. Imports torch;
+onnxruntime only once a verdict is read or made.
 """
 
 from __future__ import annotations
