@@ -12,6 +12,7 @@ still allows; inference has no side effects, so a retry is safe.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # names from the wire cannot grow the table without bound.
 MAX_UNROUTED_WORKERS = 1024
 ADMISSION_OPTIMISM = 0.5
+LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
 
 
 class DispatchError(Exception):
@@ -160,6 +162,9 @@ class Dispatcher:
         self.demand = DemandCounts()  # reported to the controller by the control link
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0, "shed": 0}
+        # How late this loop woke from its heartbeat timer, over the last LOOP_LAG_SAMPLES wake-ups:
+        # about how long a request could wait for its handler (or its answer) on a busy loop.
+        self._loop_lag: collections.deque[float] = collections.deque(maxlen=LOOP_LAG_SAMPLES)
 
     # --- the routing table, as the request path and the HTTP layer read it ----------------
 
@@ -223,6 +228,11 @@ class Dispatcher:
 
     def outstanding(self) -> int:
         return len(self._inflight)
+
+    def loop_lag_s(self) -> float:
+        """The latest wake-ups' worst lateness (s): 0 on an idle loop, the wait a request may
+        meet before its handler runs on a saturated one."""
+        return max(self._loop_lag, default=0.0)
 
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
@@ -416,6 +426,7 @@ class Dispatcher:
             now = time.monotonic()
             # A late wake-up means this loop was busy: heartbeats may be queued unread, not missing.
             self._liveness.excuse(now - last - self._heartbeat_interval_s, now)
+            self._loop_lag.append(max(0.0, now - last - self._heartbeat_interval_s))
             last = now
             for worker_id in self._liveness.lost(now):
                 self._worker_lost(worker_id, "missed heartbeats")

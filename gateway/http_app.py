@@ -338,6 +338,9 @@ def metrics_registry(plane: DataPlane) -> CollectorRegistry:
     return gateway_registry(plane.telemetry, lambda: {
         "letmesh_gateway_inflight_requests": ("Requests sent to workers and not answered yet.", d.outstanding()),
         "letmesh_gateway_routing_version": ("Version of the routing table in use.", d.routing_version),
+        "letmesh_gateway_event_loop_lag_seconds": ("Worst lateness of the gateway's event loop waking from a timer "
+                                                   "over its last 20 heartbeats: about how long a request may wait "
+                                                   "for its handler.", d.loop_lag_s()),
     })
 
 

@@ -125,3 +125,17 @@ async def test_a_reply_after_the_deadline_is_ignored_and_the_request_answered_on
         assert time.monotonic() < until
         await asyncio.sleep(0.02)
     assert dispatcher.outstanding() == 0
+
+
+async def test_a_blocked_event_loop_shows_as_loop_lag_until_it_runs_freely_again(dispatcher):
+    await asyncio.sleep(0.1)
+    time.sleep(0.3)  # a handler that holds the loop, as a saturated gateway's work does
+    await asyncio.sleep(0.1)
+    blocked = dispatcher.loop_lag_s()
+    # The heartbeat timer was due every 50 ms; it woke at least 0.3 - 2 x 0.05 s late.
+    assert blocked >= 0.2
+
+    until = time.monotonic() + 10
+    while dispatcher.loop_lag_s() >= blocked:  # 20 free wake-ups later the episode is forgotten
+        assert time.monotonic() < until, "the loop lag kept its old worst after the loop ran freely"
+        await asyncio.sleep(0.05)

@@ -39,6 +39,7 @@ async def test_the_metrics_port_serves_the_same_registry_without_a_token_and_is_
                 assert resp.status == 401  # the API port keeps its tokens
         assert "# TYPE letmesh_gateway_inflight_requests gauge" in text
         assert "letmesh_gateway_routing_version" in text
+        assert "# TYPE letmesh_gateway_event_loop_lag_seconds gauge" in text
     finally:
         await service.stop()
     again = MetricsServer(service.metrics.registry, "127.0.0.1", port)  # the port is free again
