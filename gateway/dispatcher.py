@@ -224,6 +224,7 @@ class Dispatcher:
 
     def ready_workers(self, variant: str) -> list[str]:
         now = time.monotonic()
+        self._liveness.look(now)
         return [r.worker_id for r in self.view.routes(variant) if self._liveness.alive(r.worker_id, now)]
 
     def outstanding(self) -> int:
@@ -237,6 +238,7 @@ class Dispatcher:
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
         now = time.monotonic()
+        self._liveness.look(now)
         alive = sum(1 for w in self.view.workers if self._liveness.alive(w, now))
         return len(self._inflight) / max(alive, 1)
 
@@ -288,6 +290,7 @@ class Dispatcher:
     def _choose(self, variant: str, exclude: str | None) -> str:
         now = time.monotonic()
         routes = self.view.routes(variant)
+        self._liveness.look(now)
         worker_id = self._picker.pick(routes, lambda w: self._liveness.alive(w, now), self._inflight.count, exclude)
         if worker_id is None:
             if routes:
@@ -424,8 +427,8 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self._heartbeat_interval_s)
             now = time.monotonic()
-            # A late wake-up means this loop was busy: heartbeats may be queued unread, not missing.
-            self._liveness.excuse(now - last - self._heartbeat_interval_s, now)
+            # A late look means this loop was busy: heartbeats may be queued unread, not missing.
+            self._liveness.look(now)
             self._loop_lag.append(max(0.0, now - last - self._heartbeat_interval_s))
             last = now
             for worker_id in self._liveness.lost(now):

@@ -35,6 +35,7 @@ class Liveness:
         self.refused = 0
         self._last: dict[str, float] = {}
         self._reported: set[str] = set()
+        self._looked: float | None = None  # see look()
 
     @property
     def timeout_s(self) -> float:
@@ -89,6 +90,17 @@ class Liveness:
         for peer, seen in self._last.items():
             if peer not in self._reported:
                 self._last[peer] = max(seen, min(now, seen + seconds))
+
+    def look(self, now: float) -> None:
+        """The observer is about to ask about its peers at ``now``. The time since its previous
+        look beyond one interval is time it was not listening (its loop busy or descheduled), so
+        that much silence is excused (:meth:`excuse`). An observer that looks before every answer
+        gets consistent answers: a peer once not alive stays so until it beats again, however
+        late the next look comes, while a stall before the first look after it is still excused.
+        """
+        if self._looked is not None:
+            self.excuse(now - self._looked - self.interval_s, now)
+        self._looked = now if self._looked is None else max(self._looked, now)
 
     def forget(self, peer: str) -> None:
         """Drop a peer (it left cleanly); unknown peers are ignored."""

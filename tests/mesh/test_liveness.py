@@ -201,3 +201,31 @@ def test_the_table_is_bounded_lost_peers_make_room_and_live_ones_are_kept() -> N
     assert live.beat("d", 2.2)  # "a" was lost: forgotten to make room
     assert live.peers() == ["b", "c", "d"]
     assert live.beat("a", 2.3) is False and live.refused == 2  # no lost peer left to forget
+
+
+def test_an_observer_that_looks_before_each_answer_never_sees_a_silent_peer_come_back() -> None:
+    clock = FakeClock()
+    table = Liveness(interval_s=1.0, missed_limit=3)
+    table.look(clock.monotonic())
+    table.beat("w", clock.monotonic())  # then falls silent for good
+    answers = []
+    for gap in (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.5, 0.2, 4.0, 0.1):  # looks come late now and then
+        clock.advance(gap)
+        table.look(clock.monotonic())
+        answers.append(table.alive("w", clock.monotonic()))
+    first_dead = answers.index(False)
+    assert not any(answers[first_dead:]), answers  # once told "not alive", always told so
+
+
+def test_a_stall_before_the_first_look_after_it_is_still_excused() -> None:
+    clock = FakeClock()
+    table = Liveness(interval_s=1.0, missed_limit=3)
+    table.look(clock.monotonic())
+    table.beat("w", clock.monotonic())
+    clock.advance(5.0)  # the observer's loop was stalled: "w"'s heartbeats wait unread
+    table.look(clock.monotonic())
+    assert table.alive("w", clock.monotonic()) and table.lost(clock.monotonic()) == []
+    for _ in range(7):  # now it listens, looking every half interval, and "w" stays silent
+        clock.advance(0.5)
+        table.look(clock.monotonic())
+    assert not table.alive("w", clock.monotonic()) and table.lost(clock.monotonic()) == ["w"]
