@@ -6,11 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import aiohttp
 import numpy as np
 import pytest
 
+from controller.store import StateStore
 from letmesh.bandit_report import report
 from letmesh.launcher import LocalMesh
 from tests.integration.conftest import _stop_and_check
@@ -27,6 +29,25 @@ def digits_mesh(tmp_path_factory, digits_repo):
         yield mesh
     finally:
         _stop_and_check([mesh])
+
+
+def logged_choices(state_dir, app: str, preferred: str, last: int = 300) -> str:
+    """What the decision log says of ``app``'s last decisions: why a failure happened, not a check."""
+    try:
+        store = StateStore(state_dir / "controller.sqlite3")
+        try:
+            records = [r for r in store.decisions("digits") if r.context.get("app") == app][-last:]
+        finally:
+            store.close()
+    except Exception as exc:  # the assertion's message must not hide the assertion
+        return f"decision log unreadable: {exc!r}"
+    offered = [r for r in records if preferred in [c.variant for c in r.candidates]]
+    chosen = Counter(r.candidates[r.chosen].variant for r in records)
+    p_deadline = [c.p_deadline for r in offered for c in r.candidates if c.variant == preferred]
+    probability = [r.probability for r in records if r.candidates[r.chosen].variant == preferred]
+    return (f"logged: {len(records)} decisions, {preferred} offered in {len(offered)} "
+            f"(P(deadline) min {min(p_deadline, default=float('nan')):.2f}), chosen {dict(chosen)}, "
+            f"its probability when chosen mean {np.mean(probability) if probability else float('nan'):.2f}")
 
 
 def image_body(image: np.ndarray, **parameters) -> dict:
@@ -88,7 +109,8 @@ async def test_each_application_comes_to_get_its_preferred_variant_within_bounds
     for app, preferred in APPS.items():
         late = served[app][-300:]
         share = late.count(preferred) / len(late)
-        assert share >= 0.7, f"{app}: preferred {preferred} in {share:.0%} of its last {len(late)} requests"
+        assert share >= 0.7, (f"{app}: preferred {preferred} in {share:.0%} of its last {len(late)} requests; "
+                              f"{logged_choices(digits_mesh.state_dir, app, preferred)}")
     lowest = json.loads((digits_repo / "digits-linear" / "manifest.json").read_text())["accuracy"]
     assert lowest < 0.975, "the bound must exclude a variant for this check to mean anything"
     assert FAST not in bounded, "no request was routed to a variant outside its accuracy bound"
