@@ -29,13 +29,18 @@ def onnx_repo(digits_repo: Path, tmp_path: Path) -> Path:
     return repo
 
 
-def test_an_onnx_variant_answers_with_the_probabilities_of_the_trained_model(mesh_factory, onnx_repo, digits_repo):
+def trained_probabilities(digits_repo: Path, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` held-out images and what the trained TorchScript model answers for them."""
     with np.load(digits_repo / HELDOUT) as data:
-        images = data["images"][:3]
+        images = data["images"][:n]
     with quiet_jit():
-        reference = torch.jit.load(str(digits_repo / VARIANT / "model.pt")).eval()
+        reference = torch.jit.load(str(digits_repo / variant / "model.pt")).eval()
     with torch.no_grad():
-        expected = reference(torch.from_numpy(images)).numpy()
+        return images, reference(torch.from_numpy(images)).numpy()
+
+
+def test_an_onnx_variant_answers_with_the_probabilities_of_the_trained_model(mesh_factory, onnx_repo, digits_repo):
+    images, expected = trained_probabilities(digits_repo, VARIANT, 3)
 
     mesh = mesh_factory(repository=onnx_repo)
     body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [3, 64], "data": images.ravel().tolist()}]}
@@ -57,12 +62,7 @@ def test_with_the_onnx_upgrade_a_torchscript_variant_answers_the_same_and_status
     repo = tmp_path / "torchscript-repo"
     shutil.copytree(digits_repo / variant, repo / variant)
     assert json.loads((repo / variant / MANIFEST).read_text())["backend"] == "torchscript"
-    with np.load(digits_repo / HELDOUT) as data:
-        images = data["images"][:4]
-    with quiet_jit():
-        reference = torch.jit.load(str(digits_repo / variant / "model.pt")).eval()
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(images)).numpy()
+    images, expected = trained_probabilities(digits_repo, variant, 4)
 
     mesh = mesh_factory(repository=repo, onnx_upgrade=True)
     body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [4, 64], "data": images.ravel().tolist()}]}
