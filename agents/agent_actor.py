@@ -24,7 +24,7 @@ from pathlib import Path
 
 import zmq.asyncio
 
-from agents.config import ONNX_UPGRADE_ENV, AgentConfig
+from agents.config import AgentConfig
 from agents.metrics import AgentMetrics
 from agents.probe import probe_devices, usable_cores
 from agents.process import spawn_worker, stop_process
@@ -278,7 +278,7 @@ class AgentActor(Actor):
             controller=self.config.controller,
             state_dir=Path(self.config.state_dir),
             emit=self.tell,
-            extra_env={**(self._keys.child_env() if self._keys else {}), **self._runtime_env()},
+            extra_env={**(self._keys.child_env() if self._keys else {}), **self.config.runtime_env()},
         )
 
         async def profile() -> None:
@@ -360,17 +360,12 @@ class AgentActor(Actor):
         self._workers[cmd.worker_id] = worker
         await self._launch(worker)
 
-    def _runtime_env(self) -> dict[str, str]:
-        """What the agent's workers and profilers share about runtimes: the same artifact must be
-        served by the runtime it was profiled in."""
-        return {ONNX_UPGRADE_ENV: "1" if self.config.onnx_upgrade else "0"}
-
     async def _launch(self, worker: ManagedWorker) -> None:
         extra = {
             "LETMESH_AGENT_ID": self.config.agent_id,
             "LETMESH_STATE_DIR": os.path.abspath(self.config.state_dir),
             "LETMESH_WORKER_HEARTBEAT_INTERVAL_S": str(self.config.worker_heartbeat_interval_s),
-            **self._runtime_env(),
+            **self.config.runtime_env(),
         }
         drop_worker_credential(worker.credential)  # a restart gets a new one: the old process's key dies with it
         worker.credential = None

@@ -46,3 +46,8 @@ class AgentConfig:
     link_heartbeat_s: PositiveFloat = 1.0
     link_timeout_s: PositiveFloat = 3.0
     link_reconnect_max_s: PositiveFloat = 2.0
+
+    def runtime_env(self) -> dict[str, str]:
+        """What the agent's workers and profilers share about runtimes: an artifact must be served
+        by the runtime it was profiled in."""
+        return {ONNX_UPGRADE_ENV: "1" if self.onnx_upgrade else "0"}
