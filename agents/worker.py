@@ -279,10 +279,10 @@ class Worker:
                 self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OVERLOADED,
                                           error="worker queue is full"))
                 continue
-            if self._idle:
+            if self._idle and not incoming.more:
                 # The serving loop is asleep with nothing queued: run now rather than pay its
-                # wake-up. Once per wake: a backlog behind this request goes to the serving loop,
-                # which batches it.
+                # wake-up. Once per wake (and after the last request of a bundle, so the bundle
+                # batches): a backlog behind this request goes to the serving loop, which batches it.
                 self._idle = False
                 self._run_short()
             self._arrived.set()
@@ -330,10 +330,12 @@ class Worker:
         """
         now = time.monotonic()
         step = self.scheduler.step(now)
+        late: dict[Endpoint, list] = {}
         for name, item in step.late:
-            ep, _ = item.payload
-            self._send(ep, InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.LATE,
-                                      queue_us=int((now - item.arrived) * 1e6)))
+            late.setdefault(item.payload[0], []).append(
+                (InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.LATE,
+                            queue_us=int((now - item.arrived) * 1e6)), ()))
+        self._send_all(late)
         if step.batch:
             return _Due(step.key, step.batch, now)
         return _IDLE if step.wake_at is None else step.wake_at
@@ -369,11 +371,14 @@ class Worker:
         outputs, compute_us = result
         finished = time.monotonic()
         self.scheduler.finished(name, len(batch), any(q.deadline < finished for q in batch))
+        replies: dict[Endpoint, list] = {}  # one bundle per gateway
         if isinstance(outputs, Exception):
             log.error("batch failed: %s", outputs, extra={"variant": name})
             for item in batch:
-                self._send(item.payload[0], InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.ERROR,
-                                                       error=f"model failed: {outputs}"))
+                replies.setdefault(item.payload[0], []).append(
+                    (InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.ERROR,
+                                error=f"model failed: {outputs}"), ()))
+            self._send_all(replies)
             return
         runner = self.runners[name]
         rows = [item.payload[1][0].shape[0] for item in batch]
@@ -394,7 +399,8 @@ class Worker:
                 batch_size=sum(rows),
                 outputs=metas,
             )
-            self._send(item.payload[0], reply, parts)
+            replies.setdefault(item.payload[0], []).append((reply, parts))
+        self._send_all(replies)
 
     def _send_control(self, control: Endpoint, msg: object) -> None:
         """To the controller: while its link is down nothing queues (and nothing is lost: the
@@ -405,11 +411,15 @@ class Worker:
             pass
 
     def _send(self, ep: Endpoint, msg: object, tensors: list[np.ndarray] | tuple = ()) -> None:
-        try:
-            ep.send_nowait(msg, tensors)
-            self._last_sent[ep] = time.monotonic()
-        except zmq.Again:
-            log.warning("gateway link backed up; reply dropped", extra={"type": type(msg).__name__})
+        self._send_all({ep: [(msg, tensors)]})
+
+    def _send_all(self, by_gateway: dict[Endpoint, list]) -> None:
+        for ep, items in by_gateway.items():
+            try:
+                ep.send_many_nowait(items)
+                self._last_sent[ep] = time.monotonic()
+            except zmq.Again:
+                log.warning("gateway link backed up; %d replies dropped", len(items))
 
 
 def main() -> None:

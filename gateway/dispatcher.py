@@ -152,6 +152,8 @@ class Dispatcher:
         self._inflight = InflightTable(capacity=max_inflight)
         self._unrouted: set[str] = set()
         self._last_sent: dict[str, float] = {}
+        self._outbox: dict[str, list[InFlight]] = {}  # worker -> requests to send at the end of this loop turn
+        self._flush_handle: asyncio.Handle | None = None
         self._liveness = Liveness(interval_s=heartbeat_interval_s, missed_limit=missed_heartbeats)
         self._heartbeat_interval_s = heartbeat_interval_s
         self._max_outstanding = max_outstanding_per_worker
@@ -200,6 +202,10 @@ class Dispatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._outbox.clear()
         for rid in list(self._inflight.ids()):
             self._finish(rid, error=WorkerLost("gateway is shutting down"))
         self._endpoint.close()
@@ -301,22 +307,44 @@ class Dispatcher:
         return worker_id
 
     def _send(self, entry: InFlight) -> None:
+        """Queue ``entry`` for its worker: every request queued in one turn of the event loop goes
+        out at the end of that turn, one bundle per worker (one send, one I/O-thread wake-up)."""
+        box = self._outbox.get(entry.worker_id)
+        if box is None:
+            self._outbox[entry.worker_id] = [entry]
+        else:
+            box.append(entry)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        outbox, self._outbox = self._outbox, {}
+        now = time.monotonic()
+        for worker_id, entries in outbox.items():
+            # Answered, cancelled or moved to another worker since it was queued: not sent here.
+            entries = [e for e in entries if e.worker_id == worker_id and self._inflight.get(e.request_id) is e]
+            if not entries:
+                continue
+            try:
+                self._endpoint.send_many_nowait([self._request(e, now) for e in entries], to=f"worker:{worker_id}".encode())
+                self._last_sent[worker_id] = now
+            except (PeerUnreachable, zmq.Again):
+                # Not connected to us (any more) or backed up: treat as lost, maybe retry elsewhere.
+                self._liveness.forget(worker_id)
+                for e in entries:
+                    self._retry_or_fail(e.request_id, WorkerLost(f"worker {worker_id} is not connected"))
+
+    def _request(self, entry: InFlight, now: float) -> tuple[InferRequest, list[np.ndarray]]:
         # The reply still has to travel back and be encoded: the worker gets the budget minus that.
         names = list(entry.inputs)
         arrays = [entry.inputs[n] for n in names]
-        msg = InferRequest(
+        return InferRequest(
             request_id=entry.request_id,
             variant=entry.variant,
-            budget_us=entry.deadline.wire_budget_us(time.monotonic(), self._reply_margin_s),
+            budget_us=entry.deadline.wire_budget_us(now, self._reply_margin_s),
             inputs=tuple(tensor_meta(n, a) for n, a in zip(names, arrays)),
-        )
-        try:
-            self._endpoint.send_nowait(msg, arrays, to=f"worker:{entry.worker_id}".encode())
-            self._last_sent[entry.worker_id] = time.monotonic()
-        except (PeerUnreachable, zmq.Again):
-            # Not connected to us (any more) or backed up: treat as lost, maybe retry elsewhere.
-            self._liveness.forget(entry.worker_id)
-            self._retry_or_fail(entry.request_id, WorkerLost(f"worker {entry.worker_id} is not connected"))
+        ), arrays
 
     def _finish(self, rid: int, *, result: Result | None = None, error: DispatchError | None = None,
                 worker_id: str | None = None) -> bool:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ import zmq.asyncio
 
 from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
 from mesh.zap import ZAP_DOMAIN, ZapHandler
-from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode, encode
+from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode_all, encode, encode_bundle
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ LINGER_MS = 0
 # loop reading a backlog would starve every other task (heartbeats, the worker's batching loop)
 # for as long as messages keep coming. recv() yields once this much time has passed since it last did.
 FAIR_SHARE_S = 0.002
+# Messages per bundle a sender packs (a receiver accepts up to Limits.max_bundle).
+BUNDLE_MAX = 64
 # A control DEALER queues at most this much while its link is slow; while it is down it queues
 # nothing (IMMEDIATE), so stale registrations and heartbeats are not replayed in bulk on a heal.
 CONTROL_SNDHWM = 1000
@@ -95,6 +98,7 @@ class Incoming:
     msg: Any
     buffers: list[memoryview]
     peer_name: str | None = None
+    more: bool = False  # more messages of the same bundle are already decoded and waiting
 
 
 class Endpoint:
@@ -123,6 +127,7 @@ class Endpoint:
         self._redial_base_s = DEFAULT_LINK.reconnect_max_s
         self.refused_handshakes = 0
         self.handshakes = 0  # completed (a DEALER with keys counts them)
+        self._unpacked: deque[Incoming] = deque()  # the rest of a received bundle
 
     @classmethod
     def router(
@@ -270,7 +275,16 @@ class Endpoint:
 
     def send_nowait(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
         """Send without awaiting; raises PeerUnreachable, or zmq.Again if the queue is full."""
-        frames: list[Any] = encode(msg, tensors)
+        self._send_frames(encode(msg, tensors), to)
+
+    def send_many_nowait(self, items: Sequence[tuple[Any, Sequence[np.ndarray]]], to: bytes | None = None) -> None:
+        """Send several (message, tensors) to one peer as bundles: one send, and one wake-up of
+        each side's I/O thread, per bundle instead of per message. Raises like ``send_nowait``;
+        bundles before the failing one have been sent."""
+        for start in range(0, len(items), BUNDLE_MAX):
+            self._send_frames(encode_bundle(items[start:start + BUNDLE_MAX]), to)
+
+    def _send_frames(self, frames: list[Any], to: bytes | None) -> None:
         if self._kind == zmq.ROUTER:
             if to is None:
                 raise ValueError("a ROUTER send needs the peer identity")
@@ -293,7 +307,11 @@ class Endpoint:
                 self._sock.get(zmq.EVENTS)
 
     async def recv(self) -> Incoming:
-        """The next valid message; invalid ones are logged, counted and skipped."""
+        """The next valid message; invalid ones are logged, counted and skipped.
+
+        The messages of a bundle come one call at a time, in send order."""
+        if self._unpacked:
+            return self._unpacked.popleft()
         if time.monotonic() - self._yielded >= FAIR_SHARE_S:
             await asyncio.sleep(0)
             self._yielded = time.monotonic()
@@ -318,12 +336,16 @@ class Endpoint:
                 except zmq.ZMQError:
                     peer_name = None
             try:
-                msg, buffers = decode(frames, self._limits)
+                decoded = decode_all(frames, self._limits)
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 log.warning("dropped invalid message", extra={"peer": peer, "error": str(exc)})
                 continue
-            return Incoming(peer, msg, buffers, peer_name)
+            last = len(decoded) - 1
+            for i, (msg, buffers) in enumerate(decoded[1:], 1):
+                self._unpacked.append(Incoming(peer, msg, buffers, peer_name, more=i < last))
+            msg, buffers = decoded[0]
+            return Incoming(peer, msg, buffers, peer_name, more=last > 0)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         if self._watch is not None:

@@ -5,6 +5,12 @@ Wire form of one message (a ZeroMQ multipart message, routing frames excluded):
     frame 0:    msgpack [PROTOCOL_VERSION, tag, {field: value}]
     frame 1..n: raw little-endian tensor bytes, in the order of the message's TensorMeta list
 
+A bundle carries several messages to one peer in one multipart send (one wake-up of the
+sender's and receiver's I/O threads instead of one per message):
+
+    frame 0:    msgpack [PROTOCOL_VERSION, BUNDLE_TAG, [frames of message 1, frames of message 2, ...]]
+    frame 1..:  the messages' own frames, one after another
+
 Decoding validates everything at the edge: sizes, version, tag, every field's type, tensor
 byte counts. No extension types, no pickle. Tensors decode into numpy arrays that view the
 frame buffers without copying. Imports nothing of ours beyond ``protocol``; no zmq, no torch.
@@ -26,6 +32,7 @@ from protocol.schema import from_plain, message_type, to_plain
 from protocol.types import DATATYPES, TensorMeta
 
 PROTOCOL_VERSION = 1
+BUNDLE_TAG = 0  # not a message: the header of a bundle of messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,7 @@ class Limits:
     max_str_len: int = 1 << 16
     max_array_len: int = 1 << 16
     max_map_len: int = 1 << 12
+    max_bundle: int = 256
 
 
 DEFAULT_LIMITS = Limits()
@@ -65,6 +73,20 @@ def encode(msg: Any, tensors: Sequence[np.ndarray] = ()) -> list[bytes | memoryv
     return frames
 
 
+def encode_bundle(items: Sequence[tuple[Any, Sequence[np.ndarray]]]) -> list[bytes | memoryview]:
+    """Several (message, tensors) -> the frames of one bundle; a single message is sent plain."""
+    if len(items) == 1:
+        return encode(*items[0])
+    frames: list[bytes | memoryview] = [b""]
+    counts = []
+    for msg, tensors in items:
+        part = encode(msg, tensors)
+        counts.append(len(part))
+        frames.extend(part)
+    frames[0] = msgpack.packb([PROTOCOL_VERSION, BUNDLE_TAG, counts], use_bin_type=True)
+    return frames
+
+
 def tensor_meta(name: str, array: np.ndarray) -> TensorMeta:
     """The TensorMeta describing ``array`` under ``name``."""
     return TensorMeta(name=name, datatype=datatype_of(array.dtype), shape=tuple(array.shape))
@@ -87,16 +109,61 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Any,
         raise MalformedFrame("no frames")
     if len(frames) - 1 > limits.max_tensors:
         raise FrameTooLarge(f"{len(frames) - 1} tensor frames, at most {limits.max_tensors}")
+    buffers = _buffers(frames, limits)
+    _, tag, body = _envelope(buffers[0], limits)
+    if tag == BUNDLE_TAG:
+        raise MalformedFrame("a bundle of messages where one message was expected")
+    return _message(tag, body), buffers[1:]
+
+
+def decode_all(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> list[tuple[Any, list[memoryview]]]:
+    """Frames of one message or of a bundle -> [(message, raw tensor buffers)], in send order.
+
+    A bundle is checked whole (header, counts, total size) before anything in it is decoded;
+    a message inside it that is invalid raises like ``decode`` (the whole bundle is refused).
+    """
+    if not frames:
+        raise MalformedFrame("no frames")
+    if len(frames) > 1 + limits.max_bundle * (limits.max_tensors + 1):
+        raise FrameTooLarge(f"{len(frames)} frames in one send")
+    buffers = _buffers(frames, limits)
+    _, tag, body = _envelope(buffers[0], limits)
+    if tag != BUNDLE_TAG:
+        if len(buffers) - 1 > limits.max_tensors:
+            raise FrameTooLarge(f"{len(buffers) - 1} tensor frames, at most {limits.max_tensors}")
+        return [(_message(tag, body), buffers[1:])]
+    if (not isinstance(body, list) or not body or len(body) > limits.max_bundle
+            or any(type(n) is not int or not 1 <= n <= limits.max_tensors + 1 for n in body)):
+        raise MalformedFrame(f"bad bundle header: at most {limits.max_bundle} messages of "
+                             f"1..{limits.max_tensors + 1} frames each")
+    if sum(body) != len(buffers) - 1:
+        raise MalformedFrame(f"bundle header counts {sum(body)} frames, {len(buffers) - 1} were sent")
+    out = []
+    at = 1
+    for n in body:
+        part = buffers[at:at + n]
+        at += n
+        _, inner_tag, inner = _envelope(part[0], limits)
+        if inner_tag == BUNDLE_TAG:
+            raise MalformedFrame("a bundle inside a bundle")
+        out.append((_message(inner_tag, inner), part[1:]))
+    return out
+
+
+def _buffers(frames: Sequence[Any], limits: Limits) -> list[memoryview]:
     buffers = [memoryview(f.buffer if hasattr(f, "buffer") else f) for f in frames]
-    header = buffers[0]
-    if header.nbytes > limits.max_header_bytes:
-        raise FrameTooLarge(f"header of {header.nbytes} bytes, at most {limits.max_header_bytes}")
     total = sum(b.nbytes for b in buffers)
     if total > limits.max_total_bytes:
         raise FrameTooLarge(f"message of {total} bytes, at most {limits.max_total_bytes}")
     for b in buffers[1:]:
         if b.nbytes > limits.max_tensor_bytes:
             raise FrameTooLarge(f"tensor frame of {b.nbytes} bytes, at most {limits.max_tensor_bytes}")
+    return buffers
+
+
+def _envelope(header: memoryview, limits: Limits) -> tuple[int, int, Any]:
+    if header.nbytes > limits.max_header_bytes:
+        raise FrameTooLarge(f"header of {header.nbytes} bytes, at most {limits.max_header_bytes}")
     try:
         envelope = msgpack.unpackb(
             header,
@@ -122,11 +189,14 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Any,
         raise MalformedFrame("envelope version and tag must be integers")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(f"protocol version {version}, this build speaks {PROTOCOL_VERSION}")
+    return version, tag, body
+
+
+def _message(tag: int, body: Any) -> Any:
     cls = message_type(tag)
     if cls is None:
         raise UnknownMessage(f"no message has tag {tag}")
-    msg = from_plain(cls, body)
-    return msg, buffers[1:]
+    return from_plain(cls, body)
 
 
 def tensors_from_frames(

@@ -19,6 +19,8 @@ class FakeWorker:
         self.ep = Endpoint.dealer(ctx, address, f"worker:{worker_id}")
         self.delay_s, self.answer = delay_s, answer
         self.received: list[int] = []
+        self.sends: list[int] = []  # requests per send from the gateway (a bundle carries several)
+        self._in_send = 0
         self.tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._beat())]
 
     async def _beat(self) -> None:
@@ -37,6 +39,10 @@ class FakeWorker:
             if not isinstance(msg, InferRequest):
                 continue
             self.received.append(msg.request_id)
+            self._in_send += 1
+            if not incoming.more:
+                self.sends.append(self._in_send)
+                self._in_send = 0
             if self.answer:
                 asyncio.get_running_loop().call_later(self.delay_s, self._reply, msg, incoming.buffers)
 

@@ -62,6 +62,21 @@ async def test_the_split_across_workers_follows_the_plans_weights(dispatcher):
     assert len(a.received) == 150 and len(b.received) == 50
 
 
+async def test_requests_made_in_one_turn_of_the_event_loop_reach_their_worker_in_one_send(dispatcher):
+    a, b = dispatcher.spawn("a"), dispatcher.spawn("b")
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="a", variants=("v",), weights={"v": 0.5}),
+                                   WorkerRoute(worker_id="b", variants=("v",), weights={"v": 0.5})))
+    await reachable(dispatcher, "a", "b")
+    xs = [np.full((1, 4), i, np.float32) for i in range(12)]
+    results = await asyncio.gather(*(dispatcher.infer("v", {"x": x}, deadline(5000)) for x in xs))
+    for x, result in zip(xs, results):  # each answer is its own request's
+        np.testing.assert_array_equal(result.outputs["x"], x)
+    assert a.sends == [6] and b.sends == [6]
+    # One request alone still goes at once, in its own send.
+    await dispatcher.infer("v", {"x": xs[0]}, deadline(5000))
+    assert sorted(a.sends + b.sends) == [1, 6, 6]
+
+
 async def test_requests_that_cannot_make_it_behind_a_queue_are_turned_away_at_once(dispatcher):
     dispatcher.spawn("slow", answer=False)
     # The worker measured 40 ms for a batch of one, 80 ms for 2 and 160 ms for 4.

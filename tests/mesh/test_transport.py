@@ -11,7 +11,7 @@ import zmq
 import zmq.asyncio
 
 from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
-from protocol.codec import encode, tensor_meta
+from protocol.codec import decode_all, encode, tensor_meta
 from protocol.message import Heartbeat, InferRequest
 
 
@@ -97,5 +97,32 @@ async def test_reading_a_backlog_leaves_other_tasks_their_turns(ctx) -> None:
         await asyncio.gather(task, return_exceptions=True)
         assert turns - started >= 30, "a heartbeat or batching task would have waited for the whole backlog"
     finally:
+        dealer.close()
+        router.close()
+
+
+async def test_several_messages_to_one_peer_travel_as_one_send_and_arrive_one_by_one(ctx) -> None:
+    router = Endpoint.router(ctx, "inproc://bundles")
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.IDENTITY, b"worker:raw")
+    raw.connect("inproc://bundles")
+    dealer = Endpoint.dealer(ctx, "inproc://bundles", "worker:w")
+    beats = [(Heartbeat(sender="gw", role="gateway", seq=i), ()) for i in range(3)]
+    try:
+        await raw.send_multipart(encode(Heartbeat(sender="raw", role="worker")))
+        await dealer.send(Heartbeat(sender="w", role="worker"))
+        for _ in range(2):
+            await asyncio.wait_for(router.recv(), 5)
+        router.send_many_nowait(beats, to=b"worker:raw")
+        frames = await asyncio.wait_for(raw.recv_multipart(), 5)
+        assert [m for m, _ in decode_all(frames)] == [m for m, _ in beats]  # one ZeroMQ message
+        assert await raw.poll(100) == 0
+        router.send_many_nowait(beats, to=b"worker:w")
+        got = [await asyncio.wait_for(dealer.recv(), 5) for _ in beats]
+        assert [g.msg for g in got] == [m for m, _ in beats]
+        assert [g.more for g in got] == [True, True, False]
+    finally:
+        raw.close()
         dealer.close()
         router.close()

@@ -20,7 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import protocol.message
-from protocol.codec import PROTOCOL_VERSION, Limits, datatype_of, decode, encode, tensor_meta, tensors_from_frames
+from protocol.codec import (
+    PROTOCOL_VERSION,
+    Limits,
+    datatype_of,
+    decode,
+    decode_all,
+    encode,
+    encode_bundle,
+    tensor_meta,
+    tensors_from_frames,
+)
 from protocol.error import FrameTooLarge, MalformedFrame, ProtocolError, UnknownMessage, VersionMismatch
 from protocol.message import ArtifactChunkReply, Heartbeat, InferReply, InferRequest, WorkerReady
 from protocol.schema import message, registered_tags
@@ -453,3 +463,65 @@ def _replace_value(obj, old, new):
     if isinstance(obj, dict):
         return {k: _replace_value(v, old, new) for k, v in obj.items()}
     return obj
+
+
+# --- bundles: several messages to one peer in one send ----------------------------------------
+
+
+def _request(rid: int, x: np.ndarray) -> tuple[InferRequest, list[np.ndarray]]:
+    return InferRequest(request_id=rid, variant="v", budget_us=1000, inputs=(tensor_meta("x", x),)), [x]
+
+
+def test_a_bundle_carries_its_messages_and_their_tensors_in_send_order() -> None:
+    items = [_request(i, np.full((1, 3), i, np.float32)) for i in range(5)]
+    items.insert(2, (Heartbeat(sender="g", role="gateway", seq=9), []))
+    frames = encode_bundle(items)
+    decoded = decode_all([bytes(f) for f in frames])
+    assert [m for m, _ in decoded] == [m for m, _ in items]
+    for (msg, buffers), (_, tensors) in zip(decoded, items):
+        got = tensors_from_frames(msg.inputs, buffers) if isinstance(msg, InferRequest) else buffers
+        assert len(got) == len(tensors)
+        for a, b in zip(got, tensors):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_bundle_of_one_is_sent_as_the_plain_message() -> None:
+    item = _request(1, np.ones((1, 3), np.float32))
+    frames = encode_bundle([item])
+    assert [bytes(f) for f in frames] == [bytes(f) for f in encode(*item)]
+    assert decode(frames)[0] == item[0]
+    assert [m for m, _ in decode_all(frames)] == [item[0]]
+
+
+def test_decode_refuses_a_bundle_where_one_message_is_expected() -> None:
+    frames = encode_bundle([_request(i, np.ones((1, 3), np.float32)) for i in range(2)])
+    with pytest.raises(MalformedFrame, match="bundle"):
+        decode(frames)
+
+
+def _bundle_header(counts: Any) -> bytes:
+    return msgpack.packb([PROTOCOL_VERSION, 0, counts])
+
+
+@pytest.mark.parametrize("counts", [[], [0, 2], [2, -1], [1.0, 1], "2", [2, 2], [2] * 300, [66]])
+def test_a_bundle_whose_counts_do_not_describe_its_frames_is_malformed(counts: Any) -> None:
+    inner = encode(*_request(1, np.ones((1, 3), np.float32)))  # 2 frames
+    with pytest.raises(ProtocolError):
+        decode_all([_bundle_header(counts), *inner])
+
+
+def test_a_bundle_inside_a_bundle_and_a_bad_message_inside_one_are_refused_whole() -> None:
+    inner = encode_bundle([_request(i, np.ones((1, 3), np.float32)) for i in range(2)])
+    with pytest.raises(MalformedFrame, match="inside"):
+        decode_all([_bundle_header([len(inner)]), *inner])
+    good = encode(*_request(1, np.ones((1, 3), np.float32)))
+    with pytest.raises(UnknownMessage):
+        decode_all([_bundle_header([2, 1]), *good, msgpack.packb([PROTOCOL_VERSION, 65535, {}])])
+
+
+def test_a_bundle_over_the_total_size_limit_is_too_large() -> None:
+    big = np.zeros((1, 1024), np.float32)
+    frames = encode_bundle([_request(i, big) for i in range(4)])
+    with pytest.raises(FrameTooLarge):
+        decode_all(frames, Limits(max_total_bytes=3 * 4096))
+    assert len(decode_all(frames, Limits(max_total_bytes=5 * 4096))) == 4
