@@ -3,7 +3,7 @@
 A thin shell over pure cores: :class:`~gateway.routing.RoutingView` (what the routing table
 says, worked out once per table), :class:`~gateway.routing.WorkerPicker` (which worker takes a
 request), :class:`~gateway.inflight.InflightTable` (exactly one outcome per request) and
-:func:`admit` (turn a request away at once when its worker cannot finish it in time). Every
+:func:`~gateway.admission.admit` (turn a request away at once when it cannot be answered in time). Every
 request ends once: the worker's reply, the loss of its worker, or the deadline timer. A request
 whose worker is lost is retried once on another worker of the same variant when its deadline
 still allows; inference has no side effects, so a retry is safe.
@@ -22,11 +22,11 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from gateway.admission import admit, predicted_finish_s, running_behind_s
 from gateway.demand_counts import DemandCounts
 from gateway.inflight import InFlight, InflightTable, TableFull
 from gateway.routing import RoutingView, WorkerPicker
 from mesh.deadline import Deadline
-from mesh.latency import LatencyCurve
 from mesh.liveness import Liveness
 from mesh.slowdown import SlowdownEstimate, SlowdownTracker
 from gateway.peers import WorkerPeers
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # worker that just became ready is reachable the moment the table naming it arrives, while
 # names from the wire cannot grow the table without bound.
 MAX_UNROUTED_WORKERS = 1024
-ADMISSION_OPTIMISM = 0.5
 LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
 
 
@@ -94,34 +93,6 @@ class VariantEstimate:
     profiled_ms: float  # the worker's measured latency of a batch of one
     queue_ms: float  # the extra time the requests already in flight there add
     slowdown: SlowdownEstimate
-
-
-def predicted_finish_s(curve: LatencyCurve | None, ahead: int) -> float | None:
-    """Seconds until a new request finishes behind ``ahead`` others on a worker; None if unknown.
-
-    The requests ahead and this one are served in batches along the worker's measured curve
-    (per-item linear past its largest batch). Deliberately not scaled by the live slowdown: on a
-    busy host a sub-millisecond model's slowdown swings by tens of times, and multiplying a whole
-    queue by it turned away requests that then would have been served in time. Unscaled, the
-    prediction is optimistic, so a request turned away could not have made it.
-    """
-    if curve is None:
-        return None
-    return curve(ahead + 1) / 1e3
-
-
-def admit(finish_s: float | None, remaining_s: float, ahead: int) -> float | None:
-    """None to send the request; else the seconds after which a retry could be served.
-
-    A request is turned away at once only when requests are already waiting on its worker and
-    the prediction says it cannot finish before its deadline: queueing it would only turn it
-    into a 504 later, and the work spent on it would delay the requests that can still make it.
-    """
-    # Warm-up curves measured beside serving workers run up to twice too slow: a request is turned
-    # away only when even half the predicted time would miss its deadline.
-    if finish_s is None or ahead == 0 or finish_s * ADMISSION_OPTIMISM <= remaining_s:
-        return None
-    return finish_s * ADMISSION_OPTIMISM - remaining_s
 
 
 class Dispatcher:
@@ -241,6 +212,10 @@ class Dispatcher:
         meet before its handler runs on a saturated one."""
         return max(self._loop_lag, default=0.0)
 
+    def running_behind_s(self) -> float:
+        """How late this loop typically wakes now (s): an answer waits about this long to be written."""
+        return running_behind_s(self._loop_lag)
+
     def load(self) -> float:
         """Requests in flight per reachable worker: a coarse load signal for the bandit."""
         now = time.monotonic()
@@ -273,9 +248,13 @@ class Dispatcher:
         if self._admission:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), ahead)
-            wait_s = admit(finish_s, deadline.remaining(now), ahead)
+            behind_s = self.running_behind_s()
+            wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
             if wait_s is not None:
                 self.counters["shed"] += 1
+                if behind_s >= deadline.remaining(now):
+                    raise Overloaded(f"the gateway is running {behind_s * 1e3:.0f} ms behind, more than the "
+                                     f"{deadline.remaining(now) * 1e3:.0f} ms this request has left", retry_after_s=wait_s)
                 raise Overloaded(f"{variant} cannot finish within the deadline behind the {ahead} requests "
                                  f"queued on its worker", retry_after_s=wait_s)
         loop = asyncio.get_running_loop()
@@ -321,13 +300,18 @@ class Dispatcher:
         self._flush_handle = None
         outbox, self._outbox = self._outbox, {}
         now = time.monotonic()
+        # The reply still has to travel back, wait its turn on this loop and be encoded: the worker
+        # gets the budget minus that, and answers "late" at once rather than compute an answer
+        # that would reach the client after its deadline.
+        keep_s = self._reply_margin_s + self.running_behind_s()
         for worker_id, entries in outbox.items():
             # Answered, cancelled or moved to another worker since it was queued: not sent here.
             entries = [e for e in entries if e.worker_id == worker_id and self._inflight.get(e.request_id) is e]
             if not entries:
                 continue
             try:
-                self._endpoint.send_many_nowait([self._request(e, now) for e in entries], to=f"worker:{worker_id}".encode())
+                self._endpoint.send_many_nowait([self._request(e, now, keep_s) for e in entries],
+                                                to=f"worker:{worker_id}".encode())
                 self._last_sent[worker_id] = now
             except (PeerUnreachable, zmq.Again):
                 # Not connected to us (any more) or backed up: treat as lost, maybe retry elsewhere.
@@ -335,14 +319,13 @@ class Dispatcher:
                 for e in entries:
                     self._retry_or_fail(e.request_id, WorkerLost(f"worker {worker_id} is not connected"))
 
-    def _request(self, entry: InFlight, now: float) -> tuple[InferRequest, list[np.ndarray]]:
-        # The reply still has to travel back and be encoded: the worker gets the budget minus that.
+    def _request(self, entry: InFlight, now: float, keep_s: float) -> tuple[InferRequest, list[np.ndarray]]:
         names = list(entry.inputs)
         arrays = [entry.inputs[n] for n in names]
         return InferRequest(
             request_id=entry.request_id,
             variant=entry.variant,
-            budget_us=entry.deadline.wire_budget_us(now, self._reply_margin_s),
+            budget_us=entry.deadline.wire_budget_us(now, keep_s),
             inputs=tuple(tensor_meta(n, a) for n, a in zip(names, arrays)),
         ), arrays
 

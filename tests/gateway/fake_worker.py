@@ -19,6 +19,7 @@ class FakeWorker:
         self.ep = Endpoint.dealer(ctx, address, f"worker:{worker_id}")
         self.delay_s, self.answer = delay_s, answer
         self.received: list[int] = []
+        self.budgets: list[int] = []  # each request's budget_us as it arrived
         self.sends: list[int] = []  # requests per send from the gateway (a bundle carries several)
         self._in_send = 0
         self.tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._beat())]
@@ -39,6 +40,7 @@ class FakeWorker:
             if not isinstance(msg, InferRequest):
                 continue
             self.received.append(msg.request_id)
+            self.budgets.append(msg.budget_us)
             self._in_send += 1
             if not incoming.more:
                 self.sends.append(self._in_send)

@@ -154,3 +154,24 @@ async def test_a_blocked_event_loop_shows_as_loop_lag_until_it_runs_freely_again
     while dispatcher.loop_lag_s() >= blocked:  # 20 free wake-ups later the episode is forgotten
         assert time.monotonic() < until, "the loop lag kept its old worst after the loop ran freely"
         await asyncio.sleep(0.05)
+
+
+async def test_a_loop_running_behind_takes_its_lag_off_the_time_a_request_has(dispatcher):
+    w = dispatcher.spawn("w")
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="w", variants=("v",))))
+    await reachable(dispatcher, "w")
+    await dispatcher.infer("v", {"x": X}, deadline(1000))
+    idle_budget = w.budgets[-1]
+    for _ in range(25):  # a saturated gateway: every turn of its loop holds it for 80 ms
+        time.sleep(0.08)
+        await asyncio.sleep(0)
+    behind = dispatcher.running_behind_s()
+    assert behind >= 0.02
+    # The worker is told the time left less the loop's lag: the answer waits that long to be written.
+    await dispatcher.infer("v", {"x": X}, deadline(1000))
+    assert w.budgets[-1] <= idle_budget - 0.5 * behind * 1e6
+    # A request with less time left than the lag is turned away at once, whatever the queue.
+    with pytest.raises(Overloaded, match="behind") as exc_info:
+        await dispatcher.infer("v", {"x": X}, deadline(behind * 1e3 / 2))
+    assert exc_info.value.retry_after_s > 0
+    assert len(w.received) == 2
