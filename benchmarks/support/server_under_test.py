@@ -65,7 +65,7 @@ class Server:
         return sum(_cpu_s(p) for p in self.pids())
 
     def runtimes(self) -> dict[str, str]:
-        """What serves each variant, where that is not the artifact's own runtime."""
+        """The runtime notes its workers report per variant (a conversion, or why one was not made)."""
         return {}
 
     def affinity(self) -> list[int]:
