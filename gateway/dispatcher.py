@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -24,6 +23,14 @@ import zmq.asyncio
 
 from gateway.admission import admit, predicted_finish_s, running_behind_s
 from gateway.demand_counts import DemandCounts
+from gateway.dispatch_error import (
+    DeadlineExceeded,
+    DispatchError,
+    NoWorkerReady,
+    Overloaded,
+    WorkerFailed,
+    WorkerLost,
+)
 from gateway.inflight import InFlight, InflightTable, TableFull
 from gateway.routing import RoutingView, WorkerPicker
 from mesh.deadline import Deadline
@@ -44,36 +51,6 @@ log = logging.getLogger(__name__)
 # names from the wire cannot grow the table without bound.
 MAX_UNROUTED_WORKERS = 1024
 LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
-
-
-class DispatchError(Exception):
-    """Root of data-plane failures; ``retry_after_s`` set when the client should come back."""
-
-    retry_after_s: float | None = None
-
-
-class NoWorkerReady(DispatchError):
-    retry_after_s = 1.0
-
-
-class Overloaded(DispatchError):
-    retry_after_s = 1.0
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class WorkerLost(DispatchError):
-    retry_after_s = 1.0
-
-
-class DeadlineExceeded(DispatchError):
-    """No usable reply before the deadline, or the worker dropped the request as hopeless."""
-
-
-class WorkerFailed(DispatchError):
-    """The worker answered with an error (the model raised, or bad tensors)."""
 
 
 @dataclass(slots=True)
@@ -457,8 +434,3 @@ class Dispatcher:
                     self._endpoint.send_nowait(beat, to=f"worker:{worker_id}".encode())
                 except (PeerUnreachable, zmq.Again):
                     pass
-
-
-def retry_after_header(seconds: float | None) -> str:
-    """HTTP Retry-After: whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds or 1.0)))

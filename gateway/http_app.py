@@ -18,16 +18,16 @@ from gateway import metadata, oip
 from gateway.access import AccessPolicy, access_middleware
 from gateway.dashboard import build_view, page
 from gateway.edge import header_length
-from gateway.dispatcher import (
+from gateway.dispatch_error import (
     DeadlineExceeded,
     DispatchError,
-    Dispatcher,
     NoWorkerReady,
     Overloaded,
     WorkerFailed,
     WorkerLost,
     retry_after_header,
 )
+from gateway.dispatcher import Dispatcher
 from gateway.event_log import EventLog
 from gateway.exposition import gateway_registry
 from gateway.feedback import EVENTS, post_feedback

@@ -18,16 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.dispatcher import (
+from gateway.dispatch_error import (
     DeadlineExceeded,
     DispatchError,
-    Dispatcher,
     NoWorkerReady,
     Overloaded,
-    Result,
     WorkerFailed,
     WorkerLost,
 )
+from gateway.dispatcher import Dispatcher, Result
 from gateway.event_log import Event, EventLog
 from gateway.policy_store import PolicyReplicas
 from gateway.preference import PreferenceTally

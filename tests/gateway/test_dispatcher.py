@@ -9,7 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gateway.dispatcher import DeadlineExceeded, Dispatcher, Overloaded
+from gateway.dispatch_error import DeadlineExceeded, Overloaded
+from gateway.dispatcher import Dispatcher
 from mesh.deadline import Deadline
 from protocol.message import RoutingTable
 from protocol.types import ModelInfo, TensorSpec, WorkerRoute
