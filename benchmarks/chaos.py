@@ -142,6 +142,9 @@ def print_table(classes: list[dict[str, Any]], fuzz: dict[str, Any] | None) -> N
             print(f"  {c['fault']}: {c['late_answers'] - c['late_from_send']} of {c['late_answers']} late answers "
                   f"were late only counted from their scheduled send (client lag up to "
                   f"{c['client_lag_max_ms']:.0f} ms)")
+        if c["late_answers"] and c["gateway_loop_lag_max_ms"] is not None:
+            print(f"  {c['fault']}: the gateway's event loop ran up to {c['gateway_loop_lag_max_ms']:.0f} ms late "
+                  "in this class (sampled once a second)")
         if c["shed_without_retry_after"]:
             print(f"  {c['fault']}: {c['shed_without_retry_after']} 503/429 without Retry-After")
         if c["unexpected_exits"]:

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from mesh.keys import split_server_key
 
 ROLES = ("controller", "gateway", "agent")
 CLIENT_BOUND_LAG_MS = 100.0
+LAG_SAMPLE_S = 1.0  # the gauge is the worst of the gateway's last 2 s of heartbeat timers
+LOOP_LAG_LINE = re.compile(r"^letmesh_gateway_event_loop_lag_seconds ([0-9.eE+-]+)$", re.MULTILINE)
 # What a role logs when one of its actors dies (its supervisor restarts it inside the same process).
 ACTOR_CRASH = re.compile(r"mesh\.actor: actor (\S+) crashed")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Escalated)\b.*")
@@ -132,6 +135,16 @@ class MeshUnderTest:
         except StatusUnavailable:
             return None
 
+    def loop_lag_s(self) -> float | None:
+        """The gateway's ``letmesh_gateway_event_loop_lag_seconds`` now; None if it cannot be read."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=0.3) as reply:
+                text = reply.read().decode()
+        except (OSError, ValueError):
+            return None
+        found = LOOP_LAG_LINE.search(text)
+        return float(found.group(1)) if found else None
+
     def worker_pids(self) -> dict[str, int]:
         """Live worker processes, by pid, from /proc (the agent's children): needs no controller."""
         agent = self.pid("agent")
@@ -225,8 +238,15 @@ class Watch:
     worker_exits: list[dict[str, Any]] = field(default_factory=list)
     expected: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
+    loop_lag_max_s: float | None = None  # the gateway's own event-loop lag gauge, sampled once a second
+    _lag_due: float = 0.0
 
     def poll(self, target: MeshUnderTest, t0: float) -> None:
+        if time.monotonic() >= self._lag_due:
+            self._lag_due = time.monotonic() + LAG_SAMPLE_S
+            lag = target.loop_lag_s()
+            if lag is not None:
+                self.loop_lag_max_s = max(self.loop_lag_max_s or 0.0, lag)
         for role in ROLES:
             if (pid := target.pid(role)) is not None and pid not in self.gone:
                 self.seen.setdefault(pid, role)
@@ -297,6 +317,7 @@ def run_phase(target: MeshUnderTest, streams: tuple[Stream, ...], fault: Fault |
         actor_crashes=logged["actor_crashes"],
         exceptions=logged["exceptions"],
         crashes=len(watch.exits) + unexpected_restarts + sum(logged["actor_crashes"].values()),
+        gateway_loop_lag_max_ms=None if watch.loop_lag_max_s is None else round(watch.loop_lag_max_s * 1e3, 1),
         # Past this the client could not keep its schedule on this machine: the figures say as much
         # about the client as about the mesh.
         client_bound=(result["client_lag_p99_ms"] or 0.0) > CLIENT_BOUND_LAG_MS,

@@ -21,7 +21,7 @@ PHASE_S, FAMILY_RPS, NAMED_RPS = 3.0, 20.0, 10.0
 CLASSES = ("kill_worker", "poison_nan")
 CLASS_KEYS = ("sent", "statuses", "ok", "unanswered", "refused", "late_200", "late_answers", "late_from_send",
               "max_answer_s", "shed_without_retry_after", "recovery_s", "settled_s", "client_bound", "crashes",
-              "unexpected_exits", "actor_crashes", "after", "by_stream", "notes")
+              "unexpected_exits", "actor_crashes", "after", "by_stream", "notes", "gateway_loop_lag_max_ms")
 RESULT_KEYS = ("unanswered", "late_200", "late", "late_send", "crashes", "leak_mb", "recovery_s_max")
 
 
@@ -44,6 +44,7 @@ def test_tiny_run_accounts_for_every_request_and_leaves_no_process(tmp_path: Pat
         assert c["ok"] == c["statuses"].get("200", 0)
         assert c["late_from_send"] <= c["late_answers"], "the client's own lag only ever adds lateness"
         assert set(c["by_stream"]) == {"trivial", "identity"}
+        assert c["gateway_loop_lag_max_ms"] is not None, "the gateway's loop-lag gauge was read during the phase"
         assert sum(s["sent"] for s in c["by_stream"].values()) == c["sent"]
     assert report["classes"][0]["notes"]["pid"] > 0  # the worker that was killed
 
