@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class Options:
     step_requests: int
     bisect: int
     low_requests: int
+    idle_s: float
     slo_factor: float
     seed: int
     out: Path
@@ -83,6 +85,7 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--step-requests", type=int, help="requests per rate step (default 400, quick 200)")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failing rate (default 4, quick 2)")
     p.add_argument("--low-requests", type=int, help="requests of the low-rate CPU measurement (default 300, quick 100)")
+    p.add_argument("--idle-s", type=float, help="seconds the idle server's CPU is measured (default 10, quick 4)")
     p.add_argument("--slo-factor", type=float, default=20.0, help="SLO = this x batch-1 latency (default 20)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
@@ -96,6 +99,8 @@ def parse_options(argv: list[str] | None) -> Options:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.bisect is not None and a.bisect < 0:
         p.error("--bisect must be 0 or more")
+    if a.idle_s is not None and a.idle_s <= 0:
+        p.error("--idle-s must be positive")
     if a.slo_factor <= 0:
         p.error("--slo-factor must be positive")
     quick = a.quick
@@ -105,6 +110,7 @@ def parse_options(argv: list[str] | None) -> Options:
         step_requests=a.step_requests or (200 if quick else 400),
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
         low_requests=a.low_requests or (100 if quick else 300),
+        idle_s=a.idle_s or (4.0 if quick else 10.0),
         slo_factor=a.slo_factor, seed=a.seed, out=a.out,
     )
 
@@ -190,9 +196,12 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
     diff = output_error(server, work)
     warm = step(server, work, max(1.0, work.model.low_rate / 2), max(20, opts.step_requests // 10), seed)
     settled_s = settle(server)
-    before = server.cpu_s()
+    idle_ms_per_s = server.idle_cpu_ms_per_s(opts.idle_s)
+    before, began = server.cpu_s(), time.monotonic()
     low = step(server, work, work.model.low_rate, opts.low_requests, seed + 1)
     cpu_ms = (server.cpu_s() - before) / low["sent"] * 1000.0
+    # What each request adds beyond what the server burns idle over the same time.
+    cpu_less_idle_ms = cpu_ms - idle_ms_per_s * (time.monotonic() - began) / low["sent"]
     sweeps = [sweep(server, work, max(1.0, 0.3 * limit), 3.0 * limit, opts, seed + 100 * (i + 1))
               for i in range(opts.sweeps)]
     rates = [s["max_rate"] for s in sweeps]
@@ -203,7 +212,8 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
         "lag_p99_ms_at_max": best.get("lag_p99_ms", float("nan")),
         "client_cpu_util_at_max": best.get("client_cpu_util", float("nan")),
         "lag_max_ms": max(s["lag_max_ms"] for sw in sweeps for s in sw["steps"]),
-        "cpu_ms_per_req": cpu_ms, "low_rate": low, "warm_up": warm, "settled_s": settled_s,
+        "cpu_ms_per_req": cpu_ms, "idle_cpu_ms_per_s": idle_ms_per_s, "cpu_ms_per_req_less_idle": cpu_less_idle_ms,
+        "low_rate": low, "warm_up": warm, "settled_s": settled_s,
         "output_max_abs_diff": diff, "affinity": server.affinity(), "sweeps": sweeps,
         "runtimes": server.runtimes(),
     }
@@ -335,6 +345,10 @@ def render(report: dict[str, Any]) -> str:
                          f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
         lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x; letmesh of the ONNX limit "
                      f"{_n(m['of_onnx_limit']):.2f}; CPU per request measured at {m['low_rate']:g} req/s")
+        mesh, base = m["servers"]["letmesh"], m["servers"]["baseline"]
+        lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
+                     f"{base['idle_cpu_ms_per_s']:.1f} ms/s; CPU per request less the idle share: letmesh "
+                     f"{mesh['cpu_ms_per_req_less_idle']:.2f} ms, baseline {base['cpu_ms_per_req_less_idle']:.2f} ms")
         for variant, runtime in m["servers"]["letmesh"].get("runtimes", {}).items():
             lines.append(f"  letmesh serves {variant} on {runtime}")
         lines.append("")

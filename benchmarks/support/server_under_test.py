@@ -64,6 +64,14 @@ class Server:
     def cpu_s(self) -> float:
         return sum(_cpu_s(p) for p in self.pids())
 
+    def idle_cpu_ms_per_s(self, seconds: float) -> float:
+        """CPU the server spends per second with no request at all (heartbeats, timers), to the ns."""
+        pids = self.pids()
+        before = sum(procfs.on_cpu_s(p) for p in pids)
+        start = time.monotonic()
+        time.sleep(seconds)
+        return (sum(procfs.on_cpu_s(p) for p in pids) - before) / (time.monotonic() - start) * 1e3
+
     def runtimes(self) -> dict[str, str]:
         """The runtime notes its workers report per variant (a conversion, or why one was not made)."""
         return {}

@@ -24,7 +24,7 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     before = set(children(os.getpid()))
     out = tmp_path / "goodput.json"
     argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0",
-            "--low-requests", "20", "--onnx-upgrade", "--out", str(out)]
+            "--low-requests", "20", "--idle-s", "1", "--onnx-upgrade", "--out", str(out)]
 
     assert goodput.main(argv) == 0
 
@@ -41,6 +41,7 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
         assert server["affinity"] == [server_core], name  # every process of the server on the one core
         assert server["output_max_abs_diff"] < 1e-4, name  # both serve the model this process computed
         assert server["cpu_ms_per_req"] > 0, name
+        assert server["idle_cpu_ms_per_s"] >= 0 and server["cpu_ms_per_req_less_idle"] <= server["cpu_ms_per_req"]
         assert server["max_rate"] >= 0 and len(server["max_rate_per_sweep"]) == 1
         steps = [server["low_rate"], server["warm_up"], *server["sweeps"][0]["steps"]]
         for step in steps:
@@ -51,6 +52,7 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     (runtime,) = small["servers"]["letmesh"]["runtimes"].values()
     assert runtime.startswith("onnx (converted from TorchScript: ") or runtime.endswith("kept TorchScript)"), runtime
     assert small["servers"]["baseline"]["runtimes"] == {}
+    assert small["servers"]["letmesh"]["idle_cpu_ms_per_s"] > 0  # heartbeats run with no request at all
 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("RESULT ")
