@@ -99,7 +99,6 @@ class Dispatcher:
         self._picker = WorkerPicker()
         self._inflight = InflightTable(capacity=max_inflight)
         self._unrouted: set[str] = set()
-        self._last_sent: dict[str, float] = {}
         self._outbox: dict[str, list[InFlight]] = {}  # worker -> requests to send at the end of this loop turn
         self._flush_handle: asyncio.Handle | None = None
         self._liveness = Liveness(interval_s=heartbeat_interval_s, missed_limit=missed_heartbeats)
@@ -166,7 +165,6 @@ class Dispatcher:
         old = self.view
         self.view = view = RoutingView(table)
         self._picker.forget(view.workers)
-        self._last_sent = {w: t for w, t in self._last_sent.items() if w in view.workers}
         self._slowdown = {k: v for k, v in self._slowdown.items() if k in view.curves}
         for worker_id in old.workers.keys() - view.workers.keys():
             if worker_id not in self._unrouted:
@@ -289,7 +287,6 @@ class Dispatcher:
             try:
                 self._endpoint.send_many_nowait([self._request(e, now, keep_s) for e in entries],
                                                 to=f"worker:{worker_id}".encode())
-                self._last_sent[worker_id] = now
             except (PeerUnreachable, zmq.Again):
                 # Not connected to us (any more) or backed up: treat as lost, maybe retry elsewhere.
                 self._liveness.forget(worker_id)
@@ -410,7 +407,8 @@ class Dispatcher:
         tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3)
 
     async def _watch(self) -> None:
-        seq = 0
+        # Workers beat to the gateway; nothing beats back: a worker has no use for it (ZMTP
+        # heartbeats on the link find a dead gateway), and at idle it was a message each way.
         last = time.monotonic()
         while True:
             await asyncio.sleep(self._heartbeat_interval_s)
@@ -424,13 +422,3 @@ class Dispatcher:
                 if worker_id not in self.view.workers:
                     self._liveness.forget(worker_id)
                     self._unrouted.discard(worker_id)
-            seq += 1
-            beat = Heartbeat(sender=self.gateway_id, role="gateway", seq=seq)
-            for worker_id in list(self.view.workers):
-                # A request sent within the interval already told this worker we are here.
-                if now - self._last_sent.get(worker_id, 0.0) < self._heartbeat_interval_s / 2:
-                    continue
-                try:
-                    self._endpoint.send_nowait(beat, to=f"worker:{worker_id}".encode())
-                except (PeerUnreachable, zmq.Again):
-                    pass

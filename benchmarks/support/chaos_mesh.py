@@ -30,7 +30,7 @@ from mesh.keys import split_server_key
 
 ROLES = ("controller", "gateway", "agent")
 CLIENT_BOUND_LAG_MS = 100.0
-LAG_SAMPLE_S = 1.0  # the gauge is the worst of the gateway's last 2 s of heartbeat timers
+LAG_SAMPLE_S = 1.0  # the gauge is the worst of the gateway's last 20 heartbeat timers (5 s by default)
 LOOP_LAG_LINE = re.compile(r"^letmesh_gateway_event_loop_lag_seconds ([0-9.eE+-]+)$", re.MULTILINE)
 # What a role logs when one of its actors dies (its supervisor restarts it inside the same process).
 ACTOR_CRASH = re.compile(r"mesh\.actor: actor (\S+) crashed")
