@@ -41,6 +41,9 @@ LINGER_MS = 0
 FAIR_SHARE_S = 0.002
 # Messages per bundle a sender packs (a receiver accepts up to Limits.max_bundle).
 BUNDLE_MAX = 64
+# Tensor bytes per bundle, well under a receiver's whole-message limit (Limits.max_total_bytes):
+# a message that alone is larger still goes, on its own, as it would unbundled.
+BUNDLE_BYTES = 16 << 20
 # A control DEALER queues at most this much while its link is slow; while it is down it queues
 # nothing (IMMEDIATE), so stale registrations and heartbeats are not replayed in bulk on a heal.
 CONTROL_SNDHWM = 1000
@@ -281,8 +284,17 @@ class Endpoint:
         """Send several (message, tensors) to one peer as bundles: one send, and one wake-up of
         each side's I/O thread, per bundle instead of per message. Raises like ``send_nowait``;
         bundles before the failing one have been sent."""
-        for start in range(0, len(items), BUNDLE_MAX):
-            self._send_frames(encode_bundle(items[start:start + BUNDLE_MAX]), to)
+        chunk: list[tuple[Any, Sequence[np.ndarray]]] = []
+        size = 0
+        for item in items:
+            nbytes = sum(np.asarray(t).nbytes for t in item[1])
+            if chunk and (len(chunk) == BUNDLE_MAX or size + nbytes > BUNDLE_BYTES):
+                self._send_frames(encode_bundle(chunk), to)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += nbytes
+        if chunk:
+            self._send_frames(encode_bundle(chunk), to)
 
     def _send_frames(self, frames: list[Any], to: bytes | None) -> None:
         if self._kind == zmq.ROUTER:

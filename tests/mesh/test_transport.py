@@ -11,7 +11,7 @@ import zmq
 import zmq.asyncio
 
 from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
-from protocol.codec import decode_all, encode, tensor_meta
+from protocol.codec import Limits, decode_all, encode, tensor_meta
 from protocol.message import Heartbeat, InferRequest
 
 
@@ -124,5 +124,23 @@ async def test_several_messages_to_one_peer_travel_as_one_send_and_arrive_one_by
         assert [g.more for g in got] == [True, True, False]
     finally:
         raw.close()
+        dealer.close()
+        router.close()
+
+
+async def test_a_bundle_is_split_so_no_send_is_over_a_receivers_size_limit(ctx) -> None:
+    limits = Limits(max_total_bytes=40 << 20)
+    router = Endpoint.router(ctx, "inproc://big-bundles", limits)
+    dealer = Endpoint.dealer(ctx, "inproc://big-bundles", "worker:w")
+    x = np.zeros((6 << 20) // 4, np.float32)  # 6 MiB each: 10 of them would be one 60 MiB send
+    items = [(InferRequest(request_id=i, variant="v", budget_us=1000, inputs=(tensor_meta("x", x),)), [x])
+             for i in range(10)]
+    try:
+        dealer.send_many_nowait(items)
+        got = [await asyncio.wait_for(router.recv(), 10) for _ in items]
+        assert [g.msg.request_id for g in got] == list(range(10))
+        assert router.protocol_errors == 0
+        assert [g.more for g in got].count(False) >= 4  # at most 16 MiB of tensors per send
+    finally:
         dealer.close()
         router.close()
