@@ -15,6 +15,15 @@ from protocol.codec import Limits, decode_all, encode, tensor_meta
 from protocol.message import Heartbeat, InferRequest
 
 
+def raw_dealer(ctx, address: str, identity: bytes) -> zmq.asyncio.Socket:
+    """A plain ZeroMQ DEALER, no letmesh codec: sends whatever bytes a test hands it."""
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.IDENTITY, identity)
+    raw.connect(address)
+    return raw
+
+
 async def test_dealer_and_router_exchange_messages_and_tensors(ctx) -> None:
     router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
     dealer = Endpoint.dealer(ctx, router.address, "worker:w1")
@@ -46,10 +55,7 @@ async def test_sending_to_a_peer_that_is_not_connected_fails_at_once(ctx) -> Non
 
 async def test_invalid_frames_are_counted_and_skipped(ctx) -> None:
     router = Endpoint.router(ctx, "inproc://invalid")
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.setsockopt(zmq.IDENTITY, b"agent:x")
-    raw.connect("inproc://invalid")
+    raw = raw_dealer(ctx, "inproc://invalid", b"agent:x")
     try:
         await raw.send_multipart([b"\xc1garbage"])
         await raw.send_multipart([b"\x93\x01\xcd\xff\xff\x80"])  # [1, 65535, {}]: unknown tag
@@ -103,10 +109,7 @@ async def test_reading_a_backlog_leaves_other_tasks_their_turns(ctx) -> None:
 
 async def test_several_messages_to_one_peer_travel_as_one_send_and_arrive_one_by_one(ctx) -> None:
     router = Endpoint.router(ctx, "inproc://bundles")
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.setsockopt(zmq.IDENTITY, b"worker:raw")
-    raw.connect("inproc://bundles")
+    raw = raw_dealer(ctx, "inproc://bundles", b"worker:raw")
     dealer = Endpoint.dealer(ctx, "inproc://bundles", "worker:w")
     beats = [(Heartbeat(sender="gw", role="gateway", seq=i), ()) for i in range(3)]
     try:
