@@ -7,26 +7,43 @@ gateway's own event loop is running.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Collection
 
 from mesh.latency import LatencyCurve
 
-ADMISSION_OPTIMISM = 0.5
+# Warm-up curves measured beside serving workers ran up to twice too slow: a prediction never
+# assumes a worker faster than half its curve.
+SPEED_FLOOR = 0.5
 
 
-def predicted_finish_s(curve: LatencyCurve | None, ahead: int) -> float | None:
+def speed_factor(slowdown: float | None) -> float:
+    """How much of the curve's time a worker takes, as far as admission trusts it: in [0.5, 1].
+
+    ``slowdown`` is the worker's measured compute time over its curve (the gateway's filter of its
+    replies), None before there are enough. Below 1 the curve was measured slow and the worker's
+    own speed is used, down to SPEED_FLOOR; above 1 (a host busier than at profiling) the curve is
+    kept: on a busy host a sub-millisecond model's slowdown swings by tens of times, and scaling a
+    whole queue by it turned away requests that then would have been served in time. Unknown: the
+    floor, so a cold worker is not turned away on a curve it has not yet been measured against.
+    """
+    if slowdown is None or not math.isfinite(slowdown):
+        return SPEED_FLOOR
+    return min(1.0, max(SPEED_FLOOR, slowdown))
+
+
+def predicted_finish_s(curve: LatencyCurve | None, ahead: int, slowdown: float | None = None) -> float | None:
     """Seconds until a new request finishes behind ``ahead`` others on a worker; None if unknown.
 
     The requests ahead and this one are served in batches along the worker's measured curve
-    (per-item linear past its largest batch). Deliberately not scaled by the live slowdown: on a
-    busy host a sub-millisecond model's slowdown swings by tens of times, and multiplying a whole
-    queue by it turned away requests that then would have been served in time. Unscaled, the
-    prediction is optimistic, so a request turned away could not have made it.
+    (per-item linear past its largest batch), at the worker's measured speed (:func:`speed_factor`).
+    Taking them as one batch, and a slowdown above 1 as none, keeps the prediction optimistic: a
+    request turned away could not have made it.
     """
     if curve is None:
         return None
-    return curve(ahead + 1) / 1e3
+    return curve(ahead + 1) / 1e3 * speed_factor(slowdown)
 
 
 def running_behind_s(lags_s: Collection[float]) -> float:
@@ -51,8 +68,6 @@ def admit(finish_s: float | None, remaining_s: float, ahead: int, behind_s: floa
     left_s = remaining_s - behind_s
     if left_s <= 0:
         return max(behind_s, 0.001)
-    # Warm-up curves measured beside serving workers run up to twice too slow: a request is turned
-    # away only when even half the predicted time would miss its deadline.
-    if finish_s is None or ahead == 0 or finish_s * ADMISSION_OPTIMISM <= left_s:
+    if finish_s is None or ahead == 0 or finish_s <= left_s:
         return None
-    return finish_s * ADMISSION_OPTIMISM - left_s
+    return finish_s - left_s

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # names from the wire cannot grow the table without bound.
 MAX_UNROUTED_WORKERS = 1024
 LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
+# Replies a worker's speed is measured over before admission predicts with it.
+_ADMISSION_MIN_OBSERVATIONS = 3
 
 
 @dataclass(slots=True)
@@ -222,7 +224,8 @@ class Dispatcher:
         worker_id = self._choose(variant, exclude=None)
         if self._admission:
             ahead = self._inflight.count(worker_id)
-            finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), ahead)
+            finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), ahead,
+                                          self._measured_slowdown(worker_id, variant))
             behind_s = self.running_behind_s()
             wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
             if wait_s is not None:
@@ -341,6 +344,13 @@ class Dispatcher:
             log.warning("worker %s lost with %d requests in flight (%s)", worker_id, len(rids), why)
         for rid in rids:
             self._retry_or_fail(rid, WorkerLost(f"worker {worker_id} was lost ({why})"))
+
+    def _measured_slowdown(self, worker_id: str, variant: str) -> float | None:
+        """The worker's compute time over its curve, once enough replies measured it; else None."""
+        tracker = self._slowdown.get((worker_id, variant))
+        if tracker is None or tracker.observations < _ADMISSION_MIN_OBSERVATIONS:
+            return None
+        return tracker.estimate().mean
 
     def _slowdown_of(self, worker_id: str, variant: str) -> SlowdownEstimate:
         tracker = self._slowdown.get((worker_id, variant))

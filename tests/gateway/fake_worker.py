@@ -12,12 +12,16 @@ from protocol.types import ReplyStatus
 
 
 class FakeWorker:
-    """Heartbeats and answers like a worker: echoes its input after ``delay_s``, or holds it."""
+    """Heartbeats and answers like a worker: echoes its input after ``delay_s``, or holds it.
 
-    def __init__(self, ctx, address: str, worker_id: str, *, delay_s: float = 0.0, answer: bool = True) -> None:
+    Each answer says it computed for ``compute_us`` (a batch of one); ``answer`` may be switched
+    off while it serves."""
+
+    def __init__(self, ctx, address: str, worker_id: str, *, delay_s: float = 0.0, answer: bool = True,
+                 compute_us: int = 1000) -> None:
         self.worker_id = worker_id
         self.ep = Endpoint.dealer(ctx, address, f"worker:{worker_id}")
-        self.delay_s, self.answer = delay_s, answer
+        self.delay_s, self.answer, self.compute_us = delay_s, answer, compute_us
         self.received: list[int] = []
         self.budgets: list[int] = []  # each request's budget_us as it arrived
         self.sends: list[int] = []  # requests per send from the gateway (a bundle carries several)
@@ -50,7 +54,7 @@ class FakeWorker:
 
     def _reply(self, msg: InferRequest, buffers) -> None:
         arrays = tensors_from_frames(msg.inputs, buffers)
-        reply = InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OK, compute_us=1000,
+        reply = InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OK, compute_us=self.compute_us,
                            batch_size=1, outputs=tuple(tensor_meta("x", a) for a in arrays))
         with contextlib.suppress(EndpointClosed):
             self.ep.send_nowait(reply, arrays)
