@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.json_tensors import Numbers, load_fast
 from protocol.codec import datatype_of
 from protocol.types import DATATYPES, TensorSpec
 
@@ -200,6 +201,8 @@ def _leaf_kind(datatype: str) -> str:
 def _array_from_json(data: Any, name: str, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     if datatype == "FP16":
         raise InvalidData(f"input {name!r} is FP16, which JSON cannot carry: send it as binary data")
+    if isinstance(data, Numbers):
+        return _array_from_numbers(data.values, name, datatype, shape)
     if not isinstance(data, list):
         raise MalformedBody(f"input {name!r} data must be an array")
     flat, types = _flatten(data, name)
@@ -219,6 +222,24 @@ def _array_from_json(data: Any, name: str, datatype: str, shape: tuple[int, ...]
     except (OverflowError, ValueError, TypeError):
         raise InvalidData(f"input {name!r} has values out of range for {datatype}") from None
     if kind == "FP" and not np.isfinite(array).all():
+        raise InvalidData(f"input {name!r} has values that are not finite in {datatype}")
+    return array.reshape(shape)
+
+
+def _array_from_numbers(flat: np.ndarray, name: str, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Flat data already read as float64, int64 or uint64: the same checks as for a list."""
+    count = math.prod(shape)
+    if flat.size != count:
+        raise ShapeMismatch(f"input {name!r} has {flat.size} values, shape {list(shape)} needs {count}")
+    dtype = _DTYPES[datatype]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if flat.size and (flat.min() < info.min or flat.max() > info.max):
+            raise InvalidData(f"input {name!r} has values out of range for {datatype}")
+        return flat.astype(dtype).reshape(shape)
+    with np.errstate(over="ignore"):
+        array = flat.astype(dtype)
+    if not np.isfinite(array).all():
         raise InvalidData(f"input {name!r} has values that are not finite in {datatype}")
     return array.reshape(shape)
 
@@ -273,7 +294,9 @@ def parse_infer_request(
                 f"{HEADER_LENGTH} {header_length!r} is outside the body of {len(body)} bytes"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    request = _load_json(header)
+    request = load_fast(header)
+    if request is None:
+        request = _load_json(header)
     if not isinstance(request, dict):
         raise MalformedBody("request body must be a JSON object")
 
