@@ -279,10 +279,10 @@ class Worker:
                 self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OVERLOADED,
                                           error="worker queue is full"))
                 continue
-            if self._idle and not incoming.more:
+            if self._idle and not incoming.more and not ep.readable():
                 # The serving loop is asleep with nothing queued: run now rather than pay its
-                # wake-up. Once per wake (and after the last request of a bundle, so the bundle
-                # batches): a backlog behind this request goes to the serving loop, which batches it.
+                # wake-up. Only after the last request waiting on the link (bundled or not), so a
+                # backlog batches: run one by one, it would cost a batch of one each and fall behind.
                 self._idle = False
                 self._run_short()
             self._arrived.set()

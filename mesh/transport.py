@@ -318,6 +318,16 @@ class Endpoint:
             if not self._sock.closed:
                 self._sock.get(zmq.EVENTS)
 
+    def readable(self) -> bool:
+        """Whether recv() would return at once: a message of a bundle already unpacked, or one
+        waiting on the socket."""
+        if self._unpacked:
+            return True
+        try:
+            return bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return False
+
     async def recv(self) -> Incoming:
         """The next valid message; invalid ones are logged, counted and skipped.
 

@@ -147,3 +147,30 @@ async def test_a_bundle_is_split_so_no_send_is_over_a_receivers_size_limit(ctx) 
     finally:
         dealer.close()
         router.close()
+
+
+async def test_readable_says_whether_a_message_is_waiting(ctx) -> None:
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    dealer = Endpoint.dealer(ctx, router.address, "worker:w1")
+    try:
+        await dealer.send(Heartbeat(sender="w1", role="worker", seq=1))
+        hello = await asyncio.wait_for(router.recv(), 5)
+        assert not dealer.readable()
+        router.send_many_nowait([(Heartbeat(sender="gw", role="gateway", seq=i), ()) for i in range(2)], to=hello.peer)
+        router.send_nowait(Heartbeat(sender="gw", role="gateway", seq=2), to=hello.peer)
+        until = asyncio.get_running_loop().time() + 5
+        while not dealer.readable():
+            assert asyncio.get_running_loop().time() < until, "the messages never became readable"
+            await asyncio.sleep(0.01)
+        seqs = [(await dealer.recv()).msg.seq]
+        assert dealer.readable()  # the bundle's second message is unpacked already
+        seqs.append((await dealer.recv()).msg.seq)
+        while not dealer.readable():  # the plain message, on the socket
+            assert asyncio.get_running_loop().time() < until, "the last message never became readable"
+            await asyncio.sleep(0.01)
+        seqs.append((await dealer.recv()).msg.seq)
+        assert not dealer.readable()
+        assert seqs == [0, 1, 2]
+    finally:
+        dealer.close()
+        router.close()

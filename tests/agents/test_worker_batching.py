@@ -1,0 +1,77 @@
+"""A worker's serving loop over a real ZeroMQ link, with a model that records the batches it runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from agents.worker import Worker
+from mesh.batching import make_batcher
+from mesh.transport import Endpoint
+from protocol.codec import tensor_meta
+from protocol.message import InferReply, InferRequest, StartWorker, WorkerHello
+from protocol.types import Partition, ReplyStatus, TensorSpec
+
+
+class _Spec:
+    inputs = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
+    outputs = (TensorSpec(name="y", datatype="FP32", shape=(-1, 4)),)
+
+
+class RecordingModel:
+    """Doubles its input; 1 ms a batch by its curve, so the worker runs it on its event loop."""
+
+    spec = _Spec()
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def latency_s(self, batch: int) -> float:
+        return 0.001
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(inputs[0].shape[0])
+        return [inputs[0] * 2]
+
+
+async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx, tmp_path) -> None:
+    """Six requests reach an idle worker as six messages before it reads any: it reads them all,
+    then runs them together. Run as each is read, they would cost six batches of one."""
+    worker = Worker(StartWorker(worker_id="w", partition=Partition(device_id="cpu0", kind="cpu", cores=(0,)),
+                                variants=(), gateways=(), controller=""),
+                    agent_id="a", state_dir=tmp_path, heartbeat_interval_s=1.0)
+    model = RecordingModel()
+    worker.runners["v"] = model  # type: ignore[assignment]
+    worker.scheduler.add("v", make_batcher("edf", max_batch=8, latency_s=model.latency_s))
+    gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    link = Endpoint.dealer(ctx, gateway.address, "worker:w")
+    tasks: list[asyncio.Task] = []
+    try:
+        await link.send(WorkerHello(worker_id="w", variants=("v",)))
+        peer = (await asyncio.wait_for(gateway.recv(), 5)).peer
+        tasks.append(asyncio.create_task(worker._serve()))
+        while not worker._idle:  # asleep with nothing queued
+            await asyncio.sleep(0.01)
+        xs = [np.full((1, 4), i, np.float32) for i in range(6)]
+        for i, x in enumerate(xs):  # one message each, not a bundle
+            gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=5_000_000,
+                                             inputs=(tensor_meta("x", x),)), [x], to=peer)
+        await asyncio.sleep(0.3)  # all six on the worker's socket before it reads
+        tasks.append(asyncio.create_task(worker._receive(link)))
+        replies: dict[int, np.ndarray] = {}
+        while len(replies) < 6:
+            got = await asyncio.wait_for(gateway.recv(), 5)
+            assert isinstance(got.msg, InferReply) and got.msg.status is ReplyStatus.OK
+            replies[got.msg.request_id] = np.frombuffer(got.buffers[0], np.float32).reshape(1, 4)
+            assert got.msg.batch_size == 6
+        assert model.batches == [6]
+        for i, x in enumerate(xs):  # each answer is its own request's
+            np.testing.assert_array_equal(replies[i], x * 2)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        link.close()
+        gateway.close()
+        worker._compute_thread.shutdown(wait=False)
