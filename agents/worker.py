@@ -21,6 +21,7 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -183,7 +184,8 @@ class Worker:
                 self.runtimes[spec.name] = runner.runtime
             try:
                 self.scheduler.add(spec.name, make_batcher(spec.batching, max_batch=spec.max_batch,
-                                                           latency_s=runner.latency_s, wake_slack_s=_WAKE_SLACK_S))
+                                                           latency_s=self._serving_latency(spec.name),
+                                                           wake_slack_s=_WAKE_SLACK_S))
             except ValueError as exc:
                 raise WorkerSpecError(f"variant {spec.name!r}: {exc}") from None
             log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured, "runtime": runner.runtime})
@@ -286,6 +288,19 @@ class Worker:
                 self._idle = False
                 self._run_short()
             self._arrived.set()
+
+    def _serving_latency(self, name: str) -> Callable[[int], float]:
+        """What the batcher predicts a batch of ``name`` takes: the warm-up curve (the model alone)
+        times the slowdown its served batches show, once timed (never below the curve, at most 4x)."""
+        curve, trackers = self.runners[name].latency_s, self.slowdown
+
+        def latency_s(batch: int) -> float:
+            tracker = trackers.get(name)
+            if tracker is None or tracker.observations < _SLOWDOWN_MIN_BATCHES:
+                return curve(batch)
+            return curve(batch) * min(4.0, max(1.0, tracker.estimate().mean))
+
+        return latency_s
 
     def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
         arrays = dict(zip((m.name for m in msg.inputs), tensors_from_frames(msg.inputs, buffers)))

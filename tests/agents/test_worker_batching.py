@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from agents.worker import Worker
 from mesh.batching import make_batcher
+from mesh.slowdown import SlowdownTracker
 from mesh.transport import Endpoint
 from protocol.codec import tensor_meta
 from protocol.message import InferReply, InferRequest, StartWorker, WorkerHello
@@ -75,3 +77,28 @@ async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx,
         link.close()
         gateway.close()
         worker._compute_thread.shutdown(wait=False)
+
+
+def test_the_batcher_predicts_at_the_speed_served_batches_show(tmp_path) -> None:
+    """The warm-up curve is the model alone; served beside other processes its batches run
+    slower, and the batcher's prediction follows once five were timed: never below the curve,
+    at most four times it."""
+    worker = Worker(StartWorker(worker_id="w", partition=Partition(device_id="cpu0", kind="cpu", cores=(0,)),
+                                variants=(), gateways=(), controller=""),
+                    agent_id="a", state_dir=tmp_path, heartbeat_interval_s=1.0)
+    worker.runners["v"] = RecordingModel()  # type: ignore[assignment]
+    predict = worker._serving_latency("v")
+    tracker = worker.slowdown.setdefault("v", SlowdownTracker())
+    for _ in range(4):
+        tracker.observe(0.003, 0.001)
+    assert predict(1) == 0.001  # four batches timed: the curve still
+    for _ in range(30):
+        tracker.observe(0.003, 0.001)
+    assert predict(1) == pytest.approx(0.003, rel=0.1)
+    for _ in range(60):
+        tracker.observe(0.0005, 0.001)
+    assert predict(1) == pytest.approx(0.001)  # faster than its warm-up: the curve, no less
+    for _ in range(60):
+        tracker.observe(0.05, 0.001)
+    assert predict(1) == pytest.approx(0.004)
+    worker._compute_thread.shutdown(wait=False)
