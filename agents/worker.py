@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
+from agents import batch_replies  # noqa: E402
 from agents.artifact import fetch_artifact, report_load_failure  # noqa: E402
 from agents.error import WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
@@ -42,7 +43,7 @@ from mesh.log_format import FORMAT_ENV, configure as configure_logging  # noqa: 
 from mesh.scheduler import GpuletScheduler  # noqa: E402
 from mesh.slowdown import SlowdownTracker  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed, Incoming  # noqa: E402
-from protocol.codec import decode, tensor_meta, tensors_from_frames  # noqa: E402
+from protocol.codec import decode, tensors_from_frames  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
 from protocol.types import ReplyStatus  # noqa: E402
 from protocol.message import (  # noqa: E402
@@ -345,12 +346,7 @@ class Worker:
         """
         now = time.monotonic()
         step = self.scheduler.step(now)
-        late: dict[Endpoint, list] = {}
-        for name, item in step.late:
-            late.setdefault(item.payload[0], []).append(
-                (InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.LATE,
-                            queue_us=int((now - item.arrived) * 1e6)), ()))
-        self._send_all(late)
+        self._send_all(batch_replies.late(step.late, now))
         if step.batch:
             return _Due(step.key, step.batch, now)
         return _IDLE if step.wake_at is None else step.wake_at
@@ -386,36 +382,16 @@ class Worker:
         outputs, compute_us = result
         finished = time.monotonic()
         self.scheduler.finished(name, len(batch), any(q.deadline < finished for q in batch))
-        replies: dict[Endpoint, list] = {}  # one bundle per gateway
         if isinstance(outputs, Exception):
             log.error("batch failed: %s", outputs, extra={"variant": name})
-            for item in batch:
-                replies.setdefault(item.payload[0], []).append(
-                    (InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.ERROR,
-                                error=f"model failed: {outputs}"), ()))
-            self._send_all(replies)
+            self._send_all(batch_replies.failed(name, batch, f"model failed: {outputs}"))
             return
         runner = self.runners[name]
-        rows = [item.payload[1][0].shape[0] for item in batch]
-        expected_s = runner.latency_s(sum(rows))
+        expected_s = runner.latency_s(sum(batch_replies.batch_rows(batch)))
         if compute_us > 0 and expected_s > 0:
             self.slowdown.setdefault(name, SlowdownTracker()).observe(compute_us / 1e6, expected_s)
-        offset = 0
-        for item, n in zip(batch, rows):
-            parts = [out[offset:offset + n] for out in outputs]
-            offset += n
-            metas = tuple(tensor_meta(spec.name, part) for spec, part in zip(runner.spec.outputs, parts))
-            reply = InferReply(
-                request_id=item.request_id,
-                variant=name,
-                status=ReplyStatus.OK,
-                queue_us=int((due.started - item.arrived) * 1e6),
-                compute_us=compute_us,
-                batch_size=sum(rows),
-                outputs=metas,
-            )
-            replies.setdefault(item.payload[0], []).append((reply, parts))
-        self._send_all(replies)
+        self._send_all(batch_replies.computed(name, batch, outputs, [o.name for o in runner.spec.outputs],
+                                              compute_us=compute_us, started=due.started))
 
     def _send_control(self, control: Endpoint, msg: object) -> None:
         """To the controller: while its link is down nothing queues (and nothing is lost: the

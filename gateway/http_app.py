@@ -33,6 +33,7 @@ from gateway.exposition import gateway_registry
 from gateway.feedback import EVENTS, post_feedback
 from gateway.health import UNSERVED_HEADER, unready_reason
 from gateway.mesh_status import StatusFeed
+from gateway.oip_response import encode_infer_response, error_body
 from gateway.policy_store import PolicyReplicas
 from gateway.serving import DataPlane, ModelNotFound
 from gateway.selection import SELECTION_MODES, Shed, parse_bounds
@@ -63,7 +64,7 @@ FAMILY_VERSION = "1"
 
 
 def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=oip.error_body(message), content_type="application/json", headers=headers)
+    return web.Response(status=status, body=error_body(message), content_type="application/json", headers=headers)
 
 
 @web.middleware
@@ -111,7 +112,7 @@ def make_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     if access is not None:  # bearer tokens and per-client rates (gateway/access.py)
         app.middlewares.append(count_refusals)
-        app.middlewares.append(access_middleware(access, oip.error_body))
+        app.middlewares.append(access_middleware(access, error_body))
     app[DISPATCHER] = dispatcher
     app[EVENTS] = events if events is not None else EventLog()
     app[POLICIES] = policies if policies is not None else PolicyReplicas()
@@ -315,7 +316,7 @@ async def infer(request: web.Request) -> web.Response:
     if served.event_id:
         parameters["letmesh_event_id"] = served.event_id
     try:
-        payload, headers = oip.encode_infer_response(
+        payload, headers = encode_infer_response(
             model_name=name,
             model_version=served.model.version,
             request_id=parsed.id,

@@ -1,8 +1,9 @@
-"""Open Inference Protocol (KServe V2) request and response bodies, with Triton's binary tensors.
+"""Open Inference Protocol (KServe V2) request bodies, with Triton's binary tensors.
 
-A pure layer: bytes and model specs in, validated numpy arrays out, and back. The HTTP handlers
-call it; it opens no socket and knows nothing of routing. Imports only ``protocol`` of ours,
-never aiohttp, zmq or torch.
+A pure layer: bytes and model specs in, validated numpy arrays out (``gateway.oip_response``
+writes the answers back). The HTTP handlers call it; it opens no socket and knows nothing of
+routing. Imports only ``protocol`` of ours (and the JSON fast path beside it), never aiohttp,
+zmq or torch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 import orjson
 
 from gateway.json_tensors import Numbers, load_fast
-from protocol.codec import datatype_of
 from protocol.types import DATATYPES, TensorSpec
 
 JSON_CONTENT_TYPE = "application/json"
@@ -32,7 +32,7 @@ MAX_DIM = 1 << 32
 
 _UNSUPPORTED = frozenset({"BYTES", "BF16"})
 _DTYPES = {name: np.dtype(code) for name, code in DATATYPES.items()}
-_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 _NON_FINITE = re.compile(rb"-?(?:NaN|Infinity)")
 # Python types a JSON leaf may have for each datatype kind (type(), so bool is not an int here).
 _LEAF_TYPES = {
@@ -195,7 +195,7 @@ def _flatten(data: list, name: str) -> tuple[list, set[type]]:
 def _leaf_kind(datatype: str) -> str:
     if datatype == "BOOL":
         return "BOOL"
-    return "FP" if datatype in _FLOAT_TYPES else "INT"
+    return "FP" if datatype in FLOAT_TYPES else "INT"
 
 
 def _array_from_json(data: Any, name: str, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -424,64 +424,3 @@ def batch_size_of(parsed: ParsedRequest, inputs: Sequence[TensorSpec]) -> int:
         if _has_batch_dim(spec):
             return int(parsed.inputs[spec.name].shape[0])
     return 1
-
-
-# --- response --------------------------------------------------------------------------------
-
-
-def encode_infer_response(
-    *,
-    model_name: str,
-    model_version: str,
-    request_id: str | None,
-    outputs: Sequence[tuple[str | TensorSpec, np.ndarray]],
-    parsed: ParsedRequest,
-    parameters: dict[str, Any],
-) -> tuple[bytes, dict[str, str]]:
-    """Outputs -> (body, extra headers). Only the requested outputs go out, in request order.
-
-    FP16 outputs, and float outputs holding NaN or infinity, cannot be written as JSON numbers;
-    they go as binary data whatever the request asked, which Triton clients read transparently.
-    """
-    produced = {(key if isinstance(key, str) else key.name): array for key, array in outputs}
-    names = parsed.requested_outputs or tuple(produced)
-    described: list[dict[str, Any]] = []
-    chunks: list[Any] = []
-    for name in names:
-        array = produced.get(name)
-        if array is None:
-            raise UnencodableOutput(f"model produced no output {name!r}")
-        try:
-            datatype = datatype_of(array.dtype)
-        except TypeError:
-            raise UnencodableOutput(f"output {name!r} has dtype {array.dtype}, not an OIP datatype") from None
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        binary = parsed.binary_outputs.get(name, parsed.binary_default) or datatype == "FP16"
-        if not binary and datatype in _FLOAT_TYPES and not np.isfinite(array).all():
-            binary = True
-        if binary:
-            data = np.ascontiguousarray(array)
-            if data.dtype.byteorder == ">":
-                data = data.astype(data.dtype.newbyteorder("<"))
-            tensor["parameters"] = {"binary_data_size": data.nbytes}
-            chunks.append(memoryview(data).cast("B") if data.size else b"")
-        else:
-            tensor["data"] = array.ravel().tolist()
-        described.append(tensor)
-
-    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        response["id"] = request_id
-    if parameters:
-        response["parameters"] = parameters
-    response["outputs"] = described
-    header = orjson.dumps(response)
-    if not chunks:
-        return header, {"Content-Type": JSON_CONTENT_TYPE}
-    body = b"".join([header, *chunks])
-    return body, {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH: str(len(header))}
-
-
-def error_body(message: str) -> bytes:
-    """The OIP error body for ``message``."""
-    return orjson.dumps({"error": message})

@@ -24,7 +24,7 @@ from gateway.access import (
     issue_token,
     load_tokens,
 )
-from gateway.oip import error_body
+from gateway.oip_response import error_body
 from gateway.service import tls_context
 
 

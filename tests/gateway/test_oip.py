@@ -28,10 +28,9 @@ from gateway.oip import (
     UnknownTensor,
     UnsupportedDatatype,
     batch_size_of,
-    encode_infer_response,
-    error_body,
     parse_infer_request,
 )
+from gateway.oip_response import encode_infer_response, error_body
 from protocol.codec import datatype_of
 from protocol.types import DATATYPES, TensorSpec
 

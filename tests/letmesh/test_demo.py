@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway import oip
+from gateway import oip, oip_response
 from letmesh.demo import (
     Family,
     Job,
@@ -123,7 +123,7 @@ def test_a_gateway_response_in_either_dialect_becomes_a_prediction(binary):
                                      max_batch=32)
     probabilities = np.full((1, 10), 0.05, dtype=np.float32)
     probabilities[0, 3] = 0.55
-    payload, response_headers = oip.encode_infer_response(
+    payload, response_headers = oip_response.encode_infer_response(
         model_name="digits", model_version="1", request_id=parsed.id,
         outputs=[("probabilities", probabilities)], parsed=parsed,
         parameters={"letmesh_variant": "digits-cnn", "letmesh_slo_status": "met", "letmesh_queue_us": 120,
@@ -139,7 +139,7 @@ def test_a_gateway_response_in_either_dialect_becomes_a_prediction(binary):
 
 
 def test_an_error_response_keeps_its_status_and_message():
-    outcome = outcome_of_response(job(False), 503, oip.error_body("no ready worker for 'digits-cnn'"), None,
+    outcome = outcome_of_response(job(False), 503, oip_response.error_body("no ready worker for 'digits-cnn'"), None,
                                   0.001, "probabilities")
 
     assert not outcome.answered

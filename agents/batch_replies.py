@@ -1,0 +1,59 @@
+"""A worker's answers, grouped by the link each request came on (one bundle per gateway).
+
+Each queued request's payload is ``(link, input arrays)``. A computed batch gives every request
+its own rows of every output; a failed one gives each the error; a request the batcher judged
+hopeless is answered "late" unrun. Pure: no socket, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mesh.batching import Queued
+from protocol.codec import tensor_meta
+from protocol.message import InferReply
+from protocol.types import ReplyStatus
+
+Replies = dict[Any, list[tuple[InferReply, Sequence[np.ndarray]]]]
+
+
+def batch_rows(batch: Sequence[Queued]) -> list[int]:
+    """Rows each request brings to its batch: its first input's leading dimension."""
+    return [item.payload[1][0].shape[0] for item in batch]
+
+
+def computed(name: str, batch: Sequence[Queued], outputs: Sequence[np.ndarray], output_names: Sequence[str], *,
+             compute_us: int, started: float) -> Replies:
+    """OK replies for a batch whose ``outputs`` stack its requests' rows in batch order."""
+    rows = batch_rows(batch)
+    replies: Replies = {}
+    offset = 0
+    for item, n in zip(batch, rows):
+        parts = [out[offset:offset + n] for out in outputs]
+        offset += n
+        reply = InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.OK,
+                           queue_us=int((started - item.arrived) * 1e6), compute_us=compute_us,
+                           batch_size=sum(rows), outputs=tuple(tensor_meta(o, p) for o, p in zip(output_names, parts)))
+        replies.setdefault(item.payload[0], []).append((reply, parts))
+    return replies
+
+
+def failed(name: str, batch: Sequence[Queued], error: str) -> Replies:
+    replies: Replies = {}
+    for item in batch:
+        reply = InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.ERROR, error=error)
+        replies.setdefault(item.payload[0], []).append((reply, ()))
+    return replies
+
+
+def late(items: Iterable[tuple[str, Queued]], now: float) -> Replies:
+    """"late" replies, unrun, for (variant, request) pairs the batcher dropped at ``now``."""
+    replies: Replies = {}
+    for name, item in items:
+        reply = InferReply(request_id=item.request_id, variant=name, status=ReplyStatus.LATE,
+                           queue_us=int((now - item.arrived) * 1e6))
+        replies.setdefault(item.payload[0], []).append((reply, ()))
+    return replies
