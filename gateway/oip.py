@@ -199,47 +199,41 @@ def _leaf_kind(datatype: str) -> str:
 
 
 def _array_from_json(data: Any, name: str, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An input's JSON data: a nested list, or flat numbers the fast path already read
+    (``gateway.json_tensors``); the same checks and errors either way."""
     if datatype == "FP16":
         raise InvalidData(f"input {name!r} is FP16, which JSON cannot carry: send it as binary data")
+    kind = _leaf_kind(datatype)
     if isinstance(data, Numbers):
-        return _array_from_numbers(data.values, name, datatype, shape)
-    if not isinstance(data, list):
+        flat: list | np.ndarray = data.values
+    elif isinstance(data, list):
+        flat, types = _flatten(data, name)
+    else:
         raise MalformedBody(f"input {name!r} data must be an array")
-    flat, types = _flatten(data, name)
     count = math.prod(shape)
     if len(flat) != count:
         raise ShapeMismatch(
             f"input {name!r} has {len(flat)} values, shape {list(shape)} needs {count}"
         )
-    kind = _leaf_kind(datatype)
-    bad = types - _LEAF_TYPES[kind]
-    if bad:
-        found = ", ".join(sorted(_TYPE_WORDS.get(t, t.__name__) for t in bad))
-        raise InvalidData(f"input {name!r} of datatype {datatype} has {found} values")
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = np.array(flat, dtype=_DTYPES[datatype])
-    except (OverflowError, ValueError, TypeError):
-        raise InvalidData(f"input {name!r} has values out of range for {datatype}") from None
-    if kind == "FP" and not np.isfinite(array).all():
-        raise InvalidData(f"input {name!r} has values that are not finite in {datatype}")
-    return array.reshape(shape)
-
-
-def _array_from_numbers(flat: np.ndarray, name: str, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Flat data already read as float64, int64 or uint64: the same checks as for a list."""
-    count = math.prod(shape)
-    if flat.size != count:
-        raise ShapeMismatch(f"input {name!r} has {flat.size} values, shape {list(shape)} needs {count}")
     dtype = _DTYPES[datatype]
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if flat.size and (flat.min() < info.min or flat.max() > info.max):
+    if isinstance(flat, np.ndarray):
+        # Read as float64, int64 or uint64: only an integer type's range is left to check.
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and flat.size and not info.min <= flat.min() <= flat.max() <= info.max:
             raise InvalidData(f"input {name!r} has values out of range for {datatype}")
-        return flat.astype(dtype).reshape(shape)
-    with np.errstate(over="ignore"):
-        array = flat.astype(dtype)
-    if not np.isfinite(array).all():
+        with np.errstate(over="ignore"):
+            array = flat.astype(dtype)
+    else:
+        bad = types - _LEAF_TYPES[kind]
+        if bad:
+            found = ", ".join(sorted(_TYPE_WORDS.get(t, t.__name__) for t in bad))
+            raise InvalidData(f"input {name!r} of datatype {datatype} has {found} values")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = np.array(flat, dtype=dtype)
+        except (OverflowError, ValueError, TypeError):
+            raise InvalidData(f"input {name!r} has values out of range for {datatype}") from None
+    if kind == "FP" and not np.isfinite(array).all():
         raise InvalidData(f"input {name!r} has values that are not finite in {datatype}")
     return array.reshape(shape)
 
