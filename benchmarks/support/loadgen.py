@@ -3,7 +3,9 @@
 Send times are drawn in advance from a seeded exponential gap distribution; each request's latency
 runs from its scheduled send time to the last byte of its reply, so a late send (the generator's
 own lag, reported apart) or a slow server both count, and nothing is omitted when the server
-falls behind: a request never waits for an earlier one to finish. Bodies are pre-encoded.
+falls behind: a request never waits for an earlier one to finish. Bodies are pre-encoded. Each
+run starts by settling the garbage collector (:func:`mesh.heap.settle`): the benchmark process has
+imported torch, and a full collection mid-run would stall sends by tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mesh import heap
 
 TIMED_OUT, CONNECTION_LOST = -1, 0  # pseudo-statuses
 
@@ -99,6 +103,7 @@ async def open_loop(port: int, request: bytes, *, rate: float, requests: int, se
             pool.idle.append(await asyncio.open_connection("127.0.0.1", port))
     out: list = [None] * requests
     tasks = []
+    heap.settle()  # what the benchmark holds is never walked again: no long collection mid-run
     cpu_before = _cpu_s()
     start = time.perf_counter_ns() + 20_000_000
     for i, offset in enumerate(offsets_ns.tolist()):
