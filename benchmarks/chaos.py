@@ -12,8 +12,9 @@ truncated or a corrupted artifact beside healthy variants. Then a fuzz phase (mu
 every role before and after. Reports what happened; asserts nothing. Every process it starts is
 stopped and checked for in /proc.
 
-Figures per class: ``unanswered`` (client timeout or connection dropped mid-request), ``refused``
-(could not connect), ``late_200`` and ``late`` (a 200, or any answer, after deadline + 50 ms from the
+Figures per class: ``unanswered`` (no answer within the client timeout: the client was left
+waiting), ``dropped`` (the connection closed mid-request with no answer: the client knows at once,
+as when the gateway holding it is killed), ``refused`` (could not connect), ``late_200`` and ``late`` (a 200, or any answer, after deadline + 50 ms from the
 scheduled send), ``late_send`` (any answer after deadline + 50 ms from the moment the client actually
 sent it: what is left of ``late`` once the client's own lag is taken out), ``recovery_s`` (fault to
 the first of 20 consecutive 200s), ``settled_s`` (fault to the run of 200s that lasts the phase),
@@ -125,13 +126,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def print_table(classes: list[dict[str, Any]], fuzz: dict[str, Any] | None) -> None:
-    head = (f"{'class':<16}{'sent':>6}{'200':>6}  {'other answers':<26}{'unans':>6}{'refus':>6}{'late200':>8}"
+    head = (f"{'class':<16}{'sent':>6}{'200':>6}  {'other answers':<26}{'unans':>6}{'drop':>5}{'refus':>6}{'late200':>8}"
             f"{'late':>6}{'l.send':>7}{'max_s':>7}{'recov_s':>8}{'settle':>7}{'crash':>6}  after")
     print(head)
     print("-" * len(head))
     for c in classes:
         other = " ".join(f"{k}x{n}" for k, n in c["statuses"].items() if k.isdigit() and k != "200") or "-"
-        print(f"{c['fault']:<16}{c['sent']:>6}{c['ok']:>6}  {other:<26}{c['unanswered']:>6}{c['refused']:>6}"
+        print(f"{c['fault']:<16}{c['sent']:>6}{c['ok']:>6}  {other:<26}{c['unanswered']:>6}{c['dropped']:>5}{c['refused']:>6}"
               f"{c['late_200']:>8}{c['late_answers']:>6}{c['late_from_send']:>7}{_fmt(c['max_answer_s'], 2):>7}"
               f"{_fmt(c['recovery_s'], 2):>8}{_fmt(c['settled_s'], 2):>7}{c['crashes']:>6}  {c['after']}")
     for c in classes:
@@ -165,6 +166,7 @@ def headline(classes: list[dict[str, Any]], fuzz: dict[str, Any] | None) -> dict
     recovered = [c["recovery_s"] for c in faulted if c["recovery_s"] is not None]
     return {
         "unanswered": sum(c["unanswered"] for c in classes),
+        "dropped": sum(c["dropped"] for c in classes),
         "late_200": sum(c["late_200"] for c in classes),
         "late": sum(c["late_answers"] for c in classes),
         "late_send": sum(c["late_from_send"] for c in classes),

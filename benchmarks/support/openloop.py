@@ -23,8 +23,8 @@ import numpy as np
 from mesh import heap
 
 # What a request can end as, besides an HTTP status.
-TIMEOUT = "timeout"  # no answer within the client timeout: unanswered
-DISCONNECTED = "disconnected"  # the connection closed before an answer: unanswered
+TIMEOUT = "timeout"  # no answer within the client timeout: unanswered (the client was left hanging)
+DISCONNECTED = "disconnected"  # the connection closed before an answer: dropped (the client knows at once)
 REFUSED = "refused"  # could not connect: the client knows at once, nothing was accepted
 CLIENT_ERROR = "client_error"  # anything else aiohttp raised (counted, never expected)
 
@@ -169,7 +169,8 @@ def summarise(outcomes: list[Outcome], *, fault_at: float | None, deadline_ms: f
         "sent": len(outcomes),
         "statuses": dict(sorted(statuses.items())),
         "ok": len(ok),
-        "unanswered": statuses.get(TIMEOUT, 0) + statuses.get(DISCONNECTED, 0),
+        "unanswered": statuses.get(TIMEOUT, 0),
+        "dropped": statuses.get(DISCONNECTED, 0),
         "refused": statuses.get(REFUSED, 0),
         "client_errors": statuses.get(CLIENT_ERROR, 0),
         "late_200": sum(1 for lat in ok if lat > limit_s),

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.timeout(240)
 
 PHASE_S, FAMILY_RPS, NAMED_RPS = 3.0, 20.0, 10.0
 CLASSES = ("kill_worker", "poison_nan")
-CLASS_KEYS = ("sent", "statuses", "ok", "unanswered", "refused", "late_200", "late_answers", "late_from_send",
+CLASS_KEYS = ("sent", "statuses", "ok", "unanswered", "dropped", "refused", "late_200", "late_answers", "late_from_send",
               "max_answer_s", "shed_without_retry_after", "recovery_s", "settled_s", "client_bound", "crashes",
               "unexpected_exits", "actor_crashes", "after", "by_stream", "notes", "gateway_loop_lag_max_ms")
-RESULT_KEYS = ("unanswered", "late_200", "late", "late_send", "crashes", "leak_mb", "recovery_s_max")
+RESULT_KEYS = ("unanswered", "dropped", "late_200", "late", "late_send", "crashes", "leak_mb", "recovery_s_max")
 
 
 def test_tiny_run_accounts_for_every_request_and_leaves_no_process(tmp_path: Path, capsys) -> None:
