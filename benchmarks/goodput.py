@@ -208,6 +208,7 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
     best = max(sweeps, key=lambda s: s["max_rate"])["at_max"] or {}
     return {
         "max_rate": statistics.median(rates), "max_rate_per_sweep": rates,
+        "first_failing_per_sweep": [s["first_failing_rate"] for s in sweeps],
         "p50_ms": best.get("p50_ms", float("nan")), "p99_ms": best.get("p99_ms", float("nan")),
         "lag_p99_ms_at_max": best.get("lag_p99_ms", float("nan")),
         "client_cpu_util_at_max": best.get("client_cpu_util", float("nan")),
@@ -334,13 +335,14 @@ def render(report: dict[str, Any]) -> str:
             f"TorchScript; ONNX {m['batch1_ms']['onnx']:.2f} ms); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
             f"req/s (batch {lim['torchscript']['batch']}), ONNX {lim['onnx']['rps']:.0f} req/s (batch "
             f"{lim['onnx']['batch']}); letmesh max batch {m['max_batch']}",
-            f"  {'server':<10}{'max req/s':>10}{'per sweep':>18}{'p50 ms':>9}{'p99 ms':>9}{'of limit':>10}"
+            f"  {'server':<10}{'max req/s':>10}{'per sweep (<fail)':>20}{'p50 ms':>9}{'p99 ms':>9}{'of limit':>10}"
             f"{'CPU ms/req':>12}{'gen lag p99':>13}{'gen CPU':>9}  cores",
         ]
         for name, s in m["servers"].items():
-            per = "/".join(f"{r:.0f}" for r in s["max_rate_per_sweep"])
+            per = "/".join(f"{r:.0f}" + ("" if f is None else f"<{f:.0f}")
+                           for r, f in zip(s["max_rate_per_sweep"], s["first_failing_per_sweep"]))
             of = m["of_limit"] if name == "letmesh" else m["baseline_of_limit"]
-            lines.append(f"  {name:<10}{s['max_rate']:>10.1f}{per:>18}{_n(s['p50_ms']):>9.1f}{_n(s['p99_ms']):>9.1f}"
+            lines.append(f"  {name:<10}{s['max_rate']:>10.1f}{per:>20}{_n(s['p50_ms']):>9.1f}{_n(s['p99_ms']):>9.1f}"
                          f"{_n(of):>10.2f}{s['cpu_ms_per_req']:>12.2f}{_n(s['lag_p99_ms_at_max']):>11.2f}ms"
                          f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
         lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x; letmesh of the ONNX limit "

@@ -43,6 +43,9 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
         assert server["cpu_ms_per_req"] > 0, name
         assert server["idle_cpu_ms_per_s"] >= 0 and server["cpu_ms_per_req_less_idle"] <= server["cpu_ms_per_req"]
         assert server["max_rate"] >= 0 and len(server["max_rate_per_sweep"]) == 1
+        # The true maximum lies between the last rate that passed and the first that failed above it.
+        (failed,) = server["first_failing_per_sweep"]
+        assert failed is None or failed > server["max_rate_per_sweep"][0]
         steps = [server["low_rate"], server["warm_up"], *server["sweeps"][0]["steps"]]
         for step in steps:
             assert sum(step["statuses"].values()) == step["sent"]  # one answer (or timeout) per request
