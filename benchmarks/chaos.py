@@ -14,9 +14,10 @@ stopped and checked for in /proc.
 
 Figures per class: ``unanswered`` (no answer within the client timeout: the client was left
 waiting), ``dropped`` (the connection closed mid-request with no answer: the client knows at once,
-as when the gateway holding it is killed), ``refused`` (could not connect), ``late_200`` and ``late`` (a 200, or any answer, after deadline + 50 ms from the
-scheduled send), ``late_send`` (any answer after deadline + 50 ms from the moment the client actually
-sent it: what is left of ``late`` once the client's own lag is taken out), ``recovery_s`` (fault to
+as when the gateway holding it is killed), ``refused`` (could not connect), ``late_200`` and
+``late`` (a 200, or any answer, after deadline + 50 ms from the scheduled send), ``late_send``
+(any answer after deadline + 50 ms from the moment the client actually sent it: what is left of
+``late`` once the client's own lag is taken out), ``recovery_s`` (fault to
 the first of 20 consecutive 200s), ``settled_s`` (fault to the run of 200s that lasts the phase),
 ``crashes`` (role exits nobody caused, actor crashes a role survived in-process, worker restarts
 beyond the intended one), ``after`` (what it took to get the mesh healthy again). A class whose
