@@ -26,10 +26,8 @@ import numpy as np
 
 from controller.planning import Demand, LatencyModel, Plan
 from letmesh.capacity import (
-    CapacityError,
     Setup,
     coverage_warnings,
-    fleet,
     headroom_note,
     layout_picture,
     load_setup,
@@ -37,6 +35,7 @@ from letmesh.capacity import (
     plan_json,
     write_json,
 )
+from letmesh.capacity_inputs import CapacityError, fleet
 from mesh.batching import Batcher, Queued, make_batcher
 from mesh.scheduler import GpuletScheduler
 

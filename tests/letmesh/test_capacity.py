@@ -11,21 +11,18 @@ import pytest
 
 from controller.planning import Demand, GpuLet, InterferenceModel, LatencyModel, Plan, plan
 from controller.store import StateStore
-from letmesh.capacity import (
+from letmesh.capacity import carried, devices_needed, layout_picture, run_plan
+from letmesh.capacity_inputs import (
     CapacityError,
     DeviceGroup,
     ProfileSourceError,
     WorkloadFileError,
-    carried,
-    devices_needed,
     fleet,
-    layout_picture,
     load_devices,
     load_profiles,
     load_workload,
     parse_workload,
     read_profile_csv,
-    run_plan,
 )
 from letmesh.commands.planning import add_plan_arguments
 from protocol.types import ColocationSample, ProfileSample
