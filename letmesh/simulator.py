@@ -1,5 +1,6 @@
 """Discrete-event simulation of a plan: ``letmesh simulate`` replays arrivals through the gpu-lets
 a plan lays out, with the workers' own batching code, and reports SLO attainment and utilisation.
+Arrivals (Poisson streams or a trace file) come from :mod:`letmesh.arrivals`.
 
 The core (:func:`simulate`) is pure: a heap of events on a simulated clock, seeded randomness, no
 asyncio and no sleeping. Each gpu-let is a server holding one ``Batcher`` per assigned
@@ -11,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import csv
 import heapq
 import math
 import random
 import sys
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,102 +34,13 @@ from letmesh.capacity import (
     plan_json,
     write_json,
 )
+from letmesh.arrivals import poisson_arrivals, read_trace
 from letmesh.capacity_inputs import CapacityError, fleet
 from mesh.batching import Batcher, Queued, make_batcher
 from mesh.scheduler import GpuletScheduler
 
 DEADLINE_SLACK_S = 1e-9  # a batch the batcher scheduled to end on its deadline counts as on time
 LISTED_GPULETS = 24  # the report lists every gpu-let up to this many, else the busiest and idlest
-
-
-class TraceError(CapacityError):
-    """A trace file is missing, malformed or names variants the workload does not have."""
-
-
-# --- arrivals ------------------------------------------------------------------------------------
-
-
-def poisson_arrivals(rates_rps: Sequence[float], duration_s: float, seed: int) -> Iterator[tuple[float, int]]:
-    """(time_s, variant index) of independent Poisson arrivals at ``rates_rps``, merged in time
-    order over [0, duration_s). One seeded stream: the same seed gives the same arrivals."""
-    total = float(sum(rates_rps))
-    if total <= 0 or duration_s <= 0:
-        return
-    cum, acc = [], 0.0
-    for r in rates_rps:
-        acc += r
-        cum.append(acc)
-    last = max(i for i, r in enumerate(rates_rps) if r > 0)
-    rng = random.Random(seed)
-    expo, uniform, pick = rng.expovariate, rng.random, bisect.bisect_right
-    t = expo(total)
-    while t < duration_s:
-        yield t, min(pick(cum, uniform() * total), last)
-        t += expo(total)
-
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """Arrivals read from a CSV, sorted by time: ``times_s`` and ``variants`` (indices) align."""
-
-    times_s: np.ndarray
-    variants: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.times_s)
-
-    def __iter__(self) -> Iterator[tuple[float, int]]:
-        return zip(self.times_s.tolist(), self.variants.tolist(), strict=True)
-
-    @property
-    def end_s(self) -> float:
-        return float(self.times_s[-1]) if len(self.times_s) else 0.0
-
-
-def read_trace(path: str | Path, variants: Sequence[str], *, until_s: float | None = None) -> Trace:
-    """A CSV with a header naming ``time_s`` and ``variant`` (seconds from the start; other
-    columns ignored; any order). Arrivals at or after ``until_s`` are left out."""
-    path = Path(path)
-    index = {v: i for i, v in enumerate(variants)}
-    times, names = array("d"), array("q")
-    unknown: dict[str, int] = {}
-    try:
-        with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or "time_s" not in header or "variant" not in header:
-                raise TraceError(f"{path}: the first line must be a header naming the columns time_s and variant")
-            ti, vi = header.index("time_s"), header.index("variant")
-            for row in reader:
-                if not row:
-                    continue
-                try:
-                    t = float(row[ti])
-                    name = row[vi]
-                except (IndexError, ValueError):
-                    raise TraceError(f"{path}:{reader.line_num}: expected time_s,variant, got {','.join(row)!r}") from None
-                if not (t >= 0 and math.isfinite(t)):
-                    raise TraceError(f"{path}:{reader.line_num}: time_s must be a finite number >= 0, got {row[ti]!r}")
-                if until_s is not None and t >= until_s:
-                    continue
-                i = index.get(name)
-                if i is None:
-                    unknown[name] = unknown.get(name, 0) + 1
-                    continue
-                times.append(t)
-                names.append(i)
-    except OSError as exc:
-        raise TraceError(f"cannot read trace {path}: {exc.strerror or exc}") from None
-    if unknown:
-        listed = ", ".join(f"{v} ({n})" for v, n in sorted(unknown.items())[:5])
-        raise TraceError(f"{path} names variants the workload does not have: {listed}{' …' if len(unknown) > 5 else ''}")
-    t_arr, v_arr = np.frombuffer(times, dtype=np.float64).copy(), np.frombuffer(names, dtype=np.int64).copy()
-    if len(t_arr) == 0:
-        raise TraceError(f"{path} has no arrivals" + (f" before {until_s:g} s" if until_s is not None else ""))
-    if np.any(np.diff(t_arr) < 0):
-        order = np.argsort(t_arr, kind="stable")
-        t_arr, v_arr = t_arr[order], v_arr[order]
-    return Trace(t_arr, v_arr)
 
 
 # --- results -------------------------------------------------------------------------------------

@@ -13,13 +13,8 @@ import pytest
 
 from controller.planning import Assignment, Demand, GpuLet, LatencyModel, Plan, ProfilePoint, ProfileTable
 from letmesh.commands.planning import add_simulate_arguments
-from letmesh.simulator import (
-    TraceError,
-    poisson_arrivals,
-    read_trace,
-    run_simulate,
-    simulate,
-)
+from letmesh.arrivals import TraceError, poisson_arrivals, read_trace
+from letmesh.simulator import run_simulate, simulate
 
 # latency of a batch of b: 2 + b ms for "a", 1 + 0.5 b ms for "b" (margin 1: the batcher sees exactly this)
 LAT = {"a": lambda b: 2.0 + b, "b": lambda b: 1.0 + 0.5 * b}
