@@ -56,8 +56,16 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     assert runtime.startswith("onnx (converted from TorchScript: ") or runtime.endswith("kept TorchScript)"), runtime
     assert small["servers"]["baseline"]["runtimes"] == {}
     assert small["servers"]["letmesh"]["idle_cpu_ms_per_s"] > 0  # heartbeats run with no request at all
+    # The ceiling a ratio can reach here: the faster runtime's compute limit (the upgrade may serve
+    # on ONNX) over the baseline's max rate, printed beside the ratio.
+    best = max(small["compute_limit"][b]["rps"] for b in ("torchscript", "onnx"))
+    baseline_max = small["servers"]["baseline"]["max_rate"]
+    if baseline_max > 0:
+        assert math.isclose(small["ceiling_vs_naive"], best / baseline_max)
+    text = capsys.readouterr().out
+    assert f"the compute limit allows at most {small['ceiling_vs_naive']:.2f}x on this core" in text
 
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    last = text.strip().splitlines()[-1]
     assert last.startswith("RESULT ")
     fields = dict(item.split("=", 1) for item in last.removeprefix("RESULT ").split())
     assert list(fields) == list(KEYS)
