@@ -9,7 +9,7 @@ batcher uses to decide how large a batch still meets its deadlines.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class ModelRunner:
         process on its core, the median wall time of a 1.9 ms model read 5.9 ms; its CPU time
         does not move. What serving then finds on a busy host, the worker's slowdown says.
         """
-        clock = time.thread_time if self._device == "cpu" and cpu_threads() == 1 else time.perf_counter
+        clock = self.clock()
         sizes = warmup_batches(self.spec.max_batch)
         measured: dict[int, float] = {}
         for size in sizes:
@@ -65,6 +65,12 @@ class ModelRunner:
             measured[size] = min(times)
         self._curve = LatencyCurve(list(measured), list(measured.values()))
         return {b: s * 1000.0 for b, s in measured.items()}
+
+    def clock(self) -> Callable[[], float]:
+        """What a latency measurement of this variant reads: on one CPU thread the thread's CPU
+        time, which a neighbour taking turns on the same core does not inflate; else wall time
+        (several threads, or a device that computes apart from the calling thread)."""
+        return time.thread_time if self._device == "cpu" and cpu_threads() == 1 else time.perf_counter
 
     def example_inputs(self, batch: int) -> list[np.ndarray]:
         return example_inputs(self.spec, batch)

@@ -28,7 +28,6 @@ import queue  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -291,11 +290,16 @@ def _measure(runner: ModelRunner, batch: int, repeats: int, warmup: int) -> dict
     inputs = runner.example_inputs(batch)
     for _ in range(max(1, warmup)):  # the first run compiles and allocates
         runner.run(inputs)
+    # The runner's own clock: on one CPU thread, CPU time. A serving worker or a starting process
+    # that shares the core takes turns with this one, and wall time counted its turns too: batch 1
+    # read twice its latency beside a busy worker, and batch 2 slower than batch 4. A co-runner
+    # on other cores still shows, in the cycles this thread stalls on shared caches and memory.
+    clock = runner.clock()
     times = []
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
+        start = clock()
         runner.run(inputs)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     ms = np.asarray(times) * 1000.0
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(times)}
 

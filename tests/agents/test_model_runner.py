@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from agents.model_runner import ModelRunner
+from tests.agents.held_up import held_up
 from letmesh.zoo import build_trivial, quiet_jit
 from protocol.types import TensorSpec, VariantSpec
 
@@ -129,27 +129,13 @@ def test_warm_up_measures_powers_of_two_up_to_max_batch(identity, max_batch: int
         assert runner.latency_s(size) == pytest.approx(ms / 1000.0)
 
 
-def _held_up(runner: ModelRunner, every: int, seconds: float) -> None:
-    """The runner's model is kept off the CPU for ``seconds`` on every ``every``-th call, as by
-    another process on its core: the time passes, the model does no more work."""
-    run, calls = runner._run, [0]
-
-    def held(inputs):
-        calls[0] += 1
-        if calls[0] % every == 0:
-            time.sleep(seconds)
-        return run(inputs)
-
-    runner._run = held
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_warm_up_is_not_inflated_by_a_neighbour_that_holds_the_core_now_and_then(identity, monkeypatch,
                                                                                  threads: int) -> None:
     monkeypatch.setattr("agents.model_runner.cpu_threads", lambda: threads)
     spec, path = identity
     runner = ModelRunner(dataclasses.replace(spec, max_batch=4), path)
-    _held_up(runner, every=2, seconds=0.05)
+    held_up(runner, every=2, seconds=0.05)
     measured = runner.warm_up(repeats=5)
     assert all(ms < 25 for ms in measured.values()), measured  # the tiny model's own time, not the 50 ms
 
@@ -158,7 +144,7 @@ def test_on_one_cpu_thread_warm_up_counts_only_the_models_own_time(identity, mon
     monkeypatch.setattr("agents.model_runner.cpu_threads", lambda: 1)
     spec, path = identity
     runner = ModelRunner(dataclasses.replace(spec, max_batch=2), path)
-    _held_up(runner, every=1, seconds=0.05)  # held up on every run
+    held_up(runner, every=1, seconds=0.05)  # held up on every run
     measured = runner.warm_up(repeats=3)
     assert all(ms < 25 for ms in measured.values()), measured
 

@@ -26,7 +26,10 @@ from agents.config import AgentConfig
 from agents.probe import probe_devices, usable_cores
 from agents.process import CORES_ENV
 from agents.profile_runner import ProfileLimits, ProfileResult, ProfileRunner, profiler_environment
+from agents.model_runner import ModelRunner
 from agents.profiler import (
+    _Commands,
+    _serve,
     ProfilerSpec,
     ProfilerSpecError,
     Shared,
@@ -40,6 +43,7 @@ from letmesh.zoo import build_trivial, quiet_jit
 from protocol.codec import decode, encode
 from protocol.message import ProfileDevice, ProfileProgress, RegisterAgent, RegisterAgentReply
 from protocol.types import DeviceInfo, VariantSpec
+from tests.agents.held_up import held_up
 
 BOUND_S = 5.0
 RUN_S = 60.0  # a whole profiling run: fresh interpreters importing torch on a loaded 2-core machine
@@ -189,6 +193,31 @@ def test_cuda_profiler_gets_its_mps_share() -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "40"
     assert CORES_ENV not in env and env["OMP_NUM_THREADS"] == "1"
+
+
+# --- one measurement -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_neighbour_taking_turns_on_the_core_does_not_inflate_a_solo_measurement(repo: Path, variants,
+                                                                                  monkeypatch, threads: int) -> None:
+    """Beside a busy worker on its core, wall time read batch 1 at twice its latency; on one
+    CPU thread the measurement reads the model's own time, on several (wall time, the only
+    latency there) it still reads the median, not the held-up runs."""
+    monkeypatch.setattr("agents.model_runner.cpu_threads", lambda: threads)
+    identity = next(v for v in variants if v.name == "identity")
+    runner = ModelRunner(identity, repo / "identity" / "model.pt")
+    held_up(runner, every=1 if threads == 1 else 3, seconds=0.05)
+    commands = io.StringIO(json.dumps({"op": "measure", "variant": "identity", "batch": 2, "repeats": 5,
+                                       "warmup": 1}) + "\n")
+    results = io.StringIO()
+
+    _serve({"identity": runner}, _Commands(commands), results)
+
+    (line,) = results.getvalue().splitlines()
+    measured = json.loads(line)
+    assert measured["event"] == "measured" and measured["runs"] == 5
+    assert measured["p50_ms"] < 25, measured  # the tiny model's own time, not the neighbour's 50 ms
 
 
 # --- real runs --------------------------------------------------------------------------------
