@@ -291,9 +291,10 @@ def _measure(runner: ModelRunner, batch: int, repeats: int, warmup: int) -> dict
     for _ in range(max(1, warmup)):  # the first run compiles and allocates
         runner.run(inputs)
     # The runner's own clock: on one CPU thread, CPU time. A serving worker or a starting process
-    # that shares the core takes turns with this one, and wall time counted its turns too: batch 1
-    # read twice its latency beside a busy worker, and batch 2 slower than batch 4. A co-runner
-    # on other cores still shows, in the cycles this thread stalls on shared caches and memory.
+    # that shares the core takes turns with this one, and wall time counted its turns too (beside
+    # a process running the medium goodput model on its core, batch 1 of it read 21.4 ms against
+    # 10.1 ms of CPU time). A co-runner on other cores still shows, in the cycles this thread
+    # stalls on shared caches and memory.
     clock = runner.clock()
     times = []
     for _ in range(max(1, repeats)):

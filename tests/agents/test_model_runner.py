@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from agents.model_runner import ModelRunner
-from tests.agents.held_up import held_up
 from letmesh.zoo import build_trivial, quiet_jit
 from protocol.types import TensorSpec, VariantSpec
+from tests.agents.held_up import held_up
 
 # ModelRunner loads with torch.jit.load, which warns that TorchScript is deprecated on every load.
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:DeprecationWarning")

@@ -23,17 +23,17 @@ from torch import nn
 
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
+from agents.model_runner import ModelRunner
 from agents.probe import probe_devices, usable_cores
 from agents.process import CORES_ENV
 from agents.profile_runner import ProfileLimits, ProfileResult, ProfileRunner, profiler_environment
-from agents.model_runner import ModelRunner
 from agents.profiler import (
-    _Commands,
-    _serve,
     ProfilerSpec,
     ProfilerSpecError,
     Shared,
     Solo,
+    _Commands,
+    _serve,
     batch_menu,
     measurement_plan,
     partition_menu,
@@ -201,7 +201,7 @@ def test_cuda_profiler_gets_its_mps_share() -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_neighbour_taking_turns_on_the_core_does_not_inflate_a_solo_measurement(repo: Path, variants,
                                                                                   monkeypatch, threads: int) -> None:
-    """Beside a busy worker on its core, wall time read batch 1 at twice its latency; on one
+    """Beside a busy process on its core, wall time read batch 1 at twice its latency; on one
     CPU thread the measurement reads the model's own time, on several (wall time, the only
     latency there) it still reads the median, not the held-up runs."""
     monkeypatch.setattr("agents.model_runner.cpu_threads", lambda: threads)
