@@ -47,6 +47,9 @@ class GatewayConfig:
     shutdown_timeout_s: NonNegativeFloat = 5.0
     # On SIGTERM readiness answers 503 this long, requests still being taken, before the drain.
     drain_announce_s: NonNegativeFloat = 0.0
+    # Once the requests in flight are done and no new connection is taken, how long the open ones
+    # are left to close on their own (each closes after its next answer) before the rest are cut.
+    drain_linger_s: NonNegativeFloat = 1.0
     # /v2/health/ready: False (default) ready when every family, and every variant the routing
     # table routes to, has a live worker; True: every variant of the repository must (Triton's
     # --strict-readiness), so a re-plan that leaves a variant unplaced makes the gateway unready.

@@ -61,7 +61,8 @@ def unready_reason(view: RoutingView, serving: Callable[[str], bool], *, strict:
 class Health:
     """Flags read by the health endpoints. Use from the gateway's event loop only.
 
-    Readiness fails while draining (SIGTERM received: load balancers stop sending) and once the
+    Readiness fails while draining (SIGTERM received: load balancers stop sending; every answer
+    then says ``Connection: close``) and once the
     controller link gave up; liveness fails only for the latter, which the gateway cannot heal on
     its own (it keeps answering on its last routing table, but no longer learns of re-plans), so
     a service manager that watches liveness restarts it.
@@ -115,13 +116,20 @@ async def health_middleware(request: web.Request, handler) -> web.StreamResponse
     if path in HEALTH_PATHS:
         failing = not health.live if path.endswith("/live") else bool(health.not_ready_reason())
         if failing:
-            return web.json_response({"error": health.not_ready_reason()}, status=503)
-        return await handler(request)
-    health.enter()
-    try:
-        return await handler(request)
-    finally:
-        health.leave()
+            response: web.StreamResponse = web.json_response({"error": health.not_ready_reason()}, status=503)
+        else:
+            response = await handler(request)
+    else:
+        health.enter()
+        try:
+            response = await handler(request)
+        finally:
+            health.leave()
+    if health.draining:
+        # Every answer of a draining gateway closes its connection: the client sends its next
+        # request on a new one, never on a kept-alive one the shutdown is about to close.
+        response.force_close()
+    return response
 
 
 def install(app: web.Application, health: Health) -> None:

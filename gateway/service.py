@@ -2,8 +2,10 @@
 
 Start order: data socket, HTTP, controller link. Stop (SIGTERM): readiness answers 503 first
 (for ``drain_announce_s``, while requests are still taken, so load balancers move away), then the
-requests in flight finish (up to the shutdown timeout), then HTTP closes, then the controller link,
-then the data socket (failing whatever is still in flight, so no request is left without an answer).
+requests in flight finish (up to the shutdown timeout), then no new connection is taken and the
+open ones are left up to ``drain_linger_s`` to close after their next answer, then HTTP closes,
+then the controller link, then the data socket (failing whatever is still in flight, so no request
+is left without an answer).
 
 The controller link runs under a supervisor; when it gives up (crashes past its restart limit)
 readiness and liveness answer 503 (see :mod:`gateway.health`): the gateway keeps answering on its
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 
 import zmq.asyncio
 from aiohttp import web
@@ -110,6 +113,7 @@ class GatewayService:
                 await asyncio.sleep(cfg.drain_announce_s)  # readiness says 503 while requests are still taken
             if not await self.health.wait_idle(cfg.shutdown_timeout_s):
                 log.warning("%d requests still in flight after %ss", self.health.in_flight, cfg.shutdown_timeout_s)
+            await self._close_connections(cfg.drain_linger_s)
             await self._runner.cleanup()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -123,6 +127,22 @@ class GatewayService:
             self.policies.close()
         if self.ctx is not None:
             self.ctx.term()
+
+    async def _close_connections(self, linger_s: float) -> None:
+        """Take no new connection, then leave the open ones up to ``linger_s`` to close on their own.
+
+        aiohttp's cleanup closes each kept-alive connection idle at that instant, and a request its
+        client sent just then goes with it: the client sees the connection drop and cannot know
+        whether the request ran. Draining, every answer closes its connection (gateway.health),
+        so a client that sends on one now gets its answer first.
+        """
+        assert self._runner is not None
+        for site in list(self._runner.sites):
+            await site.stop()  # a new connection is refused: the client knows at once, and retries
+        server = self._runner.server
+        give_up = time.monotonic() + linger_s
+        while server is not None and server.connections and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext | None:

@@ -75,6 +75,59 @@ async def test_a_stop_answers_503_on_readiness_first_and_lets_the_request_in_fli
             await service.stop()
 
 
+async def http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """One request on an open connection; its answer's head and body."""
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND_S)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return head + await asyncio.wait_for(reader.readexactly(length), BOUND_S)
+
+
+async def test_a_request_on_a_kept_alive_connection_as_the_gateway_stops_is_answered_not_dropped() -> None:
+    config = GatewayConfig(controller="tcp://127.0.0.1:1", gateway_id="linger-test", http_port=0,
+                           data_bind="tcp://127.0.0.1:*", shutdown_timeout_s=BOUND_S, drain_linger_s=BOUND_S)
+    service = GatewayService(config)
+    await service.start()
+    stopping = None
+    writer = None
+    try:
+        host, port = service.http_url.removeprefix("http://").split(":")
+        live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        reader, writer = await asyncio.open_connection(host, int(port))
+        first = await http_exchange(reader, writer, live)
+        assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()  # kept alive
+
+        stopping = asyncio.create_task(service.stop())
+
+        async def refused() -> bool:  # past the drain: no new connection is taken
+            try:
+                _, probe = await asyncio.open_connection(host, int(port))
+            except OSError:
+                return True
+            probe.close()
+            await asyncio.sleep(0.05)
+            return False
+
+        await wait_for(refused)
+        await asyncio.sleep(0.2)  # as a client whose connection sat idle in its pool would
+        # The request sent on the kept-alive connection now is answered, and the answer closes it.
+        second = await http_exchange(reader, writer, live)
+        assert second.startswith(b"HTTP/1.1 200"), second[:80]
+        assert b"connection: close" in second.lower()
+        assert await asyncio.wait_for(reader.read(), BOUND_S) == b""  # then the gateway closes it
+        # With no connection left open the stop ends; it does not wait out the linger.
+        await asyncio.wait_for(stopping, BOUND_S / 2)
+    finally:
+        if writer is not None:
+            writer.close()
+        if stopping is None:
+            await service.stop()
+        elif not stopping.done():
+            await stopping
+
+
 class Doomed(Actor):
     """A child that crashes on every "boom"."""
 
