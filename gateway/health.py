@@ -62,10 +62,10 @@ class Health:
     """Flags read by the health endpoints. Use from the gateway's event loop only.
 
     Readiness fails while draining (SIGTERM received: load balancers stop sending; every answer
-    then says ``Connection: close``) and once the
-    controller link gave up; liveness fails only for the latter, which the gateway cannot heal on
-    its own (it keeps answering on its last routing table, but no longer learns of re-plans), so
-    a service manager that watches liveness restarts it.
+    then says ``Connection: close``) and once the controller link gave up; liveness fails only
+    for the latter, which the gateway cannot heal on its own (it keeps answering on its last
+    routing table, but no longer learns of re-plans), so a service manager that watches liveness
+    restarts it.
     """
 
     def __init__(self) -> None:
