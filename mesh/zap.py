@@ -55,7 +55,8 @@ class ZapHandler:
             if len(frames) < 6 or frames[0] != b"1.0":  # REP must answer every request, even a bad one
                 await self._answer([b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"bad request", b"", b""])
                 continue
-            request_id, domain, address, mechanism = frames[1], frames[2], frames[4], frames[5]
+            # RFC 27: version, request id, domain, address, routing identity, mechanism, credentials.
+            request_id, domain, address, mechanism = frames[1], frames[2], frames[3], frames[5]
             name = None
             if domain == ZAP_DOMAIN.encode():
                 try:

@@ -78,7 +78,8 @@ async def test_an_authorised_client_speaks_under_its_keys_name(ctx, ring: keys.K
         router.close()
 
 
-async def test_an_unknown_key_and_a_plaintext_client_never_get_a_message_in(ctx, ring: keys.Keyring, tmp_path) -> None:
+async def test_an_unknown_key_and_a_plaintext_client_never_get_a_message_in(ctx, ring: keys.Keyring, tmp_path,
+                                                                            caplog) -> None:
     router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
     stranger_public, stranger_secret = zmq.curve_keypair()
     real = keys.client_keys(ring.root, "agent", "e1")
@@ -92,6 +93,8 @@ async def test_an_unknown_key_and_a_plaintext_client_never_get_a_message_in(ctx,
         stranger.send_multipart(encode(Heartbeat(sender="stranger", role="agent")))
         event = await refused
         assert event["value"] == 400
+        # The operator is told where the refused key came from.
+        assert any(r.getMessage() == "refused a connection from 127.0.0.1: key not authorised" for r in caplog.records)
         failed = asyncio.create_task(_wait_event(plain, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL))
         await asyncio.sleep(0)
         plain.connect(router.address)
