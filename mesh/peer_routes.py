@@ -10,9 +10,11 @@ in the ROUTER's memory for good, even after it closes.
 The first connection heard under a name keeps it while it is connected: messages from any
 other connection under that name are dropped, and sends to the name go to the first. When
 another connection speaks, the first is asked whether it is still there (``alive``, at most
-once per ``probe_every_s`` per name); once it is gone, the newcomer takes the name over. A pure
-object with an injected clock; it keeps at most ``capacity`` names, forgetting the one heard
-from longest ago.
+once per ``probe_every_s`` per name); once it is gone, the newcomer takes the name over. On a
+link with keys, a connection whose key is that name's own (``rightful``) takes the name at
+once from one whose key is not: a key holder squatting on another peer's name while that peer
+was away cannot lock it out. A pure object with an injected clock; it keeps at most
+``capacity`` names, forgetting the one heard from longest ago.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class PeerRoutes:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
         self._probe_every_s = probe_every_s
-        self._holder: OrderedDict[bytes, bytes] = OrderedDict()  # name -> routing identity holding it
+        # name -> (routing identity holding it, whether its key is that name's own)
+        self._holder: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         self._probed: dict[bytes, float] = {}  # name -> when its holder was last asked
         self.dropped = 0  # messages from a connection that did not hold its name
         self.taken_over = 0  # names a newcomer took once their holder was gone
@@ -56,24 +59,28 @@ class PeerRoutes:
     def __len__(self) -> int:
         return len(self._holder)
 
-    def heard(self, routing_id: bytes, now: float, alive: Callable[[bytes], bool]) -> bytes | None:
-        """A message came in on ``routing_id``: the peer name to hand it on under, or None to drop it."""
+    def heard(self, routing_id: bytes, now: float, alive: Callable[[bytes], bool], *,
+              rightful: bool = False) -> bytes | None:
+        """A message came in on ``routing_id``: the peer name to hand it on under, or None to drop it.
+
+        ``rightful``: the connection's key is the one issued under the name it claims."""
         name = name_of(routing_id)
-        holder = self._holder.get(name)
-        if holder == routing_id:
+        held = self._holder.get(name)
+        if held is not None and held[0] == routing_id:
             self._holder.move_to_end(name)
             return name
-        if holder is not None:
+        if held is not None and not (rightful and not held[1]):
             if now - self._probed.get(name, -float("inf")) < self._probe_every_s:
                 self.dropped += 1
                 return None
             self._probed[name] = now
-            if alive(holder):
+            if alive(held[0]):
                 self.dropped += 1
                 return None
+        if held is not None:
             self.taken_over += 1
-            del self._probed[name]
-        self._holder[name] = routing_id
+            self._probed.pop(name, None)
+        self._holder[name] = (routing_id, rightful)
         self._holder.move_to_end(name)
         while len(self._holder) > self._capacity:
             gone, _ = self._holder.popitem(last=False)
@@ -82,4 +89,5 @@ class PeerRoutes:
 
     def route(self, name: bytes) -> bytes:
         """The routing identity a send to ``name`` goes to (``name`` itself when never heard)."""
-        return self._holder.get(name, name)
+        held = self._holder.get(name)
+        return name if held is None else held[0]

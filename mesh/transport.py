@@ -355,22 +355,24 @@ class Endpoint:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     raise EndpointClosed(str(exc)) from None
                 raise
+            peer_name = None
+            first = 0 if self.routes is None else 1  # a ROUTER's first frame is the routing identity
+            if self.secure and len(frames) > first:
+                try:
+                    peer_name = frames[first].get("User-Id")
+                except zmq.ZMQError:
+                    peer_name = None
             peer = None
             if self.routes is not None:
                 routing_id = bytes(frames[0].buffer)
-                peer = self.routes.heard(routing_id, time.monotonic(), self._still_connected)
+                rightful = peer_name is not None and peer_name.encode() == name_of(routing_id)
+                peer = self.routes.heard(routing_id, time.monotonic(), self._still_connected, rightful=rightful)
                 if peer is None:
                     self._claimed(routing_id)
                     continue
                 frames = frames[1:]
             elif len(frames) == 1 and len(frames[0]) == 0:
                 continue  # a ROUTER asking whether this connection is still there
-            peer_name = None
-            if self.secure and frames:
-                try:
-                    peer_name = frames[0].get("User-Id")
-                except zmq.ZMQError:
-                    peer_name = None
             try:
                 decoded = decode_all(frames, self._limits)
             except ProtocolError as exc:

@@ -99,3 +99,20 @@ def test_names_held_never_exceed_capacity_and_each_name_has_one_holder(events) -
             connected.discard(routes.route(f"p:{name}".encode()))
         clock.advance(0.02)
         assert len(routes) <= 8
+
+
+def test_a_connection_under_its_own_keys_name_takes_it_from_a_squatter_at_once() -> None:
+    clock, routes = FakeClock(), PeerRoutes()
+    squatter, owner = tagged("agent:e1"), tagged("agent:e1")
+    holders = Holders(squatter, owner)
+    assert routes.heard(squatter, clock.monotonic(), holders) == b"agent:e1"  # another key, while e1 was away
+    assert routes.heard(owner, clock.monotonic(), holders, rightful=True) == b"agent:e1"
+    assert holders.asked == []  # no need to ask: the squatter never had a claim
+    assert routes.route(b"agent:e1") == owner
+    assert routes.heard(squatter, clock.monotonic(), holders) is None
+    # The owner, once it holds the name, keeps it against another connection with its key.
+    clock.advance(1.0)
+    again = tagged("agent:e1")
+    holders.alive.add(again)
+    assert routes.heard(again, clock.monotonic(), holders, rightful=True) is None
+    assert routes.route(b"agent:e1") == owner
