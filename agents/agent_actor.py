@@ -36,7 +36,8 @@ from mesh.supervisor import RestartIntensity
 from mesh.lifecycle import feed, tick
 from mesh.keys import ClientKeys, client_keys, drop_worker_credential, new_worker_credential
 from mesh.metrics_http import MetricsServer
-from mesh.transport import Endpoint, EndpointClosed, Incoming, link_options
+from mesh.links import link_options
+from mesh.transport import Endpoint, EndpointClosed, Incoming
 from protocol.types import RunningWorker
 from protocol.message import (
     DeregisterAgent,

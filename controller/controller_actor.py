@@ -36,7 +36,8 @@ from mesh.clock import Clock, SystemClock
 from mesh.lifecycle import feed, tick
 from mesh.keys import Keyring
 from mesh.metrics_http import MetricsServer
-from mesh.transport import Endpoint, Incoming, PeerUnreachable, link_options
+from mesh.links import link_options
+from mesh.transport import Endpoint, Incoming, PeerUnreachable
 from protocol.types import ReplanRecord, WorkerState
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (

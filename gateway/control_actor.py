@@ -20,7 +20,8 @@ from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.lifecycle import feed, tick
 from mesh.keys import ClientKeys
-from mesh.transport import Endpoint, Incoming, link_options
+from mesh.links import link_options
+from mesh.transport import Endpoint, Incoming
 from protocol.codec import encode
 from gateway.event_log import EventLog
 from gateway.mesh_status import StatusFeed

@@ -38,7 +38,8 @@ from mesh.liveness import Liveness
 from mesh.slowdown import SlowdownEstimate, SlowdownTracker
 from gateway.peers import WorkerPeers
 from mesh.keys import ServerKeys
-from mesh.transport import DEFAULT_LINK, Endpoint, EndpointClosed, LinkOptions, PeerUnreachable
+from mesh.links import DEFAULT_LINK, LinkOptions
+from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
 from protocol.codec import tensor_meta, tensors_from_frames
 from protocol.error import ProtocolError
 from protocol.message import Heartbeat, InferReply, InferRequest, RoutingTable, WorkerHello

@@ -33,7 +33,7 @@ from gateway.health import Health, install, watch
 from mesh.keys import client_keys, gateway_server_keys
 from mesh.metrics_http import MetricsServer
 from mesh.supervisor import Supervisor
-from mesh.transport import link_options
+from mesh.links import link_options
 from gateway.http_app import METRICS, make_app
 
 log = logging.getLogger(__name__)

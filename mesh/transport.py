@@ -5,9 +5,8 @@ gateways towards the controller). ROUTER sockets set ROUTER_MANDATORY so a send 
 that is gone fails at once instead of vanishing. A DEALER's routing identity is its peer name
 plus a secret tag of its own (``mesh.peer_routes``): a second connection claiming a live
 peer's name is read and its messages dropped, never handed the name while the first is
-connected, and never left unread in libzmq's memory. Every socket has an explicit
-linger, a maximum message size, ZMTP heartbeats, TCP keepalive and a bounded redial backoff,
-so a silently dropped link is torn down and redialled within a few seconds of a heal.
+connected, and never left unread in libzmq's memory. Every socket carries the link
+settings of ``mesh.links`` (linger, size limits, ZMTP heartbeats, keepalive, redial backoff).
 
 With keys (``mesh.keys``) a socket speaks CURVE: a ROUTER authenticates each client through
 the context's ZAP handler and every message it receives carries the client's authenticated
@@ -31,13 +30,13 @@ import zmq
 import zmq.asyncio
 
 from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
+from mesh.links import DEFAULT_LINK, LINGER_MS, LinkOptions, socket_options
 from mesh.peer_routes import PeerRoutes, name_of, tagged
 from mesh.zap import ZAP_DOMAIN, ZapHandler
 from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode_all, encode, encode_bundle
 
 log = logging.getLogger(__name__)
 
-LINGER_MS = 0
 # A receive that finds a message waiting completes without giving the event loop a turn; a
 # loop reading a backlog would starve every other task (heartbeats, the worker's batching loop)
 # for as long as messages keep coming. recv() yields once this much time has passed since it last did.
@@ -58,28 +57,6 @@ REFUSED_REDIAL_MAX_S = 30.0
 CLAIM_WARNING_EVERY_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class LinkOptions:
-    """Socket-level liveness of every link: a ZMTP PING every ``heartbeat_s``, the link closed
-    when nothing came back within ``timeout_s``; redials start at ``reconnect_s`` and back off
-    to at most ``reconnect_max_s``."""
-
-    heartbeat_s: float = 1.0
-    timeout_s: float = 3.0
-    reconnect_s: float = 0.1
-    reconnect_max_s: float = 2.0
-
-
-DEFAULT_LINK = LinkOptions()
-
-
-def link_options(config: Any) -> LinkOptions:
-    """The link options of a role's config (fields ``link_heartbeat_s``, ``link_timeout_s``, ``link_reconnect_max_s``)."""
-    return LinkOptions(
-        heartbeat_s=getattr(config, "link_heartbeat_s", DEFAULT_LINK.heartbeat_s),
-        timeout_s=getattr(config, "link_timeout_s", DEFAULT_LINK.timeout_s),
-        reconnect_max_s=getattr(config, "link_reconnect_max_s", DEFAULT_LINK.reconnect_max_s),
-    )
 # One ZAP handler per context (libzmq asks inproc://zeromq.zap.01 of the socket's context);
 # shared by the context's CURVE servers and closed with the last of them.
 _ZAP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -149,7 +126,7 @@ class Endpoint:
         ``refresh`` is called before each authentication decision (re-reading a keyring directory).
         """
         sock = ctx.socket(zmq.ROUTER)
-        _common_options(sock, limits, link)
+        socket_options(sock, limits, link)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Identities carry a secret tag, so only the socket that owns one reconnects under it:
         # its new connection takes over at once from a stale one. Without handover libzmq never
@@ -177,7 +154,7 @@ class Endpoint:
         senders re-send state, so a stale message is worth less than a fresh one.
         """
         sock = ctx.socket(zmq.DEALER)
-        _common_options(sock, limits, link, dialer=True)
+        socket_options(sock, limits, link, dialer=True)
         sock.setsockopt(zmq.IDENTITY, tagged(identity))
         if control:
             sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -426,32 +403,3 @@ class Endpoint:
     @property
     def closed(self) -> bool:
         return self._sock.closed
-
-
-def _common_options(sock: zmq.Socket, limits: Limits, link: LinkOptions = DEFAULT_LINK, *, dialer: bool = False) -> None:
-    sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes + limits.max_header_bytes)
-    sock.setsockopt(zmq.SNDHWM, 10_000)
-    sock.setsockopt(zmq.RCVHWM, 10_000)
-    sock.setsockopt(zmq.RECONNECT_IVL, max(1, round(link.reconnect_s * 1000)))
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, max(1, round(link.reconnect_max_s * 1000)))
-    if link.heartbeat_s > 0:
-        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(link.heartbeat_s * 1000)))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(link.timeout_s * 1000)))
-        # A dialer asks the ROUTER (its TTL) to give up on it in half the time it gives the ROUTER
-        # itself: the ROUTER lets go of a dead dialer's connection, and of its name, before the
-        # dialer redials (a redial of the same socket would take over anyway; a restarted
-        # process, under a new tag, waits until the old connection is gone).
-        ttl_s = link.timeout_s / 2 if dialer else link.timeout_s
-        sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, round(ttl_s * 1000)))
-    # TCP keepalive catches a dead link even when the ZMTP heartbeat is off; the kernel's
-    # retransmission limit (TCP_USER_TIMEOUT via TCP_MAXRT) stops a cut link from waiting on
-    # backoff for tens of seconds.
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, round(link.timeout_s)))
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
-    sock.setsockopt(zmq.TCP_MAXRT, max(1000, round(link.timeout_s * 2000)))
-    # A connection made during a partition may stall in its handshake, where ZMTP heartbeats do
-    # not run yet: give up on it after a few timeouts (libzmq's default is 30 s) and redial.
-    sock.setsockopt(zmq.HANDSHAKE_IVL, max(5000, round(link.timeout_s * 3000)))

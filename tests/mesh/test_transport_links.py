@@ -11,7 +11,8 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from mesh.transport import Endpoint, LinkOptions
+from mesh.links import LinkOptions
+from mesh.transport import Endpoint
 from protocol.message import Heartbeat
 
 FAST = LinkOptions(heartbeat_s=0.2, timeout_s=0.6, reconnect_s=0.05, reconnect_max_s=0.3)
