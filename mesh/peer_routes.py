@@ -54,7 +54,7 @@ class PeerRoutes:
         self._holder: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         self._probed: dict[bytes, float] = {}  # name -> when its holder was last asked
         self.dropped = 0  # messages from a connection that did not hold its name
-        self.taken_over = 0  # names a newcomer took once their holder was gone
+        self.taken_over = 0  # names a newcomer took: its holder gone, or under another key than its own
 
     def __len__(self) -> int:
         return len(self._holder)
