@@ -50,11 +50,24 @@ def costly_mesh(tmp_path):
         _stop_and_check([mesh])
 
 
+def _row_ms(repo) -> float:
+    return json.loads((repo / "synth-large" / "manifest.json").read_text())["profile_ms"]["1"]
+
+
 def burst_rate(repo) -> float:
     """1.2x what every core of this host serves of the accurate variant one row at a time (its
     cost is per row), at most 200 req/s: an overload at full accuracy on any machine's speed."""
-    profile = json.loads((repo / "synth-large" / "manifest.json").read_text())["profile_ms"]
-    return min(200.0, 1.2 * len(os.sched_getaffinity(0)) * 1000.0 / profile["1"])
+    return min(200.0, 1.2 * len(os.sched_getaffinity(0)) * 1000.0 / _row_ms(repo))
+
+
+def light_rate(repo, profiles) -> float:
+    """A quarter of what one core serves of the accurate variant, at most 20 req/s: a light load
+    on any machine's speed, even when the plan gives that variant a single core and other work
+    takes part of it. The row cost is the larger of the build's measure and the mesh's own
+    profile on one core (the plan's figure, taken while workers warm beside it)."""
+    profiled = [s.p50_ms for s in profiles.samples
+                if s.variant == "synth-large" and s.partition == 1 and s.batch == 1]
+    return min(20.0, 0.25 * 1000.0 / max([_row_ms(repo), *profiled]))
 
 
 def timeline(outcomes: list[tuple], step_s: float = 3.0) -> str:
@@ -74,20 +87,24 @@ def mean_accuracy(outcomes: list[tuple], after_s: float) -> float:
 @pytest.mark.timeout(480)
 async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_returns(costly_mesh) -> None:
     mesh = costly_mesh
-    await asyncio.to_thread(wait_for_profiles, mesh.controller_address, timeout_s=240, say=lambda line: None)
+    profiles = await asyncio.to_thread(wait_for_profiles, mesh.controller_address, timeout_s=240,
+                                       say=lambda line: None)
     await asyncio.to_thread(wait_until, lambda: any(".g" in w.worker_id and w.state == "ready"
                                                     for w in fetch_status(mesh.controller_address).workers), 60, 0.2)
     url = f"{mesh.http_url}/v2/models/synth/infer"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        calm = await paced(session, url, BODY, rate=20, seconds=8)
+        light = light_rate(mesh.repository, profiles)
+        calm = await paced(session, url, BODY, rate=light, seconds=8)
         burst = await paced(session, url, BODY, rate=burst_rate(mesh.repository), seconds=25)
-        after = await paced(session, url, BODY, rate=20, seconds=20)
+        after = await paced(session, url, BODY, rate=light, seconds=20)
 
     for name, outcomes in (("calm", calm), ("burst", burst), ("after", after)):
         statuses = collections.Counter(o[1] for o in outcomes)
         assert set(statuses) <= {200, 503, 504}, (name, statuses)
     steady = attainment(burst, after_s=12.0)
-    assert mean_accuracy(calm, after_s=4.0) == pytest.approx(0.95), "light load is served at full accuracy"
+    assert mean_accuracy(calm, after_s=4.0) == pytest.approx(0.95), \
+        f"light load is served at full accuracy: {timeline(calm)}"
     assert steady >= 0.99, f"SLO attainment {steady:.2%} at steady state under overload: {timeline(burst)}"
     assert mean_accuracy(burst, after_s=12.0) < 0.95, "overload is carried by cheaper variants"
-    assert mean_accuracy(after, after_s=12.0) == pytest.approx(0.95), "accuracy returns when the load falls"
+    assert mean_accuracy(after, after_s=12.0) == pytest.approx(0.95), \
+        f"accuracy returns when the load falls: {timeline(after)}"
