@@ -51,10 +51,10 @@ def socket_options(sock: zmq.Socket, limits: Limits, link: LinkOptions = DEFAULT
     if link.heartbeat_s > 0:
         sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(link.heartbeat_s * 1000)))
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(link.timeout_s * 1000)))
-        # The ROUTER must drop a dead dialer's connection before the dialer redials: it refuses a
-        # second connection under a live identity (no handover), and that refused connection
-        # would stay open and deaf. So a dialer asks the ROUTER (its TTL) to give up on it in
-        # half the time it gives the ROUTER itself.
+        # A dialer asks the ROUTER (its TTL) to give up on it in half the time it gives the ROUTER
+        # itself: the ROUTER lets go of a dead dialer's connection, and of its name, before the
+        # dialer redials (a redial of the same socket would take over anyway; a restarted
+        # process, under a new tag, waits until the old connection is gone).
         ttl_s = link.timeout_s / 2 if dialer else link.timeout_s
         sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, round(ttl_s * 1000)))
     # TCP keepalive catches a dead link even when the ZMTP heartbeat is off; the kernel's

@@ -2,8 +2,10 @@
 
 A ROUTER binds (controller, gateway data socket); a DEALER dials out (agents, workers,
 gateways towards the controller). ROUTER sockets set ROUTER_MANDATORY so a send to a peer
-that is gone fails at once instead of vanishing, and never hand a live peer's identity over
-to a second connection claiming it (the newcomer is refused). Every socket carries the link
+that is gone fails at once instead of vanishing. A DEALER's routing identity is its peer name
+plus a secret tag of its own (``mesh.peer_routes``): a second connection claiming a live
+peer's name is read and its messages dropped, never handed the name while the first is
+connected, and never left unread in libzmq's memory. Every socket carries the link
 settings of ``mesh.links`` (linger, size limits, ZMTP heartbeats, keepalive, redial backoff).
 
 With keys (``mesh.keys``) a socket speaks CURVE: a ROUTER authenticates each client through
@@ -29,6 +31,7 @@ import zmq.asyncio
 
 from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
 from mesh.links import DEFAULT_LINK, LINGER_MS, LinkOptions, socket_options
+from mesh.peer_routes import PeerRoutes, name_of, tagged
 from mesh.zap import ZAP_DOMAIN, ZapHandler
 from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode_all, encode, encode_bundle
 
@@ -50,6 +53,8 @@ CONTROL_SNDHWM = 1000
 # dials it again itself (the server may not know its key yet: a gateway just restarted, a worker's
 # credential on its way), after a delay that doubles up to this.
 REFUSED_REDIAL_MAX_S = 30.0
+# A ROUTER warns at most this often that a second connection claims a live peer's name.
+CLAIM_WARNING_EVERY_S = 10.0
 
 
 # One ZAP handler per context (libzmq asks inproc://zeromq.zap.01 of the socket's context);
@@ -108,6 +113,8 @@ class Endpoint:
         self.refused_handshakes = 0
         self.handshakes = 0  # completed (a DEALER with keys counts them)
         self._unpacked: deque[Incoming] = deque()  # the rest of a received bundle
+        self.routes = PeerRoutes() if kind == zmq.ROUTER else None
+        self._claim_warned = -CLAIM_WARNING_EVERY_S
 
     @classmethod
     def router(
@@ -121,9 +128,10 @@ class Endpoint:
         sock = ctx.socket(zmq.ROUTER)
         socket_options(sock, limits, link)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Off (the default, set anyway so nobody turns it on): with handover, any connection
-        # claiming a live peer's identity would take its traffic.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        # Identities carry a secret tag, so only the socket that owns one reconnects under it:
+        # its new connection takes over at once from a stale one. Without handover libzmq never
+        # reads the newcomer, and keeps what it sends until the process exits.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         ep = cls(sock, zmq.ROUTER, limits)
         try:
             if security is not None:
@@ -147,7 +155,7 @@ class Endpoint:
         """
         sock = ctx.socket(zmq.DEALER)
         socket_options(sock, limits, link, dialer=True)
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.IDENTITY, tagged(identity))
         if control:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)
@@ -240,10 +248,10 @@ class Endpoint:
 
     async def send(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
         frames: list[Any] = encode(msg, tensors)
-        if self._kind == zmq.ROUTER:
+        if self.routes is not None:
             if to is None:
                 raise ValueError("a ROUTER send needs the peer identity")
-            frames.insert(0, to)
+            frames.insert(0, self.routes.route(to))
         try:
             await self._sock.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:
@@ -274,10 +282,10 @@ class Endpoint:
             self._send_frames(encode_bundle(chunk), to)
 
     def _send_frames(self, frames: list[Any], to: bytes | None) -> None:
-        if self._kind == zmq.ROUTER:
+        if self.routes is not None:
             if to is None:
                 raise ValueError("a ROUTER send needs the peer identity")
-            frames.insert(0, to)
+            frames.insert(0, self.routes.route(to))
         try:
             self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) < 3)
         except zmq.Again:
@@ -324,16 +332,24 @@ class Endpoint:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     raise EndpointClosed(str(exc)) from None
                 raise
-            peer = None
-            if self._kind == zmq.ROUTER:
-                peer = bytes(frames[0].buffer)
-                frames = frames[1:]
             peer_name = None
-            if self.secure and frames:
+            first = 0 if self.routes is None else 1  # a ROUTER's first frame is the routing identity
+            if self.secure and len(frames) > first:
                 try:
-                    peer_name = frames[0].get("User-Id")
+                    peer_name = frames[first].get("User-Id")
                 except zmq.ZMQError:
                     peer_name = None
+            peer = None
+            if self.routes is not None:
+                routing_id = bytes(frames[0].buffer)
+                rightful = peer_name is not None and peer_name.encode() == name_of(routing_id)
+                peer = self.routes.heard(routing_id, time.monotonic(), self._still_connected, rightful=rightful)
+                if peer is None:
+                    self._claimed(routing_id)
+                    continue
+                frames = frames[1:]
+            elif len(frames) == 1 and len(frames[0]) == 0:
+                continue  # a ROUTER asking whether this connection is still there
             try:
                 decoded = decode_all(frames, self._limits)
             except ProtocolError as exc:
@@ -345,6 +361,24 @@ class Endpoint:
                 self._unpacked.append(Incoming(peer, msg, buffers, peer_name, more=i < last))
             msg, buffers = decoded[0]
             return Incoming(peer, msg, buffers, peer_name, more=last > 0)
+
+    def _still_connected(self, routing_id: bytes) -> bool:
+        """Whether a connection holds ``routing_id``: an empty message to it fails at once if
+        none does (ROUTER_MANDATORY); a DEALER of ours skips it."""
+        try:
+            self._now.send_multipart([routing_id, b""], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return True  # connected, and backed up
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH
+        return True
+
+    def _claimed(self, routing_id: bytes) -> None:
+        now = time.monotonic()
+        if now - self._claim_warned >= CLAIM_WARNING_EVERY_S:
+            self._claim_warned = now
+            log.warning("a second connection claims %r while the first is connected; its messages are dropped "
+                        "(%d so far)", name_of(routing_id)[:64], self.routes.dropped if self.routes else 0)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         if self._watch is not None:

@@ -292,11 +292,18 @@ def _random_envelope(rng: random.Random, tags: Sequence[int]) -> bytes:
 def fuzz_control(address: str, family: str, variant: str, *, frames: int, seed: int = 11,
                  keys_dir: Path | None = None) -> dict[str, int]:
     """``frames`` mutated or made-up control messages from peers claiming to be a gateway, an agent,
-    a worker and an operator (never the names of the mesh's own peers)."""
+    a worker and an operator (never the names of the mesh's own peers). Another socket holds each
+    name first and stays connected: the frames come on second connections under live identities,
+    which the controller must read (and free) like any other."""
     rng = random.Random(seed)
     seeds = control_seeds(family, variant)
     tags = list(range(0, 60)) + [100, 101, 102, 999]
-    peers = [ControlPeer(address, name, keys_dir) for name in ("gateway:fuzz", "agent:fuzz", "worker:fuzz.w0", "cli:fuzz")]
+    names = ("gateway:fuzz", "agent:fuzz", "worker:fuzz.w0", "cli:fuzz")
+    holders = [ControlPeer(address, name, keys_dir) for name in names]
+    for holder in holders:
+        holder.send([rng.randbytes(8)])
+    time.sleep(0.2)  # each name held before its second connection dials
+    peers = [ControlPeer(address, name, keys_dir) for name in names]
     try:
         for i in range(frames):
             roll = rng.random()
@@ -314,5 +321,5 @@ def fuzz_control(address: str, family: str, variant: str, *, frames: int, seed: 
         return {"frames": sum(p.sent for p in peers), "refused": sum(p.refused for p in peers),
                 "replies": sum(p.replies for p in peers)}
     finally:
-        for p in peers:
+        for p in (*peers, *holders):
             p.close()

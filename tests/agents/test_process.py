@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from agents.process import CORES_ENV, SPEC_ENV, spawn_worker, stop_process, worker_environment
+from mesh.peer_routes import name_of
 from protocol.codec import decode
 from protocol.message import FetchArtifact, StartWorker
 from protocol.types import Partition, TensorSpec, VariantSpec
@@ -126,7 +127,7 @@ async def start_blocked_worker(sock: zmq.asyncio.Socket, address: str, tmp_path:
     procs.append(proc)
     identity, *frames = await asyncio.wait_for(sock.recv_multipart(), WORKER_START_S)
     msg, _ = decode(frames)
-    assert identity == b"worker:a1.w0"
+    assert name_of(identity) == b"worker:a1.w0"  # its name, and a tag of its socket
     assert isinstance(msg, FetchArtifact) and msg.sha256 == VARIANT.sha256 and msg.offset == 0
     return proc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -173,4 +174,78 @@ async def test_readable_says_whether_a_message_is_waiting(ctx) -> None:
         assert seqs == [0, 1, 2]
     finally:
         dealer.close()
+        router.close()
+
+
+async def _drain(router: Endpoint, seconds: float) -> list:
+    """Every message the router hands on within ``seconds``."""
+    got = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                got.append(await router.recv())
+    return got
+
+
+async def test_a_second_connection_under_a_live_name_is_read_and_dropped_then_takes_over_once_the_first_is_gone(ctx) -> None:
+    """A restarted process dials under its old name while its old connection may linger. The
+    ROUTER reads what the newcomer sends (libzmq alone would leave it unread, in memory, for
+    good), hands none of it on while the first connection is there, and lets the newcomer have
+    the name as soon as the first is gone."""
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    first = Endpoint.dealer(ctx, router.address, "agent:e1")
+    second = Endpoint.dealer(ctx, router.address, "agent:e1")
+    try:
+        await first.send(Heartbeat(sender="first", role="agent"))
+        assert (await asyncio.wait_for(router.recv(), 5)).msg.sender == "first"
+        for seq in range(200):
+            second.send_nowait(Heartbeat(sender="second", role="agent", seq=seq))
+        await first.send(Heartbeat(sender="first", role="agent", seq=1))
+        got = await _drain(router, 1.0)
+        assert [(g.peer, g.msg.sender) for g in got] == [(b"agent:e1", "first")]
+        assert router.routes is not None and router.routes.dropped == 200
+        router.send_nowait(Heartbeat(sender="controller", role="controller"), to=b"agent:e1")
+        assert (await asyncio.wait_for(first.recv(), 5)).msg.sender == "controller"
+        assert first.protocol_errors == 0  # the router's "still there?" messages were skipped silently
+
+        first.close()
+        async with asyncio.timeout(10):
+            while True:
+                second.send_nowait(Heartbeat(sender="second", role="agent", seq=999))
+                got = await _drain(router, 0.2)
+                if got:
+                    break
+        assert {(g.peer, g.msg.sender) for g in got} == {(b"agent:e1", "second")}
+        router.send_nowait(Heartbeat(sender="controller", role="controller", seq=2), to=b"agent:e1")
+        back = await asyncio.wait_for(second.recv(), 5)
+        assert (back.msg.sender, back.msg.seq) == ("controller", 2)
+    finally:
+        first.close()
+        second.close()
+        router.close()
+
+
+async def test_connections_reusing_one_raw_identity_are_all_read(ctx) -> None:
+    """A client that sets the same identity on each new socket (no tag: a script, a fuzzer)
+    is heard on each: what it sends is read, not left in the ROUTER's memory."""
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    holder = raw_dealer(ctx, router.address, b"gateway:raw")
+    try:
+        await holder.send_multipart(encode(Heartbeat(sender="holder", role="gateway")))
+        assert (await asyncio.wait_for(router.recv(), 5)).msg.sender == "holder"
+        for round_ in range(3):
+            again = raw_dealer(ctx, router.address, b"gateway:raw")
+            try:
+                for seq in range(100):
+                    await again.send_multipart(encode(Heartbeat(sender=f"again{round_}", role="gateway", seq=seq)))
+                got = []
+                async with asyncio.timeout(10):
+                    while len(got) < 100:
+                        got.append(await router.recv())
+                assert [g.msg.seq for g in got] == list(range(100))
+                assert {(g.peer, g.msg.sender) for g in got} == {(b"gateway:raw", f"again{round_}")}
+            finally:
+                again.close()
+    finally:
+        holder.close()
         router.close()

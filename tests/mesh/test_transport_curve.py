@@ -193,3 +193,30 @@ async def test_a_key_refused_before_the_server_knew_it_is_dialled_again_and_gets
     finally:
         dealer.close()
         router.close()
+
+
+async def test_a_key_holder_squatting_on_an_absent_peers_name_gives_it_up_when_that_peer_dials(ctx, ring) -> None:
+    """An authorised key dials under another peer's name while that peer is away. Its messages
+    reach the application (which refuses them by key), but the moment the peer dials under its
+    own key it has its name back: its messages are heard and sends to the name reach it."""
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
+    squatter = Endpoint.dealer(ctx, router.address, "agent:e1", security=keys.client_keys(ring.root, "agent", "e2"))
+    owner = None
+    try:
+        await squatter.send(Heartbeat(sender="squatter", role="agent"))
+        got = await asyncio.wait_for(router.recv(), 10)
+        assert (got.peer, got.peer_name) == (b"agent:e1", "agent:e2")
+        owner = Endpoint.dealer(ctx, router.address, "agent:e1", security=keys.client_keys(ring.root, "agent", "e1"))
+        await owner.send(Heartbeat(sender="owner", role="agent"))
+        got = await asyncio.wait_for(router.recv(), 10)
+        assert (got.peer, got.peer_name, got.msg.sender) == (b"agent:e1", "agent:e1", "owner")
+        router.send_nowait(Heartbeat(sender="controller", role="controller"), to=b"agent:e1")
+        assert (await asyncio.wait_for(owner.recv(), 10)).msg.sender == "controller"
+        await squatter.send(Heartbeat(sender="squatter", role="agent", seq=1))
+        await owner.send(Heartbeat(sender="owner", role="agent", seq=1))
+        assert (await asyncio.wait_for(router.recv(), 10)).msg.sender == "owner"  # the squatter's was dropped
+    finally:
+        squatter.close()
+        if owner is not None:
+            owner.close()
+        router.close()
