@@ -15,6 +15,7 @@ import pytest
 from controller.store import StateStore
 from letmesh.bandit_report import report
 from letmesh.launcher import LocalMesh
+from letmesh.profiles import wait_for_profiles
 from tests.integration.conftest import _stop_and_check
 
 FAST, ACCURATE = "digits-linear", "digits-cnn"
@@ -26,6 +27,9 @@ def digits_mesh(tmp_path_factory, digits_repo):
     mesh = LocalMesh(repository=digits_repo, state_dir=tmp_path_factory.mktemp("bandit-state"))
     try:
         mesh.start(timeout_s=120)
+        # The traffic below is about what the bandit learns: it starts once the start-up
+        # profiling, which shares the cores with the serving workers, is over.
+        wait_for_profiles(mesh.controller_address, timeout_s=120, say=lambda line: None)
         yield mesh
     finally:
         _stop_and_check([mesh])
