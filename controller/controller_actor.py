@@ -38,6 +38,7 @@ from mesh.keys import Keyring
 from mesh.metrics_http import MetricsServer
 from mesh.links import link_options
 from mesh.transport import Endpoint, Incoming, PeerUnreachable
+from mesh.transport_metrics import EndpointCollector
 from protocol.types import ReplanRecord, WorkerState
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (
@@ -110,6 +111,7 @@ class ControllerActor(Actor):
         self._last_tick = float("inf")
         self.address = ""
         self.metrics = ControllerMetrics()
+        self.metrics.registry.register(EndpointCollector(lambda: {"control": self._endpoint}))
         self._metrics_server: MetricsServer | None = None
 
     @property

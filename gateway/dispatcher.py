@@ -137,6 +137,11 @@ class Dispatcher:
         return self.view.shed
 
     @property
+    def endpoint(self) -> Endpoint:
+        """The data ROUTER, for its transport counters (see :mod:`mesh.transport_metrics`)."""
+        return self._endpoint
+
+    @property
     def routing_version(self) -> int:
         return self.view.version
 

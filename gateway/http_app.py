@@ -40,6 +40,7 @@ from gateway.selection import SELECTION_MODES, Shed, parse_bounds
 from gateway.telemetry import Outcome, Telemetry
 from mesh.bandit import NoCandidate
 from mesh.shares import ShareTracker
+from mesh.transport_metrics import EndpointCollector
 from protocol.types import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -334,15 +335,18 @@ METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 def metrics_registry(plane: DataPlane) -> CollectorRegistry:
-    """This gateway's registry: the data plane's telemetry and the dispatcher's gauges."""
+    """This gateway's registry: the data plane's telemetry, the dispatcher's gauges and its data
+    socket's transport counters."""
     d = plane.dispatcher
-    return gateway_registry(plane.telemetry, lambda: {
+    registry = gateway_registry(plane.telemetry, lambda: {
         "letmesh_gateway_inflight_requests": ("Requests sent to workers and not answered yet.", d.outstanding()),
         "letmesh_gateway_routing_version": ("Version of the routing table in use.", d.routing_version),
         "letmesh_gateway_event_loop_lag_seconds": ("Worst lateness of the gateway's event loop waking from a timer "
                                                    "over its last 20 heartbeats: about how long a request may wait "
                                                    "for its handler.", d.loop_lag_s()),
     })
+    registry.register(EndpointCollector(lambda: {"data": d.endpoint}))
+    return registry
 
 
 async def model_stats(request: web.Request) -> web.Response:

@@ -102,9 +102,12 @@ def peer_keys(keys_dir: Path, identity: str) -> ClientKeys:
 
 
 class ControlPeer:
-    """A DEALER on the controller's ROUTER under a chosen identity; synchronous, one thread."""
+    """A DEALER on the controller's ROUTER under a chosen identity; synchronous, one thread.
 
-    def __init__(self, address: str, identity: str, keys_dir: Path | None = None) -> None:
+    ``server_key``: another ROUTER's public key (a gateway's data socket) instead of the controller's."""
+
+    def __init__(self, address: str, identity: str, keys_dir: Path | None = None, *,
+                 server_key: bytes | None = None) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)  # let queued frames leave before close
@@ -115,7 +118,7 @@ class ControlPeer:
             keys = peer_keys(keys_dir, identity)
             self._sock.curve_publickey = keys.public_key
             self._sock.curve_secretkey = keys.secret_key
-            self._sock.curve_serverkey = keys.server_key
+            self._sock.curve_serverkey = server_key or keys.server_key
         self._sock.connect(address)
         self.sent = 0
         self.refused = 0

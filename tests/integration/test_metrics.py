@@ -14,10 +14,15 @@ from pathlib import Path
 
 import pytest
 import tritonclient.http as triton
+import zmq.auth
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.support.chaos_inputs import ControlPeer
 from letmesh.launcher import LocalMesh, free_port
 from letmesh.status import fetch_status
+from mesh.keys import own_secret_file
+from protocol.codec import encode
+from protocol.message import Heartbeat
 from tests.integration.conftest import _stop_and_check, processes_mentioning, wait_until
 from tests.integration.test_serving import identity_body, post
 
@@ -139,6 +144,37 @@ def test_the_controller_and_agent_export_the_mesh_they_run(metered) -> None:
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", ())]
     plotted = {m for e in exprs for m in re.findall(r"letmesh_[a-z0-9_]+", e)}
     assert plotted and plotted <= exported, sorted(plotted - exported)
+
+
+def test_a_second_peer_claiming_a_live_name_shows_in_the_controller_and_gateway_counters(metered) -> None:
+    """Someone starts a second agent under the running agent's id (and a stray process dials the
+    gateway under a serving worker's name): each socket drops what the impostor sends, and the
+    operator sees it in the scrape, not only in a log line."""
+    worker = next(w for w in fetch_status(metered.controller_address).workers if w.state == "ready")
+    gateway_key, _ = zmq.auth.load_certificate(own_secret_file(metered.keys_dir, "gateway", "local"))
+    claims = [("controller", metered.controller_address, "agent:local", "control", None),
+              ("gateway", f"tcp://127.0.0.1:{metered.data_port}", f"worker:{worker.worker_id}", "data", gateway_key)]
+    for role, address, name, socket, server_key in claims:
+        before = Scrape(metered.metrics_url(role))
+        assert before.value("letmesh_peer_names", socket=socket) >= 1
+        impostor = ControlPeer(address, name, metered.keys_dir, server_key=server_key)
+        try:
+            for _ in range(5):
+                impostor.send(encode(Heartbeat(sender=name, role=name.split(":")[0])))
+
+            def counted(role: str = role, socket: str = socket) -> Scrape | None:
+                scrape = Scrape(metered.metrics_url(role))
+                return scrape if scrape.value("letmesh_peer_claims_dropped_total", socket=socket) >= 5 else None
+
+            after = wait_until(counted, timeout_s=30, interval_s=0.2)
+        finally:
+            impostor.close()
+        assert after.value("letmesh_peer_claims_dropped_total", socket=socket) - \
+            before.value("letmesh_peer_claims_dropped_total", socket=socket) == 5, role
+        assert after.value("letmesh_transport_invalid_messages_total", socket=socket) == 0
+    # The real peers kept their names: the mesh still serves.
+    status, _, raw = post(f"{metered.http_url}/v2/models/identity/infer", identity_body([1.0] * 16))
+    assert status == 200, raw
 
 
 def test_a_crashed_worker_shows_in_the_agents_crash_and_restart_counters(metered) -> None:
