@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mesh.transport import Endpoint
 from mesh.transport_metrics import EndpointCollector
 from protocol.message import Heartbeat
+from tests.mesh.test_transport import _drain as drain
 from tests.mesh.test_transport import raw_dealer
 
 
@@ -19,15 +19,6 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
     text = generate_latest(registry).decode()
     return {(s.name, s.labels.get("socket", "")): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-async def drain(router: Endpoint, seconds: float) -> list:
-    got = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            while True:
-                got.append(await router.recv())
-    return got
 
 
 async def test_a_second_peer_under_a_live_name_and_bad_frames_show_in_the_counters(ctx) -> None:
