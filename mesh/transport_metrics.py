@@ -4,7 +4,7 @@ An operator's view of the transport's own decisions: messages dropped because th
 decode, messages dropped because a second connection claimed a name a live peer holds (two
 hosts configured with one id, or a process started twice), and names a newcomer took over
 from a holder that was gone (a restarted peer). Read at scrape time on the endpoint's event
-loop. Imports ``mesh`` only.
+loop. Of ours, imports only ``mesh``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class EndpointCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         invalid = CounterMetricFamily("letmesh_transport_invalid_messages",
-                                      "Messages dropped unread because they did not decode (malformed frames, "
+                                      "Messages dropped because they did not decode (malformed frames, "
                                       "sizes past the limits).", labels=["socket"])
         dropped = CounterMetricFamily("letmesh_peer_claims_dropped",
                                       "Messages dropped because their connection claimed a peer name that another, "
