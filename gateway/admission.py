@@ -16,34 +16,53 @@ from mesh.latency import LatencyCurve
 # Warm-up curves measured beside serving workers ran up to twice too slow: a prediction never
 # assumes a worker faster than half its curve.
 SPEED_FLOOR = 0.5
+# A worker measured slower than its curve is believed only for a model whose batch of one takes
+# at least this long (ms): a sub-millisecond model's measured slowdown on a busy host swings by
+# tens of times with each descheduling, while a multi-millisecond batch slowed two-fold is the
+# worker's real pace (the host is busier than when it was profiled).
+TRUST_SLOW_MS = 2.0
+# The most a slowdown scales a prediction: beyond it the worker is as good as stalled, and the
+# deadline timer and heartbeats, not admission, deal with it.
+SPEED_CEILING = 4.0
 
 
-def speed_factor(slowdown: float | None) -> float:
-    """How much of the curve's time a worker takes, as far as admission trusts it: in [0.5, 1].
+def speed_factor(slowdown: float | None, single_ms: float = 0.0) -> float:
+    """How much of the curve's time a worker takes, as far as admission trusts it.
 
     ``slowdown`` is the worker's measured compute time over its curve (the gateway's filter of its
-    replies), None before there are enough. Below 1 the curve was measured slow and the worker's
-    own speed is used, down to SPEED_FLOOR; above 1 (a host busier than at profiling) the curve is
-    kept: on a busy host a sub-millisecond model's slowdown swings by tens of times, and scaling a
-    whole queue by it turned away requests that then would have been served in time. Unknown: the
-    floor, so a cold worker is not turned away on a curve it has not yet been measured against.
+    replies), None before there are enough; ``single_ms`` the curve's batch of one. Below 1 the
+    curve was measured slow and the worker's own speed is used, down to SPEED_FLOOR. Above 1 (a
+    host busier than at profiling) it is used, up to SPEED_CEILING, only when a batch of one takes
+    TRUST_SLOW_MS or more; for a faster model the curve is kept: scaling a whole queue by a swing
+    turned away requests that then would have been served in time. Unknown: the floor, so a cold
+    worker is not turned away on a curve it has not yet been measured against.
     """
     if slowdown is None or not math.isfinite(slowdown):
         return SPEED_FLOOR
-    return min(1.0, max(SPEED_FLOOR, slowdown))
+    ceiling = SPEED_CEILING if single_ms >= TRUST_SLOW_MS else 1.0
+    return min(ceiling, max(SPEED_FLOOR, slowdown))
 
 
-def predicted_finish_s(curve: LatencyCurve | None, ahead: int, slowdown: float | None = None) -> float | None:
+def predicted_finish_s(curve: LatencyCurve | None, ahead: int, slowdown: float | None = None,
+                       busy_s: float = 0.0) -> float | None:
     """Seconds until a new request finishes behind ``ahead`` others on a worker; None if unknown.
 
     The requests ahead and this one are served in batches along the worker's measured curve
     (per-item linear past its largest batch), at the worker's measured speed (:func:`speed_factor`).
-    Taking them as one batch, and a slowdown above 1 as none, keeps the prediction optimistic: a
-    request turned away could not have made it.
+    ``busy_s`` is how long the worker has been at the work ahead (since its last answer): the
+    batch it is computing is that far along, up to that batch's whole time, and what is done of
+    it is not waited for again. Taking the requests as one batch, and crediting a worker that
+    was idle with a batch already under way, keep the prediction optimistic: a request turned
+    away could not have made it.
     """
     if curve is None:
         return None
-    return curve(ahead + 1) / 1e3 * speed_factor(slowdown)
+    factor = speed_factor(slowdown, curve(1))
+    finish_s = curve(ahead + 1) / 1e3 * factor
+    if ahead > 0 and busy_s > 0:
+        running_s = curve(min(ahead, curve.batches[-1] if curve.batches else 1)) / 1e3 * factor
+        finish_s -= min(busy_s, running_s)
+    return finish_s
 
 
 def running_behind_s(lags_s: Collection[float]) -> float:

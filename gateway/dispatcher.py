@@ -113,6 +113,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task] = []
         self.demand = DemandCounts()  # reported to the controller by the control link
         self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
+        self._answered_at: dict[str, float] = {}  # worker -> when its latest reply came
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0, "shed": 0}
         # How late this loop woke from its heartbeat timer, over the last LOOP_LAG_SAMPLES wake-ups:
         # about how long a request could wait for its handler (or its answer) on a busy loop.
@@ -174,6 +175,7 @@ class Dispatcher:
         self.view = view = RoutingView(table)
         self._picker.forget(view.workers)
         self._slowdown = {k: v for k, v in self._slowdown.items() if k in view.curves}
+        self._answered_at = {w: t for w, t in self._answered_at.items() if w in view.workers}
         for worker_id in old.workers.keys() - view.workers.keys():
             if worker_id not in self._unrouted:
                 self._liveness.forget(worker_id)
@@ -231,7 +233,8 @@ class Dispatcher:
         if self._admission:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), ahead,
-                                          self._measured_slowdown(worker_id, variant))
+                                          self._measured_slowdown(worker_id, variant),
+                                          now - self._answered_at.get(worker_id, now))
             behind_s = self.running_behind_s()
             wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
             if wait_s is not None:
@@ -395,6 +398,7 @@ class Dispatcher:
                 self.counters["late_replies_ignored"] += 1
                 continue
             self.counters["replies"] += 1
+            self._answered_at[worker_id] = now
             self._finish(msg.request_id, worker_id=worker_id, **self._outcome(worker_id, entry, msg, incoming.buffers, now))
 
     def _outcome(self, worker_id: str, entry: InFlight, msg: InferReply, buffers: list, now: float) -> dict:

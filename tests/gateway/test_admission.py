@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.admission import SPEED_FLOOR, admit, predicted_finish_s, running_behind_s, speed_factor
+from gateway.admission import (
+    SPEED_CEILING,
+    SPEED_FLOOR,
+    TRUST_SLOW_MS,
+    admit,
+    predicted_finish_s,
+    running_behind_s,
+    speed_factor,
+)
 from mesh.latency import LatencyCurve
 
 
@@ -20,12 +28,35 @@ def test_the_prediction_follows_the_workers_curve_at_its_measured_speed() -> Non
     assert predicted_finish_s(curve, 0, 1.0) == pytest.approx(0.010)
     assert predicted_finish_s(curve, 2, 1.0) == pytest.approx(0.020)
     assert predicted_finish_s(curve, 2, 0.6) == pytest.approx(0.012)  # measured faster than its curve
+    assert predicted_finish_s(curve, 2, 2.0) == pytest.approx(0.040)  # a 10 ms batch running at half speed
 
 
-def test_the_measured_speed_is_trusted_between_half_the_curve_and_the_curve() -> None:
+def test_the_batch_a_worker_has_been_computing_counts_as_that_far_along() -> None:
+    per_row = LatencyCurve((1, 2, 4, 8), (10.0, 20.0, 40.0, 80.0))  # ms: batching saves nothing
+    assert predicted_finish_s(per_row, 4, 1.0, busy_s=0.0) == pytest.approx(0.050)
+    assert predicted_finish_s(per_row, 4, 1.0, busy_s=0.015) == pytest.approx(0.035)
+    assert predicted_finish_s(per_row, 4, 1.0, busy_s=5.0) == pytest.approx(0.010)  # at most the 4 under way
+    assert predicted_finish_s(per_row, 12, 1.0, busy_s=5.0) == pytest.approx(0.050)  # at most its largest batch
+    assert predicted_finish_s(per_row, 4, 2.0, busy_s=0.015) == pytest.approx(0.085)  # at the measured pace
+    assert predicted_finish_s(per_row, 0, 1.0, busy_s=5.0) == pytest.approx(0.010)  # nothing under way
+
+
+def test_a_fast_models_slowdown_is_not_believed_and_a_slow_models_is() -> None:
+    fast = LatencyCurve((1, 8), (0.4, 1.5))  # ms: a busy host's descheduling alone doubles these
+    assert predicted_finish_s(fast, 7, 3.0) == pytest.approx(0.0015)
+    slow = LatencyCurve((1, 8), (5.0, 20.0))
+    assert predicted_finish_s(slow, 7, 3.0) == pytest.approx(0.060)
+
+
+def test_the_measured_speed_is_trusted_within_bounds_that_depend_on_the_models_cost() -> None:
     assert speed_factor(0.8) == pytest.approx(0.8)
     assert speed_factor(0.1) == SPEED_FLOOR == 0.5  # never faster than half the curve
-    assert speed_factor(7.0) == 1.0  # a busy host's swings do not turn requests away
+    assert speed_factor(7.0) == 1.0  # a fast model's swings on a busy host do not turn requests away
+    assert speed_factor(7.0, single_ms=TRUST_SLOW_MS) == SPEED_CEILING == 4.0  # a slow model's are its pace
+    assert speed_factor(1.8, single_ms=TRUST_SLOW_MS) == pytest.approx(1.8)
+    assert speed_factor(1.8, single_ms=TRUST_SLOW_MS * 0.9) == 1.0
+    assert speed_factor(0.7, single_ms=50.0) == pytest.approx(0.7)
+    assert speed_factor(None, single_ms=50.0) == SPEED_FLOOR
     assert speed_factor(None) == SPEED_FLOOR  # not measured yet: the optimistic end
     assert speed_factor(float("nan")) == SPEED_FLOOR
 

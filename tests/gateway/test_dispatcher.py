@@ -98,22 +98,27 @@ async def test_requests_that_cannot_make_it_behind_a_queue_are_turned_away_at_on
     assert dispatcher.outstanding() == 0
 
 
-@pytest.mark.parametrize(("measured_us", "turned_away"), [(40_000, True), (20_000, False)])
-async def test_the_prediction_runs_at_the_workers_measured_speed(dispatcher, measured_us, turned_away):
+@pytest.mark.parametrize(("measured_us", "left_ms", "turned_away"),
+                         [(400_000, 1000, True), (200_000, 1000, False), (400_000, 2500, False),
+                          (800_000, 2500, True)])
+async def test_the_prediction_runs_at_the_workers_measured_speed(dispatcher, measured_us, left_ms, turned_away):
     """A worker that computes as fast as its curve says is predicted at its curve: 3 queued ahead
-    take 160 ms, and a request with 100 ms left is turned away. One that has been measured at half
-    its curve (a profile taken beside busy workers) is predicted at half: 80 ms, so it is sent."""
+    take 1.6 s, and a request with 1 s left is turned away, one with 2.5 s is sent. One that has
+    been measured at half its curve (a profile taken beside busy workers) is predicted at half:
+    0.8 s, so the 1 s request is sent. One measured at twice its curve (the host got busier since
+    profiling) is predicted at 3.2 s: the 2.5 s request is turned away, not left to miss. (Its
+    latest answer came just before, so hardly any of the batch ahead counts as done.)"""
     worker = dispatcher.spawn("w", compute_us=measured_us)
     dispatcher.apply_routing(table(WorkerRoute(worker_id="w", variants=("v",),
-                                               latency_ms={"v": (40.0, 80.0, 160.0)})))
+                                               latency_ms={"v": (400.0, 800.0, 1600.0)})))
     await reachable(dispatcher, "w")
-    for _ in range(5):  # answered at once, each reporting a 40 ms (or 20 ms) batch of one
+    for _ in range(5):  # answered at once, each reporting a batch of one that took measured_us
         await dispatcher.infer("v", {"x": X}, deadline(5000))
     worker.answer = False
-    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(2000))) for _ in range(3)]
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(3000))) for _ in range(3)]
     while dispatcher.outstanding() < 3:
         await asyncio.sleep(0.01)
-    last = asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(100)))
+    last = asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(left_ms)))
     if turned_away:
         with pytest.raises(Overloaded):
             await last
@@ -121,6 +126,27 @@ async def test_the_prediction_runs_at_the_workers_measured_speed(dispatcher, mea
         with pytest.raises(DeadlineExceeded):  # sent, and the held worker never answers
             await last
     assert dispatcher.counters["shed"] == (1 if turned_away else 0)
+    for t in held:
+        with pytest.raises(DeadlineExceeded):
+            await t
+
+
+async def test_the_part_of_the_batch_under_way_since_the_workers_last_answer_is_not_waited_for_again(dispatcher):
+    """Three requests went to the worker 0.5 s after its last answer: it has been computing them
+    since, so of the 1.6 s they and a fourth take, 0.5 s is done, and a request with 1.3 s left
+    is sent. Counted from scratch it would have been turned away."""
+    worker = dispatcher.spawn("w", compute_us=400_000)
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="w", variants=("v",),
+                                               latency_ms={"v": (400.0, 800.0, 1600.0)})))
+    await reachable(dispatcher, "w")
+    for _ in range(5):
+        await dispatcher.infer("v", {"x": X}, deadline(5000))
+    worker.answer = False
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(3000))) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    with pytest.raises(DeadlineExceeded):  # sent, not turned away; the held worker never answers
+        await dispatcher.infer("v", {"x": X}, deadline(1300))
+    assert dispatcher.counters["shed"] == 0
     for t in held:
         with pytest.raises(DeadlineExceeded):
             await t
