@@ -111,7 +111,7 @@ def test_control_messages_never_stop_stall_or_grow_the_controller(controller: Co
     assert actor.running and actor.statistics().failed == 0
     variants = {m.name for m in status.models}
     families = {m.family for m in status.models}
-    assert {v for _, v in actor._demand._streams} <= variants
-    assert set(actor._demand._peaks) <= variants
-    assert set(actor._learner.policies) <= families
+    assert {v for _, v in actor.plane.demand._streams} <= variants
+    assert set(actor.plane.demand._peaks) <= variants
+    assert set(actor.plane.learner.policies) <= families
     assert not status.unavailable

@@ -52,9 +52,9 @@ async def test_a_demand_report_of_4096_invented_names_changes_nothing(start_cont
                                         missed=invented, named={"identity": 2, **invented}))
     await gateway.send(DemandReport(gateway_id="g1", window_s=float("nan"), counts={"identity": 5}))
     status = await gateway.sync()
-    assert {m.name for m in status.models} <= set(controller._registry.variants)
-    assert set(controller._demand.rates()) <= {"identity"}
-    assert set(controller._named.rates()) <= {"identity"}
-    assert len(controller._demand._streams) <= len(controller._registry.variants)
-    assert len(controller._named._streams) <= len(controller._registry.variants)
+    assert {m.name for m in status.models} <= set(controller.plane.registry.variants)
+    assert set(controller.plane.demand.rates()) <= {"identity"}
+    assert set(controller.plane.named.rates()) <= {"identity"}
+    assert len(controller.plane.demand._streams) <= len(controller.plane.registry.variants)
+    assert len(controller.plane.named._streams) <= len(controller.plane.registry.variants)
     assert controller.running and controller.statistics().failed == 0

@@ -1,0 +1,106 @@
+"""The control plane without a socket: each message's replies and commands, in order, on a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.config import ControllerConfig
+from controller.control_plane import ControlPlane
+from controller.metrics import ControllerMetrics
+from mesh.clock import FakeClock
+from protocol.message import (
+    ErrorReply,
+    Heartbeat,
+    ProfileDevice,
+    RegisterAgent,
+    RegisterAgentReply,
+    RegisterGateway,
+    RegisterGatewayReply,
+    Replan,
+    ReplanReply,
+    RoutingTable,
+    StartWorker,
+    WorkerStarted,
+)
+from protocol.types import DeviceInfo
+
+CPU = DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=2, memory_bytes=1 << 30)
+
+
+@pytest.fixture
+def address() -> dict[str, str]:
+    """The address workers are told to dial; a test may change it, as binding does."""
+    return {"now": "tcp://127.0.0.1:1"}
+
+
+@pytest.fixture
+def plane(repo: Path, tmp_path: Path, address: dict[str, str]) -> Iterator[ControlPlane]:
+    config = ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(repo), state_dir=str(tmp_path / "state"))
+    plane = ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: address["now"])
+    yield plane
+    plane.close()
+
+
+def drain(plane: ControlPlane) -> list[tuple[bytes, object]]:
+    out, plane.outbox = plane.outbox, []
+    return [(o.peer, o.msg) for o in out]
+
+
+def test_an_agent_registering_is_answered_then_given_its_workers_and_profiling(
+        plane: ControlPlane, address: dict[str, str]) -> None:
+    address["now"] = "tcp://10.0.0.1:5555"  # bound after the plane was opened
+    plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7, instance="i"))
+    sent = drain(plane)
+    assert {peer for peer, _ in sent} == {b"agent:a1"}
+    kinds = [type(msg) for _, msg in sent]
+    assert kinds[0] is RegisterAgentReply
+    starts = [msg for _, msg in sent if isinstance(msg, StartWorker)]
+    assert starts, "an empty plan of record gets an initial placement on the first agent"
+    assert all(s.controller == "tcp://10.0.0.1:5555" for s in starts), "commands name the address workers dial now"
+    placed = {spec.name for s in starts for spec in s.variants}
+    assert placed <= set(plane.registry.variants) and placed
+    assert ProfileDevice in kinds and kinds.index(ProfileDevice) > kinds.index(StartWorker)
+    # The same registration again (one start, re-sent) changes nothing and commands nothing.
+    plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7, instance="i"))
+    assert [type(msg) for _, msg in drain(plane)] == [RegisterAgentReply]
+
+
+def test_a_heartbeat_from_a_stranger_is_told_to_register(plane: ControlPlane) -> None:
+    plane.receive(b"agent:nobody", None, Heartbeat(sender="nobody", role="agent", seq=1))
+    ((peer, reply),) = drain(plane)
+    assert peer == b"agent:nobody"
+    assert isinstance(reply, ErrorReply) and reply.code == "unknown_peer" and reply.retryable
+
+
+def test_a_message_its_sender_may_not_send_is_refused_and_changes_nothing(plane: ControlPlane) -> None:
+    workers_before = dict(plane.registry.workers)
+    plane.receive(b"gateway:g", None, WorkerStarted(worker_id="w-x", agent_id="a", pid=1))
+    ((peer, reply),) = drain(plane)
+    assert peer == b"gateway:g"
+    assert isinstance(reply, ErrorReply) and reply.code == "unexpected" and "WorkerStarted" in reply.message
+    assert plane.registry.workers == workers_before
+
+
+def test_a_gateway_gets_its_reply_and_the_table_and_every_tick_a_heartbeat(plane: ControlPlane) -> None:
+    plane.receive(b"gateway:g", None, RegisterGateway(gateway_id="g", data_endpoint="tcp://127.0.0.1:7000",
+                                                       http_url="http://127.0.0.1:8000"))
+    sent = drain(plane)
+    assert [type(m) for _, m in sent][:2] == [RegisterGatewayReply, RoutingTable]
+    assert {p for p, _ in sent} == {b"gateway:g"}
+    plane.tick()
+    beats = [(p, m) for p, m in drain(plane) if isinstance(m, Heartbeat)]
+    assert [p for p, _ in beats] == [b"gateway:g"]
+    plane.tick()
+    assert [m.seq for p, m in drain(plane) if isinstance(m, Heartbeat)] == [beats[0][1].seq + 1]
+
+
+def test_a_replan_with_an_unknown_policy_is_refused_with_the_known_ones(plane: ControlPlane) -> None:
+    plane.receive(b"operator:o", None, Replan(policy="fastest"))
+    ((_, reply),) = drain(plane)
+    assert isinstance(reply, ReplanReply) and not reply.accepted and "gpulet" in reply.message
+    plane.receive(b"operator:o", None, Replan(policy="whole"))
+    ((_, reply),) = drain(plane)
+    assert isinstance(reply, ReplanReply) and reply.accepted and reply.policy == "whole"
