@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from controller.error import RepositoryError
-from controller.repository import MANIFEST, Variant, check_variant
+from controller.repository import (
+    MANIFEST,
+    Variant,
+    check_variant,
+    describe_tensors,
+    family_mismatch_reason,
+    scan_repository,
+    standing_variant,
+)
 from mesh.digest import sha256_file
 from protocol.types import BACKENDS, DATATYPES, TensorSpec, VariantSpec
 
@@ -107,12 +115,12 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
             hint = (" (an ONNX model must hold its weights: export without external data)"
                     if backend == "onnx" and "external" in str(exc).lower() else "")
             raise RepositoryError(f"{model_file} does not run as declared ({backend}, inputs "
-                                  f"{_describe(new.inputs)}): {_first_line(exc)}{hint}") from None
+                                  f"{describe_tensors(new.inputs)}): {_first_line(exc)}{hint}") from None
         outputs = _outputs(new.outputs, results, model_file)
         manifest = _manifest(new, backend, artifact, spec.sha256, outputs)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(stage / MANIFEST, 0o644)
-        check_variant(stage / MANIFEST)  # exactly as the controller will read it
+        _check_family(repository, check_variant(stage / MANIFEST))  # exactly as the controller will read it
         _swap_in(stage, target)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -147,6 +155,19 @@ def _checked(new: NewVariant, model_file: Path) -> str:
     if backend not in BACKENDS:
         raise RepositoryError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     return backend
+
+
+def _check_family(repository: Path, new: Variant) -> None:
+    """Refuse a variant whose inputs or outputs differ from those its family in ``repository`` has."""
+    try:
+        present = scan_repository(repository).variants.values()
+    except RepositoryError:  # no variant yet
+        return
+    members = [v for v in present if v.family == new.family and v.name != new.name]
+    if members:
+        holder = standing_variant(members)
+        if (new.inputs, new.outputs) != (holder.inputs, holder.outputs):
+            raise RepositoryError(family_mismatch_reason(new, holder))
 
 
 def _declared_variants(repository: Path) -> set[str]:
@@ -229,10 +250,6 @@ def _swap_in(stage: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _describe(specs: Sequence[TensorSpec]) -> str:
-    return ", ".join(f"{s.name}:{s.datatype}:{','.join(map(str, s.shape))}" for s in specs)
 
 
 def _first_line(exc: BaseException) -> str:

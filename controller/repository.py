@@ -90,9 +90,7 @@ def scan_repository(root: Path | str) -> Repository:
 
     Raises RepositoryError only when ``root`` is not a folder or no variant at all can be served.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise RepositoryError(f"model repository {root} is not a folder")
+    root = check_root(root)
     variants: dict[str, Variant] = {}
     unavailable: dict[str, str] = {}
     for manifest in sorted(root.glob(f"*/{MANIFEST}")):
@@ -107,6 +105,8 @@ def scan_repository(root: Path | str) -> Repository:
             unavailable[name if name not in variants else manifest.parent.name] = str(exc)
             continue
         variants[variant.name] = variant
+    for name, reason in family_mismatches(variants.values()).items():
+        set_aside(variants, unavailable, name, reason)
     if not variants:
         if unavailable:
             raise RepositoryError(f"model repository {root} holds no usable variant: "
@@ -115,7 +115,66 @@ def scan_repository(root: Path | str) -> Repository:
     return Repository(variants, unavailable)
 
 
+def check_root(root: Path | str) -> Path:
+    """``root`` if it is a folder holding at least one variant's manifest; else RepositoryError.
+
+    Cheap (reads no manifest, hashes no artifact): what a command checks before it starts a role.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {root} is not a folder")
+    if not any(not m.parent.name.startswith(".") for m in root.glob(f"*/{MANIFEST}")):
+        raise RepositoryError(f"model repository {root} holds no */{MANIFEST}")
+    return root
+
+
 MAX_REASON_LEN = 512
+
+
+def describe_tensors(specs: tuple[TensorSpec, ...]) -> str:
+    """``name:DATATYPE:shape`` for each tensor, as ``letmesh repo add`` takes them."""
+    return ", ".join(f"{s.name}:{s.datatype}:{','.join(map(str, s.shape))}" for s in specs) or "none"
+
+
+def family_mismatches(variants) -> dict[str, str]:
+    """Variants whose inputs or outputs differ from the rest of their family, each with the reason.
+
+    A request to a family may be served by any of its variants, and the gateway describes the
+    family by one of them: they must take the same inputs and give the same outputs (names,
+    datatypes, shapes). The signature of :func:`standing_variant` stands; the variants that
+    differ from it are named here.
+    """
+    by_family: dict[str, list[Variant]] = {}
+    for v in variants:
+        by_family.setdefault(v.family, []).append(v)
+    out: dict[str, str] = {}
+    for members in by_family.values():
+        holder = standing_variant(members)
+        for v in members:
+            if (v.inputs, v.outputs) != (holder.inputs, holder.outputs):
+                out[v.name] = family_mismatch_reason(v, holder)
+    return out
+
+
+def standing_variant(members) -> Variant:
+    """The variant whose inputs and outputs a family keeps: those most of its variants share (on a
+    tie, those of the first by name), held by the first variant by name that has them."""
+    ordered = sorted(members, key=lambda v: v.name)
+    counts: dict[tuple, int] = {}
+    for v in ordered:
+        counts[(v.inputs, v.outputs)] = counts.get((v.inputs, v.outputs), 0) + 1
+    standing = max(counts, key=lambda sig: counts[sig])  # the first of equal counts: name order
+    return next(v for v in ordered if (v.inputs, v.outputs) == standing)
+
+
+def family_mismatch_reason(v: Variant, holder: Variant) -> str:
+    what = []
+    if v.inputs != holder.inputs:
+        what.append(f"inputs {describe_tensors(v.inputs)} differ from {describe_tensors(holder.inputs)}")
+    if v.outputs != holder.outputs:
+        what.append(f"outputs {describe_tensors(v.outputs)} differ from {describe_tensors(holder.outputs)}")
+    return (f"variant {v.name!r}: {' and '.join(what)} of {holder.name!r} in family {v.family!r}; a family's "
+            "variants must take the same inputs and give the same outputs")
 
 
 def set_aside(variants: dict[str, Variant], unavailable: dict[str, str], name: str, reason: str) -> bool:

@@ -406,6 +406,8 @@ class Dispatcher:
             try:
                 arrays = tensors_from_frames(msg.outputs, buffers)
             except ProtocolError as exc:
+                log.error("worker %s sent bad outputs for %s: %s", worker_id, msg.variant, exc,
+                          extra={"worker": worker_id, "variant": msg.variant})
                 return {"error": WorkerFailed(f"worker sent bad outputs: {exc}")}
             self._observe(worker_id, msg)
             outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
@@ -414,6 +416,9 @@ class Dispatcher:
             return {"error": DeadlineExceeded(f"{msg.variant} could not finish before the deadline; dropped unrun")}
         if msg.status is ReplyStatus.OVERLOADED:
             return {"error": Overloaded(f"worker {worker_id}: {msg.error}")}
+        # Answered 500: the cause goes to this log as well as to the client.
+        log.error("worker %s failed a request for %s: %s", worker_id, msg.variant, msg.error or "no reason given",
+                  extra={"worker": worker_id, "variant": msg.variant})
         return {"error": WorkerFailed(msg.error or "worker error")}
 
     def _observe(self, worker_id: str, reply: InferReply) -> None:

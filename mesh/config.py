@@ -216,6 +216,10 @@ def _range_of(annotation: Any) -> tuple[Range | None, Any]:
     return next((e for e in extras if isinstance(e, Range)), None), inner
 
 
+# The tables of a config file shared by the roles: one per role.
+SECTIONS = frozenset({"agent", "controller", "gateway"})
+
+
 def _from_toml(fields: Mapping[str, _FieldType], path: Path, section: str | None) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -228,6 +232,12 @@ def _from_toml(fields: Mapping[str, _FieldType], path: Path, section: str | None
     where = str(path)
     table: Any = document
     if section is not None:
+        for name in document:  # a misspelt table would otherwise be ignored, and its settings with it
+            if name not in SECTIONS:
+                hint = difflib.get_close_matches(name, sorted(SECTIONS), n=1)
+                also = f"; did you mean [{hint[0]}]?" if hint else ""
+                raise ConfigError(f"unknown table (the tables are {', '.join(sorted(SECTIONS))}){also}",
+                                  key=name, source=str(path))
         where = f"{path} [{section}]"
         table = document.get(section, {})
         if not isinstance(table, dict):

@@ -49,6 +49,8 @@ def _refuse_plaintext(addresses: list[str], config, role: str, name: str = "") -
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from controller.config import ControllerConfig
+    from controller.error import RepositoryError
+    from controller.repository import check_root
     from controller.service import run_controller
 
     config = load_config(ControllerConfig, toml_path=args.config, flags=vars(args), section="controller")
@@ -56,6 +58,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
         print("letmesh controller: --repository is required (or [controller] repository in the config)", file=sys.stderr)
         return 2
     _refuse_plaintext([config.bind], config, "controller")
+    try:
+        check_root(config.repository)
+    except RepositoryError as exc:
+        print(f"letmesh controller: {exc}", file=sys.stderr)
+        return 2
     return _run_role(lambda stop: run_controller(config, stop))
 
 

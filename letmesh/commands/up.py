@@ -68,7 +68,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    _ensure_repository(args)
+    from controller.error import RepositoryError
+    from controller.repository import check_root
+
+    try:
+        check_root(_ensure_repository(args))
+    except RepositoryError as exc:
+        print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
+        return 2
     print("starting controller, gateway and agent ...", flush=True)
     try:
         mesh.start(timeout_s=args.ready_timeout, progress=lambda line: print(f"  {line}", flush=True),

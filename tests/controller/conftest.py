@@ -35,8 +35,9 @@ class Scale(nn.Module):
         return x * self.k
 
 
-def add_variant(root: Path, name: str, module: nn.Module, width: int) -> None:
-    """Script ``module`` into ``root/name`` with a manifest modelled on the zoo's identity variant."""
+def add_variant(root: Path, name: str, module: nn.Module, width: int, family: str = "") -> None:
+    """Script ``module`` into ``root/name`` with a manifest modelled on the zoo's identity variant
+    (in its family unless ``family`` names another: a family's variants share their tensors)."""
     buffer = io.BytesIO()
     with quiet_jit():
         torch.jit.save(torch.jit.script(module.eval()), buffer)
@@ -49,6 +50,7 @@ def add_variant(root: Path, name: str, module: nn.Module, width: int) -> None:
     manifest = {
         **template,
         "variant": name,
+        "family": family or template["family"],
         "sha256": hashlib.sha256(blob).hexdigest(),
         "size_bytes": len(blob),
         "inputs": [{"name": "x", **tensor}],
@@ -65,7 +67,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     for name, k in (("double", 2.0), ("triple", 3.0), ("negate", -1.0)):
         add_variant(root, name, Scale(k), 16)
-    add_variant(root, "wide", nn.Linear(384, 384), 384)
+    add_variant(root, "wide", nn.Linear(384, 384), 384, family="wide")
     assert (root / "wide" / "model.pt").stat().st_size > ARTIFACT_CHUNK_BYTES
     return root
 

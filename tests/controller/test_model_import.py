@@ -161,3 +161,22 @@ def test_a_bad_tensor_declaration_names_the_problem(text: str, reason: str) -> N
     with pytest.raises(RepositoryError, match=None) as exc:
         parse_tensor(text)
     assert reason in str(exc.value)
+
+
+def test_a_variant_whose_tensors_differ_from_its_family_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    model_file = export(scorer(), tmp_path / "one.pt")
+    add_model(repo, model_file, new(), trial=trial_run)
+    renamed = TensorSpec(name="inputs", datatype="FP32", shape=(-1, 6))
+
+    with pytest.raises(RepositoryError, match="inputs inputs:FP32:-1,6 differ from features:FP32:-1,6 of 'scorer-a'"):
+        add_model(repo, model_file, new("scorer-b", inputs=(renamed,)), trial=trial_run)
+    assert entries(repo) == ["scorer-a"]
+
+    add_model(repo, model_file, new("scorer-b"), trial=trial_run)  # the same tensors: welcome
+    add_model(repo, model_file, new("other-a", family="other", inputs=(renamed,)), trial=trial_run)
+    # Replacing a family's only variant may change its tensors: no other variant holds the family to them.
+    add_model(tmp_path / "solo", model_file, new(), trial=trial_run)
+    add_model(tmp_path / "solo", model_file, new(inputs=(renamed,)), trial=trial_run, replace=True)
+    assert scan_repository(repo).unavailable == {}
+    assert sorted(scan_repository(repo).variants) == ["other-a", "scorer-a", "scorer-b"]

@@ -258,3 +258,32 @@ def test_a_scan_with_nothing_usable_is_an_error_naming_the_reasons(tmp_path: Pat
     _flipped_byte(tmp_path, template)
     with pytest.raises(RepositoryError, match="no usable variant.*sha256"):
         scan_repository(tmp_path)
+
+
+def test_a_variant_whose_tensors_differ_from_its_family_is_set_aside_with_the_reason(
+        tmp_path: Path, template: tuple[dict[str, Any], bytes]) -> None:
+    renamed = [{"name": "z", "datatype": "FP32", "shape": [-1, 16]}]
+    write_variant(tmp_path, "a-odd", template, family="fam", inputs=renamed)
+    write_variant(tmp_path, "b-one", template, family="fam")
+    write_variant(tmp_path, "c-two", template, family="fam")
+    write_variant(tmp_path, "d-out", template, family="fam", outputs=[{"name": "y", "datatype": "FP64",
+                                                                        "shape": [-1, 16]}])
+    write_variant(tmp_path, "e-alone", template, family="other", inputs=renamed)
+
+    repo = scan_repository(tmp_path)
+
+    # The inputs and outputs most of the family share stand, though "a-odd" comes first by name.
+    assert sorted(repo.variants) == ["b-one", "c-two", "e-alone"]
+    assert sorted(repo.unavailable) == ["a-odd", "d-out"]
+    assert "inputs z:FP32:-1,16 differ from x:FP32:-1,16 of 'b-one' in family 'fam'" in repo.unavailable["a-odd"]
+    assert "outputs y:FP64:-1,16 differ from y:FP32:-1,16" in repo.unavailable["d-out"]
+    assert "inputs x:" not in repo.unavailable["d-out"]
+
+
+def test_a_tie_in_a_family_keeps_the_first_variant_by_name(tmp_path: Path,
+                                                           template: tuple[dict[str, Any], bytes]) -> None:
+    write_variant(tmp_path, "b-renamed", template, family="fam",
+                  inputs=[{"name": "z", "datatype": "FP32", "shape": [-1, 16]}])
+    write_variant(tmp_path, "a-plain", template, family="fam")
+    repo = scan_repository(tmp_path)
+    assert list(repo.variants) == ["a-plain"] and list(repo.unavailable) == ["b-renamed"]

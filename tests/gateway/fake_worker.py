@@ -15,13 +15,13 @@ class FakeWorker:
     """Heartbeats and answers like a worker: echoes its input after ``delay_s``, or holds it.
 
     Each answer says it computed for ``compute_us`` (a batch of one); ``answer`` may be switched
-    off while it serves."""
+    off while it serves. With ``error`` set, every answer is that error instead."""
 
     def __init__(self, ctx, address: str, worker_id: str, *, delay_s: float = 0.0, answer: bool = True,
-                 compute_us: int = 1000) -> None:
+                 compute_us: int = 1000, error: str = "") -> None:
         self.worker_id = worker_id
         self.ep = Endpoint.dealer(ctx, address, f"worker:{worker_id}")
-        self.delay_s, self.answer, self.compute_us = delay_s, answer, compute_us
+        self.delay_s, self.answer, self.compute_us, self.error = delay_s, answer, compute_us, error
         self.received: list[int] = []
         self.budgets: list[int] = []  # each request's budget_us as it arrived
         self.sends: list[int] = []  # requests per send from the gateway (a bundle carries several)
@@ -53,6 +53,11 @@ class FakeWorker:
                 asyncio.get_running_loop().call_later(self.delay_s, self._reply, msg, incoming.buffers)
 
     def _reply(self, msg: InferRequest, buffers) -> None:
+        if self.error:
+            with contextlib.suppress(EndpointClosed):
+                self.ep.send_nowait(InferReply(request_id=msg.request_id, variant=msg.variant,
+                                               status=ReplyStatus.ERROR, error=self.error))
+            return
         arrays = tensors_from_frames(msg.inputs, buffers)
         reply = InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OK, compute_us=self.compute_us,
                            batch_size=1, outputs=tuple(tensor_meta("x", a) for a in arrays))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from gateway.dispatch_error import DeadlineExceeded, Overloaded
+from gateway.dispatch_error import DeadlineExceeded, Overloaded, WorkerFailed
 from gateway.dispatcher import Dispatcher
 from mesh.deadline import Deadline
 from protocol.message import RoutingTable
@@ -182,6 +183,18 @@ async def test_a_lost_worker_requests_go_once_to_another_worker(dispatcher):
     dispatcher.apply_routing(table(WorkerRoute(worker_id="ok", variants=("v",)), version=2))
     result = await asyncio.wait_for(pending, 5)
     assert result.worker_id == "ok" and dispatcher.counters["retries"] == 1
+
+
+async def test_a_workers_error_reaches_the_caller_and_the_gateways_log(dispatcher, caplog):
+    dispatcher.spawn("broken", error="input 'y' is missing")
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="broken", variants=("v",))))
+    await reachable(dispatcher, "broken")
+    with caplog.at_level(logging.ERROR, logger="gateway.dispatcher"):
+        with pytest.raises(WorkerFailed, match="input 'y' is missing"):
+            await dispatcher.infer("v", {"x": X}, deadline(5000))
+    (record,) = [r for r in caplog.records if r.name == "gateway.dispatcher"]
+    assert "broken" in record.getMessage() and "input 'y' is missing" in record.getMessage()
+    assert dispatcher.outstanding() == 0
 
 
 async def test_a_reply_after_the_deadline_is_ignored_and_the_request_answered_once(dispatcher):

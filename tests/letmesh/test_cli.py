@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.selection import SELECTION_MODES
 from letmesh.cli import build_parser, main
 from letmesh.commands.planning import PLANNER_POLICIES
+from letmesh.launcher import free_port
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.config import load_config
 
@@ -114,6 +115,10 @@ def test_every_role_config_loads_its_defaults_and_offers_the_choices_the_code_kn
          "letmesh up: config: gateway.http_port: must be at most 65535, got 80000"),
         (["up", "--repository", "/nonexistent"], "[agent]\nheartbeat_interval = 1\n",
          "letmesh up: config: agent.heartbeat_interval: unknown key; did you mean 'heartbeat_interval_s'?"),
+        (["up", "--repository", "/nonexistent"], "[gatway]\nhttp_port = 9000\n",
+         "letmesh up: config: gatway: unknown table (the tables are agent, controller, gateway); did you mean [gateway]?"),
+        (["agent"], "[controller]\nreplan_period_s = 5\n[logging]\nlevel = 1\n",
+         "letmesh agent: config: logging: unknown table"),
     ],
 )
 def test_a_bad_config_file_is_exit_2_naming_key_and_problem_before_anything_starts(
@@ -127,3 +132,18 @@ def test_a_bad_config_file_is_exit_2_naming_key_and_problem_before_anything_star
     err = capsys.readouterr().err
     assert err.startswith(message) and str(path) in err, err
     assert not state.exists()
+
+
+@pytest.mark.parametrize("command", [["up"], ["controller"]])
+@pytest.mark.parametrize("where, message", [("missing", "is not a folder"), ("empty", "holds no */manifest.json")])
+def test_a_repository_that_is_not_one_is_exit_2_with_one_line_before_anything_starts(
+        tmp_path: Path, capsys, command: list[str], where: str, message: str) -> None:
+    repo = tmp_path / where
+    if where == "empty":
+        (repo / "not-a-variant").mkdir(parents=True)
+    state = tmp_path / "state"
+    extra = ["--http-port", str(free_port()), "--controller-port", str(free_port())] if command == ["up"] else []
+    assert main([*command, "--repository", str(repo), "--state-dir", str(state), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"letmesh {command[0]}: model repository {repo} {message}"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
