@@ -277,7 +277,7 @@ class Worker:
                 self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR, error=str(exc)))
                 continue
             item = Queued(request_id=msg.request_id, deadline=now + msg.budget_us / 1e6, arrived=now,
-                          payload=(ep, arrays))
+                          payload=(ep, arrays), rows=arrays[0].shape[0] if arrays and arrays[0].ndim else 1)
             if not self.scheduler.push(msg.variant, item):
                 self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OVERLOADED,
                                           error="worker queue is full"))
@@ -318,7 +318,7 @@ class Worker:
             if isinstance(outcome, _Due):
                 # A long batch computes on the compute thread (TorchScript releases the GIL), so
                 # this loop keeps receiving and heartbeating; a short one runs here, cheaper.
-                if self.runners[outcome.name].latency_s(len(outcome.batch)) > _OFFLOAD_S:
+                if self.runners[outcome.name].latency_s(sum(q.rows for q in outcome.batch)) > _OFFLOAD_S:
                     result = await loop.run_in_executor(self._compute_thread, self._compute, outcome.name, outcome.batch)
                 else:
                     result = self._compute(outcome.name, outcome.batch)
@@ -381,13 +381,13 @@ class Worker:
         name, batch = due.name, due.batch
         outputs, compute_us = result
         finished = time.monotonic()
-        self.scheduler.finished(name, len(batch), any(q.deadline < finished for q in batch))
+        self.scheduler.finished(name, sum(q.rows for q in batch), any(q.deadline < finished for q in batch))
         if isinstance(outputs, Exception):
             log.error("batch failed: %s", outputs, extra={"variant": name})
             self._send_all(batch_replies.failed(name, batch, f"model failed: {outputs}"))
             return
         runner = self.runners[name]
-        expected_s = runner.latency_s(sum(batch_replies.batch_rows(batch)))
+        expected_s = runner.latency_s(sum(q.rows for q in batch))
         if compute_us > 0 and expected_s > 0:
             self.slowdown.setdefault(name, SlowdownTracker()).observe(compute_us / 1e6, expected_s)
         self._send_all(batch_replies.computed(name, batch, outputs, [o.name for o in runner.spec.outputs],

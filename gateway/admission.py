@@ -44,21 +44,22 @@ def speed_factor(slowdown: float | None, single_ms: float = 0.0) -> float:
 
 
 def predicted_finish_s(curve: LatencyCurve | None, ahead: int, slowdown: float | None = None,
-                       busy_s: float = 0.0) -> float | None:
-    """Seconds until a new request finishes behind ``ahead`` others on a worker; None if unknown.
+                       busy_s: float = 0.0, rows: int = 1) -> float | None:
+    """Seconds until a new request of ``rows`` rows finishes behind ``ahead`` rows of others on a
+    worker; None if unknown.
 
-    The requests ahead and this one are served in batches along the worker's measured curve
-    (per-item linear past its largest batch), at the worker's measured speed (:func:`speed_factor`).
+    The rows ahead and this request's are served in batches along the worker's measured curve
+    (per-row linear past its largest batch), at the worker's measured speed (:func:`speed_factor`).
     ``busy_s`` is how long the worker has been at the work ahead (since its last answer): the
     batch it is computing is that far along, up to that batch's whole time, and what is done of
-    it is not waited for again. Taking the requests as one batch, and crediting a worker that
-    was idle with a batch already under way, keep the prediction optimistic: a request turned
-    away could not have made it.
+    it is not waited for again. Taking the rows as one batch, and crediting a worker that was
+    idle with a batch already under way, keep the prediction optimistic: a request turned away
+    could not have made it.
     """
     if curve is None:
         return None
     factor = speed_factor(slowdown, curve(1))
-    finish_s = curve(ahead + 1) / 1e3 * factor
+    finish_s = curve(ahead + max(rows, 1)) / 1e3 * factor
     if ahead > 0 and busy_s > 0:
         running_s = curve(min(ahead, curve.batches[-1] if curve.batches else 1)) / 1e3 * factor
         finish_s -= min(busy_s, running_s)

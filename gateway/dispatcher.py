@@ -56,6 +56,12 @@ LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
 _ADMISSION_MIN_OBSERVATIONS = 3
 
 
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    """The rows (samples) a request brings to a batch: its first input's leading dimension."""
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
 @dataclass(slots=True)
 class Result:
     variant: str
@@ -218,9 +224,9 @@ class Dispatcher:
         curve = self.view.curves.get((worker_id, variant))
         if curve is None:
             return VariantEstimate(worker_id, 0.0, 0.0, slowdown)
-        ahead = self._inflight.count(worker_id)
+        ahead = self._inflight.rows(worker_id)
         single = curve(1)
-        # Requests ahead batch together with this one: it finishes when a batch of ahead+1 would.
+        # Rows ahead batch together with this one: it finishes when a batch of ahead+1 rows would.
         return VariantEstimate(worker_id, single, max(0.0, slowdown.mean * (curve(ahead + 1) - single)), slowdown)
 
     # --- requests -------------------------------------------------------------------------
@@ -230,11 +236,12 @@ class Dispatcher:
         now = time.monotonic()
         self.demand.request(variant)
         worker_id = self._choose(variant, exclude=None)
+        rows = _rows(inputs)
         if self._admission:
             ahead = self._inflight.count(worker_id)
-            finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), ahead,
+            finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), self._inflight.rows(worker_id),
                                           self._measured_slowdown(worker_id, variant),
-                                          now - self._answered_at.get(worker_id, now))
+                                          now - self._answered_at.get(worker_id, now), rows)
             behind_s = self.running_behind_s()
             wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
             if wait_s is not None:
@@ -246,7 +253,7 @@ class Dispatcher:
                                  f"queued on its worker", retry_after_s=wait_s)
         loop = asyncio.get_running_loop()
         entry = InFlight(self._inflight.new_id(), variant, worker_id, deadline, now, inputs,
-                         waiter=loop.create_future())
+                         waiter=loop.create_future(), rows=rows)
         try:
             self._inflight.add(entry)
         except TableFull as exc:

@@ -31,6 +31,7 @@ class InFlight:
     inputs: dict[str, Any]
     waiter: Any = None  # the shell's handle for answering (an asyncio future); opaque here
     retried: bool = False
+    rows: int = 1  # the rows (samples) it brings to its worker's batches
 
 
 @dataclass(slots=True)
@@ -40,6 +41,7 @@ class InflightTable:
     capacity: int = 10_000
     _by_id: dict[int, InFlight] = field(default_factory=dict)
     _by_worker: dict[str, set[int]] = field(default_factory=dict)
+    _rows: dict[str, int] = field(default_factory=dict)  # worker -> rows of its requests here
     # Ids start at a random point so a reply meant for an earlier run of this gateway cannot
     # match a request of this one.
     _next_id: int = field(default_factory=lambda: secrets.randbits(62))
@@ -54,7 +56,7 @@ class InflightTable:
         if entry.request_id in self._by_id:
             raise ValueError(f"request {entry.request_id} is already in flight")
         self._by_id[entry.request_id] = entry
-        self._by_worker.setdefault(entry.worker_id, set()).add(entry.request_id)
+        self._attach(entry)
 
     def get(self, request_id: int) -> InFlight | None:
         return self._by_id.get(request_id)
@@ -78,7 +80,7 @@ class InflightTable:
         self._detach(entry)
         entry.worker_id = worker_id
         entry.retried = True
-        self._by_worker.setdefault(worker_id, set()).add(request_id)
+        self._attach(entry)
 
     def on_worker(self, worker_id: str) -> list[int]:
         return sorted(self._by_worker.get(worker_id, ()))
@@ -86,15 +88,25 @@ class InflightTable:
     def count(self, worker_id: str) -> int:
         return len(self._by_worker.get(worker_id, ()))
 
+    def rows(self, worker_id: str) -> int:
+        """The rows of the requests in flight on ``worker_id``: the work its batches hold for them."""
+        return self._rows.get(worker_id, 0)
+
     def ids(self) -> Iterator[int]:
         return iter(list(self._by_id))
 
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def _attach(self, entry: InFlight) -> None:
+        self._by_worker.setdefault(entry.worker_id, set()).add(entry.request_id)
+        self._rows[entry.worker_id] = self._rows.get(entry.worker_id, 0) + entry.rows
+
     def _detach(self, entry: InFlight) -> None:
         ids = self._by_worker.get(entry.worker_id)
-        if ids is not None:
+        if ids is not None and entry.request_id in ids:
             ids.discard(entry.request_id)
+            self._rows[entry.worker_id] -= entry.rows
             if not ids:
                 del self._by_worker[entry.worker_id]
+                del self._rows[entry.worker_id]

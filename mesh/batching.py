@@ -4,7 +4,9 @@ Four policies behind one interface (:class:`Batcher`), chosen per variant deploy
 with :func:`make_batcher`: "edf" (work-conserving, the default), "proteus" (adaptive batching
 that waits to fill a batch), and the baselines "aimd" (Clipper) and "nexus". A pure,
 synchronous core: time is always passed in as ``now`` (seconds on the caller's monotonic
-clock). Used by gpu-let workers and by the simulator. Imports only the standard library: no
+clock). Batch sizes, ``max_batch`` and the latency model count rows: a request of 8 rows fills
+8 of a batch's places (one that alone holds more than ``max_batch`` runs alone). Used by
+gpu-let workers and by the simulator. Imports only the standard library: no
 clock, no asyncio, no zmq, no torch.
 """
 
@@ -21,12 +23,14 @@ POLICIES = ("edf", "proteus", "aimd", "nexus")
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """One waiting request. ``deadline`` and ``arrived`` are on the caller's monotonic clock."""
+    """One waiting request. ``deadline`` and ``arrived`` are on the caller's monotonic clock;
+    ``rows`` is how many rows (samples) it brings to a batch: batch sizes and latencies count rows."""
 
     request_id: int
     deadline: float
     arrived: float
     payload: Any = None  # opaque to the batcher
+    rows: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,8 @@ class Batcher(Protocol):
     """What a worker (or the simulator) drives, whatever the policy.
 
     The caller pushes requests as they arrive, polls whenever it is idle (and at ``wake_at``),
-    runs each returned batch, and reports how the batch went with :meth:`feedback`.
+    runs each returned batch, and reports how the batch went with :meth:`feedback` (its rows, and
+    whether it finished after a deadline).
     """
 
     def push(self, item: Queued) -> bool: ...
@@ -98,12 +103,15 @@ class _DeadlineQueue:
         # is never compared because push order is unique.
         self._heap: list[tuple[float, int, Queued]] = []
         self._seq = itertools.count()
+        self._multi_row = 0  # queued requests of more than one row: while none, rows are requests
 
     def push(self, item: Queued) -> bool:
         """Queue ``item``; False (and nothing queued) when the queue is full."""
         if len(self._heap) >= self._max_queue:
             return False
         heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
+        if item.rows > 1:
+            self._multi_row += 1
         return True
 
     def head_deadline(self) -> float | None:
@@ -116,17 +124,53 @@ class _DeadlineQueue:
     def feedback(self, batch_size: int, finished_late: bool) -> None:
         """How the last batch went; only a policy that adapts to it overrides this."""
 
-    def _drop_heads(self, now: float, latency: float) -> tuple[Queued, ...]:
-        """Remove, in deadline order, every request that cannot finish by its deadline if it
-        needs ``latency`` from ``now``. Written ``now > deadline - latency``, as every fit test
-        is, so that polling at a ``wake_at`` computed the same way never rounds into a drop."""
+    def _drop_heads(self, now: float, alone: bool = True) -> tuple[Queued, ...]:
+        """Remove, in deadline order, every request that cannot finish by its deadline if run
+        alone from ``now`` (with ``alone`` False: every request past its deadline). Written
+        ``now > deadline - latency``, as every fit test is, so that polling at a ``wake_at``
+        computed the same way never rounds into a drop."""
         heap, dropped = self._heap, []
-        while heap and now > heap[0][0] - latency:
-            dropped.append(heapq.heappop(heap)[2])
+        while heap and now > heap[0][0] - (self._latency_s(heap[0][2].rows) if alone else 0.0):
+            dropped.append(self._pop())
         return tuple(dropped)
 
+    def _pop(self) -> Queued:
+        item = heapq.heappop(self._heap)[2]
+        if item.rows > 1:
+            self._multi_row -= 1
+        return item
+
     def _take(self, size: int) -> tuple[Queued, ...]:
-        return tuple(heapq.heappop(self._heap)[2] for _ in range(size))
+        return tuple(self._pop() for _ in range(size))
+
+    def _prefix_rows(self) -> list[int]:
+        """Rows of the first 1, 2, ... waiting requests in deadline order, for as many as fit
+        ``max_batch`` rows together (always the first, however many rows it has). Not empty
+        while a request waits."""
+        heap = self._heap
+        if not self._multi_row:
+            return list(range(1, min(self._max_batch, len(heap)) + 1))
+        # Only requests of several rows make the prefix differ from a count: look at the first
+        # max_batch in order (no more can fit) and put them back.
+        first = [heapq.heappop(heap) for _ in range(min(self._max_batch, len(heap)))]
+        for entry in first:
+            heapq.heappush(heap, entry)
+        rows: list[int] = []
+        for _, _, item in first:
+            total = (rows[-1] if rows else 0) + item.rows
+            if rows and total > self._max_batch:
+                break
+            rows.append(total)
+        return rows
+
+    def _within(self, prefix: list[int], rows: int) -> int:
+        """How many of the first requests fit ``rows`` rows together (at least one)."""
+        return max(1, sum(1 for r in prefix if r <= rows))
+
+    def _full(self, prefix: list[int], count: int) -> bool:
+        """Whether the first ``count`` requests make a full batch: ``max_batch`` rows, or the next
+        waiting request would not fit beside them."""
+        return prefix[count - 1] >= self._max_batch or (count == len(prefix) < len(self._heap))
 
 
 def _check_sizes(sizes: Sequence[int] | None, max_batch: int) -> tuple[int, ...]:
@@ -172,8 +216,7 @@ class DeadlineBatcher(_DeadlineQueue):
         """Decide at ``now``: the batch to run, the requests already late, when to look again."""
         heap = self._heap
         # Hopeless requests have the earliest deadlines, so they sit at the front of the heap.
-        alone = self._latency_s(1)
-        late = self._drop_heads(now, alone)
+        late = self._drop_heads(now)
         if not heap:
             return BatchDecision(batch=(), late=late, wake_at=None)
 
@@ -181,30 +224,32 @@ class DeadlineBatcher(_DeadlineQueue):
         # Search down from the cap rather than bisecting, so a latency model that is not
         # monotonic still yields the largest batch that fits.
         head_deadline = heap[0][0]
-        cap = min(self._max_batch, len(heap))
+        prefix = self._prefix_rows()
+        alone = self._latency_s(prefix[0])
+        cap = len(prefix)
         size = cap
-        while size > 1 and now > head_deadline - self._latency_s(size):
+        while size > 1 and now > head_deadline - self._latency_s(prefix[size - 1]):
             size -= 1
 
-        if self._dispatch_now(now, size, cap, alone, head_deadline):
+        if self._dispatch_now(now, size, prefix, alone, head_deadline):
             return BatchDecision(batch=self._take(size), late=late, wake_at=None)
-        return BatchDecision(batch=(), late=late, wake_at=self._wake_at(size, alone, head_deadline))
+        return BatchDecision(batch=(), late=late, wake_at=self._wake_at(prefix[size - 1], alone, head_deadline))
 
-    def _dispatch_now(self, now: float, size: int, cap: int, alone: float, head_deadline: float) -> bool:
-        if size == self._max_batch or self._max_wait_s == 0:
+    def _dispatch_now(self, now: float, size: int, prefix: list[int], alone: float, head_deadline: float) -> bool:
+        if self._max_wait_s == 0 or self._full(prefix, size):
             return True
         # The deadline, not a lack of requests, limits the batch: later it can only shrink.
-        if size < cap:
+        if size < len(prefix):
             return True
-        return now >= self._wake_at(size, alone, head_deadline)
+        return now >= self._wake_at(prefix[size - 1], alone, head_deadline)
 
-    def _wake_at(self, size: int, alone: float, head_deadline: float) -> float:
-        # Every waiting request is in the candidate batch here (size == len(queue)), so the
+    def _wake_at(self, rows: int, alone: float, head_deadline: float) -> float:
+        # Every waiting request is in the candidate batch here (the batch is not full), so the
         # oldest arrival among them is the oldest in the queue.
         oldest = min(entry[2].arrived for entry in self._heap)
         # Waking no later than the head's deadline minus the slower of running alone and
         # running the current batch keeps both the head and the batch feasible at wake-up.
-        last_start = head_deadline - max(alone, self._latency_s(size))
+        last_start = head_deadline - max(alone, self._latency_s(rows))
         return min(oldest + self._max_wait_s, last_start - self._wake_slack_s)
 
 
@@ -238,21 +283,27 @@ class ProteusBatcher(_DeadlineQueue):
         self._sizes = _check_sizes(sizes, max_batch)
 
     def poll(self, now: float) -> BatchDecision:
-        alone = self._latency_s(1)
-        late = self._drop_heads(now, alone)
+        late = self._drop_heads(now)
         if not self._heap:
             return BatchDecision(batch=(), late=late, wake_at=None)
         head = self._heap[0][0]
-        fill = max(s for s in self._sizes if s <= len(self._heap))
-        if fill < self._max_batch:
+        prefix = self._prefix_rows()
+        alone = self._latency_s(prefix[0])
+        # The largest allowed size (in rows) the waiting requests fill, and those requests.
+        fill = max(s for s in self._sizes if s <= prefix[-1])
+        count = self._within(prefix, fill)
+        if not self._full(prefix, len(prefix)) and fill < self._max_batch:
             # Also never past the head's own last start alone, so waiting cannot make it late.
-            wake = head - max(alone, self._latency_s(fill)) - self._wake_slack_s
+            wake = head - max(alone, self._latency_s(prefix[count - 1])) - self._wake_slack_s
             if now < wake:
                 return BatchDecision(batch=(), late=late, wake_at=wake)
         # Due now: an arrival (or the timer) made the filled batch too slow for the head, so run
-        # the largest allowed size that still fits it. Size 1 always does, or the head was late.
-        size = next(s for s in reversed(self._sizes) if s <= fill and now <= head - self._latency_s(s))
-        return BatchDecision(batch=self._take(size), late=late, wake_at=None)
+        # the largest allowed size that still fits it. The head alone always does, or it was late.
+        for size in reversed(self._sizes):
+            count = self._within(prefix, min(size, fill))
+            if now <= head - self._latency_s(prefix[count - 1]):
+                break
+        return BatchDecision(batch=self._take(count), late=late, wake_at=None)
 
 
 class NexusBatcher(_DeadlineQueue):
@@ -276,19 +327,18 @@ class NexusBatcher(_DeadlineQueue):
         super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
 
     def poll(self, now: float) -> BatchDecision:
-        heap, alone = self._heap, self._latency_s(1)
+        heap = self._heap
         late: list[Queued] = []
         while heap:
-            window = min(len(heap), self._max_batch)
-            if now <= heap[0][0] - max(alone, self._latency_s(window)):
+            window = self._prefix_rows()
+            if now <= heap[0][0] - max(self._latency_s(window[0]), self._latency_s(window[-1])):
                 break
-            late.append(heapq.heappop(heap)[2])
+            late.append(self._pop())
         if not heap:
             return BatchDecision(batch=(), late=tuple(late), wake_at=None)
-        window = min(len(heap), self._max_batch)
-        wake = heap[0][0] - max(alone, self._latency_s(window)) - self._wake_slack_s
-        if window == self._max_batch or now >= wake:
-            return BatchDecision(batch=self._take(window), late=tuple(late), wake_at=None)
+        wake = heap[0][0] - max(self._latency_s(window[0]), self._latency_s(window[-1])) - self._wake_slack_s
+        if self._full(window, len(window)) or now >= wake:
+            return BatchDecision(batch=self._take(len(window)), late=tuple(late), wake_at=None)
         return BatchDecision(batch=(), late=tuple(late), wake_at=wake)
 
 
@@ -324,10 +374,10 @@ class AIMDBatcher(_DeadlineQueue):
         return self._sizes[self._rung]
 
     def poll(self, now: float) -> BatchDecision:
-        late = self._drop_heads(now, 0.0)  # lazy: only those already past their deadline
+        late = self._drop_heads(now, alone=False)  # lazy: only those already past their deadline
         if not self._heap:
             return BatchDecision(batch=(), late=late, wake_at=None)
-        return BatchDecision(batch=self._take(min(len(self._heap), self.cap)), late=late, wake_at=None)
+        return BatchDecision(batch=self._take(self._within(self._prefix_rows(), self.cap)), late=late, wake_at=None)
 
     def feedback(self, batch_size: int, finished_late: bool) -> None:
         if finished_late:

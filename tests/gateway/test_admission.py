@@ -31,6 +31,14 @@ def test_the_prediction_follows_the_workers_curve_at_its_measured_speed() -> Non
     assert predicted_finish_s(curve, 2, 2.0) == pytest.approx(0.040)  # a 10 ms batch running at half speed
 
 
+def test_the_prediction_counts_rows_so_a_request_of_many_waits_as_long_as_they_take() -> None:
+    curve = LatencyCurve((1, 8, 32), (1.0, 4.0, 11.0))  # ms
+    assert predicted_finish_s(curve, 0, 1.0, rows=32) == pytest.approx(0.011)
+    # Three requests of 32 rows ahead: 128 rows in all, per-row linear past 32.
+    assert predicted_finish_s(curve, 96, 1.0, rows=32) == pytest.approx(0.011 * 4, rel=0.05)
+    assert predicted_finish_s(curve, 3, 1.0) == pytest.approx(curve(4) / 1e3)
+
+
 def test_the_batch_a_worker_has_been_computing_counts_as_that_far_along() -> None:
     per_row = LatencyCurve((1, 2, 4, 8), (10.0, 20.0, 40.0, 80.0))  # ms: batching saves nothing
     assert predicted_finish_s(per_row, 4, 1.0, busy_s=0.0) == pytest.approx(0.050)

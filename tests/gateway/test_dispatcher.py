@@ -99,6 +99,26 @@ async def test_requests_that_cannot_make_it_behind_a_queue_are_turned_away_at_on
     assert dispatcher.outstanding() == 0
 
 
+async def test_requests_of_many_rows_count_as_the_rows_they_bring(dispatcher):
+    dispatcher.spawn("busy", answer=False)
+    # 2 ms for a row, 8 ms for 8 rows: 1 ms a row once batched.
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="busy", variants=("v",),
+                                               latency_ms={"v": (2.0, 3.0, 5.0, 8.0)}, max_batch={"v": 8})))
+    await reachable(dispatcher, "busy")
+    rows8 = np.ones((8, 4), np.float32)
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": rows8}, deadline(2000))) for _ in range(6)]
+    while dispatcher.outstanding() < 6:
+        await asyncio.sleep(0.01)
+    # 56 rows take 56 ms, 28 ms at the fastest a cold worker is credited with (half its curve).
+    # Counted as 7 requests they would have taken 7.x ms, and this one would have been sent.
+    with pytest.raises(Overloaded):
+        await dispatcher.infer("v", {"x": rows8}, deadline(20))
+    assert dispatcher.counters["shed"] == 1
+    for t in held:
+        t.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+
+
 @pytest.mark.parametrize(("measured_us", "left_ms", "turned_away"),
                          [(400_000, 1000, True), (200_000, 1000, False), (400_000, 2500, False),
                           (800_000, 2500, True)])

@@ -11,7 +11,7 @@ from mesh.deadline import Deadline
 
 
 def entry(rid: int, worker: str = "w1") -> InFlight:
-    return InFlight(rid, "v", worker, Deadline(1.0), 0.0, {})
+    return InFlight(rid, "v", worker, Deadline(1.0), 0.0, {}, rows=rid + 1)
 
 
 def test_a_request_is_taken_once():
@@ -67,3 +67,6 @@ def test_every_request_gets_at_most_one_outcome_and_the_counts_agree(ops):
     assert len(outcomes) == len(set(outcomes))
     assert sorted(outcomes + list(table.ids())) == list(range(6))
     assert table.count("w1") + table.count("w2") == len(table)
+    # Each worker's rows are those of the requests it holds: a request of rid + 1 rows.
+    for worker in ("w1", "w2"):
+        assert table.rows(worker) == sum(rid + 1 for rid in table.on_worker(worker))

@@ -109,6 +109,52 @@ def test_batch_shrinks_so_the_tightest_deadline_still_fits() -> None:
     assert ids(batcher.poll(now + linear(3)).batch) == [3, 4, 5]
 
 
+def rows_item(request_id: int, rows: int, deadline: float) -> Queued:
+    return Queued(request_id=request_id, deadline=deadline, arrived=0.0, rows=rows)
+
+
+def test_a_batch_holds_at_most_max_batch_rows_however_many_requests_bring_them() -> None:
+    batcher = DeadlineBatcher(max_batch=8, latency_s=linear)
+    for i in range(4):
+        batcher.push(rows_item(i, rows=3, deadline=10.0))
+    batcher.push(item(4, deadline=10.0))
+
+    assert ids(batcher.poll(0.0).batch) == [0, 1]  # 6 rows: a third request of 3 would make 9
+    assert ids(batcher.poll(0.0).batch) == [2, 3, 4]  # 3 + 3 + 1 rows
+
+
+def test_the_deadline_fit_counts_rows_not_requests() -> None:
+    batcher = DeadlineBatcher(max_batch=32, latency_s=linear)
+    # 0.030 s left: 8 rows take 26 ms, 16 rows take 42 ms.
+    batcher.push(rows_item(0, rows=8, deadline=0.030))
+    batcher.push(rows_item(1, rows=8, deadline=1.0))
+
+    decision = batcher.poll(0.0)
+
+    assert ids(decision.batch) == [0] and decision.late == ()
+    assert ids(batcher.poll(linear(8)).batch) == [1]
+
+
+def test_a_request_too_big_to_finish_alone_is_late_by_its_own_rows() -> None:
+    batcher = DeadlineBatcher(max_batch=32, latency_s=linear)
+    # 0.020 s left for both: one row takes 12 ms, 32 rows take 74 ms.
+    batcher.push(rows_item(0, rows=32, deadline=0.020))
+    batcher.push(item(1, deadline=0.020))
+
+    decision = batcher.poll(0.0)
+
+    assert ids(decision.late) == [0] and ids(decision.batch) == [1]
+
+
+def test_a_request_of_more_rows_than_max_batch_runs_alone() -> None:
+    batcher = DeadlineBatcher(max_batch=4, latency_s=linear, max_wait_s=0.5)
+    batcher.push(rows_item(0, rows=6, deadline=1.0))
+    batcher.push(item(1, deadline=1.0))
+
+    assert ids(batcher.poll(0.0).batch) == [0]  # full on its own: no wait for company
+    assert batcher.poll(0.0).batch == ()  # the one-row request alone may wait for more
+
+
 def test_max_wait_holds_a_partial_batch_then_dispatches_at_wake_at() -> None:
     clock = FakeClock(start=100.0)
     batcher = DeadlineBatcher(max_batch=4, latency_s=linear, max_wait_s=0.005)

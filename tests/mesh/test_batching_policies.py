@@ -368,23 +368,26 @@ arrivals = st.lists(
         st.floats(min_value=0.0, max_value=0.02, allow_nan=False),  # gap since the previous arrival
         st.floats(min_value=-0.01, max_value=0.2, allow_nan=False),  # budget until the deadline
         st.integers(min_value=1, max_value=4),  # how many arrive together (bursts)
+        st.sampled_from([1, 1, 1, 2, 3]),  # rows each of them brings (at most max_batch)
     ),
     max_size=30,
 )
 
 
 def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch: int,
-             stream: list[tuple[float, float, int]], wake_late_s: float = 0.0) -> tuple[list[int], int]:
+             stream: list[tuple[float, float, int, int]], wake_late_s: float = 0.0) -> tuple[list[int], int]:
     """A worker that polls whenever it is idle, sleeps until wake_at (waking ``wake_late_s``
     late) or the next arrival, is busy for the predicted latency of every batch and reports
     each batch back. Checks every decision against the invariants of ``policy``; returns the
     ids that left and how many were pushed."""
     pending: list[Queued] = []
     t = 0.0
-    for gap, budget, count in stream:
+    for gap, budget, count, rows in stream:
         t += gap
-        pending += [Queued(request_id=len(pending) + k, deadline=t + budget, arrived=t) for k in range(count)]
+        pending += [Queued(request_id=len(pending) + k, deadline=t + budget, arrived=t, rows=min(rows, max_batch))
+                    for k in range(count)]
     total = len(pending)
+    single_rows = all(q.rows == 1 for q in pending)
     slowest = max(latency.values())
     sizes = set(power_of_two_sizes(max_batch))
     now, steps, out = 0.0, 0, []
@@ -403,7 +406,8 @@ def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch
         out += [q.request_id for q in left]
         queued -= {q.request_id for q in left}
 
-        assert len(decision.batch) <= cap <= max_batch
+        rows = sum(q.rows for q in decision.batch)
+        assert cap <= max_batch and (rows <= cap or len(decision.batch) == 1)
         deadlines = [q.deadline for q in decision.batch]
         assert deadlines == sorted(deadlines)
         head = batcher.head_deadline()
@@ -421,18 +425,18 @@ def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch
         else:
             # Deadline-aware: nothing batched is hopeless, everything batched finishes in time.
             for q in decision.batch:
-                assert now <= q.deadline - latency[len(decision.batch)]
+                assert now <= q.deadline - latency[rows]
             for q in decision.late:
-                assert now > q.deadline - (slowest if policy == "nexus" else latency[1])
-        if policy == "proteus" and decision.batch:
+                assert now > q.deadline - (slowest if policy == "nexus" else latency[q.rows])
+        if policy == "proteus" and decision.batch and single_rows:
             assert len(decision.batch) in sizes
         if policy in ("edf", "proteus") and wait_until is not None and now <= wait_until + wake_late_s:
             assert not waited_on & {q.request_id for q in decision.late}, "waiting made a request late"
         waited_on, wait_until = set(queued), decision.wake_at
 
         if decision.batch:
-            now += latency[len(decision.batch)]
-            batcher.feedback(len(decision.batch), any(q.deadline < now for q in decision.batch))
+            now += latency[rows]
+            batcher.feedback(rows, any(q.deadline < now for q in decision.batch))
         else:
             wake = None if decision.wake_at is None else decision.wake_at + wake_late_s
             candidates = [x for x in (wake, pending[0].arrived if pending else None) if x is not None]
@@ -450,7 +454,7 @@ def simulate(policy: str, batcher: Batcher, latency: dict[int, float], max_batch
     lateness=st.floats(min_value=0.0, max_value=0.99),  # the boundary itself is at rounding's mercy
 )
 def test_every_policy_serves_each_request_exactly_once_within_its_invariants(
-    policy: str, model: tuple[int, dict[int, float]], stream: list[tuple[float, float, int]],
+    policy: str, model: tuple[int, dict[int, float]], stream: list[tuple[float, float, int, int]],
     slack_s: float, lateness: float,
 ) -> None:
     max_batch, latency = model
