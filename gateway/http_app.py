@@ -35,7 +35,7 @@ from gateway.health import UNSERVED_HEADER, unready_reason
 from gateway.mesh_status import StatusFeed
 from gateway.oip_response import encode_infer_response, error_body
 from gateway.policy_store import PolicyReplicas
-from gateway.serving import DataPlane, ModelNotFound
+from gateway.serving import DataPlane, ModelNotFound, ModelUnavailable
 from gateway.selection import SELECTION_MODES, Shed, parse_bounds
 from gateway.telemetry import Outcome, Telemetry
 from mesh.bandit import NoCandidate
@@ -183,10 +183,12 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     d = request.app[DISPATCHER]
+    if not d.view.received:  # an empty list would read as "no models"
+        return _dispatch_error(NoWorkerReady("the gateway has no routing table from the controller yet"))
     index = []
     for family, variants in sorted(d.families.items()):
         family_ready = any(d.ready_workers(v.name) for v in variants)
-        index.append({"name": family, "version": "", "state": "READY" if family_ready else "UNAVAILABLE",
+        index.append({"name": family, "version": FAMILY_VERSION, "state": "READY" if family_ready else "UNAVAILABLE",
                       "reason": "" if family_ready else "no variant has a ready worker",
                       "kind": "family", "variants": [v.name for v in variants]})
         for v in variants:
@@ -194,6 +196,8 @@ async def repository_index(request: web.Request) -> web.Response:
             index.append({"name": v.name, "version": v.version, "state": "READY" if workers else "UNAVAILABLE",
                           "reason": "" if workers else "no ready worker", "kind": "variant", "family": family,
                           "accuracy": v.accuracy, "workers": len(workers)})
+    for name, reason in sorted(d.view.unavailable.items()):  # set aside: listed with why, never served
+        index.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason, "kind": "variant"})
     return web.json_response(index)
 
 
@@ -203,12 +207,15 @@ def versions_of(variants: list[ModelInfo], is_family: bool) -> list[str]:
 
 def _resolve(request: web.Request) -> tuple[list[ModelInfo], bool] | web.Response:
     """The variants the path's model (and version, if given) names, or the error to answer:
-    404 for an unknown model or version, 503 before the first routing table."""
+    404 for an unknown model or version, 503 before the first routing table or for a model set
+    aside (with the reason)."""
     name = request.match_info["model"]
     try:
         variants, is_family = request.app[PLANE].resolve(name)
     except ModelNotFound:
         return _json_error(404, f"unknown model {name!r}")
+    except ModelUnavailable as exc:
+        return _json_error(503, str(exc))
     except NoWorkerReady as exc:
         return _dispatch_error(exc)
     return _unknown_version(request, variants, is_family) or (variants, is_family)
@@ -268,6 +275,9 @@ async def infer(request: web.Request) -> web.Response:
     except ModelNotFound:
         plane.refused(name, Outcome.ERROR, "not_found", received)
         return _json_error(404, f"unknown model {name!r}")
+    except ModelUnavailable as exc:
+        plane.refused(name, Outcome.ERROR, "unavailable", received)
+        return _json_error(503, str(exc))
     except NoWorkerReady as exc:
         plane.refused(name, Outcome.SHED, "no_routing_table", received)
         return _dispatch_error(exc)

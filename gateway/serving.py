@@ -42,6 +42,13 @@ class ModelNotFound(Exception):
     pass
 
 
+class ModelUnavailable(Exception):
+    """The model is in the repository but set aside (its artifact failed its checks or to load)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"model {name!r} is unavailable: {reason}")
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """A request answered by a worker: its result and how it went against the deadline."""
@@ -80,6 +87,8 @@ class DataPlane:
             return d.families[name], True
         if not d.view.received:
             raise NoWorkerReady("the gateway has no routing table from the controller yet")
+        if name in d.view.unavailable:
+            raise ModelUnavailable(name, d.view.unavailable[name])
         raise ModelNotFound(name)
 
     async def infer(self, name: str, variants: list[ModelInfo], is_family: bool,

@@ -116,3 +116,29 @@ async def test_before_the_first_routing_table_a_model_is_503_not_404(gateway):
     assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
     assert "routing table" in (await resp.json())["error"]
     assert (await gateway.get("/v2/models/echo")).status == 503
+
+
+async def test_before_the_first_routing_table_the_repository_index_is_503_not_an_empty_list(gateway):
+    resp = await gateway.post("/v2/repository/index")
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    gateway.serve()
+    resp = await gateway.post("/v2/repository/index")
+    assert resp.status == 200 and {e["name"] for e in await resp.json()} == {"echo", "echoes"}
+
+
+async def test_a_model_set_aside_is_listed_and_answered_503_with_its_reason_not_404(gateway):
+    from protocol.message import RoutingTable
+
+    gateway.serve()
+    reason = "sha256 of model.pt is 9f..., manifest says 00..."
+    gateway.dispatcher.apply_routing(RoutingTable(version=2, models=(MODEL,), workers=(),
+                                                  unavailable={"broken": reason}))
+    resp = await gateway.post("/v2/models/broken/infer", json=BODY)
+    assert resp.status == 503 and "Retry-After" not in resp.headers
+    assert (await resp.json())["error"] == f"model 'broken' is unavailable: {reason}"
+    for path in ("/v2/models/broken", "/v2/models/broken/ready"):
+        assert (await gateway.get(path)).status == 503
+    index = {e["name"]: e for e in await (await gateway.post("/v2/repository/index")).json()}
+    assert index["broken"]["state"] == "UNAVAILABLE" and index["broken"]["reason"] == reason
+    assert index["echoes"]["version"] == "1"  # what the family's metadata lists
+    assert (await gateway.post("/v2/models/typo/infer", json=BODY)).status == 404
