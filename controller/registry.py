@@ -436,6 +436,10 @@ class Registry:
             serving = tuple(
                 w.plan.worker_id for w in self.workers.values() if w.state == WorkerState.READY and v.name in w.plan.variants
             )
+            placed = sorted(w.plan.worker_id for w in self.workers.values()
+                            if w.in_plan and w.state not in LEAVING and v.name in w.plan.variants)
+            reason = "" if serving else (f"placed on {', '.join(placed)}, not ready yet" if placed
+                                         else "not placed: the current plan runs it on no worker")
             models.append(
                 ModelStatus(
                     name=v.name,
@@ -443,6 +447,7 @@ class Registry:
                     accuracy=v.accuracy,
                     state="READY" if serving else "UNAVAILABLE",
                     workers=serving,
+                    reason=reason,
                 )
             )
         return agents, workers, tuple(models)

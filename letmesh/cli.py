@@ -58,6 +58,8 @@ def _accept_global_options_everywhere(p: argparse.ArgumentParser) -> None:
                     if id(child) not in seen:
                         seen.add(id(child))
                         _global_options(child, with_defaults=False)
+                        # The deepest command parsed sets the last: its usage goes with an error.
+                        child.set_defaults(command_parser=child)
                         todo.append(child)
 
 
@@ -231,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said with the command's usage, not the top level's
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         configure_logging(args.log_level, args.log_format or os.environ.get(FORMAT_ENV) or "text")
     except ValueError as exc:  # a bad LETMESH_LOG_FORMAT; the flags are checked by the parser

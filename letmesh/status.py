@@ -93,7 +93,8 @@ def format_status(status: StatusReply) -> str:
         lines += [f"  {'':<16} {variant} runs on {runtime}" for variant, runtime in sorted(w.runtimes.items())]
     lines += ["", "MODELS"]
     for m in status.models:
-        lines.append(f"  {m.name:<16} {m.family:<10} accuracy {m.accuracy:.3f}  {m.state:<11} {', '.join(m.workers)}")
+        lines.append(f"  {m.name:<16} {m.family:<10} accuracy {m.accuracy:.3f}  {m.state:<11} "
+                     f"{', '.join(m.workers) or m.reason}")
     for name, reason in sorted(status.unavailable.items()):
         lines.append(f"  {name:<16} UNAVAILABLE  {reason}")
     return "\n".join(lines)

@@ -263,6 +263,7 @@ class ModelStatus:
     accuracy: float
     state: str  # READY | UNAVAILABLE
     workers: tuple[str, ...]
+    reason: str = ""  # why UNAVAILABLE: not placed by the current plan, or its workers not ready yet
 
 
 @struct

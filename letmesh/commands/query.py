@@ -88,5 +88,6 @@ def cmd_replan(args: argparse.Namespace) -> int:
     if not reply.accepted:
         print(f"letmesh replan: {reply.message}", file=sys.stderr)
         return 2
-    print(f"re-planning with policy {reply.policy}; watch it with: letmesh status --controller {args.controller}")
+    keys = f" --keys {args.keys}" if args.keys else ""
+    print(f"re-planning with policy {reply.policy}; watch it with: letmesh status --controller {args.controller}{keys}")
     return 0

@@ -220,6 +220,12 @@ def test_status_shows_models_ready_only_while_served(reg: Registry, clock: FakeC
         "small": ("UNAVAILABLE", ()),
     }
     assert [(w.worker_id, w.state) for w in workers] == [("a1.w0", "starting"), ("a1.w1", "ready")]
+    # An unavailable model says why: placed on a worker still starting, or placed nowhere.
+    reasons = {m.name: m.reason for m in models}
+    assert reasons == {"large": "", "small": "placed on a1.w0, not ready yet"}
+    reg.retire("a1.w0", WorkerState.STOPPING)
+    _, _, models = reg.status(clock.monotonic())
+    assert {m.name: m.reason for m in models}["small"] == "not placed: the current plan runs it on no worker"
 
 
 def test_status_shows_what_runs_a_workers_variants_bounded_to_its_plan(reg: Registry, clock: FakeClock) -> None:

@@ -147,3 +147,15 @@ def test_a_repository_that_is_not_one_is_exit_2_with_one_line_before_anything_st
     err = capsys.readouterr().err
     assert err.startswith(f"letmesh {command[0]}: model repository {repo} {message}"), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, usage", [(["up", "--bogus-flag"], "usage: letmesh up"),
+                                         (["status", "--bogus", "x"], "usage: letmesh status"),
+                                         (["bandit", "report", "--bogus"], "usage: letmesh bandit report")])
+def test_an_unknown_flag_is_exit_2_with_the_commands_own_usage(capsys, argv: list[str], usage: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert f"{usage.removeprefix('usage: ')}: error: unrecognized arguments: {' '.join(argv[len(usage.split()) - 2:])}" in err
