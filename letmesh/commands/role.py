@@ -52,6 +52,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from controller.error import RepositoryError
     from controller.repository import check_root
     from controller.service import run_controller
+    from controller.state_lock import StateDirInUse, hold
 
     config = load_config(ControllerConfig, toml_path=args.config, flags=vars(args), section="controller")
     if not config.repository:
@@ -63,7 +64,13 @@ def cmd_controller(args: argparse.Namespace) -> int:
     except RepositoryError as exc:
         print(f"letmesh controller: {exc}", file=sys.stderr)
         return 2
-    return _run_role(lambda stop: run_controller(config, stop))
+    try:
+        lock = hold(config.state_dir)  # held until this process ends
+    except StateDirInUse as exc:
+        print(f"letmesh controller: {exc}", file=sys.stderr)
+        return 2
+    with lock:
+        return _run_role(lambda stop: run_controller(config, stop))
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:

@@ -61,6 +61,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"letmesh up: {exc}; nothing was started (--http-port and --controller-port choose others)",
               file=sys.stderr)
         return 1
+    from controller.state_lock import StateDirInUse, check_free
+
+    try:  # another mesh's controller on this state directory (its own ports)
+        check_free(args.state_dir)
+    except StateDirInUse as exc:
+        print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
+        return 1
     stop = {"now": False}
 
     def on_signal(signum, frame):
