@@ -1,8 +1,8 @@
 """``POST /v1/feedback``: applications report how satisfied they were with an answered request.
 
 Body: ``{"event_id": "...", "reward": 0.8}`` with a reward in [0, 1], or a QoE form mapped onto
-it: ``{"event_id": "...", "rating": 4, "scale": 5}`` (reward = rating / scale) or
-``{"event_id": "...", "satisfied": true}``. 202 when taken (also for a repeat, which is ignored),
+it: ``{"event_id": "...", "rating": 4, "scale": 5}`` (reward = rating / scale; the scale is 5
+unless given) or ``{"event_id": "...", "satisfied": true}``; exactly one of the three forms. 202 when taken (also for a repeat, which is ignored),
 404 for an unknown or expired event, 400 for a malformed body.
 """
 
@@ -42,6 +42,11 @@ def reward_of(body: Any) -> tuple[str, float]:
         raise BadFeedback("'event_id' must be a non-empty string")
     if len(event_id) > MAX_EVENT_ID_LEN:
         raise BadFeedback(f"'event_id' is longer than {MAX_EVENT_ID_LEN} characters")
+    forms = [key for key in ("reward", "rating", "satisfied") if key in body]
+    if len(forms) > 1:  # which one would count is a guess: say so rather than pick
+        raise BadFeedback(f"give one of 'reward', 'rating' or 'satisfied', not {' and '.join(map(repr, forms))}")
+    if "scale" in body and "rating" not in body:
+        raise BadFeedback("'scale' goes with 'rating'")
     if "reward" in body:
         reward = _number(body, "reward", 0.0, 1.0)
     elif "rating" in body:

@@ -75,7 +75,9 @@ def status_json(status: StatusReply) -> dict:
 
 
 def format_status(status: StatusReply) -> str:
-    lines = [f"controller epoch {status.controller_epoch}, routing table v{status.routing_version}, "
+    # A table's version counts up within the controller's epoch (the high 32 bits), so tables of a
+    # restarted controller order after the last one's: shown as the count within this epoch.
+    lines = [f"controller epoch {status.controller_epoch}, routing table v{status.routing_version & 0xFFFFFFFF}, "
              f"gateways: {', '.join(split_server_key(g)[0] for g in status.gateways) or 'none'}", "", "AGENTS"]
     for a in status.agents:
         devices = ", ".join(f"{d.device_id} ({d.kind}, {d.cores} cores, {d.memory_bytes / 2**30:.1f} GiB)" for d in a.devices)

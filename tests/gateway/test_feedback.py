@@ -31,6 +31,9 @@ def test_reward_forms(body, reward) -> None:
     ({"event_id": "e", "rating": 6, "scale": 5}, "rating"),
     ({"event_id": "e", "rating": 1, "scale": 0}, "scale"),
     ({"event_id": "e", "satisfied": "yes"}, "satisfied"),
+    ({"event_id": "e", "reward": 1, "satisfied": False}, "one of 'reward', 'rating' or 'satisfied'"),
+    ({"event_id": "e", "rating": 4, "satisfied": True}, "not 'rating' and 'satisfied'"),
+    ({"event_id": "e", "reward": 0.5, "scale": 10}, "'scale' goes with 'rating'"),
 ])
 def test_malformed_feedback_says_what_is_wrong(body, fragment) -> None:
     with pytest.raises(BadFeedback) as err:
