@@ -77,4 +77,6 @@ class ProfilingRuns:
             del self.running[key]
 
     def describe(self) -> tuple[str, ...]:
-        return tuple(f"{agent}: {done}/{total}" for (agent, _), (done, total) in sorted(self.running.items()))
+        """One line per run: ``agent: done/total``, or ``agent: starting`` before its first report."""
+        return tuple(f"{agent}: {done}/{total}" if total else f"{agent}: starting"
+                     for (agent, _), (done, total) in sorted(self.running.items()))
