@@ -59,8 +59,10 @@ def report_data(state_dir: Path, *, family: str | None = None, limit: int = 20_0
                                     for context, variant, probability in prefs]
             entry["estimates"] = {
                 "logged": value.logged,
-                "deployed": {"ips": value.ips, "ips_stderr": value.ips_stderr, "dr": value.dr, "dr_stderr": value.dr_stderr},
-                "greedy": {"ips": greedy.ips, "ips_stderr": greedy.ips_stderr, "dr": greedy.dr, "dr_stderr": greedy.dr_stderr},
+                "deployed": {"ips": value.ips, "ips_stderr": value.ips_stderr, "snips": value.snips,
+                             "dr": value.dr, "dr_stderr": value.dr_stderr},
+                "greedy": {"ips": greedy.ips, "ips_stderr": greedy.ips_stderr, "snips": greedy.snips,
+                           "dr": greedy.dr, "dr_stderr": greedy.dr_stderr},
             }
     finally:
         store.close()
@@ -88,9 +90,12 @@ def format_report(data: dict[str, Any]) -> str:
         lines.append("  estimated mean reward per request (95% interval where known):")
         lines.append(f"    logged policy (what ran)        {est['logged']:.3f}")
         lines.append(f"    learned policy, as deployed     IPS {_ci(deployed['ips'], deployed['ips_stderr'])}   "
-                     f"DR {_ci(deployed['dr'], deployed['dr_stderr'])}")
+                     f"SNIPS {deployed['snips']:.3f}   DR {_ci(deployed['dr'], deployed['dr_stderr'])}")
         lines.append(f"    learned policy, greedy          IPS {_ci(greedy['ips'], greedy['ips_stderr'])}   "
-                     f"DR {_ci(greedy['dr'], greedy['dr_stderr'])}")
+                     f"SNIPS {greedy['snips']:.3f}   DR {_ci(greedy['dr'], greedy['dr_stderr'])}")
+        if any(e["ips"] > 1.0 for e in (deployed, greedy)):
+            lines.append("    (IPS weighs each logged reward by how much likelier the learned policy makes its choice, so on")
+            lines.append("    few decisions it can pass 1; SNIPS divides by those weights and stays within the rewards' range)")
         lines.append("")
     return "\n".join(lines).rstrip()
 
