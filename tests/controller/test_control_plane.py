@@ -11,20 +11,9 @@ from controller.config import ControllerConfig
 from controller.control_plane import ControlPlane
 from controller.metrics import ControllerMetrics
 from mesh.clock import FakeClock
-from protocol.message import (
-    ErrorReply,
-    Heartbeat,
-    ProfileDevice,
-    RegisterAgent,
-    RegisterAgentReply,
-    RegisterGateway,
-    RegisterGatewayReply,
-    Replan,
-    ReplanReply,
-    RoutingTable,
-    StartWorker,
-    WorkerStarted,
-)
+from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, RegisterAgent, RegisterAgentReply,
+                              RegisterGateway, RegisterGatewayReply, Replan, ReplanReply, RoutingTable, StartWorker,
+                              WorkerStarted)
 from protocol.types import DeviceInfo
 
 CPU = DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=2, memory_bytes=1 << 30)
