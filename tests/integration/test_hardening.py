@@ -59,7 +59,9 @@ def test_a_corrupt_variant_is_unavailable_and_poisoned_control_messages_change_n
     mesh = mesh_factory(repository=repo)  # starts and becomes ready: the healthy variant is served
     status, raw = infer(mesh.http_url, "identity")
     assert status == 200, raw
-    assert infer(mesh.http_url, "flipped")[0] == 404
+    status, raw = infer(mesh.http_url, "flipped")  # set aside: 503 with the reason, not an unknown model's 404
+    assert status == 503 and b"model 'flipped' is unavailable" in raw and b"sha256" in raw, raw
+    assert infer(mesh.http_url, "never-heard-of")[0] == 404
     report = fetch_status(mesh.controller_address)
     assert set(report.unavailable) == {"flipped", "truncated"}
     assert "sha256" in report.unavailable["flipped"] and "archive" in report.unavailable["truncated"]

@@ -28,7 +28,12 @@ def test_a_model_added_with_repo_add_is_served_through_http(mesh_factory, tmp_pa
     added = repo_add(export(model, tmp_path / "scorer.pt"), repo, "scorer-ts", "--output", "scores:FP32:-1,3")
     assert added.returncode == 0, added.stderr
     assert "added scorer-ts (family scorer, torchscript)" in added.stdout
-    added = repo_add(export(model, tmp_path / "scorer.onnx"), repo, "scorer-onnx")
+    # Its family's other variant names its output "scores": one added without saying so would
+    # answer "output", and a request to the family could not know which name comes back.
+    mismatched = repo_add(export(model, tmp_path / "scorer.onnx"), repo, "scorer-onnx")
+    assert mismatched.returncode == 1
+    assert "outputs output:FP32:-1,3 differ from scores:FP32:-1,3 of 'scorer-ts'" in mismatched.stderr
+    added = repo_add(tmp_path / "scorer.onnx", repo, "scorer-onnx", "--output", "scores:FP32:-1,3")
     assert added.returncode == 0, added.stderr
 
     refused = repo_add(tmp_path / "scorer.pt", repo, "scorer-wrong", "--output", "scores:FP32:-1,5")
@@ -41,14 +46,14 @@ def test_a_model_added_with_repo_add_is_served_through_http(mesh_factory, tmp_pa
         expected = model(torch.from_numpy(rows)).numpy()
     body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [3, 6],
                                    "data": rows.ravel().tolist()}]}).encode()
-    for name, output in (("scorer-ts", "scores"), ("scorer-onnx", "output"), ("scorer", None)):
+    for name in ("scorer-ts", "scorer-onnx", "scorer"):
         status, _, raw = post(f"{mesh.http_url}/v2/models/{name}/infer", body)
         assert status == 200, (name, raw)
         reply = json.loads(raw)
         (out,) = reply["outputs"]
-        assert out["shape"] == [3, 3], name
-        if output is not None:
-            assert out["name"] == output and reply["parameters"]["letmesh_variant"] == name
+        assert out["shape"] == [3, 3] and out["name"] == "scores", name
+        if name != "scorer":
+            assert reply["parameters"]["letmesh_variant"] == name
         else:  # the family: the mesh picks one of the two
             assert reply["parameters"]["letmesh_variant"] in ("scorer-ts", "scorer-onnx")
         np.testing.assert_allclose(np.asarray(out["data"], dtype=np.float32).reshape(3, 3), expected, atol=1e-5)
