@@ -21,8 +21,8 @@ Replies = dict[Any, list[tuple[InferReply, Sequence[np.ndarray]]]]
 
 
 def batch_rows(batch: Sequence[Queued]) -> list[int]:
-    """Rows each request brings to its batch: its first input's leading dimension."""
-    return [item.payload[1][0].shape[0] for item in batch]
+    """Rows each request brings to its batch, as it was queued with them."""
+    return [item.rows for item in batch]
 
 
 def computed(name: str, batch: Sequence[Queued], outputs: Sequence[np.ndarray], output_names: Sequence[str], *,

@@ -71,6 +71,7 @@ class _Due:
     name: str
     batch: tuple[Queued, ...]
     started: float
+    rows: int  # the batch's rows: its cost on the latency curve
 # A batcher that waits to fill a batch asks to be woken this long before its last feasible start:
 # the event loop's timers fire up to a few milliseconds late on a busy machine.
 _WAKE_SLACK_S = 0.002
@@ -113,6 +114,7 @@ class Worker:
         self._recv_tasks: dict[str, asyncio.Task] = {}
         self._arrived = asyncio.Event()
         self._idle = False
+        self._handoff: _Due | None = None  # a batch a receive task took but the serving loop must offload
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stopping = asyncio.Event()
         self._ctx: zmq.asyncio.Context | None = None
@@ -314,11 +316,11 @@ class Worker:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            outcome = self._step()
+            outcome, self._handoff = self._handoff or self._step(), None
             if isinstance(outcome, _Due):
                 # A long batch computes on the compute thread (TorchScript releases the GIL), so
                 # this loop keeps receiving and heartbeating; a short one runs here, cheaper.
-                if self.runners[outcome.name].latency_s(sum(q.rows for q in outcome.batch)) > _OFFLOAD_S:
+                if self.runners[outcome.name].latency_s(outcome.rows) > _OFFLOAD_S:
                     result = await loop.run_in_executor(self._compute_thread, self._compute, outcome.name, outcome.batch)
                 else:
                     result = self._compute(outcome.name, outcome.batch)
@@ -348,7 +350,7 @@ class Worker:
         step = self.scheduler.step(now)
         self._send_all(batch_replies.late(step.late, now))
         if step.batch:
-            return _Due(step.key, step.batch, now)
+            return _Due(step.key, step.batch, now, sum(q.rows for q in step.batch))
         return _IDLE if step.wake_at is None else step.wake_at
 
     def _run_short(self) -> None:
@@ -359,8 +361,14 @@ class Worker:
         if self.runners[name].latency_s(1) > _OFFLOAD_S:
             return  # the serving loop will offload it
         outcome = self._step()
-        if isinstance(outcome, _Due):
-            self._finish(outcome, self._compute(outcome.name, outcome.batch))
+        if not isinstance(outcome, _Due):
+            return
+        if self.runners[name].latency_s(outcome.rows) > _OFFLOAD_S:
+            # Short alone, long by its rows: the serving loop offloads it, as it would its own.
+            self._handoff = outcome
+            self._arrived.set()
+            return
+        self._finish(outcome, self._compute(outcome.name, outcome.batch))
 
     def _compute(self, name: str, batch: tuple[Queued, ...]) -> tuple[list[np.ndarray] | Exception, int]:
         """The model call alone (safe on the compute thread: it sends nothing)."""
@@ -381,13 +389,13 @@ class Worker:
         name, batch = due.name, due.batch
         outputs, compute_us = result
         finished = time.monotonic()
-        self.scheduler.finished(name, sum(q.rows for q in batch), any(q.deadline < finished for q in batch))
+        self.scheduler.finished(name, due.rows, any(q.deadline < finished for q in batch))
         if isinstance(outputs, Exception):
             log.error("batch failed: %s", outputs, extra={"variant": name})
             self._send_all(batch_replies.failed(name, batch, f"model failed: {outputs}"))
             return
         runner = self.runners[name]
-        expected_s = runner.latency_s(sum(q.rows for q in batch))
+        expected_s = runner.latency_s(due.rows)
         if compute_us > 0 and expected_s > 0:
             self.slowdown.setdefault(name, SlowdownTracker()).observe(compute_us / 1e6, expected_s)
         self._send_all(batch_replies.computed(name, batch, outputs, [o.name for o in runner.spec.outputs],

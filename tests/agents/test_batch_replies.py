@@ -10,7 +10,8 @@ from protocol.types import ReplyStatus
 
 
 def queued(request_id: int, link: str, rows: int, arrived: float = 1.0) -> Queued:
-    return Queued(request_id=request_id, deadline=9.0, arrived=arrived, payload=(link, [np.zeros((rows, 2))]))
+    return Queued(request_id=request_id, deadline=9.0, arrived=arrived, payload=(link, [np.zeros((rows, 2))]),
+                  rows=rows)
 
 
 def test_each_request_gets_its_own_rows_on_its_own_link() -> None:
