@@ -64,7 +64,7 @@ from benchmarks.scaling.workload import (
 from benchmarks.support.report import write_json
 from controller.accuracy import ResolvePolicy
 from controller.config import ControllerConfig
-from controller.layout_manager import LayoutPolicy
+from controller.layout_policy import LayoutPolicy
 
 HERE = Path(__file__).resolve().parent
 CONTROLLER = ControllerConfig()  # "ours" runs with the controller's defaults unless told otherwise

@@ -19,7 +19,8 @@ import numpy as np
 
 from controller.config import ControllerConfig
 from controller.demand import DemandTracker
-from controller.layout_manager import LayoutManager, LayoutPolicy
+from controller.layout_manager import LayoutManager
+from controller.layout_policy import LayoutPolicy
 from controller.learner import Learner
 from controller.membership import Membership
 from controller.metrics import ControllerMetrics

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from controller.demand import DemandTracker
-from controller.layout_manager import LayoutManager, LayoutPolicy
+from controller.layout_manager import LayoutManager
+from controller.layout_policy import LayoutPolicy
 from controller.placement import PlannedWorker
 from controller.registry import Registry
 from controller.repository import Variant

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from controller.demand import DemandTracker
-from controller.layout_manager import LayoutManager, LayoutPolicy
+from controller.layout_manager import LayoutManager
+from controller.layout_policy import LayoutPolicy
 from controller.membership import Membership
 from controller.placement import PlannedWorker
 from controller.registry import Joined, Registry
