@@ -33,9 +33,10 @@ from gateway.dispatch_error import (
 )
 from gateway.inflight import InFlight, InflightTable, TableFull
 from gateway.routing import RoutingView, WorkerPicker
+from gateway.worker_speeds import WorkerSpeeds
 from mesh.deadline import Deadline
 from mesh.liveness import Liveness
-from mesh.slowdown import SlowdownEstimate, SlowdownTracker
+from mesh.slowdown import SlowdownEstimate
 from gateway.peers import WorkerPeers
 from mesh.keys import ServerKeys
 from mesh.links import DEFAULT_LINK, LinkOptions
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 # names from the wire cannot grow the table without bound.
 MAX_UNROUTED_WORKERS = 1024
 LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
-# Replies a worker's speed is measured over before admission predicts with it.
-_ADMISSION_MIN_OBSERVATIONS = 3
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
@@ -118,8 +117,7 @@ class Dispatcher:
         self._admission = admission
         self._tasks: list[asyncio.Task] = []
         self.demand = DemandCounts()  # reported to the controller by the control link
-        self._slowdown: dict[tuple[str, str], SlowdownTracker] = {}
-        self._answered_at: dict[str, float] = {}  # worker -> when its latest reply came
+        self.speeds = WorkerSpeeds()
         self.counters = {"replies": 0, "late_replies_ignored": 0, "retries": 0, "lost": 0, "shed": 0}
         # How late this loop woke from its heartbeat timer, over the last LOOP_LAG_SAMPLES wake-ups:
         # about how long a request could wait for its handler (or its answer) on a busy loop.
@@ -180,8 +178,7 @@ class Dispatcher:
         old = self.view
         self.view = view = RoutingView(table)
         self._picker.forget(view.workers)
-        self._slowdown = {k: v for k, v in self._slowdown.items() if k in view.curves}
-        self._answered_at = {w: t for w, t in self._answered_at.items() if w in view.workers}
+        self.speeds.keep(view.curves, view.workers)
         for worker_id in old.workers.keys() - view.workers.keys():
             if worker_id not in self._unrouted:
                 self._liveness.forget(worker_id)
@@ -220,7 +217,7 @@ class Dispatcher:
         if not candidates:
             return None
         worker_id = min(candidates, key=lambda w: (self._inflight.count(w), w))
-        slowdown = self._slowdown_of(worker_id, variant)
+        slowdown = self.speeds.estimate(worker_id, variant)
         curve = self.view.curves.get((worker_id, variant))
         if curve is None:
             return VariantEstimate(worker_id, 0.0, 0.0, slowdown)
@@ -240,8 +237,8 @@ class Dispatcher:
         if self._admission:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), self._inflight.rows(worker_id),
-                                          self._measured_slowdown(worker_id, variant),
-                                          now - self._answered_at.get(worker_id, now), rows)
+                                          self.speeds.measured(worker_id, variant),
+                                          self.speeds.silent_s(worker_id, now), rows)
             behind_s = self.running_behind_s()
             wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
             if wait_s is not None:
@@ -361,17 +358,6 @@ class Dispatcher:
         for rid in rids:
             self._retry_or_fail(rid, WorkerLost(f"worker {worker_id} was lost ({why})"))
 
-    def _measured_slowdown(self, worker_id: str, variant: str) -> float | None:
-        """The worker's compute time over its curve, once enough replies measured it; else None."""
-        tracker = self._slowdown.get((worker_id, variant))
-        if tracker is None or tracker.observations < _ADMISSION_MIN_OBSERVATIONS:
-            return None
-        return tracker.estimate().mean
-
-    def _slowdown_of(self, worker_id: str, variant: str) -> SlowdownEstimate:
-        tracker = self._slowdown.get((worker_id, variant))
-        return tracker.estimate() if tracker else SlowdownEstimate(mean=1.0, variance=0.0)
-
     # --- background -----------------------------------------------------------------------
 
     def _beat(self, worker_id: str, now: float) -> None:
@@ -405,7 +391,7 @@ class Dispatcher:
                 self.counters["late_replies_ignored"] += 1
                 continue
             self.counters["replies"] += 1
-            self._answered_at[worker_id] = now
+            self.speeds.answered(worker_id, now)
             self._finish(msg.request_id, worker_id=worker_id, **self._outcome(worker_id, entry, msg, incoming.buffers, now))
 
     def _outcome(self, worker_id: str, entry: InFlight, msg: InferReply, buffers: list, now: float) -> dict:
@@ -416,7 +402,7 @@ class Dispatcher:
                 log.error("worker %s sent bad outputs for %s: %s", worker_id, msg.variant, exc,
                           extra={"worker": worker_id, "variant": msg.variant})
                 return {"error": WorkerFailed(f"worker sent bad outputs: {exc}")}
-            self._observe(worker_id, msg)
+            self.speeds.observe(worker_id, msg, self.view.curves.get((worker_id, msg.variant)))
             outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
             return {"result": Result(msg.variant, worker_id, msg, outputs, now - entry.sent)}
         if msg.status is ReplyStatus.LATE:
@@ -427,16 +413,6 @@ class Dispatcher:
         log.error("worker %s failed a request for %s: %s", worker_id, msg.variant, msg.error or "no reason given",
                   extra={"worker": worker_id, "variant": msg.variant})
         return {"error": WorkerFailed(msg.error or "worker error")}
-
-    def _observe(self, worker_id: str, reply: InferReply) -> None:
-        curve = self.view.curves.get((worker_id, reply.variant))
-        if curve is None or reply.compute_us <= 0:
-            return
-        profiled_ms = curve(max(reply.batch_size, 1))
-        if profiled_ms <= 0:
-            return
-        tracker = self._slowdown.setdefault((worker_id, reply.variant), SlowdownTracker())
-        tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3)
 
     async def _watch(self) -> None:
         # Workers beat to the gateway; nothing beats back: a worker has no use for it (ZMTP
