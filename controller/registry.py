@@ -21,14 +21,13 @@ import enum
 from dataclasses import dataclass, field
 
 from controller.placement import PlannedWorker
+from controller.registry_status import LEAVING, StatusView, status_view
 from controller.repository import Variant
 from mesh.liveness import Liveness
 from protocol.message import RoutingTable
-from protocol.types import AgentStatus, DeviceInfo, ModelStatus, WorkerRoute, WorkerState, WorkerStatus
+from protocol.types import DeviceInfo, WorkerRoute, WorkerState
 
 
-# States of a worker that a new layout retires: it answers what it holds but takes nothing new.
-LEAVING = frozenset({WorkerState.DRAINING, WorkerState.STOPPING})
 RUNTIME_CHARS = 300  # a worker's note on what runs a variant, as status shows it
 
 
@@ -403,51 +402,5 @@ class Registry:
 
     # --- status -----------------------------------------------------------------------------
 
-    def status(self, now: float, forget_after_s: float | None = None) -> tuple[tuple[AgentStatus, ...], tuple[WorkerStatus, ...], tuple[ModelStatus, ...]]:
-        agents = tuple(
-            AgentStatus(
-                agent_id=a.agent_id,
-                hostname=a.hostname,
-                alive=self.agent_alive(a.agent_id, now),
-                devices=a.devices,
-                last_seen_s=max(0.0, now - (self.liveness.last_seen(f"agent:{a.agent_id}") or now)),
-                forget_in_s=0.0 if a.lost_at is None or forget_after_s is None
-                else max(0.0, a.lost_at + forget_after_s - now),
-                joins=a.joins,
-            )
-            for a in sorted(self.agents.values(), key=lambda a: a.agent_id)
-        )
-        workers = tuple(
-            WorkerStatus(
-                worker_id=w.plan.worker_id,
-                agent_id=w.plan.agent_id,
-                state=w.state,
-                partition=w.plan.partition,
-                variants=w.plan.variants,
-                pid=w.pid,
-                restarts=w.restarts,
-                slowdown=dict(w.slowdown),
-                runtimes=dict(w.runtimes),
-            )
-            for w in sorted(self.workers.values(), key=lambda w: w.plan.worker_id)
-        )
-        models = []
-        for v in sorted(self.variants.values(), key=lambda v: v.name):
-            serving = tuple(
-                w.plan.worker_id for w in self.workers.values() if w.state == WorkerState.READY and v.name in w.plan.variants
-            )
-            placed = sorted(w.plan.worker_id for w in self.workers.values()
-                            if w.in_plan and w.state not in LEAVING and v.name in w.plan.variants)
-            reason = "" if serving else (f"placed on {', '.join(placed)}, not ready yet" if placed
-                                         else "not placed: the current plan runs it on no worker")
-            models.append(
-                ModelStatus(
-                    name=v.name,
-                    family=v.family,
-                    accuracy=v.accuracy,
-                    state="READY" if serving else "UNAVAILABLE",
-                    workers=serving,
-                    reason=reason,
-                )
-            )
-        return agents, workers, tuple(models)
+    def status(self, now: float, forget_after_s: float | None = None) -> StatusView:
+        return status_view(self, now, forget_after_s)
