@@ -62,6 +62,7 @@ def status_view(reg: Registry, now: float, forget_after_s: float | None = None) 
                 state="READY" if serving else "UNAVAILABLE",
                 workers=serving,
                 reason=reason,
+                placed=bool(serving or placed),
             )
         )
     return agents, workers, tuple(models)

@@ -24,6 +24,9 @@ HEALTH_PATHS = frozenset({"/v2/health/ready", "/v2/health/live"})
 # On /v2/health/ready: how many variants of the routing table have no live worker, whatever the
 # readiness mode, so a launcher can wait for a whole placement without a token (health is open).
 UNSERVED_HEADER = "Letmesh-Unserved-Variants"
+# Also on /v2/health/ready: the version of the routing table the gateway serves on, so a launcher can
+# tell the table the controller last published has reached it.
+ROUTING_VERSION_HEADER = "Letmesh-Routing-Version"
 # Names listed in a reason before it says "and N more".
 _NAMES_SHOWN = 5
 

@@ -31,7 +31,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.event_log import EventLog
 from gateway.exposition import gateway_registry
 from gateway.feedback import EVENTS, post_feedback
-from gateway.health import UNSERVED_HEADER, unready_reason
+from gateway.health import ROUTING_VERSION_HEADER, UNSERVED_HEADER, unready_reason
 from gateway.mesh_status import StatusFeed
 from gateway.oip_response import encode_infer_response, error_body
 from gateway.policy_store import PolicyReplicas
@@ -173,7 +173,10 @@ async def ready(request: web.Request) -> web.Response:
     d = request.app[DISPATCHER]
     served = {name for name in (*d.models, *d.view.by_variant) if d.ready_workers(name)}
     reason = unready_reason(d.view, served.__contains__, strict=request.app[STRICT_READINESS])
-    headers = {UNSERVED_HEADER: str(sum(name not in served for name in d.models))} if d.view.received else {}
+    # Variants the table routes to without a live worker; those the plan leaves unplaced are not
+    # routed, and do not count.
+    headers = {UNSERVED_HEADER: str(sum(name not in served for name in d.view.by_variant)),
+               ROUTING_VERSION_HEADER: str(d.routing_version)} if d.view.received else {}
     return _json_error(503, reason, headers) if reason else web.Response(status=200, headers=headers)
 
 

@@ -19,17 +19,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.process import die_with_parent
-from gateway.health import UNSERVED_HEADER
+from gateway.health import ROUTING_VERSION_HEADER, UNSERVED_HEADER
 from letmesh.port import check_free
 from letmesh.startup import StartupProgress
 from letmesh.status import KNOWN_KEYRINGS, StatusUnavailable, ask_controller, fetch_status
 from mesh.keys import ensure_local_keyring
-from protocol.message import GetProfiles, ProfilesReply
+from protocol.message import GetProfiles, ProfilesReply, StatusReply
 
 STDERR_TAIL_LINES = 20
 _WILDCARDS = {"", "0.0.0.0", "::"}
@@ -52,6 +52,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def placement_served(status: StatusReply, ready_status: int, ready_headers: Mapping[str, str]) -> bool:
+    """Whether the whole first placement is up, from the controller's status and the gateway's
+    answer to ``/v2/health/ready``: every variant the plan places has a ready worker, the routing
+    table naming them has reached the gateway, and the gateway is ready with a live worker for each
+    variant it routes to. A request naming any placed variant is then served (readiness alone asks
+    only that every family can be); a variant the plan leaves unplaced (more families than
+    gpu-lets) is not waited for."""
+    if any(m.placed and m.state != "READY" for m in status.models):
+        return False
+    version = ready_headers.get(ROUTING_VERSION_HEADER, "")
+    return (ready_status == 200 and ready_headers.get(UNSERVED_HEADER) == "0"
+            and version.isdigit() and int(version) >= status.routing_version)
 
 
 @dataclass
@@ -217,22 +231,22 @@ class LocalMesh:
                 raise RoleExited(died.role, died.code, died.tail, " before the mesh was ready")
             if cancelled():
                 raise LaunchError("stopped before the mesh was ready")
-            ready = self._placement_served()
+            snapshot = self._snapshot()
+            ready = self._placement_served(snapshot.get("status"))
             if milestones is not None:
-                for line in milestones.see(time.monotonic(), **self._snapshot(), gateway_ready=ready):
+                for line in milestones.see(time.monotonic(), **snapshot, gateway_ready=ready):
                     progress(line)
             if ready:
                 return
             time.sleep(0.2)
         raise LaunchError(f"mesh not ready within {timeout_s:.0f} s")
 
-    def _placement_served(self) -> bool:
-        """Ready, and every variant of the routing table has a live worker: the whole first
-        placement is up, so a request naming any variant is served (readiness alone asks only that
-        every family can be)."""
+    def _placement_served(self, status: StatusReply | None) -> bool:
+        if status is None:
+            return False
         try:
             with urllib.request.urlopen(self.http_url + "/v2/health/ready", timeout=1.0) as resp:
-                return resp.status == 200 and resp.headers.get(UNSERVED_HEADER) == "0"
+                return placement_served(status, resp.status, resp.headers)
         except (urllib.error.URLError, OSError):
             return False
 

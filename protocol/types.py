@@ -264,6 +264,7 @@ class ModelStatus:
     state: str  # READY | UNAVAILABLE
     workers: tuple[str, ...]
     reason: str = ""  # why UNAVAILABLE: not placed by the current plan, or its workers not ready yet
+    placed: bool = False  # the current plan runs it on some worker (ready or not)
 
 
 @struct

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.dispatcher import Dispatcher
-from gateway.health import UNSERVED_HEADER, unready_reason
+from gateway.health import ROUTING_VERSION_HEADER, UNSERVED_HEADER, unready_reason
 from gateway.http_app import make_app
 from gateway.routing import RoutingView
 from protocol.message import RoutingTable
@@ -113,8 +113,11 @@ async def test_ready_follows_what_the_table_can_serve_in_each_mode(gateway, ctx)
         await status_becomes(gateway, "/v2/health/ready", 200)
     assert (await gateway.get("/v2/models/fam/ready")).status == 200
     assert (await gateway.get("/v2/models/big/ready")).status == 400  # known, not ready (Triton's answer)
-    # Either way the probe tells how many variants lack a worker (a launcher waits for 0).
-    assert (await gateway.get("/v2/health/ready")).headers[UNSERVED_HEADER] == "1"
+    # Either way the probe tells how many variants the table routes to lack a live worker, and
+    # which table it serves on (a launcher waits for 0 on the controller's latest table): "big",
+    # which the plan left unplaced, does not count.
+    headers = (await gateway.get("/v2/health/ready")).headers
+    assert headers[UNSERVED_HEADER] == "0" and headers[ROUTING_VERSION_HEADER] == "1"
 
     # Its worker goes silent: the family cannot be served, and readiness says so in both modes.
     await gateway.workers.pop().close()
@@ -124,3 +127,4 @@ async def test_ready_follows_what_the_table_can_serve_in_each_mode(gateway, ctx)
         assert time.monotonic() < until, f"readiness never said {expected!r}"
         await asyncio.sleep(0.02)
     assert (await gateway.get("/v2/models/fam/ready")).status == 400
+    assert (await gateway.get("/v2/health/ready")).headers[UNSERVED_HEADER] == "1"  # "small", routed
