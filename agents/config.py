@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.config import NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt
+from mesh.config import Address, NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt
 
 # Set to "1" in the environment of an agent's workers and profilers when [agent] onnx_upgrade is on.
 ONNX_UPGRADE_ENV = "LETMESH_ONNX_UPGRADE"
@@ -12,7 +12,7 @@ ONNX_UPGRADE_ENV = "LETMESH_ONNX_UPGRADE"
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    controller: str = "tcp://127.0.0.1:5555"
+    controller: Address = "tcp://127.0.0.1:5555"
     # Empty: a random id kept in state_dir (see agents.identity), so restarts keep it.
     agent_id: str = ""
     state_dir: str = ".letmesh"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from controller.retention import DecisionRetention
-from mesh.config import NonNegativeFloat, Port, PositiveFloat, PositiveInt, Range
+from mesh.config import Address, NonNegativeFloat, OptionalAddress, Port, PositiveFloat, PositiveInt, Range
 
 # A capacity headroom factor: 1 keeps none.
 AtLeastOne = Annotated[float, Range(ge=1.0)]
@@ -14,9 +14,9 @@ AtLeastOne = Annotated[float, Range(ge=1.0)]
 
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
-    bind: str = "tcp://127.0.0.1:5555"
+    bind: Address = "tcp://127.0.0.1:5555"
     # The address workers dial for artifacts, when it differs from bind.
-    advertise: str = ""
+    advertise: OptionalAddress = ""
     state_dir: str = ".letmesh"
     repository: str = ""
     heartbeat_interval_s: PositiveFloat = 0.5

@@ -6,21 +6,21 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
-from mesh.config import NonNegativeFloat, Port, PositiveFloat, PositiveInt
+from mesh.config import Address, NonNegativeFloat, OptionalAddress, Port, PositiveFloat, PositiveInt
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    controller: str = "tcp://127.0.0.1:5555"
+    controller: Address = "tcp://127.0.0.1:5555"
     gateway_id: str = socket.gethostname()
     http_host: str = "127.0.0.1"
     http_port: Port = 8000
     # /metrics is served on the HTTP port; a port here serves it on its own too (as Triton's 8002),
     # open to scrapers without the API's tokens. 0: not served separately.
     metrics_port: Port = 0
-    data_bind: str = "tcp://127.0.0.1:5556"
+    data_bind: Address = "tcp://127.0.0.1:5556"
     # The address workers dial, when it differs from data_bind (a wildcard bind, NAT, containers).
-    data_advertise: str = ""
+    data_advertise: OptionalAddress = ""
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
     # A request body not fully received within this is answered 408 (a slow or lying client).
     body_timeout_s: PositiveFloat = 10.0

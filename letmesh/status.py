@@ -10,6 +10,7 @@ import zmq
 
 from mesh.keys import KeysError, operator_keys, split_server_key
 from protocol.codec import decode, encode
+from protocol.error import ProtocolError
 from protocol.message import ErrorReply, GetStatus, StatusReply
 from protocol.schema import to_plain
 
@@ -47,12 +48,20 @@ def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: fl
     if keys is not None:
         sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public_key, keys.secret_key, keys.server_key
     try:
-        sock.connect(controller)
+        try:
+            sock.connect(controller)
+        except zmq.ZMQError as exc:
+            raise StatusUnavailable(f"cannot dial {controller!r} ({exc.strerror}): a controller address "
+                                    "reads tcp://HOST:PORT") from None
         sock.send_multipart(encode(msg))
         if not sock.poll(int(timeout_s * 1000)):
             hint = "" if keys is not None else " (a mesh with keys answers only an operator key: --keys DIR)"
             raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s{hint}")
-        reply, _ = decode(sock.recv_multipart())
+        try:
+            reply, _ = decode(sock.recv_multipart())
+        except ProtocolError as exc:
+            raise StatusUnavailable(f"{controller} answered something that is not a letmesh controller's reply "
+                                    f"({exc}); is it the controller's port?") from None
         if isinstance(reply, ErrorReply):
             raise StatusUnavailable(f"controller refused: {reply.message}")
         if not isinstance(reply, reply_type):

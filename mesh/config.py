@@ -68,11 +68,37 @@ class Range:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ZmqAddress:
+    """A ZeroMQ endpoint field, as in ``Annotated[str, ZmqAddress()]``: ``tcp://HOST:PORT`` (``*`` for
+    any host or port where binding), ``ipc://PATH`` or ``inproc://NAME``, optionally followed by the
+    server key a peer presents (`` curve=KEY``); ``empty``: "" is allowed too (not set)."""
+
+    empty: bool = False
+
+    def problem(self, value: str) -> str | None:
+        bare = value.partition(" curve=")[0].strip()
+        if not bare:
+            return None if self.empty else "expected a ZeroMQ address such as tcp://127.0.0.1:5555, got ''"
+        scheme, sep, rest = bare.partition("://")
+        if not sep or scheme not in ("tcp", "ipc", "inproc"):
+            hint = f"; did you mean tcp://{bare}?" if not sep and ":" in bare else ""
+            return f"expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {value!r}{hint}"
+        if scheme != "tcp":
+            return None if rest else f"{scheme}:// needs a name after it, got {value!r}"
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port == "*" or (port.isdigit() and 0 < int(port) <= 65535)):
+            return f"expected tcp://HOST:PORT with a port from 1 to 65535, got {value!r}"
+        return None
+
+
 PositiveInt = Annotated[int, Range(gt=0)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 Port = Annotated[int, Range(ge=0, le=65535)]  # 0: any free port
+Address = Annotated[str, ZmqAddress()]
+OptionalAddress = Annotated[str, ZmqAddress(empty=True)]  # "": not set
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +107,7 @@ class _FieldType:
     is_tuple: bool
     optional: bool
     choices: tuple[Any, ...] = ()  # from Literal[...]: the only values allowed
-    bound: Range | None = None
+    bound: Range | ZmqAddress | None = None
 
     def check(self, value: Any, key: str, source: str) -> Any:
         """``value`` (already of the field's base type) when allowed, else ConfigError."""
@@ -202,18 +228,20 @@ def _field_type(owner: str, name: str, annotation: Any) -> _FieldType:
             raise TypeError(f"{owner}.{name}: a Literal of str or of int values, got {annotation!r}")
         return _FieldType(kinds.pop(), False, optional, choices=choices, bound=bound)
     if annotation in _SCALARS:
-        if bound is not None and annotation not in (int, float):
+        if isinstance(bound, Range) and annotation not in (int, float):
             raise TypeError(f"{owner}.{name}: a Range on a {annotation.__name__} field")
+        if isinstance(bound, ZmqAddress) and annotation is not str:
+            raise TypeError(f"{owner}.{name}: a ZmqAddress on a {annotation.__name__} field")
         return _FieldType(annotation, False, optional, bound=bound)
     raise TypeError(f"{owner}.{name}: unsupported config type {annotation!r}")
 
 
-def _range_of(annotation: Any) -> tuple[Range | None, Any]:
-    """``Annotated[X, Range(...)]`` -> (the Range, X); anything else -> (None, itself)."""
+def _range_of(annotation: Any) -> tuple[Range | ZmqAddress | None, Any]:
+    """``Annotated[X, Range(...)]`` (or ``ZmqAddress()``) -> (that check, X); anything else -> (None, itself)."""
     if typing.get_origin(annotation) is not Annotated:
         return None, annotation
     inner, *extras = typing.get_args(annotation)
-    return next((e for e in extras if isinstance(e, Range)), None), inner
+    return next((e for e in extras if isinstance(e, (Range, ZmqAddress))), None), inner
 
 
 # The tables of a config file shared by the roles: one per role.

@@ -162,11 +162,15 @@ class Endpoint:
         ep = cls(sock, zmq.DEALER, limits)
         ep._client = security
         ep.secure = security is not None
-        if security is not None:
-            sock.curve_publickey = security.public_key
-            sock.curve_secretkey = security.secret_key
-            ep._watch_refusals(link.reconnect_max_s)
-        ep.connect(connect)
+        try:
+            if security is not None:
+                sock.curve_publickey = security.public_key
+                sock.curve_secretkey = security.secret_key
+                ep._watch_refusals(link.reconnect_max_s)
+            ep.connect(connect)
+        except zmq.ZMQError:
+            ep.close()  # left open, it would keep the context (and the process) from ending
+            raise
         ep.address = split_server_key(connect)[0]
         return ep
 

@@ -36,6 +36,32 @@ def _run_role(coro_factory) -> int:
     return 0
 
 
+def _tcp_port(address: str) -> tuple[str, int]:
+    """(host, port) a ``tcp://HOST:PORT`` bind address listens on; port 0 for one that checks nothing."""
+    bare = address.partition(" curve=")[0]
+    if not bare.startswith("tcp://"):
+        return "", 0
+    host, _, port = bare.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    return ("0.0.0.0" if host == "*" else host), (int(port) if port.isdigit() else 0)
+
+
+def _ports_taken(role: str, ports: list[tuple[str, int, str]]) -> bool:
+    """Say which port another process holds (and who), as ``up`` does, rather than fail mid-start."""
+    from letmesh.port import PortTaken, check_free
+
+    try:
+        for host, port, purpose in ports:
+            check_free(host, port, purpose)
+    except PortTaken as exc:
+        print(f"letmesh {role}: {exc}", file=sys.stderr)
+        return True
+    except OSError as exc:  # a host name that does not resolve here
+        print(f"letmesh {role}: cannot listen on {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def _refuse_plaintext(addresses: list[str], config, role: str, name: str = "") -> None:
     """Stop before starting when the role would talk plaintext beyond this host, or its keys are not there."""
     from mesh import keys
@@ -70,6 +96,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         print(f"letmesh controller: {exc}", file=sys.stderr)
         return 2
     with lock:
+        if _ports_taken("controller", [(*_tcp_port(config.bind), "controller"),
+                                       (config.metrics_host, config.metrics_port, "controller metrics")]):
+            return 1
         return _run_role(lambda stop: run_controller(config, stop))
 
 
@@ -89,6 +118,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except AccessError as exc:
         print(f"letmesh gateway: {exc}", file=sys.stderr)
         return 2
+    if _ports_taken("gateway", [(config.http_host, config.http_port, "gateway HTTP"),
+                                (config.http_host, config.metrics_port, "gateway metrics"),
+                                (*_tcp_port(config.data_bind), "gateway data")]):
+        return 1
     return _run_role(lambda stop: run_gateway(config, stop))
 
 
@@ -98,4 +131,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     config = load_config(AgentConfig, toml_path=args.config, flags=vars(args), section="agent")
     _refuse_plaintext([config.controller], config, "agent", config.agent_id)
+    if _ports_taken("agent", [(config.metrics_host, config.metrics_port, "agent metrics")]):
+        return 1
     return _run_role(lambda stop: run_agent(config, stop))

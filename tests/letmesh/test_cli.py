@@ -159,3 +159,45 @@ def test_an_unknown_flag_is_exit_2_with_the_commands_own_usage(capsys, argv: lis
     err = capsys.readouterr().err
     assert err.startswith(usage), err
     assert f"{usage.removeprefix('usage: ')}: error: unrecognized arguments: {' '.join(argv[len(usage.split()) - 2:])}" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gateway", "--controller", "127.0.0.1:5555"],
+     "letmesh gateway: config: gateway.controller: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, got "
+     "'127.0.0.1:5555'; did you mean tcp://127.0.0.1:5555?"),
+    (["agent", "--controller", "tcp://127.0.0.1"], "letmesh agent: config: agent.controller: expected tcp://HOST:PORT"),
+    (["controller", "--bind", "localhost:5555"], "letmesh controller: config: controller.bind: expected tcp://"),
+])
+def test_an_address_without_scheme_or_port_is_exit_2_before_anything_starts(capsys, argv: list[str], message: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err, err
+
+
+def test_a_role_whose_port_is_taken_says_which_and_by_whom_and_exits_1(tmp_path: Path, capsys) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["gateway", "--http-port", str(port), "--data-bind", f"tcp://127.0.0.1:{free_port()}"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"letmesh gateway: port {port} (gateway HTTP, 127.0.0.1) is already in use, held by pid"), err
+        assert main(["gateway", "--http-port", str(free_port()), "--data-bind", f"tcp://127.0.0.1:{port}"]) == 1
+        assert f"port {port} (gateway data, 127.0.0.1) is already in use" in capsys.readouterr().err
+        repo = tmp_path / "repo" / "m"
+        repo.mkdir(parents=True)
+        (repo / "manifest.json").write_text("{}")
+        assert main(["controller", "--bind", f"tcp://127.0.0.1:{port}", "--repository", str(repo.parent),
+                     "--state-dir", str(tmp_path / "state")]) == 1
+        assert f"letmesh controller: port {port} (controller, 127.0.0.1) is already in use" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:5555", "letmesh status: cannot dial '127.0.0.1:5555'"),
+])
+def test_status_at_an_address_that_cannot_be_dialled_is_one_line_not_a_traceback(capsys, address: str, message: str) -> None:
+    assert main(["status", "--controller", address, "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

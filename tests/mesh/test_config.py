@@ -9,7 +9,17 @@ from typing import Annotated, Any, Literal
 
 import pytest
 
-from mesh.config import ConfigError, NonNegativeInt, Port, PositiveFloat, Range, env_var_name, load_config
+from mesh.config import (
+    Address,
+    ConfigError,
+    NonNegativeInt,
+    OptionalAddress,
+    Port,
+    PositiveFloat,
+    Range,
+    env_var_name,
+    load_config,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,3 +316,31 @@ def test_choices_and_ranges_that_cannot_be_checked_are_rejected() -> None:
     for cls in (RangeOnText, MixedLiteral):
         with pytest.raises(TypeError):
             load_config(cls, env={})
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    controller: Address = "tcp://127.0.0.1:5555"
+    advertise: OptionalAddress = ""
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("127.0.0.1:5555", "did you mean tcp://127.0.0.1:5555?"),
+    ("http://127.0.0.1:5555", "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"),
+    ("tcp://127.0.0.1", "with a port from 1 to 65535"),
+    ("tcp://127.0.0.1:70000", "with a port from 1 to 65535"),
+    ("tcp://:5555", "with a port from 1 to 65535"),
+    ("ipc://", "needs a name after it"),
+    ("", "expected a ZeroMQ address"),
+])
+def test_a_zeromq_address_without_scheme_host_or_port_is_refused_at_load(value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(LinkConfig, env={}, flags={"controller": value})
+    assert err.value.key == "controller" and problem in err.value.problem and "flag --controller" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["tcp://10.0.0.2:5555", "tcp://*:5556", "tcp://127.0.0.1:*", "tcp://[::1]:5555",
+                                   "ipc:///tmp/letmesh.sock", "inproc://control", "tcp://h:1 curve=abc"])
+def test_zeromq_addresses_of_every_transport_load(value: str) -> None:
+    assert load_config(LinkConfig, env={}, flags={"controller": value, "advertise": value}).controller == value
+    assert load_config(LinkConfig, env={}).advertise == ""  # an optional address may stay unset

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 
 import numpy as np
@@ -249,3 +250,22 @@ async def test_connections_reusing_one_raw_identity_are_all_read(ctx) -> None:
     finally:
         holder.close()
         router.close()
+
+
+
+
+async def test_a_dealer_that_cannot_dial_leaves_nothing_open_so_the_context_can_end() -> None:
+    ctx = zmq.asyncio.Context()
+    loop = asyncio.get_running_loop()
+    try:
+        Endpoint.dealer(ctx, "127.0.0.1:5555", identity="agent:a")  # no scheme: libzmq refuses it
+    except zmq.ZMQError:
+        # As a role's shutdown does: end the context while the error propagates (its frames, and
+        # what they hold, still alive). A socket left open blocks term() for good.
+        term = loop.run_in_executor(None, ctx.term)
+        done, _ = await asyncio.wait({term}, timeout=10)
+    else:
+        pytest.fail("dialled an address without a scheme")
+    gc.collect()  # the frames are gone: a leaked socket closes, and term() returns either way
+    await term
+    assert done, "the context could not end: the failed dealer's socket was left open"
