@@ -46,6 +46,10 @@ def report_data(state_dir: Path, *, family: str | None = None, limit: int = 20_0
             model_path = bandit_dir / f"{fam}.vw"
             records = _logged(store, fam, limit)
             info = meta.get(fam, {})
+            if family and not records and not model_path.exists() and fam not in meta:
+                known = sorted(p.stem for p in bandit_dir.glob("*.vw"))
+                raise LookupError(f"no bandit model and no logged decisions for family {fam!r} in {state_dir}"
+                                  + (f" (families with a model: {', '.join(known)})" if known else ""))
             entry: dict[str, Any] = {"family": fam, "model_version": info.get("version"), "updates": info.get("updates"),
                                      "decisions": len(records), "preferences": [], "estimates": None}
             out.append(entry)

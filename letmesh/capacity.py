@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -351,6 +352,12 @@ class Setup:
 
 
 def load_setup(args: argparse.Namespace) -> Setup:
+    if getattr(args, "json", None):  # checked first: a long run should not end on a path it cannot write
+        folder = Path(args.json).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise CapacityError(f"--json {args.json}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise CapacityError(f"--json {args.json}: folder {folder} is not writable")
     workload = load_workload(args.workload)
     groups = load_devices(args.devices) if args.devices else workload.devices
     if not groups:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from letmesh.commands import credential, planning, query, repository, role, up
@@ -243,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"letmesh: {exc}", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so a reader gone away is seen below rather than at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as a command killed by SIGPIPE does;
+        # stdout goes to /dev/null so the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ConfigError as exc:
         print(f"letmesh {args.command}: config: {exc}", file=sys.stderr)
         return 2
@@ -252,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(exc, KeysError):
             raise
-        print(f"letmesh: {exc}", file=sys.stderr)
+        print(f"letmesh {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -385,8 +385,11 @@ async def run_session(mesh: LocalMesh, images: np.ndarray, labels: np.ndarray, *
 
 
 def run_demo(repository: Path, state_dir: Path, *, requests: int = 300, concurrency: int = 8,
-             per_variant: int = 50) -> int:
+             per_variant: int = 50, config_path: Path | None = None) -> int:
     """Start a mesh, send held-out digits through its HTTP front door, print a report, stop it.
+
+    ``config_path``: a TOML file every role reads (as ``letmesh up --config``); the demo's own
+    ports and state directory win over it.
 
     Returns 0 when every request was answered with HTTP 200, else 1.
     """
@@ -398,7 +401,7 @@ def run_demo(repository: Path, state_dir: Path, *, requests: int = 300, concurre
     except DemoError as exc:
         print(f"letmesh demo: {exc}", file=sys.stderr)
         return 1
-    mesh = LocalMesh(repository=repository, state_dir=state_dir)
+    mesh = LocalMesh(repository=repository, state_dir=state_dir, config_path=config_path)
     print("starting the mesh (controller, gateway, agent) ...", flush=True)
     try:
         mesh.start(timeout_s=READY_TIMEOUT_S)

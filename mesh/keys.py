@@ -404,6 +404,6 @@ def refuse_plaintext(addresses: Iterable[str], keys_dir: str, insecure: bool, ro
     remote = [a for a in addresses if a and not is_loopback(a)]
     if remote:
         raise KeysError(
-            f"{role}: {', '.join(remote)} is not a loopback address and no keys are configured; "
+            f"{', '.join(remote)} is not a loopback address and no keys are configured for the {role}; "
             f"give --keys DIR (see: letmesh keys init) or --insecure to run it unauthenticated and unencrypted"
         )

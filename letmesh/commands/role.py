@@ -66,7 +66,7 @@ def _refuse_plaintext(addresses: list[str], config, role: str, name: str = "") -
     """Stop before starting when the role would talk plaintext beyond this host, or its keys are not there."""
     from mesh import keys
 
-    keys.refuse_plaintext(addresses, config.keys_dir, config.insecure, f"letmesh {role}")
+    keys.refuse_plaintext(addresses, config.keys_dir, config.insecure, role)
     if config.keys_dir and role == "controller":
         keys.Keyring(config.keys_dir)
     elif config.keys_dir:

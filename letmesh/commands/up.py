@@ -92,8 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     except LaunchError as exc:
         if stop["now"]:
-            print("stopped before the mesh was ready", flush=True)
-            return 0
+            print("letmesh up: stopped before the mesh was ready; nothing was left running", file=sys.stderr, flush=True)
+            return 130  # 128 + SIGINT, as a shell reports a command interrupted
         print(f"letmesh up: {exc}\nletmesh up: stopped every role it had started", file=sys.stderr)
         return 1
     links = (f"  links are CURVE-encrypted; keys in {mesh.keys_dir} (letmesh keys list --keys {mesh.keys_dir})\n"
@@ -126,4 +126,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from letmesh.demo import run_demo
 
     repo = _ensure_repository(args)
-    return run_demo(repo, Path(args.state_dir), requests=args.requests, concurrency=args.concurrency)
+    return run_demo(repo, Path(args.state_dir), requests=args.requests, concurrency=args.concurrency,
+                    config_path=Path(args.config) if args.config else None)

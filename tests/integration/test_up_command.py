@@ -124,3 +124,19 @@ def test_a_role_that_dies_after_ready_stops_the_rest_and_up_exits_1(tmp_path, tr
     assert "stopping the other roles" in err
     assert " INFO " in err, "roles started by up --log-level info log at INFO"
     wait_until(lambda: not processes_mentioning(marker), timeout_s=10)
+
+
+def test_ctrl_c_before_the_mesh_is_ready_exits_130_and_leaves_nothing_running(tmp_path, trivial_repo) -> None:
+    state = tmp_path / "state"
+    proc = start_up(trivial_repo, state, stderr_path=tmp_path / "stderr")
+    try:
+        for line in iter(proc.stdout.readline, ""):
+            if "starting controller, gateway and agent" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        finish(proc)
+    err = (tmp_path / "stderr").read_text()
+    assert "letmesh up: stopped before the mesh was ready; nothing was left running" in err, err
+    wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)

@@ -16,3 +16,17 @@ def test_an_ips_past_the_rewards_range_is_shown_beside_snips_and_explained() -> 
     assert "IPS 2.265 ± 1.176   SNIPS 0.810   DR 0.790 ± 0.098" in text
     assert "SNIPS divides by those weights" in text
     assert "SNIPS divides" not in format_report(family(0.9))
+
+
+def test_a_family_with_no_model_and_no_decisions_is_an_error_naming_the_known_ones(tmp_path, capsys) -> None:
+    from controller.store import StateStore
+    from letmesh.cli import main
+
+    StateStore(tmp_path / "controller.sqlite3").close()  # a controller's (empty) state
+    (tmp_path / "bandit").mkdir()
+    (tmp_path / "bandit" / "digits.vw").write_bytes(b"")
+    assert main(["bandit", "report", "--state-dir", str(tmp_path), "--family", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"letmesh bandit report: no bandit model and no logged decisions for family 'nope' in {tmp_path}")
+    assert "(families with a model: digits)" in err
+    assert main(["bandit", "report", "--state-dir", str(tmp_path), "--family", "digits", "--json"]) == 0

@@ -201,3 +201,26 @@ def test_status_at_an_address_that_cannot_be_dialled_is_one_line_not_a_traceback
     assert main(["status", "--controller", address, "--timeout", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+PLAN_INPUTS = [f"--{flag}={ROOT / path}" for flag, path in (
+    ("workload", "examples/workload.toml"), ("devices", "examples/devices.toml"),
+    ("profiles", "benchmarks/data/gpu_profile.csv"))]
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "letmesh", "plan", *PLAN_INPUTS, "--no-search"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head -0` does: every write now fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+
+
+def test_plan_and_simulate_refuse_a_json_path_they_cannot_write_before_running(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nowhere" / "out.json"
+    for command, extra in (("plan", []), ("simulate", ["--poisson"])):
+        assert main([command, *PLAN_INPUTS, *extra, "--json", str(missing)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"letmesh {command}: --json {missing}: folder {missing.parent} does not exist")
+        assert captured.out == ""  # refused before it planned or simulated anything
