@@ -114,6 +114,9 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
         except Exception as exc:  # any runtime's error (load, or the forward pass on the declared inputs)
             hint = (" (an ONNX model must hold its weights: export without external data)"
                     if backend == "onnx" and "external" in str(exc).lower() else "")
+            if _FIXED_BATCH.search(str(exc)) and new.max_batch > 1:
+                hint = (" (its first, batch, dimension is fixed at 1: export it with a dynamic batch dimension, "
+                        "or add it with --max-batch 1)")
             raise RepositoryError(f"{model_file} does not run as declared ({backend}, inputs "
                                   f"{describe_tensors(new.inputs)}): {_first_line(exc)}{hint}") from None
         outputs = _outputs(new.outputs, results, model_file)
@@ -167,7 +170,13 @@ def _check_family(repository: Path, new: Variant) -> None:
     if members:
         holder = standing_variant(members)
         if (new.inputs, new.outputs) != (holder.inputs, holder.outputs):
-            raise RepositoryError(family_mismatch_reason(new, holder))
+            # Only the names differ (outputs taken from the forward pass are named "output"): say how
+            # to give the family's names.
+            hint = "".join(
+                f"; give --{flag} {f' --{flag} '.join(describe_tensors((t,)) for t in theirs)} to use the family's names"
+                for flag, mine, theirs in (("input", new.inputs, holder.inputs), ("output", new.outputs, holder.outputs))
+                if mine != theirs and [(t.datatype, t.shape) for t in mine] == [(t.datatype, t.shape) for t in theirs])
+            raise RepositoryError(family_mismatch_reason(new, holder) + hint)
 
 
 def _declared_variants(repository: Path) -> set[str]:
@@ -252,8 +261,16 @@ def _swap_in(stage: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# ONNX Runtime's words for a batch of several rows given to a model exported for one.
+_FIXED_BATCH = re.compile(r"index: 0 Got: \d+ Expected: 1\b")
+_ERROR_CHARS = 500
+
+
 def _first_line(exc: BaseException) -> str:
-    """The error's first line, and its last when it has more (TorchScript puts the cause there)."""
+    """The error's lines when they are few (ONNX Runtime says which dimension is wrong in the
+    middle one); of a long one (a TorchScript trace) the first and the last, where it puts the cause."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
-    return f"{type(exc).__name__}: {text}"[:500]
+    text = " ".join(lines)
+    if len(text) > _ERROR_CHARS and len(lines) > 2:
+        text = " ... ".join(dict.fromkeys([lines[0], lines[-1]]))
+    return f"{type(exc).__name__}: {text}"[:_ERROR_CHARS]

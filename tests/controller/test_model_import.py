@@ -126,6 +126,19 @@ def test_a_model_whose_batch_dimension_is_fixed_is_refused(tmp_path: Path) -> No
     add_model(tmp_path / "repo", model_file, new(max_batch=1), trial=trial_run)  # served one at a time, it is fine
 
 
+def test_an_onnx_model_exported_for_one_row_is_refused_saying_which_dimension_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(scorer(), (torch.zeros(1, 6),), str(path), input_names=["features"], output_names=["scores"],
+                          dynamo=True, external_data=False, verbose=False)
+    with pytest.raises(RepositoryError) as exc:
+        add_model(tmp_path / "repo", path, new(), trial=trial_run)
+    assert "index: 0 Got: 2 Expected: 1" in str(exc.value)  # ONNX Runtime's middle line, kept
+    assert "batch, dimension is fixed at 1" in str(exc.value) and "--max-batch 1" in str(exc.value)
+    assert add_model(tmp_path / "repo", path, new(max_batch=1), trial=trial_run).max_batch == 1
+
+
 def test_a_name_already_in_the_repository_is_kept_unless_replaced(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     first = add_model(repo, export(scorer(), tmp_path / "one.pt"), new(), trial=trial_run)
@@ -169,8 +182,14 @@ def test_a_variant_whose_tensors_differ_from_its_family_is_refused(tmp_path: Pat
     add_model(repo, model_file, new(), trial=trial_run)
     renamed = TensorSpec(name="inputs", datatype="FP32", shape=(-1, 6))
 
-    with pytest.raises(RepositoryError, match="inputs inputs:FP32:-1,6 differ from features:FP32:-1,6 of 'scorer-a'"):
+    with pytest.raises(RepositoryError, match="inputs inputs:FP32:-1,6 differ from features:FP32:-1,6 of 'scorer-a'") as exc:
         add_model(repo, model_file, new("scorer-b", inputs=(renamed,)), trial=trial_run)
+    assert "give --input features:FP32:-1,6 to use the family's names" in str(exc.value)  # only the name differs
+    wider = TensorSpec(name="features", datatype="FP32", shape=(-1, 7))
+    with pytest.raises(RepositoryError) as exc:
+        add_model(repo, export(torch.nn.Linear(7, 3).eval(), tmp_path / "wide.pt"), new("scorer-b", inputs=(wider,)),
+                  trial=trial_run)
+    assert "differ from features:FP32:-1,6" in str(exc.value) and "give --input" not in str(exc.value)
     assert entries(repo) == ["scorer-a"]
 
     add_model(repo, model_file, new("scorer-b"), trial=trial_run)  # the same tensors: welcome
