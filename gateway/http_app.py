@@ -293,7 +293,11 @@ async def infer(request: web.Request) -> web.Response:
         body = await read_body(request)
     except BodyTimeout as exc:
         plane.refused(name, Outcome.ERROR, "invalid", received)
-        return _json_error(408, str(exc))
+        # The rest of the body may still come: on this connection it would be read as the next
+        # request. Close it once the 408 is written (RFC 9110 15.5.9).
+        resp = _json_error(408, str(exc))
+        resp.force_close()
+        return resp
     except web.HTTPRequestEntityTooLarge:
         plane.refused(name, Outcome.ERROR, "invalid", received)
         raise
