@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -35,7 +36,7 @@ from gateway.health import ROUTING_VERSION_HEADER, UNSERVED_HEADER, unready_reas
 from gateway.mesh_status import StatusFeed
 from gateway.oip_response import encode_infer_response, error_body
 from gateway.policy_store import PolicyReplicas
-from gateway.serving import DataPlane, ModelNotFound, ModelUnavailable
+from gateway.serving import DataPlane, ModelNotFound, ModelUnavailable, public_reason
 from gateway.selection import SELECTION_MODES, Shed, parse_bounds
 from gateway.telemetry import Outcome, Telemetry
 from mesh.bandit import NoCandidate
@@ -186,6 +187,19 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     d = request.app[DISPATCHER]
+    try:
+        raw = await read_body(request) if request.can_read_body else b""
+    except BodyTimeout as exc:
+        resp = _json_error(408, str(exc))
+        resp.force_close()
+        return resp
+    try:
+        options = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        return _json_error(400, f"the index request body is not JSON: {exc}")
+    if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+        return _json_error(400, 'the index request body is an object whose "ready", when given, is true or false')
+    ready_only = options.get("ready", False)
     if not d.view.received:  # an empty list would read as "no models"
         return _dispatch_error(NoWorkerReady("the gateway has no routing table from the controller yet"))
     index = []
@@ -200,7 +214,10 @@ async def repository_index(request: web.Request) -> web.Response:
                           "reason": "" if workers else "no ready worker", "kind": "variant", "family": family,
                           "accuracy": v.accuracy, "workers": len(workers)})
     for name, reason in sorted(d.view.unavailable.items()):  # set aside: listed with why, never served
-        index.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason, "kind": "variant"})
+        index.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": public_reason(reason),
+                      "kind": "variant"})
+    if ready_only:  # {"ready": true}: only the models ready now, as Triton answers
+        index = [entry for entry in index if entry["state"] == "READY"]
     return web.json_response(index)
 
 

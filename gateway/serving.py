@@ -11,6 +11,7 @@ plane's :class:`~gateway.telemetry.Telemetry`. Errors leave as the exceptions of
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -42,11 +43,22 @@ class ModelNotFound(Exception):
     pass
 
 
+# An absolute path of two or more folders: the controller's (or an agent's) file layout.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^/\s:'\"]+/)+(?=[^/\s:'\"]+/[^/\s:'\"]+)")
+
+
+def public_reason(reason: str) -> str:
+    """A set-aside variant's reason as HTTP clients see it: absolute paths cut to their last two
+    parts (``digits-mlp/manifest.json``), so the hosts' file layout is not told to any client;
+    ``letmesh status`` shows the whole reason to operators."""
+    return _ABSOLUTE_PATH.sub("", reason)
+
+
 class ModelUnavailable(Exception):
     """The model is in the repository but set aside (its artifact failed its checks or to load)."""
 
     def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"model {name!r} is unavailable: {reason}")
+        super().__init__(f"model {name!r} is unavailable: {public_reason(reason)}")
 
 
 @dataclass(frozen=True, slots=True)

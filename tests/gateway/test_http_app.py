@@ -152,3 +152,35 @@ async def test_a_model_set_aside_is_listed_and_answered_503_with_its_reason_not_
     assert index["broken"]["state"] == "UNAVAILABLE" and index["broken"]["reason"] == reason
     assert index["echoes"]["version"] == "1"  # what the family's metadata lists
     assert (await gateway.post("/v2/models/typo/infer", json=BODY)).status == 404
+
+
+async def test_a_set_aside_reason_reaches_clients_without_the_hosts_paths(gateway):
+    from protocol.message import RoutingTable
+
+    gateway.serve()
+    reason = "/srv/models/repo/broken/manifest.json: sha256 of model.pt is 9f..., manifest says 00..."
+    gateway.dispatcher.apply_routing(RoutingTable(version=2, models=(MODEL,), workers=(),
+                                                  unavailable={"broken": reason}))
+    error = (await (await gateway.post("/v2/models/broken/infer", json=BODY)).json())["error"]
+    assert error == "model 'broken' is unavailable: broken/manifest.json: sha256 of model.pt is 9f..., manifest says 00..."
+    index = {e["name"]: e for e in await (await gateway.post("/v2/repository/index")).json()}
+    assert index["broken"]["reason"].startswith("broken/manifest.json: sha256") and "/srv" not in index["broken"]["reason"]
+
+
+async def test_the_repository_index_asked_for_ready_models_lists_only_those(gateway):
+    from protocol.message import RoutingTable
+
+    gateway.serve()
+    await ready(gateway)
+    view = gateway.dispatcher.view
+    gateway.dispatcher.apply_routing(RoutingTable(version=view.version + 1, models=tuple(view.models.values()),
+                                                  workers=tuple(view.workers.values()), unavailable={"broken": "bad"}))
+    everything = await (await gateway.post("/v2/repository/index")).json()
+    assert "broken" in {e["name"] for e in everything}
+    resp = await gateway.post("/v2/repository/index", json={"ready": True})
+    assert resp.status == 200
+    listed = await resp.json()
+    assert listed and {e["state"] for e in listed} == {"READY"} and "broken" not in {e["name"] for e in listed}
+    for body in (b"[1]", b'{"ready": "yes"}', b"{"):
+        resp = await gateway.post("/v2/repository/index", data=body)
+        assert resp.status == 400 and "index request body" in (await resp.json())["error"]
