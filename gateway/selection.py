@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.dispatch_error import DeadlineExceeded
 from gateway.dispatcher import Dispatcher
 from gateway.edge import DEFAULT_LIMITS, EdgeLimits, bounded_context, bounded_number
 from gateway.policy_store import PolicyReplicas
@@ -78,11 +79,22 @@ def parse_bounds(parameters: Mapping[str, Any], default_slo_ms: float,
 
 
 def check_variant(model: ModelInfo, bounds: RequestBounds) -> None:
-    """A request naming a concrete variant is not redirected, but its bounds still hold."""
+    """A request naming a concrete variant is not redirected, but its bounds still hold. (A deadline
+    it cannot meet is the worker's to refuse: it answers "late", unrun, and the client a 504.)"""
     if bounds.min_accuracy is not None and model.accuracy < bounds.min_accuracy:
         raise NoCandidate("accuracy", f"{model.name} has accuracy {model.accuracy:.4g} < {bounds.min_accuracy:g}")
     if bounds.max_energy_j is not None and model.energy_j > bounds.max_energy_j:
         raise NoCandidate("energy", f"{model.name} uses {model.energy_j:.4g} J > {bounds.max_energy_j:g} J")
+
+
+def refuse_unmeetable(budget_ms: float, alone_ms: Sequence[tuple[str, float]], name: str) -> None:
+    """Raise DeadlineExceeded (504) when the budget is shorter than every variant takes alone on an
+    idle worker (its profiled batch-1 latency): no wait makes it possible, so no Retry-After
+    invites the same request again. A budget that load alone puts out of reach stays a 503."""
+    known = [(ms, v) for v, ms in alone_ms if ms > 0]
+    if known and budget_ms < (fastest := min(known))[0]:
+        raise DeadlineExceeded(f"the {budget_ms:g} ms deadline is shorter than {name} takes on an idle worker "
+                               f"({fastest[0]:.3g} ms for {fastest[1]} alone): it cannot be met; dropped unrun")
 
 
 class Shed(Exception):
@@ -130,7 +142,13 @@ def select(
     if shares is not None and shares.shed(dispatcher.shed.get(family, 0.0)):
         raise Shed(f"{family} is over the fleet's capacity; {dispatcher.shed[family]:.0%} of its requests are "
                    "turned away until demand falls")
-    candidates = filter_candidates(options, bounds.bounds(), family=family)
+    try:
+        candidates = filter_candidates(options, bounds.bounds(), family=family)
+    except NoCandidate as exc:
+        if exc.bound == "deadline":
+            refuse_unmeetable(budget_ms, [(v, dispatcher.estimate(v).profiled_ms) for v in models
+                                          if dispatcher.estimate(v) is not None], family)
+        raise
     if shares is not None:
         candidates = shares.allowed(family, dispatcher.family_fractions.get(family, {}), candidates, now)
     candidates = tuple(candidates)

@@ -184,3 +184,14 @@ async def test_the_repository_index_asked_for_ready_models_lists_only_those(gate
     for body in (b"[1]", b'{"ready": "yes"}', b"{"):
         resp = await gateway.post("/v2/repository/index", data=body)
         assert resp.status == 400 and "index request body" in (await resp.json())["error"]
+
+
+async def test_a_family_deadline_shorter_than_any_variant_takes_alone_is_504_without_retry_after(gateway):
+    gateway.serve()  # "echo" is profiled at 40 ms alone
+    await ready(gateway)
+    body = {**BODY, "parameters": {"letmesh_slo_ms": 5}}
+    resp = await gateway.post("/v2/models/echoes/infer", json=body)
+    assert resp.status == 504 and "Retry-After" not in resp.headers
+    error = (await resp.json())["error"]
+    assert "the 5 ms deadline is shorter than echoes takes on an idle worker (40 ms for echo alone)" in error
+    assert (await gateway.post("/v2/models/echoes/infer", json=BODY)).status == 200  # a deadline it can meet
