@@ -120,14 +120,15 @@ def _devices(routing: RoutingView, reachable: set[str], status: StatusReply | No
 def _traffic(recent: Mapping[str, Any] | None, now_s: float) -> dict[str, Any] | None:
     """Request rate, SLO attainment and effective accuracy per ``BIN_S`` bin, oldest first.
 
-    SLO attainment is the share of a bin's requests answered 200 within their deadline (late,
-    504, shed and failed ones all count against it); effective accuracy is the mean accuracy of
-    the variants that answered. A bin without requests has neither.
+    SLO attainment is the share of a bin's accepted requests answered 200 within their deadline
+    (late, 504, shed and failed ones all count against it; invalid ones, the client's 4xx, do not);
+    effective accuracy is the mean accuracy of the variants that answered. A bin without requests
+    has neither.
     """
     series = (recent or {}).get("series") or []
     if not series:
         return None
-    keys = ("requests", "ok", "late", "deadline_missed", "shed", "errors", "accuracy_sum", "accuracy_n")
+    keys = ("requests", "ok", "late", "deadline_missed", "shed", "errors", "invalid", "accuracy_sum", "accuracy_n")
     bins: dict[int, dict[str, float]] = {}
     first = max(int(series[0]["t"]), int(now_s) - 3600)  # bounded even if a clock jumped
     for t in range(first // BIN_S * BIN_S, int(now_s) + 1, BIN_S):
@@ -144,14 +145,16 @@ def _traffic(recent: Mapping[str, Any] | None, now_s: float) -> dict[str, Any] |
         points.append({
             "t": t,
             "rate": round(requests / seconds, 3),
-            "slo": round(b["ok"] / requests, 4) if requests else None,
+            "slo": round(b["ok"] / (requests - b["invalid"]), 4) if requests > b["invalid"] else None,
             "accuracy": round(b["accuracy_sum"] / b["accuracy_n"], 4) if b["accuracy_n"] else None,
             "requests": requests, "ok": b["ok"], "late": b["late"], "deadline_missed": b["deadline_missed"],
-            "shed": b["shed"], "errors": b["errors"],
+            "shed": b["shed"], "errors": b["errors"], "invalid": b["invalid"],
         })
-    totals = {k: sum(p[k] for p in points) for k in ("requests", "ok", "late", "deadline_missed", "shed", "errors")}
+    totals = {k: sum(p[k] for p in points)
+              for k in ("requests", "ok", "late", "deadline_missed", "shed", "errors", "invalid")}
     acc_n = sum(p.get("accuracy_n", 0) for p in series)
-    totals["slo"] = round(totals["ok"] / totals["requests"], 4) if totals["requests"] else None
+    accepted = totals["requests"] - totals["invalid"]
+    totals["slo"] = round(totals["ok"] / accepted, 4) if accepted else None
     totals["accuracy"] = round(sum(p.get("accuracy_sum", 0.0) for p in series) / acc_n, 4) if acc_n else None
     window = int(now_s) - int(series[0]["t"]) + 1
     return {"bin_s": BIN_S, "window_s": max(window, 0), "points": points, "totals": totals}

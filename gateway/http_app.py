@@ -293,7 +293,7 @@ async def infer(request: web.Request) -> web.Response:
     try:
         variants, is_family = plane.resolve(name)
     except ModelNotFound:
-        plane.refused(name, Outcome.ERROR, "not_found", received)
+        plane.refused(name, Outcome.INVALID, "not_found", received)
         return _json_error(404, f"unknown model {name!r}")
     except ModelUnavailable as exc:
         plane.refused(name, Outcome.ERROR, "unavailable", received)
@@ -303,20 +303,20 @@ async def infer(request: web.Request) -> web.Response:
         return _dispatch_error(exc)
     unknown = _unknown_version(request, variants, is_family)
     if unknown is not None:
-        plane.refused(name, Outcome.ERROR, "not_found", received)
+        plane.refused(name, Outcome.INVALID, "not_found", received)
         return unknown
     head = variants[0]
     try:
         body = await read_body(request)
     except BodyTimeout as exc:
-        plane.refused(name, Outcome.ERROR, "invalid", received)
+        plane.refused(name, Outcome.INVALID, "invalid", received)
         # The rest of the body may still come: on this connection it would be read as the next
         # request. Close it once the 408 is written (RFC 9110 15.5.9).
         resp = _json_error(408, str(exc))
         resp.force_close()
         return resp
     except web.HTTPRequestEntityTooLarge:
-        plane.refused(name, Outcome.ERROR, "invalid", received)
+        plane.refused(name, Outcome.INVALID, "invalid", received)
         raise
     try:
         length = header_length(request.headers.get(oip.HEADER_LENGTH))
@@ -327,7 +327,7 @@ async def infer(request: web.Request) -> web.Response:
             parsed = oip.parse_infer_request(body, length, head.inputs, head.outputs, max_batch=head.max_batch)
         bounds = parse_bounds(parsed.parameters, head.default_slo_ms)
     except oip.OipError as exc:
-        plane.refused(name, Outcome.ERROR, "invalid", received)
+        plane.refused(name, Outcome.INVALID, "invalid", received)
         return _json_error(exc.status, str(exc))
 
     try:
@@ -403,7 +403,7 @@ async def count_refusals(request: web.Request, handler) -> web.StreamResponse:
     """Inference requests the access middleware (inside this one) turns away are counted too."""
     response = await handler(request)
     if response.status in (401, 403, 429) and request.path.endswith("/infer") and "model" in request.match_info:
-        outcome, reason = (Outcome.SHED, "rate_limited") if response.status == 429 else (Outcome.ERROR, "unauthorized")
+        outcome, reason = (Outcome.SHED, "rate_limited") if response.status == 429 else (Outcome.INVALID, "unauthorized")
         request.app[PLANE].refused(request.match_info["model"], outcome, reason, time.monotonic())
     return response
 

@@ -227,11 +227,11 @@ def outcome_of(exc: BaseException) -> tuple[Outcome, str]:
         case NoCandidate(bound="deadline"):
             return Outcome.SHED, "bound_deadline"
         case NoCandidate(bound="accuracy"):
-            return Outcome.ERROR, "bound_accuracy"
+            return Outcome.INVALID, "bound_accuracy"
         case NoCandidate(bound="energy"):
-            return Outcome.ERROR, "bound_energy"
+            return Outcome.INVALID, "bound_energy"
         case NoCandidate():
-            return Outcome.ERROR, "bound_other"
+            return Outcome.INVALID, "bound_other"
         case WorkerFailed():
             return Outcome.ERROR, "backend"
     return Outcome.ERROR, "other"

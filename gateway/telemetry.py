@@ -35,7 +35,10 @@ class Outcome(enum.StrEnum):
     LATE = "late"  # 200 after its deadline
     DEADLINE_MISSED = "deadline_missed"  # 504
     SHED = "shed"  # 503 or 429: turned away
-    ERROR = "error"  # any other failure
+    ERROR = "error"  # any other failure of the server's (a set-aside variant, a backend error)
+    # 4xx: the request itself was wrong (body, name, credentials) or asked for what no deployed
+    # variant has; counted, but not against SLO attainment, which judges the requests accepted.
+    INVALID = "invalid"
 
 
 @dataclass(slots=True)
@@ -119,7 +122,7 @@ class _Second:
 
 
 _WINDOW_KEYS = {Outcome.MET: "ok", Outcome.LATE: "late", Outcome.DEADLINE_MISSED: "deadline_missed",
-                Outcome.SHED: "shed", Outcome.ERROR: "errors"}
+                Outcome.SHED: "shed", Outcome.ERROR: "errors", Outcome.INVALID: "invalid"}
 
 
 class Telemetry:
@@ -203,7 +206,7 @@ class Telemetry:
         second.counts[outcome] += 1
         if f is not None:
             fs = self._family_second(second, family)
-            fs.requests += 1
+            fs.requests += outcome is not Outcome.INVALID  # the family's SLO judges requests it accepted
             self._choice_second(fs, variant, selected, explored)
 
     # --- readers ----------------------------------------------------------------------------

@@ -77,7 +77,8 @@ STATUS = StatusReply(
 def second(t: float, requests: int, ok: int, late: int = 0, accuracy: float = 0.9, **rest: int) -> dict:
     answered = ok + late
     return {"t": t, "requests": requests, "ok": ok, "late": late, "deadline_missed": rest.get("deadline_missed", 0),
-            "shed": rest.get("shed", 0), "errors": rest.get("errors", 0), "accuracy_sum": accuracy * answered,
+            "shed": rest.get("shed", 0), "errors": rest.get("errors", 0), "invalid": rest.get("invalid", 0),
+            "accuracy_sum": accuracy * answered,
             "accuracy_n": answered}
 
 
@@ -224,3 +225,10 @@ async def test_the_gateway_serves_the_page_and_its_data(ctx) -> None:
     finally:
         await client.close()
         await dispatcher.stop()
+
+
+def test_the_clients_invalid_requests_do_not_count_against_slo_attainment() -> None:
+    series = [second(NOW - 1, requests=10, ok=4, invalid=5, deadline_missed=1, accuracy=0.9)]
+    t = view(window=recent(series))["traffic"]
+    assert t["totals"]["requests"] == 10 and t["totals"]["invalid"] == 5
+    assert t["totals"]["slo"] == 0.8  # 4 of the 5 requests accepted met their deadline

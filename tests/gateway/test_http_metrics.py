@@ -124,7 +124,9 @@ async def test_bad_input_and_unknown_models_count_once_without_new_labels(gatewa
     got = await scrape(gateway)
     assert value(got, "letmesh_inference_request_failure_total", model="echo", variant="echo", reason="invalid") == 1
     assert not any(dict(labels).get("model") == "no-such" for _, labels in got)  # no label from a client's typo
-    assert value(got, "letmesh_slo_requests_total", family="echoes", outcome="error") == 1
+    # The client's own mistake: counted as invalid, not as an error of the server's.
+    assert value(got, "letmesh_slo_requests_total", family="echoes", outcome="invalid") == 1
+    assert value(got, "letmesh_slo_requests_total", family="echoes", outcome="error") == 0
 
 
 async def test_triton_statistics_follow_real_traffic(gateway):

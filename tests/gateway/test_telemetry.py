@@ -42,11 +42,14 @@ def test_each_outcome_lands_in_its_own_column_of_the_current_second():
     ok(tel, met=False)
     tel.failed(model="digits", family="digits", variant="small", outcome=Outcome.DEADLINE_MISSED, reason="deadline")
     tel.failed(model="digits", family="digits", variant="", outcome=Outcome.SHED, reason="shed")
-    tel.failed(model="", family="", variant="", outcome=Outcome.ERROR, reason="not_found")
+    tel.failed(model="digits", family="digits", variant="", outcome=Outcome.ERROR, reason="backend")
+    tel.failed(model="", family="", variant="", outcome=Outcome.INVALID, reason="not_found")
+    tel.failed(model="digits", family="digits", variant="", outcome=Outcome.INVALID, reason="invalid")
     (second,) = tel.recent()["series"]
-    assert second == {"t": int(clock.t), "requests": 5, "ok": 1, "late": 1, "deadline_missed": 1, "shed": 1,
-                      "errors": 1, "accuracy_sum": pytest.approx(1.8), "accuracy_n": 2}
-    assert tel.recent()["families"] == {"digits": {"requests": 4, "slo_met": 1, "variants": {}}}
+    assert second == {"t": int(clock.t), "requests": 7, "ok": 1, "late": 1, "deadline_missed": 1, "shed": 1,
+                      "errors": 1, "invalid": 2, "accuracy_sum": pytest.approx(1.8), "accuracy_n": 2}
+    # The family's SLO judges the five requests it accepted, not the one whose body was wrong.
+    assert tel.recent()["families"] == {"digits": {"requests": 5, "slo_met": 1, "variants": {}}}
 
 
 def test_a_success_cannot_be_recorded_as_a_failure():
