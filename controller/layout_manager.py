@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # How long after a request the gateways have reported its outcome (their demand-report period).
 OUTCOME_REPORT_S = 1.0
 
+# A named variant's demand (req/s, smoothed) that, unplaced, re-plans at once: about one request
+# every few seconds, so a client retrying a refused request brings its variant in.
+NAMED_MIN_RPS = 0.1
+
 # Under a scaled plan, a fall in a family's demand by this share of what the plan carries, held
 # for a re-plan period, re-plans without waiting out the dwell (accuracy given up should come
 # back promptly); a smaller or briefer fall waits for it: under a steady overload the forecast
@@ -73,6 +77,8 @@ class LayoutManager:
                                          ceiling=max(settings.scaling_beta, settings.scaling_beta_max))
         self._outcomes_from = float("-inf")
         self._recent = PeakWindow(settings.replan_period_s)  # family forecasts of the last period
+        self._hosted: frozenset[str] = frozenset()  # the variants the current plan gives a worker
+        self._named_at_plan: frozenset[str] = frozenset()  # variants clients named when it was made
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -104,7 +110,10 @@ class LayoutManager:
         forecast = self._demand.forecast(self.settings.scaling_horizon_s)
         family = self._by_family(forecast)
         self._recent.observe(now, family)
-        rising = self.current is not None and rose(family, self._carried())
+        named = self._named_unplaced()
+        # A variant clients name that the plan gives no worker is refused until a plan places it:
+        # that is a rise however small its rate (noise rules out nothing here: every request fails).
+        rising = self.current is not None and (rose(family, self._carried()) or bool(named))
         fast = now - self.cadence.last_attempt >= self.settings.fast_replan_s
         if self.transition is not None:
             if self.transition.phase is Phase.STARTING and (self._waits_on_lost(self.transition, now)
@@ -144,6 +153,8 @@ class LayoutManager:
         why = "initial" if self.current is None else reason.value
         if reason is Reason.DRIFT and urgent:
             why = f"{why}: {urgent}"
+        elif reason is Reason.RISE and named:
+            why = f"{why}: named {', '.join(named)}, which no worker serves"
         return self._replan(self._target(forecast, rising), now, reason=why)
 
     def _target(self, forecast: dict[str, float], rising: bool) -> dict[str, float]:
@@ -153,6 +164,16 @@ class LayoutManager:
         if not rising:
             return target
         return {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
+
+    def _named_unplaced(self) -> list[str]:
+        """Variants requests name now that the current plan gives no worker, and that were not named
+        when it was made (a plan made knowing of them and still not placing them, for want of
+        capacity, is not re-made for them each second)."""
+        if self._named is None or self.current is None:
+            return []
+        return [v for v, rps in self._named.rates().items()
+                if rps >= NAMED_MIN_RPS and v in self._registry.variants and v not in self._hosted
+                and v not in self._named_at_plan]
 
     def _carried(self) -> dict[str, float]:
         """Per family, the demand the current plan was made to carry."""
@@ -317,6 +338,8 @@ class LayoutManager:
                 log.info("demand fits at full accuracy again")
             self.scaled = None
             reg.family_fractions, reg.shed = {}, {}
+        self._hosted = frozenset(v for d in desired for v in d.variants)
+        self._named_at_plan = frozenset(self._named.rates()) if self._named else frozenset()
         current = [w.plan for w in reg.workers.values()
                    if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}

@@ -522,3 +522,51 @@ def test_a_steady_overload_keeps_its_scaled_layout_and_a_clear_fall_gives_accura
     assert len(m.history) == settled + 1 and now - fell < m.settings.min_layout_dwell_s, list(m.history)[:2]
     assert m.history[0].reason == "drift: fall while scaled"
     assert not m.history[0].scaled or m.history[0].effective_accuracy > m.history[1].effective_accuracy
+
+
+def test_a_variant_clients_name_that_the_plan_leaves_out_is_placed_at_once_even_at_a_trickle(tmp_path) -> None:
+    # A family of three under overload: the plan splits it between two variants and leaves the
+    # least accurate out; a client naming that one, once a second, is refused until a plan places it.
+    accuracy, single_ms = {**ACCURACY, "cls-tiny": 0.5}, {**SINGLE_MS, "cls-tiny": 1.8}
+    store = StateStore(tmp_path / "state.db")
+    store.save_profiles([ProfileSample(variant=name, device_kind="cpu", partition=cores, batch=b,
+                                       p50_ms=ms * b ** 0.8 / cores ** 0.9, p99_ms=ms * b ** 0.8 / cores ** 0.9 * 1.05,
+                                       runs=5)
+                         for name, ms in single_ms.items() for cores in (1, 2, 3, 4) for b in BATCHES], [], now=0.0)
+    variants = {n: Variant(name=n, family="cls", version="1", backend="torchscript", accuracy=a, max_batch=32,
+                           default_slo_ms=100.0, energy_j=0.0, inputs=(), outputs=(), artifact=Path("/nonexistent"),
+                           sha256="0" * 64, size_bytes=1, profile_ms={}) for n, a in accuracy.items()}
+    registry = Registry(variants, heartbeat_interval_s=1.0, missed_heartbeats=1000)
+    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
+                                                        memory_bytes=8 << 30),), now=0.0)
+    demand, named = DemandTracker(half_life_s=5.0, history_s=5.0), DemandTracker(half_life_s=5.0, history_s=5.0)
+    settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
+                            start_timeout_s=1e9, min_layout_dwell_s=30.0)
+    m = LayoutManager(settings, registry, store, demand, start_command, generation=1, named=named)
+
+    def hosted() -> set[str]:
+        return {v for w in registry.workers.values() if w.in_plan for v in w.plan.variants}
+
+    now = report(demand, [2000] * 20, 0.0)
+    m.tick(now)
+    assert m.scaled is not None and "cls-tiny" not in hosted(), hosted()
+    m.transition = None  # as if the move had finished
+    replans = m.replans
+    for second in range(1, 4):
+        now += 1.0
+        demand.observe({"cls-large": 2000, "cls-tiny": 1}, 1.0, now, source="gw")
+        named.observe({"cls-tiny": 1}, 1.0, now, source="gw")
+        m.tick(now)
+        if m.replans > replans:
+            break
+    assert m.replans == replans + 1, "a named variant with no worker re-plans within seconds, not never"
+    assert "cls-tiny" in hosted() and "named cls-tiny" in m.history[0].reason
+    assert "cls-tiny" not in registry.family_fractions.get("cls", {}), "family requests keep the plan's split"
+    m.transition = None
+    for _ in range(5):  # still named, now placed: nothing more to do
+        now += 1.0
+        demand.observe({"cls-large": 2000, "cls-tiny": 1}, 1.0, now, source="gw")
+        named.observe({"cls-tiny": 1}, 1.0, now, source="gw")
+        m.tick(now)
+    assert m.replans == replans + 1
+    store.close()
