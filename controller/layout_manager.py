@@ -367,7 +367,7 @@ class LayoutManager:
             at=now, reason=reason, policy=self.settings.policy, kept=len(t.keep), started=len(t.new),
             retired=len(t.retire), scaled=scaled is not None,
             effective_accuracy=scaled.effective_accuracy if scaled is not None else 0.0,
-            shed=dict(scaled.shed) if scaled is not None else {}))
+            shed=self.scaled.shed_rps() if self.scaled is not None else {}))
         self.transition = t
         for plan in t.new:
             reg.plan_worker(plan)

@@ -128,6 +128,10 @@ class ScaledLayout:
         out.update({f: {v: 1.0} for f, v in self.cohosted.items()})
         return out
 
+    def shed_rps(self) -> dict[str, float]:
+        """Per family, the req/s the plan turns away (a family co-hosted as a guest is served)."""
+        return {f: rps for f, rps in self.plan.shed.items() if f not in self.cohosted}
+
     def shed_share(self) -> dict[str, float]:
         return {f: min(1.0, rps / self.demand[f]) for f, rps in self.plan.shed.items()
                 if self.demand.get(f, 0) > 0 and f not in self.cohosted}

@@ -50,6 +50,7 @@ def test_a_family_left_without_a_gpulet_is_cohosted_when_its_demand_fits() -> No
     assert dict(hosting[0].batches)["echo"] >= 1
     assert scaled.fractions()["trivial"] == {"echo": 1.0}
     assert "trivial" not in scaled.shed_share(), "a co-hosted family is served, not turned away"
+    assert scaled.plan.shed.get("trivial", 0.0) > 0 and "trivial" not in scaled.shed_rps()  # as status reports it
     assert scaled.cohosted == {"trivial": "echo"}
 
 
