@@ -344,3 +344,17 @@ def test_a_zeromq_address_without_scheme_host_or_port_is_refused_at_load(value: 
 def test_zeromq_addresses_of_every_transport_load(value: str) -> None:
     assert load_config(LinkConfig, env={}, flags={"controller": value, "advertise": value}).controller == value
     assert load_config(LinkConfig, env={}).advertise == ""  # an optional address may stay unset
+
+
+def test_a_misspelt_environment_variable_under_a_roles_prefix_is_named_not_ignored() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(GatewayConfig, env={"LETMESH_GATEWAY_HTTP_PROT": "9000"}, section="gateway")
+    assert str(err.value) == ("gateway.http_prot: unknown setting; did you mean LETMESH_GATEWAY_HTTP_PORT? "
+                              "(from environment variable LETMESH_GATEWAY_HTTP_PROT)")
+    # Other roles' variables and unprefixed ones are not this role's business; the agent's note to
+    # its workers is not a setting.
+    env = {"LETMESH_CONTROLLER_ANYTHING": "1", "LETMESH_HTTP_PROT": "1", "LETMESH_AGENT_ID": "a1",
+           "LETMESH_GATEWAY_HTTP_PORT": "9000"}
+    assert load_config(GatewayConfig, env=env, section="gateway").http_port == 9000
+    with pytest.raises(ConfigError, match="agent.idd: unknown setting"):
+        load_config(GatewayConfig, env={"LETMESH_AGENT_IDD": "x"}, section="agent")
