@@ -21,7 +21,10 @@ def _ensure_repository(args: argparse.Namespace) -> Path:
     from letmesh.zoo import build_zoo
 
     repo = Path(args.state_dir) / "repository"
-    print(f"building the demo model repository in {repo} (first run trains the models) ...", flush=True)
+    if any(repo.glob("*/manifest.json")):  # built before: only checked (and a missing model trained)
+        print(f"checking the demo model repository in {repo} ...", flush=True)
+    else:
+        print(f"building the demo model repository in {repo} (the first run trains the models) ...", flush=True)
     build_zoo(repo, progress=lambda line: print(f"  {line}", flush=True))
     return repo
 
