@@ -107,5 +107,6 @@ def format_status(status: StatusReply) -> str:
         lines.append(f"  {m.name:<16} {m.family:<10} accuracy {m.accuracy:.3f}  {m.state:<11} "
                      f"{', '.join(m.workers) or m.reason}")
     for name, reason in sorted(status.unavailable.items()):
-        lines.append(f"  {name:<16} UNAVAILABLE  {reason}")
+        # set aside: its family and accuracy are not known (its manifest may be what is wrong)
+        lines.append(f"  {name:<16} {'?':<10} accuracy {'?':<5}  {'UNAVAILABLE':<11} set aside: {reason}")
     return "\n".join(lines)

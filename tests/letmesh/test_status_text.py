@@ -21,4 +21,8 @@ def test_the_table_version_is_counted_within_the_epoch_and_an_unavailable_model_
     assert any(line.split()[:1] == ["fast"] and line.rstrip().endswith("READY       w1") for line in lines)
     assert any(line.split()[:1] == ["wide"] and line.rstrip().endswith(
         "UNAVAILABLE not placed: the current plan runs it on no worker") for line in lines)
-    assert any(line.split()[:1] == ["broken"] and "UNAVAILABLE  sha256" in line for line in lines)
+    (broken,) = [line for line in lines if line.split()[:1] == ["broken"]]
+    (wide,) = [line for line in lines if line.split()[:1] == ["wide"]]
+    assert broken.endswith("UNAVAILABLE set aside: sha256 of model.pt is 9f..., manifest says 00...")
+    # in the same columns as the other models
+    assert broken.index("accuracy") == wide.index("accuracy") and broken.index("UNAVAILABLE") == wide.index("UNAVAILABLE")
