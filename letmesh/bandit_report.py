@@ -46,13 +46,15 @@ def report_data(state_dir: Path, *, family: str | None = None, limit: int = 20_0
             model_path = bandit_dir / f"{fam}.vw"
             records = _logged(store, fam, limit)
             info = meta.get(fam, {})
-            if family and not records and not model_path.exists() and fam not in meta:
-                known = sorted(p.stem for p in bandit_dir.glob("*.vw"))
-                raise LookupError(f"no bandit model and no logged decisions for family {fam!r} in {state_dir}"
-                                  + (f" (families with a model: {', '.join(known)})" if known else ""))
             entry: dict[str, Any] = {"family": fam, "model_version": info.get("version"), "updates": info.get("updates"),
                                      "decisions": len(records), "preferences": [], "estimates": None}
             out.append(entry)
+            if family and not records and not model_path.exists() and fam not in meta:
+                # A family no request has reached yet, or a misspelt name: this state cannot tell.
+                known = sorted(p.stem for p in bandit_dir.glob("*.vw"))
+                entry["note"] = (f"no model and no logged decision for {fam!r} in {state_dir}: no request has "
+                                 "reached it yet, or the name is not a family's"
+                                 + (f" (families with a model: {', '.join(known)})" if known else ""))
             if not model_path.exists() or not records:
                 continue
             with BanditPolicy(info.get("vw_args", DEFAULT_VW_ARGS), model=model_path.read_bytes()) as policy:
@@ -84,7 +86,7 @@ def format_report(data: dict[str, Any]) -> str:
                      f"{entry['decisions']} logged decisions used here")
         est = entry["estimates"]
         if est is None:
-            lines.append("  nothing to report yet\n")
+            lines.append(f"  nothing to report yet{': ' + entry['note'] if entry.get('note') else ''}\n")
             continue
         lines.append("  learned preference per context:")
         for pref in entry["preferences"]:

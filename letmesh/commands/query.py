@@ -66,7 +66,7 @@ def cmd_bandit_report(args: argparse.Namespace) -> int:
 
     try:
         data = report_data(Path(args.state_dir), family=args.family, limit=args.limit)
-    except (FileNotFoundError, LookupError) as exc:
+    except FileNotFoundError as exc:
         print(f"letmesh bandit report: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -18,15 +18,16 @@ def test_an_ips_past_the_rewards_range_is_shown_beside_snips_and_explained() -> 
     assert "SNIPS divides" not in format_report(family(0.9))
 
 
-def test_a_family_with_no_model_and_no_decisions_is_an_error_naming_the_known_ones(tmp_path, capsys) -> None:
+
+def test_a_family_with_no_model_and_no_decisions_says_so_naming_the_known_ones(tmp_path, capsys) -> None:
     from controller.store import StateStore
     from letmesh.cli import main
 
     StateStore(tmp_path / "controller.sqlite3").close()  # a controller's (empty) state
     (tmp_path / "bandit").mkdir()
     (tmp_path / "bandit" / "digits.vw").write_bytes(b"")
-    assert main(["bandit", "report", "--state-dir", str(tmp_path), "--family", "nope"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"letmesh bandit report: no bandit model and no logged decisions for family 'nope' in {tmp_path}")
-    assert "(families with a model: digits)" in err
-    assert main(["bandit", "report", "--state-dir", str(tmp_path), "--family", "digits", "--json"]) == 0
+    # Not an error: the family may simply not have had a request yet (this state cannot tell).
+    assert main(["bandit", "report", "--state-dir", str(tmp_path), "--family", "nope"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to report yet: no model and no logged decision for 'nope'" in out
+    assert "or the name is not a family's (families with a model: digits)" in out
