@@ -34,7 +34,7 @@ from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.supervisor import RestartIntensity
 from mesh.lifecycle import feed, tick
-from mesh.keys import ClientKeys, client_keys, drop_worker_credential, new_worker_credential
+from mesh.keys import ClientKeys, clear_worker_credentials, client_keys, drop_worker_credential, new_worker_credential
 from mesh.metrics_http import MetricsServer
 from mesh.links import link_options
 from mesh.transport import Endpoint, EndpointClosed, Incoming
@@ -156,6 +156,8 @@ class AgentActor(Actor):
             await self._metrics_server.start()
         self._cores = usable_cores(self.config.max_cores)
         self._devices = probe_devices(self.config.max_cores)
+        if stale := clear_worker_credentials(Path(self.config.state_dir) / "credentials"):
+            log.info("removed %d worker secrets a previous agent process left", stale)
         if self.config.keys_dir:  # profilers authenticate with the agent's key pair; workers get their own
             self._keys = client_keys(self.config.keys_dir, "agent", self.config.agent_id)
         self._dial()

@@ -171,9 +171,14 @@ class LayoutManager:
         capacity, is not re-made for them each second)."""
         if self._named is None or self.current is None:
             return []
-        return [v for v, rps in self._named.rates().items()
-                if rps >= NAMED_MIN_RPS and v in self._registry.variants and v not in self._hosted
-                and v not in self._named_at_plan]
+        return [v for v in self._named_rates()
+                if v in self._registry.variants and v not in self._hosted and v not in self._named_at_plan]
+
+    def _named_rates(self) -> dict[str, float]:
+        """Variants requests name now (req/s), past NAMED_MIN_RPS: one named long ago, its rate
+        decayed but not yet zero, neither holds a place in a plan nor counts as known to one."""
+        rates = self._named.rates() if self._named is not None else {}
+        return {v: rps for v, rps in rates.items() if rps >= NAMED_MIN_RPS}
 
     def _carried(self) -> dict[str, float]:
         """Per family, the demand the current plan was made to carry."""
@@ -309,6 +314,10 @@ class LayoutManager:
         if new is None:
             self.cadence.last_attempt = float("-inf")  # try again next tick: profiles are not in yet
             return []  # keep serving on the current placement
+        # What this attempt knew of named demand, applied or not: a named variant it could not
+        # place (or a plan it would not apply) is not retried each second for that name alone.
+        named = self._named_rates()
+        self._named_at_plan = frozenset(named)
         self.current = new
         self._planned_for = new.planned_for
         desired = new.desired
@@ -318,7 +327,7 @@ class LayoutManager:
             scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
                                    self._recent_peak(), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
-                                   slowdown=slowdown, named=self._named.rates() if self._named else None)
+                                   slowdown=slowdown, named=named)
             # The designed answer to overload, taken on a routine re-plan: INFO, not a warning.
             log.info("over capacity at full accuracy (demand req/s %s, unserved %s): accuracy scaling to %.3f with "
                         "headroom %.2f (from %.2f), shed %s, solved in %.2f s (%s); live slowdown %s",
@@ -339,7 +348,6 @@ class LayoutManager:
             self.scaled = None
             reg.family_fractions, reg.shed = {}, {}
         self._hosted = frozenset(v for d in desired for v in d.variants)
-        self._named_at_plan = frozenset(self._named.rates()) if self._named else frozenset()
         current = [w.plan for w in reg.workers.values()
                    if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}

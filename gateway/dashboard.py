@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
 
+from gateway.redact import public_reason
 from gateway.routing import RoutingView
 from protocol.message import StatusReply
 from protocol.types import WorkerStatus
@@ -51,7 +52,7 @@ def build_view(
         "families": _families(routing, recent),
         "bandit": _bandit(routing, preferences, policy_versions),
         "replans": _replans(status, status_age_s or 0.0),
-        "unavailable": dict(sorted((status.unavailable if status else {}).items())),
+        "unavailable": {v: public_reason(why) for v, why in sorted((status.unavailable if status else {}).items())},
     }
 
 

@@ -226,6 +226,11 @@ class Dispatcher:
         # Rows ahead batch together with this one: it finishes when a batch of ahead+1 rows would.
         return VariantEstimate(worker_id, single, max(0.0, slowdown.mean * (curve(ahead + 1) - single)), slowdown)
 
+    def fastest_alone_ms(self, variant: str) -> float:
+        """The variant's profiled batch-1 latency on its fastest routed worker (ms); 0 when unknown."""
+        alone = [curve(1) for r in self.view.routes(variant) if (curve := self.view.curves.get((r.worker_id, variant)))]
+        return min(alone, default=0.0)
+
     # --- requests -------------------------------------------------------------------------
 
     async def infer(self, variant: str, inputs: dict[str, np.ndarray], deadline: Deadline) -> Result:

@@ -36,7 +36,8 @@ from gateway.health import ROUTING_VERSION_HEADER, UNSERVED_HEADER, unready_reas
 from gateway.mesh_status import StatusFeed
 from gateway.oip_response import encode_infer_response, error_body
 from gateway.policy_store import PolicyReplicas
-from gateway.serving import DataPlane, ModelNotFound, ModelUnavailable, public_reason
+from gateway.redact import public_reason
+from gateway.serving import DataPlane, ModelNotFound, ModelUnavailable
 from gateway.selection import SELECTION_MODES, Shed, parse_bounds
 from gateway.telemetry import Outcome, Telemetry
 from mesh.bandit import NoCandidate

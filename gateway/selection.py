@@ -87,6 +87,14 @@ def check_variant(model: ModelInfo, bounds: RequestBounds) -> None:
         raise NoCandidate("energy", f"{model.name} uses {model.energy_j:.4g} J > {bounds.max_energy_j:g} J")
 
 
+def _within_other_bounds(model: ModelInfo, bounds: RequestBounds) -> bool:
+    try:
+        check_variant(model, bounds)
+    except NoCandidate:
+        return False
+    return True
+
+
 def refuse_unmeetable(budget_ms: float, alone_ms: Sequence[tuple[str, float]], name: str) -> None:
     """Raise DeadlineExceeded (504) when the budget is shorter than every variant takes alone on an
     idle worker (its profiled batch-1 latency): no wait makes it possible, so no Retry-After
@@ -145,9 +153,9 @@ def select(
     try:
         candidates = filter_candidates(options, bounds.bounds(), family=family)
     except NoCandidate as exc:
-        if exc.bound == "deadline":
-            refuse_unmeetable(budget_ms, [(v, dispatcher.estimate(v).profiled_ms) for v in models
-                                          if dispatcher.estimate(v) is not None], family)
+        if exc.bound == "deadline":  # every variant the other bounds allow, on its fastest worker
+            refuse_unmeetable(budget_ms, [(name, dispatcher.fastest_alone_ms(name)) for name, model in models.items()
+                                          if _within_other_bounds(model, bounds)], family)
         raise
     if shares is not None:
         candidates = shares.allowed(family, dispatcher.family_fractions.get(family, {}), candidates, now)

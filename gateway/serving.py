@@ -11,7 +11,6 @@ plane's :class:`~gateway.telemetry.Telemetry`. Errors leave as the exceptions of
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from gateway.dispatcher import Dispatcher, Result
 from gateway.event_log import Event, EventLog
 from gateway.policy_store import PolicyReplicas
 from gateway.preference import PreferenceTally
+from gateway.redact import public_reason
 from gateway.selection import RequestBounds, Selection, Shed, check_variant, select
 from gateway.telemetry import Outcome, Telemetry
 from mesh.bandit import NoCandidate
@@ -41,17 +41,6 @@ from protocol.types import CandidateInfo, ModelInfo
 
 class ModelNotFound(Exception):
     pass
-
-
-# An absolute path of two or more folders: the controller's (or an agent's) file layout.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^/\s:'\"]+/)+(?=[^/\s:'\"]+/[^/\s:'\"]+)")
-
-
-def public_reason(reason: str) -> str:
-    """A set-aside variant's reason as HTTP clients see it: absolute paths cut to their last two
-    parts (``digits-mlp/manifest.json``), so the hosts' file layout is not told to any client;
-    ``letmesh status`` shows the whole reason to operators."""
-    return _ABSOLUTE_PATH.sub("", reason)
 
 
 class ModelUnavailable(Exception):

@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that run a role or a mesh: they print little, and their pipes are sockets and children.
+LONG_RUNNING = frozenset({"controller", "gateway", "agent", "up", "demo"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -249,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, so a reader gone away is seen below rather than at exit
         return code
     except BrokenPipeError:
+        if args.command in LONG_RUNNING:  # a broken pipe there is a socket's or a child's, not the reader's
+            raise
         # The reader went away (``| head``): stop quietly, as a command killed by SIGPIPE does;
         # stdout goes to /dev/null so the interpreter's own flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -70,6 +71,9 @@ class Range:
         return None
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 @dataclass(frozen=True, slots=True)
 class ZmqAddress:
     """A ZeroMQ endpoint field, as in ``Annotated[str, ZmqAddress()]``: ``tcp://HOST:PORT`` (``*`` for
@@ -89,8 +93,9 @@ class ZmqAddress:
         if scheme != "tcp":
             return None if rest else f"{scheme}:// needs a name after it, got {value!r}"
         host, colon, port = rest.rpartition(":")
-        if not colon or not host or not (port == "*" or (port.isdigit() and 0 < int(port) <= 65535)):
-            return f"expected tcp://HOST:PORT with a port from 1 to 65535, got {value!r}"
+        # 0 and * bind any free port; ASCII digits only (str.isdigit also takes "²" and "٣")
+        if not colon or not host or not (port == "*" or (_PORT.fullmatch(port) and int(port) <= 65535)):
+            return f"expected tcp://HOST:PORT with a port from 0 to 65535 (or *), got {value!r}"
         return None
 
 

@@ -337,6 +337,16 @@ def new_worker_credential(folder: str | Path, worker_id: str, server_file: Path)
     return keys.public_key.decode(), keys
 
 
+def clear_worker_credentials(folder: str | Path) -> int:
+    """Remove every worker secret under ``folder``; how many. For an agent starting: its workers die
+    with their parent, so any secret there was left by a previous process that did not end cleanly."""
+    removed = 0
+    for secret in Path(folder).glob("worker-*.key_secret"):
+        secret.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def drop_worker_credential(keys: ClientKeys | None) -> None:
     """Remove a worker's secret file once its process has exited."""
     if keys is not None and keys.secret_file is not None:

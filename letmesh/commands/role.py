@@ -50,15 +50,14 @@ def _ports_taken(role: str, ports: list[tuple[str, int, str]]) -> bool:
     """Say which port another process holds (and who), as ``up`` does, rather than fail mid-start."""
     from letmesh.port import PortTaken, check_free
 
-    try:
-        for host, port, purpose in ports:
-            check_free(host, port, purpose)
-    except PortTaken as exc:
-        print(f"letmesh {role}: {exc}", file=sys.stderr)
-        return True
-    except OSError as exc:  # a host name that does not resolve here
-        print(f"letmesh {role}: cannot listen on {exc}", file=sys.stderr)
-        return True
+    for host, port, purpose in ports:
+        try:
+            check_free(host or "0.0.0.0", port, purpose)  # "": every interface, as the servers read it
+        except PortTaken as exc:
+            print(f"letmesh {role}: {exc}", file=sys.stderr)
+            return True
+        except OSError:  # a name the probe cannot resolve (a ZeroMQ interface name): the bind decides
+            continue
     return False
 
 

@@ -71,10 +71,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except StateDirInUse as exc:
         print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
         return 1
-    stop = {"now": False}
+    stop = {"now": False, "signal": 0}
 
     def on_signal(signum, frame):
-        stop["now"] = True
+        stop["now"], stop["signal"] = True, signum
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -96,7 +96,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         if stop["now"]:
             print("letmesh up: stopped before the mesh was ready; nothing was left running", file=sys.stderr, flush=True)
-            return 130  # 128 + SIGINT, as a shell reports a command interrupted
+            # Ctrl-C: 130, as a shell reports a command interrupted; SIGTERM (a service manager
+            # stopping it) is a clean stop, as it is once the mesh is up.
+            return 128 + signal.SIGINT if stop["signal"] == signal.SIGINT else 0
         print(f"letmesh up: {exc}\nletmesh up: stopped every role it had started", file=sys.stderr)
         return 1
     links = (f"  links are CURVE-encrypted; keys in {mesh.keys_dir} (letmesh keys list --keys {mesh.keys_dir})\n"

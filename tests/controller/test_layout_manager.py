@@ -547,7 +547,12 @@ def test_a_variant_clients_name_that_the_plan_leaves_out_is_placed_at_once_even_
     def hosted() -> set[str]:
         return {v for w in registry.workers.values() if w.in_plan for v in w.plan.variants}
 
-    now = report(demand, [2000] * 20, 0.0)
+    # Named once long ago: its rate has decayed, but not to zero, by the time the plan is made.
+    now = 0.0
+    for t in range(20):
+        now = report(demand, [2000], now)
+        named.observe({"cls-tiny": 1} if t == 0 else {}, 1.0, now, source="gw")
+    assert 0 < named.rates().get("cls-tiny", 0.0) < 0.1
     m.tick(now)
     assert m.scaled is not None and "cls-tiny" not in hosted(), hosted()
     m.transition = None  # as if the move had finished

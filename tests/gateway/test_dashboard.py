@@ -232,3 +232,10 @@ def test_the_clients_invalid_requests_do_not_count_against_slo_attainment() -> N
     t = view(window=recent(series))["traffic"]
     assert t["totals"]["requests"] == 10 and t["totals"]["invalid"] == 5
     assert t["totals"]["slo"] == 0.8  # 4 of the 5 requests accepted met their deadline
+
+
+def test_a_set_aside_variant_is_shown_without_the_controllers_paths() -> None:
+    import dataclasses
+
+    status = dataclasses.replace(STATUS, unavailable={"broken": "/srv/repo/broken/manifest.json: bad sha256"})
+    assert view(status=status)["unavailable"] == {"broken": "broken/manifest.json: bad sha256"}

@@ -195,3 +195,19 @@ async def test_a_family_deadline_shorter_than_any_variant_takes_alone_is_504_wit
     error = (await resp.json())["error"]
     assert "the 5 ms deadline is shorter than echoes takes on an idle worker (40 ms for echo alone)" in error
     assert (await gateway.post("/v2/models/echoes/infer", json=BODY)).status == 200  # a deadline it can meet
+
+
+async def test_the_unmeetable_deadline_is_judged_on_the_fastest_worker_and_the_variants_the_other_bounds_allow(gateway):
+    from protocol.message import RoutingTable
+    from protocol.types import WorkerRoute
+
+    gateway.serve()  # w1 runs "echo" at 40 ms alone
+    await ready(gateway)
+    fast = WorkerRoute(worker_id="w2", variants=("echo",), latency_ms={"echo": (12.0, 24.0, 48.0)})
+    routes = (*gateway.dispatcher.view.workers.values(), fast)
+    gateway.dispatcher.apply_routing(RoutingTable(version=2, models=(MODEL,), workers=routes))
+    # 20 ms: w1 cannot, w2 (routed, not reachable right now) could: a 503 to retry, not a 504
+    resp = await gateway.post("/v2/models/echoes/infer", json={**BODY, "parameters": {"letmesh_slo_ms": 20}})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    resp = await gateway.post("/v2/models/echoes/infer", json={**BODY, "parameters": {"letmesh_slo_ms": 5}})
+    assert resp.status == 504 and "(12 ms for echo alone)" in (await resp.json())["error"]

@@ -140,3 +140,17 @@ def test_ctrl_c_before_the_mesh_is_ready_exits_130_and_leaves_nothing_running(tm
     err = (tmp_path / "stderr").read_text()
     assert "letmesh up: stopped before the mesh was ready; nothing was left running" in err, err
     wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)
+
+
+def test_sigterm_before_the_mesh_is_ready_is_a_clean_stop(tmp_path, trivial_repo) -> None:
+    state = tmp_path / "state"
+    proc = start_up(trivial_repo, state, stderr_path=tmp_path / "stderr")
+    try:
+        for line in iter(proc.stdout.readline, ""):
+            if "starting controller, gateway and agent" in line:
+                break
+        proc.send_signal(signal.SIGTERM)  # as systemd or docker stop does
+        assert proc.wait(60) == 0
+    finally:
+        finish(proc)
+    wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)

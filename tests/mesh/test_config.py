@@ -327,9 +327,10 @@ class LinkConfig:
 @pytest.mark.parametrize(("value", "problem"), [
     ("127.0.0.1:5555", "did you mean tcp://127.0.0.1:5555?"),
     ("http://127.0.0.1:5555", "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"),
-    ("tcp://127.0.0.1", "with a port from 1 to 65535"),
-    ("tcp://127.0.0.1:70000", "with a port from 1 to 65535"),
-    ("tcp://:5555", "with a port from 1 to 65535"),
+    ("tcp://127.0.0.1", "with a port from 0 to 65535"),
+    ("tcp://127.0.0.1:70000", "with a port from 0 to 65535"),
+    ("tcp://127.0.0.1:\u00b2", "with a port from 0 to 65535"),
+    ("tcp://:5555", "with a port from 0 to 65535"),
     ("ipc://", "needs a name after it"),
     ("", "expected a ZeroMQ address"),
 ])
@@ -339,7 +340,7 @@ def test_a_zeromq_address_without_scheme_host_or_port_is_refused_at_load(value: 
     assert err.value.key == "controller" and problem in err.value.problem and "flag --controller" in str(err.value)
 
 
-@pytest.mark.parametrize("value", ["tcp://10.0.0.2:5555", "tcp://*:5556", "tcp://127.0.0.1:*", "tcp://[::1]:5555",
+@pytest.mark.parametrize("value", ["tcp://10.0.0.2:5555", "tcp://*:5556", "tcp://127.0.0.1:*", "tcp://127.0.0.1:0", "tcp://[::1]:5555",
                                    "ipc:///tmp/letmesh.sock", "inproc://control", "tcp://h:1 curve=abc"])
 def test_zeromq_addresses_of_every_transport_load(value: str) -> None:
     assert load_config(LinkConfig, env={}, flags={"controller": value, "advertise": value}).controller == value

@@ -92,3 +92,13 @@ def test_an_address_carries_its_server_key_and_gives_it_back() -> None:
     assert keys.split_server_key(keys.with_server_key("tcp://h:1", key)) == ("tcp://h:1", key.encode())
     assert keys.split_server_key("tcp://h:1") == ("tcp://h:1", None)
     assert keys.with_server_key("tcp://h:1", "") == "tcp://h:1"
+
+
+def test_a_starting_agent_clears_the_worker_secrets_a_killed_one_left(tmp_path) -> None:
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    for name in ("worker-local.g1001.w0.key_secret", "worker-local.g1002.w1.key_secret", "agent.key_secret"):
+        (folder / name).write_text("secret")
+    assert keys.clear_worker_credentials(folder) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["agent.key_secret"]
+    assert keys.clear_worker_credentials(tmp_path / "absent") == 0
