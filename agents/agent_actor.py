@@ -365,7 +365,7 @@ class AgentActor(Actor):
 
     async def _launch(self, worker: ManagedWorker) -> None:
         extra = {
-            "LETMESH_AGENT_ID": self.config.agent_id,
+            "LETMESH_WORKER_AGENT_ID": self.config.agent_id,
             "LETMESH_STATE_DIR": os.path.abspath(self.config.state_dir),
             "LETMESH_WORKER_HEARTBEAT_INTERVAL_S": str(self.config.worker_heartbeat_interval_s),
             **self.config.runtime_env(),

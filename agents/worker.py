@@ -435,7 +435,7 @@ def main() -> None:
         sys.exit(2)
     worker = Worker(
         cmd,
-        agent_id=os.environ.get("LETMESH_AGENT_ID", "local"),
+        agent_id=os.environ.get("LETMESH_WORKER_AGENT_ID", "local"),
         state_dir=Path(os.environ.get("LETMESH_STATE_DIR", ".letmesh")),
         heartbeat_interval_s=float(os.environ.get("LETMESH_WORKER_HEARTBEAT_INTERVAL_S", "0.25")),
     )

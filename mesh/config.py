@@ -30,8 +30,6 @@ from typing import Annotated, Any, Literal, TypeVar
 T = TypeVar("T")
 
 ENV_PREFIX = "LETMESH_"
-# Variables under a role's prefix that are not its settings: what the agent sets for its workers.
-NOT_SETTINGS = frozenset({"LETMESH_AGENT_ID"})
 
 _SCALARS: tuple[type, ...] = (str, int, float, bool, Path)
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -177,7 +175,7 @@ def load_config(
         prefix = env_var_name("", section)
         known = {env_var_name(name, section): name for name in fields}
         for var in environ:
-            if var.startswith(prefix) and var not in known and var not in NOT_SETTINGS:
+            if var.startswith(prefix) and var not in known:
                 hint = difflib.get_close_matches(var, list(known), n=1)
                 also = f"; did you mean {hint[0]}?" if hint else ""
                 raise ConfigError(f"unknown setting{also}", key=_key(var.removeprefix(prefix).lower(), section),

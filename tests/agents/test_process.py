@@ -72,8 +72,8 @@ def test_cuda_partition_sets_device_and_mps_share() -> None:
 
 def test_extra_env_is_passed_but_the_partition_wins_and_the_parent_is_untouched() -> None:
     before = dict(os.environ)
-    env = worker_environment(start_cmd(cpu_part(0)), USABLE, {"LETMESH_AGENT_ID": "a1", "OMP_NUM_THREADS": "64"})
-    assert env["LETMESH_AGENT_ID"] == "a1"
+    env = worker_environment(start_cmd(cpu_part(0)), USABLE, {"LETMESH_WORKER_AGENT_ID": "a1", "OMP_NUM_THREADS": "64"})
+    assert env["LETMESH_WORKER_AGENT_ID"] == "a1"
     assert env["OMP_NUM_THREADS"] == "1"
     assert env["PATH"] == os.environ["PATH"]
     assert dict(os.environ) == before
@@ -123,7 +123,7 @@ async def start_blocked_worker(sock: zmq.asyncio.Socket, address: str, tmp_path:
                                procs: list[asyncio.subprocess.Process]) -> asyncio.subprocess.Process:
     """A real worker pinned to the last usable core, blocked fetching its artifact from ``sock``."""
     cmd = start_cmd(cpu_part(len(USABLE) - 1), controller=address)
-    proc = await spawn_worker(cmd, USABLE, {"LETMESH_STATE_DIR": str(tmp_path), "LETMESH_AGENT_ID": "a1"})
+    proc = await spawn_worker(cmd, USABLE, {"LETMESH_STATE_DIR": str(tmp_path), "LETMESH_WORKER_AGENT_ID": "a1"})
     procs.append(proc)
     identity, *frames = await asyncio.wait_for(sock.recv_multipart(), WORKER_START_S)
     msg, _ = decode(frames)

@@ -36,7 +36,7 @@ def status_or_none(mesh):
 def worker_processes(agent_id: str) -> set[int]:
     """Pids of live worker processes started by ``agent_id`` (they carry it in their environment)."""
     found = set()
-    marker = f"LETMESH_AGENT_ID={agent_id}".encode()
+    marker = f"LETMESH_WORKER_AGENT_ID={agent_id}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

@@ -352,10 +352,8 @@ def test_a_misspelt_environment_variable_under_a_roles_prefix_is_named_not_ignor
         load_config(GatewayConfig, env={"LETMESH_GATEWAY_HTTP_PROT": "9000"}, section="gateway")
     assert str(err.value) == ("gateway.http_prot: unknown setting; did you mean LETMESH_GATEWAY_HTTP_PORT? "
                               "(from environment variable LETMESH_GATEWAY_HTTP_PROT)")
-    # Other roles' variables and unprefixed ones are not this role's business; the agent's note to
-    # its workers is not a setting.
-    env = {"LETMESH_CONTROLLER_ANYTHING": "1", "LETMESH_HTTP_PROT": "1", "LETMESH_AGENT_ID": "a1",
-           "LETMESH_GATEWAY_HTTP_PORT": "9000"}
+    # Other roles' variables and unprefixed ones are not this role's business.
+    env = {"LETMESH_CONTROLLER_ANYTHING": "1", "LETMESH_HTTP_PROT": "1", "LETMESH_GATEWAY_HTTP_PORT": "9000"}
     assert load_config(GatewayConfig, env=env, section="gateway").http_port == 9000
-    with pytest.raises(ConfigError, match="agent.idd: unknown setting"):
-        load_config(GatewayConfig, env={"LETMESH_AGENT_IDD": "x"}, section="agent")
+    with pytest.raises(ConfigError, match="agent.id: unknown setting"):  # agent_id is LETMESH_AGENT_AGENT_ID
+        load_config(GatewayConfig, env={"LETMESH_AGENT_ID": "x"}, section="agent")
