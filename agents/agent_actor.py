@@ -19,12 +19,12 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq.asyncio
 
 from agents.config import AgentConfig
+from agents.managed_worker import ManagedWorker, Tick, WorkerExited, WorkerGone
 from agents.metrics import AgentMetrics
 from agents.probe import probe_devices, usable_cores
 from agents.process import spawn_worker, stop_process
@@ -57,46 +57,6 @@ from protocol.message import (
 log = logging.getLogger(__name__)
 
 DEREGISTER_LINGER_MS = 1000  # how long a stopping agent's goodbye may wait to be sent
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Local timer message."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerExited:
-    """Local event: a worker process ended."""
-
-    worker_id: str
-    generation: int
-    exit_code: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerGone:
-    """Local event: a worker asked to stop has exited."""
-
-    worker_id: str
-    generation: int
-    exit_code: int
-
-
-@dataclass(slots=True)
-class ManagedWorker:
-    cmd: StartWorker
-    intensity: RestartIntensity
-    proc: asyncio.subprocess.Process | None = None
-    generation: int = 0
-    stopping: bool = False
-    restarts: int = 0
-    waiter: asyncio.Task | None = field(default=None, repr=False)
-    # The process's own key pair on a mesh with keys, made fresh at each launch.
-    credential: ClientKeys | None = field(default=None, repr=False)
-
-    @property
-    def public_key(self) -> str:
-        return self.credential.public_key.decode() if self.credential is not None else ""
 
 
 class AgentActor(Actor):

@@ -1,0 +1,51 @@
+"""The agent's record of one worker process it runs, and the local events of its life (timer,
+exit), which the agent actor receives in its mailbox like the controller's messages."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from mesh.keys import ClientKeys
+from mesh.supervisor import RestartIntensity
+from protocol.message import StartWorker
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Local timer message."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    """Local event: a worker process ended."""
+
+    worker_id: str
+    generation: int
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGone:
+    """Local event: a worker asked to stop has exited."""
+
+    worker_id: str
+    generation: int
+    exit_code: int
+
+
+@dataclass(slots=True)
+class ManagedWorker:
+    cmd: StartWorker
+    intensity: RestartIntensity
+    proc: asyncio.subprocess.Process | None = None
+    generation: int = 0
+    stopping: bool = False
+    restarts: int = 0
+    waiter: asyncio.Task | None = field(default=None, repr=False)
+    # The process's own key pair on a mesh with keys, made fresh at each launch.
+    credential: ClientKeys | None = field(default=None, repr=False)
+
+    @property
+    def public_key(self) -> str:
+        return self.credential.public_key.decode() if self.credential is not None else ""
