@@ -173,14 +173,26 @@ def load_tokens(path: str | Path, clock: Callable[[], float] = time.monotonic) -
             raise AccessError(f"{where}: token_sha256 must be 64 hex digits")
         if not scopes <= set(SCOPES):
             raise AccessError(f"{where}: unknown scopes {sorted(scopes - set(SCOPES))}; known: {', '.join(SCOPES)}")
-        if rate < 0 or (rate > 0 and burst and burst < 1):
-            raise AccessError(f"{where}: rate_per_s must be >= 0 and burst >= 1")
+        if problem := limits_problem(rate, burst):
+            raise AccessError(f"{where}: {problem}")
         clients.append(Client(name, digest, scopes, rate, burst))
     if not clients:
         raise AccessError(f"{path} lists no [[client]]: nobody could call the API")
     if len({c.name for c in clients}) != len(clients):
         raise AccessError(f"{path}: client names must be unique")
     return AccessPolicy(clients, clock)
+
+
+def limits_problem(rate_per_s: float, burst: float) -> str:
+    """Why a client's rate limit is unusable ("" when it is fine): the one rule of the tokens file
+    and of ``letmesh tokens add``, so what one writes the other reads."""
+    if not (math.isfinite(rate_per_s) and rate_per_s >= 0):
+        return f"rate_per_s must be a finite number >= 0 (0: unlimited), got {rate_per_s!r}"
+    if not (math.isfinite(burst) and (burst == 0 or burst >= 1)):
+        return f"burst must be 0 (one second's worth) or a finite number >= 1, got {burst!r}"
+    if burst and not rate_per_s:
+        return "burst applies only with a rate_per_s (without one, requests are not limited)"
+    return ""
 
 
 def issue_token(path: str | Path, name: str, scopes: tuple[str, ...] = ("inference", "feedback"),
@@ -191,6 +203,8 @@ def issue_token(path: str | Path, name: str, scopes: tuple[str, ...] = ("inferen
         raise AccessError(f"bad client name {name!r}")
     if not set(scopes) <= set(SCOPES):
         raise AccessError(f"unknown scopes {sorted(set(scopes) - set(SCOPES))}; known: {', '.join(SCOPES)}")
+    if problem := limits_problem(rate_per_s, burst):
+        raise AccessError(problem.replace("rate_per_s", "--rate").replace("burst", "--burst"))
     if path.exists() and path.read_text().strip() and any(c.name == name for c in load_tokens(path).clients):
         raise AccessError(f"{path} already has a client named {name!r}")
     token = secrets.token_urlsafe(32)

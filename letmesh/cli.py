@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta = tsub.add_parser("add", help="issue a token for a client and add its digest to a tokens file")
     ta.add_argument("name", help="the client's name (kept with the token's digest)")
     ta.add_argument("--file", required=True, help="the tokens file (TOML) gateways read with --tokens-file")
-    ta.add_argument("--scopes", default="inference,feedback", help="comma-separated: inference, feedback, management")
+    ta.add_argument("--scopes", default="inference,feedback",
+                    help="comma-separated: inference, feedback, management (default: %(default)s)")
     ta.add_argument("--rate", type=float, default=0.0, help="requests per second allowed (0: unlimited)")
     ta.add_argument("--burst", type=float, default=0.0, help="requests at once (default: one second's worth)")
     ta.set_defaults(func=credential.cmd_tokens)

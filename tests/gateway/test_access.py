@@ -148,6 +148,21 @@ def test_a_tokens_file_stores_digests_only_and_loads_back(tmp_path: Path) -> Non
         issue_token(path, "x", ("admin",))
 
 
+@pytest.mark.parametrize("rate, burst, problem", [
+    (5.0, 0.5, "--burst must be 0"), (-1.0, 0.0, "--rate must be a finite number >= 0"),
+    (float("nan"), 0.0, "--rate must be"), (float("inf"), 0.0, "--rate must be"),
+    (0.0, 5.0, "--burst applies only with a --rate"),
+])
+def test_a_limit_the_gateway_would_refuse_is_refused_when_the_token_is_issued(tmp_path: Path, rate, burst,
+                                                                               problem) -> None:
+    path = tmp_path / "tokens.toml"
+    issue_token(path, "first", rate_per_s=2.0, burst=3)
+    with pytest.raises(AccessError, match=problem):
+        issue_token(path, "bad", rate_per_s=rate, burst=burst)
+    assert [c.name for c in load_tokens(path).clients] == ["first"]  # the file still loads, unchanged
+    issue_token(path, "second")  # and takes the next client
+
+
 @pytest.mark.parametrize("text", ["", "[[client]]\nname = 'a'\n", "[[client]]\nname='a'\ntoken_sha256='abc'\n",
                                   "[[client]]\nname='a'\ntoken_sha256='" + "0" * 64 + "'\nscopes=['root']\n", "x ="])
 def test_a_bad_tokens_file_is_refused_with_its_reason(tmp_path: Path, text: str) -> None:
