@@ -211,8 +211,10 @@ class AgentActor(Actor):
             case ErrorReply(code="revoked", message=text):
                 # This host's key was taken back: nothing it runs may serve any more (the
                 # gateways refuse its workers too). Stop them rather than leave them orphaned;
-                # registering again is tried, and refused, until someone stops this agent.
+                # registering again is tried, and refused, until someone stops this agent: at the
+                # longest retry interval, not every beat.
                 self._registered = False
+                self._register_wait = self.config.register_retry_max_s
                 running = [w for w in self._workers.values() if not w.stopping]
                 if running:
                     log.error("the controller refuses this agent's key (%s): stopping its %d workers", text, len(running))

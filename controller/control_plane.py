@@ -67,6 +67,8 @@ from protocol.types import ReplanRecord, WorkerState
 
 log = logging.getLogger(__name__)
 
+REFUSAL_LOG_EVERY_S = 60.0  # a refused peer's messages are logged at most this often
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -92,6 +94,7 @@ class ControlPlane:
         self._controller_address = controller_address  # the address workers dial, once bound
         self.outbox: list[Outgoing] = []
         self._unplanned_seen: set[str] = set()
+        self._refusals_logged: dict[bytes, float] = {}  # peer -> when its last refusal was logged
         self._last_publish = float("-inf")
         self._seq = 0
         self._last_tick = float("inf")
@@ -166,7 +169,13 @@ class ControlPlane:
         now = self._clock.monotonic()
         refusal = self.trust.refused(peer, peer_name, msg)
         if refusal is not None:
-            log.warning("refused %s from %r: %s", type(msg).__name__, peer, refusal.message)
+            # Once a minute per peer: a revoked peer retries every beat until someone stops it.
+            if now - self._refusals_logged.get(peer, float("-inf")) >= REFUSAL_LOG_EVERY_S:
+                if len(self._refusals_logged) >= 1024:  # names come from the wire: bounded
+                    self._refusals_logged.clear()
+                self._refusals_logged[peer] = now
+                log.warning("refused %s from %r: %s (said once a minute per peer)", type(msg).__name__, peer,
+                            refusal.message)
             self._send(peer, refusal)
             return
         match msg:
@@ -327,6 +336,12 @@ class ControlPlane:
         now = self._clock.monotonic()
         for agent_id in self.trust.tick(now):
             log.warning("agent %s's key was revoked: its workers leave routing and the plan", agent_id)
+        if revoked := self.trust.revoked_gateways():
+            for gateway_id in revoked:
+                log.warning("gateway %s's key was revoked: workers stop dialling it", gateway_id)
+                reg.gateway_left(gateway_id)
+                self.store.delete_gateway(gateway_id)
+            self._broadcast_gateways()
         self._tell_gateways()
         # Ticks come every heartbeat interval; a longer gap means this loop was busy (a re-plan on
         # a starved host) and heartbeats may sit unread in the socket: that silence is ours.

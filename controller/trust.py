@@ -68,6 +68,12 @@ class Trust:
         self.credentials.sync(reg)  # workers gone, or their agent revoked
         return revoked
 
+    def revoked_gateways(self) -> list[str]:
+        """Registered gateways whose keys are no longer authorised (as of the last ``tick``)."""
+        if self.keyring is None:
+            return []
+        return sorted(g for g in self._registry.gateways if not self.allowed(f"gateway:{g}"))
+
     def told(self) -> AuthorizedAgents | None:
         """What a registering gateway is told (None without keys)."""
         if self.keyring is None or self.credentials is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -44,6 +45,8 @@ from protocol.message import (
 
 log = logging.getLogger(__name__)
 DEREGISTER_LINGER_MS = 1000  # how long a stopping gateway's goodbye may wait to be sent
+# Refused, a gateway beats every this many ticks (not every one), to learn when its key is back.
+REVOKED_PROBE_TICKS = 10
 
 
 def _encodable(record: DecisionRecord) -> bool:
@@ -65,7 +68,7 @@ class ControlLinkActor(Actor):
     def __init__(
         self, config: GatewayConfig, dispatcher: Dispatcher, *, ctx: zmq.asyncio.Context, http_url: str,
         events: EventLog, policies: PolicyReplicas, clock: Clock | None = None, keys: ClientKeys | None = None,
-        status: StatusFeed | None = None,
+        status: StatusFeed | None = None, revoked: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name="gateway-control", mailbox_size=10_000)
         self.config = config
@@ -73,6 +76,10 @@ class ControlLinkActor(Actor):
         self._events = events
         self._policies = policies
         self._status = status
+        # Called with why when the controller refuses this gateway's key, and with "" once it
+        # takes it again: the service's readiness and liveness follow it.
+        self._on_revoked = revoked
+        self.revoked = ""
         self._ctx = ctx
         self._keys = keys
         self._http_url = http_url
@@ -115,6 +122,11 @@ class ControlLinkActor(Actor):
         now = self._clock.monotonic()
         match msg:
             case Tick():
+                if self.revoked:  # refused: only a beat now and then, to see the key taken back
+                    self._seq += 1
+                    if self._seq % REVOKED_PROBE_TICKS == 0:
+                        self._send(Heartbeat(sender=self.config.gateway_id, role="gateway", seq=self._seq))
+                    return None
                 if not self._registered and now - self._last_register >= 1.0:
                     self._register()
                 for _ in self._controller.lost(now):
@@ -145,6 +157,9 @@ class ControlLinkActor(Actor):
                 self.first_table.set()
             case RegisterGatewayReply():
                 self._registered = True
+                if self.revoked:
+                    log.warning("the controller takes this gateway's key again")
+                    self._set_revoked("")
             case StatusReply():
                 if self._status is not None:
                     self._status.received(msg, self._clock.monotonic())
@@ -153,10 +168,21 @@ class ControlLinkActor(Actor):
             case ErrorReply(code="unknown_peer"):
                 self._registered = False
                 self._register()
+            case ErrorReply(code="revoked", message=text):
+                self._registered = False
+                if not self.revoked:
+                    log.error("the controller refuses this gateway's key (%s): readiness and liveness answer 503; "
+                              "authorise it again (letmesh keys add gateway ...) or stop this gateway", text)
+                    self._set_revoked(text or "key revoked")
             case Heartbeat():
                 pass
             case other:
                 log.warning("unexpected message from controller: %s", type(other).__name__)
+
+    def _set_revoked(self, why: str) -> None:
+        self.revoked = why
+        if self._on_revoked is not None:
+            self._on_revoked(why)
 
     def _ship_decisions(self, now: float) -> None:
         """Joined decisions go to the controller in batches; kept for the next tick if the link is full.

@@ -100,10 +100,15 @@ class GatewayService:
         self._supervisor = Supervisor(name="gateway", max_restarts=10, within_s=60.0)
         self._supervisor.add("control", lambda: ControlLinkActor(
             cfg, self.dispatcher, ctx=self.ctx, http_url=self.http_url, events=self.events, policies=self.policies,
-            keys=client_keys_, status=status))
+            keys=client_keys_, status=status, revoked=self._key_revoked))
         await self._supervisor.start()
         self._watch = asyncio.create_task(watch(self._supervisor, self.health), name="gateway-control-watch")
         log.info("gateway serving", extra={"http": self.http_url, "data": self.dispatcher.address})
+
+    def _key_revoked(self, why: str) -> None:
+        """The controller refuses (or, with "", takes again) this gateway's key: a gateway it will
+        not hear from serves a routing table that no longer changes, so it leaves rotation."""
+        self.health.control_link_failed = f"this gateway's key was revoked: {why}" if why else ""
 
     async def stop(self) -> None:
         cfg = self.config

@@ -215,3 +215,17 @@ def test_each_worker_authenticates_with_its_own_credential_not_its_agents_key(me
         assert own is not None
         publics.add(own.public_key)
     assert len(publics) == len(workers), "one key pair per worker process"
+
+
+def test_a_gateway_whose_key_is_revoked_leaves_rotation_and_workers_stop_dialling_it(mesh_factory) -> None:
+    from letmesh.launcher import http_status
+
+    m = mesh_factory()
+    assert http_status(f"{m.http_url}/v2/health/ready") == 200
+    assert fetch_status(m.controller_address, keys_dir=m.keys_dir).gateways
+    keys.revoke_peer(m.keys_dir, "gateway:local")
+    # Within a few heartbeats: the controller drops it from the list workers dial, and the
+    # gateway, refused, answers readiness and liveness 503 (a load balancer and a service manager see it).
+    wait_until(lambda: not fetch_status(m.controller_address, keys_dir=m.keys_dir).gateways, timeout_s=20)
+    wait_until(lambda: http_status(f"{m.http_url}/v2/health/ready") == 503, timeout_s=20)
+    assert http_status(f"{m.http_url}/v2/health/live") == 503
