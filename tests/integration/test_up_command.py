@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from letmesh.launcher import free_port, http_status
 from tests.integration.conftest import processes_mentioning, wait_until
 
@@ -126,31 +128,18 @@ def test_a_role_that_dies_after_ready_stops_the_rest_and_up_exits_1(tmp_path, tr
     wait_until(lambda: not processes_mentioning(marker), timeout_s=10)
 
 
-def test_ctrl_c_before_the_mesh_is_ready_exits_130_and_leaves_nothing_running(tmp_path, trivial_repo) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])  # Ctrl-C; systemd, docker stop
+def test_a_signal_before_the_mesh_is_ready_stops_it_and_leaves_nothing_running(tmp_path, trivial_repo, sig, code) -> None:
     state = tmp_path / "state"
     proc = start_up(trivial_repo, state, stderr_path=tmp_path / "stderr")
     try:
         for line in iter(proc.stdout.readline, ""):
             if "starting controller, gateway and agent" in line:
                 break
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130
+        proc.send_signal(sig)
+        assert proc.wait(60) == code
     finally:
         finish(proc)
     err = (tmp_path / "stderr").read_text()
     assert "letmesh up: stopped before the mesh was ready; nothing was left running" in err, err
-    wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)
-
-
-def test_sigterm_before_the_mesh_is_ready_is_a_clean_stop(tmp_path, trivial_repo) -> None:
-    state = tmp_path / "state"
-    proc = start_up(trivial_repo, state, stderr_path=tmp_path / "stderr")
-    try:
-        for line in iter(proc.stdout.readline, ""):
-            if "starting controller, gateway and agent" in line:
-                break
-        proc.send_signal(signal.SIGTERM)  # as systemd or docker stop does
-        assert proc.wait(60) == 0
-    finally:
-        finish(proc)
     wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)
