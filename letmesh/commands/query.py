@@ -64,6 +64,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_bandit_report(args: argparse.Namespace) -> int:
     from letmesh.bandit_report import format_report, report_data
 
+    if args.limit < 1:
+        print(f"letmesh bandit report: --limit must be at least 1 (the newest decisions evaluated on), "
+              f"got {args.limit}", file=sys.stderr)
+        return 2
     try:
         data = report_data(Path(args.state_dir), family=args.family, limit=args.limit)
     except FileNotFoundError as exc:

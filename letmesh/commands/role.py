@@ -13,20 +13,30 @@ import sys
 from mesh.config import load_config
 
 
-def _run_role(coro_factory) -> int:
-    """Run a role's main coroutine on uvloop until SIGINT or SIGTERM."""
+def _run_role(role: str, coro_factory) -> int:
+    """Run a role's main coroutine on uvloop until SIGINT or SIGTERM; a clean stop is logged at INFO."""
     import asyncio  # here, not at the top: commands that run no role start without it
+    import logging
+
+    log = logging.getLogger(f"letmesh.{role}")
+
+    def stopping(signum: int) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        stop.set()
 
     async def main() -> None:
         from mesh import heap
 
         heap.settle()  # the role's packages are imported: collections walk only what it allocates since
+        nonlocal stop
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping, sig)
         await coro_factory(stop)
+        log.info("stopped cleanly")
 
+    stop = None
     try:
         import uvloop
 
@@ -98,7 +108,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         if _ports_taken("controller", [(*_tcp_port(config.bind), "controller"),
                                        (config.metrics_host, config.metrics_port, "controller metrics")]):
             return 1
-        return _run_role(lambda stop: run_controller(config, stop))
+        return _run_role("controller", lambda stop: run_controller(config, stop))
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -121,7 +131,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                                 (config.http_host, config.metrics_port, "gateway metrics"),
                                 (*_tcp_port(config.data_bind), "gateway data")]):
         return 1
-    return _run_role(lambda stop: run_gateway(config, stop))
+    return _run_role("gateway", lambda stop: run_gateway(config, stop))
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -132,4 +142,4 @@ def cmd_agent(args: argparse.Namespace) -> int:
     _refuse_plaintext([config.controller], config, "agent", config.agent_id)
     if _ports_taken("agent", [(config.metrics_host, config.metrics_port, "agent metrics")]):
         return 1
-    return _run_role(lambda stop: run_agent(config, stop))
+    return _run_role("agent", lambda stop: run_agent(config, stop))

@@ -57,6 +57,8 @@ def test_role_logs_show_their_fields_and_a_clean_stop_logs_no_warning(mesh_facto
     started = first(found["agent"], "worker started")
     assert started["worker"].startswith("local.") and int(started["pid"]) > 0
     assert first(found["gateway"], "gateway serving")["http"] == mesh.http_url
+    for role in ROLES:  # each says it was asked to stop, and that it stopped cleanly
+        assert first(found[role], "stopping on SIGTERM") and first(found[role], "stopped cleanly")
     # The gateway said goodbye: the controller forgot it at once instead of declaring it lost.
     assert first(found["controller"], "gateway left")["gateway"] == "local"
     # Nothing to warn of; a worker whose host was too busy to run it on time says so, and that is

@@ -31,3 +31,11 @@ def test_a_family_with_no_model_and_no_decisions_says_so_naming_the_known_ones(t
     out = capsys.readouterr().out
     assert "nothing to report yet: no model and no logged decision for 'nope'" in out
     assert "or the name is not a family's (families with a model: digits)" in out
+
+
+def test_a_limit_below_one_is_a_usage_error(tmp_path, capsys) -> None:
+    from letmesh.cli import main
+
+    for limit in ("0", "-5"):
+        assert main(["bandit", "report", "--state-dir", str(tmp_path), "--limit", limit]) == 2
+        assert "--limit must be at least 1" in capsys.readouterr().err
