@@ -66,6 +66,10 @@ class Membership:
             commands.append(StopWorker(worker_id=worker_id, drain_s=self._drain_s))
             if record is not None and record.plan.agent_id == agent_id:
                 reg.retire(worker_id, WorkerState.STOPPING)
+        for record in reg.workers_of(agent_id):
+            if not record.in_plan and record.plan.worker_id not in running:
+                # Replaced while its agent was away, and not running now it is back: gone, not lost.
+                reg.remove_worker(record.plan.worker_id)
         planned = [w.plan for w in reg.planned_workers_of(agent_id) if w.state not in LEAVING]
         if not planned:
             if self._layout.settings.policy == "static" or not any(w.in_plan for w in reg.workers.values()):

@@ -110,3 +110,14 @@ def test_a_variant_added_to_the_repository_joins_the_plan_once(tmp_path) -> None
     c = Controller(tmp_path / "added.db")  # known now: a later plan may drop it and it stays dropped
     assert c.store.known_variants() == set(ACCURACY)
     c.store.close()
+
+
+def test_a_worker_replaced_while_its_agent_was_away_is_forgotten_when_the_agent_is_back_without_it(
+        restarted: Controller) -> None:
+    restarted.register("a0", running=[running(SCALED)])
+    restarted.registry.drop_from_plan(SCALED.worker_id)  # its agent was lost: a re-plan replaced it
+    assert SCALED.worker_id in restarted.registry.workers  # shown (as lost) while the agent is away
+    restarted.register("a0", now=5.0, instance="i2")  # the agent restarted: that worker is gone
+    assert SCALED.worker_id not in restarted.registry.workers
+    _, workers, _ = restarted.registry.status(5.0)
+    assert all(w.worker_id != SCALED.worker_id for w in workers)
