@@ -45,8 +45,12 @@ def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: fl
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"cli:{uuid.uuid4().hex[:12]}".encode())
+    monitor = None
     if keys is not None:
         sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public_key, keys.secret_key, keys.server_key
+        # A refused key is silence on the socket: the monitor is what says the handshake failed.
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                          | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
     try:
         try:
             sock.connect(controller)
@@ -55,6 +59,9 @@ def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: fl
                                     "reads tcp://HOST:PORT") from None
         sock.send_multipart(encode(msg))
         if not sock.poll(int(timeout_s * 1000)):
+            if monitor is not None and monitor.poll(0):
+                raise StatusUnavailable(f"the controller at {controller} refused this key ({folder}): it is not an "
+                                        "authorised operator key of that mesh (revoked, or from another keyring)")
             hint = "" if keys is not None else " (a mesh with keys answers only an operator key: --keys DIR)"
             raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s{hint}")
         try:
@@ -68,6 +75,9 @@ def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: fl
             raise StatusUnavailable(f"controller answered {type(reply).__name__}")
         return reply
     finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(0)
         sock.close(0)
         ctx.term()
 

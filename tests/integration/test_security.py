@@ -229,3 +229,14 @@ def test_a_gateway_whose_key_is_revoked_leaves_rotation_and_workers_stop_diallin
     wait_until(lambda: not fetch_status(m.controller_address, keys_dir=m.keys_dir).gateways, timeout_s=20)
     wait_until(lambda: http_status(f"{m.http_url}/v2/health/ready") == 503, timeout_s=20)
     assert http_status(f"{m.http_url}/v2/health/live") == 503
+
+
+def test_status_with_a_revoked_operator_key_says_the_key_was_refused_not_that_nothing_answered(mesh) -> None:
+    import shutil
+
+    copied = mesh.state_dir / "ghost-host"  # the folder an operator copied to their machine
+    shutil.copytree(keys.add_peer(mesh.keys_dir, "operator", "ghost"), copied)
+    keys.revoke_peer(mesh.keys_dir, "operator:ghost")
+    with pytest.raises(StatusUnavailable, match="refused this key") as err:
+        ask_controller(mesh.controller_address, GetStatus(), StatusReply, timeout_s=2.0, keys_dir=copied)
+    assert "did not answer" not in str(err.value)
