@@ -91,6 +91,7 @@ class ControlLinkActor(Actor):
         self._seq = 0
         self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
         self.controller_connected = False
+        self._lost_since: float | None = None  # when the controller was declared lost, until heard again
         self.first_table = asyncio.Event()
         self._pending_records: list = []
         self.unsendable_records = 0
@@ -131,6 +132,7 @@ class ControlLinkActor(Actor):
                     self._register()
                 for _ in self._controller.lost(now):
                     log.warning("controller lost; serving on routing table version %d", self._dispatcher.routing_version)
+                    self._lost_since = now
                     self.controller_connected = False
                     self._registered = False
                 self._seq += 1
@@ -145,6 +147,9 @@ class ControlLinkActor(Actor):
                     self._policies.apply_snapshot(snap.family, snap.version, snap.vw_args, bytes(buffers[0]))
             case Incoming(msg=inner):
                 self._controller.beat("controller", now)
+                if self._lost_since is not None:
+                    log.info("controller back after %.1f s", now - self._lost_since)
+                    self._lost_since = None
                 self.controller_connected = True
                 self._on_controller(inner)
         return None

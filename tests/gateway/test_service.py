@@ -208,3 +208,32 @@ async def test_a_decision_record_the_codec_cannot_carry_is_dropped_and_the_link_
         await service.stop()
         controller.close(0)
         ctx.term()
+
+
+async def test_the_gateway_says_when_a_lost_controller_is_back(caplog) -> None:
+    from protocol.codec import encode
+    from protocol.message import Heartbeat
+
+    ctx = zmq.asyncio.Context()
+    controller = ctx.socket(zmq.ROUTER)
+    controller.setsockopt(zmq.LINGER, 0)
+    port = controller.bind_to_random_port("tcp://127.0.0.1")
+    config = GatewayConfig(controller=f"tcp://127.0.0.1:{port}", gateway_id="back-test", http_port=0,
+                           data_bind="tcp://127.0.0.1:*", heartbeat_interval_s=0.05, missed_heartbeats=2)
+    service = GatewayService(config)
+    caplog.set_level("INFO", logger="gateway.control_actor")
+    await service.start()
+    try:
+        peer = (await asyncio.wait_for(controller.recv_multipart(), BOUND_S))[0]  # its registration
+        await controller.send_multipart([peer, *encode(Heartbeat(sender="controller", role="controller", seq=1))])
+        async def logged(text: str) -> bool:
+            return text in caplog.text
+
+        await wait_for(lambda: logged("controller lost"))  # then silence
+        assert "controller back" not in caplog.text
+        await controller.send_multipart([peer, *encode(Heartbeat(sender="controller", role="controller", seq=2))])
+        await wait_for(lambda: logged("controller back after"))
+    finally:
+        await service.stop()
+        controller.close(0)
+        ctx.term()
