@@ -346,7 +346,8 @@ def format_report(sim: SimulationResult, *, all_gpulets: bool = False) -> str:
         f"{'rejected':>8} {'unrouted':>8} {'p50 ms':>8} {'p99 ms':>8}",
     ]
     for v in sim.variants:
-        lines.append(f"{v.variant:<20} {v.slo_ms:>7g} {v.requests:>10,} {100 * v.attainment:>9.2f} {v.within_slo / sim.window_s:>10,.1f} "
+        slo = f"{100 * v.attainment:>9.2f}" if v.requests else f"{'-':>9}"  # no request: nothing met or missed
+        lines.append(f"{v.variant:<20} {v.slo_ms:>7g} {v.requests:>10,} {slo} {v.within_slo / sim.window_s:>10,.1f} "
                      f"{v.served_late:>7,} {v.dropped:>8,} {v.rejected:>8,} {v.unrouted:>8,} {_ms(v.p50_ms):>8} {_ms(v.p99_ms):>8}")
     unrouted = [v.variant for v in sim.variants if v.unrouted]
     if unrouted:

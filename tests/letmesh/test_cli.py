@@ -224,3 +224,15 @@ def test_plan_and_simulate_refuse_a_json_path_they_cannot_write_before_running(t
         captured = capsys.readouterr()
         assert captured.err.startswith(f"letmesh {command}: --json {missing}: folder {missing.parent} does not exist")
         assert captured.out == ""  # refused before it planned or simulated anything
+
+
+def test_simulate_shows_no_attainment_for_a_variant_that_got_no_request(tmp_path, capsys) -> None:
+    workload = tmp_path / "workload.toml"
+    workload.write_text('[[models]]\nvariant = "resnet50"\nrate_rps = 50\nslo_ms = 108\n\n'
+                        '[[models]]\nvariant = "vgg16"\nrate_rps = 0\nslo_ms = 142\n')
+    code = main(["simulate", f"--workload={workload}", f"--devices={ROOT / 'examples/devices.toml'}",
+                 f"--profiles={ROOT / 'benchmarks/data/gpu_profile.csv'}", "--poisson", "--duration-s", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (row,) = [line for line in out.splitlines() if line.startswith("vgg16 ")]
+    assert row.split()[1:4] == ["142", "0", "-"], row
