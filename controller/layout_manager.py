@@ -16,7 +16,7 @@ from controller.cadence import Cadence, Reason, moved, rose
 from controller.demand import DemandTracker, PeakWindow
 from controller.headroom import AdaptiveHeadroom
 from controller.layout_policy import REPLAN_HISTORY, LayoutPolicy, ReplanEntry
-from controller.live_slowdown import LiveSlowdown, Observation
+from controller.live_slowdown import LiveSlowdown, reported_slowdowns
 from controller.placement import PlannedWorker
 from controller.reconciler import Phase, Transition, begin, plan_rates
 from controller.registry import Registry
@@ -407,19 +407,7 @@ class LayoutManager:
     def _observe_slowdown(self, now: float) -> None:
         if self.settings.live_slowdown_hold_s <= 0:
             return
-        reg = self._registry
-        kinds = {(a, d.device_id): d.kind for a, r in reg.agents.items() for d in r.devices}
-        observations = []
-        for w in reg.workers.values():
-            if w.state != WorkerState.READY or not w.slowdown:
-                continue
-            p = w.plan.partition
-            kind = kinds.get((w.plan.agent_id, p.device_id), p.kind)
-            size = p.mps_percent if p.kind == "cuda" else len(p.cores)
-            for variant, ratio in w.slowdown.items():
-                warmup = w.batch_latency_ms.get(variant, ())
-                observations.append(Observation(variant, kind, size, ratio, warmup[0] if warmup else 0.0))
-        self.live.update(observations, now)
+        self.live.update(reported_slowdowns(self._registry), now)
 
     def _drops_served_variant(self, new: Layout) -> bool:
         """A plan that leaves a variant with demand and a worker today with no gpu-let is not applied."""

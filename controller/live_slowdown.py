@@ -15,8 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from controller.planning import ProfileTable
+from protocol.types import WorkerState
+
+if TYPE_CHECKING:
+    from controller.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +86,20 @@ class LiveSlowdown:
                     factor *= o.warmup_ms / profiled
             factors.append(factor)
         return min(self.high, max(self.low, sum(factors) / len(factors)))
+
+
+def reported_slowdowns(reg: Registry) -> list[Observation]:
+    """What ready workers report of their batches against their warm-up, per variant, with the
+    device kind and partition size each was measured on."""
+    kinds = {(a, d.device_id): d.kind for a, r in reg.agents.items() for d in r.devices}
+    observations = []
+    for w in reg.workers.values():
+        if w.state != WorkerState.READY or not w.slowdown:
+            continue
+        p = w.plan.partition
+        kind = kinds.get((w.plan.agent_id, p.device_id), p.kind)
+        size = p.mps_percent if p.kind == "cuda" else len(p.cores)
+        for variant, ratio in w.slowdown.items():
+            warmup = w.batch_latency_ms.get(variant, ())
+            observations.append(Observation(variant, kind, size, ratio, warmup[0] if warmup else 0.0))
+    return observations
