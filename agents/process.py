@@ -19,6 +19,7 @@ import sys
 
 from protocol.codec import encode
 from protocol.message import StartWorker
+from protocol.types import Partition
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ def die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+
+
+def torch_device(partition: Partition) -> str:
+    """Where a worker on ``partition`` computes: its GPU, the only one ``CUDA_VISIBLE_DEVICES``
+    shows it, or the CPU cores it is pinned to."""
+    return "cuda:0" if partition.kind == "cuda" else "cpu"
 
 
 def worker_environment(cmd: StartWorker, usable_cores: list[int], extra: dict[str, str]) -> dict[str, str]:

@@ -36,6 +36,7 @@ from agents.error import WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
 from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
+from agents.process import torch_device  # noqa: E402
 from mesh import heap  # noqa: E402
 from mesh.batching import Queued, make_batcher  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
@@ -167,11 +168,13 @@ class Worker:
             self._compute_thread.shutdown(wait=True)
 
     async def _load(self, control: Endpoint, replies: asyncio.Queue) -> None:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        device = torch_device(self.cmd.partition)
+        # A GPU worker's host thread only launches kernels; a CPU worker computes on every core it holds.
+        torch.set_num_threads(1 if device != "cpu" else max(1, len(os.sched_getaffinity(0))))
         for spec in self.cmd.variants:
             try:
                 path = await fetch_artifact(control, replies, self.cache_dir, spec.sha256)
-                runner = ModelRunner(spec, path, onnx_upgrade=onnx_upgrade_enabled())
+                runner = ModelRunner(spec, path, device, onnx_upgrade=onnx_upgrade_enabled())
                 measured = runner.warm_up()
             except asyncio.CancelledError:
                 raise

@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from agents.process import CORES_ENV, SPEC_ENV, spawn_worker, stop_process, worker_environment
+from agents.process import CORES_ENV, SPEC_ENV, spawn_worker, stop_process, torch_device, worker_environment
 from mesh.peer_routes import name_of
 from protocol.codec import decode
 from protocol.message import FetchArtifact, StartWorker
@@ -68,6 +68,13 @@ def test_cuda_partition_sets_device_and_mps_share() -> None:
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     assert env.get(CORES_ENV) == os.environ.get(CORES_ENV)
+
+
+def test_a_worker_computes_on_its_partitions_device() -> None:
+    # CUDA_VISIBLE_DEVICES shows a GPU worker its own GPU alone, as device 0, whichever it is on the host.
+    assert torch_device(Partition(device_id="cuda1", kind="cuda", mps_percent=25)) == "cuda:0"
+    assert torch_device(Partition(device_id="cuda0", kind="cuda", mps_percent=100)) == "cuda:0"
+    assert torch_device(cpu_part(0)) == "cpu"
 
 
 def test_extra_env_is_passed_but_the_partition_wins_and_the_parent_is_untouched() -> None:
