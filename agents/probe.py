@@ -63,6 +63,17 @@ def nvidia_driver_present() -> bool:
         return False
 
 
+def mps_daemon_running() -> bool:
+    """An MPS control daemon listens in the pipe directory this process's CUDA clients would use:
+    only then does a worker's ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` hold it to its share. (The
+    folder alone proves nothing: a daemon that stopped leaves it behind.)"""
+    folder = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    try:
+        return any(name.startswith("control") for name in os.listdir(folder))
+    except OSError:
+        return False
+
+
 def _cuda_devices() -> list[DeviceInfo]:
     if not nvidia_driver_present():
         return []
@@ -83,7 +94,7 @@ def _cuda_devices() -> list[DeviceInfo]:
                 cores=props.multi_processor_count,
                 memory_bytes=props.total_memory,
                 sm_count=props.multi_processor_count,
-                mps=os.path.exists(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")),
+                mps=mps_daemon_running(),
             )
         )
     return out
