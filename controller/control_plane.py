@@ -47,6 +47,7 @@ from protocol.message import (
     GetStatus,
     Heartbeat,
     PolicySnapshot,
+    ProfileDevice,
     ProfileProgress,
     ProfilesReply,
     RegisterAgent,
@@ -124,6 +125,9 @@ class ControlPlane:
         reg.await_restored(now)  # gateways keep their table until the workers report
         # Request ids unique across controller restarts, so an agent never mistakes a new run for a re-send.
         self.profiling = ProfilingRuns(next_id=self.epoch * 100_000 + 1)
+        # (variant, device kind) pairs with a stored profile: one new to a run re-plans when it ends.
+        self._profiled = {(s.variant, s.device_kind) for s in self.store.profiles()}
+        self._profiles_grew = False
         self.learner = Learner(config.state_dir)
         self.layout = LayoutManager(
             LayoutPolicy(policy=config.planner, replan_period_s=config.replan_period_s,
@@ -262,6 +266,7 @@ class ControlPlane:
         self.store.save_agent(agent_id, msg.hostname, self._clock.time())
         if registration.joined is not Joined.RETURNED:  # a new agent process has no run of ours in progress
             self.profiling.forget_agent(agent_id)
+            self._profiling_changed()
         for command in registration.commands:
             self._send(peer, command)
         if self.config.auto_profile:
@@ -297,25 +302,53 @@ class ControlPlane:
         self.layout.force()  # re-place its healthy neighbours without it
         for agent_id in list(reg.agents) if self.config.auto_profile else ():
             if reg.agent_alive(agent_id, now):  # a run that failed on it left the rest unmeasured
+                self.profiling.retry_failed(agent_id)
                 self._profile_agent(agent_id)
 
     def _on_profile_progress(self, agent_id: str, progress: ProfileProgress) -> None:
         if progress.samples or progress.colocations:
             self.store.save_profiles(progress.samples, progress.colocations, self._clock.time())
-        self.profiling.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done)
+            fresh = {(s.variant, s.device_kind) for s in progress.samples} - self._profiled
+            if fresh:
+                self._profiled |= fresh
+                self._profiles_grew = True
+        self.profiling.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done,
+                                failed=bool(progress.error))
         if progress.error:
             log.warning("profiling on %s failed: %s", agent_id, progress.error)
         elif progress.done:
             log.info("profiling on %s finished (%d measurements)", agent_id, progress.total)
+        if progress.done:
+            self._profiling_changed()
+            if self._profiles_grew:
+                # A variant can now run on a device kind it had no profile for (a GPU profiled after
+                # the CPU, say): plan again rather than wait for demand to move.
+                self._profiles_grew = False
+                self.layout.force()
+            if agent_id in self.registry.agents:  # its next device, if one waits
+                self._send_profile_commands(agent_id, self.profiling.next_commands(
+                    agent_id, self.registry.agents[agent_id].devices, list(self.registry.variants.values()),
+                    self.store.profiles(), colocation=self.config.profile_colocation,
+                    repeats=self.config.profile_repeats))
 
     def _profile_agent(self, agent_id: str, *, everything: bool = False) -> None:
         agent = self.registry.agents[agent_id]
-        for cmd in self.profiling.commands(
+        self._send_profile_commands(agent_id, self.profiling.commands(
             agent_id, agent.devices, list(self.registry.variants.values()), self.store.profiles(),
             everything=everything, colocation=self.config.profile_colocation, repeats=self.config.profile_repeats,
-        ):
+        ))
+
+    def _send_profile_commands(self, agent_id: str, commands: list[ProfileDevice]) -> None:
+        for cmd in commands:
             log.info("asking %s to profile %d variants on %s", agent_id, len(cmd.variants), cmd.device_id)
             self._send(f"agent:{agent_id}".encode(), cmd)
+        self._profiling_changed()
+
+    def _profiling_changed(self) -> None:
+        """Tell the layout which devices are being measured, so it does not plan around them."""
+        kinds = {(a.agent_id, d.device_id): d.kind for a in self.registry.agents.values() for d in a.devices}
+        self.layout.profiling = frozenset((agent, kinds[(agent, device)]) for agent, device in self.profiling.pending()
+                                          if (agent, device) in kinds)
 
     def _chunk(self, sha: str, offset: int, length: int) -> ArtifactChunkReply | ErrorReply:
         variant = self._by_sha.get(sha)

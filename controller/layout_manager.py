@@ -79,6 +79,9 @@ class LayoutManager:
         self._recent = PeakWindow(settings.replan_period_s)  # family forecasts of the last period
         self._hosted: frozenset[str] = frozenset()  # the variants the current plan gives a worker
         self._named_at_plan: frozenset[str] = frozenset()  # variants clients named when it was made
+        # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
+        self.profiling: frozenset[tuple[str, str]] = frozenset()
+        self._waiting_for: frozenset[str] = frozenset()  # kinds a re-plan last waited for (logged once)
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -305,6 +308,15 @@ class LayoutManager:
         reg = self._registry
         agents = reg.placeable(now)  # never a lost agent, nor one whose workers just fell silent
         samples = self._store.profiles()
+        if not reason.startswith("loss") and (awaited := self._awaited_kinds(agents, samples)):
+            # A device is being measured that some variant has no profile for (a GPU profiled
+            # after its host's CPU, say): a plan now would move work off it, only to move it back
+            # once its profile is in (its end re-plans). The current placement serves meanwhile.
+            if awaited != self._waiting_for:
+                log.info("re-plan (%s) waits for the profiles of %s", reason, ", ".join(sorted(awaited)))
+            self._waiting_for = awaited
+            return []
+        self._waiting_for = frozenset()
         slowdown = {}
         if self.live:  # only when workers reported and the feed is on: the table costs a pass over the profiles
             slowdown = self.live.factors(profile_table(samples), reg.variants,
@@ -381,6 +393,14 @@ class LayoutManager:
             reg.plan_worker(plan)
             self._store.save_placement(plan)
         return self._advance(now)
+
+    def _awaited_kinds(self, agents, samples) -> frozenset[str]:
+        """The device kinds being profiled on a placeable agent that some variant has no profile for."""
+        present = {d.kind for agent_id, devices in agents.items() for d in devices if (agent_id, d.kind) in self.profiling}
+        if not present:
+            return frozenset()
+        profiled = {(s.variant, s.device_kind) for s in samples}
+        return frozenset(k for k in present if any((v, k) not in profiled for v in self._registry.variants))
 
     def _advance(self, now: float) -> list[tuple[str, object]]:
         t = self.transition

@@ -1,8 +1,10 @@
 """Initial placement: give every variant a worker on a fitting partition. Pure and deterministic.
 
-A device is split into equal partitions (a core set on a CPU, an MPS percentage on a GPU) and
-variants are spread over them by cost, longest first onto the least loaded partition, so a
-2-core machine still serves a whole family with each worker time-sharing a few variants.
+A device is split into equal partitions (a core set on a CPU, an MPS percentage on a GPU whose
+host runs an MPS daemon, the whole GPU on one without) and variants are spread over them by cost,
+longest first onto the least loaded partition, GPUs' partitions before CPUs', so a 2-core machine
+still serves a whole family with each worker time-sharing a few variants and a lone variant on a
+GPU host starts on the GPU.
 The interference-aware planner replaces this; the shape of its output stays the same.
 """
 
@@ -50,9 +52,9 @@ def initial_placement(
         return []
     partitions: list[Partition] = []
     per_device = max(1, -(-len(variant_costs) // len(devices)))
-    for device in devices:
+    for device in sorted(devices, key=lambda d: d.kind != "cuda"):  # stable: the agent's order within a kind
         if device.kind == "cuda":
-            parts = min(per_device, 4, max_partitions_per_device)
+            parts = min(per_device, 4, max_partitions_per_device) if device.mps else 1
         else:
             parts = min(per_device, max(1, device.cores // cores_per_partition), max_partitions_per_device)
         partitions.extend(split_device(device, parts, cores_per_partition))

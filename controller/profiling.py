@@ -2,7 +2,8 @@
 
 A device needs profiling when some variant has no stored profile for its device kind. The
 partition menu is the device kind's: core counts on a CPU (1, 2, 4, ... up to its cores), MPS
-percentages {20, 40, 50, 60, 80, 100} on a CUDA GPU.
+percentages {20, 40, 50, 60, 80, 100} on a CUDA GPU whose host runs an MPS control daemon, the
+whole GPU on one without (nothing would enforce a smaller share).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ MPS_MENU = (20, 40, 50, 60, 80, 100)
 
 def partition_menu(device: DeviceInfo) -> tuple[int, ...]:
     if device.kind == "cuda":
-        return MPS_MENU
+        return MPS_MENU if device.mps else (100,)
     sizes = {device.cores}
     size = 1
     while size < device.cores:
@@ -36,26 +37,57 @@ def unprofiled(variants: Iterable[Variant], device_kind: str, samples: Iterable[
 
 @dataclass(slots=True)
 class ProfilingRuns:
-    """Runs in flight by (agent, request id) -> progress."""
+    """Runs in flight by (agent, request id) -> progress, and the devices each agent is still to profile.
+
+    An agent runs one profiling process tree at a time (a new command cancels its run in
+    progress), so a host's devices are profiled one after another: ``commands`` hands out the
+    first device that needs it and queues the rest; ``next_commands``, called when a run ends,
+    hands out the next. A device whose run failed is not asked again on its own (it would fail
+    the same way, and again); an operator's re-run, or the agent registering anew, asks again.
+    """
 
     next_id: int = 1
     running: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    device_of: dict[tuple[str, int], str] = field(default_factory=dict)
+    queued: dict[str, dict[str, bool]] = field(default_factory=dict)  # agent -> device -> everything
+    failed: set[tuple[str, str]] = field(default_factory=set)  # (agent, device)
 
     def commands(
         self, agent_id: str, devices: Sequence[DeviceInfo], variants: Sequence[Variant], samples: Sequence[ProfileSample],
         *, everything: bool = False, colocation: bool = True, repeats: int = 20,
     ) -> list[ProfileDevice]:
-        """ProfileDevice commands for the agent's devices that lack profiles (all of them if ``everything``)."""
-        out = []
+        """A ProfileDevice command for the first of the agent's devices that lack profiles (all of
+        them if ``everything``), unless the agent is profiling already; the others wait their turn."""
+        queue = self.queued.setdefault(agent_id, {})
         for device in devices:
+            if everything:
+                self.failed.discard((agent_id, device.device_id))
+                queue[device.device_id] = True
+            elif (agent_id, device.device_id) not in self.failed and unprofiled(variants, device.kind, samples):
+                queue.setdefault(device.device_id, False)
+        return self.next_commands(agent_id, devices, variants, samples, colocation=colocation, repeats=repeats)
+
+    def next_commands(
+        self, agent_id: str, devices: Sequence[DeviceInfo], variants: Sequence[Variant], samples: Sequence[ProfileSample],
+        *, colocation: bool = True, repeats: int = 20,
+    ) -> list[ProfileDevice]:
+        """The command for the agent's next queued device that still needs profiling, if it runs none."""
+        if any(a == agent_id for a, _ in self.running):
+            return []
+        queue = self.queued.get(agent_id, {})
+        for device in devices:
+            if device.device_id not in queue:
+                continue
+            everything = queue.pop(device.device_id)
             todo = sorted(variants, key=lambda v: v.name) if everything else unprofiled(variants, device.kind, samples)
-            if not todo or any(a == agent_id for a, _ in self.running):
+            if not todo:
                 continue
             batches = sorted({b for v in todo for b in warmup_batches(v.max_batch)})
             request_id = self.next_id
             self.next_id += 1
             self.running[(agent_id, request_id)] = (0, 0)
-            out.append(ProfileDevice(
+            self.device_of[(agent_id, request_id)] = device.device_id
+            return [ProfileDevice(
                 request_id=request_id,
                 device_id=device.device_id,
                 variants=tuple(v.spec() for v in todo),
@@ -63,18 +95,34 @@ class ProfilingRuns:
                 batches=tuple(batches),
                 colocation=colocation,
                 repeats=repeats,
-            ))
-        return out
+            )]
+        return []
 
-    def progress(self, agent_id: str, request_id: int, completed: int, total: int, done: bool) -> None:
+    def progress(self, agent_id: str, request_id: int, completed: int, total: int, done: bool,
+                 failed: bool = False) -> None:
         if done:
             self.running.pop((agent_id, request_id), None)
+            device = self.device_of.pop((agent_id, request_id), None)
+            if failed and device is not None:
+                self.failed.add((agent_id, device))
         elif (agent_id, request_id) in self.running:
             self.running[(agent_id, request_id)] = (completed, total)
+
+    def pending(self) -> set[tuple[str, str]]:
+        """(agent, device) of every run in flight or waiting its turn."""
+        out = {(agent, device) for (agent, _), device in self.device_of.items()}
+        return out | {(agent, device) for agent, queue in self.queued.items() for device in queue}
+
+    def retry_failed(self, agent_id: str) -> None:
+        """The agent's failed devices may be asked again (what made them fail was set aside)."""
+        self.failed = {f for f in self.failed if f[0] != agent_id}
 
     def forget_agent(self, agent_id: str) -> None:
         for key in [k for k in self.running if k[0] == agent_id]:
             del self.running[key]
+            self.device_of.pop(key, None)
+        self.queued.pop(agent_id, None)
+        self.retry_failed(agent_id)
 
     def describe(self) -> tuple[str, ...]:
         """One line per run: ``agent: done/total``, or ``agent: starting`` before its first report."""

@@ -100,10 +100,14 @@ def layout(
     demands = [Demand(variant=name, rate_rps=rate, slo_ms=variants[name].default_slo_ms)
                for name, rate in planned_for.items()]
     table = profile_table(samples)
+    # A GPU whose host runs no MPS daemon cannot enforce a share of it: whole GPUs only (the menu
+    # is per device kind, so one such GPU makes every GPU of the fleet whole).
+    whole_gpus = any(d.kind == "cuda" and not d.mps for devices in agents.values() for d in devices)
     result = plan(
         slots, demands, LatencyModel(table, slowdown=slowdown),
         interference=interference_model(colocations, table), policy=policy,
         max_batch=max(v.max_batch for v in variants.values()),
+        partition_menu={"cuda": (100,)} if whole_gpus else None,
     )
     desired = []
     for g in result.gpulets:

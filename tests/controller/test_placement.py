@@ -16,8 +16,9 @@ def cpu(cores: int, device_id: str = "cpu0") -> DeviceInfo:
     return DeviceInfo(device_id=device_id, kind="cpu", name="test cpu", cores=cores, memory_bytes=1 << 30)
 
 
-def gpu(device_id: str = "cuda0", sms: int = 132) -> DeviceInfo:
-    return DeviceInfo(device_id=device_id, kind="cuda", name="test gpu", cores=sms, memory_bytes=80 << 30, sm_count=sms)
+def gpu(device_id: str = "cuda0", sms: int = 132, *, mps: bool = True) -> DeviceInfo:
+    return DeviceInfo(device_id=device_id, kind="cuda", name="test gpu", cores=sms, memory_bytes=80 << 30, sm_count=sms,
+                      mps=mps)
 
 
 def costs(n: int) -> dict[str, float]:
@@ -91,6 +92,20 @@ def test_cpu_and_gpu_share_the_variants() -> None:
 
     assert Counter(w.partition.device_id for w in workers) == {"cpu0": 2, "cuda0": 3}
     check_invariants(workers, devices, variants)
+
+
+def test_a_lone_variant_on_a_gpu_host_starts_on_the_gpu_whatever_order_the_agent_lists_devices() -> None:
+    for devices in ([cpu(1), gpu()], [gpu(), cpu(1)]):
+        (worker,) = initial_placement("a1", devices, {"only": 1.0})
+        assert worker.partition == Partition(device_id="cuda0", kind="cuda", mps_percent=100)
+
+
+def test_a_gpu_without_an_mps_daemon_is_one_whole_partition() -> None:
+    # Nothing would hold a worker to a share of it: variants time-share one worker on all of it.
+    devices = [gpu(mps=False)]
+    workers = initial_placement("a1", devices, costs(3))
+    assert [(w.partition.mps_percent, w.variants) for w in workers] == [(100, ("v0", "v1", "v2"))]
+    check_invariants(workers, devices, costs(3))
 
 
 def test_longest_first_onto_least_loaded_balances_cost() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.profiling import ProfilingRuns
+from controller.profiling import ProfilingRuns, partition_menu
 from controller.repository import scan_repository
 from letmesh.zoo import build_trivial
-from protocol.types import DeviceInfo
+from protocol.types import DeviceInfo, ProfileSample
 
 CPU = DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=2, memory_bytes=2**30)
 
@@ -21,3 +21,61 @@ def test_a_run_reads_starting_until_its_agent_reports_then_its_progress_then_not
     assert runs.describe() == ("local: 3/14",)
     runs.progress("local", command.request_id, 14, 14, done=True)
     assert runs.describe() == ()
+
+
+GPU = DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132, memory_bytes=80 << 30, sm_count=132, mps=True)
+
+
+def _samples(variants, kind: str) -> tuple[ProfileSample, ...]:
+    return tuple(ProfileSample(variant=v.name, device_kind=kind, partition=1, batch=1, p50_ms=1.0, p99_ms=1.2, runs=3)
+                 for v in variants)
+
+
+def test_a_hosts_devices_are_profiled_one_after_another(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    runs = ProfilingRuns()
+    (first,) = runs.commands("local", (CPU, GPU), variants, ())
+    assert first.device_id == "cpu0"
+    # The agent runs one profiling run at a time: asking again while it runs hands out nothing.
+    assert runs.commands("local", (CPU, GPU), variants, ()) == []
+    assert runs.next_commands("local", (CPU, GPU), variants, ()) == []
+    runs.progress("local", first.request_id, 4, 4, done=True)
+    (second,) = runs.next_commands("local", (CPU, GPU), variants, _samples(variants, "cpu"))
+    assert second.device_id == "cuda0" and second.partitions == (20, 40, 50, 60, 80, 100)
+    runs.progress("local", second.request_id, 4, 4, done=True)
+    assert runs.next_commands("local", (CPU, GPU), variants, _samples(variants, "cpu") + _samples(variants, "cuda")) == []
+
+
+def test_a_failed_device_is_not_asked_again_until_a_rerun_or_a_retry(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    runs = ProfilingRuns()
+    (first,) = runs.commands("local", (GPU,), variants, ())
+    runs.progress("local", first.request_id, 0, 4, done=True, failed=True)
+    assert runs.commands("local", (GPU,), variants, ()) == []  # would fail the same way, again and again
+    assert runs.next_commands("local", (GPU,), variants, ()) == []
+    (rerun,) = runs.commands("local", (GPU,), variants, (), everything=True)
+    assert rerun.device_id == "cuda0"
+    runs.progress("local", rerun.request_id, 0, 4, done=True, failed=True)
+    runs.retry_failed("local")
+    (retry,) = runs.commands("local", (GPU,), variants, ())
+    assert retry.device_id == "cuda0"
+
+
+def test_an_operators_rerun_covers_every_device_in_turn(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    profiled = _samples(variants, "cpu") + _samples(variants, "cuda")
+    runs = ProfilingRuns()
+    (first,) = runs.commands("local", (CPU, GPU), variants, profiled, everything=True)
+    runs.progress("local", first.request_id, 4, 4, done=True)
+    (second,) = runs.next_commands("local", (CPU, GPU), variants, profiled)
+    assert (first.device_id, second.device_id) == ("cpu0", "cuda0")
+    assert len(second.variants) == len(variants)  # everything, though all were profiled
+
+
+def test_a_gpu_without_an_mps_daemon_is_profiled_whole() -> None:
+    assert partition_menu(GPU) == (20, 40, 50, 60, 80, 100)
+    assert partition_menu(DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132, memory_bytes=1,
+                                     sm_count=132)) == (100,)
