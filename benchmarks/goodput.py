@@ -15,8 +15,12 @@ the fastest runtime letmesh may serve on over the baseline's max rate, which no 
 passes. Prints a table, writes JSON, ends with a RESULT line.
 Asserts nothing about speed.
 
+On a GPU host, ``--device cuda`` serves the models on the GPU (letmesh's agent finds it; the
+baseline moves its model there) with the CPU side of both servers on ``--server-cores`` cores; the
+SLO and compute limits are then the GPU's.
+
 Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]
-[--onnx-upgrade]``.
+[--onnx-upgrade] [--device cpu|cuda] [--server-cores N]``.
 An entry point: may import everything.
 """
 
@@ -65,6 +69,9 @@ class Options:
     models: tuple[str, ...]
     backend: str
     onnx_upgrade: bool
+    device: str
+    server_cores: int
+    start_rate: float | None
     sweeps: int
     step_requests: int
     bisect: int
@@ -83,6 +90,13 @@ def parse_options(argv: list[str] | None) -> Options:
                    help="the artifact letmesh (and the baseline) serve")
     p.add_argument("--onnx-upgrade", action="store_true",
                    help="letmesh's agent may serve the TorchScript artifact through ONNX Runtime (the baseline does not)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both servers compute (cuda: the host's first GPU)")
+    p.add_argument("--server-cores", type=int, default=1,
+                   help="CPU cores each server under test is pinned to (default 1); the load generator takes the next")
+    p.add_argument("--start-rate", type=float,
+                   help="first rate of each sweep, req/s (default 0.3 x the compute limit; on a GPU the servers' CPU "
+                        "side caps the rate far below it)")
     p.add_argument("--sweeps", type=int, help="rate sweeps per server (default 2, quick 1)")
     p.add_argument("--step-requests", type=int, help="requests per rate step (default 400, quick 200)")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failing rate (default 4, quick 2)")
@@ -99,6 +113,15 @@ def parse_options(argv: list[str] | None) -> Options:
         value = getattr(a, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.start_rate is not None and a.start_rate <= 0:
+        p.error("--start-rate must be positive")
+    if a.server_cores < 1:
+        p.error("--server-cores must be at least 1")
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: torch sees no CUDA device on this host")
     if a.bisect is not None and a.bisect < 0:
         p.error("--bisect must be 0 or more")
     if a.idle_s is not None and a.idle_s <= 0:
@@ -107,7 +130,8 @@ def parse_options(argv: list[str] | None) -> Options:
         p.error("--slo-factor must be positive")
     quick = a.quick
     return Options(
-        quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade,
+        quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade, device=a.device,
+        server_cores=a.server_cores, start_rate=a.start_rate,
         sweeps=a.sweeps or (1 if quick else 2),
         step_requests=a.step_requests or (200 if quick else 400),
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
@@ -204,7 +228,8 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
     cpu_ms = (server.cpu_s() - before) / low["sent"] * 1000.0
     # What each request adds beyond what the server burns idle over the same time.
     cpu_less_idle_ms = cpu_ms - idle_ms_per_s * (time.monotonic() - began) / low["sent"]
-    sweeps = [sweep(server, work, max(1.0, 0.3 * limit), 3.0 * limit, opts, seed + 100 * (i + 1))
+    start = opts.start_rate or max(1.0, 0.3 * limit)
+    sweeps = [sweep(server, work, start, 3.0 * limit, opts, seed + 100 * (i + 1))
               for i in range(opts.sweeps)]
     rates = [s["max_rate"] for s in sweeps]
     best = max(sweeps, key=lambda s: s["max_rate"])["at_max"] or {}
@@ -225,15 +250,18 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
 # --- one model ----------------------------------------------------------------------------------
 
 
-def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, core: int, opts: Options, tmp: Path) -> dict[str, Any]:
-    """Batch latencies of both artifacts on the server core, one thread; the SLO and compute limits from them."""
+def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...], opts: Options,
+              tmp: Path) -> dict[str, Any]:
+    """Batch latencies of both artifacts on the server's cores (and device), one thread; the SLO and
+    compute limits from them."""
     folder = tmp / f"calibrate-{model.key}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / gm.ARTIFACT).write_bytes(artifacts.torchscript)
     (folder / gm.ONNX_ARTIFACT).write_bytes(artifacts.onnx)
     command = [sys.executable, "-m", "benchmarks.support.goodput_models", model.key, str(folder / gm.ARTIFACT),
-               str(folder / gm.ONNX_ARTIFACT), str(opts.slo_factor), str(5 if opts.quick else 10), str(opts.seed)]
-    with pinned(core):
+               str(folder / gm.ONNX_ARTIFACT), str(opts.slo_factor), str(5 if opts.quick else 10), str(opts.seed),
+               opts.device]
+    with pinned(cores):
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
                               cwd=Path(__file__).resolve().parent.parent)
     if done.returncode != 0:
@@ -255,9 +283,9 @@ def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, core: int, opts: Opti
 
 def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) -> dict[str, Any]:
     model = gm.MODELS[key]
-    server_core, client_core = cores
+    server_cores, client_core = cores
     artifacts = gm.export(model)
-    cal = calibrate(model, artifacts, server_core, opts, tmp)
+    cal = calibrate(model, artifacts, server_cores, opts, tmp)
     repo = gm.write_repository(tmp / f"repo-{key}", model, artifacts, backend=opts.backend, slo_ms=cal["slo_ms"],
                                max_batch=cal["max_batch"], profile_ms=cal["latency_ms"])
     image = cal["image"]
@@ -266,15 +294,19 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
                          "parameters": {"letmesh_slo_ms": cal["slo_ms"]}})
     work = Workload(model, body, cal["expected"][opts.backend], cal["slo_ms"])
     limit = cal["compute_limit"][opts.backend]["rps"]
-    onnx_limit = cal["compute_limit"]["onnx"]["rps"]
+    onnx_limit = cal["compute_limit"].get("onnx", {}).get("rps", float("nan"))  # none on a GPU without ORT's CUDA provider
     servers: dict[str, Any] = {}
     for name in SERVERS:
         os.sched_setaffinity(0, {client_core})
         if name == "letmesh":
-            server: Server = MeshServer(repo, tmp / f"state-{key}", server_core, onnx_upgrade=opts.onnx_upgrade)
+            # On a GPU host the initial placement gives the lone variant the whole GPU; the agent's
+            # profiling of its CPU and GPU would run on the server's cores during the measurement.
+            quiet = {"LETMESH_CONTROLLER_AUTO_PROFILE": "false"} if opts.device == "cuda" else {}
+            server: Server = MeshServer(repo, tmp / f"state-{key}", server_cores, onnx_upgrade=opts.onnx_upgrade,
+                                        extra_env=quiet)
         else:
             artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
-            server = BaselineServer(artifact, opts.backend, model.variant, server_core)
+            server = BaselineServer(artifact, opts.backend, model.variant, server_cores, opts.device)
         try:
             servers[name] = measure_server(server, work, limit, opts, opts.seed * 1000)
         finally:
@@ -283,10 +315,10 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     # No server on this core passes the compute limit of the runtime it computes with: the limit of
     # the fastest runtime letmesh may serve on, over the baseline's max rate, is the highest ratio
     # a target can ask of letmesh here.
-    best_limit = max(limit, onnx_limit) if opts.onnx_upgrade else limit
+    best_limit = max(limit, onnx_limit) if opts.onnx_upgrade and math.isfinite(onnx_limit) else limit
     return {
         "model": model.summary, "variant": model.variant, "input_shape": list(model.shape),
-        "served_backend": opts.backend, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
+        "served_backend": opts.backend, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
         "latency_ms": cal["latency_ms"], "compute_limit": cal["compute_limit"], "max_batch": cal["max_batch"],
         "artifacts_max_abs_diff": artifacts.max_abs_diff, "low_rate": model.low_rate, "servers": servers,
         "vs_naive": mesh["max_rate"] / base["max_rate"] if base["max_rate"] > 0 else float("nan"),
@@ -300,7 +332,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
 # --- report ------------------------------------------------------------------------------------
 
 
-def environment(cores: tuple[int, int]) -> dict[str, Any]:
+def environment(cores: tuple[tuple[int, ...], int], device: str) -> dict[str, Any]:
     import aiohttp
     import onnxruntime
     import torch
@@ -308,7 +340,8 @@ def environment(cores: tuple[int, int]) -> dict[str, Any]:
 
     return {
         "cpu_model": procfs.cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-        "server_core": cores[0], "client_core": cores[1], "shared_core": cores[0] == cores[1],
+        "server_cores": list(cores[0]), "client_core": cores[1], "shared_core": cores[1] in cores[0],
+        "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "",
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "aiohttp": aiohttp.__version__, "pyzmq": zmq.__version__,
         "loadavg_at_start": list(os.getloadavg()),
@@ -323,10 +356,11 @@ def _n(value: Any) -> float:
 def render(report: dict[str, Any]) -> str:
     env, o = report["environment"], report["options"]
     lines = [
-        f"letmesh goodput on one core ({'quick' if o['quick'] else 'full'} run): Poisson arrivals, pass = "
+        f"letmesh goodput on {_where(env)} ({'quick' if o['quick'] else 'full'} run): Poisson arrivals, pass = "
         f">= {PASS_FRACTION:.0%} answered 200 within the SLO from the scheduled send time; "
         f"{o['step_requests']} requests per step, {o['sweeps']} sweep(s) per server",
-        f"machine: {env['cpu_model']}; server pinned to core {env['server_core']}, load generator to core "
+        f"machine: {env['cpu_model']}{'; ' + env['gpu'] if env['gpu'] else ''}; server pinned to "
+        f"core{'s' if len(env['server_cores']) > 1 else ''} {','.join(map(str, env['server_cores']))}, load generator to core "
         f"{env['client_core']}{' (SHARED: only one usable core)' if env['shared_core'] else ''}; load average "
         f"{env['loadavg_at_start'][0]:.2f} at start, {report['loadavg_at_end'][0]:.2f} at end",
         f"software: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
@@ -336,12 +370,13 @@ def render(report: dict[str, Any]) -> str:
     ]
     for key, m in report["models"].items():
         lim = m["compute_limit"]
+        onnx = (f"; ONNX {m['batch1_ms']['onnx']:.2f} ms" if "onnx" in lim else "; no ONNX Runtime on this device")
+        onnx_limit = f", ONNX {lim['onnx']['rps']:.0f} req/s (batch {lim['onnx']['batch']})" if "onnx" in lim else ""
         lines += [
             f"{key}: {m['model']}",
             f"  SLO {m['slo_ms']:g} ms (= {o['slo_factor']:g} x batch-1 {m['batch1_ms']['torchscript']:.2f} ms "
-            f"TorchScript; ONNX {m['batch1_ms']['onnx']:.2f} ms); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
-            f"req/s (batch {lim['torchscript']['batch']}), ONNX {lim['onnx']['rps']:.0f} req/s (batch "
-            f"{lim['onnx']['batch']}); letmesh max batch {m['max_batch']}",
+            f"TorchScript{onnx}); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
+            f"req/s (batch {lim['torchscript']['batch']}){onnx_limit}; letmesh max batch {m['max_batch']}",
             f"  {'server':<10}{'max req/s':>10}{'per sweep (<fail)':>20}{'p50 ms':>9}{'p99 ms':>9}{'of limit':>10}"
             f"{'CPU ms/req':>12}{'gen lag p99':>13}{'gen CPU':>9}  cores",
         ]
@@ -353,7 +388,7 @@ def render(report: dict[str, Any]) -> str:
                          f"{_n(of):>10.2f}{s['cpu_ms_per_req']:>12.2f}{_n(s['lag_p99_ms_at_max']):>11.2f}ms"
                          f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
         lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x (the compute limit allows at most "
-                     f"{_n(m.get('ceiling_vs_naive')):.2f}x on this core); letmesh of the ONNX limit "
+                     f"{_n(m.get('ceiling_vs_naive')):.2f}x on {_where(env)}); letmesh of the ONNX limit "
                      f"{_n(m['of_onnx_limit']):.2f}; CPU per request measured at {m['low_rate']:g} req/s")
         mesh, base = m["servers"]["letmesh"], m["servers"]["baseline"]
         lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
@@ -366,13 +401,19 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _where(env: dict[str, Any]) -> str:
+    cores = len(env["server_cores"])
+    where = "one core" if cores == 1 else f"{cores} cores"
+    return f"{where} and {env['gpu'] or 'a GPU'}" if env["device"] == "cuda" else where
+
+
 def result_line(result: dict[str, Any]) -> str:
     return "RESULT " + " ".join(f"{k}={_n(v):.4g}" for k, v in result.items())
 
 
 def measure(opts: Options) -> dict[str, Any]:
-    cores = pick_cores()
-    env = environment(cores)
+    cores = pick_cores(opts.server_cores)
+    env = environment(cores, opts.device)
     previous = os.sched_getaffinity(0)
     models: dict[str, Any] = {}
     try:

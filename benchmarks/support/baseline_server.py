@@ -1,9 +1,10 @@
 """The plain server letmesh is compared with: one aiohttp process, orjson, one request = one forward pass.
 
 ``python -m benchmarks.support.baseline_server --artifact PATH --backend torchscript|onnx --variant NAME
---port P`` serves ``POST /v2/models/NAME/infer`` (KServe V2 JSON in and out, the model's single
+--port P [--device cpu|cuda]`` serves ``POST /v2/models/NAME/infer`` (KServe V2 JSON in and out, the model's single
 FP32 input and output) and ``GET /v2/health/ready``. No batching, no queue, no deadline: the
-forward pass runs on the event loop with one intra-op thread. The caller pins the process.
+forward pass runs on the event loop with one intra-op thread (on a GPU, the loop's thread launches it
+and waits for its result). The caller pins the process.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("torchscript", "onnx"), default="torchscript")
     p.add_argument("--variant", required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    run = open_runtime(a.backend, a.artifact)
+    run = open_runtime(a.backend, a.artifact, a.device)
     web.run_app(make_app(run, a.variant), host="127.0.0.1", port=a.port, print=None, access_log=None)
     return 0
 

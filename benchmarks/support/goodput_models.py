@@ -136,8 +136,17 @@ def sample_images(model: ModelDef, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, *model.shape), dtype=np.float32)
 
 
-def open_runtime(backend: str, blob_or_path: bytes | Path):
-    """A callable numpy batch -> numpy logits on one thread, for calibration and the baseline server."""
+def runtimes(device: str) -> tuple[str, ...]:
+    """The runtimes that can compute on ``device``: ONNX Runtime on a GPU only with its CUDA provider."""
+    if device == "cpu":
+        return ("torchscript", "onnx")
+    import onnxruntime as ort
+
+    return ("torchscript", "onnx") if "CUDAExecutionProvider" in ort.get_available_providers() else ("torchscript",)
+
+
+def open_runtime(backend: str, blob_or_path: bytes | Path, device: str = "cpu"):
+    """A callable numpy batch -> numpy logits on one thread (and ``device``), for calibration and the baseline."""
     if backend == "onnx":
         import onnxruntime as ort
 
@@ -145,15 +154,17 @@ def open_runtime(backend: str, blob_or_path: bytes | Path):
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         source = blob_or_path if isinstance(blob_or_path, bytes) else str(blob_or_path)
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(source, options, providers=providers)
         return lambda x: session.run(None, {INPUT: x})[0]
+    target = torch.device(device)
     with quiet_jit():
         source = io.BytesIO(blob_or_path) if isinstance(blob_or_path, bytes) else str(blob_or_path)
-        module = torch.jit.load(source).eval()
+        module = torch.jit.load(source, map_location=target).eval()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x).to(target)).cpu().numpy()  # the copy back waits for the GPU
 
     return run
 
@@ -223,7 +234,7 @@ def write_repository(root: Path, model: ModelDef, artifacts: Artifacts, *, backe
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.support.goodput_models KEY TORCHSCRIPT ONNX SLO_FACTOR REPEATS SEED``: calibration.
+    """``python -m benchmarks.support.goodput_models KEY TORCHSCRIPT ONNX SLO_FACTOR REPEATS SEED DEVICE``: calibration.
 
     Run in its own process (pinned by the caller), with one torch thread: switching the thread count
     back and forth in a long-lived process left its later two-thread work many times slower.
@@ -231,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     import sys
 
-    key, ts_path, onnx_path, factor, repeats, seed = (argv or sys.argv[1:])
+    key, ts_path, onnx_path, factor, repeats, seed, device = (argv or sys.argv[1:])
     torch.set_num_threads(1)
     model = MODELS[key]
-    runs = {"torchscript": open_runtime("torchscript", Path(ts_path)), "onnx": open_runtime("onnx", Path(onnx_path))}
+    paths = {"torchscript": Path(ts_path), "onnx": Path(onnx_path)}
+    runs = {name: open_runtime(name, paths[name], device) for name in runtimes(device)}
     first = latency_table(runs, model, 0.0, repeats=int(repeats) * 2)
     latencies = latency_table(runs, model, float(factor) * first["torchscript"][1] / 2, repeats=int(repeats))
     for name, table in first.items():  # the lower batch-1 figure of the two passes: noise only adds time

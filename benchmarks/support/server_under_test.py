@@ -1,7 +1,7 @@
-"""Servers under test, pinned to one core: a whole letmesh mesh or the plain baseline, with their CPU use.
+"""Servers under test, pinned to their cores: a whole letmesh mesh or the plain baseline, with their CPU use.
 
 Every process of a server (a mesh's controller, gateway, agent and the workers the agent spawns
-later) inherits the core it was started on: the starting thread pins itself while it launches.
+later) inherits the cores it was started on: the starting thread pins itself while it launches.
 CPU time is read from /proc for the server's whole process tree. An entry point's helper: may
 import everything.
 """
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks.support import procfs
@@ -23,23 +24,24 @@ _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-def pick_cores() -> tuple[int, int]:
-    """(server core, load-generator core): the first two usable cores, or one shared when only one is."""
+def pick_cores(server_cores: int = 1) -> tuple[tuple[int, ...], int]:
+    """(server cores, load-generator core): the first ``server_cores`` usable cores and the next one;
+    the generator shares the server's first core when no other is left."""
     cores = sorted(os.sched_getaffinity(0))
-    return cores[0], cores[1] if len(cores) > 1 else cores[0]
+    server = tuple(cores[:max(1, server_cores)])
+    rest = cores[len(server):]
+    return server, rest[0] if rest else server[0]
 
 
 @contextlib.contextmanager
-def pinned(core: int):
-    """This thread (and every process it starts meanwhile) on ``core``; the previous set restored after."""
+def pinned(cores: int | Iterable[int]):
+    """This thread (and every process it starts meanwhile) on ``cores``; the previous set restored after."""
     previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})
+    os.sched_setaffinity(0, {cores} if isinstance(cores, int) else set(cores))
     try:
         yield
     finally:
         os.sched_setaffinity(0, previous)
-
-
 
 
 def _cpu_s(pid: int) -> float:
@@ -88,10 +90,12 @@ class Server:
 
 
 class MeshServer(Server):
-    def __init__(self, repo: Path, state: Path, core: int, *, onnx_upgrade: bool = False) -> None:
+    def __init__(self, repo: Path, state: Path, cores: tuple[int, ...], *, onnx_upgrade: bool = False,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.name = "letmesh"
-        self.mesh = LocalMesh(repository=repo, state_dir=state, max_cores=1, log_level="ERROR", onnx_upgrade=onnx_upgrade)
-        with pinned(core):  # every role, and every worker an agent spawns, inherits the one core
+        self.mesh = LocalMesh(repository=repo, state_dir=state, max_cores=len(cores), log_level="ERROR",
+                              onnx_upgrade=onnx_upgrade, extra_env=dict(extra_env or {}))
+        with pinned(cores):  # every role, and every worker an agent spawns, inherits the server's cores
             self.mesh.start(timeout_s=300)
         self.port = self.mesh.http_port
         self.roots = [proc.pid for proc in self.mesh.procs.values()]
@@ -106,12 +110,12 @@ class MeshServer(Server):
 
 
 class BaselineServer(Server):
-    def __init__(self, artifact: Path, backend: str, variant: str, core: int) -> None:
+    def __init__(self, artifact: Path, backend: str, variant: str, cores: tuple[int, ...], device: str = "cpu") -> None:
         self.name = "baseline"
         self.port = free_port()
         command = [sys.executable, "-m", "benchmarks.support.baseline_server", "--artifact", str(artifact),
-                   "--backend", backend, "--variant", variant, "--port", str(self.port)]
-        with pinned(core):
+                   "--backend", backend, "--variant", variant, "--port", str(self.port), "--device", device]
+        with pinned(cores):
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          cwd=_ROOT)
         self.roots = [self.proc.pid]
