@@ -9,6 +9,7 @@ beyond ``protocol`` and ``agents.error``.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ import torch
 
 from agents.error import ModelLoadError
 from protocol.types import BACKENDS, DATATYPES, VariantSpec
+
+log = logging.getLogger(__name__)
 
 Run = Callable[[list[np.ndarray]], Sequence[Any]]
 
@@ -34,6 +37,16 @@ _ONNX_TYPES = {
 def cpu_threads() -> int:
     """Intra-op threads for a CPU partition: one per core this process may run on."""
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def onnx_needs_host_cpu(device: str) -> bool:
+    """An ONNX model meant for ``device`` runs on the host CPU instead: a GPU, and an ONNX Runtime
+    without its CUDA provider (the default ``onnxruntime`` package; ``onnxruntime-gpu`` has it)."""
+    if not device.startswith("cuda"):
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
 def open_backend(spec: VariantSpec, path: Path, device: str = "cpu") -> Run:
@@ -108,13 +121,17 @@ def _open_onnx(spec: VariantSpec, path: Path, device: str) -> Run:
     options.log_severity_level = 3  # errors only; a load failure is raised, not logged
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = cpu_threads()
+    # On a GPU the process holds no cores of its own: one thread, whichever provider computes.
+    options.intra_op_num_threads = cpu_threads() if device == "cpu" else 1
     # Idle pool threads would spin on cores the planner counts as free between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ModelLoadError(f"variant {spec.name!r}: device {device} needs onnxruntime with the CUDA provider")
+    if onnx_needs_host_cpu(device):
+        # Setting the variant aside would take it off every host; its profile on this GPU, taken
+        # through this same path, tells the planner what it costs here.
+        log.warning("variant %s: this onnxruntime has no CUDA provider (install onnxruntime-gpu); it runs on "
+                    "the host CPU, one thread", spec.name)
+    elif device.startswith("cuda"):
         index = int(device.partition(":")[2] or 0)
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     try:

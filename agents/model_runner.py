@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.backend import cpu_threads, open_backend, output_arrays
+from agents.backend import cpu_threads, onnx_needs_host_cpu, open_backend, output_arrays
 from agents.onnx_upgrade import upgrade
 from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
@@ -36,6 +36,8 @@ class ModelRunner:
         self.backend = spec.backend
         self._device = device
         self._run = open_backend(spec, path, device)  # ModelLoadError names what is wrong
+        if spec.backend == "onnx" and onnx_needs_host_cpu(device):
+            self.runtime = f"{self.runtime} (on the host CPU: no CUDA provider in this onnxruntime)"
         self._curve = LatencyCurve([], [])
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -43,6 +43,21 @@ def images(digits_repo: Path) -> np.ndarray:
         return data["images"]
 
 
+def test_an_onnx_variant_on_a_gpu_without_the_cuda_provider_runs_on_the_host_and_says_so(digits_repo, images,
+                                                                                        monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])  # the default package
+    manifest = json.loads((digits_repo / "digits-mlp" / "manifest.json").read_text())
+    artifact = digits_repo / "digits-mlp" / manifest["artifacts"]["onnx"]["artifact"]
+    on_gpu = ModelRunner(spec_of(manifest, "onnx"), artifact, "cuda:0")  # no ModelLoadError: nothing set aside
+    on_cpu = ModelRunner(spec_of(manifest, "onnx"), artifact)
+
+    np.testing.assert_array_equal(on_gpu.run([images[:9]])[0], on_cpu.run([images[:9]])[0])
+    assert on_gpu.runtime == "onnx (on the host CPU: no CUDA provider in this onnxruntime)"
+    assert on_cpu.runtime == "onnx"
+
+
 @pytest.mark.parametrize("variant", DIGITS)
 def test_onnx_and_torchscript_artifacts_of_a_variant_give_the_same_probabilities(digits_repo, images, variant):
     torchscript = runner_for(digits_repo, variant, "torchscript")
