@@ -6,6 +6,7 @@ to :class:`StartupProgress`, which returns the lines that are new. Imports no so
 
 from __future__ import annotations
 
+from letmesh.status import device_text
 from protocol.message import StatusReply
 from protocol.types import WorkerState
 
@@ -53,7 +54,7 @@ class StartupProgress:
         for agent in status.agents:
             if agent.alive and agent.agent_id not in self._agents:
                 self._agents.add(agent.agent_id)
-                devices = ", ".join(f"{d.device_id} ({d.kind}, {d.cores} cores)" for d in agent.devices) or "no devices"
+                devices = ", ".join(device_text(d) for d in agent.devices) or "no devices"
                 lines.append(f"agent {agent.agent_id} registered: {devices}")
         return lines
 

@@ -13,6 +13,7 @@ from protocol.codec import decode, encode
 from protocol.error import ProtocolError
 from protocol.message import ErrorReply, GetStatus, StatusReply
 from protocol.schema import to_plain
+from protocol.types import DeviceInfo
 
 # The keyring of each mesh this process launched (controller address -> keys dir), so asking
 # a local mesh needs no flag; see ``operator_keys_dir``.
@@ -93,13 +94,22 @@ def status_json(status: StatusReply) -> dict:
     return doc
 
 
+def device_text(d: DeviceInfo, *, memory: bool = False) -> str:
+    """A device as status lines show it: its cores, or a GPU's multiprocessors and whether MPS splits it."""
+    if d.kind == "cuda":
+        size = f"{d.name}, {d.sm_count} SMs, " + ("MPS" if d.mps else "no MPS daemon: one partition")
+    else:
+        size = f"{d.cores} core{'s' if d.cores != 1 else ''}"
+    return f"{d.device_id} ({d.kind}, {size}" + (f", {d.memory_bytes / 2**30:.1f} GiB)" if memory else ")")
+
+
 def format_status(status: StatusReply) -> str:
     # A table's version counts up within the controller's epoch (the high 32 bits), so tables of a
     # restarted controller order after the last one's: shown as the count within this epoch.
     lines = [f"controller epoch {status.controller_epoch}, routing table v{status.routing_version & 0xFFFFFFFF}, "
              f"gateways: {', '.join(split_server_key(g)[0] for g in status.gateways) or 'none'}", "", "AGENTS"]
     for a in status.agents:
-        devices = ", ".join(f"{d.device_id} ({d.kind}, {d.cores} cores, {d.memory_bytes / 2**30:.1f} GiB)" for d in a.devices)
+        devices = ", ".join(device_text(d, memory=True) for d in a.devices)
         state = "alive" if a.alive else "LOST"
         if not a.alive and a.forget_in_s > 0:
             state += f" (silent {a.last_seen_s:.0f} s, forgotten in {a.forget_in_s:.0f} s)"

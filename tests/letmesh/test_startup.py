@@ -60,3 +60,16 @@ def test_a_held_port_is_named_with_its_holder_and_a_free_one_passes() -> None:
             assert str(info.value).startswith(f"port {port} (gateway HTTP, {host}) is already in use, held by pid {os.getpid()}")
     check_free("127.0.0.1", port, "gateway HTTP")  # released: free again (TIME_WAIT does not count)
     check_free("127.0.0.1", 0, "any free port")
+
+
+def test_a_gpu_is_shown_by_its_multiprocessors_and_whether_mps_splits_it() -> None:
+    from letmesh.status import device_text
+    from protocol.types import DeviceInfo
+
+    gpu = DeviceInfo(device_id="cuda0", kind="cuda", name="NVIDIA H200", cores=132, memory_bytes=150 << 30,
+                     sm_count=132, mps=True)
+    assert device_text(gpu) == "cuda0 (cuda, NVIDIA H200, 132 SMs, MPS)"
+    assert device_text(DeviceInfo(device_id="cuda1", kind="cuda", name="T4", cores=40, memory_bytes=16 << 30,
+                                  sm_count=40)) == "cuda1 (cuda, T4, 40 SMs, no MPS daemon: one partition)"
+    one = DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=1, memory_bytes=1 << 30)
+    assert device_text(one, memory=True) == "cpu0 (cpu, 1 core, 1.0 GiB)"
