@@ -124,10 +124,8 @@ class ControlPlane:
         reg.routing_table()  # version 1 of this epoch: every model, no worker yet
         reg.await_restored(now)  # gateways keep their table until the workers report
         # Request ids unique across controller restarts, so an agent never mistakes a new run for a re-send.
-        self.profiling = ProfilingRuns(next_id=self.epoch * 100_000 + 1)
-        # (variant, device kind) pairs with a stored profile: one new to a run re-plans when it ends.
-        self._profiled = {(s.variant, s.device_kind) for s in self.store.profiles()}
-        self._profiles_grew = False
+        self.profiling = ProfilingRuns(next_id=self.epoch * 100_000 + 1,
+                                       profiled={(s.variant, s.device_kind) for s in self.store.profiles()})
         self.learner = Learner(config.state_dir)
         self.layout = LayoutManager(
             LayoutPolicy(policy=config.planner, replan_period_s=config.replan_period_s,
@@ -308,10 +306,7 @@ class ControlPlane:
     def _on_profile_progress(self, agent_id: str, progress: ProfileProgress) -> None:
         if progress.samples or progress.colocations:
             self.store.save_profiles(progress.samples, progress.colocations, self._clock.time())
-            fresh = {(s.variant, s.device_kind) for s in progress.samples} - self._profiled
-            if fresh:
-                self._profiled |= fresh
-                self._profiles_grew = True
+            self.profiling.measured(progress.samples)
         self.profiling.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done,
                                 failed=bool(progress.error))
         if progress.error:
@@ -320,10 +315,9 @@ class ControlPlane:
             log.info("profiling on %s finished (%d measurements)", agent_id, progress.total)
         if progress.done:
             self._profiling_changed()
-            if self._profiles_grew:
+            if self.profiling.take_grew():
                 # A variant can now run on a device kind it had no profile for (a GPU profiled after
                 # the CPU, say): plan again rather than wait for demand to move.
-                self._profiles_grew = False
                 self.layout.force()
             if agent_id in self.registry.agents:  # its next device, if one waits
                 self._send_profile_commands(agent_id, self.profiling.next_commands(
@@ -346,9 +340,7 @@ class ControlPlane:
 
     def _profiling_changed(self) -> None:
         """Tell the layout which devices are being measured, so it does not plan around them."""
-        kinds = {(a.agent_id, d.device_id): d.kind for a in self.registry.agents.values() for d in a.devices}
-        self.layout.profiling = frozenset((agent, kinds[(agent, device)]) for agent, device in self.profiling.pending()
-                                          if (agent, device) in kinds)
+        self.layout.profiling = self.profiling.pending_kinds({a: r.devices for a, r in self.registry.agents.items()})
 
     def _chunk(self, sha: str, offset: int, length: int) -> ArtifactChunkReply | ErrorReply:
         variant = self._by_sha.get(sha)

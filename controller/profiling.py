@@ -8,7 +8,7 @@ whole GPU on one without (nothing would enforce a smaller share).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.repository import Variant
@@ -51,6 +51,8 @@ class ProfilingRuns:
     device_of: dict[tuple[str, int], str] = field(default_factory=dict)
     queued: dict[str, dict[str, bool]] = field(default_factory=dict)  # agent -> device -> everything
     failed: set[tuple[str, str]] = field(default_factory=set)  # (agent, device)
+    profiled: set[tuple[str, str]] = field(default_factory=set)  # (variant, device kind) with a stored profile
+    grew: bool = False  # a (variant, device kind) new to ``profiled`` came in since ``take_grew``
 
     def commands(
         self, agent_id: str, devices: Sequence[DeviceInfo], variants: Sequence[Variant], samples: Sequence[ProfileSample],
@@ -112,6 +114,23 @@ class ProfilingRuns:
         """(agent, device) of every run in flight or waiting its turn."""
         out = {(agent, device) for (agent, _), device in self.device_of.items()}
         return out | {(agent, device) for agent, queue in self.queued.items() for device in queue}
+
+    def pending_kinds(self, devices: Mapping[str, Sequence[DeviceInfo]]) -> frozenset[tuple[str, str]]:
+        """(agent, device kind) of every device being profiled or waiting its turn."""
+        kinds = {(agent, d.device_id): d.kind for agent, ds in devices.items() for d in ds}
+        return frozenset((agent, kinds[(agent, device)]) for agent, device in self.pending() if (agent, device) in kinds)
+
+    def measured(self, samples: Iterable[ProfileSample]) -> None:
+        """Samples stored: note whether any variant now has a profile on a device kind it had none for."""
+        fresh = {(s.variant, s.device_kind) for s in samples} - self.profiled
+        if fresh:
+            self.profiled |= fresh
+            self.grew = True
+
+    def take_grew(self) -> bool:
+        """Whether new (variant, device kind) profiles came in since the last call."""
+        grew, self.grew = self.grew, False
+        return grew
 
     def retry_failed(self, agent_id: str) -> None:
         """The agent's failed devices may be asked again (what made them fail was set aside)."""

@@ -79,3 +79,25 @@ def test_a_gpu_without_an_mps_daemon_is_profiled_whole() -> None:
     assert partition_menu(GPU) == (20, 40, 50, 60, 80, 100)
     assert partition_menu(DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132, memory_bytes=1,
                                      sm_count=132)) == (100,)
+
+
+def test_only_a_variant_new_to_a_device_kind_counts_as_grown(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    runs = ProfilingRuns(profiled={(v.name, "cpu") for v in variants})
+    runs.measured(_samples(variants, "cpu"))  # measured again: nothing a plan could newly use
+    assert runs.take_grew() is False
+    runs.measured(_samples(variants[:1], "cuda"))
+    assert runs.take_grew() is True
+    assert runs.take_grew() is False  # taken once
+
+
+def test_the_kinds_being_profiled_are_those_of_running_and_queued_devices(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    runs = ProfilingRuns()
+    devices = {"a1": (CPU, GPU), "a2": (CPU,)}
+    runs.commands("a1", devices["a1"], variants, ())
+    assert runs.pending_kinds(devices) == {("a1", "cpu"), ("a1", "cuda")}
+    runs.forget_agent("a1")
+    assert runs.pending_kinds(devices) == frozenset()
