@@ -2,8 +2,9 @@
 
 Body: ``{"event_id": "...", "reward": 0.8}`` with a reward in [0, 1], or a QoE form mapped onto
 it: ``{"event_id": "...", "rating": 4, "scale": 5}`` (reward = rating / scale; the scale is 5
-unless given) or ``{"event_id": "...", "satisfied": true}``; exactly one of the three forms. 202 when taken (also for a repeat, which is ignored),
-404 for an unknown or expired event, 400 for a malformed body.
+unless given) or ``{"event_id": "...", "satisfied": true}``; exactly one of the three forms, and no
+other key (a misspelt ``scale`` would otherwise leave the default in force, unseen). 202 when taken
+(also for a repeat, which is ignored), 404 for an unknown or expired event, 400 for a malformed body.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class BadFeedback(ValueError):
 
 
 _MAX_SCALE = 1e9
+KEYS = ("event_id", "reward", "rating", "scale", "satisfied")
 
 
 def _number(body: dict[str, Any], key: str, low: float, high: float) -> float:
@@ -42,6 +44,9 @@ def reward_of(body: Any) -> tuple[str, float]:
         raise BadFeedback("'event_id' must be a non-empty string")
     if len(event_id) > MAX_EVENT_ID_LEN:
         raise BadFeedback(f"'event_id' is longer than {MAX_EVENT_ID_LEN} characters")
+    if unknown := [key for key in body if key not in KEYS]:
+        shown = ", ".join(repr(k[:40]) for k in sorted(unknown)[:5])
+        raise BadFeedback(f"unknown key{'s' if len(unknown) > 1 else ''} {shown}; feedback takes {', '.join(KEYS)}")
     forms = [key for key in ("reward", "rating", "satisfied") if key in body]
     if len(forms) > 1:  # which one would count is a guess: say so rather than pick
         raise BadFeedback(f"give one of 'reward', 'rating' or 'satisfied', not {' and '.join(map(repr, forms))}")

@@ -34,6 +34,9 @@ def test_reward_forms(body, reward) -> None:
     ({"event_id": "e", "reward": 1, "satisfied": False}, "one of 'reward', 'rating' or 'satisfied'"),
     ({"event_id": "e", "rating": 4, "satisfied": True}, "not 'rating' and 'satisfied'"),
     ({"event_id": "e", "reward": 0.5, "scale": 10}, "'scale' goes with 'rating'"),
+    # A misspelt 'scale' would leave the default 5 in force: 4 of 10 taken as 0.8, unseen.
+    ({"event_id": "e", "rating": 4, "scael": 10}, "unknown key 'scael'; feedback takes event_id, reward"),
+    ({"event_id": "e", "reward": 1, "note": "ok", "x": 1}, "unknown keys 'note', 'x'"),
 ])
 def test_malformed_feedback_says_what_is_wrong(body, fragment) -> None:
     with pytest.raises(BadFeedback) as err:
