@@ -219,7 +219,7 @@ class ControlPlane:
                     # the full list anyway.
                     self._send(peer, GatewayListChanged(gateways=reg.gateway_endpoints()))
             case ProfileProgress() as progress if kind == "agent":
-                self._on_profile_progress(peer_id, progress)
+                self._on_profile_progress(peer_id, progress, now)
             case GetProfiles(rerun=rerun):
                 if rerun:
                     for agent_id in list(reg.agents):
@@ -259,6 +259,11 @@ class ControlPlane:
         self._tell_gateways()
         self._send(peer, RegisterAgentReply(agent_id=agent_id, heartbeat_interval_s=self.config.heartbeat_interval_s,
                                             controller_epoch=self.epoch))
+        if registration.joined is not Joined.NEW:
+            # The same agent process again: a run's last report may have been lost on the way
+            # (its run ended while it was cut off). Asked again, the agent ignores a request it is
+            # still running and runs one it finished again, so the run ends here either way.
+            self._send_profile_commands(agent_id, self.profiling.in_flight(agent_id))
         if registration.joined is Joined.REPEAT:
             return
         self.store.save_agent(agent_id, msg.hostname, self._clock.time())
@@ -269,6 +274,8 @@ class ControlPlane:
             self._send(peer, command)
         if self.config.auto_profile:
             self._profile_agent(agent_id)
+        else:  # an operator's re-run may have devices waiting their turn
+            self._next_profile(agent_id)
 
     def _on_register_gateway(self, peer: bytes, gateway_id: str, data_endpoint: str, now: float) -> None:
         reg = self.registry
@@ -303,7 +310,7 @@ class ControlPlane:
                 self.profiling.retry_failed(agent_id)
                 self._profile_agent(agent_id)
 
-    def _on_profile_progress(self, agent_id: str, progress: ProfileProgress) -> None:
+    def _on_profile_progress(self, agent_id: str, progress: ProfileProgress, now: float) -> None:
         if progress.samples or progress.colocations:
             self.store.save_profiles(progress.samples, progress.colocations, self._clock.time())
             self.profiling.measured(progress.samples)
@@ -319,11 +326,14 @@ class ControlPlane:
                 # A variant can now run on a device kind it had no profile for (a GPU profiled after
                 # the CPU, say): plan again rather than wait for demand to move.
                 self.layout.force()
-            if agent_id in self.registry.agents:  # its next device, if one waits
-                self._send_profile_commands(agent_id, self.profiling.next_commands(
-                    agent_id, self.registry.agents[agent_id].devices, list(self.registry.variants.values()),
-                    self.store.profiles(), colocation=self.config.profile_colocation,
-                    repeats=self.config.profile_repeats))
+            if self.registry.agent_alive(agent_id, now):  # its next device, if one waits (else on its return)
+                self._next_profile(agent_id)
+
+    def _next_profile(self, agent_id: str) -> None:
+        if agent_id in self.registry.agents:
+            self._send_profile_commands(agent_id, self.profiling.next_commands(
+                agent_id, self.registry.agents[agent_id].devices, list(self.registry.variants.values()),
+                self.store.profiles(), colocation=self.config.profile_colocation, repeats=self.config.profile_repeats))
 
     def _profile_agent(self, agent_id: str, *, everything: bool = False) -> None:
         agent = self.registry.agents[agent_id]
@@ -376,7 +386,9 @@ class ControlPlane:
         if lost:
             log.warning("peers lost: %s", ", ".join(f"{k} (silent {now - (reg.liveness.last_seen(k) or now):.1f} s)"
                                                      for k in lost))
-        self.membership.forget_lost(now)
+        for agent_id in self.membership.forget_lost(now):
+            self.profiling.forget_agent(agent_id)
+            self._profiling_changed()
         if forgotten := reg.forget_lost_gateways(now, self.config.lost_agent_forget_s):
             for gateway_id in forgotten:
                 self.store.delete_gateway(gateway_id)

@@ -41,6 +41,10 @@ NAMED_MIN_RPS = 0.1
 # costs missed deadlines.
 SCALED_FALL = 0.3
 
+# The longest a re-plan waits for a device's profiles: a run whose end never arrives (its agent
+# gone quiet mid-run, its report lost) must not hold the mesh's plan for good.
+PROFILE_WAIT_MAX_S = 180.0
+
 # States of a plan-of-record worker that a re-plan replaces when its agent is down.
 STRANDABLE = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.LOST})
 
@@ -81,7 +85,8 @@ class LayoutManager:
         self._named_at_plan: frozenset[str] = frozenset()  # variants clients named when it was made
         # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
         self.profiling: frozenset[tuple[str, str]] = frozenset()
-        self._waiting_for: frozenset[str] = frozenset()  # kinds a re-plan last waited for (logged once)
+        self._waiting_for: frozenset[str] = frozenset()  # kinds a held re-plan waits for
+        self._held_since: float | None = None
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -124,14 +129,17 @@ class LayoutManager:
                 return self._supersede(forecast, now, rising)
             return self._advance(now)
         forced, self._forced = self._forced, False
+        if self._waiting_for and not any(kind in self._waiting_for for _, kind in self.profiling):
+            forced = True  # the re-plan that waited for those profiles, now, whether they came or not
         # Missed deadlines, a rising target, or a fall in demand while accuracy is given up (it
         # may give the accuracy back, and users should not wait out the dwell for it): a drift
         # re-plan that is not held back by the dwell.
         urgent = ("misses" if self._failing() else "fall while scaled" if self._fell_while_scaled()
                   else "growth" if self.current is not None and self._grew(forecast) else "")
         drifted = self.current is None or (self.cadence.drift_allowed(now, bool(urgent)) and self._drifted(forecast))
-        reason = self.cadence.decide(now, forced=forced, stranded=self._capacity_changed or bool(self._stranded(now)),
-                                     rising=rising, drifted=drifted, failing=bool(urgent))
+        stranded = self._capacity_changed or bool(self._stranded(now))
+        reason = self.cadence.decide(now, forced=forced, stranded=stranded, rising=rising, drifted=drifted,
+                                     failing=bool(urgent))
         if reason in (Reason.NONE, Reason.WAIT):
             return []
         if reason is Reason.LOSS and (late := self._registry.overdue_agents(now)):
@@ -158,7 +166,9 @@ class LayoutManager:
             why = f"{why}: {urgent}"
         elif reason is Reason.RISE and named:
             why = f"{why}: named {', '.join(named)}, which no worker serves"
-        return self._replan(self._target(forecast, rising), now, reason=why)
+        # Work to re-place, requests missing deadlines or refused: plan now with what is measured.
+        may_wait = not (stranded or urgent or named)
+        return self._replan(self._target(forecast, rising), now, reason=why, may_wait=may_wait)
 
     def _target(self, forecast: dict[str, float], rising: bool) -> dict[str, float]:
         """The recent peak with headroom, or the forecast when demand rises faster than that (a
@@ -302,21 +312,26 @@ class LayoutManager:
             out[best.name] = max(out.get(best.name, 0.0), total)
         return out
 
-    def _replan(self, target: dict[str, float], now: float,
-                starting: set[str] | None = None, reason: str = "drift") -> list[tuple[str, object]]:
+    def _replan(self, target: dict[str, float], now: float, starting: set[str] | None = None,
+                reason: str = "drift", may_wait: bool = False) -> list[tuple[str, object]]:
         target = self._at_full_accuracy(target)
         reg = self._registry
         agents = reg.placeable(now)  # never a lost agent, nor one whose workers just fell silent
         samples = self._store.profiles()
-        if not reason.startswith("loss") and (awaited := self._awaited_kinds(agents, samples)):
+        if may_wait and (awaited := self._awaited_kinds(agents, samples)):
             # A device is being measured that some variant has no profile for (a GPU profiled
             # after its host's CPU, say): a plan now would move work off it, only to move it back
-            # once its profile is in (its end re-plans). The current placement serves meanwhile.
-            if awaited != self._waiting_for:
-                log.info("re-plan (%s) waits for the profiles of %s", reason, ", ".join(sorted(awaited)))
-            self._waiting_for = awaited
-            return []
-        self._waiting_for = frozenset()
+            # once its profile is in. The current placement serves meanwhile; the re-plan is made
+            # once those devices are no longer being profiled (see tick), or after the longest wait.
+            self._held_since = now if self._held_since is None else self._held_since
+            if now - self._held_since < PROFILE_WAIT_MAX_S:
+                if awaited != self._waiting_for:
+                    log.info("re-plan (%s) waits for the profiles of %s", reason, ", ".join(sorted(awaited)))
+                self._waiting_for = awaited
+                return []
+            log.warning("re-planning without the profiles of %s: not in after %.0f s", ", ".join(sorted(awaited)),
+                        now - self._held_since)
+        self._waiting_for, self._held_since = frozenset(), None
         slowdown = {}
         if self.live:  # only when workers reported and the feed is on: the table costs a pass over the profiles
             slowdown = self.live.factors(profile_table(samples), reg.variants,

@@ -49,6 +49,7 @@ class ProfilingRuns:
     next_id: int = 1
     running: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     device_of: dict[tuple[str, int], str] = field(default_factory=dict)
+    sent: dict[tuple[str, int], ProfileDevice] = field(default_factory=dict)
     queued: dict[str, dict[str, bool]] = field(default_factory=dict)  # agent -> device -> everything
     failed: set[tuple[str, str]] = field(default_factory=set)  # (agent, device)
     profiled: set[tuple[str, str]] = field(default_factory=set)  # (variant, device kind) with a stored profile
@@ -61,11 +62,13 @@ class ProfilingRuns:
         """A ProfileDevice command for the first of the agent's devices that lack profiles (all of
         them if ``everything``), unless the agent is profiling already; the others wait their turn."""
         queue = self.queued.setdefault(agent_id, {})
+        measuring = {device for (agent, _), device in self.device_of.items() if agent == agent_id}
         for device in devices:
             if everything:
                 self.failed.discard((agent_id, device.device_id))
                 queue[device.device_id] = True
-            elif (agent_id, device.device_id) not in self.failed and unprofiled(variants, device.kind, samples):
+            elif ((agent_id, device.device_id) not in self.failed and device.device_id not in measuring
+                  and unprofiled(variants, device.kind, samples)):
                 queue.setdefault(device.device_id, False)
         return self.next_commands(agent_id, devices, variants, samples, colocation=colocation, repeats=repeats)
 
@@ -81,6 +84,8 @@ class ProfilingRuns:
             if device.device_id not in queue:
                 continue
             everything = queue.pop(device.device_id)
+            if not everything and (agent_id, device.device_id) in self.failed:
+                continue  # it failed since it was queued
             todo = sorted(variants, key=lambda v: v.name) if everything else unprofiled(variants, device.kind, samples)
             if not todo:
                 continue
@@ -89,7 +94,7 @@ class ProfilingRuns:
             self.next_id += 1
             self.running[(agent_id, request_id)] = (0, 0)
             self.device_of[(agent_id, request_id)] = device.device_id
-            return [ProfileDevice(
+            command = self.sent[(agent_id, request_id)] = ProfileDevice(
                 request_id=request_id,
                 device_id=device.device_id,
                 variants=tuple(v.spec() for v in todo),
@@ -97,18 +102,24 @@ class ProfilingRuns:
                 batches=tuple(batches),
                 colocation=colocation,
                 repeats=repeats,
-            )]
+            )
+            return [command]
         return []
 
     def progress(self, agent_id: str, request_id: int, completed: int, total: int, done: bool,
                  failed: bool = False) -> None:
         if done:
             self.running.pop((agent_id, request_id), None)
+            self.sent.pop((agent_id, request_id), None)
             device = self.device_of.pop((agent_id, request_id), None)
             if failed and device is not None:
                 self.failed.add((agent_id, device))
         elif (agent_id, request_id) in self.running:
             self.running[(agent_id, request_id)] = (completed, total)
+
+    def in_flight(self, agent_id: str) -> list[ProfileDevice]:
+        """The commands of the agent's runs not reported done."""
+        return [cmd for (agent, _), cmd in sorted(self.sent.items()) if agent == agent_id]
 
     def pending(self) -> set[tuple[str, str]]:
         """(agent, device) of every run in flight or waiting its turn."""
@@ -140,6 +151,7 @@ class ProfilingRuns:
         for key in [k for k in self.running if k[0] == agent_id]:
             del self.running[key]
             self.device_of.pop(key, None)
+            self.sent.pop(key, None)
         self.queued.pop(agent_id, None)
         self.retry_failed(agent_id)
 

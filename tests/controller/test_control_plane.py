@@ -52,9 +52,14 @@ def test_an_agent_registering_is_answered_then_given_its_workers_and_profiling(
     placed = {spec.name for s in starts for spec in s.variants}
     assert placed <= set(plane.registry.variants) and placed
     assert ProfileDevice in kinds and kinds.index(ProfileDevice) > kinds.index(StartWorker)
-    # The same registration again (one start, re-sent) changes nothing and commands nothing.
+    (profile,) = [msg for _, msg in sent if isinstance(msg, ProfileDevice)]
+    # The same registration again (one start, re-sent) starts nothing; the profiling run in flight
+    # is asked for again under its own request id, which an agent still running it ignores (its
+    # last report may have been lost while the agent was cut off).
     plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7, instance="i"))
-    assert [type(msg) for _, msg in drain(plane)] == [RegisterAgentReply]
+    again = [msg for _, msg in drain(plane)]
+    assert [type(msg) for msg in again] == [RegisterAgentReply, ProfileDevice]
+    assert again[1] == profile
 
 
 def test_a_heartbeat_from_a_stranger_is_told_to_register(plane: ControlPlane) -> None:

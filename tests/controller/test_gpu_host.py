@@ -53,6 +53,7 @@ async def test_the_gpu_is_profiled_after_the_cpu_and_no_plan_is_made_without_it(
     await agent.expect(RegisterAgentReply)
     first = await agent.expect(ProfileDevice)
     assert first.device_id == "cpu0"
+    await agent.sync()  # every reply to the registration is in hand
     assert not [p for p in agent.pending if isinstance(p, ProfileDevice)]  # one run at a time per agent
     await report(agent, first, "a1", "cpu", 5.0)
 
@@ -89,3 +90,17 @@ async def test_a_gpu_host_joining_a_planned_mesh_takes_work_once_its_gpu_is_prof
     # Demand has not moved; the GPU's profile alone re-plans, and the new plan uses the GPU.
     status = await replanned(gpu_host, 2)
     assert ("cuda0", 100) in planned_on(status, "a2.g")
+
+
+async def test_a_plan_held_for_a_gpu_whose_profiling_fails_is_made_without_it(start_controller, peer) -> None:
+    controller = await start_controller(heartbeat_interval_s=0.05, missed_heartbeats=200, worker_start_timeout_s=0.2)
+    agent = peer(controller.address, b"agent:a1")
+    await agent.send(RegisterAgent(agent_id="a1", hostname="gpu-host", devices=(CPU, GPU), pid=1))
+    await agent.expect(RegisterAgentReply)
+    await report(agent, await agent.expect(ProfileDevice), "a1", "cpu", 5.0)
+    command = await agent.expect(ProfileDevice, lambda p: p.device_id == "cuda0")
+    await agent.send(ProfileProgress(request_id=command.request_id, agent_id="a1", device_kind="cuda", completed=0,
+                                     total=1, done=True, error="CUDA error: out of memory"))
+    # No GPU profile will come: the plan that waited for one is made with the CPU alone.
+    status = await replanned(agent, 1)
+    assert {device for device, _ in planned_on(status, "a1.g")} == {"cpu0"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from controller.demand import DemandTracker
-from controller.layout_manager import LayoutManager
+from controller.layout_manager import PROFILE_WAIT_MAX_S, LayoutManager
 from controller.layout_policy import LayoutPolicy
 from controller.placement import PlannedWorker
 from controller.registry import Registry
@@ -575,3 +575,35 @@ def test_a_variant_clients_name_that_the_plan_leaves_out_is_placed_at_once_even_
         m.tick(now)
     assert m.replans == replans + 1
     store.close()
+
+
+def _gpu_host_being_profiled(m, registry) -> None:
+    gpu = DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132, memory_bytes=80 << 30, sm_count=132)
+    registry.agent_registered("a1", "gpu-host", (gpu,), now=0.0)
+    m.profiling = frozenset({("a1", "cuda")})  # its GPU is being measured; no variant has a cuda profile yet
+
+
+def test_a_plan_waits_while_a_gpu_is_profiled_and_is_made_once_its_run_ends_even_a_failed_one(manager) -> None:
+    m, demand, registry = manager
+    _gpu_host_being_profiled(m, registry)
+    now = report(demand, [50] * 5, 0.0)
+    for _ in range(5):
+        now += 1.0
+        m.tick(now)
+    assert m.current is None and m.replans == 0  # the first placement serves meanwhile
+    m.profiling = frozenset()  # the GPU's run ended without a profile (it failed)
+    m.tick(now + 1.0)
+    assert m.current is not None and m.replans == 1  # the plan that waited, with what is measured
+
+
+def test_a_plan_waits_for_a_devices_profiles_at_most_the_longest_wait(manager) -> None:
+    m, demand, registry = manager
+    _gpu_host_being_profiled(m, registry)
+    now = report(demand, [50] * 5, 0.0)
+    m.tick(now)
+    assert m.current is None
+    m.tick(now + PROFILE_WAIT_MAX_S - 1.0)
+    assert m.current is None
+    # Its run's end never came (an agent gone quiet): the next attempt (a re-plan period on) plans anyway.
+    m.tick(now + PROFILE_WAIT_MAX_S + m.settings.replan_period_s)
+    assert m.current is not None

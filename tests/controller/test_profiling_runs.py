@@ -101,3 +101,15 @@ def test_the_kinds_being_profiled_are_those_of_running_and_queued_devices(tmp_pa
     assert runs.pending_kinds(devices) == {("a1", "cpu"), ("a1", "cuda")}
     runs.forget_agent("a1")
     assert runs.pending_kinds(devices) == frozenset()
+
+
+def test_a_device_asked_for_while_it_is_measured_is_not_run_again_after_failing(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    runs = ProfilingRuns()
+    (first,) = runs.commands("local", (GPU,), variants, ())
+    assert runs.commands("local", (GPU,), variants, ()) == []  # a registration again, say, mid-run
+    assert runs.in_flight("local") == [first]  # what is asked again of an agent that comes back
+    runs.progress("local", first.request_id, 0, 4, done=True, failed=True)
+    assert runs.next_commands("local", (GPU,), variants, ()) == []
+    assert runs.in_flight("local") == []
