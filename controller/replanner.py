@@ -206,13 +206,14 @@ def cohost(
 
 
 def scaling_slots(agents: Mapping[str, Sequence[DeviceInfo]]) -> tuple[list[Slot], dict[tuple[str, str], int]]:
-    """Each device offered as alternatives: one-core (or half-GPU) gpu-lets, or the whole device."""
+    """Each device offered as alternatives: one-core (or half-GPU) gpu-lets, or the whole device
+    (a GPU without an MPS daemon only whole: nothing would hold a half to its share)."""
     slots, capacity = [], {}
     for agent_id in sorted(agents):
         for d in agents[agent_id]:
             total = 100 if d.kind == "cuda" else d.cores
             capacity[(agent_id, d.device_id)] = total
-            small = 50 if d.kind == "cuda" else 1
+            small = (50 if d.mps else 100) if d.kind == "cuda" else 1
             sizes = [small] * (total // small) + ([total] if total != small else [])
             for i, size in enumerate(sizes):
                 slots.append(Slot(slot_id=f"{agent_id}/{d.device_id}/{i}", device_id=d.device_id, kind=d.kind,

@@ -104,3 +104,13 @@ async def test_a_plan_held_for_a_gpu_whose_profiling_fails_is_made_without_it(st
     # No GPU profile will come: the plan that waited for one is made with the CPU alone.
     status = await replanned(agent, 1)
     assert {device for device, _ in planned_on(status, "a1.g")} == {"cpu0"}
+
+
+def test_a_gpu_without_mps_is_offered_whole_to_accuracy_scaling_and_to_the_planner() -> None:
+    from controller.replanner import scaling_slots
+
+    with_mps = DeviceInfo(device_id="cuda0", kind="cuda", name="g", cores=132, memory_bytes=1, sm_count=132, mps=True)
+    slots, capacity = scaling_slots({"a1": (with_mps,), "a2": (GPU,)})
+    sizes = {agent: sorted(s.size for s in slots if s.agent_id == agent) for agent in ("a1", "a2")}
+    assert sizes == {"a1": [50, 50, 100], "a2": [100]}  # two halves nothing would hold to 50 % are not offered
+    assert capacity == {("a1", "cuda0"): 100, ("a2", "cuda0"): 100}
