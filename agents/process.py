@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 from protocol.codec import encode
 from protocol.message import StartWorker
@@ -42,13 +43,22 @@ def torch_device(partition: Partition) -> str:
     return "cuda:0" if partition.kind == "cuda" else "cpu"
 
 
+def visible_device(device_id: str, env: Mapping[str, str]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a process on ``device_id`` (``cudaN``: torch's N-th GPU as the
+    agent sees them). An agent that was itself given a subset (``CUDA_VISIBLE_DEVICES=2,3``) counts
+    within it, so its N-th entry is the GPU meant."""
+    index = device_id.removeprefix("cuda")
+    listed = [g.strip() for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[int(index)] if index.isdigit() and int(index) < len(listed) else index
+
+
 def worker_environment(cmd: StartWorker, usable_cores: list[int], extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     env[SPEC_ENV] = base64.b64encode(bytes(encode(cmd)[0])).decode()
     part = cmd.partition
     if part.kind == "cuda":
-        env["CUDA_VISIBLE_DEVICES"] = part.device_id.removeprefix("cuda")
+        env["CUDA_VISIBLE_DEVICES"] = visible_device(part.device_id, os.environ)
         env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(part.mps_percent)
         threads = 1
     else:

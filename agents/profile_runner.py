@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.error import AgentError
-from agents.process import CORES_ENV, die_with_parent, stop_process
+from agents.process import CORES_ENV, die_with_parent, stop_process, visible_device
 from agents.profiler import (
     SPEC_ENV,
     Measurement,
@@ -92,7 +92,7 @@ def profiler_environment(
     env = dict(os.environ)
     env[SPEC_ENV] = spec.to_json()
     if kind == "cuda":
-        env["CUDA_VISIBLE_DEVICES"] = device_id.removeprefix("cuda")
+        env["CUDA_VISIBLE_DEVICES"] = visible_device(device_id, os.environ)
         env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(partition)
         env.pop(CORES_ENV, None)
         threads = 1

@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from agents.process import CORES_ENV, SPEC_ENV, spawn_worker, stop_process, torch_device, worker_environment
+from agents.process import CORES_ENV, SPEC_ENV, spawn_worker, stop_process, torch_device, visible_device, worker_environment
 from mesh.peer_routes import name_of
 from protocol.codec import decode
 from protocol.message import FetchArtifact, StartWorker
@@ -68,6 +68,13 @@ def test_cuda_partition_sets_device_and_mps_share() -> None:
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     assert env.get(CORES_ENV) == os.environ.get(CORES_ENV)
+
+
+def test_an_agent_given_a_subset_of_gpus_counts_within_it() -> None:
+    assert visible_device("cuda1", {}) == "1"
+    assert visible_device("cuda1", {"CUDA_VISIBLE_DEVICES": "2,3"}) == "3"  # torch's second GPU is the host's 3
+    assert visible_device("cuda0", {"CUDA_VISIBLE_DEVICES": "GPU-5f1c, GPU-9a2e"}) == "GPU-5f1c"
+    assert visible_device("cuda2", {"CUDA_VISIBLE_DEVICES": "0"}) == "2"  # not in the list: as numbered
 
 
 def test_a_worker_computes_on_its_partitions_device() -> None:
