@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
+import stat
 
 from protocol.types import DeviceInfo
 
@@ -65,13 +67,23 @@ def nvidia_driver_present() -> bool:
 
 def mps_daemon_running() -> bool:
     """An MPS control daemon listens in the pipe directory this process's CUDA clients would use:
-    only then does a worker's ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` hold it to its share. (The
-    folder alone proves nothing: a daemon that stopped leaves it behind.)"""
-    folder = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    only then does a worker's ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` hold it to its share. The folder
+    alone proves nothing (a daemon that stopped leaves it behind): its ``control`` entry must be
+    there, and where it is a socket, accept a connection."""
+    control = os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"), "control")
     try:
-        return any(name.startswith("control") for name in os.listdir(folder))
+        mode = os.stat(control).st_mode
     except OSError:
         return False
+    if not stat.S_ISSOCK(mode):
+        return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(control)
+        except OSError:
+            return False
+    return True
 
 
 def _cuda_devices() -> list[DeviceInfo]:
