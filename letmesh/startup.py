@@ -6,9 +6,17 @@ to :class:`StartupProgress`, which returns the lines that are new. Imports no so
 
 from __future__ import annotations
 
-from letmesh.status import device_text
 from protocol.message import StatusReply
-from protocol.types import WorkerState
+from protocol.types import DeviceInfo, WorkerState
+
+
+def device_text(d: DeviceInfo, *, memory: bool = False) -> str:
+    """A device as status lines show it: its cores, or a GPU's multiprocessors and whether MPS splits it."""
+    if d.kind == "cuda":
+        size = f"{d.name}, {d.sm_count} SMs, " + ("MPS" if d.mps else "no MPS daemon: one partition")
+    else:
+        size = f"{d.cores} core{'s' if d.cores != 1 else ''}"
+    return f"{d.device_id} ({d.kind}, {size}" + (f", {d.memory_bytes / 2**30:.1f} GiB)" if memory else ")")
 
 
 class StartupProgress:

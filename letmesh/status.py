@@ -8,12 +8,12 @@ from pathlib import Path
 
 import zmq
 
+from letmesh.startup import device_text
 from mesh.keys import KeysError, operator_keys, split_server_key
 from protocol.codec import decode, encode
 from protocol.error import ProtocolError
 from protocol.message import ErrorReply, GetStatus, StatusReply
 from protocol.schema import to_plain
-from protocol.types import DeviceInfo
 
 # The keyring of each mesh this process launched (controller address -> keys dir), so asking
 # a local mesh needs no flag; see ``operator_keys_dir``.
@@ -92,15 +92,6 @@ def status_json(status: StatusReply) -> dict:
     doc = to_plain(status)
     doc["gateways"] = [split_server_key(g)[0] for g in status.gateways]
     return doc
-
-
-def device_text(d: DeviceInfo, *, memory: bool = False) -> str:
-    """A device as status lines show it: its cores, or a GPU's multiprocessors and whether MPS splits it."""
-    if d.kind == "cuda":
-        size = f"{d.name}, {d.sm_count} SMs, " + ("MPS" if d.mps else "no MPS daemon: one partition")
-    else:
-        size = f"{d.cores} core{'s' if d.cores != 1 else ''}"
-    return f"{d.device_id} ({d.kind}, {size}" + (f", {d.memory_bytes / 2**30:.1f} GiB)" if memory else ")")
 
 
 def format_status(status: StatusReply) -> str:

@@ -63,7 +63,7 @@ def test_a_held_port_is_named_with_its_holder_and_a_free_one_passes() -> None:
 
 
 def test_a_gpu_is_shown_by_its_multiprocessors_and_whether_mps_splits_it() -> None:
-    from letmesh.status import device_text
+    from letmesh.startup import device_text
     from protocol.types import DeviceInfo
 
     gpu = DeviceInfo(device_id="cuda0", kind="cuda", name="NVIDIA H200", cores=132, memory_bytes=150 << 30,
