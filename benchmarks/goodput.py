@@ -122,6 +122,8 @@ def parse_options(argv: list[str] | None) -> Options:
 
         if not torch.cuda.is_available():
             p.error("--device cuda: torch sees no CUDA device on this host")
+        if a.backend == "onnx" and "onnx" not in gm.runtimes("cuda"):
+            p.error("--backend onnx --device cuda needs ONNX Runtime's CUDA provider (the onnxruntime-gpu package)")
     if a.bisect is not None and a.bisect < 0:
         p.error("--bisect must be 0 or more")
     if a.idle_s is not None and a.idle_s <= 0:
