@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from agents.error import ModelLoadError
+from agents.probe import onnx_needs_host_cpu
 from protocol.types import BACKENDS, DATATYPES, VariantSpec
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,6 @@ _ONNX_TYPES = {
 def cpu_threads() -> int:
     """Intra-op threads for a CPU partition: one per core this process may run on."""
     return max(1, len(os.sched_getaffinity(0)))
-
-
-def onnx_needs_host_cpu(device: str) -> bool:
-    """An ONNX model meant for ``device`` runs on the host CPU instead: a GPU, and an ONNX Runtime
-    without its CUDA provider (the default ``onnxruntime`` package; ``onnxruntime-gpu`` has it)."""
-    if not device.startswith("cuda"):
-        return False
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
 def open_backend(spec: VariantSpec, path: Path, device: str = "cpu") -> Run:

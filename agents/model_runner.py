@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.backend import cpu_threads, onnx_needs_host_cpu, open_backend, output_arrays
+from agents.backend import cpu_threads, open_backend, output_arrays
 from agents.onnx_upgrade import upgrade
+from agents.probe import onnx_needs_host_cpu
 from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
 

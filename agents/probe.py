@@ -86,6 +86,16 @@ def mps_daemon_running() -> bool:
     return True
 
 
+def onnx_needs_host_cpu(device: str) -> bool:
+    """An ONNX model meant for ``device`` runs on the host CPU instead: a GPU, and an ONNX Runtime
+    without its CUDA provider (the default ``onnxruntime`` package; ``onnxruntime-gpu`` has it)."""
+    if not device.startswith("cuda"):
+        return False
+    import onnxruntime as ort  # only asked on a GPU host
+
+    return "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
 def _cuda_devices() -> list[DeviceInfo]:
     if not nvidia_driver_present():
         return []

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.error import AgentError
+from agents.probe import onnx_needs_host_cpu
 from agents.process import CORES_ENV, die_with_parent, stop_process, visible_device
 from agents.profiler import (
     SPEC_ENV,
@@ -272,7 +273,15 @@ class ProfileRunner:
             self._kind = device.kind
             capacity = device_capacity(device)
             menu = partition_menu(device, cmd.partitions)
-            plan = measurement_plan(cmd.variants, menu, cmd.batches, cmd.colocation, capacity,
+            variants = cmd.variants
+            if device.kind == "cuda" and onnx_needs_host_cpu("cuda"):
+                # They would run on the host CPU here, on cores nothing counts: with no profile on
+                # this GPU, the planner places them on a CPU.
+                variants = tuple(v for v in cmd.variants if v.backend != "onnx")
+                if skipped := sorted(v.name for v in cmd.variants if v.backend == "onnx"):
+                    log.warning("not profiling %s on %s: this onnxruntime has no CUDA provider (install "
+                                "onnxruntime-gpu)", ", ".join(skipped), cmd.device_id)
+            plan = measurement_plan(variants, menu, cmd.batches, cmd.colocation, capacity,
                                     max_pairs=self.limits.max_pairs)
             self._total = len(plan)
             log.info("profiling %s: %d measurements over partitions %s", cmd.device_id, len(plan), list(menu))

@@ -478,3 +478,24 @@ async def test_agent_profiles_on_command_and_its_stop_ends_a_run(ctx, repo, vari
     assert agent.failure is None
     assert not children()  # stopping the agent ended the run and its process
     assert leftovers(tmp_path / "agent") == []
+
+
+async def test_onnx_variants_are_not_profiled_on_a_gpu_whose_onnxruntime_cannot_use_it(
+    controller, variants, tmp_path, no_children, monkeypatch
+) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])  # the default package
+    gpu = DeviceInfo(device_id="cuda0", kind="cuda", name="test gpu", cores=132, memory_bytes=1 << 34, sm_count=132)
+    onnx_only = tuple(dataclasses.replace(v, backend="onnx") for v in variants)
+    cmd = ProfileDevice(request_id=9, device_id="cuda0", variants=onnx_only, partitions=(100,), batches=(1,),
+                        repeats=3, colocation=False)
+    progress: list[ProfileProgress] = []
+    run = ProfileRunner(cmd, agent_id="a1", devices=(gpu,), cores=CORES, controller=controller.address,
+                        state_dir=tmp_path / "agent", emit=progress.append)
+
+    result = await asyncio.wait_for(run.run(), RUN_S)
+
+    # Measured there they would time the host CPU as the GPU: nothing is, and no process started.
+    assert result.error == "" and result.samples == () and result.colocations == ()
+    assert progress[-1].done and progress[-1].total == 0
