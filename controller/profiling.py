@@ -1,6 +1,7 @@
 """Which profiling runs the controller asks of agents, and how far they are. Pure.
 
-A device needs profiling when some variant has no stored profile for its device kind. The
+A device needs profiling when some variant has no stored profile for its device kind at some
+partition size of its menu. The
 partition menu is the device kind's: core counts on a CPU (1, 2, 4, ... up to its cores), MPS
 percentages {20, 40, 50, 60, 80, 100} on a CUDA GPU whose host runs an MPS control daemon, the
 whole GPU on one without (nothing would enforce a smaller share).
@@ -30,9 +31,13 @@ def partition_menu(device: DeviceInfo) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def unprofiled(variants: Iterable[Variant], device_kind: str, samples: Iterable[ProfileSample]) -> list[Variant]:
-    have = {s.variant for s in samples if s.device_kind == device_kind}
-    return sorted((v for v in variants if v.name not in have), key=lambda v: v.name)
+def unprofiled(variants: Iterable[Variant], device: DeviceInfo, samples: Iterable[ProfileSample]) -> list[Variant]:
+    """Variants without a stored profile at some partition size of ``device``'s menu (profiles are
+    kept per device kind: a GPU with an MPS daemon after one without, or a CPU with more cores than
+    the last, still has sizes to measure)."""
+    have = {(s.variant, s.partition) for s in samples if s.device_kind == device.kind}
+    menu = partition_menu(device)
+    return sorted((v for v in variants if any((v.name, p) not in have for p in menu)), key=lambda v: v.name)
 
 
 @dataclass(slots=True)
@@ -68,7 +73,7 @@ class ProfilingRuns:
                 self.failed.discard((agent_id, device.device_id))
                 queue[device.device_id] = True
             elif ((agent_id, device.device_id) not in self.failed and device.device_id not in measuring
-                  and unprofiled(variants, device.kind, samples)):
+                  and unprofiled(variants, device, samples)):
                 queue.setdefault(device.device_id, False)
         return self.next_commands(agent_id, devices, variants, samples, colocation=colocation, repeats=repeats)
 
@@ -86,7 +91,7 @@ class ProfilingRuns:
             everything = queue.pop(device.device_id)
             if not everything and (agent_id, device.device_id) in self.failed:
                 continue  # it failed since it was queued
-            todo = sorted(variants, key=lambda v: v.name) if everything else unprofiled(variants, device.kind, samples)
+            todo = sorted(variants, key=lambda v: v.name) if everything else unprofiled(variants, device, samples)
             if not todo:
                 continue
             batches = sorted({b for v in todo for b in warmup_batches(v.max_batch)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.profiling import ProfilingRuns, partition_menu
+from controller.profiling import ProfilingRuns, partition_menu, unprofiled
 from controller.repository import scan_repository
 from letmesh.zoo import build_trivial
 from protocol.types import DeviceInfo, ProfileSample
@@ -113,3 +113,16 @@ def test_a_device_asked_for_while_it_is_measured_is_not_run_again_after_failing(
     runs.progress("local", first.request_id, 0, 4, done=True, failed=True)
     assert runs.next_commands("local", (GPU,), variants, ()) == []
     assert runs.in_flight("local") == []
+
+
+def test_a_gpu_with_mps_is_profiled_though_one_without_was_measured_whole(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    variants = list(scan_repository(tmp_path).variants.values())
+    whole = DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132, memory_bytes=1, sm_count=132)
+    measured_whole = tuple(ProfileSample(variant=v.name, device_kind="cuda", partition=100, batch=1, p50_ms=1.0,
+                                         p99_ms=1.1, runs=3) for v in variants)
+    assert unprofiled(variants, whole, measured_whole) == []
+    # Planned from the whole GPU's figures alone, its shares would be guesses (100 % scaled down).
+    assert unprofiled(variants, GPU, measured_whole) == sorted(variants, key=lambda v: v.name)
+    (command,) = ProfilingRuns().commands("a2", (GPU,), variants, measured_whole)
+    assert command.partitions == (20, 40, 50, 60, 80, 100)
