@@ -12,7 +12,8 @@ Stages, each bounded in time; one that fails is recorded with its error and the 
 4. ``partitions``: the goodput benchmark's medium model loaded by the worker's own ``ModelRunner`` on
    the GPU, in a fresh process per MPS active-thread percentage (100, 50, 25): its warm-up latency per
    batch size, then batches/s of the largest batch run back to back; then two processes at 50 % at
-   once, each against its solo figure (how far one gpu-let slows its neighbour).
+   once, their timed runs started together, each against its solo figure (how far one gpu-let slows
+   its neighbour).
 5. ``mesh``: a whole mesh as ``letmesh up`` starts it on this host, one variant: where its first
    worker runs, the agent profiling the CPU then the GPU, the plan once both are in, and requests
    answered before and after.
@@ -161,8 +162,11 @@ def write_model(folder: Path) -> tuple[Path, int]:
     return path, len(blob)
 
 
-def partition_probe(artifact: Path, run_s: float, device: str, batch: int) -> dict[str, Any]:
-    """In this process (its MPS percentage set by the caller): the worker's ModelRunner on ``device``."""
+def partition_probe(artifact: Path, run_s: float, device: str, batch: int, barrier: Path | None = None,
+                    peers: int = 1) -> dict[str, Any]:
+    """In this process (its MPS percentage set by the caller): the worker's ModelRunner on ``device``.
+    With a ``barrier`` folder, the timed runs start once ``peers`` probes (this one included) are
+    warm, so probes side by side time the same stretch."""
     import hashlib
 
     import torch
@@ -181,6 +185,11 @@ def partition_probe(artifact: Path, run_s: float, device: str, batch: int) -> di
     runner = ModelRunner(spec, artifact, device)
     latency = runner.warm_up()
     sample = runner.example_inputs(batch)
+    if barrier is not None:
+        (barrier / f"{os.getpid()}.ready").touch()
+        waited = time.monotonic() + 120.0
+        while len(list(barrier.glob("*.ready"))) < peers and time.monotonic() < waited:
+            time.sleep(0.005)
     times = []
     end = time.monotonic() + run_s
     while time.monotonic() < end:
@@ -194,12 +203,14 @@ def partition_probe(artifact: Path, run_s: float, device: str, batch: int) -> di
             "samples_per_s": round(batch * len(times) / sum(times), 1)}
 
 
-def _probe_process(artifact: Path, percent: int, opts: argparse.Namespace) -> subprocess.Popen:
+def _probe_process(artifact: Path, percent: int, opts: argparse.Namespace, barrier: Path | None = None,
+                   peers: int = 1) -> subprocess.Popen:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="0", CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=str(percent),
                OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--partition-probe", str(artifact),
                              "--probe-run-s", str(opts.probe_run_s), "--device", opts.device,
-                             "--probe-batch", str(opts.probe_batch)],
+                             "--probe-batch", str(opts.probe_batch),
+                             *(["--probe-barrier", str(barrier), "--probe-peers", str(peers)] if barrier else [])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
@@ -219,7 +230,9 @@ def partitions(artifact: Path, opts: argparse.Namespace) -> dict[str, Any]:
     solo = {}
     for percent in PERCENTAGES:
         solo[str(percent)] = _collect(_probe_process(artifact, percent, opts), 180)
-    pair = [_probe_process(artifact, 50, opts), _probe_process(artifact, 50, opts)]
+    barrier = artifact.parent / "pair-barrier"
+    barrier.mkdir(exist_ok=True)
+    pair = [_probe_process(artifact, 50, opts, barrier, 2), _probe_process(artifact, 50, opts, barrier, 2)]
     together = [_collect(p, 180) for p in pair]
     full = solo["100"]["samples_per_s"]
     return {
@@ -345,6 +358,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partition-probe", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--probe-run-s", type=float, default=PROBE_RUN_S, help=argparse.SUPPRESS)
     p.add_argument("--probe-batch", type=int, default=PROBE_BATCH_MAX, help=argparse.SUPPRESS)
+    p.add_argument("--probe-barrier", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--probe-peers", type=int, default=1, help=argparse.SUPPRESS)
     # Where the probes compute: a run on a CPU-only host with "cpu" checks the script itself.
     p.add_argument("--device", default="cuda:0", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -413,7 +428,8 @@ def result_line(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     if opts.partition_probe is not None:
-        print(json.dumps(partition_probe(opts.partition_probe, opts.probe_run_s, opts.device, opts.probe_batch)))
+        print(json.dumps(partition_probe(opts.partition_probe, opts.probe_run_s, opts.device, opts.probe_batch,
+                                         opts.probe_barrier, opts.probe_peers)))
         return 0
     import torch
 
