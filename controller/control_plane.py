@@ -26,6 +26,7 @@ from controller.membership import Membership
 from controller.metrics import ControllerMetrics
 from controller.placement import PlannedWorker
 from controller.planning import POLICIES
+from controller.profile_control import ProfileControl
 from controller.profiling import ProfilingRuns
 from controller.registry import Joined, Registry
 from controller.repository import Variant, scan_repository, set_aside
@@ -47,7 +48,6 @@ from protocol.message import (
     GetStatus,
     Heartbeat,
     PolicySnapshot,
-    ProfileDevice,
     ProfileProgress,
     ProfilesReply,
     RegisterAgent,
@@ -139,6 +139,8 @@ class ControlPlane:
                          rejoin_settle_s=config.rejoin_settle_s),
             reg, self.store, self.demand, self.start_command, generation=self.epoch, named=self.named,
         )
+        self.profiles = ProfileControl(self.profiling, reg, self.store, self.layout, self._send, clock.time,
+                                       colocation=config.profile_colocation, repeats=config.profile_repeats)
         self.membership = Membership(
             reg, self.store, self.layout, self.start_command,
             cores_per_partition=config.cpu_cores_per_partition,
@@ -219,12 +221,12 @@ class ControlPlane:
                     # the full list anyway.
                     self._send(peer, GatewayListChanged(gateways=reg.gateway_endpoints()))
             case ProfileProgress() as progress if kind == "agent":
-                self._on_profile_progress(peer_id, progress, now)
+                self.profiles.report(peer_id, progress, reg.agent_alive(peer_id, now))
             case GetProfiles(rerun=rerun):
                 if rerun:
                     for agent_id in list(reg.agents):
                         if reg.agent_alive(agent_id, now):
-                            self._profile_agent(agent_id, everything=True)
+                            self.profiles.ask(agent_id, everything=True)
                 self._send(peer, ProfilesReply(samples=tuple(self.store.profiles()),
                                                colocations=tuple(self.store.colocations()),
                                                running=self.profiling.describe()))
@@ -260,22 +262,18 @@ class ControlPlane:
         self._send(peer, RegisterAgentReply(agent_id=agent_id, heartbeat_interval_s=self.config.heartbeat_interval_s,
                                             controller_epoch=self.epoch))
         if registration.joined is not Joined.NEW:
-            # The same agent process again: a run's last report may have been lost on the way
-            # (its run ended while it was cut off). Asked again, the agent ignores a request it is
-            # still running and runs one it finished again, so the run ends here either way.
-            self._send_profile_commands(agent_id, self.profiling.in_flight(agent_id))
+            self.profiles.resend(agent_id)
         if registration.joined is Joined.REPEAT:
             return
         self.store.save_agent(agent_id, msg.hostname, self._clock.time())
-        if registration.joined is not Joined.RETURNED:  # a new agent process has no run of ours in progress
-            self.profiling.forget_agent(agent_id)
-            self._profiling_changed()
+        if registration.joined is not Joined.RETURNED:
+            self.profiles.forget(agent_id)
         for command in registration.commands:
             self._send(peer, command)
         if self.config.auto_profile:
-            self._profile_agent(agent_id)
+            self.profiles.ask(agent_id)
         else:  # an operator's re-run may have devices waiting their turn
-            self._next_profile(agent_id)
+            self.profiles.ask_next(agent_id)
 
     def _on_register_gateway(self, peer: bytes, gateway_id: str, data_endpoint: str, now: float) -> None:
         reg = self.registry
@@ -307,50 +305,7 @@ class ControlPlane:
         self.layout.force()  # re-place its healthy neighbours without it
         for agent_id in list(reg.agents) if self.config.auto_profile else ():
             if reg.agent_alive(agent_id, now):  # a run that failed on it left the rest unmeasured
-                self.profiling.retry_failed(agent_id)
-                self._profile_agent(agent_id)
-
-    def _on_profile_progress(self, agent_id: str, progress: ProfileProgress, now: float) -> None:
-        if progress.samples or progress.colocations:
-            self.store.save_profiles(progress.samples, progress.colocations, self._clock.time())
-            self.profiling.measured(progress.samples)
-        self.profiling.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done,
-                                failed=bool(progress.error))
-        if progress.error:
-            log.warning("profiling on %s failed: %s", agent_id, progress.error)
-        elif progress.done:
-            log.info("profiling on %s finished (%d measurements)", agent_id, progress.total)
-        if progress.done:
-            self._profiling_changed()
-            if self.profiling.take_grew():
-                # A variant can now run on a device kind it had no profile for (a GPU profiled after
-                # the CPU, say): plan again rather than wait for demand to move.
-                self.layout.force()
-            if self.registry.agent_alive(agent_id, now):  # its next device, if one waits (else on its return)
-                self._next_profile(agent_id)
-
-    def _next_profile(self, agent_id: str) -> None:
-        if agent_id in self.registry.agents:
-            self._send_profile_commands(agent_id, self.profiling.next_commands(
-                agent_id, self.registry.agents[agent_id].devices, list(self.registry.variants.values()),
-                self.store.profiles(), colocation=self.config.profile_colocation, repeats=self.config.profile_repeats))
-
-    def _profile_agent(self, agent_id: str, *, everything: bool = False) -> None:
-        agent = self.registry.agents[agent_id]
-        self._send_profile_commands(agent_id, self.profiling.commands(
-            agent_id, agent.devices, list(self.registry.variants.values()), self.store.profiles(),
-            everything=everything, colocation=self.config.profile_colocation, repeats=self.config.profile_repeats,
-        ))
-
-    def _send_profile_commands(self, agent_id: str, commands: list[ProfileDevice]) -> None:
-        for cmd in commands:
-            log.info("asking %s to profile %d variants on %s", agent_id, len(cmd.variants), cmd.device_id)
-            self._send(f"agent:{agent_id}".encode(), cmd)
-        self._profiling_changed()
-
-    def _profiling_changed(self) -> None:
-        """Tell the layout which devices are being measured, so it does not plan around them."""
-        self.layout.profiling = self.profiling.pending_kinds({a: r.devices for a, r in self.registry.agents.items()})
+                self.profiles.retry(agent_id)
 
     def _chunk(self, sha: str, offset: int, length: int) -> ArtifactChunkReply | ErrorReply:
         variant = self._by_sha.get(sha)
@@ -387,8 +342,7 @@ class ControlPlane:
             log.warning("peers lost: %s", ", ".join(f"{k} (silent {now - (reg.liveness.last_seen(k) or now):.1f} s)"
                                                      for k in lost))
         for agent_id in self.membership.forget_lost(now):
-            self.profiling.forget_agent(agent_id)
-            self._profiling_changed()
+            self.profiles.forget(agent_id)
         if forgotten := reg.forget_lost_gateways(now, self.config.lost_agent_forget_s):
             for gateway_id in forgotten:
                 self.store.delete_gateway(gateway_id)

@@ -18,6 +18,7 @@ from controller.headroom import AdaptiveHeadroom
 from controller.layout_policy import REPLAN_HISTORY, LayoutPolicy, ReplanEntry
 from controller.live_slowdown import LiveSlowdown, reported_slowdowns
 from controller.placement import PlannedWorker
+from controller.profiling import ProfileWait, awaited_kinds
 from controller.reconciler import Phase, Transition, begin, plan_rates
 from controller.registry import Registry
 from controller.replanner import Layout, ScaledLayout, layout, profile_table, scaled_layout
@@ -40,10 +41,6 @@ NAMED_MIN_RPS = 0.1
 # wanders by 10-20 % and each move to a slightly more accurate plan that cannot carry the load
 # costs missed deadlines.
 SCALED_FALL = 0.3
-
-# The longest a re-plan waits for a device's profiles: a run whose end never arrives (its agent
-# gone quiet mid-run, its report lost) must not hold the mesh's plan for good.
-PROFILE_WAIT_MAX_S = 180.0
 
 # States of a plan-of-record worker that a re-plan replaces when its agent is down.
 STRANDABLE = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.LOST})
@@ -85,8 +82,7 @@ class LayoutManager:
         self._named_at_plan: frozenset[str] = frozenset()  # variants clients named when it was made
         # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
         self.profiling: frozenset[tuple[str, str]] = frozenset()
-        self._waiting_for: frozenset[str] = frozenset()  # kinds a held re-plan waits for
-        self._held_since: float | None = None
+        self._wait = ProfileWait()
 
     def force(self, policy: str = "") -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
@@ -129,7 +125,7 @@ class LayoutManager:
                 return self._supersede(forecast, now, rising)
             return self._advance(now)
         forced, self._forced = self._forced, False
-        if self._waiting_for and not any(kind in self._waiting_for for _, kind in self.profiling):
+        if self._wait.released(self.profiling):
             forced = True  # the re-plan that waited for those profiles, now, whether they came or not
         # Missed deadlines, a rising target, or a fall in demand while accuracy is given up (it
         # may give the accuracy back, and users should not wait out the dwell for it): a drift
@@ -318,20 +314,19 @@ class LayoutManager:
         reg = self._registry
         agents = reg.placeable(now)  # never a lost agent, nor one whose workers just fell silent
         samples = self._store.profiles()
-        if may_wait and (awaited := self._awaited_kinds(agents, samples)):
-            # A device is being measured that some variant has no profile for (a GPU profiled
-            # after its host's CPU, say): a plan now would move work off it, only to move it back
-            # once its profile is in. The current placement serves meanwhile; the re-plan is made
-            # once those devices are no longer being profiled (see tick), or after the longest wait.
-            self._held_since = now if self._held_since is None else self._held_since
-            if now - self._held_since < PROFILE_WAIT_MAX_S:
-                if awaited != self._waiting_for:
-                    log.info("re-plan (%s) waits for the profiles of %s", reason, ", ".join(sorted(awaited)))
-                self._waiting_for = awaited
-                return []
+        awaited = awaited_kinds(agents, reg.variants, samples, self.profiling) if may_wait else frozenset()
+        # A device is being measured that some variant has no profile for (a GPU profiled after its
+        # host's CPU, say): a plan now would move work off it, only to move it back once its profile
+        # is in. The current placement serves meanwhile; the re-plan is made once those devices are
+        # no longer being profiled (see tick), or after the longest wait.
+        waited, since = self._wait.waiting_for, self._wait.since
+        if self._wait.hold(awaited, now):
+            if awaited != waited:
+                log.info("re-plan (%s) waits for the profiles of %s", reason, ", ".join(sorted(awaited)))
+            return []
+        if awaited:
             log.warning("re-planning without the profiles of %s: not in after %.0f s", ", ".join(sorted(awaited)),
-                        now - self._held_since)
-        self._waiting_for, self._held_since = frozenset(), None
+                        now - (since if since is not None else now))
         slowdown = {}
         if self.live:  # only when workers reported and the feed is on: the table costs a pass over the profiles
             slowdown = self.live.factors(profile_table(samples), reg.variants,
@@ -408,14 +403,6 @@ class LayoutManager:
             reg.plan_worker(plan)
             self._store.save_placement(plan)
         return self._advance(now)
-
-    def _awaited_kinds(self, agents, samples) -> frozenset[str]:
-        """The device kinds being profiled on a placeable agent that some variant has no profile for."""
-        present = {d.kind for agent_id, devices in agents.items() for d in devices if (agent_id, d.kind) in self.profiling}
-        if not present:
-            return frozenset()
-        profiled = {(s.variant, s.device_kind) for s in samples}
-        return frozenset(k for k in present if any((v, k) not in profiled for v in self._registry.variants))
 
     def _advance(self, now: float) -> list[tuple[str, object]]:
         t = self.transition

@@ -164,3 +164,45 @@ class ProfilingRuns:
         """One line per run: ``agent: done/total``, or ``agent: starting`` before its first report."""
         return tuple(f"{agent}: {done}/{total}" if total else f"{agent}: starting"
                      for (agent, _), (done, total) in sorted(self.running.items()))
+
+
+# The longest a re-plan waits for a device's profiles: a run whose end never arrives (its agent
+# gone quiet mid-run, its report lost) must not hold the mesh's plan for good.
+PROFILE_WAIT_MAX_S = 180.0
+
+
+def awaited_kinds(agents: Mapping[str, Sequence[DeviceInfo]], variants: Iterable[str], samples: Iterable[ProfileSample],
+                  profiling: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The device kinds being profiled on one of ``agents`` (placeable ones) that some variant has
+    no profile for. ``profiling``: (agent, device kind) of each device being measured or queued."""
+    measuring = set(profiling)
+    present = {d.kind for agent_id, devices in agents.items() for d in devices if (agent_id, d.kind) in measuring}
+    if not present:
+        return frozenset()
+    profiled = {(s.variant, s.device_kind) for s in samples}
+    names = list(variants)
+    return frozenset(k for k in present if any((v, k) not in profiled for v in names))
+
+
+@dataclass(slots=True)
+class ProfileWait:
+    """A routine re-plan waiting for devices being profiled: since when, and for which kinds."""
+
+    max_s: float = PROFILE_WAIT_MAX_S
+    waiting_for: frozenset[str] = frozenset()
+    since: float | None = None
+
+    def hold(self, awaited: frozenset[str], now: float) -> bool:
+        """Whether a re-plan waits for ``awaited`` (none: it goes ahead), at most ``max_s`` in all."""
+        if awaited:
+            self.since = now if self.since is None else self.since
+            if now - self.since < self.max_s:
+                self.waiting_for = awaited
+                return True
+        self.waiting_for, self.since = frozenset(), None
+        return False
+
+    def released(self, profiling: Iterable[tuple[str, str]]) -> bool:
+        """A held re-plan whose devices are no longer being profiled (their runs ended, with or
+        without profiles): it is due now."""
+        return bool(self.waiting_for) and not any(kind in self.waiting_for for _, kind in profiling)

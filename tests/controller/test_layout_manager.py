@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from controller.demand import DemandTracker
-from controller.layout_manager import PROFILE_WAIT_MAX_S, LayoutManager
+from controller.layout_manager import LayoutManager
 from controller.layout_policy import LayoutPolicy
+from controller.profiling import PROFILE_WAIT_MAX_S
 from controller.placement import PlannedWorker
 from controller.registry import Registry
 from controller.repository import Variant

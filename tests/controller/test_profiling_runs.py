@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.profiling import ProfilingRuns, partition_menu, unprofiled
+from controller.profiling import ProfileWait, ProfilingRuns, awaited_kinds, partition_menu, unprofiled
 from controller.repository import scan_repository
 from letmesh.zoo import build_trivial
 from protocol.types import DeviceInfo, ProfileSample
@@ -126,3 +126,18 @@ def test_a_gpu_with_mps_is_profiled_though_one_without_was_measured_whole(tmp_pa
     assert unprofiled(variants, GPU, measured_whole) == sorted(variants, key=lambda v: v.name)
     (command,) = ProfilingRuns().commands("a2", (GPU,), variants, measured_whole)
     assert command.partitions == (20, 40, 50, 60, 80, 100)
+
+
+def test_a_replan_waits_only_for_kinds_being_measured_that_lack_profiles_and_not_for_ever() -> None:
+    agents = {"a1": (CPU, GPU), "a2": (CPU,)}
+    cpu_only = (ProfileSample(variant="v", device_kind="cpu", partition=1, batch=1, p50_ms=1.0, p99_ms=1.0, runs=3),)
+    assert awaited_kinds(agents, ["v"], cpu_only, {("a1", "cuda")}) == {"cuda"}
+    assert awaited_kinds(agents, ["v"], cpu_only, {("a2", "cpu")}) == frozenset()  # measured already
+    assert awaited_kinds({"a2": (CPU,)}, ["v"], cpu_only, {("a1", "cuda")}) == frozenset()  # a1 not placeable
+
+    wait = ProfileWait(max_s=60.0)
+    assert wait.hold(frozenset({"cuda"}), now=0.0) and wait.hold(frozenset({"cuda"}), now=59.0)
+    assert not wait.released({("a1", "cuda")})
+    assert wait.released(set())  # the run ended, profiles or none: the held re-plan is due
+    assert not wait.hold(frozenset({"cuda"}), now=61.0)  # waited long enough: plan with what is known
+    assert wait.waiting_for == frozenset() and not wait.released(set())
