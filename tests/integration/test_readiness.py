@@ -81,10 +81,12 @@ def test_ready_is_503_before_the_first_table_and_stays_200_through_a_replan_whil
                                for w in fetch_status(mesh.controller_address).workers), 90, 0.2)
 
         def settled() -> frozenset | None:
-            workers = fetch_status(mesh.controller_address).workers
-            if any(w.state in LEAVING for w in workers):
+            # Not while a move is under way: its new workers can all be ready before its old ones
+            # start draining, and that union is no layout.
+            status = fetch_status(mesh.controller_address)
+            if any(w.state in LEAVING for w in status.workers) or (status.replans and not status.replans[0].finished):
                 return None
-            return frozenset(w.variants for w in workers if w.state == "ready")
+            return frozenset(w.variants for w in status.workers if w.state == "ready")
 
         before = wait_until(settled, 60, 0.2)
         prober = Prober(mesh.http_url, body)
