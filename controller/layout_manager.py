@@ -253,6 +253,8 @@ class LayoutManager:
         old demand (or one that cannot finish). Nothing that serves is retired until the new
         plan's workers are all ready."""
         old, self.transition = self.transition, None
+        if self.history:  # that move is over, replaced by the one planned now (or resumed below)
+            self.history[0].finished = True
         lost = self._waits_on_lost(old, now)
         self.cadence.last_attempt = now
         log.info("%s while a re-plan was starting: planning again",
@@ -266,6 +268,8 @@ class LayoutManager:
         elif self.transition is None and not lost:
             # nothing to move to after all: carry on with the old move
             self.transition = old
+            if self.history:
+                self.history[0].finished = False
             out += self._advance(now)
         return out
 

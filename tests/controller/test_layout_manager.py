@@ -150,6 +150,8 @@ def test_a_jump_while_the_last_move_is_starting_plans_again_at_once(manager) -> 
     kept = set(m.transition.keep)
     assert stopped | kept >= started and not stopped & kept  # each started worker is kept or stopped
     assert set(m.transition.awaiting) == started & kept  # kept ones are waited for before any switch
+    # Status lists the replaced move as over (the dashboard would show it moving for ever), the new one not.
+    assert [(e.reason, e.finished) for e in m.history] == [("superseded", False), ("initial", True)]
 
 
 def test_accuracy_scaling_plans_with_the_slowdown_workers_measure(manager) -> None:
