@@ -4,7 +4,7 @@ Each backend turns a list of numpy inputs (the spec's input order, batched on di
 model's outputs in the spec's output order, as numpy arrays or torch tensors. The caller checked
 the artifact's sha256 before handing over its path. onnxruntime is imported only when an ONNX
 artifact is opened, so a host serving TorchScript alone does not need it. Imports nothing of ours
-beyond ``protocol`` and ``agents.error``.
+beyond ``protocol``, ``agents.error`` and ``agents.probe``.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def _open_onnx(spec: VariantSpec, path: Path, device: str) -> Run:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = ["CPUExecutionProvider"]
     if onnx_needs_host_cpu(device):
-        # Setting the variant aside would take it off every host; its profile on this GPU, taken
-        # through this same path, tells the planner what it costs here.
+        # Setting the variant aside would take it off every host. The agent does not profile it on
+        # this GPU, so plans place it on a CPU; until then it serves here, on the host.
         log.warning("variant %s: this onnxruntime has no CUDA provider (install onnxruntime-gpu); it runs on "
                     "the host CPU, one thread", spec.name)
     elif device.startswith("cuda"):
