@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.backend import cpu_threads, open_backend, output_arrays
+from agents.backend import Run, cpu_threads, open_backend, output_arrays
 from agents.onnx_upgrade import upgrade
 from agents.probe import onnx_needs_host_cpu
 from mesh.latency import LatencyCurve, warmup_batches
@@ -30,6 +30,7 @@ class ModelRunner:
         self.spec = spec
         # What serves it, for status: the backend, or the ONNX upgrade's verdict (agents.onnx_upgrade).
         self.runtime = spec.backend
+        original, verdict = (spec, path), None
         if onnx_upgrade:
             spec, path, verdict = upgrade(spec, path, device)
             if verdict is not None:
@@ -37,13 +38,22 @@ class ModelRunner:
         self.backend = spec.backend
         self._device = device
         self._run = open_backend(spec, path, device)  # ModelLoadError names what is wrong
+        # Split by batch size (a "mixed" verdict): the original serves batches of more than
+        # ``_up_to`` rows, where ONNX Runtime was not the faster one.
+        self._larger: Run | None = None
+        self._up_to = 0
+        if verdict is not None and verdict.runtime == "mixed":
+            self._larger, self._up_to = open_backend(*original, device), verdict.onnx_up_to
         if spec.backend == "onnx" and onnx_needs_host_cpu(device):
             self.runtime = f"{self.runtime} (on the host CPU: no CUDA provider in this onnxruntime)"
         self._curve = LatencyCurve([], [])
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """inputs in the spec's input order, batched on dim 0 -> outputs in the spec's output order."""
-        return output_arrays(self.spec, self._run(inputs))
+        run = self._run
+        if self._larger is not None and inputs and inputs[0].ndim and inputs[0].shape[0] > self._up_to:
+            run = self._larger
+        return output_arrays(self.spec, run(inputs))
 
     def warm_up(self, repeats: int = 5) -> dict[int, float]:
         """Measure the latency of batch sizes 1, 2, 4, ... max_batch; returns ms by size.

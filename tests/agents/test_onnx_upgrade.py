@@ -173,3 +173,42 @@ def test_an_attempt_that_fails_midway_leaves_the_variant_on_torchscript(artifact
     assert runner.backend == "torchscript" and "not converted: RuntimeError: onnxruntime: out of memory" in runner.runtime
     assert not artifact.with_name(artifact.name + ".onnx").exists()
     assert runner.run([images(2)])[0].shape == (2, 10)
+
+
+def test_onnx_serves_the_batch_sizes_up_to_its_first_loss():
+    assert onnx_upgrade.onnx_up_to({1: 1.4, 2: 1.3, 4: 1.1, 8: 1.0}, 1.05) == 4
+    assert onnx_upgrade.onnx_up_to({1: 1.4, 2: 1.0, 4: 1.2, 8: 1.3}, 1.05) == 1, "a win past a loss does not count"
+    assert onnx_upgrade.onnx_up_to({1: 1.0, 2: 1.3}, 1.05) == 0
+    assert onnx_upgrade.onnx_up_to({8: 1.2, 1: 1.3, 4: 1.2, 2: 1.3}, 1.05) == 8
+
+
+def test_where_onnx_wins_only_at_small_batches_each_runtime_serves_its_own_sizes(artifact, monkeypatch):
+    # ONNX Runtime's lead shrinking with the batch, as measured on a ResNet-18: the timings are set,
+    # the runtimes and their outputs are real.
+    lead = {1: 1.4, 2: 1.2, 4: 1.0, 8: 0.95}
+    monkeypatch.setattr(onnx_upgrade, "_speedup", lambda ts, onnx, inputs: lead[inputs[0].shape[0]])
+    from agents import model_runner
+
+    served: list[tuple[str, int]] = []
+    real_open = model_runner.open_backend
+
+    def recording(spec, path, device="cpu"):
+        run = real_open(spec, path, device)
+        return lambda inputs: served.append((spec.backend, inputs[0].shape[0])) or run(inputs)
+
+    monkeypatch.setattr(model_runner, "open_backend", recording)
+    spec = spec_for(artifact)
+    runner = ModelRunner(spec, artifact, onnx_upgrade=True)
+
+    assert runner.runtime.startswith("onnx up to batch 2, torchscript above (converted from TorchScript: 1.40x at batch 1")
+    assert "0.95x at batch 8" in runner.runtime
+    plain = ModelRunner(spec, artifact)
+    for batch in (1, 2, 3, 8):
+        served.clear()
+        np.testing.assert_allclose(runner.run([images(batch)])[0], plain.run([images(batch)])[0],
+                                   rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
+        assert served[0] == ("onnx" if batch <= 2 else "torchscript", batch)
+    saved = json.loads(artifact.with_name(artifact.name + ".onnx.json").read_text())
+    assert saved["runtime"] == "mixed" and saved["onnx_up_to"] == 2
+    assert artifact.with_name(artifact.name + ".onnx").exists(), "the conversion serves the small batches: it is kept"
+    assert ModelRunner(spec, artifact, onnx_upgrade=True).runtime == runner.runtime, "decided once"
