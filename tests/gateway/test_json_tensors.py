@@ -118,6 +118,59 @@ def test_a_plain_body_takes_the_fast_path_and_reads_the_same_numbers() -> None:
     np.testing.assert_array_equal(data.values.astype(np.float32), x)
 
 
+def test_what_one_body_read_stays_intact_while_the_kept_parser_reads_the_next(monkeypatch) -> None:
+    import threading
+
+    import simdjson
+
+    from gateway import json_tensors
+
+    def plain(seed: int, size: int) -> tuple[np.ndarray, bytes]:
+        x = np.random.default_rng(seed).standard_normal(size).astype(np.float32)
+        return x, orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, size], "data": x.tolist()}],
+                                "parameters": {"seed": seed}})
+
+    (x1, body1), (x2, body2) = plain(1, 4096), plain(2, 64)
+    first = load_fast(body1)
+    assert load_fast(b'{"inputs": [1,') is None  # a body that fails midway leaves the parser usable
+    second = load_fast(body2)
+    assert first is not None and second is not None
+    np.testing.assert_array_equal(first["inputs"][0]["data"].values.astype(np.float32), x1)
+    np.testing.assert_array_equal(second["inputs"][0]["data"].values.astype(np.float32), x2)
+    assert (first["parameters"], second["parameters"]) == ({"seed": 1}, {"seed": 2})
+
+    # A parser some object still refers to is replaced, not left refusing every later body.
+    stuck = simdjson.Parser()
+    held = stuck.parse(b'{"a": [1]}')
+    monkeypatch.setattr(json_tensors._local, "parser", stuck)
+    assert load_fast(body2)["parameters"] == {"seed": 2}
+    assert json_tensors._local.parser is not stuck and held["a"].as_list() == [1]
+
+    # Threads (large bodies parse off the event loop) each read with their own parser.
+    results: list = [None] * 8
+    bodies = [plain(10 + i, 512) for i in range(8)]
+
+    def read(i: int) -> None:
+        for _ in range(20):
+            got = load_fast(bodies[i][1])
+            assert got is not None
+            np.testing.assert_array_equal(got["inputs"][0]["data"].values.astype(np.float32), bodies[i][0])
+        results[i] = True
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [True] * 8
+
+    # Past the kept parser's limit a body is read by a parser of its own, with the same answer.
+    monkeypatch.setattr(json_tensors, "REUSE_MAX_BYTES", 100)
+    kept = json_tensors._local.parser
+    np.testing.assert_array_equal(load_fast(body1)["inputs"][0]["data"].values.astype(np.float32), x1)
+    assert json_tensors._local.parser is kept
+
+
 def test_bodies_outside_the_plain_case_are_left_to_the_general_parser() -> None:
     assert load_fast(body_with([1.0, [2.0], 3.0, 4.0])) is None  # nested inside flat data
     assert load_fast(body_with([[1.0, 2.0, 3.0, 4.0]])) is None  # nested data
