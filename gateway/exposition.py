@@ -54,9 +54,13 @@ class TelemetryCollector(Collector):
                                       "Size (rows) of the batch each successful request ran in.", labels=MV)
         for (model, variant), s in sorted(t.series.items()):
             labels = [model, variant]
-            success.add_metric(labels, s.success)
             for reason, n in sorted(s.failure.items()):
                 failure.add_metric([*labels, reason], n)
+            if not variant:
+                # A family request turned away before a variant was chosen: nothing ran, so only its
+                # failures are counted (under variant=""); the other series would be zeros.
+                continue
+            success.add_metric(labels, s.success)
             count.add_metric(labels, s.inferences)
             execs.add_metric(labels, s.executions)
             request_us.add_metric(labels, s.success_us)

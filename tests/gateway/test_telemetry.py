@@ -154,6 +154,22 @@ def test_prometheus_exposition_carries_triton_names_labels_and_histograms():
     assert got[("letmesh_bandit_exploration_rate", fam)] == pytest.approx(1 / 3)
 
 
+def test_a_family_request_turned_away_before_a_variant_is_chosen_exports_its_failure_and_nothing_else():
+    tel = Telemetry(clock=Clock())
+    ok(tel, selected=True)
+    tel.failed(model="digits", family="digits", variant="", outcome=Outcome.SHED, reason="no_worker")
+
+    got = samples(tel)
+
+    unchosen = [(name, labels) for name, labels in got if dict(labels).get("variant") == ""]
+    assert unchosen == [("letmesh_inference_request_failure_total",
+                         (("model", "digits"), ("reason", "no_worker"), ("variant", "")))]
+    assert got[unchosen[0]] == 1
+    assert got[("letmesh_inference_request_success_total", (("model", "digits"), ("variant", "small")))] == 1
+    assert got[("letmesh_slo_requests_total", (("family", "digits"), ("outcome", "shed")))] == 1
+    assert tel.stats("digits", "1")["inference_stats"]["fail"]["count"] == 1  # Triton's statistics still count it
+
+
 def test_rates_have_no_accuracy_or_exploration_without_answers_or_decisions():
     tel = Telemetry(clock=Clock())
     tel.failed(model="digits", family="digits", variant="", outcome=Outcome.SHED, reason="shed")
