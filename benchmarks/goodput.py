@@ -2,8 +2,10 @@
 
 For each model (a small CNN and a ResNet-18 layout, built here from a seed) the server under test
 — a whole letmesh mesh (controller, gateway, agent, workers) or a plain aiohttp + torch process
-with no batching — runs pinned to one core, the load generator to another. The rate is swept
-(x1.5 steps, then bisection); a step passes when >= 99 % of its requests are answered 200 within
+with no batching — runs pinned to one core, the load generator to another. Both servers run at
+once on that core, the idle one beside the one under load, and their rate sweeps alternate, so a
+drift in the host's speed during the run moves both. The rate is swept (x1.5 steps, then
+bisection); a step passes when >= 99 % of its requests are answered 200 within
 the SLO, measured from each request's scheduled send time (MLPerf's server scenario, shorter).
 The SLO is 20x the model's batch-1 TorchScript latency measured on the server core; the compute
 limit is the best per-sample throughput of a batch size whose latency fits half the SLO. Also
@@ -187,6 +189,7 @@ def output_error(server: Server, work: Workload) -> float:
 def sweep(server: Server, work: Workload, start: float, ceiling: float, opts: Options, seed: int) -> dict[str, Any]:
     """x1.5 steps up from ``start`` until a step fails (or down until one passes), then bisection."""
     steps: list[dict[str, Any]] = []
+    began = time.monotonic()
 
     def attempt(rate: float) -> bool:
         steps.append(step(server, work, rate, opts.step_requests, seed + len(steps)))
@@ -217,10 +220,12 @@ def sweep(server: Server, work: Workload, start: float, ceiling: float, opts: Op
             else:
                 hi = mid
     best = max((s for s in steps if s["passed"]), key=lambda s: s["rate"], default=None)
-    return {"max_rate": lo, "first_failing_rate": hi if math.isfinite(hi) else None, "at_max": best, "steps": steps}
+    return {"max_rate": lo, "first_failing_rate": hi if math.isfinite(hi) else None, "at_max": best, "steps": steps,
+            "began_monotonic_s": began, "ended_monotonic_s": time.monotonic()}
 
 
-def measure_server(server: Server, work: Workload, limit: float, opts: Options, seed: int) -> dict[str, Any]:
+def measure_idle_and_low_rate(server: Server, work: Workload, opts: Options, seed: int) -> dict[str, Any]:
+    """Output check, warm-up, idle CPU and CPU per request at the model's low rate."""
     diff = output_error(server, work)
     warm = step(server, work, max(1.0, work.model.low_rate / 2), max(20, opts.step_requests // 10), seed)
     settled_s = settle(server)
@@ -230,9 +235,36 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
     cpu_ms = (server.cpu_s() - before) / low["sent"] * 1000.0
     # What each request adds beyond what the server burns idle over the same time.
     cpu_less_idle_ms = cpu_ms - idle_ms_per_s * (time.monotonic() - began) / low["sent"]
+    return {"cpu_ms_per_req": cpu_ms, "idle_cpu_ms_per_s": idle_ms_per_s, "cpu_ms_per_req_less_idle": cpu_less_idle_ms,
+            "low_rate": low, "warm_up": warm, "settled_s": settled_s, "output_max_abs_diff": diff}
+
+
+def measure_servers(servers: dict[str, Server], work: Workload, limit: float, opts: Options,
+                    seed: int) -> dict[str, Any]:
+    """Both servers, started together on the same cores: the low-rate figures of each, then their
+    rate sweeps in turns (sweep i of one, then of the other; the order flips every sweep), so a
+    host whose speed drifts during the run (a VM's neighbours) moves both alike instead of
+    whichever ran second. The server not under load idles meanwhile (the mesh's heartbeats:
+    about 1 % of the core)."""
+    def quiet() -> None:  # whatever one server still does (a mesh profiling its device) ends first
+        for server in servers.values():
+            settle(server)
+
+    low = {}
+    for name, server in servers.items():
+        quiet()
+        low[name] = measure_idle_and_low_rate(server, work, opts, seed)
     start = opts.start_rate or max(1.0, 0.3 * limit)
-    sweeps = [sweep(server, work, start, 3.0 * limit, opts, seed + 100 * (i + 1))
-              for i in range(opts.sweeps)]
+    sweeps: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for i in range(opts.sweeps):
+        for name in (list(servers) if i % 2 == 0 else list(servers)[::-1]):
+            quiet()
+            sweeps[name].append(sweep(servers[name], work, start, 3.0 * limit, opts, seed + 100 * (i + 1)))
+    return {name: {**low[name], **summarise_sweeps(sweeps[name]), "affinity": server.affinity(),
+                   "runtimes": server.runtimes()} for name, server in servers.items()}
+
+
+def summarise_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [s["max_rate"] for s in sweeps]
     best = max(sweeps, key=lambda s: s["max_rate"])["at_max"] or {}
     return {
@@ -241,11 +273,7 @@ def measure_server(server: Server, work: Workload, limit: float, opts: Options, 
         "p50_ms": best.get("p50_ms", float("nan")), "p99_ms": best.get("p99_ms", float("nan")),
         "lag_p99_ms_at_max": best.get("lag_p99_ms", float("nan")),
         "client_cpu_util_at_max": best.get("client_cpu_util", float("nan")),
-        "lag_max_ms": max(s["lag_max_ms"] for sw in sweeps for s in sw["steps"]),
-        "cpu_ms_per_req": cpu_ms, "idle_cpu_ms_per_s": idle_ms_per_s, "cpu_ms_per_req_less_idle": cpu_less_idle_ms,
-        "low_rate": low, "warm_up": warm, "settled_s": settled_s,
-        "output_max_abs_diff": diff, "affinity": server.affinity(), "sweeps": sweeps,
-        "runtimes": server.runtimes(),
+        "lag_max_ms": max(s["lag_max_ms"] for sw in sweeps for s in sw["steps"]), "sweeps": sweeps,
     }
 
 
@@ -297,21 +325,22 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     work = Workload(model, body, cal["expected"][opts.backend], cal["slo_ms"])
     limit = cal["compute_limit"][opts.backend]["rps"]
     onnx_limit = cal["compute_limit"].get("onnx", {}).get("rps", float("nan"))  # none on a GPU without ORT's CUDA provider
-    servers: dict[str, Any] = {}
-    for name in SERVERS:
-        os.sched_setaffinity(0, {client_core})
-        if name == "letmesh":
-            # On a GPU host the initial placement gives the lone variant the whole GPU; the agent's
-            # profiling of its CPU and GPU would run on the server's cores during the measurement.
-            quiet = {"LETMESH_CONTROLLER_AUTO_PROFILE": "false"} if opts.device == "cuda" else {}
-            server: Server = MeshServer(repo, tmp / f"state-{key}", server_cores, onnx_upgrade=opts.onnx_upgrade,
-                                        extra_env=quiet)
-        else:
-            artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
-            server = BaselineServer(artifact, opts.backend, model.variant, server_cores, opts.device)
-        try:
-            servers[name] = measure_server(server, work, limit, opts, opts.seed * 1000)
-        finally:
+    running: dict[str, Server] = {}
+    os.sched_setaffinity(0, {client_core})
+    try:
+        for name in SERVERS:
+            if name == "letmesh":
+                # On a GPU host the initial placement gives the lone variant the whole GPU; the agent's
+                # profiling of its CPU and GPU would run on the server's cores during the measurement.
+                quiet = {"LETMESH_CONTROLLER_AUTO_PROFILE": "false"} if opts.device == "cuda" else {}
+                running[name] = MeshServer(repo, tmp / f"state-{key}", server_cores, onnx_upgrade=opts.onnx_upgrade,
+                                           extra_env=quiet)
+            else:
+                artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
+                running[name] = BaselineServer(artifact, opts.backend, model.variant, server_cores, opts.device)
+        servers = measure_servers(running, work, limit, opts, opts.seed * 1000)
+    finally:
+        for server in running.values():
             server.stop()
     mesh, base = servers["letmesh"], servers["baseline"]
     # No server on this core passes the compute limit of the runtime it computes with: the limit of

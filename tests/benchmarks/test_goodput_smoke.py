@@ -23,7 +23,7 @@ KEYS = ("small_vs_naive", "small_of_limit", "cpu_ms_per_req_small")
 def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_line(tmp_path, capsys):
     before = set(children(os.getpid()))
     out = tmp_path / "goodput.json"
-    argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0",
+    argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0", "--sweeps", "2",
             "--low-requests", "20", "--idle-s", "1", "--onnx-upgrade", "--out", str(out)]
 
     assert goodput.main(argv) == 0
@@ -42,18 +42,24 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
         assert server["output_max_abs_diff"] < 1e-4, name  # both serve the model this process computed
         assert server["cpu_ms_per_req"] > 0, name
         assert server["idle_cpu_ms_per_s"] >= 0 and server["cpu_ms_per_req_less_idle"] <= server["cpu_ms_per_req"]
-        assert server["max_rate"] >= 0 and len(server["max_rate_per_sweep"]) == 1
+        assert server["max_rate"] >= 0 and len(server["max_rate_per_sweep"]) == 2
         # The true maximum lies between the last rate that passed and the first that failed above it.
-        (failed,) = server["first_failing_per_sweep"]
-        assert failed is None or failed > server["max_rate_per_sweep"][0]
-        steps = [server["low_rate"], server["warm_up"], *server["sweeps"][0]["steps"]]
+        for failed, passed in zip(server["first_failing_per_sweep"], server["max_rate_per_sweep"]):
+            assert failed is None or failed > passed
+        steps = [server["low_rate"], server["warm_up"], *(s for sw in server["sweeps"] for s in sw["steps"])]
         for step in steps:
             assert sum(step["statuses"].values()) == step["sent"]  # one answer (or timeout) per request
-        assert all(step["sent"] == STEP_REQUESTS for step in server["sweeps"][0]["steps"])
+        assert all(step["sent"] == STEP_REQUESTS for sw in server["sweeps"] for step in sw["steps"])
         assert server["low_rate"]["sent"] == 20
+    # The sweeps alternate, the order flipping each time: letmesh, baseline, baseline, letmesh.
+    spans = sorted((sw["began_monotonic_s"], sw["ended_monotonic_s"], name)
+                   for name, server in small["servers"].items() for sw in server["sweeps"])
+    assert [name for _, _, name in spans] == ["letmesh", "baseline", "baseline", "letmesh"]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
     # letmesh's agent decided, on this machine, which runtime serves the TorchScript artifact, and says so.
     (runtime,) = small["servers"]["letmesh"]["runtimes"].values()
-    assert runtime.startswith("onnx (converted from TorchScript: ") or runtime.endswith("kept TorchScript)"), runtime
+    assert (runtime.startswith(("onnx (converted from TorchScript: ", "onnx up to batch "))
+            or runtime.endswith("kept TorchScript)")), runtime
     assert small["servers"]["baseline"]["runtimes"] == {}
     assert small["servers"]["letmesh"]["idle_cpu_ms_per_s"] > 0  # heartbeats run with no request at all
     # The ceiling a ratio can reach here: the faster runtime's compute limit (the upgrade may serve
