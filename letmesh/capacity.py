@@ -275,6 +275,14 @@ def needed_summary(needed: DevicesNeeded, groups: Sequence[DeviceGroup], policy:
     if needed.counts is None:
         lines.append(f"devices needed ({policy}): more than {SEARCH_LIMIT} devices")
         return "\n".join(lines)
+    if needed.total == 0:
+        if needed.impossible:
+            kinds = ", ".join(sorted({g.kind for g in groups}))
+            lines.append(f"devices needed ({policy}): no number of these devices ({kinds}) serves any variant with "
+                         f"demand; add profiles for them, loosen the SLOs, or plan for another device kind")
+        else:
+            lines.append(f"devices needed ({policy}): none, the workload has no demand (every rate_rps is 0)")
+        return "\n".join(lines)
     given = sum(g.count for g in groups)
     parts = ", ".join(f"{g.name} ({g.kind}) {needed.counts[g.name]}" for g in groups)
     delta = needed.total - given
@@ -282,6 +290,14 @@ def needed_summary(needed: DevicesNeeded, groups: Sequence[DeviceGroup], policy:
     scope = " (for the servable variants)" if needed.impossible else ""
     lines.append(f"devices needed ({policy}){scope}: {needed.total}  [{parts}] — {verdict}; one fewer leaves demand unserved")
     return "\n".join(lines)
+
+
+def devices_text(needed: DevicesNeeded) -> str:
+    if needed.total is None:
+        return f"> {SEARCH_LIMIT} devices"
+    if needed.total == 0:
+        return "nothing servable" if needed.impossible else "0 devices (no demand)"
+    return f"{needed.total} devices"
 
 
 def plan_json(result: Plan, demands: Sequence[Demand], planned: Sequence[Demand], devices: Sequence[DeviceSlot]) -> dict[str, Any]:
@@ -407,7 +423,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if needed is not None:
         out += ["", needed_summary(needed, setup.groups, setup.policy)]
     for p, n in others.items():
-        out.append(f"  {p:<9} {'> ' + str(SEARCH_LIMIT) if n.total is None else n.total} devices")
+        out.append(f"  {p:<9} {devices_text(n)}")
     print("\n".join(out))
     if args.json:
         doc = plan_json(result, setup.demands, setup.planned, devices)

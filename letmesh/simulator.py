@@ -380,7 +380,7 @@ def _plan_for(setup: Setup, minimal: bool) -> tuple[Plan, list, str]:
         devices = fleet(setup.groups)
         return setup.plan(devices), devices, ""
     needed = setup.devices_needed()
-    if needed.counts is None:
+    if needed.total is None or needed.total == 0:  # no fleet to simulate: past the search, or nothing to place
         raise CapacityError(needed_summary(needed, setup.groups, setup.policy))
     devices = fleet(setup.groups, [needed.counts[g.name] for g in setup.groups])
     return setup.plan(devices), devices, needed_summary(needed, setup.groups, setup.policy)

@@ -324,6 +324,27 @@ def test_plan_command_reports_unserved_demand_and_exits_1(files: dict[str, Path]
     assert "more than you have" in text
 
 
+def test_plan_command_with_nothing_servable_says_so_instead_of_zero_devices(files: dict[str, Path], tmp_path: Path,
+                                                                            capsys) -> None:
+    # "ghost" has no profile; "big" cannot meet 5 ms even alone on a whole device.
+    nothing = write(tmp_path / "nothing.toml", '[[models]]\nvariant = "ghost"\nrate_rps = 5\nslo_ms = 50\n\n'
+                                               '[[models]]\nvariant = "big"\nrate_rps = 50\nslo_ms = 5\n')
+    args = namespace(["--workload", str(nothing), "--devices", str(files["devices"]), "--profiles", str(files["profiles"]),
+                      "--compare-policies"])
+    assert run_plan(args) == 1  # demand is unserved
+    text = capsys.readouterr().out
+    assert "cannot serve ghost on any number of these devices: no profile" in text
+    assert "devices needed (gpulet): no number of these devices (cuda) serves any variant with demand" in text
+    assert "0 devices" not in text and "fewer than you have" not in text
+    assert "  temporal  nothing servable" in text
+
+    idle = write(tmp_path / "idle.toml", '[[models]]\nvariant = "small"\nrate_rps = 0\nslo_ms = 50\n')
+    assert run_plan(namespace(["--workload", str(idle), "--devices", str(files["devices"]),
+                               "--profiles", str(files["profiles"])])) == 0
+    text = capsys.readouterr().out
+    assert "devices needed (gpulet): none, the workload has no demand" in text and "fewer than you have" not in text
+
+
 def test_plan_command_errors_are_clear_and_exit_2(files: dict[str, Path], capsys) -> None:
     assert run_plan(namespace(["--workload", str(files["workload"]), "--devices", str(files["devices"])])) == 2
     err = capsys.readouterr().err

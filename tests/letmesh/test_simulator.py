@@ -234,6 +234,18 @@ def test_simulate_command_replays_a_trace(tmp_path: Path, capsys) -> None:
     assert "devices needed (gpulet)" in text
 
 
+def test_simulate_on_the_minimal_fleet_with_nothing_servable_is_refused(tmp_path: Path, capsys) -> None:
+    paths = write_inputs(tmp_path)
+    tight = tmp_path / "tight.toml"
+    tight.write_text('[[models]]\nvariant = "a"\nrate_rps = 200\nslo_ms = 0.01\n\n[[devices]]\nkind = "cuda"\ncount = 2\n')
+    argv = ["--workload", str(tight), "--profiles", str(paths["profiles"]), "--poisson", "--duration-s", "1",
+            "--minimal-fleet"]
+    assert run_simulate(namespace(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("letmesh simulate: cannot serve a on any number of these devices")
+    assert "no number of these devices (cuda) serves any variant with demand" in err
+
+
 def test_simulate_command_needs_an_arrival_source_and_valid_inputs(tmp_path: Path, capsys) -> None:
     paths = write_inputs(tmp_path)
     base = ["--workload", str(paths["workload"]), "--profiles", str(paths["profiles"])]
