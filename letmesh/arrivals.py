@@ -48,6 +48,15 @@ class Trace:
 
     times_s: np.ndarray
     variants: np.ndarray
+    # The file's first line earlier than the line before it, when it was not in time order (its
+    # rows are replayed sorted; two traces concatenated would overlap, which the user should hear).
+    first_out_of_order_line: int | None = None
+
+    def note(self) -> str:
+        if self.first_out_of_order_line is None:
+            return ""
+        return (f"trace: rows are not in time order (line {self.first_out_of_order_line} is earlier than the one "
+                f"before it); replayed sorted by time_s")
 
     def __len__(self) -> int:
         return len(self.times_s)
@@ -67,6 +76,7 @@ def read_trace(path: str | Path, variants: Sequence[str], *, until_s: float | No
     index = {v: i for i, v in enumerate(variants)}
     times, names = array("d"), array("q")
     unknown: dict[str, int] = {}
+    last_t, out_of_order = -math.inf, None
     try:
         with path.open(newline="") as f:
             reader = csv.reader(f)
@@ -84,6 +94,9 @@ def read_trace(path: str | Path, variants: Sequence[str], *, until_s: float | No
                     raise TraceError(f"{path}:{reader.line_num}: expected time_s,variant, got {','.join(row)!r}") from None
                 if not (t >= 0 and math.isfinite(t)):
                     raise TraceError(f"{path}:{reader.line_num}: time_s must be a finite number >= 0, got {row[ti]!r}")
+                if t < last_t and out_of_order is None:
+                    out_of_order = reader.line_num
+                last_t = t
                 if until_s is not None and t >= until_s:
                     continue
                 i = index.get(name)
@@ -103,4 +116,4 @@ def read_trace(path: str | Path, variants: Sequence[str], *, until_s: float | No
     if np.any(np.diff(t_arr) < 0):
         order = np.argsort(t_arr, kind="stable")
         t_arr, v_arr = t_arr[order], v_arr[order]
-    return Trace(t_arr, v_arr)
+    return Trace(t_arr, v_arr, out_of_order)

@@ -396,9 +396,11 @@ def run_simulate(args: argparse.Namespace) -> int:
             raise CapacityError("--interference-actual must be positive and --max-wait-ms not negative")
         result, devices, note = _plan_for(setup, args.minimal_fleet)
         demands = list(setup.demands)
+        trace_note = ""
         if args.trace:
             trace = read_trace(args.trace, [d.variant for d in demands], until_s=args.duration_s)
             arrivals: Iterable[tuple[float, int]] = trace
+            trace_note = trace.note()
             window = args.duration_s or trace.end_s or 1.0
         else:
             window = args.duration_s or 60.0
@@ -411,8 +413,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         return 2
     used = result.devices_used()
     head = [f"profiles: {setup.profiles.description}", *coverage_warnings(setup)]
-    if note:
-        head.append(note)
+    head += [line for line in (note, trace_note) if line]
     head.append(f"headroom: {headroom_note(setup.headroom)}; the simulation replays the workload's own rates")
     head.append(f"plan: {result.policy} (packing {result.strategy or result.policy}), {len(result.gpulets)} gpu-lets on {used} of "
                 f"{len(devices)} devices" + ("; UNSERVED by the plan: " + ", ".join(

@@ -152,6 +152,7 @@ def test_trace_replay_sorts_arrivals_and_matches_direct_arrivals(tmp_path: Path)
     trace = read_trace(path, ["a", "b"])
     assert list(trace) == [(0.0, 1), (0.01, 0), (0.02, 1), (0.03, 0)]
     assert trace.end_s == 0.03
+    assert trace.note() == "trace: rows are not in time order (line 3 is earlier than the one before it); replayed sorted by time_s"
     assert list(read_trace(path, ["a", "b"], until_s=0.02)) == [(0.0, 1), (0.01, 0)]
     result = Plan((gpulet("gpu0", ("a", 8, 10.0), ("b", 8, 10.0)),))
     demands = [Demand("a", 10.0, 50.0), Demand("b", 10.0, 50.0)]
@@ -232,6 +233,14 @@ def test_simulate_command_replays_a_trace(tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     assert "simulated 500 requests over 1.996 s" in text
     assert "devices needed (gpulet)" in text
+    assert "not in time order" not in text
+
+    # Two traces concatenated, each from 0: replayed merged, and the report says the file was out of order.
+    paths["trace"].write_text(paths["trace"].read_text() + "".join(f"{i * 0.004:.3f},a\n" for i in range(10)))
+    assert run_simulate(namespace(argv)) == 0
+    text = capsys.readouterr().out
+    assert "simulated 510 requests" in text
+    assert "trace: rows are not in time order (line 502 is earlier than the one before it)" in text
 
 
 def test_simulate_on_the_minimal_fleet_with_nothing_servable_is_refused(tmp_path: Path, capsys) -> None:
