@@ -34,7 +34,14 @@ from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.supervisor import RestartIntensity
 from mesh.lifecycle import feed, tick
-from mesh.keys import ClientKeys, clear_worker_credentials, client_keys, drop_worker_credential, new_worker_credential
+from mesh.keys import (
+    ClientKeys,
+    clear_worker_credentials,
+    client_keys,
+    drop_worker_credential,
+    new_worker_credential,
+    rejoin_hint,
+)
 from mesh.metrics_http import MetricsServer
 from mesh.links import link_options
 from mesh.transport import Endpoint, EndpointClosed, Incoming
@@ -71,6 +78,7 @@ class AgentActor(Actor):
         self._workers: dict[str, ManagedWorker] = {}
         self._tasks: list[asyncio.Task] = []
         self._registered = False
+        self._revoked = False  # the controller refused this agent's key; cleared if it ever takes it again
         self._last_register = float("-inf")
         self._register_wait = config.register_retry_s
         self.instance = uuid.uuid4().hex[:12]  # this process: a restart is a new instance
@@ -184,11 +192,12 @@ class AgentActor(Actor):
                 if not self._registered:
                     log.info("registered with controller", extra={"epoch": epoch})
                 self._registered = True
+                self._revoked = False
                 self._unanswered = False
                 self._register_wait = self.config.register_retry_s
                 self.registered.set()
             case Heartbeat():
-                if not self._registered and self._may_register_now():
+                if not self._registered and not self._revoked and self._may_register_now():
                     await self._register()  # the controller is reachable again: say so at once
             case ErrorReply(code="unknown_peer"):
                 # The controller restarted or declared this agent lost; several may arrive for
@@ -216,8 +225,10 @@ class AgentActor(Actor):
                 self._registered = False
                 self._register_wait = self.config.register_retry_max_s
                 running = [w for w in self._workers.values() if not w.stopping]
-                if running:
-                    log.error("the controller refuses this agent's key (%s): stopping its %d workers", text, len(running))
+                if not self._revoked:
+                    log.error("the controller at %s refuses this agent: %s; %d worker(s) stopped. To serve again, %s",
+                              self.config.controller, text, len(running), rejoin_hint("agent", self.config.agent_id))
+                self._revoked = True
                 for worker in running:
                     worker.stopping = True
                     self._tasks.append(asyncio.create_task(self._stop_in_background(worker),

@@ -178,8 +178,8 @@ class ControlPlane:
                 if len(self._refusals_logged) >= 1024:  # names come from the wire: bounded
                     self._refusals_logged.clear()
                 self._refusals_logged[peer] = now
-                log.warning("refused %s from %r: %s (said once a minute per peer)", type(msg).__name__, peer,
-                            refusal.message)
+                log.warning("refused %s from %s %r: %s (said once a minute per peer)", type(msg).__name__, kind,
+                            peer_id, refusal.message)
             self._send(peer, refusal)
             return
         match msg:

@@ -20,7 +20,7 @@ from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
 from mesh.lifecycle import feed, tick
-from mesh.keys import ClientKeys
+from mesh.keys import ClientKeys, rejoin_hint
 from mesh.links import link_options
 from mesh.transport import Endpoint, Incoming
 from protocol.codec import encode
@@ -176,8 +176,9 @@ class ControlLinkActor(Actor):
             case ErrorReply(code="revoked", message=text):
                 self._registered = False
                 if not self.revoked:
-                    log.error("the controller refuses this gateway's key (%s): readiness and liveness answer 503; "
-                              "authorise it again (letmesh keys add gateway ...) or stop this gateway", text)
+                    log.error("the controller at %s refuses this gateway: %s; readiness and liveness answer 503. "
+                              "To serve again, %s", self.config.controller, text,
+                              rejoin_hint("gateway", self.config.gateway_id))
                     self._set_revoked(text or "key revoked")
             case Heartbeat():
                 pass

@@ -259,6 +259,12 @@ def ensure_local_keyring(root: str | Path, *, agents: Iterable[str] = ("local",)
     return root
 
 
+def rejoin_hint(role: str, name: str) -> str:
+    """What brings a peer whose key was revoked back: a revoked key is never taken again."""
+    return (f"issue a new key with `letmesh keys add {role} {name}` where the keyring is, copy its "
+            f"hosts/{role}-{name}/ folder to this host and restart the {role} with --keys <that folder>")
+
+
 def revoke_peer(root: str | Path, name: str) -> str:
     """Take ``name``'s public key out of the authorised set; returns its role. Live controllers refuse it from then on."""
     root = Path(root)

@@ -7,6 +7,16 @@ import sys
 from pathlib import Path
 
 
+# What `keys revoke` does to a running mesh, by role.
+REVOKED_EFFECT = {
+    "agent": "a running controller refuses it within a heartbeat; the agent stops its workers and their work "
+             "moves to the other agents",
+    "gateway": "a running controller refuses it within a heartbeat; the gateway leaves the workers' list and its "
+               "readiness and liveness answer 503",
+    "operator": "its next connection to a running controller is refused",
+}
+
+
 def _keys_dir(args: argparse.Namespace) -> Path:
     import os
 
@@ -30,7 +40,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
                   f" and start it with --keys <that folder>; keep it private (mode 0600)")
         elif args.keys_command == "revoke":
             role = keys.revoke_peer(root, args.name)
-            print(f"revoked {role} {args.name!r}: a running controller refuses it within a heartbeat")
+            bare = args.name.rpartition(":")[2]
+            print(f"revoked {role} {bare!r}: {REVOKED_EFFECT[role]}")
         else:
             for role, name, public in keys.list_peers(root):
                 print(f"{role:<9} {name:<24} {public}")

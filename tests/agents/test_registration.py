@@ -4,6 +4,7 @@ the controller's return does not replay a backlog; and a clean stop says goodbye
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import zmq
 import zmq.asyncio
@@ -11,7 +12,7 @@ import zmq.asyncio
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
 from protocol.codec import decode, encode
-from protocol.message import DeregisterAgent, Heartbeat, RegisterAgent, RegisterAgentReply
+from protocol.message import DeregisterAgent, ErrorReply, Heartbeat, RegisterAgent, RegisterAgentReply
 
 BOUND_S = 10.0
 
@@ -92,3 +93,54 @@ async def test_a_controller_back_after_a_while_gets_one_registration_not_a_backl
         await asyncio.wait_for(agent.stop(), BOUND_S)
         for e in edges:
             await e.close()
+
+
+class RevokingController(EdgeController):
+    """Refuses the agent as revoked, and beats to it as a controller does to an agent it has not forgotten yet."""
+
+    async def _serve(self) -> None:
+        beats = asyncio.create_task(self._beat())
+        try:
+            while True:
+                peer, *frames = await self.sock.recv_multipart()
+                msg, _ = decode(frames)
+                self.received.append(msg)
+                self.peer = peer
+                self.changed.set()
+                refusal = ErrorReply(code="revoked", message="agent:a1 is no longer authorised")
+                await self.sock.send_multipart([peer, *encode(refusal)])
+        finally:
+            beats.cancel()
+
+    async def _beat(self) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(0.1)
+            if getattr(self, "peer", None) is not None:
+                seq += 1
+                await self.sock.send_multipart([self.peer, *encode(Heartbeat(sender="controller", role="controller",
+                                                                             seq=seq))])
+
+
+async def test_a_revoked_agent_says_so_once_with_the_way_back_and_registers_only_now_and_then(ctx, tmp_path,
+                                                                                          caplog) -> None:
+    edge = RevokingController(ctx)
+    agent = AgentActor(AgentConfig(controller=edge.address, agent_id="a1", state_dir=str(tmp_path),
+                                   heartbeat_interval_s=0.1, register_retry_s=0.1, register_retry_max_s=0.5), ctx=ctx)
+    try:
+        with caplog.at_level(logging.ERROR, logger="agents.agent_actor"):
+            await asyncio.wait_for(agent.start(), BOUND_S)
+            await edge.until(lambda: edge.count(RegisterAgent) >= 1)
+            await asyncio.sleep(0.5)  # the refusal arrives, the beats go on
+            sent = agent.registrations_sent
+            await asyncio.sleep(2.0)
+        # Every 0.5 s at most (register_retry_max_s), not at each of the controller's 20 beats.
+        assert agent.registrations_sent - sent <= 6, agent.registrations_sent - sent
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors  # said once, although it has no worker to stop
+        assert "refuses this agent: agent:a1 is no longer authorised; 0 worker(s) stopped" in errors[0]
+        assert "letmesh keys add agent a1" in errors[0] and "hosts/agent-a1/" in errors[0]
+        assert not agent.is_registered
+    finally:
+        await asyncio.wait_for(agent.stop(), BOUND_S)
+        await edge.close()

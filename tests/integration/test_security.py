@@ -217,10 +217,10 @@ def test_each_worker_authenticates_with_its_own_credential_not_its_agents_key(me
     assert len(publics) == len(workers), "one key pair per worker process"
 
 
-def test_a_gateway_whose_key_is_revoked_leaves_rotation_and_workers_stop_dialling_it(mesh_factory) -> None:
+def test_a_gateway_whose_key_is_revoked_leaves_rotation_and_workers_stop_dialling_it(mesh_factory, tmp_path) -> None:
     from letmesh.launcher import http_status
 
-    m = mesh_factory()
+    m = mesh_factory(log_dir=tmp_path / "logs")
     assert http_status(f"{m.http_url}/v2/health/ready") == 200
     assert fetch_status(m.controller_address, keys_dir=m.keys_dir).gateways
     keys.revoke_peer(m.keys_dir, "gateway:local")
@@ -229,6 +229,13 @@ def test_a_gateway_whose_key_is_revoked_leaves_rotation_and_workers_stop_diallin
     wait_until(lambda: not fetch_status(m.controller_address, keys_dir=m.keys_dir).gateways, timeout_s=20)
     wait_until(lambda: http_status(f"{m.http_url}/v2/health/ready") == 503, timeout_s=20)
     assert http_status(f"{m.http_url}/v2/health/live") == 503
+    # Its log says so once, with the way back (a revoked key is never taken again).
+    log = tmp_path / "logs" / "gateway.log"
+    wait_until(lambda: "refuses this gateway" in log.read_text(), timeout_s=10)  # copied from its stderr by a pump
+    time.sleep(1.0)  # heartbeats go on being refused meanwhile
+    log_text = log.read_text()
+    assert log_text.count("refuses this gateway") == 1, log_text[-2000:]
+    assert "letmesh keys add gateway local" in log_text and "hosts/gateway-local/" in log_text
 
 
 def test_status_with_a_revoked_operator_key_says_the_key_was_refused_not_that_nothing_answered(mesh) -> None:

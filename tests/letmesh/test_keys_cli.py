@@ -18,11 +18,24 @@ def test_keys_init_add_list_revoke(tmp_path: Path, capsys) -> None:
     listed = capsys.readouterr().out.split()
     assert "edge1" in listed and "local" in listed
     assert main(["keys", "revoke", "edge1", "--keys", str(ring)]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().out.startswith("revoked agent 'edge1': a running controller refuses it within a heartbeat")
     assert main(["keys", "list", "--keys", str(ring)]) == 0
     assert "edge1" not in capsys.readouterr().out
     assert main(["keys", "revoke", "edge1", "--keys", str(ring)]) == 1
     assert "no authorised key" in capsys.readouterr().err
+
+
+def test_revoke_names_the_role_once_and_what_it_does_to_that_role(tmp_path: Path, capsys) -> None:
+    ring = tmp_path / "keys"
+    assert main(["keys", "init", str(ring)]) == 0
+    for role, name in (("gateway", "gw"), ("operator", "ops")):
+        assert main(["keys", "add", role, name, "--keys", str(ring)]) == 0
+    capsys.readouterr()
+    assert main(["keys", "revoke", "gateway:gw", "--keys", str(ring)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("revoked gateway 'gw': ") and "gateway:gw" not in out and "503" in out
+    assert main(["keys", "revoke", "ops", "--keys", str(ring)]) == 0
+    assert capsys.readouterr().out == "revoked operator 'ops': its next connection to a running controller is refused\n"
 
 
 def test_a_role_refuses_a_remote_address_without_keys_unless_told_insecure(capsys) -> None:
