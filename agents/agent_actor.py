@@ -64,6 +64,10 @@ from protocol.message import (
 log = logging.getLogger(__name__)
 
 DEREGISTER_LINGER_MS = 1000  # how long a stopping agent's goodbye may wait to be sent
+# After this many registrations the controller's link took without a word back, the agent warns
+# (at most once per UNHEARD_SAY_EVERY_S) that another process may hold its name.
+UNHEARD_REGISTRATIONS = 3
+UNHEARD_SAY_EVERY_S = 60.0
 
 
 class AgentActor(Actor):
@@ -84,6 +88,11 @@ class AgentActor(Actor):
         self.instance = uuid.uuid4().hex[:12]  # this process: a restart is a new instance
         self.registrations_sent = 0
         self._unanswered = False  # a registration went out and no reply came yet
+        # Registrations the link took with nothing heard from the controller since, and when that
+        # was last said: a controller that drops what this agent sends (another process holds its
+        # name) gives no other sign.
+        self._taken_unanswered = 0
+        self._unheard_said = float("-inf")
         self._feed: asyncio.Task | None = None
         self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
         self._seq = 0
@@ -180,6 +189,7 @@ class AgentActor(Actor):
                     self._forget(worker)
                 await self._send(WorkerStopped(worker_id=worker_id, agent_id=self.config.agent_id, exit_code=code))
             case Incoming(msg=inner):
+                self._taken_unanswered = 0
                 self._controller.beat("controller", self._clock.monotonic())
                 await self._on_controller(inner)
             case ProfileProgress():  # from the profiling task, on its way to the controller
@@ -299,6 +309,16 @@ class AgentActor(Actor):
             await asyncio.wait_for(self._endpoint.send(msg), self.config.heartbeat_interval_s)
         except (TimeoutError, zmq.ZMQError, EndpointClosed):
             log.debug("registration not taken by the controller link in time")
+            return
+        self._taken_unanswered += 1
+        now = self._clock.monotonic()
+        if self._taken_unanswered >= UNHEARD_REGISTRATIONS and now - self._unheard_said >= UNHEARD_SAY_EVERY_S:
+            self._unheard_said = now
+            log.warning("the controller at %s took %d registrations and answered none: most likely another agent "
+                        "is connected as %r (the same keys folder on two hosts, or two agents with one id), and the "
+                        "controller drops what this one sends; else the controller is not answering. Stop the other "
+                        "agent, or give this host its own id (and key: letmesh keys add agent NEWID)",
+                        self.config.controller, self._taken_unanswered, self.config.agent_id)
 
     async def _on_tick(self) -> None:
         now = self._clock.monotonic()

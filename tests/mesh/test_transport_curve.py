@@ -220,3 +220,76 @@ async def test_a_key_holder_squatting_on_an_absent_peers_name_gives_it_up_when_t
         if owner is not None:
             owner.close()
         router.close()
+
+
+async def _until(predicate, timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+def _warnings(caplog, needle: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mesh.transport" and needle in r.getMessage()]
+
+
+async def test_a_dialler_given_another_keyrings_folder_says_so_once_and_backs_off(ctx, ring: keys.Keyring, tmp_path,
+                                                                                  caplog, monkeypatch) -> None:
+    from mesh import transport
+
+    monkeypatch.setattr(transport, "_refusals_said", {})
+    other = tmp_path / "other"
+    keys.init_keyring(other)
+    keys.add_peer(other, "agent", "e1")
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
+    dealer = Endpoint.dealer(ctx, router.address, "agent:e1", security=keys.client_keys(other, "agent", "e1"),
+                             control=True)
+    try:
+        await _until(lambda: _warnings(caplog, "another keyring"))
+        await asyncio.sleep(2.5)
+        said = _warnings(caplog, "another keyring")
+        assert len(said) == 1, said
+        assert said[0].startswith(f"no handshake with {router.address}: its answer does not match the controller.key")
+        assert "hosts/agent-e1/" in said[0]
+        # Redialled with a backoff (the first after 2 s), not at libzmq's reconnect interval (0.1 s).
+        assert 2 <= dealer.refused_handshakes <= 4, dealer.refused_handshakes
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_a_dialler_with_keys_facing_a_server_without_says_so(ctx, ring: keys.Keyring, caplog, monkeypatch) -> None:
+    from mesh import transport
+
+    monkeypatch.setattr(transport, "_refusals_said", {})
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    dealer = Endpoint.dealer(ctx, router.address, "agent:e1", security=keys.client_keys(ring.root, "agent", "e1"))
+    try:
+        await _until(lambda: _warnings(caplog, "runs without keys"))
+        (said,) = _warnings(caplog, "runs without keys")
+        assert said.startswith(f"no handshake with {router.address}: it runs without keys while this process has them")
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_a_key_the_server_refuses_is_said_with_the_way_back_once_a_minute(ctx, ring: keys.Keyring, caplog,
+                                                                                 monkeypatch) -> None:
+    from mesh import transport
+
+    monkeypatch.setattr(transport, "_refusals_said", {})
+    e2 = keys.client_keys(ring.root, "agent", "e2")
+    keys.revoke_peer(ring.root, "e2")
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
+    dealers = []
+    try:
+        for _ in range(2):  # an agent dials afresh at each registration: still said once
+            dealers.append(Endpoint.dealer(ctx, router.address, "agent:e2", security=e2, control=True))
+            await _until(lambda: dealers[-1].refused_handshakes >= 1)
+        said = _warnings(caplog, "refused this key")
+        assert len(said) == 1, said
+        assert said[0].startswith(f"{router.address} refused this key: agent 'e2' is not authorised there")
+        assert "letmesh keys add agent e2" in said[0]
+    finally:
+        for dealer in dealers:
+            dealer.close()
+        router.close()
