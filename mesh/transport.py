@@ -29,7 +29,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from mesh.keys import ROLES, ClientKeys, KeysError, ServerKeys, rejoin_hint, split_server_key
+from mesh.handshakes import REFUSALS, refusal_cause, say_refused
+from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
 from mesh.links import DEFAULT_LINK, LINGER_MS, LinkOptions, socket_options
 from mesh.peer_routes import PeerRoutes, name_of, tagged
 from mesh.zap import ZAP_DOMAIN, ZapHandler
@@ -53,52 +54,8 @@ CONTROL_SNDHWM = 1000
 # dials it again itself (the server may not know its key yet: a gateway just restarted, a worker's
 # credential on its way), after a delay that doubles up to this.
 REFUSED_REDIAL_MAX_S = 30.0
-# A dialler's failed handshakes, as libzmq's monitor reports them on its side: the server refused
-# this key (AUTH); the server's answer did not decrypt, so this process was given another server's
-# public key (NO_DETAIL; libzmq would retry it every reconnect interval by itself); one side has
-# keys and the other not (PROTOCOL, mechanism mismatch).
-_REFUSALS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-# A refusal is logged at most this often per server and cause, process-wide: a role that dials
-# afresh at every retry (an agent registering) would otherwise say it at each one.
-REFUSAL_LOG_EVERY_S = 60.0
-_refusals_said: dict[tuple[str, str], float] = {}
 # A ROUTER warns at most this often that a second connection claims a live peer's name.
 CLAIM_WARNING_EVERY_S = 10.0
-
-
-def refusal_cause(event: int, value: int) -> str:
-    """What a dialler's failed handshake means: not_authorised, server_key, no_keys or protocol."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return "not_authorised"
-    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        return "server_key"
-    return "no_keys" if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else "protocol"
-
-
-def refusal_text(cause: str, address: str, identity: str) -> str:
-    role, _, name = identity.partition(":")
-    if cause == "not_authorised":
-        text = f"{address} refused this key: {role} {name!r} is not authorised there (revoked, or issued by another keyring)"
-        if role in ROLES:  # a worker's or a profiler's key may just not have reached that server yet
-            text += f"; to serve, {rejoin_hint(role, name)}"
-        return text
-    if cause == "server_key":
-        return (f"no handshake with {address}: its answer does not match the controller.key in this process's keys "
-                f"folder (a folder from another keyring?), or it is not a letmesh role; use the "
-                f"hosts/{role}-{name}/ folder issued by the keyring that server runs with")
-    if cause == "no_keys":
-        return f"no handshake with {address}: it runs without keys while this process has them; start both with --keys"
-    return f"no handshake with {address}: a ZMTP protocol error"
-
-
-def _say_refused(cause: str, address: str, identity: str, delay_s: float) -> None:
-    now = time.monotonic()
-    if now - _refusals_said.get((address, cause), float("-inf")) < REFUSAL_LOG_EVERY_S:
-        return
-    if len(_refusals_said) >= 256:  # addresses come from configuration and the controller: bounded all the same
-        _refusals_said.clear()
-    _refusals_said[(address, cause)] = now
-    log.warning("%s; dialling again in %.0f s (said once a minute)", refusal_text(cause, address, identity), delay_s)
 
 
 # One ZAP handler per context (libzmq asks inproc://zeromq.zap.01 of the socket's context);
@@ -261,7 +218,7 @@ class Endpoint:
         except RuntimeError:
             return  # not on an event loop: nothing to redial with
         self._redial_base_s = max(base_s, 0.1)
-        events = _REFUSALS | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        events = REFUSALS | zmq.EVENT_HANDSHAKE_SUCCEEDED
         self._monitor = self._sock.get_monitor_socket(events)
         self._watch = loop.create_task(self._watch_loop(), name="refused-redial")
 
@@ -285,7 +242,7 @@ class Endpoint:
             cause = refusal_cause(event["event"], event["value"])
             # One failure without a reason may be a server going down mid-handshake; twice in a row is not.
             if cause == "not_authorised" or n >= 2:
-                _say_refused(cause, bare, self._identity, delay)
+                say_refused(cause, bare, self._identity, delay)
             try:  # libzmq retries a handshake that failed without a reason every interval: back off instead
                 self._sock.disconnect(bare)
             except zmq.ZMQError:

@@ -234,9 +234,9 @@ def _warnings(caplog, needle: str) -> list[str]:
 
 async def test_a_dialler_given_another_keyrings_folder_says_so_once_and_backs_off(ctx, ring: keys.Keyring, tmp_path,
                                                                                   caplog, monkeypatch) -> None:
-    from mesh import transport
+    from mesh import handshakes
 
-    monkeypatch.setattr(transport, "_refusals_said", {})
+    monkeypatch.setattr(handshakes, "_refusals_said", {})
     other = tmp_path / "other"
     keys.init_keyring(other)
     keys.add_peer(other, "agent", "e1")
@@ -258,9 +258,9 @@ async def test_a_dialler_given_another_keyrings_folder_says_so_once_and_backs_of
 
 
 async def test_a_dialler_with_keys_facing_a_server_without_says_so(ctx, ring: keys.Keyring, caplog, monkeypatch) -> None:
-    from mesh import transport
+    from mesh import handshakes
 
-    monkeypatch.setattr(transport, "_refusals_said", {})
+    monkeypatch.setattr(handshakes, "_refusals_said", {})
     router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
     dealer = Endpoint.dealer(ctx, router.address, "agent:e1", security=keys.client_keys(ring.root, "agent", "e1"))
     try:
@@ -274,9 +274,9 @@ async def test_a_dialler_with_keys_facing_a_server_without_says_so(ctx, ring: ke
 
 async def test_a_key_the_server_refuses_is_said_with_the_way_back_once_a_minute(ctx, ring: keys.Keyring, caplog,
                                                                                  monkeypatch) -> None:
-    from mesh import transport
+    from mesh import handshakes
 
-    monkeypatch.setattr(transport, "_refusals_said", {})
+    monkeypatch.setattr(handshakes, "_refusals_said", {})
     e2 = keys.client_keys(ring.root, "agent", "e2")
     keys.revoke_peer(ring.root, "e2")
     router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
