@@ -21,63 +21,35 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
-from agents import batch_replies  # noqa: E402
 from agents.artifact import fetch_artifact, report_load_failure  # noqa: E402
 from agents.error import WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
 from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
 from agents.process import torch_device  # noqa: E402
+from agents.serving_loop import ServingLoop  # noqa: E402
 from mesh import heap  # noqa: E402
-from mesh.batching import Queued, make_batcher  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
 from mesh.log_format import FORMAT_ENV, configure as configure_logging  # noqa: E402
-from mesh.scheduler import GpuletScheduler  # noqa: E402
-from mesh.slowdown import SlowdownTracker  # noqa: E402
-from mesh.transport import Endpoint, EndpointClosed, Incoming  # noqa: E402
-from protocol.codec import decode, tensors_from_frames  # noqa: E402
+from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
+from protocol.codec import decode  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
-from protocol.types import ReplyStatus  # noqa: E402
 from protocol.message import (  # noqa: E402
     ArtifactChunkReply,
     ErrorReply,
     GatewayListChanged,
     Heartbeat,
-    InferReply,
-    InferRequest,
     StartWorker,
     WorkerHello,
     WorkerReady,
 )
 
 log = logging.getLogger(__name__)
-
-_IDLE = object()
-# Batches predicted to take longer than this compute off the event loop, so heartbeats and
-# receives go on during them; shorter ones run inline, where a thread hand-off would cost more.
-_OFFLOAD_S = 0.005
-
-
-@dataclass(frozen=True, slots=True)
-class _Due:
-    name: str
-    batch: tuple[Queued, ...]
-    started: float
-    rows: int  # the batch's rows: its cost on the latency curve
-# A batcher that waits to fill a batch asks to be woken this long before its last feasible start:
-# the event loop's timers fire up to a few milliseconds late on a busy machine.
-_WAKE_SLACK_S = 0.002
-# The slowdown a variant reports to the controller, once this many of its batches were timed.
-_SLOWDOWN_MIN_BATCHES = 5
 
 
 def read_spec() -> StartWorker:
@@ -94,7 +66,8 @@ def read_spec() -> StartWorker:
 
 
 class Worker:
-    """Serving loop of one gpu-let. Single-threaded: receive tasks fill the batchers, one loop runs them."""
+    """One gpu-let's process: loads its variants, keeps its links, and runs the serving loop
+    (agents.serving_loop) until told to stop."""
 
     def __init__(self, cmd: StartWorker, *, agent_id: str, state_dir: Path, heartbeat_interval_s: float) -> None:
         self.cmd = cmd
@@ -102,22 +75,14 @@ class Worker:
         self.cache_dir = state_dir / "artifacts"
         self.heartbeat_interval_s = heartbeat_interval_s
         self.identity = f"worker:{cmd.worker_id}"
-        self.runners: dict[str, ModelRunner] = {}
-        self.scheduler: GpuletScheduler[str] = GpuletScheduler()
+        self.serving = ServingLoop()
+        self.runners = self.serving.runners
         self.profile_ms: dict[str, tuple[float, ...]] = {}
         self.runtimes: dict[str, str] = {}  # variants the ONNX upgrade decided for, and its verdict
-        # Compute time of served batches against the warm-up curve: what the planner's capacity
-        # model lacks when the host is busier than at profiling (a noisy neighbour, the gateway).
-        self.slowdown: dict[str, SlowdownTracker] = {}
         self._gateways: dict[str, Endpoint] = {}
-        self._last_sent: dict[Endpoint, float] = {}
         self.exit_code = 0
         self._recv_tasks: dict[str, asyncio.Task] = {}
-        self._arrived = asyncio.Event()
-        self._idle = False
-        self._handoff: _Due | None = None  # a batch a receive task took but the serving loop must offload
-        self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        self._stopping = asyncio.Event()
+        self._stopping = self.serving.stopping
         self._ctx: zmq.asyncio.Context | None = None
         # With keys, a worker authenticates as the agent that runs it (the key pair its agent handed down).
         self._keys = client_keys_from_env()
@@ -149,12 +114,12 @@ class Worker:
             for address in self.cmd.gateways:
                 self._connect(address)
             beat_task = asyncio.create_task(self._heartbeats(control))
-            serve_task = asyncio.create_task(self._serve())
+            serve_task = asyncio.create_task(self.serving.serve())
             await self._stopping.wait()
             for task in self._recv_tasks.values():
                 task.cancel()
             await asyncio.gather(*self._recv_tasks.values(), return_exceptions=True)
-            self._arrived.set()
+            self.serving.wake()
             await serve_task  # drains what is queued: every request read gets its reply
             beat_task.cancel()
             await asyncio.gather(beat_task, return_exceptions=True)
@@ -165,7 +130,7 @@ class Worker:
                 ep.close()
             control.close()
             self._ctx.term()
-            self._compute_thread.shutdown(wait=True)
+            self.serving.close()
 
     async def _load(self, control: Endpoint, replies: asyncio.Queue) -> None:
         device = torch_device(self.cmd.partition)
@@ -184,14 +149,11 @@ class Worker:
                 log.error("variant %s cannot be loaded: %s", spec.name, exc)
                 await report_load_failure(control, self.cmd.worker_id, spec.name, exc)
                 continue
-            self.runners[spec.name] = runner
             self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
             if runner.runtime != spec.backend:
                 self.runtimes[spec.name] = runner.runtime
             try:
-                self.scheduler.add(spec.name, make_batcher(spec.batching, max_batch=spec.max_batch,
-                                                           latency_s=self._serving_latency(spec.name),
-                                                           wake_slack_s=_WAKE_SLACK_S))
+                self.serving.add(spec.name, runner, spec.batching, spec.max_batch)
             except ValueError as exc:
                 raise WorkerSpecError(f"variant {spec.name!r}: {exc}") from None
             log.info("variant loaded", extra={"variant": spec.name, "profile_ms": measured, "runtime": runner.runtime})
@@ -221,7 +183,7 @@ class Worker:
         ep = Endpoint.dealer(self._ctx, address, self.identity, security=self._keys)
         self._gateways[address] = ep
         ep.send_nowait(WorkerHello(worker_id=self.cmd.worker_id, variants=tuple(self.runners)))
-        self._recv_tasks[address] = asyncio.create_task(self._receive(ep))
+        self._recv_tasks[address] = asyncio.create_task(self.serving.receive(ep))
 
     def _disconnect(self, address: str) -> None:
         task = self._recv_tasks.pop(address, None)
@@ -229,7 +191,7 @@ class Worker:
             task.cancel()
         ep = self._gateways.pop(address, None)
         if ep is not None:
-            self._last_sent.pop(ep, None)
+            self.serving.last_sent.pop(ep, None)
             ep.close()
 
     async def _heartbeats(self, control: Endpoint) -> None:
@@ -246,8 +208,7 @@ class Worker:
                         pid=os.getpid(),
                         batch_latency_ms=self.profile_ms,
                         runtimes=self.runtimes,
-                        slowdown={name: t.estimate().mean for name, t in self.slowdown.items()
-                                  if t.observations >= _SLOWDOWN_MIN_BATCHES},
+                        slowdown=self.serving.slowdowns(),
                     ),
                 )
             seq += 1
@@ -255,154 +216,12 @@ class Worker:
             now = time.monotonic()
             for ep in self._gateways.values():
                 # A reply sent within the interval already told this gateway we are alive.
-                if now - self._last_sent.get(ep, 0.0) >= self.heartbeat_interval_s / 2:
-                    self._send(ep, beat)
+                if now - self.serving.last_sent.get(ep, 0.0) >= self.heartbeat_interval_s / 2:
+                    self.serving.send(ep, beat)
             before = time.monotonic()
             await asyncio.sleep(self.heartbeat_interval_s)
             if (late := time.monotonic() - before - self.heartbeat_interval_s) > 0.5:
                 log.warning("heartbeat %.2f s late: the serving loop was blocked or the host starved", late)
-
-    async def _receive(self, ep: Endpoint) -> None:
-        while True:
-            try:
-                incoming: Incoming = await ep.recv()
-            except EndpointClosed:
-                return
-            msg = incoming.msg
-            if not isinstance(msg, InferRequest):
-                continue  # heartbeats from the gateway need no answer
-            now = time.monotonic()
-            if msg.variant not in self.scheduler:
-                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR,
-                                          error=f"variant {msg.variant!r} is not served by this worker"))
-                continue
-            try:
-                arrays = self._inputs(msg, incoming.buffers)
-            except (ProtocolError, ValueError) as exc:
-                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR, error=str(exc)))
-                continue
-            item = Queued(request_id=msg.request_id, deadline=now + msg.budget_us / 1e6, arrived=now,
-                          payload=(ep, arrays), rows=arrays[0].shape[0] if arrays and arrays[0].ndim else 1)
-            if not self.scheduler.push(msg.variant, item):
-                self._send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OVERLOADED,
-                                          error="worker queue is full"))
-                continue
-            if self._idle and not incoming.more and not ep.readable():
-                # The serving loop is asleep with nothing queued: run now rather than pay its
-                # wake-up. Only after the last request waiting on the link (bundled or not), so a
-                # backlog batches: run one by one, it would cost a batch of one each and fall behind.
-                self._idle = False
-                self._run_short()
-            self._arrived.set()
-
-    def _serving_latency(self, name: str) -> Callable[[int], float]:
-        """What the batcher predicts a batch of ``name`` takes: the warm-up curve (the model alone)
-        times the slowdown its served batches show, once timed (never below the curve, at most 4x)."""
-        curve, trackers = self.runners[name].latency_s, self.slowdown
-
-        def latency_s(batch: int) -> float:
-            tracker = trackers.get(name)
-            if tracker is None or tracker.observations < _SLOWDOWN_MIN_BATCHES:
-                return curve(batch)
-            return curve(batch) * min(4.0, max(1.0, tracker.estimate().mean))
-
-        return latency_s
-
-    def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
-        arrays = dict(zip((m.name for m in msg.inputs), tensors_from_frames(msg.inputs, buffers)))
-        spec = self.runners[msg.variant].spec
-        try:
-            return [arrays[s.name] for s in spec.inputs]
-        except KeyError as exc:
-            raise ValueError(f"input {exc.args[0]!r} is missing") from None
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            outcome, self._handoff = self._handoff or self._step(), None
-            if isinstance(outcome, _Due):
-                # A long batch computes on the compute thread (TorchScript releases the GIL), so
-                # this loop keeps receiving and heartbeating; a short one runs here, cheaper.
-                if self.runners[outcome.name].latency_s(outcome.rows) > _OFFLOAD_S:
-                    result = await loop.run_in_executor(self._compute_thread, self._compute, outcome.name, outcome.batch)
-                else:
-                    result = self._compute(outcome.name, outcome.batch)
-                self._finish(outcome, result)
-                await asyncio.sleep(0)  # let receive tasks queue what arrived meanwhile
-            elif outcome is _IDLE:
-                if self._stopping.is_set():
-                    return
-                self._idle = True
-                self._arrived.clear()
-                await self._arrived.wait()
-                self._idle = False
-            else:
-                wake_at = outcome
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), max(0.0, wake_at - time.monotonic()))
-                except TimeoutError:
-                    pass
-
-    def _step(self) -> object:
-        """One scheduling step: answer hopeless requests and say which batch is due.
-
-        Returns a _Due batch, _IDLE (nothing queued), or the instant to step again.
-        """
-        now = time.monotonic()
-        step = self.scheduler.step(now)
-        self._send_all(batch_replies.late(step.late, now))
-        if step.batch:
-            return _Due(step.key, step.batch, now, sum(q.rows for q in step.batch))
-        return _IDLE if step.wake_at is None else step.wake_at
-
-    def _run_short(self) -> None:
-        """From a receive task while the serving loop sleeps: run a due batch now if it is short."""
-        name = self.scheduler.next_key()
-        if name is None:
-            return
-        if self.runners[name].latency_s(1) > _OFFLOAD_S:
-            return  # the serving loop will offload it
-        outcome = self._step()
-        if not isinstance(outcome, _Due):
-            return
-        if self.runners[name].latency_s(outcome.rows) > _OFFLOAD_S:
-            # Short alone, long by its rows: the serving loop offloads it, as it would its own.
-            self._handoff = outcome
-            self._arrived.set()
-            return
-        self._finish(outcome, self._compute(outcome.name, outcome.batch))
-
-    def _compute(self, name: str, batch: tuple[Queued, ...]) -> tuple[list[np.ndarray] | Exception, int]:
-        """The model call alone (safe on the compute thread: it sends nothing)."""
-        runner = self.runners[name]
-        try:
-            if len(batch) == 1:
-                inputs = batch[0].payload[1]
-            else:
-                inputs = [np.concatenate([item.payload[1][i] for item in batch]) for i in range(len(runner.spec.inputs))]
-            t0 = time.perf_counter()
-            outputs = runner.run(inputs)
-            return outputs, int((time.perf_counter() - t0) * 1e6)
-        except Exception as exc:  # a failing model answers its batch with the error, it does not kill the worker
-            return exc, 0
-
-    def _finish(self, due: _Due, result: tuple[list[np.ndarray] | Exception, int]) -> None:
-        """Replies for a computed batch (on the event loop: sockets are not shared across threads)."""
-        name, batch = due.name, due.batch
-        outputs, compute_us = result
-        finished = time.monotonic()
-        self.scheduler.finished(name, due.rows, any(q.deadline < finished for q in batch))
-        if isinstance(outputs, Exception):
-            log.error("batch failed: %s", outputs, extra={"variant": name})
-            self._send_all(batch_replies.failed(name, batch, f"model failed: {outputs}"))
-            return
-        runner = self.runners[name]
-        expected_s = runner.latency_s(due.rows)
-        if compute_us > 0 and expected_s > 0:
-            self.slowdown.setdefault(name, SlowdownTracker()).observe(compute_us / 1e6, expected_s)
-        self._send_all(batch_replies.computed(name, batch, outputs, [o.name for o in runner.spec.outputs],
-                                              compute_us=compute_us, started=due.started))
 
     def _send_control(self, control: Endpoint, msg: object) -> None:
         """To the controller: while its link is down nothing queues (and nothing is lost: the
@@ -411,17 +230,6 @@ class Worker:
             control.send_nowait(msg)
         except zmq.Again:
             pass
-
-    def _send(self, ep: Endpoint, msg: object, tensors: list[np.ndarray] | tuple = ()) -> None:
-        self._send_all({ep: [(msg, tensors)]})
-
-    def _send_all(self, by_gateway: dict[Endpoint, list]) -> None:
-        for ep, items in by_gateway.items():
-            try:
-                ep.send_many_nowait(items)
-                self._last_sent[ep] = time.monotonic()
-            except zmq.Again:
-                log.warning("gateway link backed up; %d replies dropped", len(items))
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.support import goodput_models as gm  # noqa: E402
-from benchmarks.support import loadgen, procfs  # noqa: E402
+from benchmarks.support import loadgen  # noqa: E402
+from benchmarks.support.goodput_report import environment, render, result_line  # noqa: E402
 from benchmarks.support.report import publish  # noqa: E402
 from benchmarks.support.server_under_test import (  # noqa: E402
     BaselineServer,
@@ -360,88 +360,6 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     }
 
 
-# --- report ------------------------------------------------------------------------------------
-
-
-def environment(cores: tuple[tuple[int, ...], int], device: str) -> dict[str, Any]:
-    import aiohttp
-    import onnxruntime
-    import torch
-    import zmq
-
-    return {
-        "cpu_model": procfs.cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-        "server_cores": list(cores[0]), "client_core": cores[1], "shared_core": cores[1] in cores[0],
-        "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "",
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__, "aiohttp": aiohttp.__version__, "pyzmq": zmq.__version__,
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-
-
-def _n(value: Any) -> float:
-    """A figure from the plain report: NaN where it could not be computed (null in JSON)."""
-    return float("nan") if value is None else float(value)
-
-
-def render(report: dict[str, Any]) -> str:
-    env, o = report["environment"], report["options"]
-    lines = [
-        f"letmesh goodput on {_where(env)} ({'quick' if o['quick'] else 'full'} run): Poisson arrivals, pass = "
-        f">= {PASS_FRACTION:.0%} answered 200 within the SLO from the scheduled send time; "
-        f"{o['step_requests']} requests per step, {o['sweeps']} sweep(s) per server",
-        f"machine: {env['cpu_model']}{'; ' + env['gpu'] if env['gpu'] else ''}; server pinned to "
-        f"core{'s' if len(env['server_cores']) > 1 else ''} {','.join(map(str, env['server_cores']))}, load generator to core "
-        f"{env['client_core']}{' (SHARED: only one usable core)' if env['shared_core'] else ''}; load average "
-        f"{env['loadavg_at_start'][0]:.2f} at start, {report['loadavg_at_end'][0]:.2f} at end",
-        f"software: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-        f"aiohttp {env['aiohttp']}; served artifact: {o['backend']}"
-        + ("; letmesh's agent may upgrade it to ONNX Runtime" if o["onnx_upgrade"] else ""),
-        "",
-    ]
-    for key, m in report["models"].items():
-        lim = m["compute_limit"]
-        onnx = (f"; ONNX {m['batch1_ms']['onnx']:.2f} ms" if "onnx" in lim else "; no ONNX Runtime on this device")
-        onnx_limit = f", ONNX {lim['onnx']['rps']:.0f} req/s (batch {lim['onnx']['batch']})" if "onnx" in lim else ""
-        lines += [
-            f"{key}: {m['model']}",
-            f"  SLO {m['slo_ms']:g} ms (= {o['slo_factor']:g} x batch-1 {m['batch1_ms']['torchscript']:.2f} ms "
-            f"TorchScript{onnx}); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
-            f"req/s (batch {lim['torchscript']['batch']}){onnx_limit}; letmesh max batch {m['max_batch']}",
-            f"  {'server':<10}{'max req/s':>10}{'per sweep (<fail)':>20}{'p50 ms':>9}{'p99 ms':>9}{'of limit':>10}"
-            f"{'CPU ms/req':>12}{'gen lag p99':>13}{'gen CPU':>9}  cores",
-        ]
-        for name, s in m["servers"].items():
-            per = "/".join(f"{r:.0f}" + ("" if f is None else f"<{f:.0f}")
-                           for r, f in zip(s["max_rate_per_sweep"], s["first_failing_per_sweep"]))
-            of = m["of_limit"] if name == "letmesh" else m["baseline_of_limit"]
-            lines.append(f"  {name:<10}{s['max_rate']:>10.1f}{per:>20}{_n(s['p50_ms']):>9.1f}{_n(s['p99_ms']):>9.1f}"
-                         f"{_n(of):>10.2f}{s['cpu_ms_per_req']:>12.2f}{_n(s['lag_p99_ms_at_max']):>11.2f}ms"
-                         f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
-        lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x (the compute limit allows at most "
-                     f"{_n(m.get('ceiling_vs_naive')):.2f}x on {_where(env)}); letmesh of the ONNX limit "
-                     f"{_n(m['of_onnx_limit']):.2f}; CPU per request measured at {m['low_rate']:g} req/s")
-        mesh, base = m["servers"]["letmesh"], m["servers"]["baseline"]
-        lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
-                     f"{base['idle_cpu_ms_per_s']:.1f} ms/s; CPU per request less the idle share: letmesh "
-                     f"{mesh['cpu_ms_per_req_less_idle']:.2f} ms, baseline {base['cpu_ms_per_req_less_idle']:.2f} ms")
-        for variant, runtime in m["servers"]["letmesh"].get("runtimes", {}).items():
-            lines.append(f"  letmesh serves {variant} on {runtime}")
-        lines.append("")
-    lines.append(f"JSON: {report['out']}")
-    return "\n".join(lines)
-
-
-def _where(env: dict[str, Any]) -> str:
-    cores = len(env["server_cores"])
-    where = "one core" if cores == 1 else f"{cores} cores"
-    return f"{where} and {env['gpu'] or 'a GPU'}" if env["device"] == "cuda" else where
-
-
-def result_line(result: dict[str, Any]) -> str:
-    return "RESULT " + " ".join(f"{k}={_n(v):.4g}" for k, v in result.items())
-
-
 def measure(opts: Options) -> dict[str, Any]:
     cores = pick_cores(opts.server_cores)
     env = environment(cores, opts.device)
@@ -461,7 +379,7 @@ def measure(opts: Options) -> dict[str, Any]:
     for key, m in models.items():
         result[f"cpu_ms_per_req_{key}"] = m["servers"]["letmesh"]["cpu_ms_per_req"]
     return {
-        "benchmark": "goodput",
+        "benchmark": "goodput", "pass_fraction": PASS_FRACTION,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "environment": env, "models": models, "loadavg_at_end": list(os.getloadavg()),
         "out": str(opts.out), "result": result,

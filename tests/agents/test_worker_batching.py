@@ -7,14 +7,13 @@ import asyncio
 import numpy as np
 import pytest
 
-from agents.worker import Worker
-from mesh.batching import make_batcher
+from agents.serving_loop import ServingLoop
 from mesh.slowdown import SlowdownTracker
 from mesh import transport
 from mesh.transport import Endpoint
 from protocol.codec import tensor_meta
-from protocol.message import InferReply, InferRequest, StartWorker, WorkerHello
-from protocol.types import Partition, ReplyStatus, TensorSpec
+from protocol.message import InferReply, InferRequest, WorkerHello
+from protocol.types import ReplyStatus, TensorSpec
 
 
 class _Spec:
@@ -38,34 +37,31 @@ class RecordingModel:
         return [inputs[0] * 2]
 
 
-async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx, tmp_path, monkeypatch) -> None:
+async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx, monkeypatch) -> None:
     """Six requests reach an idle worker as six messages before it reads any: it reads them all,
     then runs them together. Run as each is read, they would cost six batches of one."""
     # A receive loop lets other tasks run after 2 ms of reading a backlog (tested in
     # tests/mesh/test_transport.py): on a busy host six reads can take that long, and the
     # serving loop would run the four read so far. Not what this test is about.
     monkeypatch.setattr(transport, "FAIR_SHARE_S", 60.0)
-    worker = Worker(StartWorker(worker_id="w", partition=Partition(device_id="cpu0", kind="cpu", cores=(0,)),
-                                variants=(), gateways=(), controller=""),
-                    agent_id="a", state_dir=tmp_path, heartbeat_interval_s=1.0)
+    serving = ServingLoop()
     model = RecordingModel()
-    worker.runners["v"] = model  # type: ignore[assignment]
-    worker.scheduler.add("v", make_batcher("edf", max_batch=8, latency_s=model.latency_s))
+    serving.add("v", model, "edf", max_batch=8)  # type: ignore[arg-type]
     gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")
     link = Endpoint.dealer(ctx, gateway.address, "worker:w")
     tasks: list[asyncio.Task] = []
     try:
         await link.send(WorkerHello(worker_id="w", variants=("v",)))
         peer = (await asyncio.wait_for(gateway.recv(), 5)).peer
-        tasks.append(asyncio.create_task(worker._serve()))
-        while not worker._idle:  # asleep with nothing queued
+        tasks.append(asyncio.create_task(serving.serve()))
+        while not serving._idle:  # asleep with nothing queued
             await asyncio.sleep(0.01)
         xs = [np.full((1, 4), i, np.float32) for i in range(6)]
         for i, x in enumerate(xs):  # one message each, not a bundle
             gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=5_000_000,
                                              inputs=(tensor_meta("x", x),)), [x], to=peer)
         await asyncio.sleep(0.3)  # all six on the worker's socket before it reads
-        tasks.append(asyncio.create_task(worker._receive(link)))
+        tasks.append(asyncio.create_task(serving.receive(link)))
         replies: dict[int, np.ndarray] = {}
         while len(replies) < 6:
             got = await asyncio.wait_for(gateway.recv(), 5)
@@ -81,19 +77,17 @@ async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx,
         await asyncio.gather(*tasks, return_exceptions=True)
         link.close()
         gateway.close()
-        worker._compute_thread.shutdown(wait=False)
+        serving.close()
 
 
-def test_the_batcher_predicts_at_the_speed_served_batches_show(tmp_path) -> None:
+def test_the_batcher_predicts_at_the_speed_served_batches_show() -> None:
     """The warm-up curve is the model alone; served beside other processes its batches run
     slower, and the batcher's prediction follows once five were timed: never below the curve,
     at most four times it."""
-    worker = Worker(StartWorker(worker_id="w", partition=Partition(device_id="cpu0", kind="cpu", cores=(0,)),
-                                variants=(), gateways=(), controller=""),
-                    agent_id="a", state_dir=tmp_path, heartbeat_interval_s=1.0)
-    worker.runners["v"] = RecordingModel()  # type: ignore[assignment]
-    predict = worker._serving_latency("v")
-    tracker = worker.slowdown.setdefault("v", SlowdownTracker())
+    serving = ServingLoop()
+    serving.runners["v"] = RecordingModel()  # type: ignore[assignment]
+    predict = serving.serving_latency("v")
+    tracker = serving.slowdown.setdefault("v", SlowdownTracker())
     for _ in range(4):
         tracker.observe(0.003, 0.001)
     assert predict(1) == 0.001  # four batches timed: the curve still
@@ -106,4 +100,5 @@ def test_the_batcher_predicts_at_the_speed_served_batches_show(tmp_path) -> None
     for _ in range(60):
         tracker.observe(0.05, 0.001)
     assert predict(1) == pytest.approx(0.004)
-    worker._compute_thread.shutdown(wait=False)
+    assert serving.slowdowns() == {"v": pytest.approx(tracker.estimate().mean)}
+    serving.close()
