@@ -43,19 +43,25 @@ def refusal_text(cause: str, address: str, identity: str) -> str:
             text += f"; to serve, {rejoin_hint(role, name)}"
         return text
     if cause == "server_key":
-        return (f"no handshake with {address}: its answer does not match the controller.key in this process's keys "
-                f"folder (a folder from another keyring?), or it is not a letmesh role; use the "
-                f"hosts/{role}-{name}/ folder issued by the keyring that server runs with")
+        text = (f"no handshake with {address}, twice in a row and without a reason: the server's public key this "
+                f"process was given is not that server's (a keys folder from another keyring?), or the server "
+                f"restarts or stalls mid-handshake")
+        if role in ROLES:
+            text += f"; a keys folder from another keyring is replaced by hosts/{role}-{name}/ of the server's keyring"
+        return text
     if cause == "no_keys":
         return f"no handshake with {address}: it runs without keys while this process has them; start both with --keys"
     return f"no handshake with {address}: a ZMTP protocol error"
 
 
-def say_refused(cause: str, address: str, identity: str, delay_s: float) -> None:
+def say_refused(cause: str, address: str, identity: str, delay_s: float | None) -> None:
+    """Log what ``cause`` means for ``address`` (and when it is dialled again, if this process
+    redials it), at most once a minute per server and cause."""
     now = time.monotonic()
     if now - _refusals_said.get((address, cause), float("-inf")) < REFUSAL_LOG_EVERY_S:
         return
     if len(_refusals_said) >= 256:  # addresses come from configuration and the controller: bounded all the same
         _refusals_said.clear()
     _refusals_said[(address, cause)] = now
-    log.warning("%s; dialling again in %.0f s (said once a minute)", refusal_text(cause, address, identity), delay_s)
+    when = "" if delay_s is None else f"; dialling again in {delay_s:.0f} s"
+    log.warning("%s%s (said once a minute)", refusal_text(cause, address, identity), when)

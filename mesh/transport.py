@@ -108,6 +108,8 @@ class Endpoint:
         self._zap_ctx: zmq.asyncio.Context | None = None
         self._dialled: dict[str, str] = {}  # bare address -> as given (with the server key)
         self._refusals: dict[str, int] = {}  # bare address -> handshakes refused in a row
+        self._redials: dict[str, asyncio.TimerHandle] = {}  # one pending redial per server at most
+        self._identity = ""  # a DEALER's peer name, for what a refusal says
         self._watch: asyncio.Task | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self._redial_base_s = DEFAULT_LINK.reconnect_max_s
@@ -206,6 +208,7 @@ class Endpoint:
         bare = split_server_key(address)[0]
         self._dialled.pop(bare, None)
         self._refusals.pop(bare, None)
+        self._cancel_redial(bare)
         try:
             self._sock.disconnect(bare)
         except zmq.ZMQError:
@@ -235,23 +238,29 @@ class Endpoint:
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshakes += 1
                 self._refusals.pop(bare, None)
+                self._cancel_redial(bare)  # a redial scheduled before would drop this link
                 continue
             self.refused_handshakes += 1
             n = self._refusals[bare] = self._refusals.get(bare, 0) + 1
-            delay = min(REFUSED_REDIAL_MAX_S, self._redial_base_s * 2 ** (n - 1))
             cause = refusal_cause(event["event"], event["value"])
-            # One failure without a reason may be a server going down mid-handshake; twice in a row is not.
-            if cause == "not_authorised" or n >= 2:
-                say_refused(cause, bare, self._identity, delay)
-            try:  # libzmq retries a handshake that failed without a reason every interval: back off instead
-                self._sock.disconnect(bare)
-            except zmq.ZMQError:
-                pass
-            asyncio.get_running_loop().call_later(delay, self._redial, bare)
+            if cause == "server_key":
+                # libzmq redials this one itself, backing off to the link's reconnect_max_s. One such
+                # failure may be a server going down mid-handshake; twice in a row, it is said.
+                if n >= 2:
+                    say_refused(cause, bare, self._identity, None)
+                continue
+            delay = min(REFUSED_REDIAL_MAX_S, self._redial_base_s * 2 ** (n - 1))
+            say_refused(cause, bare, self._identity, delay)
+            self._cancel_redial(bare)
+            self._redials[bare] = asyncio.get_running_loop().call_later(delay, self._redial, bare)
 
-    _identity = ""
+    def _cancel_redial(self, bare: str) -> None:
+        timer = self._redials.pop(bare, None)
+        if timer is not None:
+            timer.cancel()
 
     def _redial(self, bare: str) -> None:
+        self._redials.pop(bare, None)
         address = self._dialled.get(bare)
         if address is None or self._sock.closed:
             return  # disconnected on purpose meanwhile
@@ -396,6 +405,8 @@ class Endpoint:
                         "(%d so far)", name_of(routing_id)[:64], self.routes.dropped if self.routes else 0)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
+        for bare in list(self._redials):
+            self._cancel_redial(bare)
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
