@@ -314,17 +314,19 @@ class AgentActor(Actor):
         now = self._clock.monotonic()
         if self._taken_unanswered >= UNHEARD_REGISTRATIONS and now - self._unheard_said >= UNHEARD_SAY_EVERY_S:
             self._unheard_said = now
-            log.warning("the controller at %s took %d registrations and answered none: most likely another agent "
-                        "is connected as %r (the same keys folder on two hosts, or two agents with one id), and the "
-                        "controller drops what this one sends; else the controller is not answering. Stop the other "
-                        "agent, or give this host its own id (and key: letmesh keys add agent NEWID)",
-                        self.config.controller, self._taken_unanswered, self.config.agent_id)
+            log.warning("the controller at %s took %d registrations and answered none: either another agent is "
+                        "connected as %r (the same keys folder on two hosts, or two agents with one id) and the "
+                        "controller drops what this one sends, or the controller is not handling messages. If the "
+                        "former, stop the other agent or give this host its own id (and key: letmesh keys add agent "
+                        "NEWID)", self.config.controller, self._taken_unanswered, self.config.agent_id)
 
     async def _on_tick(self) -> None:
         now = self._clock.monotonic()
         for _ in self._controller.lost(now):
-            log.warning("controller lost; serving goes on, re-registering until it is back")
             self._registered = False
+            if self._revoked:
+                continue  # it refused this agent: nothing serves, registering stays at the longest interval
+            log.warning("controller lost; serving goes on, re-registering until it is back")
             self._register_wait = 0.0  # at once, on a fresh connection
         if not self._registered:
             if now - self._last_register >= self._register_wait:
