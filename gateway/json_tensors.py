@@ -28,8 +28,9 @@ import simdjson
 
 _BOM = b"\xef\xbb\xbf"
 # Bodies up to this size are read by the thread's kept parser; a larger one gets a parser of its
-# own, so no thread keeps buffers sized for the largest body it ever read.
-REUSE_MAX_BYTES = 8 << 20
+# own. A parser keeps buffers of about 3x the largest body it read resident, for good: bounded
+# here, since bodies past 256 KiB are parsed on the executor's threads (up to 32 of them).
+REUSE_MAX_BYTES = 1 << 20
 _local = threading.local()
 # The buffer a flat array of an input's data is read into, per datatype: doubles for floats
 # (ints among them are converted, as numpy does), signed 64-bit for integers, unsigned for UINT64.
