@@ -3,9 +3,9 @@
 Opt-in per agent (``[agent] onnx_upgrade``). The first process on a host to open an artifact
 exports it to ONNX, checks ONNX Runtime's outputs against TorchScript's on seeded inputs at three
 batch sizes, and times the two runtimes in turns on the cores it runs on at each warm-up batch
-size. ONNX Runtime's lead often shrinks as the batch grows (a ResNet-18 here: 1.43x at batch 1,
-1.01x at 16), so the verdict may split the sizes: ONNX Runtime up to the largest batch below which
-it wins at every size timed, TorchScript above. The verdict, and the converted model when it
+size, smallest first. ONNX Runtime must win at batch 1 by MIN_SPEEDUP to be used at all; its lead
+often shrinks as the batch grows (a ResNet-18 here: 1.43x at batch 1, 1.01x at 16), so the verdict
+may split the sizes: ONNX Runtime up to the first size it is slower at, TorchScript from there. The verdict, and the converted model when it
 serves any size, are kept beside the artifact in the agent's cache under a file lock: a host
 decides once per artifact (and per torch / onnxruntime version), and its profilers and workers
 then serve the same runtimes, so profiles measure what is served. Imports torch; onnxruntime only
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.backend import open_backend, output_arrays
+from agents.backend import cpu_threads, open_backend, output_arrays
 from agents.config import ONNX_UPGRADE_ENV
 from mesh.digest import sha256_file
 from mesh.latency import warmup_batches
@@ -36,7 +36,8 @@ from protocol.types import VariantSpec
 
 # Outputs must agree elementwise within atol + rtol * |TorchScript's|, as numpy.allclose.
 RTOL, ATOL = 1e-4, 1e-5
-MIN_SPEEDUP = 1.05  # ONNX serves a batch size only when at least this much faster there and below
+MIN_SPEEDUP = 1.05  # ONNX must be this much faster at batch 1 for the conversion to serve at all
+KEEP_SPEEDUP = 1.0  # once it does, it serves the larger sizes up to the first it is slower at
 ROUNDS = 7  # timing turns per runtime and batch size (the median is compared)
 _VERDICT_VERSION = 2
 
@@ -64,13 +65,16 @@ class Verdict:
         return f"{self.runtime} ({self.reason})"
 
 
-def onnx_up_to(speedups: dict[int, float], min_speedup: float) -> int:
-    """The largest batch size ONNX Runtime serves: it won by ``min_speedup`` there and at every
-    smaller size timed (0: it lost at the smallest). A win past a loss does not count: between
-    timed sizes only the trend is known."""
+def onnx_up_to(speedups: dict[int, float], convert_at: float | None = None, keep_at: float | None = None) -> int:
+    """The largest batch size ONNX Runtime serves (0: none). It must win by ``convert_at`` at the
+    smallest size timed (else the conversion is not worth a second runtime); past that it serves
+    each size up to the first where it is slower than ``keep_at``. A win past a loss does not count:
+    between timed sizes only the trend is known."""
+    convert_at = MIN_SPEEDUP if convert_at is None else convert_at
+    keep_at = KEEP_SPEEDUP if keep_at is None else keep_at
     best = 0
-    for batch in sorted(speedups):
-        if speedups[batch] < min_speedup:
+    for i, batch in enumerate(sorted(speedups)):
+        if speedups[batch] < (convert_at if i == 0 else keep_at):
             break
         best = batch
     return best
@@ -120,7 +124,8 @@ def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
     onnx_spec = replace(spec, backend="onnx")
     ts_run, onnx_run = open_backend(spec, path), open_backend(onnx_spec, onnx_path)
     worst = 0.0
-    for batch in sorted({1, max(1, spec.max_batch // 2 + 1), spec.max_batch}):
+    sizes = warmup_batches(spec.max_batch)
+    for batch in sorted({*sizes, max(1, spec.max_batch // 2 + 1)}):
         inputs = _seeded_inputs(spec, batch)
         want = output_arrays(spec, ts_run(inputs))
         got = output_arrays(onnx_spec, onnx_run(inputs))
@@ -131,12 +136,16 @@ def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
                                               f"(shapes {a.shape} / {b.shape}, max |diff| {diff:.3g})")
             if a.size:
                 worst = max(worst, float(np.max(np.abs(b.astype(np.float64) - a.astype(np.float64)))))
-    speedups = {batch: _speedup(ts_run, onnx_run, _seeded_inputs(spec, batch)) for batch in warmup_batches(spec.max_batch)}
+    speedups: dict[int, float] = {}
+    for batch in sizes:  # smallest first; the larger (costlier) sizes past ONNX Runtime's first loss are not timed
+        speedups[batch] = _speedup(ts_run, onnx_run, _seeded_inputs(spec, batch))
+        if onnx_up_to(speedups) < batch:
+            break
     shown = ", ".join(f"{s:.2f}x at batch {b}" for b, s in speedups.items())
-    up_to = onnx_up_to(speedups, MIN_SPEEDUP)
+    up_to = onnx_up_to(speedups)
     if up_to == 0:
         return Verdict("torchscript", f"ONNX Runtime tried: {shown}; kept TorchScript")
-    runtime = "onnx" if up_to == max(speedups) else "mixed"
+    runtime = "onnx" if up_to == spec.max_batch else "mixed"
     return Verdict(runtime, f"converted from TorchScript: {shown}, outputs within {worst:.1g}", sha256_file(onnx_path),
                    up_to)
 
@@ -159,16 +168,18 @@ def _export(spec: VariantSpec, path: Path, onnx_path: Path) -> None:
 
 def _speedup(ts_run, onnx_run, inputs: list[np.ndarray]) -> float:
     """TorchScript's median time over ONNX Runtime's, the two timed in turns so that whatever else
-    runs on these cores meanwhile slows both alike."""
+    runs on these cores meanwhile slows both alike; on one core, in CPU time, which a neighbour
+    taking turns on the core does not inflate."""
+    clock = time.thread_time if cpu_threads() == 1 else time.perf_counter
     times: dict[str, list[float]] = {"ts": [], "onnx": []}
     for run in (ts_run, onnx_run):
         run(inputs)  # first calls compile and allocate
         run(inputs)
     for _ in range(ROUNDS):
         for key, run in (("ts", ts_run), ("onnx", onnx_run)):
-            start = time.perf_counter()
+            start = clock()
             run(inputs)
-            times[key].append(time.perf_counter() - start)
+            times[key].append(clock() - start)
     return statistics.median(times["ts"]) / max(statistics.median(times["onnx"]), 1e-9)
 
 

@@ -54,6 +54,7 @@ def artifact(tmp_path: Path) -> Path:
 def speed_not_judged(monkeypatch):
     """Whether ONNX Runtime is faster depends on the machine; these tests are about the rest."""
     monkeypatch.setattr(onnx_upgrade, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(onnx_upgrade, "KEEP_SPEEDUP", 0.0)
 
 
 def images(batch: int) -> np.ndarray:
@@ -176,17 +177,25 @@ def test_an_attempt_that_fails_midway_leaves_the_variant_on_torchscript(artifact
 
 
 def test_onnx_serves_the_batch_sizes_up_to_its_first_loss():
-    assert onnx_upgrade.onnx_up_to({1: 1.4, 2: 1.3, 4: 1.1, 8: 1.0}, 1.05) == 4
-    assert onnx_upgrade.onnx_up_to({1: 1.4, 2: 1.0, 4: 1.2, 8: 1.3}, 1.05) == 1, "a win past a loss does not count"
-    assert onnx_upgrade.onnx_up_to({1: 1.0, 2: 1.3}, 1.05) == 0
-    assert onnx_upgrade.onnx_up_to({8: 1.2, 1: 1.3, 4: 1.2, 2: 1.3}, 1.05) == 8
+    up_to = onnx_upgrade.onnx_up_to
+    assert up_to({1: 1.4, 2: 1.3, 4: 1.1, 8: 0.99}) == 4
+    assert up_to({1: 1.4, 2: 1.03, 4: 1.0, 8: 0.9}) == 4, "past batch 1, as fast is enough"
+    assert up_to({1: 1.4, 2: 0.9, 4: 1.2, 8: 1.3}) == 1, "a win past a loss does not count"
+    assert up_to({1: 1.04, 2: 1.3}) == 0, "at batch 1 it must win by MIN_SPEEDUP to be worth converting"
+    assert up_to({8: 1.2, 1: 1.3, 4: 1.2, 2: 1.3}) == 8
 
 
 def test_where_onnx_wins_only_at_small_batches_each_runtime_serves_its_own_sizes(artifact, monkeypatch):
     # ONNX Runtime's lead shrinking with the batch, as measured on a ResNet-18: the timings are set,
     # the runtimes and their outputs are real.
-    lead = {1: 1.4, 2: 1.2, 4: 1.0, 8: 0.95}
-    monkeypatch.setattr(onnx_upgrade, "_speedup", lambda ts, onnx, inputs: lead[inputs[0].shape[0]])
+    lead = {1: 1.4, 2: 1.2, 4: 0.98, 8: 0.95}
+    timed: list[int] = []
+
+    def speedup(ts, onnx, inputs):
+        timed.append(inputs[0].shape[0])
+        return lead[inputs[0].shape[0]]
+
+    monkeypatch.setattr(onnx_upgrade, "_speedup", speedup)
     from agents import model_runner
 
     served: list[tuple[str, int]] = []
@@ -200,14 +209,17 @@ def test_where_onnx_wins_only_at_small_batches_each_runtime_serves_its_own_sizes
     spec = spec_for(artifact)
     runner = ModelRunner(spec, artifact, onnx_upgrade=True)
 
-    assert runner.runtime.startswith("onnx up to batch 2, torchscript above (converted from TorchScript: 1.40x at batch 1")
-    assert "0.95x at batch 8" in runner.runtime
+    assert runner.runtime.startswith("onnx up to batch 2, torchscript above (converted from TorchScript: 1.40x at batch 1, "
+                                     "1.20x at batch 2, 0.98x at batch 4, outputs within")
+    assert timed == [1, 2, 4], "no size past ONNX Runtime's first loss is timed"
     plain = ModelRunner(spec, artifact)
     for batch in (1, 2, 3, 8):
         served.clear()
         np.testing.assert_allclose(runner.run([images(batch)])[0], plain.run([images(batch)])[0],
                                    rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
         assert served[0] == ("onnx" if batch <= 2 else "torchscript", batch)
+    # The warm-up curve has a point on each side of the switch (batch 3 runs on TorchScript).
+    assert sorted(runner.warm_up(repeats=1)) == [1, 2, 3, 4, 8]
     saved = json.loads(artifact.with_name(artifact.name + ".onnx.json").read_text())
     assert saved["runtime"] == "mixed" and saved["onnx_up_to"] == 2
     assert artifact.with_name(artifact.name + ".onnx").exists(), "the conversion serves the small batches: it is kept"
