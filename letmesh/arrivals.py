@@ -94,11 +94,11 @@ def read_trace(path: str | Path, variants: Sequence[str], *, until_s: float | No
                     raise TraceError(f"{path}:{reader.line_num}: expected time_s,variant, got {','.join(row)!r}") from None
                 if not (t >= 0 and math.isfinite(t)):
                     raise TraceError(f"{path}:{reader.line_num}: time_s must be a finite number >= 0, got {row[ti]!r}")
-                if t < last_t and out_of_order is None:
-                    out_of_order = reader.line_num
-                last_t = t
                 if until_s is not None and t >= until_s:
                     continue
+                if t < last_t and out_of_order is None:
+                    out_of_order = reader.line_num  # among the arrivals replayed: only those get sorted
+                last_t = t
                 i = index.get(name)
                 if i is None:
                     unknown[name] = unknown.get(name, 0) + 1
