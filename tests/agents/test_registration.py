@@ -142,8 +142,10 @@ async def test_a_revoked_agent_says_so_once_with_the_way_back_and_registers_only
         assert "letmesh keys add agent a1" in errors[0] and "hosts/agent-a1/" in errors[0]
         assert not agent.is_registered
     finally:
-        await asyncio.wait_for(agent.stop(), BOUND_S)
-        await edge.close()
+        try:
+            await asyncio.wait_for(agent.stop(), BOUND_S)
+        finally:
+            await edge.close()  # whatever the stop did: an open socket would hang the context's teardown
 
 
 async def test_a_second_agent_under_a_live_agents_name_says_its_registrations_go_unheard(ctx, tmp_path, caplog) -> None:
@@ -171,7 +173,9 @@ async def test_a_second_agent_under_a_live_agents_name_says_its_registrations_go
         assert "took 3 registrations and answered none: either another agent is connected as 'a1'" in said()[0]
         assert not agent.is_registered
     finally:
-        if agent is not None:
-            await asyncio.wait_for(agent.stop(), BOUND_S)
-        first.close()
-        router.close()
+        try:
+            if agent is not None:
+                await asyncio.wait_for(agent.stop(), BOUND_S)
+        finally:
+            first.close()  # whatever the stop did: an open socket would hang the context's teardown
+            router.close()
