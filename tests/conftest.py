@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,8 +26,13 @@ async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
     """A ZeroMQ context for one test; a socket left open fails the test (term() would block)."""
     context = zmq.asyncio.Context()
     yield context
-    try:
-        await asyncio.wait_for(asyncio.to_thread(context.term), 5.0)
-    except TimeoutError:
-        context.destroy(linger=0)
-        pytest.fail("a ZeroMQ socket was left open")
+    # On threads of their own, not the event loop's executor: a term() that never returns would
+    # keep the loop from closing and hang the whole run instead of failing this test.
+    termed = threading.Event()
+    threading.Thread(target=lambda: (context.term(), termed.set()), name="zmq-term", daemon=True).start()
+    for _ in range(100):
+        if termed.is_set():
+            return
+        await asyncio.sleep(0.05)
+    threading.Thread(target=context.destroy, kwargs={"linger": 0}, name="zmq-destroy", daemon=True).start()
+    pytest.fail("a ZeroMQ socket was left open")
