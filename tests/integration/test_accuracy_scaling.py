@@ -42,7 +42,9 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [
 def costly_mesh(tmp_path):
     repo = tmp_path / "repo"
     build_costly(repo, variants=VARIANTS, slo_ms=250)
-    mesh = LocalMesh(repository=repo, state_dir=tmp_path / "state", extra_env=SETTINGS)
+    # The controller's plans are logged, to read a failure with (see plan_lines).
+    mesh = LocalMesh(repository=repo, state_dir=tmp_path / "state", extra_env=SETTINGS,
+                     log_level="INFO", log_dir=tmp_path / "logs")
     try:
         mesh.start(timeout_s=240)  # workers warm the costly variants while profiling shares the cores
         yield mesh
@@ -79,6 +81,16 @@ def timeline(outcomes: list[tuple], step_s: float = 3.0) -> str:
     return "; ".join(rows)
 
 
+def plan_lines(mesh: LocalMesh, last: int = 12) -> str:
+    """The controller's last plans and what moved it, to read a failure with."""
+    path = mesh.log_dir / "controller.log"
+    if not path.exists():
+        return "(no controller log)"
+    keys = ("accuracy scaling", "re-plan", "fits at full accuracy", "unserved", "slow")
+    lines = [line for line in path.read_text(errors="replace").splitlines() if any(k in line for k in keys)]
+    return "\n".join(lines[-last:])
+
+
 def mean_accuracy(outcomes: list[tuple], after_s: float) -> float:
     served = [ACCURACY[o[3]] for o in outcomes if o[0] >= after_s and o[1] == 200]
     return sum(served) / len(served)
@@ -104,7 +116,8 @@ async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_
     steady = attainment(burst, after_s=12.0)
     assert mean_accuracy(calm, after_s=4.0) == pytest.approx(0.95), \
         f"light load is served at full accuracy: {timeline(calm)}"
-    assert steady >= 0.99, f"SLO attainment {steady:.2%} at steady state under overload: {timeline(burst)}"
+    assert steady >= 0.99, \
+        f"SLO attainment {steady:.2%} at steady state under overload: {timeline(burst)}\n{plan_lines(mesh)}"
     assert mean_accuracy(burst, after_s=12.0) < 0.95, "overload is carried by cheaper variants"
     assert mean_accuracy(after, after_s=12.0) == pytest.approx(0.95), \
         f"accuracy returns when the load falls: {timeline(after)}"
