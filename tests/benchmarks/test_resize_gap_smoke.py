@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import resize_gap
 from benchmarks.support.procfs import children
+from benchmarks.support.resize_report import SUMMARY_FIGURES
 
 # The demo repository is built once per session (shared with other tests); the run itself takes
 # about half a minute: mesh start, profiling two variants, the first plan, one resize.
@@ -57,7 +58,7 @@ def test_one_resize_under_load_answers_every_request_and_reports_every_figure(tm
     assert r["steady"]["intervals"]["n"] > 0 and r["switch"]["requests"] > 0
     assert r["gap_ms"] > 0 and r["gap_phase"] in {"before", "start-up", "drain", "after"}
     assert set(r["gap_by_phase_ms"]) == {"start-up", "drain", "after"}
-    assert set(report["summary"]) == set(resize_gap.SUMMARY_FIGURES)
+    assert set(report["summary"]) == set(SUMMARY_FIGURES)
     assert report["summary"]["gap_ms"]["n"] == report["summary"]["switch_s"]["n"] == 1
     assert report["summary"]["gap_routed_ms"]["n"] + report["summary"]["gap_unrouted_ms"]["n"] == 1
     assert report["served_models"] == ["digits-linear", "identity"]
