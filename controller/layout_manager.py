@@ -78,6 +78,8 @@ class LayoutManager:
                                          ceiling=max(settings.scaling_beta, settings.scaling_beta_max))
         self._outcomes_from = float("-inf")
         self._recent = PeakWindow(settings.replan_period_s)  # family forecasts of the last period
+        self._seen = PeakWindow(settings.replan_period_s)  # family rates seen, without the trend's extrapolation
+        self._scaled_seen: dict[str, float] = {}  # the highest of those when the scaled plan was made
         self._hosted: frozenset[str] = frozenset()  # the variants the current plan gives a worker
         self._named_at_plan: frozenset[str] = frozenset()  # variants clients named when it was made
         # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
@@ -114,6 +116,7 @@ class LayoutManager:
         forecast = self._demand.forecast(self.settings.scaling_horizon_s)
         family = self._by_family(forecast)
         self._recent.observe(now, family)
+        self._seen.observe(now, self._by_family(self._demand.forecast(0.0)))
         named = self._named_unplaced()
         # A variant clients name that the plan gives no worker is refused until a plan places it:
         # that is a rise however small its rate (noise rules out nothing here: every request fails).
@@ -210,10 +213,13 @@ class LayoutManager:
         forecast; judged against the smoothed rate, which sits below the forecast after any rise,
         or against one forecast, which wanders by 10-20 % under a steady overload, every steady
         overload looked like a fall: the layout moved to a more accurate plan that could not carry
-        the load, then back on the next rise, missing deadlines at each move."""
+        the load, then back on the next rise, missing deadlines at each move. Nor is a fall judged
+        from the forecast's extrapolation of a step (a plan made on the rise is sized for a ramp
+        that does not come): only from the highest rate seen when the plan was made."""
         if self.scaled is None:
             return False
-        return moved(self.scaled.demand, self._recent_peak(), up=False, fall=SCALED_FALL)
+        basis = {f: min(d, self._scaled_seen.get(f, d)) for f, d in self.scaled.demand.items()}
+        return moved(basis, self._recent_peak(), up=False, fall=SCALED_FALL)
 
     def _recent_peak(self) -> dict[str, float]:
         """Per family, the highest forecast of the last period (with every family's floor)."""
@@ -360,7 +366,7 @@ class LayoutManager:
                         _rounded(scaled.demand), _rounded(new.plan.unserved),
                         scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
                         scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
-            self.scaled = scaled
+            self.scaled, self._scaled_seen = scaled, self._family_demand(self._seen.peak())
             self.solve_times.append(scaled.plan.solve_s)
             desired = scaled.desired
             reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()
