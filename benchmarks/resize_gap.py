@@ -36,7 +36,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.overhead import environment, result_line  # noqa: E402
+from benchmarks.support.overhead_report import environment, result_line  # noqa: E402
 from benchmarks.support.report import plain, write_json  # noqa: E402
 from benchmarks.support.resize_report import (GSLICE_GAP_MS, POLICY_CYCLE, LoadRecord, ResizeEvents,  # noqa: E402
                                               analyse_resize, describe_layout, render, summarise)
