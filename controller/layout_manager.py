@@ -213,13 +213,15 @@ class LayoutManager:
         forecast; judged against the smoothed rate, which sits below the forecast after any rise,
         or against one forecast, which wanders by 10-20 % under a steady overload, every steady
         overload looked like a fall: the layout moved to a more accurate plan that could not carry
-        the load, then back on the next rise, missing deadlines at each move. Nor is a fall judged
-        from the forecast's extrapolation of a step (a plan made on the rise is sized for a ramp
-        that does not come): only from the highest rate seen when the plan was made."""
+        the load, then back on the next rise, missing deadlines at each move. A plan made on a step
+        is sized for the ramp the forecast reads into it, which does not come: the rate seen must
+        also have dropped (by noise and 10 %) below the highest seen when the plan was made."""
         if self.scaled is None:
             return False
-        basis = {f: min(d, self._scaled_seen.get(f, d)) for f, d in self.scaled.demand.items()}
-        return moved(basis, self._recent_peak(), up=False, fall=SCALED_FALL)
+        peak, seen = self._recent_peak(), self._family_demand(self._seen.peak())
+        return any(moved({f: d}, {f: peak.get(f, 0.0)}, up=False, fall=SCALED_FALL)
+                   and moved({f: self._scaled_seen.get(f, d)}, {f: seen.get(f, 0.0)}, up=False)
+                   for f, d in self.scaled.demand.items())
 
     def _recent_peak(self) -> dict[str, float]:
         """Per family, the highest forecast of the last period (with every family's floor)."""

@@ -518,13 +518,12 @@ def test_a_steady_overload_keeps_its_scaled_layout_and_a_clear_fall_gives_accura
     moves = [(e.reason, round(e.effective_accuracy, 3)) for e in list(m.history)[:len(m.history) - before]]
     assert len(moves) <= 1 and not any(reason == "rise" for reason, _ in moves), moves
     settled, fell = len(m.history), now
-    while len(m.history) == settled and now - fell < m.settings.min_layout_dwell_s:
+    while m.history[0].reason != "drift: fall while scaled" and now - fell < m.settings.min_layout_dwell_s:
         now = report(demand, [300], now)
         m.tick(now)
         m.transition = None
     assert len(m.history) == settled + 1 and now - fell < m.settings.min_layout_dwell_s, list(m.history)[:2]
-    # A drift re-plan (the dwell since the last move is over by now) or the fall-while-scaled one.
-    assert m.history[0].reason.startswith("drift"), m.history[0]
+    assert m.history[0].reason == "drift: fall while scaled"
     assert not m.history[0].scaled or m.history[0].effective_accuracy > m.history[1].effective_accuracy
 
 
