@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from controller.cadence import Cadence, Reason, moved, rose
 from controller.demand import DemandTracker, PeakWindow
+from controller.family_demand import at_full_accuracy, by_family, family_floor, variant_floor
 from controller.headroom import AdaptiveHeadroom
 from controller.layout_policy import REPLAN_HISTORY, LayoutPolicy, ReplanEntry
 from controller.live_slowdown import LiveSlowdown, reported_slowdowns
@@ -112,11 +113,12 @@ class LayoutManager:
     def tick(self, now: float) -> list[tuple[str, object]]:
         if self.settings.policy == "static":
             return []
-        self._observe_slowdown(now)
+        if self.settings.live_slowdown_hold_s > 0:
+            self.live.update(reported_slowdowns(self._registry), now)
         forecast = self._demand.forecast(self.settings.scaling_horizon_s)
-        family = self._by_family(forecast)
+        family = by_family(self._registry.variants, forecast)
         self._recent.observe(now, family)
-        self._seen.observe(now, self._by_family(self._demand.forecast(0.0)))
+        self._seen.observe(now, by_family(self._registry.variants, self._demand.forecast(0.0)))
         named = self._named_unplaced()
         # A variant clients name that the plan gives no worker is refused until a plan places it:
         # that is a rise however small its rate (noise rules out nothing here: every request fails).
@@ -196,7 +198,7 @@ class LayoutManager:
         """Per family, the demand the current plan was made to carry."""
         if self.scaled is not None:
             return dict(self.scaled.demand)
-        return self._by_family(self._planned_for)
+        return by_family(self._registry.variants, self._planned_for)
 
     def _grew(self, forecast: dict[str, float]) -> bool:
         """Has a planning target risen past hysteresis and noise (not held back by the dwell)?
@@ -205,7 +207,12 @@ class LayoutManager:
         :func:`rose`'s to see."""
         if self.scaled is not None:
             return False
-        return moved(self._planned_for, self._floor(self._at_full_accuracy(self._target(forecast, False))), down=False)
+        return moved(self._planned_for, self._sized(forecast), down=False)
+
+    def _sized(self, forecast: dict[str, float]) -> dict[str, float]:
+        """What a full-accuracy plan would be sized on now, every variant at least at the floor."""
+        variants = self._registry.variants
+        return variant_floor(variants, at_full_accuracy(variants, self._target(forecast, False)), self.settings.floor_rps)
 
     def _fell_while_scaled(self) -> bool:
         """Under a scaled plan, has a family's demand stayed clearly (``SCALED_FALL``, and past
@@ -218,14 +225,18 @@ class LayoutManager:
         also have dropped (by noise and 10 %) below the highest seen when the plan was made."""
         if self.scaled is None:
             return False
-        peak, seen = self._recent_peak(), self._family_demand(self._seen.peak())
+        peak, seen = self._recent_peak(), self._seen_peak()
         return any(moved({f: d}, {f: peak.get(f, 0.0)}, up=False, fall=SCALED_FALL)
                    and moved({f: self._scaled_seen.get(f, d)}, {f: seen.get(f, 0.0)}, up=False)
                    for f, d in self.scaled.demand.items())
 
     def _recent_peak(self) -> dict[str, float]:
         """Per family, the highest forecast of the last period (with every family's floor)."""
-        return self._family_demand(self._recent.peak())
+        return family_floor(self._registry.variants, self._recent.peak(), self.settings.floor_rps)
+
+    def _seen_peak(self) -> dict[str, float]:
+        """Per family, the highest rate seen over the last period (with every family's floor)."""
+        return family_floor(self._registry.variants, self._seen.peak(), self.settings.floor_rps)
 
     def _drifted(self, forecast: dict[str, float]) -> bool:
         """Has demand moved from what the current plan carries, past hysteresis and noise (or do
@@ -234,7 +245,7 @@ class LayoutManager:
         recent peaks of a split the plan itself made, wander with it)."""
         if self.scaled is not None:
             return moved(self.scaled.demand, self._recent_peak()) or self._failing()
-        return moved(self._planned_for, self._floor(self._at_full_accuracy(self._target(forecast, False))))
+        return moved(self._planned_for, self._sized(forecast))
 
     def _failing(self) -> bool:
         """Do requests miss their deadlines (more than the headroom's target share) since the last plan?"""
@@ -303,26 +314,9 @@ class LayoutManager:
             out.append((record.plan.agent_id, StopWorker(worker_id=worker_id, drain_s=self.settings.drain_s)))
         return out
 
-    def _floor(self, target: dict[str, float]) -> dict[str, float]:
-        return {v: max(target.get(v, 0.0), self.settings.floor_rps) for v in self._registry.variants}
-
-    def _at_full_accuracy(self, target: dict[str, float]) -> dict[str, float]:
-        """The demand as if every family were served at full accuracy: its most accurate variant
-        carries the whole family's rate. How requests were split lately reflects past plans and
-        choices; sizing on it would let a scaled-down mix look like it fits and oscillate."""
-        out = dict(target)
-        families: dict[str, list] = {}
-        for v in self._registry.variants.values():
-            families.setdefault(v.family, []).append(v)
-        for variants in families.values():
-            best = max(variants, key=lambda v: (v.accuracy, v.name))
-            total = sum(target.get(v.name, 0.0) for v in variants)
-            out[best.name] = max(out.get(best.name, 0.0), total)
-        return out
-
     def _replan(self, target: dict[str, float], now: float, starting: set[str] | None = None,
                 reason: str = "drift", may_wait: bool = False) -> list[tuple[str, object]]:
-        target = self._at_full_accuracy(target)
+        target = at_full_accuracy(self._registry.variants, target)
         reg = self._registry
         agents = reg.placeable(now)  # never a lost agent, nor one whose workers just fell silent
         samples = self._store.profiles()
@@ -368,14 +362,18 @@ class LayoutManager:
                         _rounded(scaled.demand), _rounded(new.plan.unserved),
                         scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
                         scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
-            self.scaled, self._scaled_seen = scaled, self._family_demand(self._seen.peak())
+            self.scaled, self._scaled_seen = scaled, self._seen_peak()
             self.solve_times.append(scaled.plan.solve_s)
             desired = scaled.desired
             reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()
         else:
             if new.plan.unserved:
                 log.warning("plan leaves demand unserved (req/s): %s", dict(new.plan.unserved))
-                if self._drops_served_variant(new):
+                # A plan that leaves a variant with demand and a worker today with no gpu-let is not applied.
+                if dropped := new.drops({v for w in reg.workers.values() if w.state == WorkerState.READY
+                                         for v in w.plan.variants}):
+                    log.warning("not applying a plan that would leave %s without a worker; keeping the current "
+                                "layout", ", ".join(dropped))
                     return []
             if self.scaled is not None:
                 log.info("demand fits at full accuracy again")
@@ -437,35 +435,6 @@ class LayoutManager:
                 self.history[0].finished = True
             self.transition = None
         return out
-
-    def _observe_slowdown(self, now: float) -> None:
-        if self.settings.live_slowdown_hold_s <= 0:
-            return
-        self.live.update(reported_slowdowns(self._registry), now)
-
-    def _drops_served_variant(self, new: Layout) -> bool:
-        """A plan that leaves a variant with demand and a worker today with no gpu-let is not applied."""
-        planned = {v for d in new.desired for v in d.variants}
-        serving = {v for w in self._registry.workers.values() if w.state == WorkerState.READY for v in w.plan.variants}
-        dropped = sorted(v for v in serving - planned if new.planned_for.get(v, 0.0) > 0)
-        if dropped:
-            log.warning("not applying a plan that would leave %s without a worker; keeping the current layout",
-                        ", ".join(dropped))
-        return bool(dropped)
-
-    def _by_family(self, rates: dict[str, float]) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for variant, rate in rates.items():
-            v = self._registry.variants.get(variant)
-            if v is not None:
-                out[v.family] = out.get(v.family, 0.0) + rate
-        return out
-
-    def _family_demand(self, rates: dict[str, float]) -> dict[str, float]:
-        """Demand per family for the MILP (the forecast ``scaling_horizon_s`` ahead), with every
-        family's floor."""
-        families = {v.family for v in self._registry.variants.values()}
-        return {f: max(rates.get(f, 0.0), self.settings.floor_rps) for f in sorted(families)}
 
     def worker_stopped(self, worker_id: str) -> None:
         """A retired worker has exited: it leaves the registry (and the routing table) now."""

@@ -21,6 +21,7 @@ from controller.accuracy import (
     split_capacities,
     to_desired,
 )
+from controller.family_demand import variant_floor
 from controller.planning import (
     CoLocation,
     Demand,
@@ -47,6 +48,11 @@ class Layout:
     plan: Plan
     desired: tuple[DesiredWorker, ...]
     planned_for: dict[str, float]
+
+    def drops(self, serving: set[str]) -> list[str]:
+        """Of the variants ``serving`` now, those with demand that this layout gives no worker."""
+        planned = {v for d in self.desired for v in d.variants}
+        return sorted(v for v in serving - planned if self.planned_for.get(v, 0.0) > 0)
 
 
 def profile_table(samples: Sequence[ProfileSample]) -> ProfileTable:
@@ -96,7 +102,7 @@ def layout(
             capacity = 100 if d.kind == "cuda" else d.cores
             slots.append(DeviceSlot(device_id=slot_id, kind=d.kind, capacity=capacity))
             where[slot_id] = (agent_id, d.device_id)
-    planned_for = {name: max(target.get(name, 0.0), floor_rps) for name in sorted(variants)}
+    planned_for = variant_floor(variants, target, floor_rps)
     demands = [Demand(variant=name, rate_rps=rate, slo_ms=variants[name].default_slo_ms)
                for name, rate in planned_for.items()]
     table = profile_table(samples)
