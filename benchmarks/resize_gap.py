@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -36,9 +35,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.support.closed_loop import ClosedLoop  # noqa: E402
 from benchmarks.support.overhead_report import environment, result_line  # noqa: E402
 from benchmarks.support.report import plain, write_json  # noqa: E402
-from benchmarks.support.resize_report import (GSLICE_GAP_MS, POLICY_CYCLE, LoadRecord, ResizeEvents,  # noqa: E402
+from benchmarks.support.resize_report import (GSLICE_GAP_MS, POLICY_CYCLE, ResizeEvents,  # noqa: E402
                                               analyse_resize, describe_layout, render, summarise)
 from controller.registry import LEAVING  # noqa: E402
 from letmesh.launcher import LocalMesh  # noqa: E402
@@ -65,7 +65,6 @@ MESH_ENV = {
 # Both are so cheap that a noisy profile cannot push either out of the temporal plan; with a costly
 # one (digits-cnn) a busy machine's 2-core profile can make the temporal plan drop the other.
 DEFAULT_MODELS = ("identity", "digits-linear")
-STOP_GRACE_S = 30.0  # how long a request may still be outstanding when the load stops
 NOTHING_RETIRED_AFTER_S = 2.0  # the controller marks retired workers draining within a tick (0.5 s)
 NO_NEW_WORKER_S = 10.0  # a re-plan shows its new workers within a tick; none by then: same layout
 EXITED = frozenset({"gone", "stopped", "crashed"})  # a retired worker in one of these has left
@@ -172,89 +171,6 @@ def request_bytes(port: int, repository: Path, variant: str, slo_ms: float | Non
     head = (f"POST /v2/models/{variant}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n").encode()
     return head + raw, f"{variant} {spec['datatype']}{shape} (OIP JSON)"
-
-
-# --- load: closed-loop clients that record every request ---------------------------------------
-
-
-class ClosedLoop:
-    """N clients, each on one keep-alive HTTP/1.1 connection, sending the next request when the
-    last is answered. Runs on one event loop; ``stop`` lets the requests in flight finish (bounded
-    by STOP_GRACE_S; a client still waiting then counts one unanswered request)."""
-
-    def __init__(self, port: int, request: bytes, clients: int) -> None:
-        self._port = port
-        self._request = request
-        self._clients = clients
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self.record = LoadRecord()
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._client(), name=f"client-{i}") for i in range(self._clients)]
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if not self._tasks:
-            return
-        done, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
-        for task in pending:
-            task.cancel()
-        self.record.unanswered += len(pending)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
-
-    async def _client(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
-            except OSError:
-                await asyncio.sleep(0.05)  # the gateway is refusing connections: try again shortly
-                continue
-            try:
-                await self._serve(reader, writer)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Requests on one connection until stopped or the connection is lost (the gateway always
-        answers with Content-Length)."""
-        while not self._stopping.is_set():
-            sent = time.monotonic_ns()
-            self.record.sent += 1
-            writer.write(self._request)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length)
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-                self._note(sent, 0, "", f"connection lost: {type(exc).__name__}")
-                return
-            status = int(head[9:12])
-            variant = error = ""
-            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                if status == 200:
-                    variant = json.loads(body)["parameters"]["letmesh_variant"]
-                else:
-                    error = str(json.loads(body).get("error", ""))[:200]
-            self._note(sent, status, variant, error)
-
-    def _note(self, sent: int, status: int, variant: str, error: str = "") -> None:
-        rec = self.record
-        done = time.monotonic_ns()
-        rec.sent_ns.append(sent)
-        rec.done_ns.append(done)
-        rec.status.append(status)
-        rec.variant.append(variant)
-        if status != 200:
-            rec.errors.append((done, status, error))
 
 
 # --- the mesh's layout and one resize ------------------------------------------------------------

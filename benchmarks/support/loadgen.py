@@ -51,7 +51,8 @@ class _Pool:
         self.idle.clear()
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """One request on a keep-alive connection: (status, body); the server answers with Content-Length."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
@@ -68,7 +69,7 @@ async def _one(pool: _Pool, request: bytes, scheduled_ns: int, timeout_s: float,
     try:
         async with asyncio.timeout(timeout_s):
             conn = await pool.get()
-            status, _ = await _exchange(*conn, request)
+            status, _ = await exchange(*conn, request)
         out[index] = (status, time.perf_counter_ns() - scheduled_ns, sent - scheduled_ns)
         pool.idle.append(conn)
         return
@@ -85,7 +86,7 @@ async def probe(port: int, request: bytes, timeout_s: float) -> tuple[int, bytes
     """One request on a fresh connection: (status, body)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
     try:
-        return await asyncio.wait_for(_exchange(reader, writer, request), timeout_s)
+        return await asyncio.wait_for(exchange(reader, writer, request), timeout_s)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
