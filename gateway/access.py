@@ -106,7 +106,8 @@ class AccessPolicy:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        # The bytes as sent: a header with bytes that are not UTF-8 is a wrong token, not an error.
+        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).hexdigest()
         found = None
         for client in self.clients:  # every digest compared, in constant time each
             if hmac.compare_digest(client.token_sha256, digest):

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.edge import bounded_number
 from gateway.event_log import EventLog, FeedbackResult
+from gateway.request_body import read_body
 
 EVENTS = web.AppKey("events", EventLog)
 MAX_FEEDBACK_BYTES = 16 * 1024
@@ -74,7 +75,7 @@ def _reply(status: int, payload: dict[str, Any]) -> web.Response:
 
 
 async def post_feedback(request: web.Request) -> web.Response:
-    raw = await request.read()
+    raw = await read_body(request)
     if len(raw) > MAX_FEEDBACK_BYTES:
         return _reply(413, {"error": f"feedback body is larger than {MAX_FEEDBACK_BYTES} bytes"})
     try:

@@ -37,6 +37,7 @@ from gateway.mesh_status import StatusFeed
 from gateway.oip_response import encode_infer_response, error_body
 from gateway.policy_store import PolicyReplicas
 from gateway.redact import public_reason
+from gateway.request_body import BODY_TIMEOUT_S, BodyTimeout, BodyUnreadable, read_body
 from gateway.serving import DataPlane, ModelNotFound, ModelUnavailable
 from gateway.selection import SELECTION_MODES, Shed, parse_bounds
 from gateway.telemetry import Outcome, Telemetry
@@ -51,7 +52,6 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 POLICIES = web.AppKey("policies", PolicyReplicas)
 SHARES = web.AppKey("shares", ShareTracker)
 SELECTION = web.AppKey("selection", str)
-BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
 PLANE = web.AppKey("plane", DataPlane)
 STRICT_READINESS = web.AppKey("strict_readiness", bool)
 STATUS_FEED = web.AppKey("status_feed", StatusFeed)
@@ -76,6 +76,12 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     and so does anything a handler did not expect: never a plain-text 500."""
     try:
         return await handler(request)
+    except (BodyTimeout, BodyUnreadable) as exc:
+        # The rest of the body may still come: on this connection it would be read as the next
+        # request. Close it once the answer is written (RFC 9110 15.5.9).
+        resp = _json_error(408 if isinstance(exc, BodyTimeout) else 400, str(exc))
+        resp.force_close()
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -86,22 +92,6 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         return _json_error(500, "internal error; the gateway logged the cause")
-
-
-async def read_body(request: web.Request) -> bytes:
-    """The whole body, refused before reading when its declared length is over the limit, and
-    bounded in time so a client that declares more than it sends cannot hold a request open."""
-    limit = request.app._client_max_size
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    try:
-        return await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_S])
-    except TimeoutError:
-        raise BodyTimeout(f"request body not received within {request.app[BODY_TIMEOUT_S]:g} s") from None
-
-
-class BodyTimeout(Exception):
-    pass
 
 
 def make_app(
@@ -188,12 +178,7 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     d = request.app[DISPATCHER]
-    try:
-        raw = await read_body(request) if request.can_read_body else b""
-    except BodyTimeout as exc:
-        resp = _json_error(408, str(exc))
-        resp.force_close()
-        return resp
+    raw = await read_body(request) if request.can_read_body else b""
     try:
         options = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError as exc:
@@ -309,14 +294,7 @@ async def infer(request: web.Request) -> web.Response:
     head = variants[0]
     try:
         body = await read_body(request)
-    except BodyTimeout as exc:
-        plane.refused(name, Outcome.INVALID, "invalid", received)
-        # The rest of the body may still come: on this connection it would be read as the next
-        # request. Close it once the 408 is written (RFC 9110 15.5.9).
-        resp = _json_error(408, str(exc))
-        resp.force_close()
-        return resp
-    except web.HTTPRequestEntityTooLarge:
+    except (BodyTimeout, BodyUnreadable, web.HTTPRequestEntityTooLarge):
         plane.refused(name, Outcome.INVALID, "invalid", received)
         raise
     try:
@@ -354,7 +332,7 @@ async def infer(request: web.Request) -> web.Response:
     try:
         payload, headers = encode_infer_response(
             model_name=name,
-            model_version=served.model.version,
+            model_version=FAMILY_VERSION if is_family else served.model.version,
             request_id=parsed.id,
             outputs=list(served.result.outputs.items()),
             parsed=parsed,

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from gateway.json_tensors import Numbers, load_fast
+from protocol.codec import DEFAULT_LIMITS
 from protocol.types import DATATYPES, TensorSpec
 
 JSON_CONTENT_TYPE = "application/json"
@@ -238,12 +239,17 @@ def _array_from_json(data: Any, name: str, datatype: str, shape: tuple[int, ...]
     return array.reshape(shape)
 
 
-def _check_shape(raw: Any, name: str, spec: TensorSpec) -> tuple[int, ...]:
+def _check_shape(raw: Any, name: str, spec: TensorSpec, datatype: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(type(d) is int for d in raw):
         raise MalformedBody(f"input {name!r} shape must be an array of integers")
     shape = tuple(raw)
     if any(d < 0 or d > MAX_DIM for d in shape):
         raise ShapeMismatch(f"input {name!r} has invalid shape {list(shape)}")
+    # The workers' limit, applied here so that a tensor past it is the client's 400, not a
+    # worker's refusal: zero-size tensors included, whose other dimensions may claim anything.
+    if math.prod(d for d in shape if d) * _DTYPES[datatype].itemsize > DEFAULT_LIMITS.max_tensor_bytes:
+        raise ShapeMismatch(f"input {name!r} of shape {list(shape)} is over the "
+                            f"{DEFAULT_LIMITS.max_tensor_bytes >> 20} MiB tensor size limit")
     if len(shape) != len(spec.shape) or any(
         want != -1 and want != got for want, got in zip(spec.shape, shape)
     ):
@@ -320,7 +326,7 @@ def parse_infer_request(
         if name in arrays:
             raise DuplicateTensor(f"input {name!r} is given twice")
         datatype = _check_datatype(item.get("datatype"), name, spec)
-        shape = _check_shape(item.get("shape"), name, spec)
+        shape = _check_shape(item.get("shape"), name, spec, datatype)
         size = _check_parameters(item.get("parameters"), f"input {name!r}").get("binary_data_size")
         if size is None:
             if "data" not in item:

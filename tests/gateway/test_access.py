@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
 import subprocess
@@ -96,6 +97,17 @@ async def test_a_request_without_a_valid_token_gets_401_with_the_scheme_to_use(c
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert "error" in await resp.json()
+
+
+async def test_a_token_of_bytes_that_are_not_utf8_gets_401_not_500(client) -> None:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+    assert response.startswith(b"HTTP/1.1 401"), response[:200]
 
 
 async def test_a_valid_token_reaches_the_handler_which_knows_the_clients_name(client) -> None:

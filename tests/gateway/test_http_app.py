@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gzip
+import json
 import time
 
 import pytest
@@ -87,6 +90,47 @@ async def test_a_client_that_sends_less_than_it_declared_gets_408_not_silence(ga
         assert await asyncio.wait_for(reader.read(65536), 10) == b""
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/echo/infer", "/v1/feedback", "/v2/repository/index"])
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+async def test_a_body_its_content_encoding_does_not_decode_is_a_400_naming_it_and_the_connection_closes(
+        gateway, path, coding):
+    gateway.serve()
+    await ready(gateway)
+    body = json.dumps(BODY).encode()  # plain JSON, declared compressed (br: a coding this gateway lacks)
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    try:
+        writer.write(head + body)
+        response = await asyncio.wait_for(reader.read(65536), 10)
+        head_out, _, payload = response.partition(b"\r\n\r\n")
+        assert head_out.startswith(b"HTTP/1.1 400"), response[:300]
+        assert f"Content-Encoding: {coding}".encode() in payload and b"error" in payload
+        assert b"Connection: close" in head_out
+    finally:
+        writer.close()
+    # Nothing was dispatched; a well-encoded body on a new connection is served.
+    resp = await gateway.post("/v2/models/echo/infer", data=gzip.compress(body),
+                              headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert resp.status == 200
+
+
+async def test_a_family_answers_as_the_version_it_lists_and_a_variant_as_its_own(ctx):
+    variant = dataclasses.replace(MODEL, version="3")
+    async with gateway_with_fake_workers(ctx, variant, max_body_bytes=MAX_BODY) as client:
+        client.serve()
+        await ready(client)
+        family = await (await client.get("/v2/models/echoes")).json()
+        resp = await client.post(f"/v2/models/echoes/versions/{family['versions'][0]}/infer", json=BODY)
+        assert resp.status == 200
+        answer = await resp.json()
+        assert answer["model_version"] in family["versions"]  # so a client may ask for it again by version
+        again = await client.post(f"/v2/models/echoes/versions/{answer['model_version']}/infer", json=BODY)
+        assert again.status == 200
+        resp = await client.post("/v2/models/echo/infer", json=BODY)
+        assert (await resp.json())["model_version"] == "3"
 
 
 @pytest.mark.parametrize("value", ["\u0663", "\u00b2", "-1", "99999999999999999999"])

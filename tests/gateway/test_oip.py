@@ -356,6 +356,22 @@ def test_wrong_kind_or_range_of_values_is_rejected(spec, body, fragment):
     assert_bad(exc_info, InvalidData, fragment)
 
 
+@pytest.mark.parametrize("shape", [[1, 0, 1 << 25], [1 << 25, 0], [0, 1 << 32, 1 << 32]])
+def test_a_zero_size_tensor_claiming_dimensions_past_the_workers_limit_is_a_400(shape):
+    # No values to send, but the workers refuse such a tensor: the client hears why, not a 500.
+    spec = TensorSpec(name="x", datatype="FP32", shape=(-1,) * len(shape))
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": []}]}).encode()
+    with pytest.raises(ShapeMismatch) as exc_info:
+        parse(body, inputs=[spec], outputs=[spec], max_batch=1 << 40)
+    assert_bad(exc_info, ShapeMismatch, "size limit")
+
+
+def test_a_zero_size_tensor_within_the_limit_is_accepted():
+    spec = TensorSpec(name="x", datatype="FP32", shape=(-1, -1, -1))
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 0, 1024], "data": []}]}).encode()
+    assert parse(body, inputs=[spec], outputs=[spec]).inputs["x"].shape == (1, 0, 1024)
+
+
 def test_inputs_disagreeing_on_batch_size_are_rejected():
     a = TensorSpec(name="a", datatype="INT32", shape=(-1,))
     b = TensorSpec(name="b", datatype="INT32", shape=(-1, 2))
