@@ -86,6 +86,9 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
     the original. The verdict is None when no conversion applies (not TorchScript, or not on a CPU)."""
     if spec.backend != "torchscript" or device != "cpu":
         return spec, path, None
+    if any(-1 in t.shape[1:] for t in (*spec.inputs, *spec.outputs)):
+        # The export is traced at one size: a variable dimension past the batch would be fixed at it.
+        return spec, path, Verdict("torchscript", "not converted: a dimension past the batch varies")
     path = Path(path)
     try:
         with _locked(path.with_name(path.name + ".onnx.lock")):

@@ -46,6 +46,22 @@ SLOWDOWN_MIN_BATCHES = 5
 
 
 @dataclass(frozen=True, slots=True)
+class _Computed:
+    group: tuple[Queued, ...]  # requests that ran together
+    outputs: list[np.ndarray] | Exception
+    compute_us: int
+
+
+def _stackable(batch: tuple[Queued, ...]) -> list[tuple[Queued, ...]]:
+    """``batch`` split into groups whose inputs agree beyond the batch dimension, in order of
+    first appearance (one group, the batch itself, when all agree)."""
+    groups: dict[tuple, list[Queued]] = {}
+    for item in batch:
+        groups.setdefault(tuple(a.shape[1:] for a in item.payload[1]), []).append(item)
+    return [batch] if len(groups) == 1 else [tuple(g) for g in groups.values()]
+
+
+@dataclass(frozen=True, slots=True)
 class _Due:
     name: str
     batch: tuple[Queued, ...]
@@ -103,7 +119,8 @@ class ServingLoop:
             try:
                 arrays = self._inputs(msg, incoming.buffers)
             except (ProtocolError, ValueError) as exc:
-                self.send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR, error=str(exc)))
+                self.send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.ERROR,
+                                         error=batch_replies.brief(str(exc))))
                 continue
             item = Queued(request_id=msg.request_id, deadline=now + msg.budget_us / 1e6, arrived=now,
                           payload=(ep, arrays), rows=arrays[0].shape[0] if arrays and arrays[0].ndim else 1)
@@ -198,36 +215,48 @@ class ServingLoop:
             return
         self._finish(outcome, self._compute(outcome.name, outcome.batch))
 
-    def _compute(self, name: str, batch: tuple[Queued, ...]) -> tuple[list[np.ndarray] | Exception, int]:
-        """The model call alone (safe on the compute thread: it sends nothing)."""
+    def _compute(self, name: str, batch: tuple[Queued, ...]) -> list[_Computed]:
+        """The model call alone (safe on the compute thread: it sends nothing). Requests whose
+        inputs differ beyond the batch dimension (a variable-length input) cannot stack: each
+        such group runs as a batch of its own rather than fail the others."""
         runner = self.runners[name]
-        try:
-            if len(batch) == 1:
-                inputs = batch[0].payload[1]
-            else:
-                inputs = [np.concatenate([item.payload[1][i] for item in batch]) for i in range(len(runner.spec.inputs))]
-            t0 = time.perf_counter()
-            outputs = runner.run(inputs)
-            return outputs, int((time.perf_counter() - t0) * 1e6)
-        except Exception as exc:  # a failing model answers its batch with the error, it does not kill the worker
-            return exc, 0
+        results = []
+        for group in _stackable(batch):
+            try:
+                if len(group) == 1:
+                    inputs = group[0].payload[1]
+                else:
+                    inputs = [np.concatenate([item.payload[1][i] for item in group])
+                              for i in range(len(runner.spec.inputs))]
+                t0 = time.perf_counter()
+                outputs = runner.run(inputs)
+                results.append(_Computed(group, outputs, int((time.perf_counter() - t0) * 1e6)))
+            except Exception as exc:  # a failing model answers its batch with the error, it does not kill the worker
+                results.append(_Computed(group, exc, 0))
+        return results
 
-    def _finish(self, due: _Due, result: tuple[list[np.ndarray] | Exception, int]) -> None:
+    def _finish(self, due: _Due, results: list[_Computed]) -> None:
         """Replies for a computed batch (on the event loop: sockets are not shared across threads)."""
-        name, batch = due.name, due.batch
-        outputs, compute_us = result
+        name = due.name
         finished = time.monotonic()
-        self.scheduler.finished(name, due.rows, any(q.deadline < finished for q in batch))
-        if isinstance(outputs, Exception):
-            log.error("batch failed: %s", outputs, extra={"variant": name})
-            self.send_all(batch_replies.failed(name, batch, f"model failed: {outputs}"))
-            return
+        self.scheduler.finished(name, due.rows, any(q.deadline < finished for q in due.batch))
         runner = self.runners[name]
-        expected_s = runner.latency_s(due.rows)
-        if compute_us > 0 and expected_s > 0:
-            self.slowdown.setdefault(name, SlowdownTracker()).observe(compute_us / 1e6, expected_s)
-        self.send_all(batch_replies.computed(name, batch, outputs, [o.name for o in runner.spec.outputs],
-                                             compute_us=compute_us, started=due.started))
+        names = [o.name for o in runner.spec.outputs]
+        for r in results:
+            if isinstance(r.outputs, Exception):
+                log.error("batch failed: %s", r.outputs, extra={"variant": name})
+                self.send_all(batch_replies.failed(name, r.group, f"model failed: {r.outputs}"))
+                continue
+            expected_s = runner.latency_s(sum(q.rows for q in r.group))
+            if r.compute_us > 0 and expected_s > 0:
+                self.slowdown.setdefault(name, SlowdownTracker()).observe(r.compute_us / 1e6, expected_s)
+            try:
+                replies = batch_replies.computed(name, r.group, r.outputs, names, compute_us=r.compute_us,
+                                                 started=due.started)
+            except ValueError as exc:  # outputs that do not split into the batch's requests
+                log.error("batch failed: %s", exc, extra={"variant": name})
+                replies = batch_replies.failed(name, r.group, f"model failed: {exc}")
+            self.send_all(replies)
 
     def send(self, ep: Endpoint, msg: object, tensors: list[np.ndarray] | tuple = ()) -> None:
         self.send_all({ep: [(msg, tensors)]})
@@ -239,3 +268,5 @@ class ServingLoop:
                 self.last_sent[ep] = time.monotonic()
             except zmq.Again:
                 log.warning("gateway link backed up; %d replies dropped", len(items))
+            except EndpointClosed:  # the gateway left the mesh (its link was closed): none to tell
+                log.info("gateway link closed; %d replies not sent", len(items))

@@ -51,6 +51,10 @@ from protocol.message import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker's gateway links may take to send the replies of the queue it drained;
+# a gateway that is gone holds the exit this long at most.
+STOP_FLUSH_MS = 2000
+
 
 def read_spec() -> StartWorker:
     raw = os.environ.get("LETMESH_WORKER_SPEC")
@@ -80,9 +84,14 @@ class Worker:
         self.profile_ms: dict[str, tuple[float, ...]] = {}
         self.runtimes: dict[str, str] = {}  # variants the ONNX upgrade decided for, and its verdict
         self._gateways: dict[str, Endpoint] = {}
+        # The controller's latest gateway list; links open once every variant is loaded (one opened
+        # earlier would announce only the variants loaded so far).
+        self._gateway_list: tuple[str, ...] = tuple(cmd.gateways)
+        self._links_open = False
         self.exit_code = 0
         self._recv_tasks: dict[str, asyncio.Task] = {}
-        self._stopping = self.serving.stopping
+        # A stop asked (a signal): the receives end first, then the serving loop drains what they queued.
+        self._stopping = asyncio.Event()
         self._ctx: zmq.asyncio.Context | None = None
         # With keys, a worker authenticates as the agent that runs it (the key pair its agent handed down).
         self._keys = client_keys_from_env()
@@ -111,14 +120,16 @@ class Worker:
                 self.exit_code = 3
                 return
             heap.settle()  # the models and torch are loaded: collections walk only what serving allocates
-            for address in self.cmd.gateways:
-                self._connect(address)
+            self._links_open = True
+            self._follow(self._gateway_list)
             beat_task = asyncio.create_task(self._heartbeats(control))
             serve_task = asyncio.create_task(self.serving.serve())
             await self._stopping.wait()
             for task in self._recv_tasks.values():
                 task.cancel()
             await asyncio.gather(*self._recv_tasks.values(), return_exceptions=True)
+            # Only now: a serving loop told earlier could finish while a receive still queued a request.
+            self.serving.stopping.set()
             self.serving.wake()
             await serve_task  # drains what is queued: every request read gets its reply
             beat_task.cancel()
@@ -127,7 +138,7 @@ class Worker:
             control_task.cancel()
             await asyncio.gather(control_task, return_exceptions=True)
             for ep in self._gateways.values():
-                ep.close()
+                ep.close(linger_ms=STOP_FLUSH_MS)  # the drained queue's replies may still be on their way out
             control.close()
             self._ctx.term()
             self.serving.close()
@@ -168,15 +179,19 @@ class Worker:
                 case ArtifactChunkReply() | ErrorReply():
                     replies.put_nowait(incoming.msg)
                 case GatewayListChanged(gateways=gateways):
-                    if not self.runners:
-                        continue  # still loading: the links open once it serves
-                    connect, close = gateway_changes(self._gateways, gateways)
-                    for address in close:
-                        self._disconnect(address)
-                    for address in connect:
-                        self._connect(address)
+                    self._gateway_list = tuple(gateways)
+                    if self._links_open and not self._stopping.is_set():
+                        self._follow(self._gateway_list)
                 case _:
                     pass
+
+    def _follow(self, gateways: tuple[str, ...]) -> None:
+        """Open and close gateway links to match the controller's list."""
+        connect, close = gateway_changes(self._gateways, gateways)
+        for address in close:
+            self._disconnect(address)
+        for address in connect:
+            self._connect(address)
 
     def _connect(self, address: str) -> None:
         assert self._ctx is not None

@@ -129,6 +129,27 @@ def test_only_torchscript_on_a_cpu_with_floating_point_inputs_is_tried(artifact)
     assert path == artifact and verdict.runtime == "torchscript" and "floating-point" in verdict.reason
 
 
+class RowSums(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=1, keepdim=True) * 2.0
+
+
+def test_a_model_with_a_variable_length_input_stays_on_torchscript_and_takes_any_length(tmp_path, speed_not_judged):
+    # A conversion traced at one length would answer only that length.
+    path = tmp_path / ("b" * 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.freeze(torch.jit.script(RowSums()).eval()).save(str(path))
+    spec = VariantSpec(name="sums", family="sums", sha256="0" * 64, size_bytes=path.stat().st_size,
+                       backend="torchscript", max_batch=8,
+                       inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, -1)),),
+                       outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),))
+    runner = ModelRunner(spec, path, onnx_upgrade=True)
+    assert "varies" in runner.runtime
+    for length in (1, 5):
+        assert runner.run([np.ones((2, length), np.float32)])[0].tolist() == [[2.0 * length]] * 2
+
+
 def test_a_damaged_conversion_is_converted_again(artifact, speed_not_judged):
     spec = spec_for(artifact)
     ModelRunner(spec, artifact, onnx_upgrade=True)

@@ -102,3 +102,133 @@ def test_the_batcher_predicts_at_the_speed_served_batches_show() -> None:
     assert predict(1) == pytest.approx(0.004)
     assert serving.slowdowns() == {"v": pytest.approx(tracker.estimate().mean)}
     serving.close()
+
+
+class _FreeSpec:
+    inputs = (TensorSpec(name="x", datatype="FP32", shape=(-1, -1)),)  # any length
+    outputs = (TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),)
+
+
+class SumModel(RecordingModel):
+    """Sums each row: requests of different lengths cannot stack into one array."""
+
+    spec = _FreeSpec()
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(inputs[0].shape[0])
+        return [inputs[0].sum(axis=1, keepdims=True)]
+
+
+class FailingModel(RecordingModel):
+    def __init__(self, error: Exception | None = None, outputs: list[np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.error, self.outputs = error, outputs
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(inputs[0].shape[0])
+        if self.error is not None:
+            raise self.error
+        return self.outputs if self.outputs is not None else [inputs[0] * 2]
+
+
+class Link:
+    """A serving loop with ``model`` as variant "v", reached from a gateway ROUTER over a real link."""
+
+    def __init__(self, ctx, model) -> None:
+        self.ctx, self.serving = ctx, ServingLoop()
+        self.serving.add("v", model, "edf", max_batch=8)  # type: ignore[arg-type]
+        self.tasks: list[asyncio.Task] = []
+        self.ends: list[Endpoint] = []
+
+    async def connect(self) -> tuple[Endpoint, Endpoint, bytes]:
+        gateway = Endpoint.router(self.ctx, "tcp://127.0.0.1:0")
+        link = Endpoint.dealer(self.ctx, gateway.address, f"worker:w{len(self.ends)}")
+        self.ends += [link, gateway]
+        await link.send(WorkerHello(worker_id="w", variants=("v",)))
+        peer = (await asyncio.wait_for(gateway.recv(), 5)).peer
+        self.tasks.append(asyncio.create_task(self.serving.receive(link)))
+        return gateway, link, peer
+
+    def serve(self) -> None:
+        self.tasks.append(asyncio.create_task(self.serving.serve()))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for end in self.ends:
+            end.close()
+        self.serving.close()
+
+
+def request(i: int, x: np.ndarray) -> tuple[InferRequest, list[np.ndarray]]:
+    return InferRequest(request_id=i, variant="v", budget_us=5_000_000, inputs=(tensor_meta("x", x),)), [x]
+
+
+async def replies(gateway: Endpoint, n: int) -> dict[int, tuple[InferReply, list]]:
+    out: dict[int, tuple[InferReply, list]] = {}
+    while len(out) < n:
+        got = await asyncio.wait_for(gateway.recv(), 5)
+        if isinstance(got.msg, InferReply):
+            out[got.msg.request_id] = (got.msg, got.buffers)
+    return out
+
+
+async def test_requests_of_different_lengths_in_one_batch_are_each_answered(ctx) -> None:
+    model = SumModel()
+    mesh = Link(ctx, model)
+    try:
+        gateway, _, peer = await mesh.connect()
+        gateway.send_many_nowait([request(1, np.ones((1, 3), np.float32)), request(2, np.ones((2, 5), np.float32)),
+                                  request(3, np.full((1, 3), 2, np.float32))], to=peer)  # one bundle
+        mesh.serve()
+        got = await replies(gateway, 3)
+        assert all(msg.status is ReplyStatus.OK for msg, _ in got.values()), got
+        answers = {i: np.frombuffer(bufs[0], np.float32).tolist() for i, (_, bufs) in got.items()}
+        assert answers == {1: [3.0], 2: [5.0, 5.0], 3: [6.0]}
+        assert sorted(model.batches) == [2, 2]  # lengths 3 stacked together, length 5 alone
+    finally:
+        await mesh.close()
+
+
+@pytest.mark.parametrize("model, fragment", [
+    (FailingModel(outputs=[np.float32(1.0)]), "not the batch's 2 rows"),  # a scalar for a batch
+    (FailingModel(outputs=[np.zeros((1, 4), np.float32)]), "not the batch's 2 rows"),  # one row for two
+    (FailingModel(error=RuntimeError("shape mismatch\n" + "  at frame ...\n" * 6000)), "cut short"),  # ~84 KB
+])
+async def test_a_batch_the_model_fails_is_answered_with_the_error_and_the_worker_serves_on(ctx, model, fragment):
+    mesh = Link(ctx, model)
+    try:
+        gateway, _, peer = await mesh.connect()
+        gateway.send_many_nowait([request(1, np.ones((1, 4), np.float32)), request(2, np.ones((1, 4), np.float32))],
+                                 to=peer)
+        mesh.serve()
+        got = await replies(gateway, 2)
+        for msg, _ in got.values():
+            assert msg.status is ReplyStatus.ERROR and fragment in msg.error and len(msg.error) <= 2000
+        assert gateway.protocol_errors == 0
+        model.error, model.outputs = None, None  # the model recovers: the next request is served
+        gateway.send_nowait(*request(3, np.ones((1, 4), np.float32)), to=peer)
+        msg, _ = (await replies(gateway, 1))[3]
+        assert msg.status is ReplyStatus.OK
+    finally:
+        await mesh.close()
+
+
+async def test_replies_for_a_gateway_whose_link_closed_do_not_stop_the_others(ctx) -> None:
+    """The controller dropped gateway A while its request computed: B is still served."""
+    mesh = Link(ctx, RecordingModel())
+    try:
+        gateway_a, link_a, peer_a = await mesh.connect()
+        gateway_b, _, peer_b = await mesh.connect()
+        gateway_a.send_nowait(*request(1, np.ones((1, 4), np.float32)), to=peer_a)
+        while not mesh.serving.scheduler.next_key():  # queued
+            await asyncio.sleep(0.005)
+        link_a.close()
+        mesh.serve()
+        for i in (2, 3):
+            gateway_b.send_nowait(*request(i, np.ones((1, 4), np.float32)), to=peer_b)
+            msg, _ = (await replies(gateway_b, 1))[i]
+            assert msg.status is ReplyStatus.OK
+    finally:
+        await mesh.close()
