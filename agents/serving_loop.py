@@ -208,7 +208,7 @@ class ServingLoop:
         outcome = self._step()
         if not isinstance(outcome, _Due):
             return
-        if self.runners[name].latency_s(outcome.rows) > _OFFLOAD_S:
+        if self.runners[outcome.name].latency_s(outcome.rows) > _OFFLOAD_S:
             # Short alone, long by its rows: the serving loop offloads it, as it would its own.
             self._handoff = outcome
             self._arrived.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -230,5 +231,41 @@ async def test_replies_for_a_gateway_whose_link_closed_do_not_stop_the_others(ct
             gateway_b.send_nowait(*request(i, np.ones((1, 4), np.float32)), to=peer_b)
             msg, _ = (await replies(gateway_b, 1))[i]
             assert msg.status is ReplyStatus.OK
+    finally:
+        await mesh.close()
+
+
+class ThreadRecordingModel(RecordingModel):
+    def __init__(self, latency_s: float) -> None:
+        super().__init__()
+        self._latency_s, self.threads = latency_s, []
+
+    def latency_s(self, batch: int) -> float:
+        return self._latency_s
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.threads.append(threading.current_thread() is threading.main_thread())
+        return super().run(inputs)
+
+
+async def test_a_long_batch_found_behind_a_hopeless_short_request_computes_off_the_event_loop(ctx) -> None:
+    """The receive path runs short batches inline. Its first look finds a short variant's request,
+    already hopeless; the batch it then gets is a long variant's: that one goes to the compute
+    thread, or heartbeats and receives would stall behind it."""
+    short, long_ = ThreadRecordingModel(0.001), ThreadRecordingModel(0.2)
+    mesh = Link(ctx, short)
+    mesh.serving.add("long", long_, "edf", max_batch=8)  # type: ignore[arg-type]
+    try:
+        gateway, _, peer = await mesh.connect()
+        mesh.serve()
+        while not mesh.serving._idle:
+            await asyncio.sleep(0.01)
+        x = np.ones((1, 4), np.float32)
+        hopeless = InferRequest(request_id=1, variant="v", budget_us=1, inputs=(tensor_meta("x", x),))
+        slow = InferRequest(request_id=2, variant="long", budget_us=5_000_000, inputs=(tensor_meta("x", x),))
+        gateway.send_many_nowait([(hopeless, [x]), (slow, [x])], to=peer)
+        got = await replies(gateway, 2)
+        assert got[1][0].status is ReplyStatus.LATE and got[2][0].status is ReplyStatus.OK
+        assert short.threads == [] and long_.threads == [False]  # not on the event loop's thread
     finally:
         await mesh.close()
