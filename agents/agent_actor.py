@@ -80,6 +80,7 @@ class AgentActor(Actor):
         self._clock = clock or SystemClock()
         self._endpoint: Endpoint | None = None
         self._workers: dict[str, ManagedWorker] = {}
+        self._launches = 0  # worker processes started: each launch's generation
         self._tasks: list[asyncio.Task] = []
         self._registered = False
         self._revoked = False  # the controller refused this agent's key; cleared if it ever takes it again
@@ -185,7 +186,9 @@ class AgentActor(Actor):
                 await self._on_exit(msg)
             case WorkerGone(worker_id=worker_id, generation=generation, exit_code=code):
                 worker = self._workers.get(worker_id)
-                if worker is not None and worker.generation == generation and worker.stopping:
+                if worker is not None and worker.generation != generation:
+                    return None  # a newer process holds this id: the controller is to hear of that one
+                if worker is not None and worker.stopping:
                     self._forget(worker)
                 await self._send(WorkerStopped(worker_id=worker_id, agent_id=self.config.agent_id, exit_code=code))
             case Incoming(msg=inner):
@@ -223,8 +226,7 @@ class AgentActor(Actor):
                     # A worker drains before it exits: wait for that off the mailbox, so
                     # heartbeats and other commands go on meanwhile.
                     worker.stopping = True
-                    self._tasks.append(asyncio.create_task(self._stop_in_background(worker),
-                                                           name=f"stop-{worker_id}"))
+                    self._background(self._stop_in_background(worker), f"stop-{worker_id}")
             case ProfileDevice():
                 self._start_profiling(msg)
             case ErrorReply(code="revoked", message=text):
@@ -241,12 +243,19 @@ class AgentActor(Actor):
                 self._revoked = True
                 for worker in running:
                     worker.stopping = True
-                    self._tasks.append(asyncio.create_task(self._stop_in_background(worker),
-                                                           name=f"stop-{worker.cmd.worker_id}"))
+                    self._background(self._stop_in_background(worker), f"stop-{worker.cmd.worker_id}")
             case ErrorReply(code=code, message=text):
                 log.warning("controller error", extra={"code": code, "error": text})
             case other:
                 log.warning("unexpected message from controller", extra={"type": type(other).__name__})
+
+    def _background(self, coro, name: str) -> asyncio.Task:
+        """A task ``on_stop`` cancels and awaits; finished ones are let go (a long-lived agent starts and
+        stops workers for every re-plan)."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
 
     def _start_profiling(self, cmd: ProfileDevice) -> None:
         """Run it in the background; a re-sent request is ignored, a new one supersedes the running one."""
@@ -349,14 +358,29 @@ class AgentActor(Actor):
                 await self._send(WorkerStarted(worker_id=cmd.worker_id, agent_id=self.config.agent_id,
                                                pid=existing.proc.pid, public_key=existing.public_key))
             return
-        if existing is not None:
-            await self._stop_worker(existing, report=False)
         worker = ManagedWorker(
             cmd=cmd,
             intensity=RestartIntensity(self.config.worker_max_restarts, self.config.worker_restart_window_s),
         )
         self._workers[cmd.worker_id] = worker
-        await self._launch(worker)
+        if existing is None:
+            await self._launch(worker)
+            return
+        # The process this one replaces may hold its cores: it exits first, off the mailbox, so
+        # heartbeats and commands go on while it drains.
+        existing.stopping = True
+        self._background(self._replace(existing, worker), f"replace-{cmd.worker_id}")
+
+    async def _replace(self, old: ManagedWorker, new: ManagedWorker) -> None:
+        try:
+            if old.proc is not None:
+                await stop_process(old.proc, self.config.worker_stop_timeout_s)
+        finally:
+            if old.proc is not None and old.proc.returncode is None:
+                old.proc.kill()  # the agent stops mid-drain: the old process is not left behind
+            self._forget(old)
+        if self._workers.get(new.cmd.worker_id) is new and not new.stopping:
+            await self._launch(new)
 
     async def _launch(self, worker: ManagedWorker) -> None:
         extra = {
@@ -371,8 +395,19 @@ class AgentActor(Actor):
             _, worker.credential = new_worker_credential(Path(self.config.state_dir) / "credentials",
                                                          worker.cmd.worker_id, self._keys.server_file)
             extra.update(worker.credential.child_env())
-        worker.generation += 1
-        worker.proc = await spawn_worker(worker.cmd, self._cores, extra)
+        # Unique across this agent's launches: an exit of the process a same-named worker replaced
+        # is never taken for this one's.
+        self._launches += 1
+        worker.generation = self._launches
+        try:
+            worker.proc = await spawn_worker(worker.cmd, self._cores, extra)
+        except (OSError, ValueError) as exc:  # fork refused, a value no environment can hold
+            log.error("worker could not be started: %s", exc, extra={"worker": worker.cmd.worker_id})
+            worker.proc = None
+            self._forget(worker)
+            await self._send(WorkerCrashed(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id,
+                                           exit_code=-1, restarts=worker.restarts, will_restart=False))
+            return
         generation = worker.generation
         proc = worker.proc
         log.info("worker started", extra={"worker": worker.cmd.worker_id, "pid": proc.pid})
@@ -386,8 +421,7 @@ class AgentActor(Actor):
             except Exception:
                 pass  # the agent is stopping
 
-        worker.waiter = asyncio.create_task(wait_exit(), name=f"wait-{worker.cmd.worker_id}")
-        self._tasks.append(worker.waiter)
+        worker.waiter = self._background(wait_exit(), f"wait-{worker.cmd.worker_id}")
 
     async def _on_exit(self, event: WorkerExited) -> None:
         worker = self._workers.get(event.worker_id)

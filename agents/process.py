@@ -59,10 +59,11 @@ def worker_environment(cmd: StartWorker, usable_cores: list[int], extra: dict[st
     part = cmd.partition
     if part.kind == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = visible_device(part.device_id, os.environ)
-        env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(part.mps_percent)
+        env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(min(100, max(1, part.mps_percent)))
         threads = 1
     else:
-        cores = [usable_cores[i] for i in part.cores if i < len(usable_cores)] or usable_cores[:1]
+        # Indices into the usable cores, each once; none in range: the first usable core.
+        cores = list(dict.fromkeys(usable_cores[i] for i in part.cores if 0 <= i < len(usable_cores))) or usable_cores[:1]
         env[CORES_ENV] = ",".join(str(c) for c in cores)
         threads = len(cores)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -52,8 +52,9 @@ def test_cpu_partition_pins_mapped_cores_and_threads() -> None:
 
 @pytest.mark.parametrize(
     ("cores", "usable", "pinned"),
-    [((5, 9), [0, 1], "0"), ((), [4, 6], "4"), ((1, 7), [2, 3], "3")],
-    ids=["all-out-of-range", "empty", "one-out-of-range"],
+    [((5, 9), [0, 1], "0"), ((), [4, 6], "4"), ((1, 7), [2, 3], "3"), ((-1,), [0, 1], "0"), ((-2, 1), [4, 6], "6"),
+     ((0, 0, 1), [4, 6], "4,6")],
+    ids=["all-out-of-range", "empty", "one-out-of-range", "negative", "negative-and-one", "repeated"],
 )
 def test_cores_outside_the_usable_set_are_dropped(cores, usable, pinned: str) -> None:
     env = worker_environment(start_cmd(cpu_part(*cores)), usable, {})
