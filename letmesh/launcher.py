@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -49,9 +50,30 @@ class RoleExited(LaunchError):
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a role to bind once started. Drawn outside the
+    kernel's ephemeral range: a port from inside it (what binding port 0 gives) can be taken by any
+    outgoing connection on the host in the seconds before the role binds it."""
+    low, high = _ephemeral_range()
+    ranges = [(lo, hi) for lo, hi in ((20000, low - 1), (high + 1, 65535)) if hi - lo >= 1000]
+    for _ in range(100):
+        port = random.randint(*random.choice(ranges)) if ranges else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def placement_served(status: StatusReply, ready_status: int, ready_headers: Mapping[str, str]) -> bool:

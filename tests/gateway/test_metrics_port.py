@@ -11,13 +11,8 @@ from prometheus_client import CollectorRegistry
 from gateway.access import issue_token
 from gateway.config import GatewayConfig
 from gateway.service import GatewayService
+from letmesh.launcher import free_port
 from mesh.metrics_http import MetricsServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_the_metrics_port_serves_the_same_registry_without_a_token_and_is_released_on_stop(tmp_path):
