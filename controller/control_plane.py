@@ -68,6 +68,9 @@ from protocol.types import ReplanRecord, WorkerState
 
 log = logging.getLogger(__name__)
 
+# Workers not in the plan that were said to be ready, remembered to say so once each (up to this many).
+UNPLANNED_REMEMBERED = 1024
+
 REFUSAL_LOG_EVERY_S = 60.0  # a refused peer's messages are logged at most this often
 
 
@@ -98,6 +101,7 @@ class ControlPlane:
         self._refusals_logged: dict[bytes, float] = {}  # peer -> when its last refusal was logged
         self._last_publish = float("-inf")
         self._seq = 0
+        self._replan_failure = ""  # repr of the error the last re-plan attempt raised, if it raised
         self._last_tick = float("inf")
         self.demand = DemandTracker(half_life_s=config.demand_half_life_s, history_s=config.demand_history_s)
         # The part of it that named a variant rather than its family (kept deployed while scaling).
@@ -211,6 +215,8 @@ class ControlPlane:
                 first = peer_id in reg.workers and reg.workers[peer_id].state != WorkerState.READY
                 if not reg.worker_ready(peer_id, pid, latency, now, slowdown, runtimes):
                     if peer_id not in self._unplanned_seen:  # it heartbeats; say so once
+                        if len(self._unplanned_seen) >= UNPLANNED_REMEMBERED:
+                            self._unplanned_seen.clear()  # names from the wire: bounded, at the cost of a repeat
                         self._unplanned_seen.add(peer_id)
                         log.info("ready worker is not in the plan", extra={"worker": peer_id})
                 elif first and reg.gateway_endpoints() and not reg.routing_held(now):
@@ -349,7 +355,17 @@ class ControlPlane:
             self._broadcast_gateways()  # workers stop dialling a gateway gone this long
         self.store.retain(self._clock.time())  # a no-op until a check is due
         planned_before, started = self.layout.current, time.perf_counter()
-        commands = self.layout.tick(now)
+        try:
+            commands = self.layout.tick(now)
+        except Exception as exc:
+            # Serving goes on on the current placement, and so do heartbeats and routing below; a
+            # re-plan that keeps failing is said once per cause, not every tick.
+            commands = []
+            if repr(exc) != self._replan_failure:
+                log.exception("re-planning failed; the current placement serves on")
+            self._replan_failure = repr(exc)
+        else:
+            self._replan_failure = ""
         if self.layout.current is not planned_before:  # a layout was computed this tick
             self.metrics.plan_duration.observe(time.perf_counter() - started)
         for agent_id, command in commands:

@@ -25,6 +25,7 @@ import numpy as np
 from controller.error import RepositoryError
 from controller.repository import (
     MANIFEST,
+    NAME,
     Variant,
     check_variant,
     describe_tensors,
@@ -41,7 +42,6 @@ ARTIFACT_NAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "torch_export
 SUFFIX_BACKENDS = {".onnx": "onnx", ".pt2": "torch_export", ".pt": "torchscript", ".ts": "torchscript",
                    ".torchscript": "torchscript"}
 TRIAL_BATCHES = (1, 2)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DTYPE_NAMES = {np.dtype(v): k for k, v in DATATYPES.items()}
 
 # (spec, artifact path, batch sizes) -> per batch size, the model's outputs as numpy arrays
@@ -132,11 +132,12 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
 
 
 def _checked(new: NewVariant, model_file: Path) -> str:
-    if not _NAME.match(new.name):
+    if not NAME.match(new.name):
         raise RepositoryError(f"--name {new.name!r}: letters, digits, '.', '_' and '-' (at most 128), "
                               "starting with a letter or digit")
-    if not new.family.strip():
-        raise RepositoryError("--family must not be empty")
+    if not NAME.match(new.family):
+        raise RepositoryError(f"--family {new.family!r}: letters, digits, '.', '_' and '-' (at most 128), "
+                              "starting with a letter or digit")
     if not 0.0 <= new.accuracy <= 1.0:
         raise RepositoryError(f"--accuracy {new.accuracy} must lie in [0, 1]")
     if new.max_batch < 1:

@@ -14,8 +14,14 @@ from controller.profiling import ProfilingRuns
 from controller.registry import Registry
 from controller.store import StateStore
 from protocol.message import ProfileDevice, ProfileProgress
+from protocol.types import ColocationSample, ProfileSample
 
 log = logging.getLogger(__name__)
+_LONGEST_MS = 3_600_000.0  # an hour a batch: past this a measurement is not one
+
+
+def _latency(ms: float) -> bool:
+    return 0.0 < ms <= _LONGEST_MS  # False for NaN and infinities too
 
 
 class ProfileControl:
@@ -64,9 +70,10 @@ class ProfileControl:
         self._changed()
 
     def report(self, agent_id: str, progress: ProfileProgress, alive: bool) -> None:
-        if progress.samples or progress.colocations:
-            self._store.save_profiles(progress.samples, progress.colocations, self._time())
-            self.runs.measured(progress.samples)
+        samples, colocations = self._sound(agent_id, progress)
+        if samples or colocations:
+            self._store.save_profiles(samples, colocations, self._time())
+            self.runs.measured(samples)
         self.runs.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done,
                            failed=bool(progress.error))
         if progress.error:
@@ -82,6 +89,26 @@ class ProfileControl:
             self._layout.force()
         if alive:  # its next device, if one waits (else on its return)
             self.ask_next(agent_id)
+
+    def _sound(self, agent_id: str, progress: ProfileProgress) -> tuple[list[ProfileSample], list[ColocationSample]]:
+        """The measurements the planner can use: of known variants on one of the agent's device
+        kinds, latencies finite and positive. One infinite latency kept would make every later
+        plan fail; a made-up variant name, a row for each forever."""
+        agent = self._registry.agents.get(agent_id)
+        kinds = {d.kind for d in agent.devices} if agent is not None else set()
+        known = self._registry.variants
+        samples = [s for s in progress.samples
+                   if s.variant in known and s.device_kind in kinds and s.partition >= 1 and s.runs >= 1
+                   and 1 <= s.batch <= known[s.variant].max_batch and _latency(s.p50_ms) and _latency(s.p99_ms)
+                   and s.p50_ms <= s.p99_ms]
+        colocations = [c for c in progress.colocations
+                       if c.variant in known and c.other in known and c.device_kind in kinds
+                       and min(c.partition, c.other_partition, c.batch, c.other_batch) >= 1
+                       and _latency(c.solo_p50_ms) and _latency(c.shared_p50_ms)]
+        if dropped := len(progress.samples) - len(samples) + len(progress.colocations) - len(colocations):
+            log.warning("profiling on %s: %d measurement(s) refused (unknown variant or device kind, or a "
+                        "latency that is not a positive finite number)", agent_id, dropped)
+        return samples, colocations
 
     def _send(self, agent_id: str, commands: list[ProfileDevice]) -> None:
         for cmd in commands:

@@ -11,6 +11,8 @@ makes it an error naming the file.
 from __future__ import annotations
 
 import json
+import math
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,15 @@ from pathlib import Path
 from controller.error import RepositoryError
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
+from protocol.codec import DEFAULT_LIMITS
 from protocol.types import BACKENDS, DATATYPES, ModelInfo, TensorSpec, VariantSpec
 
 MANIFEST = "manifest.json"
+# Variant and family names: they name files (a family's policy snapshot) and URL paths.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_BATCH = 1 << 16
+MAX_LATENCY_MS = 3_600_000.0  # an SLO or a profiled batch of an hour: past this, a typo
+MAX_RANK = DEFAULT_LIMITS.max_rank  # what a tensor may have on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +215,7 @@ def _declared_name(manifest: Path) -> str:
     """The variant name a manifest declares, or its folder's name when it cannot be read."""
     try:
         name = json.loads(manifest.read_text()).get("variant")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         name = None
     return name if isinstance(name, str) and name and len(name) <= 256 else manifest.parent.name
 
@@ -215,9 +223,11 @@ def _declared_name(manifest: Path) -> str:
 def _load_variant(manifest: Path) -> Variant:
     try:
         raw = json.loads(manifest.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise RepositoryError(f"{manifest}: {exc}") from None
     try:
+        if not isinstance(raw, dict):
+            raise RepositoryError("a manifest is a JSON object")
         artifact = manifest.parent / _str(raw, "artifact")
         if artifact.resolve().parent != manifest.parent.resolve():
             raise RepositoryError(f"{manifest}: artifact must lie beside its manifest")
@@ -232,19 +242,22 @@ def _load_variant(manifest: Path) -> Variant:
             raise RepositoryError(f"{manifest}: backend {backend!r} is not supported ({', '.join(BACKENDS)})")
         if backend in ZIP_BACKENDS:
             _check_archive(artifact, manifest)
-        max_batch = int(raw.get("max_batch", 1))
-        if max_batch < 1:
-            raise RepositoryError(f"{manifest}: max_batch must be at least 1")
-        profile = {int(k): float(v) for k, v in dict(raw.get("profile_ms", {})).items()}
+        max_batch = raw.get("max_batch", 1)
+        if type(max_batch) is not int or not 1 <= max_batch <= MAX_BATCH:
+            raise RepositoryError(f"{manifest}: max_batch must be a whole number from 1 to {MAX_BATCH}")
+        profile = {int(k): _number({"profile_ms": v}, "profile_ms", lo=0.0, hi=MAX_LATENCY_MS, above=True)
+                   for k, v in dict(raw.get("profile_ms", {})).items()}
+        if any(k < 1 for k in profile):
+            raise RepositoryError(f"{manifest}: profile_ms is keyed by batch sizes from 1")
         return Variant(
-            name=_str(raw, "variant"),
-            family=_str(raw, "family"),
+            name=_name(raw, "variant"),
+            family=_name(raw, "family"),
             version=str(raw.get("version", "1")),
             backend=backend,
-            accuracy=float(raw["accuracy"]),
+            accuracy=_number(raw, "accuracy", lo=0.0, hi=1.0),
             max_batch=max_batch,
-            default_slo_ms=float(raw.get("default_slo_ms", 100.0)),
-            energy_j=float(raw.get("energy_j", 0.0)),
+            default_slo_ms=_number(raw, "default_slo_ms", 100.0, lo=0.0, hi=MAX_LATENCY_MS, above=True),
+            energy_j=_number(raw, "energy_j", 0.0, lo=0.0, hi=float("inf")),
             inputs=_specs(raw, "inputs", manifest),
             outputs=_specs(raw, "outputs", manifest),
             artifact=artifact,
@@ -257,7 +270,7 @@ def _load_variant(manifest: Path) -> Variant:
         if str(manifest) in str(exc):
             raise
         raise RepositoryError(f"{manifest}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise RepositoryError(f"{manifest}: bad field ({exc})") from None
 
 
@@ -290,14 +303,39 @@ def _str(raw: dict, key: str) -> str:
     return value
 
 
+def _name(raw: dict, key: str) -> str:
+    value = _str(raw, key)
+    if not NAME.match(value):
+        raise RepositoryError(f"field {key!r} {value[:80]!r}: letters, digits, '.', '_' and '-' (at most 128), "
+                              "starting with a letter or digit")
+    return value
+
+
+def _number(raw: dict, key: str, default: float | None = None, *, lo: float, hi: float, above: bool = False) -> float:
+    """A finite number from ``lo`` (or above it) to ``hi``."""
+    value = raw[key] if default is None else raw.get(key, default)
+    if type(value) not in (int, float) or not math.isfinite(value) or value > hi or value < lo or (above and value == lo):
+        raise RepositoryError(f"field {key!r} is {value!r}: a number {'above' if above else 'from'} {lo:g} "
+                              f"to {hi:g} is needed")
+    return float(value)
+
+
 def _specs(raw: dict, key: str, manifest: Path) -> tuple[TensorSpec, ...]:
     specs = []
     for item in raw[key]:
         datatype = item["datatype"]
         if datatype not in DATATYPES:
             raise RepositoryError(f"{manifest}: {key} datatype {datatype!r} is not supported")
-        shape = tuple(int(d) for d in item["shape"])
-        specs.append(TensorSpec(name=str(item["name"]), datatype=datatype, shape=shape))
+        shape = tuple(item["shape"])
+        if len(shape) > MAX_RANK or not all(type(d) is int and (d == -1 or d >= 1) for d in shape):
+            raise RepositoryError(f"{manifest}: {key} shape {list(shape)[:10]!r}: at most {MAX_RANK} dimensions, "
+                                  "each -1 (any size) or a positive whole number")
+        name = item["name"]
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise RepositoryError(f"{manifest}: each of {key} needs a name (1 to 256 characters)")
+        specs.append(TensorSpec(name=name, datatype=datatype, shape=shape))
     if not specs:
         raise RepositoryError(f"{manifest}: {key} is empty")
+    if len({s.name for s in specs}) != len(specs):
+        raise RepositoryError(f"{manifest}: {key} names a tensor twice")
     return tuple(specs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +12,10 @@ from controller.config import ControllerConfig
 from controller.control_plane import ControlPlane
 from controller.metrics import ControllerMetrics
 from mesh.clock import FakeClock
-from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, RegisterAgent, RegisterAgentReply,
-                              RegisterGateway, RegisterGatewayReply, Replan, ReplanReply, RoutingTable, StartWorker,
-                              WorkerStarted)
-from protocol.types import DeviceInfo
+from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, ProfileProgress, RegisterAgent,
+                              RegisterAgentReply, RegisterGateway, RegisterGatewayReply, Replan, ReplanReply,
+                              RoutingTable, StartWorker, WorkerStarted)
+from protocol.types import DeviceInfo, ProfileSample
 
 CPU = DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=2, memory_bytes=1 << 30)
 
@@ -98,3 +99,48 @@ def test_a_replan_with_an_unknown_policy_is_refused_with_the_known_ones(plane: C
     plane.receive(b"operator:o", None, Replan(policy="whole"))
     ((_, reply),) = drain(plane)
     assert isinstance(reply, ReplanReply) and reply.accepted and reply.policy == "whole"
+
+
+def sample(variant: str, p50_ms: float, batch: int = 1) -> ProfileSample:
+    return ProfileSample(variant=variant, device_kind="cpu", partition=1, batch=batch, p50_ms=p50_ms,
+                         p99_ms=p50_ms * 1.1, runs=5)
+
+
+def test_a_profile_report_the_planner_cannot_use_is_refused_and_planning_goes_on(plane: ControlPlane) -> None:
+    plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7, instance="i"))
+    drain(plane)
+    before = len(plane.store.profiles())
+    bad = (sample("identity", float("inf")), sample("identity", float("nan")), sample("identity", -1.0),
+           sample("identity", 1.0, batch=10_000), *(sample(f"made-up-{i}", 1.0) for i in range(50)),
+           ProfileSample(variant="identity", device_kind="tpu", partition=1, batch=1, p50_ms=1.0, p99_ms=1.1, runs=5))
+    plane.receive(b"agent:a1", None, ProfileProgress(request_id=1, agent_id="a1", device_kind="cpu", completed=1,
+                                                     total=1, samples=(*bad, sample("identity", 2.0)), done=True))
+    kept = plane.store.profiles()
+    assert len(kept) <= before + 1 and all(math.isfinite(s.p50_ms) and s.p50_ms > 0 for s in kept)
+    assert not [s for s in kept if s.variant.startswith("made-up") or s.device_kind == "tpu" or s.batch > 32]
+    plane.layout.force()
+    plane.tick()  # plans with what was kept
+    assert any(isinstance(msg, Heartbeat) for _, msg in drain(plane))
+
+
+def test_a_replan_that_fails_leaves_heartbeats_and_routing_going(plane: ControlPlane, monkeypatch, caplog) -> None:
+    plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7, instance="i"))
+    plane.receive(b"gateway:g1", None, RegisterGateway(gateway_id="g1", data_endpoint="tcp://127.0.0.1:2", http_url=""))
+    drain(plane)
+
+    def broken(now: float) -> list:
+        raise ValueError("latencies must be positive and finite")
+
+    monkeypatch.setattr(plane.layout, "tick", broken)
+    for _ in range(3):
+        plane.tick()
+        sent = drain(plane)
+        assert {peer for peer, msg in sent if isinstance(msg, Heartbeat)} == {b"agent:a1", b"gateway:g1"}
+    assert len([r for r in caplog.records if "re-planning failed" in r.getMessage()]) == 1  # said once
+
+
+def test_profiles_an_older_version_stored_unchecked_are_left_out(plane: ControlPlane) -> None:
+    plane.store.save_profiles([sample("identity", 1.0)], [], now=0.0)
+    plane.store._db.execute("UPDATE profile SET p50_ms = ?, p99_ms = ? WHERE variant = 'identity' AND batch = 1",
+                            (float("inf"), float("inf")))
+    assert all(math.isfinite(s.p50_ms) for s in plane.store.profiles())

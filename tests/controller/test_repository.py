@@ -287,3 +287,37 @@ def test_a_tie_in_a_family_keeps_the_first_variant_by_name(tmp_path: Path,
     write_variant(tmp_path, "a-plain", template, family="fam")
     repo = scan_repository(tmp_path)
     assert list(repo.variants) == ["a-plain"] and list(repo.unavailable) == ["b-renamed"]
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"family": "vision/cls"}, "'family'"),  # would name a file under another folder
+    ({"family": "../../escaped"}, "'family'"),
+    ({"max_batch": 1e999}, "max_batch"),  # infinity in JSON's number syntax
+    ({"max_batch": 2 ** 64}, "max_batch"),  # past what the routing table can carry
+    ({"max_batch": 2.5}, "max_batch"),
+    ({"accuracy": 5}, "'accuracy'"), ({"accuracy": -1}, "'accuracy'"), ({"accuracy": "0.9"}, "'accuracy'"),
+    ({"default_slo_ms": 0}, "'default_slo_ms'"), ({"default_slo_ms": -5}, "'default_slo_ms'"),
+    ({"energy_j": -1}, "'energy_j'"),
+    ({"profile_ms": {"1": -2.0}}, "'profile_ms'"), ({"profile_ms": {"0": 1.0}}, "profile_ms"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -16]}]}, "shape"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 0]}]}, "shape"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1] * 9}]}, "shape"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}] * 2}, "twice"),
+], ids=lambda v: json.dumps(v)[:40] if isinstance(v, dict) else v)
+def test_a_manifest_with_a_value_out_of_range_is_set_aside_with_the_reason(tmp_path: Path, template, changes,
+                                                                           says: str) -> None:
+    write_variant(tmp_path, "good", template)
+    manifest = write_variant(tmp_path, "bad", template, **changes)
+    if changes.get("max_batch") == 1e999:  # json.dumps writes Infinity; a manifest would say 1e999
+        manifest.write_text(manifest.read_text().replace("Infinity", "1e999"))
+    repo = scan_repository(tmp_path)
+    assert list(repo.variants) == ["good"]
+    assert says in repo.unavailable["bad"], repo.unavailable["bad"]
+
+
+def test_a_manifest_nested_past_what_json_can_read_is_set_aside(tmp_path: Path, template) -> None:
+    write_variant(tmp_path, "good", template)
+    manifest = write_variant(tmp_path, "bad", template)
+    manifest.write_text('{"variant": "bad", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    repo = scan_repository(tmp_path)
+    assert list(repo.variants) == ["good"] and "bad" in repo.unavailable
