@@ -68,7 +68,7 @@ class LayoutManager:
         self._forced = False
         self._capacity_changed = False
         self._applied = False
-        self._announced: frozenset[str] = frozenset()  # the lost agents last re-planned without
+        self._announced: frozenset[str] = frozenset()  # lost agents and crashed workers last re-planned without
         self.scaled: ScaledLayout | None = None
         self._held_for: frozenset[str] = frozenset()  # agents a loss re-plan waits on (logged once)
         self.solve_times: list[float] = []
@@ -155,12 +155,16 @@ class LayoutManager:
         self._held_for = frozenset()
         self._capacity_changed = False
         if reason is Reason.LOSS:
-            away = frozenset(w.plan.agent_id for w in self._stranded(now))
+            stranded, alive = self._stranded(now), self._registry.agent_alive
+            away = frozenset(w.plan.agent_id for w in stranded if not alive(w.plan.agent_id, now))
             if not self._registry.placeable(now):
                 return []  # nowhere to place anything: wait for an agent
-            if away and away != self._announced:
+            if away - self._announced:
                 log.warning("re-planning without %s: lost", ", ".join(sorted(away)))
-            self._announced = away
+            crashed = frozenset(w.plan.worker_id for w in stranded if w.state == WorkerState.CRASHED)
+            if crashed - self._announced:
+                log.warning("re-planning to replace %s: crashed past the restart limit", ", ".join(sorted(crashed)))
+            self._announced = away | crashed
         self.cadence.last_attempt = now
         why = "initial" if self.current is None else reason.value
         if reason is Reason.DRIFT and urgent:
@@ -212,7 +216,8 @@ class LayoutManager:
     def _sized(self, forecast: dict[str, float]) -> dict[str, float]:
         """What a full-accuracy plan would be sized on now, every variant at least at the floor."""
         variants = self._registry.variants
-        return variant_floor(variants, at_full_accuracy(variants, self._target(forecast, False)), self.settings.floor_rps)
+        full = at_full_accuracy(variants, self._target(forecast, False))
+        return variant_floor(variants, full, self.settings.floor_rps)
 
     def _fell_while_scaled(self) -> bool:
         """Under a scaled plan, has a family's demand stayed clearly (``SCALED_FALL``, and past
@@ -225,18 +230,15 @@ class LayoutManager:
         also have dropped (by noise and 10 %) below the highest seen when the plan was made."""
         if self.scaled is None:
             return False
-        peak, seen = self._recent_peak(), self._seen_peak()
+        peak, seen = self._recent_peak(), self._recent_peak(self._seen)
         return any(moved({f: d}, {f: peak.get(f, 0.0)}, up=False, fall=SCALED_FALL)
                    and moved({f: self._scaled_seen.get(f, d)}, {f: seen.get(f, 0.0)}, up=False)
                    for f, d in self.scaled.demand.items())
 
-    def _recent_peak(self) -> dict[str, float]:
-        """Per family, the highest forecast of the last period (with every family's floor)."""
-        return family_floor(self._registry.variants, self._recent.peak(), self.settings.floor_rps)
-
-    def _seen_peak(self) -> dict[str, float]:
-        """Per family, the highest rate seen over the last period (with every family's floor)."""
-        return family_floor(self._registry.variants, self._seen.peak(), self.settings.floor_rps)
+    def _recent_peak(self, window: PeakWindow | None = None) -> dict[str, float]:
+        """Per family, the highest forecast of the last period (or of ``window``: ``_seen``, the rates
+        seen), with every family's floor."""
+        return family_floor(self._registry.variants, (window or self._recent).peak(), self.settings.floor_rps)
 
     def _drifted(self, forecast: dict[str, float]) -> bool:
         """Has demand moved from what the current plan carries, past hysteresis and noise (or do
@@ -253,10 +255,10 @@ class LayoutManager:
         return requests >= self.headroom.min_requests and missed > requests * self.headroom.miss_target
 
     def _stranded(self, now: float) -> list:
-        """Workers of the plan of record whose agent is lost or has not registered (again)."""
-        reg = self._registry
-        return [w for w in reg.workers.values() if w.in_plan and w.state in STRANDABLE
-                and not reg.agent_alive(w.plan.agent_id, now)]
+        """Workers of the plan of record that will not serve: their agent is lost or has not
+        registered (again), or they crashed past their agent's restart limit."""
+        return [w for w in self._registry.workers.values() if w.in_plan and (w.state == WorkerState.CRASHED or (
+                w.state in STRANDABLE and not self._registry.agent_alive(w.plan.agent_id, now)))]
 
     def _waits_on_lost(self, t: Transition, now: float) -> bool:
         """Does the move in progress start or keep a worker on an agent that is not alive?"""
@@ -362,7 +364,7 @@ class LayoutManager:
                         _rounded(scaled.demand), _rounded(new.plan.unserved),
                         scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
                         scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
-            self.scaled, self._scaled_seen = scaled, self._seen_peak()
+            self.scaled, self._scaled_seen = scaled, self._recent_peak(self._seen)
             self.solve_times.append(scaled.plan.solve_s)
             desired = scaled.desired
             reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()

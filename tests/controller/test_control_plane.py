@@ -14,7 +14,7 @@ from controller.metrics import ControllerMetrics
 from mesh.clock import FakeClock
 from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, ProfileProgress, RegisterAgent,
                               RegisterAgentReply, RegisterGateway, RegisterGatewayReply, Replan, ReplanReply,
-                              RoutingTable, StartWorker, WorkerStarted)
+                              RoutingTable, StartWorker, WorkerCrashed, WorkerReady, WorkerStarted)
 from protocol.types import DeviceInfo, ProfileSample
 
 CPU = DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=2, memory_bytes=1 << 30)
@@ -144,3 +144,34 @@ def test_profiles_an_older_version_stored_unchecked_are_left_out(plane: ControlP
     plane.store._db.execute("UPDATE profile SET p50_ms = ?, p99_ms = ? WHERE variant = 'identity' AND batch = 1",
                             (float("inf"), float("inf")))
     assert all(math.isfinite(s.p50_ms) for s in plane.store.profiles())
+
+
+def test_a_worker_crashed_past_its_restart_limit_is_replaced_on_its_live_agent(plane: ControlPlane) -> None:
+    clock = plane._clock
+    plane.store.save_profiles([ProfileSample(variant=v, device_kind="cpu", partition=c, batch=b, p50_ms=b / c,
+                                             p99_ms=1.1 * b / c, runs=5)
+                               for v in plane.registry.variants for c in (1, 2) for b in (1, 2, 4)], [], now=0.0)
+    plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7, instance="i"))
+    starts = [msg for _, msg in drain(plane) if isinstance(msg, StartWorker)]
+    for s in starts:
+        plane.receive(f"worker:{s.worker_id}".encode(), None, WorkerReady(
+            worker_id=s.worker_id, agent_id="a1", variants=tuple(v.name for v in s.variants), pid=100,
+            batch_latency_ms={v.name: (1.0,) for v in s.variants}))
+    drain(plane)
+    victim = starts[0]
+    plane.receive(b"agent:a1", None, WorkerCrashed(worker_id=victim.worker_id, agent_id="a1", exit_code=-11,
+                                                   restarts=5, will_restart=False))
+    replacement = []
+    for _ in range(10):  # the agent beats on; within seconds its crashed worker is replaced
+        clock.advance(1.0)
+        plane.receive(b"agent:a1", None, Heartbeat(sender="a1", role="agent", seq=1))
+        for s in starts[1:]:  # the others serve on
+            plane.receive(f"worker:{s.worker_id}".encode(), None, Heartbeat(sender=s.worker_id, role="worker", seq=1))
+        plane.tick()
+        replacement += [msg for peer, msg in drain(plane) if isinstance(msg, StartWorker) and peer == b"agent:a1"]
+        if replacement:
+            break
+    assert replacement, "the crashed worker's variants were left without a worker"
+    served = {v.name for s in replacement for v in s.variants}
+    assert {v.name for v in victim.variants} <= served
+    assert victim.worker_id not in {w.worker_id for w in plane.store.placements()}  # not started again on a restart
