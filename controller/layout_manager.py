@@ -59,7 +59,7 @@ class LayoutManager:
         self._demand = demand
         self._named = named  # requests that named a variant (part of ``demand``)
         self._start_command = start_command
-        self.generation = generation * 1000
+        self.generation = max(generation * 1000, store.last_generation())  # worker ids never repeat
         self.transition: Transition | None = None
         self.current: Layout | None = None
         self._planned_for: dict[str, float] = {}
@@ -386,6 +386,7 @@ class LayoutManager:
                    if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
+        self._store.save_generation(self.generation)
         # Workers a superseded move was still starting are waited for (if kept) or stopped at once
         # (if not). Any other worker is treated as serving, reported ready or not: after a
         # controller restart, workers it has not heard from yet may well be serving.

@@ -57,6 +57,14 @@ class StateStore:
         self._trim_to_size()
         self._db.close()
 
+    def last_generation(self) -> int:
+        """The highest plan generation used so far (worker ids carry it): 0 before the first."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def save_generation(self, generation: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
+
     def next_epoch(self) -> int:
         """Bump and return the controller epoch: one per controller start."""
         row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()

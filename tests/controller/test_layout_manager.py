@@ -638,3 +638,23 @@ def test_a_plan_waits_for_a_devices_profiles_at_most_the_longest_wait(manager) -
     # Its run's end never came (an agent gone quiet): the next attempt (a re-plan period on) plans anyway.
     m.tick(now + PROFILE_WAIT_MAX_S + m.settings.replan_period_s)
     assert m.current is not None
+
+
+def test_a_restarted_manager_never_names_workers_with_a_generation_used_before(tmp_path) -> None:
+    """Ids carry epoch * 1000 plus the re-plans made: an epoch past 1000 re-plans ran into the next
+    epoch's numbers, and a restarted controller named new workers as running ones (and stopped them)."""
+    gen = make_manager(tmp_path, half_life_s=5.0, history_s=5.0)
+    m, demand, registry = next(gen)
+    now = report(demand, [100] * 5, 0.0)
+    used: set[str] = set()
+    for _ in range(3):
+        m.force()
+        used |= {cmd.worker_id for _, cmd in m.tick(now) if isinstance(cmd, PlannedWorker)}
+        m.transition = None  # as if the move had finished
+        now += 1.0
+    assert used
+    # The next controller start's base (epoch * 1000) lies below the generations this one reached.
+    restarted = LayoutManager(m.settings, registry, m._store, demand, start_command, generation=1)
+    assert restarted.generation >= m.generation  # each re-plan's ids are f"{agent}.g{generation + 1}.w{i}"
+    assert all(int(w.split(".g")[1].split(".")[0]) <= m.generation for w in used)
+    gen.close()

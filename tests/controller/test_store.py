@@ -122,3 +122,4 @@ def test_gateways_survive_reopening_until_they_leave_or_are_forgotten(tmp_path: 
     store = StateStore(tmp_path / "state.db")
     assert store.gateways() == {"g1": "tcp://10.0.0.9:5560"}
     store.close()
+
