@@ -317,11 +317,15 @@ class ControlPlane:
         variant = self._by_sha.get(sha)
         if variant is None:
             return ErrorReply(code="unknown_artifact", message=f"no variant in the repository has artifact {sha}")
-        if offset < 0 or length <= 0:
-            return ErrorReply(code="bad_range", message=f"bad range {offset}+{length}")
-        with variant.artifact.open("rb") as f:
-            f.seek(offset)
-            data = f.read(min(length, ARTIFACT_CHUNK_BYTES))
+        if not 0 <= offset <= variant.size_bytes or length <= 0:
+            return ErrorReply(code="bad_range", message=f"bad range {offset}+{length} of {variant.size_bytes} bytes")
+        try:
+            with variant.artifact.open("rb") as f:
+                f.seek(offset)
+                data = f.read(min(length, ARTIFACT_CHUNK_BYTES))
+        except OSError as exc:  # removed or replaced in the repository since it was loaded
+            log.warning("artifact of %s cannot be read: %s", variant.name, exc)
+            return ErrorReply(code="unknown_artifact", message=f"artifact {sha} of {variant.name} cannot be read now")
         return ArtifactChunkReply(sha256=sha, offset=offset, total_size=variant.size_bytes, data=data)
 
     # --- the timer ------------------------------------------------------------------------

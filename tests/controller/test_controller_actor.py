@@ -215,8 +215,9 @@ async def test_artifact_chunks_hash_to_the_manifest_sha(start_controller, peer, 
 
 @pytest.mark.parametrize(
     ("known", "offset", "length", "code"),
-    [(False, 0, 1024, "unknown_artifact"), (True, 0, 0, "bad_range"), (True, -1, 1024, "bad_range")],
-    ids=["unknown-sha", "empty-length", "negative-offset"],
+    [(False, 0, 1024, "unknown_artifact"), (True, 0, 0, "bad_range"), (True, -1, 1024, "bad_range"),
+     (True, 2 ** 63, 1024, "bad_range"), (True, 2 ** 40, 1024, "bad_range")],
+    ids=["unknown-sha", "empty-length", "negative-offset", "offset-past-any-file", "offset-past-the-file"],
 )
 async def test_bad_artifact_request_gets_an_error(start_controller, peer, repo, known: bool, offset: int,
                                                   length: int, code: str) -> None:
@@ -226,6 +227,19 @@ async def test_bad_artifact_request_gets_an_error(start_controller, peer, repo, 
     await fetcher.send(FetchArtifact(sha256=sha, offset=offset, length=length))
     error = await fetcher.expect(ErrorReply)
     assert error.code == code
+
+
+async def test_an_artifact_gone_from_the_repository_gets_an_error_not_silence(start_controller, peer, repo) -> None:
+    controller = await start_controller()
+    fetcher = peer(controller.address, b"worker:fetcher")
+    identity = load_repository(repo)["identity"]
+    moved = identity.artifact.with_name("moved-away")
+    identity.artifact.rename(moved)
+    try:
+        await fetcher.send(FetchArtifact(sha256=identity.sha256, offset=0, length=1024))
+        assert (await fetcher.expect(ErrorReply)).code == "unknown_artifact"
+    finally:
+        moved.rename(identity.artifact)
 
 
 @pytest.mark.parametrize("identity", [b"agent:ghost", b"gateway:ghost", b"worker:ghost.w0", b"cli:x"])
