@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from agents.error import ArtifactError
@@ -19,6 +20,7 @@ from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact, VariantLoadFailed
 
 MAX_REASON_LEN = 512
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_s: float) -> ArtifactChunkReply:
@@ -57,6 +59,8 @@ async def fetch_artifact(
     endpoint: Endpoint, replies: asyncio.Queue, cache_dir: Path, sha256: str, *, timeout_s: float = 10.0
 ) -> Path:
     """Download ``sha256`` over ``endpoint``; replies arrive on ``replies`` (the caller's receive loop)."""
+    if not _HEX64.fullmatch(sha256):  # it names files in the cache: never a path
+        raise ArtifactError(f"artifact {sha256[:80]!r} is not a sha256 digest")
     hit = cached(cache_dir, sha256)
     if hit is not None:
         return hit

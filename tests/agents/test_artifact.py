@@ -192,6 +192,15 @@ async def test_unknown_artifact_fails_and_leaves_nothing(controller, link, tmp_p
     assert list(cache.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["/../../escaped", "../" * 3 + "x" * 55, "AB" * 32, ""])
+async def test_an_artifact_name_that_is_not_a_digest_is_refused_before_any_file_is_made(controller, link, tmp_path,
+                                                                                        name) -> None:
+    cache = tmp_path / "deep" / "cache"
+    with pytest.raises(ArtifactError, match="not a sha256 digest"):
+        await link(controller.address).fetch(cache, name)
+    assert not (tmp_path / "deep").exists() and not (tmp_path / "escaped").exists()
+
+
 async def test_silent_controller_fails_within_the_timeout(fake_controller, link, repo, tmp_path) -> None:
     sha, _ = artifact(repo, "identity")
     fake = fake_controller(lambda msg: [])
