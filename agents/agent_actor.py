@@ -2,14 +2,14 @@
 
 Commands from the controller are idempotent: a StartWorker for a worker that already runs
 with the same spec changes nothing, so the controller can re-send its desired state after a
-restart. A worker that exits without being asked to is restarted under an intensity limit.
+restart. The processes themselves are :class:`agents.worker_fleet.WorkerFleet`'s: a worker that
+exits without being asked to is restarted under an intensity limit.
 
 Registration: each carries this process's random instance id and the workers it runs. While
 the controller does not answer, one registration is outstanding at a time: the next (with the
 state of then) goes after a bounded, growing wait, on a fresh connection when the last one went
 unanswered, which drops whatever the dead one had queued, so a healed link does not replay a
-backlog. On a clean stop the agent
-deregisters.
+backlog. On a clean stop the agent deregisters.
 """
 
 from __future__ import annotations
@@ -27,21 +27,13 @@ from agents.config import AgentConfig
 from agents.managed_worker import ManagedWorker, Tick, WorkerExited, WorkerGone
 from agents.metrics import AgentMetrics
 from agents.probe import probe_devices, usable_cores
-from agents.process import spawn_worker, stop_process
 from agents.profile_runner import ProfileRunner
+from agents.worker_fleet import WorkerFleet
 from mesh.actor import Actor
 from mesh.clock import Clock, SystemClock
 from mesh.liveness import Liveness
-from mesh.supervisor import RestartIntensity
 from mesh.lifecycle import feed, tick
-from mesh.keys import (
-    ClientKeys,
-    clear_worker_credentials,
-    client_keys,
-    drop_worker_credential,
-    new_worker_credential,
-    rejoin_hint,
-)
+from mesh.keys import ClientKeys, clear_worker_credentials, client_keys, rejoin_hint
 from mesh.metrics_http import MetricsServer
 from mesh.links import link_options
 from mesh.transport import Endpoint, EndpointClosed, Incoming
@@ -56,9 +48,6 @@ from protocol.message import (
     RegisterAgentReply,
     StartWorker,
     StopWorker,
-    WorkerCrashed,
-    WorkerStarted,
-    WorkerStopped,
 )
 
 log = logging.getLogger(__name__)
@@ -79,9 +68,8 @@ class AgentActor(Actor):
         self._ctx = ctx
         self._clock = clock or SystemClock()
         self._endpoint: Endpoint | None = None
-        self._workers: dict[str, ManagedWorker] = {}
-        self._launches = 0  # worker processes started: each launch's generation
         self._tasks: list[asyncio.Task] = []
+        self.fleet = WorkerFleet(config, self._clock, send=self._send, tell=self.tell, background=self._background)
         self._registered = False
         self._revoked = False  # the controller refused this agent's key; cleared if it ever takes it again
         self._last_register = float("-inf")
@@ -102,8 +90,6 @@ class AgentActor(Actor):
         self.registered = asyncio.Event()
         self._keys: ClientKeys | None = None
         self._devices: tuple = ()
-        self.worker_crashes = 0
-        self.worker_restarts = 0
         self.metrics = AgentMetrics(self)
         self._metrics_server: MetricsServer | None = None
 
@@ -125,19 +111,19 @@ class AgentActor(Actor):
 
     def managed(self) -> dict[str, ManagedWorker]:
         """The workers this agent manages, by id (for metrics; not to be changed)."""
-        return self._workers
+        return self.fleet.workers
 
     async def on_start(self) -> None:
         if self.config.metrics_port:  # first: a taken port fails the start before anything else is held
             self._metrics_server = MetricsServer(self.metrics.registry, self.config.metrics_host,
                                                  self.config.metrics_port)
             await self._metrics_server.start()
-        self._cores = usable_cores(self.config.max_cores)
+        self._cores = self.fleet.cores = usable_cores(self.config.max_cores)
         self._devices = probe_devices(self.config.max_cores)
         if stale := clear_worker_credentials(Path(self.config.state_dir) / "credentials"):
             log.info("removed %d worker secrets a previous agent process left", stale)
         if self.config.keys_dir:  # profilers authenticate with the agent's key pair; workers get their own
-            self._keys = client_keys(self.config.keys_dir, "agent", self.config.agent_id)
+            self._keys = self.fleet.keys = client_keys(self.config.keys_dir, "agent", self.config.agent_id)
         self._dial()
         self._tasks = [asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="agent-tick")]
         await self._register()
@@ -169,28 +155,35 @@ class AgentActor(Actor):
             # Leave cleanly, first: the controller takes the workers out of routing while they
             # drain, and forgets this agent now instead of declaring it lost later.
             await self._send(DeregisterAgent(agent_id=self.config.agent_id, instance=self.instance))
-        await asyncio.gather(*(self._stop_worker(w, report=False) for w in list(self._workers.values())))
+        await self.fleet.stop_all()
         if self._endpoint is not None:
             self._endpoint.close(linger_ms=DEREGISTER_LINGER_MS)
 
     @property
     def workers(self) -> dict[str, int]:
         """worker id -> pid of the running process (0 when not running)."""
-        return {wid: (w.proc.pid if w.proc and w.proc.returncode is None else 0) for wid, w in self._workers.items()}
+        return self.fleet.pids()
+
+    def running(self) -> tuple[RunningWorker, ...]:
+        """The workers this agent runs (not those it is stopping), as a registration reports them."""
+        return self.fleet.running()
+
+    @property
+    def worker_crashes(self) -> int:
+        return self.fleet.crashes
+
+    @property
+    def worker_restarts(self) -> int:
+        return self.fleet.restarts
 
     async def handle(self, msg: object) -> object:
         match msg:
             case Tick():
                 await self._on_tick()
             case WorkerExited():
-                await self._on_exit(msg)
-            case WorkerGone(worker_id=worker_id, generation=generation, exit_code=code):
-                worker = self._workers.get(worker_id)
-                if worker is not None and worker.generation != generation:
-                    return None  # a newer process holds this id: the controller is to hear of that one
-                if worker is not None and worker.stopping:
-                    self._forget(worker)
-                await self._send(WorkerStopped(worker_id=worker_id, agent_id=self.config.agent_id, exit_code=code))
+                await self.fleet.exited(msg)
+            case WorkerGone():
+                await self.fleet.gone(msg)
             case Incoming(msg=inner):
                 self._taken_unanswered = 0
                 self._controller.beat("controller", self._clock.monotonic())
@@ -219,14 +212,9 @@ class AgentActor(Actor):
                 if self._may_register_now():
                     await self._register()
             case StartWorker():
-                await self._start_worker(msg)
+                await self.fleet.start(msg)
             case StopWorker(worker_id=worker_id):
-                worker = self._workers.get(worker_id)
-                if worker is not None and not worker.stopping:
-                    # A worker drains before it exits: wait for that off the mailbox, so
-                    # heartbeats and other commands go on meanwhile.
-                    worker.stopping = True
-                    self._background(self._stop_in_background(worker), f"stop-{worker_id}")
+                self.fleet.stop(worker_id)
             case ProfileDevice():
                 self._start_profiling(msg)
             case ErrorReply(code="revoked", message=text):
@@ -236,14 +224,11 @@ class AgentActor(Actor):
                 # longest retry interval, not every beat.
                 self._registered = False
                 self._register_wait = self.config.register_retry_max_s
-                running = [w for w in self._workers.values() if not w.stopping]
+                stopped = self.fleet.stop_running()
                 if not self._revoked:
                     log.error("the controller at %s refuses this agent: %s; %d worker(s) stopped. To serve again, %s",
-                              self.config.controller, text, len(running), rejoin_hint("agent", self.config.agent_id))
+                              self.config.controller, text, stopped, rejoin_hint("agent", self.config.agent_id))
                 self._revoked = True
-                for worker in running:
-                    worker.stopping = True
-                    self._background(self._stop_in_background(worker), f"stop-{worker.cmd.worker_id}")
             case ErrorReply(code=code, message=text):
                 log.warning("controller error", extra={"code": code, "error": text})
             case other:
@@ -274,6 +259,7 @@ class AgentActor(Actor):
             state_dir=Path(self.config.state_dir),
             emit=self.tell,
             extra_env={**(self._keys.child_env() if self._keys else {}), **self.config.runtime_env()},
+            serving=self.fleet.serving_on(),
         )
 
         async def profile() -> None:
@@ -288,15 +274,6 @@ class AgentActor(Actor):
 
     def _may_register_now(self) -> bool:
         return self._clock.monotonic() - self._last_register >= self.config.heartbeat_interval_s
-
-    def running(self) -> tuple[RunningWorker, ...]:
-        """The workers this agent runs (not those it is stopping), as a registration reports them."""
-        return tuple(
-            RunningWorker(worker_id=wid, variants=tuple(v.name for v in w.cmd.variants),
-                          pid=w.proc.pid if w.proc is not None and w.proc.returncode is None else 0,
-                          public_key=w.public_key)
-            for wid, w in sorted(self._workers.items()) if not w.stopping
-        )
 
     async def _register(self) -> None:
         self._last_register = self._clock.monotonic()
@@ -347,133 +324,6 @@ class AgentActor(Actor):
             return  # no heartbeats until registered: they would only queue on a dead link
         self._seq += 1
         await self._send(Heartbeat(sender=self.config.agent_id, role="agent", seq=self._seq))
-
-    async def _start_worker(self, cmd: StartWorker) -> None:
-        existing = self._workers.get(cmd.worker_id)
-        # Gateways and the controller address may differ between re-sends; the worker learns
-        # gateway changes on its own link, so only partition and variants make it a new worker.
-        same = existing is not None and (existing.cmd.partition, existing.cmd.variants) == (cmd.partition, cmd.variants)
-        if existing is not None and same and not existing.stopping:
-            if existing.proc is not None and existing.proc.returncode is None:
-                await self._send(WorkerStarted(worker_id=cmd.worker_id, agent_id=self.config.agent_id,
-                                               pid=existing.proc.pid, public_key=existing.public_key))
-            return
-        worker = ManagedWorker(
-            cmd=cmd,
-            intensity=RestartIntensity(self.config.worker_max_restarts, self.config.worker_restart_window_s),
-        )
-        self._workers[cmd.worker_id] = worker
-        if existing is None:
-            await self._launch(worker)
-            return
-        # The process this one replaces may hold its cores: it exits first, off the mailbox, so
-        # heartbeats and commands go on while it drains.
-        existing.stopping = True
-        self._background(self._replace(existing, worker), f"replace-{cmd.worker_id}")
-
-    async def _replace(self, old: ManagedWorker, new: ManagedWorker) -> None:
-        try:
-            if old.proc is not None:
-                await stop_process(old.proc, self.config.worker_stop_timeout_s)
-        finally:
-            if old.proc is not None and old.proc.returncode is None:
-                old.proc.kill()  # the agent stops mid-drain: the old process is not left behind
-            self._forget(old)
-        if self._workers.get(new.cmd.worker_id) is new and not new.stopping:
-            await self._launch(new)
-
-    async def _launch(self, worker: ManagedWorker) -> None:
-        extra = {
-            "LETMESH_WORKER_AGENT_ID": self.config.agent_id,
-            "LETMESH_STATE_DIR": os.path.abspath(self.config.state_dir),
-            "LETMESH_WORKER_HEARTBEAT_INTERVAL_S": str(self.config.worker_heartbeat_interval_s),
-            **self.config.runtime_env(),
-        }
-        drop_worker_credential(worker.credential)  # a restart gets a new one: the old process's key dies with it
-        worker.credential = None
-        if self._keys is not None and self._keys.server_file is not None:
-            _, worker.credential = new_worker_credential(Path(self.config.state_dir) / "credentials",
-                                                         worker.cmd.worker_id, self._keys.server_file)
-            extra.update(worker.credential.child_env())
-        # Unique across this agent's launches: an exit of the process a same-named worker replaced
-        # is never taken for this one's.
-        self._launches += 1
-        worker.generation = self._launches
-        try:
-            worker.proc = await spawn_worker(worker.cmd, self._cores, extra)
-        except (OSError, ValueError) as exc:  # fork refused, a value no environment can hold
-            log.error("worker could not be started: %s", exc, extra={"worker": worker.cmd.worker_id})
-            worker.proc = None
-            self._forget(worker)
-            await self._send(WorkerCrashed(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id,
-                                           exit_code=-1, restarts=worker.restarts, will_restart=False))
-            return
-        generation = worker.generation
-        proc = worker.proc
-        log.info("worker started", extra={"worker": worker.cmd.worker_id, "pid": proc.pid})
-        await self._send(WorkerStarted(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, pid=proc.pid,
-                                       public_key=worker.public_key))
-
-        async def wait_exit() -> None:
-            code = await proc.wait()
-            try:
-                self.tell(WorkerExited(worker.cmd.worker_id, generation, code))
-            except Exception:
-                pass  # the agent is stopping
-
-        worker.waiter = self._background(wait_exit(), f"wait-{worker.cmd.worker_id}")
-
-    async def _on_exit(self, event: WorkerExited) -> None:
-        worker = self._workers.get(event.worker_id)
-        if worker is None or worker.generation != event.generation or worker.stopping:
-            return
-        worker.restarts += 1
-        self.worker_crashes += 1
-        allowed = worker.intensity.record(self._clock.monotonic())
-        log.warning(
-            "worker exited unexpectedly",
-            extra={"worker": event.worker_id, "exit_code": event.exit_code, "restart": allowed},
-        )
-        await self._send(
-            WorkerCrashed(
-                worker_id=event.worker_id,
-                agent_id=self.config.agent_id,
-                exit_code=event.exit_code,
-                restarts=worker.restarts,
-                will_restart=allowed,
-            )
-        )
-        if allowed:
-            await asyncio.sleep(self.config.worker_restart_backoff_s)
-            self.worker_restarts += 1
-            await self._launch(worker)
-        else:
-            self._forget(worker)
-
-    def _forget(self, worker: ManagedWorker) -> None:
-        """The worker's process is gone for good: so are its entry and its credential."""
-        if self._workers.get(worker.cmd.worker_id) is worker:
-            del self._workers[worker.cmd.worker_id]
-        drop_worker_credential(worker.credential)
-        worker.credential = None
-
-    async def _stop_in_background(self, worker: ManagedWorker) -> None:
-        code = 0
-        if worker.proc is not None:
-            code = await stop_process(worker.proc, self.config.worker_stop_timeout_s)
-        try:
-            self.tell(WorkerGone(worker.cmd.worker_id, worker.generation, code))
-        except Exception:
-            pass  # the agent is stopping; on_stop reaps what is left
-
-    async def _stop_worker(self, worker: ManagedWorker, *, report: bool) -> None:
-        worker.stopping = True
-        code = 0
-        if worker.proc is not None:
-            code = await stop_process(worker.proc, self.config.worker_stop_timeout_s)
-        self._forget(worker)
-        if report:
-            await self._send(WorkerStopped(worker_id=worker.cmd.worker_id, agent_id=self.config.agent_id, exit_code=code))
 
     async def _send(self, msg: object) -> None:
         assert self._endpoint is not None

@@ -244,11 +244,15 @@ class ProfileRunner:
         emit: Emit,
         limits: ProfileLimits = ProfileLimits(),
         extra_env: dict[str, str] | None = None,
+        serving: tuple[frozenset[int], frozenset[str]] = (frozenset(), frozenset()),
     ) -> None:
         self.cmd = cmd
         self.agent_id = agent_id
         self.devices = tuple(devices)
-        self.cores = tuple(cores)
+        # Cores and GPUs that workers serve on: measured beside them, a profile would show their load.
+        held_cores, self._busy_gpus = serving
+        self.cores = tuple(c for c in cores if c not in held_cores)
+        self._held = len(cores) - len(self.cores)
         self.controller = controller
         self.cache_dir = Path(state_dir).absolute() / "artifacts"
         self.limits = limits
@@ -268,7 +272,16 @@ class ProfileRunner:
             device = next((d for d in self.devices if d.device_id == cmd.device_id), None)
             if device is None:
                 raise ProfileFailed(f"this agent has no device {cmd.device_id!r}")
+            if device.kind == "cuda" and device.device_id in self._busy_gpus:
+                raise ProfileFailed(f"workers serve on {device.device_id}: measured beside them, profiles would "
+                                    "mislead the planner; profile it when they have moved off")
             if device.kind != "cuda":  # partitions are core counts out of the cores this agent may use
+                if not self.cores:
+                    raise ProfileFailed(f"all {self._held} cores serve workers: measured beside them, profiles "
+                                        "would mislead the planner; profile when some are free")
+                if self._held and device.cores > len(self.cores):
+                    log.warning("profiling %s on the %d cores no worker serves on: partitions above that keep "
+                                "their last profiles", cmd.device_id, len(self.cores))
                 device = replace(device, cores=min(device.cores, len(self.cores)))
             self._kind = device.kind
             capacity = device_capacity(device)

@@ -13,7 +13,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-import agents.agent_actor as agent_actor
+import agents.worker_fleet as worker_fleet
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
 from agents.process import die_with_parent, worker_environment
@@ -105,7 +105,7 @@ async def mesh(ctx, tmp_path, monkeypatch):
         spawned.append(proc)
         return proc
 
-    monkeypatch.setattr(agent_actor, "spawn_worker", stand_in)
+    monkeypatch.setattr(worker_fleet, "spawn_worker", stand_in)
     controller = Controller(ctx)
     agent = AgentActor(AgentConfig(controller=controller.address, agent_id="a1", state_dir=str(tmp_path),
                                    heartbeat_interval_s=0.1, missed_heartbeats=20, register_retry_s=0.1,
