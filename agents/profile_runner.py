@@ -249,10 +249,11 @@ class ProfileRunner:
         self.cmd = cmd
         self.agent_id = agent_id
         self.devices = tuple(devices)
-        # Cores and GPUs that workers serve on: measured beside them, a profile would show their load.
-        held_cores, self._busy_gpus = serving
-        self.cores = tuple(c for c in cores if c not in held_cores)
-        self._held = len(cores) - len(self.cores)
+        # Cores and GPUs workers serve on: a profile measured beside them shows their load (batch 1
+        # came out twice as slow). Partitions take free cores first; one that cannot is measured
+        # anyway, and said to be.
+        self._held, self._busy_gpus = serving
+        self.cores = tuple(sorted(cores, key=lambda c: c in self._held))
         self.controller = controller
         self.cache_dir = Path(state_dir).absolute() / "artifacts"
         self.limits = limits
@@ -273,15 +274,9 @@ class ProfileRunner:
             if device is None:
                 raise ProfileFailed(f"this agent has no device {cmd.device_id!r}")
             if device.kind == "cuda" and device.device_id in self._busy_gpus:
-                raise ProfileFailed(f"workers serve on {device.device_id}: measured beside them, profiles would "
-                                    "mislead the planner; profile it when they have moved off")
+                log.warning("profiling %s beside the workers serving on it: its profiles may read slow",
+                            device.device_id)
             if device.kind != "cuda":  # partitions are core counts out of the cores this agent may use
-                if not self.cores:
-                    raise ProfileFailed(f"all {self._held} cores serve workers: measured beside them, profiles "
-                                        "would mislead the planner; profile when some are free")
-                if self._held and device.cores > len(self.cores):
-                    log.warning("profiling %s on the %d cores no worker serves on: partitions above that keep "
-                                "their last profiles", cmd.device_id, len(self.cores))
                 device = replace(device, cores=min(device.cores, len(self.cores)))
             self._kind = device.kind
             capacity = device_capacity(device)
@@ -343,6 +338,9 @@ class ProfileRunner:
 
     async def _start(self, device: DeviceInfo, partition: int, offset: int, variants: list[VariantSpec]) -> _Profiler:
         cores = self.cores[offset:offset + partition] if device.kind != "cuda" else ()
+        if beside := sorted(set(cores) & self._held):
+            log.warning("profiling %s on cores %s beside the workers serving there: these profiles may read slow",
+                        describe(device.kind, device.device_id, partition), beside)
         spec = ProfilerSpec(
             controller=self.controller,
             identity=f"profiler:{self.agent_id}:{self.cmd.request_id}.{self._spawned}",
