@@ -274,8 +274,7 @@ class ProfileRunner:
             if device is None:
                 raise ProfileFailed(f"this agent has no device {cmd.device_id!r}")
             if device.kind == "cuda" and device.device_id in self._busy_gpus:
-                log.warning("profiling %s beside the workers serving on it: its profiles may read slow",
-                            device.device_id)
+                log.info("profiling %s beside the workers serving on it: its profiles may read slow", device.device_id)
             if device.kind != "cuda":  # partitions are core counts out of the cores this agent may use
                 device = replace(device, cores=min(device.cores, len(self.cores)))
             self._kind = device.kind
@@ -339,8 +338,9 @@ class ProfileRunner:
     async def _start(self, device: DeviceInfo, partition: int, offset: int, variants: list[VariantSpec]) -> _Profiler:
         cores = self.cores[offset:offset + partition] if device.kind != "cuda" else ()
         if beside := sorted(set(cores) & self._held):
-            log.warning("profiling %s on cores %s beside the workers serving there: these profiles may read slow",
-                        describe(device.kind, device.device_id, partition), beside)
+            # The usual case on a fresh mesh (its first workers serve while it profiles): said, not warned.
+            log.info("profiling %s on cores %s beside the workers serving there: these profiles may read slow",
+                     describe(device.kind, device.device_id, partition), beside)
         spec = ProfilerSpec(
             controller=self.controller,
             identity=f"profiler:{self.agent_id}:{self.cmd.request_id}.{self._spawned}",

@@ -4,6 +4,7 @@ a real controller, measuring them alone and side by side, streaming progress, an
 from __future__ import annotations
 
 import asyncio
+import logging
 import dataclasses
 import hashlib
 import io
@@ -410,7 +411,8 @@ async def test_profiles_take_the_cores_no_worker_serves_on_first(controller, var
         return proc
 
     run._start = watched  # type: ignore[method-assign]
-    result = await asyncio.wait_for(run.run(), RUN_S)
+    with caplog.at_level(logging.INFO, logger="agents.profile_runner"):
+        result = await asyncio.wait_for(run.run(), RUN_S)
     assert result.error == "" and {s.partition for s in result.samples} == {1, 2}
     assert pinned[1] == {CORES[1]}  # the free core, not the serving worker's
     beside = [r.getMessage() for r in caplog.records if "beside the workers" in r.getMessage()]
