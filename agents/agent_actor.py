@@ -214,7 +214,7 @@ class AgentActor(Actor):
             case StartWorker():
                 await self.fleet.start(msg)
             case StopWorker(worker_id=worker_id):
-                self.fleet.stop(worker_id)
+                await self.fleet.stop(worker_id)
             case ProfileDevice():
                 self._start_profiling(msg)
             case ErrorReply(code="revoked", message=text):

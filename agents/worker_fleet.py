@@ -89,18 +89,24 @@ class WorkerFleet:
         existing.stopping = True
         self._background(self._replace(existing, worker), f"replace-{cmd.worker_id}")
 
-    def stop(self, worker_id: str) -> None:
-        """Stop a worker; it drains before it exits, so that is waited for off the mailbox."""
+    async def stop(self, worker_id: str) -> None:
+        """Stop a worker; it drains before it exits, so that is waited for off the mailbox. One this
+        agent does not run (it crashed for good, or never started) is stopped already: said so."""
         worker = self.workers.get(worker_id)
-        if worker is not None and not worker.stopping:
-            worker.stopping = True
-            self._background(self._stop_in_background(worker), f"stop-{worker_id}")
+        if worker is None:
+            await self._send(WorkerStopped(worker_id=worker_id, agent_id=self.config.agent_id, exit_code=0))
+        elif not worker.stopping:
+            self._stop_soon(worker)
+
+    def _stop_soon(self, worker: ManagedWorker) -> None:
+        worker.stopping = True
+        self._background(self._stop_in_background(worker), f"stop-{worker.cmd.worker_id}")
 
     def stop_running(self) -> int:
         """Stop every worker not stopping yet; how many that was."""
         running = [w for w in self.workers.values() if not w.stopping]
         for worker in running:
-            self.stop(worker.cmd.worker_id)
+            self._stop_soon(worker)
         return len(running)
 
     async def stop_all(self) -> None:

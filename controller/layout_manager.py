@@ -236,8 +236,7 @@ class LayoutManager:
                    for f, d in self.scaled.demand.items())
 
     def _recent_peak(self, window: PeakWindow | None = None) -> dict[str, float]:
-        """Per family, the highest forecast of the last period (or of ``window``: ``_seen``, the rates
-        seen), with every family's floor."""
+        """Per family, the last period's highest forecast (or rate seen: ``window=_seen``), floored."""
         return family_floor(self._registry.variants, (window or self._recent).peak(), self.settings.floor_rps)
 
     def _drifted(self, forecast: dict[str, float]) -> bool:
@@ -261,11 +260,11 @@ class LayoutManager:
                 w.state in STRANDABLE and not self._registry.agent_alive(w.plan.agent_id, now)))]
 
     def _waits_on_lost(self, t: Transition, now: float) -> bool:
-        """Does the move in progress start or keep a worker on an agent that is not alive?"""
+        """Will a worker the move starts or keeps not come up (its agent is not alive, or it crashed for good)?"""
         reg = self._registry
-        agents = {w.agent_id for w in t.new}
-        agents |= {reg.workers[w].plan.agent_id for w in (*t.keep, *t.awaiting) if w in reg.workers}
-        return any(not reg.agent_alive(a, now) for a in agents)
+        records = [reg.workers[w] for w in (*(n.worker_id for n in t.new), *t.keep, *t.awaiting) if w in reg.workers]
+        agents = {w.agent_id for w in t.new} | {r.plan.agent_id for r in records}
+        return any(r.state == WorkerState.CRASHED for r in records) or any(not reg.agent_alive(a, now) for a in agents)
 
     def _supersede(self, forecast: dict[str, float], now: float, rising: bool) -> list[tuple[str, object]]:
         """Demand jumped, or an agent the move waits on was lost, while the last re-plan's workers
@@ -279,7 +278,7 @@ class LayoutManager:
         lost = self._waits_on_lost(old, now)
         self.cadence.last_attempt = now
         log.info("%s while a re-plan was starting: planning again",
-                 "an agent it waits on was lost" if lost else "demand jumped")
+                 "a worker it waits on cannot come up" if lost else "demand jumped")
         ready = self._registry.ready_ids()
         starting = {w for w in (*(n.worker_id for n in old.new), *old.awaiting) if w not in ready}
         self._applied = False
@@ -397,7 +396,8 @@ class LayoutManager:
                                      + list(t.new if t else ()), desired)
         self._applied = True
         for w in self._stranded(now):  # the new layout replaces them: they leave the plan of record
-            reg.drop_from_plan(w.plan.worker_id)
+            # A lost agent's may come back (listed as lost meanwhile); a crashed one's process is gone.
+            (reg.remove_worker if w.state == WorkerState.CRASHED else reg.drop_from_plan)(w.plan.worker_id)
             self._store.delete_placement(w.plan.worker_id)
         if t is None:
             return []

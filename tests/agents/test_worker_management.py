@@ -190,3 +190,14 @@ async def test_a_long_lived_agent_keeps_no_record_of_workers_it_stopped(mesh) ->
         await controller.until(lambda: any(isinstance(m, WorkerStopped) for m in controller.about(f"a1.w{i}")))
     assert agent.workers == {}
     assert len(agent._tasks) <= 3  # the tick, and at most the last stop's tasks still finishing
+
+
+async def test_stopping_a_worker_the_agent_does_not_run_is_answered_stopped(mesh) -> None:
+    """A worker that crashed for good is forgotten by its agent; the controller's stop for it still
+    gets its answer, so the controller does not wait on it forever."""
+    controller, agent, spawned, refuse = mesh
+    refuse.append(OSError(11, "Resource temporarily unavailable"))
+    await controller.send(start(worker_id="a1.w5"))
+    await controller.until(lambda: controller.about("a1.w5"))  # reported crashed
+    await controller.send(StopWorker(worker_id="a1.w5"))
+    await controller.until(lambda: any(isinstance(m, WorkerStopped) for m in controller.about("a1.w5")))

@@ -146,8 +146,8 @@ def test_profiles_an_older_version_stored_unchecked_are_left_out(plane: ControlP
     assert all(math.isfinite(s.p50_ms) for s in plane.store.profiles())
 
 
-def test_a_worker_crashed_past_its_restart_limit_is_replaced_on_its_live_agent(plane: ControlPlane) -> None:
-    clock = plane._clock
+def placed(plane: ControlPlane) -> list[StartWorker]:
+    """Agent a1 registered with profiles in, its first workers started and ready."""
     plane.store.save_profiles([ProfileSample(variant=v, device_kind="cpu", partition=c, batch=b, p50_ms=b / c,
                                              p99_ms=1.1 * b / c, runs=5)
                                for v in plane.registry.variants for c in (1, 2) for b in (1, 2, 4)], [], now=0.0)
@@ -158,20 +158,47 @@ def test_a_worker_crashed_past_its_restart_limit_is_replaced_on_its_live_agent(p
             worker_id=s.worker_id, agent_id="a1", variants=tuple(v.name for v in s.variants), pid=100,
             batch_latency_ms={v.name: (1.0,) for v in s.variants}))
     drain(plane)
-    victim = starts[0]
-    plane.receive(b"agent:a1", None, WorkerCrashed(worker_id=victim.worker_id, agent_id="a1", exit_code=-11,
-                                                   restarts=5, will_restart=False))
-    replacement = []
-    for _ in range(10):  # the agent beats on; within seconds its crashed worker is replaced
-        clock.advance(1.0)
+    return starts
+
+
+def crash(plane: ControlPlane, worker_id: str) -> None:
+    plane.receive(b"agent:a1", None, WorkerCrashed(worker_id=worker_id, agent_id="a1", exit_code=-11, restarts=5,
+                                                   will_restart=False))
+
+
+def started_within(plane: ControlPlane, serving: list[StartWorker], seconds: int) -> list[StartWorker]:
+    """StartWorkers sent to a1 over ``seconds`` of ticks, while a1 and ``serving`` beat."""
+    out: list[StartWorker] = []
+    for _ in range(seconds):
+        plane._clock.advance(1.0)
         plane.receive(b"agent:a1", None, Heartbeat(sender="a1", role="agent", seq=1))
-        for s in starts[1:]:  # the others serve on
+        for s in serving:
             plane.receive(f"worker:{s.worker_id}".encode(), None, Heartbeat(sender=s.worker_id, role="worker", seq=1))
         plane.tick()
-        replacement += [msg for peer, msg in drain(plane) if isinstance(msg, StartWorker) and peer == b"agent:a1"]
-        if replacement:
+        out += [msg for peer, msg in drain(plane) if isinstance(msg, StartWorker) and peer == b"agent:a1"]
+        if out:
             break
+    return out
+
+
+def test_a_worker_crashed_past_its_restart_limit_is_replaced_on_its_live_agent(plane: ControlPlane) -> None:
+    starts = placed(plane)
+    victim = starts[0]
+    crash(plane, victim.worker_id)
+    replacement = started_within(plane, starts[1:], 10)  # within seconds, not after a period
     assert replacement, "the crashed worker's variants were left without a worker"
-    served = {v.name for s in replacement for v in s.variants}
-    assert {v.name for v in victim.variants} <= served
+    assert {v.name for v in victim.variants} <= {v.name for s in replacement for v in s.variants}
     assert victim.worker_id not in {w.worker_id for w in plane.store.placements()}  # not started again on a restart
+    assert victim.worker_id not in plane.registry.workers  # its process is gone: so is its record
+
+
+def test_a_new_worker_that_crashes_while_its_move_starts_is_replaced_without_waiting_out_the_move(
+        plane: ControlPlane) -> None:
+    starts = placed(plane)
+    crash(plane, starts[0].worker_id)
+    first = started_within(plane, starts[1:], 10)
+    for s in first:  # the new workers die loading, past their limit: the move cannot finish
+        crash(plane, s.worker_id)
+    again = started_within(plane, starts[1:], 10)  # the start timeout is 120 s
+    assert again and not {s.worker_id for s in first} & {s.worker_id for s in again}
+    assert not {s.worker_id for s in first} & set(plane.registry.workers)
