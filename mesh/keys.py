@@ -167,8 +167,11 @@ class Keyring:
         signature = tuple(_mtime(self.root / "authorized" / role) for role in ROLES)
         if signature == self._signature:
             return False
-        self._signature = signature
-        self.authorized.replace(_read_authorized(self.root))
+        keys, complete = _read_authorized(self.root)
+        # A key file that did not read (copied in while this refresh ran) is read at the next: its
+        # folder's time does not change when the copy ends.
+        self._signature = signature if complete else ()
+        self.authorized.replace(keys)
         self.version += 1
         return True
 
@@ -180,8 +183,10 @@ def _mtime(path: Path) -> int:
         return 0
 
 
-def _read_authorized(root: Path) -> dict[str, str]:
+def _read_authorized(root: Path) -> tuple[dict[str, str], bool]:
+    """(public key -> peer name, whether every key file read)."""
     keys: dict[str, str] = {}
+    complete = True
     for role in ROLES:
         folder = root / "authorized" / role
         if not folder.is_dir():
@@ -190,9 +195,10 @@ def _read_authorized(root: Path) -> dict[str, str]:
             try:
                 public, _ = zmq.auth.load_certificate(path)
             except (OSError, ValueError):
-                continue  # a file being written; the next refresh reads it
+                complete = False  # a file being written
+                continue
             keys[public.decode()] = f"{role}:{path.stem}"
-    return keys
+    return keys, complete
 
 
 # --- managing a keyring (letmesh keys ...) ----------------------------------------------------
@@ -269,6 +275,9 @@ def revoke_peer(root: str | Path, name: str) -> str:
     """Take ``name``'s public key out of the authorised set; returns its role. Live controllers refuse it from then on."""
     root = Path(root)
     role, _, bare = name.rpartition(":")
+    if role and role not in ROLES:
+        raise KeysError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    _check_name(bare)  # it names files: never a path out of the keyring
     found = [r for r in ([role] if role else ROLES) if (root / "authorized" / r / f"{bare}.key").exists()]
     if not found:
         raise KeysError(f"no authorised key named {name!r} in {root}")
@@ -288,7 +297,7 @@ def list_peers(root: str | Path) -> list[tuple[str, str, str]]:
     root = Path(root)
     if not (root / f"{CONTROLLER}.key").is_file():
         raise KeysError(f"{root} is not a keyring (create one with: letmesh keys init {root})")
-    return sorted((n.partition(":")[0], n.partition(":")[2], k) for k, n in _read_authorized(root).items())
+    return sorted((n.partition(":")[0], n.partition(":")[2], k) for k, n in _read_authorized(root)[0].items())
 
 
 # --- what a role loads ------------------------------------------------------------------------

@@ -42,6 +42,20 @@ def name_of(routing_id: bytes) -> bytes:
     return routing_id
 
 
+def owns(key_name: str | None, routing_id: bytes) -> bool:
+    """Whether the key named ``key_name`` may hold the peer name in ``routing_id``: its own name, a
+    profiler name of its agent (``profiler:A:...`` for ``agent:A``), or any ``cli:`` name for an
+    operator's. Names of several connections at once (profilers, command lines) are not issued as
+    keys: without this rule none would ever be rightful, and another key dialling first kept them."""
+    if key_name is None:
+        return False
+    name = name_of(routing_id).decode("utf-8", "replace")
+    if name == key_name:
+        return True
+    role, _, who = key_name.partition(":")
+    return (role == "agent" and name.startswith(f"profiler:{who}:")) or (role == "operator" and name.startswith("cli:"))
+
+
 class PeerRoutes:
     """Owned by one ROUTER endpoint; used from one thread."""
 

@@ -32,7 +32,7 @@ import zmq.asyncio
 from mesh.handshakes import REFUSALS, refusal_cause, say_refused
 from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
 from mesh.links import DEFAULT_LINK, LINGER_MS, LinkOptions, socket_options
-from mesh.peer_routes import PeerRoutes, name_of, tagged
+from mesh.peer_routes import PeerRoutes, name_of, owns, tagged
 from mesh.zap import ZAP_DOMAIN, ZapHandler
 from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode_all, encode, encode_bundle
 
@@ -366,7 +366,7 @@ class Endpoint:
             peer = None
             if self.routes is not None:
                 routing_id = bytes(frames[0].buffer)
-                rightful = peer_name is not None and peer_name.encode() == name_of(routing_id)
+                rightful = owns(peer_name, routing_id)
                 peer = self.routes.heard(routing_id, time.monotonic(), self._still_connected, rightful=rightful)
                 if peer is None:
                     self._claimed(routing_id)

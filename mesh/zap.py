@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import zmq
 import zmq.asyncio
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "letmesh"
+REFUSAL_SAY_EVERY_S = 60.0
 
 
 class ZapHandler:
@@ -38,6 +40,8 @@ class ZapHandler:
         self._sock.bind(ZAP_ENDPOINT)
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="zap")
         self.refused = 0
+        self._said_at = float("-inf")  # when a refusal was last logged
+        self._unsaid = 0  # refusals since, not logged
 
     def decide(self, mechanism: bytes, credentials: list[bytes]) -> str | None:
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
@@ -65,7 +69,14 @@ class ZapHandler:
                     log.exception("authentication check failed")
             if name is None:
                 self.refused += 1
-                log.warning("refused a connection from %s: key not authorised", address.decode(errors="replace"))
+                now = time.monotonic()
+                if now - self._said_at >= REFUSAL_SAY_EVERY_S:  # strangers may dial without end: said once a minute
+                    more = f" ({self._unsaid} more refused since the last said)" if self._unsaid else ""
+                    log.warning("refused a connection from %s: key not authorised%s", address.decode(errors="replace"),
+                                more)
+                    self._said_at, self._unsaid = now, 0
+                else:
+                    self._unsaid += 1
                 reply = [b"1.0", request_id, b"400", b"key not authorised", b"", b""]
             else:
                 reply = [b"1.0", request_id, b"200", b"OK", name.encode(), b""]

@@ -102,3 +102,35 @@ def test_a_starting_agent_clears_the_worker_secrets_a_killed_one_left(tmp_path) 
     assert keys.clear_worker_credentials(folder) == 2
     assert sorted(p.name for p in folder.iterdir()) == ["agent.key_secret"]
     assert keys.clear_worker_credentials(tmp_path / "absent") == 0
+
+
+@pytest.mark.parametrize("name", ["../../data:v", "agent:../../escaped", "agent:..", "agent:a/b", "nobody:x"])
+def test_revoking_a_name_that_is_not_a_peer_name_touches_nothing(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "ring" / "keys"
+    keys.init_keyring(root)
+    keys.add_peer(root, "agent", "e1")
+    # What such names would reach: root/authorized/../../data/v.key and root/hosts/../../data-v/.
+    for folder in (root.parent / "data", root.parent / "data-v", root / "authorized" / "agent" / ".."):
+        folder.mkdir(exist_ok=True)
+    (root.parent / "data" / "v.key").write_text("not the keyring's")
+    (root.parent / "data-v" / "notes").write_text("not the keyring's")
+    (root.parent / "escaped.key").write_text("not the keyring's")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(keys.KeysError):
+        keys.revoke_peer(root, name)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_key_copied_in_while_a_refresh_reads_the_folder_is_let_in_by_a_later_refresh(ring: Path) -> None:
+    view = keys.Keyring(ring)
+    keys.add_peer(ring, "agent", "elsewhere")  # a key pair; its public half copied in below by hand
+    public = (ring / "authorized" / "agent" / "elsewhere.key").read_text()
+    keys.revoke_peer(ring, "agent:elsewhere")
+    view.refresh()
+    target = ring / "authorized" / "agent" / "b.key"
+    with target.open("w") as copying:  # created, not written yet: what `cp` leaves for a moment
+        view.refresh()
+        assert not view.authorized.allowed("agent:b")
+        copying.write(public)
+    view.refresh()  # the folder's time did not change when the copy ended
+    assert view.authorized.allowed("agent:b")

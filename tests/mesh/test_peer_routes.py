@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.clock import FakeClock
-from mesh.peer_routes import TAG_BYTES, PeerRoutes, name_of, tagged
+from mesh.peer_routes import TAG_BYTES, PeerRoutes, name_of, owns, tagged
 
 
 class Holders:
@@ -116,3 +116,11 @@ def test_a_connection_under_its_own_keys_name_takes_it_from_a_squatter_at_once()
     holders.alive.add(again)
     assert routes.heard(again, clock.monotonic(), holders, rightful=True) is None
     assert routes.route(b"agent:e1") == owner
+
+
+def test_who_may_hold_a_name() -> None:
+    assert owns("agent:e1", tagged("agent:e1")) and owns("worker:a1.w0", b"worker:a1.w0")
+    assert owns("agent:e1", tagged("profiler:e1:7.1")) and not owns("agent:e10", tagged("profiler:e1:7.1"))
+    assert not owns("agent:e1", tagged("profiler:e10:7.1")) and not owns("gateway:e1", tagged("profiler:e1:7.1"))
+    assert owns("operator:local", tagged("cli:abc")) and not owns("agent:e1", tagged("cli:abc"))
+    assert not owns(None, tagged("agent:e1")) and not owns("agent:e2", tagged("agent:e1"))

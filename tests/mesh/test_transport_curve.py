@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from mesh import keys
+from mesh import keys, transport
 from mesh.transport import Endpoint
 from protocol.codec import encode
 from protocol.message import Heartbeat
@@ -219,6 +220,52 @@ async def test_a_key_holder_squatting_on_an_absent_peers_name_gives_it_up_when_t
         squatter.close()
         if owner is not None:
             owner.close()
+        router.close()
+
+
+@pytest.mark.parametrize(("name", "owner_key"), [("profiler:e1:7.1", ("agent", "e1")), ("cli:ops-1", ("operator", "local"))])
+async def test_a_name_an_agent_or_operator_key_may_use_is_taken_back_from_another_key(ctx, ring, name,
+                                                                                       owner_key) -> None:
+    """A profiler dials as profiler:<agent>:... with its agent's key, a command line as cli:... with an
+    operator's: another key that dialled first under such a name gives it up to them."""
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
+    squatter = Endpoint.dealer(ctx, router.address, name, security=keys.client_keys(ring.root, "agent", "e2"))
+    owner = None
+    try:
+        await squatter.send(Heartbeat(sender="squatter", role="agent"))
+        assert (await asyncio.wait_for(router.recv(), 10)).peer_name == "agent:e2"
+        owner = Endpoint.dealer(ctx, router.address, name, security=keys.client_keys(ring.root, *owner_key))
+        await owner.send(Heartbeat(sender="owner", role="agent"))
+        got = await asyncio.wait_for(router.recv(), 10)
+        assert (got.peer, got.msg.sender) == (name.encode(), "owner")
+        router.send_nowait(Heartbeat(sender="controller", role="controller"), to=name.encode())
+        assert (await asyncio.wait_for(owner.recv(), 10)).msg.sender == "controller"
+    finally:
+        squatter.close()
+        if owner is not None:
+            owner.close()
+        router.close()
+
+
+async def test_strangers_dialling_without_end_do_not_flood_the_log(ctx, ring: keys.Keyring, caplog) -> None:
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0", security=ring.server_keys(), refresh=ring.refresh)
+    server_key = keys.client_keys(ring.root, "agent", "e1").server_key
+    strangers = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="mesh.zap"):
+            for _ in range(50):  # each with a key of its own, none authorised
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+                sock.curve_serverkey = server_key
+                sock.connect(router.address)
+                strangers.append(sock)
+            await _until(lambda: transport._ZAP[ctx][0].refused >= 50)
+        said = [r for r in caplog.records if "key not authorised" in r.getMessage()]
+        assert len(said) == 1  # once a minute, not once a dial
+    finally:
+        for sock in strangers:
+            sock.close(linger=0)
         router.close()
 
 
