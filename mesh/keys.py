@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Iterable, Mapping
@@ -343,9 +344,9 @@ def new_worker_credential(folder: str | Path, worker_id: str, server_file: Path)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    stem = "worker-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
-    for old in (folder / f"{stem}.key", folder / f"{stem}.key_secret"):
-        old.unlink(missing_ok=True)
+    # One file per launch: the drop of a process this one replaced (same id, its exit seen late)
+    # must not take this one's secret, nor may ids that read alike once sanitised share one.
+    stem = "worker-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id) + "-" + secrets.token_hex(6)
     public_file, secret_file = _new_pair(folder, stem)
     Path(public_file).unlink(missing_ok=True)  # the controller learns it from the agent, not from a file
     keys = _client_from_files(Path(secret_file), server_file)

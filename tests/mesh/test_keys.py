@@ -134,3 +134,17 @@ def test_a_key_copied_in_while_a_refresh_reads_the_folder_is_let_in_by_a_later_r
         copying.write(public)
     view.refresh()  # the folder's time did not change when the copy ended
     assert view.authorized.allowed("agent:b")
+
+
+def test_each_launch_of_a_worker_has_a_secret_of_its_own(ring: Path, tmp_path: Path) -> None:
+    """The exit of a process that a same-named worker replaced is seen late: dropping its secret
+    must leave the new process's; and ids that read alike once sanitised do not share one."""
+    server = ring / "controller.key"
+    folder = tmp_path / "credentials"
+    _, old = keys.new_worker_credential(folder, "a1.w0", server)
+    _, new = keys.new_worker_credential(folder, "a1.w0", server)
+    _, lookalike = keys.new_worker_credential(folder, "x_1", server)
+    _, other = keys.new_worker_credential(folder, "x:1", server)
+    keys.drop_worker_credential(old)
+    assert new.secret_file.is_file() and lookalike.secret_file != other.secret_file
+    assert keys.clear_worker_credentials(folder) == 3
