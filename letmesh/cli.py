@@ -6,10 +6,12 @@ Option definitions live here; what each command does lives in ``letmesh.commands
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 
+from letmesh.arg_types import PORT, SECONDS, number, whole
 from letmesh.commands import credential, planning, query, repository, role, up
 from mesh.config import ConfigError
 from mesh.log_format import FORMAT_ENV, FORMATS, configure as configure_logging
@@ -99,18 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--advertise", default=None, help="address workers dial, if not the bound one")
     c.add_argument("--repository", default=None, help="model repository folder")
     c.add_argument("--state-dir", default=None, help="where the plan, profiles and decision log live (default: .letmesh)")
-    c.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)")
+    c.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics on this port (default: off)")
     _security_flags(c)
     c.set_defaults(func=role.cmd_controller)
 
     g = sub.add_parser("gateway", help="run a gateway (Open Inference Protocol over HTTP)")
     g.add_argument("--controller", default=None, help="the controller's address (default: tcp://127.0.0.1:5555)")
     g.add_argument("--http-host", default=None, help="address the HTTP API listens on (default: 127.0.0.1)")
-    g.add_argument("--http-port", type=int, default=None, help="port of the HTTP API (default: 8000)")
+    g.add_argument("--http-port", type=PORT, default=None, help="port of the HTTP API (default: 8000)")
     g.add_argument("--data-bind", default=None, help="data socket workers dial, e.g. tcp://127.0.0.1:5556")
     g.add_argument("--data-advertise", default=None, help="data address workers dial, if not the bound one")
     g.add_argument("--gateway-id", default=None, help="this gateway's name in the mesh (default: the host name)")
-    g.add_argument("--metrics-port", type=int, default=None,
+    g.add_argument("--metrics-port", type=PORT, default=None,
                    help="serve /metrics on this port too, without the API's tokens (it is always on the HTTP port)")
     _security_flags(g)
     g.add_argument("--tokens-file", default=None, help="bearer tokens for HTTP clients (see README); none: open")
@@ -124,10 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--controller", default=None, help="the controller's address (default: tcp://127.0.0.1:5555)")
     a.add_argument("--agent-id", default=None, help="this host's name in the mesh (default: one kept in STATE_DIR)")
     a.add_argument("--state-dir", default=None, help="where the agent keeps its id and artifacts (default: .letmesh)")
-    a.add_argument("--max-cores", type=int, default=None, help="cores of this host the agent offers (default: all)")
+    a.add_argument("--max-cores", type=whole(0), default=None, help="cores of this host the agent offers (default: all)")
     a.add_argument("--onnx-upgrade", action="store_true", default=None,
                    help="serve TorchScript variants through ONNX Runtime where that answers the same and is faster here")
-    a.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)")
+    a.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics on this port (default: off)")
     _security_flags(a)
     a.set_defaults(func=role.cmd_agent)
 
@@ -139,10 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "up":
             u.add_argument("--http-host", default=None,
                            help="address the gateway listens on (default: [gateway] http_host, else 127.0.0.1)")
-            u.add_argument("--http-port", type=int, default=None, help="default: [gateway] http_port, else 8000")
-            u.add_argument("--controller-port", type=int, default=None,
+            u.add_argument("--http-port", type=PORT, default=None, help="default: [gateway] http_port, else 8000")
+            u.add_argument("--controller-port", type=PORT, default=None,
                            help="default: the port of [controller] bind, else 5555")
-            u.add_argument("--ready-timeout", type=float, default=180.0,
+            u.add_argument("--ready-timeout", type=SECONDS, default=180.0,
                            help="seconds to wait for the first placement to serve before giving up (default: 180)")
             u.add_argument("--onnx-upgrade", action="store_true",
                            help="the agent serves TorchScript variants through ONNX Runtime where that answers the "
@@ -150,13 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
             u.add_argument("--insecure", action="store_true",
                            help="plaintext links without keys (default: CURVE with a keyring in STATE_DIR/keys)")
         else:
-            u.add_argument("--requests", type=int, default=300, help="requests of the sample traffic (default: 300)")
-            u.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default: 8)")
+            u.add_argument("--requests", type=whole(1), default=300, help="requests of the sample traffic (default: 300)")
+            u.add_argument("--concurrency", type=whole(1), default=8, help="requests in flight at once (default: 8)")
         u.set_defaults(func=func)
 
     s = sub.add_parser("status", help="print agents, workers and models")
     s.add_argument("--controller", default="tcp://127.0.0.1:5555", help="the controller's address (default: %(default)s)")
-    s.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for its answer (default: %(default)s)")
+    s.add_argument("--timeout", type=SECONDS, default=3.0, help="seconds to wait for its answer (default: %(default)s)")
     s.add_argument("--keys", default=None, help="keys folder with an operator key (default: $LETMESH_KEYS_DIR, else .letmesh/keys)")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(func=query.cmd_status)
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--controller", default="tcp://127.0.0.1:5555", help="the controller's address (default: %(default)s)")
     pr.add_argument("--rerun", action="store_true", help="re-measure every variant on every live device")
     pr.add_argument("--wait", action="store_true", help="wait until profiling in progress has finished")
-    pr.add_argument("--wait-timeout", type=float, default=900.0, help="seconds --wait waits at most (default: %(default)s)")
+    pr.add_argument("--wait-timeout", type=SECONDS, default=900.0, help="seconds --wait waits at most (default: %(default)s)")
     pr.add_argument("--keys", default=None, help="keys folder with an operator key")
     pr.add_argument("--json", action="store_true", help="print the profiles as JSON (progress goes to stderr)")
     pr.set_defaults(func=query.cmd_profile)
@@ -181,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     br = bsub.add_parser("report", help="learned preferences and offline estimates from the decision log")
     br.add_argument("--state-dir", default=".letmesh", help="the controller's state folder")
     br.add_argument("--family", default=None, help="report this family only (default: every family with a model)")
-    br.add_argument("--limit", type=int, default=20_000, help="newest logged decisions to evaluate on")
+    br.add_argument("--limit", type=whole(1), default=20_000, help="newest logged decisions to evaluate on")
     br.add_argument("--json", action="store_true", help="print the report as JSON (null where there is no estimate)")
     br.set_defaults(func=query.cmd_bandit_report)
 
@@ -213,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--file", required=True, help="the tokens file (TOML) gateways read with --tokens-file")
     ta.add_argument("--scopes", default="inference,feedback",
                     help="comma-separated: inference, feedback, management (default: %(default)s)")
-    ta.add_argument("--rate", type=float, default=0.0, help="requests per second allowed (0: unlimited)")
-    ta.add_argument("--burst", type=float, default=0.0, help="requests at once (default: one second's worth)")
+    ta.add_argument("--rate", type=number(0.0), default=0.0, help="requests per second allowed (0: unlimited)")
+    ta.add_argument("--burst", type=number(0.0), default=0.0, help="requests at once (default: one second's worth)")
     ta.set_defaults(func=credential.cmd_tokens)
 
     from letmesh.repo import add_repo_arguments
@@ -266,10 +268,31 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from mesh.keys import KeysError  # here: mesh.keys loads ZeroMQ, which most commands never need
 
-        if not isinstance(exc, KeysError):
+        said = _said(exc) if not isinstance(exc, KeysError) else str(exc)
+        if said is None:
             raise
-        print(f"letmesh {args.command}: {exc}", file=sys.stderr)
+        logging.getLogger("letmesh").debug("%s failed", args.command, exc_info=True)
+        print(f"letmesh {args.command}: {said}", file=sys.stderr)
         return 2
+
+
+def _said(exc: Exception) -> str | None:
+    """What to tell of a failure that comes from what the user gave (a path, a file's contents, a
+    state folder), rather than a traceback; None for anything else."""
+    import json
+    import sqlite3
+
+    from controller.store_schema import StoreVersionError
+
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file given is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    if isinstance(exc, (StoreVersionError, sqlite3.DatabaseError)):
+        return f"the state store cannot be used: {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"a JSON file given or kept in the state folder is damaged: {exc}"
+    return None
 
 
 if __name__ == "__main__":

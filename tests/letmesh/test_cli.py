@@ -236,3 +236,36 @@ def test_simulate_shows_no_attainment_for_a_variant_that_got_no_request(tmp_path
     assert code == 0, out
     (row,) = [line for line in out.splitlines() if line.startswith("vgg16 ")]
     assert row.split()[1:4] == ["142", "0", "-"], row
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "--timeout", "-1"],  # waited forever
+    ["status", "--timeout", "nan"],
+    ["profile", "--wait-timeout", "inf"],
+    ["simulate", "--workload", "w.toml", "--devices", "d.toml", "--poisson", "--duration-s", "inf"],  # never ended
+    ["simulate", "--workload", "w.toml", "--devices", "d.toml", "--poisson", "--max-wait-ms", "nan"],
+    ["up", "--controller-port", "70000"], ["up", "--controller-port", "-1"], ["agent", "--metrics-port", "0"],
+    ["demo", "--requests", "0"], ["demo", "--concurrency", "-1"],
+    ["plan", "--workload", "w.toml", "--devices", "d.toml", "--max-batch", "0"],
+    ["tokens", "add", "x", "--rate", "-5"],
+], ids=lambda argv: " ".join(argv[:1] + argv[-2:]))
+def test_a_number_out_of_its_range_is_a_usage_error_naming_the_flag(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    flag = next(a for a in reversed(argv) if a.startswith("--"))
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_files_that_are_not_what_a_command_needs_are_said_so_without_a_traceback(tmp_path, capsys) -> None:
+    not_text = tmp_path / "workload.toml"
+    not_text.write_bytes(b"\xff\xfe\x00")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for argv, says in ((["plan", "--workload", str(not_text), "--devices", str(not_text)], "not UTF-8"),
+                       (["zoo", "build", str(a_file)], str(a_file)),
+                       (["keys", "init", str(a_file)], str(a_file)),
+                       (["tokens", "add", "x", "--file", str(tmp_path / "no" / "such" / "t.toml")], "no")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
