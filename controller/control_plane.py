@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from controller.artifact_serving import artifact_chunk
 from controller.config import ControllerConfig
 from controller.demand import DemandTracker
 from controller.layout_manager import LayoutManager
@@ -34,9 +35,7 @@ from controller.store import StateStore
 from controller.trust import Trust
 from mesh.clock import Clock
 from mesh.keys import Keyring
-from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (
-    ArtifactChunkReply,
     DecisionRecords,
     DemandReport,
     DeregisterAgent,
@@ -253,7 +252,7 @@ class ControlPlane:
             case VariantLoadFailed(variant=variant, reason=reason) if kind in ("worker", "agent"):
                 self._on_load_failed(kind, peer_id, variant, reason, now)
             case FetchArtifact(sha256=sha, offset=offset, length=length):
-                self._send(peer, self._chunk(sha, offset, length))
+                self._send(peer, artifact_chunk(self._by_sha.get(sha), sha, offset, length))
             case GetStatus():
                 self._send(peer, self.status())
             case other:
@@ -312,21 +311,6 @@ class ControlPlane:
         for agent_id in list(reg.agents) if self.config.auto_profile else ():
             if reg.agent_alive(agent_id, now):  # a run that failed on it left the rest unmeasured
                 self.profiles.retry(agent_id)
-
-    def _chunk(self, sha: str, offset: int, length: int) -> ArtifactChunkReply | ErrorReply:
-        variant = self._by_sha.get(sha)
-        if variant is None:
-            return ErrorReply(code="unknown_artifact", message=f"no variant in the repository has artifact {sha}")
-        if not 0 <= offset <= variant.size_bytes or length <= 0:
-            return ErrorReply(code="bad_range", message=f"bad range {offset}+{length} of {variant.size_bytes} bytes")
-        try:
-            with variant.artifact.open("rb") as f:
-                f.seek(offset)
-                data = f.read(min(length, ARTIFACT_CHUNK_BYTES))
-        except OSError as exc:  # removed or replaced in the repository since it was loaded
-            log.warning("artifact of %s cannot be read: %s", variant.name, exc)
-            return ErrorReply(code="unknown_artifact", message=f"artifact {sha} of {variant.name} cannot be read now")
-        return ArtifactChunkReply(sha256=sha, offset=offset, total_size=variant.size_bytes, data=data)
 
     # --- the timer ------------------------------------------------------------------------
 
