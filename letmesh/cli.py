@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     br = bsub.add_parser("report", help="learned preferences and offline estimates from the decision log")
     br.add_argument("--state-dir", default=".letmesh", help="the controller's state folder")
     br.add_argument("--family", default=None, help="report this family only (default: every family with a model)")
-    br.add_argument("--limit", type=whole(1), default=20_000, help="newest logged decisions to evaluate on")
+    br.add_argument("--limit", type=int, default=20_000, help="newest logged decisions to evaluate on")
     br.add_argument("--json", action="store_true", help="print the report as JSON (null where there is no estimate)")
     br.set_defaults(func=query.cmd_bandit_report)
 

@@ -53,7 +53,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=SECONDS, default=None,
                         help="arrival window: Poisson length (default 60), or where to cut a trace (default: its last arrival)")
     parser.add_argument("--seed", type=int, default=0, help="seed of arrivals and routing (default 0)")
-    parser.add_argument("--interference-actual", type=number(0.0, above=True), default=1.0, metavar="X",
+    parser.add_argument("--interference-actual", type=float, default=1.0, metavar="X",
                         help="co-located gpu-lets run X times slower than the plan predicts (default 1)")
     parser.add_argument("--max-wait-ms", type=number(0.0), default=0.0, help="batcher's wait for a fuller batch (workers use 0)")
     parser.add_argument("--batching", choices=BATCHING_POLICIES, default="edf",
