@@ -292,7 +292,8 @@ class AgentActor(Actor):
         # its handshake yet): wait, boundedly, for it to take the registration. Not sent in time is
         # the same as unanswered: the next attempt dials afresh.
         try:
-            await asyncio.wait_for(self._endpoint.send(msg), self.config.heartbeat_interval_s)
+            async with asyncio.timeout(self.config.heartbeat_interval_s):
+                await self._endpoint.send(msg)
         except (TimeoutError, zmq.ZMQError, EndpointClosed):
             log.debug("registration not taken by the controller link in time")
             return

@@ -27,7 +27,8 @@ async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_
     """The reply for (sha256, offset); stale replies to earlier requests are skipped, not re-asked."""
     while True:
         try:
-            reply = await asyncio.wait_for(replies.get(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                reply = await replies.get()
         except TimeoutError:
             raise ArtifactError(f"controller did not answer for artifact {sha256[:12]} at {offset}") from None
         if isinstance(reply, ErrorReply):
@@ -73,8 +74,8 @@ async def fetch_artifact(
         with tmp.open("wb") as f:
             while total is None or offset < total:
                 try:  # a control link queues nothing while down: a send waits for the link, boundedly
-                    await asyncio.wait_for(
-                        endpoint.send(FetchArtifact(sha256=sha256, offset=offset, length=ARTIFACT_CHUNK_BYTES)), timeout_s)
+                    async with asyncio.timeout(timeout_s):
+                        await endpoint.send(FetchArtifact(sha256=sha256, offset=offset, length=ARTIFACT_CHUNK_BYTES))
                 except TimeoutError:
                     raise ArtifactError(f"artifact {sha256[:12]}: no link to the controller within {timeout_s:.0f} s") from None
                 reply = await _next_chunk(replies, sha256, offset, timeout_s)

@@ -91,7 +91,8 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float) -> in
         except ProcessLookupError:
             pass
         try:
-            return await asyncio.wait_for(proc.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await proc.wait()
         except TimeoutError:
             log.warning("worker did not stop in time; killing", extra={"pid": proc.pid})
             try:

@@ -35,6 +35,7 @@ from agents.profiler import (
     measurement_plan,
     partition_menu,
 )
+from mesh.actor import MailboxClosed
 from protocol.message import ProfileDevice, ProfileProgress
 from protocol.types import ColocationSample, DeviceInfo, ProfileSample, VariantSpec
 
@@ -161,14 +162,16 @@ class _Profiler:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                raw = await asyncio.wait_for(self.proc.stdout.readline(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    raw = await self.proc.stdout.readline()
             except TimeoutError:
                 raise ProfilerTimedOut(
                     f"profiler on {self.label} did not answer {expect!r} within {timeout_s:g}s"
                 ) from None
             if not raw:
                 try:
-                    code = await asyncio.wait_for(self.proc.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        code = await self.proc.wait()
                 except TimeoutError:
                     code = None
                 raise ProfilerExited(f"profiler on {self.label} exited ({code}) before {expect!r}{self._why()}")
@@ -192,7 +195,8 @@ class _Profiler:
         if self.proc.returncode is None and self.proc.stdin is not None:
             self.proc.stdin.close()
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self.proc.wait()
             except TimeoutError:
                 pass
         await stop_process(self.proc, timeout_s)
@@ -208,9 +212,10 @@ class _Profiler:
     async def reap(self) -> None:
         await self.proc.wait()
         try:
-            await asyncio.wait_for(self._stderr, 1.0)
+            async with asyncio.timeout(1.0):
+                await self._stderr
         except TimeoutError:
-            pass  # wait_for cancelled it
+            pass  # the timeout cancelled it
         await asyncio.gather(self._stderr, return_exceptions=True)
 
 
@@ -406,7 +411,9 @@ class ProfileRunner:
         )
         try:
             self._emit(progress)
-        except Exception:  # the agent may be stopping; the controller re-asks after a restart
+        except MailboxClosed:  # the agent is stopping, and cancels this run; a restart is asked afresh
+            log.debug("profiling progress of %s dropped: the agent is stopping", self.cmd.device_id)
+        except Exception:
             log.warning("profiling progress could not be passed on", exc_info=True)
 
     async def _stop_all(self) -> None:
@@ -419,7 +426,8 @@ class ProfileRunner:
                 except ProcessLookupError:
                     pass
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.proc.wait() for p in live)), self.limits.stop_s)
+            async with asyncio.timeout(self.limits.stop_s):
+                await asyncio.gather(*(p.proc.wait() for p in live))
         except TimeoutError:
             pass
         finally:

@@ -182,7 +182,8 @@ class ServingLoop:
                 wake_at = outcome
                 self._arrived.clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), max(0.0, wake_at - time.monotonic()))
+                    async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
+                        await self._arrived.wait()
                 except TimeoutError:
                     pass
 

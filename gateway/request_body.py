@@ -26,7 +26,8 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     try:
-        return await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_S])
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
+            return await request.read()
     except TimeoutError:
         raise BodyTimeout(f"request body not received within {request.app[BODY_TIMEOUT_S]:g} s") from None
     except web.RequestPayloadError as exc:

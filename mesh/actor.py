@@ -218,7 +218,8 @@ class Actor:
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._put(_Envelope(msg, reply))
         try:
-            return await asyncio.wait_for(reply, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await reply
         except TimeoutError:
             if reply.cancelled():
                 raise AskTimeout(

@@ -58,6 +58,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print_json(profiles_json(reply))
     else:
         print(format_profiles(reply))
+    if (args.rerun or args.wait) and reply.running:  # what is stored so far, and that it is not the end
+        print(f"letmesh profile: profiling still running ({', '.join(reply.running)}) after --wait-timeout "
+              f"{args.wait_timeout:g} s", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -53,3 +53,16 @@ def test_status_profile_and_bandit_report_print_json_describing_the_live_mesh(me
 
     missing = letmesh("bandit", "report", "--state-dir", str(mesh.state_dir / "nowhere"), "--json")
     assert missing.returncode == 1 and missing.stdout == "" and "no controller state" in missing.stderr
+
+
+def test_profile_wait_that_runs_out_says_so_and_exits_1(mesh_factory) -> None:
+    # Profiling that cannot finish within --wait-timeout: what is stored so far, and not a success.
+    mesh = mesh_factory(extra_env={"LETMESH_CONTROLLER_PROFILE_REPEATS": "5000000"})
+    keys = ["--controller", mesh.controller_address, "--keys", str(mesh.keys_dir)]
+
+    profile = letmesh("profile", *keys, "--wait", "--wait-timeout", "1", "--json")
+
+    assert profile.returncode == 1, profile.stderr
+    (running,) = json.loads(profile.stdout)["running"]  # "<agent>: <done>/<measurements>"
+    assert running.startswith("local: ")
+    assert f"profiling still running ({running}) after --wait-timeout 1 s" in profile.stderr

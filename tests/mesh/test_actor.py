@@ -356,3 +356,24 @@ async def test_stop_before_start_fails_queued_asks() -> None:
 def test_mailbox_must_hold_at_least_one_message() -> None:
     with pytest.raises(ValueError):
         Recorder(mailbox_size=0)
+
+
+@pytest.mark.parametrize("turns", range(8))
+async def test_a_cancel_that_meets_the_answer_to_an_ask_is_not_lost(turns: int) -> None:
+    # A stopping caller cancels its ask; an answer landing in the same loop turn must not undo that.
+    actor = await started(Recorder())
+    release = asyncio.Event()
+    asking = asyncio.create_task(actor.ask(("block", release), timeout_s=BOUND_S))
+    await asyncio.wait_for(actor.blocked.wait(), BOUND_S)
+    release.set()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+    asked = asking.cancel()
+    outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
+
+    if asked:
+        assert isinstance(outcome, asyncio.CancelledError), f"the cancel was lost; ask returned {outcome!r}"
+    else:
+        assert outcome == "unblocked"
+    await asyncio.wait_for(actor.stop(), BOUND_S)
