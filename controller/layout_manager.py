@@ -392,8 +392,7 @@ class LayoutManager:
         settled = {w.worker_id for w in current if w.worker_id not in (starting or set())}
         t = begin(current, desired, cores, generation=self.generation, now=now, ready=settled,
                   start_timeout_s=self.settings.start_timeout_s, drain_s=self.settings.drain_s)
-        reg.route_rates = plan_rates([w for w in current if t is None or w.worker_id in t.keep]
-                                     + list(t.new if t else ()), desired)
+        reg.route_rates = t.routing(reg.route_rates) if t is not None else plan_rates(current, desired)
         self._applied = True
         for w in self._stranded(now):  # the new layout replaces them: they leave the plan of record
             # A lost agent's may come back (listed as lost meanwhile); a crashed one's process is gone.
@@ -421,6 +420,7 @@ class LayoutManager:
         t = self.transition
         assert t is not None
         actions = t.step(self._registry.ready_ids(), now)
+        self._registry.route_rates = t.routing(self._registry.route_rates)
         out: list[tuple[str, object]] = []
         for plan in actions.start:
             out.append((plan.agent_id, self._start_command(plan)))

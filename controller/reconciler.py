@@ -70,6 +70,16 @@ class Transition:
     issued: set[str] = field(default_factory=set)
     awaiting: tuple[str, ...] = ()  # kept workers that were still starting when it began
     discard: tuple[str, ...] = ()  # workers still starting that the new layout does not want
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)  # the new layout's split (plan_rates)
+
+    def routing(self, serving: Mapping[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """worker id -> {variant: rate} for the gateways now, given the split routed so far. Until the
+        switch the old layout serves as it was planned (a new worker gets its new rate, used once it
+        is ready); from the switch on, the new layout's; an abandoned move leaves the old one."""
+        if self.phase in (Phase.DRAINING, Phase.DONE):
+            return self.rates
+        before = {w: r for w, r in serving.items() if w in self.keep or w in self.retire}
+        return {**self.rates, **before}
 
     def step(self, ready: set[str], now: float) -> Actions:
         """Advance with the set of ready worker ids; returns what to do now (each action once)."""
@@ -150,6 +160,7 @@ def begin(
         drain_s=drain_s,
         awaiting=tuple(sorted(w.worker_id for w in keep if ready is not None and w.worker_id not in ready)),
         discard=tuple(sorted(w.worker_id for w in remaining if ready is not None and w.worker_id not in ready)),
+        rates=plan_rates([*keep, *new], desired),
     )
 
 
