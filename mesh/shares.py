@@ -60,6 +60,7 @@ class ShareTracker:
         w = self._windows.get(family)
         if w is None:
             w = self._windows[family] = _Window()
+        w.expire(now - self.window_s)  # bounded even while nothing reads the shares (no scaled plan)
         w.events.append((now, variant))
         w.counts[variant] += 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 from collections import Counter
 from dataclasses import dataclass
 
@@ -86,3 +87,19 @@ def test_shed_draws_the_share() -> None:
     t = ShareTracker(seed=4)
     assert not any(t.shed(0.0) for _ in range(100))
     assert sum(t.shed(0.3) for _ in range(10_000)) / 10_000 == pytest.approx(0.3, abs=0.02)
+
+
+def test_memory_stays_bounded_by_the_window_when_no_fractions_are_asked_for() -> None:
+    # The gateway records every family request; with no scaled plan nothing asks for shares, and
+    # a day of traffic must not pile up in the tracker.
+    tracker = ShareTracker(window_s=2.0)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for i in range(100_000):  # 100,000 s at one request a second
+            tracker.record("f", "v1" if i % 2 else "v2", float(i))
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, f"{held} bytes held for a 2 s window"
+    assert tracker.shares("f", 100_000.0) == {"v2": 0.5, "v1": 0.5}  # the last 2 s: requests 99,998 and 99,999
