@@ -1,9 +1,10 @@
 """The gateway's log of bandit decisions, joined with the reward that arrives for each.
 
-Pure and synchronous (``now`` is passed in). A decision waits for explicit feedback until
-``feedback_wait_s`` has passed; then it is closed with an implicit reward from its outcome
-(deadline met -> the variant's accuracy, missed -> 0). A closed event is remembered for
-``retain_s`` so that repeated or late feedback is answered precisely, then forgotten.
+Pure and synchronous (``now`` is passed in). A decision waits for its request's answer, then for
+explicit feedback until ``feedback_wait_s`` after that answer; then it is closed with an implicit
+reward from its outcome (deadline met -> the variant's accuracy, missed -> 0). The wait counts from
+the answer, so a request with a long deadline is rated like a quick one. A closed event is
+remembered for ``retain_s`` so that repeated or late feedback is answered precisely, then forgotten.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Event:
     probability: float
     created: float
     met: bool | None = None  # None until the request has its outcome
+    answered: float = 0.0  # when it had its outcome: the feedback wait counts from here
     closed: str = ""  # "" while open; else "feedback" or "implicit"
 
 
@@ -53,36 +55,39 @@ class EventLog:
         self.max_open = max_open
         self.max_ready = max_ready
         self.dropped = 0
-        self._open: OrderedDict[str, Event] = OrderedDict()
+        self._flight: OrderedDict[str, Event] = OrderedDict()  # no outcome yet, oldest first
+        self._open: OrderedDict[str, Event] = OrderedDict()  # answered, waiting for feedback, oldest answer first
         self._closed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> (how, closed at)
         self._ready: list[DecisionRecord] = []
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self._flight) + len(self._open)
 
     def record(self, event: Event) -> None:
-        self._open[event.event_id] = event
-        while len(self._open) > self.max_open:  # bounded memory: close the oldest early
-            _, oldest = next(iter(self._open.items()))
-            self._close_implicit(oldest, event.created)
+        self._flight[event.event_id] = event
+        while len(self) > self.max_open:  # bounded memory: close the oldest answered one early
+            if self._open:
+                self._close_implicit(next(iter(self._open.values())), event.created)
+            else:
+                self._flight.popitem(last=False)
 
-    def outcome(self, event_id: str, *, met: bool | None) -> None:
-        """The request's result: met or missed its deadline; None drops the event (it failed
-        for a reason that says nothing about the variant, e.g. its worker died)."""
-        event = self._open.get(event_id)
-        if event is None:
-            return
-        if met is None:
-            del self._open[event_id]
+    def outcome(self, event_id: str, *, met: bool | None, now: float | None = None) -> None:
+        """The request's result at ``now`` (its creation when not given): met or missed its
+        deadline; None drops the event (it failed for a reason that says nothing about the
+        variant, e.g. its worker died)."""
+        event = self._flight.pop(event_id, None)
+        if event is None or met is None:
             return
         event.met = met
+        event.answered = event.created if now is None else now
+        self._open[event_id] = event
 
     def feedback(self, event_id: str, reward: float, now: float) -> FeedbackResult:
         closed = self._closed.get(event_id)
         if closed is not None:
             return FeedbackResult.DUPLICATE if closed[0] == "feedback" else FeedbackResult.EXPIRED
         event = self._open.get(event_id)
-        if event is None or event.met is None:
+        if event is None:  # never logged, forgotten, or not answered yet (nothing to rate)
             return FeedbackResult.UNKNOWN
         self._close(event, reward, "feedback", now)
         return FeedbackResult.ACCEPTED
@@ -90,10 +95,15 @@ class EventLog:
     def due(self, now: float) -> list[DecisionRecord]:
         """Joined records ready to ship: explicit ones at once, implicit ones after the wait."""
         while self._open:
-            _, oldest = next(iter(self._open.items()))
-            if now - oldest.created < self.feedback_wait_s:
+            oldest = next(iter(self._open.values()))
+            if now - oldest.answered < self.feedback_wait_s:
                 break
             self._close_implicit(oldest, now)
+        while self._flight:  # every request is answered by its deadline; one never answered is let go
+            oldest = next(iter(self._flight.values()))
+            if now - oldest.created < oldest.budget_ms / 1e3 + self.feedback_wait_s:
+                break
+            del self._flight[oldest.event_id]
         while self._closed:
             event_id, (_, closed_at) = next(iter(self._closed.items()))
             if now - closed_at < self.retain_s:
@@ -103,9 +113,6 @@ class EventLog:
         return ready
 
     def _close_implicit(self, event: Event, now: float) -> None:
-        if event.met is None:  # no outcome yet (still in flight, or never answered): no reward to give
-            del self._open[event.event_id]
-            return
         accuracy = event.candidates[event.chosen].accuracy
         self._close(event, accuracy if event.met else 0.0, "implicit", now)
 

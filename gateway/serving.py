@@ -136,7 +136,8 @@ class DataPlane:
             if isinstance(exc, (DeadlineExceeded, Overloaded)):
                 d.demand.miss(model.name)
             if event_id:
-                self.events.outcome(event_id, met=False if isinstance(exc, DeadlineExceeded) else None)
+                self.events.outcome(event_id, met=False if isinstance(exc, DeadlineExceeded) else None,
+                                    now=time.monotonic())
             self._failed(name, model, model.name, exc, received, selected=is_family, explored=explored)
             raise
         except Exception as exc:
@@ -148,7 +149,7 @@ class DataPlane:
         if not met:
             d.demand.miss(model.name)
         if event_id:
-            self.events.outcome(event_id, met=met)
+            self.events.outcome(event_id, met=met, now=finished)
         reply = result.reply
         first = next(iter(inputs.values()), None)
         self.telemetry.answered(

@@ -82,3 +82,38 @@ def test_the_log_stays_bounded_when_nothing_drains_it() -> None:
         assert log.feedback(f"e{i}", 0.5, now=float(i)) is FeedbackResult.ACCEPTED
     assert len(log) == 0 and len(log._closed) == 5 and log.dropped == 17
     assert [r.event_id for r in log.due(now=20.0)] == ["e17", "e18", "e19"]  # the newest were kept
+
+
+def slow(event_id: str, created: float, budget_ms: float) -> Event:
+    e = event(event_id, created)
+    e.budget_ms = budget_ms
+    return e
+
+
+def test_the_feedback_wait_counts_from_the_answer_not_the_arrival(log: EventLog) -> None:
+    # A request with a 60 s deadline, answered after 40 s: longer than the 10 s wait from its arrival.
+    log.record(slow("e1", 0.0, budget_ms=60_000.0))
+    assert log.due(now=35.0) == [] and len(log) == 1  # still in flight: kept, not dropped unrated
+    log.outcome("e1", met=True, now=40.0)
+    assert log.due(now=45.0) == []
+    assert log.feedback("e1", 0.3, now=45.0) is FeedbackResult.ACCEPTED  # the client had its 10 s
+    (record,) = log.due(now=45.0)
+    assert (record.event_id, record.reward, record.source) == ("e1", 0.3, "feedback")
+
+
+def test_a_slow_answer_without_feedback_gets_its_implicit_reward_a_wait_after_it(log: EventLog) -> None:
+    log.record(slow("e1", 0.0, budget_ms=60_000.0))
+    log.record(event("quick", 1.0))
+    log.outcome("quick", met=True, now=1.0)
+    log.outcome("e1", met=False, now=40.0)
+    assert [r.event_id for r in log.due(now=20.0)] == ["quick"]
+    assert log.due(now=49.9) == []
+    (record,) = log.due(now=50.0)
+    assert (record.event_id, record.reward, record.source, record.met) == ("e1", 0.0, "implicit", False)
+
+
+def test_an_event_never_answered_is_let_go_a_wait_after_its_deadline(log: EventLog) -> None:
+    log.record(slow("lost", 0.0, budget_ms=5_000.0))
+    assert log.due(now=14.9) == [] and len(log) == 1
+    assert log.due(now=15.0) == [] and len(log) == 0  # nothing to learn from: no record
+    assert log.feedback("lost", 1.0, now=15.0) is FeedbackResult.UNKNOWN

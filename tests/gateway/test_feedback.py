@@ -1,10 +1,17 @@
-"""Feedback bodies map onto a reward in [0, 1], or a clear error."""
+"""Feedback bodies map onto a reward in [0, 1], or a clear error; a slow request can be rated after its answer."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
 
+import pytest
+import zmq.asyncio
+
+from gateway.event_log import EventLog
 from gateway.feedback import BadFeedback, reward_of
+from protocol.types import ModelInfo, TensorSpec
+from tests.gateway.fake_worker import gateway_with_fake_workers
 
 
 @pytest.mark.parametrize("body, reward", [
@@ -56,3 +63,36 @@ def test_numbers_past_their_range_are_refused(body, fragment) -> None:
     with pytest.raises(BadFeedback) as err:
         reward_of(body)
     assert fragment in str(err.value)
+
+
+async def test_a_request_slower_than_the_feedback_wait_can_still_be_rated_after_its_answer() -> None:
+    # Real HTTP app and dispatcher, a fake worker answering after 0.6 s; feedback waits 0.3 s.
+    spec = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
+    model = ModelInfo(name="echo", family="echoes", version="1", platform="pytorch_torchscript", accuracy=0.9,
+                      inputs=spec, outputs=spec, max_batch=4, default_slo_ms=500.0)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}],
+            "parameters": {"letmesh_slo_ms": 6000}}
+    events = EventLog(feedback_wait_s=0.3)
+    ctx = zmq.asyncio.Context()
+    try:
+        async with gateway_with_fake_workers(ctx, model, selection="bandit", events=events) as client:
+            client.serve(delay_s=0.6)
+            until = time.monotonic() + 10
+            while (await client.get("/v2/health/ready")).status != 200:
+                assert time.monotonic() < until
+                await asyncio.sleep(0.02)
+            request = asyncio.create_task(client.post("/v2/models/echoes/infer", json=body))
+            await asyncio.sleep(0.4)
+            assert events.due(time.monotonic()) == []  # the control actor's tick while it is in flight
+            answer = await asyncio.wait_for(request, 10)
+            assert answer.status == 200
+            event_id = (await answer.json())["parameters"]["letmesh_event_id"]
+            assert events.due(time.monotonic()) == []  # a tick just after the answer: the wait starts now
+
+            rated = await client.post("/v1/feedback", json={"event_id": event_id, "reward": 0.25})
+
+            assert rated.status == 202 and (await rated.json())["status"] == "accepted"
+            (record,) = events.due(time.monotonic())
+            assert (record.event_id, record.reward, record.source) == (event_id, 0.25, "feedback")
+    finally:
+        ctx.term()
