@@ -93,7 +93,6 @@ class ControlLinkActor(Actor):
         self.controller_connected = False
         self._lost_since: float | None = None  # when the controller was declared lost, until heard again
         self.first_table = asyncio.Event()
-        self._pending_records: list = []
         self.unsendable_records = 0
         self._last_demand = self._clock.monotonic()
 
@@ -191,13 +190,13 @@ class ControlLinkActor(Actor):
             self._on_revoked(why)
 
     def _ship_decisions(self, now: float) -> None:
-        """Joined decisions go to the controller in batches; kept for the next tick if the link is full.
+        """Joined decisions go to the controller in batches; back to the log for the next tick if the
+        link is full (or down).
 
         A record the codec cannot carry is dropped and counted (``unsendable_records``), not
         allowed to hold back the batch it came in.
         """
-        records = self._pending_records + self._events.due(now)
-        self._pending_records = []
+        records = self._events.due(now)
         size = self.config.decision_batch_max
         i = 0
         while i < len(records):
@@ -205,7 +204,7 @@ class ControlLinkActor(Actor):
             try:
                 self._endpoint.send_nowait(DecisionRecords(records=batch))
             except zmq.Again:
-                self._pending_records = list(records[i:])[: 50 * size]  # bounded: oldest beyond that dropped
+                self._events.requeue(records[i:])  # first next tick; the log's bound drops the oldest
                 return
             except (OverflowError, TypeError, ValueError):
                 kept = [r for r in batch if _encodable(r)]

@@ -112,6 +112,17 @@ class EventLog:
         ready, self._ready = self._ready, []
         return ready
 
+    def requeue(self, records: list[DecisionRecord]) -> None:
+        """Records a full link could not take: shipped first next time, within the same bound
+        (the oldest dropped and counted when over it)."""
+        self._ready[:0] = records
+        self._bound_ready()
+
+    def _bound_ready(self) -> None:
+        if (over := len(self._ready) - self.max_ready) > 0:
+            del self._ready[:over]
+            self.dropped += over
+
     def _close_implicit(self, event: Event, now: float) -> None:
         accuracy = event.candidates[event.chosen].accuracy
         self._close(event, accuracy if event.met else 0.0, "implicit", now)
@@ -121,9 +132,6 @@ class EventLog:
         self._closed[event.event_id] = (source, now)
         while len(self._closed) > self.max_open:
             self._closed.popitem(last=False)
-        if len(self._ready) >= self.max_ready:
-            del self._ready[: len(self._ready) - self.max_ready + 1]
-            self.dropped += 1
         self._ready.append(
             DecisionRecord(
                 event_id=event.event_id,
@@ -139,3 +147,4 @@ class EventLog:
                 met=bool(event.met),
             )
         )
+        self._bound_ready()

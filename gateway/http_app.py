@@ -357,6 +357,9 @@ def metrics_registry(plane: DataPlane) -> CollectorRegistry:
         "letmesh_gateway_event_loop_lag_seconds": ("Worst lateness of the gateway's event loop waking from a timer "
                                                    "over its last 20 heartbeats: about how long a request may wait "
                                                    "for its handler.", d.loop_lag_s()),
+        "letmesh_gateway_decision_records_dropped": ("Bandit decision records dropped unsent since the gateway "
+                                                     "started (the oldest, while the controller link was down "
+                                                     "and the backlog was full).", plane.events.dropped),
     })
     registry.register(EndpointCollector(lambda: {"data": d.endpoint}))
     return registry

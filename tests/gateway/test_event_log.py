@@ -117,3 +117,19 @@ def test_an_event_never_answered_is_let_go_a_wait_after_its_deadline(log: EventL
     assert log.due(now=14.9) == [] and len(log) == 1
     assert log.due(now=15.0) == [] and len(log) == 0  # nothing to learn from: no record
     assert log.feedback("lost", 1.0, now=15.0) is FeedbackResult.UNKNOWN
+
+
+def test_records_a_full_link_hands_back_ship_first_and_the_oldest_go_over_the_bound() -> None:
+    log = EventLog(feedback_wait_s=10.0, retain_s=100.0, max_ready=3)
+    for i in range(2):
+        log.record(event(f"e{i}", 0.0))
+        log.outcome(f"e{i}", met=True)
+        log.feedback(f"e{i}", 0.5, now=0.0)
+    unsent = log.due(now=0.0)
+    log.record(event("e2", 0.0))
+    log.outcome("e2", met=True)
+    log.feedback("e2", 0.5, now=0.0)
+    log.requeue(unsent)  # the link took none of them
+    assert [r.event_id for r in log.due(now=0.0)] == ["e0", "e1", "e2"] and log.dropped == 0
+    log.requeue([*unsent, *unsent])
+    assert [r.event_id for r in log.due(now=0.0)] == ["e1", "e0", "e1"] and log.dropped == 1

@@ -210,6 +210,47 @@ async def test_a_decision_record_the_codec_cannot_carry_is_dropped_and_the_link_
         ctx.term()
 
 
+
+async def test_decisions_made_while_the_controller_is_down_ship_newest_first_kept_when_it_is_back() -> None:
+    ctx = zmq.asyncio.Context()
+    probe = ctx.socket(zmq.ROUTER)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(0)  # nothing listens there until the controller comes back
+    config = GatewayConfig(controller=f"tcp://127.0.0.1:{port}", gateway_id="backlog-test", http_port=0,
+                           data_bind="tcp://127.0.0.1:*", heartbeat_interval_s=0.05, decision_batch_max=4)
+    service = GatewayService(config)
+    await service.start()
+    service.events.max_ready = 10  # the backlog kept while the link is down
+    controller = ctx.socket(zmq.ROUTER)
+    controller.setsockopt(zmq.LINGER, 0)
+    try:
+        arm = CandidateInfo(variant="v", accuracy=0.9, predicted_latency_ms=1.0, p_deadline=1.0, energy_j=0.0)
+        for i in range(30):  # three rounds of ten decisions, each met by ticks that find the link down
+            service.events.record(Event(event_id=f"e{i:02d}", family="f", context={}, budget_ms=10.0, load=0.0,
+                                        candidates=(arm,), chosen=0, probability=1.0, created=0.0))
+            service.events.outcome(f"e{i:02d}", met=True)
+            service.events.feedback(f"e{i:02d}", 1.0, 0.0)
+            if i % 10 == 9:
+                await asyncio.sleep(0.3)
+        controller.bind(f"tcp://127.0.0.1:{port}")
+
+        async def shipped() -> list[str]:
+            got: list[str] = []
+            while len(got) < 10:
+                frames = await controller.recv_multipart()
+                msg, _ = decode(frames[1:])
+                if isinstance(msg, DecisionRecords):
+                    got += [r.event_id for r in msg.records]
+            return got
+
+        assert await asyncio.wait_for(shipped(), BOUND_S) == [f"e{i}" for i in range(20, 30)]  # the newest, in order
+        await asyncio.sleep(0.3)
+        assert service.events.dropped == 20 and service.events.due(0.0) == []
+    finally:
+        await service.stop()
+        controller.close(0)
+        ctx.term()
+
 async def test_the_gateway_says_when_a_lost_controller_is_back(caplog) -> None:
     from protocol.codec import encode
     from protocol.message import Heartbeat
