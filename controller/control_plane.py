@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class ControlPlane:
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
         self.epoch = self.store.next_epoch()
+        self.instance = secrets.token_hex(8)
         self.registry = reg = Registry(variants, heartbeat_interval_s=config.heartbeat_interval_s,
                                        missed_heartbeats=config.missed_heartbeats, epoch=self.epoch)
         reg.unavailable.update(repository.unavailable)
@@ -289,7 +291,7 @@ class ControlPlane:
             self.store.save_gateway(gateway_id, data_endpoint, self._clock.time())
         self._send(peer, RegisterGatewayReply(gateway_id=gateway_id,
                                               heartbeat_interval_s=self.config.heartbeat_interval_s,
-                                              controller_epoch=self.epoch))
+                                              controller_epoch=self.epoch, controller_instance=self.instance))
         if not reg.routing_held(now):  # held: it keeps the table it has (or waits for the first)
             self._send(peer, reg.current_table())
         families = sorted({v.family for v in reg.variants.values()})

@@ -91,6 +91,7 @@ class ControlLinkActor(Actor):
         self._seq = 0
         self._controller = Liveness(interval_s=config.heartbeat_interval_s, missed_limit=config.missed_heartbeats)
         self.controller_connected = False
+        self._controller_instance = ""  # of the controller that answered the last registration
         self._lost_since: float | None = None  # when the controller was declared lost, until heard again
         self.first_table = asyncio.Event()
         self.unsendable_records = 0
@@ -161,6 +162,13 @@ class ControlLinkActor(Actor):
                 self.first_table.set()
             case RegisterGatewayReply():
                 self._registered = True
+                if msg.controller_instance != self._controller_instance:
+                    if self._controller_instance:
+                        log.info("a new controller instance (epoch %d): taking its routing table and policies",
+                                 msg.controller_epoch)
+                        self._dispatcher.new_controller()
+                        self._policies.new_controller()
+                    self._controller_instance = msg.controller_instance
                 if self.revoked:
                     log.warning("the controller takes this gateway's key again")
                     self._set_revoked("")

@@ -104,6 +104,7 @@ class Dispatcher:
         self.address = self._endpoint.address
         self.gateway_id = gateway_id
         self.view = RoutingView()
+        self._any_version = False  # a new controller: its next table is taken whatever its version
         self._picker = WorkerPicker()
         self._inflight = InflightTable(capacity=max_inflight)
         self._unrouted: set[str] = set()
@@ -172,9 +173,14 @@ class Dispatcher:
 
     # --- routing --------------------------------------------------------------------------
 
+    def new_controller(self) -> None:
+        """A different controller answers now: its versions may count from lower (its state was lost)."""
+        self._any_version = True
+
     def apply_routing(self, table: RoutingTable) -> None:
-        if table.version < self.view.version:
+        if table.version < self.view.version and not self._any_version:
             return
+        self._any_version = False
         old = self.view
         self.view = view = RoutingView(table)
         self._picker.forget(view.workers)

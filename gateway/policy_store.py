@@ -24,6 +24,10 @@ class PolicyReplicas:
         self.versions: dict[str, int] = {}
         self._rng = random.Random(seed)
 
+    def new_controller(self) -> None:
+        """A different controller answers now: its next snapshots are taken whatever their versions."""
+        self.versions.clear()
+
     def apply_snapshot(self, family: str, version: int, vw_args: str, model: bytes) -> bool:
         """Install a newer snapshot; an older or unloadable one is ignored. True if installed."""
         if version <= self.versions.get(family, -1):

@@ -183,6 +183,9 @@ class RegisterGatewayReply:
     gateway_id: str
     heartbeat_interval_s: float
     controller_epoch: int
+    # Random per controller start: a gateway that sees it change takes the new controller's table
+    # and policies whatever their versions (a controller whose state was lost counts from 1 again).
+    controller_instance: str = ""
 
 
 @message(32)
