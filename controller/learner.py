@@ -43,7 +43,13 @@ class Learner:
 
     def _restore(self) -> None:
         meta_path = self.dir / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        except (OSError, ValueError) as exc:  # damaged (a crash mid-write on a filesystem without atomic renames)
+            log.warning("bandit metadata %s cannot be read (%s); versions and counts start afresh", meta_path, exc)
+            meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
         for model_path in sorted(self.dir.glob("*.vw")):
             family = model_path.stem
             info = meta.get(family, {})

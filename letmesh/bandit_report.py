@@ -15,7 +15,7 @@ from typing import Any
 from controller.learner import candidates_of
 from controller.offpolicy import LoggedDecision, evaluate, policy_target, preferences
 from controller.store import StateStore
-from mesh.bandit import DEFAULT_VW_ARGS, BanditPolicy
+from mesh.bandit import DEFAULT_VW_ARGS, BadModel, BanditPolicy
 
 
 def _logged(store: StateStore, family: str, limit: int) -> list[LoggedDecision]:
@@ -57,7 +57,12 @@ def report_data(state_dir: Path, *, family: str | None = None, limit: int = 20_0
                                  + (f" (families with a model: {', '.join(known)})" if known else ""))
             if not model_path.exists() or not records:
                 continue
-            with BanditPolicy(info.get("vw_args", DEFAULT_VW_ARGS), model=model_path.read_bytes()) as policy:
+            try:
+                policy = BanditPolicy(info.get("vw_args", DEFAULT_VW_ARGS), model=model_path.read_bytes())
+            except BadModel as exc:  # the controller starts such a family afresh; the report says so
+                entry["note"] = f"the saved model {model_path} cannot be loaded ({exc}): the controller starts this family afresh"
+                continue
+            with policy:
                 prefs = preferences(records, policy)
                 value = evaluate(records, policy_target(policy))
                 greedy = evaluate(records, policy_target(policy, greedy=True))

@@ -1,4 +1,4 @@
-"""The learner takes only sound records of known families; the rest are dropped and counted."""
+"""The learner takes only sound records of known families (the rest are dropped and counted) and starts on damaged metadata."""
 
 from __future__ import annotations
 
@@ -32,3 +32,19 @@ def test_poisoned_and_unknown_records_are_dropped_counted_and_the_rest_learned(t
         assert learner.updates == {"f": 1}
     finally:
         learner.close()
+
+
+def test_a_controller_starts_on_damaged_bandit_metadata_with_its_models(tmp_path) -> None:
+    from tests.controller.test_controller_bandit import records
+
+    learner = Learner(tmp_path)
+    learner.learn(records(30, seed=1, prefix="e"))
+    learner.publish()
+    learner.close()
+    (tmp_path / "bandit" / "meta.json").write_bytes(b'{"trivial": {"version": 1')  # cut short
+
+    restarted = Learner(tmp_path)  # raised JSONDecodeError: the controller could not start
+    try:
+        assert "trivial" in restarted.policies  # the model itself is kept
+    finally:
+        restarted.close()

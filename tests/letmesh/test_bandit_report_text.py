@@ -39,3 +39,24 @@ def test_a_limit_below_one_is_a_usage_error(tmp_path, capsys) -> None:
     for limit in ("0", "-5"):
         assert main(["bandit", "report", "--state-dir", str(tmp_path), "--limit", limit]) == 2
         assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_a_damaged_model_is_a_note_in_the_report_not_a_traceback(tmp_path, capsys) -> None:
+    from controller.learner import Learner
+    from controller.store import StateStore
+    from letmesh.cli import main
+    from tests.controller.test_controller_bandit import records
+
+    store = StateStore(tmp_path / "controller.sqlite3")
+    learner = Learner(tmp_path)
+    learner.learn(store.log_decisions(list(records(30, seed=1, prefix="e")), 1.0))
+    learner.publish()
+    learner.close()
+    store.close()
+    (tmp_path / "bandit" / "trivial.vw").write_bytes(b"\x00garbage")  # a disk fault, a stray copy
+
+    assert main(["bandit", "report", "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "family trivial: model v1, 30 updates, 30 logged decisions used here" in out
+    assert "cannot be loaded" in out and "starts this family afresh" in out
+
