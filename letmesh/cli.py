@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # here, so a reader gone away is seen below rather than at exit
         return code
+    except KeyboardInterrupt:  # Ctrl-C where a command has no handler of its own: one line, not a traceback
+        print(f"letmesh {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:
         if args.command in LONG_RUNNING:  # a broken pipe there is a socket's or a child's, not the reader's
             raise

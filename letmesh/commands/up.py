@@ -48,6 +48,18 @@ def _placement(args: argparse.Namespace) -> tuple[str, int, int]:
     return gateway.http_host, gateway.http_port, controller_port
 
 
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped_code(signum: int) -> int:
+    """Ctrl-C: 130, as a shell reports a command interrupted; SIGTERM (a service manager stopping
+    it) is a clean stop, as it is once the mesh is up."""
+    return 128 + signal.SIGINT if signum == signal.SIGINT else 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from letmesh.launcher import LaunchError, LocalMesh
     from letmesh.port import PortTaken
@@ -71,6 +83,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     except StateDirInUse as exc:
         print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
         return 1
+    from controller.error import RepositoryError
+    from controller.repository import check_root
+
+    def interrupt(signum, frame):  # while the demo models train: stop at once (the next run resumes)
+        raise _Interrupted(signum)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        check_root(_ensure_repository(args))
+    except RepositoryError as exc:
+        print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
+        return 2
+    except _Interrupted as exc:
+        print("letmesh up: stopped while preparing the model repository; nothing was started", file=sys.stderr)
+        return _stopped_code(exc.signum)
     stop = {"now": False, "signal": 0}
 
     def on_signal(signum, frame):
@@ -78,14 +106,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    from controller.error import RepositoryError
-    from controller.repository import check_root
-
-    try:
-        check_root(_ensure_repository(args))
-    except RepositoryError as exc:
-        print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
-        return 2
     print("starting controller, gateway and agent ...", flush=True)
     try:
         mesh.start(timeout_s=args.ready_timeout, progress=lambda line: print(f"  {line}", flush=True),
@@ -96,9 +116,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         if stop["now"]:
             print("letmesh up: stopped before the mesh was ready; nothing was left running", file=sys.stderr, flush=True)
-            # Ctrl-C: 130, as a shell reports a command interrupted; SIGTERM (a service manager
-            # stopping it) is a clean stop, as it is once the mesh is up.
-            return 128 + signal.SIGINT if stop["signal"] == signal.SIGINT else 0
+            return _stopped_code(stop["signal"])
         print(f"letmesh up: {exc}\nletmesh up: stopped every role it had started", file=sys.stderr)
         return 1
     links = (f"  links are CURVE-encrypted; keys in {mesh.keys_dir} (letmesh keys list --keys {mesh.keys_dir})\n"

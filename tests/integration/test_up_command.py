@@ -143,3 +143,30 @@ def test_a_signal_before_the_mesh_is_ready_stops_it_and_leaves_nothing_running(t
     err = (tmp_path / "stderr").read_text()
     assert "letmesh up: stopped before the mesh was ready; nothing was left running" in err, err
     wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)
+
+
+@pytest.mark.parametrize("command, sig, code, said", [
+    ("up", signal.SIGINT, 130, "letmesh up: stopped while preparing the model repository; nothing was started"),
+    ("up", signal.SIGTERM, 0, "letmesh up: stopped while preparing the model repository; nothing was started"),
+    ("demo", signal.SIGINT, 130, "letmesh demo: interrupted"),
+])
+def test_a_signal_while_the_demo_models_train_stops_at_once(tmp_path, command, sig, code, said) -> None:
+    state = tmp_path / "state"
+    argv = [sys.executable, "-m", "letmesh", command, "--state-dir", str(state)]
+    if command == "up":
+        argv += ["--http-port", str(free_port()), "--controller-port", str(free_port())]
+    with (tmp_path / "stderr").open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        for line in iter(proc.stdout.readline, ""):
+            if line.strip().startswith("training "):  # inside the first model's training
+                break
+        else:
+            raise AssertionError("the demo repository build never started training")
+        proc.send_signal(sig)
+        assert proc.wait(30) == code  # not after the remaining models have trained
+    finally:
+        finish(proc)
+    err = (tmp_path / "stderr").read_text()
+    assert said in err and "Traceback" not in err, err
+    wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)
