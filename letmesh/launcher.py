@@ -26,7 +26,7 @@ from pathlib import Path
 
 from agents.process import die_with_parent
 from gateway.health import ROUTING_VERSION_HEADER, UNSERVED_HEADER
-from letmesh.port import check_free
+from letmesh.port import check_free, distinct
 from letmesh.startup import StartupProgress
 from letmesh.status import KNOWN_KEYRINGS, StatusUnavailable, ask_controller, fetch_status
 from mesh.keys import ensure_local_keyring
@@ -188,7 +188,9 @@ class LocalMesh:
                    (("controller", self.controller_metrics_port), ("agent", self.agent_metrics_port)) if port))]
 
     def check_ports(self) -> None:
-        """Raise :class:`letmesh.port.PortTaken` for the first port another process holds."""
+        """Raise :class:`letmesh.port.PortsClash` for a port two roles would bind, and
+        :class:`letmesh.port.PortTaken` for the first port another process holds."""
+        distinct(self.ports())
         for host, port, purpose in self.ports():
             check_free(host, port, purpose)
 

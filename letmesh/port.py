@@ -23,6 +23,23 @@ class PortTaken(Exception):
         super().__init__(f"port {port} ({purpose}, {host}) is already in use, {held}")
 
 
+class PortsClash(Exception):
+    """Two roles of one mesh were given the same port."""
+
+    def __init__(self, port: int, first: str, second: str) -> None:
+        self.port = port
+        super().__init__(f"{first} and {second} would both bind port {port}")
+
+
+def distinct(ports: list[tuple[str, int, str]]) -> None:
+    """Raise :class:`PortsClash` when two of ``(host, port, purpose)`` name one port (0: any port)."""
+    seen: dict[int, str] = {}
+    for _, port, purpose in ports:
+        if port and port in seen:
+            raise PortsClash(port, seen[port], purpose)
+        seen[port] = purpose
+
+
 def check_free(host: str, port: int, purpose: str) -> None:
     """Raise :class:`PortTaken` when ``host:port`` cannot be bound for listening; port 0 is always free.
 

@@ -62,7 +62,7 @@ def _stopped_code(signum: int) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from letmesh.launcher import LaunchError, LocalMesh
-    from letmesh.port import PortTaken
+    from letmesh.port import PortsClash, PortTaken
 
     http_host, http_port, controller_port = _placement(args)
     repo = Path(args.repository) if args.repository else Path(args.state_dir) / "repository"
@@ -76,6 +76,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"letmesh up: {exc}; nothing was started (--http-port and --controller-port choose others)",
               file=sys.stderr)
         return 1
+    except PortsClash as exc:
+        print(f"letmesh up: {exc}; nothing was started (--http-port and --controller-port choose them)",
+              file=sys.stderr)
+        return 2
     from controller.state_lock import StateDirInUse, check_free
 
     try:  # another mesh's controller on this state directory (its own ports)

@@ -269,3 +269,12 @@ def test_files_that_are_not_what_a_command_needs_are_said_so_without_a_traceback
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
+
+
+def test_up_given_one_port_for_two_roles_says_so_before_starting_anything(tmp_path: Path, capsys) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    assert main(["up", "--http-port", str(port), "--controller-port", str(port), "--state-dir", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"letmesh up: controller and gateway HTTP would both bind port {port}; nothing was started"), err
+    assert not (state / "repository").exists()  # not even the demo models were built
