@@ -359,7 +359,10 @@ class Fleet:
             drop = old - after.get(key, 0.0)
             if key != mine and drop > TINY_RPS:
                 shed[key[1]] = shed.get(key[1], 0.0) + drop
-        if gained <= TINY_RPS or gained - sum(shed.values()) < keep * offered:
+        net = gained - sum(shed.values())
+        # A move must carry more than its neighbours lose, whatever ``keep``: one that only takes
+        # over what it costs them would be made again and again for the rate handed back.
+        if gained <= TINY_RPS or net <= TINY_RPS or net < keep * offered:
             return False
         if not commit:
             return True
