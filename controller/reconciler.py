@@ -142,7 +142,9 @@ def begin(
     keep: list[PlannedWorker] = []
     todo: list[DesiredWorker] = []
     for d in sorted(desired, key=_desired_shape):
-        match = next((w for w in remaining if _shape(w) == _desired_shape(d)), None)
+        # Never two kept workers on one core: a worker started on a leaving worker's cores, in a
+        # move superseded before it switched, would share them with it for good.
+        match = next((w for w in remaining if _shape(w) == _desired_shape(d) and not _overlaps(w, keep)), None)
         if match is None:
             todo.append(d)
         else:
@@ -162,6 +164,12 @@ def begin(
         discard=tuple(sorted(w.worker_id for w in remaining if ready is not None and w.worker_id not in ready)),
         rates=plan_rates([*keep, *new], desired),
     )
+
+
+def _overlaps(worker: PlannedWorker, kept: Sequence[PlannedWorker]) -> bool:
+    cores = set(worker.partition.cores)
+    return bool(cores) and any(k.agent_id == worker.agent_id and k.partition.device_id == worker.partition.device_id
+                               and cores & set(k.partition.cores) for k in kept)
 
 
 def _assign(

@@ -84,3 +84,23 @@ def test_a_kept_worker_that_never_comes_up_is_stopped_with_the_abandoned_move() 
     out = t.step(ready={"a1.w0", "a1.g3.w0"}, now=6.0)
     assert t.phase is Phase.ABANDONED
     assert out.stop == ("a1.g3.w0", "a1.g2.w0")  # the serving linear worker stays
+
+
+def test_a_move_superseded_while_it_starts_never_keeps_two_workers_on_the_same_cores() -> None:
+    cores = {("ag", "cpu0"): 4}
+    serving = PlannedWorker("ag.g1.w0", "ag", Partition(device_id="cpu0", kind="cpu", cores=(0, 1)), ("a",))
+    # The next layout wants b and c: one of them starts on the cores `serving` gives up once it drains.
+    second = begin([serving], [DesiredWorker("ag", "cpu0", "cpu", 2, ("b",)), DesiredWorker("ag", "cpu0", "cpu", 2, ("c",))],
+                   cores, generation=2, now=0.0)
+    assert second is not None
+    on_its_cores = next(w for w in second.new if set(w.partition.cores) & {0, 1})
+    # Demand moves before they are up: the layout now wants a and that worker's variant again.
+    current = [serving, *second.new]
+    third = begin(current, [DesiredWorker("ag", "cpu0", "cpu", 2, ("a",)),
+                            DesiredWorker("ag", "cpu0", "cpu", 2, on_its_cores.variants)],
+                  cores, generation=3, now=1.0, ready={serving.worker_id})
+    assert third is not None
+    running = [w for w in current if w.worker_id in third.keep] + list(third.new)
+    held = [c for w in running for c in w.partition.cores]
+    assert len(held) == len(set(held)) == 4, [(w.worker_id, w.partition.cores) for w in running]
+    assert on_its_cores.worker_id in third.discard  # still starting, not wanted on those cores: stopped
