@@ -84,6 +84,8 @@ class Index:
             if members:
                 self.device_rows.append((float(capacity), members))
         self.device_of = {i: d for d, (_, members) in enumerate(self.device_rows) for i in members}
+        self.sizes = np.array([max(float(s.size), TINY) if i in self.device_of else 1.0
+                               for i, s in enumerate(self.slots)])
         classes: dict[tuple, list[int]] = {}
         for i in range(len(self.slots)):
             key = ("slot", i) if i in self.device_of else ("cap", *self.cap[i].tolist())
@@ -190,7 +192,9 @@ class Index:
     def spread_cheapest(self) -> dict[int, int]:
         """A quick plan that keeps every family served: each slot in turn goes to the family
         with the smallest share of its demand covered so far, running whichever of its variants
-        carries the most there. A floor for the rung search, and a fallback when time runs out."""
+        carries the most there, on the free slot that carries the most per unit of its device
+        (so one family does not take a whole device that several could share). A floor for the
+        rung search, and a fallback when time runs out."""
         share = np.where(self.servable, 0.0, math.inf)
         fam = np.array(self.family_of)
         best_cap = np.zeros((len(self.families), len(self.slots)))
@@ -204,7 +208,7 @@ class Index:
         while np.isfinite(share).any():
             k = int(np.argmin(share))
             room = np.where(free, best_cap[k], 0.0)
-            for i in np.argsort(-room, kind="stable"):
+            for i in np.argsort(-room / self.sizes, kind="stable"):
                 if room[i] <= 0:
                     share[k] = math.inf  # nothing left that can host it
                     break

@@ -269,6 +269,28 @@ def test_when_the_budget_runs_out_the_current_plan_is_kept_and_rerouted_for_the_
     assert quick.status == "time_limit" and quick.hosts == {"s0": "cls-lo", "s1": "cls-lo"} and quick.shed == {}
 
 
+
+def test_when_the_budget_runs_out_the_quick_plan_shares_devices_between_families() -> None:
+    # Three 4-core hosts, each a 4-core slot (35 req/s) or four 1-core slots (10 req/s each), and
+    # five families of 15 req/s: a whole host per family in turn left two families shed whole.
+    slots, caps, device_capacity = [], {}, {}
+    families = [VariantChoice(f"f{k}", f"f{k}", 80.0, 100.0) for k in range(5)]
+    for d in range(3):
+        device_capacity[("a0", f"h{d}")] = 4
+        shapes = [(f"h{d}-whole", 4, 35.0)] + [(f"h{d}-core{c}", 1, 10.0) for c in range(4)]
+        for slot_id, size, rate in shapes:
+            slots.append(Slot(slot_id, f"h{d}", "cpu", size, agent_id="a0"))
+            caps.update({(slot_id, v.variant): rate for v in families})
+    problem = ScalingProblem(tuple(slots), tuple(families), {v.family: 15.0 for v in families}, caps,
+                             device_capacity=device_capacity)
+
+    quick = solve(problem, time_limit_s=1.0, timer=ExpensiveTimer(2.0))  # no solver call, only the quick plan
+
+    verify(problem, quick)
+    assert quick.status == "time_limit"
+    assert set(quick.hosts.values()) == {v.variant for v in families}, quick.hosts  # every family hosted
+    assert all(quick.shed.get(v.family, 0.0) < 15.0 for v in families), quick.shed  # none shed whole
+
 def test_a_current_plan_that_is_still_optimal_is_kept_and_a_worse_one_is_replaced() -> None:
     slots = gpus(3)
     caps = uniform(slots, {"cls-hi": 100.0, "cls-lo": 300.0})
