@@ -120,9 +120,8 @@ class Fleet:
             pool = [(v, size, b) for v in self.needs if (b := self.solo_batch(v, kind, size))]
             if not pool:
                 self._worst[key] = None
-            else:
-                probe = pool[0]
-                self._worst[key] = max(pool, key=lambda w: (self.interference.predict(kind, probe, w), w))
+            else:  # ranked before the clamp at 1: a probe victim the model finds insensitive ties them all
+                self._worst[key] = max(pool, key=lambda w: (self.interference.pressure(kind, w), w))
         return self._worst[key]
 
     def expected_alpha(self, variant: str, kind: str, size: int, rest: int) -> float:

@@ -140,6 +140,15 @@ class InterferenceModel:
             found = self._cache[key] = max(1.0, float(row @ coef))
         return found
 
+    def pressure(self, device_kind: str, b: Workload) -> float:
+        """What ``b`` adds to any co-runner's predicted slowdown before the clamp at 1: the model is
+        linear, so this ranks neighbours the same for every victim (0 for a kind without a fit)."""
+        coef = self._coef.get(device_kind)
+        if coef is None:
+            return 0.0
+        mine = np.asarray([float(x) for x in self._features(device_kind, *b)], dtype=float)
+        return float(coef[coef.size - mine.size:] @ mine)
+
     def error(self, held_out: Sequence[CoLocation]) -> dict[str, float]:
         """Prediction error on measurements not used in the fit: mean and max absolute error of
         alpha, mean relative error, RMSE and the sample count."""

@@ -27,6 +27,8 @@ from controller.planning import (
     plan,
 )
 from controller.planning.audit import audit, gpulet_slowdown
+from controller.planning.fleet import Fleet
+from controller.planning.state import Need
 
 MARGIN = 1.1
 P99 = 1.05  # p99 / p50 in the test profiles
@@ -391,3 +393,35 @@ def test_a_fleet_whose_interference_cancels_a_new_gpulets_gain_is_planned_in_bou
     for d in demands:
         assert math.isclose(served.get(d.variant, 0.0) + result.unserved.get(d.variant, 0.0), d.rate_rps,
                             rel_tol=1e-6, abs_tol=1e-5)
+
+
+def test_the_worst_neighbour_is_found_even_when_the_first_variant_is_insensitive_to_all() -> None:
+    # "m" slows another "m" 3x and nothing else slows anything; "a" (first by name) feels nothing.
+    # Ranking neighbours by their effect on "a" tied them all at 1.0 and took "z", so two halves
+    # of "m" were thought to share a GPU freely.
+    points = []
+    for v, base in (("a", 2.0), ("m", 20.0), ("z", 2.0)):
+        for size in (20, 40, 50, 100):
+            for batch in (1, 2, 4, 8, 16, 32):
+                latency = base * batch ** 0.9 * (1.0 if size >= 50 else 10.0)
+                points.append(ProfilePoint(v, "cuda", size, batch, latency, latency))
+    table = ProfileTable(points)
+
+    def features(kind: str, variant: str, partition: int, batch: int) -> tuple[float, float]:
+        return (0.0 if variant == "a" else 1.0, 1.0 if variant == "m" else 0.0)  # (sensitive, aggressive)
+
+    interference = InterferenceModel({"cuda": (-1.0, 2.0, 0.0, 0.0, 2.0)}, features)
+    assert interference.predict("cuda", ("m", 50, 1), ("m", 50, 1)) == 3.0
+    devices = [DeviceSlot("gpu0", "cuda", 100), DeviceSlot("gpu1", "cuda", 100)]
+    demands = [Demand("a", 0.0, 100.0), Demand("m", 1000.0, 100.0), Demand("z", 0.0, 100.0)]
+    latency = LatencyModel(table)
+
+    fleet = Fleet(devices, {d.variant: Need(d.variant, d.slo_ms, 0) for d in demands}, latency, interference,
+                  max_batch=32, max_models=3, worker_overhead_bytes=0)
+
+    assert fleet.worst_neighbour("cuda", 50)[0] == "m"
+    assert fleet.expected_alpha("m", "cuda", 50, 50) == 3.0  # two halves of m do not share a GPU freely
+
+    result = plan(devices, demands, latency, interference=interference)
+    assert audit(result, devices, demands, latency, interference) == []
+    assert [(g.size, g.variants) for g in result.gpulets] == [(100, ("m",)), (100, ("m",))]
