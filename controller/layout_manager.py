@@ -71,7 +71,6 @@ class LayoutManager:
         self._announced: frozenset[str] = frozenset()  # lost agents and crashed workers last re-planned without
         self.scaled: ScaledLayout | None = None
         self._held_for: frozenset[str] = frozenset()  # agents a loss re-plan waits on (logged once)
-        self.solve_times: list[float] = []
         self.cadence = Cadence(period_s=settings.replan_period_s, fast_s=settings.fast_replan_s,
                                dwell_s=settings.min_layout_dwell_s, settle_s=settings.rejoin_settle_s)
         self.live = LiveSlowdown(hold_s=settings.live_slowdown_hold_s)
@@ -364,7 +363,6 @@ class LayoutManager:
                         scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
                         scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
             self.scaled, self._scaled_seen = scaled, self._recent_peak(self._seen)
-            self.solve_times.append(scaled.plan.solve_s)
             desired = scaled.desired
             reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()
         else:
