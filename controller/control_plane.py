@@ -309,7 +309,7 @@ class ControlPlane:
         if not set_aside(reg.variants, reg.unavailable, variant, reason):
             return
         log.error("variant %s failed to load on %s and is now unavailable: %s", variant, peer_id, reason)
-        self.layout.force()  # re-place its healthy neighbours without it
+        self.layout.force(fresh=False)  # re-place its healthy neighbours without it
         for agent_id in list(reg.agents) if self.config.auto_profile else ():
             if reg.agent_alive(agent_id, now):  # a run that failed on it left the rest unmeasured
                 self.profiles.retry(agent_id)

@@ -20,7 +20,7 @@ from controller.layout_policy import REPLAN_HISTORY, LayoutPolicy, ReplanEntry
 from controller.live_slowdown import LiveSlowdown, reported_slowdowns
 from controller.placement import PlannedWorker
 from controller.profiling import ProfileWait, awaited_kinds
-from controller.reconciler import Phase, Transition, begin, plan_rates
+from controller.reconciler import Phase, Transition, as_desired, begin, plan_rates
 from controller.registry import Registry
 from controller.replanner import Layout, ScaledLayout, layout, profile_table, scaled_layout
 from controller.store import StateStore
@@ -66,6 +66,7 @@ class LayoutManager:
         self.replans = 0
         self.history: deque[ReplanEntry] = deque(maxlen=REPLAN_HISTORY)
         self._forced = False
+        self._fresh = False  # the next plan packs from scratch, not around the workers serving
         self._capacity_changed = False
         self._applied = False
         self._announced: frozenset[str] = frozenset()  # lost agents and crashed workers last re-planned without
@@ -86,16 +87,21 @@ class LayoutManager:
         self.profiling: frozenset[tuple[str, str]] = frozenset()
         self._wait = ProfileWait()
 
-    def force(self, policy: str = "") -> None:
-        """Re-plan at the next tick whatever the hysteresis says (optionally switching policy)."""
+    def force(self, policy: str = "", *, fresh: bool = True) -> None:
+        """Re-plan at the next tick whatever the hysteresis says (optionally switching policy).
+        ``fresh``: pack from scratch rather than around the workers serving (an operator's ask, a
+        device kind measured for the first time); else they are kept where they carry as much."""
         if policy:
             self.settings = dataclasses.replace(self.settings, policy=policy)
         self._forced = True
+        self._fresh |= fresh
 
-    def capacity_changed(self) -> None:
-        """An agent joined with nothing to run, or left: re-plan like after a loss (no period, no
-        dwell, but not while agents are still rejoining)."""
+    def capacity_changed(self, *, grew: bool = False) -> None:
+        """An agent joined with nothing to run (``grew``: the next plan packs from scratch, so the
+        new capacity is put to work), or left: re-plan like after a loss (no period, no dwell, but
+        not while agents are still rejoining)."""
         self._capacity_changed = True
+        self._fresh |= grew
 
     def restored(self, now: float) -> None:
         """A restart found a plan of record: it stands as if just made, and the first re-plan of
@@ -131,6 +137,7 @@ class LayoutManager:
         forced, self._forced = self._forced, False
         if self._wait.released(self.profiling):
             forced = True  # the re-plan that waited for those profiles, now, whether they came or not
+            self._fresh = True
         # Missed deadlines, a rising target, or a fall in demand while accuracy is given up (it
         # may give the accuracy back, and users should not wait out the dwell for it): a drift
         # re-plan that is not held back by the dwell.
@@ -337,11 +344,19 @@ class LayoutManager:
         if self.live:  # only when workers reported and the feed is on: the table costs a pass over the profiles
             slowdown = self.live.factors(profile_table(samples), reg.variants,
                                          {d.kind for devices in agents.values() for d in devices})
+        current = [w.plan for w in reg.workers.values()
+                   if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
+        # Unless a fresh packing is asked for (see ``force``), the gpu-lets a plan made (not the
+        # first placement, a guess made before any profile) stay when they carry the target as well
+        # as a fresh packing would.
+        keepable = () if self._fresh else [as_desired(w) for w in current if w.batches]
         new = layout(agents, reg.variants, samples, self._store.colocations(), target,
-                     policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown)
+                     policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown,
+                     current=keepable)
         if new is None:
             self.cadence.last_attempt = float("-inf")  # try again next tick: profiles are not in yet
             return []  # keep serving on the current placement
+        self._fresh = False
         # What this attempt knew of named demand, applied or not: a named variant it could not
         # place (or a plan it would not apply) is not retried each second for that name alone.
         named = self._named_rates()
@@ -379,8 +394,6 @@ class LayoutManager:
             self.scaled = None
             reg.family_fractions, reg.shed = {}, {}
         self._hosted = frozenset(v for d in desired for v in d.variants)
-        current = [w.plan for w in reg.workers.values()
-                   if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
         self._store.save_generation(self.generation)
@@ -397,22 +410,28 @@ class LayoutManager:
             (reg.remove_worker if w.state == WorkerState.CRASHED else reg.drop_from_plan)(w.plan.worker_id)
             self._store.delete_placement(w.plan.worker_id)
         if t is None:
+            if starting is None and current:  # (a superseded move carries on: not a re-plan of its own)
+                # The workers serving carry the new plan: only the routing split follows it.
+                log.info("re-planning (%s): all %d workers kept", reason, len(current))
+                self._record(now, reason, kept=len(current), started=0, retired=0, finished=True)
             return []
         self.cadence.last_change = now
         self.replans += 1
         log.info("re-planning (%s): %d workers kept, %d started, %d retired", reason, len(t.keep), len(t.new),
                  len(t.retire))
-        scaled = self.scaled.plan if self.scaled is not None else None
-        self.history.appendleft(ReplanEntry(
-            at=now, reason=reason, policy=self.settings.policy, kept=len(t.keep), started=len(t.new),
-            retired=len(t.retire), scaled=scaled is not None,
-            effective_accuracy=scaled.effective_accuracy if scaled is not None else 0.0,
-            shed=self.scaled.shed_rps() if self.scaled is not None else {}))
+        self._record(now, reason, kept=len(t.keep), started=len(t.new), retired=len(t.retire))
         self.transition = t
         for plan in t.new:
             reg.plan_worker(plan)
             self._store.save_placement(plan)
         return self._advance(now)
+
+    def _record(self, now: float, reason: str, *, kept: int, started: int, retired: int, finished: bool = False) -> None:
+        scaled = self.scaled.plan if self.scaled is not None else None
+        self.history.appendleft(ReplanEntry(
+            at=now, reason=reason, policy=self.settings.policy, kept=kept, started=started, retired=retired,
+            scaled=scaled is not None, effective_accuracy=scaled.effective_accuracy if scaled is not None else 0.0,
+            shed=self.scaled.shed_rps() if self.scaled is not None else {}, finished=finished))
 
     def _advance(self, now: float) -> list[tuple[str, object]]:
         t = self.transition

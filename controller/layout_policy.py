@@ -42,7 +42,8 @@ REPLAN_HISTORY = 20
 
 @dataclass(slots=True)
 class ReplanEntry:
-    """A re-plan this manager began (``at`` on its monotonic clock); ``finished`` once the move is done."""
+    """A re-plan this manager made (``at`` on its monotonic clock); ``finished`` once the move is
+    done (at once for one that kept every worker: only the routing split followed the plan)."""
 
     at: float
     reason: str

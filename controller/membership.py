@@ -75,7 +75,7 @@ class Membership:
             if self._layout.settings.policy == "static" or not any(w.in_plan for w in reg.workers.values()):
                 planned = self._initial(agent_id)
             elif joined is Joined.NEW:
-                self._layout.capacity_changed()  # a re-plan puts it to work
+                self._layout.capacity_changed(grew=True)  # a re-plan puts it to work
             # An agent back (or restarted) after its workers were replaced is spare capacity until
             # demand asks for more: moving work back to it would only churn the layout.
         for plan in planned:

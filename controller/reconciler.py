@@ -53,6 +53,13 @@ def _shape(w: PlannedWorker) -> tuple:
     return (w.agent_id, w.partition.device_id, w.partition.kind, size, tuple(sorted(w.variants)))
 
 
+def as_desired(w: PlannedWorker) -> DesiredWorker:
+    """The gpu-let a running worker is, in the plan's terms (for a planner to keep it); its
+    ``batches``: the largest it was started to run."""
+    _, device_id, kind, size, variants = _shape(w)
+    return DesiredWorker(w.agent_id, device_id, kind, size, variants, tuple(sorted(w.batches)))
+
+
 def _desired_shape(d: DesiredWorker) -> tuple:
     return (d.agent_id, d.device_id, d.kind, d.size, tuple(sorted(d.variants)))
 
@@ -144,7 +151,8 @@ def begin(
     for d in sorted(desired, key=_desired_shape):
         # Never two kept workers on one core: a worker started on a leaving worker's cores, in a
         # move superseded before it switched, would share them with it for good.
-        match = next((w for w in remaining if _shape(w) == _desired_shape(d) and not _overlaps(w, keep)), None)
+        match = next((w for w in remaining if _shape(w) == _desired_shape(d) and _batches_fit(w, d)
+                      and not _overlaps(w, keep)), None)
         if match is None:
             todo.append(d)
         else:
@@ -164,6 +172,14 @@ def begin(
         discard=tuple(sorted(w.worker_id for w in remaining if ready is not None and w.worker_id not in ready)),
         rates=plan_rates([*keep, *new], desired),
     )
+
+
+def _batches_fit(worker: PlannedWorker, d: DesiredWorker) -> bool:
+    """Does the worker run batches as large as the plan's? Its start capped them at the plan it
+    was made for; one capped below what the new plan's rates need would carry less than planned
+    (and a re-plan for the misses would keep it again), so it is replaced, not kept."""
+    caps = dict(worker.batches)
+    return all(batch <= caps.get(v, batch) for v, batch in d.batches)
 
 
 def _overlaps(worker: PlannedWorker, kept: Sequence[PlannedWorker]) -> bool:

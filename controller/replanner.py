@@ -23,16 +23,20 @@ from controller.accuracy import (
 )
 from controller.family_demand import variant_floor
 from controller.planning import (
+    Assignment,
     CoLocation,
     Demand,
     DeviceSlot,
+    GpuLet,
     InterferenceModel,
     LatencyModel,
     Plan,
     ProfilePoint,
     ProfileTable,
+    Serving,
     plan,
 )
+from controller.planning.cycle import saturated
 from controller.reconciler import DesiredWorker
 from controller.repository import Variant
 from protocol.types import ColocationSample, DeviceInfo, ProfileSample
@@ -89,8 +93,11 @@ def layout(
     policy: str = "gpulet",
     floor_rps: float = 1.0,
     slowdown: Mapping[tuple[str, str], float] | None = None,
+    current: Sequence[DesiredWorker] = (),
 ) -> Layout | None:
-    """The layout for ``target`` demand; None until every variant has a profile on some device kind."""
+    """The layout for ``target`` demand; None until every variant has a profile on some device kind.
+    ``current``: the gpu-lets serving now, ``batches`` the largest each worker runs; kept as they
+    are when that carries as much on as few devices as a fresh packing (see :func:`plan`)."""
     kinds = {d.kind for devices in agents.values() for d in devices}
     profiled = {(s.variant, s.device_kind) for s in samples}
     if not kinds or any(not any((name, k) in profiled for k in kinds) for name in variants):
@@ -109,19 +116,36 @@ def layout(
     # A GPU whose host runs no MPS daemon cannot enforce a share of it: whole GPUs only (the menu
     # is per device kind, so one such GPU makes every GPU of the fleet whole).
     whole_gpus = any(d.kind == "cuda" and not d.mps for devices in agents.values() for d in devices)
+    slot_of = {place: slot_id for slot_id, place in where.items()}
+    serving = [Serving(slot_of[(d.agent_id, d.device_id)], d.size, d.variants, d.batches) for d in current
+               if (d.agent_id, d.device_id) in slot_of]
+    latency, max_batch = LatencyModel(table, slowdown=slowdown), max(v.max_batch for v in variants.values())
     result = plan(
-        slots, demands, LatencyModel(table, slowdown=slowdown),
+        slots, demands, latency,
         interference=interference_model(colocations, table), policy=policy,
-        max_batch=max(v.max_batch for v in variants.values()),
+        max_batch=max_batch,
         partition_menu={"cuda": (100,)} if whole_gpus else None,
+        current=serving,
     )
     desired = []
     for g in result.gpulets:
         agent_id, device_id = where[g.device_id]
-        batches = tuple(sorted((a.variant, min(a.batch, variants[a.variant].max_batch)) for a in g.assignments))
+        batches = tuple(sorted((a.variant, min(worker_batch(g, a, latency, max_batch, variants[a.variant].default_slo_ms),
+                                               variants[a.variant].max_batch)) for a in g.assignments))
         rates = tuple(sorted((a.variant, a.rate_rps) for a in g.assignments))
         desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches, rates))
     return Layout(result, tuple(desired), planned_for)
+
+
+def worker_batch(g: GpuLet, a: Assignment, latency: LatencyModel, max_batch: int, slo_ms: float) -> int:
+    """The largest batch the worker of ``g`` may run of ``a``'s variant. Beside other variants,
+    the plan's: a bigger one would stretch the round the others wait through. Alone, the largest
+    whose two runs fit the SLO at the predicted slowdown (the plan's own bound on a batch): the
+    plan's batch only carries the rate planned for, and a worker capped at it could take no rise
+    a re-plan would otherwise leave with it (see ``plan(current=...)``)."""
+    if len(g.assignments) > 1:
+        return a.batch
+    return max(a.batch, saturated(latency.curve(a.variant, g.kind, g.size, max_batch), slo_ms, g.predicted_slowdown)[0])
 
 
 @dataclass(frozen=True, slots=True)

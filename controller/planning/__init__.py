@@ -21,6 +21,7 @@ from controller.planning.planner import (
     DeviceSlot,
     GpuLet,
     Plan,
+    Serving,
     max_rate,
     plan,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PlanningError",
     "ProfilePoint",
     "ProfileTable",
+    "Serving",
     "UnknownPolicy",
     "UnknownProfile",
     "latency_features",

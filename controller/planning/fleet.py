@@ -99,6 +99,12 @@ class Fleet:
             found = self._curves[key] = tuple(self.latency.curve(variant, kind, size, self.max_batch))
         return found
 
+    def let_curve(self, variant: str, kind: str, let: Let) -> tuple[float, ...]:
+        """The variant's curve on that gpu-let, cut at the batch it may run there."""
+        curve = self.curve(variant, kind, let.size)
+        cap = let.caps.get(variant, 0)
+        return curve[:cap] if 0 < cap < len(curve) else curve
+
     def solo_rate(self, variant: str, kind: str, size: int, alpha: float = 1.0) -> float:
         """Saturated rate of the variant alone on ``size`` units of ``kind``; 0 when no profile."""
         try:
@@ -160,18 +166,20 @@ class Fleet:
 
     # --- moves ------------------------------------------------------------------------------
 
-    def open(self, device: Device, size: int, variant: str, want: float, *, keep: float, commit: bool = True) -> float:
+    def open(self, device: Device, size: int, variant: str, want: float, *, keep: float, commit: bool = True,
+             cap: int = 0) -> float:
         """A new gpu-let of ``size`` on ``device`` for ``variant``, carrying up to ``want`` rps.
         Returns the rate carried (0.0 when rejected: no fit, memory, or interference costs more
         than ``1 - keep`` of what the new gpu-let would carry alone). ``commit=False`` only
-        reports what the move would carry."""
+        reports what the move would carry. ``cap``: the largest batch it may run there (0: any)."""
         kind = device.slot.kind
         if size > device.free or len(device.lets) >= device.limit or want <= TINY_RPS:
             return 0.0
         if not self._memory_fits(device, self.overhead + self.needs[variant].memory_bytes):
             return 0.0
+        caps = {variant: cap} if cap > 0 else {}
         try:
-            curve = self.curve(variant, kind, size)
+            curve = self.let_curve(variant, kind, Let(self._serial, size, [], caps=caps))
         except UnknownProfile:
             return 0.0
         slo = self.needs[variant].slo_ms
@@ -179,7 +187,7 @@ class Fleet:
         solo = max_single(curve, slo, floor, want)
         if solo <= TINY_RPS:
             return 0.0
-        new = Let(self._serial, size, [Item(variant, solo)], alpha=floor)
+        new = Let(self._serial, size, [Item(variant, solo)], alpha=floor, caps=caps)
         if not self._refit(kind, new):
             return 0.0
         lets = [let.copy() for let in device.lets]
@@ -192,11 +200,14 @@ class Fleet:
         self._commit(device, lets, added_memory=self.overhead + self.needs[variant].memory_bytes)
         return new.items[0].rate if new.items else 0.0
 
-    def share(self, device: Device, let_serial: int, variant: str, want: float, *, keep: float) -> float:
+    def share(self, device: Device, let_serial: int, variant: str, want: float, *, keep: float, cap: int = 0) -> float:
         """Temporal sharing: add ``variant`` to an existing gpu-let (or raise its rate there when it
-        already serves it), carrying up to ``want`` more rps. Returns the extra rate carried."""
+        already serves it), carrying up to ``want`` more rps. Returns the extra rate carried.
+        ``cap``: the largest batch a variant it adds may run there (0: any)."""
         lets = [let.copy() for let in device.lets]
         target = next(let for let in lets if let.serial == let_serial)
+        if cap > 0 and not target.has(variant):
+            target.caps[variant] = cap
         extra = self._room(device, target, variant, want)
         if extra <= TINY_RPS:
             return 0.0
@@ -248,12 +259,12 @@ class Fleet:
         if current is None and not self._memory_fits(device, self.needs[variant].memory_bytes):
             return 0.0
         try:
-            curve = self.curve(variant, kind, let.size)
+            curve = self.let_curve(variant, kind, let)
         except UnknownProfile:
             return 0.0
         others = [i for i in let.items if i.variant != variant]
         slo = min([self.needs[variant].slo_ms, *(self.needs[i.variant].slo_ms for i in others)])
-        existing = [(self.curve(i.variant, kind, let.size), i.rate) for i in others]
+        existing = [(self.let_curve(i.variant, kind, let), i.rate) for i in others]
         base = current or 0.0
         return max(0.0, max_extra(existing, slo, curve, let.alpha, base + want) - base)
 
@@ -285,7 +296,7 @@ class Fleet:
     def _refit(self, kind: str, let: Let, *, allow_loss: bool = True) -> bool:
         """Recompute the cycle of ``let`` at its alpha. If its rates no longer fit, scale them down
         when ``allow_loss`` (the caller accounts for the difference). False when nothing fits."""
-        items = [(self.curve(i.variant, kind, let.size), i.rate) for i in let.items]
+        items = [(self.let_curve(i.variant, kind, let), i.rate) for i in let.items]
         slo = min(self.needs[i.variant].slo_ms for i in let.items)
         fit = fit_cycle(items, slo, let.alpha)
         if fit is None:

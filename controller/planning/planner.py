@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from controller.planning.error import DuplicateDemand, UnknownPolicy
 from controller.planning.fleet import TINY_RPS, Fleet, Need
 from controller.planning.interference import InterferenceModel
-from controller.planning.policy import PACKINGS, POLICIES, STRATEGIES, run_strategy
+from controller.planning.policy import PACKINGS, POLICIES, STRATEGIES, Serving, retain, run_strategy
 from controller.planning.profile import LatencyModel
 
 MAX_BATCH = 32
@@ -136,6 +136,7 @@ def plan(
     worker_overhead_bytes: int = DEFAULT_WORKER_OVERHEAD_BYTES,
     keep: float = 0.85,
     strategies: Sequence[str] | None = None,
+    current: Sequence[Serving] = (),
 ) -> Plan:
     """Plan ``demands`` onto ``devices``. Demand that cannot be carried within its SLO is reported
     in ``Plan.unserved``. ``partition_menu`` maps a device kind to the partition sizes allowed
@@ -145,7 +146,13 @@ def plan(
     would carry alone, after subtracting what its neighbours lose to interference.
     ``strategies``: the candidate packings to try, in order (default: the policy's own, see
     ``STRATEGIES``); the plan that leaves the least demand unserved wins, ties going to fewer
-    devices, fewer gpu-lets, then the earlier candidate."""
+    devices, fewer gpu-lets, then the earlier candidate.
+    ``current``: the gpu-lets serving now, under the "gpulet" policy. One more candidate
+    (strategy "retain") re-creates them, each variant at most at the batch its worker runs, loads
+    them first and packs the rest around them; it wins whenever it leaves no more unserved on no
+    more devices and gpu-lets than the best fresh packing. A re-plan then moves only what it must,
+    instead of restarting workers for a regrouping that carries no more (a fresh greedy packing
+    groups variants differently as their rates move, even when the devices it uses are the same)."""
     if policy not in POLICIES:
         raise UnknownPolicy(f"unknown planning policy {policy!r}; known: {', '.join(POLICIES)}")
     candidates = tuple(strategies) if strategies is not None else STRATEGIES[policy]
@@ -161,9 +168,8 @@ def plan(
         seen.add(d.variant)
     ordered = sorted(demands, key=lambda d: d.variant)
     needs = {d.variant: Need(d.variant, d.slo_ms, d.memory_bytes) for d in ordered}
-    best: tuple[tuple, Plan] | None = None
-    for rank, strategy in enumerate(candidates):
-        rules = PACKINGS[strategy].rules
+
+    def packed(rules: str) -> tuple[Fleet, dict[str, float], dict[str, tuple[int, ...]]]:
         fleet = Fleet(
             devices,
             needs,
@@ -174,7 +180,11 @@ def plan(
             worker_overhead_bytes=worker_overhead_bytes,
         )
         menus = {kind: _menu(kind, fleet.capacity(kind), partition_menu) for kind in fleet.kinds()}
-        remaining = {d.variant: float(d.rate_rps) for d in ordered}
+        return fleet, {d.variant: float(d.rate_rps) for d in ordered}, menus
+
+    best: tuple[tuple, Plan] | None = None
+    for rank, strategy in enumerate(candidates):
+        fleet, remaining, menus = packed(PACKINGS[strategy].rules)
         run_strategy(strategy, fleet, remaining, menus, min_residual_rps=min_residual_rps, keep=keep)
         candidate = _to_plan(fleet, remaining, policy, strategy)
         key = (round(candidate.total_unserved(), 6), candidate.devices_used(), len(candidate.gpulets), rank)
@@ -183,6 +193,13 @@ def plan(
         if key[0] == 0:
             break  # carries everything: later candidates are fallbacks, not refinements
     assert best is not None
+    if current and policy == "gpulet":
+        fleet, remaining, menus = packed("gpulet")
+        retain(fleet, remaining, current, keep)
+        run_strategy("gpulet", fleet, remaining, menus, min_residual_rps=min_residual_rps, keep=keep)
+        kept = _to_plan(fleet, remaining, policy, "retain")
+        if (round(kept.total_unserved(), 6), kept.devices_used(), len(kept.gpulets)) <= best[0][:3]:
+            return kept
     return best[1]
 
 
@@ -264,6 +281,7 @@ __all__ = [
     "DeviceSlot",
     "GpuLet",
     "Plan",
+    "Serving",
     "max_rate",
     "plan",
 ]

@@ -14,10 +14,21 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from controller.planning.fleet import MAX_ATTEMPTS, TINY_RPS, Device, Fleet
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """A gpu-let serving now (see :func:`retain`): its worker runs each variant at most at the
+    batch in ``batches`` (a variant not named there: any)."""
+
+    device_id: str
+    size: int
+    variants: tuple[str, ...]
+    batches: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +306,46 @@ def _gpulet(
                 if remaining[v] <= TINY_RPS:
                     break
     fleet.grow_lone()
+
+
+def retain(fleet: Fleet, remaining: MutableMapping[str, float], lets: Sequence[Serving], keep: float) -> None:
+    """Re-create the gpu-lets serving now and give them the demand of the variants they host:
+    first an even share of each variant's demand per gpu-let hosting it (so every one keeps its
+    variants), then as much of the rest as each takes, each variant at most at the batch its
+    worker runs. What they cannot carry (or variants they do not host) is left in ``remaining``
+    for a packing to place on the free room. Interference and SLO checks are those of any other
+    move, so a gpu-let the model no longer accepts beside its neighbours is not re-created."""
+    by_id = {d.slot.device_id: d for d in fleet.devices}
+    hosted: dict[str, int] = {}
+    for s in lets:
+        for v in set(s.variants):
+            hosted[v] = hosted.get(v, 0) + 1
+    even = {v: remaining.get(v, 0.0) / n for v, n in hosted.items()}
+    made: list[tuple[Device, int, list[str]]] = []
+    for s in sorted(lets, key=lambda s: (s.device_id, -s.size, sorted(s.variants), sorted(s.batches))):
+        device = by_id.get(s.device_id)
+        names = sorted(v for v in set(s.variants) if remaining.get(v, 0.0) > TINY_RPS)
+        if device is None or not names:
+            continue
+        caps = dict(s.batches)
+        serial: int | None = None
+        for v in names:
+            want = min(even[v], remaining[v])
+            if serial is None:
+                before = {let.serial for let in device.lets}
+                carried = fleet.open(device, s.size, v, want, keep=keep, cap=caps.get(v, 0))
+                serial = next((let.serial for let in device.lets if let.serial not in before), None)
+            else:
+                carried = fleet.share(device, serial, v, want, keep=keep, cap=caps.get(v, 0))
+            remaining[v] -= carried
+            _absorb(fleet, remaining)
+        if serial is not None:
+            made.append((device, serial, names))
+    for device, serial, names in made:
+        for v in names:
+            if remaining[v] > TINY_RPS and any(let.serial == serial for let in device.lets):
+                remaining[v] -= fleet.share(device, serial, v, remaining[v], keep=keep)
+                _absorb(fleet, remaining)
 
 
 def _need(ranked: list[tuple[str, int, float]], rate: float) -> float:

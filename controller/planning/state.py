@@ -42,9 +42,12 @@ class Let:
     alpha: float = 1.0
     duty: float = 0.0
     load: float = 1.0  # occupancy: round time / duty cycle
+    # Largest batch per variant, for a gpu-let a running worker is: it was started to run no more.
+    caps: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> Let:
-        return Let(self.serial, self.size, [Item(i.variant, i.rate, i.batch) for i in self.items], self.alpha, self.duty, self.load)
+        return Let(self.serial, self.size, [Item(i.variant, i.rate, i.batch) for i in self.items], self.alpha, self.duty,
+                   self.load, dict(self.caps))
 
     def has(self, variant: str) -> bool:
         return any(i.variant == variant for i in self.items)

@@ -236,6 +236,40 @@ def test_a_steady_load_does_not_change_the_layout(tmp_path) -> None:
     assert len(layouts) == 1
 
 
+def test_a_demand_shift_the_workers_serving_now_carry_restarts_none_of_them(tmp_path) -> None:
+    """cls-large falls from 200 to 50 req/s while cls-small rises from 20 to 50, and back, twice.
+    A fresh packing of each new mix resized the two workers' partitions: a worker restarted at
+    every step for a layout that carries no more. The re-plans are made (the plan follows the
+    demand) and keep the workers."""
+    store = StateStore(tmp_path / "shift.db")
+    store.save_profiles(samples(), [], now=0.0)
+    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=10**6)
+    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
+                                                        memory_bytes=8 << 30),), now=0.0)
+    demand = DemandTracker(half_life_s=2.0, history_s=20.0)
+    m = LayoutManager(LayoutPolicy(replan_period_s=10.0, min_layout_dwell_s=30.0), registry, store, demand,
+                      start_command, generation=1)
+    now, started, planned_for = 0.0, [], []
+    for large, small in ((200, 20), (50, 50), (200, 20), (50, 50)):
+        started.append([])
+        for i in range(240):  # two minutes a step, ticks every 0.5 s, a gateway report every second
+            now += 0.5
+            if i % 2 == 0:
+                demand.observe({"cls-large": large, "cls-small": small}, 1.0, now, source="gw")
+            for _, command in m.tick(now):
+                if isinstance(command, PlannedWorker):
+                    started[-1].append(command.worker_id)
+                    registry.worker_ready(command.worker_id, 1, {command.variants[0]: (1.0,)}, now)
+                elif isinstance(command, StopWorker):
+                    m.worker_stopped(command.worker_id)
+        planned_for.append(m._planned_for["cls-small"])
+    store.close()
+    # The first rise of cls-small may widen a partition; from then on the layout carries both
+    # mixes. (A fresh packing at each step restarted a worker at every one of them, 7 in all.)
+    assert started[0] and len(started[1]) <= 1 and started[2:] == [[], []], f"{m.history}"
+    assert planned_for[1] > planned_for[0] and planned_for[3] > planned_for[2]  # the plans followed the demand
+
+
 # --- losses: two agents, heartbeats that stop -----------------------------------------------------
 
 TWO_CORES = (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=2, memory_bytes=8 << 30),)
@@ -322,6 +356,33 @@ def test_a_lost_agents_workers_are_replaced_at_once_on_the_other_agent(pair) -> 
     agents, workers, _ = registry.status(mesh.now, forget_after_s=300.0)
     assert {a.agent_id: a.alive for a in agents} == {victim: False, other: True}
     assert 0 < {a.agent_id: a.forget_in_s for a in agents}[victim] <= 300.0
+
+
+def test_an_agent_joining_with_a_faster_device_gets_work_the_serving_workers_could_have_kept(tmp_path) -> None:
+    """The CPU workers carry the demand, so a routine re-plan would keep them; a new agent is new
+    capacity (as a device kind measured for the first time is): the plan after it joins packs from
+    scratch and puts its GPU to work."""
+    store = StateStore(tmp_path / "join.db")
+    gpu = [ProfileSample(variant=s.variant, device_kind="cuda", partition=p, batch=s.batch, p50_ms=s.p50_ms / 20,
+                         p99_ms=s.p99_ms / 20, runs=5)
+           for s in samples() if s.partition == 1 for p in (20, 40, 50, 60, 80, 100)]
+    store.save_profiles(samples() + gpu, [], now=0.0)
+    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=10**6)
+    registry.agent_registered("a0", "a0", TWO_CORES, now=0.0, instance="a0")
+    demand = DemandTracker(half_life_s=5.0, history_s=30.0)
+    m = LayoutManager(LayoutPolicy(start_timeout_s=120.0), registry, store, demand, start_command, generation=1)
+    mesh = Mesh(m, registry, demand)
+    mesh.settle()
+    assert set(mesh.serving().values()) == {"a0"}
+    registry.agent_registered("a1", "a1", (DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132,
+                                                      memory_bytes=80 << 30, sm_count=132, mps=True),),
+                              now=mesh.now, instance="a1")
+    m.capacity_changed(grew=True)  # as membership does for an agent that joins with nothing to run
+    mesh.started.clear()
+    mesh.settle()
+    assert any(p.agent_id == "a1" for p in mesh.started)
+    assert "a1" in set(mesh.serving().values())
+    store.close()
 
 
 def test_a_pending_start_on_an_agent_that_is_lost_is_abandoned_at_once(pair) -> None:

@@ -104,3 +104,16 @@ def test_a_move_superseded_while_it_starts_never_keeps_two_workers_on_the_same_c
     held = [c for w in running for c in w.partition.cores]
     assert len(held) == len(set(held)) == 4, [(w.worker_id, w.partition.cores) for w in running]
     assert on_its_cores.worker_id in third.discard  # still starting, not wanted on those cores: stopped
+
+
+def test_a_worker_capped_below_the_batches_the_new_plan_needs_is_replaced_not_kept() -> None:
+    capped = [PlannedWorker("a1.w0", "a1", Partition(device_id="cpu0", kind="cpu", cores=(0,)), ("cnn",), (("cnn", 2),)),
+              worker("a1.w1", (1,), "linear", "mlp")]
+    for smaller in (1, 2):  # a fall: smaller batches than it runs
+        assert begin(capped, [want(1, "cnn", batches=(("cnn", smaller),)), want(1, "linear", "mlp")], CORES,
+                     generation=6, now=0.0) is None
+    # A rise: the plan carries its rate with batches of 4, which this worker was started never to run.
+    t = begin(capped, [want(1, "cnn", batches=(("cnn", 4),)), want(1, "linear", "mlp")], CORES, generation=6, now=0.0)
+    assert t.keep == ("a1.w1",) and t.retire == ("a1.w0",)
+    (new,) = t.new
+    assert new.variants == ("cnn",) and new.batches == (("cnn", 4),)

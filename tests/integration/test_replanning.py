@@ -1,4 +1,5 @@
-"""A real mesh re-partitions on its own when demand moves between two model families."""
+"""A real mesh re-plans on its own when demand moves between two model families, moving only the
+workers it must, and drops no request meanwhile."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def replanning_mesh(tmp_path, digits_repo):
 
 
 @pytest.mark.timeout(300)
-async def test_demand_moving_between_families_repartitions_the_mesh_without_losing_requests(replanning_mesh, digits_repo):
+async def test_demand_moving_between_families_replans_the_mesh_without_losing_requests(replanning_mesh, digits_repo):
     mesh = replanning_mesh
     await asyncio.to_thread(wait_for_profiles, mesh.controller_address, timeout_s=180, say=lambda line: None)
     # The first plan replaces the initial placement once profiles are in.
@@ -93,7 +94,12 @@ async def test_demand_moving_between_families_repartitions_the_mesh_without_losi
         assert statuses <= {200, 503, 504}, (name, statuses)
         steady = attainment(outcomes, after_s=8.0)
         assert steady >= 0.99, f"{name}: SLO attainment {steady:.2%} at steady state"
-    (_, layout_a, _), (_, layout_b, status_b) = phases["digits"], phases["trivial"]
-    assert layout_a != layout_b, f"the layout did not follow the demand: {sorted(layout_a)}"
+    (_, layout_a, status_a), (_, layout_b, status_b) = phases["digits"], phases["trivial"]
+    # The plan follows the demand: a re-plan for the moved demand re-partitions the mesh, or keeps
+    # every worker where the layout serving carries the new mix as well as a fresh packing would
+    # (a re-plan moves only what it must; only the routing split changes then).
+    followed = status_b.replans[:len(status_b.replans) - len(status_a.replans)]
+    assert followed, f"no re-plan followed the demand: {sorted(layout_a)}"
+    assert layout_a != layout_b or all(r.started == 0 and r.retired == 0 for r in followed), (sorted(layout_a), followed)
     assert {m.name for m in status_b.models if m.state == "READY"} == {
         "digits-cnn", "digits-linear", "digits-mlp", "digits-wide", "identity"}

@@ -22,6 +22,7 @@ from controller.planning import (
     Plan,
     ProfilePoint,
     ProfileTable,
+    Serving,
     UnknownPolicy,
     max_rate,
     plan,
@@ -425,3 +426,69 @@ def test_the_worst_neighbour_is_found_even_when_the_first_variant_is_insensitive
     result = plan(devices, demands, latency, interference=interference)
     assert audit(result, devices, demands, latency, interference) == []
     assert [(g.size, g.variants) for g in result.gpulets] == [(100, ("m",)), (100, ("m",))]
+
+
+# --- re-planning around the gpu-lets serving now ---------------------------------------------------
+
+
+def shapes(result: Plan) -> list[tuple[str, int, tuple[str, ...]]]:
+    return sorted((g.device_id, g.size, tuple(sorted(g.variants))) for g in result.gpulets)
+
+
+def serving(result: Plan) -> list[Serving]:
+    return [Serving(g.device_id, g.size, g.variants, tuple((a.variant, a.batch) for a in g.assignments))
+            for g in result.gpulets]
+
+
+def test_a_rise_the_gpulets_serving_now_carry_keeps_them_instead_of_swapping_variants() -> None:
+    devices = cuda(2)
+    before = [Demand("tight", 150.0, 60.0), Demand("small", 40.0, 60.0), Demand("mid", 40.0, 60.0)]
+    after = [Demand("tight", 150.0, 60.0), Demand("small", 80.0, 60.0), Demand("mid", 40.0, 60.0)]
+    now = plan(devices, before, LATENCY, interference=INTERFERENCE)
+    fresh = plan(devices, after, LATENCY, interference=INTERFERENCE)
+    # A fresh packing of the new rates swaps "small" and "mid" between the two GPUs: two workers
+    # restarted for a layout with the same devices and partitions.
+    assert fresh.unserved == {} and shapes(fresh) != shapes(now) and len(fresh.gpulets) == len(now.gpulets)
+    kept = plan(devices, after, LATENCY, interference=INTERFERENCE, current=serving(now))
+    assert shapes(kept) == shapes(now)
+    assert kept.unserved == {} and kept.served() == {d.variant: pytest.approx(d.rate_rps) for d in after}
+    check(kept, devices, after, INTERFERENCE)
+    assert audit(kept, devices, after, LATENCY, INTERFERENCE) == []
+
+
+def test_a_fall_that_frees_a_device_is_not_held_back_by_the_gpulets_serving_now() -> None:
+    devices = [DeviceSlot("c0", "cpu", 4), DeviceSlot("c1", "cpu", 4)]
+    busy = plan(devices, [Demand("big", 100.0, 400.0), Demand("mid", 100.0, 400.0)], LATENCY, interference=INTERFERENCE)
+    assert busy.devices_used() == 2
+    quiet = [Demand("big", 50.0, 400.0), Demand("mid", 50.0, 400.0)]
+    assert plan(devices, quiet, LATENCY, interference=INTERFERENCE).devices_used() == 1
+    replanned = plan(devices, quiet, LATENCY, interference=INTERFERENCE, current=serving(busy))
+    assert replanned.devices_used() == 1 and replanned.unserved == {}
+
+
+def test_gpulets_serving_now_are_kept_only_under_the_gpulet_policy() -> None:
+    devices = cuda(2)
+    demands = [Demand("tight", 150.0, 60.0), Demand("small", 80.0, 60.0), Demand("mid", 40.0, 60.0)]
+    current = [Serving("gpu0", 20, ("tight",)), Serving("gpu0", 80, ("small",)), Serving("gpu1", 100, ("mid",))]
+    for policy in ("temporal", "whole"):
+        assert plan(devices, demands, LATENCY, interference=NONE, policy=policy, current=current) == \
+            plan(devices, demands, LATENCY, interference=NONE, policy=policy)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_a_plan_around_the_gpulets_serving_now_keeps_its_promises_and_carries_no_less(case, rng) -> None:
+    devices, demands, _, interference, min_residual = case
+    options = {"interference": interference, "min_residual_rps": min_residual, "worker_overhead_bytes": GB // 2}
+    earlier = [dataclasses.replace(d, rate_rps=d.rate_rps * rng.choice([0.1, 0.5, 2.0, 5.0])) for d in demands]
+    current = serving(plan(devices, earlier, LATENCY, **options))
+    current += [Serving("gone", 100, ("mid",))]  # a device that left the fleet since
+    fresh = plan(devices, demands, LATENCY, **options)
+    result = plan(devices, demands, LATENCY, current=current, **options)
+    check(result, devices, demands, interference)
+    assert audit(result, devices, demands, LATENCY, interference) == []
+    def cost(p: Plan) -> tuple[float, int, int]:
+        return round(p.total_unserved(), 6), p.devices_used(), len(p.gpulets)
+
+    assert cost(result) <= cost(fresh)  # never less carried, nor more devices for as much
+    assert plan(devices, demands, LATENCY, current=current, **options) == result
