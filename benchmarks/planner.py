@@ -18,8 +18,10 @@ import bisect
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -31,17 +33,23 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.support.report import write_json
+from controller.placement import PlannedWorker
 from controller.planning import (
     CoLocation,
     Demand,
     DeviceSlot,
     InterferenceModel,
     LatencyModel,
+    Plan,
     ProfileTable,
+    Serving,
     max_rate,
     plan,
 )
 from controller.planning.audit import audit
+from controller.planning.planner import MAX_BATCH
+from controller.reconciler import DesiredWorker, begin
+from controller.replanner import worker_batch
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -244,6 +252,59 @@ def gains(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return out
 
 
+CHURN_SIGMA = 0.25  # a re-plan's demand step: each variant's rate times exp(N(0, 0.25))
+CHURN_BAND = (0.15, 0.85)  # each variant's rate stays within this share of the peak level carried
+
+
+def desired_of(result: Plan, latency: LatencyModel, max_batch: int, slo: dict[str, float]) -> list[DesiredWorker]:
+    """The plan's gpu-lets as the controller hands them to the reconciler (one agent per device),
+    each worker's batches as the controller starts it."""
+    return [DesiredWorker(g.device_id, g.device_id, g.kind, g.size, tuple(sorted(g.variants)),
+                          tuple(sorted((a.variant, worker_batch(g, a, latency, max_batch, slo[a.variant])) for a in g.assignments)))
+            for g in result.gpulets]
+
+
+def churn(family: Family, scenario: Scenario, n: int, steps: int, seed: int = 1) -> dict[str, Any]:
+    """Workers restarted per re-plan while each variant's demand wanders (a random walk within
+    ``CHURN_BAND`` of the peak level the planner carries), re-planning every step from scratch
+    ("fresh") or around the workers serving ("retain", what the controller does); the moves are
+    the reconciler's own (``begin``), fed the workers each mode has running."""
+    devices = devices_for(family, n)
+    shape = demands_for(family, scenario)
+    options: dict[str, Any] = {"worker_overhead_bytes": WORKER_OVERHEAD if family.kind == "cuda" else 0}
+    top = max_rate(devices, shape, family.latency, family.interference, levels=scenario.levels, **options)
+    slo = {d.variant: d.slo_ms for d in shape}
+    cores = {(d.device_id, d.device_id): (d.capacity if d.kind == "cpu" else 0) for d in devices}
+    rng = random.Random(seed)
+    level = {d.variant: 0.5 * top for d in shape}
+    walks = []
+    for _ in range(steps):
+        for v in level:
+            level[v] = min(CHURN_BAND[1] * top, max(CHURN_BAND[0] * top, level[v] * math.exp(rng.gauss(0.0, CHURN_SIGMA))))
+        walks.append([dataclasses.replace(d, rate_rps=d.rate_rps * level[d.variant]) for d in shape])
+    out: dict[str, Any] = {"device": family.kind, "scenario": scenario.name, "devices": n, "steps": steps, "peak_level": int(top)}
+    for mode in ("fresh", "retain"):
+        running: list[PlannedWorker] = []
+        restarted, unserved, seconds = [], [], []
+        for generation, demands in enumerate(walks, start=1):
+            current = [Serving(w.partition.device_id, len(w.partition.cores) if w.partition.kind == "cpu" else w.partition.mps_percent,
+                               w.variants, w.batches) for w in running] if mode == "retain" else ()
+            t0 = time.perf_counter()
+            result = plan(devices, demands, family.latency, interference=family.interference, current=current, **options)
+            seconds.append(time.perf_counter() - t0)
+            unserved.append(result.total_unserved() / max(sum(d.rate_rps for d in demands), 1e-9))
+            t = begin(running, desired_of(result, family.latency, MAX_BATCH, slo), cores, generation=generation, now=0.0)
+            if t is None:
+                restarted.append(0)
+                continue
+            if running:
+                restarted.append(len(t.new))
+            running = [w for w in running if w.worker_id in t.keep] + list(t.new)
+        out[mode] = {"restarts_per_replan": statistics.fmean(restarted), "replans_moving_workers": sum(1 for r in restarted if r),
+                     "mean_unserved_share": statistics.fmean(unserved), "median_plan_s": statistics.median(seconds)}
+    return out
+
+
 def scaled_fleet(family: Family, n: int, load: float) -> tuple[list[DeviceSlot], list[Demand], LatencyModel, InterferenceModel]:
     """n GPUs and n/5 variants (the scenario models, renamed copies) at ``load`` × what whole devices carry."""
     base = ["bert", "densenet161", "googlenet", "lenet1", "mnasnet1_0", "mobilenet_v2", "resnet50", "ssd_mobilenetv1", "vgg16"]
@@ -291,6 +352,7 @@ class Options:
     sizes: tuple[int, ...]
     device_counts: tuple[int, ...]
     scenarios: tuple[str, ...]
+    churn_steps: int
     cpu_source: Path
     out: Path
 
@@ -307,12 +369,12 @@ def parse_options(argv: list[str] | None) -> Options:
     source = measure_cpu(HERE / "results" / "cpu") if a.measure_cpu else DATA
     if a.tiny:
         return Options(quick=True, tiny=True, runs=a.runs or 1, sizes=(10,), device_counts=(2,), scenarios=("scen2", "digits-heavy"),
-                       cpu_source=source, out=a.out)
+                       churn_steps=8, cpu_source=source, out=a.out)
     runs = a.runs or (3 if a.quick else 5)
     if runs < 1:
         p.error("--runs must be at least 1")
     return Options(quick=a.quick, tiny=False, runs=runs, sizes=(10, 100, 1000), device_counts=(2, 4), scenarios=names,
-                   cpu_source=source, out=a.out)
+                   churn_steps=30 if a.quick else 60, cpu_source=source, out=a.out)
 
 
 def machine() -> dict[str, Any]:
@@ -330,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in opts.device_counts:
             for policy, on in POLICIES:
                 rows.append(peak(families[scenario.kind], scenario, n, policy, on))
+    moves = [churn(families[scenario.kind], scenario, max(opts.device_counts), opts.churn_steps)
+             for scenario in GPU_SCENARIOS + CPU_SCENARIOS if scenario.name in opts.scenarios]
     timing = [planning_time(families["cuda"], n, opts.runs) for n in opts.sizes]
     # overloaded: no packing carries everything, so every candidate packing runs
     timing.append(planning_time(families["cuda"], max(opts.sizes), opts.runs, load=1.3))
@@ -340,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_rate": rows,
         "gains": {kind: gains(rows, kind) for kind in ("cuda", "cpu")},
         "planning_time": timing,
+        "churn": moves,
     }
     headline = report["gains"]["cuda"]
     largest = max(timing, key=lambda t: t["devices"])
@@ -348,12 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         "gain_vs_whole_device": headline["vs_whole_device"]["mean"],
         "plan_s_1000": next((t["median_s"] for t in timing if t["devices"] == 1000 and t["load"] == 0.6), float("nan")),
         "largest_fleet": largest["devices"],
+        "restarts_fresh": statistics.fmean(m["fresh"]["restarts_per_replan"] for m in moves),
+        "restarts_retain": statistics.fmean(m["retain"]["restarts_per_replan"] for m in moves),
     }
     write_json(opts.out, report)
     print_report(report)
     r = report["result"]
     print(f"RESULT gain_vs_temporal={r['gain_vs_temporal']:.3f} gain_vs_whole_device={r['gain_vs_whole_device']:.3f} "
-          f"plan_s_1000={r['plan_s_1000']:.3f}")
+          f"plan_s_1000={r['plan_s_1000']:.3f} restarts_per_replan_fresh={r['restarts_fresh']:.2f} "
+          f"restarts_per_replan_retain={r['restarts_retain']:.2f}")
     return 0
 
 
@@ -388,6 +456,16 @@ def print_report(report: dict[str, Any]) -> None:
         first = g["first_packing_vs_temporal"]
         print(f"  {kind}: gpu-let with its first packing only / temporal: mean {first['mean']:.3f}, geomean {first['geomean']:.3f}")
         print(f"  {kind}: gpu-let, interference on / off: mean {g['interference_cost']:.3f} (the capacity the model's predicted slowdowns cost)")
+    print("\nre-plan churn: workers restarted per re-plan while each variant's demand wanders "
+          f"(x exp(N(0, {CHURN_SIGMA})) a step, {CHURN_BAND[0]:.0%}-{CHURN_BAND[1]:.0%} of the peak carried)")
+    print(f"  {'device':6s} {'scenario':13s} {'N':>2s} {'steps':>5s}  {'fresh':>6s} {'retain':>6s}  {'moving re-plans':>15s}  "
+          f"{'unserved fresh/retain':>21s}  {'plan ms fresh/retain':>20s}")
+    for m in report["churn"]:
+        f, k = m["fresh"], m["retain"]
+        print(f"  {m['device']:6s} {m['scenario']:13s} {m['devices']:2d} {m['steps']:5d}  {f['restarts_per_replan']:6.2f} "
+              f"{k['restarts_per_replan']:6.2f}  {f['replans_moving_workers']:7d}/{k['replans_moving_workers']:<7d}  "
+              f"{f['mean_unserved_share']:10.4f}/{k['mean_unserved_share']:<10.4f}  "
+              f"{1000 * f['median_plan_s']:9.2f}/{1000 * k['median_plan_s']:<9.2f}")
     print("\nplanning time (gpu-let policy, interference on; load = demand / what whole devices carry)")
     print(f"  {'devices':>7s} {'variants':>8s} {'load':>5s} {'runs':>4s} {'median s':>9s} {'min s':>8s} {'max s':>8s}  strategy")
     for t in report["planning_time"]:
