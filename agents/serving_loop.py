@@ -27,7 +27,7 @@ from mesh.transport import Endpoint, EndpointClosed, Incoming
 from protocol.codec import tensors_from_frames
 from protocol.error import ProtocolError
 from protocol.message import InferReply, InferRequest
-from protocol.types import ReplyStatus
+from protocol.types import ReplyStatus, request_rows, stackable
 
 if TYPE_CHECKING:
     from agents.model_runner import ModelRunner
@@ -88,6 +88,8 @@ class ServingLoop:
     def add(self, name: str, runner: ModelRunner, batching: str, max_batch: int) -> None:
         """Serve ``name``; ValueError for a batching policy the scheduler does not know."""
         self.runners[name] = runner
+        if not stackable(runner.spec.inputs):
+            max_batch = 1  # an input without a batch dimension: each request runs on its own
         self.scheduler.add(name, make_batcher(batching, max_batch=max_batch, latency_s=self.serving_latency(name),
                                               wake_slack_s=_WAKE_SLACK_S))
 
@@ -123,7 +125,8 @@ class ServingLoop:
                                          error=batch_replies.brief(str(exc))))
                 continue
             item = Queued(request_id=msg.request_id, deadline=now + msg.budget_us / 1e6, arrived=now,
-                          payload=(ep, arrays), rows=arrays[0].shape[0] if arrays and arrays[0].ndim else 1)
+                          payload=(ep, arrays),
+                          rows=request_rows(self.runners[msg.variant].spec.inputs, [a.shape for a in arrays]))
             if not self.scheduler.push(msg.variant, item):
                 self.send(ep, InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.OVERLOADED,
                                          error="worker queue is full"))

@@ -44,7 +44,7 @@ from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
 from protocol.codec import tensor_meta, tensors_from_frames
 from protocol.error import ProtocolError
 from protocol.message import Heartbeat, InferReply, InferRequest, RoutingTable, WorkerHello
-from protocol.types import ModelInfo, ReplyStatus
+from protocol.types import ModelInfo, ReplyStatus, request_rows
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,13 @@ MAX_UNROUTED_WORKERS = 1024
 LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
 
 
-def _rows(inputs: dict[str, np.ndarray]) -> int:
-    """The rows (samples) a request brings to a batch: its first input's leading dimension."""
-    first = next(iter(inputs.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
+def _rows(model: ModelInfo | None, inputs: dict[str, np.ndarray]) -> int:
+    """The rows (samples) a request brings to a batch: the batch dimension of its first batched
+    input (1 when none has one, as a worker counts them)."""
+    if model is None:  # not in the table (yet): its first input's leading dimension
+        first = next(iter(inputs.values()), None)
+        return int(first.shape[0]) if first is not None and first.ndim else 1
+    return request_rows(model.inputs, [inputs[s.name].shape if s.name in inputs else () for s in model.inputs])
 
 
 @dataclass(slots=True)
@@ -244,7 +247,7 @@ class Dispatcher:
         now = time.monotonic()
         self.demand.request(variant)
         worker_id = self._choose(variant, exclude=None)
-        rows = _rows(inputs)
+        rows = _rows(self.view.models.get(variant), inputs)
         if self._admission:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), self._inflight.rows(worker_id),

@@ -73,6 +73,27 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
+    @property
+    def batched(self) -> bool:
+        """Is its first dimension the batch (-1: requests stack along it)?"""
+        return len(self.shape) > 0 and self.shape[0] == -1
+
+
+def stackable(inputs: tuple[TensorSpec, ...]) -> bool:
+    """May requests with these inputs run stacked in one batch? Only when every input has a batch
+    dimension: stacked along any other, a model would see a different input than each request's
+    (a softmax over the concatenated vector answers neither)."""
+    return len(inputs) > 0 and all(s.batched for s in inputs)
+
+
+def request_rows(inputs: tuple[TensorSpec, ...], shapes: list[tuple[int, ...]]) -> int:
+    """The rows (samples) a request brings to a batch, ``shapes`` its arrays' in the order of
+    ``inputs``: the batch dimension of its first batched input, 1 when none has one."""
+    for spec, shape in zip(inputs, shapes):
+        if spec.batched and len(shape) > 0:
+            return max(int(shape[0]), 1)
+    return 1
+
 
 @struct
 class TensorMeta:

@@ -269,3 +269,65 @@ async def test_a_long_batch_found_behind_a_hopeless_short_request_computes_off_t
         assert short.threads == [] and long_.threads == [False]  # not on the event loop's thread
     finally:
         await mesh.close()
+
+
+class _Unbatched:
+    inputs = (TensorSpec(name="x", datatype="FP32", shape=(4,)),)  # no batch dimension
+    outputs = (TensorSpec(name="y", datatype="FP32", shape=(4,)),)
+
+
+class SoftmaxModel:
+    """A softmax over its whole input vector: stacked with another request's, it answers neither."""
+
+    spec = _Unbatched()
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, ...]] = []
+
+    def latency_s(self, batch: int) -> float:
+        return 0.001
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(inputs[0].shape)
+        e = np.exp(inputs[0] - inputs[0].max())
+        return [(e / e.sum()).astype(np.float32)]
+
+
+async def test_requests_to_a_model_without_a_batch_dimension_are_never_stacked(ctx, monkeypatch) -> None:
+    """Six requests of a model whose input has no batch dimension wait on the link together. The
+    worker used to count each as 4 rows (its first dimension) and stack them two at a time into
+    one input of 8 (its max batch): the softmax saw someone else's numbers too."""
+    monkeypatch.setattr(transport, "FAIR_SHARE_S", 60.0)
+    serving = ServingLoop()
+    model = SoftmaxModel()
+    serving.add("v", model, "edf", max_batch=8)  # type: ignore[arg-type]
+    gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    link = Endpoint.dealer(ctx, gateway.address, "worker:w")
+    tasks: list[asyncio.Task] = []
+    try:
+        await link.send(WorkerHello(worker_id="w", variants=("v",)))
+        peer = (await asyncio.wait_for(gateway.recv(), 5)).peer
+        tasks.append(asyncio.create_task(serving.serve()))
+        while not serving._idle:
+            await asyncio.sleep(0.01)
+        xs = [np.arange(4, dtype=np.float32) * (i + 1) for i in range(6)]
+        for i, x in enumerate(xs):
+            gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=5_000_000,
+                                             inputs=(tensor_meta("x", x),)), [x], to=peer)
+        await asyncio.sleep(0.3)
+        tasks.append(asyncio.create_task(serving.receive(link)))
+        replies: dict[int, np.ndarray] = {}
+        while len(replies) < 6:
+            got = await asyncio.wait_for(gateway.recv(), 5)
+            assert isinstance(got.msg, InferReply) and got.msg.status is ReplyStatus.OK, got.msg
+            replies[got.msg.request_id] = np.frombuffer(got.buffers[0], np.float32)
+        assert model.batches == [(4,)] * 6
+        for i, x in enumerate(xs):
+            e = np.exp(x - x.max())
+            np.testing.assert_allclose(replies[i], e / e.sum(), rtol=1e-6)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        link.close()
+        gateway.close()
