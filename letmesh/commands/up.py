@@ -7,6 +7,7 @@ milestone, and exits non-zero, stopping the rest, when a role dies.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import signal
 import sys
 import time
@@ -15,17 +16,37 @@ from pathlib import Path
 from mesh.config import load_config
 
 
+class BuildFailed(Exception):
+    """The demo model repository could not be built (the child's exit status in the message)."""
+
+
+def _build_demo(repo: str) -> None:
+    """In a child process: torch and the trained models leave with it, rather than stay in the
+    launcher for as long as the mesh runs (about 600 MB). The launcher decides on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from letmesh.zoo import build_zoo
+
+    build_zoo(Path(repo), progress=lambda line: print(f"  {line}", flush=True))
+
+
 def _ensure_repository(args: argparse.Namespace) -> Path:
     if args.repository:
         return Path(args.repository)
-    from letmesh.zoo import build_zoo
-
     repo = Path(args.state_dir) / "repository"
     if any(repo.glob("*/manifest.json")):  # built before: only checked (and a missing model trained)
         print(f"checking the demo model repository in {repo} ...", flush=True)
     else:
         print(f"building the demo model repository in {repo} (the first run trains the models) ...", flush=True)
-    build_zoo(repo, progress=lambda line: print(f"  {line}", flush=True))
+    child = multiprocessing.get_context("spawn").Process(target=_build_demo, args=(str(repo),), name="letmesh-zoo")
+    child.start()
+    try:
+        child.join()
+    finally:  # interrupted (a signal handler raised): the build stops with the launcher
+        if child.exitcode is None:
+            child.terminate()
+            child.join()
+    if child.exitcode != 0:
+        raise BuildFailed(f"building the demo model repository in {repo} failed (exit status {child.exitcode})")
     return repo
 
 
@@ -100,6 +121,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except RepositoryError as exc:
         print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
         return 2
+    except BuildFailed as exc:
+        print(f"letmesh up: {exc}; nothing was started", file=sys.stderr)
+        return 1
     except _Interrupted as exc:
         print("letmesh up: stopped while preparing the model repository; nothing was started", file=sys.stderr)
         return _stopped_code(exc.signum)
@@ -152,6 +176,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from letmesh.demo import run_demo
 
-    repo = _ensure_repository(args)
+    try:
+        repo = _ensure_repository(args)
+    except BuildFailed as exc:
+        print(f"letmesh demo: {exc}", file=sys.stderr)
+        return 1
     return run_demo(repo, Path(args.state_dir), requests=args.requests, concurrency=args.concurrency,
                     config_path=Path(args.config) if args.config else None)

@@ -5,6 +5,7 @@ with a non-zero exit that names the role and shows its last words."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,6 +69,27 @@ def test_up_says_each_step_serves_and_sigterm_leaves_no_process_behind(tmp_path,
         positions = [out.find(step) for step in steps]
         assert -1 not in positions and positions == sorted(positions), out
         assert http_status(f"http://127.0.0.1:{http_port}/v2/health/ready") == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        finish(proc)
+    wait_until(lambda: not processes_mentioning(str(state.resolve())), timeout_s=10)
+
+
+def test_up_on_the_demo_repository_does_not_keep_torch_loaded_while_the_mesh_runs(tmp_path, digits_repo) -> None:
+    """Checking (or training) the demo models imports torch; done in the launcher itself, that
+    held ~320 MB (~600 MB after training) for as long as the mesh ran. It is done in a child."""
+    state = tmp_path / "state"
+    shutil.copytree(digits_repo, state / "repository")
+    argv = [sys.executable, "-m", "letmesh", "up", "--state-dir", str(state), "--http-port", str(free_port()),
+            "--controller-port", str(free_port()), "--ready-timeout", "120"]
+    with (tmp_path / "stderr").open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ, **QUICK_PROFILING))
+    try:
+        out = read_until_up(proc)
+        assert "digits-cnn (4/4) up to date" in out and "letmesh is up" in out, out
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in maps and "onnxruntime" not in maps
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
