@@ -22,7 +22,7 @@ import zmq
 from agents import batch_replies
 from mesh.batching import Queued, make_batcher
 from mesh.scheduler import GpuletScheduler
-from mesh.slowdown import SlowdownTracker
+from mesh.slowdown import MIN_BATCHES, SlowdownTracker, slowed
 from mesh.transport import Endpoint, EndpointClosed, Incoming
 from protocol.codec import tensors_from_frames
 from protocol.error import ProtocolError
@@ -42,7 +42,7 @@ _OFFLOAD_S = 0.005
 # the event loop's timers fire up to a few milliseconds late on a busy machine.
 _WAKE_SLACK_S = 0.002
 # The slowdown a variant reports to the controller, once this many of its batches were timed.
-SLOWDOWN_MIN_BATCHES = 5
+SLOWDOWN_MIN_BATCHES = MIN_BATCHES
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,7 @@ class ServingLoop:
     def add(self, name: str, runner: ModelRunner, batching: str, max_batch: int) -> None:
         """Serve ``name``; ValueError for a batching policy the scheduler does not know."""
         self.runners[name] = runner
+        self.slowdown.setdefault(name, SlowdownTracker())
         if not stackable(runner.spec.inputs):
             max_batch = 1  # an input without a batch dimension: each request runs on its own
         self.scheduler.add(name, make_batcher(batching, max_batch=max_batch, latency_s=self.serving_latency(name),
@@ -141,16 +142,8 @@ class ServingLoop:
 
     def serving_latency(self, name: str) -> Callable[[int], float]:
         """What the batcher predicts a batch of ``name`` takes: the warm-up curve (the model alone)
-        times the slowdown its served batches show, once timed (never below the curve, at most 4x)."""
-        curve, trackers = self.runners[name].latency_s, self.slowdown
-
-        def latency_s(batch: int) -> float:
-            tracker = trackers.get(name)
-            if tracker is None or tracker.observations < SLOWDOWN_MIN_BATCHES:
-                return curve(batch)
-            return curve(batch) * min(4.0, max(1.0, tracker.estimate().mean))
-
-        return latency_s
+        times the slowdown its served batches show, once timed (``mesh.slowdown.slowed``)."""
+        return slowed(self.runners[name].latency_s, self.slowdown.setdefault(name, SlowdownTracker()))
 
     def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
         arrays = dict(zip((m.name for m in msg.inputs), tensors_from_frames(msg.inputs, buffers)))

@@ -369,7 +369,10 @@ class Setup:
 
 def load_setup(args: argparse.Namespace) -> Setup:
     if getattr(args, "json", None):  # checked first: a long run should not end on a path it cannot write
-        folder = Path(args.json).expanduser().resolve().parent
+        target = Path(args.json).expanduser().resolve()
+        folder = target.parent
+        if target.is_dir():
+            raise CapacityError(f"--json {args.json}: is a folder; name a file to write")
         if not folder.is_dir():
             raise CapacityError(f"--json {args.json}: folder {folder} does not exist")
         if not os.access(folder, os.W_OK):

@@ -38,6 +38,7 @@ from letmesh.arrivals import poisson_arrivals, read_trace
 from letmesh.capacity_inputs import CapacityError, fleet
 from mesh.batching import Batcher, Queued, make_batcher
 from mesh.scheduler import GpuletScheduler
+from mesh.slowdown import SlowdownTracker, slowed
 
 DEADLINE_SLACK_S = 1e-9  # a batch the batcher scheduled to end on its deadline counts as on time
 LISTED_GPULETS = 24  # the report lists every gpu-let up to this many, else the busiest and idlest
@@ -67,8 +68,9 @@ class VariantStats:
         return self.within_slo + self.served_late
 
     @property
-    def attainment(self) -> float:
-        return self.within_slo / self.requests if self.requests else 1.0
+    def attainment(self) -> float | None:
+        """Requests answered within the SLO over requests; None when there was none."""
+        return self.within_slo / self.requests if self.requests else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +110,9 @@ class SimulationResult:
         return sum(v.within_slo for v in self.variants)
 
     @property
-    def attainment(self) -> float:
-        return self.within_slo / self.requests if self.requests else 1.0
+    def attainment(self) -> float | None:
+        """Requests answered within their SLO over all requests; None when there was none."""
+        return self.within_slo / self.requests if self.requests else None
 
     @property
     def goodput_rps(self) -> float:
@@ -144,14 +147,21 @@ class SimulationResult:
 # --- the simulation ------------------------------------------------------------------------------
 
 
+MAX_INTERFERENCE = 100.0  # --interference-actual: slower than this is no co-location but a broken device
+
+
 class _Server:
     """One gpu-let: the worker's scheduler (variants added in name order) and its clock state."""
 
-    __slots__ = ("scheduler", "busy", "busy_s", "batches", "served", "running", "service_s", "started", "token")
+    __slots__ = ("scheduler", "busy", "busy_s", "batches", "served", "running", "service_s", "curve_s", "slowdown",
+                 "started", "token")
 
-    def __init__(self, batchers: list[tuple[int, Batcher]], service_s: dict[int, list[float]]) -> None:
+    def __init__(self, batchers: list[tuple[int, Batcher]], service_s: dict[int, list[float]],
+                 curve_s: dict[int, list[float]], slowdown: dict[int, SlowdownTracker]) -> None:
         self.scheduler: GpuletScheduler[int] = GpuletScheduler(dict(batchers))
         self.service_s = service_s  # variant index -> actual seconds of a batch, indexed by size
+        self.curve_s = curve_s  # variant index -> the curve the batcher starts from, indexed by size
+        self.slowdown = slowdown  # variant index -> what served batches show against that curve
         self.busy = False
         self.running: tuple[int, tuple[Queued, ...]] | None = None
         self.started = 0.0
@@ -192,8 +202,8 @@ def simulate(
     """
     if not window_s > 0:
         raise ValueError("window_s must be positive")
-    if not interference_actual > 0:
-        raise ValueError("interference_actual must be positive")
+    if not (math.isfinite(interference_actual) and interference_actual > 0):
+        raise ValueError("interference_actual must be a positive finite number")
     names = [d.variant for d in demands]
     index = {v: i for i, v in enumerate(names)}
     slo_s = [d.slo_ms / 1000.0 for d in demands]
@@ -201,18 +211,20 @@ def simulate(
     servers: list[_Server] = []
     for gi, g in enumerate(result.gpulets):
         factor = interference_actual if shared[gi] else 1.0
-        batchers, service = [], {}
+        batchers, service, curves, trackers = [], {}, {}, {}
         for a in sorted(g.assignments, key=lambda a: a.variant):
             vi = index.get(a.variant)
             if vi is None:
                 continue
             curve = latency.curve(a.variant, g.kind, g.size, a.batch)
-            predicted = [0.0] + [ms * g.predicted_slowdown / 1000.0 for ms in curve]
+            predicted = curves[vi] = [0.0] + [ms * g.predicted_slowdown / 1000.0 for ms in curve]
             service[vi] = [s * factor for s in predicted]
+            trackers[vi] = SlowdownTracker()
             options = {"max_wait_s": max_wait_s} if batching == "edf" else {}
-            batchers.append((vi, make_batcher(batching, max_batch=a.batch, latency_s=predicted.__getitem__,
+            # As the worker does: the curve, raised by the slowdown its served batches show.
+            batchers.append((vi, make_batcher(batching, max_batch=a.batch, latency_s=slowed(predicted.__getitem__, trackers[vi]),
                                               max_queue=max_queue, **options)))
-        servers.append(_Server(batchers, service))
+        servers.append(_Server(batchers, service, curves, trackers))
     # routing: variant index -> (cumulative weights, server indices)
     routes: list[tuple[list[float], list[int]] | None] = [None] * len(names)
     for variant, weights in result.routing_weights().items():
@@ -270,20 +282,21 @@ def simulate(
                 ok += 1
         within[vi] += ok
         late_served[vi] += len(batch) - ok
+        s.slowdown[vi].observe(s.service_s[vi][len(batch)], s.curve_s[vi][len(batch)])
         s.scheduler.finished(vi, len(batch), ok < len(batch))
 
     rid = 0
     stream = iter(arrivals)
     upcoming = next(stream, None)
     last_t = -math.inf
-    now = 0.0
+    now = end = 0.0  # ``end``: the last arrival or completion (a wake-up no batch followed is neither)
     while upcoming is not None or heap:
         if upcoming is not None and (not heap or upcoming[0] <= heap[0][0]):
             now, vi = upcoming
             upcoming = next(stream, None)
             if now < last_t:
                 raise ValueError(f"arrivals must come in time order ({now} after {last_t})")
-            last_t = now
+            last_t = end = now
             requests[vi] += 1
             route = routes[vi]
             if route is None:
@@ -302,6 +315,7 @@ def simulate(
             now, _, si, token = pop(heap)
             s = servers[si]
             if token < 0:
+                end = now
                 finish(s, now)
                 step(si, s, now)
             elif token == s.token and not s.busy:
@@ -325,7 +339,7 @@ def simulate(
         planned = g.round_ms / g.duty_cycle_ms if g.duty_cycle_ms > 0 else 0.0
         per_gpulet.append(GpuLetStats(gi, g.device_id, g.size, g.variants, s.batches, s.served, s.busy_s, s.busy_s / window_s,
                                       planned, interference_actual if shared[gi] else 1.0))
-    return SimulationResult(window_s, tuple(per_variant), tuple(per_gpulet), p50, p99, interference_actual, now)
+    return SimulationResult(window_s, tuple(per_variant), tuple(per_gpulet), p50, p99, interference_actual, end)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -335,12 +349,17 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _percent(x: float | None) -> str:
+    return "- (no request)" if x is None else f"{100 * x:.2f} %"
+
+
 def format_report(sim: SimulationResult, *, all_gpulets: bool = False) -> str:
     lines = [
         f"simulated {sim.requests:,} requests over {sim.window_s:g} s (queues drained at {sim.end_s:.3f} s)"
         + (f"; co-located gpu-lets ran {sim.interference_actual:g}× slower than predicted" if sim.interference_actual != 1 else ""),
-        f"SLO attainment {100 * sim.attainment:.2f} %   goodput {sim.goodput_rps:,.1f} rps   throughput {sim.throughput_rps:,.1f} rps   "
-        f"dropped {100 * sim.drop_fraction:.2f} %   latency p50 {_ms(sim.p50_ms)} ms  p99 {_ms(sim.p99_ms)} ms",
+        f"SLO attainment {_percent(sim.attainment)}   goodput {sim.goodput_rps:,.1f} rps   throughput {sim.throughput_rps:,.1f} rps   "
+        f"not served {100 * sim.drop_fraction:.2f} % (dropped, rejected or unrouted)   "
+        f"latency p50 {_ms(sim.p50_ms)} ms  p99 {_ms(sim.p99_ms)} ms",
         "",
         f"{'variant':<20} {'slo ms':>7} {'requests':>10} {'in SLO %':>9} {'goodput':>10} {'late':>7} {'dropped':>8} "
         f"{'rejected':>8} {'unrouted':>8} {'p50 ms':>8} {'p99 ms':>8}",
@@ -392,8 +411,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         setup = load_setup(args)
         if args.duration_s is not None and not args.duration_s > 0:
             raise CapacityError("--duration-s must be positive")
-        if not args.interference_actual > 0 or args.max_wait_ms < 0:
-            raise CapacityError("--interference-actual must be positive and --max-wait-ms not negative")
+        if not 0 < args.interference_actual <= MAX_INTERFERENCE or args.max_wait_ms < 0:  # (NaN and inf too)
+            raise CapacityError(f"--interference-actual must be above 0 and at most {MAX_INTERFERENCE:g}, "
+                                "and --max-wait-ms not negative")
+        if args.max_wait_ms > 0 and args.batching != "edf":
+            raise CapacityError(f"--max-wait-ms applies to --batching edf; {args.batching} decides its own waits")
         result, devices, note = _plan_for(setup, args.minimal_fleet)
         demands = list(setup.demands)
         trace_note = ""

@@ -9,9 +9,12 @@ imports only the standard library (no clock, no asyncio, no zmq, no torch).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _MIN_RATIO = 1e-6  # an observed time of 0 (clock granularity) must not become log(0)
+MIN_BATCHES = 5  # timed batches before the slowdown they show is believed (and reported)
+CEILING = 4.0  # the most a batcher's prediction is raised over the curve
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +117,17 @@ def p_deadline_met(budget_s: float, profiled_s: float, est: SlowdownEstimate, qu
         return 1.0 if est.mean <= threshold else 0.0
     p = 0.5 * math.erfc((est.mean - threshold) / (sd * math.sqrt(2.0)))
     return min(1.0, max(0.0, p)) if math.isfinite(p) else 0.0
+
+
+def slowed(curve: Callable[[int], float], tracker: SlowdownTracker) -> Callable[[int], float]:
+    """What a batcher predicts a batch of ``b`` rows takes: ``curve(b)`` (the model alone) times the
+    slowdown ``tracker`` has seen once it has seen ``MIN_BATCHES`` (never below the curve, at most
+    ``CEILING`` times it), so a worker does not start a batch that fits only on the curve and
+    answer it late. The worker and ``letmesh simulate`` predict with this."""
+
+    def latency_s(batch: int) -> float:
+        if tracker.observations < MIN_BATCHES:
+            return curve(batch)
+        return curve(batch) * min(CEILING, max(1.0, tracker.estimate().mean))
+
+    return latency_s

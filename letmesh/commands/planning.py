@@ -54,8 +54,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="arrival window: Poisson length (default 60), or where to cut a trace (default: its last arrival)")
     parser.add_argument("--seed", type=int, default=0, help="seed of arrivals and routing (default 0)")
     parser.add_argument("--interference-actual", type=float, default=1.0, metavar="X",
-                        help="co-located gpu-lets run X times slower than the plan predicts (default 1)")
-    parser.add_argument("--max-wait-ms", type=number(0.0), default=0.0, help="batcher's wait for a fuller batch (workers use 0)")
+                        help="co-located gpu-lets run X times slower than the plan predicts (default 1, at most 100)")
+    parser.add_argument("--max-wait-ms", type=number(0.0), default=0.0,
+                        help="the edf batcher's wait for a fuller batch (workers use 0; the other policies decide their own)")
     parser.add_argument("--batching", choices=BATCHING_POLICIES, default="edf",
                         help="the worker's batching policy: edf (default), proteus, aimd or nexus")
     parser.add_argument("--minimal-fleet", action="store_true", help="plan on the devices-needed fleet instead of the given one")

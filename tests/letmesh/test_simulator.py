@@ -15,6 +15,7 @@ from controller.planning import Assignment, Demand, GpuLet, LatencyModel, Plan, 
 from letmesh.commands.planning import add_simulate_arguments
 from letmesh.arrivals import TraceError, poisson_arrivals, read_trace
 from letmesh.simulator import run_simulate, simulate
+from mesh.slowdown import MIN_BATCHES
 
 # latency of a batch of b: 2 + b ms for "a", 1 + 0.5 b ms for "b" (margin 1: the batcher sees exactly this)
 LAT = {"a": lambda b: 2.0 + b, "b": lambda b: 1.0 + 0.5 * b}
@@ -123,7 +124,30 @@ def test_underestimated_interference_slows_only_colocated_gpulets_and_makes_requ
     a = worse.variants[0]
     assert a.served_late > 0 and worse.attainment < 1.0
     assert worse.gpulets[2].busy_s == pytest.approx(predicted.gpulets[2].busy_s)
-    assert worse.gpulets[0].busy_s == pytest.approx(2 * predicted.gpulets[0].busy_s)
+    # Each batch gpu0 ran took twice its 7.2 ms prediction. As a worker's batcher does, the
+    # simulated one believes the slowdown once MIN_BATCHES were timed: a request it would finish
+    # past its 14 ms SLO is dropped then, not run late (it served all 48 late before).
+    assert worse.gpulets[0].busy_s == pytest.approx(worse.gpulets[0].batches * 2 * 0.0072)
+    assert a.served_late == MIN_BATCHES and a.dropped == a.requests - a.within_slo - MIN_BATCHES > 0
+
+
+def test_the_queues_drain_when_the_last_batch_completes_not_at_a_wake_up_no_batch_followed() -> None:
+    # 32 requests in 0.31 ms: the 8th fills the first batch at 0.07 ms, then four batches of 8 run
+    # back to back (10 ms each). A batcher that waits for a fuller batch leaves wake-ups behind
+    # that no batch follows; the last of them (at 47 ms) was reported as when the queues drained.
+    result = Plan((gpulet("gpu0", ("a", 8, 100.0)),))
+    for batching in ("proteus", "nexus"):
+        sim = simulate(result, [Demand("a", 100.0, 50.0)], latency_model(), [(i * 1e-5, 0) for i in range(32)],
+                       window_s=1.0, batching=batching)
+        assert (sim.gpulets[0].batches, sim.within_slo) == (4, 32)
+        assert sim.end_s == pytest.approx(0.00007 + 4 * 0.010)
+
+
+def test_no_request_is_no_attainment_rather_than_a_perfect_one(tmp_path) -> None:
+    result = Plan((gpulet("gpu0", ("a", 8, 100.0)),))
+    sim = simulate(result, [Demand("a", 100.0, 50.0)], latency_model(), [], window_s=1.0)
+    assert sim.requests == 0 and sim.attainment is None and sim.variants[0].attainment is None
+    assert sim.to_json()["attainment"] is None
 
 
 def test_arrivals_out_of_order_are_refused() -> None:
@@ -267,3 +291,17 @@ def test_simulate_command_needs_an_arrival_source_and_valid_inputs(tmp_path: Pat
     assert "letmesh simulate:" in capsys.readouterr().err
     assert run_simulate(namespace([*base, "--poisson", "--interference-actual", "0"])) == 2
     assert "--interference-actual" in capsys.readouterr().err
+
+
+def test_simulate_refuses_an_infinite_slowdown_and_a_wait_the_policy_ignores(tmp_path: Path, capsys) -> None:
+    paths = write_inputs(tmp_path)
+    base = ["--workload", str(paths["workload"]), "--profiles", str(paths["profiles"]), "--poisson", "--duration-s", "1"]
+    for value in ("inf", "1e308", "nan"):  # inf and 1e308 gave NaN latencies and JSON no parser reads
+        assert run_simulate(namespace([*base, "--interference-actual", value])) == 2
+        assert "--interference-actual must be above 0 and at most 100" in capsys.readouterr().err
+    assert run_simulate(namespace([*base, "--batching", "proteus", "--max-wait-ms", "20"])) == 2
+    assert "--max-wait-ms applies to --batching edf" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    assert run_simulate(namespace([*base, "--json", str(tmp_path / "out")])) == 2  # before the run, not after
+    err = capsys.readouterr()
+    assert "is a folder" in err.err and "simulated" not in err.out
