@@ -49,7 +49,7 @@ from controller.planning import (
 from controller.planning.audit import audit
 from controller.planning.planner import MAX_BATCH
 from controller.reconciler import DesiredWorker, begin
-from controller.replanner import worker_batch
+from controller.replanner import worker_batches
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -256,12 +256,13 @@ CHURN_SIGMA = 0.25  # a re-plan's demand step: each variant's rate times exp(N(0
 CHURN_BAND = (0.15, 0.85)  # each variant's rate stays within this share of the peak level carried
 
 
-def desired_of(result: Plan, latency: LatencyModel, max_batch: int, slo: dict[str, float]) -> list[DesiredWorker]:
+def desired_of(result: Plan, latency: LatencyModel, interference: InterferenceModel, max_batch: int,
+               slo: dict[str, float]) -> list[DesiredWorker]:
     """The plan's gpu-lets as the controller hands them to the reconciler (one agent per device),
     each worker's batches as the controller starts it."""
-    return [DesiredWorker(g.device_id, g.device_id, g.kind, g.size, tuple(sorted(g.variants)),
-                          tuple(sorted((a.variant, worker_batch(g, a, latency, max_batch, slo[a.variant])) for a in g.assignments)))
-            for g in result.gpulets]
+    return [DesiredWorker(g.device_id, g.device_id, g.kind, g.size, tuple(sorted(g.variants)), tuple(sorted(caps.items())),
+                          need=tuple(sorted((a.variant, a.batch) for a in g.assignments)))
+            for g, caps in zip(result.gpulets, worker_batches(result, latency, interference, max_batch, slo), strict=True)]
 
 
 def churn(family: Family, scenario: Scenario, n: int, steps: int, seed: int = 1) -> dict[str, Any]:
@@ -293,7 +294,8 @@ def churn(family: Family, scenario: Scenario, n: int, steps: int, seed: int = 1)
             result = plan(devices, demands, family.latency, interference=family.interference, current=current, **options)
             seconds.append(time.perf_counter() - t0)
             unserved.append(result.total_unserved() / max(sum(d.rate_rps for d in demands), 1e-9))
-            t = begin(running, desired_of(result, family.latency, MAX_BATCH, slo), cores, generation=generation, now=0.0)
+            t = begin(running, desired_of(result, family.latency, family.interference, MAX_BATCH, slo), cores,
+                      generation=generation, now=0.0)
             if t is None:
                 restarted.append(0)
                 continue

@@ -32,6 +32,9 @@ class DesiredWorker:
     # The request rate per variant the plan routes to this gpu-let; not part of its shape, so a
     # plan that only moves load between replicas changes routing weights, not workers.
     rates: tuple[tuple[str, float], ...] = ()
+    # The batch per variant the plan's rates need (``batches`` may allow more: see
+    # ``replanner.worker_batch``); a worker capped at no less carries them. Empty: ``batches``.
+    need: tuple[tuple[str, int], ...] = ()
 
 
 class Phase(enum.Enum):
@@ -148,11 +151,15 @@ def begin(
     remaining = list(current)
     keep: list[PlannedWorker] = []
     todo: list[DesiredWorker] = []
-    for d in sorted(desired, key=_desired_shape):
+    # Among gpu-lets of one shape, those needing the largest batches choose first, each taking the
+    # least capped worker that runs them: first come, a small need could take the only worker a
+    # larger one fits.
+    for d in sorted(desired, key=lambda d: (_desired_shape(d), sorted((-b for _, b in d.need or d.batches)))):
         # Never two kept workers on one core: a worker started on a leaving worker's cores, in a
         # move superseded before it switched, would share them with it for good.
-        match = next((w for w in remaining if _shape(w) == _desired_shape(d) and _batches_fit(w, d)
-                      and not _overlaps(w, keep)), None)
+        fits = [(i, w) for i, w in enumerate(remaining) if _shape(w) == _desired_shape(d) and _batches_fit(w, d)
+                and not _overlaps(w, keep)]
+        match = min(fits, key=lambda f: (_cap_total(f[1]), f[0]), default=(0, None))[1]
         if match is None:
             todo.append(d)
         else:
@@ -175,11 +182,15 @@ def begin(
 
 
 def _batches_fit(worker: PlannedWorker, d: DesiredWorker) -> bool:
-    """Does the worker run batches as large as the plan's? Its start capped them at the plan it
-    was made for; one capped below what the new plan's rates need would carry less than planned
-    (and a re-plan for the misses would keep it again), so it is replaced, not kept."""
+    """Does the worker run batches as large as the plan's rates need? Its start capped them; one
+    capped below that would carry less than planned (and a re-plan for the misses would keep it
+    again), so it is replaced, not kept."""
     caps = dict(worker.batches)
-    return all(batch <= caps.get(v, batch) for v, batch in d.batches)
+    return all(batch <= caps.get(v, batch) for v, batch in d.need or d.batches)
+
+
+def _cap_total(worker: PlannedWorker) -> float:
+    return sum(b for _, b in worker.batches) if worker.batches else float("inf")
 
 
 def _overlaps(worker: PlannedWorker, kept: Sequence[PlannedWorker]) -> bool:

@@ -8,6 +8,7 @@ has a worker to answer its next request.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,11 +24,9 @@ from controller.accuracy import (
 )
 from controller.family_demand import variant_floor
 from controller.planning import (
-    Assignment,
     CoLocation,
     Demand,
     DeviceSlot,
-    GpuLet,
     InterferenceModel,
     LatencyModel,
     Plan,
@@ -36,6 +35,7 @@ from controller.planning import (
     Serving,
     plan,
 )
+from controller.planning.audit import gpulet_slowdown
 from controller.planning.cycle import saturated
 from controller.reconciler import DesiredWorker
 from controller.repository import Variant
@@ -120,32 +120,57 @@ def layout(
     serving = [Serving(slot_of[(d.agent_id, d.device_id)], d.size, d.variants, d.batches) for d in current
                if (d.agent_id, d.device_id) in slot_of]
     latency, max_batch = LatencyModel(table, slowdown=slowdown), max(v.max_batch for v in variants.values())
+    interference = interference_model(colocations, table)
     result = plan(
         slots, demands, latency,
-        interference=interference_model(colocations, table), policy=policy,
+        interference=interference, policy=policy,
         max_batch=max_batch,
         partition_menu={"cuda": (100,)} if whole_gpus else None,
         current=serving,
     )
     desired = []
-    for g in result.gpulets:
+    slo = {name: v.default_slo_ms for name, v in variants.items()}
+    for g, caps in zip(result.gpulets, worker_batches(result, latency, interference, max_batch, slo), strict=True):
         agent_id, device_id = where[g.device_id]
-        batches = tuple(sorted((a.variant, min(worker_batch(g, a, latency, max_batch, variants[a.variant].default_slo_ms),
-                                               variants[a.variant].max_batch)) for a in g.assignments))
+        batches = tuple(sorted((v, min(b, variants[v].max_batch)) for v, b in caps.items()))
+        need = tuple(sorted((a.variant, min(a.batch, variants[a.variant].max_batch)) for a in g.assignments))
         rates = tuple(sorted((a.variant, a.rate_rps) for a in g.assignments))
-        desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches, rates))
+        desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches, rates,
+                                     need))
     return Layout(result, tuple(desired), planned_for)
 
 
-def worker_batch(g: GpuLet, a: Assignment, latency: LatencyModel, max_batch: int, slo_ms: float) -> int:
-    """The largest batch the worker of ``g`` may run of ``a``'s variant. Beside other variants,
-    the plan's: a bigger one would stretch the round the others wait through. Alone, the largest
-    whose two runs fit the SLO at the predicted slowdown (the plan's own bound on a batch): the
-    plan's batch only carries the rate planned for, and a worker capped at it could take no rise
-    a re-plan would otherwise leave with it (see ``plan(current=...)``)."""
-    if len(g.assignments) > 1:
-        return a.batch
-    return max(a.batch, saturated(latency.curve(a.variant, g.kind, g.size, max_batch), slo_ms, g.predicted_slowdown)[0])
+def worker_batches(result: Plan, latency: LatencyModel, interference: InterferenceModel, max_batch: int,
+                   slo_ms: Mapping[str, float]) -> list[dict[str, int]]:
+    """Per gpu-let of ``result``, the largest batch its worker may run of each variant. Beside
+    other variants, the plan's: a bigger one would stretch the round the others wait through.
+    Alone, the largest whose two runs fit the SLO at the predicted slowdown (the plan's own bound
+    on a batch) and that raises no neighbour on its device past the slowdown the plan predicted
+    for it (the interference model's, as ``audit`` recomputes it): the plan's batch only carries
+    the rate planned for, and a worker capped at it could take no rise that a re-plan would
+    otherwise leave with it (see ``plan(current=...)``)."""
+    on_device: dict[str, list[int]] = {}
+    for i, g in enumerate(result.gpulets):
+        on_device.setdefault(g.device_id, []).append(i)
+    out = []
+    for i, g in enumerate(result.gpulets):
+        caps = {a.variant: a.batch for a in g.assignments}
+        out.append(caps)
+        if len(g.assignments) != 1:
+            continue
+        (a,) = g.assignments
+        top = saturated(latency.curve(a.variant, g.kind, g.size, max_batch), slo_ms[a.variant], g.predicted_slowdown)[0]
+        local = [result.gpulets[j] for j in on_device[g.device_id]]
+        me = on_device[g.device_id].index(i)
+        for b in range(a.batch + 1, top + 1):
+            trial = list(local)
+            trial[me] = dataclasses.replace(g, assignments=(dataclasses.replace(a, batch=b),))
+            device = Plan(tuple(trial))
+            if any(gpulet_slowdown(device, j, interference) > local[j].predicted_slowdown * (1 + 1e-9)
+                   for j in range(len(local)) if j != me):
+                break
+            caps[a.variant] = b
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,9 @@ class Fleet:
             Device(i, slot, split_limit(slot.kind, slot.capacity)) for i, slot in enumerate(sorted(devices, key=lambda d: d.device_id))
         ]
         self.lost: dict[str, float] = {}
+        # (device index, serial) of gpu-lets kept as a worker runs them (see policy.retain): their
+        # size and variants stay; only their rates may change.
+        self.frozen: set[tuple[int, int]] = set()
         self.reserve = False  # size new gpu-lets for the worst plausible neighbour up front
         self._serial = 0
         self._curves: dict[tuple[str, str, int], tuple[float, ...]] = {}
@@ -230,7 +233,7 @@ class Fleet:
         """Merge a residue into the variant's own gpu-let when it is alone on its device: the
         gpu-let takes the rest of the device (no neighbour, so no interference) and up to ``want``
         more rps of ``variant``. Returns the extra rate carried."""
-        if len(device.lets) != 1 or device.free <= 0 or want <= TINY_RPS:
+        if len(device.lets) != 1 or device.free <= 0 or want <= TINY_RPS or (device.index, device.lets[0].serial) in self.frozen:
             return 0.0
         kind = device.slot.kind
         wider = device.lets[0].copy()
@@ -272,7 +275,7 @@ class Fleet:
         """Give a gpu-let alone on its device the rest of the device when that is no slower for any
         variant it serves (more headroom; nothing else can use those units after planning)."""
         for d in self.devices:
-            if len(d.lets) != 1 or d.free <= 0:
+            if len(d.lets) != 1 or d.free <= 0 or (d.index, d.lets[0].serial) in self.frozen:
                 continue
             let = d.lets[0]
             kind = d.slot.kind

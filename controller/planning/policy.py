@@ -238,7 +238,7 @@ def share_into(fleet: Fleet, variant: str, kind: str, want: float, keep: float) 
     limit = fleet.max_models
     for device, let in fleet.open_lets(kind):
         mine = let.has(variant)
-        if mine or len(let.items) < limit:
+        if mine or (len(let.items) < limit and (device.index, let.serial) not in fleet.frozen):
             candidates.append((not mine, -let.load, device.index, let.serial))
     candidates.sort()
     carried_total = 0.0
@@ -321,7 +321,7 @@ def retain(fleet: Fleet, remaining: MutableMapping[str, float], lets: Sequence[S
         for v in set(s.variants):
             hosted[v] = hosted.get(v, 0) + 1
     even = {v: remaining.get(v, 0.0) / n for v, n in hosted.items()}
-    made: list[tuple[Device, int, list[str]]] = []
+    made: list[tuple[Device, int, list[str], dict[str, int]]] = []
     for s in sorted(lets, key=lambda s: (s.device_id, -s.size, sorted(s.variants), sorted(s.batches))):
         device = by_id.get(s.device_id)
         names = sorted(v for v in set(s.variants) if remaining.get(v, 0.0) > TINY_RPS)
@@ -340,12 +340,15 @@ def retain(fleet: Fleet, remaining: MutableMapping[str, float], lets: Sequence[S
             remaining[v] -= carried
             _absorb(fleet, remaining)
         if serial is not None:
-            made.append((device, serial, names))
-    for device, serial, names in made:
+            made.append((device, serial, names, caps))
+    for device, serial, names, caps in made:
         for v in names:
             if remaining[v] > TINY_RPS and any(let.serial == serial for let in device.lets):
-                remaining[v] -= fleet.share(device, serial, v, remaining[v], keep=keep)
+                remaining[v] -= fleet.share(device, serial, v, remaining[v], keep=keep, cap=caps.get(v, 0))
                 _absorb(fleet, remaining)
+    # What the packing does next must not change them: a variant folded into one, or one widened
+    # into its device, is a new shape, and its worker would be restarted after all.
+    fleet.frozen.update((device.index, serial) for device, serial, _, _ in made)
 
 
 def _need(ranked: list[tuple[str, int, float]], rate: float) -> float:

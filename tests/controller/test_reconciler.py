@@ -117,3 +117,29 @@ def test_a_worker_capped_below_the_batches_the_new_plan_needs_is_replaced_not_ke
     assert t.keep == ("a1.w1",) and t.retire == ("a1.w0",)
     (new,) = t.new
     assert new.variants == ("cnn",) and new.batches == (("cnn", 4),)
+
+
+def test_a_worker_whose_cap_covers_what_the_plan_needs_is_kept_whatever_cap_a_new_one_would_get() -> None:
+    # The plan needs batches of 3; a worker started now would be allowed 22 (the SLO's bound at a
+    # lower slowdown). The running one, allowed 11, carries the plan: kept, not restarted for 22.
+    running = [PlannedWorker("a1.w0", "a1", Partition(device_id="cpu0", kind="cpu", cores=(0,)), ("cnn",), (("cnn", 11),)),
+               worker("a1.w1", (1,), "linear", "mlp")]
+    desired = [DesiredWorker("a1", "cpu0", "cpu", 1, ("cnn",), (("cnn", 22),), need=(("cnn", 3),)), want(1, "linear", "mlp")]
+    assert begin(running, desired, CORES, generation=7, now=0.0) is None
+    short = [DesiredWorker("a1", "cpu0", "cpu", 1, ("cnn",), (("cnn", 22),), need=(("cnn", 12),)), want(1, "linear", "mlp")]
+    t = begin(running, short, CORES, generation=7, now=0.0)
+    assert t.retire == ("a1.w0",) and t.new[0].batches == (("cnn", 22),)
+
+
+def test_replicas_of_one_shape_go_to_the_gpulets_whose_batches_they_run() -> None:
+    # Two replicas, one allowed batches of 8 and one of 2; the plan wants one needing 2 and one
+    # needing 6. First come, first served gave the roomy worker to the small need and restarted
+    # the other; both fit when the larger need chooses first.
+    cores = {("a1", "cpu0"): 4}
+    roomy = PlannedWorker("a1.w0", "a1", Partition(device_id="cpu0", kind="cpu", cores=(0, 1)), ("mid", "small"),
+                          (("mid", 8), ("small", 8)))
+    tight = PlannedWorker("a1.w1", "a1", Partition(device_id="cpu0", kind="cpu", cores=(2, 3)), ("mid", "small"),
+                          (("mid", 2), ("small", 2)))
+    desired = [want(2, "mid", "small", batches=(("mid", 2), ("small", 2))),
+               want(2, "mid", "small", batches=(("mid", 6), ("small", 6)))]
+    assert begin([roomy, tight], desired, cores, generation=8, now=0.0) is None

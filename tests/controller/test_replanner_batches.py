@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.planning import Demand, DeviceSlot, InterferenceModel, LatencyModel, Serving, plan
+from controller.planning import Assignment, Demand, DeviceSlot, GpuLet, InterferenceModel, LatencyModel, Plan, Serving, plan
 from controller.planning.cycle import saturated
-from controller.replanner import layout, profile_table
+from controller.replanner import layout, profile_table, worker_batches
 from controller.repository import Variant
 from protocol.types import DeviceInfo, ProfileSample
 
@@ -70,3 +70,22 @@ def test_a_replan_never_counts_on_a_running_worker_batching_more_than_it_was_sta
     moved = plan(devices, rise, latency, interference=InterferenceModel.none(), current=[capped])
     assert moved.strategy != "retain" and moved.unserved == {}
     assert max(a.batch for g in moved.gpulets for a in g.assignments) > 1
+
+
+def test_a_worker_beside_another_gpulet_batches_no_more_than_keeps_the_neighbour_within_its_slowdown() -> None:
+    # A neighbour is slowed by 1 + 0.5 x (the other's batch / 32). "tiny" was planned at the
+    # slowdown "big" at batch 2 causes: "big" may not batch more. With room in the neighbour's
+    # prediction (planned for "big" at 8), it may batch up to 8, and never past the SLO's bound.
+    latency = LatencyModel(profile_table(samples()))
+    interference = InterferenceModel({"cpu": (1.0, 0.0, 0.5)}, lambda kind, v, p, b: (b / 32,))
+    slo = {"big": SLO_MS, "tiny": SLO_MS}
+
+    def device(tiny_planned_beside: int) -> Plan:
+        return Plan((GpuLet("cpu0", "cpu", 2, (Assignment("big", 2, 50.0, 20.0),), 100.0, 1 + 0.5 / 32),
+                     GpuLet("cpu0", "cpu", 2, (Assignment("tiny", 1, 10.0, 1.0),), 100.0, 1 + 0.5 * tiny_planned_beside / 32)))
+
+    assert worker_batches(device(2), latency, interference, 32, slo)[0] == {"big": 2}
+    assert worker_batches(device(8), latency, interference, 32, slo)[0] == {"big": 8}
+    alone = Plan((GpuLet("cpu0", "cpu", 2, (Assignment("big", 2, 50.0, 20.0),), 100.0, 1.0),))
+    top = saturated(latency.curve("big", "cpu", 2, 32), SLO_MS, 1.0)[0]
+    assert 8 < top and worker_batches(alone, latency, interference, 32, slo)[0] == {"big": top}

@@ -491,4 +491,10 @@ def test_a_plan_around_the_gpulets_serving_now_keeps_its_promises_and_carries_no
         return round(p.total_unserved(), 6), p.devices_used(), len(p.gpulets)
 
     assert cost(result) <= cost(fresh)  # never less carried, nor more devices for as much
+    if result.strategy == "retain":  # a kept gpu-let never plans past the batch its worker runs
+        caps = {(s.device_id, s.size, tuple(sorted(s.variants))): dict(s.batches) for s in current}
+        for g in result.gpulets:
+            cap = caps.get((g.device_id, g.size, tuple(sorted(g.variants))))
+            if cap is not None and len(g.variants) > 1:
+                assert all(a.batch <= cap.get(a.variant, a.batch) for a in g.assignments), (g, cap)
     assert plan(devices, demands, LATENCY, current=current, **options) == result
