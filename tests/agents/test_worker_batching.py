@@ -38,15 +38,10 @@ class RecordingModel:
         return [inputs[0] * 2]
 
 
-async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx, monkeypatch) -> None:
-    """Six requests reach an idle worker as six messages before it reads any: it reads them all,
-    then runs them together. Run as each is read, they would cost six batches of one."""
-    # A receive loop lets other tasks run after 2 ms of reading a backlog (tested in
-    # tests/mesh/test_transport.py): on a busy host six reads can take that long, and the
-    # serving loop would run the four read so far. Not what this test is about.
-    monkeypatch.setattr(transport, "FAIR_SHARE_S", 60.0)
+async def backlog(ctx, model, xs: list[np.ndarray]) -> list[tuple[InferReply, bytes]]:
+    """Send ``xs`` to an idle worker serving ``model`` as "v" (max batch 8), one message each, all
+    waiting on its socket before it reads any; the replies in request order."""
     serving = ServingLoop()
-    model = RecordingModel()
     serving.add("v", model, "edf", max_batch=8)  # type: ignore[arg-type]
     gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")
     link = Endpoint.dealer(ctx, gateway.address, "worker:w")
@@ -57,21 +52,17 @@ async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx,
         tasks.append(asyncio.create_task(serving.serve()))
         while not serving._idle:  # asleep with nothing queued
             await asyncio.sleep(0.01)
-        xs = [np.full((1, 4), i, np.float32) for i in range(6)]
         for i, x in enumerate(xs):  # one message each, not a bundle
             gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=5_000_000,
                                              inputs=(tensor_meta("x", x),)), [x], to=peer)
-        await asyncio.sleep(0.3)  # all six on the worker's socket before it reads
+        await asyncio.sleep(0.3)  # all on the worker's socket before it reads
         tasks.append(asyncio.create_task(serving.receive(link)))
-        replies: dict[int, np.ndarray] = {}
-        while len(replies) < 6:
+        replies: dict[int, tuple[InferReply, bytes]] = {}
+        while len(replies) < len(xs):
             got = await asyncio.wait_for(gateway.recv(), 5)
-            assert isinstance(got.msg, InferReply) and got.msg.status is ReplyStatus.OK
-            replies[got.msg.request_id] = np.frombuffer(got.buffers[0], np.float32).reshape(1, 4)
-            assert got.msg.batch_size == 6
-        assert model.batches == [6]
-        for i, x in enumerate(xs):  # each answer is its own request's
-            np.testing.assert_array_equal(replies[i], x * 2)
+            assert isinstance(got.msg, InferReply)
+            replies[got.msg.request_id] = (got.msg, bytes(got.buffers[0]) if got.buffers else b"")
+        return [replies[i] for i in range(len(xs))]
     finally:
         for task in tasks:
             task.cancel()
@@ -79,6 +70,24 @@ async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx,
         link.close()
         gateway.close()
         serving.close()
+
+
+async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx, monkeypatch) -> None:
+    """Six requests reach an idle worker as six messages before it reads any: it reads them all,
+    then runs them together. Run as each is read, they would cost six batches of one."""
+    # A receive loop lets other tasks run after 2 ms of reading a backlog (tested in
+    # tests/mesh/test_transport.py): on a busy host six reads can take that long, and the
+    # serving loop would run the four read so far. Not what this test is about.
+    monkeypatch.setattr(transport, "FAIR_SHARE_S", 60.0)
+    model = RecordingModel()
+    xs = [np.full((1, 4), i, np.float32) for i in range(6)]
+    replies = await backlog(ctx, model, xs)
+    for reply, _ in replies:
+        assert reply.status is ReplyStatus.OK
+        assert reply.batch_size == 6
+    assert model.batches == [6]
+    for (_, data), x in zip(replies, xs, strict=True):  # each answer is its own request's
+        np.testing.assert_array_equal(np.frombuffer(data, np.float32).reshape(1, 4), x * 2)
 
 
 def test_the_batcher_predicts_at_the_speed_served_batches_show() -> None:
@@ -298,36 +307,11 @@ async def test_requests_to_a_model_without_a_batch_dimension_are_never_stacked(c
     worker used to count each as 4 rows (its first dimension) and stack them two at a time into
     one input of 8 (its max batch): the softmax saw someone else's numbers too."""
     monkeypatch.setattr(transport, "FAIR_SHARE_S", 60.0)
-    serving = ServingLoop()
     model = SoftmaxModel()
-    serving.add("v", model, "edf", max_batch=8)  # type: ignore[arg-type]
-    gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")
-    link = Endpoint.dealer(ctx, gateway.address, "worker:w")
-    tasks: list[asyncio.Task] = []
-    try:
-        await link.send(WorkerHello(worker_id="w", variants=("v",)))
-        peer = (await asyncio.wait_for(gateway.recv(), 5)).peer
-        tasks.append(asyncio.create_task(serving.serve()))
-        while not serving._idle:
-            await asyncio.sleep(0.01)
-        xs = [np.arange(4, dtype=np.float32) * (i + 1) for i in range(6)]
-        for i, x in enumerate(xs):
-            gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=5_000_000,
-                                             inputs=(tensor_meta("x", x),)), [x], to=peer)
-        await asyncio.sleep(0.3)
-        tasks.append(asyncio.create_task(serving.receive(link)))
-        replies: dict[int, np.ndarray] = {}
-        while len(replies) < 6:
-            got = await asyncio.wait_for(gateway.recv(), 5)
-            assert isinstance(got.msg, InferReply) and got.msg.status is ReplyStatus.OK, got.msg
-            replies[got.msg.request_id] = np.frombuffer(got.buffers[0], np.float32)
-        assert model.batches == [(4,)] * 6
-        for i, x in enumerate(xs):
-            e = np.exp(x - x.max())
-            np.testing.assert_allclose(replies[i], e / e.sum(), rtol=1e-6)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        link.close()
-        gateway.close()
+    xs = [np.arange(4, dtype=np.float32) * (i + 1) for i in range(6)]
+    replies = await backlog(ctx, model, xs)
+    assert all(reply.status is ReplyStatus.OK for reply, _ in replies), replies
+    assert model.batches == [(4,)] * 6
+    for (_, data), x in zip(replies, xs, strict=True):
+        e = np.exp(x - x.max())
+        np.testing.assert_allclose(np.frombuffer(data, np.float32), e / e.sum(), rtol=1e-6)

@@ -236,19 +236,17 @@ def test_a_steady_load_does_not_change_the_layout(tmp_path) -> None:
     assert len(layouts) == 1
 
 
-def test_a_demand_shift_the_workers_serving_now_carry_restarts_none_of_them(tmp_path) -> None:
+@pytest.fixture
+def shifting_manager(tmp_path):
+    yield from make_manager(tmp_path, half_life_s=2.0, history_s=20.0)
+
+
+def test_a_demand_shift_the_workers_serving_now_carry_restarts_none_of_them(shifting_manager) -> None:
     """cls-large falls from 200 to 50 req/s while cls-small rises from 20 to 50, and back, twice.
     A fresh packing of each new mix resized the two workers' partitions: a worker restarted at
     every step for a layout that carries no more. The re-plans are made (the plan follows the
     demand) and keep the workers."""
-    store = StateStore(tmp_path / "shift.db")
-    store.save_profiles(samples(), [], now=0.0)
-    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=10**6)
-    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
-                                                        memory_bytes=8 << 30),), now=0.0)
-    demand = DemandTracker(half_life_s=2.0, history_s=20.0)
-    m = LayoutManager(LayoutPolicy(replan_period_s=10.0, min_layout_dwell_s=30.0), registry, store, demand,
-                      start_command, generation=1)
+    m, demand, registry = shifting_manager
     now, started, planned_for = 0.0, [], []
     for large, small in ((200, 20), (50, 50), (200, 20), (50, 50)):
         started.append([])
@@ -263,7 +261,6 @@ def test_a_demand_shift_the_workers_serving_now_carry_restarts_none_of_them(tmp_
                 elif isinstance(command, StopWorker):
                     m.worker_stopped(command.worker_id)
         planned_for.append(m._planned_for["cls-small"])
-    store.close()
     # The first rise of cls-small may widen a partition; from then on the layout carries both
     # mixes. (A fresh packing at each step restarted a worker at every one of them, 7 in all.)
     assert started[0] and len(started[1]) <= 1 and started[2:] == [[], []], f"{m.history}"
