@@ -18,10 +18,8 @@ import bisect
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -32,24 +30,19 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.support.churn import CHURN_BAND, CHURN_SIGMA, replan_churn
 from benchmarks.support.report import write_json
-from controller.placement import PlannedWorker
 from controller.planning import (
     CoLocation,
     Demand,
     DeviceSlot,
     InterferenceModel,
     LatencyModel,
-    Plan,
     ProfileTable,
-    Serving,
     max_rate,
     plan,
 )
 from controller.planning.audit import audit
-from controller.planning.planner import MAX_BATCH
-from controller.reconciler import DesiredWorker, begin
-from controller.replanner import worker_batches
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -252,59 +245,14 @@ def gains(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return out
 
 
-CHURN_SIGMA = 0.25  # a re-plan's demand step: each variant's rate times exp(N(0, 0.25))
-CHURN_BAND = (0.15, 0.85)  # each variant's rate stays within this share of the peak level carried
-
-
-def desired_of(result: Plan, latency: LatencyModel, interference: InterferenceModel, max_batch: int,
-               slo: dict[str, float]) -> list[DesiredWorker]:
-    """The plan's gpu-lets as the controller hands them to the reconciler (one agent per device),
-    each worker's batches as the controller starts it."""
-    return [DesiredWorker(g.device_id, g.device_id, g.kind, g.size, tuple(sorted(g.variants)), tuple(sorted(caps.items())),
-                          need=tuple(sorted((a.variant, a.batch) for a in g.assignments)))
-            for g, caps in zip(result.gpulets, worker_batches(result, latency, interference, max_batch, slo), strict=True)]
-
-
 def churn(family: Family, scenario: Scenario, n: int, steps: int, seed: int = 1) -> dict[str, Any]:
-    """Workers restarted per re-plan while each variant's demand wanders (a random walk within
-    ``CHURN_BAND`` of the peak level the planner carries), re-planning every step from scratch
-    ("fresh") or around the workers serving ("retain", what the controller does); the moves are
-    the reconciler's own (``begin``), fed the workers each mode has running."""
+    """Re-plan churn of ``scenario`` on ``n`` devices (see ``benchmarks.support.churn``)."""
     devices = devices_for(family, n)
     shape = demands_for(family, scenario)
     options: dict[str, Any] = {"worker_overhead_bytes": WORKER_OVERHEAD if family.kind == "cuda" else 0}
     top = max_rate(devices, shape, family.latency, family.interference, levels=scenario.levels, **options)
-    slo = {d.variant: d.slo_ms for d in shape}
-    cores = {(d.device_id, d.device_id): (d.capacity if d.kind == "cpu" else 0) for d in devices}
-    rng = random.Random(seed)
-    level = {d.variant: 0.5 * top for d in shape}
-    walks = []
-    for _ in range(steps):
-        for v in level:
-            level[v] = min(CHURN_BAND[1] * top, max(CHURN_BAND[0] * top, level[v] * math.exp(rng.gauss(0.0, CHURN_SIGMA))))
-        walks.append([dataclasses.replace(d, rate_rps=d.rate_rps * level[d.variant]) for d in shape])
-    out: dict[str, Any] = {"device": family.kind, "scenario": scenario.name, "devices": n, "steps": steps, "peak_level": int(top)}
-    for mode in ("fresh", "retain"):
-        running: list[PlannedWorker] = []
-        restarted, unserved, seconds = [], [], []
-        for generation, demands in enumerate(walks, start=1):
-            current = [Serving(w.partition.device_id, len(w.partition.cores) if w.partition.kind == "cpu" else w.partition.mps_percent,
-                               w.variants, w.batches) for w in running] if mode == "retain" else ()
-            t0 = time.perf_counter()
-            result = plan(devices, demands, family.latency, interference=family.interference, current=current, **options)
-            seconds.append(time.perf_counter() - t0)
-            unserved.append(result.total_unserved() / max(sum(d.rate_rps for d in demands), 1e-9))
-            t = begin(running, desired_of(result, family.latency, family.interference, MAX_BATCH, slo), cores,
-                      generation=generation, now=0.0)
-            if t is None:
-                restarted.append(0)
-                continue
-            if running:
-                restarted.append(len(t.new))
-            running = [w for w in running if w.worker_id in t.keep] + list(t.new)
-        out[mode] = {"restarts_per_replan": statistics.fmean(restarted), "replans_moving_workers": sum(1 for r in restarted if r),
-                     "mean_unserved_share": statistics.fmean(unserved), "median_plan_s": statistics.median(seconds)}
-    return out
+    out = replan_churn(devices, shape, family.latency, family.interference, top, steps, seed, options)
+    return {"device": family.kind, "scenario": scenario.name, "devices": n, **out}
 
 
 def scaled_fleet(family: Family, n: int, load: float) -> tuple[list[DeviceSlot], list[Demand], LatencyModel, InterferenceModel]:
