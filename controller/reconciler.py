@@ -33,7 +33,7 @@ class DesiredWorker:
     # plan that only moves load between replicas changes routing weights, not workers.
     rates: tuple[tuple[str, float], ...] = ()
     # The batch per variant the plan's rates need (``batches`` may allow more: see
-    # ``replanner.worker_batch``); a worker capped at no less carries them. Empty: ``batches``.
+    # ``replanner.worker_batches``); a worker capped at no less carries them. Empty: ``batches``.
     need: tuple[tuple[str, int], ...] = ()
 
 
