@@ -119,12 +119,25 @@ class LocalMesh:
     _pumps: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.http_port = self.http_port or free_port()
-        self.controller_port = self.controller_port or free_port()
-        self.data_port = self.data_port or free_port()
+        # A port drawn here is free now, as may be one given for another role that has not bound
+        # it yet: a draw never takes a port given or drawn for another role (up would refuse the clash).
+        taken = {p for p in (self.http_port, self.controller_port, self.data_port, self.controller_metrics_port,
+                             self.agent_metrics_port) if p}
+
+        def draw(port: int) -> int:
+            if port:
+                return port
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
+        self.http_port = draw(self.http_port)
+        self.controller_port = draw(self.controller_port)
+        self.data_port = draw(self.data_port)
         if self.metrics:
-            self.controller_metrics_port = self.controller_metrics_port or free_port()
-            self.agent_metrics_port = self.agent_metrics_port or free_port()
+            self.controller_metrics_port = draw(self.controller_metrics_port)
+            self.agent_metrics_port = draw(self.agent_metrics_port)
 
     def metrics_url(self, role: str) -> str:
         """Where ``role`` serves /metrics ("" when it does not)."""
