@@ -12,13 +12,14 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from controller.cadence import Cadence, Reason, moved, rose
-from controller.demand import DemandTracker, PeakWindow
-from controller.family_demand import at_full_accuracy, by_family, family_floor, variant_floor
+from controller.cadence import Cadence, Reason, rose
+from controller.demand import DemandTracker
+from controller.family_demand import at_full_accuracy
 from controller.headroom import AdaptiveHeadroom
 from controller.layout_policy import REPLAN_HISTORY, LayoutPolicy, ReplanEntry
 from controller.live_slowdown import LiveSlowdown, reported_slowdowns
 from controller.placement import PlannedWorker
+from controller.plan_demand import PlanDemand
 from controller.profiling import ProfileWait, awaited_kinds
 from controller.reconciler import Phase, Transition, as_desired, begin, plan_rates
 from controller.registry import Registry
@@ -31,17 +32,6 @@ log = logging.getLogger(__name__)
 
 # How long after a request the gateways have reported its outcome (their demand-report period).
 OUTCOME_REPORT_S = 1.0
-
-# A named variant's demand (req/s, smoothed) that, unplaced, re-plans at once: about one request
-# every few seconds, so a client retrying a refused request brings its variant in.
-NAMED_MIN_RPS = 0.1
-
-# Under a scaled plan, a fall in a family's demand by this share of what the plan carries, held
-# for a re-plan period, re-plans without waiting out the dwell (accuracy given up should come
-# back promptly); a smaller or briefer fall waits for it: under a steady overload the forecast
-# wanders by 10-20 % and each move to a slightly more accurate plan that cannot carry the load
-# costs missed deadlines.
-SCALED_FALL = 0.3
 
 # States of a plan-of-record worker that a re-plan replaces when its agent is down.
 STRANDABLE = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.LOST})
@@ -56,13 +46,11 @@ class LayoutManager:
         self.settings = settings
         self._registry = registry
         self._store = store
-        self._demand = demand
-        self._named = named  # requests that named a variant (part of ``demand``)
+        self.demand = PlanDemand(settings, registry, demand, named)
         self._start_command = start_command
         self.generation = max(generation * 1000, store.last_generation())  # worker ids never repeat
         self.transition: Transition | None = None
         self.current: Layout | None = None
-        self._planned_for: dict[str, float] = {}
         self.replans = 0
         self.history: deque[ReplanEntry] = deque(maxlen=REPLAN_HISTORY)
         self._forced = False
@@ -70,22 +58,22 @@ class LayoutManager:
         self._capacity_changed = False
         self._applied = False
         self._announced: frozenset[str] = frozenset()  # lost agents and crashed workers last re-planned without
-        self.scaled: ScaledLayout | None = None
         self._held_for: frozenset[str] = frozenset()  # agents a loss re-plan waits on (logged once)
         self.cadence = Cadence(period_s=settings.replan_period_s, fast_s=settings.fast_replan_s,
                                dwell_s=settings.min_layout_dwell_s, settle_s=settings.rejoin_settle_s)
         self.live = LiveSlowdown(hold_s=settings.live_slowdown_hold_s)
-        self.headroom = AdaptiveHeadroom(base=settings.scaling_beta,
-                                         ceiling=max(settings.scaling_beta, settings.scaling_beta_max))
-        self._outcomes_from = float("-inf")
-        self._recent = PeakWindow(settings.replan_period_s)  # family forecasts of the last period
-        self._seen = PeakWindow(settings.replan_period_s)  # family rates seen, without the trend's extrapolation
-        self._scaled_seen: dict[str, float] = {}  # the highest of those when the scaled plan was made
-        self._hosted: frozenset[str] = frozenset()  # the variants the current plan gives a worker
-        self._named_at_plan: frozenset[str] = frozenset()  # variants clients named when it was made
         # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
         self.profiling: frozenset[tuple[str, str]] = frozenset()
         self._wait = ProfileWait()
+
+    @property
+    def scaled(self) -> ScaledLayout | None:
+        """The plan in place when it gives accuracy up (None at full accuracy)."""
+        return self.demand.scaled
+
+    @property
+    def headroom(self) -> AdaptiveHeadroom:
+        return self.demand.headroom
 
     def force(self, policy: str = "", *, fresh: bool = True) -> None:
         """Re-plan at the next tick whatever the hysteresis says (optionally switching policy).
@@ -120,14 +108,11 @@ class LayoutManager:
             return []
         if self.settings.live_slowdown_hold_s > 0:
             self.live.update(reported_slowdowns(self._registry), now)
-        forecast = self._demand.forecast(self.settings.scaling_horizon_s)
-        family = by_family(self._registry.variants, forecast)
-        self._recent.observe(now, family)
-        self._seen.observe(now, by_family(self._registry.variants, self._demand.forecast(0.0)))
-        named = self._named_unplaced()
+        forecast, family = self.demand.observe(now)
+        named = self.demand.named_unplaced() if self.current is not None else []
         # A variant clients name that the plan gives no worker is refused until a plan places it:
         # that is a rise however small its rate (noise rules out nothing here: every request fails).
-        rising = self.current is not None and (rose(family, self._carried()) or bool(named))
+        rising = self.current is not None and (rose(family, self.demand.carried()) or bool(named))
         fast = now - self.cadence.last_attempt >= self.settings.fast_replan_s
         if self.transition is not None:
             if self.transition.phase is Phase.STARTING and (self._waits_on_lost(self.transition, now)
@@ -141,9 +126,10 @@ class LayoutManager:
         # Missed deadlines, a rising target, or a fall in demand while accuracy is given up (it
         # may give the accuracy back, and users should not wait out the dwell for it): a drift
         # re-plan that is not held back by the dwell.
-        urgent = ("misses" if self._failing() else "fall while scaled" if self._fell_while_scaled()
-                  else "growth" if self.current is not None and self._grew(forecast) else "")
-        drifted = self.current is None or (self.cadence.drift_allowed(now, bool(urgent)) and self._drifted(forecast))
+        urgent = ("misses" if self.demand.failing() else "fall while scaled" if self.demand.fell_while_scaled()
+                  else "growth" if self.current is not None and self.demand.grew(forecast) else "")
+        drifted = self.current is None or (self.cadence.drift_allowed(now, bool(urgent))
+                                           and self.demand.drifted(forecast))
         stranded = self._capacity_changed or bool(self._stranded(now))
         reason = self.cadence.decide(now, forced=forced, stranded=stranded, rising=rising, drifted=drifted,
                                      failing=bool(urgent))
@@ -179,85 +165,7 @@ class LayoutManager:
             why = f"{why}: named {', '.join(named)}, which no worker serves"
         # Work to re-place, requests missing deadlines or refused: plan now with what is measured.
         may_wait = not (stranded or urgent or named)
-        return self._replan(self._target(forecast, rising), now, reason=why, may_wait=may_wait)
-
-    def _target(self, forecast: dict[str, float], rising: bool) -> dict[str, float]:
-        """The recent peak with headroom, or the forecast when demand rises faster than that (a
-        forecast that is not a rise past noise is not used: its one-second windows are noisy)."""
-        target = self._demand.target()
-        if not rising:
-            return target
-        return {v: max(target.get(v, 0.0), forecast.get(v, 0.0)) for v in set(target) | set(forecast)}
-
-    def _named_unplaced(self) -> list[str]:
-        """Variants requests name now that the current plan gives no worker, and that were not named
-        when it was made (a plan made knowing of them and still not placing them, for want of
-        capacity, is not re-made for them each second)."""
-        if self._named is None or self.current is None:
-            return []
-        return [v for v in self._named_rates()
-                if v in self._registry.variants and v not in self._hosted and v not in self._named_at_plan]
-
-    def _named_rates(self) -> dict[str, float]:
-        """Variants requests name now (req/s), past NAMED_MIN_RPS: one named long ago, its rate
-        decayed but not yet zero, neither holds a place in a plan nor counts as known to one."""
-        rates = self._named.rates() if self._named is not None else {}
-        return {v: rps for v, rps in rates.items() if rps >= NAMED_MIN_RPS}
-
-    def _carried(self) -> dict[str, float]:
-        """Per family, the demand the current plan was made to carry."""
-        if self.scaled is not None:
-            return dict(self.scaled.demand)
-        return by_family(self._registry.variants, self._planned_for)
-
-    def _grew(self, forecast: dict[str, float]) -> bool:
-        """Has a planning target risen past hysteresis and noise (not held back by the dwell)?
-        Not asked of a scaled plan: its per-variant targets are recent peaks of the split the plan
-        itself made and wander with it; a rise of the family demand it was solved for is
-        :func:`rose`'s to see."""
-        if self.scaled is not None:
-            return False
-        return moved(self._planned_for, self._sized(forecast), down=False)
-
-    def _sized(self, forecast: dict[str, float]) -> dict[str, float]:
-        """What a full-accuracy plan would be sized on now, every variant at least at the floor."""
-        variants = self._registry.variants
-        full = at_full_accuracy(variants, self._target(forecast, False))
-        return variant_floor(variants, full, self.settings.floor_rps)
-
-    def _fell_while_scaled(self) -> bool:
-        """Under a scaled plan, has a family's demand stayed clearly (``SCALED_FALL``, and past
-        noise) below what the plan was made for over the last period? The plan was sized on a
-        forecast; judged against the smoothed rate, which sits below the forecast after any rise,
-        or against one forecast, which wanders by 10-20 % under a steady overload, every steady
-        overload looked like a fall: the layout moved to a more accurate plan that could not carry
-        the load, then back on the next rise, missing deadlines at each move. A plan made on a step
-        is sized for the ramp the forecast reads into it, which does not come: the rate seen must
-        also have dropped (by noise and 10 %) below the highest seen when the plan was made."""
-        if self.scaled is None:
-            return False
-        peak, seen = self._recent_peak(), self._recent_peak(self._seen)
-        return any(moved({f: d}, {f: peak.get(f, 0.0)}, up=False, fall=SCALED_FALL)
-                   and moved({f: self._scaled_seen.get(f, d)}, {f: seen.get(f, 0.0)}, up=False)
-                   for f, d in self.scaled.demand.items())
-
-    def _recent_peak(self, window: PeakWindow | None = None) -> dict[str, float]:
-        """Per family, the last period's highest forecast (or rate seen: ``window=_seen``), floored."""
-        return family_floor(self._registry.variants, (window or self._recent).peak(), self.settings.floor_rps)
-
-    def _drifted(self, forecast: dict[str, float]) -> bool:
-        """Has demand moved from what the current plan carries, past hysteresis and noise (or do
-        deadlines miss under a scaled plan, so that its headroom must grow)? A scaled plan is
-        judged on the family demand it was solved for (the per-variant targets at full accuracy,
-        recent peaks of a split the plan itself made, wander with it)."""
-        if self.scaled is not None:
-            return moved(self.scaled.demand, self._recent_peak()) or self._failing()
-        return moved(self._planned_for, self._sized(forecast))
-
-    def _failing(self) -> bool:
-        """Do requests miss their deadlines (more than the headroom's target share) since the last plan?"""
-        requests, missed = self._demand.outcomes_since(self._outcomes_from)
-        return requests >= self.headroom.min_requests and missed > requests * self.headroom.miss_target
+        return self._replan(self.demand.target(forecast, rising), now, reason=why, may_wait=may_wait)
 
     def _stranded(self, now: float) -> list:
         """Workers of the plan of record that will not serve: their agent is lost or has not
@@ -288,7 +196,7 @@ class LayoutManager:
         ready = self._registry.ready_ids()
         starting = {w for w in (*(n.worker_id for n in old.new), *old.awaiting) if w not in ready}
         self._applied = False
-        out = self._replan(self._target(forecast, rising), now, starting=starting, reason="superseded")
+        out = self._replan(self.demand.target(forecast, rising), now, starting=starting, reason="superseded")
         if self.transition is None and lost and not self._applied:
             out += self._abandon(old, ready)  # no plan can be made now; this move cannot finish
         elif self.transition is None and not lost:
@@ -359,16 +267,14 @@ class LayoutManager:
         self._fresh = False
         # What this attempt knew of named demand, applied or not: a named variant it could not
         # place (or a plan it would not apply) is not retried each second for that name alone.
-        named = self._named_rates()
-        self._named_at_plan = frozenset(named)
+        named = self.demand.named_rates()
+        self.demand.planning(new.planned_for, named)
         self.current = new
-        self._planned_for = new.planned_for
         desired = new.desired
-        beta = self.headroom.update(*self._demand.outcomes_since(self._outcomes_from))
-        self._outcomes_from = now
+        beta = self.demand.judge_from(now)
         if new.plan.unserved and self.settings.accuracy_scaling:
             scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
-                                   self._recent_peak(), current=self.scaled.plan if self.scaled else None,
+                                   self.demand.recent_peak(), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
                                    slowdown=slowdown, named=named)
             # The designed answer to overload, taken on a routine re-plan: INFO, not a warning.
@@ -377,7 +283,6 @@ class LayoutManager:
                         _rounded(scaled.demand), _rounded(new.plan.unserved),
                         scaled.plan.effective_accuracy, scaled.plan.beta, beta, dict(scaled.plan.shed),
                         scaled.plan.solve_s, scaled.plan.status, _rounded(slowdown))
-            self.scaled, self._scaled_seen = scaled, self._recent_peak(self._seen)
             desired = scaled.desired
             reg.family_fractions, reg.shed = scaled.fractions(), scaled.shed_share()
         else:
@@ -391,9 +296,9 @@ class LayoutManager:
                     return []
             if self.scaled is not None:
                 log.info("demand fits at full accuracy again")
-            self.scaled = None
+            scaled = None
             reg.family_fractions, reg.shed = {}, {}
-        self._hosted = frozenset(v for d in desired for v in d.variants)
+        self.demand.applied(scaled, frozenset(v for d in desired for v in d.variants))
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}
         self.generation += 1
         self._store.save_generation(self.generation)
@@ -450,7 +355,7 @@ class LayoutManager:
             # starting and draining are the move's, not a sign that the layout is short, and
             # counting them would re-plan again (and raise the headroom) for a move that is over.
             # Outcomes come in the gateways' one-second reports: the move's last arrive within one.
-            self._outcomes_from = max(self._outcomes_from, now + OUTCOME_REPORT_S)
+            self.demand.outcomes_from = max(self.demand.outcomes_from, now + OUTCOME_REPORT_S)
             if self.history:
                 self.history[0].finished = True
             self.transition = None

@@ -260,7 +260,7 @@ def test_a_demand_shift_the_workers_serving_now_carry_restarts_none_of_them(shif
                     registry.worker_ready(command.worker_id, 1, {command.variants[0]: (1.0,)}, now)
                 elif isinstance(command, StopWorker):
                     m.worker_stopped(command.worker_id)
-        planned_for.append(m._planned_for["cls-small"])
+        planned_for.append(m.demand.planned_for["cls-small"])
     # The first rise of cls-small may widen a partition; from then on the layout carries both
     # mixes. (A fresh packing at each step restarted a worker at every one of them, 7 in all.)
     assert started[0] and len(started[1]) <= 1 and started[2:] == [[], []], f"{m.history}"
