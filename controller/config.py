@@ -71,10 +71,12 @@ class ControllerConfig:
     link_reconnect_max_s: PositiveFloat = 2.0
     # Decision-log retention in the SQLite state (state_dir/controller.sqlite3): decisions older
     # than decision_log_max_age_s are deleted, and the oldest go whenever the file's data would
-    # pass decision_log_max_bytes (one logged request to a family takes ~800 bytes). Checked every
-    # decision_log_check_s and after every few thousand new records.
+    # pass decision_log_max_bytes (one logged request to a family takes ~800 bytes) or the log
+    # passes decision_log_max_records. Checked every decision_log_check_s and after every few
+    # thousand new records.
     decision_log_max_age_s: float = 7 * 86400.0
     decision_log_max_bytes: int = 256 * 2**20
+    decision_log_max_records: int = 500_000
     decision_log_check_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -82,4 +84,5 @@ class ControllerConfig:
 
     def decision_retention(self) -> DecisionRetention:
         return DecisionRetention(max_age_s=self.decision_log_max_age_s, max_bytes=self.decision_log_max_bytes,
+                                 max_records=self.decision_log_max_records,
                                  check_interval_s=self.decision_log_check_s)

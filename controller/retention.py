@@ -31,6 +31,6 @@ class DecisionRetention:
         if self.max_bytes < 64 * 1024:
             raise ValueError(f"decision_log_max_bytes must be at least 65536 (64 KiB), got {self.max_bytes}")
         if self.max_records < 1:
-            raise ValueError(f"decision log max records must be >= 1, got {self.max_records}")
+            raise ValueError(f"decision_log_max_records must be >= 1, got {self.max_records}")
         if not self.check_interval_s > 0 or self.check_every_records < 1:
             raise ValueError("decision_log_check_s and the record count between checks must be positive")

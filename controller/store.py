@@ -17,7 +17,7 @@ from pathlib import Path
 
 from controller.placement import PlannedWorker
 from controller.retention import DecisionRetention
-from controller.store_schema import compact, migrate
+from controller.store_schema import check_readable, compact, migrate
 from protocol.schema import from_plain, to_plain
 from protocol.types import ColocationSample, DecisionRecord, Partition, ProfileSample
 
@@ -30,6 +30,7 @@ class StateStore:
         if retention is None:
             retention = DecisionRetention() if max_decisions is None else DecisionRetention(max_records=max_decisions)
         self.retention = retention
+        self.read_only = False
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self._path, isolation_level=None)
@@ -48,13 +49,31 @@ class StateStore:
         if compact(self._db):
             self._decisions = self._db.execute("SELECT COUNT(*) FROM decision").fetchone()[0]
 
+    @classmethod
+    def reader(cls, path: Path | str) -> StateStore:
+        """The store opened for reading only (the report commands' way, beside a running
+        controller): nothing is migrated, trimmed or written, whatever this process's caps; a write
+        raises ``sqlite3.OperationalError``. A file from a newer letmesh is refused."""
+        self = cls.__new__(cls)
+        self.retention = DecisionRetention()
+        self.read_only = True
+        self._path = Path(path)
+        self._db = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        try:
+            self.found_version = check_readable(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+        return self
+
     @property
     def max_decisions(self) -> int:
         return self.retention.max_records
 
     def close(self) -> None:
         """Trim the log to its size cap (records since the last check may have passed it) and close."""
-        self._trim_to_size()
+        if not self.read_only:
+            self._trim_to_size()
         self._db.close()
 
     def last_generation(self) -> int:
@@ -118,7 +137,8 @@ class StateStore:
         oldest are deleted; age and size are checked per :class:`DecisionRetention`.
         """
         fresh = []
-        with self._db:
+        with self._db:  # one transaction: a crash keeps all of the batch or none
+            self._db.execute("BEGIN")
             for r in records:
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO decision VALUES (?, ?, ?, ?)",

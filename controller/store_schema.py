@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS gateway (
 # Version 1: decisions expire by age (an index on logged_at finds the old ones without a scan),
 # and freed pages go back to the file system (incremental auto-vacuum). Switching auto-vacuum on
 # in a file that already has tables takes one VACUUM; the store trims the log to its caps first,
-# so that rewrite is of a bounded file.
+# so that rewrite is of a bounded file. A placement table older than plan batches gets its column.
 _TO_1 = "CREATE INDEX IF NOT EXISTS decision_logged_at ON decision (logged_at);"
 
 AUTO_VACUUM_INCREMENTAL = 2
@@ -104,8 +104,20 @@ def migrate(db: sqlite3.Connection) -> int:
         db.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
     db.executescript(TABLES)
     if found < 1:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(placement)")}
+        if "batches" not in columns:  # a placement table older than plan batches
+            db.execute("ALTER TABLE placement ADD COLUMN batches TEXT NOT NULL DEFAULT '[]'")
         db.executescript(_TO_1)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return found
+
+
+def check_readable(db: sqlite3.Connection) -> int:
+    """The version of a file opened read-only (0: unversioned); one from a newer letmesh is refused."""
+    found = schema_version(db)
+    if found > SCHEMA_VERSION:
+        raise StoreVersionError(f"the controller state file is at schema version {found}; this letmesh reads "
+                                f"up to {SCHEMA_VERSION} (upgrade letmesh)")
     return found
 
 

@@ -40,7 +40,7 @@ def report_data(state_dir: Path, *, family: str | None = None, limit: int = 20_0
     out: list[dict[str, Any]] = []
     if not families:
         return {"families": out}
-    store = StateStore(db)
+    store = StateStore.reader(db)
     try:
         for fam in families:
             model_path = bandit_dir / f"{fam}.vw"

@@ -291,7 +291,7 @@ def load_profiles(
         db = Path(state_dir) / STORE_FILE
         if not db.is_file():
             raise ProfileSourceError(f"no controller store in {state_dir} (expected {db}); has a controller run with this --state-dir?")
-        store = StateStore(db)
+        store = StateStore.reader(db)
         try:
             samples, colocations = store.profiles(), store.colocations()
         finally:

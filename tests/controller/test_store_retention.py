@@ -166,3 +166,55 @@ def test_the_controller_config_sets_the_retention_and_refuses_a_bad_one_at_load(
     assert config.decision_retention() == DecisionRetention(max_age_s=86400.0, max_bytes=64 * 2**20)
     with pytest.raises(ConfigError, match="decision_log_max_bytes must be at least"):
         load_config(ControllerConfig, env={"LETMESH_CONTROLLER_DECISION_LOG_MAX_BYTES": "10"}, section="controller")
+
+
+def test_a_placement_table_from_before_plan_batches_is_given_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "controller.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE placement (worker_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, partition TEXT NOT NULL,
+                                variants TEXT NOT NULL);
+    """)
+    part = Partition(device_id="cpu0", kind="cpu", cores=(0,))
+    old.execute("INSERT INTO placement VALUES (?, ?, ?, ?)", ("a1.w0", "a1", json.dumps(to_plain(part)), '["identity"]'))
+    old.close()
+    store = StateStore(path)
+    try:
+        assert store.placements() == [PlannedWorker("a1.w0", "a1", part, ("identity",))]
+    finally:
+        store.close()
+
+
+def test_the_report_commands_read_the_store_without_changing_it(tmp_path: Path) -> None:
+    """``StateStore.reader`` (bandit report, capacity --state-dir): beside a controller that keeps a
+    larger log than the defaults, or on a file from before versions, nothing is trimmed or rewritten."""
+    path = tmp_path / "controller.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)  # unversioned, without auto-vacuum: opening to write rewrites it
+    old.executescript("""
+        CREATE TABLE decision (event_id TEXT PRIMARY KEY, family TEXT NOT NULL, logged_at REAL NOT NULL,
+                               record TEXT NOT NULL);
+    """)
+    logged = [record() for _ in range(300)]
+    old.executemany("INSERT INTO decision VALUES (?, ?, ?, ?)",
+                    [(r.event_id, r.family, 100.0 + i, json.dumps(to_plain(r))) for i, r in enumerate(logged)])
+    old.close()
+    before = path.read_bytes()
+    reader = StateStore.reader(path)
+    try:
+        assert reader.found_version == 0
+        assert [r.event_id for r in reader.decisions("digits")] == [r.event_id for r in logged]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.log_decisions([record()], now=1000.0)
+    finally:
+        reader.close()
+    assert path.read_bytes() == before
+
+
+def test_a_record_cap_set_in_the_config_is_the_store_s() -> None:
+    config = load_config(ControllerConfig, env={"LETMESH_CONTROLLER_DECISION_LOG_MAX_RECORDS": "2000000",
+                                                "LETMESH_CONTROLLER_DECISION_LOG_MAX_BYTES": str(2 * 2**30)},
+                         section="controller")
+    assert config.decision_retention().max_records == 2_000_000
+    with pytest.raises(ConfigError, match="decision_log_max_records must be >= 1"):
+        load_config(ControllerConfig, env={"LETMESH_CONTROLLER_DECISION_LOG_MAX_RECORDS": "0"}, section="controller")
