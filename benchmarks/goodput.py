@@ -5,8 +5,9 @@ For each model (a small CNN and a ResNet-18 layout, built here from a seed) the 
 with no batching — runs pinned to one core, the load generator to another. Both servers run at
 once on that core, the idle one beside the one under load, and their rate sweeps alternate, so a
 drift in the host's speed during the run moves both. The rate is swept (x1.5 steps, then
-bisection); a step passes when >= 99 % of its requests are answered 200 within
-the SLO, measured from each request's scheduled send time (MLPerf's server scenario, shorter).
+bisection); a step (at least 400 requests and 10 s, so that it is not a burst an idle server
+absorbs) passes when >= 99 % of its requests are answered 200 within the SLO, measured from
+each request's scheduled send time (MLPerf's server scenario, shorter).
 The SLO is 20x the model's batch-1 TorchScript latency measured on the server core; the compute
 limit is the best per-sample throughput of a batch size whose latency fits half the SLO. Also
 measured: server CPU per request at a fixed low rate. Both servers serve the same artifact
@@ -76,6 +77,7 @@ class Options:
     start_rate: float | None
     sweeps: int
     step_requests: int
+    step_s: float
     bisect: int
     low_requests: int
     idle_s: float
@@ -100,7 +102,10 @@ def parse_options(argv: list[str] | None) -> Options:
                    help="first rate of each sweep, req/s (default 0.3 x the compute limit; on a GPU the servers' CPU "
                         "side caps the rate far below it)")
     p.add_argument("--sweeps", type=int, help="rate sweeps per server (default 2, quick 1)")
-    p.add_argument("--step-requests", type=int, help="requests per rate step (default 400, quick 200)")
+    p.add_argument("--step-requests", type=int, help="requests per rate step, at least (default 400, quick 200)")
+    p.add_argument("--step-s", type=float,
+                   help="seconds per rate step, at least (default 10, quick 5): a step of a few hundred requests "
+                        "at a high rate is a burst an idle server absorbs, passing rates it cannot keep up")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failing rate (default 4, quick 2)")
     p.add_argument("--low-requests", type=int, help="requests of the low-rate CPU measurement (default 300, quick 100)")
     p.add_argument("--idle-s", type=float, help="seconds the idle server's CPU is measured (default 10, quick 4)")
@@ -130,6 +135,8 @@ def parse_options(argv: list[str] | None) -> Options:
         p.error("--bisect must be 0 or more")
     if a.idle_s is not None and a.idle_s <= 0:
         p.error("--idle-s must be positive")
+    if a.step_s is not None and not 0 < a.step_s <= 600:
+        p.error("--step-s must be in (0, 600]")
     if a.slo_factor <= 0:
         p.error("--slo-factor must be positive")
     quick = a.quick
@@ -138,6 +145,7 @@ def parse_options(argv: list[str] | None) -> Options:
         server_cores=a.server_cores, start_rate=a.start_rate,
         sweeps=a.sweeps or (1 if quick else 2),
         step_requests=a.step_requests or (200 if quick else 400),
+        step_s=a.step_s or (5.0 if quick else 10.0),
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
         low_requests=a.low_requests or (100 if quick else 300),
         idle_s=a.idle_s or (4.0 if quick else 10.0),
@@ -192,7 +200,8 @@ def sweep(server: Server, work: Workload, start: float, ceiling: float, opts: Op
     began = time.monotonic()
 
     def attempt(rate: float) -> bool:
-        steps.append(step(server, work, rate, opts.step_requests, seed + len(steps)))
+        requests = max(opts.step_requests, math.ceil(rate * opts.step_s))
+        steps.append(step(server, work, rate, requests, seed + len(steps)))
         return steps[-1]["passed"]
 
     lo, hi, rate = 0.0, math.inf, start
@@ -265,10 +274,13 @@ def measure_servers(servers: dict[str, Server], work: Workload, limit: float, op
 
 
 def summarise_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median sweep (the lower one of an even count, so the rate is one a step ran) and the
+    latencies of its top passing step."""
     rates = [s["max_rate"] for s in sweeps]
-    best = max(sweeps, key=lambda s: s["max_rate"])["at_max"] or {}
+    median = statistics.median_low(rates)
+    best = next(s for s in sweeps if s["max_rate"] == median)["at_max"] or {}
     return {
-        "max_rate": statistics.median(rates), "max_rate_per_sweep": rates,
+        "max_rate": median, "max_rate_per_sweep": rates,
         "first_failing_per_sweep": [s["first_failing_rate"] for s in sweeps],
         "p50_ms": best.get("p50_ms", float("nan")), "p99_ms": best.get("p99_ms", float("nan")),
         "lag_p99_ms_at_max": best.get("lag_p99_ms", float("nan")),

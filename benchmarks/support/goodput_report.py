@@ -35,7 +35,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"letmesh goodput on {_where(env)} ({'quick' if o['quick'] else 'full'} run): Poisson arrivals, pass = "
         f">= {report['pass_fraction']:.0%} answered 200 within the SLO from the scheduled send time; "
-        f"{o['step_requests']} requests per step, {o['sweeps']} sweep(s) per server",
+        f"steps of at least {o['step_requests']} requests and {o.get('step_s', 0):g} s, {o['sweeps']} sweep(s) per "
+        "server (max req/s: the median sweep's, the lower of two)",
         f"machine: {env['cpu_model']}{'; ' + env['gpu'] if env['gpu'] else ''}; server pinned to "
         f"core{'s' if len(env['server_cores']) > 1 else ''} {','.join(map(str, env['server_cores']))}, load generator to core "
         f"{env['client_core']}{' (SHARED: only one usable core)' if env['shared_core'] else ''}; load average "

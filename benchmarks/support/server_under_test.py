@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from agents.process import die_with_parent
 from benchmarks.support import procfs
 from letmesh.launcher import LocalMesh, free_port, http_status
 from letmesh.status import fetch_status
@@ -116,8 +117,9 @@ class BaselineServer(Server):
         command = [sys.executable, "-m", "benchmarks.support.baseline_server", "--artifact", str(artifact),
                    "--backend", backend, "--variant", variant, "--port", str(self.port), "--device", device]
         with pinned(cores):
+            # Killed with the benchmark, as the mesh's roles are (a benchmark killed mid-run left it serving).
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         cwd=_ROOT)
+                                         cwd=_ROOT, preexec_fn=die_with_parent)
         self.roots = [self.proc.pid]
         deadline = time.monotonic() + 120
         while http_status(f"http://127.0.0.1:{self.port}/v2/health/ready") != 200:

@@ -17,13 +17,14 @@ from benchmarks.support.procfs import children
 pytestmark = pytest.mark.timeout(420)
 
 STEP_REQUESTS = 30
+STEP_S = 0.5
 KEYS = ("small_vs_naive", "small_of_limit", "cpu_ms_per_req_small")
 
 
 def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_line(tmp_path, capsys):
     before = set(children(os.getpid()))
     out = tmp_path / "goodput.json"
-    argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--bisect", "0", "--sweeps", "2",
+    argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--step-s", str(STEP_S), "--bisect", "0", "--sweeps", "2",
             "--low-requests", "20", "--idle-s", "1", "--onnx-upgrade", "--out", str(out)]
 
     assert goodput.main(argv) == 0
@@ -49,7 +50,11 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
         steps = [server["low_rate"], server["warm_up"], *(s for sw in server["sweeps"] for s in sw["steps"])]
         for step in steps:
             assert sum(step["statuses"].values()) == step["sent"]  # one answer (or timeout) per request
-        assert all(step["sent"] == STEP_REQUESTS for sw in server["sweeps"] for step in sw["steps"])
+        # Each step at least STEP_REQUESTS requests and STEP_S seconds of them.
+        assert all(step["sent"] == max(STEP_REQUESTS, math.ceil(step["rate"] * STEP_S))
+                   for sw in server["sweeps"] for step in sw["steps"])
+        assert any(step["sent"] > STEP_REQUESTS for sw in server["sweeps"] for step in sw["steps"])
+        assert server["max_rate"] == min(server["max_rate_per_sweep"])  # the lower median of two: a rate a step ran
         assert server["low_rate"]["sent"] == 20
     # The sweeps alternate, the order flipping each time: letmesh, baseline, baseline, letmesh.
     spans = sorted((sw["began_monotonic_s"], sw["ended_monotonic_s"], name)
