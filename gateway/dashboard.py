@@ -126,22 +126,26 @@ def _traffic(recent: Mapping[str, Any] | None, now_s: float) -> dict[str, Any] |
     effective accuracy is the mean accuracy of the variants that answered. A bin without requests
     has neither.
     """
-    series = (recent or {}).get("series") or []
+    # The second in progress is left out until it is over: counted as a whole second, its first
+    # requests read as a rate far below the real one.
+    last = int(now_s)
+    series = [p for p in (recent or {}).get("series") or [] if int(p["t"]) < last]
     if not series:
         return None
     keys = ("requests", "ok", "late", "deadline_missed", "shed", "errors", "invalid", "accuracy_sum", "accuracy_n")
     bins: dict[int, dict[str, float]] = {}
-    first = max(int(series[0]["t"]), int(now_s) - 3600)  # bounded even if a clock jumped
-    for t in range(first // BIN_S * BIN_S, int(now_s) + 1, BIN_S):
+    first = max(int(series[0]["t"]), last - 3600)  # bounded even if a clock jumped
+    series = [p for p in series if int(p["t"]) >= first]
+    for t in range(first // BIN_S * BIN_S, last, BIN_S):
         bins[t] = dict.fromkeys(keys, 0)  # every bin from the oldest second to now: a quiet spell draws as 0
     for point in series:
-        b = bins.setdefault(int(point["t"]) // BIN_S * BIN_S, dict.fromkeys(keys, 0))
+        b = bins[int(point["t"]) // BIN_S * BIN_S]
         for key in keys:
             b[key] += point.get(key, 0)
     points = []
     for t in sorted(bins):
         b = bins[t]
-        seconds = max(1, min(BIN_S, int(now_s) - t + 1))  # the newest bin is still filling
+        seconds = min(t + BIN_S, last) - max(t, first)  # the oldest and newest bins may be partly covered
         requests = b["requests"]
         points.append({
             "t": t,
@@ -157,7 +161,7 @@ def _traffic(recent: Mapping[str, Any] | None, now_s: float) -> dict[str, Any] |
     accepted = totals["requests"] - totals["invalid"]
     totals["slo"] = round(totals["ok"] / accepted, 4) if accepted else None
     totals["accuracy"] = round(sum(p.get("accuracy_sum", 0.0) for p in series) / acc_n, 4) if acc_n else None
-    window = int(now_s) - int(series[0]["t"]) + 1
+    window = last - first
     return {"bin_s": BIN_S, "window_s": max(window, 0), "points": points, "totals": totals}
 
 

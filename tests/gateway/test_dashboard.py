@@ -126,7 +126,7 @@ def test_traffic_is_binned_into_rate_slo_attainment_and_effective_accuracy() -> 
     assert t["bin_s"] == BIN_S
     points = t["points"]
     assert points[0]["t"] <= start < points[0]["t"] + BIN_S
-    assert points[-1]["t"] <= NOW < points[-1]["t"] + BIN_S  # bins reach now, quiet seconds or not
+    assert points[-1]["t"] <= NOW - 1 < points[-1]["t"] + BIN_S  # bins reach the last whole second, quiet or not
     busy = [p for p in points if p["requests"]]
     assert sum(p["requests"] for p in busy) == 100
     full = [p for p in busy if p["requests"] == 10 * BIN_S]
@@ -135,6 +135,18 @@ def test_traffic_is_binned_into_rate_slo_attainment_and_effective_accuracy() -> 
     quiet = points[-1]
     assert quiet["rate"] == 0 and quiet["slo"] is None and quiet["accuracy"] is None
     assert t["totals"]["requests"] == 100 and t["totals"]["slo"] == 0.8 and t["totals"]["deadline_missed"] == 10
+
+
+def test_a_steady_rate_reads_the_same_in_every_bin_however_much_of_it_the_window_covers() -> None:
+    """10 req/s from mid-bin to a tenth of a second into the current one: the oldest bin covers part
+    of its seconds, and the second in progress has only its first request."""
+    start = NOW - 23  # 2 s into a bin (NOW is a bin boundary)
+    series = [second(start + i, requests=10, ok=10) for i in range(23)] + [second(NOW, requests=1, ok=1)]
+    v = build_view(routing=RoutingView(TABLE), reachable=set(), status=STATUS, status_age_s=1.5,
+                   recent=recent(series), preferences={}, policy_versions={"cls": 4}, now_s=NOW + 0.1)
+    points = v["traffic"]["points"]
+    assert [p["rate"] for p in points] == [10.0] * len(points) and len(points) == 5
+    assert v["traffic"]["totals"]["requests"] == 230  # the second in progress counts once it is over
 
 
 def test_no_traffic_window_draws_nothing_rather_than_zeros() -> None:
