@@ -219,9 +219,13 @@ async def _closed_loop(url: str, body: bytes, seconds: float, clients: int, limi
             nonlocal good
             while time.monotonic() < stop_at:
                 start = time.monotonic()
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
-                    good += resp.status == 200 and time.monotonic() - start <= limit_s
+                try:
+                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                        await resp.read()
+                        good += resp.status == 200 and time.monotonic() - start <= limit_s
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    # Not goodput; the probe goes on (one failed request used to end the whole run).
+                    await asyncio.sleep(0.05)
         await asyncio.gather(*(client() for _ in range(clients)))
     return good
 

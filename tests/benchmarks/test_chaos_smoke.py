@@ -22,7 +22,8 @@ CLASSES = ("kill_worker", "poison_nan")
 CLASS_KEYS = ("sent", "statuses", "ok", "unanswered", "dropped", "refused", "late_200", "late_answers", "late_from_send",
               "max_answer_s", "shed_without_retry_after", "recovery_s", "settled_s", "client_bound", "crashes",
               "unexpected_exits", "actor_crashes", "after", "by_stream", "notes", "gateway_loop_lag_max_ms")
-RESULT_KEYS = ("unanswered", "dropped", "late_200", "late", "late_send", "crashes", "leak_mb", "recovery_s_max")
+RESULT_KEYS = ("unanswered", "dropped", "late_200", "late", "late_send", "refused", "client_errors", "server_errors",
+               "crashes", "leak_mb", "recovery_s_max")
 
 
 def test_tiny_run_accounts_for_every_request_and_leaves_no_process(tmp_path: Path, capsys) -> None:
@@ -60,5 +61,10 @@ def test_tiny_run_accounts_for_every_request_and_leaves_no_process(tmp_path: Pat
     fields = dict(item.split("=", 1) for item in last.removeprefix("RESULT ").split())
     assert set(RESULT_KEYS) <= set(fields)
     assert int(fields["unanswered"]) == report["result"]["unanswered"] >= 0
+    # Every way a request can fail counts in the headline, not only in its class's table.
+    for key, per_class in (("refused", "refused"), ("client_errors", "client_errors"), ("dropped", "dropped")):
+        assert int(fields[key]) == sum(c[per_class] for c in report["classes"])
+    assert int(fields["server_errors"]) == sum(n for c in report["classes"] for k, n in c["statuses"].items()
+                                               if k.isdigit() and int(k) >= 500 and k != "503")
 
     assert set(children(os.getpid())) <= before  # every mesh process was stopped and reaped
