@@ -88,8 +88,9 @@ class ControllerMetrics(Collector):
                 share = p.mps_percent if p.kind == "cuda" else len(p.cores)
                 size.add_metric([w.plan.agent_id, p.device_id, worker_id, p.kind], share)
                 held[(w.plan.agent_id, p.device_id)] = held.get((w.plan.agent_id, p.device_id), 0) + share
-            for variant, rate in sorted(reg.route_rates.get(worker_id, {}).items()):
-                planned.add_metric([worker_id, variant], rate)
+                # A worker leaving, lost or crashed is routed nothing, whatever rate a move last gave it.
+                for variant, rate in sorted(reg.route_rates.get(worker_id, {}).items()):
+                    planned.add_metric([worker_id, variant], rate)
             for variant, ratio in sorted(w.slowdown.items()):
                 slowdown.add_metric([worker_id, variant], ratio)
         for agent_id, record in sorted(reg.agents.items()):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from protocol.types import AgentStatus, ModelStatus, WorkerState, WorkerStatus
 
 if TYPE_CHECKING:
-    from controller.registry import Registry
+    from controller.registry import Registry, WorkerRecord
 
 # States of a worker that a new layout retires: it answers what it holds but takes nothing new.
 LEAVING = frozenset({WorkerState.DRAINING, WorkerState.STOPPING})
@@ -50,9 +50,10 @@ def status_view(reg: Registry, now: float, forget_after_s: float | None = None) 
         serving = tuple(
             w.plan.worker_id for w in reg.workers.values() if w.state == WorkerState.READY and v.name in w.plan.variants
         )
-        placed = sorted(w.plan.worker_id for w in reg.workers.values()
-                        if w.in_plan and w.state not in LEAVING and v.name in w.plan.variants)
-        reason = "" if serving else (f"placed on {', '.join(placed)}, not ready yet" if placed
+        placed = sorted((w for w in reg.workers.values()
+                         if w.in_plan and w.state not in LEAVING and v.name in w.plan.variants),
+                        key=lambda w: w.plan.worker_id)
+        reason = "" if serving else (_not_serving(reg, placed, now) if placed
                                      else "not placed: the current plan runs it on no worker")
         models.append(
             ModelStatus(
@@ -66,3 +67,26 @@ def status_view(reg: Registry, now: float, forget_after_s: float | None = None) 
             )
         )
     return agents, workers, tuple(models)
+
+
+
+def _not_serving(reg: Registry, placed: list[WorkerRecord], now: float) -> str:
+    """Why the workers a variant is placed on do not serve: their agent is lost, they crashed past
+    the restart limit, or they are starting."""
+    lost = [w for w in placed if w.state == WorkerState.LOST or not reg.agent_alive(w.plan.agent_id, now)]
+    crashed = [w for w in placed if w.state == WorkerState.CRASHED and w not in lost]
+    starting = [w for w in placed if w not in lost and w not in crashed]
+    parts = []
+    if starting:
+        parts.append(f"placed on {_ids(starting)}, not ready yet")
+    if lost:
+        agents = sorted({w.plan.agent_id for w in lost})
+        parts.append(f"placed on {_ids(lost)}, whose agent{'s' if len(agents) > 1 else ''} "
+                     f"{', '.join(agents)} {'are' if len(agents) > 1 else 'is'} lost")
+    if crashed:
+        parts.append(f"placed on {_ids(crashed)}, crashed past the restart limit")
+    return "; ".join(parts)
+
+
+def _ids(workers: list[WorkerRecord]) -> str:
+    return ", ".join(w.plan.worker_id for w in workers)

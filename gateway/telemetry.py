@@ -240,8 +240,8 @@ class Telemetry:
         return {"interval_s": 1, "series": series, "families": families}
 
     def rates(self, span_s: int = RATE_WINDOW_S) -> dict[str, dict[str, float]]:
-        """Per family over the last ``span_s`` seconds: goodput (req/s answered within deadline),
-        effective accuracy of the answers (NaN when none) and the bandit's exploration share (NaN
+        """Per family requests named (in or before the window): over the last ``span_s`` seconds,
+        goodput (req/s answered within deadline; 0 when none), effective accuracy of the answers (NaN when none) and the bandit's exploration share (NaN
         when it decided nothing)."""
         now = int(self.clock())
         self._expire(now)
@@ -256,6 +256,8 @@ class Telemetry:
                 acc.accuracy_sum += fs.accuracy_sum
                 acc.decisions += fs.decisions
                 acc.explored += fs.explored
+        for name in self.families:  # a family gone quiet reads 0 req/s, not no series (an alert on it still fires)
+            sums.setdefault(name, _FamilySecond())
         nan = float("nan")
         return {name: {"goodput_rps": acc.slo_met / span_s,
                        "effective_accuracy": acc.accuracy_sum / acc.answered if acc.answered else nan,

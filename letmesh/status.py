@@ -11,7 +11,7 @@ import zmq
 from letmesh.startup import device_text
 from mesh.keys import KeysError, operator_keys, split_server_key
 from protocol.codec import decode, encode
-from protocol.error import ProtocolError
+from protocol.error import FrameTooLarge, ProtocolError
 from protocol.message import ErrorReply, GetStatus, StatusReply
 from protocol.schema import to_plain
 
@@ -67,6 +67,8 @@ def ask_controller(controller: str, msg: object, reply_type: type, timeout_s: fl
             raise StatusUnavailable(f"controller at {controller} did not answer within {timeout_s:.0f} s{hint}")
         try:
             reply, _ = decode(sock.recv_multipart())
+        except FrameTooLarge as exc:
+            raise StatusUnavailable(f"{controller} answered a reply larger than this letmesh reads ({exc})") from None
         except ProtocolError as exc:
             raise StatusUnavailable(f"{controller} answered something that is not a letmesh controller's reply "
                                     f"({exc}); is it the controller's port?") from None

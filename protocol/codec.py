@@ -37,7 +37,9 @@ BUNDLE_TAG = 0  # not a message: the header of a bundle of messages
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_header_bytes: int = 1 << 20
+    # The status and the routing table of a fleet of thousands of gpu-lets (~370 and ~200 bytes a
+    # worker) are the largest headers: 16 MiB holds tens of thousands.
+    max_header_bytes: int = 16 << 20
     max_tensor_bytes: int = 64 << 20
     max_total_bytes: int = 128 << 20
     max_tensors: int = 64

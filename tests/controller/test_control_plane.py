@@ -202,3 +202,23 @@ def test_a_new_worker_that_crashes_while_its_move_starts_is_replaced_without_wai
     again = started_within(plane, starts[1:], 10)  # the start timeout is 120 s
     assert again and not {s.worker_id for s in first} & {s.worker_id for s in again}
     assert not {s.worker_id for s in first} & set(plane.registry.workers)
+
+
+def test_planned_rates_are_exported_only_for_workers_that_hold_their_gpu_let(plane: ControlPlane) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def planned() -> set[str]:
+        text = generate_latest(plane.metrics.registry).decode()
+        (family,) = [f for f in text_string_to_metric_families(text) if f.name == "letmesh_gpulet_planned_rps"]
+        return {s.labels["worker"] for s in family.samples}
+
+    serving = placed(plane)
+    assert started_within(plane, serving, 30), "the plan made once profiles are in moves the start-up placement"
+    assert planned(), "the move's rates are exported"
+    for _ in range(60):  # a1 falls silent: its workers are lost, the move abandoned
+        plane._clock.advance(1.0)
+        plane.tick()
+        drain(plane)
+    holding = {w for w, r in plane.registry.workers.items() if r.in_plan and r.state in ("starting", "ready", "restarting")}
+    assert planned() <= holding, {w: plane.registry.workers[w].state for w in planned()}

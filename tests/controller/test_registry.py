@@ -228,6 +228,16 @@ def test_status_shows_models_ready_only_while_served(reg: Registry, clock: FakeC
     assert {m.name: m.reason for m in models}["small"] == "not placed: the current plan runs it on no worker"
 
 
+def test_a_model_on_a_lost_agent_says_so_rather_than_not_ready_yet(reg: Registry, clock: FakeClock) -> None:
+    ready(reg, "a1.w1", clock)
+    clock.advance(WINDOW_S * 2)  # a1 and its workers fall silent
+    reg.expire(clock.monotonic())
+    assert not reg.agent_alive("a1", clock.monotonic())
+    _, _, models = reg.status(clock.monotonic())
+    assert {m.name: m.reason for m in models} == {"large": "placed on a1.w1, whose agent a1 is lost",
+                                                  "small": "placed on a1.w0, whose agent a1 is lost"}
+
+
 def test_status_shows_what_runs_a_workers_variants_bounded_to_its_plan(reg: Registry, clock: FakeClock) -> None:
     note = "onnx (converted from TorchScript: 1.30x at batch 1, 1.50x at batch 8, outputs within 1e-07)"
     assert reg.worker_ready("a1.w0", pid=100, latency={"small": (1.0,)}, now=clock.monotonic(),

@@ -176,3 +176,13 @@ def test_rates_have_no_accuracy_or_exploration_without_answers_or_decisions():
     rates = tel.rates()["digits"]
     assert rates["goodput_rps"] == 0 and math.isnan(rates["effective_accuracy"]) and math.isnan(rates["exploration"])
     assert ("letmesh_effective_accuracy", (("family", "digits"),)) not in samples(tel)
+
+
+def test_a_family_gone_quiet_reads_zero_goodput_rather_than_no_series():
+    clock = Clock()
+    tel = Telemetry(clock=clock)
+    ok(tel, selected=True)
+    clock.t += 120  # two windows without a request
+    got = samples(tel)
+    assert got[("letmesh_goodput_rps", (("family", "digits"),))] == 0
+    assert ("letmesh_effective_accuracy", (("family", "digits"),)) not in got  # nothing answered: no accuracy

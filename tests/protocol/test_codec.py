@@ -525,3 +525,32 @@ def test_a_bundle_over_the_total_size_limit_is_too_large() -> None:
     with pytest.raises(FrameTooLarge):
         decode_all(frames, Limits(max_total_bytes=3 * 4096))
     assert len(decode_all(frames, Limits(max_total_bytes=5 * 4096))) == 4
+
+
+def test_the_status_and_routing_table_of_a_fleet_of_thousands_of_gpu_lets_decode() -> None:
+    """128 hosts of 8 GPUs split in 4 gpu-lets: 4,096 workers (a 1 MiB header limit refused the
+    status at about 2,900)."""
+    from protocol.message import RoutingTable, StatusReply
+    from protocol.types import AgentStatus, DeviceInfo, ModelStatus, Partition, WorkerRoute, WorkerState, WorkerStatus
+
+    gpus = tuple(DeviceInfo(device_id=f"cuda{g}", kind="cuda", name="NVIDIA H100 80GB HBM3", cores=132,
+                            memory_bytes=80 << 30) for g in range(8))
+    agents = tuple(AgentStatus(agent_id=f"gpu-node-{a:04d}", hostname=f"gpu-node-{a:04d}.cluster.local", alive=True,
+                               devices=gpus, last_seen_s=0.4) for a in range(128))
+    variants = ("resnet50-fp16", "resnet18-int8")
+    workers = tuple(WorkerStatus(worker_id=f"{a.agent_id}.g1003.w{i}", agent_id=a.agent_id, state=WorkerState.READY,
+                                 partition=Partition(device_id=f"cuda{i // 4}", kind="cuda", mps_percent=25),
+                                 variants=variants, pid=123456, slowdown=dict.fromkeys(variants, 1.05),
+                                 runtimes=dict.fromkeys(variants, "onnxruntime-cuda"))
+                    for a in agents for i in range(32))
+    status = StatusReply(controller_epoch=3, routing_version=5, agents=agents, workers=workers,
+                         models=tuple(ModelStatus(name=v, family="cls", accuracy=0.9, state="READY",
+                                                  workers=tuple(w.worker_id for w in workers)) for v in variants),
+                         gateways=("tcp://gw:1",))
+    routes = RoutingTable(version=9, models=(), workers=tuple(
+        WorkerRoute(worker_id=w.worker_id, variants=variants, latency_ms=dict.fromkeys(variants, (1.0, 1.6, 2.9, 5.5)),
+                    weights=dict.fromkeys(variants, 1 / 4096)) for w in workers))
+    for msg in (status, routes):
+        frames = encode(msg)
+        assert len(frames[0]) > 1 << 20
+        assert decode(frames)[0] == msg
