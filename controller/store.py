@@ -1,7 +1,9 @@
 """SQLite state of the controller: what it placed where, so a restart resumes the same mesh.
 
 One connection, used from the controller's event loop thread only. Writes are small and
-committed at once (WAL mode), so a crash loses at most the write in progress. The decision log is
+committed at once (WAL mode), so a crash of the process loses at most the write in progress; a
+power loss may also lose the last commits, except the epoch and plan generation, which are synced
+to disk when written (a repeated epoch or worker id would be taken for the old one's). The decision log is
 the one table that grows with traffic (~800 bytes a request to a family); it is kept within a
 :class:`DecisionRetention` by age and by the file's size. Tables and their versions:
 ``controller.store_schema``.
@@ -82,14 +84,22 @@ class StateStore:
         return int(row[0]) if row else 0
 
     def save_generation(self, generation: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
+        self._synced("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
 
     def next_epoch(self) -> int:
         """Bump and return the controller epoch: one per controller start."""
         row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         epoch = (int(row[0]) if row else 0) + 1
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(epoch),))
+        self._synced("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(epoch),))
         return epoch
+
+    def _synced(self, sql: str, params: tuple) -> None:
+        """One write committed with the write-ahead log synced to disk (``synchronous=FULL``)."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._db.execute(sql, params)
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def known_variants(self) -> set[str] | None:
         """The variants the plan of record was made for (None before the first start saved them)."""
