@@ -126,30 +126,35 @@ def _traffic(recent: Mapping[str, Any] | None, now_s: float) -> dict[str, Any] |
     effective accuracy is the mean accuracy of the variants that answered. A bin without requests
     has neither.
     """
-    # The second in progress is left out until it is over: counted as a whole second, its first
-    # requests read as a rate far below the real one.
-    last = int(now_s)
-    series = [p for p in (recent or {}).get("series") or [] if int(p["t"]) < last]
+    series = (recent or {}).get("series") or []
     if not series:
         return None
     keys = ("requests", "ok", "late", "deadline_missed", "shed", "errors", "invalid", "accuracy_sum", "accuracy_n")
     bins: dict[int, dict[str, float]] = {}
-    first = max(int(series[0]["t"]), last - 3600)  # bounded even if a clock jumped
-    series = [p for p in series if int(p["t"]) >= first]
-    for t in range(first // BIN_S * BIN_S, last, BIN_S):
+    now = int(now_s)
+    first = max(int(series[0]["t"]), now - 3600)  # bounded even if a clock jumped
+    series = [p for p in series if first <= int(p["t"]) <= now]
+    for t in range(first // BIN_S * BIN_S, now + 1, BIN_S):
         bins[t] = dict.fromkeys(keys, 0)  # every bin from the oldest second to now: a quiet spell draws as 0
+        bins[t]["done"] = 0
     for point in series:
         b = bins[int(point["t"]) // BIN_S * BIN_S]
         for key in keys:
             b[key] += point.get(key, 0)
+        if int(point["t"]) < now:
+            b["done"] += point.get("requests", 0)
     points = []
     for t in sorted(bins):
         b = bins[t]
-        seconds = min(t + BIN_S, last) - max(t, first)  # the oldest and newest bins may be partly covered
+        # A rate over the whole seconds of the bin the window holds (the oldest and newest bins may
+        # hold part of theirs): the second in progress counts once it is over (counted as a whole
+        # second, its first requests read as a rate far below the real one); a bin of that second
+        # alone has no rate yet.
+        seconds = min(t + BIN_S, now) - max(t, first)
         requests = b["requests"]
         points.append({
             "t": t,
-            "rate": round(requests / seconds, 3),
+            "rate": round(b["done"] / seconds, 3) if seconds > 0 else None,
             "slo": round(b["ok"] / (requests - b["invalid"]), 4) if requests > b["invalid"] else None,
             "accuracy": round(b["accuracy_sum"] / b["accuracy_n"], 4) if b["accuracy_n"] else None,
             "requests": requests, "ok": b["ok"], "late": b["late"], "deadline_missed": b["deadline_missed"],
@@ -161,7 +166,7 @@ def _traffic(recent: Mapping[str, Any] | None, now_s: float) -> dict[str, Any] |
     accepted = totals["requests"] - totals["invalid"]
     totals["slo"] = round(totals["ok"] / accepted, 4) if accepted else None
     totals["accuracy"] = round(sum(p.get("accuracy_sum", 0.0) for p in series) / acc_n, 4) if acc_n else None
-    window = last - first
+    window = now - first + 1
     return {"bin_s": BIN_S, "window_s": max(window, 0), "points": points, "totals": totals}
 
 

@@ -126,14 +126,15 @@ def test_traffic_is_binned_into_rate_slo_attainment_and_effective_accuracy() -> 
     assert t["bin_s"] == BIN_S
     points = t["points"]
     assert points[0]["t"] <= start < points[0]["t"] + BIN_S
-    assert points[-1]["t"] <= NOW - 1 < points[-1]["t"] + BIN_S  # bins reach the last whole second, quiet or not
+    assert points[-1]["t"] <= NOW < points[-1]["t"] + BIN_S  # bins reach now, quiet seconds or not
     busy = [p for p in points if p["requests"]]
     assert sum(p["requests"] for p in busy) == 100
     full = [p for p in busy if p["requests"] == 10 * BIN_S]
     assert full and all(p["rate"] == 10.0 for p in full)
     assert all(p["slo"] == 0.8 and p["accuracy"] == pytest.approx(0.9) for p in busy)
-    quiet = points[-1]
+    quiet = points[-2]  # the last whole bin: a quiet one (the newest holds only the second in progress)
     assert quiet["rate"] == 0 and quiet["slo"] is None and quiet["accuracy"] is None
+    assert points[-1]["rate"] is None and points[-1]["requests"] == 0
     assert t["totals"]["requests"] == 100 and t["totals"]["slo"] == 0.8 and t["totals"]["deadline_missed"] == 10
 
 
@@ -145,8 +146,10 @@ def test_a_steady_rate_reads_the_same_in_every_bin_however_much_of_it_the_window
     v = build_view(routing=RoutingView(TABLE), reachable=set(), status=STATUS, status_age_s=1.5,
                    recent=recent(series), preferences={}, policy_versions={"cls": 4}, now_s=NOW + 0.1)
     points = v["traffic"]["points"]
-    assert [p["rate"] for p in points] == [10.0] * len(points) and len(points) == 5
-    assert v["traffic"]["totals"]["requests"] == 230  # the second in progress counts once it is over
+    assert len(points) == 6 and points[-1]["t"] == NOW
+    assert [p["rate"] for p in points[:-1]] == [10.0] * 5
+    assert points[-1]["rate"] is None, "a bin of the second in progress alone has no rate yet"
+    assert points[-1]["requests"] == 1 and v["traffic"]["totals"]["requests"] == 231  # but its requests count
 
 
 def test_no_traffic_window_draws_nothing_rather_than_zeros() -> None:
