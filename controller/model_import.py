@@ -132,10 +132,10 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
 
 
 def _checked(new: NewVariant, model_file: Path) -> str:
-    if not NAME.match(new.name):
+    if not NAME.fullmatch(new.name):
         raise RepositoryError(f"--name {new.name!r}: letters, digits, '.', '_' and '-' (at most 128), "
                               "starting with a letter or digit")
-    if not NAME.match(new.family):
+    if not NAME.fullmatch(new.family):
         raise RepositoryError(f"--family {new.family!r}: letters, digits, '.', '_' and '-' (at most 128), "
                               "starting with a letter or digit")
     if not 0.0 <= new.accuracy <= 1.0:

@@ -21,11 +21,11 @@ from controller.error import RepositoryError
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
 from protocol.codec import DEFAULT_LIMITS
-from protocol.types import BACKENDS, DATATYPES, ModelInfo, TensorSpec, VariantSpec
+from protocol.types import BACKENDS, DATATYPES, ModelInfo, TensorSpec, VariantSpec, stackable
 
 MANIFEST = "manifest.json"
 # Variant and family names: they name files (a family's policy snapshot) and URL paths.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole names only: fullmatch
 MAX_BATCH = 1 << 16
 MAX_LATENCY_MS = 3_600_000.0  # an SLO or a profiled batch of an hour: past this, a typo
 MAX_RANK = DEFAULT_LIMITS.max_rank  # what a tensor may have on the wire
@@ -245,6 +245,11 @@ def _load_variant(manifest: Path) -> Variant:
         max_batch = raw.get("max_batch", 1)
         if type(max_batch) is not int or not 1 <= max_batch <= MAX_BATCH:
             raise RepositoryError(f"{manifest}: max_batch must be a whole number from 1 to {MAX_BATCH}")
+        inputs = _specs(raw, "inputs", manifest)
+        if not stackable(inputs):
+            # Requests to it never stack (an input has no batch dimension): it runs one at a time,
+            # and is profiled and planned so (warm-up at larger sizes would time the same input).
+            max_batch = 1
         profile = {int(k): _number({"profile_ms": v}, "profile_ms", lo=0.0, hi=MAX_LATENCY_MS, above=True)
                    for k, v in dict(raw.get("profile_ms", {})).items()}
         if any(k < 1 for k in profile):
@@ -258,7 +263,7 @@ def _load_variant(manifest: Path) -> Variant:
             max_batch=max_batch,
             default_slo_ms=_number(raw, "default_slo_ms", 100.0, lo=0.0, hi=MAX_LATENCY_MS, above=True),
             energy_j=_number(raw, "energy_j", 0.0, lo=0.0, hi=float("inf")),
-            inputs=_specs(raw, "inputs", manifest),
+            inputs=inputs,
             outputs=_specs(raw, "outputs", manifest),
             artifact=artifact,
             sha256=sha,
@@ -305,7 +310,7 @@ def _str(raw: dict, key: str) -> str:
 
 def _name(raw: dict, key: str) -> str:
     value = _str(raw, key)
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise RepositoryError(f"field {key!r} {value[:80]!r}: letters, digits, '.', '_' and '-' (at most 128), "
                               "starting with a letter or digit")
     return value

@@ -321,3 +321,24 @@ def test_a_manifest_nested_past_what_json_can_read_is_set_aside(tmp_path: Path, 
     manifest.write_text('{"variant": "bad", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}")
     repo = scan_repository(tmp_path)
     assert list(repo.variants) == ["good"] and "bad" in repo.unavailable
+
+
+def test_a_variant_without_a_batch_dimension_runs_one_request_at_a_time(tmp_path: Path, template) -> None:
+    """Its requests never stack, so it is planned at batch 1 whatever max_batch its manifest gives."""
+    write_variant(tmp_path, "flat", template, max_batch=8,
+                  inputs=[{"name": "x", "datatype": "FP32", "shape": [16]}],
+                  outputs=[{"name": "y", "datatype": "FP32", "shape": [16]}])
+    write_variant(tmp_path, "rows", template, max_batch=8, family="other")
+    variants = load_repository(tmp_path)
+    assert variants["flat"].spec().max_batch == 1
+    assert variants["rows"].spec().max_batch == 8
+
+
+@pytest.mark.parametrize("field", ["variant", "family"])
+def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path, template, field: str) -> None:
+    """A name becomes a folder, a file of the bandit's, a URL path and log lines: only whole
+    matches of the name pattern pass (``$`` let one trailing newline through)."""
+    write_variant(tmp_path, "ok", template)
+    write_variant(tmp_path, "bad", template, **{field: "bad\n"})
+    repo = scan_repository(tmp_path)
+    assert list(repo.variants) == ["ok"] and len(repo.unavailable) == 1
