@@ -9,10 +9,12 @@ beyond ``protocol``, ``agents.error`` and ``agents.probe``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,12 @@ def _open_torchscript(spec: VariantSpec, path: Path, device: str) -> Run:
 def _open_torch_export(spec: VariantSpec, path: Path, device: str) -> Run:
     target = torch.device(device)
     try:
-        program = torch.export.load(str(path))
+        with _weights_only():
+            program = torch.export.load(str(path))
+    except _PickledObject:
+        raise ModelLoadError(f"variant {spec.name!r}: the torch.export archive carries pickled Python objects "
+                             "(custom or opaque objects, or weights saved with pickle), which could run any code "
+                             "when loaded; re-export it with plain tensor weights") from None
     except Exception as exc:
         raise ModelLoadError(f"variant {spec.name!r}: not a loadable torch.export program: {_first_line(exc)}") from None
     module = program.module().to(target)
@@ -86,6 +93,39 @@ def _open_torch_export(spec: VariantSpec, path: Path, device: str) -> Run:
             return _torch_outputs(spec, module(*_tensors(inputs, target)))
 
     return run
+
+
+class _PickledObject(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """While a torch.export archive loads: every ``torch.load`` is weights-only (tensors and plain
+    containers; torch falls back to a full unpickle for payloads it flags or fails to read that
+    way) and the archive's other ways to unpickle an object are refused. A worker loads one model
+    at a time on its main thread; nothing else of it unpickles meanwhile."""
+    real_load = torch.load
+
+    def weights_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            return real_load(f, *args, **kwargs)
+        except pickle.UnpicklingError:
+            raise _PickledObject() from None
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise _PickledObject()
+
+    patches = ((torch, "load", weights_only_load), (pickle, "loads", refuse), (torch._C, "_pickle_load_obj", refuse))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def _tensors(inputs: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:

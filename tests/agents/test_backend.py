@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -163,6 +164,59 @@ def test_a_corrupt_torch_export_program_fails_with_a_clear_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="not a loadable torch.export program"):
         ModelRunner(scale_spec(200), path)
+
+
+class Weighted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.full((16,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * self.w, x.sum(dim=1, keepdim=True)
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded: it writes ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def test_a_torch_export_program_with_a_pickled_weight_is_refused_before_it_runs_anything(tmp_path):
+    """torch.export.load unpickles a weight flagged ``use_pickle`` with full pickle: an artifact
+    could run any code on every worker that loads it (and at ``letmesh repo add``)."""
+    import zipfile
+
+    good = tmp_path / "good.pt2"
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(Weighted().eval(), (torch.zeros(2, 16),), dynamic_shapes=({0: batch},)),
+                      str(good))
+    runner = ModelRunner(scale_spec(good.stat().st_size), good)  # plain tensor weights load and serve
+    np.testing.assert_array_equal(runner.run([np.ones((1, 16), np.float32)])[0], np.full((1, 16), 2.0))
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(good) as archive, zipfile.ZipFile(evil, "w") as out:
+        (config_name,) = [n for n in archive.namelist() if n.endswith("weights_config.json")]
+        config = json.loads(archive.read(config_name))
+        (entry,) = config["config"].values()
+        entry["use_pickle"] = True
+        for name in archive.namelist():
+            data = archive.read(name)
+            if name == config_name:
+                data = json.dumps(config).encode()
+            elif name.endswith("/weights/" + entry["path_name"]):
+                data = pickle.dumps(_RunsCode(marker), protocol=2)
+            out.writestr(name, data)
+
+    with pytest.raises(ModelLoadError, match="pickled Python objects"):
+        ModelRunner(scale_spec(evil.stat().st_size), evil)
+    assert not marker.exists()
+    runner = ModelRunner(scale_spec(good.stat().st_size), good)  # and loading is as before afterwards
+    assert runner.run([np.ones((1, 16), np.float32)])[0][0, 0] == 2.0
 
 
 def test_an_unknown_backend_or_missing_artifact_is_a_load_error(tmp_path):
