@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
 
-from agents.error import ArtifactError
+from agents.error import ArtifactError, FetchInterrupted
 from mesh.digest import sha256_file
 from mesh.transport import Endpoint
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import ArtifactChunkReply, ErrorReply, FetchArtifact, VariantLoadFailed
 
 MAX_REASON_LEN = 512
+FETCH_ATTEMPTS = 3  # a download interrupted by the link or this host is tried this many times
+FETCH_BACKOFF_S = 1.0  # before the second attempt; doubled before each later one
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+log = logging.getLogger(__name__)
 
 
 async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_s: float) -> ArtifactChunkReply:
@@ -30,9 +35,10 @@ async def _next_chunk(replies: asyncio.Queue, sha256: str, offset: int, timeout_
             async with asyncio.timeout(timeout_s):
                 reply = await replies.get()
         except TimeoutError:
-            raise ArtifactError(f"controller did not answer for artifact {sha256[:12]} at {offset}") from None
+            raise FetchInterrupted(f"controller did not answer for artifact {sha256[:12]} at {offset}") from None
         if isinstance(reply, ErrorReply):
-            raise ArtifactError(f"artifact {sha256[:12]}: {reply.code}: {reply.message}")
+            error = FetchInterrupted if reply.retryable else ArtifactError
+            raise error(f"artifact {sha256[:12]}: {reply.code}: {reply.message}")
         if isinstance(reply, ArtifactChunkReply) and reply.sha256 == sha256 and reply.offset == offset:
             return reply
 
@@ -65,8 +71,11 @@ async def fetch_artifact(
     hit = cached(cache_dir, sha256)
     if hit is not None:
         return hit
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_parts(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_parts(cache_dir)
+    except OSError as exc:  # the cache's disk or folder: this host's fault, not the artifact's
+        raise FetchInterrupted(f"artifact {sha256[:12]}: cannot write it to {cache_dir}: {exc}") from None
     tmp = cache_dir / f".{sha256}.{os.getpid()}.part"
     digest = hashlib.sha256()
     offset, total = 0, None
@@ -77,7 +86,8 @@ async def fetch_artifact(
                     async with asyncio.timeout(timeout_s):
                         await endpoint.send(FetchArtifact(sha256=sha256, offset=offset, length=ARTIFACT_CHUNK_BYTES))
                 except TimeoutError:
-                    raise ArtifactError(f"artifact {sha256[:12]}: no link to the controller within {timeout_s:.0f} s") from None
+                    raise FetchInterrupted(f"artifact {sha256[:12]}: no link to the controller within "
+                                           f"{timeout_s:.0f} s") from None
                 reply = await _next_chunk(replies, sha256, offset, timeout_s)
                 total = reply.total_size
                 if not reply.data and offset < total:
@@ -92,8 +102,27 @@ async def fetch_artifact(
         final = cache_dir / sha256
         os.replace(tmp, final)
         return final
+    except OSError as exc:  # the cache's disk (full, read-only): this host's, not the artifact's
+        raise FetchInterrupted(f"artifact {sha256[:12]}: cannot write it to {cache_dir}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+async def fetch_with_retries(
+    endpoint: Endpoint, replies: asyncio.Queue, cache_dir: Path, sha256: str, *, timeout_s: float = 10.0,
+    attempts: int = FETCH_ATTEMPTS, backoff_s: float = FETCH_BACKOFF_S,
+) -> Path:
+    """:func:`fetch_artifact`, tried again after an interruption (with a doubling pause); the last
+    interruption is raised. Bytes that do not match their digest, or an artifact the controller
+    does not have, fail at once."""
+    for attempt in range(attempts - 1):
+        try:
+            return await fetch_artifact(endpoint, replies, cache_dir, sha256, timeout_s=timeout_s)
+        except FetchInterrupted as exc:
+            pause = backoff_s * 2 ** attempt
+            log.warning("fetching artifact %s: %s; trying again in %.0f s", sha256[:12], exc, pause)
+            await asyncio.sleep(pause)
+    return await fetch_artifact(endpoint, replies, cache_dir, sha256, timeout_s=timeout_s)
 
 
 async def report_load_failure(control: Endpoint, worker_id: str, variant: str, exc: BaseException) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
-from agents.artifact import fetch_artifact, report_load_failure  # noqa: E402
-from agents.error import WorkerSpecError  # noqa: E402
+from agents.artifact import fetch_with_retries, report_load_failure  # noqa: E402
+from agents.error import FetchInterrupted, WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
 from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
@@ -114,7 +114,12 @@ class Worker:
                 loading.cancel()
                 await asyncio.gather(loading, return_exceptions=True)
                 return
-            loading.result()
+            try:
+                loading.result()
+            except FetchInterrupted as exc:
+                log.error("worker %s could not fetch its artifacts: %s; exiting", self.cmd.worker_id, exc)
+                self.exit_code = 4
+                return
             if not self.runners:
                 log.error("no variant of worker %s could be loaded; exiting", self.cmd.worker_id)
                 self.exit_code = 3
@@ -149,10 +154,13 @@ class Worker:
         torch.set_num_threads(1 if device != "cpu" else max(1, len(os.sched_getaffinity(0))))
         for spec in self.cmd.variants:
             try:
-                path = await fetch_artifact(control, replies, self.cache_dir, spec.sha256)
+                path = await fetch_with_retries(control, replies, self.cache_dir, spec.sha256)
                 runner = ModelRunner(spec, path, device, onnx_upgrade=onnx_upgrade_enabled())
                 measured = runner.warm_up()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, FetchInterrupted):
+                # Interrupted past its retries: a fault of this host or its link, not of the variant,
+                # which is not to be set aside mesh-wide for it. The worker exits; its agent
+                # restarts it (and past the restart limit the controller places it elsewhere).
                 raise
             except Exception as exc:
                 # One bad variant must not take the healthy ones sharing this gpu-let down with

@@ -16,8 +16,8 @@ import zmq
 import zmq.asyncio
 from torch import nn
 
-from agents.artifact import fetch_artifact, report_load_failure
-from agents.error import ArtifactError
+from agents.artifact import fetch_artifact, fetch_with_retries, report_load_failure
+from agents.error import ArtifactError, FetchInterrupted
 from letmesh.zoo import build_trivial, quiet_jit
 from mesh.transport import Endpoint, EndpointClosed
 from protocol.codec import ARTIFACT_CHUNK_BYTES, decode, encode
@@ -261,3 +261,49 @@ async def test_a_variant_that_cannot_load_is_reported_to_the_controller_with_its
     assert isinstance(msg, VariantLoadFailed)
     assert (msg.worker_id, msg.variant) == ("test.w0", "digits-cnn")
     assert msg.reason.startswith("RuntimeError: PytorchStreamReader failed") and len(msg.reason) == 512
+
+
+async def test_a_link_or_host_fault_is_an_interruption_and_a_bad_artifact_is_not(fake_controller, link, repo,
+                                                                                  tmp_path) -> None:
+    """The worker sets a variant aside mesh-wide only for what is wrong with the artifact; a
+    silent or busy controller, or this host's disk, interrupts the fetch and is tried again."""
+    sha, data = artifact(repo, "identity")
+    silent = link(fake_controller(lambda msg: []).address)
+    with pytest.raises(FetchInterrupted):
+        await silent.fetch(tmp_path / "a", sha, timeout_s=0.2)
+    busy = link(fake_controller(lambda msg: [ErrorReply(code="busy", message="later", retryable=True)]).address)
+    with pytest.raises(FetchInterrupted, match="later"):
+        await busy.fetch(tmp_path / "b", sha)
+    served = link(fake_controller(lambda msg: [chunk_of(data, msg)]).address)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "cache").write_text("a file where the cache folder should be")
+    with pytest.raises(FetchInterrupted):
+        await served.fetch(tmp_path / "ro" / "cache" / "x", sha)
+    for bad, answer in (("unknown", lambda msg: [ErrorReply(code="not_found", message="no such artifact")]),
+                        ("wrong", lambda msg: [ArtifactChunkReply(sha256=sha, offset=0, total_size=3, data=b"abc")])):
+        with pytest.raises(ArtifactError) as failed:
+            await link(fake_controller(answer).address).fetch(tmp_path / bad, sha)
+        assert not isinstance(failed.value, FetchInterrupted), bad
+
+
+async def test_an_interrupted_fetch_is_tried_again_and_gives_up_after_its_attempts(fake_controller, link, repo,
+                                                                                 tmp_path) -> None:
+    sha, data = artifact(repo, "identity")
+    asked: list[int] = []
+
+    def answers_the_second_time(msg: FetchArtifact) -> list[Any]:
+        asked.append(msg.offset)
+        return [chunk_of(data, msg)] if len(asked) > 1 else []
+
+    flaky = link(fake_controller(answers_the_second_time).address)
+    path = await asyncio.wait_for(fetch_with_retries(flaky.endpoint, flaky.replies, tmp_path / "a", sha,
+                                                     timeout_s=0.3, backoff_s=0.05), BOUND_S)
+    assert path.read_bytes() == data and len(asked) >= 2
+
+    calls: list[int] = []
+    silent = link(fake_controller(lambda msg: calls.append(msg.offset) or []).address)
+    with pytest.raises(FetchInterrupted):
+        await asyncio.wait_for(fetch_with_retries(silent.endpoint, silent.replies, tmp_path / "b", sha,
+                                                  timeout_s=0.2, attempts=3, backoff_s=0.05), BOUND_S)
+    assert len(calls) == 3
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
