@@ -199,6 +199,39 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+def check_outputs(spec: VariantSpec, result: Sequence[Any], batch: int) -> None:
+    """Do a run's outputs (``batch`` rows in) match the manifest: as many, each of its rank and fixed
+    sizes with ``batch`` rows first, and a datatype that converts to the declared one without
+    changing kind (FP32 served as FP64 is fine; FP32 as INT8 would serve wrapped numbers)?"""
+    result = list(result)
+    if len(result) != len(spec.outputs):
+        raise ModelLoadError(f"variant {spec.name!r}: the model gives {len(result)} outputs, the manifest declares "
+                             f"{len(spec.outputs)}")
+    for out_spec, value in zip(spec.outputs, result):
+        dtype, shape = _dtype_of(value), tuple(np.shape(value) if not isinstance(value, torch.Tensor) else value.shape)
+        declared = np.dtype(DATATYPES[out_spec.datatype])
+        if dtype is None or not np.can_cast(dtype, declared, casting="same_kind"):
+            raise ModelLoadError(f"variant {spec.name!r}: output {out_spec.name!r} is {dtype} from the model but "
+                                 f"{out_spec.datatype} in the manifest, which it does not convert to faithfully")
+        want = out_spec.shape
+        fits = len(shape) == len(want) and all(w == -1 or w == g for w, g in zip(want, shape))
+        if fits and out_spec.batched:
+            fits = shape[0] == batch
+        if not fits:
+            raise ModelLoadError(f"variant {spec.name!r}: output {out_spec.name!r} has shape {list(shape)} for "
+                                 f"{batch} rows, the manifest declares {list(want)}")
+
+
+def _dtype_of(value: Any) -> np.dtype | None:
+    """The numpy datatype an output converts to (None: one numpy has not, such as bfloat16)."""
+    if isinstance(value, torch.Tensor):
+        try:
+            return torch.empty(0, dtype=value.dtype).numpy().dtype
+        except TypeError:
+            return None
+    return np.asarray(value).dtype
+
+
 def output_arrays(spec: VariantSpec, result: Sequence[Any]) -> list[np.ndarray]:
     """Outputs as numpy arrays of the datatypes the spec declares."""
     outs = []

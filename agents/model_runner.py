@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.backend import Run, cpu_threads, open_backend, output_arrays
+from agents.backend import Run, check_outputs, cpu_threads, open_backend, output_arrays
 from agents.onnx_upgrade import upgrade
 from agents.probe import onnx_needs_host_cpu
 from mesh.latency import LatencyCurve, warmup_batches
@@ -50,10 +50,13 @@ class ModelRunner:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """inputs in the spec's input order, batched on dim 0 -> outputs in the spec's output order."""
+        return output_arrays(self.spec, self._raw(inputs))
+
+    def _raw(self, inputs: list[np.ndarray]) -> Sequence[Any]:
         run = self._run
         if self._larger is not None and inputs and inputs[0].ndim and inputs[0].shape[0] > self._up_to:
             run = self._larger
-        return output_arrays(self.spec, run(inputs))
+        return run(inputs)
 
     def warm_up(self, repeats: int = 5) -> dict[int, float]:
         """Measure the latency of batch sizes 1, 2, 4, ... max_batch; returns ms by size.
@@ -73,7 +76,9 @@ class ModelRunner:
         measured: dict[int, float] = {}
         for size in sizes:
             sample = self.example_inputs(size)
-            self.run(sample)  # first call compiles and allocates
+            # The first call compiles and allocates; its outputs must be what the manifest declares
+            # (ModelLoadError if not), or wrong numbers would be served.
+            check_outputs(self.spec, self._raw(sample), size)
             times = []
             for _ in range(repeats):
                 start = clock()

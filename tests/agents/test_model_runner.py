@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from agents.error import ModelLoadError
 from agents.model_runner import ModelRunner
 from letmesh.zoo import build_trivial, quiet_jit
 from protocol.types import TensorSpec, VariantSpec
@@ -175,3 +176,16 @@ def test_latency_interpolates_between_and_extrapolates_beyond_measured_sizes(ide
     beyond = [runner.latency_s(b) for b in (8, 9, 12, 16, 64)]
     assert beyond == sorted(beyond) and len(set(beyond)) == len(beyond)  # strictly increasing
     assert runner.latency_s(16) == pytest.approx(2 * s[8])  # linear in the batch beyond
+
+
+@pytest.mark.parametrize(("outputs", "says"), [
+    ((("doubled", "INT8", (-1, 16)), ("total", "FP32", (-1, 1))), "float32 from the model but INT8"),
+    ((("doubled", "FP32", (-1, 7)), ("total", "FP32", (-1, 1))), "shape \\[1, 16\\] for 1 rows"),
+    ((("doubled", "FP32", (-1, 16)),), "gives 2 outputs, the manifest declares 1"),
+], ids=["narrowing-datatype", "fixed-size", "count"])
+def test_outputs_unlike_the_manifest_fail_the_load_instead_of_serving_wrong_numbers(identity, tmp_path: Path,
+                                                                                     outputs, says) -> None:
+    spec, _ = identity
+    runner = ModelRunner(with_outputs(spec, *outputs), scripted(TwoOutputs(), tmp_path / "two.pt"))
+    with pytest.raises(ModelLoadError, match=says):
+        runner.warm_up(repeats=1)
