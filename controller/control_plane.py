@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.artifact_serving import artifact_chunk
+from controller.artifact_serving import ArtifactFiles, artifact_chunk
 from controller.config import ControllerConfig
 from controller.demand import DemandTracker
 from controller.layout_manager import LayoutManager
@@ -112,6 +112,7 @@ class ControlPlane:
         for name, reason in repository.unavailable.items():
             log.error("variant %s is unavailable: %s", name, reason)
         self._by_sha: dict[str, Variant] = {v.sha256: v for v in variants.values()}
+        self._files = ArtifactFiles(variants.values())  # the bytes read now, whatever replaces them on disk
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
         self.epoch = self.store.next_epoch()
@@ -164,6 +165,7 @@ class ControlPlane:
         self.learner.publish()  # save what was learned since the last publish
         self.learner.close()
         self.store.close()
+        self._files.close()
 
     # --- messages -------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ class ControlPlane:
             case VariantLoadFailed(variant=variant, reason=reason) if kind in ("worker", "agent"):
                 self._on_load_failed(kind, peer_id, variant, reason, now)
             case FetchArtifact(sha256=sha, offset=offset, length=length):
-                self._send(peer, artifact_chunk(self._by_sha.get(sha), sha, offset, length))
+                self._send(peer, artifact_chunk(self._by_sha.get(sha), sha, offset, length, self._files))
             case GetStatus():
                 self._send(peer, self.status())
             case other:

@@ -7,8 +7,14 @@ import hashlib
 import shutil
 
 import pytest
+import torch
+from torch import nn
 
+from agents.model_runner import trial_run
+from controller.artifact_serving import artifact_chunk
+from controller.model_import import NewVariant, add_model, parse_tensor
 from controller.repository import load_repository
+from letmesh.zoo import quiet_jit
 from mesh.clock import FakeClock
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import (
@@ -213,6 +219,34 @@ async def test_artifact_chunks_hash_to_the_manifest_sha(start_controller, peer, 
     assert hashlib.sha256(data).hexdigest() == wide.sha256
 
 
+async def test_a_replaced_artifact_is_served_as_it_was_read_under_its_digest(start_controller, peer, repo,
+                                                                             tmp_path) -> None:
+    """``letmesh repo add --replace`` beside a running controller: until it restarts, its plans name
+    the old digest, and a worker fetching it gets the old bytes (it got the new ones under the old
+    digest, failed its check, and the variant was set aside mesh-wide)."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    controller = await start_controller(repository=copy)
+    wide = load_repository(copy)["wide"]
+    replacement = tmp_path / "new.pt"
+    with quiet_jit():
+        torch.jit.save(torch.jit.script(nn.Linear(384, 384).eval()), str(replacement))
+    new = add_model(copy, replacement, NewVariant(name="wide", family="wide", accuracy=0.9,
+                                                  inputs=(parse_tensor("x:FP32:-1,384"),)),
+                    trial=trial_run, replace=True)
+    assert new.sha256 != wide.sha256 and not any(p.name.startswith(".wide") for p in copy.iterdir())
+
+    fetcher = peer(controller.address, b"worker:fetcher")
+    data = bytearray()
+    while True:
+        await fetcher.send(FetchArtifact(sha256=wide.sha256, offset=len(data), length=ARTIFACT_CHUNK_BYTES))
+        chunk = await fetcher.expect(ArtifactChunkReply)
+        data += chunk.data
+        if len(data) >= chunk.total_size:
+            break
+    assert hashlib.sha256(data).hexdigest() == wide.sha256
+
+
 @pytest.mark.parametrize(
     ("known", "offset", "length", "code"),
     [(False, 0, 1024, "unknown_artifact"), (True, 0, 0, "bad_range"), (True, -1, 1024, "bad_range"),
@@ -229,15 +263,21 @@ async def test_bad_artifact_request_gets_an_error(start_controller, peer, repo, 
     assert error.code == code
 
 
-async def test_an_artifact_gone_from_the_repository_gets_an_error_not_silence(start_controller, peer, repo) -> None:
+async def test_an_artifact_moved_away_after_the_start_is_still_served_and_one_unreadable_is_an_error(
+        start_controller, peer, repo) -> None:
     controller = await start_controller()
     fetcher = peer(controller.address, b"worker:fetcher")
     identity = load_repository(repo)["identity"]
     moved = identity.artifact.with_name("moved-away")
     identity.artifact.rename(moved)
     try:
-        await fetcher.send(FetchArtifact(sha256=identity.sha256, offset=0, length=1024))
-        assert (await fetcher.expect(ErrorReply)).code == "unknown_artifact"
+        # The controller holds what it read: the digest its plans name still fetches.
+        await fetcher.send(FetchArtifact(sha256=identity.sha256, offset=0, length=ARTIFACT_CHUNK_BYTES))
+        chunk = await fetcher.expect(ArtifactChunkReply)
+        assert hashlib.sha256(chunk.data).hexdigest() == identity.sha256 and len(chunk.data) == chunk.total_size
+        # A file it could not hold, gone when read: an error reply, never silence.
+        gone = artifact_chunk(identity, identity.sha256, 0, 1024)
+        assert isinstance(gone, ErrorReply) and gone.code == "unknown_artifact"
     finally:
         moved.rename(identity.artifact)
 
