@@ -80,11 +80,21 @@ class Membership:
             # demand asks for more: moving work back to it would only churn the layout.
         for plan in planned:
             report = running.get(plan.worker_id)
-            if report is not None and sorted(report.variants) == sorted(plan.variants):
+            if report is not None and sorted(report.variants) == sorted(plan.variants) and self._current(report):
                 reg.worker_started(plan.worker_id, report.pid, now)  # running as planned: left alone
             else:
+                if report is not None and sorted(report.variants) == sorted(plan.variants):
+                    log.info("agent %s runs %s on an artifact the repository has replaced: restarting it",
+                             agent_id, plan.worker_id)
                 commands.append(self._start_command(plan))
         return Registration(joined, tuple(commands))
+
+    def _current(self, report: RunningWorker) -> bool:
+        """Does a running worker serve the repository's artifact of each of its variants? (An agent
+        that does not say what it runs is taken at its word.)"""
+        variants = self._registry.variants
+        return not report.artifacts or all(
+            name not in variants or variants[name].sha256 == sha for name, sha in zip(report.variants, report.artifacts))
 
     def _initial(self, agent_id: str) -> list[PlannedWorker]:
         reg = self._registry

@@ -261,6 +261,9 @@ class RunningWorker:
     variants: tuple[str, ...]
     pid: int = 0
     public_key: str = ""
+    # The sha256 of the artifact it serves for each of ``variants``, in their order (empty from an
+    # agent that does not say): a worker running a replaced artifact is restarted on the new one.
+    artifacts: tuple[str, ...] = ()
 
 
 @struct

@@ -91,6 +91,17 @@ def test_a_planned_worker_not_running_or_running_another_spec_is_started(restart
     assert registration.joined is Joined.RESTARTED and registration.commands == (SCALED,)
 
 
+def test_a_worker_running_a_replaced_artifact_is_restarted_on_the_repositorys(restarted: Controller) -> None:
+    """``letmesh repo add --replace`` then a controller restart: a worker still running the old
+    artifact of its variant kept answering with the old model while the metadata showed the new one."""
+    current = restarted.registry.variants["cls-large"].sha256
+    same = dataclasses.replace(running(SCALED), artifacts=(current,))
+    assert restarted.register("a0", running=[same]).commands == ()
+    old = dataclasses.replace(running(SCALED), artifacts=("1" * 64,))
+    registration = restarted.register("a0", instance="i2", running=[old])
+    assert registration.commands == (SCALED,), "started again (replacing the old process under its id)"
+
+
 def test_only_an_empty_plan_of_record_gets_an_initial_placement(tmp_path) -> None:
     c = Controller(tmp_path / "fresh.db")
     first = c.register("a0")
