@@ -93,11 +93,16 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
     repository, model_file = Path(repository), Path(model_file)
     backend = _checked(new, model_file)
     target = repository / new.name
+    declared = _declared_variants(repository)
     if not replace:
         if target.exists():
             raise RepositoryError(f"{target} already exists; choose another --name, or --replace it")
-        if new.name in _declared_variants(repository):
+        if new.name in declared:
             raise RepositoryError(f"a variant named {new.name!r} is already in {repository}")
+    elif new.name in declared:
+        # Replaced where it is declared (its folder may have another name): a new folder beside it
+        # would leave two variants of one name, the old one still served.
+        target = declared[new.name]
     repository.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=repository, prefix=f".{new.name}.adding-"))
     try:
@@ -180,15 +185,18 @@ def _check_family(repository: Path, new: Variant) -> None:
             raise RepositoryError(family_mismatch_reason(new, holder) + hint)
 
 
-def _declared_variants(repository: Path) -> set[str]:
-    names = set()
-    for manifest in repository.glob(f"*/{MANIFEST}"):
+def _declared_variants(repository: Path) -> dict[str, Path]:
+    """Variant name -> the folder whose manifest declares it (the first by folder name)."""
+    names: dict[str, Path] = {}
+    for manifest in sorted(repository.glob(f"*/{MANIFEST}")):
         if manifest.parent.name.startswith("."):
             continue
         try:
-            names.add(json.loads(manifest.read_text()).get("variant"))
+            name = json.loads(manifest.read_text()).get("variant")
         except (OSError, ValueError, AttributeError):
             continue
+        if isinstance(name, str):
+            names.setdefault(name, manifest.parent)
     return names
 
 

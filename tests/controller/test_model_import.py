@@ -155,6 +155,20 @@ def test_a_name_already_in_the_repository_is_kept_unless_replaced(tmp_path: Path
     assert entries(repo) == ["scorer-a"]
 
 
+def test_replacing_a_variant_declared_in_a_folder_of_another_name_replaces_it_there(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    add_model(repo, export(scorer(), tmp_path / "one.pt"), new(), trial=trial_run)
+    (repo / "scorer-a").rename(repo / "a-old")  # a hand-made repository names folders as it likes
+    torch.manual_seed(99)
+    other = export(Scorer().eval(), tmp_path / "two.pt")
+
+    replaced = add_model(repo, other, new(), trial=trial_run, replace=True)
+
+    served = scan_repository(repo)
+    assert served.variants["scorer-a"].sha256 == replaced.sha256 and served.unavailable == {}
+    assert entries(repo) == ["a-old"], "one variant of the name, where it was declared"
+
+
 def test_a_folder_being_added_is_not_a_variant(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     add_model(repo, export(scorer(), tmp_path / "one.pt"), new(), trial=trial_run)
