@@ -275,7 +275,9 @@ def _load_variant(manifest: Path) -> Variant:
         if str(manifest) in str(exc):
             raise
         raise RepositoryError(f"{manifest}: {exc}") from None
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+    except KeyError as exc:
+        raise RepositoryError(f"{manifest}: missing field {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
         raise RepositoryError(f"{manifest}: bad field ({exc})") from None
 
 

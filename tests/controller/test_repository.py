@@ -171,7 +171,7 @@ def _json_list(root: Path, template) -> Path:
         (_unsupported_backend, "tensorflow_savedmodel"),
         (_zero_max_batch, "max_batch"),
         (_no_outputs, "outputs"),
-        (_missing_accuracy, "accuracy"),
+        (_missing_accuracy, "missing field 'accuracy'"),
         (_not_json, ""),
         (_json_list, ""),
     ],
