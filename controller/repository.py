@@ -17,6 +17,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from controller.error import RepositoryError
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
@@ -27,6 +29,9 @@ MANIFEST = "manifest.json"
 # Variant and family names: they name files (a family's policy snapshot) and URL paths.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole names only: fullmatch
 MAX_BATCH = 1 << 16
+# The inputs of one batch of max_batch rows, which a worker allocates at warm-up and whenever its
+# queue fills a batch: past this, a worker would exhaust its host's memory before serving anything.
+MAX_BATCH_INPUT_BYTES = 4 << 30
 MAX_LATENCY_MS = 3_600_000.0  # an SLO or a profiled batch of an hour: past this, a typo
 MAX_RANK = DEFAULT_LIMITS.max_rank  # what a tensor may have on the wire
 
@@ -250,6 +255,11 @@ def _load_variant(manifest: Path) -> Variant:
             # Requests to it never stack (an input has no batch dimension): it runs one at a time,
             # and is profiled and planned so (warm-up at larger sizes would time the same input).
             max_batch = 1
+        row = sum(math.prod(t.shape[1:]) * np.dtype(DATATYPES[t.datatype]).itemsize for t in inputs)
+        if all(d > 0 for t in inputs for d in t.shape[1:]) and max_batch * row > MAX_BATCH_INPUT_BYTES:
+            raise RepositoryError(f"{manifest}: max_batch {max_batch} of inputs of {row:,} bytes a row is "
+                                  f"{max_batch * row / 2**30:.1f} GiB a batch (at most {MAX_BATCH_INPUT_BYTES >> 30} "
+                                  f"GiB): lower max_batch")
         profile = {int(k): _number({"profile_ms": v}, "profile_ms", lo=0.0, hi=MAX_LATENCY_MS, above=True)
                    for k, v in dict(raw.get("profile_ms", {})).items()}
         if any(k < 1 for k in profile):

@@ -342,3 +342,14 @@ def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path, template, field: 
     write_variant(tmp_path, "bad", template, **{field: "bad\n"})
     repo = scan_repository(tmp_path)
     assert list(repo.variants) == ["ok"] and len(repo.unavailable) == 1
+
+
+def test_a_max_batch_whose_batch_would_not_fit_in_memory_is_refused_by_name(tmp_path: Path, template) -> None:
+    """[-1, 3, 224, 224] FP32 is 602,112 bytes a row: 65,536 rows are 36.8 GiB, which a worker would
+    allocate at warm-up (and crash-loop on) before serving anything."""
+    image = [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    write_variant(tmp_path, "huge", template, max_batch=65536, inputs=image, outputs=image)
+    write_variant(tmp_path, "fits", template, max_batch=64, inputs=image, outputs=image, family="other")
+    repo = scan_repository(tmp_path)
+    assert list(repo.variants) == ["fits"]
+    assert "lower max_batch" in repo.unavailable["huge"] and "36.8 GiB" in repo.unavailable["huge"]
