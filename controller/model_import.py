@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from controller.error import RepositoryError
 from controller.repository import (
     MANIFEST,
+    MAX_BATCH,
+    MAX_LATENCY_MS,
     NAME,
     Variant,
     check_variant,
@@ -122,6 +125,9 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
             if _FIXED_BATCH.search(str(exc)) and new.max_batch > 1:
                 hint = (" (its first, batch, dimension is fixed at 1: export it with a dynamic batch dimension, "
                         "or add it with --max-batch 1)")
+            if backend in ("torchscript", "torch_export") and _weights_only_file(model_file):
+                hint = (" (it holds weights saved with torch.save, not a program: save the model with "
+                        "torch.jit.script(model).save(path), or torch.export.save(torch.export.export(...), path))")
             raise RepositoryError(f"{model_file} does not run as declared ({backend}, inputs "
                                   f"{describe_tensors(new.inputs)}): {_first_line(exc)}{hint}") from None
         outputs = _outputs(new.outputs, results, model_file)
@@ -145,10 +151,10 @@ def _checked(new: NewVariant, model_file: Path) -> str:
                               "starting with a letter or digit")
     if not 0.0 <= new.accuracy <= 1.0:
         raise RepositoryError(f"--accuracy {new.accuracy} must lie in [0, 1]")
-    if new.max_batch < 1:
-        raise RepositoryError(f"--max-batch {new.max_batch} must be at least 1")
-    if not new.default_slo_ms > 0:
-        raise RepositoryError(f"--slo-ms {new.default_slo_ms} must be positive")
+    if not 1 <= new.max_batch <= MAX_BATCH:
+        raise RepositoryError(f"--max-batch {new.max_batch} must lie in [1, {MAX_BATCH}]")
+    if not 0 < new.default_slo_ms <= MAX_LATENCY_MS:
+        raise RepositoryError(f"--slo-ms {new.default_slo_ms} must be positive and at most {MAX_LATENCY_MS:.0f}")
     if not new.inputs:
         raise RepositoryError("at least one --input NAME:DATATYPE:SHAPE is needed")
     for kind, specs in (("input", new.inputs), ("output", new.outputs)):
@@ -273,6 +279,18 @@ def _swap_in(stage: Path, target: Path) -> None:
 # ONNX Runtime's words for a batch of several rows given to a model exported for one.
 _FIXED_BATCH = re.compile(r"index: 0 Got: \d+ Expected: 1\b")
 _ERROR_CHARS = 500
+
+
+def _weights_only_file(path: Path) -> bool:
+    """Is ``path`` what ``torch.save`` writes (a zip of a pickle and tensor data, without the code
+    of a TorchScript archive or the program of a torch.export one)?"""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    program = any("/code/" in n or n.endswith(".json") for n in names)
+    return not program and any(n.endswith("/data.pkl") for n in names)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -213,3 +213,24 @@ def test_a_variant_whose_tensors_differ_from_its_family_is_refused(tmp_path: Pat
     add_model(tmp_path / "solo", model_file, new(inputs=(renamed,)), trial=trial_run, replace=True)
     assert scan_repository(repo).unavailable == {}
     assert sorted(scan_repository(repo).variants) == ["other-a", "scorer-a", "scorer-b"]
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_a_weights_file_is_refused_saying_how_to_save_a_program(tmp_path: Path, suffix: str) -> None:
+    weights = tmp_path / f"weights{suffix}"
+    torch.save(scorer().state_dict(), weights)
+    with pytest.raises(RepositoryError, match="holds weights saved with torch.save, not a program"):
+        add_model(tmp_path / "repo", weights, new(), trial=trial_run)
+    assert not (tmp_path / "repo").exists() or list((tmp_path / "repo").iterdir()) == []
+
+
+@pytest.mark.parametrize(("change", "flag"), [({"max_batch": 100_000}, "--max-batch"),
+                                              ({"default_slo_ms": float("inf")}, "--slo-ms")])
+def test_an_out_of_range_flag_is_refused_by_name_before_the_trial_run(tmp_path: Path, change, flag) -> None:
+    import dataclasses
+
+    ran = []
+    with pytest.raises(RepositoryError, match=flag):
+        add_model(tmp_path / "repo", export(scorer(), tmp_path / "one.pt"), dataclasses.replace(new(), **change),
+                  trial=lambda *args: ran.append(args))
+    assert ran == []
