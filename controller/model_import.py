@@ -210,6 +210,10 @@ def _outputs(declared: tuple[TensorSpec, ...], results: dict[int, list[np.ndarra
              model_file: Path) -> tuple[TensorSpec, ...]:
     """The declared outputs, checked against every trial batch; or, none declared, what the model returned."""
     first = results[min(results)]
+    if not declared and not first:
+        raise RepositoryError(f"{model_file} gave no output the trial could take as tensors (a model that returns "
+                              "a dict does): declare its outputs with --output NAME:DATATYPE:SHAPE, named as the "
+                              "dict's keys")
     if not declared:
         declared = tuple(
             TensorSpec(name="output" if len(first) == 1 else f"output_{i}", datatype=_datatype(a, model_file),

@@ -234,3 +234,13 @@ def test_an_out_of_range_flag_is_refused_by_name_before_the_trial_run(tmp_path: 
         add_model(tmp_path / "repo", export(scorer(), tmp_path / "one.pt"), dataclasses.replace(new(), **change),
                   trial=lambda *args: ran.append(args))
     assert ran == []
+
+
+class _DictOut(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"score": x.sum(dim=1, keepdim=True)}
+
+
+def test_a_model_returning_a_dict_without_declared_outputs_is_told_to_declare_them(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="declare its outputs with --output"):
+        add_model(tmp_path / "repo", export(_DictOut().eval(), tmp_path / "d.pt"), new(), trial=trial_run)
