@@ -23,6 +23,7 @@ import torch
 
 from agents.error import ModelLoadError
 from agents.probe import onnx_needs_host_cpu
+from mesh.archive import native_code
 from protocol.types import BACKENDS, DATATYPES, VariantSpec
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,14 @@ def _open_torchscript(spec: VariantSpec, path: Path, device: str) -> Run:
 
 def _open_torch_export(spec: VariantSpec, path: Path, device: str) -> Run:
     target = torch.device(device)
+    try:
+        compiled = native_code(path)
+    except Exception as exc:  # not a zip archive at all
+        raise ModelLoadError(f"variant {spec.name!r}: not a loadable torch.export program: {_first_line(exc)}") from None
+    if compiled:
+        raise ModelLoadError(f"variant {spec.name!r}: the torch.export archive carries compiled code "
+                             f"({', '.join(compiled[:3])}), which loading would run; export the program without "
+                             "AOTInductor")
     try:
         with _weights_only():
             program = torch.export.load(str(path))

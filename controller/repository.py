@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from controller.error import RepositoryError
+from mesh.archive import native_code
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
 from protocol.codec import DEFAULT_LIMITS
@@ -247,6 +248,9 @@ def _load_variant(manifest: Path) -> Variant:
             raise RepositoryError(f"{manifest}: backend {backend!r} is not supported ({', '.join(BACKENDS)})")
         if backend in ZIP_BACKENDS:
             _check_archive(artifact, manifest)
+        if backend == "torch_export" and (compiled := native_code(artifact)):
+            raise RepositoryError(f"{manifest}: artifact {artifact.name} carries compiled code "
+                                  f"({', '.join(compiled[:3])}), which a worker loading it would run")
         max_batch = raw.get("max_batch", 1)
         if type(max_batch) is not int or not 1 <= max_batch <= MAX_BATCH:
             raise RepositoryError(f"{manifest}: max_batch must be a whole number from 1 to {MAX_BATCH}")

@@ -219,6 +219,17 @@ def test_a_torch_export_program_with_a_pickled_weight_is_refused_before_it_runs_
     assert runner.run([np.ones((1, 16), np.float32)])[0][0, 0] == 2.0
 
 
+def test_a_torch_export_archive_with_compiled_code_is_refused_before_loading(tmp_path):
+    """An AOTInductor package in a .pt2 is a shared library torch loads with the program."""
+    import zipfile
+
+    path = exported_program(tmp_path / "model.pt2")
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("model/data/aotinductor/model/model.so", b"\x7fELF not really")
+    with pytest.raises(ModelLoadError, match="carries compiled code .*model.so"):
+        ModelRunner(scale_spec(path.stat().st_size), path)
+
+
 def test_an_unknown_backend_or_missing_artifact_is_a_load_error(tmp_path):
     spec = dataclasses.replace(scale_spec(1), backend="tensorrt")
     with pytest.raises(ModelLoadError, match="backend 'tensorrt' is not one of"):
