@@ -122,6 +122,8 @@ async def fetch_with_retries(
             pause = backoff_s * 2 ** attempt
             log.warning("fetching artifact %s: %s; trying again in %.0f s", sha256[:12], exc, pause)
             await asyncio.sleep(pause)
+            while not replies.empty():  # late answers to the attempt given up must not end the next
+                replies.get_nowait()
     return await fetch_artifact(endpoint, replies, cache_dir, sha256, timeout_s=timeout_s)
 
 

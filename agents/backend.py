@@ -219,7 +219,10 @@ def check_outputs(spec: VariantSpec, result: Sequence[Any], batch: int) -> None:
     for out_spec, value in zip(spec.outputs, result):
         dtype, shape = _dtype_of(value), tuple(np.shape(value) if not isinstance(value, torch.Tensor) else value.shape)
         declared = np.dtype(DATATYPES[out_spec.datatype])
-        if dtype is None or not np.can_cast(dtype, declared, casting="same_kind"):
+        # Integers only widen (an int64 argmax over 300 classes declared INT8 would wrap); floats
+        # may narrow in precision, not in kind.
+        casting = "safe" if dtype is not None and dtype.kind in "biu" and declared.kind in "biu" else "same_kind"
+        if dtype is None or not np.can_cast(dtype, declared, casting=casting):
             raise ModelLoadError(f"variant {spec.name!r}: output {out_spec.name!r} is {dtype} from the model but "
                                  f"{out_spec.datatype} in the manifest, which it does not convert to faithfully")
         want = out_spec.shape

@@ -15,7 +15,7 @@ stopped and checked for in /proc.
 Figures per class: ``unanswered`` (no answer within the client timeout: the client was left
 waiting), ``dropped`` (the connection closed mid-request with no answer: the client knows at once,
 as when the gateway holding it is killed), ``refused`` (could not connect), ``client_errors`` (any
-other failure on the client's side), ``server_errors`` (5xx answers other than 503), ``late_200`` and
+other failure on the client's side), ``server_errors`` (5xx answers other than 503 and 504), ``late_200`` and
 ``late`` (a 200, or any answer, after deadline + 50 ms from the scheduled send), ``late_send``
 (any answer after deadline + 50 ms from the moment the client actually sent it: what is left of
 ``late`` once the client's own lag is taken out), ``recovery_s`` (fault to
@@ -174,9 +174,10 @@ def headline(classes: list[dict[str, Any]], fuzz: dict[str, Any] | None) -> dict
         "late_send": sum(c["late_from_send"] for c in classes),
         "refused": sum(c["refused"] for c in classes),
         "client_errors": sum(c["client_errors"] for c in classes),
-        # Answers that are an error of the mesh's own (5xx other than a shed's 503 with Retry-After).
+        # Answers that are an error of the mesh's own: 5xx other than a shed's 503 and a passed
+        # deadline's 504 (both designed answers, counted under their own figures).
         "server_errors": sum(n for c in classes for k, n in c["statuses"].items()
-                             if k.isdigit() and int(k) >= 500 and k != "503"),
+                             if k.isdigit() and int(k) >= 500 and k not in ("503", "504")),
         "crashes": sum(c["crashes"] for c in classes) + (fuzz["crashes"] if fuzz else 0),
         "leak_mb": fuzz["leak_mb"] if fuzz else None,
         "recovery_s_max": max(recovered, default=None),  # over the classes that recovered within their phase

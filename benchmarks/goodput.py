@@ -104,7 +104,7 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--sweeps", type=int, help="rate sweeps per server (default 2, quick 1)")
     p.add_argument("--step-requests", type=int, help="requests per rate step, at least (default 400, quick 200)")
     p.add_argument("--step-s", type=float,
-                   help="seconds per rate step, at least (default 10, quick 5): a step of a few hundred requests "
+                   help="seconds per rate step, at least (default 10, quick 3): a step of a few hundred requests "
                         "at a high rate is a burst an idle server absorbs, passing rates it cannot keep up")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failing rate (default 4, quick 2)")
     p.add_argument("--low-requests", type=int, help="requests of the low-rate CPU measurement (default 300, quick 100)")
@@ -145,7 +145,7 @@ def parse_options(argv: list[str] | None) -> Options:
         server_cores=a.server_cores, start_rate=a.start_rate,
         sweeps=a.sweeps or (1 if quick else 2),
         step_requests=a.step_requests or (200 if quick else 400),
-        step_s=a.step_s or (5.0 if quick else 10.0),
+        step_s=a.step_s or (3.0 if quick else 10.0),
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
         low_requests=a.low_requests or (100 if quick else 300),
         idle_s=a.idle_s or (4.0 if quick else 10.0),

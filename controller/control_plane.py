@@ -107,12 +107,13 @@ class ControlPlane:
         # The part of it that named a variant rather than its family (kept deployed while scaling).
         self.named = DemandTracker(half_life_s=config.demand_half_life_s, history_s=config.demand_history_s)
 
+        read_ns = time.time_ns()  # files changed after this are checked again when held open
         repository = scan_repository(config.repository)
         variants = repository.variants
         for name, reason in repository.unavailable.items():
             log.error("variant %s is unavailable: %s", name, reason)
         self._by_sha: dict[str, Variant] = {v.sha256: v for v in variants.values()}
-        self._files = ArtifactFiles(variants.values())  # the bytes read now, whatever replaces them on disk
+        self._files = ArtifactFiles(variants.values(), read_ns)  # the bytes read now, whatever replaces them
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
         self.epoch = self.store.next_epoch()

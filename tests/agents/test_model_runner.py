@@ -189,3 +189,16 @@ def test_outputs_unlike_the_manifest_fail_the_load_instead_of_serving_wrong_numb
     runner = ModelRunner(with_outputs(spec, *outputs), scripted(TwoOutputs(), tmp_path / "two.pt"))
     with pytest.raises(ModelLoadError, match=says):
         runner.warm_up(repeats=1)
+
+
+class _ArgMax(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.argmax(dim=1, keepdim=True)  # int64
+
+
+def test_an_integer_output_declared_narrower_fails_the_load(identity, tmp_path: Path) -> None:
+    spec, _ = identity
+    path = scripted(_ArgMax(), tmp_path / "argmax.pt")
+    with pytest.raises(ModelLoadError, match="int64 from the model but INT8"):
+        ModelRunner(with_outputs(spec, ("y", "INT8", (-1, 1))), path).warm_up(repeats=1)
+    ModelRunner(with_outputs(spec, ("y", "INT64", (-1, 1))), path).warm_up(repeats=1)  # as declared: fine

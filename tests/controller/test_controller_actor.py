@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from agents.model_runner import trial_run
-from controller.artifact_serving import artifact_chunk
+from controller.artifact_serving import ArtifactFiles, artifact_chunk
 from controller.model_import import NewVariant, add_model, parse_tensor
 from controller.repository import load_repository
 from letmesh.zoo import quiet_jit
@@ -275,9 +275,10 @@ async def test_an_artifact_moved_away_after_the_start_is_still_served_and_one_un
         await fetcher.send(FetchArtifact(sha256=identity.sha256, offset=0, length=ARTIFACT_CHUNK_BYTES))
         chunk = await fetcher.expect(ArtifactChunkReply)
         assert hashlib.sha256(chunk.data).hexdigest() == identity.sha256 and len(chunk.data) == chunk.total_size
-        # A file it could not hold, gone when read: an error reply, never silence.
-        gone = artifact_chunk(identity, identity.sha256, 0, 1024)
-        assert isinstance(gone, ErrorReply) and gone.code == "unknown_artifact"
+        # One it does not hold (changed on disk while the repository was read): an error reply,
+        # never silence, and not one to retry.
+        gone = artifact_chunk(identity, identity.sha256, 0, 1024, ArtifactFiles(()))
+        assert isinstance(gone, ErrorReply) and gone.code == "unknown_artifact" and not gone.retryable
     finally:
         moved.rename(identity.artifact)
 
@@ -428,3 +429,26 @@ async def test_a_restarted_controller_lists_every_known_gateway_to_workers(start
     await workers[0].sync()
     assert all(GATEWAY_2 in m.gateways for m in workers[0].take(GatewayListChanged)), \
         "no list without the gateway that has not registered again yet"
+
+
+def test_an_artifact_swapped_while_the_repository_was_read_is_not_served_under_the_old_digest(repo, tmp_path) -> None:
+    import shutil
+    import time
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    read_ns = time.time_ns()
+    variants = load_repository(copy)  # the digests, of the bytes there now
+    identity = variants["identity"]
+    swapped = copy / "identity" / "swapped.pt"
+    swapped.write_bytes(b"other bytes")  # replaced between the scan and holding the files open
+    swapped.replace(identity.artifact)
+    files = ArtifactFiles(variants.values(), read_ns)
+    try:
+        reply = artifact_chunk(identity, identity.sha256, 0, 1024, files)
+        assert isinstance(reply, ErrorReply) and reply.code == "unknown_artifact"
+        wide = variants["wide"]  # untouched since: held and served
+        chunk = artifact_chunk(wide, wide.sha256, 0, 1024, files)
+        assert isinstance(chunk, ArtifactChunkReply) and len(chunk.data) == 1024
+    finally:
+        files.close()
