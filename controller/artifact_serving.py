@@ -9,13 +9,13 @@ new file's bytes came under the old digest, and every host without it cached set
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import resource
 from collections.abc import Iterable
 
 from controller.repository import Variant
+from mesh.digest import sha256_fd
 from protocol.codec import ARTIFACT_CHUNK_BYTES
 from protocol.message import ArtifactChunkReply, ErrorReply
 
@@ -43,7 +43,7 @@ class ArtifactFiles:
                 log.warning("artifact of %s cannot be held open: %s", v.name, exc)
                 continue
             st = os.fstat(fd)
-            if read_ns and max(st.st_mtime_ns, st.st_ctime_ns) >= read_ns and _digest(fd) != v.sha256:
+            if read_ns and max(st.st_mtime_ns, st.st_ctime_ns) >= read_ns and sha256_fd(fd) != v.sha256:
                 log.warning("artifact of %s changed on disk while the repository was read; restart the "
                             "controller to serve the new one", v.name)
                 os.close(fd)
@@ -79,15 +79,6 @@ def artifact_chunk(variant: Variant | None, sha: str, offset: int, length: int,
         return ErrorReply(code="unknown_artifact", message=f"artifact {sha} of {variant.name} is no longer on disk "
                           "as the controller read it (restart the controller to serve what is there now)")
     return ArtifactChunkReply(sha256=sha, offset=offset, total_size=variant.size_bytes, data=data)
-
-
-def _digest(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while block := os.pread(fd, 1 << 20, offset):
-        digest.update(block)
-        offset += len(block)
-    return digest.hexdigest()
 
 
 def _allow_open_files(artifacts: int) -> None:
