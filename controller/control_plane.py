@@ -113,6 +113,7 @@ class ControlPlane:
         for name, reason in repository.unavailable.items():
             log.error("variant %s is unavailable: %s", name, reason)
         self._by_sha: dict[str, Variant] = {v.sha256: v for v in variants.values()}
+        self._failed_loads: dict[str, Variant] = {}  # set aside on a worker's report: tried again on a re-plan
         self._files = ArtifactFiles(variants.values(), read_ns)  # the bytes read now, whatever replaces them
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
@@ -246,8 +247,10 @@ class ControlPlane:
                     self._send(peer, ReplanReply(policy=policy, accepted=False,
                                                  message=f"unknown policy; known: {', '.join(known)}"))
                 else:
+                    retried = self._retry_failed_loads()
                     self.layout.force(policy)
-                    self._send(peer, ReplanReply(policy=self.layout.settings.policy, accepted=True))
+                    message = f"trying again variants a worker could not load: {', '.join(retried)}" if retried else ""
+                    self._send(peer, ReplanReply(policy=self.layout.settings.policy, accepted=True, message=message))
             case DemandReport(window_s=window_s, counts=counts, missed=missed, named=named) if kind == "gateway":
                 self.demand.observe(counts, window_s, now, source=peer_id, missed=missed)
                 self.named.observe(named, window_s, now, source=peer_id)
@@ -309,13 +312,28 @@ class ControlPlane:
         placed = reg.workers_of(peer_id) if kind == "agent" else [reg.workers.get(peer_id)]
         if not any(w is not None and variant in w.plan.variants for w in placed):
             return
+        held = reg.variants.get(variant)
         if not set_aside(reg.variants, reg.unavailable, variant, reason):
             return
+        self._failed_loads[variant] = held  # an operator's re-plan tries it again (the cause may be fixed)
         log.error("variant %s failed to load on %s and is now unavailable: %s", variant, peer_id, reason)
         self.layout.force(fresh=False)  # re-place its healthy neighbours without it
         for agent_id in list(reg.agents) if self.config.auto_profile else ():
             if reg.agent_alive(agent_id, now):  # a run that failed on it left the rest unmeasured
                 self.profiles.retry(agent_id)
+
+    def _retry_failed_loads(self) -> list[str]:
+        """Variants set aside because a worker could not load them serve again in the next plan
+        (an operator asking for a re-plan may have fixed the host: a full disk, a driver); a variant
+        the repository itself refused stays aside until the controller reads it again."""
+        reg, retried = self.registry, sorted(self._failed_loads)
+        for name in retried:
+            reg.variants[name] = self._failed_loads[name]
+            reg.unavailable.pop(name, None)
+        self._failed_loads.clear()
+        if retried:
+            log.info("re-plan asked for: trying again %s", ", ".join(retried))
+        return retried
 
     # --- the timer ------------------------------------------------------------------------
 

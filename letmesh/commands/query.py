@@ -97,5 +97,7 @@ def cmd_replan(args: argparse.Namespace) -> int:
         print(f"letmesh replan: {reply.message}", file=sys.stderr)
         return 2
     keys = f" --keys {args.keys}" if args.keys else ""
+    if reply.message:
+        print(reply.message)
     print(f"re-planning with policy {reply.policy}; watch it with: letmesh status --controller {args.controller}{keys}")
     return 0

@@ -12,6 +12,8 @@ from protocol.message import (
     RegisterAgentReply,
     RegisterGateway,
     RegisterGatewayReply,
+    Replan,
+    ReplanReply,
     RoutingTable,
     StartWorker,
     VariantLoadFailed,
@@ -122,3 +124,43 @@ async def test_a_peer_cannot_set_aside_a_variant_it_does_not_host(start_controll
     await worker.send(VariantLoadFailed(worker_id=first.worker_id, variant=elsewhere, reason="forged"))
     status = await worker.sync()
     assert status.unavailable == {} and elsewhere in {m.name for m in status.models}
+
+
+async def test_an_operators_replan_tries_again_a_variant_a_worker_could_not_load(start_controller, peer, repo,
+                                                                               tmp_path: Path) -> None:
+    """A worker's load failure may be its host's (a full disk, a driver): once it is fixed,
+    ``letmesh replan`` brings the variant back. One the repository refused stays aside."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    artifact = copy / "double" / "model.pt"
+    artifact.write_bytes(artifact.read_bytes()[:-10] + b"0123456789")  # fails its sha256 at the scan
+    controller = await start_controller(repository=copy, heartbeat_interval_s=0.05, missed_heartbeats=200)
+    agent = peer(controller.address, b"agent:a1")
+    await agent.send(RegisterAgent(agent_id="a1", hostname="host-1", devices=(cpu(2),), pid=1))
+    await agent.expect(RegisterAgentReply)
+    await agent.sync()
+    starts = agent.take(StartWorker)
+    host_bad = starts[0].variants[0].name
+    names = sorted({v.name for s in starts for v in s.variants})
+    measured = tuple(ProfileSample(variant=n, device_kind="cpu", partition=cores, batch=b, p50_ms=0.5 * b / cores,
+                                   p99_ms=0.6 * b / cores, runs=3)
+                     for n in names for cores in (1, 2) for b in (1, 2, 4, 8))
+    await agent.send(ProfileProgress(request_id=1, agent_id="a1", device_kind="cpu", completed=1, total=1,
+                                     samples=measured, done=True))
+    worker = peer(controller.address, f"worker:{starts[0].worker_id}".encode())
+    await worker.send(VariantLoadFailed(worker_id=starts[0].worker_id, variant=host_bad, reason="OSError: no space"))
+    status = await worker.sync()
+    assert set(status.unavailable) == {"double", host_bad}
+
+    operator = peer(controller.address, b"operator:o")
+    await operator.send(Replan(policy=""))
+    reply = await operator.expect(ReplanReply)
+    assert reply.accepted and host_bad in reply.message and "double" not in reply.message
+    status = await operator.sync()
+    assert set(status.unavailable) == {"double"} and host_bad in {m.name for m in status.models}
+    seen = {s.worker_id for s in starts}
+    while True:  # the re-plan places it again (each wait is bounded)
+        start = await agent.expect(StartWorker, lambda s: s.worker_id not in seen)
+        seen.add(start.worker_id)
+        if host_bad in {v.name for v in start.variants}:
+            break
