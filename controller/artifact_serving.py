@@ -32,7 +32,7 @@ class ArtifactFiles:
 
     def __init__(self, variants: Iterable[Variant], read_ns: int = 0) -> None:
         self._fds: dict[str, int] = {}
-        variants = [v for v in variants]
+        variants = list(variants)
         _allow_open_files(len(variants))
         for v in variants:
             if v.sha256 in self._fds:

@@ -333,6 +333,10 @@ class ControlPlane:
         self._failed_loads.clear()
         if retried:
             log.info("re-plan asked for: trying again %s", ", ".join(retried))
+            now = self._clock.monotonic()
+            for agent_id in list(reg.agents) if self.config.auto_profile else ():
+                if reg.agent_alive(agent_id, now):  # what is unmeasured of them is measured
+                    self.profiles.retry(agent_id)
         return retried
 
     # --- the timer ------------------------------------------------------------------------
