@@ -29,6 +29,16 @@ def cpu(cores: int) -> DeviceInfo:
     return DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=cores, memory_bytes=1 << 30)
 
 
+def measured(starts: list[StartWorker]) -> ProfileProgress:
+    """A finished profiling run of a1's CPU for every variant the starts place."""
+    names = sorted({v.name for s in starts for v in s.variants})
+    samples = tuple(ProfileSample(variant=n, device_kind="cpu", partition=cores, batch=b, p50_ms=0.5 * b / cores,
+                                  p99_ms=0.6 * b / cores, runs=3)
+                    for n in names for cores in (1, 2) for b in (1, 2, 4, 8))
+    return ProfileProgress(request_id=1, agent_id="a1", device_kind="cpu", completed=1, total=1, samples=samples,
+                           done=True)
+
+
 async def test_a_variant_with_a_flipped_byte_is_unavailable_and_the_rest_are_served(start_controller, peer, repo,
                                                                                   tmp_path: Path) -> None:
     copy = tmp_path / "repo"
@@ -66,12 +76,7 @@ async def test_a_variant_a_worker_cannot_load_is_set_aside_and_its_neighbours_re
     starts = agent.take(StartWorker)
     shared = next(s for s in starts if len(s.variants) >= 2)
     bad, *healthy = [v.name for v in shared.variants]
-    names = sorted({v.name for s in starts for v in s.variants})
-    measured = tuple(ProfileSample(variant=n, device_kind="cpu", partition=cores, batch=b, p50_ms=0.5 * b / cores,
-                                   p99_ms=0.6 * b / cores, runs=3)
-                     for n in names for cores in (1, 2) for b in (1, 2, 4, 8))
-    await agent.send(ProfileProgress(request_id=1, agent_id="a1", device_kind="cpu", completed=1, total=1,
-                                     samples=measured, done=True))
+    await agent.send(measured(starts))
 
     worker = peer(controller.address, f"worker:{shared.worker_id}".encode())
     await worker.send(VariantLoadFailed(worker_id=shared.worker_id, variant=bad, reason="RuntimeError: truncated"))
@@ -141,12 +146,7 @@ async def test_an_operators_replan_tries_again_a_variant_a_worker_could_not_load
     await agent.sync()
     starts = agent.take(StartWorker)
     host_bad = starts[0].variants[0].name
-    names = sorted({v.name for s in starts for v in s.variants})
-    measured = tuple(ProfileSample(variant=n, device_kind="cpu", partition=cores, batch=b, p50_ms=0.5 * b / cores,
-                                   p99_ms=0.6 * b / cores, runs=3)
-                     for n in names for cores in (1, 2) for b in (1, 2, 4, 8))
-    await agent.send(ProfileProgress(request_id=1, agent_id="a1", device_kind="cpu", completed=1, total=1,
-                                     samples=measured, done=True))
+    await agent.send(measured(starts))
     worker = peer(controller.address, f"worker:{starts[0].worker_id}".encode())
     await worker.send(VariantLoadFailed(worker_id=starts[0].worker_id, variant=host_bad, reason="OSError: no space"))
     status = await worker.sync()
