@@ -24,6 +24,7 @@ from controller.demand import DemandTracker
 from controller.layout_manager import LayoutManager
 from controller.layout_policy import LayoutPolicy
 from controller.learner import Learner
+from controller.load_failures import LoadFailures
 from controller.membership import Membership
 from controller.metrics import ControllerMetrics
 from controller.placement import PlannedWorker
@@ -31,7 +32,7 @@ from controller.planning import POLICIES
 from controller.profile_control import ProfileControl
 from controller.profiling import ProfilingRuns
 from controller.registry import Joined, Registry
-from controller.repository import Variant, scan_repository, set_aside
+from controller.repository import Variant, scan_repository
 from controller.store import StateStore
 from controller.trust import Trust
 from mesh.clock import Clock
@@ -113,7 +114,6 @@ class ControlPlane:
         for name, reason in repository.unavailable.items():
             log.error("variant %s is unavailable: %s", name, reason)
         self._by_sha: dict[str, Variant] = {v.sha256: v for v in variants.values()}
-        self._failed_loads: dict[str, Variant] = {}  # set aside on a worker's report: tried again on a re-plan
         self._files = ArtifactFiles(variants.values(), read_ns)  # the bytes read now, whatever replaces them
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
@@ -122,6 +122,7 @@ class ControlPlane:
         self.registry = reg = Registry(variants, heartbeat_interval_s=config.heartbeat_interval_s,
                                        missed_heartbeats=config.missed_heartbeats, epoch=self.epoch)
         reg.unavailable.update(repository.unavailable)
+        self.load_failures = LoadFailures(reg)  # variants a worker could not load: tried again on a re-plan
         for plan in self.store.placements():
             kept = tuple(n for n in plan.variants if n in variants)
             if kept:
@@ -247,7 +248,8 @@ class ControlPlane:
                     self._send(peer, ReplanReply(policy=policy, accepted=False,
                                                  message=f"unknown policy; known: {', '.join(known)}"))
                 else:
-                    retried = self._retry_failed_loads()
+                    if retried := self.load_failures.restore():  # the operator may have fixed their hosts
+                        self._remeasure(now)
                     self.layout.force(policy)
                     message = f"trying again variants a worker could not load: {', '.join(retried)}" if retried else ""
                     self._send(peer, ReplanReply(policy=self.layout.settings.policy, accepted=True, message=message))
@@ -307,37 +309,18 @@ class ControlPlane:
             self._broadcast_gateways()
 
     def _on_load_failed(self, kind: str, peer_id: str, variant: str, reason: str, now: float) -> None:
-        reg = self.registry
-        # Only a peer the variant was placed on may set it aside.
-        placed = reg.workers_of(peer_id) if kind == "agent" else [reg.workers.get(peer_id)]
-        if not any(w is not None and variant in w.plan.variants for w in placed):
+        if not self.load_failures.report(kind, peer_id, variant, reason):
             return
-        held = reg.variants.get(variant)
-        if not set_aside(reg.variants, reg.unavailable, variant, reason):
-            return
-        self._failed_loads[variant] = held  # an operator's re-plan tries it again (the cause may be fixed)
         log.error("variant %s failed to load on %s and is now unavailable: %s", variant, peer_id, reason)
         self.layout.force(fresh=False)  # re-place its healthy neighbours without it
-        for agent_id in list(reg.agents) if self.config.auto_profile else ():
-            if reg.agent_alive(agent_id, now):  # a run that failed on it left the rest unmeasured
-                self.profiles.retry(agent_id)
+        self._remeasure(now)  # a run that failed on it left the rest unmeasured
 
-    def _retry_failed_loads(self) -> list[str]:
-        """Variants set aside because a worker could not load them serve again in the next plan
-        (an operator asking for a re-plan may have fixed the host: a full disk, a driver); a variant
-        the repository itself refused stays aside until the controller reads it again."""
-        reg, retried = self.registry, sorted(self._failed_loads)
-        for name in retried:
-            reg.variants[name] = self._failed_loads[name]
-            reg.unavailable.pop(name, None)
-        self._failed_loads.clear()
-        if retried:
-            log.info("re-plan asked for: trying again %s", ", ".join(retried))
-            now = self._clock.monotonic()
-            for agent_id in list(reg.agents) if self.config.auto_profile else ():
-                if reg.agent_alive(agent_id, now):  # what is unmeasured of them is measured
-                    self.profiles.retry(agent_id)
-        return retried
+    def _remeasure(self, now: float) -> None:
+        """Ask every live agent to measure again what is unmeasured (after the variants changed)."""
+        reg = self.registry
+        for agent_id in list(reg.agents) if self.config.auto_profile else ():
+            if reg.agent_alive(agent_id, now):
+                self.profiles.retry(agent_id)
 
     # --- the timer ------------------------------------------------------------------------
 
