@@ -62,7 +62,7 @@ class ArtifactFiles:
 
 
 def artifact_chunk(variant: Variant | None, sha: str, offset: int, length: int,
-                   files: ArtifactFiles | None = None) -> ArtifactChunkReply | ErrorReply:
+                   files: ArtifactFiles) -> ArtifactChunkReply | ErrorReply:
     """The chunk of ``variant``'s artifact (the one whose digest is ``sha``) at ``offset``."""
     if variant is None:
         return ErrorReply(code="unknown_artifact", message=f"no variant in the repository has artifact {sha}")
@@ -70,7 +70,7 @@ def artifact_chunk(variant: Variant | None, sha: str, offset: int, length: int,
         return ErrorReply(code="bad_range", message=f"bad range {offset}+{length} of {variant.size_bytes} bytes")
     length = min(length, ARTIFACT_CHUNK_BYTES)
     try:
-        data = files.read(variant, offset, length) if files is not None else _read_path(variant, offset, length)
+        data = files.read(variant, offset, length)
     except OSError as exc:  # an I/O error of this host, now: the worker tries again
         log.warning("artifact of %s cannot be read: %s", variant.name, exc)
         return ErrorReply(code="unreadable_artifact", message=f"artifact {sha} of {variant.name} cannot be read now",
@@ -88,9 +88,3 @@ def _allow_open_files(artifacts: int) -> None:
     wanted = artifacts + 4096
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
-
-
-def _read_path(variant: Variant, offset: int, length: int) -> bytes:
-    with variant.artifact.open("rb") as f:
-        f.seek(offset)
-        return f.read(length)
