@@ -12,165 +12,17 @@ clock, no asyncio, no zmq, no torch.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+
+from mesh.batch_queue import BatchDecision, Batcher, DeadlineQueue, Queued, power_of_two_sizes
 
 POLICIES = ("edf", "proteus", "aimd", "nexus")
+# What a worker's "edf" batcher lets a batch shrunk to save its head cost per row over the full
+# batch before it sheds the head instead (see DeadlineBatcher's ``shed_margin``).
+SHED_MARGIN = 0.1
 
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """One waiting request. ``deadline`` and ``arrived`` are on the caller's monotonic clock;
-    ``rows`` is how many rows (samples) it brings to a batch: batch sizes and latencies count rows."""
-
-    request_id: int
-    deadline: float
-    arrived: float
-    payload: Any = None  # opaque to the batcher
-    rows: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class BatchDecision:
-    """What to do after one poll.
-
-    ``batch``: run these now, together (may be empty). ``late``: answer these "late" without
-    computing; the policy judged they cannot finish in time (for "edf" and "proteus": not even
-    alone). ``wake_at``: set only when ``batch`` is empty and requests are still waiting; poll
-    again no later than this instant.
-    """
-
-    batch: tuple[Queued, ...]
-    late: tuple[Queued, ...]
-    wake_at: float | None
-
-
-class Batcher(Protocol):
-    """What a worker (or the simulator) drives, whatever the policy.
-
-    The caller pushes requests as they arrive, polls whenever it is idle (and at ``wake_at``),
-    runs each returned batch, and reports how the batch went with :meth:`feedback` (its rows, and
-    whether it finished after a deadline).
-    """
-
-    def push(self, item: Queued) -> bool: ...
-
-    def poll(self, now: float) -> BatchDecision: ...
-
-    def head_deadline(self) -> float | None: ...
-
-    def __len__(self) -> int: ...
-
-    def feedback(self, batch_size: int, finished_late: bool) -> None: ...
-
-
-def power_of_two_sizes(max_batch: int) -> tuple[int, ...]:
-    """The batch sizes 1, 2, 4, ... below ``max_batch``, then ``max_batch`` itself."""
-    sizes, b = [], 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    return (*sizes, max_batch)
-
-
-class _DeadlineQueue:
-    """The waiting requests in deadline order, ties in arrival order, at most ``max_queue``.
-
-    Every policy keeps its queue this way, so each batch is the earliest-deadline prefix and
-    the requests that can no longer make it sit at the front. With one SLO per variant this is
-    also arrival order.
-    """
-
-    def __init__(
-        self, *, max_batch: int, latency_s: Callable[[int], float], max_queue: int, wake_slack_s: float = 0.0
-    ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
-        if wake_slack_s < 0:
-            raise ValueError(f"wake_slack_s must not be negative, got {wake_slack_s}")
-        self._max_batch = max_batch
-        self._latency_s = latency_s
-        self._max_queue = max_queue
-        # A waiting policy plans to wake this long before the last instant its batch still
-        # fits, so a timer that fires a little late does not turn the wait into a miss.
-        self._wake_slack_s = wake_slack_s
-        # (deadline, push order, item): ties on deadline go in arrival order; the item itself
-        # is never compared because push order is unique.
-        self._heap: list[tuple[float, int, Queued]] = []
-        self._seq = itertools.count()
-        self._multi_row = 0  # queued requests of more than one row: while none, rows are requests
-
-    def push(self, item: Queued) -> bool:
-        """Queue ``item``; False (and nothing queued) when the queue is full."""
-        if len(self._heap) >= self._max_queue:
-            return False
-        heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
-        if item.rows > 1:
-            self._multi_row += 1
-        return True
-
-    def head_deadline(self) -> float | None:
-        """The earliest deadline waiting, or None when the queue is empty."""
-        return self._heap[0][0] if self._heap else None
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def feedback(self, batch_size: int, finished_late: bool) -> None:
-        """How the last batch went; only a policy that adapts to it overrides this."""
-
-    def _drop_heads(self, now: float, alone: bool = True) -> tuple[Queued, ...]:
-        """Remove, in deadline order, every request that cannot finish by its deadline if run
-        alone from ``now`` (with ``alone`` False: every request past its deadline). Written
-        ``now > deadline - latency``, as every fit test is, so that polling at a ``wake_at``
-        computed the same way never rounds into a drop."""
-        heap, dropped = self._heap, []
-        while heap and now > heap[0][0] - (self._latency_s(heap[0][2].rows) if alone else 0.0):
-            dropped.append(self._pop())
-        return tuple(dropped)
-
-    def _pop(self) -> Queued:
-        item = heapq.heappop(self._heap)[2]
-        if item.rows > 1:
-            self._multi_row -= 1
-        return item
-
-    def _take(self, size: int) -> tuple[Queued, ...]:
-        return tuple(self._pop() for _ in range(size))
-
-    def _prefix_rows(self) -> list[int]:
-        """Rows of the first 1, 2, ... waiting requests in deadline order, for as many as fit
-        ``max_batch`` rows together (always the first, however many rows it has). Not empty
-        while a request waits."""
-        heap = self._heap
-        if not self._multi_row:
-            return list(range(1, min(self._max_batch, len(heap)) + 1))
-        # Only requests of several rows make the prefix differ from a count: look at the first
-        # max_batch in order (no more can fit) and put them back.
-        first = [heapq.heappop(heap) for _ in range(min(self._max_batch, len(heap)))]
-        for entry in first:
-            heapq.heappush(heap, entry)
-        rows: list[int] = []
-        for _, _, item in first:
-            total = (rows[-1] if rows else 0) + item.rows
-            if rows and total > self._max_batch:
-                break
-            rows.append(total)
-        return rows
-
-    def _within(self, prefix: list[int], rows: int) -> int:
-        """How many of the first requests fit ``rows`` rows together (at least one)."""
-        return max(1, sum(1 for r in prefix if r <= rows))
-
-    def _full(self, prefix: list[int], count: int) -> bool:
-        """Whether the first ``count`` requests make a full batch: ``max_batch`` rows, or the next
-        waiting request would not fit beside them."""
-        return prefix[count - 1] >= self._max_batch or (count == len(prefix) < len(self._heap))
+__all__ = ["POLICIES", "SHED_MARGIN", "AIMDBatcher", "BatchDecision", "Batcher", "DeadlineBatcher", "NexusBatcher",
+           "ProteusBatcher", "Queued", "make_batcher", "power_of_two_sizes"]
 
 
 def _check_sizes(sizes: Sequence[int] | None, max_batch: int) -> tuple[int, ...]:
@@ -182,7 +34,7 @@ def _check_sizes(sizes: Sequence[int] | None, max_batch: int) -> tuple[int, ...]
     return ordered
 
 
-class DeadlineBatcher(_DeadlineQueue):
+class DeadlineBatcher(DeadlineQueue):
     """Policy "edf": earliest-deadline-first, work-conserving, shrinking the batch to fit.
 
     Not thread-safe: one owner pushes and polls. Invariants of every decision returned by
@@ -190,8 +42,13 @@ class DeadlineBatcher(_DeadlineQueue):
 
     * ``len(batch) <= max_batch`` and the batch is a prefix of the queue in deadline order;
     * every batched request fits: ``now <= deadline - latency_s(len(batch))``;
-    * every late request could not have fitted alone: ``now > deadline - latency_s(1)``;
+    * every late request could not have fitted alone: ``now > deadline - latency_s(1)``, or (with
+      ``shed_margin``) it was shed: it could not have fitted the full batch waiting behind it;
     * each pushed request leaves the batcher exactly once, in a batch or as late.
+
+    With ``shed_margin`` (a worker's), a full batch waiting that its head cannot afford runs full and
+    the head goes late when the batch the head affords costs over ``1 + shed_margin`` times as much
+    per row: shrinking a worker's batches while it is behind makes it fall further behind.
 
     "Fits" is written ``now <= deadline - latency`` throughout (rather than
     ``now + latency <= deadline``) so that polling exactly at a returned ``wake_at`` finds the
@@ -206,17 +63,23 @@ class DeadlineBatcher(_DeadlineQueue):
         max_wait_s: float = 0.0,
         max_queue: int = 10_000,
         wake_slack_s: float = 0.0,
+        shed_margin: float | None = None,
     ) -> None:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must not be negative, got {max_wait_s}")
+        if shed_margin is not None and not shed_margin >= 0:
+            raise ValueError(f"shed_margin must not be negative, got {shed_margin}")
         super().__init__(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
         self._max_wait_s = max_wait_s
+        self._shed_margin = shed_margin
 
     def poll(self, now: float) -> BatchDecision:
         """Decide at ``now``: the batch to run, the requests already late, when to look again."""
         heap = self._heap
         # Hopeless requests have the earliest deadlines, so they sit at the front of the heap.
         late = self._drop_heads(now)
+        if self._shed_margin is not None:
+            late += self._shed_for_full_batch(now, self._shed_margin)
         if not heap:
             return BatchDecision(batch=(), late=late, wake_at=None)
 
@@ -226,14 +89,36 @@ class DeadlineBatcher(_DeadlineQueue):
         head_deadline = heap[0][0]
         prefix = self._prefix_rows()
         alone = self._latency_s(prefix[0])
-        cap = len(prefix)
-        size = cap
-        while size > 1 and now > head_deadline - self._latency_s(prefix[size - 1]):
-            size -= 1
+        size = self._largest_fit(now, prefix, head_deadline)
 
         if self._dispatch_now(now, size, prefix, alone, head_deadline):
             return BatchDecision(batch=self._take(size), late=late, wake_at=None)
         return BatchDecision(batch=(), late=late, wake_at=self._wake_at(prefix[size - 1], alone, head_deadline))
+
+    def _largest_fit(self, now: float, prefix: list[int], head_deadline: float) -> int:
+        """How many of the first requests the head can afford to run with (at least one)."""
+        size = len(prefix)
+        while size > 1 and now > head_deadline - self._latency_s(prefix[size - 1]):
+            size -= 1
+        return size
+
+    def _shed_for_full_batch(self, now: float, margin: float) -> tuple[Queued, ...]:
+        """The heads shed so that a full waiting batch runs full (see the class docstring), and any
+        request that cannot finish alone found behind them."""
+        heap, shed = self._heap, []
+        while heap:
+            prefix = self._prefix_rows()
+            if not self._full(prefix, len(prefix)):
+                break  # the worker is not behind: a partial batch shrinks as ever
+            head_deadline, full = heap[0][0], prefix[-1]
+            if now <= head_deadline - self._latency_s(full):
+                break  # the head affords the full batch
+            rows = prefix[self._largest_fit(now, prefix, head_deadline) - 1]
+            if self._latency_s(rows) * full <= (1.0 + margin) * self._latency_s(full) * rows:
+                break  # saving the head costs the batch little
+            shed.append(self._pop())
+            shed.extend(self._drop_heads(now))
+        return tuple(shed)
 
     def _dispatch_now(self, now: float, size: int, prefix: list[int], alone: float, head_deadline: float) -> bool:
         if self._max_wait_s == 0 or self._full(prefix, size):
@@ -253,7 +138,7 @@ class DeadlineBatcher(_DeadlineQueue):
         return min(oldest + self._max_wait_s, last_start - self._wake_slack_s)
 
 
-class ProteusBatcher(_DeadlineQueue):
+class ProteusBatcher(DeadlineQueue):
     """Policy "proteus": fill the largest allowed batch the queue can, waiting as long as the head allows.
 
     Allowed sizes default to 1, 2, 4, ... and ``max_batch``. At each poll: requests that
@@ -306,7 +191,7 @@ class ProteusBatcher(_DeadlineQueue):
         return BatchDecision(batch=self._take(count), late=late, wake_at=None)
 
 
-class NexusBatcher(_DeadlineQueue):
+class NexusBatcher(DeadlineQueue):
     """Policy "nexus" (baseline): run only full batches or when the batch it has is about to expire.
 
     Early drop with a sliding window: the window is the batch the queue would run now,
@@ -342,7 +227,7 @@ class NexusBatcher(_DeadlineQueue):
         return BatchDecision(batch=(), late=tuple(late), wake_at=wake)
 
 
-class AIMDBatcher(_DeadlineQueue):
+class AIMDBatcher(DeadlineQueue):
     """Policy "aimd" (Clipper baseline): a batch cap tuned by feedback, no waiting, lazy drop.
 
     The cap climbs a ladder of allowed sizes (default 1, 2, 4, ... ``max_batch``) starting at
@@ -395,20 +280,23 @@ def make_batcher(
     max_queue: int = 10_000,
     max_wait_s: float = 0.0,
     wake_slack_s: float = 0.0,
+    shed_margin: float | None = None,
 ) -> Batcher:
     """The batcher for ``policy`` (one of :data:`POLICIES`).
 
-    ``max_wait_s`` applies to "edf" only. ``wake_slack_s`` is how long before the last instant a
+    ``max_wait_s`` and ``shed_margin`` apply to "edf" only. ``wake_slack_s`` is how long before the last instant a
     waiting batch still fits the batcher asks to be woken (a real timer fires late; the
     simulator's does not); "aimd" never waits, so it has no use for it.
     """
     if policy == "edf":
         return DeadlineBatcher(max_batch=max_batch, latency_s=latency_s, max_wait_s=max_wait_s, max_queue=max_queue,
-                               wake_slack_s=wake_slack_s)
+                               wake_slack_s=wake_slack_s, shed_margin=shed_margin)
     if policy not in POLICIES:
         raise ValueError(f"unknown batching policy {policy!r}; known: {', '.join(POLICIES)}")
     if max_wait_s:
         raise ValueError(f"max_wait_s applies only to the edf policy, not {policy!r}")
+    if shed_margin is not None:
+        raise ValueError(f"shed_margin applies only to the edf policy, not {policy!r}")
     if policy == "proteus":
         return ProteusBatcher(max_batch=max_batch, latency_s=latency_s, max_queue=max_queue, wake_slack_s=wake_slack_s)
     if policy == "aimd":
