@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from agents import batch_replies
-from mesh.batching import SHED_MARGIN, Queued, make_batcher
+from mesh.batching import Queued, make_batcher, serving_options
 from mesh.scheduler import GpuletScheduler
 from mesh.slowdown import MIN_BATCHES, SlowdownTracker, slowed
 from mesh.transport import Endpoint, EndpointClosed, Incoming
@@ -91,10 +91,8 @@ class ServingLoop:
         self.slowdown.setdefault(name, SlowdownTracker())
         if not stackable(runner.spec.inputs):
             max_batch = 1  # an input without a batch dimension: each request runs on its own
-        # "edf" behind its arrivals keeps its batches full rather than shrink them for tight heads.
-        options = {"shed_margin": SHED_MARGIN} if batching == "edf" else {}
         self.scheduler.add(name, make_batcher(batching, max_batch=max_batch, latency_s=self.serving_latency(name),
-                                              wake_slack_s=_WAKE_SLACK_S, **options))
+                                              wake_slack_s=_WAKE_SLACK_S, **serving_options(batching)))
 
     def slowdowns(self) -> dict[str, float]:
         """Mean slowdown of each variant whose batches were timed often enough to tell."""

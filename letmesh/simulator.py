@@ -36,7 +36,7 @@ from letmesh.capacity import (
 )
 from letmesh.arrivals import poisson_arrivals, read_trace
 from letmesh.capacity_inputs import CapacityError, fleet
-from mesh.batching import SHED_MARGIN, Batcher, Queued, make_batcher
+from mesh.batching import Batcher, Queued, make_batcher, serving_options
 from mesh.scheduler import GpuletScheduler
 from mesh.slowdown import SlowdownTracker, slowed
 
@@ -220,10 +220,10 @@ def simulate(
             predicted = curves[vi] = [0.0] + [ms * g.predicted_slowdown / 1000.0 for ms in curve]
             service[vi] = [s * factor for s in predicted]
             trackers[vi] = SlowdownTracker()
-            options = {"max_wait_s": max_wait_s, "shed_margin": SHED_MARGIN} if batching == "edf" else {}
+            options = {"max_wait_s": max_wait_s} if batching == "edf" else {}
             # As the worker does: the curve, raised by the slowdown its served batches show.
             batchers.append((vi, make_batcher(batching, max_batch=a.batch, latency_s=slowed(predicted.__getitem__, trackers[vi]),
-                                              max_queue=max_queue, **options)))
+                                              max_queue=max_queue, **options, **serving_options(batching))))
         servers.append(_Server(batchers, service, curves, trackers))
     # routing: variant index -> (cumulative weights, server indices)
     routes: list[tuple[list[float], list[int]] | None] = [None] * len(names)

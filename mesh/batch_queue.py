@@ -95,12 +95,14 @@ class DeadlineQueue:
         self._heap: list[tuple[float, int, Queued]] = []
         self._seq = itertools.count()
         self._multi_row = 0  # queued requests of more than one row: while none, rows are requests
+        self.rows = 0  # rows waiting in all
 
     def push(self, item: Queued) -> bool:
         """Queue ``item``; False (and nothing queued) when the queue is full."""
         if len(self._heap) >= self._max_queue:
             return False
         heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
+        self.rows += item.rows
         if item.rows > 1:
             self._multi_row += 1
         return True
@@ -127,6 +129,7 @@ class DeadlineQueue:
 
     def _pop(self) -> Queued:
         item = heapq.heappop(self._heap)[2]
+        self.rows -= item.rows
         if item.rows > 1:
             self._multi_row -= 1
         return item

@@ -20,8 +20,10 @@ POLICIES = ("edf", "proteus", "aimd", "nexus")
 # What a worker's "edf" batcher lets a batch shrunk to save its head cost per row over the full
 # batch before it sheds the head instead (see DeadlineBatcher's ``shed_margin``).
 SHED_MARGIN = 0.1
+# A worker is behind its arrivals, for shedding, while this many full batches of rows wait.
+BEHIND_BATCHES = 2
 
-__all__ = ["POLICIES", "SHED_MARGIN", "AIMDBatcher", "BatchDecision", "Batcher", "DeadlineBatcher", "NexusBatcher",
+__all__ = ["POLICIES", "SHED_MARGIN", "serving_options", "AIMDBatcher", "BatchDecision", "Batcher", "DeadlineBatcher", "NexusBatcher",
            "ProteusBatcher", "Queued", "make_batcher", "power_of_two_sizes"]
 
 
@@ -43,12 +45,12 @@ class DeadlineBatcher(DeadlineQueue):
     * ``len(batch) <= max_batch`` and the batch is a prefix of the queue in deadline order;
     * every batched request fits: ``now <= deadline - latency_s(len(batch))``;
     * every late request could not have fitted alone: ``now > deadline - latency_s(1)``, or (with
-      ``shed_margin``) it was shed: it could not have fitted the full batch waiting behind it;
+      ``shed_margin``) it was shed: it could not have fitted a full batch;
     * each pushed request leaves the batcher exactly once, in a batch or as late.
 
-    With ``shed_margin`` (a worker's), a full batch waiting that its head cannot afford runs full and
-    the head goes late when the batch the head affords costs over ``1 + shed_margin`` times as much
-    per row: shrinking a worker's batches while it is behind makes it fall further behind.
+    With ``shed_margin`` (a worker's), while ``BEHIND_BATCHES`` full batches wait and the head cannot
+    afford a full one, the head goes late if the batch it affords costs over ``1 + shed_margin``
+    times as much per row: shrinking a worker's batches while it is behind makes it fall further behind.
 
     "Fits" is written ``now <= deadline - latency`` throughout (rather than
     ``now + latency <= deadline``) so that polling exactly at a returned ``wake_at`` finds the
@@ -107,9 +109,9 @@ class DeadlineBatcher(DeadlineQueue):
         request that cannot finish alone found behind them."""
         heap, shed = self._heap, []
         while heap:
+            if self.rows < BEHIND_BATCHES * self._max_batch:
+                break  # not behind: a burst that one batch or two clear, for which a batch shrinks as ever
             prefix = self._prefix_rows()
-            if not self._full(prefix, len(prefix)):
-                break  # the worker is not behind: a partial batch shrinks as ever
             head_deadline, full = heap[0][0], prefix[-1]
             if now <= head_deadline - self._latency_s(full):
                 break  # the head affords the full batch
@@ -270,6 +272,11 @@ class AIMDBatcher(DeadlineQueue):
         elif batch_size >= self.cap:
             # A smaller batch than the cap says nothing about whether the cap is too low.
             self._rung = min(len(self._sizes) - 1, self._rung + 1)
+
+
+def serving_options(policy: str) -> dict[str, float]:
+    """What a worker passes :func:`make_batcher` beside its policy (the simulators pass the same)."""
+    return {"shed_margin": SHED_MARGIN} if policy == "edf" else {}
 
 
 def make_batcher(

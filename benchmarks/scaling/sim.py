@@ -13,7 +13,7 @@ from benchmarks.scaling.workload import Fleet, Trace, VariantInfo
 
 if TYPE_CHECKING:
     from benchmarks.scaling.schemes import Scheme
-from mesh.batching import Queued, make_batcher
+from mesh.batching import Queued, make_batcher, serving_options
 from mesh.scheduler import GpuletScheduler
 
 DEADLINE_SLACK_S = 1e-9  # a batch scheduled to end on its deadline is on time
@@ -101,7 +101,8 @@ class Simulator:
         info = self.fleet.info[variant]
         s.info = info
         s.batcher = GpuletScheduler({variant: make_batcher(self.policy, max_batch=info.batch,
-                                                           latency_s=info.latency_s.__getitem__)})
+                                                           latency_s=info.latency_s.__getitem__,
+                                                           **serving_options(self.policy))})
         s.accepting = True
         s.pending = None
         s.loaded = False

@@ -15,6 +15,7 @@ from mesh.transport import Endpoint
 from protocol.codec import tensor_meta
 from protocol.message import InferReply, InferRequest, WorkerHello
 from protocol.types import ReplyStatus, TensorSpec
+from tests.mesh.test_batch_shedding import resnet
 
 
 class _Spec:
@@ -38,11 +39,12 @@ class RecordingModel:
         return [inputs[0] * 2]
 
 
-async def backlog(ctx, model, xs: list[np.ndarray]) -> list[tuple[InferReply, bytes]]:
+async def backlog(ctx, model, xs: list[np.ndarray], *, max_batch: int = 8,
+                  budgets_us: list[int] | None = None) -> list[tuple[InferReply, bytes]]:
     """Send ``xs`` to an idle worker serving ``model`` as "v" (max batch 8), one message each, all
     waiting on its socket before it reads any; the replies in request order."""
     serving = ServingLoop()
-    serving.add("v", model, "edf", max_batch=8)  # type: ignore[arg-type]
+    serving.add("v", model, "edf", max_batch=max_batch)  # type: ignore[arg-type]
     gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")
     link = Endpoint.dealer(ctx, gateway.address, "worker:w")
     tasks: list[asyncio.Task] = []
@@ -53,7 +55,8 @@ async def backlog(ctx, model, xs: list[np.ndarray]) -> list[tuple[InferReply, by
         while not serving._idle:  # asleep with nothing queued
             await asyncio.sleep(0.01)
         for i, x in enumerate(xs):  # one message each, not a bundle
-            gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=5_000_000,
+            budget_us = budgets_us[i] if budgets_us else 5_000_000
+            gateway.send_nowait(InferRequest(request_id=i, variant="v", budget_us=budget_us,
                                              inputs=(tensor_meta("x", x),)), [x], to=peer)
         await asyncio.sleep(0.3)  # all on the worker's socket before it reads
         tasks.append(asyncio.create_task(serving.receive(link)))
@@ -88,6 +91,28 @@ async def test_requests_waiting_on_the_link_run_as_one_batch_not_one_by_one(ctx,
     assert model.batches == [6]
     for (_, data), x in zip(replies, xs, strict=True):  # each answer is its own request's
         np.testing.assert_array_equal(np.frombuffer(data, np.float32).reshape(1, 4), x * 2)
+
+
+class ResnetPacedModel(RecordingModel):
+    """Predicted as a ResNet-18 on one core at a tenth of its speed (rows dearer in small batches:
+    0.83 s for 8, 1.25 s for 16); it computes at once."""
+
+    def latency_s(self, batch: int) -> float:
+        return 10 * resnet(batch)
+
+
+async def test_a_worker_behind_runs_full_batches_and_answers_the_head_that_cannot_wait_late(ctx, monkeypatch) -> None:
+    """Thirty-four requests (two full batches and more) wait for an idle worker (max batch 16);
+    the oldest has time for a batch of 11 but not of 16. Shrinking the batch for it would cost
+    15 % more a row: it is answered late and the worker runs full batches."""
+    monkeypatch.setattr(transport, "FAIR_SHARE_S", 60.0)  # read them all before the first batch
+    model = ResnetPacedModel()
+    xs = [np.full((1, 4), i, np.float32) for i in range(34)]
+    replies = await backlog(ctx, model, xs, max_batch=16, budgets_us=[1_000_000] + [60_000_000] * 33)
+    assert replies[0][0].status is ReplyStatus.LATE
+    assert model.batches == [16, 16, 1]
+    assert all(reply.status is ReplyStatus.OK for reply, _ in replies[1:])
+    assert [reply.batch_size for reply, _ in replies[1:33]] == [16] * 32
 
 
 def test_the_batcher_predicts_at_the_speed_served_batches_show() -> None:

@@ -38,11 +38,11 @@ def tight_head_and_backlog(batcher: DeadlineBatcher, now: float, head_budget: fl
 
 def test_a_worker_behind_runs_a_full_batch_and_sheds_the_head_that_cannot_wait_for_it() -> None:
     now = 5.0
-    # The head affords a batch of 8 (83 ms) but not of 16 (125 ms); 19 requests wait behind it.
+    # The head affords a batch of 8 (83 ms) but not of 16 (125 ms); 39 requests wait behind it.
     shedding = DeadlineBatcher(max_batch=16, latency_s=resnet, shed_margin=SHED_MARGIN)
-    tight_head_and_backlog(shedding, now, 0.1, 19)
+    tight_head_and_backlog(shedding, now, 0.1, 39)
     classic = DeadlineBatcher(max_batch=16, latency_s=resnet)
-    tight_head_and_backlog(classic, now, 0.1, 19)
+    tight_head_and_backlog(classic, now, 0.1, 39)
 
     shed, shrunk = shedding.poll(now), classic.poll(now)
 
@@ -109,8 +109,7 @@ def test_under_overload_shedding_keeps_the_rate_served_in_time_up() -> None:
     shed = served_in_time(DeadlineBatcher(max_batch=16, latency_s=resnet, shed_margin=SHED_MARGIN), resnet,
                           120, 6000, 0.333, seed=3)
     classic = served_in_time(DeadlineBatcher(max_batch=16, latency_s=resnet), resnet, 120, 6000, 0.333, seed=3)
-    assert shed >= 0.97
-    assert shed > classic + 0.05
+    assert shed > classic + 0.08
 
 
 @settings(max_examples=300, deadline=None)
