@@ -29,8 +29,8 @@ class BatchDecision:
     """What to do after one poll.
 
     ``batch``: run these now, together (may be empty). ``late``: answer these "late" without
-    computing; the policy judged they cannot finish in time (for "edf" and "proteus": not even
-    alone). ``wake_at``: set only when ``batch`` is empty and requests are still waiting; poll
+    computing; the policy judged they cannot finish in time (for "proteus", and "edf" unless it
+    shed them for a full batch: not even alone). ``wake_at``: set only when ``batch`` is empty and requests are still waiting; poll
     again no later than this instant.
     """
 

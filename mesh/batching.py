@@ -6,8 +6,8 @@ that waits to fill a batch), and the baselines "aimd" (Clipper) and "nexus". A p
 synchronous core: time is always passed in as ``now`` (seconds on the caller's monotonic
 clock). Batch sizes, ``max_batch`` and the latency model count rows: a request of 8 rows fills
 8 of a batch's places (one that alone holds more than ``max_batch`` runs alone). Used by
-gpu-let workers and by the simulator. Imports only the standard library: no
-clock, no asyncio, no zmq, no torch.
+gpu-let workers and by the simulators (with :func:`serving_options`, as a worker builds them).
+Imports only the standard library and :mod:`mesh.batch_queue`: no clock, no asyncio, no zmq, no torch.
 """
 
 from __future__ import annotations
