@@ -23,7 +23,8 @@ baseline moves its model there) with the CPU side of both servers on ``--server-
 SLO and compute limits are then the GPU's.
 
 Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]
-[--onnx-upgrade] [--device cpu|cuda] [--server-cores N]``.
+[--onnx-upgrade] [--device cpu|cuda] [--server-cores N] [--slo-ms MS --models ONE] [--max-batch N]``;
+``--slo-ms`` and ``--max-batch`` fix the regime, so that runs on a host whose speed moves compare alike.
 An entry point: may import everything.
 """
 
@@ -82,6 +83,8 @@ class Options:
     low_requests: int
     idle_s: float
     slo_factor: float
+    slo_ms: float | None  # a fixed SLO (one model), instead of slo_factor x the batch-1 latency measured
+    max_batch: int | None  # a fixed max batch for letmesh, instead of the largest fitting half the SLO
     seed: int
     out: Path
 
@@ -110,6 +113,11 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--low-requests", type=int, help="requests of the low-rate CPU measurement (default 300, quick 100)")
     p.add_argument("--idle-s", type=float, help="seconds the idle server's CPU is measured (default 10, quick 4)")
     p.add_argument("--slo-factor", type=float, default=20.0, help="SLO = this x batch-1 latency (default 20)")
+    p.add_argument("--slo-ms", type=float,
+                   help="a fixed SLO for the one model measured, instead of --slo-factor x its batch-1 latency: runs "
+                        "on a host whose speed moves between them then compare the same regime")
+    p.add_argument("--max-batch", type=int,
+                   help="a fixed max batch for letmesh, instead of the largest whose latency fits half the SLO")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     a = p.parse_args(argv)
@@ -139,6 +147,10 @@ def parse_options(argv: list[str] | None) -> Options:
         p.error("--step-s must be in (0, 600]")
     if a.slo_factor <= 0:
         p.error("--slo-factor must be positive")
+    if a.slo_ms is not None and (not 0 < a.slo_ms <= 600_000 or len(models) != 1):
+        p.error("--slo-ms takes a positive number of milliseconds (at most 10 min) and one model (--models)")
+    if a.max_batch is not None and not 1 <= a.max_batch <= 32:
+        p.error("--max-batch must be in [1, 32] (the planner's largest batch)")
     quick = a.quick
     return Options(
         quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade, device=a.device,
@@ -149,7 +161,7 @@ def parse_options(argv: list[str] | None) -> Options:
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
         low_requests=a.low_requests or (100 if quick else 300),
         idle_s=a.idle_s or (4.0 if quick else 10.0),
-        slo_factor=a.slo_factor, seed=a.seed, out=a.out,
+        slo_factor=a.slo_factor, slo_ms=a.slo_ms, max_batch=a.max_batch, seed=a.seed, out=a.out,
     )
 
 
@@ -292,6 +304,13 @@ def summarise_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
 # --- one model ----------------------------------------------------------------------------------
 
 
+def regime(served_ms: dict[int, float], measured_slo_ms: float, opts: Options) -> tuple[float, int]:
+    """(SLO, letmesh's max batch): those fixed by the options, else the SLO measured and the largest
+    batch of the served artifact whose latency fits half of it."""
+    slo_ms = opts.slo_ms or measured_slo_ms
+    return slo_ms, opts.max_batch or max((b for b, ms in served_ms.items() if ms <= slo_ms / 2), default=1)
+
+
 def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...], opts: Options,
               tmp: Path) -> dict[str, Any]:
     """Batch latencies of both artifacts on the server's cores (and device), one thread; the SLO and
@@ -310,15 +329,13 @@ def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...
         raise RuntimeError(f"calibration failed: {done.stderr[-2000:]}")
     raw = json.loads(done.stdout.strip().splitlines()[-1])
     latencies = {name: {int(b): ms for b, ms in table.items()} for name, table in raw["latency_ms"].items()}
-    slo_ms = raw["slo_ms"]
+    slo_ms, max_batch = regime(latencies[opts.backend], raw["slo_ms"], opts)
     image = gm.sample_images(model, 1, seed=opts.seed)
     expected = {name: np.asarray(v, dtype=np.float32) for name, v in raw["expected"].items()}
     limits = {}
     for backend, lat in latencies.items():
         rps, batch = gm.compute_limit(lat, slo_ms)
         limits[backend] = {"rps": rps, "batch": batch}
-    served = latencies[opts.backend]
-    max_batch = max((b for b, ms in served.items() if ms <= slo_ms / 2), default=1)
     return {"slo_ms": slo_ms, "batch1_ms": {b: lat[1] for b, lat in latencies.items()}, "latency_ms": latencies,
             "compute_limit": limits, "max_batch": max_batch, "image": image, "expected": expected}
 

@@ -52,9 +52,10 @@ def render(report: dict[str, Any]) -> str:
         onnx_limit = f", ONNX {lim['onnx']['rps']:.0f} req/s (batch {lim['onnx']['batch']})" if "onnx" in lim else ""
         lines += [
             f"{key}: {m['model']}",
-            f"  SLO {m['slo_ms']:g} ms (= {o['slo_factor']:g} x batch-1 {m['batch1_ms']['torchscript']:.2f} ms "
-            f"TorchScript{onnx}); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
-            f"req/s (batch {lim['torchscript']['batch']}){onnx_limit}; letmesh max batch {m['max_batch']}",
+            f"  SLO {m['slo_ms']:g} ms ({'fixed; ' if o.get('slo_ms') else '= ' + format(o['slo_factor'], 'g') + ' x '}"
+            f"batch-1 {m['batch1_ms']['torchscript']:.2f} ms TorchScript{onnx}); compute limit TorchScript {lim['torchscript']['rps']:.0f} "
+            f"req/s (batch {lim['torchscript']['batch']}){onnx_limit}; letmesh max batch {m['max_batch']}"
+            + (" (fixed)" if o.get("max_batch") else ""),
             f"  {'server':<10}{'max req/s':>10}{'per sweep (<fail)':>20}{'p50 ms':>9}{'p99 ms':>9}{'of limit':>10}"
             f"{'CPU ms/req':>12}{'gen lag p99':>13}{'gen CPU':>9}  cores",
         ]
