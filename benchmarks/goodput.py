@@ -321,7 +321,7 @@ def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...
     (folder / gm.ONNX_ARTIFACT).write_bytes(artifacts.onnx)
     command = [sys.executable, "-m", "benchmarks.support.goodput_models", model.key, str(folder / gm.ARTIFACT),
                str(folder / gm.ONNX_ARTIFACT), str(opts.slo_factor), str(5 if opts.quick else 10), str(opts.seed),
-               opts.device]
+               opts.device, str(opts.slo_ms or 0), str(opts.max_batch or 1)]
     with pinned(cores):
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
                               cwd=Path(__file__).resolve().parent.parent)

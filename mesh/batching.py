@@ -112,6 +112,8 @@ class DeadlineBatcher(DeadlineQueue):
             if self.rows < BEHIND_BATCHES * self._max_batch:
                 break  # not behind: a burst that one batch or two clear, for which a batch shrinks as ever
             prefix = self._prefix_rows()
+            # The full batch, head included: with requests of several rows it may hold fewer than
+            # max_batch rows (the next request would not fit), and the batch run after a shed differs.
             head_deadline, full = heap[0][0], prefix[-1]
             if now <= head_deadline - self._latency_s(full):
                 break  # the head affords the full batch

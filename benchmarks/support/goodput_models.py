@@ -170,8 +170,9 @@ def open_runtime(backend: str, blob_or_path: bytes | Path, device: str = "cpu"):
 
 
 def latency_table(runs: dict[str, Any], model: ModelDef, limit_ms: float, *, repeats: int, rounds: int = 3,
-                  max_batch: int = 64) -> dict[str, dict[int, float]]:
-    """Latency (ms) of batch 1, 2, 4, ... per runtime, until one exceeds ``limit_ms`` (that one included).
+                  max_batch: int = 64, through: int = 1) -> dict[str, dict[int, float]]:
+    """Latency (ms) of batch 1, 2, 4, ... per runtime, until one exceeds ``limit_ms`` (that one
+    included) and the batch has reached ``through``.
 
     Each figure is the lowest of ``rounds`` medians of ``repeats`` runs, the runtimes interleaved
     round by round: on a shared machine, other work only ever adds time, and it hits both alike.
@@ -194,7 +195,7 @@ def latency_table(runs: dict[str, Any], model: ModelDef, limit_ms: float, *, rep
                 best[name] = min(best[name], statistics.median(times) * 1000.0)
         for name, ms in best.items():
             out[name][batch] = ms
-            if ms > limit_ms:
+            if ms > limit_ms and batch >= through:
                 active.discard(name)
         batch *= 2
     return out
@@ -234,7 +235,9 @@ def write_repository(root: Path, model: ModelDef, artifacts: Artifacts, *, backe
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.support.goodput_models KEY TORCHSCRIPT ONNX SLO_FACTOR REPEATS SEED DEVICE``: calibration.
+    """``python -m benchmarks.support.goodput_models KEY TORCHSCRIPT ONNX SLO_FACTOR REPEATS SEED DEVICE
+    [SLO_MS [THROUGH]]``: calibration. A positive ``SLO_MS`` fixes the SLO instead of ``SLO_FACTOR`` x the
+    batch-1 latency; batches are measured up to one past half the SLO and at least up to ``THROUGH``.
 
     Run in its own process (pinned by the caller), with one torch thread: switching the thread count
     back and forth in a long-lived process left its later two-thread work many times slower.
@@ -242,17 +245,21 @@ def main(argv: list[str] | None = None) -> int:
     """
     import sys
 
-    key, ts_path, onnx_path, factor, repeats, seed, device = (argv or sys.argv[1:])
+    args = list(argv or sys.argv[1:])
+    key, ts_path, onnx_path, factor, repeats, seed, device = args[:7]
+    fixed_slo_ms, through = (float(args[7]) if len(args) > 7 else 0.0), (int(args[8]) if len(args) > 8 else 1)
     torch.set_num_threads(1)
     model = MODELS[key]
     paths = {"torchscript": Path(ts_path), "onnx": Path(onnx_path)}
     runs = {name: open_runtime(name, paths[name], device) for name in runtimes(device)}
     first = latency_table(runs, model, 0.0, repeats=int(repeats) * 2)
-    latencies = latency_table(runs, model, float(factor) * first["torchscript"][1] / 2, repeats=int(repeats))
+    slo_ms = fixed_slo_ms or float(factor) * first["torchscript"][1]
+    latencies = latency_table(runs, model, slo_ms / 2, repeats=int(repeats), through=through)
     for name, table in first.items():  # the lower batch-1 figure of the two passes: noise only adds time
         latencies[name][1] = min(latencies[name][1], table[1])
     image = sample_images(model, 1, seed=int(seed))
-    print(json.dumps({"latency_ms": latencies, "slo_ms": round(float(factor) * latencies["torchscript"][1], 1),
+    slo_ms = fixed_slo_ms or float(factor) * latencies["torchscript"][1]
+    print(json.dumps({"latency_ms": latencies, "slo_ms": round(slo_ms, 1),
                       "expected": {name: run(image).tolist() for name, run in runs.items()}}))
     return 0
 

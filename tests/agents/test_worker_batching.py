@@ -41,8 +41,9 @@ class RecordingModel:
 
 async def backlog(ctx, model, xs: list[np.ndarray], *, max_batch: int = 8,
                   budgets_us: list[int] | None = None) -> list[tuple[InferReply, bytes]]:
-    """Send ``xs`` to an idle worker serving ``model`` as "v" (max batch 8), one message each, all
-    waiting on its socket before it reads any; the replies in request order."""
+    """Send ``xs`` to an idle worker serving ``model`` as "v" (``max_batch``), one message each (with
+    ``budgets_us``, else 5 s each), all waiting on its socket before it reads any; the replies in
+    request order."""
     serving = ServingLoop()
     serving.add("v", model, "edf", max_batch=max_batch)  # type: ignore[arg-type]
     gateway = Endpoint.router(ctx, "tcp://127.0.0.1:0")

@@ -55,7 +55,7 @@ def test_a_worker_behind_runs_a_full_batch_and_sheds_the_head_that_cannot_wait_f
 def test_where_rows_cost_the_same_at_any_size_the_batch_still_shrinks_for_its_head() -> None:
     now = 1.0
     batcher = DeadlineBatcher(max_batch=8, latency_s=proportional, shed_margin=SHED_MARGIN)
-    tight_head_and_backlog(batcher, now, 0.055, 12)  # the head affords 5 rows of the 8
+    tight_head_and_backlog(batcher, now, 0.055, 19)  # two full batches behind; the head affords 5 rows of the 8
 
     decision = batcher.poll(now)
 
@@ -113,33 +113,39 @@ def test_under_overload_shedding_keeps_the_rate_served_in_time_up() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(model=latency_models(), stream=st.lists(st.tuples(st.floats(0.0, 0.02), st.floats(-0.01, 0.2)), max_size=60),
+@given(model=latency_models(),
+       stream=st.lists(st.tuples(st.floats(0.0, 0.02), st.floats(-0.01, 0.2), st.integers(1, 3)), max_size=60),
        margin=st.sampled_from([0.0, SHED_MARGIN, 0.5]))
 def test_with_shedding_every_request_leaves_once_and_only_a_request_that_could_not_fit_goes_late(
-    model: tuple[int, dict[int, float]], stream: list[tuple[float, float]], margin: float
+    model: tuple[int, dict[int, float]], stream: list[tuple[float, float, int]], margin: float
 ) -> None:
     max_batch, latency = model
     batcher = DeadlineBatcher(max_batch=max_batch, latency_s=latency.__getitem__, shed_margin=margin)
     pending, t = [], 0.0
-    for i, (gap, budget) in enumerate(stream):
+    for i, (gap, budget, rows) in enumerate(stream):
         t += gap
-        pending.append(Queued(request_id=i, deadline=t + budget, arrived=t))
-    now, out, steps = 0.0, [], 0
+        pending.append(Queued(request_id=i, deadline=t + budget, arrived=t, rows=min(rows, max_batch)))
+    now, out, steps, waiting = 0.0, [], 0, {}
     slowest = max(latency.values())
     while pending or len(batcher):
         steps += 1
         assert steps < 10 * len(stream) + 10
         while pending and pending[0].arrived <= now:
+            waiting[pending[0].request_id] = pending[0].rows
             assert batcher.push(pending.pop(0))
         decision = batcher.poll(now)
-        out += [q.request_id for q in decision.batch + decision.late]
-        assert len(decision.batch) <= max_batch
+        for q in decision.batch + decision.late:
+            out.append(q.request_id)
+            del waiting[q.request_id]
+        assert batcher.rows == sum(waiting.values())
+        rows = sum(q.rows for q in decision.batch)
+        assert rows <= max_batch
         for q in decision.batch:
-            assert now <= q.deadline - latency[len(decision.batch)]
-        for q in decision.late:  # hopeless alone, or shed: it could not wait for the full batch
+            assert now <= q.deadline - latency[rows]
+        for q in decision.late:  # hopeless alone, or shed: it could not wait for a full batch
             assert now > q.deadline - slowest
         if decision.batch:
-            now += latency[len(decision.batch)]
+            now += latency[rows]
         elif pending:
             now = max(now, pending[0].arrived)
     assert sorted(out) == list(range(len(stream)))
