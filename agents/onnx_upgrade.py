@@ -5,17 +5,20 @@ exports it to ONNX, checks ONNX Runtime's outputs against TorchScript's on seede
 batch sizes, and times the two runtimes in turns on the cores it runs on at each warm-up batch
 size, smallest first. ONNX Runtime must win at batch 1 by MIN_SPEEDUP to be used at all; its lead
 often shrinks as the batch grows (a ResNet-18 here: 1.43x at batch 1, 1.01x at 16), so the verdict
-may split the sizes: ONNX Runtime up to the first size it is slower at, TorchScript from there. The verdict, and the converted model when it
-serves any size, are kept beside the artifact in the agent's cache under a file lock: a host
-decides once per artifact (and per torch / onnxruntime version), and its profilers and workers
-then serve the same runtimes, so profiles measure what is served. Imports torch; onnxruntime only
-once a verdict is read or made.
+may split the sizes: ONNX Runtime up to the first size it is slower at, TorchScript from there.
+The verdict, and the converted model when it serves any size, are kept beside the artifact in the
+agent's cache under a file lock: a host decides once per artifact and manifest signature (tensor
+names, types and shapes, max batch: one artifact may serve variants that name or batch it
+differently) and per torch / onnxruntime version; its profilers and workers then serve the same
+runtimes, so profiles measure what is served. Imports torch; onnxruntime only once a verdict is
+read or made.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import statistics
@@ -92,15 +95,17 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
     path = Path(path)
     try:
         with _locked(path.with_name(path.name + ".onnx.lock")):
-            verdict = _cached(path)
+            for legacy in (".onnx", ".onnx.json"):  # kept per artifact alone before signatures
+                path.with_name(path.name + legacy).unlink(missing_ok=True)
+            verdict = _cached(spec, path)
             if verdict is None:
                 verdict = _decide(spec, path)
-                _save(path, verdict)
+                _save(spec, path, verdict)
     except Exception as exc:  # the attempt must never cost the variant its TorchScript service
         return spec, path, Verdict("torchscript", f"not converted: {_first_line(exc)}")
     if not verdict.serves_onnx:
         return spec, path, verdict
-    return replace(spec, backend="onnx"), _converted(path), verdict
+    return replace(spec, backend="onnx"), converted_path(spec, path), verdict
 
 
 # --- the decision -----------------------------------------------------------------------------
@@ -109,7 +114,7 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
 def _decide(spec: VariantSpec, path: Path) -> Verdict:
     if any(t.datatype not in ("FP32", "FP64", "FP16") for t in spec.inputs):
         return Verdict("torchscript", "not converted: ONNX is only tried for floating-point inputs")
-    onnx_path = _converted(path)
+    onnx_path = converted_path(spec, path)
     verdict = Verdict("torchscript", "not converted")
     try:
         _export(spec, path, onnx_path)
@@ -199,12 +204,21 @@ def _seeded_inputs(spec: VariantSpec, batch: int) -> list[np.ndarray]:
 # --- the cache --------------------------------------------------------------------------------
 
 
-def _converted(path: Path) -> Path:
-    return path.with_name(path.name + ".onnx")
+def signature(spec: VariantSpec) -> str:
+    """What of a manifest the conversion and its verdict depend on, as 12 hex digits: the exported
+    graph carries the tensor names, and the sizes compared and timed run up to the max batch."""
+    tensors = [[t.name, t.datatype, list(t.shape)] for t in (*spec.inputs, *spec.outputs)]
+    described = json.dumps([len(spec.inputs), tensors, spec.max_batch], separators=(",", ":"))
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
-def _verdict_path(path: Path) -> Path:
-    return path.with_name(path.name + ".onnx.json")
+def converted_path(spec: VariantSpec, path: Path) -> Path:
+    """Where the conversion of the artifact at ``path`` for ``spec`` is kept."""
+    return path.with_name(f"{path.name}.{signature(spec)}.onnx")
+
+
+def verdict_path(spec: VariantSpec, path: Path) -> Path:
+    return path.with_name(f"{path.name}.{signature(spec)}.onnx.json")
 
 
 def _versions() -> dict[str, str]:
@@ -213,27 +227,28 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _cached(path: Path) -> Verdict | None:
+def _cached(spec: VariantSpec, path: Path) -> Verdict | None:
     """The saved verdict, if it was made with these versions and its converted model is intact."""
     try:
-        saved = json.loads(_verdict_path(path).read_text())
+        saved = json.loads(verdict_path(spec, path).read_text())
         if saved.get("version") != _VERDICT_VERSION or saved.get("versions") != _versions():
             return None
         verdict = Verdict(str(saved["runtime"]), str(saved["reason"]), str(saved.get("onnx_sha256", "")),
                           int(saved.get("onnx_up_to", 0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if verdict.serves_onnx and _sha256_or_empty(_converted(path)) != verdict.onnx_sha256:
+    if verdict.serves_onnx and _sha256_or_empty(converted_path(spec, path)) != verdict.onnx_sha256:
         return None
     return verdict
 
 
-def _save(path: Path, verdict: Verdict) -> None:
-    partial = _verdict_path(path).with_name(f".{_verdict_path(path).name}.{os.getpid()}.part")
+def _save(spec: VariantSpec, path: Path, verdict: Verdict) -> None:
+    target = verdict_path(spec, path)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     partial.write_text(json.dumps({"version": _VERDICT_VERSION, "versions": _versions(), "runtime": verdict.runtime,
                                    "reason": verdict.reason, "onnx_sha256": verdict.onnx_sha256,
                                    "onnx_up_to": verdict.onnx_up_to}))
-    os.replace(partial, _verdict_path(path))
+    os.replace(partial, target)
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def test_a_conversion_that_answers_the_same_is_served_and_decided_once(artifact,
 
     monkeypatch.setattr(onnx_upgrade, "_export", no_export)
     assert ModelRunner(spec, artifact, onnx_upgrade=True).runtime == upgraded.runtime
-    saved = json.loads(artifact.with_name(artifact.name + ".onnx.json").read_text())
+    saved = json.loads(onnx_upgrade.verdict_path(spec, artifact).read_text())
     assert saved["runtime"] == "onnx" and saved["versions"]["torch"] == torch.__version__
 
 
@@ -88,7 +88,7 @@ def test_a_conversion_that_is_not_faster_is_not_served(artifact, monkeypatch):
 
     assert runner.backend == "torchscript"
     assert runner.runtime.startswith("torchscript (ONNX Runtime tried: ") and runner.runtime.endswith("kept TorchScript)")
-    assert not artifact.with_name(artifact.name + ".onnx").exists(), "a conversion that lost is not kept"
+    assert not onnx_upgrade.converted_path(spec_for(artifact), artifact).exists(), "a conversion that lost is not kept"
     assert runner.run([images(2)])[0].shape == (2, 10)
 
 
@@ -153,7 +153,7 @@ def test_a_model_with_a_variable_length_input_stays_on_torchscript_and_takes_any
 def test_a_damaged_conversion_is_converted_again(artifact, speed_not_judged):
     spec = spec_for(artifact)
     ModelRunner(spec, artifact, onnx_upgrade=True)
-    converted = artifact.with_name(artifact.name + ".onnx")
+    converted = onnx_upgrade.converted_path(spec, artifact)
     blob = bytearray(converted.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     converted.write_bytes(bytes(blob))
@@ -163,6 +163,38 @@ def test_a_damaged_conversion_is_converted_again(artifact, speed_not_judged):
     assert runner.backend == "onnx"
     np.testing.assert_allclose(runner.run([images(4)])[0], ModelRunner(spec, artifact).run([images(4)])[0],
                                rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
+
+
+def test_variants_that_name_or_batch_one_artifact_differently_each_get_their_own_conversion(artifact, speed_not_judged):
+    # One artifact (one sha256 in the agent's cache) behind two manifests: the second names its
+    # tensors otherwise and batches up to 4. Each needs a graph with its own names, judged at its own sizes.
+    first = spec_for(artifact)
+    second = dataclasses.replace(first, name="conv-renamed", max_batch=4,
+                                 inputs=(dataclasses.replace(first.inputs[0], name="pixels"),),
+                                 outputs=(dataclasses.replace(first.outputs[0], name="scores"),))
+    plain = ModelRunner(first, artifact).run([images(3)])[0]
+
+    runners = [ModelRunner(first, artifact, onnx_upgrade=True), ModelRunner(second, artifact, onnx_upgrade=True)]
+
+    assert [r.backend for r in runners] == ["onnx", "onnx"]
+    assert "at batch 8" in runners[0].runtime and "at batch 8" not in runners[1].runtime and "at batch 4" in runners[1].runtime
+    for runner in runners:
+        np.testing.assert_allclose(runner.run([images(3)])[0], plain, rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
+        assert sorted(runner.warm_up(repeats=1)) == sorted({1, 2, 4, runner.spec.max_batch})
+    assert onnx_upgrade.converted_path(first, artifact) != onnx_upgrade.converted_path(second, artifact)
+    assert ModelRunner(first, artifact, onnx_upgrade=True).runtime == runners[0].runtime, "each verdict kept"
+
+
+def test_a_conversion_kept_per_artifact_alone_is_not_served_and_is_removed(artifact, speed_not_judged):
+    # The cache's earlier layout: one conversion and verdict per artifact, whatever the manifest.
+    legacy = artifact.with_name(artifact.name + ".onnx"), artifact.with_name(artifact.name + ".onnx.json")
+    legacy[0].write_bytes(b"not a model")
+    legacy[1].write_text(json.dumps({"runtime": "onnx", "reason": "stale"}))
+
+    runner = ModelRunner(spec_for(artifact), artifact, onnx_upgrade=True)
+
+    assert runner.backend == "onnx" and "stale" not in runner.runtime
+    assert not any(p.exists() for p in legacy)
 
 
 def test_processes_opening_one_artifact_at_once_convert_it_once(artifact, speed_not_judged, monkeypatch):
@@ -193,7 +225,7 @@ def test_an_attempt_that_fails_midway_leaves_the_variant_on_torchscript(artifact
     runner = ModelRunner(spec_for(artifact), artifact, onnx_upgrade=True)
 
     assert runner.backend == "torchscript" and "not converted: RuntimeError: onnxruntime: out of memory" in runner.runtime
-    assert not artifact.with_name(artifact.name + ".onnx").exists()
+    assert not onnx_upgrade.converted_path(spec_for(artifact), artifact).exists()
     assert runner.run([images(2)])[0].shape == (2, 10)
 
 
@@ -241,7 +273,7 @@ def test_where_onnx_wins_only_at_small_batches_each_runtime_serves_its_own_sizes
         assert served[0] == ("onnx" if batch <= 2 else "torchscript", batch)
     # The warm-up curve has a point on each side of the switch (batch 3 runs on TorchScript).
     assert sorted(runner.warm_up(repeats=1)) == [1, 2, 3, 4, 8]
-    saved = json.loads(artifact.with_name(artifact.name + ".onnx.json").read_text())
+    saved = json.loads(onnx_upgrade.verdict_path(spec, artifact).read_text())
     assert saved["runtime"] == "mixed" and saved["onnx_up_to"] == 2
-    assert artifact.with_name(artifact.name + ".onnx").exists(), "the conversion serves the small batches: it is kept"
+    assert onnx_upgrade.converted_path(spec, artifact).exists(), "the conversion serves the small batches: it is kept"
     assert ModelRunner(spec, artifact, onnx_upgrade=True).runtime == runner.runtime, "decided once"
