@@ -7,7 +7,7 @@ a demanded family k) whose capacity is positive: integer x_p (slots of c hosting
 v_p (share of k's demand c serves with j), per family a shed share u_k:
     max  sum_p (d_k/D)(A_j/A_max) v_p - lambda sum_k (d_k/D) u_k
     s.t. sum_j x_cj <= |c|                 per class (a slot may stay empty)
-         sum size_s x_p <= C_dev           per device with a known capacity (then classes are single slots)
+         sum size_c x_p <= C_dev           per device with a known capacity (its classes: its slots of one size)
          v_p <= min(1, cap_p / (f d_k)) x_p   per pair: v <= x and capacity with headroom f, in one row
          sum_p v_p + u_k = 1               per family
          0 <= u_k <= 0 (beta >= 1), 1 - beta (beta < 1), 1 (best effort);  f = max(beta, 1)
@@ -88,7 +88,10 @@ class Index:
                                for i, s in enumerate(self.slots)])
         classes: dict[tuple, list[int]] = {}
         for i in range(len(self.slots)):
-            key = ("slot", i) if i in self.device_of else ("cap", *self.cap[i].tolist())
+            # A device's slots of one size and the same capacities are one class too: a 16-core
+            # host offered as 16 one-core slots is then one count, not 16 interchangeable integers.
+            key = (("device", self.device_of[i], float(self.slots[i].size)) if i in self.device_of else ("cap",)) \
+                + tuple(self.cap[i].tolist())
             classes.setdefault(key, []).append(i)
         self.units = sorted(classes.values())
         pairs = [(u, j) for u, members in enumerate(self.units) for j in self._useful(members[0])]

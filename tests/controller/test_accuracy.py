@@ -341,6 +341,8 @@ def brute_force(problem: ScalingProblem, beta: float) -> tuple[float | None, flo
                     break
                 room[v] = room.get(v, 0.0) + cap / beta
         else:
+            if not fits_devices(problem, [s for s, v in zip(problem.slots, choice, strict=True) if v is not None]):
+                continue
             score, shed = 0.0, 0.0
             for fam, demand in problem.demand.items():
                 left = demand
@@ -354,6 +356,13 @@ def brute_force(problem: ScalingProblem, beta: float) -> tuple[float | None, flo
             if shed <= 1e-9 * max(total, 1) and (best is None or value > best):
                 best = value
     return best, least_shed
+
+
+def fits_devices(problem: ScalingProblem, filled) -> bool:
+    used: dict[tuple[str, str], int] = {}
+    for slot in filled:
+        used[slot.device_key] = used.get(slot.device_key, 0) + slot.size
+    return all(size <= problem.device_capacity.get(key, math.inf) for key, size in used.items())
 
 
 def all_cheapest(problem: ScalingProblem, beta: float) -> float | None:
@@ -399,6 +408,64 @@ def test_plans_are_feasible_and_as_accurate_as_the_brute_force_optimum(problem: 
         assert plan.total_shed >= least_shed - 1e-6
     else:
         assert plan.total_shed >= unservable_demand - 1e-6
+
+
+@st.composite
+def core_problems(draw) -> ScalingProblem:
+    n_families = draw(st.integers(1, 2))
+    variants = [VariantChoice(f"f{f}v{j}", f"f{f}", float(draw(st.integers(50, 100))), 100.0)
+                for f in range(n_families) for j in range(draw(st.integers(1, 2 if n_families == 1 else 1)))]
+    hosts = [f"h{i}" for i in range(draw(st.integers(1, 2)))]
+    slots, caps, sizes = [], {}, {}
+    for host in hosts:
+        cores = draw(st.integers(2, 4 if len(hosts) == 1 else 2))
+        sizes[(host, "cpu0")] = cores
+        one_core = {v.variant: float(draw(st.sampled_from([0, 10, 25, 40]))) for v in variants}
+        whole = {v.variant: float(draw(st.sampled_from([0, 1, 1.5, 3]))) * cores * one_core[v.variant] for v in variants}
+        for i in range(cores + 1):
+            slot = Slot(f"{host}/{i}", "cpu0", "cpu", cores if i == cores else 1, agent_id=host)
+            slots.append(slot)
+            caps.update({(slot.slot_id, v): (whole if i == cores else one_core)[v] for v in one_core})
+    demand = {f"f{f}": float(draw(st.sampled_from([0, 10, 40, 90, 200]))) for f in range(n_families)}
+    return ScalingProblem(tuple(slots), tuple(variants), demand, caps, device_capacity=sizes)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(core_problems())
+def test_hosts_offered_as_cores_or_whole_are_planned_as_well_as_the_brute_force_optimum(problem: ScalingProblem) -> None:
+    # A host's one-core slots are interchangeable: the solver counts them as one class.
+    plan = solve(problem, beta=1.0, min_beta=1.0, mip_gap=0.0, time_limit_s=10.0)
+    verify(problem, plan)
+    best, least_shed = brute_force(problem, 1.0)
+    if best is not None:
+        assert plan.status == "optimal" and plan.total_shed == pytest.approx(0.0, abs=1e-6)
+        assert plan.effective_accuracy == pytest.approx(best, rel=1e-6) or sum(problem.demand.values()) == 0
+    elif all(any(problem.capacity.get((s.slot_id, v.variant), 0) > 0 for s in problem.slots for v in problem.variants
+                 if v.family == f) for f in problem.demand):
+        assert plan.total_shed >= least_shed - 1e-6
+
+
+def test_a_hosts_interchangeable_cores_are_one_class_of_the_milp() -> None:
+    from controller.accuracy_milp import Index
+
+    variants = (HI, LO)
+    slots, caps, sizes = [], {}, {}
+    for host, cores in (("big", 16), ("edge", 4)):
+        sizes[(host, "cpu0")] = cores
+        for i in range(cores + 1):
+            slot = Slot(f"{host}/{i:02d}", "cpu0", "cpu", cores if i == cores else 1, agent_id=host)
+            slots.append(slot)
+            caps.update({(slot.slot_id, "cls-hi"): 10.0 * slot.size, (slot.slot_id, "cls-lo"): 25.0 * slot.size})
+    problem = ScalingProblem(tuple(slots), variants, {"cls": 300.0}, caps, device_capacity=sizes)
+
+    index = Index(problem, {}, shed_penalty=1.0)
+
+    assert sorted(len(unit) for unit in index.units) == [1, 1, 4, 16]
+    plan = solve(problem, beta=1.0, time_limit_s=30.0)
+    verify(problem, plan)
+    assert plan.status == "optimal" and plan.shed == {}
+    # 300 req/s on 20 cores carrying 10 (accurate) or 25 (cheap) req/s each: 13 accurate, 7 cheap.
+    assert plan.effective_accuracy == pytest.approx((130 * 90 + 170 * 70) / 300)
 
 
 def highest_rung(problem: ScalingProblem, ladder: tuple[float, ...]) -> float | None:
