@@ -292,7 +292,9 @@ def bad_artifact_phase(how: str, repo: Path, work_dir: Path, opts: Options, work
                          rate_rps=10.0)
         result = run_phase(target, work.streams(opts, healthy), None, duration_s=opts.phase_s, fault_at_s=0.0,
                            deadline_ms=opts.deadline_ms, client_timeout_s=opts.client_timeout_s, recovery_from_s=0.0)
-        notes["health_after"] = target.health()
+        # As after the other classes: healthy again within the heal timeout (a re-plan may be
+        # half-way, its old workers still draining, the moment the load stops).
+        notes["health_after"] = target.wait_healthy(opts.heal_timeout_s)
     finally:
         notes["left_behind"] = target.stop()
     result.update(fault=f"bad_{how}", describe=f"{BAD_VARIANT}'s artifact {how} beside healthy variants "
