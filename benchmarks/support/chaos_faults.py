@@ -329,4 +329,4 @@ def fuzz_phase(target: MeshUnderTest, opts: Options, work: Workload) -> dict[str
             "crashes": len(exits) + sum(logged["actor_crashes"].values()), **logged,
             "worker_exits": sorted(set(rss_before) - set(rss_after) - set(ROLES)),
             "rss_before_mb": rss_before, "rss_after_mb": rss_after, "rss_growth_mb": growth,
-            "leak_mb": max(growth.values(), default=0.0), "health_after": target.health()}
+            "leak_mb": max(growth.values(), default=0.0), "health_after": target.wait_healthy(opts.heal_timeout_s)}
