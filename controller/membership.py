@@ -18,7 +18,7 @@ from controller.layout_manager import LayoutManager
 from controller.placement import PlannedWorker, extend_placement, initial_placement
 from controller.registry import LEAVING, Joined, Registry
 from controller.store import StateStore
-from protocol.types import WorkerState
+from protocol.types import RunningWorker, WorkerState
 from protocol.message import RegisterAgent, StartWorker, StopWorker
 
 log = logging.getLogger(__name__)
