@@ -8,9 +8,10 @@ often shrinks as the batch grows (a ResNet-18 here: 1.43x at batch 1, 1.01x at 1
 may split the sizes: ONNX Runtime up to the first size it is slower at, TorchScript from there.
 The verdict, and the converted model when it serves any size, are kept beside the artifact in the
 agent's cache under a file lock: a host decides once per artifact and manifest signature (tensor
-names, types and shapes, max batch: one artifact may serve variants that name or batch it
-differently) and per torch / onnxruntime version; its profilers and workers then serve the same
-runtimes, so profiles measure what is served. Imports torch; onnxruntime only once a verdict is
+names, types and shapes: one artifact may back variants that name it differently) and per torch /
+onnxruntime version, for batches up to the largest max batch asked so far (a worker's plan often
+caps it below the manifest's); its profilers and workers then serve the same runtimes, so
+profiles measure what is served. Imports torch; onnxruntime only once a verdict is
 read or made.
 """
 
@@ -42,7 +43,7 @@ RTOL, ATOL = 1e-4, 1e-5
 MIN_SPEEDUP = 1.05  # ONNX must be this much faster at batch 1 for the conversion to serve at all
 KEEP_SPEEDUP = 1.0  # once it does, it serves the larger sizes up to the first it is slower at
 ROUNDS = 7  # timing turns per runtime and batch size (the median is compared)
-_VERDICT_VERSION = 2
+_VERDICT_VERSION = 3
 
 
 def enabled_from_env() -> bool:
@@ -57,10 +58,23 @@ class Verdict:
     reason: str  # one line for `letmesh status`
     onnx_sha256: str = ""
     onnx_up_to: int = 0
+    judged_up_to: int = 0  # the largest batch size the decision covered (the spec's max batch then)
 
     @property
     def serves_onnx(self) -> bool:
         return self.runtime in ("onnx", "mixed")
+
+    def covers(self, max_batch: int) -> bool:
+        """Whether this verdict decides for batches of up to ``max_batch`` rows. Only a conversion
+        that won at every size judged has unknown sizes above them: a loss ends ONNX Runtime's
+        range for good, and a refusal does not depend on the batch."""
+        return self.runtime != "onnx" or max_batch <= self.judged_up_to
+
+    def within(self, max_batch: int) -> Verdict:
+        """The verdict for a spec batching up to ``max_batch``: a split above it is no split."""
+        if self.runtime == "mixed" and self.onnx_up_to >= max_batch:
+            return replace(self, runtime="onnx")
+        return self
 
     def describe(self) -> str:
         if self.runtime == "mixed":
@@ -98,11 +112,12 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
             for legacy in (".onnx", ".onnx.json"):  # kept per artifact alone before signatures
                 path.with_name(path.name + legacy).unlink(missing_ok=True)
             verdict = _cached(spec, path)
-            if verdict is None:
+            if verdict is None or not verdict.covers(spec.max_batch):
                 verdict = _decide(spec, path)
                 _save(spec, path, verdict)
     except Exception as exc:  # the attempt must never cost the variant its TorchScript service
         return spec, path, Verdict("torchscript", f"not converted: {_first_line(exc)}")
+    verdict = verdict.within(spec.max_batch)
     if not verdict.serves_onnx:
         return spec, path, verdict
     return replace(spec, backend="onnx"), converted_path(spec, path), verdict
@@ -155,7 +170,7 @@ def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
         return Verdict("torchscript", f"ONNX Runtime tried: {shown}; kept TorchScript")
     runtime = "onnx" if up_to == spec.max_batch else "mixed"
     return Verdict(runtime, f"converted from TorchScript: {shown}, outputs within {worst:.1g}", sha256_file(onnx_path),
-                   up_to)
+                   up_to, spec.max_batch)
 
 
 def _export(spec: VariantSpec, path: Path, onnx_path: Path) -> None:
@@ -205,10 +220,11 @@ def _seeded_inputs(spec: VariantSpec, batch: int) -> list[np.ndarray]:
 
 
 def signature(spec: VariantSpec) -> str:
-    """What of a manifest the conversion and its verdict depend on, as 12 hex digits: the exported
-    graph carries the tensor names, and the sizes compared and timed run up to the max batch."""
+    """What of a manifest the conversion depends on, as 12 hex digits: the exported graph carries
+    the tensor names, types and shapes. (Not the max batch: a worker runs the variant with the max
+    batch its plan sets, below the manifest's its profiler judged; the verdict says what it covers.)"""
     tensors = [[t.name, t.datatype, list(t.shape)] for t in (*spec.inputs, *spec.outputs)]
-    described = json.dumps([len(spec.inputs), tensors, spec.max_batch], separators=(",", ":"))
+    described = json.dumps([len(spec.inputs), tensors], separators=(",", ":"))
     return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
@@ -234,7 +250,7 @@ def _cached(spec: VariantSpec, path: Path) -> Verdict | None:
         if saved.get("version") != _VERDICT_VERSION or saved.get("versions") != _versions():
             return None
         verdict = Verdict(str(saved["runtime"]), str(saved["reason"]), str(saved.get("onnx_sha256", "")),
-                          int(saved.get("onnx_up_to", 0)))
+                          int(saved.get("onnx_up_to", 0)), int(saved.get("judged_up_to", 0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if verdict.serves_onnx and _sha256_or_empty(converted_path(spec, path)) != verdict.onnx_sha256:
@@ -247,7 +263,7 @@ def _save(spec: VariantSpec, path: Path, verdict: Verdict) -> None:
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     partial.write_text(json.dumps({"version": _VERDICT_VERSION, "versions": _versions(), "runtime": verdict.runtime,
                                    "reason": verdict.reason, "onnx_sha256": verdict.onnx_sha256,
-                                   "onnx_up_to": verdict.onnx_up_to}))
+                                   "onnx_up_to": verdict.onnx_up_to, "judged_up_to": verdict.judged_up_to}))
     os.replace(partial, target)
 
 

@@ -165,11 +165,11 @@ def test_a_damaged_conversion_is_converted_again(artifact, speed_not_judged):
                                rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
 
 
-def test_variants_that_name_or_batch_one_artifact_differently_each_get_their_own_conversion(artifact, speed_not_judged):
-    # One artifact (one sha256 in the agent's cache) behind two manifests: the second names its
-    # tensors otherwise and batches up to 4. Each needs a graph with its own names, judged at its own sizes.
+def test_variants_that_name_one_artifact_differently_each_get_their_own_conversion(artifact, speed_not_judged):
+    # One artifact (one sha256 in the agent's cache) behind two manifests that name its tensors
+    # differently: each needs a graph with its own names.
     first = spec_for(artifact)
-    second = dataclasses.replace(first, name="conv-renamed", max_batch=4,
+    second = dataclasses.replace(first, name="conv-renamed",
                                  inputs=(dataclasses.replace(first.inputs[0], name="pixels"),),
                                  outputs=(dataclasses.replace(first.outputs[0], name="scores"),))
     plain = ModelRunner(first, artifact).run([images(3)])[0]
@@ -177,12 +177,54 @@ def test_variants_that_name_or_batch_one_artifact_differently_each_get_their_own
     runners = [ModelRunner(first, artifact, onnx_upgrade=True), ModelRunner(second, artifact, onnx_upgrade=True)]
 
     assert [r.backend for r in runners] == ["onnx", "onnx"]
-    assert "at batch 8" in runners[0].runtime and "at batch 8" not in runners[1].runtime and "at batch 4" in runners[1].runtime
     for runner in runners:
         np.testing.assert_allclose(runner.run([images(3)])[0], plain, rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
-        assert sorted(runner.warm_up(repeats=1)) == sorted({1, 2, 4, runner.spec.max_batch})
+        assert sorted(runner.warm_up(repeats=1)) == [1, 2, 4, 8]
     assert onnx_upgrade.converted_path(first, artifact) != onnx_upgrade.converted_path(second, artifact)
     assert ModelRunner(first, artifact, onnx_upgrade=True).runtime == runners[0].runtime, "each verdict kept"
+
+
+def test_a_worker_batching_below_the_judged_sizes_reuses_the_verdict_and_a_larger_batch_is_judged(artifact, monkeypatch):
+    # The profiler opens the manifest's spec (max batch 8); a worker's plan caps the batch (here 2
+    # and 4), or a new manifest raises it (16). Timings are set; runtimes and outputs are real.
+    lead = {1: 1.4, 2: 1.3, 4: 1.2, 8: 1.1, 16: 1.05}
+    timed: list[int] = []
+
+    def speedup(ts, onnx, inputs):
+        timed.append(inputs[0].shape[0])
+        return lead[inputs[0].shape[0]]
+
+    monkeypatch.setattr(onnx_upgrade, "_speedup", speedup)
+    manifest = spec_for(artifact)
+    profiled = ModelRunner(manifest, artifact, onnx_upgrade=True)
+    assert profiled.backend == "onnx" and "1.10x at batch 8" in profiled.runtime
+    assert timed == [1, 2, 4, 8]
+
+    for capped in (2, 4):
+        runner = ModelRunner(dataclasses.replace(manifest, max_batch=capped), artifact, onnx_upgrade=True)
+        assert runner.backend == "onnx" and "1.10x at batch 8" in runner.runtime
+    assert timed == [1, 2, 4, 8], "a batch within the judged sizes is not judged again"
+
+    larger = ModelRunner(dataclasses.replace(manifest, max_batch=16), artifact, onnx_upgrade=True)
+    assert timed == [1, 2, 4, 8, 1, 2, 4, 8, 16] and "1.05x at batch 16" in larger.runtime
+    assert len(list(artifact.parent.glob("*.onnx.json"))) == 1, "one verdict per artifact and signature"
+
+
+def test_a_split_verdict_serves_a_worker_batching_within_its_onnx_sizes_on_onnx_alone(artifact, monkeypatch):
+    lead = {1: 1.4, 2: 1.2, 4: 0.98, 8: 0.95}
+    monkeypatch.setattr(onnx_upgrade, "_speedup", lambda ts, onnx, inputs: lead[inputs[0].shape[0]])
+    manifest = spec_for(artifact)
+    assert ModelRunner(manifest, artifact, onnx_upgrade=True).runtime.startswith("onnx up to batch 2, torchscript above")
+
+    def no_export(*args):
+        raise AssertionError("a loss within the judged sizes decides every larger one")
+
+    monkeypatch.setattr(onnx_upgrade, "_export", no_export)
+    small = ModelRunner(dataclasses.replace(manifest, max_batch=2), artifact, onnx_upgrade=True)
+    assert small.backend == "onnx" and small.runtime.startswith("onnx (converted from TorchScript: 1.40x at batch 1")
+    assert small._larger is None, "no TorchScript model held for batches it never runs"
+    larger = ModelRunner(dataclasses.replace(manifest, max_batch=16), artifact, onnx_upgrade=True)
+    assert larger.runtime.startswith("onnx up to batch 2, torchscript above")
 
 
 def test_a_conversion_kept_per_artifact_alone_is_not_served_and_is_removed(artifact, speed_not_judged):
