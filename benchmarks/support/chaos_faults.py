@@ -321,6 +321,7 @@ def fuzz_phase(target: MeshUnderTest, opts: Options, work: Workload) -> dict[str
     control = inputs.fuzz_control(target.mesh.controller_address, work.family, work.named, frames=opts.fuzz_frames,
                                   keys_dir=target.mesh.keys_dir)
     time.sleep(1.0)  # a crash caused by the last frames has time to show
+    health_after = target.wait_healthy(opts.heal_timeout_s)  # before the counts: a crash meanwhile is one
     rss_after = rss_mb(target)
     exits = [r for r, pid in before_pids.items() if pid is not None and target.pid(r) != pid]
     growth = {k: round(rss_after[k] - v, 2) for k, v in rss_before.items() if k in rss_after}
@@ -329,4 +330,4 @@ def fuzz_phase(target: MeshUnderTest, opts: Options, work: Workload) -> dict[str
             "crashes": len(exits) + sum(logged["actor_crashes"].values()), **logged,
             "worker_exits": sorted(set(rss_before) - set(rss_after) - set(ROLES)),
             "rss_before_mb": rss_before, "rss_after_mb": rss_after, "rss_growth_mb": growth,
-            "leak_mb": max(growth.values(), default=0.0), "health_after": target.wait_healthy(opts.heal_timeout_s)}
+            "leak_mb": max(growth.values(), default=0.0), "health_after": health_after}
