@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from agents.backend import Run, check_outputs, cpu_threads, open_backend, output_arrays
+from agents.error import ModelLoadError
 from agents.onnx_upgrade import upgrade
 from agents.probe import onnx_needs_host_cpu
 from mesh.latency import LatencyCurve, warmup_batches
@@ -35,9 +36,18 @@ class ModelRunner:
             spec, path, verdict = upgrade(spec, path, device)
             if verdict is not None:
                 self.runtime = verdict.describe()
+        try:
+            self._run = open_backend(spec, path, device)  # ModelLoadError names what is wrong
+        except ModelLoadError as exc:
+            if verdict is None or not verdict.serves_onnx:
+                raise
+            # The conversion went between the verdict and this load (another process judged the
+            # artifact again, for a larger batch, and kept none): the original still serves.
+            (spec, path), verdict = original, None
+            self.runtime = f"torchscript (the ONNX conversion could not be opened: {exc})"
+            self._run = open_backend(spec, path, device)
         self.backend = spec.backend
         self._device = device
-        self._run = open_backend(spec, path, device)  # ModelLoadError names what is wrong
         # Split by batch size (a "mixed" verdict): the original serves batches of more than
         # ``_up_to`` rows, where ONNX Runtime was not the faster one.
         self._larger: Run | None = None

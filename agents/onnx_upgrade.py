@@ -10,8 +10,8 @@ The verdict, and the converted model when it serves any size, are kept beside th
 agent's cache under a file lock: a host decides once per artifact and manifest signature (tensor
 names, types and shapes: one artifact may back variants that name it differently) and per torch /
 onnxruntime version, for batches up to the largest max batch asked so far (a worker's plan often
-caps it below the manifest's); its profilers and workers then serve the same runtimes, so
-profiles measure what is served. Imports torch; onnxruntime only once a verdict is
+caps it below the manifest's; a larger one times only the sizes not timed yet); its profilers and
+workers then serve the same runtimes, so profiles measure what is served. Imports torch; onnxruntime only once a verdict is
 read or made.
 """
 
@@ -59,6 +59,7 @@ class Verdict:
     onnx_sha256: str = ""
     onnx_up_to: int = 0
     judged_up_to: int = 0  # the largest batch size the decision covered (the spec's max batch then)
+    speedups: tuple[tuple[int, float], ...] = ()  # (batch, TorchScript's time over ONNX Runtime's) as timed
 
     @property
     def serves_onnx(self) -> bool:
@@ -69,12 +70,6 @@ class Verdict:
         that won at every size judged has unknown sizes above them: a loss ends ONNX Runtime's
         range for good, and a refusal does not depend on the batch."""
         return self.runtime != "onnx" or max_batch <= self.judged_up_to
-
-    def within(self, max_batch: int) -> Verdict:
-        """The verdict for a spec batching up to ``max_batch``: a split above it is no split."""
-        if self.runtime == "mixed" and self.onnx_up_to >= max_batch:
-            return replace(self, runtime="onnx")
-        return self
 
     def describe(self) -> str:
         if self.runtime == "mixed":
@@ -113,11 +108,10 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
                 path.with_name(path.name + legacy).unlink(missing_ok=True)
             verdict = _cached(spec, path)
             if verdict is None or not verdict.covers(spec.max_batch):
-                verdict = _decide(spec, path)
+                verdict = _decide(spec, path, verdict)
                 _save(spec, path, verdict)
     except Exception as exc:  # the attempt must never cost the variant its TorchScript service
         return spec, path, Verdict("torchscript", f"not converted: {_first_line(exc)}")
-    verdict = verdict.within(spec.max_batch)
     if not verdict.serves_onnx:
         return spec, path, verdict
     return replace(spec, backend="onnx"), converted_path(spec, path), verdict
@@ -126,14 +120,19 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
 # --- the decision -----------------------------------------------------------------------------
 
 
-def _decide(spec: VariantSpec, path: Path) -> Verdict:
+def _decide(spec: VariantSpec, path: Path, earlier: Verdict | None = None) -> Verdict:
+    """A verdict for batches up to ``spec.max_batch``. ``earlier``: one that won at every size it
+    judged, below this max batch: its conversion is kept and its sizes are not timed again (the
+    noise of a second timing could flip a verdict that processes already serve by)."""
     if any(t.datatype not in ("FP32", "FP64", "FP16") for t in spec.inputs):
         return Verdict("torchscript", "not converted: ONNX is only tried for floating-point inputs")
     onnx_path = converted_path(spec, path)
     verdict = Verdict("torchscript", "not converted")
+    known = dict(earlier.speedups) if earlier is not None and earlier.runtime == "onnx" else {}
     try:
-        _export(spec, path, onnx_path)
-        verdict = _judge(spec, path, onnx_path)
+        if not known:
+            _export(spec, path, onnx_path)
+        verdict = _judge(spec, path, onnx_path, known)
     except Exception as exc:  # the exporter raises many kinds for an op it cannot express
         verdict = Verdict("torchscript", f"not converted: {_first_line(exc)}")
     finally:
@@ -142,8 +141,9 @@ def _decide(spec: VariantSpec, path: Path) -> Verdict:
     return verdict
 
 
-def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
-    """ONNX when every output agrees at three batch sizes, for the batch sizes it is faster at."""
+def _judge(spec: VariantSpec, path: Path, onnx_path: Path, known: dict[int, float]) -> Verdict:
+    """ONNX when every output agrees at three batch sizes, for the batch sizes it is faster at
+    (``known``: speedups already timed, by batch size)."""
     onnx_spec = replace(spec, backend="onnx")
     ts_run, onnx_run = open_backend(spec, path), open_backend(onnx_spec, onnx_path)
     worst = 0.0
@@ -161,7 +161,7 @@ def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
                 worst = max(worst, float(np.max(np.abs(b.astype(np.float64) - a.astype(np.float64)))))
     speedups: dict[int, float] = {}
     for batch in sizes:  # smallest first; the larger (costlier) sizes past ONNX Runtime's first loss are not timed
-        speedups[batch] = _speedup(ts_run, onnx_run, _seeded_inputs(spec, batch))
+        speedups[batch] = known[batch] if batch in known else _speedup(ts_run, onnx_run, _seeded_inputs(spec, batch))
         if onnx_up_to(speedups) < batch:
             break
     shown = ", ".join(f"{s:.2f}x at batch {b}" for b, s in speedups.items())
@@ -170,7 +170,7 @@ def _judge(spec: VariantSpec, path: Path, onnx_path: Path) -> Verdict:
         return Verdict("torchscript", f"ONNX Runtime tried: {shown}; kept TorchScript")
     runtime = "onnx" if up_to == spec.max_batch else "mixed"
     return Verdict(runtime, f"converted from TorchScript: {shown}, outputs within {worst:.1g}", sha256_file(onnx_path),
-                   up_to, spec.max_batch)
+                   up_to, spec.max_batch, tuple(speedups.items()))
 
 
 def _export(spec: VariantSpec, path: Path, onnx_path: Path) -> None:
@@ -250,7 +250,8 @@ def _cached(spec: VariantSpec, path: Path) -> Verdict | None:
         if saved.get("version") != _VERDICT_VERSION or saved.get("versions") != _versions():
             return None
         verdict = Verdict(str(saved["runtime"]), str(saved["reason"]), str(saved.get("onnx_sha256", "")),
-                          int(saved.get("onnx_up_to", 0)), int(saved.get("judged_up_to", 0)))
+                          int(saved.get("onnx_up_to", 0)), int(saved.get("judged_up_to", 0)),
+                          tuple((int(b), float(x)) for b, x in saved.get("speedups", [])))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if verdict.serves_onnx and _sha256_or_empty(converted_path(spec, path)) != verdict.onnx_sha256:
@@ -263,7 +264,8 @@ def _save(spec: VariantSpec, path: Path, verdict: Verdict) -> None:
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     partial.write_text(json.dumps({"version": _VERDICT_VERSION, "versions": _versions(), "runtime": verdict.runtime,
                                    "reason": verdict.reason, "onnx_sha256": verdict.onnx_sha256,
-                                   "onnx_up_to": verdict.onnx_up_to, "judged_up_to": verdict.judged_up_to}))
+                                   "onnx_up_to": verdict.onnx_up_to, "judged_up_to": verdict.judged_up_to,
+                                   "speedups": [list(pair) for pair in verdict.speedups]}))
     os.replace(partial, target)
 
 

@@ -205,26 +205,50 @@ def test_a_worker_batching_below_the_judged_sizes_reuses_the_verdict_and_a_large
         assert runner.backend == "onnx" and "1.10x at batch 8" in runner.runtime
     assert timed == [1, 2, 4, 8], "a batch within the judged sizes is not judged again"
 
+    converted = onnx_upgrade.converted_path(manifest, artifact).read_bytes()
     larger = ModelRunner(dataclasses.replace(manifest, max_batch=16), artifact, onnx_upgrade=True)
-    assert timed == [1, 2, 4, 8, 1, 2, 4, 8, 16] and "1.05x at batch 16" in larger.runtime
+    assert timed == [1, 2, 4, 8, 16], "only the sizes not judged before are timed"
+    assert larger.backend == "onnx" and "1.40x at batch 1" in larger.runtime and "1.05x at batch 16" in larger.runtime
+    assert onnx_upgrade.converted_path(manifest, artifact).read_bytes() == converted, "the conversion is kept"
     assert len(list(artifact.parent.glob("*.onnx.json"))) == 1, "one verdict per artifact and signature"
 
 
-def test_a_split_verdict_serves_a_worker_batching_within_its_onnx_sizes_on_onnx_alone(artifact, monkeypatch):
+def test_a_split_verdict_decides_for_a_worker_of_any_max_batch(artifact, monkeypatch):
+    # A loss within the judged sizes ends ONNX Runtime's range for every larger one too.
     lead = {1: 1.4, 2: 1.2, 4: 0.98, 8: 0.95}
     monkeypatch.setattr(onnx_upgrade, "_speedup", lambda ts, onnx, inputs: lead[inputs[0].shape[0]])
     manifest = spec_for(artifact)
-    assert ModelRunner(manifest, artifact, onnx_upgrade=True).runtime.startswith("onnx up to batch 2, torchscript above")
+    first = ModelRunner(manifest, artifact, onnx_upgrade=True).runtime
+    assert first.startswith("onnx up to batch 2, torchscript above")
 
     def no_export(*args):
-        raise AssertionError("a loss within the judged sizes decides every larger one")
+        raise AssertionError("the verdict covers this max batch: nothing is converted or timed again")
 
     monkeypatch.setattr(onnx_upgrade, "_export", no_export)
-    small = ModelRunner(dataclasses.replace(manifest, max_batch=2), artifact, onnx_upgrade=True)
-    assert small.backend == "onnx" and small.runtime.startswith("onnx (converted from TorchScript: 1.40x at batch 1")
-    assert small._larger is None, "no TorchScript model held for batches it never runs"
-    larger = ModelRunner(dataclasses.replace(manifest, max_batch=16), artifact, onnx_upgrade=True)
-    assert larger.runtime.startswith("onnx up to batch 2, torchscript above")
+    monkeypatch.setattr(onnx_upgrade, "_speedup", no_export)
+    for max_batch in (2, 16):
+        runner = ModelRunner(dataclasses.replace(manifest, max_batch=max_batch), artifact, onnx_upgrade=True)
+        assert runner.runtime == first
+
+
+def test_a_conversion_gone_before_the_worker_opens_it_leaves_the_variant_on_torchscript(artifact, speed_not_judged,
+                                                                                        monkeypatch):
+    # Another process judged the artifact again between this one's verdict and its load, and kept
+    # no conversion: the original artifact still serves.
+    from agents import model_runner
+
+    decided = model_runner.upgrade
+
+    def raced(spec, path, device="cpu"):
+        spec, converted, verdict = decided(spec, path, device)
+        converted.unlink()
+        return spec, converted, verdict
+
+    monkeypatch.setattr(model_runner, "upgrade", raced)
+    runner = ModelRunner(spec_for(artifact), artifact, onnx_upgrade=True)
+
+    assert runner.backend == "torchscript" and runner.runtime.startswith("torchscript (the ONNX conversion could not be opened")
+    np.testing.assert_array_equal(runner.run([images(3)])[0], ModelRunner(spec_for(artifact), artifact).run([images(3)])[0])
 
 
 def test_a_conversion_kept_per_artifact_alone_is_not_served_and_is_removed(artifact, speed_not_judged):
