@@ -43,7 +43,7 @@ RTOL, ATOL = 1e-4, 1e-5
 MIN_SPEEDUP = 1.05  # ONNX must be this much faster at batch 1 for the conversion to serve at all
 KEEP_SPEEDUP = 1.0  # once it does, it serves the larger sizes up to the first it is slower at
 ROUNDS = 7  # timing turns per runtime and batch size (the median is compared)
-_VERDICT_VERSION = 3
+_VERDICT_VERSION = 4
 
 
 def enabled_from_env() -> bool:
@@ -135,9 +135,14 @@ def _decide(spec: VariantSpec, path: Path, earlier: Verdict | None = None) -> Ve
         verdict = _judge(spec, path, onnx_path, known)
     except Exception as exc:  # the exporter raises many kinds for an op it cannot express
         verdict = Verdict("torchscript", f"not converted: {_first_line(exc)}")
-    finally:
-        if not verdict.serves_onnx:
-            onnx_path.unlink(missing_ok=True)  # a conversion that lost everywhere is not kept
+    if earlier is not None and known and not verdict.serves_onnx:
+        # Failed at a new size (an output that differs, an error at a larger batch): the sizes
+        # judged before won and are served by, so ONNX Runtime keeps them and TorchScript takes
+        # the rest.
+        verdict = Verdict("mixed", f"{earlier.reason}; above batch {earlier.judged_up_to}: {verdict.reason}",
+                          earlier.onnx_sha256, earlier.judged_up_to, spec.max_batch, earlier.speedups)
+    if not verdict.serves_onnx:
+        onnx_path.unlink(missing_ok=True)  # a conversion that lost everywhere is not kept
     return verdict
 
 

@@ -213,6 +213,28 @@ def test_a_worker_batching_below_the_judged_sizes_reuses_the_verdict_and_a_large
     assert len(list(artifact.parent.glob("*.onnx.json"))) == 1, "one verdict per artifact and signature"
 
 
+def test_a_larger_batch_that_fails_keeps_onnx_runtime_for_the_sizes_it_won(artifact, monkeypatch):
+    def speedup(ts, onnx, inputs):
+        if inputs[0].shape[0] > 8:
+            raise RuntimeError("onnxruntime: out of memory")
+        return 1.3
+
+    monkeypatch.setattr(onnx_upgrade, "_speedup", speedup)
+    manifest = spec_for(artifact)
+    assert ModelRunner(manifest, artifact, onnx_upgrade=True).backend == "onnx"
+
+    larger = ModelRunner(dataclasses.replace(manifest, max_batch=16), artifact, onnx_upgrade=True)
+
+    assert larger.runtime.startswith("onnx up to batch 8, torchscript above (converted from TorchScript: 1.30x at batch 1")
+    assert "above batch 8: not converted: RuntimeError: onnxruntime: out of memory" in larger.runtime
+    assert onnx_upgrade.converted_path(manifest, artifact).exists(), "the conversion others serve by is kept"
+    plain = ModelRunner(manifest, artifact)
+    for batch in (4, 12):
+        np.testing.assert_allclose(larger.run([images(batch)])[0], plain.run([images(batch)])[0],
+                                   rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
+    assert ModelRunner(manifest, artifact, onnx_upgrade=True).backend == "onnx"
+
+
 def test_a_split_verdict_decides_for_a_worker_of_any_max_batch(artifact, monkeypatch):
     # A loss within the judged sizes ends ONNX Runtime's range for every larger one too.
     lead = {1: 1.4, 2: 1.2, 4: 0.98, 8: 0.95}
