@@ -11,8 +11,8 @@ agent's cache under a file lock: a host decides once per artifact and manifest s
 names, types and shapes: one artifact may back variants that name it differently) and per torch /
 onnxruntime version, for batches up to the largest max batch asked so far (a worker's plan often
 caps it below the manifest's; a larger one times only the sizes not timed yet); its profilers and
-workers then serve the same runtimes, so profiles measure what is served. Imports torch; onnxruntime only once a verdict is
-read or made.
+workers then serve the same runtimes, so profiles measure what is served. Imports torch;
+onnxruntime only once a verdict is read or made.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class Verdict:
     reason: str  # one line for `letmesh status`
     onnx_sha256: str = ""
     onnx_up_to: int = 0
-    judged_up_to: int = 0  # the largest batch size the decision covered (the spec's max batch then)
     speedups: tuple[tuple[int, float], ...] = ()  # (batch, TorchScript's time over ONNX Runtime's) as timed
 
     @property
@@ -67,9 +66,10 @@ class Verdict:
 
     def covers(self, max_batch: int) -> bool:
         """Whether this verdict decides for batches of up to ``max_batch`` rows. Only a conversion
-        that won at every size judged has unknown sizes above them: a loss ends ONNX Runtime's
-        range for good, and a refusal does not depend on the batch."""
-        return self.runtime != "onnx" or max_batch <= self.judged_up_to
+        that won at every size judged (its range is then the max batch it was judged at) has
+        unknown sizes above them: a loss ends ONNX Runtime's range for good, and a refusal does not
+        depend on the batch."""
+        return self.runtime != "onnx" or max_batch <= self.onnx_up_to
 
     def describe(self) -> str:
         if self.runtime == "mixed":
@@ -139,8 +139,8 @@ def _decide(spec: VariantSpec, path: Path, earlier: Verdict | None = None) -> Ve
         # Failed at a new size (an output that differs, an error at a larger batch): the sizes
         # judged before won and are served by, so ONNX Runtime keeps them and TorchScript takes
         # the rest.
-        verdict = Verdict("mixed", f"{earlier.reason}; above batch {earlier.judged_up_to}: {verdict.reason}",
-                          earlier.onnx_sha256, earlier.judged_up_to, spec.max_batch, earlier.speedups)
+        verdict = Verdict("mixed", f"{earlier.reason}; above batch {earlier.onnx_up_to}: {verdict.reason}",
+                          earlier.onnx_sha256, earlier.onnx_up_to, earlier.speedups)
     if not verdict.serves_onnx:
         onnx_path.unlink(missing_ok=True)  # a conversion that lost everywhere is not kept
     return verdict
@@ -175,7 +175,7 @@ def _judge(spec: VariantSpec, path: Path, onnx_path: Path, known: dict[int, floa
         return Verdict("torchscript", f"ONNX Runtime tried: {shown}; kept TorchScript")
     runtime = "onnx" if up_to == spec.max_batch else "mixed"
     return Verdict(runtime, f"converted from TorchScript: {shown}, outputs within {worst:.1g}", sha256_file(onnx_path),
-                   up_to, spec.max_batch, tuple(speedups.items()))
+                   up_to, tuple(speedups.items()))
 
 
 def _export(spec: VariantSpec, path: Path, onnx_path: Path) -> None:
@@ -255,8 +255,7 @@ def _cached(spec: VariantSpec, path: Path) -> Verdict | None:
         if saved.get("version") != _VERDICT_VERSION or saved.get("versions") != _versions():
             return None
         verdict = Verdict(str(saved["runtime"]), str(saved["reason"]), str(saved.get("onnx_sha256", "")),
-                          int(saved.get("onnx_up_to", 0)), int(saved.get("judged_up_to", 0)),
-                          tuple((int(b), float(x)) for b, x in saved.get("speedups", [])))
+                          int(saved.get("onnx_up_to", 0)), tuple((int(b), float(x)) for b, x in saved.get("speedups", [])))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if verdict.serves_onnx and _sha256_or_empty(converted_path(spec, path)) != verdict.onnx_sha256:
@@ -269,8 +268,7 @@ def _save(spec: VariantSpec, path: Path, verdict: Verdict) -> None:
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     partial.write_text(json.dumps({"version": _VERDICT_VERSION, "versions": _versions(), "runtime": verdict.runtime,
                                    "reason": verdict.reason, "onnx_sha256": verdict.onnx_sha256,
-                                   "onnx_up_to": verdict.onnx_up_to, "judged_up_to": verdict.judged_up_to,
-                                   "speedups": [list(pair) for pair in verdict.speedups]}))
+                                   "onnx_up_to": verdict.onnx_up_to, "speedups": [list(pair) for pair in verdict.speedups]}))
     os.replace(partial, target)
 
 
