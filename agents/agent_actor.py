@@ -23,6 +23,7 @@ from pathlib import Path
 
 import zmq.asyncio
 
+from agents import artifact_cache
 from agents.config import AgentConfig
 from agents.managed_worker import ManagedWorker, Tick, WorkerExited, WorkerGone
 from agents.metrics import AgentMetrics
@@ -37,7 +38,7 @@ from mesh.keys import ClientKeys, clear_worker_credentials, client_keys, rejoin_
 from mesh.metrics_http import MetricsServer
 from mesh.links import link_options
 from mesh.transport import Endpoint, EndpointClosed, Incoming
-from protocol.types import RunningWorker
+from protocol.types import RunningWorker, VariantSpec
 from protocol.message import (
     DeregisterAgent,
     ErrorReply,
@@ -57,6 +58,7 @@ DEREGISTER_LINGER_MS = 1000  # how long a stopping agent's goodbye may wait to b
 # (at most once per UNHEARD_SAY_EVERY_S) that another process may hold its name.
 UNHEARD_REGISTRATIONS = 3
 UNHEARD_SAY_EVERY_S = 60.0
+CACHE_CHECK_S = 30.0  # the artifact cache's bound is checked this often, and whenever a worker starts
 
 
 class AgentActor(Actor):
@@ -87,6 +89,9 @@ class AgentActor(Actor):
         self._seq = 0
         self._cores: list[int] = []
         self._profiling: tuple[int, asyncio.Task] | None = None  # (request id, run) of the latest ProfileDevice
+        self._profiled: tuple[VariantSpec, ...] = ()  # its variants: the artifact cache keeps them while it runs
+        self._cache_checked = float("-inf")
+        self.cache_removed = 0  # entries the artifact cache's bound removed
         self.registered = asyncio.Event()
         self._keys: ClientKeys | None = None
         self._devices: tuple = ()
@@ -124,6 +129,7 @@ class AgentActor(Actor):
             log.info("removed %d worker secrets a previous agent process left", stale)
         if self.config.keys_dir:  # profilers authenticate with the agent's key pair; workers get their own
             self._keys = self.fleet.keys = client_keys(self.config.keys_dir, "agent", self.config.agent_id)
+        self._tend_cache()
         self._dial()
         self._tasks = [asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="agent-tick")]
         await self._register()
@@ -213,6 +219,7 @@ class AgentActor(Actor):
                     await self._register()
             case StartWorker():
                 await self.fleet.start(msg)
+                self._tend_cache(msg)
             case StopWorker(worker_id=worker_id):
                 await self.fleet.stop(worker_id)
             case ProfileDevice():
@@ -250,6 +257,7 @@ class AgentActor(Actor):
             if previous_id == cmd.request_id:
                 return
             previous.cancel()
+        self._profiled = cmd.variants
         runner = ProfileRunner(
             cmd,
             agent_id=self.config.agent_id,
@@ -307,8 +315,29 @@ class AgentActor(Actor):
                         "former, stop the other agent or give this host its own id (and key: letmesh keys add agent "
                         "NEWID)", self.config.controller, self._taken_unanswered, self.config.agent_id)
 
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.config.state_dir) / "artifacts"
+
+    def _tend_cache(self, started: StartWorker | None = None) -> None:
+        """Keep the artifact cache within its bound; what a worker or profiling run here uses stays.
+        ``started``: a worker just started, whose artifacts count as used now."""
+        self._cache_checked = self._clock.monotonic()
+        if started is not None:
+            artifact_cache.touch(self.cache_dir, artifact_cache.in_use(started.variants))
+        if not self.config.artifact_cache_mb:
+            return
+        specs = [v for w in self.fleet.workers.values() if not w.stopping for v in w.cmd.variants]
+        if self.profiling:
+            specs.extend(self._profiled)
+        removed = artifact_cache.prune(self.cache_dir, self.config.artifact_cache_mb * 2**20,
+                                       artifact_cache.in_use(specs))
+        self.cache_removed += len(removed)
+
     async def _on_tick(self) -> None:
         now = self._clock.monotonic()
+        if now - self._cache_checked >= CACHE_CHECK_S:
+            self._tend_cache()
         for _ in self._controller.lost(now):
             self._registered = False
             if self._revoked:

@@ -32,6 +32,10 @@ class AgentConfig:
     # Serve a TorchScript variant through ONNX Runtime where its conversion answers the same and
     # runs faster on this host (agents.onnx_upgrade); profiles then measure what is served.
     onnx_upgrade: bool = False
+    # The artifact cache (STATE_DIR/artifacts: artifacts and their ONNX conversions) is kept within
+    # this size: what no worker or profiling run here uses goes, least recently used first (0: no
+    # bound). Checked when a worker is started and every CACHE_CHECK_S.
+    artifact_cache_mb: NonNegativeInt = 10_240
     # Limit the CPU cores this agent offers (0: all it may use).
     max_cores: NonNegativeInt = 0
     # Prometheus /metrics on this HTTP port (0: off) and address.

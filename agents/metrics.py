@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agents import artifact_cache
+
 if TYPE_CHECKING:
     from agents.agent_actor import AgentActor
 
@@ -49,6 +51,10 @@ class AgentMetrics(Collector):
                                 "registration and not been lost since.", value=1.0 if a.is_registered else 0.0)
         yield CounterMetricFamily("letmesh_agent_registrations", "Registrations sent to the controller.",
                                   value=a.registrations_sent)
+        yield GaugeMetricFamily("letmesh_agent_artifact_cache_bytes", "Bytes the artifact cache holds: artifacts and "
+                                "their ONNX conversions.", value=artifact_cache.size(a.cache_dir))
+        yield CounterMetricFamily("letmesh_agent_artifact_cache_removed", "Cache entries (an artifact, or one ONNX "
+                                  "conversion) removed to keep the cache within its bound.", value=a.cache_removed)
         yield GaugeMetricFamily("letmesh_agent_profiling", "1 while a profiling run is in progress.",
                                 value=1.0 if a.profiling else 0.0)
         cores = GaugeMetricFamily("letmesh_agent_device_cores", "Cores a device offers (CPU) or its SM count (GPU).",

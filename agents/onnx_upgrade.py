@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.artifact_cache import converted_path, lock_path, verdict_path
 from agents.backend import cpu_threads, open_backend, output_arrays
 from agents.config import ONNX_UPGRADE_ENV
 from mesh.digest import sha256_file
@@ -103,7 +103,7 @@ def upgrade(spec: VariantSpec, path: Path, device: str = "cpu") -> tuple[Variant
         return spec, path, Verdict("torchscript", "not converted: a dimension past the batch varies")
     path = Path(path)
     try:
-        with _locked(path.with_name(path.name + ".onnx.lock")):
+        with _locked(lock_path(path)):
             for legacy in (".onnx", ".onnx.json"):  # kept per artifact alone before signatures
                 path.with_name(path.name + legacy).unlink(missing_ok=True)
             verdict = _cached(spec, path)
@@ -222,24 +222,6 @@ def _seeded_inputs(spec: VariantSpec, batch: int) -> list[np.ndarray]:
 
 
 # --- the cache --------------------------------------------------------------------------------
-
-
-def signature(spec: VariantSpec) -> str:
-    """What of a manifest the conversion depends on, as 12 hex digits: the exported graph carries
-    the tensor names, types and shapes. (Not the max batch: a worker runs the variant with the max
-    batch its plan sets, below the manifest's its profiler judged; the verdict says what it covers.)"""
-    tensors = [[t.name, t.datatype, list(t.shape)] for t in (*spec.inputs, *spec.outputs)]
-    described = json.dumps([len(spec.inputs), tensors], separators=(",", ":"))
-    return hashlib.sha256(described.encode()).hexdigest()[:12]
-
-
-def converted_path(spec: VariantSpec, path: Path) -> Path:
-    """Where the conversion of the artifact at ``path`` for ``spec`` is kept."""
-    return path.with_name(f"{path.name}.{signature(spec)}.onnx")
-
-
-def verdict_path(spec: VariantSpec, path: Path) -> Path:
-    return path.with_name(f"{path.name}.{signature(spec)}.onnx.json")
 
 
 def _versions() -> dict[str, str]:

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-cores", type=whole(0), default=None, help="cores of this host the agent offers (default: all)")
     a.add_argument("--onnx-upgrade", action="store_true", default=None,
                    help="serve TorchScript variants through ONNX Runtime where that answers the same and is faster here")
+    a.add_argument("--artifact-cache-mb", type=whole(0), default=None,
+                   help="keep the artifact cache within this size, removing what nothing here uses "
+                        "(default: 10240; 0: no bound)")
     a.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics on this port (default: off)")
     _security_flags(a)
     a.set_defaults(func=role.cmd_agent)

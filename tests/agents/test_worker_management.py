@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import zmq
 import zmq.asyncio
+from prometheus_client import generate_latest
 
 import agents.worker_fleet as worker_fleet
+from agents import artifact_cache
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
 from agents.process import die_with_parent, worker_environment
@@ -91,7 +94,13 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-async def mesh(ctx, tmp_path, monkeypatch):
+def agent_options() -> dict:
+    """AgentConfig fields a test sets beyond the fixture's (parametrize to change)."""
+    return {}
+
+
+@pytest.fixture
+async def mesh(ctx, tmp_path, monkeypatch, agent_options):
     """(controller, agent, processes spawned); the agent stopped and every process gone at the end."""
     spawned: list[asyncio.subprocess.Process] = []
     refuse: list[Exception] = []  # spawns to fail, in order
@@ -109,7 +118,7 @@ async def mesh(ctx, tmp_path, monkeypatch):
     controller = Controller(ctx)
     agent = AgentActor(AgentConfig(controller=controller.address, agent_id="a1", state_dir=str(tmp_path),
                                    heartbeat_interval_s=0.1, missed_heartbeats=20, register_retry_s=0.1,
-                                   register_retry_max_s=0.4, worker_restart_backoff_s=0.0), ctx=ctx)
+                                   register_retry_max_s=0.4, worker_restart_backoff_s=0.0, **agent_options), ctx=ctx)
     await asyncio.wait_for(agent.start(), BOUND_S)
     await asyncio.wait_for(agent.registered.wait(), BOUND_S)
     try:
@@ -201,3 +210,32 @@ async def test_stopping_a_worker_the_agent_does_not_run_is_answered_stopped(mesh
     await controller.until(lambda: controller.about("a1.w5"))  # reported crashed
     await controller.send(StopWorker(worker_id="a1.w5"))
     await controller.until(lambda: any(isinstance(m, WorkerStopped) for m in controller.about("a1.w5")))
+
+
+@pytest.mark.parametrize("agent_options", [{"artifact_cache_mb": 1}])
+async def test_starting_a_worker_keeps_the_artifact_cache_within_its_bound_sparing_what_runs(mesh, tmp_path) -> None:
+    """1 MiB of cache: the worker's artifact (the oldest file) and its conversion stay, a conversion
+    for a signature nothing runs and the least recently used artifact go; the newest unused stays."""
+    controller, agent, spawned, _ = mesh
+    cache = tmp_path / "artifacts"
+    cache.mkdir()
+    used_sig = artifact_cache.signature(VARIANT)
+    unused, newest = "cd" * 32, "ef" * 32
+    now = time.time()
+    files = {  # name: (bytes, age in seconds)
+        VARIANT.sha256: (700_000, 500),
+        f"{VARIANT.sha256}.{used_sig}.onnx": (200_000, 500),
+        f"{VARIANT.sha256}.{'0' * 12}.onnx": (200_000, 400),  # a manifest that named the tensors otherwise
+        unused: (400_000, 300),
+        newest: (100_000, 100),
+    }
+    for name, (nbytes, age) in files.items():
+        (cache / name).write_bytes(b"x" * nbytes)
+        os.utime(cache / name, (now - age, now - age))
+    await controller.send(start())
+    await controller.until(lambda: len(spawned) == 1 and agent.cache_removed == 2)
+    left = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    assert left == sorted([VARIANT.sha256, f"{VARIANT.sha256}.{used_sig}.onnx", newest])
+    assert sum(p.stat().st_size for p in cache.iterdir()) <= 2**20
+    assert (cache / VARIANT.sha256).stat().st_mtime >= now - 5, "the started worker's artifact counts as used now"
+    assert "letmesh_agent_artifact_cache_removed_total 2.0" in generate_latest(agent.metrics.registry).decode()
