@@ -117,6 +117,7 @@ class Endpoint:
         self.handshakes = 0  # completed (a DEALER with keys counts them)
         self._unpacked: deque[Incoming] = deque()  # the rest of a received bundle
         self.routes = PeerRoutes() if kind == zmq.ROUTER else None
+        self._most_frames = limits.max_frames + (1 if kind == zmq.ROUTER else 0)  # and the routing identity
         self._claim_warned = -CLAIM_WARNING_EVERY_S
 
     @classmethod
@@ -348,14 +349,15 @@ class Endpoint:
             self._yielded = time.monotonic()
         while True:
             try:
-                try:
-                    frames = self._now.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    frames = await self._sock.recv_multipart(copy=False)
+                frames = await self._receive_frames()
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     raise EndpointClosed(str(exc)) from None
                 raise
+            if frames is None:
+                self.protocol_errors += 1
+                log.warning("dropped invalid message", extra={"error": f"more than {self._most_frames} frames"})
+                continue
             peer_name = None
             first = 0 if self.routes is None else 1  # a ROUTER's first frame is the routing identity
             if self.secure and len(frames) > first:
@@ -385,6 +387,25 @@ class Endpoint:
                 self._unpacked.append(Incoming(peer, msg, buffers, peer_name, more=i < last))
             msg, buffers = decoded[0]
             return Incoming(peer, msg, buffers, peer_name, more=last > 0)
+
+    async def _receive_frames(self) -> list[zmq.Frame] | None:
+        """The next message's frames, or None for one with more than any valid send has: its frames
+        past that are received and let go one by one, so a peer cannot make this process hold
+        millions of them (libzmq delivers a message's frames all at once, whatever their number)."""
+        try:
+            frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            frame = await self._sock.recv(copy=False)
+        frames, over = [frame], False
+        while frame.more:
+            frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
+            if over:
+                continue
+            if len(frames) == self._most_frames:
+                frames, over = [], True
+                continue
+            frames.append(frame)
+        return None if over else frames
 
     def _still_connected(self, routing_id: bytes) -> bool:
         """Whether a connection holds ``routing_id``: an empty message to it fails at once if

@@ -49,6 +49,12 @@ class Limits:
     max_map_len: int = 1 << 12
     max_bundle: int = 256
 
+    @property
+    def max_frames(self) -> int:
+        """The most frames one send may carry: a bundle header and max_bundle messages of
+        max_tensors tensors each."""
+        return 1 + self.max_bundle * (self.max_tensors + 1)
+
 
 DEFAULT_LIMITS = Limits()
 
@@ -126,7 +132,7 @@ def decode_all(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> list[t
     """
     if not frames:
         raise MalformedFrame("no frames")
-    if len(frames) > 1 + limits.max_bundle * (limits.max_tensors + 1):
+    if len(frames) > limits.max_frames:
         raise FrameTooLarge(f"{len(frames)} frames in one send")
     buffers = _buffers(frames, limits)
     _, tag, body = _envelope(buffers[0], limits)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
-from protocol.codec import Limits, decode_all, encode, tensor_meta
+from protocol.codec import Limits, decode_all, encode, encode_bundle, tensor_meta
 from protocol.message import Heartbeat, InferRequest
 
 
@@ -269,3 +270,52 @@ async def test_a_dealer_that_cannot_dial_leaves_nothing_open_so_the_context_can_
     gc.collect()  # the frames are gone: a leaked socket closes, and term() returns either way
     await term
     assert done, "the context could not end: the failed dealer's socket was left open"
+
+
+async def test_a_message_with_more_frames_than_any_valid_send_is_dropped_without_holding_them(ctx) -> None:
+    """libzmq hands a message's frames over all at once however many there are: a peer sending
+    300,000 empty frames (600 KB on the wire) would have this process hold 300,000 frame objects.
+    They are received and let go one by one; the message is counted invalid and the next served."""
+    router = Endpoint.router(ctx, "tcp://127.0.0.1:0")
+    raw = raw_dealer(ctx, router.address, b"agent:x")
+    try:
+        await raw.send_multipart([b""] * 300_000)
+        await raw.send_multipart(encode(Heartbeat(sender="x", role="agent")))
+        await asyncio.wait_for(_until_readable(router), 10)
+        tracemalloc.start()
+        try:
+            got = await asyncio.wait_for(router.recv(), 10)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert got.msg == Heartbeat(sender="x", role="agent")
+        assert router.protocol_errors == 1
+        assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB held while reading it"
+    finally:
+        raw.close()
+        router.close()
+
+
+async def test_a_send_of_the_most_frames_the_limits_allow_is_read_and_one_more_is_not(ctx) -> None:
+    limits = Limits(max_bundle=2, max_tensors=2)  # a bundle header and 2 messages of 2 tensors: 7 frames
+    router = Endpoint.router(ctx, "inproc://most-frames", limits)
+    raw = raw_dealer(ctx, "inproc://most-frames", b"worker:raw")
+    x = np.ones(3, np.float32)
+    request = InferRequest(request_id=1, variant="v", budget_us=1000, inputs=(tensor_meta("a", x), tensor_meta("b", x)))
+    try:
+        bundle = encode_bundle([(request, [x, x]), (request, [x, x])])
+        assert len(bundle) == limits.max_frames
+        await raw.send_multipart(bundle)
+        await raw.send_multipart(bundle + [b""])
+        await raw.send_multipart(encode(Heartbeat(sender="raw", role="worker")))
+        got = [await asyncio.wait_for(router.recv(), 5) for _ in range(3)]
+        assert [type(g.msg).__name__ for g in got] == ["InferRequest", "InferRequest", "Heartbeat"]
+        assert router.protocol_errors == 1
+    finally:
+        raw.close()
+        router.close()
+
+
+async def _until_readable(endpoint: Endpoint) -> None:
+    while not endpoint.readable():
+        await asyncio.sleep(0.01)
