@@ -107,10 +107,11 @@ def layout(
         for d in agents[agent_id]:
             slot_id = f"{agent_id}/{d.device_id}"
             capacity = 100 if d.kind == "cuda" else d.cores
-            slots.append(DeviceSlot(device_id=slot_id, kind=d.kind, capacity=capacity))
+            slots.append(DeviceSlot(device_id=slot_id, kind=d.kind, capacity=capacity, memory_bytes=d.memory_bytes))
             where[slot_id] = (agent_id, d.device_id)
     planned_for = variant_floor(variants, target, floor_rps)
-    demands = [Demand(variant=name, rate_rps=rate, slo_ms=variants[name].default_slo_ms)
+    demands = [Demand(variant=name, rate_rps=rate, slo_ms=variants[name].default_slo_ms,
+                      memory_bytes=variants[name].memory_need())
                for name, rate in planned_for.items()]
     table = profile_table(samples)
     # A GPU whose host runs no MPS daemon cannot enforce a share of it: whole GPUs only (the menu

@@ -34,6 +34,7 @@ MAX_BATCH = 1 << 16
 # queue fills a batch: past this, a worker would exhaust its host's memory before serving anything.
 MAX_BATCH_INPUT_BYTES = 4 << 30
 MAX_LATENCY_MS = 3_600_000.0  # an SLO or a profiled batch of an hour: past this, a typo
+MAX_MEMORY_MB = float(1 << 24)  # a declared memory need of 16 TiB: past this, a typo
 MAX_RANK = DEFAULT_LIMITS.max_rank  # what a tensor may have on the wire
 
 
@@ -56,6 +57,18 @@ class Variant:
     size_bytes: int
     profile_ms: dict[int, float]
     batching: str = ""  # the worker's batching policy for this variant; "" = the controller's default
+    memory_bytes: int = 0  # what its manifest declares a worker of it needs (memory_mb); 0: not declared
+
+    def memory_need(self) -> int:
+        """Bytes of device memory the planner reserves for each worker process of it: the declared
+        need, else its weights (the artifact's size) and one batch of max_batch rows of inputs and
+        outputs, a dimension of any size past the batch counted as 1. A floor, not a measure:
+        activations and the runtime's own memory come on top; a manifest says more with memory_mb."""
+        if self.memory_bytes:
+            return self.memory_bytes
+        rows = sum(math.prod(max(1, d) for d in t.shape[1:]) * np.dtype(DATATYPES[t.datatype]).itemsize
+                   for t in (*self.inputs, *self.outputs))
+        return self.size_bytes + self.max_batch * rows
 
     def spec(self) -> VariantSpec:
         return VariantSpec(
@@ -284,6 +297,7 @@ def _load_variant(manifest: Path) -> Variant:
             size_bytes=artifact.stat().st_size,
             profile_ms=profile,
             batching=_batching(raw, manifest),
+            memory_bytes=round(_number(raw, "memory_mb", 0.0, lo=0.0, hi=MAX_MEMORY_MB) * 2**20),
         )
     except RepositoryError as exc:
         if str(manifest) in str(exc):

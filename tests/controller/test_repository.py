@@ -353,3 +353,22 @@ def test_a_max_batch_whose_batch_would_not_fit_in_memory_is_refused_by_name(tmp_
     repo = scan_repository(tmp_path)
     assert list(repo.variants) == ["fits"]
     assert "lower max_batch" in repo.unavailable["huge"] and "36.8 GiB" in repo.unavailable["huge"]
+
+
+def test_a_variant_s_memory_need_is_what_its_manifest_declares_else_its_weights_and_one_batch(tmp_path: Path,
+                                                                                             template) -> None:
+    write_variant(tmp_path, "declared", template, memory_mb=512)
+    write_variant(tmp_path, "estimated", template, max_batch=8)
+    variants = load_repository(tmp_path)
+    assert variants["declared"].memory_need() == 512 << 20
+    estimated = variants["estimated"]
+    # The identity model: FP32 inputs and outputs of 16 a row, 8 rows a batch.
+    assert estimated.memory_need() == estimated.size_bytes + 8 * (16 + 16) * 4
+
+
+@pytest.mark.parametrize("value", [-1, "512", float("inf"), 1 << 25])
+def test_a_memory_need_that_is_no_size_fails_the_load(tmp_path: Path, template, value) -> None:
+    manifest = write_variant(tmp_path, "bad", template, memory_mb=value)
+    with pytest.raises(RepositoryError) as raised:
+        load_repository(tmp_path)
+    assert str(manifest) in str(raised.value) and "memory_mb" in str(raised.value)

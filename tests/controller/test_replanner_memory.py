@@ -1,0 +1,42 @@
+"""Device memory in the live layout: a device's workers together need no more than it holds (90 %
+of it), each variant's need being what its manifest declares or its weights and one batch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from controller.replanner import layout
+from protocol.types import DeviceInfo
+from tests.controller.test_replanner_batches import samples, variants
+
+GIB = 1 << 30
+
+
+def hosts(memory_bytes: int, n: int = 2) -> dict[str, tuple[DeviceInfo, ...]]:
+    return {f"a{i}": (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4, memory_bytes=memory_bytes),)
+            for i in range(n)}
+
+
+def needing(memory_bytes: int) -> dict:
+    return {name: dataclasses.replace(v, memory_bytes=memory_bytes) for name, v in variants().items()}
+
+
+def test_variants_that_do_not_fit_one_device_s_memory_together_are_placed_on_two() -> None:
+    demand = {"big": 20.0, "tiny": 20.0}
+    # One host: its four cores carry both, and with weights of a byte its memory holds both ...
+    light = layout(hosts(GIB, n=1), variants(), samples(), [], demand)
+    assert {v for d in light.desired for v in d.variants} == {"big", "tiny"} and light.plan.unserved == {}
+    # ... but not two workers of 600 MiB: one variant waits for a second host.
+    alone = layout(hosts(GIB, n=1), needing(600 << 20), samples(), [], demand)
+    assert len({v for d in alone.desired for v in d.variants}) == 1 and len(alone.plan.unserved) == 1
+    heavy = layout(hosts(GIB), needing(600 << 20), samples(), [], demand)
+    assert {v for d in heavy.desired for v in d.variants} == {"big", "tiny"} and heavy.plan.unserved == {}
+    by_host: dict[str, int] = {}
+    for d in heavy.desired:
+        by_host[d.agent_id] = by_host.get(d.agent_id, 0) + len(d.variants) * (600 << 20)
+    assert len(by_host) == 2 and max(by_host.values()) <= 0.9 * GIB
+
+
+def test_a_variant_no_device_has_the_memory_for_is_left_unserved() -> None:
+    result = layout(hosts(GIB), needing(2 * GIB), samples(), [], {"big": 20.0})
+    assert result.desired == () and result.plan.unserved == {"big": 20.0, "tiny": 1.0}  # "tiny": the floor rate
