@@ -246,7 +246,7 @@ class ServingLoop:
                 continue
             expected_s = runner.latency_s(sum(q.rows for q in r.group))
             if r.compute_us > 0 and expected_s > 0:
-                self.slowdown.setdefault(name, SlowdownTracker()).observe(r.compute_us / 1e6, expected_s)
+                self.slowdown[name].observe(r.compute_us / 1e6, expected_s)  # made by add()
             try:
                 replies = batch_replies.computed(name, r.group, r.outputs, names, compute_us=r.compute_us,
                                                  started=due.started)

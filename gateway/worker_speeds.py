@@ -36,7 +36,9 @@ class WorkerSpeeds:
         profiled_ms = curve(max(reply.batch_size, 1))
         if profiled_ms <= 0:
             return
-        tracker = self._trackers.setdefault((worker_id, reply.variant), SlowdownTracker())
+        tracker = self._trackers.get((worker_id, reply.variant))
+        if tracker is None:  # (not setdefault: a tracker built for every reply costs more than the filter)
+            tracker = self._trackers[(worker_id, reply.variant)] = SlowdownTracker()
         tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3)
 
     def measured(self, worker_id: str, variant: str) -> float | None:
