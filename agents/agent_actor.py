@@ -58,7 +58,8 @@ DEREGISTER_LINGER_MS = 1000  # how long a stopping agent's goodbye may wait to b
 # (at most once per UNHEARD_SAY_EVERY_S) that another process may hold its name.
 UNHEARD_REGISTRATIONS = 3
 UNHEARD_SAY_EVERY_S = 60.0
-CACHE_CHECK_S = 30.0  # the artifact cache's bound is checked this often, and whenever a worker starts
+CACHE_CHECK_S = 30.0  # the artifact cache's bound is checked this often
+CACHE_RECENT_S = 600.0  # cache entries used (started on, profiled, fetched or converted) this recently stay
 
 
 class AgentActor(Actor):
@@ -91,6 +92,7 @@ class AgentActor(Actor):
         self._profiling: tuple[int, asyncio.Task] | None = None  # (request id, run) of the latest ProfileDevice
         self._profiled: tuple[VariantSpec, ...] = ()  # its variants: the artifact cache keeps them while it runs
         self._cache_checked = float("-inf")
+        self._started_at = 0.0
         self.cache_removed = 0  # entries the artifact cache's bound removed
         self.registered = asyncio.Event()
         self._keys: ClientKeys | None = None
@@ -129,7 +131,7 @@ class AgentActor(Actor):
             log.info("removed %d worker secrets a previous agent process left", stale)
         if self.config.keys_dir:  # profilers authenticate with the agent's key pair; workers get their own
             self._keys = self.fleet.keys = client_keys(self.config.keys_dir, "agent", self.config.agent_id)
-        self._tend_cache()
+        self._started_at = self._clock.monotonic()
         self._dial()
         self._tasks = [asyncio.create_task(tick(self, self.config.heartbeat_interval_s, Tick()), name="agent-tick")]
         await self._register()
@@ -219,7 +221,7 @@ class AgentActor(Actor):
                     await self._register()
             case StartWorker():
                 await self.fleet.start(msg)
-                self._tend_cache(msg)
+                artifact_cache.touch(self.cache_dir, artifact_cache.in_use(msg.variants))
             case StopWorker(worker_id=worker_id):
                 await self.fleet.stop(worker_id)
             case ProfileDevice():
@@ -258,6 +260,7 @@ class AgentActor(Actor):
                 return
             previous.cancel()
         self._profiled = cmd.variants
+        artifact_cache.touch(self.cache_dir, artifact_cache.in_use(cmd.variants))
         runner = ProfileRunner(
             cmd,
             agent_id=self.config.agent_id,
@@ -319,19 +322,24 @@ class AgentActor(Actor):
     def cache_dir(self) -> Path:
         return Path(self.config.state_dir) / "artifacts"
 
-    def _tend_cache(self, started: StartWorker | None = None) -> None:
-        """Keep the artifact cache within its bound; what a worker or profiling run here uses stays.
-        ``started``: a worker just started, whose artifacts count as used now."""
-        self._cache_checked = self._clock.monotonic()
-        if started is not None:
-            artifact_cache.touch(self.cache_dir, artifact_cache.in_use(started.variants))
-        if not self.config.artifact_cache_mb:
+    def _tend_cache(self) -> None:
+        """Keep the artifact cache within its bound; what a worker or profiling run here uses stays,
+        and so does what was used within CACHE_RECENT_S (another process on this host may be loading
+        it). Only while registered and CACHE_CHECK_S after the agent started: until the controller
+        has sent its layout, the agent does not know what it is about to run."""
+        now = self._clock.monotonic()
+        self._cache_checked = now
+        if not self.config.artifact_cache_mb or not self._registered or now - self._started_at < CACHE_CHECK_S:
             return
         specs = [v for w in self.fleet.workers.values() if not w.stopping for v in w.cmd.variants]
         if self.profiling:
             specs.extend(self._profiled)
-        removed = artifact_cache.prune(self.cache_dir, self.config.artifact_cache_mb * 2**20,
-                                       artifact_cache.in_use(specs))
+        try:
+            removed = artifact_cache.prune(self.cache_dir, self.config.artifact_cache_mb * 2**20,
+                                           artifact_cache.in_use(specs), recent_s=CACHE_RECENT_S)
+        except OSError as exc:  # the cache's folder cannot be read: serving goes on
+            log.warning("artifact cache: cannot check %s: %s", self.cache_dir, exc)
+            return
         self.cache_removed += len(removed)
 
     async def _on_tick(self) -> None:

@@ -7,21 +7,22 @@ a bound the folder only grows: on an edge board, until the disk is full.
 
 Entries are removed in two kinds: an artifact (with every conversion of it), or one conversion
 whose signature no running variant of a kept artifact has. Nothing that a worker of this agent (or
-a profiling run) uses now is removed, whatever the budget; an entry is "used" when the agent last
-started something on it (``touch``) or when it was written. Removal holds the artifact's conversion
-lock, taken without waiting: a process deciding about that artifact keeps it this time.
+a profiling run) uses now is removed, whatever the budget, nor anything used lately; an entry was
+last used when the agent last started a worker or a profiling run on it (``touch``) or when it was
+written (fetched, converted). Removal holds the artifact's conversion lock, taken without waiting:
+a process deciding about that artifact keeps it this time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +113,11 @@ def touch(cache_dir: Path, used: Collection[tuple[str, str]]) -> None:
                 os.utime(cache_dir / name)
 
 
-def prune(cache_dir: Path, max_bytes: int, keep: Collection[tuple[str, str]]) -> list[Entry]:
+def prune(cache_dir: Path, max_bytes: int, keep: Collection[tuple[str, str]], *, recent_s: float = 0.0) -> list[Entry]:
     """Remove entries no one uses, least recently used first, until the cache holds ``max_bytes`` or
     less (or only what is in use is left); the entries removed. ``keep``: (sha256, signature) of
-    each variant served or profiled here (``in_use``). An artifact in use keeps its conversions for signatures
+    each variant served or profiled here (``in_use``); entries used within the last ``recent_s``
+    seconds stay too (a process this caller does not know of may be loading them). An artifact in use keeps its conversions for signatures
     in use; others of it may go."""
     found = entries(cache_dir)
     total = sum(e.nbytes for e in found)
@@ -123,8 +125,10 @@ def prune(cache_dir: Path, max_bytes: int, keep: Collection[tuple[str, str]]) ->
         return []
     used_shas = {sha for sha, _ in keep}
     used_pairs = set(keep)
-    candidates = sorted((e for e in found if e.sha256 not in used_shas
-                         or (e.signature is not None and (e.sha256, e.signature) not in used_pairs)),
+    cutoff = time.time() - recent_s
+    candidates = sorted((e for e in found if e.used < cutoff and (
+                         e.sha256 not in used_shas
+                         or (e.signature is not None and (e.sha256, e.signature) not in used_pairs))),
                         key=lambda e: (e.used, e.signature is None))  # a conversion before its artifact
     removed: list[Entry] = []
     gone: set[str] = set()
@@ -133,8 +137,12 @@ def prune(cache_dir: Path, max_bytes: int, keep: Collection[tuple[str, str]]) ->
             break
         if entry.sha256 in gone:
             continue  # went with its artifact
-        group = [entry] if entry.signature is not None else \
-            [e for e in found if e.sha256 == entry.sha256 and e not in removed]
+        if entry.signature is None:
+            group = [e for e in found if e.sha256 == entry.sha256 and e not in removed]
+            if any(e.used >= cutoff for e in group):
+                continue  # a conversion of it was used lately: the artifact it needs stays with it
+        else:
+            group = [entry]
         with _try_lock(lock_path(cache_dir / entry.sha256)) as held:
             if not held:
                 continue  # a worker or profiler is deciding about this artifact now
@@ -167,9 +175,7 @@ def _try_lock(lock_path: Path) -> Iterator[bool]:
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+        except OSError:  # held (EWOULDBLOCK), or no locks on this file system: leave it
             yield False
             return
         try:

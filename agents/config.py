@@ -34,7 +34,7 @@ class AgentConfig:
     onnx_upgrade: bool = False
     # The artifact cache (STATE_DIR/artifacts: artifacts and their ONNX conversions) is kept within
     # this size: what no worker or profiling run here uses goes, least recently used first (0: no
-    # bound). Checked when a worker is started and every CACHE_CHECK_S.
+    # bound). Checked every 30 s while registered (agents.agent_actor.CACHE_CHECK_S).
     artifact_cache_mb: NonNegativeInt = 10_240
     # Limit the CPU cores this agent offers (0: all it may use).
     max_cores: NonNegativeInt = 0

@@ -390,12 +390,23 @@ class Endpoint:
 
     async def _receive_frames(self) -> list[zmq.Frame] | None:
         """The next message's frames, or None for one with more than any valid send has: its frames
-        past that are received and let go one by one, so a peer cannot make this process hold
-        millions of them (libzmq delivers a message's frames all at once, whatever their number)."""
+        past that are received and let go one by one, so a peer cannot make this process hold a
+        Python object for each of millions of them (libzmq itself holds a message whole until its
+        last frame is in, whatever their number)."""
         try:
             frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            frame = await self._sock.recv(copy=False)
+            pending = self._sock.recv(copy=False)
+            try:
+                frame = await pending
+            except asyncio.CancelledError:
+                # Cancelled once the first frame was taken: the rest of its message goes too, or
+                # the next receive would read them as a message of their own.
+                if pending.done() and not pending.cancelled() and pending.exception() is None:
+                    frame = pending.result()
+                    while frame.more:
+                        frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
+                raise
         frames, over = [frame], False
         while frame.more:
             frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)

@@ -127,3 +127,18 @@ def test_a_conversion_removed_before_its_artifact_is_counted_once(tmp_path) -> N
     removed = prune(tmp_path, 1000, set())
     assert [(e.sha256, e.signature) for e in removed] == [(A, signature(spec(A))), (A, None)]
     assert names(tmp_path) == {B}
+
+
+def test_what_was_used_lately_stays_though_nothing_here_runs_it(tmp_path) -> None:
+    put(tmp_path, A, 1000, 30)  # fetched half a minute ago: another agent's worker may be loading it
+    put(tmp_path, B, 1000, 3000)
+    put(tmp_path, C, 1000, 900)
+    assert [e.sha256 for e in prune(tmp_path, 0, set(), recent_s=600)] == [B, C]
+    assert names(tmp_path) == {A}
+
+
+def test_an_artifact_whose_conversion_was_used_lately_stays_with_it(tmp_path) -> None:
+    put(tmp_path, A, 1000, 3000)
+    fresh = convert(tmp_path, spec(A), 500, 30)
+    removed = prune(tmp_path, 0, set(), recent_s=600)
+    assert removed == [] and (tmp_path / A).exists() and all(p.exists() for p in fresh)

@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 from prometheus_client import generate_latest
 
+import agents.agent_actor as agent_actor
 import agents.worker_fleet as worker_fleet
 from agents import artifact_cache
 from agents.agent_actor import AgentActor
@@ -213,29 +214,36 @@ async def test_stopping_a_worker_the_agent_does_not_run_is_answered_stopped(mesh
 
 
 @pytest.mark.parametrize("agent_options", [{"artifact_cache_mb": 1}])
-async def test_starting_a_worker_keeps_the_artifact_cache_within_its_bound_sparing_what_runs(mesh, tmp_path) -> None:
+async def test_the_artifact_cache_is_kept_within_its_bound_sparing_what_runs_and_what_was_used_lately(
+        mesh, tmp_path, monkeypatch) -> None:
     """1 MiB of cache: the worker's artifact (the oldest file) and its conversion stay, a conversion
-    for a signature nothing runs and the least recently used artifact go; the newest unused stays."""
+    for a signature nothing runs and the least recently used artifact go; the newest unused one and
+    one used a moment ago (another process may be loading it) stay. Nothing goes until the agent
+    has been up CACHE_CHECK_S: before the controller's layout is in, it does not know what it runs."""
     controller, agent, spawned, _ = mesh
     cache = tmp_path / "artifacts"
     cache.mkdir()
     used_sig = artifact_cache.signature(VARIANT)
-    unused, newest = "cd" * 32, "ef" * 32
+    unused, newest, lately = "cd" * 32, "ef" * 32, "12" * 32
     now = time.time()
     files = {  # name: (bytes, age in seconds)
-        VARIANT.sha256: (700_000, 500),
-        f"{VARIANT.sha256}.{used_sig}.onnx": (200_000, 500),
-        f"{VARIANT.sha256}.{'0' * 12}.onnx": (200_000, 400),  # a manifest that named the tensors otherwise
-        unused: (400_000, 300),
-        newest: (100_000, 100),
+        VARIANT.sha256: (600_000, 5000),
+        f"{VARIANT.sha256}.{used_sig}.onnx": (200_000, 5000),
+        f"{VARIANT.sha256}.{'0' * 12}.onnx": (200_000, 4000),  # a manifest that named the tensors otherwise
+        unused: (400_000, 3000),
+        newest: (100_000, 1000),
+        lately: (100_000, 10),
     }
     for name, (nbytes, age) in files.items():
         (cache / name).write_bytes(b"x" * nbytes)
         os.utime(cache / name, (now - age, now - age))
     await controller.send(start())
-    await controller.until(lambda: len(spawned) == 1 and agent.cache_removed == 2)
+    await controller.until(lambda: len(spawned) == 1)
+    await asyncio.sleep(0.5)  # ticks every 0.1 s: none checks the cache yet
+    assert agent.cache_removed == 0 and len(list(cache.iterdir())) >= len(files)
+    monkeypatch.setattr(agent_actor, "CACHE_CHECK_S", 0.2)
+    await controller.until(lambda: agent.cache_removed == 2)
     left = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
-    assert left == sorted([VARIANT.sha256, f"{VARIANT.sha256}.{used_sig}.onnx", newest])
-    assert sum(p.stat().st_size for p in cache.iterdir()) <= 2**20
+    assert left == sorted([VARIANT.sha256, f"{VARIANT.sha256}.{used_sig}.onnx", newest, lately])
     assert (cache / VARIANT.sha256).stat().st_mtime >= now - 5, "the started worker's artifact counts as used now"
     assert "letmesh_agent_artifact_cache_removed_total 2.0" in generate_latest(agent.metrics.registry).decode()
