@@ -23,7 +23,7 @@ from controller.plan_demand import PlanDemand
 from controller.profiling import ProfileWait, awaited_kinds
 from controller.reconciler import Phase, Transition, as_desired, begin, plan_rates
 from controller.registry import Registry
-from controller.replanner import Layout, ScaledLayout, layout, profile_table, scaled_layout
+from controller.replanner import Layout, ScaledLayout, layout, memory_overcommitted, profile_table, scaled_layout
 from controller.store import StateStore
 from protocol.types import WorkerState
 from protocol.message import StartWorker, StopWorker
@@ -272,11 +272,18 @@ class LayoutManager:
         self.current = new
         desired = new.desired
         beta = self.demand.judge_from(now)
+        scaled = None
         if new.plan.unserved and self.settings.accuracy_scaling:
             scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
                                    self.demand.recent_peak(), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
                                    slowdown=slowdown, named=named)
+            if over := memory_overcommitted(scaled.desired, agents, reg.variants):
+                # The MILP weighs cores, not memory: its layout would not load where it puts it.
+                log.warning("accuracy scaling's layout needs more memory than %s hold(s); planning at full "
+                            "accuracy instead", ", ".join(over))
+                scaled = None
+        if scaled is not None:
             # The designed answer to overload, taken on a routine re-plan: INFO, not a warning.
             log.info("over capacity at full accuracy (demand req/s %s, unserved %s): accuracy scaling to %.3f with "
                         "headroom %.2f (from %.2f), shed %s, solved in %.2f s (%s); live slowdown %s",
@@ -294,9 +301,8 @@ class LayoutManager:
                     log.warning("not applying a plan that would leave %s without a worker; keeping the current "
                                 "layout", ", ".join(dropped))
                     return []
-            if self.scaled is not None:
+            if self.scaled is not None and not new.plan.unserved:
                 log.info("demand fits at full accuracy again")
-            scaled = None
             reg.family_fractions, reg.shed = {}, {}
         self.demand.applied(scaled, frozenset(v for d in desired for v in d.variants))
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}

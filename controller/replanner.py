@@ -36,6 +36,7 @@ from controller.planning import (
     plan,
 )
 from controller.planning.audit import gpulet_slowdown
+from controller.planning.fleet import MEMORY_FRACTION
 from controller.planning.cycle import saturated
 from controller.reconciler import DesiredWorker
 from controller.repository import Variant
@@ -139,6 +140,20 @@ def layout(
         desired.append(DesiredWorker(agent_id, device_id, g.kind, g.size, tuple(sorted(g.variants)), batches, rates,
                                      need))
     return Layout(result, tuple(desired), planned_for)
+
+
+def memory_overcommitted(desired: Sequence[DesiredWorker], agents: Mapping[str, Sequence[DeviceInfo]],
+                         variants: Mapping[str, Variant]) -> list[str]:
+    """Devices ("agent/device") whose workers in ``desired`` need more memory than the planner
+    admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none).
+    The accuracy-scaling MILP places without memory; its layout is checked with this."""
+    memory = {(a, d.device_id): d.memory_bytes for a, devices in agents.items() for d in devices}
+    need: dict[tuple[str, str], int] = {}
+    for d in desired:
+        key = (d.agent_id, d.device_id)
+        need[key] = need.get(key, 0) + sum(variants[v].memory_need() for v in d.variants if v in variants)
+    return sorted(f"{a}/{dev}" for (a, dev), n in need.items()
+                  if memory.get((a, dev), 0) > 0 and n > MEMORY_FRACTION * memory[(a, dev)])
 
 
 def worker_batches(result: Plan, latency: LatencyModel, interference: InterferenceModel, max_batch: int,

@@ -5,6 +5,7 @@ tracker and MILP; commands are returned, not sent."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -716,3 +717,27 @@ def test_a_restarted_manager_never_names_workers_with_a_generation_used_before(t
     assert restarted.generation >= m.generation  # each re-plan's ids are f"{agent}.g{generation + 1}.w{i}"
     assert all(int(w.split(".g")[1].split(".")[0]) <= m.generation for w in used)
     gen.close()
+
+
+def test_an_accuracy_scaled_layout_that_would_not_fit_the_devices_memory_is_not_applied(tmp_path) -> None:
+    """The MILP weighs cores, not memory: overloaded on a host whose memory holds three workers of
+    300 MiB, its layout (a worker on each of four cores) is checked and refused, and the memory-aware
+    plan at full accuracy is applied instead, its unserved demand left so."""
+    store = StateStore(tmp_path / "state.db")
+    store.save_profiles(samples(), [], now=0.0)
+    heavy = {n: dataclasses.replace(variant(n), memory_bytes=300 << 20) for n in ACCURACY}
+    registry = Registry(heavy, heartbeat_interval_s=1.0, missed_heartbeats=1000)
+    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
+                                                        memory_bytes=1 << 30),), now=0.0)
+    demand = DemandTracker(half_life_s=5.0, history_s=5.0)
+    settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
+                            start_timeout_s=1e9, live_slowdown_hold_s=30.0)
+    m = LayoutManager(settings, registry, store, demand, start_command, generation=1)
+    try:
+        now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
+        started = [command for _, command in m.tick(now) if isinstance(command, PlannedWorker)]
+        assert m.scaled is None and registry.family_fractions == {}
+        assert m.current is not None and m.current.plan.unserved
+        assert started and sum(len(p.variants) for p in started) * (300 << 20) <= 0.9 * (1 << 30)
+    finally:
+        store.close()
