@@ -57,10 +57,13 @@ class VariantChoice:
     family: str
     accuracy: float
     slo_ms: float
+    memory_bytes: int = 0  # what a slot hosting it holds of its device's memory
 
     def __post_init__(self) -> None:
         if not (self.accuracy >= 0 and math.isfinite(self.accuracy)) or not self.slo_ms > 0:
             raise ValueError(f"variant {self.variant!r} needs a finite accuracy >= 0 and a positive SLO")
+        if self.memory_bytes < 0:
+            raise ValueError(f"variant {self.variant!r} needs a memory need >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +71,16 @@ class ScalingProblem:
     """Slots, variants, demand (family -> req/s) and capacity ((slot_id, variant) -> peak req/s
     within the SLO; 0 or missing: cannot host). ``device_capacity`` ((agent_id, device_id) ->
     cores, or 100 on a GPU) makes the slots of that device alternatives whose filled sizes must
-    fit; without it the slots of a device are disjoint partitions."""
+    fit; without it the slots of a device are disjoint partitions. ``device_memory``
+    ((agent_id, device_id) -> bytes its slots may hold together; missing or 0: no bound) bounds
+    the memory needs of the variants its filled slots host."""
 
     slots: tuple[Slot, ...]
     variants: tuple[VariantChoice, ...]
     demand: Mapping[str, float]
     capacity: Mapping[tuple[str, str], float]
     device_capacity: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    device_memory: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         slot_ids = [s.slot_id for s in self.slots]

@@ -8,6 +8,7 @@ v_p (share of k's demand c serves with j), per family a shed share u_k:
     max  sum_p (d_k/D)(A_j/A_max) v_p - lambda sum_k (d_k/D) u_k
     s.t. sum_j x_cj <= |c|                 per class (a slot may stay empty)
          sum size_c x_p <= C_dev           per device with a known capacity (its classes: its slots of one size)
+         sum mem_j x_p <= M_dev            per device with a known memory bound (mem_j: variant j's need)
          v_p <= min(1, cap_p / (f d_k)) x_p   per pair: v <= x and capacity with headroom f, in one row
          sum_p v_p + u_k = 1               per family
          0 <= u_k <= 0 (beta >= 1), 1 - beta (beta < 1), 1 (best effort);  f = max(beta, 1)
@@ -84,6 +85,13 @@ class Index:
             if members:
                 self.device_rows.append((float(capacity), members))
         self.device_of = {i: d for d, (_, members) in enumerate(self.device_rows) for i in members}
+        self.need = np.array([float(v.memory_bytes) for v in self.variants])
+        self.memory_rows: list[tuple[float, list[int]]] = []
+        for key, memory in sorted(getattr(problem, "device_memory", {}).items()):
+            members = [i for i, s in enumerate(self.slots) if s.device_key == key]
+            if members and memory > 0:
+                self.memory_rows.append((float(memory), members))
+        self.memory_of = {i: d for d, (_, members) in enumerate(self.memory_rows) for i in members}
         self.sizes = np.array([max(float(s.size), TINY) if i in self.device_of else 1.0
                                for i, s in enumerate(self.slots)])
         classes: dict[tuple, list[int]] = {}
@@ -91,7 +99,7 @@ class Index:
             # A device's slots of one size and the same capacities are one class too: a 16-core
             # host offered as 16 one-core slots is then one count, not 16 interchangeable integers.
             key = (("device", self.device_of[i], float(self.slots[i].size)) if i in self.device_of else ("cap",)) \
-                + tuple(self.cap[i].tolist())
+                + (self.memory_of.get(i, -1),) + tuple(self.cap[i].tolist())
             classes.setdefault(key, []).append(i)
         self.units = sorted(classes.values())
         pairs = [(u, j) for u, members in enumerate(self.units) for j in self._useful(members[0])]
@@ -108,16 +116,20 @@ class Index:
                         if s in slot_at and v in var_at and self.cap[slot_at[s], var_at[v]] > 0}
 
     def _useful(self, i: int) -> list[int]:
-        """Variants slot ``i`` can host for a demanded family, less those a sibling beats there on
-        both accuracy and capacity (never worth choosing)."""
-        able = [j for j in range(len(self.variants)) if self.cap[i, j] > 0 and self.family_of[j] >= 0]
+        """Variants slot ``i`` can host for a demanded family (within its device's memory bound),
+        less those a sibling beats there on accuracy, capacity and memory need (never worth choosing)."""
+        d = self.memory_of.get(i)
+        memory = self.memory_rows[d][0] if d is not None else math.inf
+        able = [j for j in range(len(self.variants))
+                if self.cap[i, j] > 0 and self.family_of[j] >= 0 and self.need[j] <= memory]
 
         def rank(j: int) -> tuple:
-            return (self.variants[j].accuracy, self.cap[i, j], -j)
+            return (self.variants[j].accuracy, self.cap[i, j], -self.need[j], -j)
 
         def beaten(j: int) -> bool:
             return any(self.family_of[o] == self.family_of[j] and self.variants[o].accuracy >= self.variants[j].accuracy
-                       and self.cap[i, o] >= self.cap[i, j] and rank(o) > rank(j) for o in able)
+                       and self.cap[i, o] >= self.cap[i, j] and self.need[o] <= self.need[j] and rank(o) > rank(j)
+                       for o in able)
 
         return [j for j in able if not beaten(j)]
 
@@ -160,12 +172,18 @@ class Index:
         return all(routed.shed[k] <= (rung.shed_cap + 1e-6) * self.demand[k]  # HiGHS' tolerances
                    for k in range(len(self.families)) if self.servable[k])
 
-    def _fits(self, i: int, hosts: Mapping[int, int]) -> bool:
+    def _fits(self, i: int, j: int, hosts: Mapping[int, int]) -> bool:
+        """Whether slot ``i`` may host variant ``j`` beside ``hosts``: its device's cores and memory."""
         d = self.device_of.get(i)
-        if d is None:
-            return True
-        capacity, members = self.device_rows[d]
-        return sum(self.slots[m].size for m in members if m in hosts) + self.slots[i].size <= capacity
+        if d is not None:
+            capacity, members = self.device_rows[d]
+            if sum(self.slots[m].size for m in members if m in hosts) + self.slots[i].size > capacity:
+                return False
+        d = self.memory_of.get(i)
+        if d is not None:
+            memory, members = self.memory_rows[d]
+            return sum(self.need[hosts[m]] for m in members if m in hosts) + self.need[j] <= memory
+        return True
 
     def fill_spare(self, routed: Routed, rung: Rung) -> Routed:
         """Slots left idle keep their current variant, else take the most accurate variant they
@@ -176,11 +194,14 @@ class Index:
             hosted[self.family_of[j]] += self.cap[i, j] / rung.factor
         served = self.demand - np.array([routed.shed[k] for k in range(len(self.families))])
         for i in range(len(self.slots)):
-            if i in hosts or not self._fits(i, hosts):
+            if i in hosts:
                 continue
             choice = self.current.get(i)
+            if choice is not None and not self._fits(i, choice, hosts):
+                continue
             if choice is None:
-                options = [j for j in range(len(self.variants)) if self.cap[i, j] > 0 and self.family_of[j] >= 0]
+                options = [j for j in range(len(self.variants))
+                           if self.cap[i, j] > 0 and self.family_of[j] >= 0 and self._fits(i, j, hosts)]
                 if not options:
                     continue
                 tight = {k: served[k] / hosted[k] if hosted[k] > 0 else math.inf for k in {self.family_of[j] for j in options}}
@@ -215,19 +236,19 @@ class Index:
                 if room[i] <= 0:
                     share[k] = math.inf  # nothing left that can host it
                     break
-                if self._fits(int(i), hosts):
+                if self._fits(int(i), int(best_var[k, i]), hosts):
                     hosts[int(i)] = int(best_var[k, i])
                     share[k] += room[i] / self.demand[k]
                     break
-                free[i] = False  # its device is full
+                free[i] = False  # its device is full (cores, or memory for this family's variant)
             free[list(hosts)] = False
         return hosts
 
     # --- the MILPs ---------------------------------------------------------------------------
 
     def _placement(self, rows: _Rows, bound: np.ndarray) -> None:
-        """Rows both MILPs share over variables [x, v, ...]: class sizes, device capacities, and
-        v_p <= bound_p x_p (a bound <= the class-free one keeps the row valid for counts)."""
+        """Rows both MILPs share over variables [x, v, ...]: class sizes, device capacities and
+        memory bounds, and v_p <= bound_p x_p (a bound <= the class-free one keeps the row valid for counts)."""
         n_p = len(self.p_var)
         ix, iv = np.arange(n_p), n_p + np.arange(n_p)
         used = sorted(set(self.p_unit.tolist()))
@@ -239,6 +260,10 @@ class Index:
             inside = np.isin(self.p_unit, [unit_of[i] for i in members])
             sizes = np.array([self.slots[self.units[u][0]].size for u in self.p_unit[inside]], dtype=float)
             rows.add(np.zeros(len(sizes), dtype=int), ix[inside], sizes, 1, -np.inf, capacity)
+        for memory, members in self.memory_rows:  # in shares of the device's bound: bytes would span 1e10
+            inside = np.isin(self.p_unit, [unit_of[i] for i in members])
+            rows.add(np.zeros(int(inside.sum()), dtype=int), ix[inside], self.need[self.p_var[inside]] / memory, 1,
+                     -np.inf, 1.0)
         rows.add(np.concatenate([ix, ix]), np.concatenate([iv, ix]), np.concatenate([np.ones(n_p), -bound]), n_p, -np.inf, 0.0)
 
     @staticmethod

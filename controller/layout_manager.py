@@ -279,7 +279,8 @@ class LayoutManager:
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
                                    slowdown=slowdown, named=named)
             if over := memory_overcommitted(scaled.desired, agents, reg.variants):
-                # The MILP weighs cores, not memory: its layout would not load where it puts it.
+                # The MILP keeps within memory, but variants co-hosted after it (ones clients name
+                # that it left out) add to it: a layout that would not load is not applied.
                 log.warning("accuracy scaling's layout needs more memory than %s hold(s); planning at full "
                             "accuracy instead", ", ".join(over))
                 scaled = None

@@ -146,7 +146,8 @@ def memory_overcommitted(desired: Sequence[DesiredWorker], agents: Mapping[str, 
                          variants: Mapping[str, Variant]) -> list[str]:
     """Devices ("agent/device") whose workers in ``desired`` need more memory than the planner
     admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none).
-    The accuracy-scaling MILP places without memory; its layout is checked with this."""
+    An accuracy-scaled layout is checked with this: the variants co-hosted after the MILP add to
+    what it placed within the bound."""
     memory = {(a, d.device_id): d.memory_bytes for a, devices in agents.items() for d in devices}
     need: dict[tuple[str, str], int] = {}
     for d in desired:
@@ -310,12 +311,15 @@ def scaled_layout(
     ``named``: variant -> req/s of requests that named it; co-hosted when the plan drops it."""
     slots, device_capacity = scaling_slots(agents)
     table = profile_table(samples)
-    choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms)
+    choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms,
+                                  memory_bytes=v.memory_need())
                     for v in sorted(variants.values(), key=lambda v: v.name))
+    memory = {(a, d.device_id): int(MEMORY_FRACTION * d.memory_bytes) for a, devices in agents.items() for d in devices}
     caps = capacities(slots, choices, LatencyModel(table, slowdown=slowdown), interference_model(colocations, table),
                       device_capacity=device_capacity)
     rates, batches = split_capacities(caps)
-    problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity)
+    problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity,
+                             device_memory=memory)
     plan_ = solve(problem, current=current, time_limit_s=time_limit_s, beta=beta)
     desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand, named or {})
     return ScaledLayout(plan_, desired, dict(family_demand), guests)

@@ -4,6 +4,7 @@ the time bound and the current plan as warm start, capacities from profiles, the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -54,7 +55,7 @@ def verify(problem: ScalingProblem, plan: ScalingPlan) -> None:
         assert problem.capacity.get((slot_id, variant), 0.0) > 0, "a slot hosts a variant it cannot run"
     load = {s: 0.0 for s in plan.hosts}
     accuracy_sum = served_sum = 0.0
-    servable = {variants[v].family for (s, v), r in problem.capacity.items() if r > 0}
+    servable = {variants[v].family for (s, v), r in problem.capacity.items() if hostable(problem, s, v)}
     for family, demand in problem.demand.items():
         shed = plan.shed.get(family, 0.0)
         assert 0.0 <= shed <= demand * (1 + 1e-9)
@@ -84,6 +85,16 @@ def verify(problem: ScalingProblem, plan: ScalingPlan) -> None:
         assert plan.effective_accuracy == pytest.approx(accuracy_sum / served_sum)
     for key, capacity in problem.device_capacity.items():
         assert sum(slots[s].size for s in plan.hosts if slots[s].device_key == key) <= capacity
+    for key, memory in problem.device_memory.items():
+        if memory > 0:
+            assert sum(variants[v].memory_bytes for s, v in plan.hosts.items() if slots[s].device_key == key) <= memory
+
+
+def hostable(problem: ScalingProblem, slot_id: str, variant: str) -> bool:
+    """Whether the slot can run the variant at all: capacity there, and its need within its device's memory."""
+    slot = next(s for s in problem.slots if s.slot_id == slot_id)
+    need = next(v.memory_bytes for v in problem.variants if v.variant == variant)
+    return problem.capacity.get((slot_id, variant), 0) > 0 and need <= (problem.device_memory.get(slot.device_key) or math.inf)
 
 
 def test_light_demand_runs_the_accurate_variant_on_every_slot() -> None:
@@ -341,7 +352,8 @@ def brute_force(problem: ScalingProblem, beta: float) -> tuple[float | None, flo
                     break
                 room[v] = room.get(v, 0.0) + cap / beta
         else:
-            if not fits_devices(problem, [s for s, v in zip(problem.slots, choice, strict=True) if v is not None]):
+            if not fits_devices(problem, [s for s, v in zip(problem.slots, choice, strict=True) if v is not None],
+                                [v for v in choice if v is not None]):
                 continue
             score, shed = 0.0, 0.0
             for fam, demand in problem.demand.items():
@@ -358,11 +370,18 @@ def brute_force(problem: ScalingProblem, beta: float) -> tuple[float | None, flo
     return best, least_shed
 
 
-def fits_devices(problem: ScalingProblem, filled) -> bool:
+def fits_devices(problem: ScalingProblem, filled, hosted=None) -> bool:
+    """Whether the ``filled`` slots fit their devices' cores and, ``hosted`` giving each its
+    variant, their memory bounds."""
     used: dict[tuple[str, str], int] = {}
-    for slot in filled:
+    held: dict[tuple[str, str], int] = {}
+    need = {v.variant: v.memory_bytes for v in problem.variants}
+    for i, slot in enumerate(filled):
         used[slot.device_key] = used.get(slot.device_key, 0) + slot.size
-    return all(size <= problem.device_capacity.get(key, math.inf) for key, size in used.items())
+        if hosted is not None:
+            held[slot.device_key] = held.get(slot.device_key, 0) + need[hosted[i]]
+    return all(size <= problem.device_capacity.get(key, math.inf) for key, size in used.items()) and \
+        all(n <= (problem.device_memory.get(key) or math.inf) for key, n in held.items())
 
 
 def all_cheapest(problem: ScalingProblem, beta: float) -> float | None:
@@ -373,7 +392,8 @@ def all_cheapest(problem: ScalingProblem, beta: float) -> float | None:
             cheapest[v.family] = v
     only = tuple(cheapest.values())
     caps = {k: r for k, r in problem.capacity.items() if k[1] in {v.variant for v in only}}
-    return brute_force(ScalingProblem(problem.slots, only, problem.demand, caps, device_capacity=problem.device_capacity), beta)[0]
+    return brute_force(ScalingProblem(problem.slots, only, problem.demand, caps, device_capacity=problem.device_capacity,
+                                      device_memory=problem.device_memory), beta)[0]
 
 
 @st.composite
@@ -399,8 +419,7 @@ def check_against_brute_force(problem: ScalingProblem) -> None:
     plan = solve(problem, beta=1.0, min_beta=1.0, mip_gap=0.0, time_limit_s=10.0)
     verify(problem, plan)
     best, least_shed = brute_force(problem, 1.0)
-    servable = {v.family for v in problem.variants
-                if any(problem.capacity.get((s.slot_id, v.variant), 0) > 0 for s in problem.slots)}
+    servable = {v.family for v in problem.variants if any(hostable(problem, s.slot_id, v.variant) for s in problem.slots)}
     unservable_demand = sum(d for f, d in problem.demand.items() if f not in servable)
     if best is not None:
         assert plan.status == "optimal" and plan.total_shed == pytest.approx(0.0, abs=1e-6)
@@ -438,6 +457,23 @@ def core_problems(draw) -> ScalingProblem:
 @given(core_problems())
 def test_hosts_offered_as_cores_or_whole_are_planned_as_well_as_the_brute_force_optimum(problem: ScalingProblem) -> None:
     # A host's one-core slots are interchangeable: the solver counts them as one class.
+    check_against_brute_force(problem)
+
+
+@st.composite
+def memory_problems(draw) -> ScalingProblem:
+    """Hosts offered as cores or whole, whose memory holds only some mixes of the variants' needs."""
+    problem = draw(core_problems())
+    gib = 1 << 30
+    variants = tuple(dataclasses.replace(v, memory_bytes=draw(st.sampled_from([0, 1, 2, 3])) * gib)
+                     for v in problem.variants)
+    memory = {key: draw(st.sampled_from([0, 2, 3, 5])) * gib for key in problem.device_capacity}
+    return dataclasses.replace(problem, variants=variants, device_memory=memory)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(memory_problems())
+def test_hosts_whose_memory_bounds_the_mix_are_planned_as_well_as_the_brute_force_optimum(problem) -> None:
     check_against_brute_force(problem)
 
 

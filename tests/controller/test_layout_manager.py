@@ -719,10 +719,10 @@ def test_a_restarted_manager_never_names_workers_with_a_generation_used_before(t
     gen.close()
 
 
-def test_an_accuracy_scaled_layout_that_would_not_fit_the_devices_memory_is_not_applied(tmp_path) -> None:
-    """The MILP weighs cores, not memory: overloaded on a host whose memory holds three workers of
-    300 MiB, its layout (a worker on each of four cores) is checked and refused, and the memory-aware
-    plan at full accuracy is applied instead, its unserved demand left so."""
+def test_accuracy_scaling_under_overload_keeps_each_device_within_its_memory(tmp_path) -> None:
+    """Overloaded on a 4-core host whose memory holds three workers of 300 MiB: accuracy scaling
+    still plans (the cheap variant carries part of the family) with at most three workers, where
+    by cores alone it would run one on each core."""
     store = StateStore(tmp_path / "state.db")
     store.save_profiles(samples(), [], now=0.0)
     heavy = {n: dataclasses.replace(variant(n), memory_bytes=300 << 20) for n in ACCURACY}
@@ -736,8 +736,7 @@ def test_an_accuracy_scaled_layout_that_would_not_fit_the_devices_memory_is_not_
     try:
         now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
         started = [command for _, command in m.tick(now) if isinstance(command, PlannedWorker)]
-        assert m.scaled is None and registry.family_fractions == {}
-        assert m.current is not None and m.current.plan.unserved
+        assert m.scaled is not None and registry.family_fractions["cls"].get("cls-small", 0.0) > 0
         assert started and sum(len(p.variants) for p in started) * (300 << 20) <= 0.9 * (1 << 30)
     finally:
         store.close()

@@ -40,3 +40,18 @@ def test_variants_that_do_not_fit_one_device_s_memory_together_are_placed_on_two
 def test_a_variant_no_device_has_the_memory_for_is_left_unserved() -> None:
     result = layout(hosts(GIB), needing(2 * GIB), samples(), [], {"big": 20.0})
     assert result.desired == () and result.plan.unserved == {"big": 20.0, "tiny": 1.0}  # "tiny": the floor rate
+
+
+def test_a_layout_is_overcommitted_where_its_workers_need_more_than_the_planner_admits() -> None:
+    from controller.reconciler import DesiredWorker
+    from controller.replanner import memory_overcommitted
+
+    heavy = needing(300 << 20)
+    agents = {**hosts(GIB, n=1), "a1": (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4, memory_bytes=0),)}
+    three = [DesiredWorker("a0", "cpu0", "cpu", 1, ("big",)), DesiredWorker("a0", "cpu0", "cpu", 1, ("tiny",)),
+             DesiredWorker("a0", "cpu0", "cpu", 2, ("big",))]
+    assert memory_overcommitted(three, agents, heavy) == []  # 900 MiB of 90 % of 1 GiB
+    guest = [*three[:2], DesiredWorker("a0", "cpu0", "cpu", 2, ("big", "tiny"))]  # a variant joined to a gpu-let
+    assert memory_overcommitted(guest, agents, heavy) == ["a0/cpu0"]
+    unknown = [DesiredWorker("a1", "cpu0", "cpu", 1, ("big", "tiny"))] * 8  # memory not reported: no bound
+    assert memory_overcommitted(unknown, agents, heavy) == []
