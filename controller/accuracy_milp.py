@@ -112,8 +112,12 @@ class Index:
         self.p_weight = self.demand[self.p_fam] / self.total * acc / self.acc_max if pairs else np.zeros(0)
         self.servable = np.zeros(len(self.families), dtype=bool)
         self.servable[self.p_fam] = True
-        self.current = {slot_at[s]: var_at[v] for s, v in sorted(current.items())
-                        if s in slot_at and v in var_at and self.cap[slot_at[s], var_at[v]] > 0}
+        # What runs now, as far as it still fits (a need or a device's memory may have changed).
+        self.current: dict[int, int] = {}
+        for s, v in sorted(current.items()):
+            if s in slot_at and v in var_at and self.cap[slot_at[s], var_at[v]] > 0 \
+                    and self._fits(slot_at[s], var_at[v], self.current):
+                self.current[slot_at[s]] = var_at[v]
 
     def _useful(self, i: int) -> list[int]:
         """Variants slot ``i`` can host for a demanded family (within its device's memory bound),
@@ -198,7 +202,7 @@ class Index:
                 continue
             choice = self.current.get(i)
             if choice is not None and not self._fits(i, choice, hosts):
-                continue
+                choice = None  # another variant may fit where the current one no longer does
             if choice is None:
                 options = [j for j in range(len(self.variants))
                            if self.cap[i, j] > 0 and self.family_of[j] >= 0 and self._fits(i, j, hosts)]
@@ -223,10 +227,14 @@ class Index:
         fam = np.array(self.family_of)
         best_cap = np.zeros((len(self.families), len(self.slots)))
         best_var = np.zeros((len(self.families), len(self.slots)), dtype=int)
+        bound = np.array([self.memory_rows[self.memory_of[i]][0] if i in self.memory_of else math.inf
+                          for i in range(len(self.slots))])
         for k in np.flatnonzero(self.servable):
             mine = np.flatnonzero(fam == k)
-            best_var[k] = mine[np.argmax(self.cap[:, mine], axis=1)]
-            best_cap[k] = self.cap[np.arange(len(self.slots)), best_var[k]]
+            able = np.where(self.need[mine][None, :] <= bound[:, None], self.cap[:, mine], 0.0)  # alone within memory
+            pick = np.argmax(able, axis=1)
+            best_var[k] = mine[pick]
+            best_cap[k] = able[np.arange(len(self.slots)), pick]
         free = np.ones(len(self.slots), dtype=bool)
         hosts: dict[int, int] = {}
         while np.isfinite(share).any():

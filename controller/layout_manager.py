@@ -281,8 +281,8 @@ class LayoutManager:
             if over := memory_overcommitted(scaled.desired, agents, reg.variants):
                 # The MILP keeps within memory, but variants co-hosted after it (ones clients name
                 # that it left out) add to it: a layout that would not load is not applied.
-                log.warning("accuracy scaling's layout needs more memory than %s hold(s); planning at full "
-                            "accuracy instead", ", ".join(over))
+                log.warning("accuracy scaling's layout needs more memory than %s hold(s); not applied, the "
+                            "full-accuracy plan is taken as without accuracy scaling", ", ".join(over))
                 scaled = None
         if scaled is not None:
             # The designed answer to overload, taken on a routine re-plan: INFO, not a warning.

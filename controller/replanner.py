@@ -220,6 +220,7 @@ def cohost(
     caps: Mapping[tuple[str, str], tuple[float, int]],
     demand: Mapping[str, float],
     named: Mapping[str, float] | None = None,
+    memory: Mapping[str, tuple[tuple[str, str], int]] | None = None,
 ) -> tuple[tuple[DesiredWorker, ...], dict[str, str]]:
     """Give what the plan hosts nowhere a place beside a variant it does host: each family the
     plan drops whole (the variant of it that leaves the most time), then each variant clients name that the plan
@@ -233,8 +234,10 @@ def cohost(
     ``GUEST_SHARE`` of that gpu-let's time. Under overload the hosted variants run at their
     capacity, so a guest costs them that share: some of their overflow is refused (503 with
     Retry-After) instead of every request to the guest. Least demand first. ``desired`` is
-    ``to_desired(plan_, ...)``: one worker per filled slot, in slot order. Returns the workers and
-    family -> the variant co-hosted for it (named guests serve named requests only).
+    ``to_desired(plan_, ...)``: one worker per filled slot, in slot order. ``memory``: slot id ->
+    (its device, the bytes its device's slots may hold together; 0: no bound): a guest joins no
+    gpu-let whose device it would take past that. Returns the workers and family -> the variant
+    co-hosted for it (named guests serve named requests only).
     """
     index = {slot_id: i for i, slot_id in enumerate(sorted(plan_.hosts))}
     used: dict[str, float] = {}
@@ -245,6 +248,16 @@ def cohost(
     hosted_families = {c.family for c in choices if c.variant in hosted}
     out = list(desired)
     guests: dict[str, str] = {}
+    memory = memory or {}
+    need = {c.variant: c.memory_bytes for c in choices}
+    held: dict[tuple[str, str], int] = {}
+    for slot_id, variant in plan_.hosts.items():
+        if slot_id in memory:
+            held[memory[slot_id][0]] = held.get(memory[slot_id][0], 0) + need.get(variant, 0)
+
+    def fits(slot_id: str, variant: str) -> bool:
+        device, bound = memory.get(slot_id, (("", ""), 0))
+        return bound <= 0 or held.get(device, 0) + need.get(variant, 0) <= bound
 
     def place(options: Sequence[VariantChoice], rps: float) -> str | None:
         best = None
@@ -253,12 +266,14 @@ def cohost(
                 cap, batch = caps.get((slot_id, c.variant), (0.0, 1))
                 share = rps / cap if cap > 0 else float("inf")
                 after = used[slot_id] + share
-                if share <= GUEST_SHARE and (best is None or after < best[0]):
+                if share <= GUEST_SHARE and fits(slot_id, c.variant) and (best is None or after < best[0]):
                     best = (after, slot_id, c.variant, batch)
         if best is None:
             return None
         after, slot_id, variant, batch = best
         used[slot_id] = after
+        if slot_id in memory:
+            held[memory[slot_id][0]] = held.get(memory[slot_id][0], 0) + need.get(variant, 0)
         d = out[index[slot_id]]
         out[index[slot_id]] = DesiredWorker(d.agent_id, d.device_id, d.kind, d.size, tuple(sorted((*d.variants, variant))),
                                             tuple(sorted((*d.batches, (variant, batch)))), d.rates)
@@ -321,5 +336,7 @@ def scaled_layout(
     problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity,
                              device_memory=memory)
     plan_ = solve(problem, current=current, time_limit_s=time_limit_s, beta=beta)
-    desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand, named or {})
+    bounds = {s.slot_id: (s.device_key, memory.get(s.device_key, 0)) for s in slots}
+    desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand, named or {},
+                             memory=bounds)
     return ScaledLayout(plan_, desired, dict(family_demand), guests)

@@ -607,3 +607,20 @@ def test_resolve_policy_runs_on_its_period_and_sooner_when_demand_jumps() -> Non
     assert rises.due(102.0, {"a": 150.0, "b": 50.0}, last, 100.0)
     assert not rises.due(102.0, {"a": 100.0, "b": 30.0}, last, 100.0)  # a fall waits for the period
     assert rises.due(110.0, {"a": 100.0, "b": 30.0}, last, 100.0)
+
+
+def test_a_current_plan_that_no_longer_fits_its_device_s_memory_is_not_kept() -> None:
+    """A variant's need (or a device's memory) changed since the plan was made: what runs now is
+    routed only as far as it fits, and the plan returned fits."""
+    gib = 1 << 30
+    big = VariantChoice("cls-hi", "cls", 90.0, 100.0, memory_bytes=2 * gib)
+    small = VariantChoice("cls-lo", "cls", 70.0, 100.0, memory_bytes=gib)
+    slots = tuple(Slot(f"h/{i}", "cpu0", "cpu", 1, agent_id="h") for i in range(2))
+    caps = {(s.slot_id, v): rate for s in slots for v, rate in (("cls-hi", 50.0), ("cls-lo", 100.0))}
+    # 60 req/s: two accurate workers would carry it all at full accuracy, but only one fits beside another.
+    problem = ScalingProblem(slots, (big, small), {"cls": 60.0}, caps, device_capacity={("h", "cpu0"): 2},
+                             device_memory={("h", "cpu0"): 3 * gib})
+    both_big = ScalingPlan({"h/0": "cls-hi", "h/1": "cls-hi"}, {}, {}, 90.0, 1.05, {}, 0.0, "optimal")
+    plan = solve(problem, current=both_big, beta=1.0, min_beta=0.5)
+    verify(problem, plan)  # memory included
+    assert sorted(plan.hosts.values()) == ["cls-hi", "cls-lo"]

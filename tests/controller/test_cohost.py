@@ -78,3 +78,22 @@ def test_a_variant_clients_name_stays_deployed_when_the_plan_drops_it() -> None:
     hosting = [d for d in named.desired if "cls-large" in d.variants]
     assert len(hosting) == 1 and len(hosting[0].variants) >= 2, named.desired
     assert "cls-large" not in named.fractions().get("cls", {}), "family requests keep the plan's split"
+
+
+def test_a_guest_joins_no_gpulet_whose_device_it_would_take_past_its_memory() -> None:
+    full = ScalingPlan(hosts={"s0": "cls-small", "s1": "det-small"}, routing={}, variant_fractions={},
+                       effective_accuracy=0.75, beta=1.0, shed={"cls": 5.0, "det": 5.0, "trivial": 50.0},
+                       solve_s=0.0, status="infeasible", load={"s0": 100.0, "s1": 100.0})
+    gib = 1 << 30
+    choices = [VariantChoice(variant=n, family=f, accuracy=a, slo_ms=200.0, memory_bytes=gib) for n, (f, a, _) in MODELS.items()]
+    caps = {(slot, n): (rate, 8) for slot in ("s0", "s1") for n, rate in
+            (("cls-small", 100.0), ("det-small", 100.0), ("echo", 5000.0))}
+    workers = tuple(DesiredWorker("a0", "cpu0", "cpu", 1, (v,), ((v, 8),)) for v in ("cls-small", "det-small"))
+    demand = {"cls": 105.0, "det": 105.0, "trivial": 50.0}
+    device = ("a0", "cpu0")
+    full_device = {"s0": (device, 2 * gib), "s1": (device, 2 * gib)}  # the two hosted variants fill it
+    desired, guests = cohost(full, workers, choices, caps, demand, memory=full_device)
+    assert not guests and desired == workers
+    room = {"s0": (device, 3 * gib), "s1": (device, 3 * gib)}
+    desired, guests = cohost(full, workers, choices, caps, demand, memory=room)
+    assert guests == {"trivial": "echo"}
