@@ -16,6 +16,7 @@ a process deciding about that artifact keeps it this time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 from protocol.types import VariantSpec
 
 log = logging.getLogger(__name__)
+_said = {"no_locks": False}  # a file system without locks is said once per process
 
 # <sha256>, <sha256>.<signature>.onnx, <sha256>.<signature>.onnx.json, <sha256>.onnx.lock
 _NAME = re.compile(r"(?P<sha>[0-9a-f]{64})(?:\.(?P<sig>[0-9a-f]{12})\.onnx(?:\.json)?|(?P<lock>\.onnx\.lock))?")
@@ -175,7 +177,11 @@ def _try_lock(lock_path: Path) -> Iterator[bool]:
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held (EWOULDBLOCK), or no locks on this file system: leave it
+        except OSError as exc:  # held (EWOULDBLOCK), or no locks on this file system: leave it
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) and not _said["no_locks"]:
+                _said["no_locks"] = True
+                log.warning("artifact cache: cannot lock %s (%s): nothing is removed from this cache while "
+                            "locks fail", lock_path, exc)
             yield False
             return
         try:
