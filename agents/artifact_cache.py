@@ -118,9 +118,9 @@ def touch(cache_dir: Path, used: Collection[tuple[str, str]]) -> None:
 def prune(cache_dir: Path, max_bytes: int, keep: Collection[tuple[str, str]], *, recent_s: float = 0.0) -> list[Entry]:
     """Remove entries no one uses, least recently used first, until the cache holds ``max_bytes`` or
     less (or only what is in use is left); the entries removed. ``keep``: (sha256, signature) of
-    each variant served or profiled here (``in_use``); entries used within the last ``recent_s``
-    seconds stay too (a process this caller does not know of may be loading them). An artifact in use keeps its conversions for signatures
-    in use; others of it may go."""
+    each variant served or profiled here (``in_use``): an artifact in use keeps its conversions for
+    the signatures in use, others of it may go. Entries used within the last ``recent_s`` seconds
+    stay too (a process the caller does not know of may be loading them)."""
     found = entries(cache_dir)
     total = sum(e.nbytes for e in found)
     if total <= max_bytes:
@@ -163,14 +163,16 @@ def prune(cache_dir: Path, max_bytes: int, keep: Collection[tuple[str, str]], *,
                 log.warning("artifact cache: cannot remove %s: %s", entry.describe(), exc)
                 break
     for e in removed:
-        log.info("artifact cache: removed %s, unused since %.0f", e.describe(), e.used)
+        log.info("artifact cache: removed %s, last used %s", e.describe(),
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.used)))
     return removed
 
 
 @contextlib.contextmanager
-def _try_lock(lock_path: Path) -> Iterator[bool]:
+def _try_lock(path: Path) -> Iterator[bool]:
+    """Whether the lock at ``path`` was taken (without waiting); held until the block ends."""
     try:
-        f = open(lock_path, "a")
+        f = open(path, "a")
     except OSError:
         yield False  # no lock file can be made (a read-only cache): nothing can be removed either
         return
@@ -181,7 +183,7 @@ def _try_lock(lock_path: Path) -> Iterator[bool]:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) and not _said["no_locks"]:
                 _said["no_locks"] = True
                 log.warning("artifact cache: cannot lock %s (%s): nothing is removed from this cache while "
-                            "locks fail", lock_path, exc)
+                            "locks fail", path, exc)
             yield False
             return
         try:

@@ -279,8 +279,8 @@ class LayoutManager:
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
                                    slowdown=slowdown, named=named)
             if over := memory_overcommitted(scaled.desired, agents, reg.variants):
-                # The MILP keeps within memory, but variants co-hosted after it (ones clients name
-                # that it left out) add to it: a layout that would not load is not applied.
+                # A safety net: the MILP and the guests joined after it keep within each device's
+                # memory bound; a layout that would still not load where it puts it is not applied.
                 log.warning("accuracy scaling's layout needs more memory than %s hold(s); not applied, the "
                             "full-accuracy plan is taken as without accuracy scaling", ", ".join(over))
                 scaled = None

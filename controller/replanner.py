@@ -146,8 +146,7 @@ def memory_overcommitted(desired: Sequence[DesiredWorker], agents: Mapping[str, 
                          variants: Mapping[str, Variant]) -> list[str]:
     """Devices ("agent/device") whose workers in ``desired`` need more memory than the planner
     admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none).
-    An accuracy-scaled layout is checked with this: the variants co-hosted after the MILP add to
-    what it placed within the bound."""
+    An accuracy-scaled layout is checked with this before it is applied."""
     memory = {(a, d.device_id): d.memory_bytes for a, devices in agents.items() for d in devices}
     need: dict[tuple[str, str], int] = {}
     for d in desired:
