@@ -67,9 +67,15 @@ class Membership:
             if record is not None and record.plan.agent_id == agent_id:
                 reg.retire(worker_id, WorkerState.STOPPING)
         for record in reg.workers_of(agent_id):
-            if not record.in_plan and record.plan.worker_id not in running:
+            if record.plan.worker_id in running:
+                continue
+            if not record.in_plan:
                 # Replaced while its agent was away, and not running now it is back: gone, not lost.
                 reg.remove_worker(record.plan.worker_id)
+            elif record.state in LEAVING:
+                # Asked to drain or stop, and not running now: it exited while its agent was away
+                # (a restarted agent has no such worker to say so of). A move waiting for it goes on.
+                self._layout.worker_stopped(record.plan.worker_id)
         planned = [w.plan for w in reg.planned_workers_of(agent_id) if w.state not in LEAVING]
         if not planned:
             if self._layout.settings.policy == "static" or not any(w.in_plan for w in reg.workers.values()):

@@ -16,7 +16,7 @@ from controller.placement import PlannedWorker
 from controller.registry import Joined, Registry
 from controller.store import StateStore
 from protocol.message import RegisterAgent, StopWorker
-from protocol.types import DeviceInfo, Partition, RunningWorker
+from protocol.types import DeviceInfo, Partition, RunningWorker, WorkerState
 from tests.controller.test_layout_manager import ACCURACY, samples, variant
 
 CPU = (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=2, memory_bytes=8 << 30),)
@@ -129,6 +129,17 @@ def test_a_worker_replaced_while_its_agent_was_away_is_forgotten_when_the_agent_
     restarted.registry.drop_from_plan(SCALED.worker_id)  # its agent was lost: a re-plan replaced it
     assert SCALED.worker_id in restarted.registry.workers  # shown (as lost) while the agent is away
     restarted.register("a0", now=5.0, instance="i2")  # the agent restarted: that worker is gone
+    assert SCALED.worker_id not in restarted.registry.workers
+    _, workers, _ = restarted.registry.status(5.0)
+    assert all(w.worker_id != SCALED.worker_id for w in workers)
+
+
+def test_a_worker_asked_to_stop_that_its_restarted_agent_does_not_run_is_gone(restarted: Controller) -> None:
+    """The agent was killed while the worker was stopping: its StopWorker may never be answered
+    (the new agent process has no such worker to report), so the registration itself says so."""
+    restarted.register("a0", running=[running(SCALED)])
+    restarted.registry.retire(SCALED.worker_id, WorkerState.STOPPING)  # a move retires it
+    restarted.register("a0", now=5.0, instance="i2")  # the agent restarted, running nothing
     assert SCALED.worker_id not in restarted.registry.workers
     _, workers, _ = restarted.registry.status(5.0)
     assert all(w.worker_id != SCALED.worker_id for w in workers)
