@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from mesh.handshakes import REFUSALS, refusal_cause, say_refused
+from mesh.frames import receive_frames
 from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
 from mesh.links import DEFAULT_LINK, LINGER_MS, LinkOptions, socket_options
 from mesh.peer_routes import PeerRoutes, name_of, owns, tagged
@@ -349,7 +350,7 @@ class Endpoint:
             self._yielded = time.monotonic()
         while True:
             try:
-                frames = await self._receive_frames()
+                frames = await receive_frames(self._sock, self._now, self._most_frames)
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     raise EndpointClosed(str(exc)) from None
@@ -387,36 +388,6 @@ class Endpoint:
                 self._unpacked.append(Incoming(peer, msg, buffers, peer_name, more=i < last))
             msg, buffers = decoded[0]
             return Incoming(peer, msg, buffers, peer_name, more=last > 0)
-
-    async def _receive_frames(self) -> list[zmq.Frame] | None:
-        """The next message's frames, or None for one with more than any valid send has: its frames
-        past that are received and let go one by one, so a peer cannot make this process hold a
-        Python object for each of millions of them (libzmq itself holds a message whole until its
-        last frame is in, whatever their number)."""
-        try:
-            frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            pending = self._sock.recv(copy=False)
-            try:
-                frame = await pending
-            except asyncio.CancelledError:
-                # Cancelled once the first frame was taken: the rest of its message goes too, or
-                # the next receive would read them as a message of their own.
-                if pending.done() and not pending.cancelled() and pending.exception() is None:
-                    frame = pending.result()
-                    while frame.more:
-                        frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
-                raise
-        frames, over = [frame], False
-        while frame.more:
-            frame = self._now.recv(flags=zmq.NOBLOCK, copy=False)
-            if over:
-                continue
-            if len(frames) == self._most_frames:
-                frames, over = [], True
-                continue
-            frames.append(frame)
-        return None if over else frames
 
     def _still_connected(self, routing_id: bytes) -> bool:
         """Whether a connection holds ``routing_id``: an empty message to it fails at once if
