@@ -147,13 +147,17 @@ def memory_overcommitted(desired: Sequence[DesiredWorker], agents: Mapping[str, 
     """Devices ("agent/device") whose workers in ``desired`` need more memory than the planner
     admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none).
     An accuracy-scaled layout is checked with this before it is applied."""
-    memory = {(a, d.device_id): d.memory_bytes for a, devices in agents.items() for d in devices}
+    bound = memory_bounds(agents)
     need: dict[tuple[str, str], int] = {}
     for d in desired:
         key = (d.agent_id, d.device_id)
         need[key] = need.get(key, 0) + sum(variants[v].memory_need() for v in d.variants if v in variants)
-    return sorted(f"{a}/{dev}" for (a, dev), n in need.items()
-                  if memory.get((a, dev), 0) > 0 and n > MEMORY_FRACTION * memory[(a, dev)])
+    return sorted(f"{a}/{dev}" for (a, dev), n in need.items() if bound.get((a, dev), 0) > 0 and n > bound[(a, dev)])
+
+
+def memory_bounds(agents: Mapping[str, Sequence[DeviceInfo]]) -> dict[tuple[str, str], int]:
+    """(agent, device) -> the bytes the planner lets its workers need together (0: memory unknown)."""
+    return {(a, d.device_id): int(MEMORY_FRACTION * d.memory_bytes) for a, devices in agents.items() for d in devices}
 
 
 def worker_batches(result: Plan, latency: LatencyModel, interference: InterferenceModel, max_batch: int,
@@ -250,9 +254,13 @@ def cohost(
     memory = memory or {}
     need = {c.variant: c.memory_bytes for c in choices}
     held: dict[tuple[str, str], int] = {}
-    for slot_id, variant in plan_.hosts.items():
+
+    def hold(slot_id: str, variant: str) -> None:
         if slot_id in memory:
             held[memory[slot_id][0]] = held.get(memory[slot_id][0], 0) + need.get(variant, 0)
+
+    for slot_id, variant in plan_.hosts.items():
+        hold(slot_id, variant)
 
     def fits(slot_id: str, variant: str) -> bool:
         device, bound = memory.get(slot_id, (("", ""), 0))
@@ -271,8 +279,7 @@ def cohost(
             return None
         after, slot_id, variant, batch = best
         used[slot_id] = after
-        if slot_id in memory:
-            held[memory[slot_id][0]] = held.get(memory[slot_id][0], 0) + need.get(variant, 0)
+        hold(slot_id, variant)
         d = out[index[slot_id]]
         out[index[slot_id]] = DesiredWorker(d.agent_id, d.device_id, d.kind, d.size, tuple(sorted((*d.variants, variant))),
                                             tuple(sorted((*d.batches, (variant, batch)))), d.rates)
@@ -328,7 +335,7 @@ def scaled_layout(
     choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms,
                                   memory_bytes=v.memory_need())
                     for v in sorted(variants.values(), key=lambda v: v.name))
-    memory = {(a, d.device_id): int(MEMORY_FRACTION * d.memory_bytes) for a, devices in agents.items() for d in devices}
+    memory = memory_bounds(agents)
     caps = capacities(slots, choices, LatencyModel(table, slowdown=slowdown), interference_model(colocations, table),
                       device_capacity=device_capacity)
     rates, batches = split_capacities(caps)
