@@ -1,9 +1,10 @@
-"""Opening one model artifact in the runtime its manifest names: TorchScript, ONNX Runtime, torch.export.
+"""Opening one model artifact in the runtime its manifest names: TorchScript, ONNX Runtime, torch.export,
+OpenVINO.
 
 Each backend turns a list of numpy inputs (the spec's input order, batched on dim 0) into the
 model's outputs in the spec's output order, as numpy arrays or torch tensors. The caller checked
-the artifact's sha256 before handing over its path. onnxruntime is imported only when an ONNX
-artifact is opened, so a host serving TorchScript alone does not need it. Imports nothing of ours
+the artifact's sha256 before handing over its path. onnxruntime and openvino are imported only when
+an artifact of theirs is opened, so a host serving TorchScript alone needs neither. Imports nothing of ours
 beyond ``protocol``, ``agents.error`` and ``agents.probe``.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from agents.error import ModelLoadError
-from agents.probe import onnx_needs_host_cpu
+from agents.probe import host_cpu_reason
 from mesh.archive import native_code
 from protocol.types import BACKENDS, DATATYPES, VariantSpec
 
@@ -51,6 +52,8 @@ def open_backend(spec: VariantSpec, path: Path, device: str = "cpu") -> Run:
         raise ModelLoadError(f"variant {spec.name!r}: artifact {path} is missing")
     if spec.backend == "onnx":
         return _open_onnx(spec, Path(path), device)
+    if spec.backend == "openvino":
+        return _open_openvino(spec, Path(path), device)
     if spec.backend == "torch_export":
         return _open_torch_export(spec, Path(path), device)
     return _open_torchscript(spec, Path(path), device)
@@ -166,7 +169,7 @@ def _open_onnx(spec: VariantSpec, path: Path, device: str) -> Run:
     # Idle pool threads would spin on cores the planner counts as free between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = ["CPUExecutionProvider"]
-    if onnx_needs_host_cpu(device):
+    if host_cpu_reason("onnx", device):
         # Setting the variant aside would take it off every host. The agent does not profile it on
         # this GPU, so plans place it on a CPU; until then it serves here, on the host.
         log.warning("variant %s: this onnxruntime has no CUDA provider (install onnxruntime-gpu); it runs on "
@@ -190,6 +193,76 @@ def _open_onnx(spec: VariantSpec, path: Path, device: str) -> Run:
         return session.run(fetches, {name: np.ascontiguousarray(a) for name, a in zip(feeds, inputs)})
 
     return run
+
+
+# OpenVINO element type names by the OIP datatype a manifest declares.
+_OPENVINO_TYPES = {
+    "BOOL": "boolean", "UINT8": "u8", "UINT16": "u16", "UINT32": "u32", "UINT64": "u64", "INT8": "i8",
+    "INT16": "i16", "INT32": "i32", "INT64": "i64", "FP16": "f16", "FP32": "f32", "FP64": "f64",
+}
+
+
+def _open_openvino(spec: VariantSpec, path: Path, device: str) -> Run:
+    """An ONNX artifact compiled by OpenVINO Runtime for this process's cores, batch dimension
+    dynamic. ``precision`` "bf16" lets it compute in bfloat16 where the CPU has it; "fp32" keeps
+    fp32 (OpenVINO would otherwise pick bf16 by itself on such a CPU)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ModelLoadError(f"variant {spec.name!r}: backend 'openvino' needs the openvino package") from None
+    if device != "cpu":
+        log.warning("variant %s: OpenVINO computes on the CPU; on %s it runs on the host CPU, one thread",
+                    spec.name, device)
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # RuntimeError for a file that is not a model it reads
+        raise ModelLoadError(f"variant {spec.name!r}: not an ONNX model OpenVINO can read: {_first_line(exc)}") from None
+    inputs = [_Port(p.get_any_name(), p.get_element_type().get_type_name()) for p in model.inputs]
+    feeds = _bind(spec, "input", spec.inputs, inputs)
+    for spec_input, name in zip(spec.inputs, feeds):
+        declared = next(p.type for p in inputs if p.name == name)
+        if declared != _OPENVINO_TYPES[spec_input.datatype]:
+            raise ModelLoadError(f"variant {spec.name!r}: input {spec_input.name!r} is {spec_input.datatype} in the "
+                                 f"manifest but {declared} in the ONNX model")
+    outputs = [_Port(p.get_any_name(), "") for p in model.outputs]
+    fetches = _bind(spec, "output", spec.outputs, outputs)
+    config = {
+        "INFERENCE_NUM_THREADS": cpu_threads() if device == "cpu" else 1,
+        "NUM_STREAMS": 1,  # one batch at a time, on all of the partition's cores
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16" if spec.precision == "bf16" else "f32",
+        "ENABLE_CPU_PINNING": False,  # the agent pins the worker to its gpu-let's cores
+    }
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+    except Exception as exc:
+        raise ModelLoadError(f"variant {spec.name!r}: OpenVINO could not compile it: {_first_line(exc)}") from None
+    request = compiled.create_infer_request()
+    feed_at = [[p.name for p in inputs].index(name) for name in feeds]
+    # No outputs declared (a model being added, whose outputs are taken from a trial run): all of them.
+    fetch_at = [[p.name for p in outputs].index(name) for name in fetches] if fetches else list(range(len(outputs)))
+
+    def run(batch: list[np.ndarray]) -> Sequence[Any]:
+        request.infer({i: np.ascontiguousarray(a) for i, a in zip(feed_at, batch)}, share_inputs=True)
+        # The request's output buffers are reused by its next run: a copy leaves with the reply.
+        return [request.get_output_tensor(i).data.copy() for i in fetch_at]
+
+    return run
+
+
+def openvino_bf16() -> bool:
+    """Does OpenVINO compute bfloat16 on this host's CPU (AMX or AVX-512 BF16)?"""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class _Port:
+    __slots__ = ("name", "type")
+
+    def __init__(self, name: str, type_name: str) -> None:
+        self.name, self.type = name, type_name
 
 
 def _bind(spec: VariantSpec, kind: str, declared: Sequence[Any], graph: Sequence[Any]) -> list[str]:

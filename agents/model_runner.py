@@ -1,7 +1,7 @@
 """Loading a variant in its backend, warming it up, and running batches of numpy inputs through it.
 
 Only artifacts whose sha256 the caller checked are loaded: TorchScript (``torch.jit.load`` never
-unpickles arbitrary classes), ONNX through ONNX Runtime, or a ``torch.export`` program (see
+unpickles arbitrary classes), ONNX through ONNX Runtime or OpenVINO, or a ``torch.export`` program (see
 ``agents.backend``). Warm-up measures the latency of each power-of-two batch size, which the
 batcher uses to decide how large a batch still meets its deadlines.
 """
@@ -16,12 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.backend import Run, check_outputs, cpu_threads, open_backend, output_arrays
+from agents.backend import Run, check_outputs, cpu_threads, open_backend, openvino_bf16, output_arrays
 from agents.error import ModelLoadError
 from agents.onnx_upgrade import upgrade
-from agents.probe import onnx_needs_host_cpu
+from agents.probe import host_cpu_reason
 from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
+
+
+# Batch sizes up to which a runtime that fits its kernels to each size sees every size at warm-up.
+PRIME_UP_TO = 64
 
 
 class ModelRunner:
@@ -54,8 +58,10 @@ class ModelRunner:
         self._up_to = 0
         if verdict is not None and verdict.runtime == "mixed":
             self._larger, self._up_to = open_backend(*original, device), verdict.onnx_up_to
-        if spec.backend == "onnx" and onnx_needs_host_cpu(device):
-            self.runtime = f"{self.runtime} (on the host CPU: no CUDA provider in this onnxruntime)"
+        if spec.precision == "bf16":
+            self.runtime += " (bf16)" if openvino_bf16() else " (bf16 asked; this CPU has none: fp32)"
+        if reason := host_cpu_reason(spec.backend, device):
+            self.runtime = f"{self.runtime} (on the host CPU: {reason})"
         self._curve = LatencyCurve([], [])
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -95,6 +101,11 @@ class ModelRunner:
                 self.run(sample)
                 times.append(clock() - start)
             measured[size] = min(times)
+        if self.backend == "openvino" and self.spec.max_batch <= PRIME_UP_TO:
+            # OpenVINO fits its kernels to each new batch size at its first run (2-3 ms on the
+            # goodput benchmark's small CNN): paid here, not by the first request of that size.
+            for size in sorted(set(range(1, self.spec.max_batch + 1)) - set(sizes)):
+                self._raw(self.example_inputs(size))
         self._curve = LatencyCurve(list(measured), list(measured.values()))
         return {b: s * 1000.0 for b, s in measured.items()}
 

@@ -86,14 +86,19 @@ def mps_daemon_running() -> bool:
     return True
 
 
-def onnx_needs_host_cpu(device: str) -> bool:
-    """An ONNX model meant for ``device`` runs on the host CPU instead: a GPU, and an ONNX Runtime
-    without its CUDA provider (the default ``onnxruntime`` package; ``onnxruntime-gpu`` has it)."""
+def host_cpu_reason(backend: str, device: str) -> str:
+    """Why a model of ``backend`` meant for ``device`` runs on the host CPU instead ("" when it
+    does not): a GPU, and an ONNX Runtime without its CUDA provider (the default ``onnxruntime``
+    package; ``onnxruntime-gpu`` has it), or OpenVINO, which computes on the CPU."""
     if not device.startswith("cuda"):
-        return False
+        return ""
+    if backend == "openvino":
+        return "OpenVINO computes on the CPU"
+    if backend != "onnx":
+        return ""
     import onnxruntime as ort  # only asked on a GPU host
 
-    return "CUDAExecutionProvider" not in ort.get_available_providers()
+    return "" if "CUDAExecutionProvider" in ort.get_available_providers() else "no CUDA provider in this onnxruntime"
 
 
 def _cuda_devices() -> list[DeviceInfo]:

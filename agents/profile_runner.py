@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.error import AgentError
-from agents.probe import onnx_needs_host_cpu
+from agents.probe import host_cpu_reason
 from agents.process import CORES_ENV, die_with_parent, stop_process, visible_device
 from agents.profiler import (
     SPEC_ENV,
@@ -286,13 +286,14 @@ class ProfileRunner:
             capacity = device_capacity(device)
             menu = partition_menu(device, cmd.partitions)
             variants = cmd.variants
-            if device.kind == "cuda" and onnx_needs_host_cpu("cuda"):
-                # They would run on the host CPU here, on cores nothing counts: with no profile on
-                # this GPU, the planner places them on a CPU.
-                variants = tuple(v for v in cmd.variants if v.backend != "onnx")
-                if skipped := sorted(v.name for v in cmd.variants if v.backend == "onnx"):
-                    log.warning("not profiling %s on %s: this onnxruntime has no CUDA provider (install "
-                                "onnxruntime-gpu)", ", ".join(skipped), cmd.device_id)
+            if device.kind == "cuda":
+                # Those that would run on the host CPU here, on cores nothing counts: with no profile
+                # on this GPU, the planner places them on a CPU.
+                reasons = {v.name: host_cpu_reason(v.backend, "cuda") for v in cmd.variants}
+                variants = tuple(v for v in cmd.variants if not reasons[v.name])
+                for name, reason in sorted(reasons.items()):
+                    if reason:
+                        log.warning("not profiling %s on %s: %s", name, cmd.device_id, reason)
             plan = measurement_plan(variants, menu, cmd.batches, cmd.colocation, capacity,
                                     max_pairs=self.limits.max_pairs)
             self._total = len(plan)

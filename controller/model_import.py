@@ -37,10 +37,10 @@ from controller.repository import (
     standing_variant,
 )
 from mesh.digest import sha256_file
-from protocol.types import BACKENDS, DATATYPES, TensorSpec, VariantSpec
+from protocol.types import BACKENDS, DATATYPES, PRECISIONS, TensorSpec, VariantSpec
 
 # The artifact's name in its variant folder, by backend.
-ARTIFACT_NAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "torch_export": "model.pt2"}
+ARTIFACT_NAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "torch_export": "model.pt2", "openvino": "model.onnx"}
 # A backend guessed from the file name when none is given.
 SUFFIX_BACKENDS = {".onnx": "onnx", ".pt2": "torch_export", ".pt": "torchscript", ".ts": "torchscript",
                    ".torchscript": "torchscript"}
@@ -65,6 +65,7 @@ class NewVariant:
     default_slo_ms: float = 100.0
     version: str = "1"
     accuracy_metric: str = "as declared by the user"
+    precision: str = "fp32"  # protocol.types.PRECISIONS; other than fp32 with backend openvino only
 
 
 def parse_tensor(text: str) -> TensorSpec:
@@ -115,13 +116,13 @@ def add_model(repository: Path | str, model_file: Path | str, new: NewVariant, *
         os.chmod(artifact, 0o644)
         spec = VariantSpec(name=new.name, family=new.family, sha256=sha256_file(artifact),
                            size_bytes=artifact.stat().st_size, backend=backend, max_batch=new.max_batch,
-                           inputs=new.inputs, outputs=new.outputs)
+                           inputs=new.inputs, outputs=new.outputs, precision=new.precision)
         batches = [b for b in TRIAL_BATCHES if b <= new.max_batch]
         try:
             results = trial(spec, artifact, batches)
         except Exception as exc:  # any runtime's error (load, or the forward pass on the declared inputs)
             hint = (" (an ONNX model must hold its weights: export without external data)"
-                    if backend == "onnx" and "external" in str(exc).lower() else "")
+                    if backend in ("onnx", "openvino") and "external" in str(exc).lower() else "")
             if _FIXED_BATCH.search(str(exc)) and new.max_batch > 1:
                 hint = (" (its first, batch, dimension is fixed at 1: export it with a dynamic batch dimension, "
                         "or add it with --max-batch 1)")
@@ -169,6 +170,10 @@ def _checked(new: NewVariant, model_file: Path) -> str:
                               f"({', '.join(BACKENDS)})")
     if backend not in BACKENDS:
         raise RepositoryError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if new.precision not in PRECISIONS:
+        raise RepositoryError(f"--precision {new.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if new.precision != "fp32" and backend != "openvino":
+        raise RepositoryError(f"--precision {new.precision} is served by --backend openvino only, not {backend}")
     return backend
 
 
@@ -261,6 +266,7 @@ def _manifest(new: NewVariant, backend: str, artifact: Path, sha256: str,
         "artifact": artifact.name,
         "sha256": sha256,
         "size_bytes": artifact.stat().st_size,
+        **({"precision": new.precision} if new.precision != "fp32" else {}),
     }
 
 

@@ -24,7 +24,7 @@ from mesh.archive import native_code
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
 from protocol.codec import DEFAULT_LIMITS
-from protocol.types import BACKENDS, DATATYPES, ModelInfo, TensorSpec, VariantSpec, stackable
+from protocol.types import BACKENDS, DATATYPES, PRECISIONS, ModelInfo, TensorSpec, VariantSpec, stackable
 
 MANIFEST = "manifest.json"
 # Variant and family names: they name files (a family's policy snapshot) and URL paths.
@@ -58,6 +58,7 @@ class Variant:
     profile_ms: dict[int, float]
     batching: str = ""  # the worker's batching policy for this variant; "" = the controller's default
     memory_bytes: int = 0  # what its manifest declares a worker of it needs (memory_mb); 0: not declared
+    precision: str = "fp32"  # the arithmetic the runtime may use (protocol.types.PRECISIONS)
 
     def memory_need(self) -> int:
         """Bytes of device memory the planner reserves for each worker process of it: the declared
@@ -80,6 +81,7 @@ class Variant:
             max_batch=self.max_batch,
             inputs=self.inputs,
             outputs=self.outputs,
+            precision=self.precision,
         )
 
     def info(self) -> ModelInfo:
@@ -298,6 +300,7 @@ def _load_variant(manifest: Path) -> Variant:
             profile_ms=profile,
             batching=_batching(raw, manifest),
             memory_bytes=round(_number(raw, "memory_mb", 0.0, lo=0.0, hi=MAX_MEMORY_MB) * 2**20),
+            precision=_precision(raw, backend),
         )
     except RepositoryError as exc:
         if str(manifest) in str(exc):
@@ -307,6 +310,15 @@ def _load_variant(manifest: Path) -> Variant:
         raise RepositoryError(f"{manifest}: missing field {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise RepositoryError(f"{manifest}: bad field ({exc})") from None
+
+
+def _precision(raw: dict, backend: str) -> str:
+    precision = raw.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise RepositoryError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and backend != "openvino":
+        raise RepositoryError(f"precision {precision!r} is served by backend 'openvino' only, not {backend!r}")
+    return precision
 
 
 # Backends whose artifact is a zip archive: a truncated or damaged one is caught here, before a

@@ -17,6 +17,7 @@ TRITON_BACKENDS = {
     "pytorch_torchscript": "pytorch",
     "pytorch_torch_export": "pytorch",
     "onnxruntime_onnx": "onnxruntime",
+    "openvino": "openvino",
 }
 
 

@@ -24,7 +24,11 @@ def add_repo_arguments(sub: argparse._SubParsersAction) -> None:
                     help="an input, e.g. image:FP32:-1,3,32,32 (-1 first: the batch); repeat for several")
     ra.add_argument("--output", action="append", default=[], metavar="NAME:DATATYPE:SHAPE",
                     help="an output to check for; none given: taken from the model's forward pass")
-    ra.add_argument("--backend", default="", help="torchscript, onnx or torch_export (default: from the suffix)")
+    ra.add_argument("--backend", default="", help="torchscript, onnx, torch_export or openvino (an ONNX file "
+                    "compiled by OpenVINO; default: from the suffix)")
+    ra.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: OpenVINO may compute in bfloat16 where the CPU has it (AMX, AVX-512 BF16); "
+                         "measure --accuracy that way (default fp32)")
     ra.add_argument("--max-batch", type=int, default=8, help="largest batch a worker forms (default 8)")
     ra.add_argument("--slo-ms", type=float, default=100.0, help="default latency objective in ms (default 100)")
     ra.add_argument("--model-version", default="1", help="the model version it reports (default 1)")
@@ -43,7 +47,7 @@ def cmd_repo_add(args: argparse.Namespace) -> int:
                          inputs=tuple(parse_tensor(t) for t in args.input),
                          outputs=tuple(parse_tensor(t) for t in args.output), backend=args.backend,
                          max_batch=args.max_batch, default_slo_ms=args.slo_ms, version=args.model_version,
-                         accuracy_metric=args.accuracy_metric)
+                         accuracy_metric=args.accuracy_metric, precision=args.precision)
         variant = add_model(args.repository, args.model_file, new, trial=trial_run, replace=args.replace)
     except RepositoryError as exc:
         print(f"letmesh repo add: {exc}", file=sys.stderr)

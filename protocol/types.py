@@ -62,7 +62,12 @@ BACKENDS: dict[str, str] = {
     "torchscript": "pytorch_torchscript",
     "onnx": "onnxruntime_onnx",
     "torch_export": "pytorch_torch_export",
+    "openvino": "openvino",  # an ONNX artifact, compiled by OpenVINO Runtime for the CPU
 }
+
+# Arithmetic a manifest's ``precision`` lets the runtime use: "fp32" keeps the artifact's own;
+# "bf16" lets OpenVINO compute in bfloat16 where the CPU has it (AMX, AVX-512 BF16), fp32 elsewhere.
+PRECISIONS = ("fp32", "bf16")
 
 
 @struct
@@ -117,6 +122,7 @@ class VariantSpec:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     batching: str = "edf"  # the worker's batching policy: "edf" | "proteus" | "aimd" | "nexus"
+    precision: str = "fp32"  # one of PRECISIONS
 
 
 @struct

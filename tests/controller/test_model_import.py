@@ -244,3 +244,28 @@ class _DictOut(torch.nn.Module):
 def test_a_model_returning_a_dict_without_declared_outputs_is_told_to_declare_them(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="declare its outputs with --output"):
         add_model(tmp_path / "repo", export(_DictOut().eval(), tmp_path / "d.pt"), new(), trial=trial_run)
+
+
+def test_an_onnx_file_added_for_openvino_in_bf16_is_served_so(tmp_path: Path) -> None:
+    model_file = export(scorer(), tmp_path / "mine.onnx")
+    repo = tmp_path / "repo"
+
+    variant = add_model(repo, model_file, new(backend="openvino", precision="bf16"), trial=trial_run)
+
+    manifest = json.loads((repo / "scorer-a" / "manifest.json").read_text())
+    assert manifest["backend"] == "openvino" and manifest["precision"] == "bf16"
+    assert manifest["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}]
+    assert (repo / "scorer-a" / "model.onnx").read_bytes() == model_file.read_bytes()
+    assert variant.spec().precision == "bf16" and variant.info().platform == "openvino"
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"precision": "bf16"}, "--precision bf16 is served by --backend openvino only, not onnx"),
+    ({"backend": "openvino", "precision": "int4"}, "--precision 'int4' is not one of fp32, bf16"),
+])
+def test_a_precision_its_backend_cannot_serve_is_refused_before_the_trial_run(tmp_path: Path, changes, says) -> None:
+    ran = []
+    with pytest.raises(RepositoryError, match=says):
+        add_model(tmp_path / "repo", export(scorer(), tmp_path / "one.onnx"), new(**changes),
+                  trial=lambda *args: ran.append(args))
+    assert ran == [] and entries(tmp_path / "repo") == []

@@ -80,7 +80,8 @@ def test_trivial_repository_loads_with_manifest_fields(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("backend", "platform"), [("onnx", "onnxruntime_onnx"),
-                                                   ("torch_export", "pytorch_torch_export")])
+                                                   ("torch_export", "pytorch_torch_export"),
+                                                   ("openvino", "openvino")])
 def test_other_runtimes_load_and_report_their_v2_platform(tmp_path: Path, template, backend, platform) -> None:
     write_variant(tmp_path, "other", template, backend=backend)
 
@@ -88,6 +89,31 @@ def test_other_runtimes_load_and_report_their_v2_platform(tmp_path: Path, templa
 
     assert variant.spec().backend == backend
     assert variant.info().platform == platform
+
+
+def test_a_manifest_may_let_openvino_compute_in_bf16_and_the_worker_is_told(tmp_path: Path, template) -> None:
+    write_variant(tmp_path, "fast", template, backend="openvino", precision="bf16")
+    write_variant(tmp_path, "exact", template, backend="openvino")
+
+    variants = load_repository(tmp_path)
+
+    assert variants["fast"].spec().precision == "bf16"
+    assert variants["exact"].spec().precision == "fp32"
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"backend": "onnx", "precision": "bf16"}, "precision 'bf16' is served by backend 'openvino' only, not 'onnx'"),
+    ({"precision": "bf16"}, "precision 'bf16' is served by backend 'openvino' only, not 'torchscript'"),
+    ({"backend": "openvino", "precision": "fp8"}, "precision 'fp8' is not one of fp32, bf16"),
+    ({"backend": "openvino", "precision": ["bf16"]}, "precision \\['bf16'\\] is not one of"),
+])
+def test_a_precision_no_runtime_serves_is_a_manifest_error(tmp_path: Path, template, changes, says) -> None:
+    manifest = write_variant(tmp_path, "odd", template, **changes)
+
+    with pytest.raises(RepositoryError, match=says) as raised:
+        load_repository(tmp_path)
+
+    assert str(manifest) in str(raised.value)
 
 
 def test_every_variant_folder_loads_by_variant_name(tmp_path: Path, template) -> None:

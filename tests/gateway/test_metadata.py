@@ -51,6 +51,9 @@ def test_the_model_config_leaves_the_batch_dimension_out_of_dims_as_triton_does(
     assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
     assert config["input"] == [{"name": "t", "data_type": "TYPE_INT64", "dims": [2, 3]}]
     assert config["backend"] == "pytorch"
+    openvino = ModelInfo(name="ov", family="echoes", accuracy=0.9, max_batch=4, default_slo_ms=100.0, inputs=(X,),
+                         outputs=(X,), platform="openvino")
+    assert model_config("ov", openvino)["backend"] == "openvino"
 
 
 @pytest.fixture

@@ -80,3 +80,34 @@ def test_with_the_onnx_upgrade_a_torchscript_variant_answers_the_same_and_status
     # The agent's profiler and the worker read one verdict, kept beside the artifact.
     (verdict,) = (mesh.state_dir / "artifacts").glob("*.onnx.json")
     assert json.loads(verdict.read_text())["runtime"] == runtime.split()[0]
+
+
+def test_openvino_variants_answer_through_the_mesh_and_status_says_which_arithmetic(mesh_factory, digits_repo,
+                                                                                     tmp_path):
+    repo = tmp_path / "openvino-repo"
+    precisions = {"digits-mlp": "fp32", "digits-cnn": "bf16"}
+    for variant, precision in precisions.items():
+        shutil.copytree(digits_repo / variant, repo / variant)
+        manifest = serving(json.loads((repo / variant / MANIFEST).read_text()), "onnx")
+        (repo / variant / MANIFEST).write_text(json.dumps({**manifest, "backend": "openvino", "precision": precision}))
+
+    mesh = mesh_factory(repository=repo)
+    mesh_status = fetch_status(mesh.controller_address, keys_dir=mesh.keys_dir)
+    for variant, precision in precisions.items():
+        images, expected = trained_probabilities(digits_repo, variant, 5)
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [5, 64], "data": images.ravel().tolist()}]}
+        status, _, raw = post(f"{mesh.http_url}/v2/models/{variant}/infer", json.dumps(body).encode())
+
+        assert status == 200, raw
+        (out,) = json.loads(raw)["outputs"]
+        got = np.asarray(out["data"], dtype=np.float32).reshape(5, 10)
+        np.testing.assert_allclose(got, expected, atol=1e-5 if precision == "fp32" else 0.05, rtol=0)
+        with urllib.request.urlopen(f"{mesh.http_url}/v2/models/{variant}", timeout=5) as resp:
+            assert json.load(resp)["platform"] == "openvino"
+        (worker,) = [w for w in mesh_status.workers if variant in w.variants and w.state == WorkerState.READY]
+        if precision == "fp32":
+            assert variant not in worker.runtimes  # as its manifest says: nothing to tell
+        else:
+            runtime = worker.runtimes[variant]
+            assert runtime.startswith("openvino (bf16"), runtime
+            assert f"{variant} runs on {runtime}" in format_status(mesh_status)
