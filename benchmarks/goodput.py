@@ -13,7 +13,9 @@ limit is the best per-sample throughput of a batch size whose latency fits half 
 measured: server CPU per request at a fixed low rate. Both servers serve the same artifact
 (``--backend``), so the ratio measures serving, not the runtime; with ``--onnx-upgrade`` letmesh's
 agent may serve a TorchScript artifact through ONNX Runtime (``[agent] onnx_upgrade``), and the
-ratio then includes what that gains. Beside each ratio stands its ceiling: the compute limit of
+ratio then includes what that gains; with ``--openvino fp32|bf16`` letmesh serves the ONNX artifact
+through OpenVINO at that precision (bf16: bfloat16 on a CPU with AMX or AVX-512 BF16, whose answers
+differ from fp32's; the report gives the difference), the baseline still ``--backend``'s. Beside each ratio stands its ceiling: the compute limit of
 the fastest runtime letmesh may serve on over the baseline's max rate, which no server on this core
 passes. Prints a table, writes JSON, ends with a RESULT line.
 Asserts nothing about speed.
@@ -23,7 +25,7 @@ baseline moves its model there) with the CPU side of both servers on ``--server-
 SLO and compute limits are then the GPU's.
 
 Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]
-[--onnx-upgrade] [--device cpu|cuda] [--server-cores N] [--slo-ms MS --models ONE] [--max-batch N]``;
+[--onnx-upgrade | --openvino fp32|bf16] [--device cpu|cuda] [--server-cores N] [--slo-ms MS --models ONE] [--max-batch N]``;
 ``--slo-ms`` and ``--max-batch`` fix the regime, so that runs on a host whose speed moves compare alike.
 An entry point: may import everything.
 """
@@ -73,6 +75,7 @@ class Options:
     models: tuple[str, ...]
     backend: str
     onnx_upgrade: bool
+    openvino: str  # "": letmesh serves --backend's artifact; "fp32" | "bf16": the ONNX one through OpenVINO
     device: str
     server_cores: int
     start_rate: float | None
@@ -88,6 +91,11 @@ class Options:
     seed: int
     out: Path
 
+    @property
+    def served(self) -> str:
+        """The runtime letmesh serves with (a key of the calibration's latency tables)."""
+        return {"fp32": "openvino", "bf16": "openvino-bf16"}.get(self.openvino, self.backend)
+
 
 def parse_options(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,6 +105,9 @@ def parse_options(argv: list[str] | None) -> Options:
                    help="the artifact letmesh (and the baseline) serve")
     p.add_argument("--onnx-upgrade", action="store_true",
                    help="letmesh's agent may serve the TorchScript artifact through ONNX Runtime (the baseline does not)")
+    p.add_argument("--openvino", choices=("fp32", "bf16"),
+                   help="letmesh serves the ONNX artifact through OpenVINO at this precision (bf16: bfloat16 where "
+                        "the CPU has it, answers differ from fp32 in the third digit); the baseline keeps --backend's")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where both servers compute (cuda: the host's first GPU)")
     p.add_argument("--server-cores", type=int, default=1,
@@ -139,6 +150,8 @@ def parse_options(argv: list[str] | None) -> Options:
             p.error("--device cuda: torch sees no CUDA device on this host")
         if a.backend == "onnx" and "onnx" not in gm.runtimes("cuda"):
             p.error("--backend onnx --device cuda needs ONNX Runtime's CUDA provider (the onnxruntime-gpu package)")
+    if a.openvino and (a.onnx_upgrade or a.device != "cpu"):
+        p.error("--openvino serves on the CPU, instead of --backend's artifact: not with --onnx-upgrade or --device cuda")
     if a.bisect is not None and a.bisect < 0:
         p.error("--bisect must be 0 or more")
     if a.idle_s is not None and a.idle_s <= 0:
@@ -153,7 +166,8 @@ def parse_options(argv: list[str] | None) -> Options:
         p.error("--max-batch must be in [1, 32] (the planner's largest batch)")
     quick = a.quick
     return Options(
-        quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade, device=a.device,
+        quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade, openvino=a.openvino or "",
+        device=a.device,
         server_cores=a.server_cores, start_rate=a.start_rate,
         sweeps=a.sweeps or (1 if quick else 2),
         step_requests=a.step_requests or (200 if quick else 400),
@@ -321,7 +335,8 @@ def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...
     (folder / gm.ONNX_ARTIFACT).write_bytes(artifacts.onnx)
     command = [sys.executable, "-m", "benchmarks.support.goodput_models", model.key, str(folder / gm.ARTIFACT),
                str(folder / gm.ONNX_ARTIFACT), str(opts.slo_factor), str(5 if opts.quick else 10), str(opts.seed),
-               opts.device, str(opts.slo_ms or 0), str(opts.max_batch or 1)]
+               opts.device, str(opts.slo_ms or 0), str(opts.max_batch or 1),
+               opts.served if opts.served in gm.OPENVINO else ""]
     with pinned(cores):
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
                               cwd=Path(__file__).resolve().parent.parent)
@@ -329,7 +344,7 @@ def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...
         raise RuntimeError(f"calibration failed: {done.stderr[-2000:]}")
     raw = json.loads(done.stdout.strip().splitlines()[-1])
     latencies = {name: {int(b): ms for b, ms in table.items()} for name, table in raw["latency_ms"].items()}
-    slo_ms, max_batch = regime(latencies[opts.backend], raw["slo_ms"], opts)
+    slo_ms, max_batch = regime(latencies[opts.served], raw["slo_ms"], opts)
     image = gm.sample_images(model, 1, seed=opts.seed)
     expected = {name: np.asarray(v, dtype=np.float32) for name, v in raw["expected"].items()}
     limits = {}
@@ -345,7 +360,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     server_cores, client_core = cores
     artifacts = gm.export(model)
     cal = calibrate(model, artifacts, server_cores, opts, tmp)
-    repo = gm.write_repository(tmp / f"repo-{key}", model, artifacts, backend=opts.backend, slo_ms=cal["slo_ms"],
+    repo = gm.write_repository(tmp / f"repo-{key}", model, artifacts, backend=opts.served, slo_ms=cal["slo_ms"],
                                max_batch=cal["max_batch"], profile_ms=cal["latency_ms"])
     image = cal["image"]
     body = orjson.dumps({"inputs": [{"name": gm.INPUT, "datatype": "FP32", "shape": list(image.shape),
@@ -354,6 +369,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     work = Workload(model, body, cal["expected"][opts.backend], cal["slo_ms"])
     limit = cal["compute_limit"][opts.backend]["rps"]
     onnx_limit = cal["compute_limit"].get("onnx", {}).get("rps", float("nan"))  # none on a GPU without ORT's CUDA provider
+    served_limit = cal["compute_limit"][opts.served]["rps"]
     running: dict[str, Server] = {}
     os.sched_setaffinity(0, {client_core})
     try:
@@ -375,15 +391,16 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     # No server on this core passes the compute limit of the runtime it computes with: the limit of
     # the fastest runtime letmesh may serve on, over the baseline's max rate, is the highest ratio
     # a target can ask of letmesh here.
-    best_limit = max(limit, onnx_limit) if opts.onnx_upgrade and math.isfinite(onnx_limit) else limit
+    best_limit = max(limit, onnx_limit) if opts.onnx_upgrade and math.isfinite(onnx_limit) else max(limit, served_limit)
     return {
         "model": model.summary, "variant": model.variant, "input_shape": list(model.shape),
-        "served_backend": opts.backend, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
+        "served_backend": opts.served, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
         "latency_ms": cal["latency_ms"], "compute_limit": cal["compute_limit"], "max_batch": cal["max_batch"],
         "artifacts_max_abs_diff": artifacts.max_abs_diff, "low_rate": model.low_rate, "servers": servers,
         "vs_naive": mesh["max_rate"] / base["max_rate"] if base["max_rate"] > 0 else float("nan"),
         "of_limit": mesh["max_rate"] / limit if limit > 0 else float("nan"),
         "of_onnx_limit": mesh["max_rate"] / onnx_limit if onnx_limit > 0 else float("nan"),
+        "of_served_limit": mesh["max_rate"] / served_limit if served_limit > 0 else float("nan"),
         "baseline_of_limit": base["max_rate"] / limit if limit > 0 else float("nan"),
         "ceiling_vs_naive": best_limit / base["max_rate"] if base["max_rate"] > 0 else float("nan"),
     }

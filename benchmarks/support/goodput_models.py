@@ -136,8 +136,13 @@ def sample_images(model: ModelDef, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, *model.shape), dtype=np.float32)
 
 
+# Runtimes of the ONNX artifact through OpenVINO, by the manifest precision each serves at.
+OPENVINO = {"openvino": "fp32", "openvino-bf16": "bf16"}
+
+
 def runtimes(device: str) -> tuple[str, ...]:
-    """The runtimes that can compute on ``device``: ONNX Runtime on a GPU only with its CUDA provider."""
+    """The runtimes that can compute on ``device``: ONNX Runtime on a GPU only with its CUDA provider.
+    (OpenVINO, on the CPU only, is measured when asked for.)"""
     if device == "cpu":
         return ("torchscript", "onnx")
     import onnxruntime as ort
@@ -147,6 +152,21 @@ def runtimes(device: str) -> tuple[str, ...]:
 
 def open_runtime(backend: str, blob_or_path: bytes | Path, device: str = "cpu"):
     """A callable numpy batch -> numpy logits on one thread (and ``device``), for calibration and the baseline."""
+    if backend in OPENVINO:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(blob_or_path) if isinstance(blob_or_path, bytes) else core.read_model(str(blob_or_path))
+        hint = "bf16" if OPENVINO[backend] == "bf16" else "f32"
+        request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+                                                    "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+                                                    "INFERENCE_PRECISION_HINT": hint}).create_infer_request()
+
+        def run_openvino(x: np.ndarray) -> np.ndarray:
+            request.infer({0: x}, share_inputs=True)
+            return request.get_output_tensor(0).data.copy()
+
+        return run_openvino
     if backend == "onnx":
         import onnxruntime as ort
 
@@ -218,11 +238,12 @@ def write_repository(root: Path, model: ModelDef, artifacts: Artifacts, *, backe
     blobs = {"torchscript": (ARTIFACT, artifacts.torchscript), "onnx": (ONNX_ARTIFACT, artifacts.onnx)}
     for name, blob in blobs.values():
         (folder / name).write_bytes(blob)
-    name, blob = blobs[backend]
+    name, blob = blobs["onnx" if backend in OPENVINO else backend]
     profile = {str(b): round(ms, 4) for b, ms in profile_ms[backend].items() if b <= max_batch}
     shape = [-1, *model.shape]
     manifest: dict[str, Any] = {
-        "family": model.key, "variant": model.variant, "version": "1", "backend": backend,
+        "family": model.key, "variant": model.variant, "version": "1",
+        "backend": "openvino" if backend in OPENVINO else backend, "precision": OPENVINO.get(backend, "fp32"),
         "accuracy": 0.1, "accuracy_metric": "chance: random weights, for timing only",
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": shape}],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, 10]}],
@@ -236,8 +257,9 @@ def write_repository(root: Path, model: ModelDef, artifacts: Artifacts, *, backe
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.support.goodput_models KEY TORCHSCRIPT ONNX SLO_FACTOR REPEATS SEED DEVICE
-    [SLO_MS [THROUGH]]``: calibration. A positive ``SLO_MS`` fixes the SLO instead of ``SLO_FACTOR`` x the
-    batch-1 latency; batches are measured up to one past half the SLO and at least up to ``THROUGH``.
+    [SLO_MS [THROUGH [EXTRA]]]``: calibration. A positive ``SLO_MS`` fixes the SLO instead of ``SLO_FACTOR`` x
+    the batch-1 latency; batches are measured up to one past half the SLO and at least up to ``THROUGH``;
+    ``EXTRA`` names OpenVINO runtimes to measure as well (comma-separated keys of ``OPENVINO``).
 
     Run in its own process (pinned by the caller), with one torch thread: switching the thread count
     back and forth in a long-lived process left its later two-thread work many times slower.
@@ -251,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     model = MODELS[key]
     paths = {"torchscript": Path(ts_path), "onnx": Path(onnx_path)}
-    runs = {name: open_runtime(name, paths[name], device) for name in runtimes(device)}
+    extra = [name for name in (args[9] if len(args) > 9 else "").split(",") if name]
+    paths.update({name: Path(onnx_path) for name in extra})
+    runs = {name: open_runtime(name, paths[name], device) for name in (*runtimes(device), *extra)}
     first = latency_table(runs, model, 0.0, repeats=int(repeats) * 2)
     slo_ms = fixed_slo_ms or float(factor) * first["torchscript"][1]
     latencies = latency_table(runs, model, slo_ms / 2, repeats=int(repeats), through=through)

@@ -43,13 +43,16 @@ def render(report: dict[str, Any]) -> str:
         f"{env['loadavg_at_start'][0]:.2f} at start, {report['loadavg_at_end'][0]:.2f} at end",
         f"software: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
         f"aiohttp {env['aiohttp']}; served artifact: {o['backend']}"
-        + ("; letmesh's agent may upgrade it to ONNX Runtime" if o["onnx_upgrade"] else ""),
+        + ("; letmesh's agent may upgrade it to ONNX Runtime" if o["onnx_upgrade"] else "")
+        + (f"; letmesh serves the ONNX artifact through OpenVINO, {o['openvino']}" if o.get("openvino") else ""),
         "",
     ]
     for key, m in report["models"].items():
         lim = m["compute_limit"]
         onnx = (f"; ONNX {m['batch1_ms']['onnx']:.2f} ms" if "onnx" in lim else "; no ONNX Runtime on this device")
-        onnx_limit = f", ONNX {lim['onnx']['rps']:.0f} req/s (batch {lim['onnx']['batch']})" if "onnx" in lim else ""
+        onnx_limit = "".join(f", {label} {lim[name]['rps']:.0f} req/s (batch {lim[name]['batch']})"
+                             for name, label in (("onnx", "ONNX"), ("openvino", "OpenVINO"),
+                                                 ("openvino-bf16", "OpenVINO bf16")) if name in lim)
         lines += [
             f"{key}: {m['model']}",
             f"  SLO {m['slo_ms']:g} ms ({'fixed; ' if o.get('slo_ms') else '= ' + format(o['slo_factor'], 'g') + ' x '}"
@@ -68,7 +71,11 @@ def render(report: dict[str, Any]) -> str:
                          f"{_n(s['client_cpu_util_at_max']):>9.0%}  {s['affinity']}")
         lines.append(f"  letmesh / baseline {_n(m['vs_naive']):.2f}x (the compute limit allows at most "
                      f"{_n(m.get('ceiling_vs_naive')):.2f}x on {_where(env)}); letmesh of the ONNX limit "
-                     f"{_n(m['of_onnx_limit']):.2f}; CPU per request measured at {m['low_rate']:g} req/s")
+                     f"{_n(m['of_onnx_limit']):.2f}"
+                     + (f", of its served runtime's ({m['served_backend']}) {_n(m['of_served_limit']):.2f}"
+                        if "of_served_limit" in m else "")
+                     + f"; CPU per request measured at {m['low_rate']:g} req/s; letmesh's answer differs from "
+                     f"the reference by {_n(m['servers']['letmesh'].get('output_max_abs_diff')):.2g} at most")
         mesh, base = m["servers"]["letmesh"], m["servers"]["baseline"]
         lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
                      f"{base['idle_cpu_ms_per_s']:.1f} ms/s; CPU per request less the idle share: letmesh "

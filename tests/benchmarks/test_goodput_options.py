@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import pytest
 
 from benchmarks import goodput
@@ -28,5 +31,38 @@ def test_a_fixed_slo_and_max_batch_replace_what_the_host_measured() -> None:
     ["--models", "small", "--max-batch", "0"],
 ])
 def test_nonsense_regimes_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        goodput.parse_options(argv)
+
+
+@pytest.mark.parametrize(("argv", "served", "precision"), [
+    ([], "torchscript", "fp32"),
+    (["--backend", "onnx"], "onnx", "fp32"),
+    (["--openvino", "fp32"], "openvino", "fp32"),
+    (["--openvino", "bf16"], "openvino-bf16", "bf16"),
+])
+def test_letmesh_serves_the_runtime_asked_for_from_a_repository_the_controller_loads(tmp_path, argv, served,
+                                                                                     precision) -> None:
+    from benchmarks.support import goodput_models as gm
+    from controller.repository import load_repository
+
+    opts = goodput.parse_options(["--models", "small", *argv])
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:  # the controller checks a TorchScript archive is whole
+        z.writestr("model/data.pkl", b"weights")
+    artifacts = gm.Artifacts(torchscript=archive.getvalue(), onnx=b"onnx bytes", max_abs_diff=0.0)
+    profile = {name: {1: 1.0, 2: 1.5} for name in ("torchscript", "onnx", *gm.OPENVINO)}
+
+    repo = gm.write_repository(tmp_path, gm.MODELS["small"], artifacts, backend=opts.served, slo_ms=30.0,
+                               max_batch=2, profile_ms=profile)
+
+    assert opts.served == served
+    (variant,) = load_repository(repo).values()
+    assert variant.backend == served.removesuffix("-bf16") and variant.precision == precision
+    assert variant.artifact.read_bytes() == (archive.getvalue() if served == "torchscript" else b"onnx bytes")
+
+
+@pytest.mark.parametrize("argv", [["--openvino", "bf16", "--onnx-upgrade"], ["--openvino", "fp16"]])
+def test_openvino_is_not_mixed_with_the_onnx_upgrade_nor_given_an_unknown_precision(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         goodput.parse_options(argv)
