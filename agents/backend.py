@@ -11,6 +11,7 @@ beyond ``protocol``, ``agents.error`` and ``agents.probe``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -207,17 +208,20 @@ def _open_openvino(spec: VariantSpec, path: Path, device: str) -> Run:
     dynamic. ``precision`` "bf16" lets it compute in bfloat16 where the CPU has it; "fp32" keeps
     fp32 (OpenVINO would otherwise pick bf16 by itself on such a CPU)."""
     try:
-        import openvino as ov
+        core, onnx = _openvino()
     except ImportError:
         raise ModelLoadError(f"variant {spec.name!r}: backend 'openvino' needs the openvino package") from None
     if device != "cpu":
         log.warning("variant %s: OpenVINO computes on the CPU; on %s it runs on the host CPU, one thread",
                     spec.name, device)
-    core = ov.Core()
     try:
-        model = core.read_model(str(path))
-    except Exception as exc:  # RuntimeError for a file that is not a model it reads
-        raise ModelLoadError(f"variant {spec.name!r}: not an ONNX model OpenVINO can read: {_first_line(exc)}") from None
+        # Read as ONNX, whatever the file's name: guessing, OpenVINO would try every format it knows.
+        model = onnx.convert(onnx.load(str(path)))
+    except Exception as exc:  # a file that is not an ONNX model it reads
+        raise ModelLoadError(f"variant {spec.name!r}: not an ONNX model OpenVINO can read: "
+                             f"{_openvino_reason(exc)}") from None
+    if not model.outputs:  # an empty file reads as an empty graph
+        raise ModelLoadError(f"variant {spec.name!r}: not an ONNX model OpenVINO can read: the graph is empty")
     inputs = [_Port(p.get_any_name(), p.get_element_type().get_type_name()) for p in model.inputs]
     feeds = _bind(spec, "input", spec.inputs, inputs)
     for spec_input, name in zip(spec.inputs, feeds):
@@ -237,25 +241,44 @@ def _open_openvino(spec: VariantSpec, path: Path, device: str) -> Run:
     try:
         compiled = core.compile_model(model, "CPU", config)
     except Exception as exc:
-        raise ModelLoadError(f"variant {spec.name!r}: OpenVINO could not compile it: {_first_line(exc)}") from None
+        raise ModelLoadError(f"variant {spec.name!r}: OpenVINO could not compile it: {_openvino_reason(exc)}") from None
     request = compiled.create_infer_request()
     feed_at = [[p.name for p in inputs].index(name) for name in feeds]
     # No outputs declared (a model being added, whose outputs are taken from a trial run): all of them.
     fetch_at = [[p.name for p in outputs].index(name) for name in fetches] if fetches else list(range(len(outputs)))
 
     def run(batch: list[np.ndarray]) -> Sequence[Any]:
-        request.infer({i: np.ascontiguousarray(a) for i, a in zip(feed_at, batch)}, share_inputs=True)
+        try:
+            request.infer({i: np.ascontiguousarray(a) for i, a in zip(feed_at, batch)}, share_inputs=True,
+                          share_outputs=True)
+        except RuntimeError as exc:  # inputs the model does not take: the reason, not the C++ source line
+            raise RuntimeError(_openvino_reason(exc)) from None
         # The request's output buffers are reused by its next run: a copy leaves with the reply.
         return [request.get_output_tensor(i).data.copy() for i in fetch_at]
 
     return run
 
 
+@functools.cache
+def _openvino() -> tuple[Any, Any]:
+    """This process's OpenVINO core and ONNX front end (each loads its plugins once)."""
+    import openvino as ov
+    from openvino.frontend import FrontEndManager
+
+    return ov.Core(), FrontEndManager().load_by_framework("onnx")
+
+
 def openvino_bf16() -> bool:
     """Does OpenVINO compute bfloat16 on this host's CPU (AMX or AVX-512 BF16)?"""
-    import openvino as ov
+    core, _ = _openvino()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+def _openvino_reason(exc: BaseException) -> str:
+    """OpenVINO's message without the source locations it opens with ("Exception from ...cpp:84:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return " ".join(told or lines[-1:])[:300] or type(exc).__name__
 
 
 class _Port:

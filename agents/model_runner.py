@@ -24,8 +24,10 @@ from mesh.latency import LatencyCurve, warmup_batches
 from protocol.types import DATATYPES, VariantSpec
 
 
-# Batch sizes up to which a runtime that fits its kernels to each size sees every size at warm-up.
+# Batch sizes up to which a runtime that fits its kernels to each size sees every size at warm-up,
+# for at most this many seconds.
 PRIME_UP_TO = 64
+PRIME_S = 2.0
 
 
 class ModelRunner:
@@ -103,8 +105,12 @@ class ModelRunner:
             measured[size] = min(times)
         if self.backend == "openvino" and self.spec.max_batch <= PRIME_UP_TO:
             # OpenVINO fits its kernels to each new batch size at its first run (2-3 ms on the
-            # goodput benchmark's small CNN): paid here, not by the first request of that size.
+            # goodput benchmark's small CNN): paid here, not by the first request of that size,
+            # smallest sizes first, for at most PRIME_S (a slow model's start is not held up).
+            began = time.perf_counter()
             for size in sorted(set(range(1, self.spec.max_batch + 1)) - set(sizes)):
+                if time.perf_counter() - began > PRIME_S:
+                    break
                 self._raw(self.example_inputs(size))
         self._curve = LatencyCurve(list(measured), list(measured.values()))
         return {b: s * 1000.0 for b, s in measured.items()}

@@ -56,7 +56,8 @@ class WorkerFleet:
         return tuple(
             RunningWorker(worker_id=wid, variants=tuple(v.name for v in w.cmd.variants),
                           pid=w.proc.pid if w.proc is not None and w.proc.returncode is None else 0,
-                          public_key=w.public_key, artifacts=tuple(v.sha256 for v in w.cmd.variants))
+                          public_key=w.public_key, artifacts=tuple(v.sha256 for v in w.cmd.variants),
+                          served_as=tuple(v.served_as for v in w.cmd.variants))
             for wid, w in sorted(self.workers.items()) if not w.stopping
         )
 

@@ -275,12 +275,13 @@ def measure_idle_and_low_rate(server: Server, work: Workload, opts: Options, see
 
 
 def measure_servers(servers: dict[str, Server], work: Workload, limit: float, opts: Options,
-                    seed: int) -> dict[str, Any]:
+                    seed: int, top_limit: float | None = None) -> dict[str, Any]:
     """Both servers, started together on the same cores: the low-rate figures of each, then their
     rate sweeps in turns (sweep i of one, then of the other; the order flips every sweep), so a
     host whose speed drifts during the run (a VM's neighbours) moves both alike instead of
     whichever ran second. The server not under load idles meanwhile (the mesh's heartbeats:
-    about 1 % of the core)."""
+    about 1 % of the core). Sweeps start at 0.3x ``limit`` and go up to 3x ``top_limit`` (the
+    fastest runtime's compute limit; ``limit`` unless given)."""
     def quiet() -> None:  # whatever one server still does (a mesh profiling its device) ends first
         for server in servers.values():
             settle(server)
@@ -294,7 +295,8 @@ def measure_servers(servers: dict[str, Server], work: Workload, limit: float, op
     for i in range(opts.sweeps):
         for name in (list(servers) if i % 2 == 0 else list(servers)[::-1]):
             quiet()
-            sweeps[name].append(sweep(servers[name], work, start, 3.0 * limit, opts, seed + 100 * (i + 1)))
+            sweeps[name].append(sweep(servers[name], work, start, 3.0 * max(limit, top_limit or 0.0), opts,
+                                      seed + 100 * (i + 1)))
     return {name: {**low[name], **summarise_sweeps(sweeps[name]), "affinity": server.affinity(),
                    "runtimes": server.runtimes()} for name, server in servers.items()}
 
@@ -383,7 +385,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
             else:
                 artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
                 running[name] = BaselineServer(artifact, opts.backend, model.variant, server_cores, opts.device)
-        servers = measure_servers(running, work, limit, opts, opts.seed * 1000)
+        servers = measure_servers(running, work, limit, opts, opts.seed * 1000, top_limit=served_limit)
     finally:
         for server in running.values():
             server.stop()

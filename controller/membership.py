@@ -90,17 +90,20 @@ class Membership:
                 reg.worker_started(plan.worker_id, report.pid, now)  # running as planned: left alone
             else:
                 if report is not None and sorted(report.variants) == sorted(plan.variants):
-                    log.info("agent %s runs %s on an artifact the repository has replaced: restarting it",
-                             agent_id, plan.worker_id)
+                    log.info("agent %s runs %s on an artifact, backend or precision the repository has replaced: "
+                             "restarting it", agent_id, plan.worker_id)
                 commands.append(self._start_command(plan))
         return Registration(joined, tuple(commands))
 
     def _current(self, report: RunningWorker) -> bool:
-        """Does a running worker serve the repository's artifact of each of its variants? (An agent
-        that does not say what it runs is taken at its word.)"""
+        """Does a running worker serve the repository's artifact of each of its variants, with its
+        backend and precision? (An agent that does not say what it runs is taken at its word.)"""
         variants = self._registry.variants
-        return not report.artifacts or all(
+        artifacts = not report.artifacts or all(
             name not in variants or variants[name].sha256 == sha for name, sha in zip(report.variants, report.artifacts))
+        return artifacts and (not report.served_as or all(
+            name not in variants or variants[name].spec().served_as == served
+            for name, served in zip(report.variants, report.served_as)))
 
     def _initial(self, agent_id: str) -> list[PlannedWorker]:
         reg = self._registry

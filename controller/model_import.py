@@ -287,7 +287,8 @@ def _swap_in(stage: Path, target: Path) -> None:
 
 
 # ONNX Runtime's words for a batch of several rows given to a model exported for one.
-_FIXED_BATCH = re.compile(r"index: 0 Got: \d+ Expected: 1\b")
+# ONNX Runtime's words, then OpenVINO's, for a first input whose batch dimension is fixed at 1.
+_FIXED_BATCH = re.compile(r"index: 0 Got: \d+ Expected: 1\b|index: 0, because the model input \(shape=\[1\b")
 _ERROR_CHARS = 500
 
 

@@ -124,6 +124,11 @@ class VariantSpec:
     batching: str = "edf"  # the worker's batching policy: "edf" | "proteus" | "aimd" | "nexus"
     precision: str = "fp32"  # one of PRECISIONS
 
+    @property
+    def served_as(self) -> str:
+        """How a worker computes it, past the artifact: its runtime and arithmetic ("openvino/bf16")."""
+        return f"{self.backend}/{self.precision}"
+
 
 @struct
 class ModelInfo:
@@ -270,6 +275,9 @@ class RunningWorker:
     # The sha256 of the artifact it serves for each of ``variants``, in their order (empty from an
     # agent that does not say): a worker running a replaced artifact is restarted on the new one.
     artifacts: tuple[str, ...] = ()
+    # VariantSpec.served_as of each of ``variants`` (empty from an agent that does not say): one
+    # artifact served by another backend or precision than the repository's now is restarted too.
+    served_as: tuple[str, ...] = ()
 
 
 @struct

@@ -102,6 +102,19 @@ def test_a_worker_running_a_replaced_artifact_is_restarted_on_the_repositorys(re
     assert registration.commands == (SCALED,), "started again (replacing the old process under its id)"
 
 
+def test_a_worker_serving_its_artifact_with_another_backend_or_precision_is_restarted(restarted: Controller) -> None:
+    """A manifest switched from onnx to openvino, or to bf16, names the same file: a worker kept
+    across a controller restart would go on computing the old way while metadata says the new."""
+    current = restarted.registry.variants["cls-large"]
+    assert current.spec().served_as == "torchscript/fp32"
+    same = dataclasses.replace(running(SCALED), artifacts=(current.sha256,), served_as=("torchscript/fp32",))
+    assert restarted.register("a0", running=[same]).commands == ()
+    for served in ("onnx/fp32", "torchscript/bf16"):
+        other = dataclasses.replace(same, served_as=(served,))
+        registration = restarted.register("a0", instance=f"i-{served}", running=[other])
+        assert registration.commands == (SCALED,), served
+
+
 def test_only_an_empty_plan_of_record_gets_an_initial_placement(tmp_path) -> None:
     c = Controller(tmp_path / "fresh.db")
     first = c.register("a0")
