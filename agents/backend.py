@@ -247,10 +247,17 @@ def _open_openvino(spec: VariantSpec, path: Path, device: str) -> Run:
     # No outputs declared (a model being added, whose outputs are taken from a trial run): all of them.
     fetch_at = [[p.name for p in outputs].index(name) for name in fetches] if fetches else list(range(len(outputs)))
 
+    from openvino import Tensor
+
     def run(batch: list[np.ndarray]) -> Sequence[Any]:
+        # Inputs handed over without a copy (a read-only ZeroMQ frame is copied: OpenVINO may write
+        # to what it is given), bypassing OpenVINO's Python dispatch: 20 us less a batch of one
+        # small-CNN image. ``held`` keeps each array alive until the run is over.
+        held = [a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C") for a in batch]
         try:
-            request.infer({i: np.ascontiguousarray(a) for i, a in zip(feed_at, batch)}, share_inputs=True,
-                          share_outputs=True)
+            for i, array in zip(feed_at, held):
+                request.set_input_tensor(i, Tensor(array, shared_memory=True))
+            request.infer()
         except RuntimeError as exc:  # inputs the model does not take: the reason, not the C++ source line
             raise RuntimeError(_openvino_reason(exc)) from None
         # The request's output buffers are reused by its next run: a copy leaves with the reply.
