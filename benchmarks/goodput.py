@@ -15,8 +15,9 @@ measured: server CPU per request at a fixed low rate. Both servers serve the sam
 agent may serve a TorchScript artifact through ONNX Runtime (``[agent] onnx_upgrade``), and the
 ratio then includes what that gains; with ``--openvino fp32|bf16`` letmesh serves the ONNX artifact
 through OpenVINO at that precision (bf16: bfloat16 on a CPU with AMX or AVX-512 BF16, whose answers
-differ from fp32's; the report gives the difference), the baseline still ``--backend``'s. Beside each ratio stands its ceiling: the compute limit of
-the fastest runtime letmesh may serve on over the baseline's max rate, which no server on this core
+differ from fp32's; the report gives the difference), the baseline still ``--backend``'s. Beside
+each ratio stands its ceiling: the compute limit of the fastest runtime letmesh may serve on over
+the baseline's max rate, which no server on this core
 passes. Prints a table, writes JSON, ends with a RESULT line.
 Asserts nothing about speed.
 

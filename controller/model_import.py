@@ -40,7 +40,8 @@ from mesh.digest import sha256_file
 from protocol.types import BACKENDS, DATATYPES, PRECISIONS, TensorSpec, VariantSpec
 
 # The artifact's name in its variant folder, by backend.
-ARTIFACT_NAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "torch_export": "model.pt2", "openvino": "model.onnx"}
+ARTIFACT_NAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "torch_export": "model.pt2",
+                  "openvino": "model.onnx"}
 # A backend guessed from the file name when none is given.
 SUFFIX_BACKENDS = {".onnx": "onnx", ".pt2": "torch_export", ".pt": "torchscript", ".ts": "torchscript",
                    ".torchscript": "torchscript"}

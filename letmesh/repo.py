@@ -14,7 +14,8 @@ def add_repo_arguments(sub: argparse._SubParsersAction) -> None:
                          description="Copies MODEL_FILE into REPOSITORY/NAME/, writes manifest.json with its sha256, "
                                      "and checks it first: loaded in its backend and run at batch sizes 1 and 2 "
                                      "on the declared inputs. A failed check changes nothing.")
-    ra.add_argument("model_file", help="TorchScript (.pt), ONNX (.onnx, for onnx or openvino) or torch.export (.pt2) file")
+    ra.add_argument("model_file",
+                    help="TorchScript (.pt), ONNX (.onnx, for onnx or openvino) or torch.export (.pt2) file")
     ra.add_argument("--repository", required=True, help="the model repository folder (made if missing)")
     ra.add_argument("--name", required=True, help="the variant's name (its folder, and the model name clients use)")
     ra.add_argument("--family", required=True, help="the family it belongs to (variants of one task)")

@@ -153,20 +153,16 @@ def runtimes(device: str) -> tuple[str, ...]:
 def open_runtime(backend: str, blob_or_path: bytes | Path, device: str = "cpu"):
     """A callable numpy batch -> numpy logits on one thread (and ``device``), for calibration and the baseline."""
     if backend in OPENVINO:
-        import openvino as ov
+        # Exactly as a letmesh worker opens it (on this process's cores: the caller pins it to one).
+        from agents.backend import open_backend
+        from protocol.types import TensorSpec, VariantSpec
 
-        core = ov.Core()
-        model = core.read_model(blob_or_path) if isinstance(blob_or_path, bytes) else core.read_model(str(blob_or_path))
-        hint = "bf16" if OPENVINO[backend] == "bf16" else "f32"
-        request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
-                                                    "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
-                                                    "INFERENCE_PRECISION_HINT": hint}).create_infer_request()
-
-        def run_openvino(x: np.ndarray) -> np.ndarray:
-            request.infer({0: x}, share_inputs=True)
-            return request.get_output_tensor(0).data.copy()
-
-        return run_openvino
+        image = TensorSpec(name=INPUT, datatype="FP32", shape=(-1, -1, -1, -1))
+        logits = TensorSpec(name=OUTPUT, datatype="FP32", shape=(-1, 10))
+        spec = VariantSpec(name="calibration", family="calibration", sha256="", size_bytes=0, backend="openvino",
+                           precision=OPENVINO[backend], inputs=(image,), outputs=(logits,))
+        run_openvino = open_backend(spec, Path(blob_or_path))
+        return lambda x: run_openvino([x])[0]
     if backend == "onnx":
         import onnxruntime as ort
 
