@@ -37,7 +37,7 @@ from controller.repository import (
     standing_variant,
 )
 from mesh.digest import sha256_file
-from protocol.types import BACKENDS, DATATYPES, PRECISIONS, TensorSpec, VariantSpec
+from protocol.types import BACKENDS, DATATYPES, PRECISIONS, TensorSpec, VariantSpec, serves_precision
 
 # The artifact's name in its variant folder, by backend.
 ARTIFACT_NAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "torch_export": "model.pt2",
@@ -173,7 +173,7 @@ def _checked(new: NewVariant, model_file: Path) -> str:
         raise RepositoryError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if new.precision not in PRECISIONS:
         raise RepositoryError(f"--precision {new.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if new.precision != "fp32" and backend != "openvino":
+    if not serves_precision(backend, new.precision):
         raise RepositoryError(f"--precision {new.precision} is served by --backend openvino only, not {backend}")
     return backend
 

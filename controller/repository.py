@@ -24,7 +24,16 @@ from mesh.archive import native_code
 from mesh.batching import POLICIES as BATCHING_POLICIES
 from mesh.digest import sha256_file
 from protocol.codec import DEFAULT_LIMITS
-from protocol.types import BACKENDS, DATATYPES, PRECISIONS, ModelInfo, TensorSpec, VariantSpec, stackable
+from protocol.types import (
+    BACKENDS,
+    DATATYPES,
+    PRECISIONS,
+    ModelInfo,
+    TensorSpec,
+    VariantSpec,
+    serves_precision,
+    stackable,
+)
 
 MANIFEST = "manifest.json"
 # Variant and family names: they name files (a family's policy snapshot) and URL paths.
@@ -316,7 +325,7 @@ def _precision(raw: dict, backend: str) -> str:
     precision = raw.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise RepositoryError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision != "fp32" and backend != "openvino":
+    if not serves_precision(backend, precision):
         raise RepositoryError(f"precision {precision!r} is served by backend 'openvino' only, not {backend!r}")
     return precision
 

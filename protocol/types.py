@@ -70,6 +70,11 @@ BACKENDS: dict[str, str] = {
 PRECISIONS = ("fp32", "bf16")
 
 
+def serves_precision(backend: str, precision: str) -> bool:
+    """May ``backend`` compute a variant at ``precision`` (one of PRECISIONS)? fp32 any, bf16 OpenVINO."""
+    return precision == "fp32" or backend == "openvino"
+
+
 @struct
 class TensorSpec:
     """A model input or output: name, OIP datatype, shape with -1 for a variable dimension."""
