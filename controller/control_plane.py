@@ -30,7 +30,7 @@ from controller.metrics import ControllerMetrics
 from controller.placement import PlannedWorker
 from controller.planning import POLICIES
 from controller.profile_control import ProfileControl
-from controller.profiling import ProfilingRuns
+from controller.profiling import ProfilingRuns, measured_as
 from controller.registry import Joined, Registry
 from controller.repository import Variant, scan_repository
 from controller.store import StateStore
@@ -118,6 +118,12 @@ class ControlPlane:
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
         self.epoch = self.store.next_epoch()
+        # A file replaced under the same name, or moved to another backend or precision, is measured
+        # anew: the planner would otherwise size partitions on another model's latencies.
+        remeasure = self.store.keep_profiles_of({name: measured_as(v) for name, v in variants.items()})
+        for name in remeasure:
+            log.warning("variant %s is not what was profiled (its artifact, backend or precision changed): "
+                        "its profiles are dropped and measured again", name)
         self.instance = secrets.token_hex(8)
         self.registry = reg = Registry(variants, heartbeat_interval_s=config.heartbeat_interval_s,
                                        missed_heartbeats=config.missed_heartbeats, epoch=self.epoch)
@@ -149,7 +155,8 @@ class ControlPlane:
             reg, self.store, self.demand, self.start_command, generation=self.epoch, named=self.named,
         )
         self.profiles = ProfileControl(self.profiling, reg, self.store, self.layout, self._send, clock.time,
-                                       colocation=config.profile_colocation, repeats=config.profile_repeats)
+                                       colocation=config.profile_colocation, repeats=config.profile_repeats,
+                                       remeasure=frozenset(remeasure))
         self.membership = Membership(
             reg, self.store, self.layout, self.start_command,
             cores_per_partition=config.cpu_cores_per_partition,

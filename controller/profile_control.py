@@ -29,7 +29,7 @@ class ProfileControl:
 
     def __init__(self, runs: ProfilingRuns, registry: Registry, store: StateStore, layout: LayoutManager,
                  send: Callable[[bytes, object], None], wall_clock: Callable[[], float], *,
-                 colocation: bool, repeats: int) -> None:
+                 colocation: bool, repeats: int, remeasure: frozenset[str] = frozenset()) -> None:
         self.runs = runs
         self._registry = registry
         self._store = store
@@ -38,6 +38,9 @@ class ProfileControl:
         self._time = wall_clock
         self._colocation = colocation
         self._repeats = repeats
+        # Variants whose stored profiles were dropped at this start as of another artifact or runtime:
+        # measured only by runs of this process (one begun before it may have measured the old one).
+        self._remeasure = remeasure
 
     def ask(self, agent_id: str, *, everything: bool = False) -> None:
         """Queue the agent's devices that lack profiles (all of them if ``everything``); start the first."""
@@ -97,6 +100,8 @@ class ProfileControl:
         agent = self._registry.agents.get(agent_id)
         kinds = {d.kind for d in agent.devices} if agent is not None else set()
         known = self._registry.variants
+        if self._remeasure and (agent_id, progress.request_id) not in self.runs.sent:
+            known = {name: v for name, v in known.items() if name not in self._remeasure}
         samples = [s for s in progress.samples
                    if s.variant in known and s.device_kind in kinds and s.partition >= 1 and s.runs >= 1
                    and 1 <= s.batch <= known[s.variant].max_batch and _latency(s.p50_ms) and _latency(s.p99_ms)
@@ -106,8 +111,9 @@ class ProfileControl:
                        and min(c.partition, c.other_partition, c.batch, c.other_batch) >= 1
                        and _latency(c.solo_p50_ms) and _latency(c.shared_p50_ms)]
         if dropped := len(progress.samples) - len(samples) + len(progress.colocations) - len(colocations):
-            log.warning("profiling on %s: %d measurement(s) refused (unknown variant or device kind, or a "
-                        "latency that is not a positive finite number)", agent_id, dropped)
+            log.warning("profiling on %s: %d measurement(s) refused (unknown variant or device kind, a "
+                        "latency that is not a positive finite number, or a variant changed since the run "
+                        "began)", agent_id, dropped)
         return samples, colocations
 
     def _send(self, agent_id: str, commands: list[ProfileDevice]) -> None:

@@ -20,6 +20,21 @@ from protocol.types import DeviceInfo, ProfileSample
 MPS_MENU = (20, 40, 50, 60, 80, 100)
 
 
+def measured_as(variant: Variant) -> str:
+    """What a profile of ``variant`` measures: its artifact's bytes and the runtime that computes
+    them (backend and precision). Profiles of a variant stored under another are of something else."""
+    return f"{variant.sha256} {variant.spec().served_as}"
+
+
+def remeasured(stored: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """Variants of ``current`` (name -> :func:`measured_as`) whose stored profiles measured
+    something else (``stored``, the same mapping as of the profiles kept): their file was replaced
+    under the same name, or the manifest moved it to another backend or precision. A variant with
+    no entry in ``stored`` is not among them (profiles kept before the store said what they measured
+    are taken as of the artifact present then)."""
+    return sorted(name for name, now in current.items() if stored.get(name, now) != now)
+
+
 def partition_menu(device: DeviceInfo) -> tuple[int, ...]:
     if device.kind == "cuda":
         return MPS_MENU if device.mps else (100,)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from controller.placement import PlannedWorker
+from controller.profiling import remeasured
 from controller.retention import DecisionRetention
 from controller.store_schema import check_readable, compact, migrate
 from protocol.schema import from_plain, to_plain
@@ -248,6 +249,19 @@ class StateStore:
                 [(c.device_kind, c.variant, c.partition, c.batch, c.other, c.other_partition, c.other_batch,
                   c.solo_p50_ms, c.shared_p50_ms) for c in colocations],
             )
+
+    def keep_profiles_of(self, current: Mapping[str, str]) -> list[str]:
+        """Drop the profiles and colocation rows of each variant whose stored ones measured
+        something other than ``current`` says (name -> ``controller.profiling.measured_as``), and
+        note ``current`` as what the rows kept measure; returns the variants dropped."""
+        stored = dict(self._db.execute("SELECT variant, served FROM measured"))
+        stale = remeasured(stored, current)
+        with self._db:
+            for name in stale:
+                self._db.execute("DELETE FROM profile WHERE variant = ?", (name,))
+                self._db.execute("DELETE FROM colocation WHERE variant = ? OR other = ?", (name, name))
+            self._db.executemany("INSERT OR REPLACE INTO measured VALUES (?, ?)", sorted(current.items()))
+        return stale
 
     def profiles(self) -> list[ProfileSample]:
         rows = self._db.execute(

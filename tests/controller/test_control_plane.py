@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, ProfileProgr
                               RegisterAgentReply, RegisterGateway, RegisterGatewayReply, Replan, ReplanReply,
                               RoutingTable, StartWorker, WorkerCrashed, WorkerReady, WorkerStarted)
 from protocol.types import DeviceInfo, ProfileSample
+from tests.controller.conftest import Scale, add_variant
 
 CPU = DeviceInfo(device_id="cpu0", kind="cpu", name="test cpu", cores=2, memory_bytes=1 << 30)
 
@@ -144,6 +146,43 @@ def test_profiles_an_older_version_stored_unchecked_are_left_out(plane: ControlP
     plane.store._db.execute("UPDATE profile SET p50_ms = ?, p99_ms = ? WHERE variant = 'identity' AND batch = 1",
                             (float("inf"), float("inf")))
     assert all(math.isfinite(s.p50_ms) for s in plane.store.profiles())
+
+
+def test_a_variant_whose_file_was_replaced_is_profiled_again_at_the_next_start(
+        repo: Path, tmp_path: Path, address: dict[str, str]) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(repo, root)
+    config = ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(root), state_dir=str(tmp_path / "state"))
+    first = ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: address["now"])
+    try:
+        first.store.save_profiles([ProfileSample(variant=v, device_kind="cpu", partition=p, batch=1, p50_ms=1.0,
+                                                 p99_ms=1.0, runs=5)
+                                   for v in first.registry.variants for p in (1, 2)], [], now=0.0)
+    finally:
+        first.close()
+    # Another model under the same name (its manifest written for the new file).
+    shutil.rmtree(root / "double")
+    add_variant(root, "double", Scale(2.5), 16)
+    second = ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: address["now"])
+    try:
+        assert {s.variant for s in second.store.profiles()} == set(second.registry.variants) - {"double"}
+        second.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7,
+                                                        instance="i"))
+        (command,) = [msg for _, msg in drain(second) if isinstance(msg, ProfileDevice)]
+        assert [v.name for v in command.variants] == ["double"]
+        # A run the first process began (an earlier epoch's request id) may have measured the old file.
+        second.receive(b"agent:a1", None, ProfileProgress(
+            request_id=1, agent_id="a1", device_kind="cpu", completed=1, total=4,
+            samples=(sample("double", 9.0), sample("triple", 3.0))))
+        kept = {s.variant: s.p50_ms for s in second.store.profiles() if s.partition == 1 and s.batch == 1}
+        assert "double" not in kept and kept["triple"] == 3.0
+        second.receive(b"agent:a1", None, ProfileProgress(
+            request_id=command.request_id, agent_id="a1", device_kind="cpu", completed=1, total=4,
+            samples=(sample("double", 2.0),)))
+        kept = {s.variant: s.p50_ms for s in second.store.profiles() if s.partition == 1 and s.batch == 1}
+        assert kept["double"] == 2.0
+    finally:
+        second.close()
 
 
 def placed(plane: ControlPlane) -> list[StartWorker]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from controller.profiling import ProfileWait, ProfilingRuns, awaited_kinds, partition_menu, unprofiled
+from controller.profiling import (ProfileWait, ProfilingRuns, awaited_kinds, measured_as, partition_menu, remeasured,
+                                 unprofiled)
 from controller.repository import scan_repository
 from letmesh.zoo import build_trivial
 from protocol.types import DeviceInfo, ProfileSample
@@ -141,3 +143,14 @@ def test_a_replan_waits_only_for_kinds_being_measured_that_lack_profiles_and_not
     assert wait.released(set())  # the run ended, profiles or none: the held re-plan is due
     assert not wait.hold(frozenset({"cuda"}), now=61.0)  # waited long enough: plan with what is known
     assert wait.waiting_for == frozenset() and not wait.released(set())
+
+
+def test_a_variant_is_measured_again_when_its_artifact_backend_or_precision_changed(tmp_path: Path) -> None:
+    build_trivial(tmp_path)
+    (identity,) = [v for v in scan_repository(tmp_path).variants.values() if v.name == "identity"]
+    was = measured_as(identity)
+    assert measured_as(dataclasses.replace(identity, sha256="0" * 64)) != was
+    assert measured_as(dataclasses.replace(identity, backend="onnx")) != was
+    assert measured_as(dataclasses.replace(identity, backend="openvino", precision="bf16")) != was
+    assert measured_as(dataclasses.replace(identity, accuracy=0.5, max_batch=2)) == was  # the same computation
+    assert remeasured({"a": "x", "b": "y"}, {"a": "x", "b": "z", "c": "w"}) == ["b"]  # c: nothing stored of it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from controller.placement import PlannedWorker
 from controller.store import StateStore
-from protocol.types import CandidateInfo, DecisionRecord, Partition
+from protocol.types import CandidateInfo, ColocationSample, DecisionRecord, Partition, ProfileSample
 
 CPU_PART = Partition(device_id="cpu0", kind="cpu", cores=(0, 1))
 GPU_PART = Partition(device_id="cuda0", kind="cuda", mps_percent=25)
@@ -123,3 +123,38 @@ def test_gateways_survive_reopening_until_they_leave_or_are_forgotten(tmp_path: 
     assert store.gateways() == {"g1": "tcp://10.0.0.9:5560"}
     store.close()
 
+
+
+def _sample(variant: str, ms: float) -> ProfileSample:
+    return ProfileSample(variant=variant, device_kind="cpu", partition=1, batch=1, p50_ms=ms, p99_ms=ms, runs=3)
+
+
+def _colocation(variant: str, other: str) -> ColocationSample:
+    return ColocationSample(device_kind="cpu", variant=variant, partition=1, batch=1, other=other, other_partition=1,
+                            other_batch=1, solo_p50_ms=1.0, shared_p50_ms=1.5)
+
+
+def test_profiles_of_a_variant_that_changed_are_dropped_and_the_rest_kept_across_reopening(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.save_profiles([_sample("a", 1.0), _sample("b", 2.0), _sample("c", 3.0)],
+                        [_colocation("a", "b"), _colocation("b", "c"), _colocation("c", "a")], now=1.0)
+    # Rows stored before the store said what they measured are taken as of the artifacts present now.
+    assert store.keep_profiles_of({"a": "sha-a torchscript/fp32", "b": "sha-b onnx/fp32",
+                                   "c": "sha-c openvino/fp32"}) == []
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    # a's file was replaced, c moved to bf16; b is what it was.
+    dropped = store.keep_profiles_of({"a": "sha-a2 torchscript/fp32", "b": "sha-b onnx/fp32",
+                                      "c": "sha-c openvino/bf16"})
+    assert dropped == ["a", "c"]
+    assert [s.variant for s in store.profiles()] == ["b"]
+    assert store.colocations() == []  # each pair had a or c in it
+    store.save_profiles([_sample("a", 5.0)], [_colocation("a", "b")], now=2.0)
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    # The new measurements are of what is served now: kept at the next start.
+    assert store.keep_profiles_of({"a": "sha-a2 torchscript/fp32", "b": "sha-b onnx/fp32",
+                                   "c": "sha-c openvino/bf16"}) == []
+    assert {(s.variant, s.p50_ms) for s in store.profiles()} == {("a", 5.0), ("b", 2.0)}
+    assert [(c.variant, c.other) for c in store.colocations()] == [("a", "b")]
+    store.close()
