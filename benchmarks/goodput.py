@@ -355,7 +355,8 @@ def calibrate(model: gm.ModelDef, artifacts: gm.Artifacts, cores: tuple[int, ...
         rps, batch = gm.compute_limit(lat, slo_ms)
         limits[backend] = {"rps": rps, "batch": batch}
     return {"slo_ms": slo_ms, "batch1_ms": {b: lat[1] for b, lat in latencies.items()}, "latency_ms": latencies,
-            "compute_limit": limits, "max_batch": max_batch, "image": image, "expected": expected}
+            "compute_limit": limits, "max_batch": max_batch, "image": image, "expected": expected,
+            "fp32_peak_gflops": raw.get("fp32_peak_gflops")}
 
 
 def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) -> dict[str, Any]:
@@ -395,7 +396,12 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     # the fastest runtime letmesh may serve on, over the baseline's max rate, is the highest ratio
     # a target can ask of letmesh here.
     best_limit = max(limit, onnx_limit) if opts.onnx_upgrade and math.isfinite(onnx_limit) else max(limit, served_limit)
+    # How far each runtime's limit is from what the core's vector units compute: a runtime at the
+    # fp32 matrix-multiply rate has no fp32 speed left; past it, only a narrower type goes faster.
+    flops = gm.flops_per_image(model)
     return {
+        "mflop_per_image": flops / 1e6, "fp32_peak_gflops": cal["fp32_peak_gflops"],
+        "gflops_at_limit": {name: lim["rps"] * flops / 1e9 for name, lim in cal["compute_limit"].items()},
         "model": model.summary, "variant": model.variant, "input_shape": list(model.shape),
         "served_backend": opts.served, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
         "latency_ms": cal["latency_ms"], "compute_limit": cal["compute_limit"], "max_batch": cal["max_batch"],

@@ -217,6 +217,30 @@ def latency_table(runs: dict[str, Any], model: ModelDef, limit_ms: float, *, rep
     return out
 
 
+def flops_per_image(model: ModelDef) -> float:
+    """Floating-point operations of one image's forward pass, as torch counts them (a multiply-add is two)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_module(model)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, *model.shape))
+    return float(counter.get_total_flops())
+
+
+def fp32_peak_gflops(size: int = 2048, rounds: int = 5) -> float:
+    """This core's fp32 matrix-multiply rate (GFLOP/s) with the current torch threads: the best of
+    ``rounds`` products of two ``size`` x ``size`` matrices, about what a core's vector units do at
+    best; a convolution that a runtime computes at this rate has no fp32 speed left to find."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
 def compute_limit(latencies_ms: dict[int, float], slo_ms: float) -> tuple[float, int]:
     """(best samples/s over batch sizes whose latency fits half the SLO, that batch size)."""
     fits = {b: b / (ms / 1000.0) for b, ms in latencies_ms.items() if ms <= slo_ms / 2}
@@ -259,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Run in its own process (pinned by the caller), with one torch thread: switching the thread count
     back and forth in a long-lived process left its later two-thread work many times slower.
-    Prints one JSON object: latency tables by runtime, the SLO, and the logits of the seeded image.
+    Prints one JSON object: latency tables by runtime, the SLO, the logits of the seeded image, and
+    (on a CPU) the core's fp32 matrix-multiply rate.
     """
     import sys
 
@@ -280,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     image = sample_images(model, 1, seed=int(seed))
     slo_ms = fixed_slo_ms or float(factor) * latencies["torchscript"][1]
     print(json.dumps({"latency_ms": latencies, "slo_ms": round(slo_ms, 1),
-                      "expected": {name: run(image).tolist() for name, run in runs.items()}}))
+                      "expected": {name: run(image).tolist() for name, run in runs.items()},
+                      "fp32_peak_gflops": fp32_peak_gflops() if device == "cpu" else None}))
     return 0
 
 

@@ -25,6 +25,10 @@ def environment(cores: tuple[tuple[int, ...], int], device: str) -> dict[str, An
     }
 
 
+_RUNTIMES = (("torchscript", "TorchScript"), ("onnx", "ONNX"), ("openvino", "OpenVINO"),
+             ("openvino-bf16", "OpenVINO bf16"))
+
+
 def _n(value: Any) -> float:
     """A figure from the plain report: NaN where it could not be computed (null in JSON)."""
     return float("nan") if value is None else float(value)
@@ -51,8 +55,7 @@ def render(report: dict[str, Any]) -> str:
         lim = m["compute_limit"]
         onnx = (f"; ONNX {m['batch1_ms']['onnx']:.2f} ms" if "onnx" in lim else "; no ONNX Runtime on this device")
         onnx_limit = "".join(f", {label} {lim[name]['rps']:.0f} req/s (batch {lim[name]['batch']})"
-                             for name, label in (("onnx", "ONNX"), ("openvino", "OpenVINO"),
-                                                 ("openvino-bf16", "OpenVINO bf16")) if name in lim)
+                             for name, label in _RUNTIMES[1:] if name in lim)
         lines += [
             f"{key}: {m['model']}",
             f"  SLO {m['slo_ms']:g} ms ({'fixed; ' if o.get('slo_ms') else '= ' + format(o['slo_factor'], 'g') + ' x '}"
@@ -80,6 +83,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
                      f"{base['idle_cpu_ms_per_s']:.1f} ms/s; CPU per request less the idle share: letmesh "
                      f"{mesh['cpu_ms_per_req_less_idle']:.2f} ms, baseline {base['cpu_ms_per_req_less_idle']:.2f} ms")
+        if m.get("gflops_at_limit"):
+            peak = m.get("fp32_peak_gflops")
+            rates = ", ".join(f"{label} {m['gflops_at_limit'][name]:.0f}"
+                              + (f" ({m['gflops_at_limit'][name] / peak:.2f})" if peak else "")
+                              for name, label in _RUNTIMES if name in m["gflops_at_limit"])
+            lines.append(f"  arithmetic: {m['mflop_per_image']:.1f} MFLOP an image; GFLOP/s at each compute limit "
+                         + (f"(of this core's fp32 matrix-multiply rate, {peak:.0f}): " if peak else ": ") + rates)
         for variant, runtime in m["servers"]["letmesh"].get("runtimes", {}).items():
             lines.append(f"  letmesh serves {variant} on {runtime}")
         lines.append("")

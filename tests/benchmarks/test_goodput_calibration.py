@@ -25,3 +25,13 @@ def test_calibration_measures_the_openvino_runtimes_asked_for_and_their_answers(
     reference = np.asarray(out["expected"]["torchscript"])
     np.testing.assert_allclose(out["expected"]["openvino"], reference, rtol=0, atol=1e-5)
     np.testing.assert_allclose(out["expected"]["openvino-bf16"], reference, rtol=0, atol=5e-3)
+    assert out["fp32_peak_gflops"] > 0
+
+
+def test_the_arithmetic_of_an_image_is_the_convolutions_and_the_linear_layer() -> None:
+    # small, counted by hand: 2 x (output channels x positions x input channels x 9) a convolution
+    # (32x32 for the first two, then 16x16 twice, then 8x8), and 2 x 256 x 10 for the linear layer.
+    convs = [(32, 32 * 32, 3), (64, 32 * 32, 32), (128, 16 * 16, 64), (128, 16 * 16, 128), (256, 8 * 8, 128)]
+    by_hand = sum(2 * cout * positions * cin * 9 for cout, positions, cin in convs) + 2 * 256 * 10
+    assert gm.flops_per_image(gm.MODELS["small"]) == by_hand
+    assert gm.flops_per_image(gm.MODELS["medium"]) > 5 * by_hand

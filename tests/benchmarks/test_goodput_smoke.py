@@ -73,7 +73,12 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     baseline_max = small["servers"]["baseline"]["max_rate"]
     if baseline_max > 0:
         assert math.isclose(small["ceiling_vs_naive"], best / baseline_max)
+    # Each runtime's limit in GFLOP/s beside the core's fp32 matrix-multiply rate, measured on that core.
+    assert small["fp32_peak_gflops"] > 0
+    for name, lim in small["compute_limit"].items():
+        assert math.isclose(small["gflops_at_limit"][name], lim["rps"] * small["mflop_per_image"] / 1000)
     text = capsys.readouterr().out
+    assert f"arithmetic: {small['mflop_per_image']:.1f} MFLOP an image" in text
     assert f"the compute limit allows at most {small['ceiling_vs_naive']:.2f}x on one core" in text
 
     last = text.strip().splitlines()[-1]
