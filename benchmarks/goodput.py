@@ -77,6 +77,7 @@ class Options:
     backend: str
     onnx_upgrade: bool
     openvino: str  # "": letmesh serves --backend's artifact; "fp32" | "bf16": the ONNX one through OpenVINO
+    baseline_openvino: bool = False  # the baseline computes as letmesh does (--openvino), not with --backend's
     device: str
     server_cores: int
     start_rate: float | None
@@ -97,6 +98,11 @@ class Options:
         """The runtime letmesh serves with (a key of the calibration's latency tables)."""
         return {"fp32": "openvino", "bf16": "openvino-bf16"}.get(self.openvino, self.backend)
 
+    @property
+    def baseline_runtime(self) -> str:
+        """The runtime the baseline computes with."""
+        return self.served if self.baseline_openvino else self.backend
+
 
 def parse_options(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,6 +115,9 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--openvino", choices=("fp32", "bf16"),
                    help="letmesh serves the ONNX artifact through OpenVINO at this precision (bf16: bfloat16 where "
                         "the CPU has it, answers differ from fp32 in the third digit); the baseline keeps --backend's")
+    p.add_argument("--baseline-openvino", action="store_true",
+                   help="with --openvino: the baseline computes through OpenVINO at the same precision as letmesh "
+                        "(like for like: what letmesh's batching and data path add to a plain server on that runtime)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where both servers compute (cuda: the host's first GPU)")
     p.add_argument("--server-cores", type=int, default=1,
@@ -153,6 +162,8 @@ def parse_options(argv: list[str] | None) -> Options:
             p.error("--backend onnx --device cuda needs ONNX Runtime's CUDA provider (the onnxruntime-gpu package)")
     if a.openvino and (a.onnx_upgrade or a.device != "cpu"):
         p.error("--openvino serves on the CPU, instead of --backend's artifact: not with --onnx-upgrade or --device cuda")
+    if a.baseline_openvino and not a.openvino:
+        p.error("--baseline-openvino takes its precision from --openvino fp32|bf16")
     if a.bisect is not None and a.bisect < 0:
         p.error("--bisect must be 0 or more")
     if a.idle_s is not None and a.idle_s <= 0:
@@ -168,6 +179,7 @@ def parse_options(argv: list[str] | None) -> Options:
     quick = a.quick
     return Options(
         quick=quick, models=models, backend=a.backend, onnx_upgrade=a.onnx_upgrade, openvino=a.openvino or "",
+        baseline_openvino=a.baseline_openvino,
         device=a.device,
         server_cores=a.server_cores, start_rate=a.start_rate,
         sweeps=a.sweeps or (1 if quick else 2),
@@ -385,8 +397,10 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
                 running[name] = MeshServer(repo, tmp / f"state-{key}", server_cores, onnx_upgrade=opts.onnx_upgrade,
                                            extra_env=quiet)
             else:
-                artifact = repo / model.variant / (gm.ONNX_ARTIFACT if opts.backend == "onnx" else gm.ARTIFACT)
-                running[name] = BaselineServer(artifact, opts.backend, model.variant, server_cores, opts.device)
+                runtime = opts.baseline_runtime
+                onnx_file = runtime == "onnx" or runtime in gm.OPENVINO
+                artifact = repo / model.variant / (gm.ONNX_ARTIFACT if onnx_file else gm.ARTIFACT)
+                running[name] = BaselineServer(artifact, runtime, model.variant, server_cores, opts.device)
         servers = measure_servers(running, work, limit, opts, opts.seed * 1000, top_limit=served_limit)
     finally:
         for server in running.values():
@@ -403,7 +417,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
         "mflop_per_image": flops / 1e6, "fp32_peak_gflops": cal["fp32_peak_gflops"],
         "gflops_at_limit": {name: lim["rps"] * flops / 1e9 for name, lim in cal["compute_limit"].items()},
         "model": model.summary, "variant": model.variant, "input_shape": list(model.shape),
-        "served_backend": opts.served, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
+        "served_backend": opts.served, "baseline_runtime": opts.baseline_runtime, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
         "latency_ms": cal["latency_ms"], "compute_limit": cal["compute_limit"], "max_batch": cal["max_batch"],
         "artifacts_max_abs_diff": artifacts.max_abs_diff, "low_rate": model.low_rate, "servers": servers,
         "vs_naive": mesh["max_rate"] / base["max_rate"] if base["max_rate"] > 0 else float("nan"),

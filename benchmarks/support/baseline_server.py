@@ -1,6 +1,6 @@
 """The plain server letmesh is compared with: one aiohttp process, orjson, one request = one forward pass.
 
-``python -m benchmarks.support.baseline_server --artifact PATH --backend torchscript|onnx --variant NAME
+``python -m benchmarks.support.baseline_server --artifact PATH --backend torchscript|onnx|openvino|openvino-bf16 --variant NAME
 --port P [--device cpu|cuda]`` serves ``POST /v2/models/NAME/infer`` (KServe V2 JSON in and out, the model's single
 FP32 input and output) and ``GET /v2/health/ready``. No batching, no queue, no deadline: the
 forward pass runs on the event loop with one intra-op thread (on a GPU, the loop's thread launches it
@@ -21,7 +21,7 @@ import orjson  # noqa: E402
 import torch  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from benchmarks.support.goodput_models import OUTPUT, open_runtime  # noqa: E402
+from benchmarks.support.goodput_models import OPENVINO, OUTPUT, open_runtime  # noqa: E402
 
 
 def make_app(run, variant: str) -> web.Application:
@@ -52,7 +52,7 @@ def make_app(run, variant: str) -> web.Application:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path, required=True)
-    p.add_argument("--backend", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--backend", choices=("torchscript", "onnx", *OPENVINO), default="torchscript")
     p.add_argument("--variant", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -48,7 +48,8 @@ def render(report: dict[str, Any]) -> str:
         f"software: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
         f"aiohttp {env['aiohttp']}; served artifact: {o['backend']}"
         + ("; letmesh's agent may upgrade it to ONNX Runtime" if o["onnx_upgrade"] else "")
-        + (f"; letmesh serves the ONNX artifact through OpenVINO, {o['openvino']}" if o.get("openvino") else ""),
+        + (f"; letmesh serves the ONNX artifact through OpenVINO, {o['openvino']}" if o.get("openvino") else "")
+        + ("; so does the baseline (like for like)" if o.get("baseline_openvino") else ""),
         "",
     ]
     for key, m in report["models"].items():
