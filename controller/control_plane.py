@@ -30,7 +30,7 @@ from controller.metrics import ControllerMetrics
 from controller.placement import PlannedWorker
 from controller.planning import POLICIES
 from controller.profile_control import ProfileControl
-from controller.profiling import ProfilingRuns, measured_as
+from controller.profiling import ProfilingRuns, first_run_id, measured_as
 from controller.registry import Joined, Registry
 from controller.repository import Variant, scan_repository
 from controller.store import StateStore
@@ -120,10 +120,12 @@ class ControlPlane:
         self.epoch = self.store.next_epoch()
         # A file replaced under the same name, or moved to another backend or precision, is measured
         # anew: the planner would otherwise size partitions on another model's latencies.
-        remeasure = self.store.keep_profiles_of({name: measured_as(v) for name, v in variants.items()})
-        for name in remeasure:
-            log.warning("variant %s is not what was profiled (its artifact, backend or precision changed): "
-                        "its profiles are dropped and measured again", name)
+        dropped, measured_since = self.store.keep_profiles_of(
+            {name: measured_as(v) for name, v in variants.items()}, self.epoch)
+        for name in dropped:
+            log.warning("variant %s is not what was profiled (its artifact, backend or precision changed): its "
+                        "profiles are dropped and %s", name, "measured again" if config.auto_profile else
+                        "wait for `letmesh profile --rerun` (auto_profile is off; re-plans wait for them too)")
         self.instance = secrets.token_hex(8)
         self.registry = reg = Registry(variants, heartbeat_interval_s=config.heartbeat_interval_s,
                                        missed_heartbeats=config.missed_heartbeats, epoch=self.epoch)
@@ -138,8 +140,7 @@ class ControlPlane:
             reg.restore_gateway(gateway_id, endpoint, now)
         reg.routing_table()  # version 1 of this epoch: every model, no worker yet
         reg.await_restored(now)  # gateways keep their table until the workers report
-        # Request ids unique across controller restarts, so an agent never mistakes a new run for a re-send.
-        self.profiling = ProfilingRuns(next_id=self.epoch * 100_000 + 1,
+        self.profiling = ProfilingRuns(next_id=first_run_id(self.epoch),
                                        profiled={(s.variant, s.device_kind) for s in self.store.profiles()})
         self.learner = Learner(config.state_dir)
         self.layout = LayoutManager(
@@ -156,7 +157,7 @@ class ControlPlane:
         )
         self.profiles = ProfileControl(self.profiling, reg, self.store, self.layout, self._send, clock.time,
                                        colocation=config.profile_colocation, repeats=config.profile_repeats,
-                                       remeasure=frozenset(remeasure))
+                                       measured_since=measured_since)
         self.membership = Membership(
             reg, self.store, self.layout, self.start_command,
             cores_per_partition=config.cpu_cores_per_partition,

@@ -7,10 +7,10 @@ Synchronous, like the control plane it serves: commands leave through ``send``. 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from controller.layout_manager import LayoutManager
-from controller.profiling import ProfilingRuns
+from controller.profiling import ProfilingRuns, run_epoch
 from controller.registry import Registry
 from controller.store import StateStore
 from protocol.message import ProfileDevice, ProfileProgress
@@ -29,7 +29,7 @@ class ProfileControl:
 
     def __init__(self, runs: ProfilingRuns, registry: Registry, store: StateStore, layout: LayoutManager,
                  send: Callable[[bytes, object], None], wall_clock: Callable[[], float], *,
-                 colocation: bool, repeats: int, remeasure: frozenset[str] = frozenset()) -> None:
+                 colocation: bool, repeats: int, measured_since: Mapping[str, int] | None = None) -> None:
         self.runs = runs
         self._registry = registry
         self._store = store
@@ -38,9 +38,9 @@ class ProfileControl:
         self._time = wall_clock
         self._colocation = colocation
         self._repeats = repeats
-        # Variants whose stored profiles were dropped at this start as of another artifact or runtime:
-        # measured only by runs of this process (one begun before it may have measured the old one).
-        self._remeasure = remeasure
+        # Variant -> the first controller epoch whose profiling runs measure what is served now (a
+        # run begun before its artifact, backend or precision changed measured the old one).
+        self._since = dict(measured_since or {})
 
     def ask(self, agent_id: str, *, everything: bool = False) -> None:
         """Queue the agent's devices that lack profiles (all of them if ``everything``); start the first."""
@@ -100,8 +100,9 @@ class ProfileControl:
         agent = self._registry.agents.get(agent_id)
         kinds = {d.kind for d in agent.devices} if agent is not None else set()
         known = self._registry.variants
-        if self._remeasure and (agent_id, progress.request_id) not in self.runs.sent:
-            known = {name: v for name, v in known.items() if name not in self._remeasure}
+        if self._since:
+            began = run_epoch(progress.request_id)
+            known = {name: v for name, v in known.items() if self._since.get(name, 0) <= began}
         samples = [s for s in progress.samples
                    if s.variant in known and s.device_kind in kinds and s.partition >= 1 and s.runs >= 1
                    and 1 <= s.batch <= known[s.variant].max_batch and _latency(s.p50_ms) and _latency(s.p99_ms)

@@ -18,6 +18,18 @@ from protocol.message import ProfileDevice
 from protocol.types import DeviceInfo, ProfileSample
 
 MPS_MENU = (20, 40, 50, 60, 80, 100)
+# A controller process numbers its profiling runs from epoch x this + 1: unique across restarts, so
+# an agent never mistakes a new run for a re-send, and a report says which process began its run.
+RUN_IDS_PER_EPOCH = 100_000
+
+
+def first_run_id(epoch: int) -> int:
+    return epoch * RUN_IDS_PER_EPOCH + 1
+
+
+def run_epoch(request_id: int) -> int:
+    """The epoch of the controller process that began the profiling run ``request_id``."""
+    return request_id // RUN_IDS_PER_EPOCH
 
 
 def measured_as(variant: Variant) -> str:

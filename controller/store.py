@@ -250,18 +250,30 @@ class StateStore:
                   c.solo_p50_ms, c.shared_p50_ms) for c in colocations],
             )
 
-    def keep_profiles_of(self, current: Mapping[str, str]) -> list[str]:
-        """Drop the profiles and colocation rows of each variant whose stored ones measured
-        something other than ``current`` says (name -> ``controller.profiling.measured_as``), and
-        note ``current`` as what the rows kept measure; returns the variants dropped."""
-        stored = dict(self._db.execute("SELECT variant, served FROM measured"))
-        stale = remeasured(stored, current)
-        with self._db:
+    def keep_profiles_of(self, current: Mapping[str, str], epoch: int) -> tuple[list[str], dict[str, int]]:
+        """Drop the profile and colocation rows of each variant whose stored ones measured something
+        other than ``current`` says (name -> ``controller.profiling.measured_as``), and note what
+        ``current`` says, and from which controller ``epoch`` on, as what the rows kept measure.
+
+        Returns the variants whose rows were dropped, and the epoch from which each variant's
+        profiling runs measure what is served now (a run begun earlier measured another file; a
+        variant never changed: 0)."""
+        stored = {v: (served, since) for v, served, since in self._db.execute("SELECT * FROM measured")}
+        stale = remeasured({v: served for v, (served, _) in stored.items()}, current)
+        dropped = []
+        with self._db:  # one transaction: a crash keeps the old rows and what they measured, or neither
+            self._db.execute("BEGIN")
             for name in stale:
-                self._db.execute("DELETE FROM profile WHERE variant = ?", (name,))
-                self._db.execute("DELETE FROM colocation WHERE variant = ? OR other = ?", (name, name))
-            self._db.executemany("INSERT OR REPLACE INTO measured VALUES (?, ?)", sorted(current.items()))
-        return stale
+                gone = self._db.execute("DELETE FROM profile WHERE variant = ?", (name,)).rowcount
+                gone += self._db.execute("DELETE FROM colocation WHERE variant = ? OR other = ?", (name, name)).rowcount
+                if gone:
+                    dropped.append(name)
+                stored[name] = (current[name], epoch)
+            for name in current.keys() - stored.keys():
+                stored[name] = (current[name], 0)
+            self._db.executemany("INSERT OR REPLACE INTO measured VALUES (?, ?, ?)",
+                                 [(v, served, since) for v, (served, since) in sorted(stored.items())])
+        return dropped, {v: since for v, (_, since) in stored.items() if since}
 
     def profiles(self) -> list[ProfileSample]:
         rows = self._db.execute(

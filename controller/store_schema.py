@@ -40,9 +40,14 @@ CREATE TABLE IF NOT EXISTS profile (
     measured_at REAL NOT NULL,
     PRIMARY KEY (variant, device_kind, partition, batch)
 );
--- What the profile and colocation rows of a variant measured (artifact sha256, backend/precision).
--- Older files get it empty (IF NOT EXISTS): their rows are taken as of the artifacts present then.
-CREATE TABLE IF NOT EXISTS measured (variant TEXT PRIMARY KEY, served TEXT NOT NULL);
+-- What the profile and colocation rows of a variant measured (artifact sha256, backend/precision),
+-- and the controller epoch since which it is so. Older files get it empty (IF NOT EXISTS): their
+-- rows are taken as of the artifacts present then.
+CREATE TABLE IF NOT EXISTS measured (
+    variant TEXT PRIMARY KEY,
+    served TEXT NOT NULL,
+    since_epoch INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS colocation (
     device_kind TEXT NOT NULL,
     variant TEXT NOT NULL,

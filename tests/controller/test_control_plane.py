@@ -12,6 +12,7 @@ import pytest
 from controller.config import ControllerConfig
 from controller.control_plane import ControlPlane
 from controller.metrics import ControllerMetrics
+from controller.profiling import first_run_id
 from mesh.clock import FakeClock
 from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, ProfileProgress, RegisterAgent,
                               RegisterAgentReply, RegisterGateway, RegisterGatewayReply, Replan, ReplanReply,
@@ -153,36 +154,50 @@ def test_a_variant_whose_file_was_replaced_is_profiled_again_at_the_next_start(
     root = tmp_path / "repo"
     shutil.copytree(repo, root)
     config = ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(root), state_dir=str(tmp_path / "state"))
-    first = ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: address["now"])
+
+    def start() -> ControlPlane:
+        return ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: address["now"])
+
+    def kept(plane: ControlPlane) -> dict[str, float]:
+        return {s.variant: s.p50_ms for s in plane.store.profiles() if s.partition == 1 and s.batch == 1}
+
+    def report(plane: ControlPlane, request_id: int, *samples: ProfileSample) -> None:
+        plane.receive(b"agent:a1", None, ProfileProgress(request_id=request_id, agent_id="a1", device_kind="cpu",
+                                                         completed=1, total=4, samples=samples))
+
+    first = start()
     try:
         first.store.save_profiles([ProfileSample(variant=v, device_kind="cpu", partition=p, batch=1, p50_ms=1.0,
                                                  p99_ms=1.0, runs=5)
                                    for v in first.registry.variants for p in (1, 2)], [], now=0.0)
+        first_run = first_run_id(first.epoch)  # a run the agent may still be in when the next process starts
     finally:
         first.close()
     # Another model under the same name (its manifest written for the new file).
     shutil.rmtree(root / "double")
     add_variant(root, "double", Scale(2.5), 16)
-    second = ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: address["now"])
+    second = start()
     try:
-        assert {s.variant for s in second.store.profiles()} == set(second.registry.variants) - {"double"}
+        assert set(kept(second)) == set(second.registry.variants) - {"double"}
         second.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7,
                                                         instance="i"))
         (command,) = [msg for _, msg in drain(second) if isinstance(msg, ProfileDevice)]
         assert [v.name for v in command.variants] == ["double"]
-        # A run the first process began (an earlier epoch's request id) may have measured the old file.
-        second.receive(b"agent:a1", None, ProfileProgress(
-            request_id=1, agent_id="a1", device_kind="cpu", completed=1, total=4,
-            samples=(sample("double", 9.0), sample("triple", 3.0))))
-        kept = {s.variant: s.p50_ms for s in second.store.profiles() if s.partition == 1 and s.batch == 1}
-        assert "double" not in kept and kept["triple"] == 3.0
-        second.receive(b"agent:a1", None, ProfileProgress(
-            request_id=command.request_id, agent_id="a1", device_kind="cpu", completed=1, total=4,
-            samples=(sample("double", 2.0),)))
-        kept = {s.variant: s.p50_ms for s in second.store.profiles() if s.partition == 1 and s.batch == 1}
-        assert kept["double"] == 2.0
+        # The first process's run measured the old file: refused for it, taken for the others.
+        report(second, first_run, sample("double", 9.0), sample("triple", 3.0))
+        assert "double" not in kept(second) and kept(second)["triple"] == 3.0
     finally:
         second.close()
+    third = start()  # restarted again before the new file was measured
+    try:
+        third.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7,
+                                                       instance="i"))
+        report(third, first_run, sample("double", 9.0))
+        assert "double" not in kept(third)
+        report(third, command.request_id, sample("double", 2.0))  # the second process's run: the new file
+        assert kept(third)["double"] == 2.0
+    finally:
+        third.close()
 
 
 def placed(plane: ControlPlane) -> list[StartWorker]:

@@ -124,7 +124,6 @@ def test_gateways_survive_reopening_until_they_leave_or_are_forgotten(tmp_path: 
     store.close()
 
 
-
 def _sample(variant: str, ms: float) -> ProfileSample:
     return ProfileSample(variant=variant, device_kind="cpu", partition=1, batch=1, p50_ms=ms, p99_ms=ms, runs=3)
 
@@ -139,22 +138,23 @@ def test_profiles_of_a_variant_that_changed_are_dropped_and_the_rest_kept_across
     store.save_profiles([_sample("a", 1.0), _sample("b", 2.0), _sample("c", 3.0)],
                         [_colocation("a", "b"), _colocation("b", "c"), _colocation("c", "a")], now=1.0)
     # Rows stored before the store said what they measured are taken as of the artifacts present now.
-    assert store.keep_profiles_of({"a": "sha-a torchscript/fp32", "b": "sha-b onnx/fp32",
-                                   "c": "sha-c openvino/fp32"}) == []
+    served = {"a": "sha-a torchscript/fp32", "b": "sha-b onnx/fp32", "c": "sha-c openvino/fp32", "d": "sha-d onnx/fp32"}
+    assert store.keep_profiles_of(served, epoch=1) == ([], {})
     store.close()
     store = StateStore(tmp_path / "state.db")
-    # a's file was replaced, c moved to bf16; b is what it was.
-    dropped = store.keep_profiles_of({"a": "sha-a2 torchscript/fp32", "b": "sha-b onnx/fp32",
-                                      "c": "sha-c openvino/bf16"})
-    assert dropped == ["a", "c"]
+    # a's file was replaced, c moved to bf16, d (never profiled) too; b is what it was.
+    served = {**served, "a": "sha-a2 torchscript/fp32", "c": "sha-c openvino/bf16", "d": "sha-d2 onnx/fp32"}
+    dropped, since = store.keep_profiles_of(served, epoch=2)
+    assert dropped == ["a", "c"]  # d had nothing to drop
+    assert since == {"a": 2, "c": 2, "d": 2}  # runs begun before epoch 2 measured the old ones
     assert [s.variant for s in store.profiles()] == ["b"]
     assert store.colocations() == []  # each pair had a or c in it
     store.save_profiles([_sample("a", 5.0)], [_colocation("a", "b")], now=2.0)
     store.close()
     store = StateStore(tmp_path / "state.db")
-    # The new measurements are of what is served now: kept at the next start.
-    assert store.keep_profiles_of({"a": "sha-a2 torchscript/fp32", "b": "sha-b onnx/fp32",
-                                   "c": "sha-c openvino/bf16"}) == []
+    # The new measurements are of what is served now: kept at the next start, which still knows
+    # from which epoch on runs measure the new files.
+    assert store.keep_profiles_of(served, epoch=3) == ([], {"a": 2, "c": 2, "d": 2})
     assert {(s.variant, s.p50_ms) for s in store.profiles()} == {("a", 5.0), ("b", 2.0)}
     assert [(c.variant, c.other) for c in store.colocations()] == [("a", "b")]
     store.close()
