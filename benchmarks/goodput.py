@@ -15,18 +15,23 @@ measured: server CPU per request at a fixed low rate. Both servers serve the sam
 agent may serve a TorchScript artifact through ONNX Runtime (``[agent] onnx_upgrade``), and the
 ratio then includes what that gains; with ``--openvino fp32|bf16`` letmesh serves the ONNX artifact
 through OpenVINO at that precision (bf16: bfloat16 on a CPU with AMX or AVX-512 BF16, whose answers
-differ from fp32's; the report gives the difference), the baseline still ``--backend``'s. Beside
+differ from fp32's; the report gives the difference), the baseline still ``--backend``'s unless
+``--baseline-openvino`` has it compute through OpenVINO at the same precision too (like for like;
+the RESULT line then names the ratio ``..._vs_same_runtime``). Beside
 each ratio stands its ceiling: the compute limit of the fastest runtime letmesh may serve on over
 the baseline's max rate, which no server on this core
-passes. Prints a table, writes JSON, ends with a RESULT line.
-Asserts nothing about speed.
+passes. Both servers' "of limit" is of ``--backend``'s compute limit, the targets' reference. The
+report also counts the model's floating-point operations and gives each runtime's compute limit in
+GFLOP/s beside one core's fp32 matrix-multiply rate (OpenVINO computes on every server core, as a
+letmesh worker does on its partition's; the others on one thread). Prints a table, writes JSON,
+ends with a RESULT line. Asserts nothing about speed.
 
 On a GPU host, ``--device cuda`` serves the models on the GPU (letmesh's agent finds it; the
 baseline moves its model there) with the CPU side of both servers on ``--server-cores`` cores; the
 SLO and compute limits are then the GPU's.
 
 Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]
-[--onnx-upgrade | --openvino fp32|bf16] [--device cpu|cuda] [--server-cores N] [--slo-ms MS --models ONE] [--max-batch N]``;
+[--onnx-upgrade | --openvino fp32|bf16 [--baseline-openvino]] [--device cpu|cuda] [--server-cores N] [--slo-ms MS --models ONE] [--max-batch N]``;
 ``--slo-ms`` and ``--max-batch`` fix the regime, so that runs on a host whose speed moves compare alike.
 An entry point: may import everything.
 """
@@ -114,7 +119,8 @@ def parse_options(argv: list[str] | None) -> Options:
                    help="letmesh's agent may serve the TorchScript artifact through ONNX Runtime (the baseline does not)")
     p.add_argument("--openvino", choices=("fp32", "bf16"),
                    help="letmesh serves the ONNX artifact through OpenVINO at this precision (bf16: bfloat16 where "
-                        "the CPU has it, answers differ from fp32 in the third digit); the baseline keeps --backend's")
+                        "the CPU has it, answers differ from fp32 in the third digit); the baseline keeps --backend's "
+                        "unless --baseline-openvino")
     p.add_argument("--baseline-openvino", action="store_true",
                    help="with --openvino: the baseline computes through OpenVINO at the same precision as letmesh "
                         "(like for like: what letmesh's batching and data path add to a plain server on that runtime)")
@@ -417,7 +423,8 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
         "mflop_per_image": flops / 1e6, "fp32_peak_gflops": cal["fp32_peak_gflops"],
         "gflops_at_limit": {name: lim["rps"] * flops / 1e9 for name, lim in cal["compute_limit"].items()},
         "model": model.summary, "variant": model.variant, "input_shape": list(model.shape),
-        "served_backend": opts.served, "baseline_runtime": opts.baseline_runtime, "device": opts.device, "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
+        "served_backend": opts.served, "baseline_runtime": opts.baseline_runtime, "device": opts.device,
+        "slo_ms": cal["slo_ms"], "batch1_ms": cal["batch1_ms"],
         "latency_ms": cal["latency_ms"], "compute_limit": cal["compute_limit"], "max_batch": cal["max_batch"],
         "artifacts_max_abs_diff": artifacts.max_abs_diff, "low_rate": model.low_rate, "servers": servers,
         "vs_naive": mesh["max_rate"] / base["max_rate"] if base["max_rate"] > 0 else float("nan"),
@@ -440,19 +447,25 @@ def measure(opts: Options) -> dict[str, Any]:
                 models[key] = measure_model(key, opts, cores, Path(tmp))
     finally:
         os.sched_setaffinity(0, previous)
-    result: dict[str, float] = {}
-    for key, m in models.items():
-        result[f"{key}_vs_naive"] = m["vs_naive"]
-    for key, m in models.items():
-        result[f"{key}_of_limit"] = m["of_limit"]
-    for key, m in models.items():
-        result[f"cpu_ms_per_req_{key}"] = m["servers"]["letmesh"]["cpu_ms_per_req"]
     return {
         "benchmark": "goodput", "pass_fraction": PASS_FRACTION,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "environment": env, "models": models, "loadavg_at_end": list(os.getloadavg()),
-        "out": str(opts.out), "result": result,
+        "out": str(opts.out), "result": result_figures(models, opts),
     }
+
+
+def result_figures(models: dict[str, Any], opts: Options) -> dict[str, float]:
+    """The RESULT line's figures: per model, letmesh over the baseline, of the compute limit, CPU per request."""
+    result: dict[str, float] = {}
+    against = "same_runtime" if opts.baseline_openvino else "naive"  # a like-for-like ratio is named apart
+    for key, m in models.items():
+        result[f"{key}_vs_{against}"] = m["vs_naive"]
+    for key, m in models.items():
+        result[f"{key}_of_limit"] = m["of_limit"]
+    for key, m in models.items():
+        result[f"cpu_ms_per_req_{key}"] = m["servers"]["letmesh"]["cpu_ms_per_req"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,7 +90,7 @@ def render(report: dict[str, Any]) -> str:
                               + (f" ({m['gflops_at_limit'][name] / peak:.2f})" if peak else "")
                               for name, label in _RUNTIMES if name in m["gflops_at_limit"])
             lines.append(f"  arithmetic: {m['mflop_per_image']:.1f} MFLOP an image; GFLOP/s at each compute limit "
-                         + (f"(of this core's fp32 matrix-multiply rate, {peak:.0f}): " if peak else ": ") + rates)
+                         + (f"(of one core's fp32 matrix-multiply rate, {peak:.0f}): " if peak else ": ") + rates)
         for variant, runtime in m["servers"]["letmesh"].get("runtimes", {}).items():
             lines.append(f"  letmesh serves {variant} on {runtime}")
         lines.append("")

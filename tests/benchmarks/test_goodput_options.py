@@ -75,38 +75,9 @@ def test_like_for_like_the_baseline_computes_through_letmeshs_openvino_precision
     assert opts.baseline_runtime == opts.served == "openvino-bf16"
     with pytest.raises(SystemExit):
         goodput.parse_options(["--models", "small", "--baseline-openvino"])  # no precision to take
-
-
-@pytest.mark.timeout(180)
-def test_the_baseline_server_answers_through_openvino_as_a_letmesh_worker_computes(tmp_path) -> None:
-    import os
-    import urllib.request
-
-    import numpy as np
-    import orjson
-
-    from agents.backend import openvino_bf16
-    from benchmarks.support import goodput_models as gm
-    from benchmarks.support.server_under_test import BaselineServer
-
-    model = gm.MODELS["small"]
-    artifacts = gm.export(model)
-    onnx = tmp_path / gm.ONNX_ARTIFACT
-    onnx.write_bytes(artifacts.onnx)
-    image = gm.sample_images(model, 1, seed=3)
-    body = orjson.dumps({"inputs": [{"name": gm.INPUT, "datatype": "FP32", "shape": list(image.shape),
-                                     "data": image.ravel().tolist()}]})
-    server = BaselineServer(onnx, "openvino-bf16", model.variant, tuple(sorted(os.sched_getaffinity(0))))
-    try:
-        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v2/models/{model.variant}/infer", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            (output,) = orjson.loads(reply.read())["outputs"]
-    finally:
-        server.stop()
-    served = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
-    np.testing.assert_allclose(served, gm.open_runtime("openvino-bf16", onnx)(image), rtol=0, atol=1e-6)
-    fp32 = gm.open_runtime("onnx", onnx)(image)
-    assert np.abs(served - fp32).max() < 5e-3
-    if openvino_bf16():  # computed in bfloat16 indeed, not in fp32 under another name
-        assert np.abs(served - fp32).max() > 1e-6
+    # The RESULT line names a like-for-like ratio apart, so runs compared later are not mixed up.
+    model = {"vs_naive": 1.5, "of_limit": 0.9, "servers": {"letmesh": {"cpu_ms_per_req": 2.0}}}
+    assert goodput.result_figures({"small": model}, opts) == {
+        "small_vs_same_runtime": 1.5, "small_of_limit": 0.9, "cpu_ms_per_req_small": 2.0}
+    assert set(goodput.result_figures({"small": model}, goodput.parse_options(["--openvino", "bf16"]))) == {
+        "small_vs_naive", "small_of_limit", "cpu_ms_per_req_small"}
