@@ -31,7 +31,8 @@ baseline moves its model there) with the CPU side of both servers on ``--server-
 SLO and compute limits are then the GPU's.
 
 Run: ``python benchmarks/goodput.py [--quick] [--models small,medium] [--backend torchscript|onnx]
-[--onnx-upgrade | --openvino fp32|bf16 [--baseline-openvino]] [--device cpu|cuda] [--server-cores N] [--slo-ms MS --models ONE] [--max-batch N]``;
+[--onnx-upgrade | --openvino fp32|bf16 [--baseline-openvino]] [--device cpu|cuda] [--server-cores N]
+[--slo-ms MS --models ONE] [--max-batch N]``;
 ``--slo-ms`` and ``--max-batch`` fix the regime, so that runs on a host whose speed moves compare alike.
 An entry point: may import everything.
 """

@@ -1,11 +1,12 @@
 """The plain server letmesh is compared with: one aiohttp process, orjson, one request = one forward pass.
 
 ``python -m benchmarks.support.baseline_server --artifact PATH --backend RUNTIME --variant NAME --port P
-[--device cpu|cuda]`` (RUNTIME: torchscript, onnx, openvino or openvino-bf16) serves ``POST /v2/models/NAME/infer`` (KServe V2 JSON in and out, the model's single
-FP32 input and output) and ``GET /v2/health/ready``. No batching, no queue, no deadline: the
-forward pass runs on the event loop with one intra-op thread (OpenVINO: one per core the process
-may run on, as a letmesh worker opens it) (on a GPU, the loop's thread launches it
-and waits for its result). The caller pins the process.
+[--device cpu|cuda]`` (RUNTIME: torchscript, onnx, openvino or openvino-bf16) serves
+``POST /v2/models/NAME/infer`` (KServe V2 JSON in and out, the model's single FP32 input and output)
+and ``GET /v2/health/ready``. No batching, no queue, no deadline: the forward pass runs on the
+event loop with one intra-op thread; OpenVINO with one per core the process may run on, as a
+letmesh worker opens it; on a GPU, the loop's thread launches it and waits for its result. The
+caller pins the process.
 """
 
 from __future__ import annotations
