@@ -19,8 +19,9 @@ from protocol.types import DeviceInfo, ProfileSample
 
 MPS_MENU = (20, 40, 50, 60, 80, 100)
 # A controller process numbers its profiling runs from epoch x this + 1: unique across restarts, so
-# an agent never mistakes a new run for a re-send, and a report says which process began its run.
-RUN_IDS_PER_EPOCH = 100_000
+# an agent never mistakes a new run for a re-send, and a report says which process began its run
+# (as routing table versions are numbered, epoch << 32; no process runs 2**32 profiling runs).
+RUN_IDS_PER_EPOCH = 1 << 32
 
 
 def first_run_id(epoch: int) -> int:

@@ -258,7 +258,8 @@ class StateStore:
         Returns the variants whose rows were dropped, and the epoch from which each variant's
         profiling runs measure what is served now (a run begun earlier measured another file; a
         variant never changed: 0)."""
-        stored = {v: (served, since) for v, served, since in self._db.execute("SELECT * FROM measured")}
+        stored = {v: (served, since)
+                  for v, served, since in self._db.execute("SELECT variant, served, since_epoch FROM measured")}
         stale = remeasured({v: served for v, (served, _) in stored.items()}, current)
         dropped = []
         with self._db:  # one transaction: a crash keeps the old rows and what they measured, or neither

@@ -116,6 +116,9 @@ def migrate(db: sqlite3.Connection) -> int:
         if "batches" not in columns:  # a placement table older than plan batches
             db.execute("ALTER TABLE placement ADD COLUMN batches TEXT NOT NULL DEFAULT '[]'")
         db.executescript(_TO_1)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(measured)")}
+    if "since_epoch" not in columns:  # a measured table made before it said since when
+        db.execute("ALTER TABLE measured ADD COLUMN since_epoch INTEGER NOT NULL DEFAULT 0")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return found
 

@@ -192,8 +192,8 @@ def test_a_variant_whose_file_was_replaced_is_profiled_again_at_the_next_start(
     try:
         third.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7,
                                                        instance="i"))
-        report(third, first_run, sample("double", 9.0))
-        assert "double" not in kept(third)
+        report(third, first_run, sample("double", 9.0), sample("triple", 4.0))
+        assert "double" not in kept(third) and kept(third)["triple"] == 4.0
         report(third, command.request_id, sample("double", 2.0))  # the second process's run: the new file
         assert kept(third)["double"] == 2.0
     finally:

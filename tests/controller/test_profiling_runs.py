@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from controller.profiling import (ProfileWait, ProfilingRuns, awaited_kinds, measured_as, partition_menu, remeasured,
-                                 unprofiled)
+from controller.profiling import (ProfileWait, ProfilingRuns, awaited_kinds, first_run_id, measured_as, partition_menu,
+                                 remeasured, run_epoch, unprofiled)
 from controller.repository import scan_repository
 from letmesh.zoo import build_trivial
 from protocol.types import DeviceInfo, ProfileSample
@@ -154,3 +154,9 @@ def test_a_variant_is_measured_again_when_its_artifact_backend_or_precision_chan
     assert measured_as(dataclasses.replace(identity, backend="openvino", precision="bf16")) != was
     assert measured_as(dataclasses.replace(identity, accuracy=0.5, max_batch=2)) == was  # the same computation
     assert remeasured({"a": "x", "b": "y"}, {"a": "x", "b": "z", "c": "w"}) == ["b"]  # c: nothing stored of it
+
+
+def test_a_run_id_says_which_controller_process_began_the_run() -> None:
+    runs = ProfilingRuns(next_id=first_run_id(7))
+    assert run_epoch(runs.next_id) == 7 and run_epoch(first_run_id(8) - 2) == 7 and run_epoch(first_run_id(8)) == 8
+    assert run_epoch(100_001) == 0  # numbered by an older controller: before any change this one records

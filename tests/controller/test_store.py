@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from controller.placement import PlannedWorker
@@ -158,3 +159,20 @@ def test_profiles_of_a_variant_that_changed_are_dropped_and_the_rest_kept_across
     assert {(s.variant, s.p50_ms) for s in store.profiles()} == {("a", 5.0), ("b", 2.0)}
     assert [(c.variant, c.other) for c in store.colocations()] == [("a", "b")]
     store.close()
+
+
+def test_a_measured_table_without_its_epochs_gets_them_and_keeps_what_it_said(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    store.save_profiles([_sample("a", 1.0)], [], now=1.0)
+    store.close()
+    db = sqlite3.connect(path, isolation_level=None)  # the table as it was first written, without since_epoch
+    db.executescript("DROP TABLE measured; CREATE TABLE measured (variant TEXT PRIMARY KEY, served TEXT NOT NULL);"
+                     "INSERT INTO measured VALUES ('a', 'sha-a torchscript/fp32');")
+    db.close()
+    store = StateStore(path)
+    try:
+        assert store.keep_profiles_of({"a": "sha-a torchscript/fp32"}, epoch=4) == ([], {})
+        assert store.keep_profiles_of({"a": "sha-a2 torchscript/fp32"}, epoch=5) == (["a"], {"a": 5})
+    finally:
+        store.close()
