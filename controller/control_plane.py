@@ -29,8 +29,8 @@ from controller.membership import Membership
 from controller.metrics import ControllerMetrics
 from controller.placement import PlannedWorker
 from controller.planning import POLICIES
-from controller.profile_control import ProfileControl
-from controller.profiling import ProfilingRuns, first_run_id, measured_as
+from controller.profile_control import ProfileControl, keep_profiles_of_served
+from controller.profiling import ProfilingRuns, first_run_id
 from controller.registry import Joined, Registry
 from controller.repository import Variant, scan_repository
 from controller.store import StateStore
@@ -118,14 +118,7 @@ class ControlPlane:
         self.demand.known = self.named.known = frozenset(variants)
         self.store = StateStore(Path(config.state_dir) / "controller.sqlite3", retention=config.decision_retention())
         self.epoch = self.store.next_epoch()
-        # A file replaced under the same name, or moved to another backend or precision, is measured
-        # anew: the planner would otherwise size partitions on another model's latencies.
-        dropped, measured_since = self.store.keep_profiles_of(
-            {name: measured_as(v) for name, v in variants.items()}, self.epoch)
-        for name in dropped:
-            log.warning("variant %s is not what was profiled (its artifact, backend or precision changed): its "
-                        "profiles are dropped and %s", name, "measured again" if config.auto_profile else
-                        "wait for `letmesh profile --rerun` (auto_profile is off; re-plans wait for them too)")
+        measured_since = keep_profiles_of_served(self.store, variants, self.epoch, auto_profile=config.auto_profile)
         self.instance = secrets.token_hex(8)
         self.registry = reg = Registry(variants, heartbeat_interval_s=config.heartbeat_interval_s,
                                        missed_heartbeats=config.missed_heartbeats, epoch=self.epoch)

@@ -10,8 +10,9 @@ import logging
 from collections.abc import Callable, Mapping
 
 from controller.layout_manager import LayoutManager
-from controller.profiling import ProfilingRuns, run_epoch
+from controller.profiling import ProfilingRuns, measured_as, run_epoch
 from controller.registry import Registry
+from controller.repository import Variant
 from controller.store import StateStore
 from protocol.message import ProfileDevice, ProfileProgress
 from protocol.types import ColocationSample, ProfileSample
@@ -22,6 +23,20 @@ _LONGEST_MS = 3_600_000.0  # an hour a batch: past this a measurement is not one
 
 def _latency(ms: float) -> bool:
     return 0.0 < ms <= _LONGEST_MS  # False for NaN and infinities too
+
+
+def keep_profiles_of_served(store: StateStore, variants: Mapping[str, Variant], epoch: int, *,
+                            auto_profile: bool) -> dict[str, int]:
+    """At a controller's start: drop the stored profiles of each variant that is not what was
+    profiled (a file replaced under the same name, or moved to another backend or precision: the
+    planner would otherwise size partitions on another model's latencies), so that it is measured
+    anew. Returns, per variant, the first epoch whose profiling runs measure what is served now."""
+    dropped, measured_since = store.keep_profiles_of({name: measured_as(v) for name, v in variants.items()}, epoch)
+    for name in dropped:
+        log.warning("variant %s is not what was profiled (its artifact, backend or precision changed): its "
+                    "profiles are dropped and %s", name, "measured again" if auto_profile else
+                    "wait for `letmesh profile --rerun` (auto_profile is off; re-plans wait for them too)")
+    return measured_since
 
 
 class ProfileControl:
