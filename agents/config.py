@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mesh.config import Address, NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt
 
@@ -32,6 +33,10 @@ class AgentConfig:
     # Serve a TorchScript variant through ONNX Runtime where its conversion answers the same and
     # runs faster on this host (agents.onnx_upgrade); profiles then measure what is served.
     onnx_upgrade: bool = False
+    # How the workers share a core with the processes beside them (mesh.cpu_policy): "batch" (a
+    # worker woken by a request does not preempt the one running, nor is it preempted mid-batch by
+    # another "batch" process such as the gateway) or "normal" (the kernel's default).
+    worker_cpu_policy: Literal["batch", "normal"] = "batch"
     # The artifact cache (STATE_DIR/artifacts: artifacts and their ONNX conversions) is kept within
     # this size: what no worker or profiling run here uses goes, least recently used first (0: no
     # bound). Checked every 30 s while registered (agents.agent_actor.CACHE_CHECK_S).

@@ -33,7 +33,7 @@ from agents.model_runner import ModelRunner  # noqa: E402
 from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
 from agents.process import torch_device  # noqa: E402
 from agents.serving_loop import ServingLoop  # noqa: E402
-from mesh import heap  # noqa: E402
+from mesh import cpu_policy, heap  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
 from mesh.log_format import FORMAT_ENV, configure as configure_logging  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
@@ -267,6 +267,14 @@ def main() -> None:
     except WorkerSpecError as exc:
         print(f"letmesh worker: {exc}", file=sys.stderr)
         sys.exit(2)
+    policy = os.environ.get(cpu_policy.ENV)
+    if policy:  # before ZeroMQ and the runtimes start their threads, which inherit it
+        try:
+            problem = cpu_policy.apply(policy)
+        except ValueError as exc:
+            problem = str(exc)
+        if problem:
+            log.warning("CPU policy not set: %s", problem)
     worker = Worker(
         cmd,
         agent_id=os.environ.get("LETMESH_WORKER_AGENT_ID", "local"),

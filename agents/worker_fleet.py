@@ -20,6 +20,7 @@ from typing import Any
 from agents.config import AgentConfig
 from agents.managed_worker import ManagedWorker, WorkerExited, WorkerGone
 from agents.process import spawn_worker, stop_process
+from mesh import cpu_policy
 from mesh.clock import Clock
 from mesh.keys import ClientKeys, drop_worker_credential, new_worker_credential
 from mesh.supervisor import RestartIntensity
@@ -159,6 +160,7 @@ class WorkerFleet:
             "LETMESH_WORKER_AGENT_ID": self.config.agent_id,
             "LETMESH_STATE_DIR": os.path.abspath(self.config.state_dir),
             "LETMESH_WORKER_HEARTBEAT_INTERVAL_S": str(self.config.worker_heartbeat_interval_s),
+            cpu_policy.ENV: self.config.worker_cpu_policy,
             **self.config.runtime_env(),
         }
         drop_worker_credential(worker.credential)  # a restart gets a new one: the old process's key dies with it

@@ -46,6 +46,17 @@ def _run_role(role: str, coro_factory) -> int:
     return 0
 
 
+def _set_cpu_policy(role: str, policy: str) -> None:
+    """This process's scheduling policy (mesh.cpu_policy), before the role starts its threads."""
+    import logging
+
+    from mesh import cpu_policy
+
+    problem = cpu_policy.apply(policy)
+    if problem:
+        logging.getLogger(f"letmesh.{role}").warning("CPU policy not set: %s", problem)
+
+
 def _tcp_port(address: str) -> tuple[str, int]:
     """(host, port) a ``tcp://HOST:PORT`` bind address listens on; port 0 for one that checks nothing."""
     bare = address.partition(" curve=")[0]
@@ -131,6 +142,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                                 (config.http_host, config.metrics_port, "gateway metrics"),
                                 (*_tcp_port(config.data_bind), "gateway data")]):
         return 1
+    _set_cpu_policy("gateway", config.cpu_policy)
     return _run_role("gateway", lambda stop: run_gateway(config, stop))
 
 

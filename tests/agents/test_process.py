@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from agents.process import CORES_ENV, SPEC_ENV, spawn_worker, stop_process, torch_device, visible_device, worker_environment
+from mesh import cpu_policy
 from mesh.peer_routes import name_of
 from protocol.codec import decode
 from protocol.message import FetchArtifact, StartWorker
@@ -135,10 +136,12 @@ def gone(pid: int) -> bool:
 
 
 async def start_blocked_worker(sock: zmq.asyncio.Socket, address: str, tmp_path: Path,
-                               procs: list[asyncio.subprocess.Process]) -> asyncio.subprocess.Process:
+                               procs: list[asyncio.subprocess.Process],
+                               env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     """A real worker pinned to the last usable core, blocked fetching its artifact from ``sock``."""
     cmd = start_cmd(cpu_part(len(USABLE) - 1), controller=address)
-    proc = await spawn_worker(cmd, USABLE, {"LETMESH_STATE_DIR": str(tmp_path), "LETMESH_WORKER_AGENT_ID": "a1"})
+    proc = await spawn_worker(cmd, USABLE, {"LETMESH_STATE_DIR": str(tmp_path), "LETMESH_WORKER_AGENT_ID": "a1",
+                                            **(env or {})})
     procs.append(proc)
     identity, *frames = await asyncio.wait_for(sock.recv_multipart(), WORKER_START_S)
     msg, _ = decode(frames)
@@ -158,6 +161,18 @@ async def test_worker_blocked_fetching_is_stopped_and_leaves_no_process(silent_c
 
     assert code == proc.returncode and code != -signal.SIGKILL  # SIGTERM ends the load; no kill needed
     assert gone(proc.pid)
+
+
+@pytest.mark.parametrize("policy", cpu_policy.POLICIES)
+async def test_a_worker_runs_every_thread_under_the_cpu_policy_its_agent_gives(policy, silent_controller, spawned,
+                                                                               tmp_path) -> None:
+    sock, address = silent_controller
+    proc = await start_blocked_worker(sock, address, tmp_path, spawned, {cpu_policy.ENV: policy})
+    threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+
+    assert len(threads) > 1  # ZeroMQ's and the runtimes' threads, started after the policy was set
+    assert {cpu_policy.policy_of(t) for t in threads} == {policy}
+    await asyncio.wait_for(stop_process(proc, timeout_s=BOUND_S), BOUND_S * 2)
 
 
 async def test_sigterm_while_loading_ends_the_worker_without_a_kill(silent_controller, spawned, tmp_path) -> None:

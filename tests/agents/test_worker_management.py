@@ -21,6 +21,7 @@ from agents import artifact_cache
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
 from agents.process import die_with_parent, worker_environment
+from mesh import cpu_policy
 from protocol.codec import decode, encode
 from protocol.message import (
     Heartbeat,
@@ -112,6 +113,7 @@ async def mesh(ctx, tmp_path, monkeypatch, agent_options):
         env = {**worker_environment(cmd, usable, extra), "DRAIN_S": os.environ.get("TEST_DRAIN_S", "0")}
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", STAND_IN, env=env,
                                                     stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent)
+        proc.env = env  # what a test checks the agent gave its worker
         spawned.append(proc)
         return proc
 
@@ -138,6 +140,14 @@ async def mesh(ctx, tmp_path, monkeypatch, agent_options):
 def start(cores: tuple[int, ...] = (0,), worker_id: str = "a1.w0", device_id: str = "cpu0") -> StartWorker:
     return StartWorker(worker_id=worker_id, partition=Partition(device_id=device_id, kind="cpu", cores=cores),
                        variants=(VARIANT,), gateways=(), controller="tcp://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("agent_options", [{}, {"worker_cpu_policy": "normal"}], ids=["default", "normal"])
+async def test_workers_are_given_the_agents_cpu_policy_batch_unless_configured(mesh, agent_options) -> None:
+    controller, agent, spawned, _ = mesh
+    await controller.send(start())
+    await controller.until(lambda: len(spawned) == 1)
+    assert spawned[0].env[cpu_policy.ENV] == agent_options.get("worker_cpu_policy", "batch")
 
 
 async def test_a_worker_replaced_under_its_id_runs_as_one_process_and_no_crash_is_reported(mesh) -> None:

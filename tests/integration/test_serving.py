@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from benchmarks.support.procfs import descendants
 from letmesh.status import fetch_status, format_status
+from mesh import cpu_policy
 from tests.integration.conftest import wait_until
 
 
@@ -147,3 +151,20 @@ def test_status_shows_how_a_worker_runs_against_its_warm_up(mesh) -> None:
     (worker,) = fetch_status(mesh.controller_address).workers
     assert set(worker.slowdown) == {"identity"} and 0 < worker.slowdown["identity"] < float("inf")
     assert "compute vs warm-up:  identity x" in format_status(fetch_status(mesh.controller_address))
+
+
+def test_the_gateway_and_workers_take_turns_on_a_core_and_the_control_plane_keeps_the_default(mesh) -> None:
+    def policies(pid: int) -> set[str]:
+        return {cpu_policy.policy_of(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+    workers = [p for p in descendants(mesh.procs["agent"].pid)
+               if b"agents.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert workers
+    # Every thread of the data plane (ZeroMQ's, the runtimes', the event loop's) runs SCHED_BATCH:
+    # an arrival does not preempt the other mid-batch (mesh.cpu_policy). Rarely busy, the
+    # controller and the agent keep what they were started with (this process's policy).
+    assert policies(mesh.procs["gateway"].pid) == {"batch"}
+    assert all(policies(w) == {"batch"} for w in workers)
+    launcher = {cpu_policy.policy_of(os.getpid())}
+    assert policies(mesh.procs["controller"].pid) == launcher
+    assert policies(mesh.procs["agent"].pid) == launcher
