@@ -22,7 +22,7 @@ def test_ratios_pair_each_batch_step_with_the_normal_step_of_its_load_and_round(
 
     summary = cpu_policy.summarise(steps)
 
-    assert summary["ratios"]["p99"] == {"median": 0.5, "min": 0.5, "max": 1.0, "pairs": 3}
+    assert summary["ratios"]["p99"] == {"median": 0.5, "min": 0.5, "max": 1.0, "pairs": 3, "below_1": 2}
     assert summary["ratios"]["cpu"]["median"] == pytest.approx(0.8) and summary["ratios"]["cpu"]["min"] == 0.5
     batch_09 = summary["by_load"]["0.9"]["batch"]
     assert batch_09["p99_ms"] == {"median": 27.5, "min": 15.0, "max": 40.0}
@@ -38,6 +38,8 @@ def test_a_load_with_one_policy_only_reports_no_ratio() -> None:
 def test_options_refuse_loads_and_rounds_the_benchmark_cannot_run() -> None:
     with pytest.raises(SystemExit):
         cpu_policy.parse_options(["--loads", "0.5,0"])
+    with pytest.raises(SystemExit):
+        cpu_policy.parse_options(["--loads", "half"])
     with pytest.raises(SystemExit):
         cpu_policy.parse_options(["--rounds", "0"])
     opts = cpu_policy.parse_options(["--quick"])

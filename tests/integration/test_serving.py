@@ -153,6 +153,8 @@ def test_status_shows_how_a_worker_runs_against_its_warm_up(mesh) -> None:
     assert "compute vs warm-up:  identity x" in format_status(fetch_status(mesh.controller_address))
 
 
+@pytest.mark.skipif(not cpu_policy.supported() or cpu_policy.policy_of(0) == "other",
+                    reason="needs SCHED_BATCH, and a test runner under SCHED_OTHER or SCHED_BATCH")
 def test_the_gateway_and_workers_take_turns_on_a_core_and_the_control_plane_keeps_the_default(mesh) -> None:
     def policies(pid: int) -> set[str]:
         return {cpu_policy.policy_of(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
