@@ -34,7 +34,7 @@ class GatewayConfig:
     worker_missed_heartbeats: PositiveInt = 3
     # How the gateway shares a core with the workers beside it (mesh.cpu_policy): "batch" (a request
     # arriving does not preempt a worker mid-batch; the gateway runs when the worker blocks, or
-    # within a slice and a tick) or "normal" (the kernel's default: every arrival preempts).
+    # within a slice and a tick) or "normal" (the kernel's default: an arrival may preempt).
     cpu_policy: Literal["batch", "normal"] = "batch"
     max_outstanding_per_worker: PositiveInt = 512
     # Requests in flight to workers at this gateway at once; beyond it, 503 + Retry-After.
