@@ -32,14 +32,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import goodput as g  # noqa: E402
 from benchmarks.support import goodput_models as gm  # noqa: E402
-from benchmarks.support.goodput_report import environment  # noqa: E402
+from benchmarks.support.goodput_report import environment, result_line  # noqa: E402
 from benchmarks.support.report import publish  # noqa: E402
 from benchmarks.support.server_under_test import MeshServer, pick_cores, settle  # noqa: E402
 from mesh import cpu_policy  # noqa: E402
@@ -73,15 +71,26 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
-def data_plane_policies(server: MeshServer) -> dict[str, list[str]]:
-    """The scheduling policies the threads of the mesh's gateway and workers run under, by role."""
-    out: dict[str, set[str]] = {}
+def data_plane_pids(server: MeshServer) -> dict[int, str]:
+    """The mesh's gateway and worker processes: pid -> role."""
+    out = {}
     for pid in server.pids():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            role = "worker" if b"agents.worker" in cmd else ("gateway" if b"gateway" in cmd else "")
-            if role:
-                out.setdefault(role, set()).update(cpu_policy.policy_of(int(t)) for t in os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            continue  # a process that ended meanwhile
+        role = "worker" if b"agents.worker" in cmd else ("gateway" if b"gateway" in cmd else "")
+        if role:
+            out[pid] = role
+    return out
+
+
+def data_plane_policies(server: MeshServer) -> dict[str, list[str]]:
+    """The scheduling policies the threads of the mesh's gateway and workers run under, by role."""
+    out: dict[str, set[str]] = {}
+    for pid, role in data_plane_pids(server).items():
+        try:
+            out.setdefault(role, set()).update(cpu_policy.policy_of(int(t)) for t in os.listdir(f"/proc/{pid}/task"))
         except OSError:
             continue
     return {role: sorted(names) for role, names in out.items()}
@@ -113,29 +122,16 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return {"by_load": table, "ratios": spread, "mean_good_fraction": good}
 
 
-def set_data_plane_policy(server: MeshServer, policy: str) -> int:
-    """Put every thread of the mesh's gateway and workers under ``policy``, as their configs would
-    at start (mesh.cpu_policy), and check that each is; returns how many threads were set."""
-    code = cpu_policy.code_of(policy)
-    count = 0
-    for pid in server.pids():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue  # a process that ended meanwhile
-        if b"agents.worker" not in cmd and b"gateway" not in cmd:
-            continue
-        for tid in tids:
-            try:
-                os.sched_setscheduler(int(tid), code, os.sched_param(0))
-                count += 1
-            except ProcessLookupError:
-                continue  # a thread that ended meanwhile
+def set_data_plane_policy(server: MeshServer, policy: str) -> None:
+    """Put every thread of the mesh's gateway and workers under ``policy``, as their configs do at
+    start (mesh.cpu_policy.apply), and check that each is."""
+    for pid in data_plane_pids(server):
+        problem = cpu_policy.apply(policy, pid)
+        if problem:
+            raise RuntimeError(f"pid {pid}: {problem}")
     found = data_plane_policies(server)
-    if count == 0 or set(found) != {"gateway", "worker"} or any(p != [policy] for p in found.values()):
+    if set(found) != {"gateway", "worker"} or any(p != [policy] for p in found.values()):
         raise RuntimeError(f"the mesh's data plane is not all under {policy!r}: {found}")
-    return count
 
 
 def start_hog(core: int) -> subprocess.Popen:
@@ -160,11 +156,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
             cal = g.calibrate(model, artifacts, server_cores, goodput_opts, tmp)
             repo = gm.write_repository(tmp / "repo", model, artifacts, backend="torchscript", slo_ms=cal["slo_ms"],
                                        max_batch=cal["max_batch"], profile_ms=cal["latency_ms"])
-            image = cal["image"]
-            body = orjson.dumps({"inputs": [{"name": gm.INPUT, "datatype": "FP32", "shape": list(image.shape),
-                                             "data": image.ravel().tolist()}],
-                                 "parameters": {"letmesh_slo_ms": cal["slo_ms"]}})
-            work = g.Workload(model, body, cal["expected"]["torchscript"], cal["slo_ms"])
+            work = g.workload(model, cal, "torchscript")
             os.sched_setaffinity(0, {client_core})
             server = MeshServer(repo, tmp / "state", server_cores)
             try:
@@ -183,14 +175,14 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
                     for i, load in enumerate(opts.loads):
                         rate = load * capacity
                         for policy in (POLICIES if (rnd + i) % 2 == 0 else POLICIES[::-1]):
-                            threads = set_data_plane_policy(server, policy)
+                            set_data_plane_policy(server, policy)
                             settle(server)
                             before = server.cpu_s()
                             s = g.step(server, work, rate, max(100, int(rate * opts.step_s)),
                                        opts.seed + 100 * (rnd + 1) + i)  # the same arrivals under both policies
                             cpu_ms = (server.cpu_s() - before) / s["sent"] * 1e3
                             steps.append({"policy": policy, "load": load, "round": rnd, "rate": rate,
-                                          "threads_set": threads, "cpu_ms_per_req": cpu_ms, **{k: s[k] for k in (
+                                          "cpu_ms_per_req": cpu_ms, **{k: s[k] for k in (
                                               "sent", "good", "good_fraction", "p50_ms", "p99_ms", "lag_p99_ms")}})
                             print(f"  {policy:6s} load {load:.2f} ({rate:6.1f} req/s) round {rnd}: "
                                   f"{s['good_fraction']:.4f} within SLO, p50 {s['p50_ms']:.1f} ms, "
@@ -235,10 +227,6 @@ def render(report: dict[str, Any]) -> str:
                      f"below 1 in {r['below_1']} of {r['pairs']} pairs of steps)")
     lines.append(f"JSON: {report['out']}")
     return "\n".join(lines)
-
-
-def result_line(result: dict[str, float]) -> str:
-    return "RESULT " + " ".join(f"{k}={v:.4g}" for k, v in result.items())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,6 +110,16 @@ def step(server: Server, work: Workload, rate: float, requests: int, seed: int) 
             "drain_s": drained_s}
 
 
+def workload(model: gm.ModelDef, cal: dict[str, Any], backend: str) -> Workload:
+    """The calibration's image as a pre-encoded V2 JSON body (with the SLO as its bound), checked
+    against ``backend``'s logits."""
+    image = cal["image"]
+    body = orjson.dumps({"inputs": [{"name": gm.INPUT, "datatype": "FP32", "shape": list(image.shape),
+                                     "data": image.ravel().tolist()}],
+                         "parameters": {"letmesh_slo_ms": cal["slo_ms"]}})
+    return Workload(model, body, cal["expected"][backend], cal["slo_ms"])
+
+
 def output_error(server: Server, work: Workload) -> float:
     """Largest difference between the server's logits for the benchmark image and this process's own."""
     status, body = _run(loadgen.probe(server.port, work.request(server.port), timeout_s=30))
@@ -265,11 +275,7 @@ def measure_model(key: str, opts: Options, cores: tuple[int, int], tmp: Path) ->
     cal = calibrate(model, artifacts, server_cores, opts, tmp)
     repo = gm.write_repository(tmp / f"repo-{key}", model, artifacts, backend=opts.served, slo_ms=cal["slo_ms"],
                                max_batch=cal["max_batch"], profile_ms=cal["latency_ms"])
-    image = cal["image"]
-    body = orjson.dumps({"inputs": [{"name": gm.INPUT, "datatype": "FP32", "shape": list(image.shape),
-                                     "data": image.ravel().tolist()}],
-                         "parameters": {"letmesh_slo_ms": cal["slo_ms"]}})
-    work = Workload(model, body, cal["expected"][opts.backend], cal["slo_ms"])
+    work = workload(model, cal, opts.backend)
     limit = cal["compute_limit"][opts.backend]["rps"]
     onnx_limit = cal["compute_limit"].get("onnx", {}).get("rps", float("nan"))  # none on a GPU without ORT's CUDA provider
     served_limit = cal["compute_limit"][opts.served]["rps"]

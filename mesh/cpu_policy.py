@@ -36,20 +36,15 @@ def _codes() -> dict[str, int]:
     return {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}
 
 
-def code_of(policy: str) -> int:
-    """The kernel's number for a policy of POLICIES (KeyError for another)."""
-    return _codes()[policy]
-
-
 def _policy_code(tid: int) -> int:
     return os.sched_getscheduler(tid) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
 
 
-def apply(policy: str) -> str | None:
-    """Give every thread of this process ``policy``; threads started later inherit it from the
-    thread that starts them. Returns None (also where the platform has no such policies), or what
-    the system refused, naming how many threads were left as they were. ValueError for a policy
-    not in POLICIES."""
+def apply(policy: str, pid: int | None = None) -> str | None:
+    """Give every thread of this process (or of ``pid``) ``policy``; threads started later inherit
+    it from the thread that starts them. Returns None (also where the platform has no such
+    policies), or what the system refused, naming how many threads were left as they were.
+    ValueError for a policy not in POLICIES."""
     if policy not in POLICIES:
         raise ValueError(f"unknown CPU policy {policy!r}: one of {', '.join(POLICIES)}")
     if not supported():
@@ -59,9 +54,9 @@ def apply(policy: str) -> str | None:
     refused: dict[int, str] = {}
     for _ in range(_PASSES):
         try:
-            threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+            threads = [int(tid) for tid in os.listdir(f"/proc/{pid or 'self'}/task")]
         except OSError:
-            threads = [0]  # no /proc: the calling thread, before it starts any other
+            threads = [pid or 0]  # no /proc: the process's main thread
         changed = False
         for tid in threads:
             try:

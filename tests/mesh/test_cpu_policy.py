@@ -5,6 +5,7 @@ under the other policy: the policy is the process's own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,18 @@ def test_an_unknown_policy_is_refused_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="unknown CPU policy 'fifo'"):
         cpu_policy.apply("fifo")
     assert cpu_policy.policy_of(0) == before
+
+
+def test_another_process_is_given_the_policy_thread_by_thread() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+                              "print('up', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        threads = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        target = OPPOSITE[cpu_policy.policy_of(child.pid)]
+        assert cpu_policy.apply(target, child.pid) is None
+        assert len(threads) == 2 and {cpu_policy.policy_of(t) for t in threads} == {target}
+    finally:
+        child.kill()
+        child.wait()
