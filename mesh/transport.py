@@ -30,10 +30,11 @@ import zmq
 import zmq.asyncio
 
 from mesh.handshakes import REFUSALS, refusal_cause, say_refused
-from mesh.frames import receive_frames
+from mesh.frames import take_frames
 from mesh.keys import ClientKeys, KeysError, ServerKeys, split_server_key
 from mesh.links import DEFAULT_LINK, LINGER_MS, LinkOptions, socket_options
 from mesh.peer_routes import PeerRoutes, name_of, owns, tagged
+from mesh.readiness import Readiness
 from mesh.zap import ZAP_DOMAIN, ZapHandler
 from protocol import DEFAULT_LIMITS, Limits, ProtocolError, decode_all, encode, encode_bundle
 
@@ -96,9 +97,10 @@ class Endpoint:
 
     def __init__(self, sock: zmq.asyncio.Socket, kind: int, limits: Limits) -> None:
         self._sock = sock
-        # The same libzmq socket without asyncio's bookkeeping: a send that cannot block, and a
-        # receive of a message already waiting, need no future, no callback and no loop turn.
+        # Sends and receives go through the same libzmq socket without pyzmq's asyncio layer, and
+        # wait on ``_ready`` when they cannot go at once (its module says why).
         self._now = zmq.Socket.shadow(sock.underlying)
+        self._ready = Readiness(self._now)
         self._kind = kind
         self._limits = limits
         self.protocol_errors = 0
@@ -273,23 +275,21 @@ class Endpoint:
         self.connect(address)
 
     async def send(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
-        frames: list[Any] = encode(msg, tensors)
-        if self.routes is not None:
-            if to is None:
-                raise ValueError("a ROUTER send needs the peer identity")
-            frames.insert(0, self.routes.route(to))
-        try:
-            await self._sock.send_multipart(frames, copy=False)
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise PeerUnreachable(repr(to)) from None
-            if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                raise EndpointClosed(str(exc)) from None
-            raise
+        """Send, waiting while the link's queue is full."""
+        frames = self._addressed(encode(msg, tensors), to)
+        while True:
+            try:
+                self._send_now(frames, to)
+                return
+            except zmq.Again:
+                try:
+                    await self._ready.wait(zmq.POLLOUT)
+                except zmq.ZMQError as exc:
+                    raise EndpointClosed(str(exc)) from None
 
     def send_nowait(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
         """Send without awaiting; raises PeerUnreachable, or zmq.Again if the queue is full."""
-        self._send_frames(encode(msg, tensors), to)
+        self._send_now(self._addressed(encode(msg, tensors), to), to)
 
     def send_many_nowait(self, items: Sequence[tuple[Any, Sequence[np.ndarray]]], to: bytes | None = None) -> None:
         """Send several (message, tensors) to one peer as bundles: one send, and one wake-up of
@@ -300,18 +300,21 @@ class Endpoint:
         for item in items:
             nbytes = sum(np.asarray(t).nbytes for t in item[1])
             if chunk and (len(chunk) == BUNDLE_MAX or size + nbytes > BUNDLE_BYTES):
-                self._send_frames(encode_bundle(chunk), to)
+                self._send_now(self._addressed(encode_bundle(chunk), to), to)
                 chunk, size = [], 0
             chunk.append(item)
             size += nbytes
         if chunk:
-            self._send_frames(encode_bundle(chunk), to)
+            self._send_now(self._addressed(encode_bundle(chunk), to), to)
 
-    def _send_frames(self, frames: list[Any], to: bytes | None) -> None:
+    def _addressed(self, frames: list[Any], to: bytes | None) -> list[Any]:
         if self.routes is not None:
             if to is None:
                 raise ValueError("a ROUTER send needs the peer identity")
             frames.insert(0, self.routes.route(to))
+        return frames
+
+    def _send_now(self, frames: list[Any], to: bytes | None) -> None:
         try:
             self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) < 3)
         except zmq.Again:
@@ -323,21 +326,15 @@ class Endpoint:
                 raise EndpointClosed(str(exc)) from None
             raise
         finally:
-            # The socket's descriptor is edge-triggered: a send can consume the edge that would
-            # have woken a receive waiting on the event loop. Reading EVENTS through the asyncio
-            # socket re-checks and schedules that receive if a message is already waiting.
-            if not self._sock.closed:
-                self._sock.get(zmq.EVENTS)
+            if self._ready.waiting:
+                self._ready.recheck()  # the send may have consumed the signal a receive waits for
 
     def readable(self) -> bool:
         """Whether recv() would return at once: a message of a bundle already unpacked, or one
         waiting on the socket."""
         if self._unpacked:
             return True
-        try:
-            return bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
-        except zmq.ZMQError:
-            return False
+        return bool(self._ready.recheck() & zmq.POLLIN)
 
     async def recv(self) -> Incoming:
         """The next valid message; invalid ones are logged, counted and skipped.
@@ -350,11 +347,20 @@ class Endpoint:
             self._yielded = time.monotonic()
         while True:
             try:
-                frames = await receive_frames(self._sock, self._now, self._most_frames)
+                frames = take_frames(self._now, self._most_frames)
+            except zmq.Again:
+                try:
+                    await self._ready.wait(zmq.POLLIN)
+                except zmq.ZMQError as exc:
+                    raise EndpointClosed(str(exc)) from None
+                continue
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     raise EndpointClosed(str(exc)) from None
                 raise
+            finally:
+                if self._ready.waiting:
+                    self._ready.recheck()  # a send waiting for room may have lost its signal to this
             if frames is None:
                 self.protocol_errors += 1
                 log.warning("dropped invalid message", extra={"error": f"more than {self._most_frames} frames"})
@@ -398,6 +404,9 @@ class Endpoint:
             return True  # connected, and backed up
         except zmq.ZMQError as exc:
             return exc.errno != zmq.EHOSTUNREACH
+        finally:
+            if self._ready.waiting:
+                self._ready.recheck()
         return True
 
     def _claimed(self, routing_id: bytes) -> None:
@@ -418,6 +427,7 @@ class Endpoint:
                 self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
+        self._ready.close()
         if not self._sock.closed:
             self._sock.close(linger=linger_ms)
         ctx, self._zap_ctx = self._zap_ctx, None
