@@ -6,8 +6,8 @@ consumes it: a send, a receive, a read of ``ZMQ_EVENTS``. pyzmq's asyncio socket
 waiting operation in a future of their own with a callback, a timer slot and a queue entry,
 and re-read the events several times per message. Here one reader callback per socket wakes
 whoever waits to read or to write; the operations themselves run on the plain socket, without
-a future, and every operation is followed by ``recheck`` so that a signal it consumed still
-wakes a waiter.
+a future, and an operation made while someone waits is followed by ``recheck``, so that a
+signal it consumed still wakes the waiter.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import zmq
 class Readiness:
     """Wakes tasks waiting for ``zmq.POLLIN`` or ``zmq.POLLOUT`` on one socket.
 
-    Bound to the first event loop that waits; ``close`` before the socket closes."""
+    The descriptor is watched from the loop of the latest wait; ``close`` before the socket closes."""
 
     def __init__(self, sock: zmq.Socket) -> None:
         self._sock = sock
