@@ -101,13 +101,20 @@ def mean_accuracy(outcomes: list[tuple], after_s: float) -> float:
     return sum(served) / len(served)
 
 
+def planned(status) -> bool:
+    """The plan made from the profiles is in place: its re-plan has finished and every worker is
+    ready (workers it started, or those it kept: the first workers may be the plan already)."""
+    return (any(r.reason == "initial" and r.finished for r in status.replans)
+            and bool(status.workers) and all(w.state == "ready" for w in status.workers))
+
+
 @pytest.mark.timeout(480)
 async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_returns(costly_mesh) -> None:
     mesh = costly_mesh
     profiles = await asyncio.to_thread(wait_for_profiles, mesh.controller_address, timeout_s=240,
                                        say=lambda line: None)
-    await asyncio.to_thread(wait_until, lambda: any(".g" in w.worker_id and w.state == "ready"
-                                                    for w in fetch_status(mesh.controller_address).workers), 60, 0.2)
+    await asyncio.to_thread(wait_until, lambda: planned(fetch_status(mesh.controller_address)), 60, 0.2,
+                            "the plan made from the profiles in place")
     url = f"{mesh.http_url}/v2/models/synth/infer"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
         light = light_rate(mesh.repository, profiles)
