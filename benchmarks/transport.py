@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,9 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
+from agents.process import die_with_parent  # noqa: E402
 from benchmarks.support.report import publish  # noqa: E402
+from benchmarks.support.server_under_test import pinned  # noqa: E402
 from mesh.transport import Endpoint  # noqa: E402
 from protocol import DEFAULT_LIMITS, decode_all, encode  # noqa: E402
 from protocol.codec import tensor_meta  # noqa: E402
@@ -49,6 +52,8 @@ MODES = ("letmesh", "pyzmq")
 IMAGE = np.ones((1, 3, 32, 32), np.float32)
 LOGITS = np.ones((1, 10), np.float32)
 REQUEST = InferRequest(request_id=1, variant="small", budget_us=100_000, inputs=(tensor_meta("input", IMAGE),))
+RUN_TIMEOUT_S = 600.0
+LINGER_MS = 1000
 REPLY = InferReply(request_id=1, variant="small", status=ReplyStatus.OK, outputs=(tensor_meta("logits", LOGITS),))
 
 
@@ -73,8 +78,9 @@ class _Ends:
             self.sock.connect(addresses["pyzmq"])
 
     def close(self) -> None:
-        self.ep.close(linger_ms=0)
-        self.sock.close(linger=0)
+        # The dealer's last reply may still be queued: a little linger lets it go.
+        self.ep.close(linger_ms=LINGER_MS)
+        self.sock.close(linger=LINGER_MS)
 
 
 async def _blocks(ends: _Ends, router: bool, pairs: int, trips: int) -> dict[str, list[float]]:
@@ -111,11 +117,12 @@ async def _side(addresses: dict[str, str], router: bool, pairs: int, trips: int,
                 child: list[str] | None = None) -> dict[str, Any]:
     ctx = zmq.asyncio.Context()
     ends = _Ends(ctx, addresses, router)
-    peer = subprocess.Popen(child, stdout=subprocess.PIPE, text=True, cwd=ROOT) if child else None
+    peer = (subprocess.Popen(child, stdout=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=die_with_parent)
+            if child else None)
     try:
-        mine = await _blocks(ends, router, pairs, trips)
+        async with asyncio.timeout(RUN_TIMEOUT_S):  # a peer gone or a message lost ends the run, never hangs it
+            mine = await _blocks(ends, router, pairs, trips)
         if peer is None:
-            await asyncio.sleep(0.1)  # the last reply on its way before the sockets go
             return {"cpu": mine}
         out, _ = peer.communicate(timeout=120)
         return {"cpu": mine, "peer": json.loads(out.strip().splitlines()[-1])["cpu"]}
@@ -136,17 +143,15 @@ def _run(coro: Any) -> Any:
 
 
 def measure(pairs: int, trips: int, core: int) -> dict[str, Any]:
-    os.sched_setaffinity(0, {core})  # the child inherits it
     folder = tempfile.mkdtemp(prefix="lm-trip-")
     addresses = {mode: f"ipc://{folder}/{mode}" for mode in MODES}
     try:
         child = [sys.executable, "-m", "benchmarks.transport", "--peer", json.dumps(addresses),
                  "--pairs", str(pairs), "--trips", str(trips)]
-        sides = _run(_side(addresses, True, pairs, trips, child))
+        with pinned(core):  # the child inherits it
+            sides = _run(_side(addresses, True, pairs, trips, child))
     finally:
-        for name in os.listdir(folder):
-            os.unlink(os.path.join(folder, name))
-        os.rmdir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
     per_block = {mode: [{"router_us": r, "dealer_us": d, "trip_us": r + d}
                         for r, d in zip(sides["cpu"][mode], sides["peer"][mode])] for mode in MODES}
     ratios = [a["trip_us"] / b["trip_us"] for a, b in zip(per_block["letmesh"], per_block["pyzmq"])]

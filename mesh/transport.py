@@ -101,6 +101,8 @@ class Endpoint:
         # wait on ``_ready`` when they cannot go at once (its module says why).
         self._now = zmq.Socket.shadow(sock.underlying)
         self._ready = Readiness(self._now)
+        # Dropped unclosed, its descriptor must not stay watched (a later socket may get its number).
+        weakref.finalize(self, self._ready.close)
         self._kind = kind
         self._limits = limits
         self.protocol_errors = 0
@@ -207,6 +209,7 @@ class Endpoint:
             self._sock.curve_serverkey = server_key or self._client.server_key
         self._dialled[bare] = address
         self._sock.connect(bare)
+        self._ready.touched()
 
     def disconnect(self, address: str) -> None:
         bare = split_server_key(address)[0]
@@ -217,6 +220,7 @@ class Endpoint:
             self._sock.disconnect(bare)
         except zmq.ZMQError:
             pass
+        self._ready.touched()
 
     def _watch_refusals(self, base_s: float) -> None:
         """Dial again, later, a server that refused this socket's key (see REFUSED_REDIAL_MAX_S)."""
@@ -272,7 +276,7 @@ class Endpoint:
             self._sock.disconnect(bare)
         except zmq.ZMQError:
             pass
-        self.connect(address)
+        self.connect(address)  # (which looks at the socket's events after)
 
     async def send(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
         """Send, waiting while the link's queue is full."""
@@ -283,7 +287,7 @@ class Endpoint:
                 return
             except zmq.Again:
                 try:
-                    await self._ready.wait(zmq.POLLOUT)
+                    await self._ready.wait(zmq.POLLOUT, fresh=True)
                 except zmq.ZMQError as exc:
                     raise EndpointClosed(str(exc)) from None
 
@@ -315,6 +319,8 @@ class Endpoint:
         return frames
 
     def _send_now(self, frames: list[Any], to: bytes | None) -> None:
+        if self._ready.closed:
+            raise EndpointClosed("the endpoint is closed")
         try:
             self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) < 3)
         except zmq.Again:
@@ -326,8 +332,7 @@ class Endpoint:
                 raise EndpointClosed(str(exc)) from None
             raise
         finally:
-            if self._ready.waiting:
-                self._ready.recheck()  # the send may have consumed the signal a receive waits for
+            self._ready.touched()  # the send may have consumed the signal a receive waits for
 
     def readable(self) -> bool:
         """Whether recv() would return at once: a message of a bundle already unpacked, or one
@@ -346,6 +351,8 @@ class Endpoint:
             await asyncio.sleep(0)
             self._yielded = time.monotonic()
         while True:
+            if self._ready.closed:
+                raise EndpointClosed("the endpoint is closed")
             try:
                 frames = take_frames(self._now, self._most_frames)
             except zmq.Again:
@@ -359,8 +366,7 @@ class Endpoint:
                     raise EndpointClosed(str(exc)) from None
                 raise
             finally:
-                if self._ready.waiting:
-                    self._ready.recheck()  # a send waiting for room may have lost its signal to this
+                self._ready.touched()  # a send waiting for room may have lost its signal to this
             if frames is None:
                 self.protocol_errors += 1
                 log.warning("dropped invalid message", extra={"error": f"more than {self._most_frames} frames"})
@@ -405,8 +411,7 @@ class Endpoint:
         except zmq.ZMQError as exc:
             return exc.errno != zmq.EHOSTUNREACH
         finally:
-            if self._ready.waiting:
-                self._ready.recheck()
+            self._ready.touched()
         return True
 
     def _claimed(self, routing_id: bytes) -> None:

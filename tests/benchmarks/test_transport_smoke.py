@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ def test_the_blocks_alternate_and_start_with_either_transport_in_turn() -> None:
 def test_tiny_run_measures_both_transports_and_reports_their_ratio(tmp_path, capsys) -> None:
     out = tmp_path / "transport.json"
     before = set(Path(tempfile.gettempdir()).glob("lm-trip-*"))
+    cores = os.sched_getaffinity(0)
     assert transport.main(["--pairs", "2", "--trips", "50", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     for mode in transport.MODES:
@@ -33,3 +35,4 @@ def test_tiny_run_measures_both_transports_and_reports_their_ratio(tmp_path, cap
     assert re.fullmatch(r"RESULT trip_letmesh_vs_pyzmq=\d+\.\d{3} letmesh_trip_us=\d+\.\d "
                         r"pyzmq_trip_us=\d+\.\d below_1=\d/2", last), last
     assert set(Path(tempfile.gettempdir()).glob("lm-trip-*")) == before, "the sockets' folder was left behind"
+    assert os.sched_getaffinity(0) == cores, "the benchmark left this process pinned to one core"
