@@ -16,6 +16,7 @@ import zmq.asyncio
 from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
 from protocol.codec import Limits, decode_all, encode, encode_bundle, tensor_meta
 from protocol.message import Heartbeat, InferRequest
+from tests.polling import LoopTurns
 
 
 def raw_dealer(ctx, address: str, identity: bytes) -> zmq.asyncio.Socket:
@@ -88,23 +89,12 @@ async def test_reading_a_backlog_leaves_other_tasks_their_turns(ctx) -> None:
         for seq in range(300):
             dealer.send_nowait(Heartbeat(sender="w1", role="worker", seq=seq))
         await asyncio.sleep(0.2)  # all of them waiting in the router's queue
-        turns = 0
-
-        async def other() -> None:
-            nonlocal turns
-            while True:
-                await asyncio.sleep(0)
-                turns += 1
-
-        task = asyncio.create_task(other())
-        await asyncio.sleep(0)
-        started = turns
-        for _ in range(300):
-            await router.recv()
-            time.sleep(0.0005)  # a handler's work per message
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        assert turns - started >= 30, "a heartbeat or batching task would have waited for the whole backlog"
+        async with LoopTurns() as turns:
+            started = turns.count
+            for _ in range(300):
+                await router.recv()
+                time.sleep(0.0005)  # a handler's work per message
+        assert turns.count - started >= 30, "a heartbeat or batching task would have waited for the whole backlog"
     finally:
         dealer.close()
         router.close()
