@@ -6,13 +6,14 @@ tensor one way and a reply with 10 floats back, one trip at a time, so that ever
 "letmesh": both ends are ``mesh.transport.Endpoint`` (sends without a future, receives that wait
 on ``mesh.readiness``). "pyzmq": both ends are ``zmq.asyncio`` sockets awaiting
 ``send_multipart`` and ``recv_multipart``, with the same codec (``protocol.encode`` and
-``decode_all``): the difference is the transport alone. Rounds alternate the two, the order
-flipping, so a drift in the host's speed moves both. Reported: CPU microseconds per round trip
-of each side (process time), median and range over the rounds, and the ratio letmesh/pyzmq of
-the two sides' sum per round (below 1: letmesh's transport costs less). Prints a table, writes
-JSON, ends with a RESULT line. Asserts nothing about speed.
+``decode_all``): the difference is the transport alone. Both transports stay open in both
+processes and run in alternating blocks of round trips (a pair of blocks per round, the order
+flipping; a first pair warms up), so a drift in the host's speed moves both. Reported: CPU
+microseconds per round trip of each side in each block (process time), median and range, and
+the ratio letmesh/pyzmq of the two sides' sum per pair of blocks (below 1: letmesh's transport
+costs less). Prints a table, writes JSON, ends with a RESULT line. Asserts nothing about speed.
 
-Run: ``python benchmarks/transport.py [--quick] [--rounds N] [--trips N]``. An entry point: may
+Run: ``python benchmarks/transport.py [--quick] [--pairs N] [--trips N]``. An entry point: may
 import everything.
 """
 
@@ -35,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+import uvloop  # noqa: E402
 import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
@@ -52,9 +54,9 @@ MODES = ("letmesh", "pyzmq")
 IMAGE = np.ones((1, 3, 32, 32), np.float32)
 LOGITS = np.ones((1, 10), np.float32)
 REQUEST = InferRequest(request_id=1, variant="small", budget_us=100_000, inputs=(tensor_meta("input", IMAGE),))
+REPLY = InferReply(request_id=1, variant="small", status=ReplyStatus.OK, outputs=(tensor_meta("logits", LOGITS),))
 RUN_TIMEOUT_S = 600.0
 LINGER_MS = 1000
-REPLY = InferReply(request_id=1, variant="small", status=ReplyStatus.OK, outputs=(tensor_meta("logits", LOGITS),))
 
 
 def schedule(pairs: int) -> list[str]:
@@ -134,14 +136,6 @@ async def _side(addresses: dict[str, str], router: bool, pairs: int, trips: int,
         ctx.term()
 
 
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def measure(pairs: int, trips: int, core: int) -> dict[str, Any]:
     folder = tempfile.mkdtemp(prefix="lm-trip-")
     addresses = {mode: f"ipc://{folder}/{mode}" for mode in MODES}
@@ -149,7 +143,7 @@ def measure(pairs: int, trips: int, core: int) -> dict[str, Any]:
         child = [sys.executable, "-m", "benchmarks.transport", "--peer", json.dumps(addresses),
                  "--pairs", str(pairs), "--trips", str(trips)]
         with pinned(core):  # the child inherits it
-            sides = _run(_side(addresses, True, pairs, trips, child))
+            sides = uvloop.run(_side(addresses, True, pairs, trips, child))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     per_block = {mode: [{"router_us": r, "dealer_us": d, "trip_us": r + d}
@@ -200,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = a.pairs or (6 if a.quick else 20)
     trips = a.trips or (500 if a.quick else 2_000)
     if a.peer:
-        print(json.dumps(_run(_side(json.loads(a.peer), False, pairs, trips))), flush=True)
+        print(json.dumps(uvloop.run(_side(json.loads(a.peer), False, pairs, trips))), flush=True)
         return 0
     report = measure(pairs, trips, min(os.sched_getaffinity(0)))
     report["out"] = str(a.out)

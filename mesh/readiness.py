@@ -49,8 +49,7 @@ class Readiness:
 
     def recheck(self) -> int:
         """Read the socket's events, wake those waiting for one it has, and return them. The
-        loop calls this when the descriptor signals; call it after any operation on the socket
-        while someone may wait, since the operation may have consumed the signal."""
+        loop calls this when the descriptor signals (after an operation, see ``touched``)."""
         try:
             return self._look()
         except zmq.ZMQError:

@@ -276,7 +276,7 @@ class Endpoint:
             self._sock.disconnect(bare)
         except zmq.ZMQError:
             pass
-        self.connect(address)  # (which looks at the socket's events after)
+        self.connect(address)
 
     async def send(self, msg: Any, tensors: Sequence[np.ndarray] = (), to: bytes | None = None) -> None:
         """Send, waiting while the link's queue is full."""
