@@ -78,8 +78,9 @@ class VariantEstimate:
     """What the gateway predicts for one more request of a variant on its least loaded worker."""
 
     worker_id: str
-    profiled_ms: float  # the worker's measured latency of a batch of one
-    queue_ms: float  # the extra time the requests already in flight there add
+    # The worker's measured curve for this request batched with the rows in flight there: the
+    # profiled time until its answer, which the worker's live slowdown stretches as a whole.
+    profiled_ms: float
     slowdown: SlowdownEstimate
 
 
@@ -229,11 +230,11 @@ class Dispatcher:
         slowdown = self.speeds.estimate(worker_id, variant)
         curve = self.view.curves.get((worker_id, variant))
         if curve is None:
-            return VariantEstimate(worker_id, 0.0, 0.0, slowdown)
-        ahead = self._inflight.rows(worker_id)
-        single = curve(1)
+            return VariantEstimate(worker_id, 0.0, slowdown)
         # Rows ahead batch together with this one: it finishes when a batch of ahead+1 rows would.
-        return VariantEstimate(worker_id, single, max(0.0, slowdown.mean * (curve(ahead + 1) - single)), slowdown)
+        # A slow spell of the worker slows those rows as much as this one's, so what is unsure
+        # about its speed applies to the whole wait, not to this request's own share alone.
+        return VariantEstimate(worker_id, curve(self._inflight.rows(worker_id) + 1), slowdown)
 
     def fastest_alone_ms(self, variant: str) -> float:
         """The variant's profiled batch-1 latency on its fastest routed worker (ms); 0 when unknown."""

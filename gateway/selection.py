@@ -23,6 +23,7 @@ from mesh.bandit import (
     Decision,
     NoCandidate,
     candidate_from_profile,
+    confident,
     filter_candidates,
 )
 from mesh.shares import ShareTracker, weighted_choice
@@ -114,7 +115,8 @@ SELECTION_MODES = ("bandit", "accurate")
 
 def accurate_choice(candidates: Sequence[Candidate], fractions: Mapping[str, float], rng: random.Random) -> Decision:
     """Without a learned policy: the most accurate candidate, or, while the plan scales accuracy,
-    a draw weighted by the plan's share of each variant (Proteus' weighted routing)."""
+    a draw weighted by the plan's share of each variant (Proteus' weighted routing). The caller
+    has kept the candidates confident to meet the deadline, where there are any (``confident``)."""
     chosen, pmf = weighted_choice(candidates, fractions, rng.random())
     return Decision(chosen=chosen, probability=pmf[chosen], pmf=pmf)
 
@@ -142,7 +144,6 @@ def select(
                 profiled_ms=estimate.profiled_ms,
                 slowdown=estimate.slowdown,
                 budget_ms=budget_ms,
-                queue_ms=estimate.queue_ms,
             )
         )
     if not options:
@@ -157,6 +158,8 @@ def select(
             refuse_unmeetable(budget_ms, [(name, dispatcher.fastest_alone_ms(name)) for name, model in models.items()
                                           if _within_other_bounds(model, bounds)], family)
         raise
+    if mode == "accurate":
+        candidates = confident(candidates)
     if shares is not None:
         candidates = shares.allowed(family, dispatcher.family_fractions.get(family, {}), candidates, now)
     candidates = tuple(candidates)

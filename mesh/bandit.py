@@ -139,6 +139,23 @@ def filter_candidates(options: Sequence[Candidate], bounds: Bounds, *, min_p_dea
     return ok
 
 
+# Without a learned policy, a variant is chosen only if it meets the deadline at least this likely
+# whenever another candidate does: the deadline comes before accuracy.
+CONFIDENT_P = 0.99
+
+
+def confident(candidates: Sequence[Candidate], p: float = CONFIDENT_P) -> list[Candidate]:
+    """The candidates at least ``p`` likely to meet the deadline, in their order; all of them when none is.
+
+    The deadline filter keeps a variant whose predicted latency fits the budget (P >= 0.5): a
+    request that can go nowhere safer still runs on its best bet. Where a safer candidate exists,
+    a chooser with no feedback to learn the risk from (the most accurate variant, or the plan's
+    shares) would otherwise load the accurate variant's queue up to the deadline, and one slow
+    batch there turns the requests queued behind it into misses."""
+    sure = [c for c in candidates if c.p_deadline >= p]
+    return sure if sure else list(candidates)
+
+
 # --- VW examples ------------------------------------------------------------------------------
 
 def _token(value: object) -> str:

@@ -16,6 +16,7 @@ from mesh.bandit import (
     NoCandidate,
     PolicyClosed,
     candidate_from_profile,
+    confident,
     filter_candidates,
     save_atomic,
     shared_features,
@@ -45,6 +46,12 @@ def test_filter_keeps_exactly_the_variants_within_every_bound_in_order(bounds, e
 def test_a_lower_deadline_confidence_admits_the_risky_variant():
     kept = filter_candidates(FAMILY, Bounds(budget_ms=100), min_p_deadline=0.3)
     assert [c.variant for c in kept] == ["digits-linear", "digits-mlp", "digits-wide", "digits-cnn"]
+
+
+def test_confident_keeps_the_candidates_sure_to_meet_the_deadline_or_all_when_none_is():
+    assert [c.variant for c in confident(FAMILY, 0.98)] == ["digits-linear", "digits-mlp"]
+    assert confident([WIDE, LINEAR], 0.99) == [LINEAR]
+    assert confident([WIDE, CNN], 0.99) == [WIDE, CNN]  # no safer option: the caller's best bet stands
 
 
 @pytest.mark.parametrize("bounds, bound, message", [

@@ -1,0 +1,93 @@
+"""Choosing a family's variant without a learned policy: the most accurate one that is confident to
+meet the deadline, measured on a real dispatcher with workers played by DEALER sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from gateway.dispatch_error import DeadlineExceeded
+from gateway.dispatcher import Dispatcher
+from gateway.selection import RequestBounds, select
+from mesh.deadline import Deadline
+from protocol.message import RoutingTable
+from protocol.types import ModelInfo, TensorSpec, WorkerRoute
+from tests.gateway.fake_worker import FakeWorker
+
+SPEC = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
+LARGE = ModelInfo(name="large", family="f", version="1", platform="pytorch_torchscript", accuracy=0.95,
+                  inputs=SPEC, outputs=SPEC, max_batch=4, default_slo_ms=250.0)
+SMALL = ModelInfo(name="small", family="f", version="1", platform="pytorch_torchscript", accuracy=0.80,
+                  inputs=SPEC, outputs=SPEC, max_batch=4, default_slo_ms=250.0)
+X = np.ones((1, 4), np.float32)
+BOUNDS = RequestBounds(budget_s=0.25, min_accuracy=None, max_energy_j=None, context={})
+
+
+@pytest.fixture
+async def family(ctx):
+    """A dispatcher routing "large" (20 ms a row, however batched) to worker L and "small" (1 ms)
+    to worker S; L has answered a few requests at its curve, so its speed is measured."""
+    d = Dispatcher(ctx, "tcp://127.0.0.1:*", gateway_id="test", heartbeat_interval_s=0.05, missed_heartbeats=20)
+    await d.start()
+    large, small = FakeWorker(ctx, d.address, "L", compute_us=20_000), FakeWorker(ctx, d.address, "S", compute_us=1000)
+    try:
+        d.apply_routing(RoutingTable(version=1, models=(LARGE, SMALL), workers=(
+            WorkerRoute(worker_id="L", variants=("large",), latency_ms={"large": (20.0, 40.0, 80.0)}),
+            WorkerRoute(worker_id="S", variants=("small",), latency_ms={"small": (1.0, 2.0, 4.0)}))))
+        until = time.monotonic() + 10
+        while not (d.ready_workers("large") and d.ready_workers("small")):
+            assert time.monotonic() < until, "workers not reachable"
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            await d.infer("large", {"x": X}, Deadline.after(5.0, time.monotonic()))
+        large.answer = False  # from here on, what is sent to L waits there
+        yield d
+    finally:
+        await large.close()
+        await small.close()
+        await d.stop()
+
+
+async def held_on_large(d: Dispatcher, n: int) -> list[asyncio.Task]:
+    held = [asyncio.create_task(d.infer("large", {"x": X}, Deadline.after(0.5, time.monotonic()))) for _ in range(n)]
+    while d.outstanding() < n:
+        await asyncio.sleep(0.01)
+    return held
+
+
+def chosen(d: Dispatcher) -> tuple[str, dict[str, float]]:
+    selection = select("f", [LARGE, SMALL], BOUNDS, d, None, mode="accurate")  # no policy: none is asked
+    return selection.model.name, {c.variant: c.p_deadline for c in selection.candidates}
+
+
+@pytest.mark.parametrize(("ahead", "expected"), [(0, "large"), (2, "large"), (7, "small")])
+async def test_the_most_accurate_variant_is_chosen_while_it_is_confident_to_meet_the_deadline(family, ahead, expected):
+    """With 7 rows waiting on L, a request of "large" is predicted to answer in 160 ms of its 250:
+    likely (the deadline filter keeps it), but not sure at the speed L was measured at, whose
+    jitter stretches the whole wait, the rows ahead as much as its own. "small" is sure, so it
+    takes the request; with 2 rows ahead (60 ms) "large" is sure and keeps it. (That "large" is
+    still likely there is shown by the next test, where it is the only variant.)"""
+    held = await held_on_large(family, ahead)
+    name, p = chosen(family)
+    assert name == expected, p
+    if ahead == 7:
+        assert list(p) == ["small"] and p["small"] > 0.99, p  # the chooser was offered "small" alone
+    for t in held:
+        with pytest.raises(DeadlineExceeded):
+            await t
+
+
+async def test_the_best_bet_is_still_taken_when_no_variant_is_confident(family):
+    """Only "large" left routed: 160 ms predicted of 250 is not sure, but it is the best bet, so
+    the request still goes there rather than being refused."""
+    family.apply_routing(RoutingTable(version=2, models=(LARGE,), workers=(
+        WorkerRoute(worker_id="L", variants=("large",), latency_ms={"large": (20.0, 40.0, 80.0)}),)))
+    held = await held_on_large(family, 7)
+    name, p = chosen(family)
+    assert name == "large" and 0.5 <= p["large"] < 0.99, p
+    for t in held:
+        with pytest.raises(DeadlineExceeded):
+            await t
