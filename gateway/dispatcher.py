@@ -234,7 +234,7 @@ class Dispatcher:
         # Rows ahead batch together with this one: it finishes when a batch of ahead+1 rows would.
         # A slow spell of the worker slows those rows as much as this one's, so what is unsure
         # about its speed applies to the whole wait, not to this request's own share alone.
-        return VariantEstimate(worker_id, curve(self._inflight.rows(worker_id) + 1), slowdown)
+        return VariantEstimate(worker_id, max(curve(1), curve(self._inflight.rows(worker_id) + 1)), slowdown)
 
     def fastest_alone_ms(self, variant: str) -> float:
         """The variant's profiled batch-1 latency on its fastest routed worker (ms); 0 when unknown."""

@@ -2,7 +2,9 @@
 
 Candidates are the family's variants with a reachable worker that satisfy the request's bounds
 (accuracy floor, energy ceiling, and a likely-met deadline from the worker's measured latency and
-live slowdown); the family's bandit policy picks among them and nothing else.
+live slowdown); the family's bandit policy picks among them and nothing else. Without a policy
+("accurate"), the most accurate candidate sure to meet the deadline is taken, or, while the plan
+scales accuracy, a draw by the plan's shares among those.
 """
 
 from __future__ import annotations

@@ -209,7 +209,9 @@ class Proteus(Scheme):
     def route(self, sim: Simulator, now: float, k: int) -> int:
         """The gateway's path: shed the plan's share; each variant's least-loaded slot, kept if it
         is predicted to finish by the deadline (else the request is refused: the gateway answers
-        it at once); variants held to the plan's fractions; a draw weighted by them."""
+        it at once); variants held to the plan's fractions; a draw weighted by them. (The
+        simulator's predictions are exact, so the gateway's preference for variants sure to meet
+        the deadline over likely ones has nothing to choose between here.)"""
         if self.built != sim.version:
             self._build(sim)
         shares = self.shares
