@@ -1,9 +1,10 @@
 """The controller's Prometheus metrics: what its registry and plan know, read at scrape time.
 
 gpu-let sizes and each device's allocated share, workers per state, agents alive, demand, the
-accuracy-scaling headroom and the planned effective accuracy are read from the live objects
-when scraped; re-plans are counted by the layout manager and their duration observed by the
-actor. One ``CollectorRegistry`` per controller (never the process-global one).
+accuracy-scaling headroom, the planned effective accuracy and the memory reserved per variant are
+read from the live objects when scraped; re-plans are counted by the layout manager and their
+duration observed by the actor. One ``CollectorRegistry`` per controller (never the process-global
+one).
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ class ControllerMetrics(Collector):
         yield rates
         yield GaugeMetricFamily("letmesh_unavailable_variants", "Repository variants set aside (failed to load).",
                                 value=len(reg.unavailable))
+        reserved = GaugeMetricFamily("letmesh_variant_memory_reserved_bytes",
+                                     "Memory the planner reserves on a device for each worker serving a variant: the "
+                                     "manifest's memory_mb, else its weights and one batch of inputs and outputs (a "
+                                     "floor: compare the agents' letmesh_agent_worker_peak_resident_bytes).",
+                                     labels=["variant"])
+        for name, v in sorted(reg.variants.items()):
+            reserved.add_metric([name], v.memory_need())
+        yield reserved
 
     @staticmethod
     def _planned_busy(layout: LayoutManager, reg: Registry, now: float) -> GaugeMetricFamily:

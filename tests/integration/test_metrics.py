@@ -139,6 +139,20 @@ def test_the_controller_and_agent_export_the_mesh_they_run(metered) -> None:
     assert agent.value("letmesh_agent_worker_restarts_total") == 0
     assert any(name == "letmesh_agent_device_cores" for name, _ in agent.samples)
 
+    # Each serving worker's memory and CPU time, as the kernel counts them for its process, beside
+    # what the planner reserves for it (a floor: the trivial variant's weights are a few bytes).
+    serving = [w for w in fetch_status(metered.controller_address).workers if w.state == "ready" and w.pid]
+    assert serving
+    for w in serving:
+        resident = agent.value("letmesh_agent_worker_resident_bytes", worker=w.worker_id)
+        peak = agent.value("letmesh_agent_worker_peak_resident_bytes", worker=w.worker_id)
+        with open(f"/proc/{w.pid}/status") as f:
+            hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        assert 10 << 20 < resident <= peak <= hwm  # an interpreter with numpy and ZeroMQ; the peak only grows
+        assert agent.value("letmesh_agent_worker_cpu_seconds_total", worker=w.worker_id) > 0
+        for variant in w.variants:
+            assert 0 < controller.value("letmesh_variant_memory_reserved_bytes", variant=variant) < resident
+
     # Every metric the Grafana dashboard plots is one the mesh exports.
     exported = controller.names() | agent.names() | Scrape(metered.metrics_url("gateway")).names()
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", ())]
