@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from agents.proc_usage import process_usage
 from benchmarks.support import chaos_inputs as inputs
 from benchmarks.support.chaos_mesh import ROLES, Fault, MeshUnderTest, run_phase
-from benchmarks.support import procfs
 from benchmarks.support.openloop import Stream
 from letmesh.zoo import ARTIFACT, HELDOUT, MANIFEST
 
@@ -309,7 +309,8 @@ def bad_artifact_phase(how: str, repo: Path, work_dir: Path, opts: Options, work
 def rss_mb(target: MeshUnderTest) -> dict[str, float]:
     pids = {r: target.pid(r) for r in ROLES}
     pids.update({f"worker {pid}": pid for pid in target.worker_pids().values()})
-    return {name: (procfs.rss_kb(pid) or 0) / 1024.0 for name, pid in pids.items() if pid}
+    usage = {name: process_usage(pid) for name, pid in pids.items() if pid}
+    return {name: (u.resident_bytes if u else 0) / 2**20 for name, u in usage.items()}
 
 
 def fuzz_phase(target: MeshUnderTest, opts: Options, work: Workload) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What /proc says about the processes a benchmark started: alive, resident memory, children, leftovers."""
+"""What /proc says about the processes a benchmark started: alive, children, leftovers (memory and CPU
+time: ``agents.proc_usage``)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,6 @@ def state(pid: int) -> str | None:
 
 def alive(pid: int) -> bool:
     return state(pid) not in (None, "Z", "X")
-
-
-def rss_kb(pid: int) -> int | None:
-    """VmRSS of ``pid`` in KiB; None when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def children(pid: int) -> list[int]:
