@@ -28,14 +28,17 @@ def process_usage(pid: int) -> ProcessUsage | None:
     except OSError:
         return None
     kib = {}
-    for line in status.splitlines():
-        key, _, value = line.partition(b":")
-        if key in (b"VmRSS", b"VmHWM"):
-            kib[key] = int(value.split()[0])
+    try:
+        for line in status.splitlines():
+            key, _, value = line.partition(b":")
+            if key in (b"VmRSS", b"VmHWM"):
+                kib[key] = int(value.split()[0])
+        # The command name (field 2) may hold spaces and parentheses: fields count after its last ")".
+        fields = stat[stat.rindex(b")") + 2:].split()
+        utime, stime = int(fields[11]), int(fields[12])
+    except (ValueError, IndexError):
+        return None  # not the layout this reads
     if len(kib) < 2:
         return None  # a zombie has no memory lines: it holds nothing
-    # The command name (field 2) may hold spaces and parentheses: fields are counted after its last ")".
-    fields = stat[stat.rindex(b")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])
     return ProcessUsage(resident_bytes=kib[b"VmRSS"] * 1024, peak_resident_bytes=kib[b"VmHWM"] * 1024,
                         cpu_seconds=(utime + stime) / _CLOCK_TICKS)

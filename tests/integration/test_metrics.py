@@ -141,15 +141,28 @@ def test_the_controller_and_agent_export_the_mesh_they_run(metered) -> None:
 
     # Each serving worker's memory and CPU time, as the kernel counts them for its process, beside
     # what the planner reserves for it (a floor: the trivial variant's weights are a few bytes).
-    serving = [w for w in fetch_status(metered.controller_address).workers if w.state == "ready" and w.pid]
-    assert serving
-    for w in serving:
-        resident = agent.value("letmesh_agent_worker_resident_bytes", worker=w.worker_id)
-        peak = agent.value("letmesh_agent_worker_peak_resident_bytes", worker=w.worker_id)
-        with open(f"/proc/{w.pid}/status") as f:
-            hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    # Taken again if a re-plan started or stopped a worker between the status and the scrape.
+    def worker_usage() -> list[tuple[object, float, float, float, int]] | None:
+        serving = [w for w in fetch_status(metered.controller_address).workers if w.state == "ready" and w.pid]
+        scrape = Scrape(metered.metrics_url("agent"))
+        rows = []
+        for w in serving:
+            resident = scrape.value("letmesh_agent_worker_resident_bytes", worker=w.worker_id)
+            try:
+                with open(f"/proc/{w.pid}/status") as f:
+                    hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                return None  # it exited since the status
+            if not resident:
+                return None  # no series for it (yet)
+            rows.append((w, resident, scrape.value("letmesh_agent_worker_peak_resident_bytes", worker=w.worker_id),
+                         scrape.value("letmesh_agent_worker_cpu_seconds_total", worker=w.worker_id), hwm))
+        return rows or None
+
+    for w, resident, peak, cpu_s, hwm in wait_until(worker_usage, timeout_s=30, interval_s=0.5,
+                                                    what="a memory and CPU series for every ready worker"):
         assert 10 << 20 < resident <= peak <= hwm  # an interpreter with numpy and ZeroMQ; the peak only grows
-        assert agent.value("letmesh_agent_worker_cpu_seconds_total", worker=w.worker_id) > 0
+        assert cpu_s > 0
         for variant in w.variants:
             assert 0 < controller.value("letmesh_variant_memory_reserved_bytes", variant=variant) < resident
 
