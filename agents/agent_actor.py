@@ -126,7 +126,7 @@ class AgentActor(Actor):
                                                  self.config.metrics_port)
             await self._metrics_server.start()
         self._cores = self.fleet.cores = usable_cores(self.config.max_cores)
-        self._devices = probe_devices(self.config.max_cores)
+        self._devices = probe_devices(self.config.max_cores, max_memory_bytes=self.config.max_memory_mb * 2**20)
         if stale := clear_worker_credentials(Path(self.config.state_dir) / "credentials"):
             log.info("removed %d worker secrets a previous agent process left", stale)
         if self.config.keys_dir:  # profilers authenticate with the agent's key pair; workers get their own

@@ -43,6 +43,9 @@ class AgentConfig:
     artifact_cache_mb: NonNegativeInt = 10_240
     # Limit the CPU cores this agent offers (0: all it may use).
     max_cores: NonNegativeInt = 0
+    # Cap the memory the CPU device offers the planner, in MiB (0: the host's, or the cgroup
+    # limit this agent runs under when that is less; agents.probe).
+    max_memory_mb: NonNegativeInt = 0
     # Prometheus /metrics on this HTTP port (0: off) and address.
     metrics_port: Port = 0
     metrics_host: str = "127.0.0.1"

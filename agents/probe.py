@@ -1,5 +1,9 @@
 """What this host offers: its usable CPU cores and memory, and CUDA devices when torch sees them.
 
+The memory a CPU device offers is the least of the host's RAM, the limit of the cgroup this
+process runs in (a container's or a systemd slice's, v1 or v2, the tightest of its ancestors)
+and the operator's own cap: the planner must not place workers a container's limit would kill.
+
 torch is imported only on a host with an NVIDIA driver loaded: importing it costs seconds, and
 an agent on a CPU-only host should register at once.
 
@@ -29,6 +33,75 @@ def total_memory_bytes() -> int:
         return 0
 
 
+def usable_memory_bytes(max_bytes: int = 0, proc: str = "/proc/self") -> int:
+    """The memory this process's workers may use together: the host's RAM, bounded by the
+    cgroup limit and by ``max_bytes`` (0: no cap of the operator's)."""
+    bounds = [b for b in (total_memory_bytes(), cgroup_memory_limit(proc), max_bytes) if b > 0]
+    return min(bounds) if bounds else 0
+
+
+def cgroup_memory_limit(proc: str = "/proc/self") -> int:
+    """The tightest memory limit over the cgroups ``proc`` is in and their ancestors, as the
+    kernel enforces it (v2 ``memory.max``, v1 ``memory.limit_in_bytes``); 0 when none is set or
+    the hierarchy cannot be read. Paths come from ``proc``/cgroup and the mounts of ``proc``/mountinfo
+    (a container sees its own cgroup mounted as the root of the hierarchy)."""
+    try:
+        with open(os.path.join(proc, "cgroup")) as f:
+            membership = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+        with open(os.path.join(proc, "mountinfo")) as f:
+            mounts = [_cgroup_mount(line) for line in f]
+    except OSError:
+        return 0
+    limits = []
+    for _, controllers, path in membership:
+        v2 = controllers == ""
+        if not v2 and "memory" not in controllers.split(","):
+            continue
+        for version, root, mount_point in filter(None, mounts):
+            if version == (2 if v2 else 1):
+                limits.extend(_limits_along(path, root, mount_point, "memory.max" if v2 else "memory.limit_in_bytes"))
+    return min(limits) if limits else 0
+
+
+# A v1 "no limit" reads as the largest page-aligned signed 64-bit value; treat anything this
+# large as none.
+_NO_LIMIT = 1 << 62
+
+
+def _cgroup_mount(line: str) -> tuple[int, str, str] | None:
+    """(cgroup version, the hierarchy's path at the mount, mount point) of a memory cgroup mount."""
+    fields = line.split()
+    if "-" not in fields:
+        return None
+    tail = fields[fields.index("-") + 1:]
+    if len(fields) < 5 or not tail:
+        return None
+    if tail[0] == "cgroup2":
+        return 2, fields[3], fields[4]
+    if tail[0] == "cgroup" and len(tail) >= 3 and "memory" in tail[2].split(","):
+        return 1, fields[3], fields[4]
+    return None
+
+
+def _limits_along(path: str, root: str, mount_point: str, name: str) -> list[int]:
+    """The limits set on ``path`` and each ancestor visible under a mount of ``root``."""
+    root = root.rstrip("/")
+    if not (path == root or path.startswith(root + "/") or root == ""):
+        return []
+    relative = path[len(root):].strip("/")
+    parts = relative.split("/") if relative else []
+    out = []
+    for depth in range(len(parts), -1, -1):
+        try:
+            with open(os.path.join(mount_point, *parts[:depth], name)) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and 0 < int(raw) < _NO_LIMIT:
+            out.append(int(raw))
+    return out
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -40,14 +113,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def probe_devices(max_cores: int = 0, *, with_cuda: bool = True) -> tuple[DeviceInfo, ...]:
+def probe_devices(max_cores: int = 0, *, with_cuda: bool = True, max_memory_bytes: int = 0) -> tuple[DeviceInfo, ...]:
     devices = [
         DeviceInfo(
             device_id="cpu0",
             kind="cpu",
             name=cpu_name(),
             cores=len(usable_cores(max_cores)),
-            memory_bytes=total_memory_bytes(),
+            memory_bytes=usable_memory_bytes(max_memory_bytes),
         )
     ]
     if with_cuda:

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--agent-id", default=None, help="this host's name in the mesh (default: one kept in STATE_DIR)")
     a.add_argument("--state-dir", default=None, help="where the agent keeps its id and artifacts (default: .letmesh)")
     a.add_argument("--max-cores", type=whole(0), default=None, help="cores of this host the agent offers (default: all)")
+    a.add_argument("--max-memory-mb", type=whole(0), default=None,
+                   help="memory of this host the agent offers its workers (default: all, or its cgroup's limit)")
     a.add_argument("--onnx-upgrade", action="store_true", default=None,
                    help="serve TorchScript variants through ONNX Runtime where that answers the same and is faster here")
     a.add_argument("--artifact-cache-mb", type=whole(0), default=None,

@@ -1,0 +1,145 @@
+"""The memory an agent offers for its CPU device: the host's, bounded by the cgroup it runs in
+(as a container's limit bounds it) and by the operator's --max-memory-mb. A planner that took the
+host's RAM inside a 512 MiB container would place workers the kernel then kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import zmq
+
+from agents.probe import cgroup_memory_limit, total_memory_bytes, usable_memory_bytes
+from protocol.codec import decode, encode
+from protocol.message import RegisterAgent, RegisterAgentReply
+
+MIB = 2**20
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _proc(tmp: Path, cgroup: str, mountinfo: str) -> str:
+    proc = tmp / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text(cgroup)
+    (proc / "mountinfo").write_text(mountinfo)
+    return str(proc)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_v2_the_tightest_limit_along_the_path_wins_and_max_means_none(tmp_path) -> None:
+    mount = tmp_path / "cg"
+    _write(mount / "memory.max", "max\n")  # the root has no file in real life; "max" must read as none
+    _write(mount / "slice" / "memory.max", str(700 * MIB))
+    _write(mount / "slice" / "svc" / "memory.max", "max\n")
+    proc = _proc(tmp_path, "0::/slice/svc\n",
+                 f"30 24 0:26 / {mount} rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert cgroup_memory_limit(proc) == 700 * MIB
+    _write(mount / "slice" / "svc" / "memory.max", str(300 * MIB))
+    assert cgroup_memory_limit(proc) == 300 * MIB
+
+
+def test_v1_memory_hierarchy_and_a_container_root_mounted_at_its_own_cgroup(tmp_path) -> None:
+    mount = tmp_path / "memory"
+    _write(mount / "memory.limit_in_bytes", "9223372036854771712\n")  # v1's "no limit"
+    proc = _proc(tmp_path, "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n",
+                 f"40 30 0:35 /docker/abc {mount} ro,nosuid - cgroup cgroup rw,memory\n"
+                 f"41 30 0:36 /docker/abc {tmp_path}/cpu ro,nosuid - cgroup cgroup rw,cpu,cpuacct\n")
+    assert cgroup_memory_limit(proc) == 0
+    _write(mount / "memory.limit_in_bytes", f"{512 * MIB}\n")  # the container's own cgroup is the mount's root
+    assert cgroup_memory_limit(proc) == 512 * MIB
+
+
+def test_nothing_readable_means_no_limit_and_the_host_and_cap_bound_the_offer(tmp_path) -> None:
+    assert cgroup_memory_limit(str(tmp_path / "absent")) == 0
+    proc = _proc(tmp_path, "garbage\n", "not a mount line\n")
+    assert cgroup_memory_limit(proc) == 0
+    host = total_memory_bytes()
+    assert host > 0
+    assert usable_memory_bytes(0, proc) == host
+    assert usable_memory_bytes(300 * MIB, proc) == 300 * MIB
+    assert usable_memory_bytes(host * 2, proc) == host
+
+
+def _memory_cgroup(limit: int) -> tuple[Path, Path]:
+    """A real memory cgroup with ``limit`` set (v2 where the unified hierarchy has the memory
+    controller, else v1): (the directory, its procs file). Skips when this host lets us make none."""
+    name = f"letmesh-test-{uuid.uuid4().hex[:8]}"
+    for base, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"), (Path("/sys/fs/cgroup/unified"), "memory.max"),
+                             (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
+        if not (base / limit_file).exists() and not (base / "cgroup.controllers").exists():
+            continue
+        if limit_file == "memory.max" and "memory" not in (base / "cgroup.controllers").read_text().split():
+            continue
+        group = base / name
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            (group / limit_file).write_text(str(limit))
+            return group, group / "cgroup.procs"
+        except OSError:
+            group.rmdir()
+    pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+
+
+def _register_from_agent(tmp_path: Path, flags: list[str], procs: Path | None) -> RegisterAgent:
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:0")
+    address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def enter() -> None:
+        if procs is not None:
+            procs.write_text(str(os.getpid()))
+
+    agent = subprocess.Popen([sys.executable, "-m", "letmesh", "agent", "--controller", address, "--state-dir",
+                              str(tmp_path / "agent"), *flags], cwd=ROOT, preexec_fn=enter,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert router.poll(60_000), "the agent did not register within 60 s"
+        peer, *frames = router.recv_multipart()
+        msg, _ = decode(frames)
+        assert isinstance(msg, RegisterAgent)
+        router.send_multipart([peer, *encode(RegisterAgentReply(agent_id=msg.agent_id, heartbeat_interval_s=1.0,
+                                                                 controller_epoch=1))])
+        return msg
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+        router.close(linger=0)
+        ctx.term()
+
+
+def _cpu_memory(msg: RegisterAgent) -> int:
+    return next(d.memory_bytes for d in msg.devices if d.kind == "cpu")
+
+
+def test_an_agent_in_a_memory_limited_cgroup_offers_the_limit_not_the_hosts_memory(tmp_path) -> None:
+    limit = 900 * MIB
+    assert total_memory_bytes() > limit
+    group, procs = _memory_cgroup(limit)
+    try:
+        msg = _register_from_agent(tmp_path, [], procs)
+        assert _cpu_memory(msg) == limit
+    finally:
+        group.rmdir()
+
+
+def test_max_memory_mb_caps_what_the_agent_offers(tmp_path) -> None:
+    msg = _register_from_agent(tmp_path, ["--max-memory-mb", "700"], None)
+    assert _cpu_memory(msg) == 700 * MIB
