@@ -31,6 +31,7 @@ from agents.error import FetchInterrupted, WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
 from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
+from agents.proc_usage import process_usage  # noqa: E402
 from agents.process import torch_device  # noqa: E402
 from agents.serving_loop import ServingLoop  # noqa: E402
 from mesh import cpu_policy, heap  # noqa: E402
@@ -232,6 +233,7 @@ class Worker:
                         batch_latency_ms=self.profile_ms,
                         runtimes=self.runtimes,
                         slowdown=self.serving.slowdowns(),
+                        memory_peak_bytes=self._memory_peak(),
                     ),
                 )
             seq += 1
@@ -245,6 +247,12 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval_s)
             if (late := time.monotonic() - before - self.heartbeat_interval_s) > 0.5:
                 log.warning("heartbeat %.2f s late: the serving loop was blocked or the host starved", late)
+
+    def _memory_peak(self) -> int:
+        if self.cmd.partition.kind != "cpu":
+            return 0
+        usage = process_usage(os.getpid())
+        return usage.peak_resident_bytes if usage is not None else 0
 
     def _send_control(self, control: Endpoint, msg: object) -> None:
         """To the controller: while its link is down nothing queues (and nothing is lost: the

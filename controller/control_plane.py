@@ -220,7 +220,7 @@ class ControlPlane:
                 log.warning("worker crashed", extra={"worker": worker_id, "restarts": restarts})
             case WorkerReady(pid=pid, batch_latency_ms=latency, slowdown=slowdown, runtimes=runtimes) if kind == "worker":
                 first = peer_id in reg.workers and reg.workers[peer_id].state != WorkerState.READY
-                if not reg.worker_ready(peer_id, pid, latency, now, slowdown, runtimes):
+                if not reg.worker_ready(peer_id, pid, latency, now, slowdown, runtimes, msg.memory_peak_bytes):
                     if peer_id not in self._unplanned_seen:  # it heartbeats; say so once
                         if len(self._unplanned_seen) >= UNPLANNED_REMEMBERED:
                             self._unplanned_seen.clear()  # names from the wire: bounded, at the cost of a repeat

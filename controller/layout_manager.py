@@ -25,6 +25,7 @@ from controller.reconciler import Phase, Transition, as_desired, begin, plan_rat
 from controller.registry import Registry
 from controller.replanner import Layout, ScaledLayout, layout, memory_overcommitted, profile_table, scaled_layout
 from controller.store import StateStore
+from controller.worker_memory import WorkerOverhead
 from protocol.types import WorkerState
 from protocol.message import StartWorker, StopWorker
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 # How long after a request the gateways have reported its outcome (their demand-report period).
 OUTCOME_REPORT_S = 1.0
 
+# Workers that hold their gpu-let: a plan's starting, serving or restarting workers.
+HOLDING = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING})
+# A rise in what workers hold beyond their variants' needs that has a layout judged again (and
+# 5 % of the figure planned with, whichever is more): a peak creeps up by a few MiB as a worker serves.
+OVERHEAD_RISE_BYTES = 32 << 20
 # States of a plan-of-record worker that a re-plan replaces when its agent is down.
 STRANDABLE = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.LOST})
 
@@ -62,6 +68,8 @@ class LayoutManager:
         self.cadence = Cadence(period_s=settings.replan_period_s, fast_s=settings.fast_replan_s,
                                dwell_s=settings.min_layout_dwell_s, settle_s=settings.rejoin_settle_s)
         self.live = LiveSlowdown(hold_s=settings.live_slowdown_hold_s)
+        self.worker_memory = WorkerOverhead()  # what workers hold beyond their variants' needs
+        self._planned_overhead: dict[str, int] = {}  # the figures the current layout was planned with
         # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
         self.profiling: frozenset[tuple[str, str]] = frozenset()
         self._wait = ProfileWait()
@@ -120,6 +128,8 @@ class LayoutManager:
                 return self._supersede(forecast, now, rising)
             return self._advance(now)
         forced, self._forced = self._forced, False
+        short = "" if forced or self.current is None else self._memory_short(now)
+        forced |= bool(short)
         if self._wait.released(self.profiling):
             forced = True  # the re-plan that waited for those profiles, now, whether they came or not
             self._fresh = True
@@ -159,13 +169,33 @@ class LayoutManager:
             self._announced = away | crashed
         self.cadence.last_attempt = now
         why = "initial" if self.current is None else reason.value
-        if reason is Reason.DRIFT and urgent:
+        if short and reason is Reason.FORCED:
+            why = f"memory: {short}"
+        elif reason is Reason.DRIFT and urgent:
             why = f"{why}: {urgent}"
         elif reason is Reason.RISE and named:
             why = f"{why}: named {', '.join(named)}, which no worker serves"
         # Work to re-place, requests missing deadlines or refused: plan now with what is measured.
         may_wait = not (stranded or urgent or named)
         return self._replan(self.demand.target(forecast, rising), now, reason=why, may_wait=may_wait)
+
+    def _memory_short(self, now: float) -> str:
+        """The devices ("agent/device") whose workers now need more memory than they may hold,
+        counting what workers were seen to hold beyond their variants' needs, when that figure rose
+        past the one the current layout was planned with ("" otherwise): a plan made before any
+        worker reported (a restart with profiles on record plans at once) is made again with it.
+        Once per rise, so a layout no plan can fit better is not re-planned each tick."""
+        reg = self._registry
+        seen = self.worker_memory.observe(reg.workers.values(), reg.variants)
+        planned = self._planned_overhead
+        if not any(n > planned.get(k, 0) + max(OVERHEAD_RISE_BYTES, 0.05 * planned.get(k, 0)) for k, n in seen.items()):
+            return ""
+        agents = reg.placeable(now)
+        running = [as_desired(w.plan) for w in reg.workers.values()
+                   if w.in_plan and w.plan.agent_id in agents and w.state in HOLDING]
+        over = memory_overcommitted(running, agents, reg.variants, seen)
+        self._planned_overhead = seen  # judged at this figure: a further rise is judged again
+        return ", ".join(over)
 
     def _stranded(self, now: float) -> list:
         """Workers of the plan of record that will not serve: their agent is lost or has not
@@ -253,14 +283,15 @@ class LayoutManager:
             slowdown = self.live.factors(profile_table(samples), reg.variants,
                                          {d.kind for devices in agents.values() for d in devices})
         current = [w.plan for w in reg.workers.values()
-                   if w.in_plan and w.plan.agent_id in agents and w.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.RESTARTING)]
+                   if w.in_plan and w.plan.agent_id in agents and w.state in HOLDING]
         # Unless a fresh packing is asked for (see ``force``), the gpu-lets a plan made (not the
         # first placement, a guess made before any profile) stay when they carry the target as well
         # as a fresh packing would.
         keepable = () if self._fresh else [as_desired(w) for w in current if w.batches]
+        overhead = self._planned_overhead = self.worker_memory.observe(reg.workers.values(), reg.variants)
         new = layout(agents, reg.variants, samples, self._store.colocations(), target,
                      policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown,
-                     current=keepable)
+                     current=keepable, worker_overhead=overhead)
         if new is None:
             self.cadence.last_attempt = float("-inf")  # try again next tick: profiles are not in yet
             return []  # keep serving on the current placement
@@ -277,8 +308,8 @@ class LayoutManager:
             scaled = scaled_layout(agents, reg.variants, samples, self._store.colocations(),
                                    self.demand.recent_peak(), current=self.scaled.plan if self.scaled else None,
                                    time_limit_s=self.settings.scaling_time_limit_s, beta=beta,
-                                   slowdown=slowdown, named=named)
-            if over := memory_overcommitted(scaled.desired, agents, reg.variants):
+                                   slowdown=slowdown, named=named, worker_overhead=overhead)
+            if over := memory_overcommitted(scaled.desired, agents, reg.variants, overhead):
                 # A safety net: the MILP and the guests joined after it keep within each device's
                 # memory bound; a layout that would still not load where it puts it is not applied.
                 log.warning("accuracy scaling's layout needs more memory than %s hold(s); not applied, the "

@@ -16,14 +16,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller.demand import DemandTracker
-from controller.layout_manager import LayoutManager
+from controller.layout_manager import HOLDING, LayoutManager
 from controller.registry import Registry
 from protocol.types import WorkerState
 
 # Planning runs take from milliseconds (gpu-let packing) to the MILP's time limit and beyond.
 PLAN_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-# Workers that hold their gpu-let: a plan's starting, serving or restarting workers.
-HOLDING = frozenset({WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING})
 
 
 class ControllerMetrics(Collector):
@@ -147,6 +145,13 @@ class ControllerMetrics(Collector):
         for name, v in sorted(reg.variants.items()):
             reserved.add_metric([name], v.memory_need())
         yield reserved
+        overhead = GaugeMetricFamily("letmesh_worker_memory_overhead_bytes",
+                                     "Memory the planner counts for each worker on a device of this kind beyond its "
+                                     "variants' needs: the most a ready worker there held above them at its peak "
+                                     "(workers on CPU devices report it).", labels=["kind"])
+        for kind, n in sorted(layout.worker_memory.known().items()):
+            overhead.add_metric([kind], n)
+        yield overhead
 
     @staticmethod
     def _planned_busy(layout: LayoutManager, reg: Registry, now: float) -> GaugeMetricFamily:

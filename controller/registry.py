@@ -63,6 +63,7 @@ class WorkerRecord:
     batch_latency_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     slowdown: dict[str, float] = field(default_factory=dict)  # observed / warm-up, per variant
     runtimes: dict[str, str] = field(default_factory=dict)  # as the worker reports them
+    memory_peak_bytes: int = 0  # as the worker reports it (WorkerReady), 0: not known
 
 
 class Registry:
@@ -204,7 +205,8 @@ class Registry:
             record.state = WorkerState.STARTING
 
     def worker_ready(self, worker_id: str, pid: int, latency: dict[str, tuple[float, ...]], now: float,
-                     slowdown: dict[str, float] | None = None, runtimes: dict[str, str] | None = None) -> bool:
+                     slowdown: dict[str, float] | None = None, runtimes: dict[str, str] | None = None,
+                     memory_peak_bytes: int = 0) -> bool:
         """A WorkerReady (also the worker's periodic heartbeat). True if the worker is known."""
         record = self.workers.get(worker_id)
         if record is None or not record.in_plan:
@@ -221,6 +223,7 @@ class Registry:
         record.batch_latency_ms = latency
         record.slowdown = dict(slowdown or {})
         record.runtimes = {v: r[:RUNTIME_CHARS] for v, r in (runtimes or {}).items() if v in record.plan.variants}
+        record.memory_peak_bytes = max(0, memory_peak_bytes)
         self.liveness.beat(f"worker:{worker_id}", now)
         return True
 

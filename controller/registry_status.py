@@ -42,6 +42,7 @@ def status_view(reg: Registry, now: float, forget_after_s: float | None = None) 
             restarts=w.restarts,
             slowdown=dict(w.slowdown),
             runtimes=dict(w.runtimes),
+            memory_peak_bytes=w.memory_peak_bytes,
         )
         for w in sorted(reg.workers.values(), key=lambda w: w.plan.worker_id)
     )

@@ -95,10 +95,13 @@ def layout(
     floor_rps: float = 1.0,
     slowdown: Mapping[tuple[str, str], float] | None = None,
     current: Sequence[DesiredWorker] = (),
+    worker_overhead: Mapping[str, int] | None = None,
 ) -> Layout | None:
     """The layout for ``target`` demand; None until every variant has a profile on some device kind.
     ``current``: the gpu-lets serving now, ``batches`` the largest each worker runs; kept as they
-    are when that carries as much on as few devices as a fresh packing (see :func:`plan`)."""
+    are when that carries as much on as few devices as a fresh packing (see :func:`plan`).
+    ``worker_overhead``: device kind -> the memory a worker holds beyond its variants' needs
+    (controller.worker_memory), reserved once per gpu-let."""
     kinds = {d.kind for devices in agents.values() for d in devices}
     profiled = {(s.variant, s.device_kind) for s in samples}
     if not kinds or any(not any((name, k) in profiled for k in kinds) for name in variants):
@@ -129,6 +132,7 @@ def layout(
         max_batch=max_batch,
         partition_menu={"cuda": (100,)} if whole_gpus else None,
         current=serving,
+        worker_overhead_bytes=dict(worker_overhead or {}),
     )
     desired = []
     slo = {name: v.default_slo_ms for name, v in variants.items()}
@@ -143,15 +147,18 @@ def layout(
 
 
 def memory_overcommitted(desired: Sequence[DesiredWorker], agents: Mapping[str, Sequence[DeviceInfo]],
-                         variants: Mapping[str, Variant]) -> list[str]:
+                         variants: Mapping[str, Variant], worker_overhead: Mapping[str, int] | None = None) -> list[str]:
     """Devices ("agent/device") whose workers in ``desired`` need more memory than the planner
-    admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none).
+    admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none),
+    each worker its variants' needs and the ``worker_overhead`` of its device kind.
     An accuracy-scaled layout is checked with this before it is applied."""
     bound = memory_bounds(agents)
+    overhead = worker_overhead or {}
     need: dict[tuple[str, str], int] = {}
     for d in desired:
         key = (d.agent_id, d.device_id)
-        need[key] = need.get(key, 0) + sum(variants[v].memory_need() for v in d.variants if v in variants)
+        need[key] = need.get(key, 0) + overhead.get(d.kind, 0) + \
+            sum(variants[v].memory_need() for v in d.variants if v in variants)
     return sorted(f"{a}/{dev}" for (a, dev), n in need.items() if bound.get((a, dev), 0) > 0 and n > bound[(a, dev)])
 
 
@@ -224,6 +231,7 @@ def cohost(
     demand: Mapping[str, float],
     named: Mapping[str, float] | None = None,
     memory: Mapping[str, tuple[tuple[str, str], int]] | None = None,
+    per_worker: int = 0,
 ) -> tuple[tuple[DesiredWorker, ...], dict[str, str]]:
     """Give what the plan hosts nowhere a place beside a variant it does host: each family the
     plan drops whole (the variant of it that leaves the most time), then each variant clients name that the plan
@@ -239,8 +247,9 @@ def cohost(
     Retry-After) instead of every request to the guest. Least demand first. ``desired`` is
     ``to_desired(plan_, ...)``: one worker per filled slot, in slot order. ``memory``: slot id ->
     (its device, the bytes its device's slots may hold together; 0: no bound): a guest joins no
-    gpu-let whose device it would take past that. Returns the workers and family -> the variant
-    co-hosted for it (named guests serve named requests only).
+    gpu-let whose device it would take past that, each filled slot's worker holding ``per_worker``
+    bytes besides its variant's need (a guest adds only its own need). Returns the workers and
+    family -> the variant co-hosted for it (named guests serve named requests only).
     """
     index = {slot_id: i for i, slot_id in enumerate(sorted(plan_.hosts))}
     used: dict[str, float] = {}
@@ -255,12 +264,12 @@ def cohost(
     need = {c.variant: c.memory_bytes for c in choices}
     held: dict[tuple[str, str], int] = {}
 
-    def hold(slot_id: str, variant: str) -> None:
+    def hold(slot_id: str, variant: str, extra: int = 0) -> None:
         if slot_id in memory:
-            held[memory[slot_id][0]] = held.get(memory[slot_id][0], 0) + need.get(variant, 0)
+            held[memory[slot_id][0]] = held.get(memory[slot_id][0], 0) + need.get(variant, 0) + extra
 
     for slot_id, variant in plan_.hosts.items():
-        hold(slot_id, variant)
+        hold(slot_id, variant, per_worker)  # a worker each; a guest joins one
 
     def fits(slot_id: str, variant: str) -> bool:
         device, bound = memory.get(slot_id, (("", ""), 0))
@@ -326,11 +335,17 @@ def scaled_layout(
     beta: float = 1.05,
     slowdown: Mapping[tuple[str, str], float] | None = None,
     named: Mapping[str, float] | None = None,
+    worker_overhead: Mapping[str, int] | None = None,
 ) -> ScaledLayout:
     """Accuracy scaling: the MILP's choice of variants, placement and split for ``family_demand``,
     with the beta ladder starting from ``beta`` and profiled latencies times ``slowdown``.
-    ``named``: variant -> req/s of requests that named it; co-hosted when the plan drops it."""
+    ``named``: variant -> req/s of requests that named it; co-hosted when the plan drops it.
+    ``worker_overhead``: as for :func:`layout`; the MILP hosts one variant per worker, so each
+    variant it hosts needs the largest figure of the fleet's device kinds besides its own (on a
+    mixed fleet a GPU slot is counted the CPU workers' figure too: more than it holds, never less)."""
     slots, device_capacity = scaling_slots(agents)
+    kinds = {d.kind for devices in agents.values() for d in devices}
+    per_worker = max((n for kind, n in (worker_overhead or {}).items() if kind in kinds), default=0)
     table = profile_table(samples)
     choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms,
                                   memory_bytes=v.memory_need())
@@ -339,10 +354,11 @@ def scaled_layout(
     caps = capacities(slots, choices, LatencyModel(table, slowdown=slowdown), interference_model(colocations, table),
                       device_capacity=device_capacity)
     rates, batches = split_capacities(caps)
-    problem = ScalingProblem(tuple(slots), choices, dict(family_demand), rates, device_capacity=device_capacity,
+    hosting = tuple(dataclasses.replace(c, memory_bytes=c.memory_bytes + per_worker) for c in choices)
+    problem = ScalingProblem(tuple(slots), hosting, dict(family_demand), rates, device_capacity=device_capacity,
                              device_memory=memory)
     plan_ = solve(problem, current=current, time_limit_s=time_limit_s, beta=beta)
     bounds = {s.slot_id: (s.device_key, memory.get(s.device_key, 0)) for s in slots}
     desired, guests = cohost(plan_, to_desired(plan_, slots, batches), choices, caps, family_demand, named or {},
-                             memory=bounds)
+                             memory=bounds, per_worker=per_worker)
     return ScaledLayout(plan_, desired, dict(family_demand), guests)

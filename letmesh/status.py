@@ -112,8 +112,9 @@ def format_status(status: StatusReply) -> str:
         part = w.partition
         where = f"{part.device_id} cores {list(part.cores)}" if part.kind != "cuda" else f"{part.device_id} MPS {part.mps_percent}%"
         slow = "".join(f"  {v} x{x:.2f}" for v, x in sorted(w.slowdown.items()))
+        peak = f"  peak {w.memory_peak_bytes / 2**20:.0f} MiB" if w.memory_peak_bytes else ""
         lines.append(f"  {w.worker_id:<16} {w.state:<10} pid {w.pid:<8} {where:<22} restarts {w.restarts}  "
-                     f"{', '.join(w.variants)}" + (f"  (compute vs warm-up:{slow})" if slow else ""))
+                     f"{', '.join(w.variants)}{peak}" + (f"  (compute vs warm-up:{slow})" if slow else ""))
         lines += [f"  {'':<16} {variant} runs on {runtime}" for variant, runtime in sorted(w.runtimes.items())]
     lines += ["", "MODELS"]
     for m in status.models:

@@ -266,6 +266,7 @@ class WorkerStatus:
     # Per variant, compute time lately / the worker's warm-up latency (see WorkerReady).
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
     runtimes: dict[str, str] = dataclasses.field(default_factory=dict)  # as WorkerReady says
+    memory_peak_bytes: int = 0  # as WorkerReady says (CPU devices; 0: not known)
 
 
 @struct

@@ -51,14 +51,15 @@ class Fleet:
         *,
         max_batch: int,
         max_models: int,
-        worker_overhead_bytes: int,
+        worker_overhead_bytes: int | Mapping[str, int],
     ) -> None:
         self.needs = needs
         self.latency = latency
         self.interference = interference
         self.max_batch = max_batch
         self.max_models = max_models
-        self.overhead = worker_overhead_bytes
+        # Bytes each new worker holds beyond its variants' needs: one figure, or one per device kind.
+        self.overhead: Mapping[str, int] | int = worker_overhead_bytes
         self.devices = [
             Device(i, slot, split_limit(slot.kind, slot.capacity)) for i, slot in enumerate(sorted(devices, key=lambda d: d.device_id))
         ]
@@ -178,7 +179,7 @@ class Fleet:
         kind = device.slot.kind
         if size > device.free or len(device.lets) >= device.limit or want <= TINY_RPS:
             return 0.0
-        if not self._memory_fits(device, self.overhead + self.needs[variant].memory_bytes):
+        if not self._memory_fits(device, self._overhead(kind) + self.needs[variant].memory_bytes):
             return 0.0
         caps = {variant: cap} if cap > 0 else {}
         try:
@@ -200,7 +201,7 @@ class Fleet:
         if not commit:
             return new.items[0].rate if new.items else 0.0
         self._serial += 1
-        self._commit(device, lets, added_memory=self.overhead + self.needs[variant].memory_bytes)
+        self._commit(device, lets, added_memory=self._overhead(kind) + self.needs[variant].memory_bytes)
         return new.items[0].rate if new.items else 0.0
 
     def share(self, device: Device, let_serial: int, variant: str, want: float, *, keep: float, cap: int = 0) -> float:
@@ -291,6 +292,9 @@ class Fleet:
             self._commit(d, [bigger], added_memory=0)
 
     # --- internals --------------------------------------------------------------------------
+
+    def _overhead(self, kind: str) -> int:
+        return self.overhead if isinstance(self.overhead, int) else self.overhead.get(kind, 0)
 
     def _memory_fits(self, device: Device, extra: int) -> bool:
         total = device.slot.memory_bytes

@@ -133,7 +133,7 @@ def plan(
     max_models_per_gpulet: int = 3,
     min_residual_rps: float = 0.0,
     max_batch: int = MAX_BATCH,
-    worker_overhead_bytes: int = DEFAULT_WORKER_OVERHEAD_BYTES,
+    worker_overhead_bytes: int | Mapping[str, int] = DEFAULT_WORKER_OVERHEAD_BYTES,
     keep: float = 0.85,
     strategies: Sequence[str] | None = None,
     current: Sequence[Serving] = (),
@@ -142,6 +142,8 @@ def plan(
     in ``Plan.unserved``. ``partition_menu`` maps a device kind to the partition sizes allowed
     (default: 20/40/50/60/80/100 % on CUDA kinds, every core count on others).
     ``min_residual_rps``: a leftover below it gets no gpu-let of its own (only temporal sharing).
+    ``worker_overhead_bytes``: the memory each worker process holds beyond its variants' needs
+    (its runtime's), one figure or one per device kind; counted once per gpu-let.
     ``keep``: a co-location is accepted only if it keeps this share of what the moved variant
     would carry alone, after subtracting what its neighbours lose to interference.
     ``strategies``: the candidate packings to try, in order (default: the policy's own, see

@@ -13,7 +13,7 @@ from agents.worker import Worker
 from mesh.transport import Endpoint
 from protocol.codec import tensor_meta
 from protocol.message import GatewayListChanged, Heartbeat, InferReply, InferRequest, WorkerHello
-from protocol.types import ReplyStatus, TensorSpec
+from protocol.types import Partition, ReplyStatus, TensorSpec
 
 BOUND_S = 10.0
 
@@ -24,7 +24,7 @@ class Command:  # the parts of StartWorker that Worker.run reads once loading is
     gateways: tuple[str, ...]
     worker_id: str = "w"
     variants: tuple = ()
-    partition: object = None
+    partition: object = Partition(device_id="cpu0", kind="cpu", cores=(0,))
 
 
 class _Spec:

@@ -97,3 +97,24 @@ def test_a_guest_joins_no_gpulet_whose_device_it_would_take_past_its_memory() ->
     room = {"s0": (device, 3 * gib), "s1": (device, 3 * gib)}
     desired, guests = cohost(full, workers, choices, caps, demand, memory=room)
     assert guests == {"trivial": "echo"}
+
+
+def test_each_hosted_worker_holds_its_runtime_and_a_guest_only_its_own_need() -> None:
+    """Workers that hold 1 GiB of their own beside their variant's: a guest needs only its model
+    there, since it joins a worker that already runs."""
+    full = ScalingPlan(hosts={"s0": "cls-small", "s1": "det-small"}, routing={}, variant_fractions={},
+                       effective_accuracy=0.75, beta=1.0, shed={"cls": 5.0, "det": 5.0, "trivial": 50.0},
+                       solve_s=0.0, status="infeasible", load={"s0": 100.0, "s1": 100.0})
+    mib = 1 << 20
+    choices = [VariantChoice(variant=n, family=f, accuracy=a, slo_ms=200.0, memory_bytes=100 * mib)
+               for n, (f, a, _) in MODELS.items()]
+    caps = {(slot, n): (rate, 8) for slot in ("s0", "s1") for n, rate in
+            (("cls-small", 100.0), ("det-small", 100.0), ("echo", 5000.0))}
+    workers = tuple(DesiredWorker("a0", "cpu0", "cpu", 1, (v,), ((v, 8),)) for v in ("cls-small", "det-small"))
+    demand = {"cls": 105.0, "det": 105.0, "trivial": 50.0}
+    device = ("a0", "cpu0")
+    bound = {"s0": (device, 2348 * mib), "s1": (device, 2348 * mib)}  # 2 x (1024 + 100) held, and 100 more
+    _, guests = cohost(full, workers, choices, caps, demand, memory=bound, per_worker=1024 * mib)
+    assert guests == {"trivial": "echo"}
+    tight = {"s0": (device, 2348 * mib - 1), "s1": (device, 2348 * mib - 1)}
+    assert cohost(full, workers, choices, caps, demand, memory=tight, per_worker=1024 * mib)[1] == {}

@@ -740,3 +740,41 @@ def test_accuracy_scaling_under_overload_keeps_each_device_within_its_memory(tmp
         assert started and sum(len(p.variants) for p in started) * (300 << 20) <= 0.9 * (1 << 30)
     finally:
         store.close()
+
+
+def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_path) -> None:
+    """Overloaded, accuracy scaling: the variants declare next to nothing (a byte of weights), so
+    by their needs a 1 GiB host takes a worker on each of its four cores. Those workers report
+    300 MiB each at their peak (a runtime's own memory): the controller re-plans at once, with at
+    most three workers there, 90 % of 1 GiB. (The gpu-let planner's side:
+    tests/controller/test_replanner_memory.py.)"""
+    store = StateStore(tmp_path / "state.db")
+    store.save_profiles(samples(), [], now=0.0)
+    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=1000)
+    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
+                                                        memory_bytes=1 << 30),), now=0.0)
+    demand = DemandTracker(half_life_s=5.0, history_s=5.0)
+    settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
+                            start_timeout_s=1e9, live_slowdown_hold_s=30.0)
+    m = LayoutManager(settings, registry, store, demand, start_command, generation=1)
+    try:
+        now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
+        m.force()
+        first = [c for _, c in m.tick(now) if isinstance(c, PlannedWorker)]
+        assert len(first) == 4  # one a core: by the variants' needs all four fit
+        for i, plan in enumerate(first):
+            registry.worker_ready(plan.worker_id, 100 + i, {v: (1.0,) for v in plan.variants}, now,
+                                  memory_peak_bytes=300 << 20)
+        m.transition = None
+        m.tick(now + 1.0)  # no operator asks: the figure rose past what the layout was planned with
+        assert m.worker_memory.known() == {"cpu": (300 << 20) - 1}  # less the byte each variant declares
+        assert m.scaled is not None and 1 <= len(m.scaled.desired) <= 3
+        move = m.history[0]
+        assert move.reason == "memory: a0/cpu0" and move.retired >= 1 and move.kept + move.started <= 3
+        m.transition = None
+        for plan in first:  # a peak creeping up by a few MiB is not judged again
+            registry.worker_ready(plan.worker_id, 1, {v: (1.0,) for v in plan.variants}, now,
+                                  memory_peak_bytes=310 << 20)
+        assert m.tick(now + 2.0) == [] and len(m.history) == 2
+    finally:
+        store.close()

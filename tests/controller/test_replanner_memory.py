@@ -55,3 +55,25 @@ def test_a_layout_is_overcommitted_where_its_workers_need_more_than_the_planner_
     assert memory_overcommitted(guest, agents, heavy) == ["a0/cpu0"]
     unknown = [DesiredWorker("a1", "cpu0", "cpu", 1, ("big", "tiny"))] * 8  # memory not reported: no bound
     assert memory_overcommitted(unknown, agents, heavy) == []
+
+
+def test_what_a_worker_holds_beyond_its_variants_needs_is_counted_once_per_gpulet_of_its_kind() -> None:
+    """Two variants of a byte each on a 1 GiB host: by their needs, a worker each. When each worker
+    process holds 600 MiB of its own (its runtime), two would not fit: one gpu-let serves both."""
+    demand = {"big": 20.0, "tiny": 20.0}
+    for overhead in (None, {"cuda": 600 << 20}, {"cpu": 300 << 20}):  # another kind's figure, or two that fit
+        apart = layout(hosts(GIB, n=1), variants(), samples(), [], demand, worker_overhead=overhead)
+        assert sorted(d.variants for d in apart.desired) == [("big",), ("tiny",)] and apart.plan.unserved == {}
+    shared = layout(hosts(GIB, n=1), variants(), samples(), [], demand, worker_overhead={"cpu": 600 << 20})
+    assert [d.variants for d in shared.desired] == [("big", "tiny")] and shared.plan.unserved == {}
+
+
+def test_an_overcommitted_layout_counts_each_workers_own_memory() -> None:
+    from controller.reconciler import DesiredWorker
+    from controller.replanner import memory_overcommitted
+
+    light = needing(100 << 20)
+    two = [DesiredWorker("a0", "cpu0", "cpu", 1, ("big",)), DesiredWorker("a0", "cpu0", "cpu", 1, ("tiny",))]
+    assert memory_overcommitted(two, hosts(GIB, n=1), light) == []
+    assert memory_overcommitted(two, hosts(GIB, n=1), light, {"cuda": 400 << 20}) == []
+    assert memory_overcommitted(two, hosts(GIB, n=1), light, {"cpu": 400 << 20}) == ["a0/cpu0"]  # 1000 MiB > 921.6

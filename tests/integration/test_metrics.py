@@ -162,6 +162,7 @@ def test_the_controller_and_agent_export_the_mesh_they_run(metered) -> None:
     for w, resident, peak, cpu_s, hwm in wait_until(worker_usage, timeout_s=30, interval_s=0.5,
                                                     what="a memory and CPU series for every ready worker"):
         assert 10 << 20 < resident <= peak <= hwm  # an interpreter with numpy and ZeroMQ; the peak only grows
+        assert 10 << 20 < w.memory_peak_bytes <= hwm  # the worker's own report, read before the kernel's
         assert cpu_s > 0
         for variant in w.variants:
             assert 0 < controller.value("letmesh_variant_memory_reserved_bytes", variant=variant) < resident

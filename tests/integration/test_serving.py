@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -151,6 +152,9 @@ def test_status_shows_how_a_worker_runs_against_its_warm_up(mesh) -> None:
     (worker,) = fetch_status(mesh.controller_address).workers
     assert set(worker.slowdown) == {"identity"} and 0 < worker.slowdown["identity"] < float("inf")
     assert "compute vs warm-up:  identity x" in format_status(fetch_status(mesh.controller_address))
+    # and the most memory its process has held (a CPU worker's own VmHWM): an interpreter with torch
+    peak = re.search(r"identity  peak (\d+) MiB", format_status(fetch_status(mesh.controller_address)))
+    assert peak and 50 < int(peak.group(1)) < 4096
 
 
 @pytest.mark.skipif(not cpu_policy.supported() or cpu_policy.policy_of(0) == "other",
