@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import stat
 
@@ -76,10 +77,11 @@ def _cgroup_mount(line: str) -> tuple[int, str, str] | None:
     tail = fields[fields.index("-") + 1:]
     if len(fields) < 5 or not tail:
         return None
+    root, mount_point = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f) for f in fields[3:5])
     if tail[0] == "cgroup2":
-        return 2, fields[3], fields[4]
+        return 2, root, mount_point
     if tail[0] == "cgroup" and len(tail) >= 3 and "memory" in tail[2].split(","):
-        return 1, fields[3], fields[4]
+        return 1, root, mount_point
     return None
 
 

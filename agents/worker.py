@@ -252,7 +252,7 @@ class Worker:
         if self.cmd.partition.kind != "cpu":
             return 0
         usage = process_usage(os.getpid())
-        return usage.peak_resident_bytes if usage is not None else 0
+        return usage.own_peak_bytes() if usage is not None else 0
 
     def _send_control(self, control: Endpoint, msg: object) -> None:
         """To the controller: while its link is down nothing queues (and nothing is lost: the

@@ -128,7 +128,7 @@ class LayoutManager:
                 return self._supersede(forecast, now, rising)
             return self._advance(now)
         forced, self._forced = self._forced, False
-        short = "" if forced or self.current is None else self._memory_short(now)
+        short = "" if forced else self._memory_short(now)
         forced |= bool(short)
         if self._wait.released(self.profiling):
             forced = True  # the re-plan that waited for those profiles, now, whether they came or not
@@ -181,12 +181,13 @@ class LayoutManager:
 
     def _memory_short(self, now: float) -> str:
         """The devices ("agent/device") whose workers now need more memory than they may hold,
-        counting what workers were seen to hold beyond their variants' needs, when that figure rose
-        past the one the current layout was planned with ("" otherwise): a plan made before any
-        worker reported (a restart with profiles on record plans at once) is made again with it.
-        Once per rise, so a layout no plan can fit better is not re-planned each tick."""
+        counting what workers were seen to hold beyond their variants' needs, when such a figure
+        rose past the one the current layout was planned with ("" otherwise): a layout made before
+        any worker reported (the start-up placement, or a restart's plan from profiles on record)
+        is planned again with it. Judged once per rise, so a layout no plan fits better (or a plan
+        that would drop a variant, see ``_replan``) is not re-planned each tick."""
         reg = self._registry
-        seen = self.worker_memory.observe(reg.workers.values(), reg.variants)
+        seen = self.worker_memory.observe(reg.workers.values(), reg.variants, now)
         planned = self._planned_overhead
         if not any(n > planned.get(k, 0) + max(OVERHEAD_RISE_BYTES, 0.05 * planned.get(k, 0)) for k, n in seen.items()):
             return ""
@@ -288,7 +289,7 @@ class LayoutManager:
         # first placement, a guess made before any profile) stay when they carry the target as well
         # as a fresh packing would.
         keepable = () if self._fresh else [as_desired(w) for w in current if w.batches]
-        overhead = self._planned_overhead = self.worker_memory.observe(reg.workers.values(), reg.variants)
+        overhead = self._planned_overhead = self.worker_memory.observe(reg.workers.values(), reg.variants, now)
         new = layout(agents, reg.variants, samples, self._store.colocations(), target,
                      policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown,
                      current=keepable, worker_overhead=overhead)
@@ -330,8 +331,10 @@ class LayoutManager:
                 # A plan that leaves a variant with demand and a worker today with no gpu-let is not applied.
                 if dropped := new.drops({v for w in reg.workers.values() if w.state == WorkerState.READY
                                          for v in w.plan.variants}):
+                    short = reason.removeprefix("memory: ") if reason.startswith("memory: ") else ""
                     log.warning("not applying a plan that would leave %s without a worker; keeping the current "
-                                "layout", ", ".join(dropped))
+                                "layout%s", ", ".join(dropped),
+                                f", though its workers need more memory than {short} may hold" if short else "")
                     return []
             if self.scaled is not None and not new.plan.unserved:
                 log.info("demand fits at full accuracy again")

@@ -146,11 +146,12 @@ class ControllerMetrics(Collector):
             reserved.add_metric([name], v.memory_need())
         yield reserved
         overhead = GaugeMetricFamily("letmesh_worker_memory_overhead_bytes",
-                                     "Memory the planner counts for each worker on a device of this kind beyond its "
-                                     "variants' needs: the most a ready worker there held above them at its peak "
-                                     "(workers on CPU devices report it).", labels=["kind"])
-        for kind, n in sorted(layout.worker_memory.known().items()):
-            overhead.add_metric([kind], n)
+                                     "Memory the planner counts for each worker on a device beyond its variants' "
+                                     "needs: the most memory of its own a ready worker there held above them at its "
+                                     "peak (workers on CPU devices report it).", labels=["agent", "device"])
+        for place, n in sorted(layout.worker_memory.known().items()):
+            if "/" in place:  # the per-kind figures stand in for devices not reported yet
+                overhead.add_metric(place.split("/", 1), n)
         yield overhead
 
     @staticmethod

@@ -36,10 +36,10 @@ from controller.planning import (
     plan,
 )
 from controller.planning.audit import gpulet_slowdown
-from controller.planning.fleet import MEMORY_FRACTION
+from controller.planning.fleet import MEMORY_FRACTION, overhead_of
 from controller.planning.cycle import saturated
 from controller.reconciler import DesiredWorker
-from controller.repository import Variant
+from controller.repository import Variant, reservation
 from protocol.types import ColocationSample, DeviceInfo, ProfileSample
 
 MIN_COLOCATIONS_TO_FIT = 6
@@ -100,8 +100,8 @@ def layout(
     """The layout for ``target`` demand; None until every variant has a profile on some device kind.
     ``current``: the gpu-lets serving now, ``batches`` the largest each worker runs; kept as they
     are when that carries as much on as few devices as a fresh packing (see :func:`plan`).
-    ``worker_overhead``: device kind -> the memory a worker holds beyond its variants' needs
-    (controller.worker_memory), reserved once per gpu-let."""
+    ``worker_overhead``: "agent/device", else device kind -> the memory a worker holds beyond its
+    variants' needs (controller.worker_memory), reserved once per gpu-let."""
     kinds = {d.kind for devices in agents.values() for d in devices}
     profiled = {(s.variant, s.device_kind) for s in samples}
     if not kinds or any(not any((name, k) in profiled for k in kinds) for name in variants):
@@ -150,15 +150,15 @@ def memory_overcommitted(desired: Sequence[DesiredWorker], agents: Mapping[str, 
                          variants: Mapping[str, Variant], worker_overhead: Mapping[str, int] | None = None) -> list[str]:
     """Devices ("agent/device") whose workers in ``desired`` need more memory than the planner
     admits on them (MEMORY_FRACTION of what the device has; a device of unknown memory: none),
-    each worker its variants' needs and the ``worker_overhead`` of its device kind.
+    each worker its variants' needs and the ``worker_overhead`` of its device (as for :func:`layout`).
     An accuracy-scaled layout is checked with this before it is applied."""
     bound = memory_bounds(agents)
     overhead = worker_overhead or {}
     need: dict[tuple[str, str], int] = {}
     for d in desired:
         key = (d.agent_id, d.device_id)
-        need[key] = need.get(key, 0) + overhead.get(d.kind, 0) + \
-            sum(variants[v].memory_need() for v in d.variants if v in variants)
+        need[key] = need.get(key, 0) + overhead_of(overhead, f"{d.agent_id}/{d.device_id}", d.kind) + \
+            reservation(variants, d.variants)
     return sorted(f"{a}/{dev}" for (a, dev), n in need.items() if bound.get((a, dev), 0) > 0 and n > bound[(a, dev)])
 
 
@@ -341,11 +341,12 @@ def scaled_layout(
     with the beta ladder starting from ``beta`` and profiled latencies times ``slowdown``.
     ``named``: variant -> req/s of requests that named it; co-hosted when the plan drops it.
     ``worker_overhead``: as for :func:`layout`; the MILP hosts one variant per worker, so each
-    variant it hosts needs the largest figure of the fleet's device kinds besides its own (on a
-    mixed fleet a GPU slot is counted the CPU workers' figure too: more than it holds, never less)."""
+    variant it hosts needs the largest figure of the fleet's devices besides its own (a device
+    with a smaller figure, a GPU beside CPU workers, is counted more than it holds, never less)."""
     slots, device_capacity = scaling_slots(agents)
     kinds = {d.kind for devices in agents.values() for d in devices}
-    per_worker = max((n for kind, n in (worker_overhead or {}).items() if kind in kinds), default=0)
+    places = {f"{a}/{d.device_id}" for a, devices in agents.items() for d in devices}
+    per_worker = max((n for key, n in (worker_overhead or {}).items() if key in kinds or key in places), default=0)
     table = profile_table(samples)
     choices = tuple(VariantChoice(variant=v.name, family=v.family, accuracy=v.accuracy, slo_ms=v.default_slo_ms,
                                   memory_bytes=v.memory_need())

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,12 @@ class Variant:
         if not self.profile_ms:
             return 1.0
         return self.profile_ms[max(self.profile_ms)]
+
+
+def reservation(variants: Mapping[str, Variant], names: Iterable[str]) -> int:
+    """What the planner reserves for one worker serving ``names``: their memory needs together
+    (a name the repository no longer has counts nothing)."""
+    return sum(variants[n].memory_need() for n in names if n in variants)
 
 
 @dataclass(frozen=True, slots=True)

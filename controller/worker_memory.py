@@ -2,12 +2,13 @@
 
 The planner reserves per worker its variants' needs (``Variant.memory_need``: a manifest's
 ``memory_mb``, else weights and one batch of inputs and outputs). A worker process also holds its
-runtime (torch and ONNX Runtime take ~220-240 MiB of host memory before any model), the
-activations of its batches and the arenas its runtime keeps. Workers on CPU devices report their
-peak resident memory (``WorkerReady.memory_peak_bytes``); the excess over their reservation,
-the largest among the ready workers of a device kind, is what the planner adds for each new
-worker it puts on a device of that kind, so a memory-bound board is not filled with workers the
-kernel would kill. Pure: fed the registry's workers, no clock.
+runtime (torch and ONNX Runtime take ~150 MiB of their own per process here, beside ~90 MiB of
+shared libraries every worker maps), the activations of its batches and the arenas its runtime
+keeps. Workers on CPU devices report the most memory of their own they have held
+(``WorkerReady.memory_peak_bytes``); per device, the largest excess of a ready worker's report over
+its reservation is what the planner adds for each new worker there, and per device kind the
+largest of its devices' figures stands for a device none of whose workers has reported yet. So a
+memory-bound board is not filled with workers the kernel would kill. Pure, with an injected clock.
 """
 
 from __future__ import annotations
@@ -15,31 +16,52 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from controller.registry import WorkerRecord
-from controller.repository import Variant
+from controller.repository import Variant, reservation
 from protocol.types import WorkerState
+
+# A device's figure falls only once its workers have read lower for this long: a re-plan's
+# fresh processes have not reached their peaks yet, and a figure that fell at once would pack the
+# workers back that the next rise takes away again.
+FALL_AFTER_S = 600.0
 
 
 class WorkerOverhead:
-    """Per device kind, the bytes a worker holds beyond its variants' needs, as last observed.
+    """Figures per device ("agent/device") and per device kind, in bytes."""
 
-    Each ``observe`` replaces a kind's figure with what its ready workers report now (the largest
-    excess), so it falls again when the workers that held more are gone; a kind with no reporting
-    worker keeps its last figure (a re-plan after every worker of it stopped still counts it)."""
+    def __init__(self, *, fall_after_s: float = FALL_AFTER_S) -> None:
+        self.fall_after_s = fall_after_s
+        self._device: dict[str, int] = {}
+        self._kind_of: dict[str, str] = {}
+        self._lower_since: dict[str, float] = {}
 
-    def __init__(self) -> None:
-        self._known: dict[str, int] = {}
-
-    def observe(self, workers: Iterable[WorkerRecord], variants: Mapping[str, Variant]) -> dict[str, int]:
-        """The figures after taking in ``workers``: device kind -> bytes."""
+    def observe(self, workers: Iterable[WorkerRecord], variants: Mapping[str, Variant], now: float) -> dict[str, int]:
+        """Take in what the ready workers report now; the figures after it (see :meth:`known`).
+        A device's figure rises at once, and falls to what its workers report only after they have
+        reported less for ``fall_after_s``; a device whose workers report nothing keeps its figure."""
         seen: dict[str, int] = {}
         for w in workers:
             if w.state != WorkerState.READY or w.memory_peak_bytes <= 0 or not w.in_plan:
                 continue
-            reserved = sum(variants[v].memory_need() for v in w.plan.variants if v in variants)
-            kind = w.plan.partition.kind
-            seen[kind] = max(seen.get(kind, 0), w.memory_peak_bytes - reserved, 0)
-        self._known.update(seen)
-        return dict(self._known)
+            place = f"{w.plan.agent_id}/{w.plan.partition.device_id}"
+            self._kind_of[place] = w.plan.partition.kind
+            excess = max(0, w.memory_peak_bytes - reservation(variants, w.plan.variants))
+            seen[place] = max(seen.get(place, -1), excess)
+        for place, n in seen.items():
+            if n >= self._device.get(place, -1):
+                self._device[place] = n
+                self._lower_since.pop(place, None)
+            elif now - self._lower_since.setdefault(place, now) >= self.fall_after_s:
+                self._device[place] = n
+                self._lower_since.pop(place, None)
+        for place in set(self._lower_since) - set(seen):
+            del self._lower_since[place]  # nothing reported there now: the figure stands, no fall begins
+        return self.known()
 
     def known(self) -> dict[str, int]:
-        return dict(self._known)
+        """"agent/device" -> bytes for each device whose workers reported, and device kind -> the
+        largest of its devices' figures (for a device with none)."""
+        out = dict(self._device)
+        for place, n in self._device.items():
+            kind = self._kind_of[place]
+            out[kind] = max(out.get(kind, 0), n)
+        return out

@@ -155,9 +155,10 @@ class WorkerReady:
     # Per variant the ONNX upgrade decided for: its verdict, naming the runtime that serves it
     # (see agents.onnx_upgrade).
     runtimes: dict[str, str] = dataclasses.field(default_factory=dict)
-    # The most host memory the process has held (its VmHWM), on a CPU device: what its runtime,
-    # models and batches took at their peak. 0 on a GPU (host memory is not the device's) or where
-    # the host cannot tell.
+    # The most host memory of its own the process has held, on a CPU device: its peak resident
+    # memory (VmHWM) less the pages of files it maps (shared libraries, which every worker of the
+    # host shares): what its runtime, models and batches took. 0 on a GPU (host memory is not the
+    # device's) or where the host cannot tell.
     memory_peak_bytes: int = 0
 
 

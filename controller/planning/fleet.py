@@ -31,12 +31,20 @@ from controller.planning.state import Device, Item, Let, Need, split_limit
 if TYPE_CHECKING:
     from controller.planning.planner import DeviceSlot
 
-__all__ = ["MAX_ATTEMPTS", "TINY_RPS", "Device", "Fleet", "Item", "Let", "Need", "split_limit"]
+__all__ = ["MAX_ATTEMPTS", "TINY_RPS", "Device", "Fleet", "Item", "Let", "Need", "overhead_of", "split_limit"]
 
 TINY_RPS = 1e-6  # rates below this are rounding noise, not load
 MEMORY_FRACTION = 0.9  # gpu-let's admission: 90 % of device memory
 SETTLE_ROUNDS = 8
 MAX_ATTEMPTS = 6  # interference-checked candidates tried per placement before giving up
+
+
+def overhead_of(overhead: int | Mapping[str, int], device_id: str, kind: str) -> int:
+    """The memory one more worker holds on ``device_id`` beyond its variants' needs: one figure
+    for every device, or a mapping keyed by device id, else by device kind (0 where neither is)."""
+    if isinstance(overhead, int):
+        return overhead
+    return overhead.get(device_id, overhead.get(kind, 0))
 
 
 class Fleet:
@@ -58,7 +66,7 @@ class Fleet:
         self.interference = interference
         self.max_batch = max_batch
         self.max_models = max_models
-        # Bytes each new worker holds beyond its variants' needs: one figure, or one per device kind.
+        # Bytes each new worker holds beyond its variants' needs (see overhead_of).
         self.overhead: Mapping[str, int] | int = worker_overhead_bytes
         self.devices = [
             Device(i, slot, split_limit(slot.kind, slot.capacity)) for i, slot in enumerate(sorted(devices, key=lambda d: d.device_id))
@@ -179,7 +187,8 @@ class Fleet:
         kind = device.slot.kind
         if size > device.free or len(device.lets) >= device.limit or want <= TINY_RPS:
             return 0.0
-        if not self._memory_fits(device, self._overhead(kind) + self.needs[variant].memory_bytes):
+        extra = overhead_of(self.overhead, device.slot.device_id, kind)
+        if not self._memory_fits(device, extra + self.needs[variant].memory_bytes):
             return 0.0
         caps = {variant: cap} if cap > 0 else {}
         try:
@@ -201,7 +210,7 @@ class Fleet:
         if not commit:
             return new.items[0].rate if new.items else 0.0
         self._serial += 1
-        self._commit(device, lets, added_memory=self._overhead(kind) + self.needs[variant].memory_bytes)
+        self._commit(device, lets, added_memory=extra + self.needs[variant].memory_bytes)
         return new.items[0].rate if new.items else 0.0
 
     def share(self, device: Device, let_serial: int, variant: str, want: float, *, keep: float, cap: int = 0) -> float:
@@ -292,9 +301,6 @@ class Fleet:
             self._commit(d, [bigger], added_memory=0)
 
     # --- internals --------------------------------------------------------------------------
-
-    def _overhead(self, kind: str) -> int:
-        return self.overhead if isinstance(self.overhead, int) else self.overhead.get(kind, 0)
 
     def _memory_fits(self, device: Device, extra: int) -> bool:
         total = device.slot.memory_bytes

@@ -143,7 +143,8 @@ def plan(
     (default: 20/40/50/60/80/100 % on CUDA kinds, every core count on others).
     ``min_residual_rps``: a leftover below it gets no gpu-let of its own (only temporal sharing).
     ``worker_overhead_bytes``: the memory each worker process holds beyond its variants' needs
-    (its runtime's), one figure or one per device kind; counted once per gpu-let.
+    (its runtime's), one figure, or per device id, else kind (``fleet.overhead_of``); counted once
+    per gpu-let.
     ``keep``: a co-location is accepted only if it keeps this share of what the moved variant
     would carry alone, after subtracting what its neighbours lose to interference.
     ``strategies``: the candidate packings to try, in order (default: the policy's own, see

@@ -4,7 +4,6 @@ host's RAM inside a 512 MiB container would place workers the kernel then kills.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -36,12 +35,12 @@ def _write(path: Path, text: str) -> None:
 
 
 def test_v2_the_tightest_limit_along_the_path_wins_and_max_means_none(tmp_path) -> None:
-    mount = tmp_path / "cg"
+    mount = tmp_path / "c g"  # mountinfo writes the space as \040
     _write(mount / "memory.max", "max\n")  # the root has no file in real life; "max" must read as none
     _write(mount / "slice" / "memory.max", str(700 * MIB))
     _write(mount / "slice" / "svc" / "memory.max", "max\n")
     proc = _proc(tmp_path, "0::/slice/svc\n",
-                 f"30 24 0:26 / {mount} rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n")
+                 f"30 24 0:26 / {str(mount).replace(' ', chr(92) + '040')} rw,nosuid shared:4 - cgroup2 cgroup2 rw\n")
     assert cgroup_memory_limit(proc) == 700 * MIB
     _write(mount / "slice" / "svc" / "memory.max", str(300 * MIB))
     assert cgroup_memory_limit(proc) == 300 * MIB
@@ -99,15 +98,15 @@ def _register_from_agent(tmp_path: Path, flags: list[str], procs: Path | None) -
     router.bind("tcp://127.0.0.1:0")
     address = router.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def enter() -> None:
-        if procs is not None:
-            procs.write_text(str(os.getpid()))
-
-    agent = subprocess.Popen([sys.executable, "-m", "letmesh", "agent", "--controller", address, "--state-dir",
-                              str(tmp_path / "agent"), *flags], cwd=ROOT, preexec_fn=enter,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "letmesh", "agent", "--controller", address, "--state-dir", str(tmp_path / "agent"),
+               *flags]
+    if procs is not None:  # the shell joins the cgroup, then becomes the agent
+        command = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *command]
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
     try:
-        assert router.poll(60_000), "the agent did not register within 60 s"
+        assert router.poll(60_000), f"the agent did not register within 60 s: {log.read_text()[-2000:]}"
         peer, *frames = router.recv_multipart()
         msg, _ = decode(frames)
         assert isinstance(msg, RegisterAgent)

@@ -56,3 +56,35 @@ def test_a_process_that_exited_reads_nothing() -> None:
     assert process_usage(child.pid) is None
     child.wait(timeout=BOUND_S)
     assert process_usage(child.pid) is None  # reaped: gone from /proc
+
+
+# Maps a 96 MiB file and reads every page of it (the pages are the file's, shared with any other
+# process that maps it), then holds 64 MiB of its own.
+MAPPER = r"""
+import mmap, sys
+with open(sys.argv[1], "rb") as f:
+    view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+total = sum(view[i] for i in range(0, len(view), 4096))
+own = bytearray(64 << 20)
+for i in range(0, len(own), 4096):
+    own[i] = 1
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_pages_of_a_mapped_file_count_as_shared_and_not_as_the_processes_own(tmp_path) -> None:
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"\1" * (96 * MIB))
+    child = subprocess.Popen([sys.executable, "-c", MAPPER, str(data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        usage = process_usage(child.pid)
+        assert usage is not None
+        assert usage.peak_resident_bytes >= 160 * MIB  # the file's pages and its own block
+        assert usage.shared_resident_bytes >= 96 * MIB
+        assert 64 * MIB <= usage.own_peak_bytes() < usage.peak_resident_bytes - 90 * MIB
+    finally:
+        child.stdin.close()
+        child.wait(timeout=BOUND_S)

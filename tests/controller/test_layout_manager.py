@@ -767,7 +767,7 @@ def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_pa
                                   memory_peak_bytes=300 << 20)
         m.transition = None
         m.tick(now + 1.0)  # no operator asks: the figure rose past what the layout was planned with
-        assert m.worker_memory.known() == {"cpu": (300 << 20) - 1}  # less the byte each variant declares
+        assert m.worker_memory.known() == {"a0/cpu0": (300 << 20) - 1, "cpu": (300 << 20) - 1}  # less the byte declared
         assert m.scaled is not None and 1 <= len(m.scaled.desired) <= 3
         move = m.history[0]
         assert move.reason == "memory: a0/cpu0" and move.retired >= 1 and move.kept + move.started <= 3

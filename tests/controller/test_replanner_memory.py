@@ -61,11 +61,14 @@ def test_what_a_worker_holds_beyond_its_variants_needs_is_counted_once_per_gpule
     """Two variants of a byte each on a 1 GiB host: by their needs, a worker each. When each worker
     process holds 600 MiB of its own (its runtime), two would not fit: one gpu-let serves both."""
     demand = {"big": 20.0, "tiny": 20.0}
-    for overhead in (None, {"cuda": 600 << 20}, {"cpu": 300 << 20}):  # another kind's figure, or two that fit
+    # Another kind's figure, another host's, two that fit, or this host's small figure before its kind's.
+    for overhead in (None, {"cuda": 600 << 20}, {"a1/cpu0": 600 << 20}, {"cpu": 300 << 20},
+                     {"a0/cpu0": 300 << 20, "cpu": 600 << 20}):
         apart = layout(hosts(GIB, n=1), variants(), samples(), [], demand, worker_overhead=overhead)
         assert sorted(d.variants for d in apart.desired) == [("big",), ("tiny",)] and apart.plan.unserved == {}
-    shared = layout(hosts(GIB, n=1), variants(), samples(), [], demand, worker_overhead={"cpu": 600 << 20})
-    assert [d.variants for d in shared.desired] == [("big", "tiny")] and shared.plan.unserved == {}
+    for overhead in ({"cpu": 600 << 20}, {"a0/cpu0": 600 << 20, "cpu": 0}):
+        shared = layout(hosts(GIB, n=1), variants(), samples(), [], demand, worker_overhead=overhead)
+        assert [d.variants for d in shared.desired] == [("big", "tiny")] and shared.plan.unserved == {}
 
 
 def test_an_overcommitted_layout_counts_each_workers_own_memory() -> None:
@@ -77,3 +80,5 @@ def test_an_overcommitted_layout_counts_each_workers_own_memory() -> None:
     assert memory_overcommitted(two, hosts(GIB, n=1), light) == []
     assert memory_overcommitted(two, hosts(GIB, n=1), light, {"cuda": 400 << 20}) == []
     assert memory_overcommitted(two, hosts(GIB, n=1), light, {"cpu": 400 << 20}) == ["a0/cpu0"]  # 1000 MiB > 921.6
+    assert memory_overcommitted(two, hosts(GIB, n=1), light, {"a0/cpu0": 400 << 20}) == ["a0/cpu0"]
+    assert memory_overcommitted(two, hosts(GIB, n=1), light, {"a0/cpu0": 300 << 20, "cpu": 400 << 20}) == []
