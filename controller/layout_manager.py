@@ -187,7 +187,7 @@ class LayoutManager:
         is planned again with it. Judged once per rise, so a layout no plan fits better (or a plan
         that would drop a variant, see ``_replan``) is not re-planned each tick."""
         reg = self._registry
-        seen = self.worker_memory.observe(reg.workers.values(), reg.variants, now)
+        seen = self.worker_memory.observe(reg.workers.values(), reg.variants, now, reg.agents)
         planned = self._planned_overhead
         if not any(n > planned.get(k, 0) + max(OVERHEAD_RISE_BYTES, 0.05 * planned.get(k, 0)) for k, n in seen.items()):
             return ""
@@ -289,7 +289,8 @@ class LayoutManager:
         # first placement, a guess made before any profile) stay when they carry the target as well
         # as a fresh packing would.
         keepable = () if self._fresh else [as_desired(w) for w in current if w.batches]
-        overhead = self._planned_overhead = self.worker_memory.observe(reg.workers.values(), reg.variants, now)
+        overhead = self.worker_memory.observe(reg.workers.values(), reg.variants, now, reg.agents)
+        self._planned_overhead = overhead
         new = layout(agents, reg.variants, samples, self._store.colocations(), target,
                      policy=self.settings.policy, floor_rps=self.settings.floor_rps, slowdown=slowdown,
                      current=keepable, worker_overhead=overhead)

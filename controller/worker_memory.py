@@ -13,7 +13,7 @@ memory-bound board is not filled with workers the kernel would kill. Pure, with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from controller.registry import WorkerRecord
 from controller.repository import Variant, reservation
@@ -33,11 +33,14 @@ class WorkerOverhead:
         self._device: dict[str, int] = {}
         self._kind_of: dict[str, str] = {}
         self._lower_since: dict[str, float] = {}
+        self._lower_max: dict[str, int] = {}  # the most read there since it read lower
 
-    def observe(self, workers: Iterable[WorkerRecord], variants: Mapping[str, Variant], now: float) -> dict[str, int]:
+    def observe(self, workers: Iterable[WorkerRecord], variants: Mapping[str, Variant], now: float,
+                agents: Collection[str] | None = None) -> dict[str, int]:
         """Take in what the ready workers report now; the figures after it (see :meth:`known`).
-        A device's figure rises at once, and falls to what its workers report only after they have
-        reported less for ``fall_after_s``; a device whose workers report nothing keeps its figure."""
+        A device's figure rises at once, and falls only after its workers have reported less for
+        ``fall_after_s``, to the most they reported meanwhile; a device whose workers report nothing
+        keeps its figure, until its agent is no longer among ``agents`` (None: all are kept)."""
         seen: dict[str, int] = {}
         for w in workers:
             if w.state != WorkerState.READY or w.memory_peak_bytes <= 0 or not w.in_plan:
@@ -50,11 +53,17 @@ class WorkerOverhead:
             if n >= self._device.get(place, -1):
                 self._device[place] = n
                 self._lower_since.pop(place, None)
-            elif now - self._lower_since.setdefault(place, now) >= self.fall_after_s:
-                self._device[place] = n
+                continue
+            self._lower_max[place] = max(n, self._lower_max.get(place, 0) if place in self._lower_since else 0)
+            if now - self._lower_since.setdefault(place, now) >= self.fall_after_s:
+                self._device[place] = self._lower_max[place]
                 self._lower_since.pop(place, None)
         for place in set(self._lower_since) - set(seen):
             del self._lower_since[place]  # nothing reported there now: the figure stands, no fall begins
+        if agents is not None:  # an agent forgotten takes its devices' figures with it
+            for place in [p for p in self._device if p.split("/", 1)[0] not in agents]:
+                del self._device[place]
+                self._lower_since.pop(place, None)
         return self.known()
 
     def known(self) -> dict[str, int]:

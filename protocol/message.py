@@ -157,8 +157,8 @@ class WorkerReady:
     runtimes: dict[str, str] = dataclasses.field(default_factory=dict)
     # The most host memory of its own the process has held, on a CPU device: its peak resident
     # memory (VmHWM) less the pages of files it maps (shared libraries, which every worker of the
-    # host shares): what its runtime, models and batches took. 0 on a GPU (host memory is not the
-    # device's) or where the host cannot tell.
+    # host shares, and model files a runtime maps): what its runtime, models and batches took.
+    # 0 on a GPU (host memory is not the device's) or where the host cannot tell.
     memory_peak_bytes: int = 0
 
 

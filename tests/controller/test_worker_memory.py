@@ -72,3 +72,16 @@ def test_a_dip_shorter_than_the_hold_does_not_start_the_fall_over_again() -> Non
     ready(reg, "w0", ("cls-large",), 200 * MIB)
     assert est.observe(reg.workers.values(), reg.variants, 75.0)["a0/cpu0"] == 300 * MIB  # lower since 75, not 10
     assert est.observe(reg.workers.values(), reg.variants, 135.0)["a0/cpu0"] == 100 * MIB
+
+
+def test_after_the_hold_the_figure_falls_to_the_most_read_meanwhile_and_a_forgotten_agent_takes_its_own() -> None:
+    reg, est = registry(), WorkerOverhead(fall_after_s=60.0)
+    ready(reg, "w0", ("cls-large",), 500 * MIB)
+    ready(reg, "v0", ("cls-large",), 300 * MIB, agent="a1")
+    est.observe(reg.workers.values(), reg.variants, 0.0)
+    for at, peak in ((10.0, 200), (30.0, 350), (50.0, 250), (70.0, 220)):
+        ready(reg, "w0", ("cls-large",), peak * MIB)
+        figures = est.observe(reg.workers.values(), reg.variants, at)
+    assert figures["a0/cpu0"] == 250 * MIB  # 350 MiB read during the hold, less the 100 reserved
+    assert est.observe(reg.workers.values(), reg.variants, 80.0, agents={"a0"}) == \
+        {"a0/cpu0": 250 * MIB, "cpu": 250 * MIB}  # a1 forgotten: its 200 MiB goes with it
