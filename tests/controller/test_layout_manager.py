@@ -5,6 +5,7 @@ tracker and MILP; commands are returned, not sent."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -59,17 +60,21 @@ def jumpy_manager(tmp_path):
     yield from make_manager(tmp_path, half_life_s=1.0, history_s=3.0)
 
 
-def make_manager(tmp_path: Path, *, half_life_s: float, history_s: float):
+def make_manager(tmp_path: Path, *, half_life_s: float, history_s: float, memory_bytes: int = 8 << 30,
+                 variants: dict[str, Variant] | None = None):
     store = StateStore(tmp_path / "state.db")
     store.save_profiles(samples(), [], now=0.0)
-    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=1000)
-    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4, memory_bytes=8 << 30),), now=0.0)
+    registry = Registry(variants or {n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=1000)
+    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
+                                                        memory_bytes=memory_bytes),), now=0.0)
     demand = DemandTracker(half_life_s=half_life_s, history_s=history_s)
     settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
                             start_timeout_s=1e9, live_slowdown_hold_s=30.0)
     m = LayoutManager(settings, registry, store, demand, start_command, generation=1)
-    yield m, demand, registry
-    store.close()
+    try:
+        yield m, demand, registry
+    finally:
+        store.close()
 
 
 def report(demand: DemandTracker, rates: list[float], now: float) -> float:
@@ -723,23 +728,13 @@ def test_accuracy_scaling_under_overload_keeps_each_device_within_its_memory(tmp
     """Overloaded on a 4-core host whose memory holds three workers of 300 MiB: accuracy scaling
     still plans (the cheap variant carries part of the family) with at most three workers, where
     by cores alone it would run one on each core."""
-    store = StateStore(tmp_path / "state.db")
-    store.save_profiles(samples(), [], now=0.0)
     heavy = {n: dataclasses.replace(variant(n), memory_bytes=300 << 20) for n in ACCURACY}
-    registry = Registry(heavy, heartbeat_interval_s=1.0, missed_heartbeats=1000)
-    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
-                                                        memory_bytes=1 << 30),), now=0.0)
-    demand = DemandTracker(half_life_s=5.0, history_s=5.0)
-    settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
-                            start_timeout_s=1e9, live_slowdown_hold_s=30.0)
-    m = LayoutManager(settings, registry, store, demand, start_command, generation=1)
-    try:
+    with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0, memory_bytes=1 << 30,
+                                                 variants=heavy) as (m, demand, registry):
         now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
         started = [command for _, command in m.tick(now) if isinstance(command, PlannedWorker)]
         assert m.scaled is not None and registry.family_fractions["cls"].get("cls-small", 0.0) > 0
         assert started and sum(len(p.variants) for p in started) * (300 << 20) <= 0.9 * (1 << 30)
-    finally:
-        store.close()
 
 
 def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_path) -> None:
@@ -748,16 +743,8 @@ def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_pa
     300 MiB each at their peak (a runtime's own memory): the controller re-plans at once, with at
     most three workers there, 90 % of 1 GiB. (The gpu-let planner's side:
     tests/controller/test_replanner_memory.py.)"""
-    store = StateStore(tmp_path / "state.db")
-    store.save_profiles(samples(), [], now=0.0)
-    registry = Registry({n: variant(n) for n in ACCURACY}, heartbeat_interval_s=1.0, missed_heartbeats=1000)
-    registry.agent_registered("a0", "host", (DeviceInfo(device_id="cpu0", kind="cpu", name="cpu", cores=4,
-                                                        memory_bytes=1 << 30),), now=0.0)
-    demand = DemandTracker(half_life_s=5.0, history_s=5.0)
-    settings = LayoutPolicy(replan_period_s=10.0, fast_replan_s=1.0, scaling_beta=1.2, scaling_horizon_s=2.0,
-                            start_timeout_s=1e9, live_slowdown_hold_s=30.0)
-    m = LayoutManager(settings, registry, store, demand, start_command, generation=1)
-    try:
+    with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0,
+                                                 memory_bytes=1 << 30) as (m, demand, registry):
         now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
         m.force()
         first = [c for _, c in m.tick(now) if isinstance(c, PlannedWorker)]
@@ -776,5 +763,3 @@ def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_pa
             registry.worker_ready(plan.worker_id, 1, {v: (1.0,) for v in plan.variants}, now,
                                   memory_peak_bytes=310 << 20)
         assert m.tick(now + 2.0) == [] and len(m.history) == 2
-    finally:
-        store.close()

@@ -9,14 +9,13 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from letmesh.status import fetch_status
 from tests.integration.conftest import wait_until
+from tests.integration.test_hardening import infer
 
 MIB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,17 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # (its model, batches and sockets), so two of them exceed 90 % of twice it, and one fits in it.
 IMPORTED = ("import os, agents.worker; from agents.proc_usage import process_usage; "
             "print(process_usage(os.getpid()).own_peak_bytes())")
-
-
-def infer(url: str, model: str) -> int:
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]}).encode()
-    req = urllib.request.Request(f"{url}/v2/models/{model}/infer", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
 
 
 @pytest.mark.timeout(300)  # a mesh start, the profiles and a re-plan, on a busy host
@@ -64,4 +52,4 @@ def test_workers_peaks_bring_the_layout_within_the_memory_the_host_offers(mesh_f
     worker = wait_until(settled, timeout_s=150, interval_s=0.5,
                         what="one worker serving both families, the only worker of the plan")
     assert imported <= worker.memory_peak_bytes <= 0.9 * offered_mb * MIB
-    assert infer(mesh.http_url, "identity") == 200 and infer(mesh.http_url, "echo") == 200
+    assert infer(mesh.http_url, "identity")[0] == 200 and infer(mesh.http_url, "echo")[0] == 200
