@@ -18,6 +18,7 @@ from controller.family_demand import at_full_accuracy
 from controller.headroom import AdaptiveHeadroom
 from controller.layout_policy import REPLAN_HISTORY, LayoutPolicy, ReplanEntry
 from controller.live_slowdown import LiveSlowdown, reported_slowdowns
+from controller.make_room import room_first
 from controller.placement import PlannedWorker
 from controller.plan_demand import PlanDemand
 from controller.profiling import ProfileWait, awaited_kinds
@@ -123,6 +124,8 @@ class LayoutManager:
         rising = self.current is not None and (rose(family, self.demand.carried()) or bool(named))
         fast = now - self.cadence.last_attempt >= self.settings.fast_replan_s
         if self.transition is not None:
+            if self.transition.phase is Phase.MAKING_ROOM and self._waits_on_lost(self.transition, now):
+                return self._give_up_making_room(now)
             if self.transition.phase is Phase.STARTING and (self._waits_on_lost(self.transition, now)
                                                              or (rising and fast)):
                 return self._supersede(forecast, now, rising)
@@ -248,6 +251,16 @@ class LayoutManager:
             log.info("abandoning a re-plan whose agents left")
         return self._stop(sorted({*(w.worker_id for w in t.new), *t.awaiting} - ready))
 
+    def _give_up_making_room(self, now: float) -> list[tuple[str, object]]:
+        """A move making room waits on a lost agent: it ends here, and since the workers it stopped
+        first may be gone already, the next tick plans again from what serves."""
+        t, self.transition = self.transition, None
+        assert t is not None
+        if self.history:
+            self.history[0].finished = True
+        self._forced = True
+        return self._abandon(t, self._registry.ready_ids()) + (self._stop(t.room_first) if not t.room_stopped else [])
+
     def _stop(self, worker_ids: Iterable[str]) -> list[tuple[str, object]]:
         """Retire each worker as stopping, forget its placement, and tell its agent to stop it."""
         out: list[tuple[str, object]] = []
@@ -367,6 +380,11 @@ class LayoutManager:
         log.info("re-planning (%s): %d workers kept, %d started, %d retired", reason, len(t.keep), len(t.new),
                  len(t.retire))
         self._record(now, reason, kept=len(t.keep), started=len(t.new), retired=len(t.retire))
+        if first := room_first(t, current, agents, reg.variants, overhead):
+            t.make_room(first)
+            log.warning("memory of %s cannot hold the leaving and the new workers together: stopping %s before "
+                        "starting %s", ", ".join(sorted({f"{w.agent_id}/{w.partition.device_id}" for w in first})),
+                        ", ".join(t.room_first), ", ".join(t.held))
         self.transition = t
         for plan in t.new:
             reg.plan_worker(plan)
@@ -383,7 +401,9 @@ class LayoutManager:
     def _advance(self, now: float) -> list[tuple[str, object]]:
         t = self.transition
         assert t is not None
-        actions = t.step(self._registry.ready_ids(), now)
+        reg = self._registry
+        present = {w for w in t.room_first if (r := reg.workers.get(w)) is not None and r.state != WorkerState.CRASHED}
+        actions = t.step(reg.ready_ids(), now, present)
         self._registry.route_rates = t.routing(self._registry.route_rates)
         out: list[tuple[str, object]] = []
         for plan in actions.start:
@@ -393,6 +413,8 @@ class LayoutManager:
         out += self._stop(actions.stop)
         if t.finished:
             log.info("re-plan %s", t.phase.value)
+            if t.phase is Phase.ABANDONED and t.room_first:
+                self._forced = True  # workers it stopped to make room are gone: plan again from what serves
             # A layout is judged on what it serves once in place: misses while workers were
             # starting and draining are the move's, not a sign that the layout is short, and
             # counting them would re-plan again (and raise the headroom) for a move that is over.

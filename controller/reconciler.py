@@ -7,6 +7,12 @@ layout keeps unchanged are never touched. If a new worker does not come up in ti
 transition is abandoned: the new workers are stopped and the old layout keeps serving, so a
 re-plan never drops a request. A transition may start from a mesh whose previous move had not
 finished: workers still starting that the new layout keeps are waited for like new ones.
+
+Where a device's memory cannot hold the leaving workers beside the new ones (``room_first``, chosen
+by ``controller.make_room``), the move breaks before it makes on that device only: those leaving
+workers drain and stop first, and the new workers there start once they are gone. Their variants
+may have no worker meanwhile (requests for them are refused as unavailable, not lost); starting
+beside them instead would have the kernel kill workers, kept ones included, until memory frees.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class DesiredWorker:
 
 
 class Phase(enum.Enum):
+    MAKING_ROOM = "making room"  # leaving workers of ``room_first`` drain and stop before new ones start
     STARTING = "starting"
     DRAINING = "draining"
     DONE = "done"
@@ -81,6 +88,21 @@ class Transition:
     awaiting: tuple[str, ...] = ()  # kept workers that were still starting when it began
     discard: tuple[str, ...] = ()  # workers still starting that the new layout does not want
     rates: dict[str, dict[str, float]] = field(default_factory=dict)  # the new layout's split (plan_rates)
+    # Leaving workers that go before the new workers on their devices start (see the module), and
+    # those new workers; set by ``make_room`` before the first step.
+    room_first: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
+    room_stopped: bool = False
+
+    def make_room(self, leaving: Sequence[PlannedWorker]) -> None:
+        """Stop ``leaving`` (workers of ``retire``) before starting the new workers on their devices."""
+        leaving = [w for w in leaving if w.worker_id in self.retire]
+        if not leaving or self.issued:
+            return
+        devices = {(w.agent_id, w.partition.device_id) for w in leaving}
+        self.room_first = tuple(sorted(w.worker_id for w in leaving))
+        self.held = tuple(w.worker_id for w in self.new if (w.agent_id, w.partition.device_id) in devices)
+        self.phase = Phase.MAKING_ROOM
 
     def routing(self, serving: Mapping[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """worker id -> {variant: rate} for the gateways now, given the split routed so far. Until the
@@ -88,11 +110,15 @@ class Transition:
         is ready); from the switch on, the new layout's; an abandoned move leaves the old one."""
         if self.phase in (Phase.DRAINING, Phase.DONE):
             return self.rates
-        before = {w: r for w, r in serving.items() if w in self.keep or w in self.retire}
+        before = {w: r for w, r in serving.items()
+                  if (w in self.keep or w in self.retire) and w not in self.room_first}
         return {**self.rates, **before}
 
-    def step(self, ready: set[str], now: float) -> Actions:
-        """Advance with the set of ready worker ids; returns what to do now (each action once)."""
+    def step(self, ready: set[str], now: float, present: set[str] | frozenset[str] = frozenset()) -> Actions:
+        """Advance with the set of ready worker ids (and, while making room, which of ``room_first``
+        are still there); returns what to do now (each action once)."""
+        if self.phase is Phase.MAKING_ROOM:
+            return self._make_room(ready, now, present)
         if self.phase is Phase.STARTING:
             pending = [w for w in self.new if w.worker_id not in self.issued]
             discard = tuple(w for w in self.discard if w not in self.issued)  # they serve nothing yet
@@ -101,7 +127,7 @@ class Transition:
             if all(w.worker_id in ready for w in self.new) and all(w in ready for w in self.awaiting):
                 self.phase = Phase.DRAINING
                 self.drain_started = now
-                return Actions(start=tuple(pending), drain=self.retire, stop=discard)
+                return Actions(start=tuple(pending), drain=self._draining(), stop=discard)
             if now - self.started_at > self.start_timeout_s:
                 self.phase = Phase.ABANDONED
                 stuck = tuple(w for w in self.awaiting if w not in ready)
@@ -109,8 +135,37 @@ class Transition:
             return Actions(start=tuple(pending), stop=discard)
         if self.phase is Phase.DRAINING and now - self.drain_started >= self.drain_s:
             self.phase = Phase.DONE
-            return Actions(stop=self.retire)
+            return Actions(stop=self._draining())
         return Actions()
+
+    def _make_room(self, ready: set[str], now: float, present: set[str] | frozenset[str]) -> Actions:
+        """Drain ``room_first`` (at once), stop it (after the drain period), then start the held
+        new workers once all of it is gone; the others start at once. The start timeout counts
+        from then: a leaving worker slow to exit is no new worker slow to start."""
+        drain: tuple[str, ...] = ()
+        stop = tuple(w for w in self.discard if w not in self.issued)
+        if not self.issued:
+            drain, self.drain_started = self.room_first, now
+        pending = tuple(w for w in self.new if w.worker_id not in self.issued and w.worker_id not in self.held)
+        self.issued.update(w.worker_id for w in pending)
+        self.issued.update(stop)
+        self.issued.update(self.room_first)
+        if not self.room_stopped and now - self.drain_started >= self.drain_s:
+            self.room_stopped = True
+            stop += self.room_first
+        if self.room_stopped and not present & set(self.room_first):
+            self.phase, self.started_at = Phase.STARTING, now
+            later = self.step(ready, now)
+            return Actions(start=pending + later.start, drain=drain + later.drain, stop=stop + later.stop)
+        if now - self.started_at > self.drain_s + self.start_timeout_s:
+            self.phase = Phase.ABANDONED  # the leaving workers did not go: what was started goes
+            stuck = tuple(w for w in self.awaiting if w not in ready)
+            gone = (*stop, *(w.worker_id for w in self.new), *stuck, *self.discard)
+            return Actions(drain=drain, stop=tuple(dict.fromkeys(gone)))
+        return Actions(start=pending, drain=drain, stop=stop)
+
+    def _draining(self) -> tuple[str, ...]:
+        return tuple(w for w in self.retire if w not in self.room_first)
 
     @property
     def finished(self) -> bool:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 import zmq
 
 from agents.probe import cgroup_memory_limit, total_memory_bytes, usable_memory_bytes
+from benchmarks.support.cgroup import memory_cgroup
 from protocol.codec import decode, encode
 from protocol.message import RegisterAgent, RegisterAgentReply
 
@@ -69,26 +69,12 @@ def test_nothing_readable_means_no_limit_and_the_host_and_cap_bound_the_offer(tm
 
 
 def _memory_cgroup(limit: int) -> tuple[Path, Path]:
-    """A real memory cgroup with ``limit`` set (v2 where the unified hierarchy has the memory
-    controller, else v1): (the directory, its procs file). Skips when this host lets us make none."""
-    name = f"letmesh-test-{uuid.uuid4().hex[:8]}"
-    for base, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"), (Path("/sys/fs/cgroup/unified"), "memory.max"),
-                             (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
-        if not (base / limit_file).exists() and not (base / "cgroup.controllers").exists():
-            continue
-        if limit_file == "memory.max" and "memory" not in (base / "cgroup.controllers").read_text().split():
-            continue
-        group = base / name
-        try:
-            group.mkdir()
-        except OSError:
-            continue
-        try:
-            (group / limit_file).write_text(str(limit))
-            return group, group / "cgroup.procs"
-        except OSError:
-            group.rmdir()
-    pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+    """A real memory cgroup with ``limit`` set: (the directory, its procs file). Skips when this
+    host lets us make none."""
+    group = memory_cgroup(limit, prefix="letmesh-test")
+    if group is None:
+        pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+    return group.path, group.procs
 
 
 def _register_from_agent(tmp_path: Path, flags: list[str], procs: Path | None) -> RegisterAgent:

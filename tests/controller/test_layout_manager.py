@@ -295,7 +295,8 @@ def pair(tmp_path):
 
 class Mesh:
     """The agents' side, driven tick by tick: alive agents and their workers heartbeat, started
-    workers come up on the next tick (unless their agent is cut), stopped ones exit."""
+    workers come up on the next tick (unless their agent is cut), stopped ones exit. Each worker
+    reports ``peak_bytes`` as the most memory of its own it has held."""
 
     def __init__(self, m: LayoutManager, registry: Registry, demand: DemandTracker) -> None:
         self.m, self.registry, self.demand = m, registry, demand
@@ -304,6 +305,7 @@ class Mesh:
         self.silent: set[str] = set()
         self.started: list[PlannedWorker] = []
         self.pending: list[PlannedWorker] = []
+        self.peak_bytes = 0
 
     def tick(self, rate: float = 150.0, missed: int = 0) -> None:
         self.now += 0.5
@@ -315,12 +317,14 @@ class Mesh:
                 self.registry.beat("agent", agent, self.now)
         for plan in self.pending:
             if plan.agent_id not in self.cut:
-                self.registry.worker_ready(plan.worker_id, 1, {plan.variants[0]: (1.0,)}, self.now)
+                self.registry.worker_ready(plan.worker_id, 1, {plan.variants[0]: (1.0,)}, self.now,
+                                           memory_peak_bytes=self.peak_bytes)
         self.pending = [p for p in self.pending if p.agent_id in self.cut]
         for w in list(self.registry.workers.values()):  # running workers beat unless cut or silenced
             if (w.state in ("ready", "lost") and w.batch_latency_ms and w.plan.agent_id not in self.cut
                     and w.plan.worker_id not in self.silent):
-                self.registry.worker_ready(w.plan.worker_id, 1, w.batch_latency_ms, self.now)
+                self.registry.worker_ready(w.plan.worker_id, 1, w.batch_latency_ms, self.now,
+                                           memory_peak_bytes=self.peak_bytes)
         self.registry.expire(self.now)
         for _, command in self.m.tick(self.now):
             if isinstance(command, PlannedWorker):
@@ -763,3 +767,63 @@ def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_pa
             registry.worker_ready(plan.worker_id, 1, {v: (1.0,) for v in plan.variants}, now,
                                   memory_peak_bytes=310 << 20)
         assert m.tick(now + 2.0) == [] and len(m.history) == 2
+
+
+def test_a_move_on_a_host_short_of_memory_stops_leaving_workers_before_it_starts_new_ones(tmp_path) -> None:
+    """As above, but the 1 GiB host's four workers report 500 MiB each: one worker is all it holds,
+    and the re-plan merges the family into one. Started beside the four, it would be what the
+    kernel answers by killing processes: instead the move drains and stops the leaving workers
+    first and starts the new one once they are gone. From then on the processes the host holds fit
+    90 % of its memory, and the move ends with every variant of the new plan served."""
+    with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0,
+                                                 memory_bytes=1 << 30) as (m, demand, registry):
+        mesh = Mesh(m, registry, demand)
+        mesh.now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
+        m.force()
+        mesh.tick(rate=2000)
+        mesh.tick(rate=2000)
+        running = set(mesh.serving())
+        assert len(running) == 4  # by the variants' declared needs, one worker a core
+        mesh.peak_bytes = 500 << 20
+        mesh.started.clear()
+        for _ in range(40):
+            mesh.tick(rate=2000)
+            running = {w for w in (*running, *(p.worker_id for p in mesh.started)) if w in registry.workers}
+            if mesh.started:
+                assert len(running) * (500 << 20) <= 0.9 * (1 << 30), running
+        move = m.history[0]
+        assert (move.reason, move.kept, move.started, move.retired) == ("memory: a0/cpu0", 0, 1, 4)
+        assert m.transition is None and len(mesh.serving()) == 1
+        served = {v for w in registry.workers.values() if w.state == "ready" for v in w.plan.variants}
+        assert served and served == {v for d in m.scaled.desired for v in d.variants}
+
+
+def test_a_move_making_room_on_a_lost_agent_ends_and_the_next_plan_replaces_what_it_stopped(tmp_path) -> None:
+    """The move above, with its agent lost while the leaving workers drain: the move ends at once
+    (its new worker, never started, is stopped: its agent answers for it once back), the leaving
+    workers are stopped, and once the agent is back a plan is made from what serves, whatever the
+    period and the dwell say, so the family is served again."""
+    with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0,
+                                                 memory_bytes=1 << 30) as (m, demand, registry):
+        mesh = Mesh(m, registry, demand)
+        mesh.now = report(demand, [2000] * 20, 0.0)
+        m.force()
+        mesh.tick(rate=2000)
+        mesh.tick(rate=2000)
+        mesh.peak_bytes = 500 << 20
+        mesh.started.clear()
+        for _ in range(20):
+            mesh.tick(rate=2000)
+            if (t := m.transition) is not None and t.room_first:
+                break
+        assert t is not None and t.room_first and t.held and not mesh.started
+        away = mesh.now + 2000.0  # past the registry's 1000 missed heartbeats
+        stops = [c.worker_id for _, c in m.tick(away) if isinstance(c, StopWorker)]
+        assert m.transition is None and sorted(stops) == sorted((*t.held, *t.room_first))
+        for worker_id in stops:
+            m.worker_stopped(worker_id)
+        assert not registry.workers
+        mesh.now = away
+        for _ in range(6):
+            mesh.tick(rate=2000)
+        assert m.history[0].reason != "memory: a0/cpu0" and len(mesh.serving()) == 1
