@@ -24,6 +24,7 @@ from controller.plan_demand import PlanDemand
 from controller.profiling import ProfileWait, awaited_kinds
 from controller.reconciler import Phase, Transition, as_desired, begin, plan_rates
 from controller.registry import Registry
+from controller.registry_status import LEAVING
 from controller.replanner import Layout, ScaledLayout, layout, memory_overcommitted, profile_table, scaled_layout
 from controller.store import StateStore
 from controller.worker_memory import WorkerOverhead
@@ -252,14 +253,19 @@ class LayoutManager:
         return self._stop(sorted({*(w.worker_id for w in t.new), *t.awaiting} - ready))
 
     def _give_up_making_room(self, now: float) -> list[tuple[str, object]]:
-        """A move making room waits on a lost agent: it ends here, and since the workers it stopped
-        first may be gone already, the next tick plans again from what serves."""
+        """A move making room waits on a lost agent: it ends here, and the next tick plans again from
+        what serves (the workers it stopped first may be gone; those only drained serve again)."""
         t, self.transition = self.transition, None
         assert t is not None
         if self.history:
             self.history[0].finished = True
         self._forced = True
-        return self._abandon(t, self._registry.ready_ids()) + (self._stop(t.room_first) if not t.room_stopped else [])
+        self.demand.outcomes_from = max(self.demand.outcomes_from, now + OUTCOME_REPORT_S)  # as for any move's end
+        if not t.room_stopped:  # only drained so far: they serve on until the next plan
+            for worker_id in t.room_serving:
+                if (record := self._registry.workers.get(worker_id)) is not None and record.state == WorkerState.DRAINING:
+                    self._registry.retire(worker_id, WorkerState.READY)
+        return self._abandon(t, self._registry.ready_ids())
 
     def _stop(self, worker_ids: Iterable[str]) -> list[tuple[str, object]]:
         """Retire each worker as stopping, forget its placement, and tell its agent to stop it."""
@@ -380,15 +386,19 @@ class LayoutManager:
         log.info("re-planning (%s): %d workers kept, %d started, %d retired", reason, len(t.keep), len(t.new),
                  len(t.retire))
         self._record(now, reason, kept=len(t.keep), started=len(t.new), retired=len(t.retire))
-        if first := room_first(t, current, agents, reg.variants, overhead):
-            t.make_room(first)
-            log.warning("memory of %s cannot hold the leaving and the new workers together: stopping %s before "
-                        "starting %s", ", ".join(sorted({f"{w.agent_id}/{w.partition.device_id}" for w in first})),
-                        ", ".join(t.room_first), ", ".join(t.held))
+        departing = [w.plan for w in reg.workers.values() if w.state in LEAVING and w.plan.agent_id in agents]
+        first, waited = room_first(t, current, agents, reg.variants, overhead, departing)
+        t.make_room(first, waited)
+        if t.held:
+            log.warning("memory of %s cannot hold the leaving and the new workers together: starting %s once %s "
+                        "have exited", ", ".join(sorted({f"{w.agent_id}/{w.partition.device_id}"
+                                                         for w in (*first, *waited)})),
+                        ", ".join(t.held), ", ".join((*t.room_first, *t.departing)))
         self.transition = t
         for plan in t.new:
             reg.plan_worker(plan)
-            self._store.save_placement(plan)
+            if plan.worker_id not in t.held:  # a held one is of record once started: a restart starts no overlap
+                self._store.save_placement(plan)
         return self._advance(now)
 
     def _record(self, now: float, reason: str, *, kept: int, started: int, retired: int, finished: bool = False) -> None:
@@ -402,11 +412,14 @@ class LayoutManager:
         t = self.transition
         assert t is not None
         reg = self._registry
-        present = {w for w in t.room_first if (r := reg.workers.get(w)) is not None and r.state != WorkerState.CRASHED}
+        present = {w for w in (*t.room_first, *t.departing)
+                   if (r := reg.workers.get(w)) is not None and r.state != WorkerState.CRASHED}
         actions = t.step(reg.ready_ids(), now, present)
         self._registry.route_rates = t.routing(self._registry.route_rates)
         out: list[tuple[str, object]] = []
         for plan in actions.start:
+            if plan.worker_id in t.held:
+                self._store.save_placement(plan)
             out.append((plan.agent_id, self._start_command(plan)))
         for worker_id in actions.drain:
             self._registry.retire(worker_id, WorkerState.DRAINING)

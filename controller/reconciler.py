@@ -93,16 +93,25 @@ class Transition:
     room_first: tuple[str, ...] = ()
     held: tuple[str, ...] = ()
     room_stopped: bool = False
+    departing: tuple[str, ...] = ()  # workers stopping already (not of this move) that are waited for too
 
-    def make_room(self, leaving: Sequence[PlannedWorker]) -> None:
-        """Stop ``leaving`` (workers of ``retire``) before starting the new workers on their devices."""
-        leaving = [w for w in leaving if w.worker_id in self.retire]
-        if not leaving or self.issued:
+    def make_room(self, leaving: Sequence[PlannedWorker], departing: Sequence[PlannedWorker] = ()) -> None:
+        """Stop ``leaving`` (workers of ``retire`` or ``discard``), and wait for ``departing`` (workers
+        asked to stop before this move) to exit, before starting the new workers on their devices."""
+        leaving = [w for w in leaving if w.worker_id in self.retire or w.worker_id in self.discard]
+        if not (leaving or departing) or self.issued:
             return
-        devices = {(w.agent_id, w.partition.device_id) for w in leaving}
+        devices = {(w.agent_id, w.partition.device_id) for w in (*leaving, *departing)}
         self.room_first = tuple(sorted(w.worker_id for w in leaving))
+        self.departing = tuple(sorted(w.worker_id for w in departing))
         self.held = tuple(w.worker_id for w in self.new if (w.agent_id, w.partition.device_id) in devices)
-        self.phase = Phase.MAKING_ROOM
+        if self.held:
+            self.phase = Phase.MAKING_ROOM
+
+    @property
+    def room_serving(self) -> tuple[str, ...]:
+        """Workers of ``room_first`` that serve until they drain (the others were still starting)."""
+        return tuple(w for w in self.room_first if w not in self.discard)
 
     def routing(self, serving: Mapping[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """worker id -> {variant: rate} for the gateways now, given the split routed so far. Until the
@@ -140,28 +149,27 @@ class Transition:
 
     def _make_room(self, ready: set[str], now: float, present: set[str] | frozenset[str]) -> Actions:
         """Drain ``room_first`` (at once), stop it (after the drain period), then start the held
-        new workers once all of it is gone; the others start at once. The start timeout counts
-        from then: a leaving worker slow to exit is no new worker slow to start."""
+        new workers once all of it, and ``departing``, is gone; the others start at once. The start
+        timeout counts from then: a leaving worker slow to exit is no new worker slow to start."""
         drain: tuple[str, ...] = ()
-        stop = tuple(w for w in self.discard if w not in self.issued)
+        stop = tuple(w for w in self.discard if w not in self.issued)  # (those of room_first too: at once)
         if not self.issued:
-            drain, self.drain_started = self.room_first, now
+            drain, self.drain_started = self.room_serving, now
         pending = tuple(w for w in self.new if w.worker_id not in self.issued and w.worker_id not in self.held)
         self.issued.update(w.worker_id for w in pending)
         self.issued.update(stop)
         self.issued.update(self.room_first)
-        if not self.room_stopped and now - self.drain_started >= self.drain_s:
+        if not self.room_stopped and (now - self.drain_started >= self.drain_s or not self.room_serving):
             self.room_stopped = True
-            stop += self.room_first
-        if self.room_stopped and not present & set(self.room_first):
+            stop += self.room_serving
+        if self.room_stopped and not present & {*self.room_first, *self.departing}:
             self.phase, self.started_at = Phase.STARTING, now
             later = self.step(ready, now)
             return Actions(start=pending + later.start, drain=drain + later.drain, stop=stop + later.stop)
         if now - self.started_at > self.drain_s + self.start_timeout_s:
             self.phase = Phase.ABANDONED  # the leaving workers did not go: what was started goes
             stuck = tuple(w for w in self.awaiting if w not in ready)
-            gone = (*stop, *(w.worker_id for w in self.new), *stuck, *self.discard)
-            return Actions(drain=drain, stop=tuple(dict.fromkeys(gone)))
+            return Actions(drain=drain, stop=tuple(dict.fromkeys((*stop, *(w.worker_id for w in self.new), *stuck))))
         return Actions(start=pending, drain=drain, stop=stop)
 
     def _draining(self) -> tuple[str, ...]:

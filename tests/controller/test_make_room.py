@@ -53,17 +53,18 @@ def move(now: float = 0.0, *, start_timeout_s: float = 10.0):
 def test_a_device_that_holds_old_and_new_workers_together_moves_make_before_break() -> None:
     # a1 holds cnn + mlp twice over with four workers' overhead: 600 + 400 MiB of 90 % of 2 GiB.
     t = move()
-    assert room_first(t, CURRENT, agents(2048), VARIANTS, OVERHEAD) == []
+    assert room_first(t, CURRENT, agents(2048), VARIANTS, OVERHEAD) == ([], [])
 
 
 def test_just_enough_leaving_workers_go_first_the_largest_first() -> None:
     # a1 admits 0.9 x 900 = 810 MiB. New worker: 300 + 100; with both old ones (300 + 200) it is 900,
     # over; without the cnn worker (the larger) 600 fits: the mlp worker may stay till the switch.
     t = move()
-    first = room_first(t, CURRENT, agents(900), VARIANTS, OVERHEAD)
+    first, _ = room_first(t, CURRENT, agents(900), VARIANTS, OVERHEAD)
     assert [w.worker_id for w in first] == ["a1.w0"]
     # Tighter (0.9 x 600 = 540 MiB): the mlp worker too.
-    assert sorted(w.worker_id for w in room_first(t, CURRENT, agents(600), VARIANTS, OVERHEAD)) == ["a1.w0", "a1.w1"]
+    first, _ = room_first(t, CURRENT, agents(600), VARIANTS, OVERHEAD)
+    assert sorted(w.worker_id for w in first) == ["a1.w0", "a1.w1"]
 
 
 def test_a_leaving_worker_whose_variants_a_kept_worker_serves_goes_first() -> None:
@@ -75,14 +76,14 @@ def test_a_leaving_worker_whose_variants_a_kept_worker_serves_goes_first() -> No
     # Kept mlp 200 + new 600 = 800 MiB of 0.9 x 1300 = 1170: one leaving worker fits beside them, not
     # both. The mlp one goes, though smaller: the kept worker serves mlp, and cnn keeps its own till
     # the switch.
-    (first,) = room_first(t, current, {"a1": agents(1300)["a1"]}, VARIANTS, OVERHEAD)
+    (first,), _ = room_first(t, current, {"a1": agents(1300)["a1"]}, VARIANTS, OVERHEAD)
     assert first.variants == ("mlp",)
 
 
 def test_only_devices_that_receive_new_workers_make_room() -> None:
     # a2 is short of memory for what it runs, but the move starts nothing there.
     t = move()
-    assert room_first(t, CURRENT, agents(4096, a2_mib=100), VARIANTS, OVERHEAD) == []
+    assert room_first(t, CURRENT, agents(4096, a2_mib=100), VARIANTS, OVERHEAD) == ([], [])
 
 
 def test_the_new_workers_start_once_the_leaving_ones_are_gone_with_their_own_start_timeout() -> None:
@@ -123,3 +124,35 @@ def test_leaving_workers_that_do_not_go_abandon_the_move_and_every_new_worker_is
     out = t.step(set(), now=12.1, present={"a1.w0"})
     assert t.phase is Phase.ABANDONED and out.stop == ("a1.g2.w0",)  # never started: its agent says stopped
     assert out.start == ()
+
+
+def test_a_starting_worker_the_new_layout_drops_is_waited_for_on_a_device_short_of_memory() -> None:
+    # A superseded move's worker, just started and not ready (a1.g2.w0: cnn + mlp), is not wanted by
+    # the new plan, which splits the family again. Stopped at once, it still holds its memory until it
+    # exits: on a1 (0.9 x 700 = 630 MiB) the two new workers (300 + 200) wait for it (400).
+    starting = worker("a1.g2.w0", "a1", (0, 1), "cnn", "mlp")
+    t = begin([starting], [want("a1", 1, "cnn"), want("a1", 1, "mlp")], CORES, generation=3, now=0.0, ready=set(),
+              drain_s=2.0)
+    assert t.discard == ("a1.g2.w0",) and len(t.new) == 2
+    first, waited = room_first(t, [starting], agents(700), VARIANTS, OVERHEAD)
+    assert [w.worker_id for w in first] == ["a1.g2.w0"] and waited == []
+    t.make_room(first, waited)
+    step = t.step(set(), now=0.0, present={"a1.g2.w0"})
+    assert step.stop == ("a1.g2.w0",) and step.drain == () and step.start == ()  # it serves nothing: no drain
+    assert t.step(set(), now=0.5, present=set()).start == t.new  # gone: no drain period to wait out
+
+
+def test_workers_stopping_before_the_move_are_waited_for_where_memory_is_short() -> None:
+    # A worker of an abandoned move (cnn, 300 MiB) was told to stop and has not exited: the new
+    # worker on a1 (0.9 x 800 = 720 MiB, which holds the serving mlp worker and the new one, not
+    # the stopping one too) starts once it has.
+    stopping = worker("a1.g1.w9", "a1", (2,), "cnn")
+    current = [worker("a1.w1", "a1", (1,), "mlp")]
+    t = begin(current, [want("a1", 1, "mlp"), want("a1", 1, "cnn")], CORES, generation=3, now=0.0)
+    first, waited = room_first(t, current, agents(800), VARIANTS, OVERHEAD, departing=[stopping])
+    assert first == [] and waited == [stopping]
+    t.make_room(first, waited)
+    assert t.step({"a1.w1"}, now=0.0, present={"a1.g1.w9"}) == type(t.step({"a1.w1"}, now=0.1, present={"a1.g1.w9"}))()
+    assert [w.worker_id for w in t.step({"a1.w1"}, now=0.5, present=set()).start] == ["a1.g3.w0"]
+    # Where memory holds it too, nothing waits for it.
+    assert room_first(t, current, agents(2048), VARIANTS, OVERHEAD, departing=[stopping]) == ([], [])
