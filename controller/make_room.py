@@ -6,9 +6,10 @@ the former serve (``controller.reconciler``). On a device whose memory holds the
 the two side by side (an edge board, a container with a memory limit) that overlap is what the
 kernel answers by killing processes: a worker the layout keeps as likely as one that leaves. There,
 workers asked to stop before the move are waited for, and just enough of the leaving workers go
-first (those of a superseded move still starting among them): those whose variants a kept worker
-still serves, then the largest, until the device's need fits its bound (``replanner.memory_overcommitted``: the
-planner's own bound, with what each worker was seen to hold beyond its variants' needs).
+first (a superseded move's workers still starting among them): those whose variants a kept worker
+still serves, then the largest, until the device's need fits its bound. The bound is the planner's
+own (``replanner.memory_overcommitted``), with what each worker was seen to hold beyond its
+variants' needs.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ finished: workers still starting that the new layout keeps are waited for like n
 
 Where a device's memory cannot hold the leaving workers beside the new ones (``room_first``, chosen
 by ``controller.make_room``), the move breaks before it makes on that device only: those leaving
-workers drain and stop first, and the new workers there start once they are gone. Their variants
+workers drain and stop first, and the new workers there start once they, and any worker told to
+stop before the move (``departing``), are gone. Their variants
 may have no worker meanwhile (requests for them are refused as unavailable, not lost); starting
 beside them instead would have the kernel kill workers, kept ones included, until memory frees.
 """
@@ -124,8 +125,8 @@ class Transition:
         return {**self.rates, **before}
 
     def step(self, ready: set[str], now: float, present: set[str] | frozenset[str] = frozenset()) -> Actions:
-        """Advance with the set of ready worker ids (and, while making room, which of ``room_first``
-        are still there); returns what to do now (each action once)."""
+        """Advance with the set of ready worker ids (and, while making room, which workers of
+        ``room_first`` and ``departing`` are still there); returns what to do now (each action once)."""
         if self.phase is Phase.MAKING_ROOM:
             return self._make_room(ready, now, present)
         if self.phase is Phase.STARTING:

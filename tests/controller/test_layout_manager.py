@@ -769,6 +769,20 @@ def test_a_re_plan_counts_what_each_worker_held_beyond_its_variants_needs(tmp_pa
         assert m.tick(now + 2.0) == [] and len(m.history) == 2
 
 
+def _memory_bound_mesh(m: LayoutManager, demand: DemandTracker, registry: Registry) -> Mesh:
+    """Overload on make_manager's host of 1 GiB: four workers, one a core by the variants' declared
+    needs, which from now on report 500 MiB each of their own: one is all the host holds."""
+    mesh = Mesh(m, registry, demand)
+    mesh.now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
+    m.force()
+    mesh.tick(rate=2000)
+    mesh.tick(rate=2000)
+    assert len(mesh.serving()) == 4
+    mesh.peak_bytes = 500 << 20
+    mesh.started.clear()
+    return mesh
+
+
 def test_a_move_on_a_host_short_of_memory_stops_leaving_workers_before_it_starts_new_ones(tmp_path) -> None:
     """As above, but the 1 GiB host's four workers report 500 MiB each: one worker is all it holds,
     and the re-plan merges the family into one. Started beside the four, it would be what the
@@ -777,15 +791,8 @@ def test_a_move_on_a_host_short_of_memory_stops_leaving_workers_before_it_starts
     90 % of its memory, and the move ends with every variant of the new plan served."""
     with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0,
                                                  memory_bytes=1 << 30) as (m, demand, registry):
-        mesh = Mesh(m, registry, demand)
-        mesh.now = report(demand, [2000] * 20, 0.0)  # far past what the host carries at full accuracy
-        m.force()
-        mesh.tick(rate=2000)
-        mesh.tick(rate=2000)
+        mesh = _memory_bound_mesh(m, demand, registry)
         running = set(mesh.serving())
-        assert len(running) == 4  # by the variants' declared needs, one worker a core
-        mesh.peak_bytes = 500 << 20
-        mesh.started.clear()
         held_seen = False
         for _ in range(40):
             mesh.tick(rate=2000)
@@ -811,13 +818,7 @@ def test_a_move_making_room_on_a_lost_agent_ends_and_the_next_plan_replaces_what
     serves, whatever the period and the dwell say: it makes room again and ends on one worker."""
     with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0,
                                                  memory_bytes=1 << 30) as (m, demand, registry):
-        mesh = Mesh(m, registry, demand)
-        mesh.now = report(demand, [2000] * 20, 0.0)
-        m.force()
-        mesh.tick(rate=2000)
-        mesh.tick(rate=2000)
-        mesh.peak_bytes = 500 << 20
-        mesh.started.clear()
+        mesh = _memory_bound_mesh(m, demand, registry)
         for _ in range(20):
             mesh.tick(rate=2000)
             if (t := m.transition) is not None and t.room_first:
@@ -846,13 +847,7 @@ def test_leaving_workers_that_do_not_exit_give_the_move_up_and_the_next_one_wait
     with contextlib.contextmanager(make_manager)(tmp_path, half_life_s=5.0, history_s=5.0,
                                                  memory_bytes=1 << 30) as (m, demand, registry):
         m.settings = dataclasses.replace(m.settings, start_timeout_s=5.0)
-        mesh = Mesh(m, registry, demand)
-        mesh.now = report(demand, [2000] * 20, 0.0)
-        m.force()
-        mesh.tick(rate=2000)
-        mesh.tick(rate=2000)
-        mesh.peak_bytes = 500 << 20
-        mesh.started.clear()
+        mesh = _memory_bound_mesh(m, demand, registry)
         stuck: list[str] = []
         m_worker_stopped, m.worker_stopped = m.worker_stopped, stuck.append  # the agent says nothing
         for _ in range(40):
