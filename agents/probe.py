@@ -2,7 +2,8 @@
 
 The memory a CPU device offers is the least of the host's RAM, the limit of the cgroup this
 process runs in (a container's or a systemd slice's, v1 or v2, the tightest of its ancestors)
-and the operator's own cap: the planner must not place workers a container's limit would kill.
+less what the agent holds itself, and the operator's own cap: the planner must not place workers
+a container's limit would kill.
 
 torch is imported only on a host with an NVIDIA driver loaded: importing it costs seconds, and
 an agent on a CPU-only host should register at once.
@@ -35,10 +36,24 @@ def total_memory_bytes() -> int:
 
 
 def usable_memory_bytes(max_bytes: int = 0, proc: str = "/proc/self") -> int:
-    """The memory this process's workers may use together: the host's RAM, bounded by the
-    cgroup limit and by ``max_bytes`` (0: no cap of the operator's)."""
-    bounds = [b for b in (total_memory_bytes(), cgroup_memory_limit(proc), max_bytes) if b > 0]
-    return min(bounds) if bounds else 0
+    """The memory this process's workers may use together: the host's RAM or the cgroup limit,
+    whichever is less, less what this process holds itself (the agent's own memory counts against
+    the same limit), bounded by ``max_bytes`` (0: no cap of the operator's)."""
+    bounds = [b for b in (total_memory_bytes(), cgroup_memory_limit(proc)) if b > 0]
+    left = max(1, min(bounds) - resident_bytes(proc)) if bounds else 0
+    return min(b for b in (left, max_bytes) if b > 0) if left or max_bytes else 0
+
+
+def resident_bytes(proc: str = "/proc/self") -> int:
+    """What ``proc``'s process holds in memory now (VmRSS); 0 when /proc cannot tell."""
+    try:
+        with open(os.path.join(proc, "status")) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def cgroup_memory_limit(proc: str = "/proc/self") -> int:
