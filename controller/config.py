@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from controller.retention import DecisionRetention
-from mesh.config import Address, NonNegativeFloat, OptionalAddress, Port, PositiveFloat, PositiveInt, Range
+from mesh.config import (Address, NonNegativeFloat, NonNegativeInt, OptionalAddress, Port, PositiveFloat, PositiveInt,
+                         Range)
 
 # A capacity headroom factor: 1 keeps none.
 AtLeastOne = Annotated[float, Range(ge=1.0)]
@@ -60,6 +61,10 @@ class ControllerConfig:
     auto_profile: bool = True
     profile_repeats: PositiveInt = 20
     profile_colocation: bool = True
+    # What a CPU worker process is taken to hold beyond its variants' needs (its runtime: torch and
+    # ONNX Runtime took 150-165 MiB of a worker's own here) until the workers report their peaks.
+    # The start-up placement and the planner count it against a device's memory; 0: nothing.
+    cpu_worker_memory_mb: NonNegativeInt = 200
     # Keys (letmesh keys): a directory makes every link CURVE-encrypted and authenticated.
     keys_dir: str = ""
     # Allow plaintext on a non-loopback address when no keys are given.
@@ -81,6 +86,11 @@ class ControllerConfig:
 
     def __post_init__(self) -> None:
         self.decision_retention()  # a retention that keeps nothing is refused at load, by name
+
+    def profiling_processes(self) -> int:
+        """Processes a device's profiling run keeps beside its workers at start: the one measuring,
+        and for co-locations a co-runner; none when profiling waits for an operator."""
+        return (2 if self.profile_colocation else 1) if self.auto_profile else 0
 
     def decision_retention(self) -> DecisionRetention:
         return DecisionRetention(max_age_s=self.decision_log_max_age_s, max_bytes=self.decision_log_max_bytes,

@@ -145,7 +145,7 @@ class ControlPlane:
                          scaling_beta_max=config.scaling_beta_max,
                          drain_s=config.stop_drain_s, start_timeout_s=config.worker_start_timeout_s,
                          min_layout_dwell_s=config.min_layout_dwell_s,
-                         rejoin_settle_s=config.rejoin_settle_s),
+                         rejoin_settle_s=config.rejoin_settle_s, cpu_worker_memory_bytes=config.cpu_worker_memory_mb << 20),
             reg, self.store, self.demand, self.start_command, generation=self.epoch, named=self.named,
         )
         self.profiles = ProfileControl(self.profiling, reg, self.store, self.layout, self._send, clock.time,
@@ -155,8 +155,7 @@ class ControlPlane:
             reg, self.store, self.layout, self.start_command,
             cores_per_partition=config.cpu_cores_per_partition,
             max_partitions_per_device=config.max_partitions_per_device,
-            drain_s=config.stop_drain_s, forget_after_s=config.lost_agent_forget_s,
-        )
+            drain_s=config.stop_drain_s, forget_after_s=config.lost_agent_forget_s, profilers=config.profiling_processes())
         self.membership.place_added_variants(variants)
         self.metrics = metrics
         metrics.bind(reg, self.layout, self.demand, clock.monotonic)

@@ -70,7 +70,7 @@ class LayoutManager:
         self.cadence = Cadence(period_s=settings.replan_period_s, fast_s=settings.fast_replan_s,
                                dwell_s=settings.min_layout_dwell_s, settle_s=settings.rejoin_settle_s)
         self.live = LiveSlowdown(hold_s=settings.live_slowdown_hold_s)
-        self.worker_memory = WorkerOverhead()  # what workers hold beyond their variants' needs
+        self.worker_memory = WorkerOverhead(prior={"cpu": settings.cpu_worker_memory_bytes})  # beyond variants' needs
         self._planned_overhead: dict[str, int] = {}  # the figures the current layout was planned with
         # (agent, device kind) of each device being profiled or waiting its turn: set by the actor.
         self.profiling: frozenset[tuple[str, str]] = frozenset()

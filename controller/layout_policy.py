@@ -34,6 +34,9 @@ class LayoutPolicy:
     min_layout_dwell_s: float = 30.0
     # After an agent (re)joins, a re-plan for workers of agents still away waits this long.
     rejoin_settle_s: float = 5.0
+    # What a CPU worker is taken to hold beyond its variants' needs until workers have reported
+    # (``controller.worker_memory``); 0: nothing.
+    cpu_worker_memory_bytes: int = 0
 
 
 # Re-plans remembered for the status reply (and the gateways' dashboards).

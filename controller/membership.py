@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controller.layout_manager import LayoutManager
-from controller.placement import PlannedWorker, extend_placement, initial_placement
+from controller.placement import PlannedWorker, extend_placement, initial_placement, workers_memory_holds
+from controller.planning.fleet import overhead_of
+from controller.profiling import unprofiled
 from controller.registry import LEAVING, Joined, Registry
+from controller.repository import reservation
 from controller.store import StateStore
-from protocol.types import RunningWorker, WorkerState
+from protocol.types import DeviceInfo, RunningWorker, WorkerState
 from protocol.message import RegisterAgent, StartWorker, StopWorker
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,8 @@ class Membership:
 
     def __init__(self, registry: Registry, store: StateStore, layout: LayoutManager,
                  start_command: Callable[[PlannedWorker], StartWorker], *, cores_per_partition: int = 1,
-                 max_partitions_per_device: int = 8, drain_s: float = 2.0, forget_after_s: float = 300.0) -> None:
+                 max_partitions_per_device: int = 8, drain_s: float = 2.0, forget_after_s: float = 300.0,
+                 profilers: int = 0) -> None:
         self._registry = registry
         self._store = store
         self._layout = layout
@@ -44,6 +48,7 @@ class Membership:
         self._max_partitions = max_partitions_per_device
         self._drain_s = drain_s
         self.forget_after_s = forget_after_s
+        self._profilers = profilers  # processes a device's profiling run keeps beside its workers
 
     def register(self, agent_id: str, msg: RegisterAgent, now: float) -> Registration:
         reg = self._registry
@@ -108,13 +113,33 @@ class Membership:
     def _initial(self, agent_id: str) -> list[PlannedWorker]:
         reg = self._registry
         costs = {name: v.cost_ms for name, v in reg.variants.items()}
-        planned = initial_placement(agent_id, reg.agents[agent_id].devices, costs,
-                                    cores_per_partition=self._cores_per_partition,
-                                    max_partitions_per_device=self._max_partitions)
+        devices = reg.agents[agent_id].devices
+        caps: dict[str, int] = {}
+        for device in devices:
+            held, beside = self._memory_holds(agent_id, device)
+            if held is None:
+                continue
+            caps[device.device_id] = held
+            if device.kind == "cpu" and held < min(len(costs), device.cores // self._cores_per_partition):
+                log.info("memory of %s/%s (%d MiB) holds %d start-up worker(s)%s", agent_id, device.device_id,
+                         device.memory_bytes >> 20, held, f" beside {beside >> 20} MiB of profiling" if beside else "")
+        planned = initial_placement(agent_id, devices, costs, cores_per_partition=self._cores_per_partition,
+                                    max_partitions_per_device=self._max_partitions, max_workers=caps)
         for plan in planned:
             self._store.save_placement(plan)
             reg.plan_worker(plan)
         return planned
+
+    def _memory_holds(self, agent_id: str, device: DeviceInfo) -> tuple[int | None, int]:
+        """Start-up workers ``device``'s memory holds beside the profiling run it is about to get
+        (each of its processes loads the variants it measures), and the bytes counted for that run."""
+        variants = self._registry.variants
+        overhead = overhead_of(self._layout.worker_memory.known(), f"{agent_id}/{device.device_id}", device.kind)
+        measured = [v.name for v in unprofiled(variants.values(), device, self._store.profiles())] \
+            if self._profilers else []
+        beside = self._profilers * (overhead + reservation(variants, measured)) if measured else 0
+        return workers_memory_holds(device, needs=reservation(variants, variants), overhead=overhead,
+                                    beside=beside), beside
 
     def left(self, agent_id: str) -> list[str]:
         """A clean stop (its workers stopped with it): forget the agent now and re-plan without it."""

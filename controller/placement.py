@@ -4,15 +4,17 @@ A device is split into equal partitions (a core set on a CPU, an MPS percentage 
 host runs an MPS daemon, the whole GPU on one without) and variants are spread over them by cost,
 longest first onto the least loaded partition, GPUs' partitions before CPUs', so a 2-core machine
 still serves a whole family with each worker time-sharing a few variants and a lone variant on a
-GPU host starts on the GPU.
+GPU host starts on the GPU. On a device of little memory it starts no more workers than that memory
+holds beside the device's profiling run (the start-up workers serve while the profiles are taken).
 The interference-aware planner replaces this; the shape of its output stays the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from controller.planning.fleet import MEMORY_FRACTION
 from protocol.types import DeviceInfo, Partition
 
 
@@ -46,8 +48,10 @@ def initial_placement(
     *,
     cores_per_partition: int = 1,
     max_partitions_per_device: int = 8,
+    max_workers: Mapping[str, int] | None = None,
 ) -> list[PlannedWorker]:
-    """Workers for one agent: every variant placed once across the agent's devices."""
+    """Workers for one agent: every variant placed once across the agent's devices, at most
+    ``max_workers[device_id]`` on a device (what its memory holds: :func:`workers_memory_holds`)."""
     if not variant_costs or not devices:
         return []
     partitions: list[Partition] = []
@@ -57,6 +61,7 @@ def initial_placement(
             parts = min(per_device, 4, max_partitions_per_device) if device.mps else 1
         else:
             parts = min(per_device, max(1, device.cores // cores_per_partition), max_partitions_per_device)
+        parts = max(1, min(parts, (max_workers or {}).get(device.device_id, parts)))
         partitions.extend(split_device(device, parts, cores_per_partition))
     load = [0.0] * len(partitions)
     assigned: list[list[str]] = [[] for _ in partitions]
@@ -75,6 +80,17 @@ def initial_placement(
         for i, names in enumerate(assigned)
         if names
     ]
+
+
+def workers_memory_holds(device: DeviceInfo, *, needs: int, overhead: int, beside: int = 0) -> int | None:
+    """How many start-up workers ``device``'s memory holds (the planner's share of it,
+    MEMORY_FRACTION): each takes ``overhead`` beyond its variants, the variants' ``needs`` are
+    counted whole (where they land is not decided yet), and other processes (a profiling run's) hold
+    ``beside``. At least 1, for the variants must be served; None where memory or overhead is unknown."""
+    if device.memory_bytes <= 0 or overhead <= 0:
+        return None
+    room = int(MEMORY_FRACTION * device.memory_bytes) - needs - beside
+    return max(1, room // overhead)
 
 
 def extend_placement(planned: Sequence[PlannedWorker], costs: dict[str, float], missing: Sequence[str]) -> list[PlannedWorker]:

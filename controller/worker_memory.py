@@ -7,8 +7,9 @@ shared libraries every worker maps), the activations of its batches and the aren
 keeps. Workers on CPU devices report the most memory of their own they have held
 (``WorkerReady.memory_peak_bytes``); per device, the largest excess of a ready worker's report over
 its reservation is what the planner adds for each new worker there, and per device kind the
-largest of its devices' figures stands for a device none of whose workers has reported yet. So a
-memory-bound board is not filled with workers the kernel would kill. Pure, with an injected clock.
+largest of its devices' figures stands for a device none of whose workers has reported yet (before
+any has, a configured prior: ``cpu_worker_memory_mb``). So a memory-bound board is not filled
+with workers the kernel would kill. Pure, with an injected clock.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ FALL_AFTER_S = 600.0
 class WorkerOverhead:
     """Figures per device ("agent/device") and per device kind, in bytes."""
 
-    def __init__(self, *, fall_after_s: float = FALL_AFTER_S) -> None:
+    def __init__(self, *, fall_after_s: float = FALL_AFTER_S, prior: Mapping[str, int] | None = None) -> None:
         self.fall_after_s = fall_after_s
+        self.prior = {kind: n for kind, n in (prior or {}).items() if n > 0}  # device kind -> bytes
         self._device: dict[str, int] = {}
         self._kind_of: dict[str, str] = {}
         self._lower_since: dict[str, float] = {}
@@ -68,9 +70,11 @@ class WorkerOverhead:
 
     def known(self) -> dict[str, int]:
         """"agent/device" -> bytes for each device whose workers reported, and device kind -> the
-        largest of its devices' figures (for a device with none)."""
+        largest of its devices' figures (for a device with none), else the kind's ``prior``."""
         out = dict(self._device)
         for place, n in self._device.items():
             kind = self._kind_of[place]
             out[kind] = max(out.get(kind, 0), n)
+        for kind, n in self.prior.items():
+            out.setdefault(kind, n)  # what workers reported replaces the prior, higher or lower
         return out

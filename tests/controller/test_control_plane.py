@@ -66,6 +66,25 @@ def test_an_agent_registering_is_answered_then_given_its_workers_and_profiling(
     assert again[1] == profile
 
 
+@pytest.mark.parametrize(("memory_mb", "auto_profile", "workers"), [(600, True, 1), (600, False, 2), (1100, True, 2)])
+def test_a_board_of_little_memory_starts_one_worker_while_it_is_profiled(
+        repo: Path, tmp_path: Path, memory_mb: int, auto_profile: bool, workers: int) -> None:
+    """Two start-up workers beside the profiler and its co-runner overran a 600 MiB board: the
+    kernel killed a worker and cut the profiling run short."""
+    config = ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(repo), state_dir=str(tmp_path / "state"),
+                              auto_profile=auto_profile)
+    plane = ControlPlane(config, FakeClock(), ControllerMetrics(), lambda: "tcp://127.0.0.1:1")
+    try:
+        board = DeviceInfo(device_id="cpu0", kind="cpu", name="edge", cores=2, memory_bytes=memory_mb << 20)
+        plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(board,), pid=7,
+                                                       instance="i"))
+        starts = [msg for _, msg in drain(plane) if isinstance(msg, StartWorker)]
+        assert len(starts) == workers
+        assert {spec.name for s in starts for spec in s.variants} == set(plane.registry.variants)
+    finally:
+        plane.close()
+
+
 def test_a_heartbeat_from_a_stranger_is_told_to_register(plane: ControlPlane) -> None:
     plane.receive(b"agent:nobody", None, Heartbeat(sender="nobody", role="agent", seq=1))
     ((peer, reply),) = drain(plane)

@@ -27,19 +27,23 @@ SCALED = PlannedWorker("a0.g7.w0", "a0", Partition(device_id="cpu0", kind="cpu",
 class Controller:
     """The registration path of a controller over one state directory (a restart is a new one)."""
 
-    def __init__(self, path, names=tuple(ACCURACY)) -> None:
+    def __init__(self, path, names=tuple(ACCURACY), *, profiled: bool = True, profilers: int = 0,
+                 devices=CPU, worker_memory: int = 0, policy: str = "gpulet") -> None:
+        self.devices = devices
         self.store = StateStore(path)
-        self.store.save_profiles(samples(), [], now=0.0)
+        if profiled:
+            self.store.save_profiles(samples(), [], now=0.0)
         self.registry = Registry({n: variant(n) for n in names}, heartbeat_interval_s=1.0, missed_heartbeats=2)
         for plan in self.store.placements():
             self.registry.plan_worker(plan)
         demand = DemandTracker()
-        self.layout = LayoutManager(LayoutPolicy(), self.registry, self.store, demand, lambda p: p, generation=1)
-        self.membership = Membership(self.registry, self.store, self.layout, lambda p: p)
+        self.layout = LayoutManager(LayoutPolicy(policy=policy, cpu_worker_memory_bytes=worker_memory), self.registry, self.store,
+                                    demand, lambda p: p, generation=1)
+        self.membership = Membership(self.registry, self.store, self.layout, lambda p: p, profilers=profilers)
         self.membership.place_added_variants(self.registry.variants)
 
     def register(self, agent: str, now: float = 0.0, instance: str = "i1", running=()):
-        msg = RegisterAgent(agent_id=agent, hostname=agent, devices=CPU, pid=1, instance=instance,
+        msg = RegisterAgent(agent_id=agent, hostname=agent, devices=self.devices, pid=1, instance=instance,
                             workers=tuple(running))
         return self.membership.register(agent, msg, now)
 
@@ -120,6 +124,40 @@ def test_only_an_empty_plan_of_record_gets_an_initial_placement(tmp_path) -> Non
     first = c.register("a0")
     assert {v for p in first.commands for v in p.variants} == set(ACCURACY)
     assert c.register("a1").commands == ()
+    c.store.close()
+
+
+def _board(memory_mb: int) -> tuple[DeviceInfo, ...]:
+    return (DeviceInfo(device_id="cpu0", kind="cpu", name="edge", cores=2, memory_bytes=memory_mb << 20),)
+
+
+@pytest.mark.parametrize(("memory_mb", "profiled", "workers"), [
+    (600, False, 1),  # 540 MiB for workers: two at 200 MiB beside two profiling processes at 200 do not fit
+    (600, True, 2),  # nothing to profile: both cores get a worker
+    (1100, False, 2),  # room for both beside the profiling run
+])
+def test_the_start_up_placement_starts_what_memory_holds_beside_the_profiling_run(
+        tmp_path, memory_mb: int, profiled: bool, workers: int) -> None:
+    """On a 600 MiB board two start-up workers (~165 MiB of their own each) beside the profiler and
+    its co-runner were killed by the kernel, and the profiling run with them."""
+    c = Controller(tmp_path / "edge.db", profiled=profiled, profilers=2, devices=_board(memory_mb),
+                   worker_memory=200 << 20)
+    started = c.register("a0").commands
+    assert len(started) == workers
+    assert {v for p in started for v in p.variants} == set(ACCURACY), "every variant is served"
+    c.store.close()
+
+
+def test_what_workers_reported_replaces_the_prior_at_start_up(tmp_path) -> None:
+    """Under the static policy each new agent gets a start-up placement: by then workers elsewhere
+    have said what they hold (60 MiB beyond their variants here), and that is what is counted."""
+    c = Controller(tmp_path / "edge.db", profiled=False, profilers=2, devices=_board(600), worker_memory=200 << 20,
+                   policy="static")
+    (first,) = c.register("a0").commands
+    c.registry.worker_ready(first.worker_id, 1, {v: (1.0,) for v in first.variants}, 0.0,
+                            memory_peak_bytes=60 << 20)
+    c.layout.worker_memory.observe(c.registry.workers.values(), c.registry.variants, 0.0)
+    assert len(c.register("a1").commands) == 2  # 2 x 60 MiB beside 2 x 60 fits in 540
     c.store.close()
 
 

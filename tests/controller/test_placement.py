@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.placement import PlannedWorker, initial_placement, split_device
+from controller.placement import PlannedWorker, initial_placement, split_device, workers_memory_holds
 from protocol.types import DeviceInfo, Partition
 
 
@@ -191,3 +191,27 @@ def test_property_every_variant_once_and_no_shared_core(
         "a1", devices, variants, cores_per_partition=cores_per_partition, max_partitions_per_device=max_partitions
     )
     assert again == workers
+
+
+MIB = 1 << 20
+
+
+def test_a_device_gets_no_more_workers_than_its_memory_holds() -> None:
+    variants = costs(5)
+    devices = [cpu(8), cpu(4, "cpu1")]
+    workers = initial_placement("a1", devices, variants, max_workers={"cpu0": 1})
+    assert sum(w.partition.device_id == "cpu0" for w in workers) == 1
+    assert sum(w.partition.device_id == "cpu1" for w in workers) == 3  # uncapped: one per variant it takes
+    check_invariants(workers, devices, variants)
+    (only,) = [w for w in workers if w.partition.device_id == "cpu0"]
+    assert only.partition.cores == tuple(range(8)), "the one worker gets the whole device"
+
+
+def test_what_a_devices_memory_holds_at_start() -> None:
+    board = DeviceInfo(device_id="cpu0", kind="cpu", name="edge", cores=4, memory_bytes=1000 * MIB)  # 900 for workers
+    assert workers_memory_holds(board, needs=100 * MIB, overhead=200 * MIB) == 4
+    assert workers_memory_holds(board, needs=100 * MIB, overhead=200 * MIB, beside=400 * MIB) == 2
+    assert workers_memory_holds(board, needs=100 * MIB, overhead=200 * MIB, beside=800 * MIB) == 1, "never none"
+    assert workers_memory_holds(board, needs=0, overhead=0) is None, "nothing known of a worker's size"
+    unknown = DeviceInfo(device_id="cpu0", kind="cpu", name="edge", cores=4, memory_bytes=0)
+    assert workers_memory_holds(unknown, needs=0, overhead=200 * MIB) is None

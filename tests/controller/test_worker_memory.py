@@ -85,3 +85,13 @@ def test_after_the_hold_the_figure_falls_to_the_most_read_meanwhile_and_a_forgot
     assert figures["a0/cpu0"] == 250 * MIB  # 350 MiB read during the hold, less the 100 reserved
     assert est.observe(reg.workers.values(), reg.variants, 80.0, agents={"a0"}) == \
         {"a0/cpu0": 250 * MIB, "cpu": 250 * MIB}  # a1 forgotten: its 200 MiB goes with it
+
+
+def test_a_prior_stands_for_a_kind_until_its_workers_report_then_their_figure_does_lower_or_higher() -> None:
+    reg, est = registry(), WorkerOverhead(prior={"cpu": 200 * MIB, "cuda": 0})
+    assert est.observe(reg.workers.values(), reg.variants, 0.0) == {"cpu": 200 * MIB}
+    ready(reg, "w0", ("cls-large",), 160 * MIB)  # 60 over its 100
+    assert est.observe(reg.workers.values(), reg.variants, 1.0) == {"a0/cpu0": 60 * MIB, "cpu": 60 * MIB}
+    ready(reg, "w1", ("cls-small",), 320 * MIB, agent="a1")  # 300 over its 20
+    assert est.known()["cpu"] == 60 * MIB
+    assert est.observe(reg.workers.values(), reg.variants, 2.0)["cpu"] == 300 * MIB
