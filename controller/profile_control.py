@@ -56,6 +56,7 @@ class ProfileControl:
         # Variant -> the first controller epoch whose profiling runs measure what is served now (a
         # run begun before its artifact, backend or precision changed measured the old one).
         self._since = dict(measured_since or {})
+        self._plan_at_samples: object = None  # the re-plan on record when the last samples came in
 
     def ask(self, agent_id: str, *, everything: bool = False) -> None:
         """Queue the agent's devices that lack profiles (all of them if ``everything``); start the first."""
@@ -92,6 +93,7 @@ class ProfileControl:
         if samples or colocations:
             self._store.save_profiles(samples, colocations, self._time())
             self.runs.measured(samples)
+            self._plan_at_samples = self._last_plan()
         self.runs.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done,
                            failed=bool(progress.error))
         if progress.error:
@@ -101,12 +103,17 @@ class ProfileControl:
         if not progress.done:
             return
         self._changed()
-        if self.runs.take_grew():
+        if self.runs.take_grew() and self._last_plan() is self._plan_at_samples:
             # A variant can now run on a device kind it had no profile for (a GPU profiled after
-            # the CPU, say): plan again rather than wait for demand to move.
+            # the CPU, say): plan again rather than wait for demand to move. (Not when a plan was
+            # made since the last samples came in: it had them all, and one more would only move
+            # workers about.)
             self._layout.force()
         if alive:  # its next device, if one waits (else on its return)
             self.ask_next(agent_id)
+
+    def _last_plan(self) -> object:
+        return self._layout.history[-1] if self._layout.history else None
 
     def _sound(self, agent_id: str, progress: ProfileProgress) -> tuple[list[ProfileSample], list[ColocationSample]]:
         """The measurements the planner can use: of known variants on one of the agent's device

@@ -201,15 +201,18 @@ PROFILE_WAIT_MAX_S = 180.0
 
 def awaited_kinds(agents: Mapping[str, Sequence[DeviceInfo]], variants: Iterable[str], samples: Iterable[ProfileSample],
                   profiling: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The device kinds being profiled on one of ``agents`` (placeable ones) that some variant has
-    no profile for. ``profiling``: (agent, device kind) of each device being measured or queued."""
+    """The device kinds being profiled on one of ``agents`` (placeable ones) where some variant has
+    no profile at some partition size of such a device's menu: a plan made from a run's first sizes
+    would be made again, and its move with it, when the run ends. ``profiling``: (agent, device kind)
+    of each device being measured or queued."""
     measuring = set(profiling)
-    present = {d.kind for agent_id, devices in agents.items() for d in devices if (agent_id, d.kind) in measuring}
+    present = [d for agent_id, devices in agents.items() for d in devices if (agent_id, d.kind) in measuring]
     if not present:
         return frozenset()
-    profiled = {(s.variant, s.device_kind) for s in samples}
+    profiled = {(s.variant, s.device_kind, s.partition) for s in samples}
     names = list(variants)
-    return frozenset(k for k in present if any((v, k) not in profiled for v in names))
+    return frozenset(d.kind for d in present
+                     if any((v, d.kind, size) not in profiled for v in names for size in partition_menu(d)))
 
 
 @dataclass(slots=True)

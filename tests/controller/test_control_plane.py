@@ -16,7 +16,8 @@ from controller.profiling import first_run_id
 from mesh.clock import FakeClock
 from protocol.message import (ErrorReply, Heartbeat, ProfileDevice, ProfileProgress, RegisterAgent,
                               RegisterAgentReply, RegisterGateway, RegisterGatewayReply, Replan, ReplanReply,
-                              RoutingTable, StartWorker, WorkerCrashed, WorkerReady, WorkerStarted)
+                              RoutingTable, StartWorker, StopWorker, WorkerCrashed, WorkerReady, WorkerStarted,
+                              WorkerStopped)
 from protocol.types import DeviceInfo, ProfileSample
 from tests.controller.conftest import Scale, add_variant
 
@@ -81,6 +82,56 @@ def test_a_board_of_little_memory_starts_one_worker_while_it_is_profiled(
         starts = [msg for _, msg in drain(plane) if isinstance(msg, StartWorker)]
         assert len(starts) == workers
         assert {spec.name for s in starts for spec in s.variants} == set(plane.registry.variants)
+    finally:
+        plane.close()
+
+
+def test_a_plan_made_once_a_runs_last_profiles_came_in_is_not_made_again_at_its_end(
+        repo: Path, tmp_path: Path) -> None:
+    """The run's last measurements and its end are two messages: a plan made between them had
+    every profile, and making one more at the end moved workers about for nothing."""
+    clock = FakeClock()
+    config = ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(repo), state_dir=str(tmp_path / "state"))
+    plane = ControlPlane(config, clock, ControllerMetrics(), lambda: "tcp://127.0.0.1:1")
+    try:
+        plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7,
+                                                       instance="i"))
+        sent = [msg for _, msg in drain(plane)]
+        running: dict[str, StartWorker] = {}
+        running.update((msg.worker_id, msg) for msg in sent if isinstance(msg, StartWorker))
+        (run,) = [msg for msg in sent if isinstance(msg, ProfileDevice)]
+        every = tuple(ProfileSample(variant=v.name, device_kind="cpu", partition=cores, batch=b, p50_ms=b / cores,
+                                    p99_ms=1.1 * b / cores, runs=5)
+                      for v in run.variants for cores in run.partitions for b in run.batches)
+
+        def report(done: bool, samples: tuple[ProfileSample, ...] = ()) -> None:
+            plane.receive(b"agent:a1", None, ProfileProgress(request_id=run.request_id, agent_id="a1",
+                                                             device_kind="cpu", completed=1 + done, total=2,
+                                                             samples=samples, done=done))
+
+        def plans_in(seconds: int) -> int:
+            """Re-plans on record after ``seconds`` of an agent whose workers come up at once."""
+            for _ in range(seconds):
+                clock.advance(1.0)
+                plane.receive(b"agent:a1", None, Heartbeat(sender="a1", role="agent", seq=1))
+                for s in running.values():
+                    plane.receive(f"worker:{s.worker_id}".encode(), None, WorkerReady(
+                        worker_id=s.worker_id, agent_id="a1", variants=tuple(v.name for v in s.variants), pid=100,
+                        batch_latency_ms={v.name: (1.0,) for v in s.variants}))
+                plane.tick()
+                for _, msg in drain(plane):
+                    if isinstance(msg, StartWorker):
+                        running[msg.worker_id] = msg
+                    elif isinstance(msg, StopWorker) and running.pop(msg.worker_id, None):
+                        plane.receive(b"agent:a1", None, WorkerStopped(worker_id=msg.worker_id, agent_id="a1",
+                                                                      exit_code=0))
+            return len(plane.layout.history)
+
+        report(False, every)
+        made = plans_in(15)
+        assert made >= 1, "the initial plan is made once every partition size is measured"
+        report(True)
+        assert plans_in(15) == made
     finally:
         plane.close()
 

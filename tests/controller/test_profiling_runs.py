@@ -132,9 +132,12 @@ def test_a_gpu_with_mps_is_profiled_though_one_without_was_measured_whole(tmp_pa
 
 def test_a_replan_waits_only_for_kinds_being_measured_that_lack_profiles_and_not_for_ever() -> None:
     agents = {"a1": (CPU, GPU), "a2": (CPU,)}
-    cpu_only = (ProfileSample(variant="v", device_kind="cpu", partition=1, batch=1, p50_ms=1.0, p99_ms=1.0, runs=3),)
+    cpu_only = tuple(ProfileSample(variant="v", device_kind="cpu", partition=cores, batch=1, p50_ms=1.0, p99_ms=1.0,
+                                   runs=3) for cores in (1, 2))
     assert awaited_kinds(agents, ["v"], cpu_only, {("a1", "cuda")}) == {"cuda"}
     assert awaited_kinds(agents, ["v"], cpu_only, {("a2", "cpu")}) == frozenset()  # measured already
+    # A run's first partition size in: the run goes on, and a plan made now would be made again.
+    assert awaited_kinds(agents, ["v"], cpu_only[:1], {("a2", "cpu")}) == {"cpu"}
     assert awaited_kinds({"a2": (CPU,)}, ["v"], cpu_only, {("a1", "cuda")}) == frozenset()  # a1 not placeable
 
     wait = ProfileWait(max_s=60.0)
