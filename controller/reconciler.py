@@ -75,6 +75,13 @@ def _desired_shape(d: DesiredWorker) -> tuple:
     return (d.agent_id, d.device_id, d.kind, d.size, tuple(sorted(d.variants)))
 
 
+# While making room the leaving workers' variants may have no other worker: from their drain's start
+# until the new workers are ready, requests for them are answered 503. So their drain lasts only as
+# long as the routing table takes to reach the gateways and the requests already sent to reach the
+# worker (a stopping worker answers every request it has read), at most ``drain_s``.
+ROOM_DRAIN_S = 0.5
+
+
 @dataclass(slots=True)
 class Transition:
     keep: tuple[str, ...]
@@ -149,7 +156,7 @@ class Transition:
         return Actions()
 
     def _make_room(self, ready: set[str], now: float, present: set[str] | frozenset[str]) -> Actions:
-        """Drain ``room_first`` (at once), stop it (after the drain period), then start the held
+        """Drain ``room_first`` (at once), stop it (after ROOM_DRAIN_S at most), then start the held
         new workers once all of it, and ``departing``, is gone; the others start at once. The start
         timeout counts from then: a leaving worker slow to exit is no new worker slow to start."""
         drain: tuple[str, ...] = ()
@@ -160,7 +167,8 @@ class Transition:
         self.issued.update(w.worker_id for w in pending)
         self.issued.update(stop)
         self.issued.update(self.room_first)
-        if not self.room_stopped and (now - self.drain_started >= self.drain_s or not self.room_serving):
+        if not self.room_stopped and (now - self.drain_started >= min(self.drain_s, ROOM_DRAIN_S)
+                                      or not self.room_serving):
             self.room_stopped = True
             stop += self.room_serving
         if self.room_stopped and not present & {*self.room_first, *self.departing}:
