@@ -113,7 +113,7 @@ class ProfileControl:
             self.ask_next(agent_id)
 
     def _last_plan(self) -> object:
-        return self._layout.history[-1] if self._layout.history else None
+        return self._layout.history[0] if self._layout.history else None  # (the newest first)
 
     def _sound(self, agent_id: str, progress: ProfileProgress) -> tuple[list[ProfileSample], list[ColocationSample]]:
         """The measurements the planner can use: of known variants on one of the agent's device

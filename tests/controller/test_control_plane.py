@@ -86,54 +86,92 @@ def test_a_board_of_little_memory_starts_one_worker_while_it_is_profiled(
         plane.close()
 
 
-def test_a_plan_made_once_a_runs_last_profiles_came_in_is_not_made_again_at_its_end(
-        repo: Path, tmp_path: Path) -> None:
-    """The run's last measurements and its end are two messages: a plan made between them had
-    every profile, and making one more at the end moved workers about for nothing."""
+class OneAgent:
+    """Agent a1 of a control plane on a fake clock: it beats, its workers come up at once and go
+    when stopped, and it reports profiling as a test says."""
+
+    def __init__(self, plane: ControlPlane, clock: FakeClock, devices: tuple[DeviceInfo, ...] = (CPU,)) -> None:
+        self.plane, self.clock = plane, clock
+        self.running: dict[str, StartWorker] = {}
+        plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=devices, pid=7,
+                                                       instance="i"))
+        sent = [msg for _, msg in drain(plane)]
+        self.running.update((msg.worker_id, msg) for msg in sent if isinstance(msg, StartWorker))
+        (self.run,) = [msg for msg in sent if isinstance(msg, ProfileDevice)]
+        self.kind = next(d.kind for d in devices if d.device_id == self.run.device_id)
+
+    def every_sample(self) -> tuple[ProfileSample, ...]:
+        run = self.run
+        return tuple(ProfileSample(variant=v.name, device_kind=self.kind, partition=size, batch=b, p50_ms=b / size,
+                                   p99_ms=1.1 * b / size, runs=5)
+                     for v in run.variants for size in run.partitions for b in run.batches)
+
+    def report(self, done: bool, samples: tuple[ProfileSample, ...] = ()) -> None:
+        self.plane.receive(b"agent:a1", None, ProfileProgress(request_id=self.run.request_id, agent_id="a1",
+                                                              device_kind=self.kind, completed=1 + done, total=2,
+                                                              samples=samples, done=done))
+
+    def plans_in(self, seconds: int) -> int:
+        """Re-plans on record after ``seconds`` more."""
+        plane = self.plane
+        for _ in range(seconds):
+            self.clock.advance(1.0)
+            plane.receive(b"agent:a1", None, Heartbeat(sender="a1", role="agent", seq=1))
+            for s in self.running.values():
+                plane.receive(f"worker:{s.worker_id}".encode(), None, WorkerReady(
+                    worker_id=s.worker_id, agent_id="a1", variants=tuple(v.name for v in s.variants), pid=100,
+                    batch_latency_ms={v.name: (1.0,) for v in s.variants}))
+            plane.tick()
+            for _, msg in drain(plane):
+                if isinstance(msg, StartWorker):
+                    self.running[msg.worker_id] = msg
+                elif isinstance(msg, StopWorker) and self.running.pop(msg.worker_id, None):
+                    plane.receive(b"agent:a1", None, WorkerStopped(worker_id=msg.worker_id, agent_id="a1", exit_code=0))
+        return len(plane.layout.history)
+
+
+@pytest.fixture
+def clocked(repo: Path, tmp_path: Path) -> Iterator[tuple[ControlPlane, FakeClock]]:
     clock = FakeClock()
     config = ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(repo), state_dir=str(tmp_path / "state"))
     plane = ControlPlane(config, clock, ControllerMetrics(), lambda: "tcp://127.0.0.1:1")
-    try:
-        plane.receive(b"agent:a1", None, RegisterAgent(agent_id="a1", hostname="h", devices=(CPU,), pid=7,
-                                                       instance="i"))
-        sent = [msg for _, msg in drain(plane)]
-        running: dict[str, StartWorker] = {}
-        running.update((msg.worker_id, msg) for msg in sent if isinstance(msg, StartWorker))
-        (run,) = [msg for msg in sent if isinstance(msg, ProfileDevice)]
-        every = tuple(ProfileSample(variant=v.name, device_kind="cpu", partition=cores, batch=b, p50_ms=b / cores,
-                                    p99_ms=1.1 * b / cores, runs=5)
-                      for v in run.variants for cores in run.partitions for b in run.batches)
+    yield plane, clock
+    plane.close()
 
-        def report(done: bool, samples: tuple[ProfileSample, ...] = ()) -> None:
-            plane.receive(b"agent:a1", None, ProfileProgress(request_id=run.request_id, agent_id="a1",
-                                                             device_kind="cpu", completed=1 + done, total=2,
-                                                             samples=samples, done=done))
 
-        def plans_in(seconds: int) -> int:
-            """Re-plans on record after ``seconds`` of an agent whose workers come up at once."""
-            for _ in range(seconds):
-                clock.advance(1.0)
-                plane.receive(b"agent:a1", None, Heartbeat(sender="a1", role="agent", seq=1))
-                for s in running.values():
-                    plane.receive(f"worker:{s.worker_id}".encode(), None, WorkerReady(
-                        worker_id=s.worker_id, agent_id="a1", variants=tuple(v.name for v in s.variants), pid=100,
-                        batch_latency_ms={v.name: (1.0,) for v in s.variants}))
-                plane.tick()
-                for _, msg in drain(plane):
-                    if isinstance(msg, StartWorker):
-                        running[msg.worker_id] = msg
-                    elif isinstance(msg, StopWorker) and running.pop(msg.worker_id, None):
-                        plane.receive(b"agent:a1", None, WorkerStopped(worker_id=msg.worker_id, agent_id="a1",
-                                                                      exit_code=0))
-            return len(plane.layout.history)
+def test_a_plan_made_once_a_runs_last_profiles_came_in_is_not_made_again_at_its_end(clocked) -> None:
+    """The run's last measurements and its end are two messages: a plan made between them had
+    every profile, and making one more at the end moved workers about for nothing."""
+    agent = OneAgent(*clocked)
+    agent.report(False, agent.every_sample())
+    made = agent.plans_in(15)
+    assert made >= 1, "the initial plan is made once every partition size is measured"
+    agent.report(True)
+    assert agent.plans_in(15) == made
 
-        report(False, every)
-        made = plans_in(15)
-        assert made >= 1, "the initial plan is made once every partition size is measured"
-        report(True)
-        assert plans_in(15) == made
-    finally:
-        plane.close()
+
+@pytest.mark.parametrize("planned_between", [True, False])
+def test_a_runs_end_re_plans_unless_a_plan_since_its_last_profiles_had_them(clocked, planned_between: bool) -> None:
+    """A host's GPU profiled after its CPU, with plans on record from before the GPU's
+    measurements came in: a plan made after them stands; without one, the run's end plans with
+    the device kind it brought."""
+    plane, clock = clocked
+    plane.store.save_profiles([ProfileSample(variant=v, device_kind="cpu", partition=c, batch=b, p50_ms=b / c,
+                                             p99_ms=1.1 * b / c, runs=5)
+                               for v in plane.registry.variants for c in (1, 2) for b in (1, 2, 4, 8, 16, 32)],
+                              [], now=0.0)
+    gpu = DeviceInfo(device_id="cuda0", kind="cuda", name="gpu", cores=132, memory_bytes=80 << 30, sm_count=132)
+    agent = OneAgent(plane, clock, (CPU, gpu))
+    assert agent.kind == "cuda"
+    before = agent.plans_in(185)  # the plan waited 180 s for the GPU, then went ahead on the CPU
+    assert before >= 1
+    agent.report(False, agent.every_sample())
+    if planned_between:
+        plane.receive(b"operator:o", None, Replan())
+    made = agent.plans_in(5)
+    assert made == before + planned_between
+    agent.report(True)
+    assert agent.plans_in(15) == made + (not planned_between)
 
 
 def test_a_heartbeat_from_a_stranger_is_told_to_register(plane: ControlPlane) -> None:
