@@ -131,6 +131,7 @@ def cpu_name() -> str:
 
 
 def probe_devices(max_cores: int = 0, *, with_cuda: bool = True, max_memory_bytes: int = 0) -> tuple[DeviceInfo, ...]:
+    cuda = _cuda_devices() if with_cuda else []  # first: torch and the CUDA libraries count as the agent's own
     devices = [
         DeviceInfo(
             device_id="cpu0",
@@ -140,9 +141,7 @@ def probe_devices(max_cores: int = 0, *, with_cuda: bool = True, max_memory_byte
             memory_bytes=usable_memory_bytes(max_memory_bytes),
         )
     ]
-    if with_cuda:
-        devices.extend(_cuda_devices())
-    return tuple(devices)
+    return tuple(devices + cuda)
 
 
 def nvidia_driver_present() -> bool:

@@ -61,8 +61,10 @@ def initial_placement(
             parts = min(per_device, 4, max_partitions_per_device) if device.mps else 1
         else:
             parts = min(per_device, max(1, device.cores // cores_per_partition), max_partitions_per_device)
-        parts = max(1, min(parts, (max_workers or {}).get(device.device_id, parts)))
-        partitions.extend(split_device(device, parts, cores_per_partition))
+        # Fewer workers where memory holds fewer, each of the size it would have had: the cores
+        # left free are where the device's profiling run measures without a worker beside it.
+        held = max(1, min(parts, (max_workers or {}).get(device.device_id, parts)))
+        partitions.extend(split_device(device, parts, cores_per_partition)[:held])
     load = [0.0] * len(partitions)
     assigned: list[list[str]] = [[] for _ in partitions]
     # Longest processing time first: costliest variant onto the least loaded partition.
