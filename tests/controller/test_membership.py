@@ -37,8 +37,8 @@ class Controller:
         for plan in self.store.placements():
             self.registry.plan_worker(plan)
         demand = DemandTracker()
-        self.layout = LayoutManager(LayoutPolicy(policy=policy, cpu_worker_memory_bytes=worker_memory), self.registry, self.store,
-                                    demand, lambda p: p, generation=1)
+        policy_ = LayoutPolicy(policy=policy, cpu_worker_memory_bytes=worker_memory)
+        self.layout = LayoutManager(policy_, self.registry, self.store, demand, lambda p: p, generation=1)
         self.membership = Membership(self.registry, self.store, self.layout, lambda p: p, profilers=profilers)
         self.membership.place_added_variants(self.registry.variants)
 
