@@ -4,11 +4,29 @@ exit), which the agent actor receives in its mailbox like the controller's messa
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass, field
 
 from mesh.keys import ClientKeys
 from mesh.supervisor import RestartIntensity
 from protocol.message import StartWorker
+
+
+class WorkerExit(enum.IntEnum):
+    """How a worker process ends on its own (``sys.exit``); read by the agent that runs it."""
+
+    OK = 0
+    BAD_SPEC = 2  # the start command or the environment it came in is unreadable
+    NOTHING_LOADED = 3  # not one of its variants could be loaded
+    FETCH_FAILED = 4  # its artifacts could not be fetched from the controller (a cut, a restart)
+
+    @classmethod
+    def final(cls, code: int) -> bool:
+        """Whether starting the same command again would only fail the same way: the spec and
+        the artifacts are the same on a restart, so a load that failed fails again. (A fetch cut
+        short may succeed on a restart.) The controller hears of a load failure and re-plans
+        without the variant; the agent does not restart such a worker meanwhile."""
+        return code in (cls.BAD_SPEC, cls.NOTHING_LOADED)
 
 
 @dataclass(frozen=True, slots=True)

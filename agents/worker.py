@@ -29,6 +29,7 @@ import zmq.asyncio  # noqa: E402
 from agents.artifact import fetch_with_retries, report_load_failure  # noqa: E402
 from agents.error import FetchInterrupted, WorkerSpecError  # noqa: E402
 from agents.gateway_links import gateway_changes  # noqa: E402
+from agents.managed_worker import WorkerExit  # noqa: E402
 from agents.model_runner import ModelRunner  # noqa: E402
 from agents.onnx_upgrade import enabled_from_env as onnx_upgrade_enabled  # noqa: E402
 from agents.proc_usage import process_usage  # noqa: E402
@@ -89,7 +90,7 @@ class Worker:
         # earlier would announce only the variants loaded so far).
         self._gateway_list: tuple[str, ...] = tuple(cmd.gateways)
         self._links_open = False
-        self.exit_code = 0
+        self.exit_code = WorkerExit.OK
         self._recv_tasks: dict[str, asyncio.Task] = {}
         # A stop asked (a signal): the receives end first, then the serving loop drains what they queued.
         self._stopping = asyncio.Event()
@@ -119,11 +120,11 @@ class Worker:
                 loading.result()
             except FetchInterrupted as exc:
                 log.error("worker %s could not fetch its artifacts: %s; exiting", self.cmd.worker_id, exc)
-                self.exit_code = 4
+                self.exit_code = WorkerExit.FETCH_FAILED
                 return
             if not self.runners:
                 log.error("no variant of worker %s could be loaded; exiting", self.cmd.worker_id)
-                self.exit_code = 3
+                self.exit_code = WorkerExit.NOTHING_LOADED
                 return
             heap.settle()  # the models and torch are loaded: collections walk only what serving allocates
             self._links_open = True
@@ -269,12 +270,12 @@ def main() -> None:
                           label="worker")
     except ValueError as exc:
         print(f"letmesh worker: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(WorkerExit.BAD_SPEC)
     try:
         cmd = read_spec()
     except WorkerSpecError as exc:
         print(f"letmesh worker: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(WorkerExit.BAD_SPEC)
     policy = os.environ.get(cpu_policy.ENV)
     if policy:  # before ZeroMQ and the runtimes start their threads, which inherit it
         try:

@@ -1,6 +1,7 @@
 """The worker processes one agent runs: started as the controller asks, replaced when asked again
 under the same id with another partition, restarted under an intensity limit when they exit on
-their own, and stopped (they drain first) off the agent's mailbox.
+their own (not when they could load nothing: see :class:`WorkerExit`), and stopped (they drain
+first) off the agent's mailbox.
 
 Each launch gets a generation unique in the agent, so the exit of a process that a same-named
 worker replaced is never taken for the new one's. What the controller must hear goes out through
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import AgentConfig
-from agents.managed_worker import ManagedWorker, WorkerExited, WorkerGone
+from agents.managed_worker import ManagedWorker, WorkerExit, WorkerExited, WorkerGone
 from agents.process import spawn_worker, stop_process
 from mesh import cpu_policy
 from mesh.clock import Clock
@@ -121,9 +122,10 @@ class WorkerFleet:
             return
         worker.restarts += 1
         self.crashes += 1
-        allowed = worker.intensity.record(self._clock.monotonic())
+        final = WorkerExit.final(event.exit_code)  # it would only fail again: the controller re-plans
+        allowed = not final and worker.intensity.record(self._clock.monotonic())
         log.warning(
-            "worker exited unexpectedly",
+            "worker exited unexpectedly" if not final else "worker exited: what it was given cannot be served",
             extra={"worker": event.worker_id, "exit_code": event.exit_code, "restart": allowed},
         )
         await self._send(WorkerCrashed(worker_id=event.worker_id, agent_id=self.config.agent_id,

@@ -169,7 +169,7 @@ class LayoutManager:
                 log.warning("re-planning without %s: lost", ", ".join(sorted(away)))
             crashed = frozenset(w.plan.worker_id for w in stranded if w.state == WorkerState.CRASHED)
             if crashed - self._announced:
-                log.warning("re-planning to replace %s: crashed past the restart limit", ", ".join(sorted(crashed)))
+                log.warning("re-planning to replace %s: crashed, not to be restarted", ", ".join(sorted(crashed)))
             self._announced = away | crashed
         self.cadence.last_attempt = now
         why = "initial" if self.current is None else reason.value

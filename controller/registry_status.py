@@ -72,8 +72,8 @@ def status_view(reg: Registry, now: float, forget_after_s: float | None = None) 
 
 
 def _not_serving(reg: Registry, placed: list[WorkerRecord], now: float) -> str:
-    """Why the workers a variant is placed on do not serve: their agent is lost, they crashed past
-    the restart limit, or they are starting."""
+    """Why the workers a variant is placed on do not serve: their agent is lost, they crashed and
+    are not restarted (past the restart limit, or they could load nothing), or they are starting."""
     lost = [w for w in placed if w.state == WorkerState.LOST or not reg.agent_alive(w.plan.agent_id, now)]
     crashed = [w for w in placed if w.state == WorkerState.CRASHED and w not in lost]
     starting = [w for w in placed if w not in lost and w not in crashed]
@@ -85,7 +85,7 @@ def _not_serving(reg: Registry, placed: list[WorkerRecord], now: float) -> str:
         parts.append(f"placed on {_ids(lost)}, whose agent{'s' if len(agents) > 1 else ''} "
                      f"{', '.join(agents)} {'are' if len(agents) > 1 else 'is'} lost")
     if crashed:
-        parts.append(f"placed on {_ids(crashed)}, crashed past the restart limit")
+        parts.append(f"placed on {_ids(crashed)}, crashed, not to be restarted")
     return "; ".join(parts)
 
 

@@ -24,7 +24,7 @@ class WorkerState(enum.StrEnum):
     STARTING = "starting"  # asked to start; loading and warming up
     READY = "ready"  # serving
     RESTARTING = "restarting"  # exited; its agent starts it again
-    CRASHED = "crashed"  # exited past its restart limit
+    CRASHED = "crashed"  # exited, not to be restarted: past its restart limit, or it could load nothing
     LOST = "lost"  # its agent fell silent
     DRAINING = "draining"  # finishing what it has, taking nothing new (a re-plan retires it)
     STOPPING = "stopping"  # asked to stop

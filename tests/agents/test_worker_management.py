@@ -20,6 +20,7 @@ import agents.worker_fleet as worker_fleet
 from agents import artifact_cache
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
+from agents.managed_worker import WorkerExit
 from agents.process import die_with_parent, worker_environment
 from mesh import cpu_policy
 from protocol.codec import decode, encode
@@ -39,8 +40,10 @@ BOUND_S = 10.0
 VARIANT = VariantSpec(name="identity", family="trivial", sha256="ab" * 32, size_bytes=100, max_batch=4,
                       inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 16)),),
                       outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 16)),))
-# Exits on SIGTERM after ``DRAIN_S`` (a worker draining its queue), else sleeps.
+# Exits on SIGTERM after ``DRAIN_S`` (a worker draining its queue), else sleeps; with ``EXIT_CODE``
+# set it exits at once with that code (a worker that failed to start).
 STAND_IN = ("import os, signal, sys, time\n"
+            "os.environ['EXIT_CODE'] and sys.exit(int(os.environ['EXIT_CODE']))\n"
             "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(float(os.environ['DRAIN_S'])), sys.exit(0)))\n"
             "time.sleep(600)\n")
 
@@ -110,7 +113,8 @@ async def mesh(ctx, tmp_path, monkeypatch, agent_options):
     async def stand_in(cmd: StartWorker, usable: list[int], extra: dict[str, str]) -> asyncio.subprocess.Process:
         if refuse:
             raise refuse.pop(0)
-        env = {**worker_environment(cmd, usable, extra), "DRAIN_S": os.environ.get("TEST_DRAIN_S", "0")}
+        env = {**worker_environment(cmd, usable, extra), "DRAIN_S": os.environ.get("TEST_DRAIN_S", "0"),
+               "EXIT_CODE": os.environ.get("TEST_EXIT_CODE", "")}
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", STAND_IN, env=env,
                                                     stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent)
         proc.env = env  # what a test checks the agent gave its worker
@@ -186,6 +190,30 @@ async def test_a_worker_that_cannot_be_started_is_reported_and_started_when_aske
     await controller.send(start())  # the controller's re-send
     await controller.until(lambda: agent.workers.get("a1.w0"))
     assert len(spawned) == 1 and alive(spawned[0].pid)
+
+
+@pytest.mark.parametrize(("code", "restarted"), [(WorkerExit.NOTHING_LOADED, False), (WorkerExit.BAD_SPEC, False),
+                                                (1, True), (WorkerExit.FETCH_FAILED, True)])
+async def test_a_worker_that_could_load_nothing_is_not_restarted_and_one_that_crashed_is(
+        mesh, monkeypatch, code: int, restarted: bool) -> None:
+    """Started again, a worker that could load none of its variants would load the same files and
+    fail the same way, each time a torch import long, until the restart limit."""
+    monkeypatch.setenv("TEST_EXIT_CODE", str(int(code)))
+    controller, agent, spawned, _ = mesh
+    await controller.send(start())
+    def reports() -> list[WorkerCrashed]:
+        return [m for m in controller.about("a1.w0") if isinstance(m, WorkerCrashed)]
+
+    await controller.until(reports)
+    crashed = reports()[0]
+    assert crashed.exit_code == code
+    assert crashed.will_restart is restarted
+    if restarted:
+        await controller.until(lambda: len(spawned) >= 2)
+    else:
+        await asyncio.sleep(0.5)  # a restart (no back-off here) would have spawned by now
+        assert len(spawned) == 1 and "a1.w0" not in agent.workers
+        assert agent.worker_restarts == 0
 
 
 async def test_heartbeats_go_on_while_a_replaced_worker_drains(mesh, monkeypatch) -> None:
