@@ -115,6 +115,25 @@ async def test_after_a_failed_profiling_run_the_rest_are_profiled_again_without_
     assert {v.name for v in again.variants} == {v.name for v in first.variants} - {bad}
 
 
+async def test_a_run_that_fails_on_a_variant_set_aside_while_it_ran_is_run_again_without_it(start_controller,
+                                                                                          peer) -> None:
+    """The other order: a worker's load failure sets the variant aside while the run that also
+    loads it is still going. Asked then, the agent could not start another; the run's failure,
+    when it comes, is what asks again. (Unasked, no plan was ever made: it waits for profiles.)"""
+    controller = await start_controller()
+    agent = peer(controller.address, b"agent:a1")
+    await agent.send(RegisterAgent(agent_id="a1", hostname="host-1", devices=(cpu(2),), pid=1))
+    await agent.expect(RegisterAgentReply)
+    first = await agent.expect(ProfileDevice)
+    bad = first.variants[0].name
+    await agent.send(VariantLoadFailed(worker_id="a1.w0", variant=bad, reason="RuntimeError: truncated"))
+    assert bad in (await agent.sync()).unavailable
+    await agent.send(ProfileProgress(request_id=first.request_id, agent_id="a1", device_kind="cpu", completed=0,
+                                     total=1, done=True, error=f"loading failed: RuntimeError: {bad} is truncated"))
+    again = await agent.expect(ProfileDevice, lambda p: p.request_id != first.request_id)
+    assert {v.name for v in again.variants} == {v.name for v in first.variants} - {bad}
+
+
 async def test_a_peer_cannot_set_aside_a_variant_it_does_not_host(start_controller, peer) -> None:
     controller = await start_controller()
     agent = peer(controller.address, b"agent:a1")

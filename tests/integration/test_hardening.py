@@ -126,5 +126,20 @@ def test_a_variant_its_worker_cannot_load_is_set_aside_and_the_rest_served(
         time.sleep(0.2)
     report = fetch_status(mesh.controller_address, timeout_s=20)
     assert "unloadable" not in {m.name for m in report.models}
-    assert all(w.restarts <= 1 for w in report.workers), "a worker crash-looped on the bad variant"
+    # A worker given the bad variant alone could load nothing: it is not started again to fail again
+    # (each try a torch import long), however long the first plan takes to replace it.
+    restarts = max(w.restarts for w in report.workers)
+    while any(w.state.value in ("starting", "restarting") and "unloadable" in w.variants for w in report.workers):
+        assert time.monotonic() < until, "a worker given the bad variant never settled"
+        time.sleep(0.2)
+        report = fetch_status(mesh.controller_address, timeout_s=20)
+        restarts = max([restarts, *(w.restarts for w in report.workers)])
+    assert restarts <= 1, "a worker crash-looped on the bad variant"
+    assert infer(mesh.http_url, "identity")[0] == 200
+    # The profiling run loads every variant too, and fails on this one: the rest are measured
+    # again and the first plan is made without it (whichever of the two failures came first).
+    until = time.monotonic() + 90
+    while not (report := fetch_status(mesh.controller_address, timeout_s=20)).replans:
+        assert time.monotonic() < until, "no plan was made after the bad variant was set aside"
+        time.sleep(0.5)
     assert infer(mesh.http_url, "identity")[0] == 200
