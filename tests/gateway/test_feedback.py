@@ -66,23 +66,24 @@ def test_numbers_past_their_range_are_refused(body, fragment) -> None:
 
 
 async def test_a_request_slower_than_the_feedback_wait_can_still_be_rated_after_its_answer() -> None:
-    # Real HTTP app and dispatcher, a fake worker answering after 0.6 s; feedback waits 0.3 s.
+    # Real HTTP app and dispatcher, a fake worker answering after 2 s; feedback waits 1 s. (A whole
+    # second: the checks just after the answer hold through a stall of the test process that long.)
     spec = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
     model = ModelInfo(name="echo", family="echoes", version="1", platform="pytorch_torchscript", accuracy=0.9,
                       inputs=spec, outputs=spec, max_batch=4, default_slo_ms=500.0)
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}],
             "parameters": {"letmesh_slo_ms": 6000}}
-    events = EventLog(feedback_wait_s=0.3)
+    events = EventLog(feedback_wait_s=1.0)
     ctx = zmq.asyncio.Context()
     try:
         async with gateway_with_fake_workers(ctx, model, selection="bandit", events=events) as client:
-            client.serve(delay_s=0.6)
+            client.serve(delay_s=2.0)
             until = time.monotonic() + 10
             while (await client.get("/v2/health/ready")).status != 200:
                 assert time.monotonic() < until
                 await asyncio.sleep(0.02)
             request = asyncio.create_task(client.post("/v2/models/echoes/infer", json=body))
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(1.2)
             assert events.due(time.monotonic()) == []  # the control actor's tick while it is in flight
             answer = await asyncio.wait_for(request, 10)
             assert answer.status == 200

@@ -84,7 +84,8 @@ async def test_answered_requests_move_the_triton_counters_by_exactly_their_numbe
 async def test_a_shed_and_a_missed_deadline_show_under_their_reasons(gateway):
     gateway.serve(answer=False)  # holds every request: its queue only grows
     await ready(gateway)
-    patient = {**BODY, "parameters": {"letmesh_slo_ms": 300}}
+    # Held until their deadline: seconds, so that they still wait when the next one asks on a busy host.
+    patient = {**BODY, "parameters": {"letmesh_slo_ms": 3000}}
     held = [asyncio.create_task(gateway.post("/v2/models/echo/infer", json=patient)) for _ in range(3)]
     while gateway.dispatcher.outstanding() < 3:
         await asyncio.sleep(0.01)
