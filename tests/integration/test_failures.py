@@ -14,6 +14,10 @@ from letmesh.status import StatusUnavailable, fetch_status
 from tests.integration.conftest import wait_until
 
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+# While the controller is gone and back, every request is to be answered 200: with seconds to its
+# deadline, not the model's 100 ms, which the restarting controller's start-up (it shares this
+# host's two cores) may take from the worker on a busy machine.
+PATIENT = {**BODY, "parameters": {"letmesh_slo_ms": 5000}}
 
 
 def worker_pids(mesh) -> dict[str, tuple[int, str, int]]:
@@ -81,7 +85,7 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_mesh_resum
         t_end = time.monotonic() + 3.0  # longer than the gateway's controller-liveness window
         count = 0
         while time.monotonic() < t_end:
-            async with session.post(url, json=BODY) as resp:
+            async with session.post(url, json=PATIENT) as resp:
                 assert resp.status == 200, await resp.text()
                 count += 1
     assert count > 20
@@ -94,7 +98,7 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_mesh_resum
     async def load() -> None:
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
-                async with session.post(url, json=BODY) as resp:
+                async with session.post(url, json=PATIENT) as resp:
                     during.append(resp.status if resp.status == 200 else (resp.status, (await resp.text())[:120]))
                 await asyncio.sleep(0.005)
 
@@ -125,5 +129,5 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_mesh_resum
     assert after.controller_epoch == before.controller_epoch + 1
     assert len(during) > 20 and set(during) == {200}, collections.Counter(during)  # non-200s with their message
     async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=BODY) as resp:
+        async with session.post(url, json=PATIENT) as resp:
             assert resp.status == 200
