@@ -271,6 +271,7 @@ class AgentActor(Actor):
             emit=self.tell,
             extra_env={**(self._keys.child_env() if self._keys else {}), **self.config.runtime_env()},
             serving=self.fleet.serving_on(),
+            neighbours=lambda: [pid for pid in self.fleet.pids().values() if pid],
         )
 
         async def profile() -> None:

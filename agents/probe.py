@@ -61,22 +61,51 @@ def cgroup_memory_limit(proc: str = "/proc/self") -> int:
     kernel enforces it (v2 ``memory.max``, v1 ``memory.limit_in_bytes``); 0 when none is set or
     the hierarchy cannot be read. Paths come from ``proc``/cgroup and the mounts of ``proc``/mountinfo
     (a container sees its own cgroup mounted as the root of the hierarchy)."""
+    return min((limit for _, _, limit in _limited_groups(proc)), default=0)
+
+
+def memory_headroom_bytes(proc: str = "/proc/self") -> int:
+    """What more the kernel lets ``proc``'s cgroups and the host take now: at each limited cgroup
+    along its path, the limit less what is charged there (v2 ``memory.current``, v1
+    ``memory.usage_in_bytes``) plus the inactive file pages it would reclaim first; and the host's
+    ``MemAvailable``. The least of them; 0 when none can be read."""
+    rooms = []
+    for version, folder, limit in _limited_groups(proc):
+        try:
+            with open(os.path.join(folder, "memory.current" if version == 2 else "memory.usage_in_bytes")) as f:
+                used = int(f.read().strip())
+            with open(os.path.join(folder, "memory.stat")) as f:
+                stat = dict(line.split() for line in f if line.count(" ") == 1)
+        except (OSError, ValueError):
+            continue
+        rooms.append(limit - used + int(stat.get("inactive_file" if version == 2 else "total_inactive_file", 0)))
+    try:
+        with open("/proc/meminfo") as f:
+            rooms.extend(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(0, min(rooms)) if rooms else 0
+
+
+def _limited_groups(proc: str) -> list[tuple[int, str, int]]:
+    """(cgroup version, folder, limit) of each cgroup along ``proc``'s paths that sets a memory limit."""
     try:
         with open(os.path.join(proc, "cgroup")) as f:
             membership = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
         with open(os.path.join(proc, "mountinfo")) as f:
             mounts = [_cgroup_mount(line) for line in f]
     except OSError:
-        return 0
-    limits = []
+        return []
+    groups = []
     for _, controllers, path in membership:
         v2 = controllers == ""
         if not v2 and "memory" not in controllers.split(","):
             continue
         for version, root, mount_point in filter(None, mounts):
             if version == (2 if v2 else 1):
-                limits.extend(_limits_along(path, root, mount_point, "memory.max" if v2 else "memory.limit_in_bytes"))
-    return min(limits) if limits else 0
+                limits = _limits_along(path, root, mount_point, "memory.max" if v2 else "memory.limit_in_bytes")
+                groups.extend((version, folder, limit) for folder, limit in limits)
+    return groups
 
 
 # A v1 "no limit" reads as the largest page-aligned signed 64-bit value; treat anything this
@@ -100,8 +129,8 @@ def _cgroup_mount(line: str) -> tuple[int, str, str] | None:
     return None
 
 
-def _limits_along(path: str, root: str, mount_point: str, name: str) -> list[int]:
-    """The limits set on ``path`` and each ancestor visible under a mount of ``root``."""
+def _limits_along(path: str, root: str, mount_point: str, name: str) -> list[tuple[str, int]]:
+    """(folder, limit) of ``path`` and each ancestor visible under a mount of ``root`` that sets one."""
     root = root.rstrip("/")
     if not (path == root or path.startswith(root + "/") or root == ""):
         return []
@@ -109,13 +138,14 @@ def _limits_along(path: str, root: str, mount_point: str, name: str) -> list[int
     parts = relative.split("/") if relative else []
     out = []
     for depth in range(len(parts), -1, -1):
+        folder = os.path.join(mount_point, *parts[:depth])
         try:
-            with open(os.path.join(mount_point, *parts[:depth], name)) as f:
+            with open(os.path.join(folder, name)) as f:
                 raw = f.read().strip()
         except OSError:
             continue
         if raw.isdigit() and 0 < int(raw) < _NO_LIMIT:
-            out.append(int(raw))
+            out.append((folder, int(raw)))
     return out
 
 

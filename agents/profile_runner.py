@@ -10,21 +10,19 @@ controller as ProfileProgress messages through ``emit``; the last one has ``done
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
-import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agents.error import AgentError
 from agents.probe import host_cpu_reason
-from agents.process import CORES_ENV, die_with_parent, stop_process, visible_device
+from agents.profile_memory import corunner_shortfall_now
+from agents.profiler_process import ProfileFailed, ProfilerProcess
+from agents.process import CORES_ENV, visible_device
 from agents.profiler import (
     SPEC_ENV,
     Measurement,
@@ -42,22 +40,6 @@ from protocol.types import ColocationSample, DeviceInfo, ProfileSample, VariantS
 log = logging.getLogger(__name__)
 
 Emit = Callable[[ProfileProgress], None]
-
-
-class ProfileFailed(AgentError):
-    """A profiling run could not finish; the message says which process and why."""
-
-
-class ProfilerExited(ProfileFailed):
-    """A profiling process ended before answering."""
-
-
-class ProfilerTimedOut(ProfileFailed):
-    """A profiling process did not answer within its time limit."""
-
-
-class ProfilerRefused(ProfileFailed):
-    """A profiling process answered with an error (artifact, model, or command)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,113 +94,6 @@ def describe(kind: str, device_id: str, partition: int) -> str:
     return f"{partition} core" + ("s" if partition != 1 else "")
 
 
-class _Profiler:
-    """One profiling process and its pipes. Used by one task at a time: a command, then its answer."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, label: str) -> None:
-        self.proc = proc
-        self.label = label
-        self.ready: dict[str, Any] = {}
-        self._tail: collections.deque[str] = collections.deque(maxlen=5)
-        self._stderr = asyncio.create_task(self._drain_stderr(), name=f"profiler-stderr-{proc.pid}")
-
-    @classmethod
-    async def spawn(cls, env: dict[str, str], label: str) -> _Profiler:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agents.profiler",
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=die_with_parent,
-        )
-        return cls(proc, label)
-
-    async def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._tail.append(line)
-                log.debug("profiler on %s: %s", self.label, line)
-
-    async def wait_ready(self, timeout_s: float) -> dict[str, Any]:
-        self.ready = await self._answer("ready", timeout_s)
-        return self.ready
-
-    async def call(self, command: dict[str, Any], expect: str, timeout_s: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(command) + "\n").encode())
-        try:
-            await self.proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it exited; reading its answer reports why
-        return await self._answer(expect, timeout_s)
-
-    async def _answer(self, expect: str, timeout_s: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    raw = await self.proc.stdout.readline()
-            except TimeoutError:
-                raise ProfilerTimedOut(
-                    f"profiler on {self.label} did not answer {expect!r} within {timeout_s:g}s"
-                ) from None
-            if not raw:
-                try:
-                    async with asyncio.timeout(1.0):
-                        code = await self.proc.wait()
-                except TimeoutError:
-                    code = None
-                raise ProfilerExited(f"profiler on {self.label} exited ({code}) before {expect!r}{self._why()}")
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                log.warning("profiler on %s wrote a line that is not JSON: %r", self.label, raw[:200])
-                continue
-            if not isinstance(event, dict):
-                continue
-            if event.get("event") == "error":
-                raise ProfilerRefused(f"profiler on {self.label}: {event.get('message', 'error')}")
-            if event.get("event") == expect:
-                return event
-
-    def _why(self) -> str:
-        return f": {self._tail[-1]}" if self._tail else ""
-
-    async def close(self, timeout_s: float) -> None:
-        """End of input asks it to exit; SIGTERM, then SIGKILL, when it does not."""
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            self.proc.stdin.close()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self.proc.wait()
-            except TimeoutError:
-                pass
-        await stop_process(self.proc, timeout_s)
-        await self.reap()
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-
-    async def reap(self) -> None:
-        await self.proc.wait()
-        try:
-            async with asyncio.timeout(1.0):
-                await self._stderr
-        except TimeoutError:
-            pass  # the timeout cancelled it
-        await asyncio.gather(self._stderr, return_exceptions=True)
-
-
 @dataclass(slots=True)
 class _Tally:
     completed: int = 0
@@ -250,6 +125,7 @@ class ProfileRunner:
         limits: ProfileLimits = ProfileLimits(),
         extra_env: dict[str, str] | None = None,
         serving: tuple[frozenset[int], frozenset[str]] = (frozenset(), frozenset()),
+        neighbours: Callable[[], Iterable[int]] = tuple,
     ) -> None:
         self.cmd = cmd
         self.agent_id = agent_id
@@ -258,13 +134,14 @@ class ProfileRunner:
         # came out twice as slow). Partitions take free cores first; one that cannot is measured
         # anyway, and said to be.
         self._held, self._busy_gpus = serving
+        self._neighbours = neighbours  # the pids of the agent's workers, whose memory the run shares
         self.cores = tuple(sorted(cores, key=lambda c: c in self._held))
         self.controller = controller
         self.cache_dir = Path(state_dir).absolute() / "artifacts"
         self.limits = limits
         self._extra_env = dict(extra_env or {})
         self._emit = emit
-        self._live: list[_Profiler] = []
+        self._live: list[ProfilerProcess] = []
         self._spawned = 0
         self._tally = _Tally()
         self._total = 0
@@ -321,7 +198,7 @@ class ProfileRunner:
         by_name = {v.name: v for v in self.cmd.variants}
         home = await self._start(device, partition, 0, [by_name[n] for n in _names(s.variant for s in steps)])
         solo: dict[Solo, float] = {}
-        other: _Profiler | None = None
+        other: ProfilerProcess | None = None
         for step in steps:
             if isinstance(step, Solo):
                 answer = await self._measure(home, step.variant, step.batch)
@@ -330,6 +207,12 @@ class ProfileRunner:
                 continue
             if other is None:
                 corunners = [by_name[n] for n in _names(s.other for s in steps if isinstance(s, Shared))]
+                if short := self._memory_short(device, home):  # the rest of this partition's steps are Shared
+                    self._total -= sum(isinstance(s, Shared) for s in steps)
+                    log.warning("profiling %s: co-location not measured: memory lacks %d MiB for a co-runner beside "
+                                "the workers and the profiler", describe(device.kind, device.device_id, partition),
+                                max(1, short >> 20))
+                    break
                 other = await self._start(device, step.other_partition, partition, corunners)
             await other.call({"op": "load", "variant": step.other, "batch": step.other_batch}, "loading",
                              self.limits.step_s)
@@ -341,7 +224,14 @@ class ProfileRunner:
                 await proc.close(self.limits.stop_s)
                 self._live.remove(proc)
 
-    async def _start(self, device: DeviceInfo, partition: int, offset: int, variants: list[VariantSpec]) -> _Profiler:
+    def _memory_short(self, device: DeviceInfo, home: ProfilerProcess) -> int:
+        """What the CPU device's memory lacks for a co-runner beside the agent's workers and this
+        run's live profilers (see agents.profile_memory); GPU memory is not what a process holds."""
+        pids = [*self._neighbours(), *(p.proc.pid for p in self._live)]
+        return corunner_shortfall_now(device.memory_bytes, pids, home.proc.pid) if device.kind == "cpu" else 0
+
+    async def _start(self, device: DeviceInfo, partition: int, offset: int,
+                     variants: list[VariantSpec]) -> ProfilerProcess:
         cores = self.cores[offset:offset + partition] if device.kind != "cuda" else ()
         if beside := sorted(set(cores) & self._held):
             # The usual case on a fresh mesh (its first workers serve while it profiles): said, not warned.
@@ -359,14 +249,14 @@ class ProfileRunner:
         env = profiler_environment(spec, kind=device.kind, device_id=device.device_id, partition=partition, cores=cores)
         env.update(self._extra_env)
         label = describe(device.kind, device.device_id, partition)
-        proc = await _Profiler.spawn(env, label)
+        proc = await ProfilerProcess.spawn(env, label)
         self._live.append(proc)
         ready = await proc.wait_ready(self.limits.start_s)
         if cores and sorted(ready.get("cores", ())) != sorted(cores):
             raise ProfileFailed(f"profiler on {label} runs on cores {ready.get('cores')}, not {list(cores)}")
         return proc
 
-    async def _measure(self, proc: _Profiler, variant: str, batch: int) -> dict[str, Any]:
+    async def _measure(self, proc: ProfilerProcess, variant: str, batch: int) -> dict[str, Any]:
         command = {"op": "measure", "variant": variant, "batch": batch, "repeats": max(1, self.cmd.repeats),
                    "warmup": self.limits.warmup_runs}
         answer = await proc.call(command, "measured", self.limits.step_s)

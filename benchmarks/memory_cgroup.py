@@ -107,6 +107,7 @@ def one_run(repo: Path, limit_mb: int, seconds: float, tmp: Path) -> dict[str, A
     moves = [m.group(1) for line in log if (m := re.search(r"re-planning \((.*?)\): \d+ workers kept", line))]
     first_move = next((i for i, line in enumerate(log) if "re-planning (" in line), len(log))
     crashes = [i for i, line in enumerate(log) if "worker crashed" in line]
+    agent_log = (state / "logs" / "agent.log").read_text(errors="replace")
     try:
         figures = {"oom_kills": group.oom_kills(), "failed_charges": group.failed_charges(),
                    "peak_mib": group.peak_bytes() >> 20}
@@ -120,6 +121,8 @@ def one_run(repo: Path, limit_mb: int, seconds: float, tmp: Path) -> dict[str, A
         "worker_crashes_before_first_move": sum(i < first_move for i in crashes),
         "worker_crashes_from_first_move": sum(i >= first_move for i in crashes),
         "profiling_failed": any("profiling on local failed" in line for line in log),
+        # the agent left the co-locations unmeasured: no room for a co-runner (agents.profile_memory)
+        "colocation_skipped": "co-location not measured" in agent_log,
         "moves": moves, "moves_making_room": sum("cannot hold the leaving and the new workers" in line for line in log),
         "answers": codes, "answered": answered,
         "share_503": codes.get("503", 0) / answered if answered else float("nan"),
@@ -135,11 +138,12 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"memory cgroup of {o['limit_mb']} MiB around the agent; demo repository; traffic on "
              f"{', '.join(v for v, _ in TRAFFIC)} for {o['seconds']:.0f} s a run; {o['runs']} run(s)",
              "run  OOM kills  limit hits  worker crashes (before, from the first move)  profiling cut  "
-             "moves (making room)  answers"]
+             "co-location  moves (making room)  answers"]
     for i, r in enumerate(report["runs"]):
         crashes = f"{r['worker_crashes']} ({r['worker_crashes_before_first_move']}, {r['worker_crashes_from_first_move']})"
         lines.append(f"{i:>3}  {r['oom_kills']:>9}  {r['failed_charges']:>10}  {crashes:>42}  "
-                     f"{'yes' if r['profiling_failed'] else 'no':>13}  {len(r['moves']):>5} ({r['moves_making_room']})"
+                     f"{'yes' if r['profiling_failed'] else 'no':>13}  "
+                     f"{'skipped' if r['colocation_skipped'] else 'measured':>11}  {len(r['moves']):>5} ({r['moves_making_room']})"
                      f"          {r['answers']}")
     s = report["summary"]
     lines.append(f"median (min-max): OOM kills {s['oom_kills']['median']:g} ({s['oom_kills']['min']:g}-"

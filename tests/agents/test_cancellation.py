@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from agents.profile_runner import ProfileRunner, _Profiler
+from agents.profile_runner import ProfileRunner
+from agents.profiler_process import ProfilerProcess
 from mesh.actor import MailboxClosed
 from protocol.message import ProfileDevice
 
@@ -29,7 +30,7 @@ class _Pipes:
 @pytest.mark.parametrize("turns", TURNS)
 async def test_a_cancel_that_meets_the_profilers_answer_is_not_lost(turns: int) -> None:
     pipes = _Pipes()
-    profiler = _Profiler(pipes, "1 core")  # type: ignore[arg-type]
+    profiler = ProfilerProcess(pipes, "1 core")  # type: ignore[arg-type]
     waiting = asyncio.create_task(profiler._answer("measured", 30.0))
     for _ in range(3):
         await asyncio.sleep(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from agents.probe import cgroup_memory_limit, total_memory_bytes, usable_memory_bytes
+from agents.probe import cgroup_memory_limit, memory_headroom_bytes, total_memory_bytes, usable_memory_bytes
 from benchmarks.support.cgroup import memory_cgroup
 from protocol.codec import decode, encode
 from protocol.message import RegisterAgent, RegisterAgentReply
@@ -75,6 +75,31 @@ def test_what_the_agent_holds_itself_is_not_offered(tmp_path) -> None:
     _write(Path(proc) / "status", "Name:\tletmesh\nVmHWM:\t   80000 kB\nVmRSS:\t   51200 kB\n")
     assert usable_memory_bytes(0, proc) == 550 * MIB
     assert usable_memory_bytes(500 * MIB, proc) == 500 * MIB  # the operator's cap is the workers' own
+
+
+def test_headroom_is_the_least_left_under_any_limit_along_the_path_counting_reclaimable_files(tmp_path) -> None:
+    mount = tmp_path / "cg"
+    _write(mount / "slice" / "memory.max", str(700 * MIB))
+    _write(mount / "slice" / "memory.current", str(600 * MIB))
+    _write(mount / "slice" / "memory.stat", f"anon {500 * MIB}\ninactive_file {40 * MIB}\n")
+    _write(mount / "slice" / "svc" / "memory.max", str(600 * MIB))
+    _write(mount / "slice" / "svc" / "memory.current", str(450 * MIB))
+    _write(mount / "slice" / "svc" / "memory.stat", f"inactive_file {10 * MIB}\nactive_file {30 * MIB}\n")
+    proc = _proc(tmp_path, "0::/slice/svc\n", f"30 24 0:26 / {mount} rw - cgroup2 cgroup2 rw\n")
+    assert memory_headroom_bytes(proc) == 140 * MIB  # the slice: 700 - 600 + 40; the service has 160
+    _write(mount / "slice" / "memory.max", "max\n")
+    assert memory_headroom_bytes(proc) == 160 * MIB
+
+
+def test_v1_headroom_and_none_beyond_the_hosts_without_a_limit(tmp_path) -> None:
+    mount = tmp_path / "memory"
+    _write(mount / "memory.limit_in_bytes", f"{512 * MIB}\n")
+    _write(mount / "memory.usage_in_bytes", f"{500 * MIB}\n")
+    _write(mount / "memory.stat", f"cache {100 * MIB}\ntotal_inactive_file {50 * MIB}\n")
+    proc = _proc(tmp_path, "4:memory:/docker/abc\n", f"40 30 0:35 /docker/abc {mount} ro - cgroup cgroup rw,memory\n")
+    assert memory_headroom_bytes(proc) == 62 * MIB
+    host = memory_headroom_bytes(str(tmp_path / "absent"))  # no cgroup: what the host has available
+    assert 0 < host <= total_memory_bytes()
 
 
 def _memory_cgroup(limit: int) -> tuple[Path, Path]:

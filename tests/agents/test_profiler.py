@@ -11,6 +11,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -340,6 +342,34 @@ async def test_every_partition_and_batch_is_measured_alone_and_side_by_side(
     assert tuple(s for p in progress for s in p.samples) == result.samples  # each sample sent once
     assert tuple(c for p in progress for c in p.colocations) == result.colocations
     assert leftovers(tmp_path / "agent") == []
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="a co-runner needs a core of its own")
+async def test_no_co_runner_starts_where_memory_cannot_hold_it_beside_the_agents_workers(
+    controller, variants, tmp_path, no_children, caplog
+) -> None:
+    """768 MiB hold the profiler and a co-runner (~230 MiB each here), not beside a worker holding
+    512 MiB: the co-locations go unmeasured rather than have the kernel kill the worker or the run."""
+    worker = subprocess.Popen([sys.executable, "-c", "import sys, time\nheld = b'x' * (512 << 20)\n"
+                               "print('held', flush=True)\ntime.sleep(600)"], stdout=subprocess.PIPE)
+    try:
+        assert worker.stdout.readline() == b"held\n"
+        cmd = ProfileDevice(request_id=8, device_id="cpu0", variants=variants, partitions=(1, 2), batches=(1, 2),
+                            repeats=3, colocation=True)
+        devices = tuple(dataclasses.replace(d, memory_bytes=768 << 20) for d in probe_devices(with_cuda=False))
+        progress: list[ProfileProgress] = []
+        run = ProfileRunner(cmd, agent_id="a1", devices=devices, cores=CORES, controller=controller.address,
+                            state_dir=tmp_path / "agent", emit=progress.append, neighbours=lambda: [worker.pid])
+        with caplog.at_level(logging.WARNING, logger="agents.profile_runner"):
+            result: ProfileResult = await asyncio.wait_for(run.run(), RUN_S)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert result.error == "" and result.colocations == ()
+    cells = {(s.variant, s.partition, s.batch) for s in result.samples}
+    assert cells == {("identity", p, b) for p in (1, 2) for b in (1, 2)} | {("double", p, 1) for p in (1, 2)}
+    assert progress[-1].done and progress[-1].completed == progress[-1].total == len(result.samples)
+    assert "co-location not measured: memory lacks" in caplog.text
 
 
 async def test_cancelling_a_run_kills_its_processes(controller, variants, tmp_path, no_children) -> None:
