@@ -3,8 +3,9 @@
 The plan (agents.profiler.measurement_plan) is taken in order, one partition size at a time: a
 profiling process pinned to that partition measures every (variant, batch) alone, then, for the
 co-locations, a second process on the rest of the device loops the co-runner while the first
-measures again. Nothing else of the run shares the device meanwhile. Results stream to the
-controller as ProfileProgress messages through ``emit``; the last one has ``done`` set.
+measures again, where the device's memory holds it (``agents.profile_memory``; else those
+co-locations go unmeasured). Nothing else of the run shares the device meanwhile. Results stream
+to the controller as ProfileProgress messages through ``emit``; the last one has ``done`` set.
 """
 
 from __future__ import annotations
