@@ -22,11 +22,12 @@ class WorkerExit(enum.IntEnum):
 
     @classmethod
     def final(cls, code: int) -> bool:
-        """Whether starting the same command again would only fail the same way: the spec and
-        the artifacts are the same on a restart, so a load that failed fails again. (A fetch cut
-        short may succeed on a restart.) The controller hears of a load failure and re-plans
-        without the variant; the agent does not restart such a worker meanwhile."""
-        return code in (cls.BAD_SPEC, cls.NOTHING_LOADED)
+        """Whether starting the same command again would only fail the same way: the artifacts
+        are the same on a restart, so a load that failed fails again. The controller hears of the
+        load failure and re-plans without the variant; the agent does not restart such a worker
+        meanwhile. (A fetch cut short may succeed on a restart; an unreadable spec is the agent's
+        doing, and stays under the restart limit, which paces the controller's re-placing.)"""
+        return code == cls.NOTHING_LOADED
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,11 +64,11 @@ def cgroup_memory_limit(proc: str = "/proc/self") -> int:
     return min((limit for _, _, limit in _limited_groups(proc)), default=0)
 
 
-def memory_headroom_bytes(proc: str = "/proc/self") -> int:
+def memory_headroom_bytes(proc: str = "/proc/self") -> int | None:
     """What more the kernel lets ``proc``'s cgroups and the host take now: at each limited cgroup
     along its path, the limit less what is charged there (v2 ``memory.current``, v1
     ``memory.usage_in_bytes``) plus the inactive file pages it would reclaim first; and the host's
-    ``MemAvailable``. The least of them; 0 when none can be read."""
+    ``MemAvailable``. The least of them (0 at a full limit); None when none can be read."""
     rooms = []
     for version, folder, limit in _limited_groups(proc):
         try:
@@ -76,15 +76,16 @@ def memory_headroom_bytes(proc: str = "/proc/self") -> int:
                 used = int(f.read().strip())
             with open(os.path.join(folder, "memory.stat")) as f:
                 stat = dict(line.split() for line in f if line.count(" ") == 1)
+            inactive = int(stat.get("inactive_file" if version == 2 else "total_inactive_file", 0))
         except (OSError, ValueError):
             continue
-        rooms.append(limit - used + int(stat.get("inactive_file" if version == 2 else "total_inactive_file", 0)))
+        rooms.append(limit - used + inactive)
     try:
         with open("/proc/meminfo") as f:
             rooms.extend(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, ValueError, IndexError):
         pass
-    return max(0, min(rooms)) if rooms else 0
+    return max(0, min(rooms)) if rooms else None
 
 
 def _limited_groups(proc: str) -> list[tuple[int, str, int]]:

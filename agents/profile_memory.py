@@ -21,14 +21,14 @@ from agents.proc_usage import ProcessUsage, process_usage
 
 
 def corunner_shortfall(offered: int, beside: Iterable[ProcessUsage], profiler: ProcessUsage | None,
-                       headroom: int = 0) -> int:
+                       headroom: int | None = None) -> int:
     """Bytes a co-runner like ``profiler`` lacks: in ``offered`` less the own peaks of the
-    processes ``beside`` (``profiler`` among them), and in the kernel's ``headroom`` (0: unknown);
-    0 when it fits, or when nothing is known of the device or the profiler."""
+    processes ``beside`` (``profiler`` among them), and in the kernel's ``headroom`` (None:
+    unknown); 0 when it fits, or when nothing is known of the device or the profiler."""
     if offered <= 0 or profiler is None:
         return 0
     room = offered - sum(u.own_peak_bytes() for u in beside)
-    if headroom > 0:
+    if headroom is not None:
         room = min(room, headroom)
     return max(0, profiler.own_peak_bytes() - room)
 

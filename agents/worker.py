@@ -38,6 +38,7 @@ from agents.serving_loop import ServingLoop  # noqa: E402
 from mesh import cpu_policy, heap  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
 from mesh.log_format import FORMAT_ENV, configure as configure_logging  # noqa: E402
+from mesh.links import LINGER_MS  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
 from protocol.codec import decode  # noqa: E402
 from protocol.error import ProtocolError  # noqa: E402
@@ -146,7 +147,8 @@ class Worker:
             await asyncio.gather(control_task, return_exceptions=True)
             for ep in self._gateways.values():
                 ep.close(linger_ms=STOP_FLUSH_MS)  # the drained queue's replies may still be on their way out
-            control.close()
+            # A load failure's report must reach the controller: no restart will send it again.
+            control.close(linger_ms=STOP_FLUSH_MS if WorkerExit.final(self.exit_code) else LINGER_MS)
             self._ctx.term()
             self.serving.close()
 

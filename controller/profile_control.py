@@ -91,7 +91,7 @@ class ProfileControl:
     def report(self, agent_id: str, progress: ProfileProgress, alive: bool) -> None:
         command = self.runs.sent.get((agent_id, progress.request_id))
         # A run that failed on a variant set aside while it ran (a worker could not load it either)
-        # is asked again for the rest: the ask that set it aside came while this run held the agent.
+        # is run again without it: the ask that set it aside came while this run held the agent.
         again = bool(progress.done and progress.error and command is not None
                      and any(v.name in self._registry.unavailable for v in command.variants))
         samples, colocations = self._sound(agent_id, progress)
@@ -100,7 +100,7 @@ class ProfileControl:
             self.runs.measured(samples)
             self._plan_at_samples = self._last_plan()
         self.runs.progress(agent_id, progress.request_id, progress.completed, progress.total, progress.done,
-                           failed=bool(progress.error))
+                           failed=bool(progress.error), again=again)
         if progress.error:
             log.warning("profiling on %s failed: %s", agent_id, progress.error)
         elif progress.done:
@@ -114,9 +114,7 @@ class ProfileControl:
             # made since the last samples came in: it had them all, and one more would only move
             # workers about.)
             self._layout.force()
-        if alive and again:
-            self.retry(agent_id)
-        elif alive:  # its next device, if one waits (else on its return)
+        if alive:  # its next device, if one waits (else on its return)
             self.ask_next(agent_id)
 
     def _last_plan(self) -> object:

@@ -83,6 +83,7 @@ class ProfilingRuns:
     running: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     device_of: dict[tuple[str, int], str] = field(default_factory=dict)
     sent: dict[tuple[str, int], ProfileDevice] = field(default_factory=dict)
+    whole: dict[tuple[str, int], bool] = field(default_factory=dict)  # the run measures every variant
     queued: dict[str, dict[str, bool]] = field(default_factory=dict)  # agent -> device -> everything
     failed: set[tuple[str, str]] = field(default_factory=set)  # (agent, device)
     profiled: set[tuple[str, str]] = field(default_factory=set)  # (variant, device kind) with a stored profile
@@ -127,6 +128,7 @@ class ProfilingRuns:
             self.next_id += 1
             self.running[(agent_id, request_id)] = (0, 0)
             self.device_of[(agent_id, request_id)] = device.device_id
+            self.whole[(agent_id, request_id)] = everything
             command = self.sent[(agent_id, request_id)] = ProfileDevice(
                 request_id=request_id,
                 device_id=device.device_id,
@@ -140,12 +142,17 @@ class ProfilingRuns:
         return []
 
     def progress(self, agent_id: str, request_id: int, completed: int, total: int, done: bool,
-                 failed: bool = False) -> None:
+                 failed: bool = False, again: bool = False) -> None:
+        """A run's report. ``again``: one that failed is queued once more, as it was asked (what
+        made it fail was set aside meanwhile), rather than marked failed."""
         if done:
             self.running.pop((agent_id, request_id), None)
             self.sent.pop((agent_id, request_id), None)
             device = self.device_of.pop((agent_id, request_id), None)
-            if failed and device is not None:
+            whole = self.whole.pop((agent_id, request_id), False)
+            if again and device is not None:
+                self.queued.setdefault(agent_id, {})[device] = whole
+            elif failed and device is not None:
                 self.failed.add((agent_id, device))
         elif (agent_id, request_id) in self.running:
             self.running[(agent_id, request_id)] = (completed, total)
@@ -185,6 +192,7 @@ class ProfilingRuns:
             del self.running[key]
             self.device_of.pop(key, None)
             self.sent.pop(key, None)
+            self.whole.pop(key, None)
         self.queued.pop(agent_id, None)
         self.retry_failed(agent_id)
 

@@ -98,6 +98,8 @@ def test_v1_headroom_and_none_beyond_the_hosts_without_a_limit(tmp_path) -> None
     _write(mount / "memory.stat", f"cache {100 * MIB}\ntotal_inactive_file {50 * MIB}\n")
     proc = _proc(tmp_path, "4:memory:/docker/abc\n", f"40 30 0:35 /docker/abc {mount} ro - cgroup cgroup rw,memory\n")
     assert memory_headroom_bytes(proc) == 62 * MIB
+    _write(mount / "memory.usage_in_bytes", f"{600 * MIB}\n")  # past the limit by what it could reclaim
+    assert memory_headroom_bytes(proc) == 0  # full, not unknown
     host = memory_headroom_bytes(str(tmp_path / "absent"))  # no cgroup: what the host has available
     assert 0 < host <= total_memory_bytes()
 

@@ -24,6 +24,7 @@ def test_a_co_runner_fits_where_the_offer_and_the_kernel_both_hold_one_more_prof
     assert corunner_shortfall(543 * MIB, [worker, profiler], profiler, headroom=200 * MIB) == 0
     # The kernel charged the 96 MiB of libraries here: 110 MiB left, 60 short.
     assert corunner_shortfall(543 * MIB, [worker, profiler], profiler, headroom=110 * MIB) == 60 * MIB
+    assert corunner_shortfall(543 * MIB, [worker, profiler], profiler, headroom=0) == 170 * MIB  # at the limit
     # An operator's 400 MiB cap: 62 MiB left of it, whatever the kernel would allow.
     assert corunner_shortfall(400 * MIB, [worker, profiler], profiler, headroom=1 << 40) == 108 * MIB
 

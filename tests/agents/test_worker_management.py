@@ -192,8 +192,8 @@ async def test_a_worker_that_cannot_be_started_is_reported_and_started_when_aske
     assert len(spawned) == 1 and alive(spawned[0].pid)
 
 
-@pytest.mark.parametrize(("code", "restarted"), [(WorkerExit.NOTHING_LOADED, False), (WorkerExit.BAD_SPEC, False),
-                                                (1, True), (WorkerExit.FETCH_FAILED, True)])
+@pytest.mark.parametrize(("code", "restarted"), [(WorkerExit.NOTHING_LOADED, False), (1, True),
+                                                (WorkerExit.FETCH_FAILED, True), (WorkerExit.BAD_SPEC, True)])
 async def test_a_worker_that_could_load_nothing_is_not_restarted_and_one_that_crashed_is(
         mesh, monkeypatch, code: int, restarted: bool) -> None:
     """Started again, a worker that could load none of its variants would load the same files and

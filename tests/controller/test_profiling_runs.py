@@ -163,3 +163,28 @@ def test_a_run_id_says_which_controller_process_began_the_run() -> None:
     runs = ProfilingRuns(next_id=first_run_id(7))
     assert run_epoch(runs.next_id) == 7 and run_epoch(first_run_id(8) - 2) == 7 and run_epoch(first_run_id(8)) == 8
     assert run_epoch(100_001) == 0  # numbered by an older controller: before any change this one records
+
+
+def test_a_run_asked_again_is_queued_as_it_was_asked_not_marked_failed(tmp_path: Path) -> None:
+    """A run that failed on a variant set aside while it ran goes again without it: an operator's
+    re-run of every variant as such (the profiles on record would leave a gap-filling run nothing
+    to do), the other devices' failures left as they were."""
+    build_trivial(tmp_path)
+    (identity,) = scan_repository(tmp_path).variants.values()
+    variants = [dataclasses.replace(identity, name="bad"), identity]
+    measured = tuple(dataclasses.replace(s, partition=p) for s in _samples(variants, "cpu") for p in (1, 2))
+    runs = ProfilingRuns()
+    (gpu,) = runs.commands("local", (GPU,), variants, ())
+    runs.progress("local", gpu.request_id, 0, 4, done=True, failed=True)  # CUDA out of memory, say
+    (whole,) = runs.commands("local", (CPU, GPU), variants, measured, everything=True)
+    assert whole.device_id == "cpu0"
+    runs.progress("local", whole.request_id, 1, 9, done=True, failed=True, again=True)
+    assert runs.failed == set()  # the re-run cleared the GPU's; the CPU's is not one
+    kept = [identity]  # "bad" was set aside
+    (again,) = runs.next_commands("local", (CPU, GPU), kept, measured)
+    assert (again.device_id, [v.name for v in again.variants]) == ("cpu0", [v.name for v in kept])
+    runs.progress("local", again.request_id, 9, 9, done=True)
+    (gpu_rerun,) = runs.next_commands("local", (CPU, GPU), kept, measured)  # the re-run's turn of the GPU
+    assert gpu_rerun.device_id == "cuda0"
+    runs.progress("local", gpu_rerun.request_id, 0, 4, done=True, failed=True)
+    assert runs.failed == {("local", "cuda0")}  # a failure not asked again stays one
