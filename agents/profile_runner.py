@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.probe import host_cpu_reason
-from agents.profile_memory import corunner_shortfall_now
-from agents.profiler_process import ProfileFailed, ProfilerProcess
 from agents.process import CORES_ENV, visible_device
+from agents.profile_memory import corunner_shortfall_now
 from agents.profiler import (
     SPEC_ENV,
     Measurement,
@@ -34,6 +33,7 @@ from agents.profiler import (
     measurement_plan,
     partition_menu,
 )
+from agents.profiler_process import ProfileFailed, ProfilerProcess
 from mesh.actor import MailboxClosed
 from protocol.message import ProfileDevice, ProfileProgress
 from protocol.types import ColocationSample, DeviceInfo, ProfileSample, VariantSpec
@@ -207,13 +207,13 @@ class ProfileRunner:
                 self._record_solo(device, step, answer)
                 continue
             if other is None:
-                corunners = [by_name[n] for n in _names(s.other for s in steps if isinstance(s, Shared))]
                 if short := self._memory_short(device, home):  # the rest of this partition's steps are Shared
                     self._total -= sum(isinstance(s, Shared) for s in steps)
                     log.warning("profiling %s: co-location not measured: memory lacks %d MiB for a co-runner beside "
                                 "the workers and the profiler", describe(device.kind, device.device_id, partition),
                                 max(1, short >> 20))
                     break
+                corunners = [by_name[n] for n in _names(s.other for s in steps if isinstance(s, Shared))]
                 other = await self._start(device, step.other_partition, partition, corunners)
             await other.call({"op": "load", "variant": step.other, "batch": step.other_batch}, "loading",
                              self.limits.step_s)
