@@ -49,6 +49,7 @@ from protocol.message import (
     RegisterAgentReply,
     StartWorker,
     StopWorker,
+    VariantLoadFailed,
 )
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class AgentActor(Actor):
                 self._taken_unanswered = 0
                 self._controller.beat("controller", self._clock.monotonic())
                 await self._on_controller(inner)
-            case ProfileProgress():  # from the profiling task, on its way to the controller
+            case ProfileProgress() | VariantLoadFailed():  # from the profiling task, on its way to the controller
                 await self._send(msg)
         return None
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agents.artifact import MAX_REASON_LEN
 from agents.probe import host_cpu_reason
 from agents.process import CORES_ENV, visible_device
 from agents.profile_memory import corunner_shortfall_now
@@ -35,12 +36,12 @@ from agents.profiler import (
 )
 from agents.profiler_process import ProfileFailed, ProfilerProcess
 from mesh.actor import MailboxClosed
-from protocol.message import ProfileDevice, ProfileProgress
+from protocol.message import ProfileDevice, ProfileProgress, VariantLoadFailed
 from protocol.types import ColocationSample, DeviceInfo, ProfileSample, VariantSpec
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[ProfileProgress], None]
+Emit = Callable[[ProfileProgress | VariantLoadFailed], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ class ProfileRunner:
         self._tally = _Tally()
         self._total = 0
         self._kind = ""
+        self._unloadable: set[str] = set()  # variants a profiler of this run could not load
 
     async def run(self) -> ProfileResult:
         started = time.monotonic()
@@ -197,10 +199,16 @@ class ProfileRunner:
 
     async def _profile_partition(self, device: DeviceInfo, partition: int, steps: list[Measurement]) -> None:
         by_name = {v.name: v for v in self.cmd.variants}
+        if not (steps := self._loadable(steps)):
+            return
         home = await self._start(device, partition, 0, [by_name[n] for n in _names(s.variant for s in steps)])
+        steps = self._loadable(steps)
         solo: dict[Solo, float] = {}
         other: ProfilerProcess | None = None
         for step in steps:
+            if self._unmeasurable(step):  # a variant the co-runner could not load
+                self._total -= 1
+                continue
             if isinstance(step, Solo):
                 answer = await self._measure(home, step.variant, step.batch)
                 solo[step] = answer["p50_ms"]
@@ -215,6 +223,9 @@ class ProfileRunner:
                     break
                 corunners = [by_name[n] for n in _names(s.other for s in steps if isinstance(s, Shared))]
                 other = await self._start(device, step.other_partition, partition, corunners)
+                if self._unmeasurable(step):
+                    self._total -= 1
+                    continue
             await other.call({"op": "load", "variant": step.other, "batch": step.other_batch}, "loading",
                              self.limits.step_s)
             answer = await self._measure(home, step.variant, step.batch)
@@ -224,6 +235,26 @@ class ProfileRunner:
             if proc is not None:
                 await proc.close(self.limits.stop_s)
                 self._live.remove(proc)
+
+    def _unmeasurable(self, step: Measurement) -> bool:
+        return step.variant in self._unloadable or (isinstance(step, Shared) and step.other in self._unloadable)
+
+    def _loadable(self, steps: list[Measurement]) -> list[Measurement]:
+        """``steps`` without those of a variant a profiler could not load; the run's total shrinks by them."""
+        kept = [s for s in steps if not self._unmeasurable(s)]
+        self._total -= len(steps) - len(kept)
+        return kept
+
+    def _set_aside(self, ready: dict[str, Any], identity: str, label: str) -> None:
+        """Variants the profiler could not load, though others loaded: the controller sets each aside
+        (as on a worker's report) and this run measures the rest, where one would fail it all."""
+        unloadable = ready.get("unloadable")
+        for name, reason in sorted(unloadable.items() if isinstance(unloadable, dict) else ()):
+            if name in self._unloadable or not any(v.name == name for v in self.cmd.variants):
+                continue
+            self._unloadable.add(name)
+            log.error("profiling on %s: variant %s could not be loaded, measuring the rest: %s", label, name, reason)
+            self._emit(VariantLoadFailed(worker_id=identity, variant=name, reason=str(reason)[:MAX_REASON_LEN]))
 
     def _memory_short(self, device: DeviceInfo, home: ProfilerProcess) -> int:
         """What the CPU device's memory lacks for a co-runner beside the agent's workers and this
@@ -255,6 +286,7 @@ class ProfileRunner:
         ready = await proc.wait_ready(self.limits.start_s)
         if cores and sorted(ready.get("cores", ())) != sorted(cores):
             raise ProfileFailed(f"profiler on {label} runs on cores {ready.get('cores')}, not {list(cores)}")
+        self._set_aside(ready, spec.identity, label)
         return proc
 
     async def _measure(self, proc: ProfilerProcess, variant: str, batch: int) -> dict[str, Any]:

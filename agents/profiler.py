@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any  # noqa: E402
 import numpy as np  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
-from agents.artifact import fetch_artifact  # noqa: E402
+from agents.artifact import MAX_REASON_LEN, fetch_artifact  # noqa: E402
 from agents.error import AgentError  # noqa: E402
 from mesh.latency import warmup_batches  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
@@ -334,6 +334,26 @@ def _serve(runners: dict[str, ModelRunner], commands: _Commands, results: IO[str
         command = commands.next()
 
 
+def _load_each(spec: ProfilerSpec, paths: dict[str, Path], runner: type, onnx_upgrade: bool,
+               ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each variant's runner, and why each that would not load did not. One that fails is named
+    rather than failing the others; when none loads, the first failure is raised (then the host,
+    not a variant, is likely at fault)."""
+    runners: dict[str, Any] = {}
+    unloadable: dict[str, str] = {}
+    first: Exception | None = None
+    for v in spec.variants:
+        try:
+            runners[v.name] = runner(v, paths[v.name], device=spec.device, onnx_upgrade=onnx_upgrade)
+        except Exception as exc:  # a broken artifact, a model the runtime refuses
+            first = first or exc
+            unloadable[v.name] = f"{type(exc).__name__}: {exc}"[:MAX_REASON_LEN]
+            log.warning("could not load %s: %s", v.name, unloadable[v.name])
+    if first is not None and not runners:
+        raise first
+    return runners, unloadable
+
+
 def main() -> int:
     logging.basicConfig(
         stream=sys.stderr,
@@ -359,13 +379,13 @@ def main() -> int:
             torch.set_num_threads(len(cores))
         from agents.onnx_upgrade import enabled_from_env
 
-        runners = {v.name: ModelRunner(v, paths[v.name], device=spec.device, onnx_upgrade=enabled_from_env())
-                   for v in spec.variants}
+        runners, unloadable = _load_each(spec, paths, ModelRunner, enabled_from_env())
     except Exception as exc:
         _write(results, {"event": "error", "message": f"loading failed: {type(exc).__name__}: {exc}"})
         return 1
     log.info("loaded %s on cores %s with %d threads", ", ".join(runners), cores, torch.get_num_threads())
-    _write(results, {"event": "ready", "variants": list(runners), "cores": cores, "threads": torch.get_num_threads()})
+    _write(results, {"event": "ready", "variants": list(runners), "unloadable": unloadable, "cores": cores,
+                     "threads": torch.get_num_threads()})
     _serve(runners, _Commands(sys.stdin), results)
     return 0
 

@@ -309,7 +309,7 @@ class ControlPlane:
             self._broadcast_gateways()
 
     def _on_load_failed(self, kind: str, peer_id: str, variant: str, reason: str, now: float) -> None:
-        if not self.load_failures.report(kind, peer_id, variant, reason):
+        if not self.load_failures.report(kind, peer_id, variant, reason, self.profiling.in_flight(peer_id)):
             return
         log.error("variant %s failed to load on %s and is now unavailable: %s", variant, peer_id, reason)
         self.layout.force(fresh=False)  # re-place its healthy neighbours without it

@@ -1,4 +1,5 @@
-"""Variants set aside because a worker could not load them, and their return on an operator's re-plan.
+"""Variants set aside because a worker (or a profiling run) could not load them, and their return on
+an operator's re-plan.
 
 Synchronous bookkeeping over the registry's variants: the control plane moves the messages and
 asks for the re-plan and profiling that follow.
@@ -7,9 +8,11 @@ asks for the re-plan and profiling that follow.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from controller.registry import Registry
 from controller.repository import Variant, set_aside
+from protocol.message import ProfileDevice
 
 log = logging.getLogger("controller.control_plane")  # the controller's log: one name for what it says
 
@@ -21,12 +24,15 @@ class LoadFailures:
         self._registry = registry
         self._aside: dict[str, Variant] = {}
 
-    def report(self, kind: str, peer_id: str, variant: str, reason: str) -> bool:
-        """Set ``variant`` aside on a report from ``peer_id`` (a worker, or an agent, placed it);
-        True when it was servable until now. A peer it was not placed on changes nothing."""
+    def report(self, kind: str, peer_id: str, variant: str, reason: str,
+               profiling: Iterable[ProfileDevice] = ()) -> bool:
+        """Set ``variant`` aside on a report from ``peer_id`` (a worker, or an agent, placed it, or the
+        agent is profiling it: ``profiling`` are its runs in flight); True when it was servable until
+        now. A peer it was not placed on, nor asked to measure it, changes nothing."""
         reg = self._registry
         placed = reg.workers_of(peer_id) if kind == "agent" else [reg.workers.get(peer_id)]
-        if not any(w is not None and variant in w.plan.variants for w in placed):
+        measuring = kind == "agent" and any(v.name == variant for run in profiling for v in run.variants)
+        if not measuring and not any(w is not None and variant in w.plan.variants for w in placed):
             return False
         held = reg.variants.get(variant)
         if not set_aside(reg.variants, reg.unavailable, variant, reason):

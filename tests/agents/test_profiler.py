@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,15 +37,18 @@ from agents.profiler import (
     Shared,
     Solo,
     _Commands,
+    _load_each,
     _serve,
     batch_menu,
     measurement_plan,
     partition_menu,
 )
+from controller.config import ControllerConfig
+from controller.controller_actor import ControllerActor
 from controller.repository import load_repository
 from letmesh.zoo import build_trivial, quiet_jit
 from protocol.codec import decode, encode
-from protocol.message import ProfileDevice, ProfileProgress, RegisterAgent, RegisterAgentReply
+from protocol.message import ProfileDevice, ProfileProgress, RegisterAgent, RegisterAgentReply, VariantLoadFailed
 from protocol.types import DeviceInfo, VariantSpec
 from tests.agents.held_up import held_up
 
@@ -191,6 +195,32 @@ def test_a_bad_process_spec_is_refused_by_name(raw: str) -> None:
         ProfilerSpec.from_json(raw)
 
 
+class _Runner:
+    """Stands in for ModelRunner: refuses the variants named in ``refused``."""
+
+    refused: frozenset[str] = frozenset()
+
+    def __init__(self, spec: VariantSpec, path: Path, *, device: str, onnx_upgrade: bool) -> None:
+        if spec.name in self.refused:
+            raise RuntimeError(f"cannot read {path.name}")
+        self.spec = spec
+
+
+@pytest.mark.parametrize("refused", [(), ("double",), ("double", "identity")], ids=["none", "one", "all"])
+def test_a_profiler_loads_each_variant_it_can_and_fails_only_when_none_loads(variants, refused) -> None:
+    spec = ProfilerSpec(controller="tcp://127.0.0.1:1", identity="profiler:a1:1.0", device="cpu", cache_dir="/nowhere",
+                        variants=variants)
+    paths = {v.name: Path(f"/nowhere/{v.name}.pt") for v in variants}
+    runner = type("Refusing", (_Runner,), {"refused": frozenset(refused)})
+    if len(refused) == len(variants):
+        with pytest.raises(RuntimeError, match="cannot read double.pt"):  # the first failure, as before
+            _load_each(spec, paths, runner, False)
+        return
+    runners, unloadable = _load_each(spec, paths, runner, False)
+    assert sorted(runners) == sorted(v.name for v in variants if v.name not in refused)
+    assert unloadable == {name: f"RuntimeError: cannot read {name}.pt" for name in refused}
+
+
 def test_cuda_profiler_gets_its_mps_share() -> None:
     env = profiler_environment(process_spec(), kind="cuda", device_id="cuda1", partition=40, cores=())
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
@@ -291,6 +321,21 @@ def no_children() -> object:
     yield
     left = children()
     assert not left, f"processes left running: {left}"
+
+
+def add_unloadable(root: Path) -> bytes:
+    """A variant "broken" beside "double", its artifact a sound archive with the right sha256 that
+    holds no model: it fetches whole and only loading it fails. Returns the artifact."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("broken/data.pkl", b"not a TorchScript module")
+    blob = buffer.getvalue()
+    (root / "broken").mkdir()
+    (root / "broken" / "model.pt").write_bytes(blob)
+    manifest = json.loads((root / "double" / "manifest.json").read_text())
+    (root / "broken" / "manifest.json").write_text(json.dumps({
+        **manifest, "variant": "broken", "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob)}))
+    return blob
 
 
 def runner(cmd: ProfileDevice, address: str, state_dir: Path, emit: Callable[[ProfileProgress], None],
@@ -411,6 +456,43 @@ async def test_a_variant_that_cannot_be_fetched_fails_the_run_with_a_reason(
     assert leftovers(tmp_path / "agent") == []
 
 
+async def test_a_variant_the_profiler_cannot_load_is_reported_and_the_rest_measured(
+    ctx, repo, tmp_path, no_children
+) -> None:
+    """An artifact that fetches whole but will not load (an archive holding no model, checksummed as it is)
+    is named to the controller, and the run measures the others rather than fail on it."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    add_unloadable(copy)
+    served = tuple(v.spec() for _, v in sorted(load_repository(copy).items()))
+    assert "broken" in {v.name for v in served}
+    actor = ControllerActor(ControllerConfig(bind="tcp://127.0.0.1:0", repository=str(copy),
+                                             state_dir=str(tmp_path / "controller")), ctx=ctx)
+    await asyncio.wait_for(actor.start(), BOUND_S)
+    try:
+        partitions = (1, 2) if TWO_CORES else (1,)
+        cmd = ProfileDevice(request_id=11, device_id="cpu0", variants=served, partitions=partitions, batches=(1,),
+                            repeats=3, colocation=TWO_CORES)
+        said: list[object] = []
+        result: ProfileResult = await asyncio.wait_for(
+            runner(cmd, actor.address, tmp_path / "agent", said.append).run(), RUN_S)
+    finally:
+        await asyncio.wait_for(actor.stop(), BOUND_S)
+
+    assert result.error == ""
+    assert {(s.variant, s.partition) for s in result.samples} == {(n, p) for n in ("double", "identity")
+                                                                 for p in partitions}
+    assert all("broken" not in (c.variant, c.other) for c in result.colocations)
+    if TWO_CORES:
+        assert result.colocations  # the others' co-locations are still measured
+    failures = [m for m in said if isinstance(m, VariantLoadFailed)]
+    assert [(m.variant, m.worker_id.startswith("profiler:a1:11.")) for m in failures] == [("broken", True)]
+    assert failures[0].reason  # why, for the operator
+    progress = [m for m in said if isinstance(m, ProfileProgress)]
+    assert progress[-1].done and progress[-1].error == ""
+    assert progress[-1].completed == progress[-1].total == len(result.samples) + len(result.colocations)
+
+
 async def test_an_unknown_device_fails_at_once(tmp_path, variants, no_children) -> None:
     cmd = ProfileDevice(request_id=3, device_id="cuda7", variants=variants, partitions=(20,), batches=(1,))
     progress: list[ProfileProgress] = []
@@ -463,6 +545,7 @@ class EdgeController:
         self.agent: bytes | None = None
         self.registered = asyncio.Event()
         self.progress: asyncio.Queue[ProfileProgress] = asyncio.Queue()
+        self.load_failures: list[VariantLoadFailed] = []
         self._task = asyncio.create_task(self._serve())
 
     async def _serve(self) -> None:
@@ -476,6 +559,8 @@ class EdgeController:
                 self.registered.set()
             elif isinstance(msg, ProfileProgress):
                 self.progress.put_nowait(msg)
+            elif isinstance(msg, VariantLoadFailed):
+                self.load_failures.append(msg)
 
     async def send(self, msg: object) -> None:
         assert self.agent is not None
@@ -537,6 +622,33 @@ async def test_agent_profiles_on_command_and_its_stop_ends_a_run(ctx, repo, vari
     assert agent.failure is None
     assert not children()  # stopping the agent ended the run and its process
     assert leftovers(tmp_path / "agent") == []
+
+
+async def test_the_agent_names_a_variant_its_profiler_cannot_load_to_the_controller(ctx, repo, tmp_path,
+                                                                                  no_children) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    blob = add_unloadable(copy)
+    specs = {name: v.spec() for name, v in load_repository(copy).items()}
+    cache = tmp_path / "agent" / "artifacts"
+    cache.mkdir(parents=True)
+    shutil.copy(repo / "identity" / "model.pt", cache / specs["identity"].sha256)  # cached: this controller serves none
+    (cache / specs["broken"].sha256).write_bytes(blob)
+    edge = EdgeController(ctx)
+    agent = AgentActor(AgentConfig(controller=edge.address, agent_id="a1", state_dir=str(tmp_path / "agent"),
+                                   heartbeat_interval_s=0.2), ctx=ctx)
+    try:
+        await asyncio.wait_for(agent.start(), BOUND_S)
+        await asyncio.wait_for(edge.registered.wait(), BOUND_S)
+        await edge.send(ProfileDevice(request_id=4, device_id="cpu0", variants=(specs["broken"], specs["identity"]),
+                                      partitions=(1,), batches=(1,), repeats=3, colocation=False))
+        run = await edge.until(4, lambda p: p.done)
+    finally:
+        await asyncio.wait_for(agent.stop(), BOUND_S * 2)
+        await edge.close()
+    assert run[-1].error == "" and {s.variant for p in run for s in p.samples} == {"identity"}
+    assert [m.variant for m in edge.load_failures] == ["broken"]
+    assert agent.failure is None
 
 
 async def test_onnx_variants_are_not_profiled_on_a_gpu_whose_onnxruntime_cannot_use_it(

@@ -125,6 +125,32 @@ async def test_after_a_failed_profiling_run_the_rest_are_profiled_again_without_
     assert {v.name for v in again.variants} == {v.name for v in first.variants} - {bad}
 
 
+async def test_a_variant_only_a_profiling_run_loads_is_set_aside_on_its_agents_report(start_controller, peer) -> None:
+    """The agent measuring a variant it hosts no worker of (a second host) reports that its profiler
+    could not load it: the variant is set aside as on a worker's report. An agent not measuring it
+    cannot."""
+    controller = await start_controller()
+    first = peer(controller.address, b"agent:a1")
+    await first.send(RegisterAgent(agent_id="a1", hostname="host-1", devices=(cpu(2),), pid=1))
+    await first.expect(RegisterAgentReply)
+    second = peer(controller.address, b"agent:a2")
+    await second.send(RegisterAgent(agent_id="a2", hostname="host-2", devices=(cpu(2),), pid=2))
+    await second.expect(RegisterAgentReply)
+    run = await second.expect(ProfileDevice)
+    bad = run.variants[-1].name
+    status = await second.sync()
+    assert bad not in {v for w in status.workers if w.agent_id == "a2" for v in w.variants}  # only measured there
+    stranger = peer(controller.address, b"agent:a3")
+    await stranger.send(VariantLoadFailed(worker_id="profiler:a3:1.0", variant=bad, reason="forged"))
+    assert (await stranger.sync()).unavailable == {}
+
+    await second.send(VariantLoadFailed(worker_id=f"profiler:a2:{run.request_id}.0", variant=bad,
+                                        reason="RuntimeError: PytorchStreamReader failed"))
+    status = await second.sync()
+    assert status.unavailable == {bad: "RuntimeError: PytorchStreamReader failed"}
+    assert bad not in {m.name for m in status.models}
+
+
 async def test_a_peer_cannot_set_aside_a_variant_it_does_not_host(start_controller, peer) -> None:
     controller = await start_controller()
     agent = peer(controller.address, b"agent:a1")
