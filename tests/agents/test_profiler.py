@@ -4,6 +4,7 @@ a real controller, measuring them alone and side by side, streaming progress, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import dataclasses
 import hashlib
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -586,6 +587,21 @@ class EdgeController:
         self.sock.close(linger=0)
 
 
+@contextlib.asynccontextmanager
+async def registered_agent(ctx: zmq.asyncio.Context, state_dir: Path) -> AsyncIterator[tuple[EdgeController, AgentActor]]:
+    """A real agent registered with an EdgeController; stopped, and the edge closed, on the way out."""
+    edge = EdgeController(ctx)
+    agent = AgentActor(AgentConfig(controller=edge.address, agent_id="a1", state_dir=str(state_dir),
+                                   heartbeat_interval_s=0.2), ctx=ctx)
+    try:
+        await asyncio.wait_for(agent.start(), BOUND_S)
+        await asyncio.wait_for(edge.registered.wait(), BOUND_S)
+        yield edge, agent
+    finally:
+        await asyncio.wait_for(agent.stop(), BOUND_S * 2)
+        await edge.close()
+
+
 async def test_agent_profiles_on_command_and_its_stop_ends_a_run(ctx, repo, variants, tmp_path, no_children) -> None:
     identity = next(v for v in variants if v.name == "identity")
     cache = tmp_path / "agent" / "artifacts"
@@ -593,12 +609,7 @@ async def test_agent_profiles_on_command_and_its_stop_ends_a_run(ctx, repo, vari
     shutil.copy(repo / "identity" / "model.pt", cache / identity.sha256)  # cached: this controller serves none
     endless = ProfileDevice(request_id=1, device_id="cpu0", variants=(identity,), partitions=(1,), batches=(1,),
                             repeats=10**8, colocation=False)
-    edge = EdgeController(ctx)
-    agent = AgentActor(AgentConfig(controller=edge.address, agent_id="a1", state_dir=str(tmp_path / "agent"),
-                                   heartbeat_interval_s=0.2), ctx=ctx)
-    try:
-        await asyncio.wait_for(agent.start(), BOUND_S)
-        await asyncio.wait_for(edge.registered.wait(), BOUND_S)
+    async with registered_agent(ctx, tmp_path / "agent") as (edge, agent):
         await edge.send(endless)
         await edge.until(1, lambda p: p.completed == 0)
         await eventually(lambda: bool(children()), RUN_S)  # its profiling process is running
@@ -616,9 +627,6 @@ async def test_agent_profiles_on_command_and_its_stop_ends_a_run(ctx, repo, vari
         await edge.send(dataclasses.replace(endless, request_id=3))
         await edge.until(3, lambda p: p.completed == 0)
         await eventually(lambda: bool(children()), RUN_S)
-    finally:
-        await asyncio.wait_for(agent.stop(), BOUND_S * 2)
-        await edge.close()
     assert agent.failure is None
     assert not children()  # stopping the agent ended the run and its process
     assert leftovers(tmp_path / "agent") == []
@@ -634,18 +642,10 @@ async def test_the_agent_names_a_variant_its_profiler_cannot_load_to_the_control
     cache.mkdir(parents=True)
     shutil.copy(repo / "identity" / "model.pt", cache / specs["identity"].sha256)  # cached: this controller serves none
     (cache / specs["broken"].sha256).write_bytes(blob)
-    edge = EdgeController(ctx)
-    agent = AgentActor(AgentConfig(controller=edge.address, agent_id="a1", state_dir=str(tmp_path / "agent"),
-                                   heartbeat_interval_s=0.2), ctx=ctx)
-    try:
-        await asyncio.wait_for(agent.start(), BOUND_S)
-        await asyncio.wait_for(edge.registered.wait(), BOUND_S)
+    async with registered_agent(ctx, tmp_path / "agent") as (edge, agent):
         await edge.send(ProfileDevice(request_id=4, device_id="cpu0", variants=(specs["broken"], specs["identity"]),
                                       partitions=(1,), batches=(1,), repeats=3, colocation=False))
         run = await edge.until(4, lambda p: p.done)
-    finally:
-        await asyncio.wait_for(agent.stop(), BOUND_S * 2)
-        await edge.close()
     assert run[-1].error == "" and {s.variant for p in run for s in p.samples} == {"identity"}
     assert [m.variant for m in edge.load_failures] == ["broken"]
     assert agent.failure is None
