@@ -149,6 +149,7 @@ class ProfileRunner:
         self._total = 0
         self._kind = ""
         self._unloadable: set[str] = set()  # variants a profiler of this run could not load
+        self._not_beside: set[str] = set()  # variants a co-runner could not load, though the measuring one did
 
     async def run(self) -> ProfileResult:
         started = time.monotonic()
@@ -237,7 +238,8 @@ class ProfileRunner:
                 self._live.remove(proc)
 
     def _unmeasurable(self, step: Measurement) -> bool:
-        return step.variant in self._unloadable or (isinstance(step, Shared) and step.other in self._unloadable)
+        return step.variant in self._unloadable or (
+            isinstance(step, Shared) and (step.other in self._unloadable or step.other in self._not_beside))
 
     def _loadable(self, steps: list[Measurement]) -> list[Measurement]:
         """``steps`` without those of a variant a profiler could not load; the run's total shrinks by them."""
@@ -245,16 +247,26 @@ class ProfileRunner:
         self._total -= len(steps) - len(kept)
         return kept
 
-    def _set_aside(self, ready: dict[str, Any], identity: str, label: str) -> None:
+    def _set_aside(self, ready: dict[str, Any], identity: str, label: str, corunner: bool) -> None:
         """Variants the profiler could not load, though others loaded: the controller sets each aside
-        (as on a worker's report) and this run measures the rest, where one would fail it all."""
+        (as on a worker's report) and this run measures the rest, where one would fail it all. A
+        co-runner failing one the measuring profiler holds says more of the moment than of the
+        variant: only the co-locations beside it are left out, and nothing is reported."""
         unloadable = ready.get("unloadable")
         for name, reason in sorted(unloadable.items() if isinstance(unloadable, dict) else ()):
             if name in self._unloadable or not any(v.name == name for v in self.cmd.variants):
                 continue
+            if corunner:
+                self._not_beside.add(name)
+                log.warning("profiling on %s: co-runner %s did not load, its co-locations are not measured: %s",
+                            label, name, reason)
+                continue
             self._unloadable.add(name)
             log.error("profiling on %s: variant %s could not be loaded, measuring the rest: %s", label, name, reason)
-            self._emit(VariantLoadFailed(worker_id=identity, variant=name, reason=str(reason)[:MAX_REASON_LEN]))
+            try:
+                self._emit(VariantLoadFailed(worker_id=identity, variant=name, reason=str(reason)[:MAX_REASON_LEN]))
+            except MailboxClosed:  # the agent is stopping, and cancels this run
+                log.debug("load failure of %s not passed on: the agent is stopping", name)
 
     def _memory_short(self, device: DeviceInfo, home: ProfilerProcess) -> int:
         """What the CPU device's memory lacks for a co-runner beside the agent's workers and this
@@ -286,7 +298,7 @@ class ProfileRunner:
         ready = await proc.wait_ready(self.limits.start_s)
         if cores and sorted(ready.get("cores", ())) != sorted(cores):
             raise ProfileFailed(f"profiler on {label} runs on cores {ready.get('cores')}, not {list(cores)}")
-        self._set_aside(ready, spec.identity, label)
+        self._set_aside(ready, spec.identity, label, corunner=offset > 0)
         return proc
 
     async def _measure(self, proc: ProfilerProcess, variant: str, batch: int) -> dict[str, Any]:

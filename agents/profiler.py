@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from agents.artifact import MAX_REASON_LEN, fetch_artifact  # noqa: E402
-from agents.error import AgentError  # noqa: E402
+from agents.error import AgentError, ModelLoadError  # noqa: E402
 from mesh.latency import warmup_batches  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
@@ -336,16 +336,17 @@ def _serve(runners: dict[str, ModelRunner], commands: _Commands, results: IO[str
 
 def _load_each(spec: ProfilerSpec, paths: dict[str, Path], runner: type, onnx_upgrade: bool,
                ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Each variant's runner, and why each that would not load did not. One that fails is named
-    rather than failing the others; when none loads, the first failure is raised (then the host,
-    not a variant, is likely at fault)."""
+    """Each variant's runner, and why each whose artifact its runtime refuses (ModelLoadError) did
+    not load. Such a variant is named rather than failing the others. Anything else (memory ran
+    out, a device fault) is the host's and is raised, as is the first refusal when none loads: the
+    host, not every variant, is then likely at fault."""
     runners: dict[str, Any] = {}
     unloadable: dict[str, str] = {}
-    first: Exception | None = None
+    first: ModelLoadError | None = None
     for v in spec.variants:
         try:
             runners[v.name] = runner(v, paths[v.name], device=spec.device, onnx_upgrade=onnx_upgrade)
-        except Exception as exc:  # a broken artifact, a model the runtime refuses
+        except ModelLoadError as exc:
             first = first or exc
             unloadable[v.name] = f"{type(exc).__name__}: {exc}"[:MAX_REASON_LEN]
             log.warning("could not load %s: %s", v.name, unloadable[v.name])

@@ -28,6 +28,7 @@ from torch import nn
 
 from agents.agent_actor import AgentActor
 from agents.config import AgentConfig
+from agents.error import ModelLoadError
 from agents.model_runner import ModelRunner
 from agents.probe import probe_devices, usable_cores
 from agents.process import CORES_ENV
@@ -197,13 +198,17 @@ def test_a_bad_process_spec_is_refused_by_name(raw: str) -> None:
 
 
 class _Runner:
-    """Stands in for ModelRunner: refuses the variants named in ``refused``."""
+    """Stands in for ModelRunner: refuses the variants named in ``refused`` as a runtime refuses an
+    artifact, and runs out of memory on those in ``exhausted``."""
 
     refused: frozenset[str] = frozenset()
+    exhausted: frozenset[str] = frozenset()
 
     def __init__(self, spec: VariantSpec, path: Path, *, device: str, onnx_upgrade: bool) -> None:
         if spec.name in self.refused:
-            raise RuntimeError(f"cannot read {path.name}")
+            raise ModelLoadError(f"cannot read {path.name}")
+        if spec.name in self.exhausted:
+            raise MemoryError("no room for the weights")
         self.spec = spec
 
 
@@ -214,12 +219,20 @@ def test_a_profiler_loads_each_variant_it_can_and_fails_only_when_none_loads(var
     paths = {v.name: Path(f"/nowhere/{v.name}.pt") for v in variants}
     runner = type("Refusing", (_Runner,), {"refused": frozenset(refused)})
     if len(refused) == len(variants):
-        with pytest.raises(RuntimeError, match="cannot read double.pt"):  # the first failure, as before
+        with pytest.raises(ModelLoadError, match="cannot read double.pt"):  # the first failure, as before
             _load_each(spec, paths, runner, False)
         return
     runners, unloadable = _load_each(spec, paths, runner, False)
     assert sorted(runners) == sorted(v.name for v in variants if v.name not in refused)
-    assert unloadable == {name: f"RuntimeError: cannot read {name}.pt" for name in refused}
+    assert unloadable == {name: f"ModelLoadError: cannot read {name}.pt" for name in refused}
+
+
+def test_a_profiler_that_runs_out_of_memory_loading_fails_rather_than_blame_the_variant(variants) -> None:
+    spec = ProfilerSpec(controller="tcp://127.0.0.1:1", identity="profiler:a1:1.0", device="cpu", cache_dir="/nowhere",
+                        variants=variants)
+    paths = {v.name: Path(f"/nowhere/{v.name}.pt") for v in variants}
+    with pytest.raises(MemoryError):  # the host's fault: the run fails, no variant is set aside
+        _load_each(spec, paths, type("Short", (_Runner,), {"exhausted": frozenset({"identity"})}), False)
 
 
 def test_cuda_profiler_gets_its_mps_share() -> None:

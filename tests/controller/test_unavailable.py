@@ -127,8 +127,8 @@ async def test_after_a_failed_profiling_run_the_rest_are_profiled_again_without_
 
 async def test_a_variant_only_a_profiling_run_loads_is_set_aside_on_its_agents_report(start_controller, peer) -> None:
     """The agent measuring a variant it hosts no worker of (a second host) reports that its profiler
-    could not load it: the variant is set aside as on a worker's report. An agent not measuring it
-    cannot."""
+    could not load it: the variant is set aside as on a worker's report. An agent no longer
+    measuring it (its run has ended) cannot."""
     controller = await start_controller()
     first = peer(controller.address, b"agent:a1")
     await first.send(RegisterAgent(agent_id="a1", hostname="host-1", devices=(cpu(2),), pid=1))
@@ -140,9 +140,16 @@ async def test_a_variant_only_a_profiling_run_loads_is_set_aside_on_its_agents_r
     bad = run.variants[-1].name
     status = await second.sync()
     assert bad not in {v for w in status.workers if w.agent_id == "a2" for v in w.variants}  # only measured there
-    stranger = peer(controller.address, b"agent:a3")
-    await stranger.send(VariantLoadFailed(worker_id="profiler:a3:1.0", variant=bad, reason="forged"))
-    assert (await stranger.sync()).unavailable == {}
+    done = peer(controller.address, b"agent:a3")
+    await done.send(RegisterAgent(agent_id="a3", hostname="host-3", devices=(cpu(2),), pid=3))
+    await done.expect(RegisterAgentReply)
+    ended = await done.expect(ProfileDevice, lambda p: bad in {v.name for v in p.variants})
+    await done.send(ProfileProgress(request_id=ended.request_id, agent_id="a3", device_kind="cpu", completed=0,
+                                    total=0, done=True, error="stopped"))
+    await done.send(VariantLoadFailed(worker_id=f"profiler:a3:{ended.request_id}.0", variant=bad, reason="late"))
+    status = await done.sync()
+    assert status.unavailable == {}
+    assert bad not in {v for w in status.workers if w.agent_id == "a3" for v in w.variants}
 
     await second.send(VariantLoadFailed(worker_id=f"profiler:a2:{run.request_id}.0", variant=bad,
                                         reason="RuntimeError: PytorchStreamReader failed"))
