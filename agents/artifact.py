@@ -127,11 +127,15 @@ async def fetch_with_retries(
     return await fetch_artifact(endpoint, replies, cache_dir, sha256, timeout_s=timeout_s)
 
 
+def load_failure_reason(exc: BaseException) -> str:
+    """Why a variant could not be loaded, as a VariantLoadFailed carries it (cut to MAX_REASON_LEN)."""
+    return f"{type(exc).__name__}: {exc}"[:MAX_REASON_LEN]
+
+
 async def report_load_failure(control: Endpoint, worker_id: str, variant: str, exc: BaseException) -> None:
     """Tell the controller that ``variant`` cannot be fetched or loaded here, and why.
 
     The controller marks it unavailable and re-plans without it; the worker serves its other
     variants meanwhile instead of exiting (which would take them down and crash-loop).
     """
-    reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_LEN]
-    await control.send(VariantLoadFailed(worker_id=worker_id, variant=variant, reason=reason))
+    await control.send(VariantLoadFailed(worker_id=worker_id, variant=variant, reason=load_failure_reason(exc)))

@@ -207,15 +207,7 @@ class ProfileRunner:
         solo: dict[Solo, float] = {}
         other: ProfilerProcess | None = None
         for step in steps:
-            if self._unmeasurable(step):  # a variant the co-runner could not load
-                self._total -= 1
-                continue
-            if isinstance(step, Solo):
-                answer = await self._measure(home, step.variant, step.batch)
-                solo[step] = answer["p50_ms"]
-                self._record_solo(device, step, answer)
-                continue
-            if other is None:
+            if isinstance(step, Shared) and other is None:  # the first co-location: its co-runner starts
                 if short := self._memory_short(device, home):  # the rest of this partition's steps are Shared
                     self._total -= sum(isinstance(s, Shared) for s in steps)
                     log.warning("profiling %s: co-location not measured: memory lacks %d MiB for a co-runner beside "
@@ -224,9 +216,15 @@ class ProfileRunner:
                     break
                 corunners = [by_name[n] for n in _names(s.other for s in steps if isinstance(s, Shared))]
                 other = await self._start(device, step.other_partition, partition, corunners)
-                if self._unmeasurable(step):
-                    self._total -= 1
-                    continue
+            if self._unmeasurable(step):  # a variant the co-runner could not load
+                self._total -= 1
+                continue
+            if isinstance(step, Solo):
+                answer = await self._measure(home, step.variant, step.batch)
+                solo[step] = answer["p50_ms"]
+                self._record_solo(device, step, answer)
+                continue
+            assert other is not None
             await other.call({"op": "load", "variant": step.other, "batch": step.other_batch}, "loading",
                              self.limits.step_s)
             answer = await self._measure(home, step.variant, step.batch)

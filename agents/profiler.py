@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any  # noqa: E402
 import numpy as np  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
-from agents.artifact import MAX_REASON_LEN, fetch_artifact  # noqa: E402
+from agents.artifact import fetch_artifact, load_failure_reason  # noqa: E402
 from agents.error import AgentError, ModelLoadError  # noqa: E402
 from mesh.latency import warmup_batches  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
@@ -348,7 +348,7 @@ def _load_each(spec: ProfilerSpec, paths: dict[str, Path], runner: type, onnx_up
             runners[v.name] = runner(v, paths[v.name], device=spec.device, onnx_upgrade=onnx_upgrade)
         except ModelLoadError as exc:
             first = first or exc
-            unloadable[v.name] = f"{type(exc).__name__}: {exc}"[:MAX_REASON_LEN]
+            unloadable[v.name] = load_failure_reason(exc)
             log.warning("could not load %s: %s", v.name, unloadable[v.name])
     if first is not None and not runners:
         raise first
