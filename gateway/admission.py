@@ -44,7 +44,7 @@ def speed_factor(slowdown: float | None, single_ms: float = 0.0) -> float:
 
 
 def predicted_finish_s(curve: LatencyCurve | None, ahead: int, slowdown: float | None = None,
-                       busy_s: float = 0.0, rows: int = 1) -> float | None:
+                       busy_s: float = 0.0, rows: int = 1, s_per_row: float | None = None) -> float | None:
     """Seconds until a new request of ``rows`` rows finishes behind ``ahead`` rows of others on a
     worker; None if unknown.
 
@@ -55,14 +55,23 @@ def predicted_finish_s(curve: LatencyCurve | None, ahead: int, slowdown: float |
     it is not waited for again. Taking the rows as one batch, and crediting a worker that was
     idle with a batch already under way, keep the prediction optimistic: a request turned away
     could not have made it.
+
+    ``s_per_row`` is the pace the worker has answered rows at lately while work waited for it
+    (the gateway's measure, :meth:`~gateway.worker_speeds.WorkerSpeeds.s_per_row`). Where it is
+    slower than the curve, the queue drains at it: the curve times the model alone, while on a
+    core it shares (with this gateway, on a small host) the rows ahead also wait for the others'
+    turns. It is a mean over many batches, so the rule above holds: what is under way is credited.
     """
     if curve is None:
         return None
     factor = speed_factor(slowdown, curve(1))
     finish_s = curve(ahead + max(rows, 1)) / 1e3 * factor
+    running = min(ahead, curve.batches[-1] if curve.batches else 1)
     if ahead > 0 and busy_s > 0:
-        running_s = curve(min(ahead, curve.batches[-1] if curve.batches else 1)) / 1e3 * factor
-        finish_s -= min(busy_s, running_s)
+        finish_s -= min(busy_s, curve(running) / 1e3 * factor)
+    if ahead > 0 and s_per_row is not None:
+        paced_s = (ahead + max(rows, 1)) * s_per_row - min(busy_s, running * s_per_row)
+        finish_s = max(finish_s, paced_s)
     return finish_s
 
 

@@ -253,7 +253,7 @@ class Dispatcher:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), self._inflight.rows(worker_id),
                                           self.speeds.measured(worker_id, variant),
-                                          self.speeds.silent_s(worker_id, now), rows)
+                                          self.speeds.silent_s(worker_id, now), rows, self.speeds.s_per_row(worker_id, now))
             behind_s = self.running_behind_s()
             wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
             if wait_s is not None:
@@ -406,7 +406,8 @@ class Dispatcher:
                 self.counters["late_replies_ignored"] += 1
                 continue
             self.counters["replies"] += 1
-            self.speeds.answered(worker_id, now)
+            self.speeds.answered(worker_id, now, entry.rows if msg.status is ReplyStatus.OK else 0, entry.sent,
+                                 self._inflight.count(worker_id) - 1)  # this reply's request is still counted
             self._finish(msg.request_id, worker_id=worker_id, **self._outcome(worker_id, entry, msg, incoming.buffers, now))
 
     def _outcome(self, worker_id: str, entry: InFlight, msg: InferReply, buffers: list, now: float) -> dict:

@@ -1,8 +1,10 @@
 """What the gateway has measured of each worker's speed: its compute time over its profiled curve
-(per variant) and when it last answered. Pure and synchronous; the dispatcher feeds it replies."""
+(per variant), the pace it answers rows at while work waits for it, and when it last answered. Pure
+and synchronous; the dispatcher feeds it replies."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Container
 
 from mesh.slowdown import SlowdownEstimate, SlowdownTracker
@@ -10,20 +12,76 @@ from protocol.message import InferReply
 
 # Replies a worker's speed is measured over before admission predicts with it.
 MIN_OBSERVATIONS = 3
+# A worker's pace is measured over its replies of the last PACE_WINDOW_S seconds while work waited
+# for it, once they brought at least PACE_MIN_ROWS rows: an average over many batches, which one
+# descheduled batch hardly moves.
+PACE_WINDOW_S = 2.0
+PACE_MIN_ROWS = 16
+
+
+class Pace:
+    """Seconds a row over a sliding window of (when, seconds, rows) spans: a worker's drain rate."""
+
+    __slots__ = ("_spans", "_seconds", "_rows")
+
+    def __init__(self) -> None:
+        self._spans: deque[tuple[float, float, int]] = deque()
+        self._seconds = 0.0
+        self._rows = 0
+
+    def add(self, now: float, seconds: float, rows: int) -> None:
+        self._spans.append((now, seconds, rows))
+        self._seconds += seconds
+        self._rows += rows
+
+    def s_per_row(self, now: float) -> float | None:
+        spans = self._spans
+        while spans and now - spans[0][0] > PACE_WINDOW_S:
+            _, seconds, rows = spans.popleft()
+            self._seconds -= seconds
+            self._rows -= rows
+        return self._seconds / self._rows if self._rows >= PACE_MIN_ROWS else None
 
 
 class WorkerSpeeds:
     def __init__(self) -> None:
         self._trackers: dict[tuple[str, str], SlowdownTracker] = {}
         self._answered_at: dict[str, float] = {}  # worker -> when its latest reply came
+        self._waiting: dict[str, int] = {}  # worker -> requests still out on it after its latest reply
+        self._paces: dict[str, Pace] = {}
 
     def keep(self, pairs: Container[tuple[str, str]], workers: Container[str]) -> None:
         """Forget what was measured of (worker, variant) pairs and workers no longer routed."""
         self._trackers = {k: v for k, v in self._trackers.items() if k in pairs}
         self._answered_at = {w: t for w, t in self._answered_at.items() if w in workers}
+        self._waiting = {w: n for w, n in self._waiting.items() if w in workers}
+        self._paces = {w: p for w, p in self._paces.items() if w in workers}
 
-    def answered(self, worker_id: str, now: float) -> None:
+    def answered(self, worker_id: str, now: float, rows: int = 0, sent: float | None = None,
+                 waiting: int = 0) -> None:
+        """A reply from ``worker_id`` for a request ``sent`` then: ``rows`` it computed for it (0 for
+        one it did not run) and ``waiting``, the requests still out on the worker after it.
+
+        While requests waited on the worker since its previous reply it was at work all along, so
+        the time between the two counts toward its pace, whatever slowed it: a gateway or a
+        neighbour on its core takes its share of the time as the model does. One reply of a
+        batch brings the batch's time, the others of the same batch their rows. The time counts
+        from this request's sending at the latest: those that waited may have left unanswered
+        (their deadline passed here) and the worker idled until it came."""
+        last = self._answered_at.get(worker_id)
+        if last is not None and self._waiting.get(worker_id, 0) > 0:
+            pace = self._paces.get(worker_id)
+            if pace is None:
+                pace = self._paces[worker_id] = Pace()
+            pace.add(now, now - max(last, sent if sent is not None else last), rows)
         self._answered_at[worker_id] = now
+        self._waiting[worker_id] = waiting
+
+    def s_per_row(self, worker_id: str, now: float) -> float | None:
+        """Seconds a row the worker took over its latest busy spells (see :class:`Pace`); None
+        until they brought enough rows, and again once they are older than the window."""
+        pace = self._paces.get(worker_id)
+        return pace.s_per_row(now) if pace is not None else None
 
     def silent_s(self, worker_id: str, now: float) -> float:
         """How long since the worker's latest reply (0 when it has not answered yet)."""

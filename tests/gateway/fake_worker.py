@@ -15,13 +15,16 @@ class FakeWorker:
     """Heartbeats and answers like a worker: echoes its input after ``delay_s``, or holds it.
 
     Each answer says it computed for ``compute_us`` (a batch of one); ``answer`` may be switched
-    off while it serves. With ``error`` set, every answer is that error instead."""
+    off while it serves. With ``error`` set, every answer is that error instead. With ``serial``,
+    requests are answered one after another, ``delay_s`` apart, as a worker with a queue does."""
 
     def __init__(self, ctx, address: str, worker_id: str, *, delay_s: float = 0.0, answer: bool = True,
-                 compute_us: int = 1000, error: str = "") -> None:
+                 compute_us: int = 1000, error: str = "", serial: bool = False) -> None:
         self.worker_id = worker_id
         self.ep = Endpoint.dealer(ctx, address, f"worker:{worker_id}")
         self.delay_s, self.answer, self.compute_us, self.error = delay_s, answer, compute_us, error
+        self.serial = serial
+        self._free_at = 0.0  # serial: when the last request taken is answered (loop time)
         self.received: list[int] = []
         self.budgets: list[int] = []  # each request's budget_us as it arrived
         self.sends: list[int] = []  # requests per send from the gateway (a bundle carries several)
@@ -50,7 +53,12 @@ class FakeWorker:
                 self.sends.append(self._in_send)
                 self._in_send = 0
             if self.answer:
-                asyncio.get_running_loop().call_later(self.delay_s, self._reply, msg, incoming.buffers)
+                loop = asyncio.get_running_loop()
+                if self.serial:
+                    self._free_at = max(self._free_at, loop.time()) + self.delay_s
+                    loop.call_at(self._free_at, self._reply, msg, incoming.buffers)
+                else:
+                    loop.call_later(self.delay_s, self._reply, msg, incoming.buffers)
 
     def _reply(self, msg: InferRequest, buffers) -> None:
         if self.error:

@@ -56,6 +56,21 @@ def test_a_fast_models_slowdown_is_not_believed_and_a_slow_models_is() -> None:
     assert predicted_finish_s(slow, 7, 3.0) == pytest.approx(0.060)
 
 
+def test_a_queue_drains_at_the_pace_the_worker_answered_at_where_that_is_slower_than_its_curve() -> None:
+    """A 1.5 ms-a-row model whose core is shared with its gateway: its queue goes at the 3 ms a row
+    the worker answered at, though the model alone is as fast as profiled (a fast model's compute
+    slowdown is not believed, so nothing else would show it)."""
+    curve = LatencyCurve((1, 8), (1.5, 12.0))  # ms
+    assert predicted_finish_s(curve, 15, 1.0) == pytest.approx(0.024)
+    assert predicted_finish_s(curve, 15, 1.0, s_per_row=0.003) == pytest.approx(0.048)
+    # What is under way since the last answer is credited, up to the largest batch, at that pace.
+    assert predicted_finish_s(curve, 15, 1.0, busy_s=0.006, s_per_row=0.003) == pytest.approx(0.042)
+    assert predicted_finish_s(curve, 15, 1.0, busy_s=1.0, s_per_row=0.003) == pytest.approx(0.024)
+    # A pace faster than the curve changes nothing, and nothing ahead is the request's own time.
+    assert predicted_finish_s(curve, 15, 1.0, s_per_row=0.0005) == pytest.approx(0.024)
+    assert predicted_finish_s(curve, 0, 1.0, s_per_row=0.003) == pytest.approx(0.0015)
+
+
 def test_the_measured_speed_is_trusted_within_bounds_that_depend_on_the_models_cost() -> None:
     assert speed_factor(0.8) == pytest.approx(0.8)
     assert speed_factor(0.1) == SPEED_FLOOR == 0.5  # never faster than half the curve

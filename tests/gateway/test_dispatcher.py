@@ -152,6 +152,30 @@ async def test_the_prediction_runs_at_the_workers_measured_speed(dispatcher, mea
             await t
 
 
+async def test_a_worker_answering_slower_than_its_curve_has_its_queue_predicted_at_that_pace(dispatcher):
+    """The worker's model computes at its curve (5 ms a row, and it says so), but it answers one
+    request every 25 ms, as a worker does on a core it shares with its gateway. A request with
+    100 ms left behind 10 or more waiting would finish in 250 ms or more at that pace: it is
+    turned away at once, where the curve (55 ms) would have sent it to miss its deadline."""
+    dispatcher.spawn("w", delay_s=0.025, serial=True, compute_us=5000)
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="w", variants=("v",),
+                                               latency_ms={"v": (5.0, 10.0, 20.0)})))
+    await reachable(dispatcher, "w")
+    queued = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(10_000))) for _ in range(40)]
+    await asyncio.sleep(0)  # all sent
+    while dispatcher.outstanding() > 15:  # 25 answered: the pace is measured, 15 still wait
+        await asyncio.sleep(0.002)
+    with pytest.raises(Overloaded) as exc_info:
+        await dispatcher.infer("v", {"x": X}, deadline(100))
+    assert exc_info.value.retry_after_s > 0.05
+    assert dispatcher.counters["shed"] == 1
+    for result in await asyncio.gather(*queued):  # the queue itself is served
+        np.testing.assert_array_equal(result.outputs["x"], X)
+    # Idle again, a request is sent whatever the pace was: nothing waits ahead of it (its deadline
+    # leaves room for a busy test host; it would have been turned away behind 40 at that pace).
+    assert (await dispatcher.infer("v", {"x": X}, deadline(500))).worker_id == "w"
+
+
 async def test_the_part_of_the_batch_under_way_since_the_workers_last_answer_is_not_waited_for_again(dispatcher):
     """Three requests went to the worker 0.5 s after its last answer: it has been computing them
     since, so of the 1.6 s they and a fourth take, 0.5 s is done, and a request with 1.3 s left

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.worker_speeds import MIN_OBSERVATIONS, WorkerSpeeds
+import pytest
+
+from gateway.worker_speeds import MIN_OBSERVATIONS, PACE_MIN_ROWS, PACE_WINDOW_S, WorkerSpeeds
 from protocol.message import InferReply
 from protocol.types import ReplyStatus
 
@@ -50,3 +52,50 @@ def test_silence_counts_from_the_latest_reply_and_routing_changes_forget_departe
     assert speeds.measured("w1", "m") is not None
     assert speeds.measured("w2", "m") is None
     assert speeds.silent_s("w2", now=9.0) == 0.0
+
+
+def test_the_pace_counts_the_time_between_replies_while_requests_waited_on_the_worker() -> None:
+    speeds = WorkerSpeeds()
+    speeds.answered("w1", 0.0, rows=1, sent=-0.01, waiting=8)
+    t = 0.0
+    for _ in range(PACE_MIN_ROWS // 4 - 1):  # batches of 4 rows every 12 ms: 3 ms a row
+        t += 0.012
+        for i in range(4):
+            speeds.answered("w1", t, rows=1, sent=-0.01, waiting=8 - i)
+    assert speeds.s_per_row("w1", t) is None  # too few rows yet
+    t += 0.012
+    for i in range(4):
+        speeds.answered("w1", t, rows=1, sent=-0.01, waiting=8 - i)
+    assert speeds.s_per_row("w1", t) == pytest.approx(0.003)
+    assert speeds.s_per_row("w2", t) is None
+    # Past the window the busy spell says nothing of the worker now.
+    assert speeds.s_per_row("w1", t + PACE_WINDOW_S + 0.1) is None
+
+
+def test_an_idle_spell_or_replies_of_requests_not_run_do_not_slow_the_pace() -> None:
+    speeds = WorkerSpeeds()
+    t = 0.0
+    speeds.answered("w1", t, rows=1, sent=t - 0.01, waiting=0)
+    for _ in range(PACE_MIN_ROWS):
+        t += 1.0  # idle between requests: each answered with nothing else out
+        speeds.answered("w1", t, rows=1, sent=t - 0.002, waiting=0)
+    assert speeds.s_per_row("w1", t) is None
+    # Requests left waiting but gone unanswered here (their deadline passed): the next reply's
+    # span counts from its own sending, not from the reply before the idle spell.
+    speeds.answered("w1", t, rows=1, sent=t - 0.002, waiting=3)
+    for _ in range(PACE_MIN_ROWS):
+        t += 0.1  # within the window: the idle spells between are not the worker's time
+        speeds.answered("w1", t, rows=1, sent=t - 0.002, waiting=1)
+    assert speeds.s_per_row("w1", t) == pytest.approx(0.002)
+    # Replies of requests the worker dropped unrun bring no rows: their time is the others'.
+    speeds.answered("w1", t + 0.001, rows=0, sent=t - 0.01, waiting=1)
+    assert speeds.s_per_row("w1", t + 0.001) > 0.002
+
+
+def test_a_departed_workers_pace_is_forgotten() -> None:
+    speeds = WorkerSpeeds()
+    for i in range(PACE_MIN_ROWS + 1):
+        speeds.answered("w1", i * 0.002, rows=1, sent=-1.0, waiting=5)
+    assert speeds.s_per_row("w1", PACE_MIN_ROWS * 0.002) == pytest.approx(0.002)
+    speeds.keep(set(), set())
+    assert speeds.s_per_row("w1", PACE_MIN_ROWS * 0.002) is None
