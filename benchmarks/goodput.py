@@ -207,8 +207,27 @@ def measure_servers(servers: dict[str, Server], work: Workload, limit: float, op
             quiet()
             sweeps[name].append(sweep(servers[name], work, start, 3.0 * max(limit, top_limit or 0.0), opts,
                                       seed + 100 * (i + 1)))
-    return {name: {**low[name], **summarise_sweeps(sweeps[name]), "affinity": server.affinity(),
+    summaries = {name: summarise_sweeps(sweeps[name]) for name in servers}
+    over = overload_steps(servers, work, opts, max(s["max_rate"] for s in summaries.values()), seed + 7)
+    return {name: {**low[name], **summaries[name], "overload": over.get(name), "affinity": server.affinity(),
                    "runtimes": server.runtimes()} for name, server in servers.items()}
+
+
+def overload_steps(servers: dict[str, Server], work: Workload, opts: Options, max_rate: float,
+                   seed: int) -> dict[str, dict[str, Any]]:
+    """One step per server at ``opts.overload`` x ``max_rate`` (the higher server's), the same
+    arrivals for both: how many requests each still answers within the SLO (its goodput) and how
+    it answers the rest, when asked for more than it can serve."""
+    if not opts.overload or max_rate <= 0:
+        return {}
+    rate = opts.overload * max_rate
+    requests = max(opts.step_requests, math.ceil(rate * opts.step_s))
+    out = {}
+    for name, server in servers.items():
+        settle(server)
+        result = step(server, work, rate, requests, seed)
+        out[name] = {**result, "goodput_rps": result["good_fraction"] * rate}  # over the arrivals' span
+    return out
 
 
 def summarise_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class Options:
     slo_factor: float
     slo_ms: float | None  # a fixed SLO (one model), instead of slo_factor x the batch-1 latency measured
     max_batch: int | None  # a fixed max batch for letmesh, instead of the largest fitting half the SLO
+    overload: float = 1.5  # the overload step's rate over the higher max rate; 0: no such step
     seed: int
     out: Path
 
@@ -82,6 +83,9 @@ def parse_arguments(argv: list[str] | None, description: str) -> Options:
                         "on a host whose speed moves between them then compare the same regime")
     p.add_argument("--max-batch", type=int,
                    help="a fixed max batch for letmesh, instead of the largest whose latency fits half the SLO")
+    p.add_argument("--overload", type=float, default=1.5,
+                   help="after the sweeps, one step per server at this many times the higher of their max rates: "
+                        "what each still answers within the SLO when asked for more than it can (default 1.5; 0: none)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     a = p.parse_args(argv)
@@ -113,6 +117,8 @@ def parse_arguments(argv: list[str] | None, description: str) -> Options:
         p.error("--idle-s must be positive")
     if a.step_s is not None and not 0 < a.step_s <= 600:
         p.error("--step-s must be in (0, 600]")
+    if not (a.overload == 0 or 1 < a.overload <= 10):
+        p.error("--overload must be 0 (no overload step) or in (1, 10]")
     if a.slo_factor <= 0:
         p.error("--slo-factor must be positive")
     if a.slo_ms is not None and (not 0 < a.slo_ms <= 600_000 or len(models) != 1):
@@ -131,5 +137,5 @@ def parse_arguments(argv: list[str] | None, description: str) -> Options:
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
         low_requests=a.low_requests or (100 if quick else 300),
         idle_s=a.idle_s or (4.0 if quick else 10.0),
-        slo_factor=a.slo_factor, slo_ms=a.slo_ms, max_batch=a.max_batch, seed=a.seed, out=a.out,
+        slo_factor=a.slo_factor, slo_ms=a.slo_ms, max_batch=a.max_batch, overload=a.overload, seed=a.seed, out=a.out,
     )

@@ -34,6 +34,11 @@ def _n(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _statuses(step: dict[str, Any]) -> str:
+    """A step's answers by status ("-1": no answer within the client's timeout)."""
+    return " ".join(f"{'timeout' if code == '-1' else code}:{n}" for code, n in step["statuses"].items())
+
+
 def render(report: dict[str, Any]) -> str:
     env, o = report["environment"], report["options"]
     lines = [
@@ -84,6 +89,11 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
                      f"{base['idle_cpu_ms_per_s']:.1f} ms/s; CPU per request less the idle share: letmesh "
                      f"{mesh['cpu_ms_per_req_less_idle']:.2f} ms, baseline {base['cpu_ms_per_req_less_idle']:.2f} ms")
+        if mesh.get("overload") and base.get("overload"):
+            lines.append(f"  asked for {mesh['overload']['rate']:.0f} req/s ({o['overload']:g}x the higher max rate): "
+                         + "; ".join(f"{name} {s['overload']['good_fraction']:.0%} within the SLO "
+                                     f"({s['overload']['goodput_rps']:.0f} req/s), answers {_statuses(s['overload'])}"
+                                     for name, s in m["servers"].items()))
         if m.get("gflops_at_limit"):
             peak = m.get("fp32_peak_gflops")
             rates = ", ".join(f"{label} {m['gflops_at_limit'][name]:.0f}"

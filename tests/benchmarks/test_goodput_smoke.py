@@ -77,7 +77,18 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     assert small["fp32_peak_gflops"] > 0
     for name, lim in small["compute_limit"].items():
         assert math.isclose(small["gflops_at_limit"][name], lim["rps"] * small["mflop_per_image"] / 1000)
+    # Past the sweeps, both servers are asked for 1.5x the higher max rate, the same arrivals for each.
+    top = max(server["max_rate"] for server in small["servers"].values())
+    overloads = [server["overload"] for server in small["servers"].values()]
+    if top > 0:
+        for over in overloads:
+            assert over["rate"] == pytest.approx(1.5 * top)
+            assert over["sent"] == max(STEP_REQUESTS, math.ceil(over["rate"] * STEP_S))
+            assert sum(over["statuses"].values()) == over["sent"]
+            assert over["goodput_rps"] == pytest.approx(over["good"] / over["sent"] * over["rate"])
     text = capsys.readouterr().out
+    if top > 0:
+        assert f"asked for {overloads[0]['rate']:.0f} req/s (1.5x the higher max rate): letmesh " in text
     assert f"arithmetic: {small['mflop_per_image']:.1f} MFLOP an image" in text
     assert f"the compute limit allows at most {small['ceiling_vs_naive']:.2f}x on one core" in text
 
