@@ -41,7 +41,9 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [
 @pytest.fixture
 def costly_mesh(tmp_path):
     repo = tmp_path / "repo"
-    build_costly(repo, variants=VARIANTS, slo_ms=250)
+    # The cost is per row: batches past 8 gain nothing (and past the SLO at full accuracy), and
+    # the cap keeps the workers' warm-up and the mesh's profiling short.
+    build_costly(repo, variants=VARIANTS, slo_ms=250, max_batch=8)
     # The controller's plans are logged, to read a failure with (see plan_lines).
     mesh = LocalMesh(repository=repo, state_dir=tmp_path / "state", extra_env=SETTINGS,
                      log_level="INFO", log_dir=tmp_path / "logs")
