@@ -99,13 +99,13 @@ class Workload:
         return loadgen.raw_request(port, f"/v2/models/{self.model.variant}/infer", self.body)
 
 
-def step(server: Server, work: Workload, rate: float, requests: int, seed: int) -> dict[str, Any]:
+def step(server: Server, work: Workload, rate: float, requests: int, seed: int, settle_s: float) -> dict[str, Any]:
     timeout_s = max(3 * work.slo_ms / 1000.0, 1.0)
     run = _run(loadgen.open_loop(server.port, work.request(server.port), rate=rate, requests=requests, seed=seed,
                                  timeout_s=timeout_s))
     # A failed step leaves a backlog (the baseline computes requests whose client gave up): the next
     # step starts once the server idles.
-    drained_s = settle(server, window_s=0.5, timeout_s=20.0)
+    drained_s = settle(server, window_s=settle_s / 2, timeout_s=20.0)
     return {**loadgen.summarise(run, rate=rate, slo_ms=work.slo_ms, pass_fraction=PASS_FRACTION),
             "drain_s": drained_s}
 
@@ -137,7 +137,7 @@ def sweep(server: Server, work: Workload, start: float, ceiling: float, opts: Op
 
     def attempt(rate: float) -> bool:
         requests = max(opts.step_requests, math.ceil(rate * opts.step_s))
-        steps.append(step(server, work, rate, requests, seed + len(steps)))
+        steps.append(step(server, work, rate, requests, seed + len(steps), opts.settle_s))
         return steps[-1]["passed"]
 
     lo, hi, rate = 0.0, math.inf, start
@@ -172,11 +172,11 @@ def sweep(server: Server, work: Workload, start: float, ceiling: float, opts: Op
 def measure_idle_and_low_rate(server: Server, work: Workload, opts: Options, seed: int) -> dict[str, Any]:
     """Output check, warm-up, idle CPU and CPU per request at the model's low rate."""
     diff = output_error(server, work)
-    warm = step(server, work, max(1.0, work.model.low_rate / 2), max(20, opts.step_requests // 10), seed)
-    settled_s = settle(server)
+    warm = step(server, work, max(1.0, work.model.low_rate / 2), max(20, opts.step_requests // 10), seed, opts.settle_s)
+    settled_s = settle(server, window_s=opts.settle_s)
     idle_ms_per_s = server.idle_cpu_ms_per_s(opts.idle_s)
     before, began = server.cpu_s(), time.monotonic()
-    low = step(server, work, work.model.low_rate, opts.low_requests, seed + 1)
+    low = step(server, work, work.model.low_rate, opts.low_requests, seed + 1, opts.settle_s)
     cpu_ms = (server.cpu_s() - before) / low["sent"] * 1000.0
     # What each request adds beyond what the server burns idle over the same time.
     cpu_less_idle_ms = cpu_ms - idle_ms_per_s * (time.monotonic() - began) / low["sent"]
@@ -194,7 +194,7 @@ def measure_servers(servers: dict[str, Server], work: Workload, limit: float, op
     fastest runtime's compute limit; ``limit`` unless given)."""
     def quiet() -> None:  # whatever one server still does (a mesh profiling its device) ends first
         for server in servers.values():
-            settle(server)
+            settle(server, window_s=opts.settle_s)
 
     low = {}
     for name, server in servers.items():
@@ -224,8 +224,8 @@ def overload_steps(servers: dict[str, Server], work: Workload, opts: Options, ma
     requests = max(opts.step_requests, math.ceil(rate * opts.step_s))
     out = {}
     for name, server in servers.items():
-        settle(server)
-        result = step(server, work, rate, requests, seed)
+        settle(server, window_s=opts.settle_s)
+        result = step(server, work, rate, requests, seed, opts.settle_s)
         out[name] = {**result, "goodput_rps": result["good_fraction"] * rate}  # over the arrivals' span
     return out
 

@@ -33,6 +33,7 @@ class Options:
     slo_ms: float | None  # a fixed SLO (one model), instead of slo_factor x the batch-1 latency measured
     max_batch: int | None  # a fixed max batch for letmesh, instead of the largest fitting half the SLO
     overload: float = 1.5  # the overload step's rate over the higher max rate; 0: no such step
+    settle_s: float = 1.0  # a server idle this long is settled; the drain after a step waits half of it
     seed: int
     out: Path
 
@@ -86,6 +87,9 @@ def parse_arguments(argv: list[str] | None, description: str) -> Options:
     p.add_argument("--overload", type=float, default=1.5,
                    help="after the sweeps, one step per server at this many times the higher of their max rates: "
                         "what each still answers within the SLO when asked for more than it can (default 1.5; 0: none)")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="a server is settled once it used under 10 %% of a core over this many seconds: before each "
+                        "measurement, and (half of it) between rate steps (default 1)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     a = p.parse_args(argv)
@@ -119,6 +123,8 @@ def parse_arguments(argv: list[str] | None, description: str) -> Options:
         p.error("--step-s must be in (0, 600]")
     if not (a.overload == 0 or 1 < a.overload <= 10):
         p.error("--overload must be 0 (no overload step) or in (1, 10]")
+    if not 0 < a.settle_s <= 10:
+        p.error("--settle-s must be in (0, 10]")
     if a.slo_factor <= 0:
         p.error("--slo-factor must be positive")
     if a.slo_ms is not None and (not 0 < a.slo_ms <= 600_000 or len(models) != 1):
@@ -137,5 +143,6 @@ def parse_arguments(argv: list[str] | None, description: str) -> Options:
         bisect=a.bisect if a.bisect is not None else (2 if quick else 4),
         low_requests=a.low_requests or (100 if quick else 300),
         idle_s=a.idle_s or (4.0 if quick else 10.0),
-        slo_factor=a.slo_factor, slo_ms=a.slo_ms, max_batch=a.max_batch, overload=a.overload, seed=a.seed, out=a.out,
+        slo_factor=a.slo_factor, slo_ms=a.slo_ms, max_batch=a.max_batch, overload=a.overload, settle_s=a.settle_s,
+        seed=a.seed, out=a.out,
     )

@@ -31,6 +31,7 @@ def test_a_fixed_slo_and_max_batch_replace_what_the_host_measured() -> None:
     ["--models", "small", "--max-batch", "0"],
     ["--models", "small", "--overload", "1"],  # no overload: the max rate itself
     ["--models", "small", "--overload", "-2"],
+    ["--models", "small", "--settle-s", "0"],
 ])
 def test_nonsense_regimes_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):

@@ -25,7 +25,7 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     before = set(children(os.getpid()))
     out = tmp_path / "goodput.json"
     argv = ["--quick", "--models", "small", "--step-requests", str(STEP_REQUESTS), "--step-s", str(STEP_S), "--bisect", "0", "--sweeps", "2",
-            "--low-requests", "20", "--idle-s", "1", "--onnx-upgrade", "--out", str(out)]
+            "--low-requests", "20", "--idle-s", "1", "--settle-s", "0.2", "--onnx-upgrade", "--out", str(out)]
 
     assert goodput.main(argv) == 0
 
