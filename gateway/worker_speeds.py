@@ -20,7 +20,10 @@ PACE_MIN_ROWS = 16
 
 
 class Pace:
-    """Seconds a row over a sliding window of (when, seconds, rows) spans: a worker's drain rate."""
+    """Seconds a row over a sliding window of (when, seconds, rows) spans: a worker's drain rate.
+
+    The window's totals are kept as spans come and go: admission asks for the pace on every
+    request, and summing the window each time would cost as many steps as replies in 2 s."""
 
     __slots__ = ("_spans", "_seconds", "_rows")
 
