@@ -44,7 +44,7 @@ from mesh.transport import Endpoint, EndpointClosed, PeerUnreachable
 from protocol.codec import tensor_meta, tensors_from_frames
 from protocol.error import ProtocolError
 from protocol.message import Heartbeat, InferReply, InferRequest, RoutingTable, WorkerHello
-from protocol.types import ModelInfo, ReplyStatus, request_rows
+from protocol.types import ModelInfo, ReplyStatus
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,6 @@ log = logging.getLogger(__name__)
 # names from the wire cannot grow the table without bound.
 MAX_UNROUTED_WORKERS = 1024
 LOOP_LAG_SAMPLES = 20  # heartbeat wake-ups the loop-lag gauge looks back over
-
-
-def _rows(model: ModelInfo | None, inputs: dict[str, np.ndarray]) -> int:
-    """The rows (samples) a request brings to a batch: the batch dimension of its first batched
-    input (1 when none has one, as a worker counts them)."""
-    if model is None:  # not in the table (yet): its first input's leading dimension
-        first = next(iter(inputs.values()), None)
-        return int(first.shape[0]) if first is not None and first.ndim else 1
-    return request_rows(model.inputs, [inputs[s.name].shape if s.name in inputs else () for s in model.inputs])
 
 
 @dataclass(slots=True)
@@ -82,6 +73,8 @@ class VariantEstimate:
     # profiled time until its answer, which the worker's live slowdown stretches as a whole.
     profiled_ms: float
     slowdown: SlowdownEstimate
+    # How much longer the pace the worker drains its queue at says that wait is (see admission).
+    queue_ms: float = 0.0
 
 
 class Dispatcher:
@@ -233,8 +226,12 @@ class Dispatcher:
             return VariantEstimate(worker_id, 0.0, slowdown)
         # Rows ahead batch together with this one: it finishes when a batch of ahead+1 rows would.
         # A slow spell of the worker slows those rows as much as this one's, so what is unsure
-        # about its speed applies to the whole wait, not to this request's own share alone.
-        return VariantEstimate(worker_id, max(curve(1), curve(self._inflight.rows(worker_id) + 1)), slowdown)
+        # about its speed applies to the whole wait, not to this request's own share alone. Where
+        # the worker answers slower than that, as admission predicts, the rest is queueing.
+        ahead, now = self._inflight.rows(worker_id), time.monotonic()
+        paced = [predicted_finish_s(curve, ahead, slowdown.mean, self.speeds.silent_s(worker_id, now), 1, pace)
+                 for pace in (None, self.speeds.s_per_row(worker_id, now))]
+        return VariantEstimate(worker_id, max(curve(1), curve(ahead + 1)), slowdown, (paced[1] - paced[0]) * 1e3)
 
     def fastest_alone_ms(self, variant: str) -> float:
         """The variant's profiled batch-1 latency on its fastest routed worker (ms); 0 when unknown."""
@@ -248,7 +245,7 @@ class Dispatcher:
         now = time.monotonic()
         self.demand.request(variant)
         worker_id = self._choose(variant, exclude=None)
-        rows = _rows(self.view.models.get(variant), inputs)
+        rows = self.view.rows(variant, inputs)
         if self._admission:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), self._inflight.rows(worker_id),

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from mesh.latency import LatencyCurve, warmup_batches
 from protocol.message import RoutingTable
-from protocol.types import ModelInfo, WorkerRoute
+from protocol.types import ModelInfo, WorkerRoute, request_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,15 @@ class RoutingView:
 
     def routes(self, variant: str) -> tuple[Route, ...]:
         return self.by_variant.get(variant, ())
+
+    def rows(self, variant: str, inputs: Mapping[str, np.ndarray]) -> int:
+        """The rows (samples) a request of ``variant`` brings to a batch: the batch dimension of
+        its first batched input (1 when none has one, as a worker counts them)."""
+        model = self.models.get(variant)
+        if model is None:  # not in the table (yet): its first input's leading dimension
+            first = next(iter(inputs.values()), None)
+            return int(first.shape[0]) if first is not None and first.ndim else 1
+        return request_rows(model.inputs, [inputs[s.name].shape if s.name in inputs else () for s in model.inputs])
 
     def variants_of(self, worker_id: str) -> tuple[str, ...]:
         route = self.workers.get(worker_id)

@@ -146,6 +146,7 @@ def select(
                 profiled_ms=estimate.profiled_ms,
                 slowdown=estimate.slowdown,
                 budget_ms=budget_ms,
+                queue_ms=estimate.queue_ms,
             )
         )
     if not options:

@@ -97,3 +97,37 @@ async def test_the_best_bet_is_still_taken_when_no_variant_is_confident(family):
     name, p = chosen(family)
     assert name == "large" and 0.5 <= p["large"] < 0.99, p
     await released(held)
+
+
+async def test_a_worker_draining_slower_than_its_curve_sends_the_family_to_the_cheaper_variant(ctx):
+    """L computes "large" at its curve (5 ms a row, and says so) but answers one request every
+    25 ms, as a worker does on a core it shares with its gateway. With 15 requests waiting on it, a
+    request with 250 ms left would wait about 400 ms there at that pace, though the curve says 80:
+    "small" takes it, where the curve alone would have kept "large" and the request been turned
+    away or answered late. Once L's queue has drained, "large" is chosen again."""
+    d = Dispatcher(ctx, "tcp://127.0.0.1:*", gateway_id="test", heartbeat_interval_s=0.05, missed_heartbeats=20)
+    await d.start()
+    large = FakeWorker(ctx, d.address, "L", delay_s=0.025, serial=True, compute_us=5000)
+    small = FakeWorker(ctx, d.address, "S", compute_us=1000)
+    try:
+        d.apply_routing(RoutingTable(version=1, models=(LARGE, SMALL), workers=(
+            WorkerRoute(worker_id="L", variants=("large",), latency_ms={"large": (5.0, 10.0, 20.0)}),
+            WorkerRoute(worker_id="S", variants=("small",), latency_ms={"small": (1.0, 2.0, 4.0)}))))
+        until = time.monotonic() + 10
+        while not (d.ready_workers("large") and d.ready_workers("small")):
+            assert time.monotonic() < until, "workers not reachable"
+            await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(d.infer("large", {"x": X}, Deadline.after(30.0, time.monotonic())))
+                  for _ in range(40)]
+        await asyncio.sleep(0)  # all sent
+        while d.outstanding() > 15:  # 25 answered: L's pace is measured, 15 still wait
+            await asyncio.sleep(0.002)
+        name, p = chosen(d)
+        assert name == "small" and list(p) == ["small"], p
+        await asyncio.gather(*queued)
+        name, p = chosen(d)
+        assert name == "large", p
+    finally:
+        await large.close()
+        await small.close()
+        await d.stop()
