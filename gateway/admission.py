@@ -85,18 +85,21 @@ def running_behind_s(lags_s: Collection[float]) -> float:
     return statistics.median(lags_s) if lags_s else 0.0
 
 
-def admit(finish_s: float | None, remaining_s: float, ahead: int, behind_s: float = 0.0) -> float | None:
+def admit(finish_s: float | None, remaining_s: float, ahead: int, behind_s: float = 0.0,
+          margin_s: float = 0.0) -> float | None:
     """None to send the request; else the seconds after which a retry could be served.
 
     A request is turned away at once when the gateway's loop runs so far behind (``behind_s``)
     that its answer could not be written before the deadline, or when requests are already
     waiting on its worker and the prediction says it cannot finish in the time left: queueing it
     would only turn it into a late answer, and the work spent on it would delay the requests that
-    can still make it.
+    can still make it. ``margin_s`` is how much later than predicted the worker's answers have
+    come lately (:meth:`~gateway.worker_speeds.WorkerSpeeds.margin_s`): the prediction is kept
+    that much inside the time left.
     """
     left_s = remaining_s - behind_s
     if left_s <= 0:
         return max(behind_s, 0.001)
-    if finish_s is None or ahead == 0 or finish_s <= left_s:
+    if finish_s is None or ahead == 0 or finish_s + margin_s <= left_s:
         return None
-    return finish_s - left_s
+    return finish_s + margin_s - left_s

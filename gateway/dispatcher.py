@@ -252,7 +252,7 @@ class Dispatcher:
                                           self.speeds.measured(worker_id, variant),
                                           self.speeds.silent_s(worker_id, now), rows, self.speeds.s_per_row(worker_id, now))
             behind_s = self.running_behind_s()
-            wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s)
+            wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s, self.speeds.margin_s(worker_id, now))
             if wait_s is not None:
                 self.counters["shed"] += 1
                 if behind_s >= deadline.remaining(now):
@@ -261,8 +261,8 @@ class Dispatcher:
                 raise Overloaded(f"{variant} cannot finish within the deadline behind the {ahead} requests "
                                  f"queued on its worker", retry_after_s=wait_s)
         loop = asyncio.get_running_loop()
-        entry = InFlight(self._inflight.new_id(), variant, worker_id, deadline, now, inputs,
-                         waiter=loop.create_future(), rows=rows)
+        entry = InFlight(self._inflight.new_id(), variant, worker_id, deadline, now, inputs, waiter=loop.create_future(),
+                         rows=rows, due=now + finish_s if self._admission and ahead and finish_s is not None else 0.0)
         try:
             self._inflight.add(entry)
         except TableFull as exc:
@@ -416,6 +416,8 @@ class Dispatcher:
                           extra={"worker": worker_id, "variant": msg.variant})
                 return {"error": WorkerFailed(f"worker sent bad outputs: {exc}")}
             self.speeds.observe(worker_id, msg, self.view.curves.get((worker_id, msg.variant)))
+            if entry.due:
+                self.speeds.overran(worker_id, now, entry.due)
             outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
             return {"result": Result(msg.variant, worker_id, msg, outputs, now - entry.sent)}
         if msg.status is ReplyStatus.LATE:

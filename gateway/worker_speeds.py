@@ -17,6 +17,10 @@ MIN_OBSERVATIONS = 3
 # descheduled batch hardly moves.
 PACE_WINDOW_S = 2.0
 PACE_MIN_ROWS = 16
+# How late a worker's answers came against admission's predictions, over the same window once it
+# holds OVERRUN_MIN answers: admission keeps this quantile of it in hand (see :class:`Overrun`).
+OVERRUN_MIN = 16
+OVERRUN_QUANTILE = 0.9
 
 
 class Pace:
@@ -46,12 +50,48 @@ class Pace:
         return self._seconds / self._rows if self._rows >= PACE_MIN_ROWS else None
 
 
+class Overrun:
+    """How much later than admission predicted a worker's answers came (s), over a sliding window:
+    the OVERRUN_QUANTILE of it, never below 0, and 0 until OVERRUN_MIN answers were timed.
+
+    Admission predicts with means (the curve's median, the pace's average), so a request admitted
+    just in time is answered late about as often as not. Keeping this much in hand, past
+    capacity the queue stays short enough that what is admitted is answered in time, and the
+    worker's time goes to those requests rather than to late ones. The quantile is worked out
+    again only after a sixteenth of the window has come or gone (admission asks on every request)."""
+
+    __slots__ = ("_late", "_changes", "_quantile")
+
+    def __init__(self) -> None:
+        self._late: deque[tuple[float, float]] = deque()
+        self._changes = 0
+        self._quantile = 0.0
+
+    def add(self, now: float, late_s: float) -> None:
+        self._late.append((now, late_s))
+        self._changes += 1
+
+    def margin_s(self, now: float) -> float:
+        late = self._late
+        while late and now - late[0][0] > PACE_WINDOW_S:
+            late.popleft()
+            self._changes += 1
+        if len(late) < OVERRUN_MIN:
+            return 0.0
+        if self._changes * 16 >= len(late):
+            ordered = sorted(x for _, x in late)
+            self._quantile = max(0.0, ordered[min(len(ordered) - 1, int(OVERRUN_QUANTILE * len(ordered)))])
+            self._changes = 0
+        return self._quantile
+
+
 class WorkerSpeeds:
     def __init__(self) -> None:
         self._trackers: dict[tuple[str, str], SlowdownTracker] = {}
         self._answered_at: dict[str, float] = {}  # worker -> when its latest reply came
         self._waiting: dict[str, int] = {}  # worker -> requests still out on it after its latest reply
         self._paces: dict[str, Pace] = {}
+        self._overruns: dict[str, Overrun] = {}
 
     def keep(self, pairs: Container[tuple[str, str]], workers: Container[str]) -> None:
         """Forget what was measured of (worker, variant) pairs and workers no longer routed."""
@@ -59,6 +99,7 @@ class WorkerSpeeds:
         self._answered_at = {w: t for w, t in self._answered_at.items() if w in workers}
         self._waiting = {w: n for w, n in self._waiting.items() if w in workers}
         self._paces = {w: p for w, p in self._paces.items() if w in workers}
+        self._overruns = {w: o for w, o in self._overruns.items() if w in workers}
 
     def answered(self, worker_id: str, now: float, rows: int = 0, sent: float | None = None,
                  waiting: int = 0) -> None:
@@ -85,6 +126,18 @@ class WorkerSpeeds:
         until they brought enough rows, and again once they are older than the window."""
         pace = self._paces.get(worker_id)
         return pace.s_per_row(now) if pace is not None else None
+
+    def overran(self, worker_id: str, now: float, due: float) -> None:
+        """The worker answered at ``now`` a request that admission predicted answered by ``due``."""
+        overrun = self._overruns.get(worker_id)
+        if overrun is None:
+            overrun = self._overruns[worker_id] = Overrun()
+        overrun.add(now, now - due)
+
+    def margin_s(self, worker_id: str, now: float) -> float:
+        """How much later than predicted the worker's answers lately came (see :class:`Overrun`)."""
+        overrun = self._overruns.get(worker_id)
+        return overrun.margin_s(now) if overrun is not None else 0.0
 
     def silent_s(self, worker_id: str, now: float) -> float:
         """How long since the worker's latest reply (0 when it has not answered yet)."""

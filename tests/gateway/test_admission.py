@@ -103,3 +103,13 @@ def test_a_request_is_turned_away_only_when_it_cannot_be_answered_in_time(
     assert (wait_s is None) == admitted
     if not admitted:
         assert wait_s > 0
+
+
+def test_what_answers_lately_overran_their_predictions_by_is_kept_in_hand() -> None:
+    """Predicted at 40 ms of the 50 left, a request is sent; when answers lately came 15 ms later
+    than predicted, it is turned away, told to come back once those 5 ms have passed. With nothing
+    waiting ahead it is sent all the same: its worker is idle."""
+    assert admit(0.040, 0.050, ahead=3) is None
+    assert admit(0.040, 0.050, ahead=3, margin_s=0.015) == pytest.approx(0.005)
+    assert admit(0.040, 0.050, ahead=0, margin_s=0.015) is None
+    assert admit(0.030, 0.050, ahead=3, behind_s=0.005, margin_s=0.015) is None

@@ -176,6 +176,28 @@ async def test_a_worker_answering_slower_than_its_curve_has_its_queue_predicted_
     assert (await dispatcher.infer("v", {"x": X}, deadline(500))).worker_id == "w"
 
 
+async def test_a_worker_answering_later_than_predicted_has_that_overrun_kept_in_hand(dispatcher):
+    """The worker's model computes at its curve (5 ms a row) but each answer comes 60 ms after its
+    request, as on a host whose gateway's loop is behind: admission's predictions for requests
+    sent behind another came about 55 ms short. A request with 50 ms left behind two waiting is
+    predicted at about 15 ms, yet is turned away at once: the overrun, kept in hand, takes it past
+    its deadline. Without it the request is sent, and misses the deadline."""
+    dispatcher.spawn("w", delay_s=0.06, compute_us=5000)
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="w", variants=("v",),
+                                               latency_ms={"v": (5.0, 10.0, 20.0)})))
+    await reachable(dispatcher, "w")
+    for _ in range(20):  # 20 requests sent behind one other, each answered about 55 ms past its prediction
+        await asyncio.gather(*(dispatcher.infer("v", {"x": X}, deadline(10_000)) for _ in range(2)))
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(10_000))) for _ in range(2)]
+    await asyncio.sleep(0)  # both sent
+    with pytest.raises(Overloaded) as exc_info:
+        await dispatcher.infer("v", {"x": X}, deadline(50))
+    assert exc_info.value.retry_after_s > 0.01
+    assert dispatcher.counters["shed"] == 1
+    for result in await asyncio.gather(*held):
+        np.testing.assert_array_equal(result.outputs["x"], X)
+
+
 async def test_the_part_of_the_batch_under_way_since_the_workers_last_answer_is_not_waited_for_again(dispatcher):
     """Three requests went to the worker 0.5 s after its last answer: it has been computing them
     since, so of the 1.6 s they and a fourth take, 0.5 s is done, and a request with 1.3 s left

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.worker_speeds import MIN_OBSERVATIONS, PACE_MIN_ROWS, PACE_WINDOW_S, WorkerSpeeds
+from gateway.worker_speeds import MIN_OBSERVATIONS, OVERRUN_MIN, PACE_MIN_ROWS, PACE_WINDOW_S, WorkerSpeeds
 from protocol.message import InferReply
 from protocol.types import ReplyStatus
 
@@ -99,3 +99,30 @@ def test_a_departed_workers_pace_is_forgotten() -> None:
     assert speeds.s_per_row("w1", PACE_MIN_ROWS * 0.002) == pytest.approx(0.002)
     speeds.keep(set(), set())
     assert speeds.s_per_row("w1", PACE_MIN_ROWS * 0.002) is None
+
+
+def test_answers_later_than_predicted_are_kept_in_hand_at_their_ninetieth_percentile() -> None:
+    speeds = WorkerSpeeds()
+    for i in range(OVERRUN_MIN - 1):
+        speeds.overran("w1", 0.01 * i, due=0.01 * i - 0.05)  # 50 ms late
+    assert speeds.margin_s("w1", 0.2) == 0.0  # too few answers yet
+    for i in range(OVERRUN_MIN + 1, 101):  # 100 in all, late by 1 to 100 ms in turn
+        speeds.overran("w1", 0.2 + 0.001 * i, due=0.2 + 0.001 * i - i / 1000)
+    speeds.overran("w1", 0.31, due=0.31 - 0.016)
+    # Of 15 late by 50 ms and one each by 16 to 100 ms, the tenth from the top: 91 ms.
+    assert speeds.margin_s("w1", 0.31) == pytest.approx(0.091)
+    assert speeds.margin_s("w2", 0.31) == 0.0
+    # Past the window they say nothing of the worker now.
+    assert speeds.margin_s("w1", 0.31 + PACE_WINDOW_S + 0.1) == 0.0
+
+
+def test_answers_earlier_than_predicted_keep_nothing_in_hand_and_a_departed_worker_is_forgotten() -> None:
+    speeds = WorkerSpeeds()
+    for i in range(2 * OVERRUN_MIN):
+        speeds.overran("w1", 0.01 * i, due=0.01 * i + 0.02)  # each 20 ms early
+    assert speeds.margin_s("w1", 0.4) == 0.0  # never below zero: admission stays as optimistic as it was
+    for i in range(2 * OVERRUN_MIN):
+        speeds.overran("w2", 0.01 * i, due=0.01 * i - 0.03)
+    assert speeds.margin_s("w2", 0.4) == pytest.approx(0.03)
+    speeds.keep(set(), {"w1"})
+    assert speeds.margin_s("w2", 0.4) == 0.0
