@@ -405,6 +405,9 @@ class Dispatcher:
             self.counters["replies"] += 1
             self.speeds.answered(worker_id, now, entry.rows if msg.status is ReplyStatus.OK else 0, entry.sent,
                                  self._inflight.count(worker_id) - 1)  # this reply's request is still counted
+            if entry.due and msg.status in (ReplyStatus.OK, ReplyStatus.LATE):  # dropped unrun: not before its deadline
+                answered = now if msg.status is ReplyStatus.OK else max(now, entry.deadline.at)
+                self.speeds.overran(worker_id, now, answered - entry.due)
             self._finish(msg.request_id, worker_id=worker_id, **self._outcome(worker_id, entry, msg, incoming.buffers, now))
 
     def _outcome(self, worker_id: str, entry: InFlight, msg: InferReply, buffers: list, now: float) -> dict:
@@ -416,8 +419,6 @@ class Dispatcher:
                           extra={"worker": worker_id, "variant": msg.variant})
                 return {"error": WorkerFailed(f"worker sent bad outputs: {exc}")}
             self.speeds.observe(worker_id, msg, self.view.curves.get((worker_id, msg.variant)))
-            if entry.due:
-                self.speeds.overran(worker_id, now, entry.due)
             outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
             return {"result": Result(msg.variant, worker_id, msg, outputs, now - entry.sent)}
         if msg.status is ReplyStatus.LATE:

@@ -81,6 +81,7 @@ class InflightTable:
         self._detach(entry)
         entry.worker_id = worker_id
         entry.retried = True
+        entry.due = 0.0  # admission's prediction was for the first worker
         self._attach(entry)
 
     def on_worker(self, worker_id: str) -> list[int]:

@@ -127,12 +127,15 @@ class WorkerSpeeds:
         pace = self._paces.get(worker_id)
         return pace.s_per_row(now) if pace is not None else None
 
-    def overran(self, worker_id: str, now: float, due: float) -> None:
-        """The worker answered at ``now`` a request that admission predicted answered by ``due``."""
+    def overran(self, worker_id: str, now: float, late_s: float) -> None:
+        """The worker answered a request ``late_s`` later than admission predicted (earlier: < 0).
+        One it dropped unrun, as unable to finish in time, counts as answered at its deadline: it
+        would have been later still, and leaving it out would measure only the predictions that
+        held."""
         overrun = self._overruns.get(worker_id)
         if overrun is None:
             overrun = self._overruns[worker_id] = Overrun()
-        overrun.add(now, now - due)
+        overrun.add(now, late_s)
 
     def margin_s(self, worker_id: str, now: float) -> float:
         """How much later than predicted the worker's answers lately came (see :class:`Overrun`)."""

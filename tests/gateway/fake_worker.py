@@ -24,6 +24,7 @@ class FakeWorker:
         self.ep = Endpoint.dealer(ctx, address, f"worker:{worker_id}")
         self.delay_s, self.answer, self.compute_us, self.error = delay_s, answer, compute_us, error
         self.serial = serial
+        self.late = False  # set: every request is answered as dropped unrun (ReplyStatus.LATE)
         self._free_at = 0.0  # serial: when the last request taken is answered (loop time)
         self.received: list[int] = []
         self.budgets: list[int] = []  # each request's budget_us as it arrived
@@ -61,6 +62,10 @@ class FakeWorker:
                     loop.call_later(self.delay_s, self._reply, msg, incoming.buffers)
 
     def _reply(self, msg: InferRequest, buffers) -> None:
+        if self.late:  # dropped unrun: it could not have finished in time
+            with contextlib.suppress(EndpointClosed):
+                self.ep.send_nowait(InferReply(request_id=msg.request_id, variant=msg.variant, status=ReplyStatus.LATE))
+            return
         if self.error:
             with contextlib.suppress(EndpointClosed):
                 self.ep.send_nowait(InferReply(request_id=msg.request_id, variant=msg.variant,

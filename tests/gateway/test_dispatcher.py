@@ -198,6 +198,30 @@ async def test_a_worker_answering_later_than_predicted_has_that_overrun_kept_in_
         np.testing.assert_array_equal(result.outputs["x"], X)
 
 
+async def test_requests_a_worker_dropped_unrun_count_as_overrunning_their_prediction_to_their_deadline(dispatcher):
+    """The worker drops unrun every request sent behind another (its own queue is longer than the
+    gateway sees): each was predicted to finish within about 10 ms of its 200 ms, and would have
+    finished after its deadline. Counted so, a request with 150 ms left behind two waiting is
+    turned away at once; counting only the answers computed, it would be sent to miss."""
+    worker = dispatcher.spawn("w", compute_us=5000)
+    dispatcher.apply_routing(table(WorkerRoute(worker_id="w", variants=("v",),
+                                               latency_ms={"v": (5.0, 10.0, 20.0)})))
+    await reachable(dispatcher, "w")
+    worker.late = True
+    for _ in range(20):  # (once 16 were counted, the second of a pair is turned away: also an answer)
+        for outcome in await asyncio.gather(*(dispatcher.infer("v", {"x": X}, deadline(200)) for _ in range(2)),
+                                            return_exceptions=True):
+            assert isinstance(outcome, (DeadlineExceeded, Overloaded)), outcome
+    worker.late, worker.answer = False, False
+    held = [asyncio.create_task(dispatcher.infer("v", {"x": X}, deadline(400))) for _ in range(2)]
+    await asyncio.sleep(0)  # both sent
+    with pytest.raises(Overloaded):
+        await dispatcher.infer("v", {"x": X}, deadline(150))
+    for t in held:
+        with pytest.raises(DeadlineExceeded):
+            await t
+
+
 async def test_the_part_of_the_batch_under_way_since_the_workers_last_answer_is_not_waited_for_again(dispatcher):
     """Three requests went to the worker 0.5 s after its last answer: it has been computing them
     since, so of the 1.6 s they and a fourth take, 0.5 s is done, and a request with 1.3 s left

@@ -25,11 +25,13 @@ def test_a_request_is_taken_once():
 def test_only_the_worker_a_request_is_on_may_answer_it():
     table = InflightTable()
     table.add(entry(1, "w1"))
+    table.get(1).due = 5.0
     table.move(1, "w2")
     assert table.take(1, "w1") is None  # the first worker's late reply
     assert table.on_worker("w1") == [] and table.on_worker("w2") == [1]
     got = table.take(1, "w2")
     assert got is not None and got.retried
+    assert got.due == 0.0  # admission's prediction was for w1: w2's answer is not timed against it
 
 
 def test_the_table_is_bounded():

@@ -104,11 +104,11 @@ def test_a_departed_workers_pace_is_forgotten() -> None:
 def test_answers_later_than_predicted_are_kept_in_hand_at_their_ninetieth_percentile() -> None:
     speeds = WorkerSpeeds()
     for i in range(OVERRUN_MIN - 1):
-        speeds.overran("w1", 0.01 * i, due=0.01 * i - 0.05)  # 50 ms late
+        speeds.overran("w1", 0.01 * i, 0.05)  # 50 ms late
     assert speeds.margin_s("w1", 0.2) == 0.0  # too few answers yet
     for i in range(OVERRUN_MIN + 1, 101):  # 100 in all, late by 1 to 100 ms in turn
-        speeds.overran("w1", 0.2 + 0.001 * i, due=0.2 + 0.001 * i - i / 1000)
-    speeds.overran("w1", 0.31, due=0.31 - 0.016)
+        speeds.overran("w1", 0.2 + 0.001 * i, i / 1000)
+    speeds.overran("w1", 0.31, 0.016)
     # Of 15 late by 50 ms and one each by 16 to 100 ms, the tenth from the top: 91 ms.
     assert speeds.margin_s("w1", 0.31) == pytest.approx(0.091)
     assert speeds.margin_s("w2", 0.31) == 0.0
@@ -119,10 +119,10 @@ def test_answers_later_than_predicted_are_kept_in_hand_at_their_ninetieth_percen
 def test_answers_earlier_than_predicted_keep_nothing_in_hand_and_a_departed_worker_is_forgotten() -> None:
     speeds = WorkerSpeeds()
     for i in range(2 * OVERRUN_MIN):
-        speeds.overran("w1", 0.01 * i, due=0.01 * i + 0.02)  # each 20 ms early
+        speeds.overran("w1", 0.01 * i, -0.02)  # each 20 ms early
     assert speeds.margin_s("w1", 0.4) == 0.0  # never below zero: admission stays as optimistic as it was
     for i in range(2 * OVERRUN_MIN):
-        speeds.overran("w2", 0.01 * i, due=0.01 * i - 0.03)
+        speeds.overran("w2", 0.01 * i, 0.03)
     assert speeds.margin_s("w2", 0.4) == pytest.approx(0.03)
     speeds.keep(set(), {"w1"})
     assert speeds.margin_s("w2", 0.4) == 0.0
