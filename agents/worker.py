@@ -37,6 +37,7 @@ from agents.process import torch_device  # noqa: E402
 from agents.serving_loop import ServingLoop  # noqa: E402
 from mesh import cpu_policy, heap  # noqa: E402
 from mesh.keys import client_keys_from_env  # noqa: E402
+from mesh.latency import reported  # noqa: E402
 from mesh.log_format import FORMAT_ENV, configure as configure_logging  # noqa: E402
 from mesh.links import LINGER_MS  # noqa: E402
 from mesh.transport import Endpoint, EndpointClosed  # noqa: E402
@@ -172,7 +173,7 @@ class Worker:
                 log.error("variant %s cannot be loaded: %s", spec.name, exc)
                 await report_load_failure(control, self.cmd.worker_id, spec.name, exc)
                 continue
-            self.profile_ms[spec.name] = tuple(measured[b] for b in sorted(measured))
+            self.profile_ms[spec.name] = reported(measured, spec.max_batch)
             if runner.runtime != spec.backend:
                 self.runtimes[spec.name] = runner.runtime
             try:

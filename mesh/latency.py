@@ -16,6 +16,16 @@ def warmup_batches(max_batch: int) -> list[int]:
     return sorted({min(2**i, max_batch) for i in range(int(math.log2(max(max_batch, 1))) + 2)})
 
 
+def reported(measured: dict[int, float], max_batch: int) -> tuple[float, ...]:
+    """What a worker reports of its warm-up (``WorkerReady.batch_latency_ms``, which routing
+    tables carry to gateways): the latency at each of ``warmup_batches(max_batch)``, in order.
+
+    A worker may have measured more sizes than those for its own batcher (one on each side of a
+    switch between runtimes); the gateway rebuilds the curve on the warm-up sizes, and drops a
+    report of any other length, and admission with it."""
+    return tuple(measured[b] for b in warmup_batches(max_batch))
+
+
 class LatencyCurve:
     """Latency by batch size: linear between measured sizes, per-item linear beyond the largest."""
 

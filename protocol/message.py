@@ -150,6 +150,8 @@ class WorkerReady:
     agent_id: str
     variants: tuple[str, ...]
     pid: int
+    # Per variant, the warm-up's latency (ms) at batches 1, 2, 4, ... its max batch, those sizes
+    # alone (``mesh.latency.reported``): routing tables carry it to gateways as ``latency_ms``.
     batch_latency_ms: dict[str, tuple[float, ...]]
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)
     # Per variant the ONNX upgrade decided for: its verdict, naming the runtime that serves it

@@ -17,6 +17,7 @@ from torch import nn
 
 from agents import onnx_upgrade
 from agents.model_runner import ModelRunner
+from mesh.latency import reported
 from protocol.types import TensorSpec, VariantSpec
 
 SHAPE = (3, 16, 16)
@@ -359,8 +360,11 @@ def test_where_onnx_wins_only_at_small_batches_each_runtime_serves_its_own_sizes
         np.testing.assert_allclose(runner.run([images(batch)])[0], plain.run([images(batch)])[0],
                                    rtol=onnx_upgrade.RTOL, atol=onnx_upgrade.ATOL)
         assert served[0] == ("onnx" if batch <= 2 else "torchscript", batch)
-    # The warm-up curve has a point on each side of the switch (batch 3 runs on TorchScript).
-    assert sorted(runner.warm_up(repeats=1)) == [1, 2, 3, 4, 8]
+    # The warm-up curve has a point on each side of the switch (batch 3 runs on TorchScript);
+    # the worker reports the warm-up sizes, the curve a gateway rebuilds.
+    measured = runner.warm_up(repeats=1)
+    assert sorted(measured) == [1, 2, 3, 4, 8]
+    assert reported(measured, spec.max_batch) == tuple(measured[b] for b in (1, 2, 4, 8))
     saved = json.loads(onnx_upgrade.verdict_path(spec, artifact).read_text())
     assert saved["runtime"] == "mixed" and saved["onnx_up_to"] == 2
     assert onnx_upgrade.converted_path(spec, artifact).exists(), "the conversion serves the small batches: it is kept"

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from gateway.routing import Route, RoutingView, WorkerPicker
+from mesh.latency import reported
 from protocol.message import RoutingTable
 from protocol.types import ModelInfo, TensorSpec, WorkerRoute
 
@@ -81,3 +82,17 @@ def test_view_reads_weights_per_variant_and_skips_draining_workers():
 def test_an_empty_view_knows_no_model():
     view = RoutingView()
     assert not view.received and view.models == {} and view.routes("x") == ()
+
+
+def test_a_warm_up_measured_across_a_runtime_switch_still_gives_the_gateway_its_curve():
+    """ONNX Runtime serving batches up to 2 and TorchScript above: the worker also timed batch 3,
+    one point on each side of the switch. What it reports holds the warm-up sizes alone, so the
+    gateway has the curve admission predicts with; every size it timed, as sent before, was a
+    report of another length, dropped, and with it admission (the queue ran into 504s)."""
+    measured = {1: 2.0, 2: 3.0, 3: 6.0, 4: 7.0}  # batch 3 on TorchScript
+    route = WorkerRoute(worker_id="w", variants=("m",), latency_ms={"m": reported(measured, 4)})
+    view = RoutingView(RoutingTable(version=1, models=(model("m"),), workers=(route,)))
+    curve = view.curves[("w", "m")]
+    assert [curve(b) for b in (1, 2, 4, 8)] == [2.0, 3.0, 7.0, 14.0]
+    every = WorkerRoute(worker_id="w", variants=("m",), latency_ms={"m": tuple(measured[b] for b in sorted(measured))})
+    assert ("w", "m") not in RoutingView(RoutingTable(version=1, models=(model("m"),), workers=(every,))).curves
