@@ -4,6 +4,7 @@ meet the deadline, measured on a real dispatcher with workers played by DEALER s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -25,29 +26,39 @@ X = np.ones((1, 4), np.float32)
 BOUNDS = RequestBounds(budget_s=0.25, min_accuracy=None, max_energy_j=None, context={})
 
 
-@pytest.fixture
-async def family(ctx):
-    """A dispatcher routing "large" (20 ms a row, however batched) to worker L and "small" (1 ms)
-    to worker S; L has answered a few requests at its curve, so its speed is measured."""
+@contextlib.asynccontextmanager
+async def routed(ctx, large_ms: float, **large_options):
+    """A dispatcher routing "large" (``large_ms`` a row as profiled, however batched) to worker L,
+    played with ``large_options``, and "small" (1 ms) to worker S, both reachable."""
     d = Dispatcher(ctx, "tcp://127.0.0.1:*", gateway_id="test", heartbeat_interval_s=0.05, missed_heartbeats=20)
     await d.start()
-    large, small = FakeWorker(ctx, d.address, "L", compute_us=20_000), FakeWorker(ctx, d.address, "S", compute_us=1000)
+    large = FakeWorker(ctx, d.address, "L", compute_us=int(large_ms * 1000), **large_options)
+    small = FakeWorker(ctx, d.address, "S", compute_us=1000)
     try:
         d.apply_routing(RoutingTable(version=1, models=(LARGE, SMALL), workers=(
-            WorkerRoute(worker_id="L", variants=("large",), latency_ms={"large": (20.0, 40.0, 80.0)}),
+            WorkerRoute(worker_id="L", variants=("large",),
+                        latency_ms={"large": (large_ms, 2 * large_ms, 4 * large_ms)}),
             WorkerRoute(worker_id="S", variants=("small",), latency_ms={"small": (1.0, 2.0, 4.0)}))))
         until = time.monotonic() + 10
         while not (d.ready_workers("large") and d.ready_workers("small")):
             assert time.monotonic() < until, "workers not reachable"
             await asyncio.sleep(0.01)
-        for _ in range(5):
-            await d.infer("large", {"x": X}, Deadline.after(5.0, time.monotonic()))
-        large.answer = False  # from here on, what is sent to L waits there
-        yield d
+        yield d, large
     finally:
         await large.close()
         await small.close()
         await d.stop()
+
+
+@pytest.fixture
+async def family(ctx):
+    """"large" at 20 ms a row on L and "small" on S; L has answered a few requests at its curve, so
+    its speed is measured."""
+    async with routed(ctx, 20.0) as (d, large):
+        for _ in range(5):
+            await d.infer("large", {"x": X}, Deadline.after(5.0, time.monotonic()))
+        large.answer = False  # from here on, what is sent to L waits there
+        yield d
 
 
 async def held_on_large(d: Dispatcher, n: int) -> list[asyncio.Task]:
@@ -105,18 +116,7 @@ async def test_a_worker_draining_slower_than_its_curve_sends_the_family_to_the_c
     request with 250 ms left would wait about 400 ms there at that pace, though the curve says 80:
     "small" takes it, where the curve alone would have kept "large" and the request been turned
     away or answered late. Once L's queue has drained, "large" is chosen again."""
-    d = Dispatcher(ctx, "tcp://127.0.0.1:*", gateway_id="test", heartbeat_interval_s=0.05, missed_heartbeats=20)
-    await d.start()
-    large = FakeWorker(ctx, d.address, "L", delay_s=0.025, serial=True, compute_us=5000)
-    small = FakeWorker(ctx, d.address, "S", compute_us=1000)
-    try:
-        d.apply_routing(RoutingTable(version=1, models=(LARGE, SMALL), workers=(
-            WorkerRoute(worker_id="L", variants=("large",), latency_ms={"large": (5.0, 10.0, 20.0)}),
-            WorkerRoute(worker_id="S", variants=("small",), latency_ms={"small": (1.0, 2.0, 4.0)}))))
-        until = time.monotonic() + 10
-        while not (d.ready_workers("large") and d.ready_workers("small")):
-            assert time.monotonic() < until, "workers not reachable"
-            await asyncio.sleep(0.01)
+    async with routed(ctx, 5.0, delay_s=0.025, serial=True) as (d, _):
         queued = [asyncio.create_task(d.infer("large", {"x": X}, Deadline.after(30.0, time.monotonic())))
                   for _ in range(40)]
         await asyncio.sleep(0)  # all sent
@@ -127,7 +127,3 @@ async def test_a_worker_draining_slower_than_its_curve_sends_the_family_to_the_c
         await asyncio.gather(*queued)
         name, p = chosen(d)
         assert name == "large", p
-    finally:
-        await large.close()
-        await small.close()
-        await d.stop()
