@@ -85,6 +85,20 @@ def running_behind_s(lags_s: Collection[float]) -> float:
     return statistics.median(lags_s) if lags_s else 0.0
 
 
+def timed_against(now: float, finish_s: float | None, remaining_s: float, ahead: int) -> float:
+    """When a request sent now is predicted answered, to time its answer against for the margin
+    admission keeps (:meth:`~gateway.worker_speeds.WorkerSpeeds.margin_s`); 0 not to time it.
+
+    Only requests the prediction decided on count: sent behind others with less than twice the
+    predicted time to spare. Below capacity most are sent with far more, and their overruns
+    differ: a short prediction misses the constant costs around a batch (the wait for the batch
+    under way, the reply's way back), which a long one has to spare. Counted with those, near
+    capacity the margin turned away requests that would have made it."""
+    if ahead == 0 or finish_s is None or finish_s < 0.5 * remaining_s:
+        return 0.0
+    return now + finish_s
+
+
 def admit(finish_s: float | None, remaining_s: float, ahead: int, behind_s: float = 0.0,
           margin_s: float = 0.0) -> float | None:
     """None to send the request; else the seconds after which a retry could be served.

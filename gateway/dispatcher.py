@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from gateway.admission import admit, predicted_finish_s, running_behind_s
+from gateway.admission import admit, predicted_finish_s, running_behind_s, timed_against
 from gateway.demand_counts import DemandCounts
 from gateway.dispatch_error import (
     DeadlineExceeded,
@@ -261,8 +261,9 @@ class Dispatcher:
                 raise Overloaded(f"{variant} cannot finish within the deadline behind the {ahead} requests "
                                  f"queued on its worker", retry_after_s=wait_s)
         loop = asyncio.get_running_loop()
-        entry = InFlight(self._inflight.new_id(), variant, worker_id, deadline, now, inputs, waiter=loop.create_future(),
-                         rows=rows, due=now + finish_s if self._admission and ahead and finish_s is not None else 0.0)
+        due = timed_against(now, finish_s, deadline.remaining(now), ahead) if self._admission else 0.0
+        entry = InFlight(self._inflight.new_id(), variant, worker_id, deadline, now, inputs,
+                         waiter=loop.create_future(), rows=rows, due=due)
         try:
             self._inflight.add(entry)
         except TableFull as exc:

@@ -32,7 +32,7 @@ class InFlight:
     waiter: Any = None  # the shell's handle for answering (an asyncio future); opaque here
     retried: bool = False
     rows: int = 1  # the rows (samples) it brings to its worker's batches
-    due: float = 0.0  # when admission predicted it answered, where it did (requests waited ahead)
+    due: float = 0.0  # when admission predicted it answered, where that is timed (admission.timed_against)
 
 
 @dataclass(slots=True)

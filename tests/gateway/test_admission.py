@@ -12,6 +12,7 @@ from gateway.admission import (
     predicted_finish_s,
     running_behind_s,
     speed_factor,
+    timed_against,
 )
 from mesh.latency import LatencyCurve
 
@@ -113,3 +114,13 @@ def test_what_answers_lately_overran_their_predictions_by_is_kept_in_hand() -> N
     assert admit(0.040, 0.050, ahead=3, margin_s=0.015) == pytest.approx(0.005)
     assert admit(0.040, 0.050, ahead=0, margin_s=0.015) is None
     assert admit(0.030, 0.050, ahead=3, behind_s=0.005, margin_s=0.015) is None
+
+
+def test_only_requests_sent_with_less_than_twice_their_predicted_time_to_spare_are_timed() -> None:
+    """Their overruns are the ones the margin is for: a request predicted at 10 ms of the 100 it
+    has left is not timed, one at 60 ms is (due 60 ms from now), and one with nothing ahead, or no
+    prediction, never is."""
+    assert timed_against(5.0, 0.010, 0.100, ahead=3) == 0.0
+    assert timed_against(5.0, 0.060, 0.100, ahead=3) == pytest.approx(5.060)
+    assert timed_against(5.0, 0.060, 0.100, ahead=0) == 0.0
+    assert timed_against(5.0, None, 0.100, ahead=3) == 0.0
