@@ -178,7 +178,10 @@ def test_a_signal_while_the_demo_models_train_stops_at_once(tmp_path, command, s
     if command == "up":
         argv += ["--http-port", str(free_port()), "--controller-port", str(free_port())]
     with (tmp_path / "stderr").open("w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        # As from a terminal: SIGINT at its default, even where this run inherited it ignored (a
+        # background job of a script). A command left to Python's own Ctrl-C handling keeps it so.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in iter(proc.stdout.readline, ""):
             if line.strip().startswith("training "):  # inside the first model's training
