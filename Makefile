@@ -23,7 +23,7 @@ up: setup
 	$(PY) -m letmesh up
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 bench: setup
 	$(PY) benchmarks/overhead.py --quick

@@ -36,3 +36,27 @@ async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
         await asyncio.sleep(0.05)
     threading.Thread(target=context.destroy, kwargs={"linger": 0}, name="zmq-destroy", daemon=True).start()
     pytest.fail("a ZeroMQ socket was left open")
+
+
+# `make test` runs the suite on two xdist workers. Tests that start whole meshes, servers pinned to
+# cores or benchmarks run one after another on one of them: each sizes its load on the machine it
+# finds, beside at most one other test. The unit tests spread over the workers around them. (xdist's
+# own `xdist_group` marks do not group under pytest 9: xdist 3.8 renames the items through an
+# attribute pytest no longer reads. Hence a scheduler that groups by directory.)
+SERIAL_DIRS = frozenset({"integration", "multihost", "benchmarks", "letmesh", "deploy"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getoption("dist") != "load":  # another --dist asked for by name: xdist's own
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialMeshes(LoadScopeScheduling):
+        """xdist's load scheduling, with the tests under SERIAL_DIRS as one unit of work."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("/", 2)
+            return "whole-mesh" if len(parts) > 2 and parts[1] in SERIAL_DIRS else nodeid
+
+    return SerialMeshes(config, log)
