@@ -220,7 +220,7 @@ class Dispatcher:
         if not candidates:
             return None
         worker_id = min(candidates, key=lambda w: (self._inflight.count(w), w))
-        slowdown = self.speeds.estimate(worker_id, variant)
+        slowdown = self.speeds.estimate(worker_id, variant, now := time.monotonic())
         curve = self.view.curves.get((worker_id, variant))
         if curve is None:
             return VariantEstimate(worker_id, 0.0, slowdown)
@@ -228,7 +228,7 @@ class Dispatcher:
         # A slow spell of the worker slows those rows as much as this one's, so what is unsure
         # about its speed applies to the whole wait, not to this request's own share alone. Where
         # the worker answers slower than that, as admission predicts, the rest is queueing.
-        ahead, now = self._inflight.rows(worker_id), time.monotonic()
+        ahead = self._inflight.rows(worker_id)
         paced = [predicted_finish_s(curve, ahead, slowdown.mean, self.speeds.silent_s(worker_id, now), 1, pace)
                  for pace in (None, self.speeds.s_per_row(worker_id, now))]
         return VariantEstimate(worker_id, max(curve(1), curve(ahead + 1)), slowdown, (paced[1] - paced[0]) * 1e3)
@@ -249,7 +249,7 @@ class Dispatcher:
         if self._admission:
             ahead = self._inflight.count(worker_id)
             finish_s = predicted_finish_s(self.view.curves.get((worker_id, variant)), self._inflight.rows(worker_id),
-                                          self.speeds.measured(worker_id, variant),
+                                          self.speeds.measured(worker_id, variant, now),
                                           self.speeds.silent_s(worker_id, now), rows, self.speeds.s_per_row(worker_id, now))
             behind_s = self.running_behind_s()
             wait_s = admit(finish_s, deadline.remaining(now), ahead, behind_s, self.speeds.margin_s(worker_id, now))
@@ -419,7 +419,7 @@ class Dispatcher:
                 log.error("worker %s sent bad outputs for %s: %s", worker_id, msg.variant, exc,
                           extra={"worker": worker_id, "variant": msg.variant})
                 return {"error": WorkerFailed(f"worker sent bad outputs: {exc}")}
-            self.speeds.observe(worker_id, msg, self.view.curves.get((worker_id, msg.variant)))
+            self.speeds.observe(worker_id, msg, self.view.curves.get((worker_id, msg.variant)), now)
             outputs = {m.name: a for m, a in zip(msg.outputs, arrays)}
             return {"result": Result(msg.variant, worker_id, msg, outputs, now - entry.sent)}
         if msg.status is ReplyStatus.LATE:

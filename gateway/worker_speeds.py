@@ -86,8 +86,10 @@ class Overrun:
 
 
 class WorkerSpeeds:
-    def __init__(self) -> None:
+    def __init__(self, **tracker_options: float) -> None:
+        self._tracker_options = tracker_options  # for each (worker, variant)'s SlowdownTracker
         self._trackers: dict[tuple[str, str], SlowdownTracker] = {}
+        self._observed_at: dict[tuple[str, str], float] = {}  # (worker, variant) -> its latest timed reply
         self._answered_at: dict[str, float] = {}  # worker -> when its latest reply came
         self._waiting: dict[str, int] = {}  # worker -> requests still out on it after its latest reply
         self._paces: dict[str, Pace] = {}
@@ -96,6 +98,7 @@ class WorkerSpeeds:
     def keep(self, pairs: Container[tuple[str, str]], workers: Container[str]) -> None:
         """Forget what was measured of (worker, variant) pairs and workers no longer routed."""
         self._trackers = {k: v for k, v in self._trackers.items() if k in pairs}
+        self._observed_at = {k: t for k, t in self._observed_at.items() if k in pairs}
         self._answered_at = {w: t for w, t in self._answered_at.items() if w in workers}
         self._waiting = {w: n for w, n in self._waiting.items() if w in workers}
         self._paces = {w: p for w, p in self._paces.items() if w in workers}
@@ -146,26 +149,33 @@ class WorkerSpeeds:
         """How long since the worker's latest reply (0 when it has not answered yet)."""
         return now - self._answered_at.get(worker_id, now)
 
-    def observe(self, worker_id: str, reply: InferReply, curve: Callable[[int], float] | None) -> None:
+    def observe(self, worker_id: str, reply: InferReply, curve: Callable[[int], float] | None, now: float) -> None:
         """Count one reply's compute time against what the worker's curve predicts for its batch."""
         if curve is None or reply.compute_us <= 0:
             return
         profiled_ms = curve(max(reply.batch_size, 1))
         if profiled_ms <= 0:
             return
-        tracker = self._trackers.get((worker_id, reply.variant))
+        key = (worker_id, reply.variant)
+        tracker = self._trackers.get(key)
         if tracker is None:  # (not setdefault: a tracker built for every reply costs more than the filter)
-            tracker = self._trackers[(worker_id, reply.variant)] = SlowdownTracker()
-        tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3)
+            tracker = self._trackers[key] = SlowdownTracker(**self._tracker_options)
+        tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3, now - self._observed_at.get(key, now))
+        self._observed_at[key] = now
 
-    def measured(self, worker_id: str, variant: str) -> float | None:
+    def measured(self, worker_id: str, variant: str, now: float) -> float | None:
         """The worker's compute time over its curve, once enough replies measured it; else None."""
         tracker = self._trackers.get((worker_id, variant))
         if tracker is None or tracker.observations < MIN_OBSERVATIONS:
             return None
-        return tracker.estimate().mean
+        return tracker.estimate(now - self._observed_at[(worker_id, variant)]).mean
 
-    def estimate(self, worker_id: str, variant: str) -> SlowdownEstimate:
-        """The slowdown estimate so far (none measured: as profiled, no variance)."""
+    def estimate(self, worker_id: str, variant: str, now: float) -> SlowdownEstimate:
+        """The slowdown estimate at ``now`` (none measured: as profiled, no variance). What was
+        measured returns toward the profile while the worker is sent nothing of the variant (see
+        ``SlowdownTracker``): a chooser that avoids a worker measured slow, after a cold start or
+        beside a passing neighbour, would otherwise avoid it for good."""
         tracker = self._trackers.get((worker_id, variant))
-        return tracker.estimate() if tracker else SlowdownEstimate(mean=1.0, variance=0.0)
+        if tracker is None:
+            return SlowdownEstimate(mean=1.0, variance=0.0)
+        return tracker.estimate(now - self._observed_at[(worker_id, variant)])

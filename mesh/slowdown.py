@@ -15,6 +15,10 @@ from dataclasses import dataclass
 _MIN_RATIO = 1e-6  # an observed time of 0 (clock granularity) must not become log(0)
 MIN_BATCHES = 5  # timed batches before the slowdown they show is believed (and reported)
 CEILING = 4.0  # the most a batcher's prediction is raised over the curve
+# An unobserved slowdown returns to the profile after this long (s) without an observation, with
+# this time constant (s) (see SlowdownTracker._reverted).
+REVERT_AFTER_S = 2.0
+REVERT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +46,28 @@ class SlowdownTracker:
     filter already expects), never below ``process_variance``. A run of surprising observations
     raises it, which raises the gain (a step is tracked within a few observations) and the reported
     variance (the deadline estimate turns cautious); quiet stretches let it decay back. The
-    statistic does not feed back through the gain, so it cannot run away. Not thread-safe: one
-    owner calls :meth:`observe`.
+    statistic does not feed back through the gain, so it cannot run away. Unobserved, the belief
+    returns toward the initial one (``revert_s``; callers that pass no idle time keep it as
+    filtered). Not thread-safe: one owner calls :meth:`observe`.
     """
 
-    __slots__ = ("_m", "_observations", "_p", "_q", "_q_floor", "_r", "_weight")
+    __slots__ = ("_m", "_m0", "_observations", "_p", "_q", "_q_floor", "_r", "_revert_after_s",
+                 "_revert_s", "_weight")
 
     def __init__(self, *, process_variance: float = 1e-3, measurement_variance: float = 0.05,
-                 initial_mean: float = 1.0, initial_variance: float = 0.25, adapt_weight: float = 0.1) -> None:
+                 initial_mean: float = 1.0, initial_variance: float = 0.25, adapt_weight: float = 0.1,
+                 revert_after_s: float = REVERT_AFTER_S, revert_s: float = REVERT_S) -> None:
         if process_variance <= 0 or measurement_variance <= 0 or initial_variance < 0:
             raise ValueError("variances must be positive (initial_variance may be 0)")
         if not (initial_mean > 0 and math.isfinite(initial_mean)):
             raise ValueError(f"initial_mean must be positive, got {initial_mean}")
         if not 0.0 <= adapt_weight < 1.0:
             raise ValueError(f"adapt_weight must be in [0, 1), got {adapt_weight}")
-        self._m = math.log(initial_mean)
+        if not (revert_s > 0 and revert_after_s >= 0):
+            raise ValueError(f"revert_s must be positive and revert_after_s non-negative, got {revert_s}, "
+                             f"{revert_after_s}")
+        self._m = self._m0 = math.log(initial_mean)
+        self._revert_after_s, self._revert_s = float(revert_after_s), float(revert_s)
         self._p = float(initial_variance)
         self._q_floor = float(process_variance)
         self._q = float(process_variance)
@@ -68,12 +79,14 @@ class SlowdownTracker:
     def observations(self) -> int:
         return self._observations
 
-    def observe(self, observed_s: float, profiled_s: float) -> SlowdownEstimate:
-        """Fold in one request's compute time against its profiled time; return the new estimate."""
+    def observe(self, observed_s: float, profiled_s: float, idle_s: float = 0.0) -> SlowdownEstimate:
+        """Fold in one request's compute time against its profiled time, ``idle_s`` seconds after the
+        previous one (see :meth:`estimate`); return the new estimate."""
         if not (profiled_s > 0 and math.isfinite(profiled_s)):
             raise ValueError(f"profiled_s must be positive and finite, got {profiled_s}")
         if not (observed_s >= 0 and math.isfinite(observed_s)):
             raise ValueError(f"observed_s must be non-negative and finite, got {observed_s}")
+        self._m, self._q = self._reverted(idle_s)
         z = math.log(max(observed_s / profiled_s, _MIN_RATIO))
         innovation = z - self._m
         if self._observations:  # the first innovation mostly measures the initial guess, not volatility
@@ -86,16 +99,31 @@ class SlowdownTracker:
         self._observations += 1
         return self.estimate()
 
-    def estimate(self) -> SlowdownEstimate:
-        """The next request's ξ (filter uncertainty, process noise and jitter) as a normal.
+    def estimate(self, idle_s: float = 0.0) -> SlowdownEstimate:
+        """The next request's ξ (filter uncertainty, process noise and jitter) as a normal, ``idle_s``
+        seconds after the latest observation.
 
         ``mean`` is the centre of the filter's log-normal belief (its median, exp of the filtered
         log), so a constant slowdown reads back exactly and P(ξ <= mean) = 0.5 in both
         distributions; ``variance`` is the log-normal's.
         """
-        v = self._p + self._q + self._r
-        centre = math.exp(self._m)
+        m, q = self._reverted(idle_s)
+        v = self._p + q + self._r
+        centre = math.exp(m)
         return SlowdownEstimate(mean=centre, variance=math.expm1(v) * math.exp(v) * centre * centre)
+
+    def _reverted(self, idle_s: float) -> tuple[float, float]:
+        """The filtered log slowdown and the volatility after ``idle_s`` seconds unobserved: past
+        ``revert_after_s``, both return toward the initial belief's (the profile, the floor) with
+        time constant ``revert_s``. A slowdown measured a while ago, a cold start's or a passing
+        neighbour's, says less and less of the worker now; and a chooser that sends nothing to a
+        worker measured slow would otherwise never measure it again. Within ``revert_after_s``
+        nothing moves, so a worker observed every second or so is tracked as filtered alone (a
+        pull toward the profile at each of a slow stream's replies would bias it low)."""
+        if idle_s <= self._revert_after_s:
+            return self._m, self._q
+        k = math.exp((self._revert_after_s - idle_s) / self._revert_s)
+        return self._m0 + (self._m - self._m0) * k, self._q_floor + (self._q - self._q_floor) * k
 
 
 def p_deadline_met(budget_s: float, profiled_s: float, est: SlowdownEstimate, queue_s: float = 0.0) -> float:

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.dispatcher import Dispatcher
 from gateway.selection import RequestBounds, select
+from gateway.worker_speeds import WorkerSpeeds
 from mesh.deadline import Deadline
 from protocol.message import RoutingTable
 from protocol.types import ModelInfo, TensorSpec, WorkerRoute
@@ -127,3 +128,28 @@ async def test_a_worker_draining_slower_than_its_curve_sends_the_family_to_the_c
         await asyncio.gather(*queued)
         name, p = chosen(d)
         assert name == "large", p
+
+
+async def test_a_variant_avoided_after_a_slow_spell_is_chosen_again_once_that_spell_is_old(ctx):
+    """L answers two requests ten times slower than its curve (a cold start, a neighbour passing):
+    "large" is no longer sure to meet the deadline and "small" takes the family's requests, so L
+    is sent nothing of "large" and answers nothing that could show it fast again. Once the slow
+    spell is old, what it measured has returned to L's profile and "large" is chosen again; it
+    would otherwise have been avoided for as long as L served (the mesh then serves the family
+    below full accuracy with no load to justify it). Shorter times than the gateway's (1 s, then
+    0.5 s, for 2 s and 5 s), so the test waits seconds instead of ten."""
+    async with routed(ctx, 20.0) as (d, large):
+        d.speeds = WorkerSpeeds(revert_after_s=1.0, revert_s=0.5)
+        for _ in range(5):
+            await d.infer("large", {"x": X}, Deadline.after(5.0, time.monotonic()))
+        assert chosen(d)[0] == "large"
+        large.compute_us = 200_000
+        for _ in range(2):
+            await d.infer("large", {"x": X}, Deadline.after(5.0, time.monotonic()))
+        name, p = chosen(d)
+        assert name == "small" and list(p) == ["small"], p  # the chooser was offered "small" alone
+        await asyncio.sleep(0.1)
+        assert chosen(d)[0] == "small", "a spell a moment old still counts"
+        await asyncio.sleep(2.5)
+        name, p = chosen(d)
+        assert name == "large" and p["large"] > 0.99, p

@@ -21,22 +21,39 @@ def reply(compute_ms: float, batch: int = 1, variant: str = "m") -> InferReply:
 def test_a_worker_twice_as_slow_as_profiled_is_measured_so_once_it_answered_enough() -> None:
     speeds = WorkerSpeeds()
     for _ in range(MIN_OBSERVATIONS - 1):
-        speeds.observe("w1", reply(20.0), curve)
-    assert speeds.measured("w1", "m") is None  # too few replies: admission predicts from the profile
+        speeds.observe("w1", reply(20.0), curve, 0.0)
+    assert speeds.measured("w1", "m", 0.0) is None  # too few replies: admission predicts from the profile
     for _ in range(40):
-        speeds.observe("w1", reply(40.0, batch=2), curve)  # batch 2 profiled at 20 ms
-    assert 1.8 < speeds.measured("w1", "m") < 2.2
-    assert speeds.estimate("w1", "m").mean == speeds.measured("w1", "m")
-    assert speeds.measured("w1", "other") is None
+        speeds.observe("w1", reply(40.0, batch=2), curve, 0.0)  # batch 2 profiled at 20 ms
+    assert 1.8 < speeds.measured("w1", "m", 0.0) < 2.2
+    assert speeds.estimate("w1", "m", 0.0).mean == speeds.measured("w1", "m", 0.0)
+    assert speeds.measured("w1", "other", 0.0) is None
+
+
+def test_what_was_measured_of_a_worker_sent_nothing_since_returns_to_its_profile() -> None:
+    """w1 answered three times slower than profiled, then nothing of "m" reached it: a few seconds
+    on, admission and the choosers still count on the slowdown; half a minute on, on the profile.
+    w2, answering all along at the same slowdown, stays measured so."""
+    speeds = WorkerSpeeds()
+    for t in range(10):
+        speeds.observe("w1", reply(30.0), curve, float(t))
+        speeds.observe("w2", reply(30.0), curve, float(t))
+    assert speeds.measured("w1", "m", 10.0) == pytest.approx(3.0, rel=0.05)
+    assert speeds.estimate("w1", "m", 10.0).mean == pytest.approx(3.0, rel=0.05)
+    for t in range(10, 40):
+        speeds.observe("w2", reply(30.0), curve, float(t))
+    assert speeds.measured("w1", "m", 40.0) == pytest.approx(1.0, rel=0.05)
+    assert speeds.estimate("w1", "m", 40.0).mean == pytest.approx(1.0, rel=0.05)
+    assert speeds.measured("w2", "m", 40.0) == pytest.approx(3.0, rel=0.05)
 
 
 def test_replies_without_a_curve_or_a_compute_time_measure_nothing() -> None:
     speeds = WorkerSpeeds()
     for _ in range(10):
-        speeds.observe("w1", reply(20.0), None)
-        speeds.observe("w1", reply(0.0), curve)
-    assert speeds.measured("w1", "m") is None
-    assert speeds.estimate("w1", "m").mean == 1.0
+        speeds.observe("w1", reply(20.0), None, 0.0)
+        speeds.observe("w1", reply(0.0), curve, 0.0)
+    assert speeds.measured("w1", "m", 0.0) is None
+    assert speeds.estimate("w1", "m", 0.0).mean == 1.0
 
 
 def test_silence_counts_from_the_latest_reply_and_routing_changes_forget_departed_workers() -> None:
@@ -45,12 +62,12 @@ def test_silence_counts_from_the_latest_reply_and_routing_changes_forget_departe
     speeds.answered("w1", 5.0)
     speeds.answered("w2", 5.0)
     for _ in range(5):
-        speeds.observe("w1", reply(30.0), curve)
-        speeds.observe("w2", reply(30.0), curve)
+        speeds.observe("w1", reply(30.0), curve, 0.0)
+        speeds.observe("w2", reply(30.0), curve, 0.0)
     assert speeds.silent_s("w1", now=7.5) == 2.5
     speeds.keep({("w1", "m")}, {"w1"})
-    assert speeds.measured("w1", "m") is not None
-    assert speeds.measured("w2", "m") is None
+    assert speeds.measured("w1", "m", 0.0) is not None
+    assert speeds.measured("w2", "m", 0.0) is None
     assert speeds.silent_s("w2", now=9.0) == 0.0
 
 

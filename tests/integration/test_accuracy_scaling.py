@@ -142,4 +142,4 @@ async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_
         f"SLO attainment {steady:.2%} at steady state under overload: {timeline(burst)}\n{plan_lines(mesh)}"
     assert mean_accuracy(burst, after_s=12.0) < 0.95, "overload is carried by cheaper variants"
     assert mean_accuracy(after, after_s=12.0) == pytest.approx(0.95), \
-        f"accuracy returns when the load falls: {timeline(after)}"
+        f"accuracy returns when the load falls: {timeline(after)}\n{plan_lines(mesh)}"

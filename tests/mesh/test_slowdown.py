@@ -67,6 +67,34 @@ def test_volatility_decays_once_the_worker_is_steady_again():
     assert calm.variance < jumped.variance
 
 
+def test_a_slowdown_left_unobserved_returns_to_the_profile_and_filtering_resumes_from_there():
+    """A worker measured four times slow, then sent nothing (a chooser avoids it): the belief
+    holds for the first seconds, then returns to the profile, unsure no more than the filter
+    usually is; a reply after the silence moves it as a first surprise would."""
+    tracker = SlowdownTracker(revert_after_s=2.0, revert_s=5.0)
+    for _ in range(20):
+        tracker.observe(PROFILED_S, PROFILED_S)
+    for _ in range(3):
+        slow = tracker.observe(4.0 * PROFILED_S, PROFILED_S)
+    assert slow.mean > 2.5
+    assert tracker.estimate(1.0) == tracker.estimate(2.0) == slow  # a second's gap changes nothing
+    means = [tracker.estimate(idle).mean for idle in (5.0, 10.0, 20.0, 60.0)]
+    assert means == sorted(means, reverse=True) and 1.0 < means[0] < slow.mean
+    back = tracker.estimate(60.0)
+    assert back.mean == pytest.approx(1.0, abs=1e-3)
+    assert back.variance < slow.variance
+    assert p_deadline_met(3 * PROFILED_S, PROFILED_S, back) > 0.99 > p_deadline_met(3 * PROFILED_S, PROFILED_S, slow)
+    resumed = tracker.observe(PROFILED_S, PROFILED_S, idle_s=60.0)  # it answers at its profile again
+    assert resumed.mean == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_steady_stream_of_replies_a_second_apart_is_tracked_without_a_pull_to_the_profile():
+    tracker = SlowdownTracker()
+    for _ in range(100):
+        est = tracker.observe(2.0 * PROFILED_S, PROFILED_S, idle_s=1.0)
+    assert est.mean == pytest.approx(2.0, rel=1e-3)
+
+
 @pytest.mark.parametrize("observed, profiled", [(0.001, 0.0), (0.001, -1.0), (-0.001, 0.001),
                                                 (math.nan, 0.001), (0.001, math.inf)])
 def test_rejects_impossible_observations(observed, profiled):
