@@ -228,10 +228,10 @@ class Dispatcher:
         # A slow spell of the worker slows those rows as much as this one's, so what is unsure
         # about its speed applies to the whole wait, not to this request's own share alone. Where
         # the worker answers slower than that, as admission predicts, the rest is queueing.
-        ahead = self._inflight.rows(worker_id)
-        paced = [predicted_finish_s(curve, ahead, slowdown.mean, self.speeds.silent_s(worker_id, now), 1, pace)
-                 for pace in (None, self.speeds.s_per_row(worker_id, now))]
-        return VariantEstimate(worker_id, max(curve(1), curve(ahead + 1)), slowdown, (paced[1] - paced[0]) * 1e3)
+        ahead, pace = self._inflight.rows(worker_id), self.speeds.s_per_row(worker_id, now)
+        paced = [predicted_finish_s(curve, ahead, slowdown.mean, self.speeds.silent_s(worker_id, now), 1, p)
+                 for p in ((None, pace) if pace is not None else ())]  # no pace: no queueing past the curve
+        return VariantEstimate(worker_id, max(curve(1), curve(ahead + 1)), slowdown, (paced[1] - paced[0]) * 1e3 if paced else 0.0)
 
     def fastest_alone_ms(self, variant: str) -> float:
         """The variant's profiled batch-1 latency on its fastest routed worker (ms); 0 when unknown."""
