@@ -95,8 +95,10 @@ class ServingLoop:
                                               wake_slack_s=_WAKE_SLACK_S, **serving_options(batching)))
 
     def slowdowns(self) -> dict[str, float]:
-        """Mean slowdown of each variant whose batches were timed often enough to tell."""
-        return {name: t.estimate().mean for name, t in self.slowdown.items() if t.observations >= SLOWDOWN_MIN_BATCHES}
+        """Mean slowdown of each variant whose batches were timed often enough to tell (as it stands
+        now: one left unserved for a while returns toward its curve, see ``SlowdownTracker``)."""
+        now = time.monotonic()
+        return {name: t.estimate(now).mean for name, t in self.slowdown.items() if t.observations >= SLOWDOWN_MIN_BATCHES}
 
     def close(self) -> None:
         self._compute_thread.shutdown(wait=True)
@@ -143,7 +145,7 @@ class ServingLoop:
     def serving_latency(self, name: str) -> Callable[[int], float]:
         """What the batcher predicts a batch of ``name`` takes: the warm-up curve (the model alone)
         times the slowdown its served batches show, once timed (``mesh.slowdown.slowed``)."""
-        return slowed(self.runners[name].latency_s, self.slowdown.setdefault(name, SlowdownTracker()))
+        return slowed(self.runners[name].latency_s, self.slowdown.setdefault(name, SlowdownTracker()), time.monotonic)
 
     def _inputs(self, msg: InferRequest, buffers: list) -> list[np.ndarray]:
         arrays = dict(zip((m.name for m in msg.inputs), tensors_from_frames(msg.inputs, buffers)))
@@ -246,7 +248,7 @@ class ServingLoop:
                 continue
             expected_s = runner.latency_s(sum(q.rows for q in r.group))
             if r.compute_us > 0 and expected_s > 0:
-                self.slowdown[name].observe(r.compute_us / 1e6, expected_s)  # made by add()
+                self.slowdown[name].observe(r.compute_us / 1e6, expected_s, finished)  # made by add()
             try:
                 replies = batch_replies.computed(name, r.group, r.outputs, names, compute_us=r.compute_us,
                                                  started=due.started)

@@ -89,7 +89,6 @@ class WorkerSpeeds:
     def __init__(self, **tracker_options: float) -> None:
         self._tracker_options = tracker_options  # for each (worker, variant)'s SlowdownTracker
         self._trackers: dict[tuple[str, str], SlowdownTracker] = {}
-        self._observed_at: dict[tuple[str, str], float] = {}  # (worker, variant) -> its latest timed reply
         self._answered_at: dict[str, float] = {}  # worker -> when its latest reply came
         self._waiting: dict[str, int] = {}  # worker -> requests still out on it after its latest reply
         self._paces: dict[str, Pace] = {}
@@ -98,7 +97,6 @@ class WorkerSpeeds:
     def keep(self, pairs: Container[tuple[str, str]], workers: Container[str]) -> None:
         """Forget what was measured of (worker, variant) pairs and workers no longer routed."""
         self._trackers = {k: v for k, v in self._trackers.items() if k in pairs}
-        self._observed_at = {k: t for k, t in self._observed_at.items() if k in pairs}
         self._answered_at = {w: t for w, t in self._answered_at.items() if w in workers}
         self._waiting = {w: n for w, n in self._waiting.items() if w in workers}
         self._paces = {w: p for w, p in self._paces.items() if w in workers}
@@ -156,19 +154,17 @@ class WorkerSpeeds:
         profiled_ms = curve(max(reply.batch_size, 1))
         if profiled_ms <= 0:
             return
-        key = (worker_id, reply.variant)
-        tracker = self._trackers.get(key)
+        tracker = self._trackers.get((worker_id, reply.variant))
         if tracker is None:  # (not setdefault: a tracker built for every reply costs more than the filter)
-            tracker = self._trackers[key] = SlowdownTracker(**self._tracker_options)
-        tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3, now - self._observed_at.get(key, now))
-        self._observed_at[key] = now
+            tracker = self._trackers[(worker_id, reply.variant)] = SlowdownTracker(**self._tracker_options)
+        tracker.observe(reply.compute_us / 1e6, profiled_ms / 1e3, now)
 
     def measured(self, worker_id: str, variant: str, now: float) -> float | None:
         """The worker's compute time over its curve, once enough replies measured it; else None."""
         tracker = self._trackers.get((worker_id, variant))
         if tracker is None or tracker.observations < MIN_OBSERVATIONS:
             return None
-        return tracker.estimate(now - self._observed_at[(worker_id, variant)]).mean
+        return tracker.estimate(now).mean
 
     def estimate(self, worker_id: str, variant: str, now: float) -> SlowdownEstimate:
         """The slowdown estimate at ``now`` (none measured: as profiled, no variance). What was
@@ -176,6 +172,4 @@ class WorkerSpeeds:
         ``SlowdownTracker``): a chooser that avoids a worker measured slow, after a cold start or
         beside a passing neighbour, would otherwise avoid it for good."""
         tracker = self._trackers.get((worker_id, variant))
-        if tracker is None:
-            return SlowdownEstimate(mean=1.0, variance=0.0)
-        return tracker.estimate(now - self._observed_at[(worker_id, variant)])
+        return tracker.estimate(now) if tracker else SlowdownEstimate(mean=1.0, variance=0.0)

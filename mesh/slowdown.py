@@ -47,11 +47,11 @@ class SlowdownTracker:
     raises it, which raises the gain (a step is tracked within a few observations) and the reported
     variance (the deadline estimate turns cautious); quiet stretches let it decay back. The
     statistic does not feed back through the gain, so it cannot run away. Unobserved, the belief
-    returns toward the initial one (``revert_s``; callers that pass no idle time keep it as
+    returns toward the initial one (``revert_s``; a caller that passes no times keeps it as
     filtered). Not thread-safe: one owner calls :meth:`observe`.
     """
 
-    __slots__ = ("_m", "_m0", "_observations", "_p", "_q", "_q_floor", "_r", "_revert_after_s",
+    __slots__ = ("_at", "_m", "_m0", "_observations", "_p", "_q", "_q_floor", "_r", "_revert_after_s",
                  "_revert_s", "_weight")
 
     def __init__(self, *, process_variance: float = 1e-3, measurement_variance: float = 0.05,
@@ -74,19 +74,21 @@ class SlowdownTracker:
         self._r = float(measurement_variance)
         self._weight = float(adapt_weight)
         self._observations = 0
+        self._at: float | None = None  # when the latest observation came (the caller's clock), if told
 
     @property
     def observations(self) -> int:
         return self._observations
 
-    def observe(self, observed_s: float, profiled_s: float, idle_s: float = 0.0) -> SlowdownEstimate:
-        """Fold in one request's compute time against its profiled time, ``idle_s`` seconds after the
-        previous one (see :meth:`estimate`); return the new estimate."""
+    def observe(self, observed_s: float, profiled_s: float, now: float | None = None) -> SlowdownEstimate:
+        """Fold in one request's compute time against its profiled time, timed at ``now`` (see
+        :meth:`estimate`); return the new estimate."""
         if not (profiled_s > 0 and math.isfinite(profiled_s)):
             raise ValueError(f"profiled_s must be positive and finite, got {profiled_s}")
         if not (observed_s >= 0 and math.isfinite(observed_s)):
             raise ValueError(f"observed_s must be non-negative and finite, got {observed_s}")
-        self._m, self._q = self._reverted(idle_s)
+        self._m, self._q = self._reverted(now)
+        self._at = now if now is not None else self._at
         z = math.log(max(observed_s / profiled_s, _MIN_RATIO))
         innovation = z - self._m
         if self._observations:  # the first innovation mostly measures the initial guess, not volatility
@@ -99,27 +101,28 @@ class SlowdownTracker:
         self._observations += 1
         return self.estimate()
 
-    def estimate(self, idle_s: float = 0.0) -> SlowdownEstimate:
-        """The next request's ξ (filter uncertainty, process noise and jitter) as a normal, ``idle_s``
-        seconds after the latest observation.
+    def estimate(self, now: float | None = None) -> SlowdownEstimate:
+        """The next request's ξ (filter uncertainty, process noise and jitter) as a normal, at ``now``
+        (the clock of the observations' times; without one, as filtered).
 
         ``mean`` is the centre of the filter's log-normal belief (its median, exp of the filtered
         log), so a constant slowdown reads back exactly and P(ξ <= mean) = 0.5 in both
         distributions; ``variance`` is the log-normal's.
         """
-        m, q = self._reverted(idle_s)
+        m, q = self._reverted(now)
         v = self._p + q + self._r
         centre = math.exp(m)
         return SlowdownEstimate(mean=centre, variance=math.expm1(v) * math.exp(v) * centre * centre)
 
-    def _reverted(self, idle_s: float) -> tuple[float, float]:
-        """The filtered log slowdown and the volatility after ``idle_s`` seconds unobserved: past
+    def _reverted(self, now: float | None) -> tuple[float, float]:
+        """The filtered log slowdown and the volatility at ``now``, unobserved since ``_at``: past
         ``revert_after_s``, both return toward the initial belief's (the profile, the floor) with
         time constant ``revert_s``. A slowdown measured a while ago, a cold start's or a passing
         neighbour's, says less and less of the worker now; and a chooser that sends nothing to a
         worker measured slow would otherwise never measure it again. Within ``revert_after_s``
         nothing moves, so a worker observed every second or so is tracked as filtered alone (a
         pull toward the profile at each of a slow stream's replies would bias it low)."""
+        idle_s = now - self._at if now is not None and self._at is not None else 0.0
         if idle_s <= self._revert_after_s:
             return self._m, self._q
         k = math.exp((self._revert_after_s - idle_s) / self._revert_s)
@@ -147,15 +150,17 @@ def p_deadline_met(budget_s: float, profiled_s: float, est: SlowdownEstimate, qu
     return min(1.0, max(0.0, p)) if math.isfinite(p) else 0.0
 
 
-def slowed(curve: Callable[[int], float], tracker: SlowdownTracker) -> Callable[[int], float]:
+def slowed(curve: Callable[[int], float], tracker: SlowdownTracker,
+           clock: Callable[[], float] | None = None) -> Callable[[int], float]:
     """What a batcher predicts a batch of ``b`` rows takes: ``curve(b)`` (the model alone) times the
     slowdown ``tracker`` has seen once it has seen ``MIN_BATCHES`` (never below the curve, at most
     ``CEILING`` times it), so a worker does not start a batch that fits only on the curve and
-    answer it late. The worker and ``letmesh simulate`` predict with this."""
+    answer it late. ``clock`` is that of the times the tracker was told (none: as filtered). The
+    worker and ``letmesh simulate`` predict with this."""
 
     def latency_s(batch: int) -> float:
         if tracker.observations < MIN_BATCHES:
             return curve(batch)
-        return curve(batch) * min(CEILING, max(1.0, tracker.estimate().mean))
+        return curve(batch) * min(CEILING, max(1.0, tracker.estimate(clock() if clock else None).mean))
 
     return latency_s
