@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -137,6 +138,26 @@ def test_the_batcher_predicts_at_the_speed_served_batches_show() -> None:
         tracker.observe(0.05, 0.001)
     assert predict(1) == pytest.approx(0.004)
     assert serving.slowdowns() == {"v": pytest.approx(tracker.estimate().mean)}
+    serving.close()
+
+
+def test_a_slow_spell_long_past_no_longer_slows_the_batchers_prediction_or_the_report() -> None:
+    """Timed three times slow a minute ago and served nothing since (the gateway sent the
+    family elsewhere): the batcher predicts on the curve again, so requests the spell ruled out
+    are run rather than dropped unrun for good, and the controller hears of no slowdown. The
+    same spell just now still counts."""
+    serving = ServingLoop()
+    serving.runners["v"] = RecordingModel()  # type: ignore[assignment]
+    predict = serving.serving_latency("v")
+    tracker = serving.slowdown.setdefault("v", SlowdownTracker())
+    for _ in range(30):
+        tracker.observe(0.003, 0.001, time.monotonic() - 60.0)
+    assert predict(1) == pytest.approx(0.001, rel=0.01)
+    assert serving.slowdowns() == {"v": pytest.approx(1.0, rel=0.01)}
+    for _ in range(30):
+        tracker.observe(0.003, 0.001, time.monotonic())
+    assert predict(1) == pytest.approx(0.003, rel=0.1)
+    assert serving.slowdowns() == {"v": pytest.approx(3.0, rel=0.1)}
     serving.close()
 
 
