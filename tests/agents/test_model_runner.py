@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from pathlib import Path
 
@@ -202,3 +203,26 @@ def test_an_integer_output_declared_narrower_fails_the_load(identity, tmp_path: 
     with pytest.raises(ModelLoadError, match="int64 from the model but INT8"):
         ModelRunner(with_outputs(spec, ("y", "INT8", (-1, 1))), path).warm_up(repeats=1)
     ModelRunner(with_outputs(spec, ("y", "INT64", (-1, 1))), path).warm_up(repeats=1)  # as declared: fine
+
+
+@pytest.mark.parametrize(("row_s", "runs"), [(0.001, {1: 6, 2: 6, 4: 6, 8: 6}),
+                                             (0.06, {1: 5, 2: 3, 4: 3, 8: 3})])
+def test_a_slow_variant_warms_up_in_fewer_runs_with_the_same_figures(identity, row_s: float,
+                                                                     runs: dict[int, int]) -> None:
+    """Each size gets a checked first run and up to five timed ones; a variant whose runs take a
+    while stops once two or more add up to 0.2 s, so its worker is ready sooner."""
+    spec, path = identity
+    runner = ModelRunner(dataclasses.replace(spec, max_batch=8), path)
+    run, now, calls = runner._run, [0.0], collections.Counter()
+
+    def costly(inputs):
+        rows = inputs[0].shape[0]
+        calls[rows] += 1
+        now[0] += rows * row_s  # what the model's own time would read on its clock
+        return run(inputs)
+
+    runner._run = costly
+    runner.clock = lambda: lambda: now[0]
+    measured = runner.warm_up()
+    assert dict(calls) == runs
+    assert measured == pytest.approx({b: b * row_s * 1000.0 for b in (1, 2, 4, 8)})
