@@ -7,6 +7,7 @@ import asyncio
 import collections
 import json
 import os
+import time
 
 import aiohttp
 import pytest
@@ -34,6 +35,10 @@ SETTINGS = {
 # is in the models, which the mesh controls, at a request rate the host's HTTP path and the
 # test's client carry with room to spare even beside other work.
 VARIANTS = (("synth-large", 0.95, 14400), ("synth-medium", 0.90, 720), ("synth-small", 0.80, 24))
+# Generous: the return waits on the demand history (3 s here), a re-plan period (3 s) and a
+# worker's start, which a slow or busy machine stretches (the mesh was back 11 s after the load
+# fell on an idle 2-core host, about 15 s on a slower one beside other tests).
+RETURN_LIMIT_S = 60.0
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}],
         "parameters": {"letmesh_slo_ms": 250}}
 
@@ -111,6 +116,23 @@ def mean_accuracy(outcomes: list[tuple], after_s: float) -> float:
     return sum(served) / len(served)
 
 
+async def light_until_back(session: aiohttp.ClientSession, url: str, rate: float, mesh: LocalMesh,
+                           limit_s: float) -> tuple[list[tuple], float | None]:
+    """Light load in 2 s stretches until the controller's newest re-plan gives no accuracy up and
+    its move is over, for at most ``limit_s``: the outcomes (sent at, from the first stretch) and
+    the seconds the return took, None if it did not come. How long a return takes is the demand
+    tracker's history, a re-plan period and starting workers, which a slower machine stretches:
+    the test waits for the mesh to say it is back, then judges what clients get."""
+    outcomes: list[tuple] = []
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < limit_s:
+        outcomes += [(sent + elapsed, *rest) for sent, *rest in await paced(session, url, BODY, rate=rate, seconds=2)]
+        newest = (await asyncio.to_thread(fetch_status, mesh.controller_address)).replans[0]
+        if not newest.scaled and newest.finished:
+            return outcomes, time.monotonic() - start
+    return outcomes, None
+
+
 def planned(status) -> bool:
     """The plan made from the profiles is in place: its re-plan has finished and every worker is
     ready (workers it started, or those it kept: the first workers may be the plan already)."""
@@ -130,9 +152,11 @@ async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_
         light = light_rate(mesh.repository, profiles)
         calm = await paced(session, url, BODY, rate=light, seconds=8)
         burst = await paced(session, url, BODY, rate=burst_rate(mesh.repository, profiles), seconds=25)
-        after = await paced(session, url, BODY, rate=light, seconds=20)
+        scaled_at_end = (await asyncio.to_thread(fetch_status, mesh.controller_address)).replans[0].scaled
+        falling, back_after_s = await light_until_back(session, url, light, mesh, limit_s=RETURN_LIMIT_S)
+        after = await paced(session, url, BODY, rate=light, seconds=8)
 
-    for name, outcomes in (("calm", calm), ("burst", burst), ("after", after)):
+    for name, outcomes in (("calm", calm), ("burst", burst), ("falling", falling), ("after", after)):
         statuses = collections.Counter(o[1] for o in outcomes)
         assert set(statuses) <= {200, 503, 504}, (name, statuses)
     steady = attainment(burst, after_s=12.0)
@@ -141,5 +165,9 @@ async def test_overload_moves_to_cheaper_variants_within_deadlines_and_accuracy_
     assert steady >= 0.99, \
         f"SLO attainment {steady:.2%} at steady state under overload: {timeline(burst)}\n{plan_lines(mesh)}"
     assert mean_accuracy(burst, after_s=12.0) < 0.95, "overload is carried by cheaper variants"
-    assert mean_accuracy(after, after_s=12.0) == pytest.approx(0.95), \
-        f"accuracy returns when the load falls: {timeline(after)}\n{plan_lines(mesh)}"
+    assert scaled_at_end, f"the plan in place at the end of the burst gives accuracy up\n{plan_lines(mesh)}"
+    assert back_after_s is not None, \
+        f"accuracy returns when the load falls, within {RETURN_LIMIT_S:.0f} s: {timeline(falling)}\n{plan_lines(mesh)}"
+    assert mean_accuracy(after, after_s=1.0) == pytest.approx(0.95), \
+        (f"once the mesh is back at full accuracy ({back_after_s:.1f} s after the load fell), light load is served "
+         f"at full accuracy: {timeline(after)}\n{plan_lines(mesh)}")
