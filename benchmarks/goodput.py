@@ -101,13 +101,17 @@ class Workload:
 
 def step(server: Server, work: Workload, rate: float, requests: int, seed: int, settle_s: float) -> dict[str, Any]:
     timeout_s = max(3 * work.slo_ms / 1000.0, 1.0)
+    before = server.cpu_s_by_part()
     run = _run(loadgen.open_loop(server.port, work.request(server.port), rate=rate, requests=requests, seed=seed,
                                  timeout_s=timeout_s))
+    # Where the server's CPU went while it served the step (its backlog after the last reply aside).
+    after = server.cpu_s_by_part()
+    by_part = {part: (seconds - before.get(part, 0.0)) * 1e3 / requests for part, seconds in after.items()}
     # A failed step leaves a backlog (the baseline computes requests whose client gave up): the next
     # step starts once the server idles.
     drained_s = settle(server, window_s=settle_s / 2, timeout_s=20.0)
     return {**loadgen.summarise(run, rate=rate, slo_ms=work.slo_ms, pass_fraction=PASS_FRACTION),
-            "drain_s": drained_s}
+            "drain_s": drained_s, "cpu_ms_per_req_by_part": by_part}
 
 
 def workload(model: gm.ModelDef, cal: dict[str, Any], backend: str) -> Workload:
@@ -242,6 +246,8 @@ def summarise_sweeps(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": best.get("p50_ms", float("nan")), "p99_ms": best.get("p99_ms", float("nan")),
         "lag_p99_ms_at_max": best.get("lag_p99_ms", float("nan")),
         "client_cpu_util_at_max": best.get("client_cpu_util", float("nan")),
+        "cpu_ms_per_req_by_part_at_max": best.get("cpu_ms_per_req_by_part", {}),
+        "model_ms_per_req_at_max": best.get("model_ms_per_req"),
         "lag_max_ms": max(s["lag_max_ms"] for sw in sweeps for s in sw["steps"]), "sweeps": sweeps,
     }
 

@@ -89,6 +89,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  idle CPU (no requests): letmesh {mesh['idle_cpu_ms_per_s']:.1f} ms/s, baseline "
                      f"{base['idle_cpu_ms_per_s']:.1f} ms/s; CPU per request less the idle share: letmesh "
                      f"{mesh['cpu_ms_per_req_less_idle']:.2f} ms, baseline {base['cpu_ms_per_req_less_idle']:.2f} ms")
+        for name, s in m["servers"].items():
+            at_max = (f"; at {s['max_rate']:.0f} req/s (its max) "
+                      + parts_text(s.get("cpu_ms_per_req_by_part_at_max"), s.get("model_ms_per_req_at_max"))
+                      if s.get("cpu_ms_per_req_by_part_at_max") else "")
+            lines.append(f"  CPU ms a request by part, {name}: at {m['low_rate']:g} req/s "
+                         + parts_text(s["low_rate"].get("cpu_ms_per_req_by_part"), s["low_rate"].get("model_ms_per_req"))
+                         + at_max)
         if mesh.get("overload") and base.get("overload"):
             lines.append(f"  asked for {mesh['overload']['rate']:.0f} req/s ({o['overload']:g}x the higher max rate): "
                          + "; ".join(f"{name} {s['overload']['good_fraction']:.0%} within the SLO "
@@ -106,6 +113,26 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
     lines.append(f"JSON: {report['out']}")
     return "\n".join(lines)
+
+
+_PARTS = ("gateway", "worker", "controller", "agent", "profiler", "other", "server")
+
+
+def parts_text(by_part: dict[str, float] | None, model_ms: float | None) -> str:
+    """A step's CPU per request by part of the server, each part's ZeroMQ I/O threads beside it; a
+    worker's own timing of its model calls (wall clock, a share of each batch) in brackets."""
+    if not by_part:
+        return "(not measured)"
+    out = []
+    own = [p for p in by_part if not p.endswith(" ZeroMQ I/O")]
+    for part in sorted(own, key=lambda p: (_PARTS.index(p) if p in _PARTS else len(_PARTS), p)):
+        text = f"{part} {by_part[part]:.2f}"
+        if part == "worker" and model_ms is not None:
+            text += f" (model {model_ms:.2f})"
+        if f"{part} ZeroMQ I/O" in by_part:
+            text += f" + ZeroMQ I/O {by_part[f'{part} ZeroMQ I/O']:.2f}"
+        out.append(text)
+    return ", ".join(out)
 
 
 def _where(env: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import resource
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ import numpy as np
 from mesh import heap
 
 TIMED_OUT, CONNECTION_LOST = -1, 0  # pseudo-statuses
+# A letmesh reply's parameters: its batch's compute time and size (gateway.http_app).
+_COMPUTE_US = re.compile(rb'"letmesh_compute_us":\s*(\d+)')
+_BATCH_SIZE = re.compile(rb'"letmesh_batch_size":\s*(\d+)')
 
 
 def raw_request(port: int, path: str, body: bytes) -> bytes:
@@ -63,14 +67,26 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return int(head[9:12]), body
 
 
-async def _one(pool: _Pool, request: bytes, scheduled_ns: int, timeout_s: float, out: list, index: int) -> None:
+def model_us(body: bytes) -> float | None:
+    """The model's time for one request of a letmesh reply (its batch's compute time over the
+    batch's size, from the reply's parameters); None for a reply without them (the baseline's)."""
+    compute = _COMPUTE_US.search(body)
+    batch = _BATCH_SIZE.search(body)
+    if compute is None or batch is None:
+        return None
+    return int(compute.group(1)) / max(1, int(batch.group(1)))
+
+
+async def _one(pool: _Pool, request: bytes, scheduled_ns: int, timeout_s: float, out: list, index: int,
+               model: list) -> None:
     sent = time.perf_counter_ns()
     conn = None
     try:
         async with asyncio.timeout(timeout_s):
             conn = await pool.get()
-            status, _ = await exchange(*conn, request)
+            status, body = await exchange(*conn, request)
         out[index] = (status, time.perf_counter_ns() - scheduled_ns, sent - scheduled_ns)
+        model[index] = model_us(body) if status == 200 else None
         pool.idle.append(conn)
         return
     except TimeoutError:
@@ -103,6 +119,7 @@ async def open_loop(port: int, request: bytes, *, rate: float, requests: int, se
         with contextlib.suppress(OSError):
             pool.idle.append(await asyncio.open_connection("127.0.0.1", port))
     out: list = [None] * requests
+    model: list = [None] * requests
     tasks = []
     heap.settle()  # what the benchmark holds is never walked again: no long collection mid-run
     cpu_before = _cpu_s()
@@ -112,13 +129,13 @@ async def open_loop(port: int, request: bytes, *, rate: float, requests: int, se
         delay = (due - time.perf_counter_ns()) / 1e9
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_one(pool, request, due, timeout_s, out, i)))
+        tasks.append(asyncio.create_task(_one(pool, request, due, timeout_s, out, i, model)))
     await asyncio.gather(*tasks)
     elapsed_s = (time.perf_counter_ns() - start) / 1e9
     client_cpu_s = _cpu_s() - cpu_before
     await pool.close()
     return {"results": out, "elapsed_s": elapsed_s, "client_cpu_s": client_cpu_s,
-            "connections": pool.opened + prefill}
+            "connections": pool.opened + prefill, "model_us": model}
 
 
 def _cpu_s() -> float:
@@ -135,6 +152,7 @@ def summarise(run: dict[str, Any], *, rate: float, slo_ms: float, pass_fraction:
     ok_ms = np.asarray([lat for status, lat, _ in results if status == 200], dtype=np.float64) / 1e6
     good = int(sum(1 for status, lat, _ in results if status == 200 and lat / 1e6 <= slo_ms))
     sent = len(results)
+    model_us = [us for us in run.get("model_us", ()) if us is not None]
 
     def pct(values: np.ndarray, q: float) -> float:
         return float(np.percentile(values, q)) if values.size else float("nan")
@@ -147,4 +165,6 @@ def summarise(run: dict[str, Any], *, rate: float, slo_ms: float, pass_fraction:
         "lag_p50_ms": pct(lag_ms, 50), "lag_p99_ms": pct(lag_ms, 99), "lag_max_ms": float(lag_ms.max(initial=0.0)),
         "duration_s": run["elapsed_s"], "client_cpu_util": run["client_cpu_s"] / max(run["elapsed_s"], 1e-9),
         "connections": run["connections"],
+        # The server's own account of its model time per request, where its replies give one.
+        "model_ms_per_req": float(np.mean(model_us)) / 1e3 if model_us else None,
     }

@@ -49,6 +49,28 @@ def on_cpu_s(pid: int) -> float:
     return total / 1e9
 
 
+def on_cpu_s_by_thread_kind(pid: int) -> dict[str, float]:
+    """``on_cpu_s`` of ``pid`` split in two: its ZeroMQ I/O threads ("zmq", libzmq names them
+    ZMQbg/...) and all its other threads ("own")."""
+    split = {"own": 0, "zmq": 0}
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            name = Path(task, "comm").read_text().strip()
+            ran = int(Path(task, "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        split["zmq" if name.startswith("ZMQbg") else "own"] += ran
+    return {kind: ns / 1e9 for kind, ns in split.items()}
+
+
+def argv(pid: int) -> list[str]:
+    """``pid``'s command line as its arguments (empty when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it, for a benchmark's report."""
     with contextlib.suppress(OSError):

@@ -79,6 +79,22 @@ class Server:
         """The runtime notes its workers report per variant (a conversion, or why one was not made)."""
         return {}
 
+    def part(self, pid: int) -> str:
+        """Which part of the server ``pid`` is, for the CPU breakdown."""
+        return "server"
+
+    def cpu_s_by_part(self) -> dict[str, float]:
+        """On-CPU seconds so far of each part of the server (``part``), its ZeroMQ I/O threads apart
+        as "<part> ZeroMQ I/O"; live threads only (see ``procfs.on_cpu_s``)."""
+        parts: dict[str, float] = {}
+        for pid in self.pids():
+            name = self.part(pid)
+            for kind, seconds in procfs.on_cpu_s_by_thread_kind(pid).items():
+                key = name if kind == "own" else f"{name} ZeroMQ I/O"
+                if seconds or kind == "own":
+                    parts[key] = parts.get(key, 0.0) + seconds
+        return parts
+
     def affinity(self) -> list[int]:
         cores: set[int] = set()
         for pid in self.pids():
@@ -105,6 +121,13 @@ class MeshServer(Server):
 
     def runtimes(self) -> dict[str, str]:
         return dict(self._runtimes)
+
+    def part(self, pid: int) -> str:
+        args = procfs.argv(pid)
+        for module, name in (("agents.worker", "worker"), ("agents.profiler", "profiler")):
+            if module in args:
+                return name
+        return next((role for role in ("controller", "gateway", "agent") if role in args), "other")
 
     def stop(self) -> None:
         self.mesh.stop()

@@ -67,6 +67,15 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
             or runtime.endswith("kept TorchScript)")), runtime
     assert small["servers"]["baseline"]["runtimes"] == {}
     assert small["servers"]["letmesh"]["idle_cpu_ms_per_s"] > 0  # heartbeats run with no request at all
+    # Where each server's CPU went at the low rate, by part: the mesh's roles (their ZeroMQ I/O
+    # threads apart) and the model time its worker reported; the plain server is one part.
+    mesh_low, base_low = small["servers"]["letmesh"]["low_rate"], small["servers"]["baseline"]["low_rate"]
+    parts = mesh_low["cpu_ms_per_req_by_part"]
+    assert {"gateway", "worker", "controller", "agent", "gateway ZeroMQ I/O", "worker ZeroMQ I/O"} <= set(parts)
+    assert parts["gateway"] > 0 and parts["worker"] > 0 and parts["gateway ZeroMQ I/O"] > 0
+    assert 0 < mesh_low["model_ms_per_req"]
+    assert set(base_low["cpu_ms_per_req_by_part"]) == {"server"} and base_low["model_ms_per_req"] is None
+    assert base_low["cpu_ms_per_req_by_part"]["server"] > 0
     # The ceiling a ratio can reach here: the faster runtime's compute limit (the upgrade may serve
     # on ONNX) over the baseline's max rate, printed beside the ratio.
     best = max(small["compute_limit"][b]["rps"] for b in ("torchscript", "onnx"))
@@ -90,6 +99,8 @@ def test_tiny_run_pins_each_server_answers_every_request_and_reports_the_result_
     if top > 0:
         assert f"asked for {overloads[0]['rate']:.0f} req/s (1.5x the higher max rate): letmesh " in text
     assert f"arithmetic: {small['mflop_per_image']:.1f} MFLOP an image" in text
+    assert f"CPU ms a request by part, letmesh: at {small['low_rate']:g} req/s gateway {parts['gateway']:.2f} " in text
+    assert f"CPU ms a request by part, baseline: at {small['low_rate']:g} req/s server " in text
     assert f"the compute limit allows at most {small['ceiling_vs_naive']:.2f}x on one core" in text
 
     last = text.strip().splitlines()[-1]
