@@ -40,13 +40,7 @@ def descendants(pid: int) -> list[int]:
 def on_cpu_s(pid: int) -> float:
     """Seconds ``pid``'s live threads have run, to the nanosecond (schedstat), unlike the 10 ms
     ticks of utime + stime; threads that already exited are not counted."""
-    total = 0
-    for task in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            total += int(Path(task).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
+    return sum(on_cpu_s_by_thread_kind(pid).values())
 
 
 def on_cpu_s_by_thread_kind(pid: int) -> dict[str, float]:
