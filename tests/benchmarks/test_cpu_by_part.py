@@ -51,9 +51,8 @@ CHILD = "cpu-by-part-child"
 class _Two(Server):
     """A server of two processes: this one and a child, told apart by their command lines."""
 
-    def __init__(self, child: subprocess.Popen) -> None:
+    def __init__(self) -> None:
         self.roots = [os.getpid()]
-        self.child = child
 
     def part(self, pid: int) -> str:
         return "child" if CHILD in procfs.argv(pid) else "parent"
@@ -63,7 +62,7 @@ def test_each_process_is_counted_in_its_own_part() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.thread_time() + 0.3\n"
                               "while time.thread_time() < end: pass\ntime.sleep(30)", CHILD])
     try:
-        server = _Two(child)
+        server = _Two()
         deadline = time.monotonic() + 30
         while server.cpu_s_by_part().get("child", 0.0) < 0.3 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -77,7 +76,7 @@ def test_each_process_is_counted_in_its_own_part() -> None:
 
 def test_the_report_puts_each_parts_zeromq_threads_and_the_model_beside_it() -> None:
     line = parts_text({"worker ZeroMQ I/O": 0.1, "agent": 0.04, "gateway": 1.25, "worker": 3.3,
-                   "gateway ZeroMQ I/O": 0.09}, 2.9)
+                       "gateway ZeroMQ I/O": 0.09}, 2.9)
     assert line == "gateway 1.25 + ZeroMQ I/O 0.09, worker 3.30 (model 2.90) + ZeroMQ I/O 0.10, agent 0.04"
     assert parts_text({"server": 3.2}, None) == "server 3.20"
     assert parts_text({}, None) == "(not measured)"
