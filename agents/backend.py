@@ -206,7 +206,9 @@ _OPENVINO_TYPES = {
 def _open_openvino(spec: VariantSpec, path: Path, device: str) -> Run:
     """An ONNX artifact compiled by OpenVINO Runtime for this process's cores, batch dimension
     dynamic. ``precision`` "bf16" lets it compute in bfloat16 where the CPU has it; "fp32" keeps
-    fp32 (OpenVINO would otherwise pick bf16 by itself on such a CPU)."""
+    fp32 (OpenVINO would otherwise pick bf16 by itself on such a CPU). On a CPU without it, bf16
+    asked stays fp32: OpenVINO would emulate bfloat16 there (AVX-512 without BF16), rounding as
+    bf16 does at no gain in speed, under a runtime label that says fp32."""
     try:
         core, onnx = _openvino()
     except ImportError:
@@ -235,7 +237,7 @@ def _open_openvino(spec: VariantSpec, path: Path, device: str) -> Run:
         "INFERENCE_NUM_THREADS": cpu_threads() if device == "cpu" else 1,
         "NUM_STREAMS": 1,  # one batch at a time, on all of the partition's cores
         "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "bf16" if spec.precision == "bf16" else "f32",
+        "INFERENCE_PRECISION_HINT": "bf16" if spec.precision == "bf16" and openvino_bf16() else "f32",
         "ENABLE_CPU_PINNING": False,  # the agent pins the worker to its gpu-let's cores
     }
     try:
