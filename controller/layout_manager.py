@@ -357,7 +357,8 @@ class LayoutManager:
                                 f", though its workers need more memory than {short} may hold" if short else "")
                     return []
             if self.scaled is not None and not new.plan.unserved:
-                log.info("demand fits at full accuracy again")
+                log.info("demand fits at full accuracy again (sized on req/s %s; the scaled plan carried %s)",
+                         _rounded(new.planned_for), _rounded(self.demand.carried()))
             reg.family_fractions, reg.shed = {}, {}
         self.demand.applied(scaled, frozenset(v for d in desired for v in d.variants))
         cores = {(a, d.device_id): d.cores for a, devices in agents.items() for d in devices}

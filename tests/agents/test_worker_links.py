@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agents.worker import Worker
 from mesh.transport import Endpoint
@@ -105,10 +106,15 @@ async def test_a_stopping_worker_delivers_the_replies_of_the_queue_it_drains(ctx
         worker._stopping.set()  # what SIGTERM does
         await asyncio.wait_for(run, BOUND_S)
         answered: dict[int, ReplyStatus] = {}
-        while len(answered) < 8:
-            got = await asyncio.wait_for(gateway.recv(), BOUND_S)
-            if isinstance(got.msg, InferReply):
-                answered[got.msg.request_id] = got.msg.status
+        try:
+            while len(answered) < 8:
+                got = await asyncio.wait_for(gateway.recv(), BOUND_S)
+                if isinstance(got.msg, InferReply):
+                    answered[got.msg.request_id] = got.msg.status
+        except TimeoutError:
+            pytest.fail(f"replies missing {BOUND_S:.0f} s after the worker exited: answered {answered}; at the "
+                        f"gateway, messages refused {gateway.protocol_errors}, of a second connection dropped "
+                        f"{gateway.routes.dropped}")
         assert answered == {i: ReplyStatus.OK for i in range(8)}
     finally:
         worker._stopping.set()
